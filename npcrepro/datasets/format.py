@@ -1,0 +1,327 @@
+"""The project's on-disk dataset format: the nnU-Net v2 raw layout, plus one mask per structure.
+
+::
+
+    <root>/dataset.json
+    <root>/imagesTr/<case>_0000.nii.gz      one file per channel, channel index in dataset.json
+    <root>/labelsTr/<case>.nii.gz           uint8 label map (overlaps resolved: later label wins)
+    <root>/structuresTr/<case>/<name>.nii.gz one binary mask per structure, overlaps intact
+    <root>/metaTr/<case>.json               per-case facts (T stage, source, spacing known ...)
+    <root>/imagesTs, labelsTs, structuresTs, metaTs   the same for held-out test cases (optional)
+
+``dataset.json`` holds nnU-Net's keys (``channel_names``, ``labels``, ``numTraining``,
+``file_ending``) so the folder can be given to nnU-Net as it is, and an ``npcrepro`` block naming the
+structures that have their own masks. Radiotherapy structures overlap (a CTV contains its GTV; a
+target covers parts of organs), which a single label map cannot express: the structure masks are the
+authority, the label map is a convenience for tools that want one.
+
+A plain nnU-Net raw dataset (no ``npcrepro`` block) opens too: its structures are its labels, each
+mask taken from the label map.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from npcrepro import io
+from npcrepro.datasets.case import Case
+from npcrepro.errors import DataError
+
+FORMAT_VERSION = 1
+FILE_ENDING = ".nii.gz"
+_SPLITS = {"Tr": "training", "Ts": "test"}
+
+
+def _ensure_3d(vol: io.Volume, path: Path) -> io.Volume:
+    if vol.ndim != 3:
+        raise DataError(f"{path}: a 3D image is needed, got a {vol.ndim}D image of shape {vol.shape} "
+                        "(store 2D data as (1, y, x) volumes)")
+    return vol
+
+
+class Dataset:
+    """A dataset folder opened for reading (see module docstring for the layout).
+
+    Use :func:`open_dataset`. ``cases`` lists training cases, ``test_cases`` the held-out ones;
+    ``load(name)`` returns a validated :class:`Case` for either.
+    """
+
+    def __init__(self, root: Path, meta: dict):
+        self.root = root
+        self.meta = meta
+        try:
+            channel_names = meta["channel_names"]
+            labels = meta["labels"]
+        except KeyError as exc:
+            raise DataError(f"{root / 'dataset.json'}: missing key {exc.args[0]!r}") from None
+        self.file_ending: str = meta.get("file_ending", FILE_ENDING)
+        self.channels: list[str] = [channel_names[k] for k in sorted(channel_names, key=int)]
+        self.label_values: dict[str, int | list[int]] = {k: v for k, v in labels.items()
+                                                         if k != "background"}
+        block = meta.get("npcrepro", {})
+        self.structures: list[str] = list(block.get("structures", self.label_values))
+        self.has_structure_files: bool = "structures" in block
+        self.spacing_known: bool = bool(block.get("spacing_known", True))
+        self.source: str = block.get("source", "nnunet")
+        self._cases = {sub: self._scan(sub) for sub in _SPLITS}
+
+    # ------------------------------------------------------------------------------ listing
+    def _scan(self, sub: str) -> list[str]:
+        folder = self.root / f"images{sub}"
+        if not folder.is_dir():
+            return []
+        suffix = f"_0000{self.file_ending}"
+        return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix))
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.root.name)
+
+    @property
+    def cases(self) -> list[str]:
+        """Training case names, sorted."""
+        return list(self._cases["Tr"])
+
+    @property
+    def test_cases(self) -> list[str]:
+        """Held-out (imagesTs) case names, sorted."""
+        return list(self._cases["Ts"])
+
+    def __len__(self) -> int:
+        return len(self._cases["Tr"])
+
+    def __iter__(self) -> Iterator[Case]:
+        for name in self.cases:
+            yield self.load(name)
+
+    def __repr__(self) -> str:
+        return (f"Dataset({str(self.root)!r}, {len(self)} cases, channels={self.channels}, "
+                f"structures={self.structures})")
+
+    def _sub_of(self, name: str) -> str:
+        for sub, names in self._cases.items():
+            if name in names:
+                return sub
+        raise DataError(f"{self.root}: no case named {name!r} (cases: {_preview(self.cases)})")
+
+    # ----------------------------------------------------------------------------- loading
+    def load(self, name: str, *, channels: Sequence[str] | None = None,
+             structures: Sequence[str] | None = None) -> Case:
+        """Load and validate one case.
+
+        Parameters
+        ----------
+        name : str
+            A name from :attr:`cases` or :attr:`test_cases`.
+        channels, structures : sequence of str, optional
+            Load only these (default: all declared).
+
+        Raises
+        ------
+        DataError
+            Missing channel file, corrupt file, geometry mismatch between any two files of the case,
+            label values not declared in dataset.json, non-binary structure mask, NaN/inf
+            intensities, or a 2D image.
+        """
+        sub = self._sub_of(name)
+        want_channels = list(channels) if channels is not None else self.channels
+        for c in want_channels:
+            if c not in self.channels:
+                raise DataError(f"{self.root / 'dataset.json'}: no channel {c!r} "
+                                f"(channels: {self.channels})")
+        ref_geometry = None
+        images: dict[str, np.ndarray] = {}
+        for c in want_channels:
+            path = self.root / f"images{sub}" / f"{name}_{self.channels.index(c):04d}{self.file_ending}"
+            if not path.exists():
+                raise DataError(f"{path}: missing channel {c!r} of case {name!r}")
+            vol = _ensure_3d(io.read(path), path)
+            if ref_geometry is None:
+                ref_geometry = vol.geometry
+            else:
+                io.check_same_geometry(ref_geometry, vol, f"{path} vs channel {want_channels[0]!r}")
+            arr = vol.array.astype(np.float32, copy=False)
+            if not np.isfinite(arr).all():
+                bad = int((~np.isfinite(arr)).sum())
+                raise DataError(f"{path}: {bad} NaN/inf intensities")
+            images[c] = arr
+
+        labels = self._load_labels(name, sub, structures, ref_geometry)
+        if ref_geometry is None:
+            raise DataError(f"{self.root}: case {name!r} has no channel to load")
+        meta_path = self.root / f"meta{sub}" / f"{name}.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        meta.setdefault("spacing_known", self.spacing_known)
+        meta.setdefault("source", self.source)
+        meta["split"] = _SPLITS[sub]
+        return Case(name, images, labels, ref_geometry.spacing, ref_geometry.origin,
+                    ref_geometry.direction, meta)
+
+    def _load_labels(self, name, sub, structures, ref_geometry) -> dict[str, np.ndarray]:
+        want = list(structures) if structures is not None else self.structures
+        for s in want:
+            if s not in self.structures:
+                raise DataError(f"{self.root / 'dataset.json'}: no structure {s!r} "
+                                f"(structures: {self.structures})")
+        labels: dict[str, np.ndarray] = {}
+        label_path = self.root / f"labels{sub}" / f"{name}{self.file_ending}"
+        label_map = None
+        if label_path.exists():
+            vol = _ensure_3d(io.read(label_path), label_path)
+            io.check_same_geometry(ref_geometry, vol, f"{label_path} vs image")
+            label_map = vol.array
+            declared = {0} | {int(v) for vals in self.label_values.values()
+                              for v in (vals if isinstance(vals, list) else [vals])}
+            found = set(np.unique(label_map).astype(int).tolist())
+            if found - declared:
+                raise DataError(f"{label_path}: label values {sorted(found - declared)} are not "
+                                f"declared in dataset.json (declared: {sorted(declared)})")
+        if self.has_structure_files:
+            folder = self.root / f"structures{sub}" / name
+            for s in want:
+                path = folder / f"{s}{self.file_ending}"
+                if not path.exists():
+                    continue  # this patient does not have this structure
+                vol = _ensure_3d(io.read(path), path)
+                io.check_same_geometry(ref_geometry, vol, f"{path} vs image")
+                arr = vol.array
+                if arr.dtype != bool and not np.isin(arr, (0, 1)).all():
+                    raise DataError(f"{path}: structure mask is not binary "
+                                    f"(values {np.unique(arr)[:8].tolist()})")
+                labels[s] = arr.astype(bool)
+        elif label_map is not None:
+            for s in want:
+                vals = self.label_values[s]
+                mask = np.isin(label_map, vals if isinstance(vals, list) else [vals])
+                if mask.any():
+                    labels[s] = mask
+        return labels
+
+
+def open_dataset(path: str | os.PathLike) -> Dataset:
+    """Open a dataset folder (project format or plain nnU-Net v2 raw).
+
+    Raises
+    ------
+    DataError
+        The folder or its dataset.json is missing or unreadable, or it holds no cases.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    meta_path = root / "dataset.json"
+    if not meta_path.exists():
+        raise DataError(f"{meta_path}: missing (not a dataset folder; convert the data first with "
+                        "`npcrepro convert` or `npcrepro phantom`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{meta_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    ds = Dataset(root, meta)
+    if not ds.cases and not ds.test_cases:
+        raise DataError(f"{root}: no cases found in imagesTr/ or imagesTs/")
+    return ds
+
+
+def write_dataset(out_dir: str | os.PathLike, cases: Iterable[Case], *, channels: Sequence[str],
+                  structures: Sequence[str], name: str | None = None, description: str = "",
+                  source: str = "unknown", spacing_known: bool = True,
+                  test_cases: Iterable[Case] = (), overwrite: bool = False,
+                  extra: dict | None = None, progress: bool = False) -> Dataset:
+    """Write cases in the project format and return the opened dataset.
+
+    Parameters
+    ----------
+    out_dir : path
+        Target folder. It must not exist or be empty unless ``overwrite`` (then it is replaced).
+    cases, test_cases : iterables of Case
+        Training and held-out cases. Each must carry every channel in ``channels``; structures are
+        optional per case (absent ones get no file).
+    channels : sequence of str
+        Channel order (``_0000`` is ``channels[0]``).
+    structures : sequence of str
+        Every structure that may appear; also the label map's painting order (later wins).
+    extra : dict, optional
+        Stored under ``dataset.json["npcrepro"]["extra"]``.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"{out}: exists and is not empty (pass overwrite=True to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    channels, structures = list(channels), list(structures)
+    counts = {"Tr": 0, "Ts": 0}
+    iterables = [("Tr", cases), ("Ts", test_cases)]
+    if progress:
+        from tqdm.auto import tqdm
+        iterables = [(sub, tqdm(it, desc=f"writing {'training' if sub == 'Tr' else 'test'} cases",
+                                unit="case")) for sub, it in iterables]
+    for sub, it in iterables:
+        for case in it:
+            _write_case(out, sub, case, channels, structures)
+            counts[sub] += 1
+    meta = {
+        "name": name or out.name,
+        "description": description,
+        "channel_names": {str(i): c for i, c in enumerate(channels)},
+        "labels": {"background": 0, **{s: i for i, s in enumerate(structures, start=1)}},
+        "numTraining": counts["Tr"],
+        "file_ending": FILE_ENDING,
+        "npcrepro": {"format_version": FORMAT_VERSION, "structures": structures,
+                     "source": source, "spacing_known": spacing_known,
+                     "numTest": counts["Ts"], "extra": extra or {}},
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return open_dataset(out)
+
+
+def _write_case(out: Path, sub: str, case: Case, channels: list[str], structures: list[str]) -> None:
+    missing = [c for c in channels if c not in case.images]
+    if missing:
+        raise DataError(f"case {case.name}: missing channel(s) {missing}")
+    unknown = [s for s in case.labels if s not in structures]
+    if unknown:
+        raise DataError(f"case {case.name}: structures {unknown} are not declared "
+                        f"(declared: {structures})")
+    if len(case.shape) != 3:
+        raise DataError(f"case {case.name}: arrays must be 3D (z, y, x), got {case.shape}")
+    g = case.geometry
+    for i, c in enumerate(channels):
+        arr = np.asarray(case.images[c])
+        if not np.isfinite(arr).all():
+            raise DataError(f"case {case.name}: channel {c!r} has NaN/inf values")
+        io.write(io.Volume.on_grid(arr.astype(np.float32, copy=False) if arr.dtype.kind == "f"
+                                   else arr, g),
+                 out / f"images{sub}" / f"{case.name}_{i:04d}{FILE_ENDING}")
+    io.write(io.Volume.on_grid(case.label_map(structures), g),
+             out / f"labels{sub}" / f"{case.name}{FILE_ENDING}")
+    for s, mask in case.labels.items():
+        io.write(io.Volume.on_grid(np.asarray(mask).astype(np.uint8), g),
+                 out / f"structures{sub}" / case.name / f"{s}{FILE_ENDING}")
+    meta_dir = out / f"meta{sub}"
+    meta_dir.mkdir(exist_ok=True)
+    (meta_dir / f"{case.name}.json").write_text(json.dumps(_jsonable(case.meta), indent=2))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _preview(names: Sequence[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")

@@ -1,0 +1,19 @@
+"""The project's exception types.
+
+Every error a user can cause with bad input is one of these, with a message that names the file (or
+parameter) and what is wrong, so the CLI can print it on one line and exit non-zero.
+"""
+from __future__ import annotations
+
+
+class NpcreproError(Exception):
+    """Base class of the errors npcrepro raises on purpose."""
+
+
+class DataError(NpcreproError, ValueError):
+    """Bad or inconsistent input data: missing or corrupt file, geometry mismatch, undeclared labels,
+    non-finite intensities, missing channel, wrong dimensionality, bad dataset layout."""
+
+
+class ParameterError(NpcreproError, ValueError):
+    """An unknown parameter name or an invalid parameter value (notebooks, CLI, profiles)."""
