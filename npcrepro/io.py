@@ -10,8 +10,11 @@ Every failure caused by the input raises :class:`npcrepro.DataError` naming the 
 """
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import time
+import zlib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +212,8 @@ def read(path: str | os.PathLike) -> Volume:
     if suffix not in SUPPORTED_SUFFIXES and suffix != ".dcm":
         raise DataError(f"{p}: unsupported image format {suffix!r} "
                         f"(supported: {', '.join(SUPPORTED_SUFFIXES)}, or a DICOM folder)")
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti(p, suffix)
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as exc:
@@ -218,6 +223,72 @@ def read(path: str | os.PathLike) -> Volume:
         return _from_sitk(img, p)
     except RuntimeError as exc:  # pixel buffer could not be decoded
         raise DataError(f"{p}: cannot decode image data: {_first_line(exc)}") from None
+
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy dtype
+
+
+def _check_nifti(path: Path, suffix: str) -> None:
+    """Refuse NIfTI-1 files that ITK would read as a silent wrong answer.
+
+    - truncated data: ITK pads the missing voxels with garbage instead of failing;
+    - NaN/inf in float data: ITK's NIfTI reader turns them into 0.
+    NRRD and MHA readers fail (or keep NaN) on their own.
+    """
+    try:
+        if suffix == ".nii.gz":
+            with gzip.open(path, "rb") as fh:
+                header = fh.read(352)
+        else:
+            with open(path, "rb") as fh:
+                header = fh.read(352)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read image (corrupt or truncated file?): {exc}") from None
+    if len(header) < 348:
+        raise DataError(f"{path}: truncated NIfTI header ({len(header)} of 348 bytes)")
+    for endian in "<>":
+        if struct.unpack(endian + "i", header[:4])[0] == 348:
+            break
+    else:
+        return  # NIfTI-2 or not NIfTI at all: leave it to the reader
+    dims = struct.unpack(endian + "8h", header[40:56])
+    datatype = struct.unpack(endian + "h", header[70:72])[0]
+    bitpix = struct.unpack(endian + "h", header[72:74])[0]
+    vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or bitpix <= 0:
+        return
+    expected = vox_offset + int(np.prod([max(d, 1) for d in dims[1:ndim + 1]])) * bitpix // 8
+    if suffix == ".nii":
+        actual = path.stat().st_size
+    else:
+        actual = _gunzipped_size(path, expected)
+    if actual < expected:
+        raise DataError(f"{path}: truncated NIfTI file ({actual} of {expected} bytes)")
+    if datatype in _NIFTI_FLOATS:
+        opener = gzip.open if suffix == ".nii.gz" else open
+        with opener(path, "rb") as fh:
+            fh.seek(vox_offset)
+            data = np.frombuffer(fh.read(expected - vox_offset), endian + _NIFTI_FLOATS[datatype])
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise DataError(f"{path}: {bad} NaN/inf intensities")
+
+
+def _gunzipped_size(path: Path, expected: int) -> int:
+    # Fast path: the gzip trailer stores the uncompressed size (mod 2**32).
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", fh.read(4))[0] == expected % 2**32:
+            return expected
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        pass  # a truncated stream: report what could be read
+    return total
 
 
 def _first_line(exc: BaseException) -> str:

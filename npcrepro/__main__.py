@@ -1,0 +1,4 @@
+from npcrepro.cli import main
+import sys
+
+sys.exit(main())

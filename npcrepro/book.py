@@ -1,0 +1,219 @@
+"""Execute chapter notebooks with papermill and build the Jupyter Book (execution off, offline).
+
+Source notebooks live in ``notebooks/`` without outputs. ``execute`` runs one into
+``book/runs/<profile>/<name>.ipynb``; the book renders those executed copies. An executed copy records
+a fingerprint of what produced it (the source notebook, the parameters, the npcrepro sources), so
+running the book again re-executes only chapters whose inputs changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from npcrepro.errors import NpcreproError, ParameterError
+from npcrepro.paths import repo_root
+
+#: Chapters in book order: notebook name -> title. Each is notebooks/<name>.ipynb.
+CHAPTERS: dict[str, str] = {
+    "data": "The NPC digital phantom",
+    "realdata": "Real data",
+    "li2018": "li2018: CNN on contrast-enhanced MRI",
+    "xue2020": "xue2020: DeepLabv3+ vs U-Net on planning CT",
+    "luo2020": "luo2020: two-stage U-Net on nasopharyngeal CT",
+    "guo2021": "guo2021: cascaded 3D CNN on T1 MRI",
+    "chen2020": "chen2020: MMFNet multi-modality fusion",
+    "template": "Anatomy of a chapter (template)",
+}
+PROFILES = ("smoke", "cpu", "gpu")
+KERNEL = "python3"
+
+
+class ChapterFailed(NpcreproError):
+    """A chapter notebook raised while executing; the partial output notebook is kept."""
+
+
+def runs_dir(profile: str, root: Path | None = None) -> Path:
+    return (root or repo_root()) / "book" / "runs" / profile
+
+
+def _check(name: str, profile: str) -> None:
+    if name not in CHAPTERS:
+        raise ParameterError(f"unknown chapter {name!r} (valid: {', '.join(CHAPTERS)}, all)")
+    if profile not in PROFILES:
+        raise ParameterError(f"unknown profile {profile!r} (valid: {', '.join(PROFILES)})")
+
+
+def declared_parameters(name: str, root: Path | None = None) -> dict:
+    """The parameters declared in the notebook's ``parameters`` cell (name -> default text)."""
+    import papermill as pm
+
+    path = (root or repo_root()) / "notebooks" / f"{name}.ipynb"
+    return {k: v.get("default") for k, v in pm.inspect_notebook(str(path)).items()}
+
+
+def check_parameters(name: str, params: dict, root: Path | None = None) -> None:
+    """Raise ParameterError for names the chapter does not declare (papermill would only warn)."""
+    declared = declared_parameters(name, root)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ParameterError(f"chapter {name!r}: unknown parameter(s) {', '.join(unknown)} "
+                             f"(valid: {', '.join(declared)})")
+
+
+def _package_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted((root / "npcrepro").rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(name: str, profile: str, params: dict, root: Path | None = None) -> str:
+    """Hash of everything an executed chapter depends on (source notebook, parameters, library)."""
+    root = root or repo_root()
+    h = hashlib.sha256()
+    h.update((root / "notebooks" / f"{name}.ipynb").read_bytes())
+    h.update(json.dumps({"profile": profile, **params}, sort_keys=True, default=str).encode())
+    h.update(_package_digest(root).encode())
+    return h.hexdigest()[:16]
+
+
+def _recorded_fingerprint(path: Path) -> str | None:
+    try:
+        nb = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return nb.get("metadata", {}).get("npcrepro", {}).get("fingerprint")
+
+
+@dataclass
+class ChapterResult:
+    name: str
+    profile: str
+    output: Path
+    seconds: float
+    skipped: bool
+
+
+def execute(name: str, profile: str = "cpu", params: dict | None = None, *, force: bool = False,
+            output: Path | None = None, root: Path | None = None,
+            log=print) -> ChapterResult:
+    """Execute ``notebooks/<name>.ipynb`` with papermill into ``book/runs/<profile>/<name>.ipynb``.
+
+    Skips the run when the existing output's fingerprint matches (unless ``force``). Parameters are
+    validated by the notebook itself (an unknown name fails at once with ParameterError). A failing
+    chapter keeps its partial output and raises :class:`ChapterFailed`.
+    """
+    _check(name, profile)
+    root = root or repo_root()
+    params = dict(params or {})
+    params["profile"] = profile
+    check_parameters(name, params, root)
+    out = output or runs_dir(profile, root) / f"{name}.ipynb"
+    fp = fingerprint(name, profile, params, root)
+    if not force and out.exists() and _recorded_fingerprint(out) == fp:
+        log(f"[book] {name:<9} {profile:<5} up to date ({out.relative_to(root) if out.is_relative_to(root) else out})")
+        return ChapterResult(name, profile, out, 0.0, True)
+    import papermill as pm  # deferred: heavy import, only the book path needs it
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.running.ipynb")
+    log(f"[book] {name:<9} {profile:<5} executing ...")
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(str(root / "notebooks" / f"{name}.ipynb"), str(tmp), parameters=params,
+                            kernel_name=KERNEL, cwd=str(root), progress_bar=False,
+                            log_output=False)
+    except pm.PapermillExecutionError as exc:
+        failed = out.with_name(f"{out.stem}.failed.ipynb")
+        if tmp.exists():
+            os.replace(tmp, failed)
+        raise ChapterFailed(f"chapter {name!r} ({profile}) failed in cell {exc.exec_count}: "
+                            f"{exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''} "
+                            f"(partial notebook: {failed})") from None
+    seconds = time.perf_counter() - t0
+    nb = json.loads(tmp.read_text())
+    nb.setdefault("metadata", {})["npcrepro"] = {
+        "fingerprint": fp, "profile": profile, "parameters": params,
+        "seconds": round(seconds, 1), "executed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp.write_text(json.dumps(nb, indent=1))
+    os.replace(tmp, out)
+    log(f"[book] {name:<9} {profile:<5} done in {seconds:.0f} s")
+    return ChapterResult(name, profile, out, seconds, False)
+
+
+def execute_all(profile: str = "cpu", names: Iterable[str] | None = None, params: dict | None = None,
+                *, force: bool = False, root: Path | None = None, log=print) -> list[ChapterResult]:
+    """Execute chapters in book order (all by default); stops at the first failure."""
+    names = list(names or CHAPTERS)
+    results = []
+    for i, name in enumerate(names, 1):
+        log(f"[book] chapter {i}/{len(names)}")
+        results.append(execute(name, profile, params, force=force, root=root, log=log))
+    return results
+
+
+def toc_for(profile: str, root: Path | None = None) -> Path:
+    """The table of contents for ``profile``: ``_toc.yml`` itself for cpu, else a generated copy
+    pointing at ``book/runs/<profile>/``."""
+    root = root or repo_root()
+    base = root / "_toc.yml"
+    if profile == "cpu":
+        return base
+    text = base.read_text().replace("book/runs/cpu/", f"book/runs/{profile}/")
+    out = root / f"_toc.{profile}.yml"
+    out.write_text(text)
+    return out
+
+
+def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = True,
+               log=print) -> Path:
+    """Run ``jupyter-book build`` (execution off) and return the path of ``index.html``."""
+    root = root or repo_root()
+    missing = [n for n in CHAPTERS if not (runs_dir(profile, root) / f"{n}.ipynb").exists()]
+    if missing:
+        raise NpcreproError(f"no executed notebooks for {', '.join(missing)} in "
+                            f"{runs_dir(profile, root)} (run `npcrepro run all --profile {profile}`)")
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root),
+           "--toc", str(toc_for(profile, root)), "--path-output", str(root)]
+    if quiet:
+        cmd.append("--quiet")
+    log(f"[book] building HTML ({profile}) ...")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise NpcreproError(f"jupyter-book build failed (exit {proc.returncode}):\n{tail}")
+    index = root / "_build" / "html" / "index.html"
+    log(f"[book] HTML built in {time.perf_counter() - t0:.0f} s")
+    return index
+
+
+def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
+         names: Sequence[str] | None = None, root: Path | None = None, log=print) -> Path:
+    """Execute what is missing or stale for ``profile`` and build the HTML. Returns index.html.
+
+    For ``gpu``, committed executed notebooks are rendered as they are (a CPU machine does not re-run
+    paper-scale chapters); only missing ones are executed.
+    """
+    root = root or repo_root()
+    if profile not in PROFILES:
+        raise ParameterError(f"unknown profile {profile!r} (valid: {', '.join(PROFILES)})")
+    t0 = time.perf_counter()
+    if run_missing:
+        todo = list(names or CHAPTERS)
+        if profile == "gpu":
+            todo = [n for n in todo if not (runs_dir(profile, root) / f"{n}.ipynb").exists()]
+        execute_all(profile, todo, force=force, root=root, log=log)
+    index = build_html(profile, root=root, log=log)
+    log(f"[book] total {time.perf_counter() - t0:.0f} s")
+    return index

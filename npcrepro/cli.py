@@ -1,0 +1,151 @@
+"""The ``npcrepro`` command: phantom, convert, run, book, bench.
+
+Errors caused by the user's input (bad parameter, bad path, bad data) are printed on one line and the
+command exits with status 2; a failing chapter exits with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from npcrepro.errors import NpcreproError, ParameterError
+
+
+def _value(text: str):
+    """Parse a ``-p NAME VALUE`` value: Python literals (3, 0.5, True, [1, 2]) or a plain string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _params(pairs) -> dict:
+    return {name: _value(value) for name, value in (pairs or [])}
+
+
+def cmd_phantom(args) -> int:
+    from npcrepro import phantom
+
+    ds = phantom.generate(args.out, args.cases, args.seed, preset=args.preset,
+                          overwrite=args.overwrite, progress=True)
+    print(f"wrote {len(ds)} phantom cases to {ds.root} (channels {', '.join(ds.channels)}; "
+          f"{len(ds.structures)} structures)")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from npcrepro.datasets import adapters
+
+    summary = adapters.convert(args.source, args.src, args.dst, overwrite=args.overwrite,
+                               progress=True, limit=args.limit)
+    print(summary)
+    return 0
+
+
+def _chapters(name: str) -> list[str]:
+    from npcrepro.book import CHAPTERS
+
+    if name == "all":
+        return list(CHAPTERS)
+    if name not in CHAPTERS:
+        raise ParameterError(f"unknown chapter {name!r} (valid: {', '.join(CHAPTERS)}, all)")
+    return [name]
+
+
+def cmd_run(args) -> int:
+    from npcrepro import book
+
+    names = _chapters(args.paper)
+    params = _params(args.param)
+    for name in names:
+        res = book.execute(name, args.profile, params, force=args.force)
+        print(f"{name}: {res.output}")
+    return 0
+
+
+def cmd_book(args) -> int:
+    from npcrepro import book
+
+    index = book.book(args.profile, force=args.force, run_missing=not args.no_run)
+    print(f"The book is at {index}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from npcrepro.paths import repo_root
+
+    folder = repo_root() / "benchmarks"
+    names = args.names or sorted(p.stem.removeprefix("bench_") for p in folder.glob("bench_*.py"))
+    sys.path.insert(0, str(folder))
+    for name in names:
+        try:
+            mod = importlib.import_module(f"bench_{name}")
+        except ModuleNotFoundError:
+            raise ParameterError(f"unknown benchmark {name!r} (valid: "
+                                 f"{', '.join(p.stem[6:] for p in folder.glob('bench_*.py'))})") from None
+        print(f"== benchmark {name} ==", flush=True)
+        t0 = time.perf_counter()
+        mod.main(quick=args.quick)
+        print(f"== {name}: {time.perf_counter() - t0:.1f} s ==\n", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="npcrepro", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("phantom", help="generate a phantom dataset")
+    s.add_argument("--out", required=True, type=Path, help="output dataset folder")
+    s.add_argument("--cases", type=int, default=10, help="number of virtual patients")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--preset", default="cpu", help="size preset: smoke, cpu or gpu")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    s.set_defaults(func=cmd_phantom)
+
+    s = sub.add_parser("convert", help="convert a real data source into the dataset format")
+    s.add_argument("source", help="openkbp, li2024, npc-t2-slices, nifti-folder or nnunet")
+    s.add_argument("src", type=Path)
+    s.add_argument("dst", type=Path)
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--limit", type=int, default=None, help="convert at most this many cases")
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("run", help="execute a chapter notebook (or all) with papermill")
+    s.add_argument("paper", help="chapter name or 'all'")
+    s.add_argument("--profile", default="cpu", help="smoke, cpu or gpu")
+    s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="notebook parameter (repeatable), e.g. -p data /path/to/dataset")
+    s.add_argument("--force", action="store_true", help="re-run even if up to date")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("book", help="run what is missing and build the HTML book")
+    s.add_argument("--profile", default="cpu")
+    s.add_argument("--force", action="store_true", help="re-run every chapter")
+    s.add_argument("--no-run", action="store_true", help="only build from existing runs")
+    s.set_defaults(func=cmd_book)
+
+    s = sub.add_parser("bench", help="run the benchmarks and print ratios")
+    s.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    s.add_argument("--quick", action="store_true", help="smaller sizes")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NpcreproError as exc:
+        print(f"npcrepro {args.command}: error: {exc}", file=sys.stderr)
+        return 1 if exc.__class__.__name__ == "ChapterFailed" else 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

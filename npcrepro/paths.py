@@ -1,0 +1,29 @@
+"""Where things are: the repository, the optional real-data extracts, run folders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Environment variable naming the folder that holds the real extracts (openkbp-subset/, ...).
+DATA_ENV = "NPCREPRO_SHARED_DATA"
+
+
+def repo_root() -> Path:
+    """The source checkout (the folder holding pyproject.toml), or the current directory."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def shared_data(sub: str | None = None) -> Path | None:
+    """The real-data folder, or one of its sub-folders, or None when it is not on this machine.
+
+    Looked up in ``$NPCREPRO_SHARED_DATA``, then ``<repo>/../shared/data``. The data are never copied
+    into the repository; a user points at their own copy with the environment variable or with a
+    notebook's ``data`` parameter.
+    """
+    candidates = [os.environ.get(DATA_ENV), repo_root().parent / "shared" / "data"]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            p = Path(c) / sub if sub else Path(c)
+            return p if p.exists() else None
+    return None

@@ -1,0 +1,210 @@
+"""npcrepro.io: round trips for every format and one clear DataError per bad input."""
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from npcrepro import DataError, io
+
+# A rotated, anisotropic, off-origin grid: any axis-order slip changes one of these.
+DIRECTION = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+
+def _volume(dtype=np.float32, shape=(4, 6, 5)):
+    rng = np.random.default_rng(0)
+    arr = (rng.normal(size=shape) * 100).astype(dtype)
+    return io.Volume(arr, (3.0, 0.5, 0.7), (10.0, -20.5, 30.25), DIRECTION)
+
+
+def _assert_same_geometry(a: io.Volume, b: io.Volume):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a.spacing, b.spacing, rtol=1e-6)
+    np.testing.assert_allclose(a.origin, b.origin, atol=1e-5)
+    np.testing.assert_allclose(a.direction, b.direction, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint8])
+def test_round_trip_files(tmp_path, suffix, dtype):
+    vol = _volume(dtype)
+    path = io.write(vol, tmp_path / f"img{suffix}")
+    back = io.read(path)
+    _assert_same_geometry(vol, back)
+    np.testing.assert_array_equal(back.array, vol.array)
+    assert back.array.dtype == vol.array.dtype
+
+
+def test_bool_mask_written_as_uint8(tmp_path):
+    vol = _volume()
+    mask = vol.with_array(vol.array > 0)
+    back = io.read(io.write(mask, tmp_path / "m.nii.gz"))
+    assert back.array.dtype == np.uint8
+    np.testing.assert_array_equal(back.array.astype(bool), mask.array)
+
+
+def test_axis_order_is_zyx(tmp_path):
+    """SimpleITK's (x, y, z) must appear reversed: array axis 0 carries the z spacing."""
+    arr = np.zeros((2, 3, 4), np.uint8)
+    arr[1, 2, 3] = 7
+    vol = io.Volume(arr, (5.0, 2.0, 1.0), (100.0, 10.0, 1.0))
+    back = io.read(io.write(vol, tmp_path / "a.nii.gz"))
+    assert back.shape == (2, 3, 4) and back.array[1, 2, 3] == 7
+    assert back.spacing == (5.0, 2.0, 1.0)
+    # index (1, 2, 3) sits at origin + index * spacing in (z, y, x) order
+    np.testing.assert_allclose(back.geometry.index_to_physical([1, 2, 3]), [105.0, 14.0, 4.0])
+
+
+def test_physical_index_round_trip():
+    g = _volume().geometry
+    idx = np.array([[1.0, 2.0, 3.0], [0.5, 4.0, 1.0]])
+    np.testing.assert_allclose(g.physical_to_index(g.index_to_physical(idx)), idx, atol=1e-9)
+
+
+def test_dicom_series_round_trip_integer(tmp_path):
+    vol = _volume(np.int16)
+    io.write_dicom_series(vol, tmp_path / "series", modality="CT")
+    back = io.read(tmp_path / "series")
+    assert len(list((tmp_path / "series").glob("*.dcm"))) == vol.shape[0]
+    _assert_same_geometry(vol, back)
+    np.testing.assert_array_equal(back.array, vol.array)
+
+
+def test_dicom_series_round_trip_float(tmp_path):
+    vol = _volume(np.float32)
+    io.write(vol, tmp_path / "series")  # no suffix: a DICOM folder
+    back = io.read(tmp_path / "series")
+    _assert_same_geometry(vol, back)
+    step = np.abs(vol.array).max() / 32000
+    np.testing.assert_allclose(back.array, vol.array, atol=step)
+
+
+def test_2d_picture_and_nifti(tmp_path):
+    arr = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    vol2 = io.Volume(arr, (0.5, 0.25))
+    back = io.read(io.write(vol2, tmp_path / "s.png"))
+    assert back.ndim == 2 and back.shape == (3, 4)
+    np.testing.assert_array_equal(back.array, arr)
+    back = io.read(io.write(vol2, tmp_path / "s.nii.gz"))
+    assert back.spacing == (0.5, 0.25)
+
+
+def test_resample_to_same_grid_is_identity():
+    vol = _volume()
+    out = io.resample_to(vol, vol.geometry, order="linear")
+    np.testing.assert_allclose(out.array, vol.array, atol=1e-4)
+
+
+def test_resample_spacing_preserves_extent_and_centre():
+    arr = np.zeros((10, 20, 20), np.float32)
+    arr[4:6, 8:12, 8:12] = 1
+    vol = io.Volume(arr, (3.0, 1.0, 1.0))
+    iso = io.resample_spacing(vol, (1.0, 1.0, 1.0), order="linear")
+    assert iso.shape == (30, 20, 20)
+    # The blob's physical centre of mass is unchanged.
+    def com(v):
+        idx = np.argwhere(v.array > 0.5).mean(0)
+        return v.geometry.index_to_physical(idx)
+    np.testing.assert_allclose(com(iso), com(vol), atol=0.6)
+
+
+def test_resample_mask_nearest_stays_bool():
+    vol = _volume()
+    mask = vol.with_array(vol.array > 0)
+    out = io.resample_spacing(mask, (1.5, 0.5, 0.7), order="nearest")
+    assert out.array.dtype == bool
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found") as exc:
+        io.read(tmp_path / "nope.nii.gz")
+    assert "nope.nii.gz" in str(exc.value)
+
+
+def test_corrupt_file(tmp_path):
+    p = tmp_path / "junk.nii.gz"
+    p.write_bytes(gzip.compress(b"this is not a nifti file" * 10))
+    with pytest.raises(DataError, match="junk.nii.gz"):
+        io.read(p)
+
+
+def test_truncated_file(tmp_path):
+    p = io.write(_volume(shape=(8, 32, 32)), tmp_path / "t.nii.gz")
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="t.nii.gz"):
+        io.read(p)
+
+
+def test_truncated_uncompressed_file(tmp_path):
+    p = io.write(_volume(shape=(8, 32, 32)), tmp_path / "t.nii")
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="t.nii"):
+        io.read(p)
+
+
+def test_unsupported_suffix(tmp_path):
+    p = tmp_path / "x.xyz"
+    p.write_text("x")
+    with pytest.raises(DataError, match="unsupported"):
+        io.read(p)
+
+
+def test_empty_folder_is_not_a_series(tmp_path):
+    with pytest.raises(DataError, match="no DICOM series"):
+        io.read(tmp_path)
+
+
+def test_two_series_in_one_folder(tmp_path):
+    vol = _volume(np.int16)
+    io.write_dicom_series(vol, tmp_path / "a")
+    io.write_dicom_series(vol, tmp_path / "b")
+    for f in (tmp_path / "b").iterdir():
+        f.rename(tmp_path / "a" / f"b_{f.name}")
+    with pytest.raises(DataError, match="2 DICOM series") as exc:
+        io.read(tmp_path / "a")
+    assert str(tmp_path / "a") in str(exc.value)
+
+
+def test_geometry_mismatch_messages():
+    a = _volume()
+    cases = {
+        "shape": io.Volume(np.zeros((4, 6, 6)), a.spacing, a.origin, a.direction),
+        "spacing": io.Volume(a.array, (3.0, 0.5, 0.71), a.origin, a.direction),
+        "origin": io.Volume(a.array, a.spacing, (10.0, -20.5, 30.3), a.direction),
+        "direction": io.Volume(a.array, a.spacing, a.origin, np.eye(3)),
+    }
+    for what, b in cases.items():
+        with pytest.raises(DataError, match=what):
+            io.check_same_geometry(a, b, "label.nii.gz vs image")
+    # within tolerance: no error
+    io.check_same_geometry(a, io.Volume(a.array, a.spacing, (10.0, -20.5, 30.2500001), a.direction))
+
+
+def test_volume_validation():
+    with pytest.raises(DataError, match="spacing"):
+        io.Volume(np.zeros((2, 2, 2)), (1.0, 1.0))
+    with pytest.raises(DataError, match="positive"):
+        io.Volume(np.zeros((2, 2, 2)), (1.0, 0.0, 1.0))
+    with pytest.raises(DataError, match="2D or 3D"):
+        io.Volume(np.zeros((2, 2, 2, 2)), (1.0,) * 4)
+
+
+def test_dicom_needs_3d(tmp_path):
+    with pytest.raises(DataError, match="3D"):
+        io.write_dicom_series(io.Volume(np.zeros((3, 3)), (1.0, 1.0)), tmp_path / "d")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd"])
+def test_non_finite_values_never_become_zero(tmp_path, suffix):
+    """ITK's NIfTI reader maps NaN/inf to 0; io.read must refuse instead (NRRD keeps them)."""
+    vol = io.Volume(np.array([[[np.nan, np.inf], [1, 2]]], np.float32), (1.0, 1.0, 1.0))
+    path = io.write(vol, tmp_path / f"nan{suffix}")
+    if suffix == ".nrrd":
+        assert np.isnan(io.read(path).array).sum() == 1
+    else:
+        with pytest.raises(DataError, match="2 NaN/inf"):
+            io.read(path)
