@@ -1,6 +1,8 @@
 """Shared fixtures: real-data folders (skipped cleanly when absent) and a papermill runner."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,21 +34,45 @@ def two_raters_dir() -> Path:
     return _real("tcia-hn-oar-two-raters")
 
 
-@pytest.fixture
-def run_notebook(tmp_path):
-    """Execute ``notebooks/<name>.ipynb`` with papermill (smoke profile by default) into tmp_path.
+@pytest.fixture(scope="session")
+def book_copy(tmp_path_factory) -> Path:
+    """A throw-away copy of the book sources (notebooks, prose, config) for executing and building,
+    so tests never write into the checkout. Executed smoke chapters go to <copy>/book/runs/smoke."""
+    root = tmp_path_factory.mktemp("book")
+    for name in ("notebooks", "book"):
+        shutil.copytree(REPO / name, root / name,
+                        ignore=shutil.ignore_patterns("runs", ".ipynb_checkpoints"))
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO / name, root / name)
+    (root / "npcrepro").symlink_to(REPO / "npcrepro")  # fingerprints hash the library sources
+    return root
 
-    Returns the executed notebook (nbformat node). Fails the test with the notebook's traceback.
+
+@pytest.fixture(scope="session")
+def run_notebook(book_copy):
+    """Execute ``notebooks/<name>.ipynb`` with papermill and return the executed notebook.
+
+    Defaults: profile "smoke" and an out_dir inside the session's book copy. Runs with default
+    parameters are cached for the session and land in ``<book_copy>/book/runs/smoke/``, where the
+    book-build test picks them up instead of executing every chapter a second time.
     """
     import nbformat
-    import papermill as pm
+
+    from npcrepro import book
+
+    cache: dict = {}
 
     def run(name: str, **params) -> "nbformat.NotebookNode":
-        params.setdefault("profile", "smoke")
-        params.setdefault("out_dir", str(tmp_path / "runs"))
-        out = tmp_path / f"{name}.ipynb"
-        pm.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(out), parameters=params,
-                            kernel_name="python3", cwd=str(REPO), progress_bar=False)
-        return nbformat.read(str(out), as_version=4)
+        profile = params.pop("profile", "smoke")
+        params.setdefault("out_dir", str(book_copy / "runs"))
+        key = (name, profile, json.dumps(params, sort_keys=True, default=str))
+        if key not in cache:
+            default = set(params) == {"out_dir"}
+            out = (book.runs_dir(profile, book_copy) / f"{name}.ipynb" if default
+                   else book_copy / "custom" / f"{name}-{len(cache)}.ipynb")
+            res = book.execute(name, profile, params, output=out, root=book_copy,
+                               log=lambda *_: None)
+            cache[key] = nbformat.read(res.output, as_version=4)
+        return cache[key]
 
     return run

@@ -13,7 +13,7 @@ Each paper module defines
   :func:`reported`, ``include_cited=True`` adds them);
 * ``CLAIMS`` -- derived statements the text makes about its tables ("improves DSC by 6.39%"), as
   :class:`Claim` records that the tests check against the tables;
-* ``HEADLINE`` -- ``(table, method)`` of the row :func:`headline` returns;
+* ``HEADLINE`` -- ``(table, method[, metrics])`` of the row :func:`headline` returns;
 * ``METHOD_ALIASES`` -- short names accepted by the ``method`` filter of :func:`reported`.
 
 The text authority is the PDF extraction in ``<repo>/../shared/papers/*.txt``
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,6 +33,7 @@ from npcrepro.errors import ParameterError
 __all__ = [
     "PAPERS",
     "METRICS",
+    "LOWER_IS_BETTER",
     "TEXT_FILES",
     "PaperInfo",
     "Reported",
@@ -75,6 +76,11 @@ METRICS: tuple[str, ...] = (
 #: Metrics that are fractions in [0, 1].
 UNIT_INTERVAL: frozenset[str] = frozenset(
     {"dsc", "jaccard", "precision", "recall", "f1", "percent_match", "auc", "ap", "dice_loss", "p_value"}
+)
+
+#: Metrics where lower is better (a claimed improvement is a reduction).
+LOWER_IS_BETTER: frozenset[str] = frozenset(
+    {"assd", "hd", "hd95", "dice_loss", "seconds_per_patient", "ms_per_slice", "train_hours", "p_value"}
 )
 
 #: File name of each paper's full text in ``<repo>/../shared/papers``.
@@ -267,13 +273,16 @@ def reported(
 
 def headline(key: str) -> dict[tuple[str, str], float]:
     """The paper's headline numbers: ``{(method, metric): value}`` of its proposed method's summary
-    row (the row named by the module's ``HEADLINE``), in the paper's metric order."""
+    row (the row named by the module's ``HEADLINE``: ``(table, method)`` or ``(table, method,
+    metrics)``), in the paper's metric order."""
     mod = get(key)
-    table, method = mod.HEADLINE
+    table, method, *rest = mod.HEADLINE
+    metrics = rest[0] if rest else None
     out: dict[tuple[str, str], float] = {}
     for r in mod.REPORTED:
         if r.table == table and r.method == method and r.case is None:
-            out[(r.method, r.metric)] = float(r.value)
+            if metrics is None or r.metric in metrics:
+                out[(r.method, r.metric)] = float(r.value)
     return out
 
 
