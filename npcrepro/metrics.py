@@ -24,7 +24,7 @@ Euclidean distance transform per direction, computed on the joint bounding box o
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -164,11 +164,6 @@ def _overlap(tp: int, fp: int, fn: int) -> dict[str, float]:
         "percent_match": _ratio(tp, tp + fn, both_empty),
         "corresponding_ratio": _ratio(tp - 0.5 * fp, tp + fn, both_empty),
     }
-
-
-_EMPTY_RULE = """
-    Empty masks: a 0/0 ratio is 1.0 when both masks are empty and 0.0 when only one is (a missed
-    or a wholly false structure scores as badly as possible, never NaN)."""
 
 
 def dice(pred: Any, ref: Any) -> float:
@@ -794,7 +789,8 @@ def _to_dict(
         masks = masks.detach().cpu().numpy()
     lab = np.asarray(masks)
     if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
-        if np.issubdtype(lab.dtype, np.floating) and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+        integral = np.all(np.isfinite(lab)) and np.all(lab == np.round(lab))
+        if np.issubdtype(lab.dtype, np.floating) and integral:
             lab = lab.astype(np.int64)
         else:
             raise DataError(f"{which} label map must hold integer labels, got dtype {lab.dtype}")

@@ -435,7 +435,7 @@ def test_distances_match_monai(case):
 
 def test_medpy_pools_hd95_and_assd_but_agrees_on_hd():
     mb = pytest.importorskip("medpy.metric.binary")
-    n_diff = 0
+    n_diff = n_diff_assd = 0
     for pred, ref, sp in realistic_pairs():
         assert M.hausdorff(pred, ref, sp) == pytest.approx(mb.hd(pred, ref, voxelspacing=sp), rel=1e-9)
         directed = 0.5 * (mb.asd(pred, ref, voxelspacing=sp) + mb.asd(ref, pred, voxelspacing=sp))
@@ -447,7 +447,10 @@ def test_medpy_pools_hd95_and_assd_but_agrees_on_hd():
         pooled = np.percentile(np.r_[d_pr, d_rp], 95)
         assert mb.hd95(pred, ref, voxelspacing=sp) == pytest.approx(pooled, rel=1e-9)
         n_diff += abs(M.hausdorff(pred, ref, sp, 95) - pooled) > 1e-3
-    assert n_diff >= len(realistic_pairs()) - 1  # our HD95 differs from medpy's in general
+        n_diff_assd += abs(M.assd(pred, ref, sp) - np.r_[d_pr, d_rp].mean()) > 1e-6
+    # our HD95 and ASSD differ from medpy's in general
+    assert n_diff >= len(realistic_pairs()) - 1
+    assert n_diff_assd >= len(realistic_pairs()) - 1
     # the hand case of test_directed_distances_percentile_and_medpy_convention_by_hand
     pred = np.zeros((3, 7), bool)
     ref = np.zeros((3, 7), bool)
