@@ -1,0 +1,100 @@
+"""Speed of the NPC digital phantom, one CPU thread.
+
+Timed, per virtual patient (anatomy, lesions, every label, the images with their noise):
+
+* ``cpu`` preset (32 x 128 x 128), CT + T1 + T2 + CET1: the book's default cohort. Target <= 1 s.
+* ``cpu`` preset with DCE-MRI as well (65 frames).
+* paper-scale CT alone (``gpu`` preset: 96 x 512 x 512 at 0.98 x 0.98 x 3 mm). Target: a few s.
+* writing a ``cpu`` case to disk (``generate``: 4 channels + 24 masks, gzip NIfTI).
+
+The first case of each size is a warm-up (the process maps its memory then) and is not counted.
+Wall and process-CPU seconds are both reported: on a busy machine wall time overstates the cost.
+
+Run ``python benchmarks/bench_phantom.py`` (``--quick``: fewer cases, a smaller "paper" grid), or
+import and call :func:`main`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from npcrepro import phantom  # noqa: E402
+
+TARGET_CPU_CASE_S = 1.0
+TARGET_PAPER_CT_S = 5.0
+
+
+def _one_thread():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(1)
+
+
+def time_cases(n: int, **params) -> dict:
+    """Median wall and CPU seconds per case over ``n`` cases after one warm-up case."""
+    phantom.make_case(10_000, **params)
+    wall, cpu = [], []
+    for i in range(n):
+        t0, c0 = time.perf_counter(), time.process_time()
+        phantom.make_case(i, **params)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"wall_s": float(np.median(wall)), "cpu_s": float(np.median(cpu)), "n": n}
+
+
+def time_generate(n: int, preset: str = "cpu") -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        phantom.generate(os.path.join(tmp, "warm"), 1, 1, preset=preset, progress=False)
+        t0, c0 = time.perf_counter(), time.process_time()
+        phantom.generate(os.path.join(tmp, "ds"), n, 0, preset=preset, progress=False)
+        return {"wall_s": (time.perf_counter() - t0) / n, "cpu_s": (time.process_time() - c0) / n,
+                "n": n}
+
+
+def main(quick: bool = False) -> dict:
+    limiter = _one_thread()
+    n = 2 if quick else 5
+    paper = dict(preset="gpu", modalities=("CT",))
+    if quick:
+        paper.update(shape=(48, 512, 512))
+    results = {
+        "cpu_multimodal": time_cases(n, preset="cpu"),
+        "cpu_with_dce": time_cases(max(1, n // 2), preset="cpu", modalities=phantom.MODALITIES),
+        "paper_ct": time_cases(1 if quick else 2, **paper),
+        "cpu_generate_per_case": time_generate(2 if quick else 4),
+    }
+    shape = paper.get("shape", phantom.PRESETS["gpu"].shape)
+    print(f"phantom, one thread ({'quick' if quick else 'full'} run)")
+    print(f"  cpu preset {phantom.PRESETS['cpu'].shape}, CT+T1+T2+CET1: "
+          f"{results['cpu_multimodal']['wall_s']:.2f} s/case wall, "
+          f"{results['cpu_multimodal']['cpu_s']:.2f} s CPU (target <= {TARGET_CPU_CASE_S:.0f} s)")
+    print(f"  cpu preset with DCE (65 frames):       "
+          f"{results['cpu_with_dce']['wall_s']:.2f} s/case wall, {results['cpu_with_dce']['cpu_s']:.2f} s CPU")
+    print(f"  paper-scale CT {tuple(shape)}:       "
+          f"{results['paper_ct']['wall_s']:.2f} s/case wall, {results['paper_ct']['cpu_s']:.2f} s CPU "
+          f"(target a few s)")
+    print(f"  generate (render + write), cpu preset:  "
+          f"{results['cpu_generate_per_case']['wall_s']:.2f} s/case wall, "
+          f"{results['cpu_generate_per_case']['cpu_s']:.2f} s CPU")
+    results["targets"] = {"cpu_case_s": TARGET_CPU_CASE_S, "paper_ct_s": TARGET_PAPER_CT_S}
+    results["met"] = {"cpu_case": results["cpu_multimodal"]["cpu_s"] <= TARGET_CPU_CASE_S,
+                      "paper_ct": results["paper_ct"]["cpu_s"] <= TARGET_PAPER_CT_S}
+    if limiter is not None:
+        limiter.restore_original_limits()
+    return results
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer cases, a smaller paper-scale grid")
+    main(quick=ap.parse_args().quick)

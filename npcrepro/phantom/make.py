@@ -1,0 +1,202 @@
+"""Build one virtual patient as a :class:`~npcrepro.datasets.case.Case`, or a whole dataset."""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from npcrepro.datasets.case import Case
+from npcrepro.datasets.format import Dataset, write_dataset
+from npcrepro.errors import ParameterError
+from npcrepro.phantom import anatomy, lesions, raters, render, scanners
+from npcrepro.phantom.profiles import resolve
+from npcrepro.phantom.tissues import CLASS_ID
+
+#: Version of the generator; bump when the same seed would give different arrays.
+GENERATOR_VERSION = 1
+
+#: Structures a phantom case can carry, in label-map painting order (later ones win where masks
+#: overlap in the convenience label map; the per-structure masks keep every overlap).
+#:
+#: Tissue masks (the tissue visible at the voxel centre, for contrast measurements): ``Body``
+#: (the skin outline, everything inside it), ``Fat``, ``Muscle``, ``Bone`` (cortex and marrow),
+#: ``Airway`` (air inside the body: pharynx, nasal cavity, sinuses), ``Mucosa`` (mucosa and adenoid
+#: lymphoid tissue), ``Brain``, ``Vessels`` (carotid arteries, jugular veins).
+#: Targets: ``CTVnd``, ``CTVp``, ``GTVp_rater2`` (second observer), ``GTVnd`` (absent when N0),
+#: ``GTVp``. Organs at risk (luo2020's set): ``Parotid_L/R``, ``Mandible_L/R``, ``Brainstem``,
+#: ``SpinalCord``, ``Eye_L/R``, ``OpticNerve_L/R``, ``Chiasm``. L/R are the patient's sides
+#: (``_L`` at larger x).
+STRUCTURES: tuple[str, ...] = (
+    "Body", "Fat", "Muscle", "Bone", "Airway", "Mucosa", "Brain", "Vessels",
+    "CTVnd", "CTVp", "GTVp_rater2",
+    "Parotid_L", "Parotid_R", "Mandible_L", "Mandible_R", "Brainstem", "SpinalCord",
+    "Eye_L", "Eye_R", "OpticNerve_L", "OpticNerve_R", "Chiasm",
+    "GTVnd", "GTVp",
+)
+ORGANS = ("Parotid_L", "Parotid_R", "Mandible_L", "Mandible_R", "Brainstem", "SpinalCord",
+          "Eye_L", "Eye_R", "OpticNerve_L", "OpticNerve_R", "Chiasm")
+_TISSUE_LABELS = {"Fat": ("fat",), "Muscle": ("muscle",), "Bone": ("cortex", "marrow"),
+                  "Airway": ("air",), "Mucosa": ("mucosa", "adenoid"), "Brain": ("brain",),
+                  "Vessels": ("vessel",)}
+# Independent random streams per concern, so that e.g. rendering fewer modalities leaves the
+# anatomy, the lesions and the other modalities' noise unchanged.
+_STREAMS = ("anatomy", "lesion", "rater", "contrast", "CT", "T1", "T2", "CET1", "DCE")
+
+
+def case_seed(seed: int, index: int) -> int:
+    """The seed of case ``index`` of a cohort drawn with ``seed`` (a 63-bit integer)."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+def _streams(seed: int) -> dict[str, np.random.Generator]:
+    return {name: np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(i,)))
+            for i, name in enumerate(_STREAMS)}
+
+
+def channels_for(modalities, dce_frames: int) -> list[str]:
+    """Channel names in dataset order for ``modalities``."""
+    out = [m for m in scanners.STATIC if m in modalities]
+    if "DCE" in modalities:
+        out += [f"DCE_{i:03d}" for i in range(dce_frames)]
+    return out
+
+
+def make_case(seed: int, **params) -> Case:
+    """Render one virtual NPC patient.
+
+    Parameters
+    ----------
+    seed : int
+        Non-negative; the same seed and parameters give the same arrays, bit for bit.
+    **params
+        See :data:`npcrepro.phantom.profiles.DEFAULTS`: ``preset`` (``"smoke"``, ``"cpu"``,
+        ``"gpu"``), ``shape``/``spacing``/``center`` (override the preset's grid, (z, y, x), mm),
+        ``modalities`` (subset of CT, T1, T2, CET1, DCE; default the four static ones), ``t_stage``
+        / ``n_stage`` (e.g. ``"T3"``/``3``; default drawn), margins, the second rater's jitter, and
+        scanner settings (:class:`~npcrepro.phantom.scanners.ScannerSettings`).
+
+    Returns
+    -------
+    Case
+        ``images``: float32 (z, y, x) per channel (``CT`` in HU; ``T1``, ``T2``, ``CET1`` and
+        ``DCE_000``... in arbitrary units); ``labels``: bool (z, y, x) per structure of
+        :data:`STRUCTURES` present on the grid; spacing/origin in mm (identity direction);
+        ``meta``: T and N stage, volumes (cm3), seed, parameters, scanner settings, lesion facts.
+
+    Raises
+    ------
+    ParameterError
+        Unknown parameter name or bad value.
+
+    Notes
+    -----
+    Cost, one CPU thread: about 0.3 s at the ``cpu`` preset (four modalities), 2 s for CT alone
+    at the ``gpu`` preset (see ``benchmarks/bench_phantom.py``). DCE keeps every frame in memory
+    plus one tissue-fraction volume per tissue class (~20 volumes): fine for li2018's
+    144 x 144 x 20 grid or the ``cpu`` preset, several GB at the ``gpu`` preset.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
+    p = resolve(params)
+    streams = _streams(int(seed))
+    anat = anatomy.build(streams["anatomy"])
+    les = lesions.build(streams["lesion"], anat, t_stage=p["t_stage"], n_stage=p["n_stage"],
+                        ctv_margin_mm=p["ctv_margin_mm"], ctvnd_margin_mm=p["ctvnd_margin_mm"])
+    contrast = scanners.draw_contrast(streams["contrast"])
+    grid = render.Grid.centred(p["shape"], p["spacing"], p["center"])
+    settings = scanners.ScannerSettings(**{k: p[k] for k in scanners.ScannerSettings().to_dict()})
+    painted = scanners.paint(anat, les, grid, contrast, p["modalities"])
+    images = scanners.acquire(painted, contrast, grid, settings, streams, p["modalities"])
+
+    labels: dict[str, np.ndarray] = {}
+    body = painted.labels.get("Body")
+    if body is not None:
+        labels["Body"] = body
+    for name, classes in _TISSUE_LABELS.items():
+        lut = np.zeros(256, bool)
+        lut[[CLASS_ID[c] for c in classes]] = True
+        m = lut[painted.tissue]
+        if m.any():
+            labels[name] = m
+    for name in ("CTVnd", "CTVp"):
+        m = render.mask(les.ctvnd if name == "CTVnd" else les.ctvp, grid, anat.pose)
+        if m.any():
+            labels[name] = m
+    rater2, rater_facts = raters.second_rater(streams["rater"], les.gtvp,
+                                              anat.shapes["Body"], grid, anat.pose,
+                                              p["rater2_jitter_mm"])
+    if rater2.any():
+        labels["GTVp_rater2"] = rater2
+    for name in ORGANS + ("GTVnd", "GTVp"):
+        if name in painted.labels:
+            labels[name] = painted.labels[name]
+
+    vox_cm3 = grid.voxel_mm3 / 1000.0
+    volumes = {k: round(float(np.count_nonzero(labels[k])) * vox_cm3, 3)
+               for k in ("GTVp", "GTVnd", "CTVp", "CTVnd", "GTVp_rater2") if k in labels}
+    name = p["name"] or f"phantom_{seed}"
+    meta = {
+        "source": "phantom",
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "t_stage": f"T{les.t_stage}",
+        "n_stage": f"N{les.n_stage}",
+        "tumour_side": les.side,
+        "volumes_cm3": volumes,
+        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()},
+        "scanner": {**settings.to_dict(), "gains": contrast.gains,
+                    "dce_bolus_time_s": settings.dce_bolus_frame * settings.dce_interval_s},
+        "anatomy": anat.facts,
+        "lesions": les.facts,
+        "rater2": rater_facts,
+        "spacing_known": True,
+    }
+    return Case(name, images, labels, grid.spacing, grid.origin, np.eye(3), meta)
+
+
+def iter_cases(n_cases: int, seed: int, **params) -> Iterator[Case]:
+    """Cases ``npc_000``... of a cohort (lazily, one at a time)."""
+    for i in range(n_cases):
+        yield make_case(case_seed(seed, i), name=f"npc_{i:03d}", **params)
+
+
+def generate(out_dir: str | os.PathLike, n_cases: int, seed: int, *, preset: str = "cpu",
+             progress: bool = True, overwrite: bool = False, **params) -> Dataset:
+    """Write a phantom cohort as a dataset (nnU-Net v2 raw layout + one mask per structure).
+
+    Parameters
+    ----------
+    out_dir : path
+        Target folder (must be empty or absent unless ``overwrite``).
+    n_cases : int
+        Number of virtual patients (``npc_000``, ``npc_001``...; case ``i`` uses
+        :func:`case_seed` ``(seed, i)``).
+    seed : int
+        Cohort seed: same seed, same bytes.
+    preset : str
+        ``"smoke"``, ``"cpu"`` or ``"gpu"`` (see :data:`~npcrepro.phantom.profiles.PRESETS`).
+    **params
+        Any :func:`make_case` parameter.
+
+    Returns
+    -------
+    Dataset
+        The opened dataset: channels CT, T1, T2, CET1 (and DCE_000... when ``"DCE"`` is in
+        ``modalities``), structures :data:`STRUCTURES`.
+    """
+    if isinstance(n_cases, bool) or not isinstance(n_cases, (int, np.integer)) or n_cases < 1:
+        raise ParameterError(f"n_cases must be a positive integer, got {n_cases!r}")
+    if "name" in params:
+        raise ParameterError("name is set per case by generate (npc_000, ...); do not pass it")
+    p = resolve({"preset": preset, **params})
+    channels = channels_for(p["modalities"], p["dce_frames"])
+    extra = {"generator": "npcrepro.phantom", "generator_version": GENERATOR_VERSION,
+             "seed": int(seed), "preset": preset,
+             "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}}
+    return write_dataset(out_dir, iter_cases(n_cases, seed, preset=preset, **params),
+                         channels=channels, structures=STRUCTURES, name=f"npc-phantom-{preset}",
+                         description=f"NPC digital phantom, {n_cases} virtual patients, seed {seed}, "
+                                     f"preset {preset}", source="phantom", extra=extra,
+                         overwrite=overwrite, progress=progress)

@@ -1,0 +1,190 @@
+"""What the phantom's images hold: contrast-to-noise ratios, DCE enhancement curves, overlaps.
+
+These work on any :class:`~npcrepro.datasets.case.Case` with the phantom's structure names, so the
+same numbers can be computed on a dataset read back from disk.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from npcrepro.datasets.case import Case
+from npcrepro.errors import ParameterError
+
+#: Default CNR pairs: (column name, structure a, structure b).
+CNR_PAIRS = (
+    ("tumour vs muscle", "GTVp", "Muscle"),
+    ("tumour vs mucosa", "GTVp", "Mucosa"),
+    ("tumour vs node", "GTVp", "GTVnd"),
+    ("tumour vs fat", "GTVp", "Fat"),
+)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice coefficient of two masks (1.0 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.count_nonzero(a & b)) / s
+
+
+def core(mask: np.ndarray, avoid: np.ndarray | None = None, min_voxels: int = 10) -> np.ndarray:
+    """The mask away from partial-volume edges: without voxels touching ``avoid`` (26-neighbours),
+    then shrunk by one voxel in-plane; each step is skipped when it would leave fewer than
+    ``min_voxels`` voxels."""
+    mask = np.asarray(mask, bool)
+    if avoid is not None and avoid.any():
+        clear = mask & ~ndimage.binary_dilation(avoid, structure=np.ones((3, 3, 3), bool))
+        if clear.sum() >= min_voxels:
+            mask = clear
+    st = np.zeros((3, 3, 3), bool)
+    st[1] = ndimage.generate_binary_structure(2, 1)
+    eroded = ndimage.binary_erosion(mask, structure=st)
+    return eroded if eroded.sum() >= min_voxels else mask
+
+
+def _near(case: Case, ref: str, margin_mm: float) -> np.ndarray:
+    """Box around structure ``ref`` grown by ``margin_mm`` (bool, case shape)."""
+    out = np.zeros(case.shape, bool)
+    idx = np.argwhere(case.labels[ref])
+    pad = np.ceil(margin_mm / np.asarray(case.spacing)).astype(int)
+    lo = np.maximum(idx.min(0) - pad, 0)
+    hi = idx.max(0) + pad + 1
+    out[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    return out
+
+
+def _peak_channel(case: Case) -> str | None:
+    dce = sorted(c for c in case.images if c.startswith("DCE_"))
+    if not dce or "GTVp" not in case.labels:
+        return None
+    curve = dce_curves(case, ("GTVp",))["GTVp"]
+    return dce[int(np.argmax(curve.to_numpy()))]
+
+
+def measure_cnr(case: Case, pairs=CNR_PAIRS, channels=None, margin_mm: float = 40.0) -> pd.DataFrame:
+    """Contrast-to-noise ratio between structures, per channel.
+
+    ``CNR = |mean_a - mean_b| / sqrt((sd_a^2 + sd_b^2) / 2)`` over the core voxels
+    (:func:`core`: one voxel in from the edge, not touching air, bone or the outside) of each
+    structure within ``margin_mm`` of the GTVp's bounding box, so it counts what a segmenter must
+    see through locally: noise, bias field, texture, and what partial volume is left. Thin
+    structures (mucosa) need a grid finer than about 3 mm in-plane to have core voxels at all.
+
+    Parameters
+    ----------
+    case : Case
+        A phantom case (structure names of :data:`npcrepro.phantom.STRUCTURES`).
+    pairs : sequence of (name, structure_a, structure_b)
+    channels : sequence of str, optional
+        Default: CT, T1, T2, CET1 (those present), plus the DCE frame where the tumour peaks.
+
+    Returns
+    -------
+    DataFrame
+        Index: channel; columns: pair names; NaN where a structure is absent (e.g. no node at N0).
+    """
+    if "GTVp" not in case.labels:
+        raise ParameterError(f"case {case.name}: no GTVp; CNR is measured around the tumour")
+    if channels is None:
+        channels = [c for c in ("CT", "T1", "T2", "CET1") if c in case.images]
+        peak = _peak_channel(case)
+        if peak:
+            channels.append(peak)
+    missing = [c for c in channels if c not in case.images]
+    if missing:
+        raise ParameterError(f"case {case.name}: no channel(s) {missing} "
+                             f"(channels: {sorted(case.images)})")
+    near = _near(case, "GTVp", margin_mm)
+    # Air and bone are the strongest partial-volume contaminants of thin soft tissues (mucosa).
+    avoid = np.zeros(case.shape, bool)
+    for s in ("Airway", "Bone"):
+        if s in case.labels:
+            avoid |= case.labels[s]
+    if "Body" in case.labels:
+        avoid |= ~case.labels["Body"]
+    cores = {}
+    for _, a, b in pairs:
+        for s in (a, b):
+            if s not in cores:
+                cores[s] = core(case.labels[s] & near, avoid & ~case.labels[s]) \
+                    if s in case.labels else None
+    rows = {}
+    for c in channels:
+        img = case.images[c]
+        row = {}
+        for name, a, b in pairs:
+            ma, mb = cores[a], cores[b]
+            if ma is None or mb is None or not ma.any() or not mb.any():
+                row[name] = np.nan
+                continue
+            va, vb = img[ma].astype(float), img[mb].astype(float)
+            noise = np.sqrt((va.var() + vb.var()) / 2.0)
+            row[name] = abs(va.mean() - vb.mean()) / noise if noise > 0 else np.inf
+        rows[c] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "channel"
+    return out
+
+
+def dce_curves(case: Case, structures=("GTVp", "Muscle", "Mucosa", "Vessels")) -> pd.DataFrame:
+    """Mean DCE signal per frame inside each structure's core voxels.
+
+    Returns
+    -------
+    DataFrame
+        Index: frame number; a ``time_s`` column (from the case's scanner settings when known) and
+        one column per structure present.
+    """
+    frames = sorted(c for c in case.images if c.startswith("DCE_"))
+    if not frames:
+        raise ParameterError(f"case {case.name}: no DCE frames (render with modalities including 'DCE')")
+    stack = [case.images[f] for f in frames]
+    data = {}
+    scanner = case.meta.get("scanner", {})
+    dt = scanner.get("dce_interval_s")
+    data["time_s"] = [int(f[4:]) * dt if dt else np.nan for f in frames]
+    for s in structures:
+        if s not in case.labels:
+            continue
+        m = core(case.labels[s])
+        data[s] = [float(img[m].mean()) for img in stack]
+    out = pd.DataFrame(data, index=[int(f[4:]) for f in frames])
+    out.index.name = "frame"
+    return out
+
+
+def survey(dataset, *, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-patient facts and CNRs of a phantom dataset (as written by :func:`generate`).
+
+    Returns
+    -------
+    cohort : DataFrame
+        One row per case: ``T``, ``N``, ``side``, volumes (``GTVp_cm3``, ``GTVnd_cm3``,
+        ``CTVp_cm3``, ``CTVnd_cm3``) and ``rater2_dice`` (Dice of GTVp_rater2 against GTVp).
+    cnr : DataFrame
+        Long form: ``case``, ``channel``, ``pair``, ``cnr`` (see :func:`measure_cnr`).
+    """
+    wanted = [s for s in ("GTVp", "GTVp_rater2", "GTVnd", "Muscle", "Mucosa", "Fat")
+              if s in dataset.structures]
+    channels = [c for c in ("CT", "T1", "T2", "CET1") if c in dataset.channels]
+    rows, cnr_rows = [], []
+    names = dataset.cases
+    if progress:
+        from tqdm.auto import tqdm
+        names = tqdm(names, desc="measuring", unit="case")
+    for name in names:
+        case = dataset.load(name, channels=channels, structures=wanted)
+        vol = case.meta.get("volumes_cm3", {})
+        rows.append({
+            "case": name, "T": case.meta.get("t_stage"), "N": case.meta.get("n_stage"),
+            "side": case.meta.get("tumour_side"),
+            **{f"{k}_cm3": vol.get(k, 0.0) for k in ("GTVp", "GTVnd", "CTVp", "CTVnd")},
+            "rater2_dice": dice(case.labels["GTVp"], case.labels["GTVp_rater2"])
+            if "GTVp_rater2" in case.labels else np.nan,
+        })
+        table = measure_cnr(case, channels=channels)
+        for ch, row in table.iterrows():
+            for pair, v in row.items():
+                cnr_rows.append({"case": name, "channel": ch, "pair": pair, "cnr": v})
+    return pd.DataFrame(rows).set_index("case"), pd.DataFrame(cnr_rows)

@@ -1,0 +1,284 @@
+"""The NPC digital phantom: determinism, anatomy and label consistency, lesions and stages, geometry
+round trip through the dataset format, the contrasts each modality should (not) show, DCE timing,
+parameters, and the data chapter."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npcrepro.datasets.format import open_dataset
+from npcrepro.errors import ParameterError
+from npcrepro import phantom
+from npcrepro.phantom import anatomy, lesions
+from npcrepro.phantom.make import _streams
+
+ALL = ("CT", "T1", "T2", "CET1", "DCE")
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """Four smoke patients, one per T stage, with every modality (DCE included)."""
+    return [phantom.make_case(100 + t, preset="smoke", modalities=ALL, t_stage=t) for t in (1, 2, 3, 4)]
+
+
+@pytest.fixture(scope="module")
+def cpu_cases():
+    """Two cpu-preset patients: mucosa is 3-4 mm thick, so contrast needs the cpu grid's 2 mm."""
+    return [phantom.make_case(21, preset="cpu", modalities=ALL),
+            phantom.make_case(22, preset="cpu")]
+
+
+def _centroid(mask: np.ndarray, case) -> np.ndarray:
+    """Centroid in scanner mm (z, y, x)."""
+    return np.asarray(case.origin) + np.argwhere(mask).mean(0) * np.asarray(case.spacing)
+
+
+# ------------------------------------------------------------------------------ determinism
+def test_same_seed_same_arrays_different_seed_differs():
+    a = phantom.make_case(7, preset="smoke")
+    b = phantom.make_case(7, preset="smoke")
+    c = phantom.make_case(8, preset="smoke")
+    assert a.images.keys() == b.images.keys() == {"CT", "T1", "T2", "CET1"}
+    for k in a.images:
+        assert a.images[k].dtype == np.float32
+        np.testing.assert_array_equal(a.images[k], b.images[k])
+    assert a.labels.keys() == b.labels.keys()
+    for k in a.labels:
+        assert a.labels[k].dtype == bool
+        np.testing.assert_array_equal(a.labels[k], b.labels[k])
+    assert a.meta == b.meta
+    assert not np.array_equal(a.images["CT"], c.images["CT"])
+    assert not np.array_equal(a.labels["GTVp"], c.labels["GTVp"])
+
+
+def test_rendering_fewer_modalities_keeps_the_patient(cases):
+    full = cases[2]
+    ct = phantom.make_case(full.meta["seed"], preset="smoke", modalities=("CT",), t_stage=3)
+    assert set(ct.images) == {"CT"}
+    np.testing.assert_array_equal(ct.images["CT"], full.images["CT"])
+    for k in full.labels:
+        np.testing.assert_array_equal(ct.labels[k], full.labels[k])
+
+
+def test_case_seeds_are_distinct_and_stable():
+    seeds = [phantom.case_seed(0, i) for i in range(50)]
+    assert len(set(seeds)) == 50
+    assert seeds[3] == phantom.case_seed(0, 3)
+    assert phantom.case_seed(1, 3) != seeds[3]
+
+
+# ------------------------------------------------------------------------------ labels, anatomy
+def test_structures_present_and_documented(cases):
+    for case in cases:
+        assert set(case.labels) <= set(phantom.STRUCTURES)
+        for organ in phantom.ORGANS + ("GTVp", "CTVp", "CTVnd", "GTVp_rater2", "Body", "Muscle",
+                                        "Mucosa", "Bone", "Airway", "Fat"):
+            assert organ in case.labels and case.labels[organ].any(), (case.name, organ)
+        assert ("GTVnd" in case.labels) == (case.meta["n_stage"] != "N0")
+        assert case.meta["t_stage"] in ("T1", "T2", "T3", "T4")
+        assert case.meta["volumes_cm3"]["GTVp"] > 0
+        assert case.shape == phantom.PRESETS["smoke"].shape
+    n0 = phantom.make_case(5, preset="smoke", n_stage=0)
+    assert "GTVnd" not in n0.labels and n0.meta["n_stage"] == "N0"
+
+
+def test_organs_that_cannot_overlap_do_not(cases):
+    pairs = [("Eye_L", "Brainstem"), ("Eye_R", "Brainstem"), ("Parotid_L", "SpinalCord"),
+             ("Parotid_R", "SpinalCord"), ("GTVp", "Airway"), ("GTVp", "Brainstem"),
+             ("GTVp", "SpinalCord"), ("Mandible_L", "Mandible_R"), ("Eye_L", "Eye_R"),
+             ("OpticNerve_L", "Chiasm"), ("Brainstem", "SpinalCord"), ("Parotid_L", "Mandible_L")]
+    for case in cases:
+        for a, b in pairs:
+            if a in case.labels and b in case.labels:
+                assert not (case.labels[a] & case.labels[b]).any(), (case.name, a, b)
+        body = case.labels["Body"]
+        for s in ("GTVp", "GTVnd", "CTVp", "CTVnd", "GTVp_rater2"):
+            if s in case.labels:
+                assert not (case.labels[s] & ~body).any(), (case.name, s)
+        assert not (case.labels["GTVp"] & ~case.labels["CTVp"]).any()
+        if "GTVnd" in case.labels:
+            assert not (case.labels["GTVnd"] & ~case.labels["CTVnd"]).any()
+
+
+def test_anatomical_layout(cases):
+    for case in cases:
+        c = {k: _centroid(v, case) for k, v in case.labels.items()}
+        # x grows towards the patient's left (LPS); y posterior; z superior
+        assert c["Mandible_L"][2] > c["Mandible_R"][2] and c["Parotid_L"][2] > c["Parotid_R"][2]
+        assert c["Eye_L"][2] > c["Eye_R"][2]
+        assert c["SpinalCord"][1] > c["Airway"][1] and c["SpinalCord"][1] > c["Mandible_L"][1] + 40
+        assert c["Brainstem"][0] > c["Mandible_L"][0]                   # brainstem superior
+        assert c["Eye_L"][0] > c["GTVp"][0] - 40 and c["Eye_L"][1] < c["Brainstem"][1]
+        side = case.meta["tumour_side"]
+        x_gtv = c["GTVp"][2]
+        assert (x_gtv > -10) if side == "L" else (x_gtv < 10)
+
+
+def test_lesion_at_least_one_centimetre(cases):
+    for case in cases:
+        idx = np.argwhere(case.labels["GTVp"])
+        extent = (idx.max(0) - idx.min(0) + 1) * np.asarray(case.spacing)
+        assert extent.max() >= 10.0
+        assert 2.5 <= case.meta["volumes_cm3"]["GTVp"] <= 55.0
+
+
+def test_t_stage_sets_volume_and_invasion():
+    means = []
+    for t in lesions.T_STAGES:
+        vols = []
+        for s in range(3):
+            st = _streams(900 + s)
+            anat = anatomy.build(st["anatomy"])
+            les = lesions.build(st["lesion"], anat, t_stage=t)
+            facts = les.facts["primary"]
+            inv = facts["invaded_cm3"]
+            assert les.t_stage == t
+            if t == 1:
+                assert max(inv.values()) < lesions.MIN_INVASION_CM3
+            if t == 2:
+                assert inv["parapharyngeal/prevertebral"] >= lesions.MIN_INVASION_CM3
+                assert inv["bone"] < lesions.MIN_INVASION_CM3
+            if t == 3:
+                assert inv["bone"] >= lesions.MIN_INVASION_CM3
+                assert inv["intracranial"] < lesions.MIN_INVASION_CM3
+            if t == 4:
+                assert inv["intracranial"] >= lesions.MIN_INVASION_CM3
+            lo, hi = lesions.VOLUME_RANGE_CM3[t]
+            assert 0.9 * lo <= facts["model_volume_cm3"] <= 1.1 * hi
+            vols.append(facts["model_volume_cm3"])
+        means.append(np.mean(vols))
+    assert all(a < b for a, b in zip(means, means[1:])), means
+
+
+def test_resolution_is_a_parameter():
+    coarse = phantom.make_case(11, preset="smoke", modalities=("CT",))
+    fine = phantom.make_case(11, preset="smoke", modalities=("CT",), shape=(40, 96, 96),
+                             spacing=(2.8, 2.667, 2.667))
+    assert fine.shape == (40, 96, 96) and fine.spacing == (2.8, 2.667, 2.667)
+    for s in ("GTVp", "Parotid_L", "Brainstem"):
+        a, b = coarse.meta["volumes_cm3"].get(s), fine.meta["volumes_cm3"].get(s)
+        va = coarse.labels[s].sum() * np.prod(coarse.spacing)
+        vb = fine.labels[s].sum() * np.prod(fine.spacing)
+        assert abs(va - vb) / vb < 0.2, (s, va, vb)
+    assert coarse.meta["t_stage"] == fine.meta["t_stage"]
+
+
+def test_second_rater_disagrees_a_little(cases):
+    for case in cases:
+        d = phantom.dice(case.labels["GTVp"], case.labels["GTVp_rater2"])
+        assert 0.4 < d < 0.97, d
+    same = phantom.make_case(100, preset="smoke", t_stage=1, rater2_jitter_mm=0.0)
+    assert phantom.dice(same.labels["GTVp"], same.labels["GTVp_rater2"]) > 0.97
+
+
+# ------------------------------------------------------------------------------ contrasts, DCE
+def test_contrast_relations(cpu_cases):
+    for case in cpu_cases:
+        cnr = phantom.measure_cnr(case)
+        tm = cnr["tumour vs muscle"]
+        assert cnr.index[-1].startswith("DCE_") == ("DCE_000" in case.images)
+        assert tm["CET1"] > tm["T1"], cnr
+        assert tm["CT"] == tm.min() and tm["CT"] < 1.0, cnr
+        assert cnr.loc["T2", "tumour vs mucosa"] < 4.0, cnr
+        assert cnr.loc["T2", "tumour vs mucosa"] < tm["T2"] / 4, cnr
+
+
+def test_ct_and_mri_values(cases):
+    case = cases[0]
+    ct, lab = case.images["CT"], case.labels
+    assert np.median(ct[lab["Bone"]]) > 300
+    assert np.median(ct[lab["Airway"]]) < -600
+    assert -160 < np.median(ct[lab["Fat"]]) < -40
+    assert abs(np.median(ct[lab["GTVp"]]) - np.median(ct[lab["Muscle"] & ~lab["Fat"]])) < 40
+    for m in ("T1", "T2", "CET1"):
+        assert case.images[m].min() >= 0  # magnitude images (Rician)
+
+
+def test_dce_peak_frame(cases):
+    for case in cases:
+        frames = [k for k in case.images if k.startswith("DCE_")]
+        assert len(frames) == 65
+        curves = phantom.dce_curves(case)
+        assert 30 <= int(curves["GTVp"].idxmax()) <= 40, curves["GTVp"].idxmax()
+        assert int(curves["Vessels"].idxmax()) < 15  # first pass of the bolus (frame 8)
+        assert curves["GTVp"].iloc[34] > 1.5 * curves["GTVp"].iloc[:7].mean()
+
+
+def test_dce_timing_parameters():
+    case = phantom.make_case(3, preset="smoke", modalities=("DCE",), dce_frames=20, dce_bolus_frame=2,
+                             dce_interval_s=20.0)
+    assert sorted(case.images) == [f"DCE_{i:03d}" for i in range(20)]
+    assert case.meta["scanner"]["dce_interval_s"] == 20.0
+
+
+# ------------------------------------------------------------------------------ datasets
+def test_generate_round_trip(tmp_path):
+    ds = phantom.generate(tmp_path / "ph", 2, 3, preset="smoke", progress=False)
+    assert ds.cases == ["npc_000", "npc_001"]
+    assert ds.channels == ["CT", "T1", "T2", "CET1"]
+    assert ds.structures == list(phantom.STRUCTURES)
+    ds2 = open_dataset(tmp_path / "ph")
+    loaded = ds2.load("npc_001")
+    made = phantom.make_case(phantom.case_seed(3, 1), preset="smoke", name="npc_001")
+    assert loaded.shape == made.shape
+    np.testing.assert_allclose(loaded.spacing, made.spacing, rtol=1e-6)
+    np.testing.assert_allclose(loaded.origin, made.origin, atol=1e-4)
+    np.testing.assert_allclose(loaded.direction, np.eye(3), atol=1e-6)
+    for k in made.images:
+        np.testing.assert_allclose(loaded.images[k], made.images[k], rtol=1e-6, atol=1e-4)
+    assert set(loaded.labels) == set(made.labels)
+    for k in made.labels:
+        np.testing.assert_array_equal(loaded.labels[k], made.labels[k])
+    assert loaded.meta["t_stage"] == made.meta["t_stage"]
+    assert loaded.meta["seed"] == phantom.case_seed(3, 1)
+    # same seed -> same bytes (the first case of a one-case cohort is the same patient)
+    again = phantom.generate(tmp_path / "again", 1, 3, preset="smoke", progress=False)
+    files = [f for f in sorted((tmp_path / "ph").rglob("*npc_000*")) if f.is_file()]
+    files += [f for f in sorted((tmp_path / "ph" / "structuresTr" / "npc_000").iterdir())]
+    assert len(files) > 20
+    for f in files:
+        assert f.read_bytes() == (again.root / f.relative_to(tmp_path / "ph")).read_bytes(), f
+
+
+# ------------------------------------------------------------------------------ parameters
+def test_parameters_are_checked():
+    with pytest.raises(ParameterError, match="valid: .*preset"):
+        phantom.make_case(0, prest="cpu")
+    with pytest.raises(ParameterError, match="smoke, cpu, gpu"):
+        phantom.make_case(0, preset="huge")
+    with pytest.raises(ParameterError, match="valid: CT, T1, T2, CET1, DCE"):
+        phantom.make_case(0, modalities=("PET",))
+    with pytest.raises(ParameterError, match="T1, T2, T3, T4"):
+        phantom.make_case(0, t_stage="T5")
+    with pytest.raises(ParameterError, match="N0, N1, N2, N3"):
+        phantom.make_case(0, n_stage=7)
+    with pytest.raises(ParameterError):
+        phantom.make_case(-1)
+    with pytest.raises(ParameterError, match="spacing"):
+        phantom.make_case(0, spacing=(1, 2))
+    with pytest.raises(ParameterError, match="valid"):
+        phantom.generate("unused", 2, 0, preset="smoke", colour="red")
+
+
+def test_presets():
+    assert set(phantom.PRESETS) == {"smoke", "cpu", "gpu"}
+    gpu = phantom.PRESETS["gpu"]
+    assert gpu.shape[1:] == (512, 512) and gpu.spacing == (3.0, 0.98, 0.98)
+    assert 40 <= gpu.shape[0] <= 100
+    cpu = phantom.PRESETS["cpu"]
+    assert cpu.shape[1:] == (128, 128) and 24 <= cpu.shape[0] <= 32
+    case = phantom.make_case(1, preset="smoke", t_stage="T2", n_stage="N1")
+    assert case.meta["t_stage"] == "T2" and case.meta["n_stage"] == "N1"
+
+
+# ------------------------------------------------------------------------------ the chapter
+@pytest.mark.slow
+def test_data_notebook_smoke(run_notebook):
+    nb = run_notebook("data")
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
+    glued = {o["metadata"].get("scrapbook", {}).get("name")
+             for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+             if o.get("output_type") == "display_data"}
+    assert {"n_patients", "median_volume", "dce_peak", "rater_dice"} <= glued
