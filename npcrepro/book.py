@@ -22,6 +22,7 @@ from npcrepro.paths import repo_root
 
 #: Chapters in book order: notebook name -> title. Each is notebooks/<name>.ipynb.
 CHAPTERS: dict[str, str] = {
+    "metrics": "Metrics on real contours: two raters",
     "data": "The NPC digital phantom",
     "realdata": "Real data",
     "li2018": "li2018: CNN on contrast-enhanced MRI",
