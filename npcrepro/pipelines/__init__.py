@@ -1,0 +1,1 @@
+"""Paper-specific data pipelines and profile registrations."""

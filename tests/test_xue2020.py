@@ -1,0 +1,251 @@
+"""xue2020: DeepLabv3+ / MobileNetV2 and the U-Net baseline; the chapter's pipeline and notebook."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import npcrepro.models.deeplab  # noqa: F401 - registers the DeepLab models
+from npcrepro.errors import ParameterError
+from npcrepro.models import available, build, count_parameters
+from npcrepro.models.deeplab import DeepLabV3Plus, InvertedResidual, MobileNetV2Encoder, make_divisible
+
+torch.set_num_threads(2)
+
+
+# ----------------------------------------------------------------------------------------- models
+def test_registered():
+    assert {"xue2020_deeplabv3plus", "deeplabv3plus", "unet2d"} <= set(available())
+
+
+@pytest.mark.parametrize("name,kw,n_classes", [("xue2020_deeplabv3plus", {}, 1),
+                                               ("xue2020_deeplabv3plus", {}, 3),
+                                               ("xue2020_deeplabv3plus", {"output_stride": 8}, 1),
+                                               ("unet2d", {"widths": (8, 16, 32, 64)}, 1),
+                                               ("unet2d", {"widths": (8, 16, 32, 64)}, 3)])
+def test_forward_backward_shapes(name, kw, n_classes):
+    torch.manual_seed(0)
+    net = build(name, in_channels=1, n_classes=n_classes, **kw)
+    x = torch.randn(2, 1, 48, 40, requires_grad=True)
+    y = net(x)
+    assert y.shape == (2, n_classes, 48, 40)
+    y.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_odd_sizes_and_eval_mode():
+    net = build("xue2020_deeplabv3plus", in_channels=2, n_classes=1).eval()
+    with torch.no_grad():
+        y = net(torch.randn(1, 2, 37, 53))
+    assert y.shape == (1, 1, 37, 53)
+
+
+def test_batch_of_one_in_training_mode():
+    # the image-pooling branch holds a 1x1 map; a batch of one must still train
+    net = build("xue2020_deeplabv3plus").train()
+    net(torch.randn(1, 1, 32, 32)).mean().backward()
+
+
+@pytest.mark.parametrize("os_", [8, 16, 32])
+def test_output_stride(os_):
+    net = build("xue2020_deeplabv3plus", output_stride=os_)
+    with torch.no_grad():
+        f = net.eval().features(torch.randn(1, 1, 64, 96))
+    assert f["high"].shape[2:] == (64 // os_, 96 // os_)
+    assert f["low"].shape[2:] == (16, 24)            # low-level features at stride 4
+    assert f["low"].shape[1] == 24 and f["high"].shape[1] == 320
+    assert f["aspp"].shape[1] == 256
+    assert f["decoder"].shape[2:] == (16, 24)         # x4 upsampled ASPP output meets the low level
+    assert net.encoder.stage_strides[-1] == os_
+
+
+def test_documented_choices():
+    net = build("xue2020_deeplabv3plus")
+    assert net.output_stride == 16
+    assert net.aspp.rates == (6, 12, 18)
+    assert build("xue2020_deeplabv3plus", output_stride=8).aspp.rates == (12, 24, 36)
+    assert net.encoder.stage_channels == [16, 24, 32, 64, 96, 160, 320]
+    assert net.encoder.stem[0].out_channels == 32
+    assert net.low_project[0].out_channels == 48
+    # stage dilations at OS 16: only the 160 and 320 stages are atrous
+    assert net.encoder.stage_dilations == [1, 1, 1, 1, 1, 2, 2]
+
+
+def test_parameter_counts_in_documented_range():
+    net = build("xue2020_deeplabv3plus")
+    n = count_parameters(net)
+    assert 2.6e6 < n < 2.8e6                         # documented: about 2.71 M
+    assert 1.80e6 < count_parameters(net.encoder) < 1.82e6   # MobileNetV2 without its 1280 tail
+    plain = count_parameters(build("xue2020_deeplabv3plus", separable=False))
+    assert 5.7e6 < plain < 5.9e6                     # documented: about 5.81 M
+    assert 1.9e6 < count_parameters(build("unet2d")) < 2.0e6
+
+
+def test_width_multiplier_and_no_decoder():
+    small = build("xue2020_deeplabv3plus", width=0.5)
+    assert small.encoder.stage_channels[-1] == make_divisible(160)
+    assert count_parameters(small) < count_parameters(build("xue2020_deeplabv3plus"))
+    v3 = DeepLabV3Plus(1, 2, decoder=False).eval()
+    with torch.no_grad():
+        assert v3(torch.randn(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_inverted_residual_shortcut():
+    assert InvertedResidual(16, 16, 1, 6).use_residual
+    assert not InvertedResidual(16, 24, 1, 6).use_residual
+    assert not InvertedResidual(16, 16, 2, 6).use_residual
+
+
+def test_bad_parameters():
+    with pytest.raises(ParameterError):
+        MobileNetV2Encoder(output_stride=4)
+    with pytest.raises(ParameterError):
+        build("xue2020_deeplabv3plus", nonsense=1)
+    with pytest.raises(ValueError):
+        build("xue2020_deeplabv3plus")(torch.randn(1, 1, 8, 8, 8))
+
+
+# ----------------------------------------------------------------------------------------- pipeline
+import re  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from npcrepro import papers, profiles  # noqa: E402
+from npcrepro.datasets import Case  # noqa: E402
+from npcrepro.errors import DataError  # noqa: E402
+from npcrepro.pipelines import xue2020 as X  # noqa: E402
+
+
+def _case(nodes_x=(4, 10), spacing=(3.0, 4.0, 4.0)):
+    """A 16 x 64 x 64 case: cord at x = 32, a primary at x = 28..36, node blobs at 32 + dx columns."""
+    shape = (16, 64, 64)
+    ct = np.full(shape, -1000.0, np.float32)
+    ct[:, 8:56, 8:56] = 40.0
+    cord = np.zeros(shape, bool)
+    cord[:, 44:47, 31:34] = True
+    gtvp = np.zeros(shape, bool)
+    gtvp[6:10, 20:28, 28:36] = True
+    nd = np.zeros(shape, bool)
+    for dx in nodes_x:
+        nd[5:8, 30:33, 32 + dx - 1:32 + dx + 2] = True
+    return Case("c0", {"CT": ct}, {"GTVp": gtvp, "GTVnd": nd, "SpinalCord": cord}, spacing)
+
+
+def test_target_rules():
+    case = _case()
+    rp, n_rp, n_other = X.retropharyngeal_nodes(case)      # 16 mm (in) and 40 mm (out) from midline
+    assert (n_rp, n_other) == (1, 1)
+    assert rp[:, :, 36].any() and not rp[:, :, 42].any()
+    m, facts = X.derive_target(case, "gtvp_rpn")
+    assert m.sum() == case.labels["GTVp"].sum() + rp.sum() and facts["rp_nodes"] == 1
+    assert X.derive_target(case, "gtvp")[0].sum() == case.labels["GTVp"].sum()
+    both = X.derive_target(case, "gtvp_gtvnd")[0]
+    assert both.sum() == (case.labels["GTVp"] | case.labels["GTVnd"]).sum()
+    with pytest.raises(DataError):
+        X.derive_target(case, "ptv70")
+    with pytest.raises(ParameterError):
+        X.derive_target(case, "everything")
+    xc = X.xue_case(case)
+    assert list(xc.images) == ["CT"] and xc.labels[X.TARGET].sum() == m.sum()
+    assert xc.meta["xue2020"]["rule"] == "gtvp_rpn"
+
+
+def test_midline_from_cord_then_body():
+    case = _case()
+    assert X.midline_x(case) == pytest.approx(32.0)
+    del case.labels["SpinalCord"]
+    assert X.midline_x(case) == pytest.approx(31.5)    # grid centre (no body label either)
+
+
+def test_normalise_ct_window():
+    out = X.normalise_ct(np.array([-1000.0, -200.0, 50.0, 300.0, 2000.0]))
+    np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1], atol=1e-6)
+
+
+def test_augment_identity_flip_and_binary_labels():
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(1, 32, 40)).astype(np.float32)
+    lab = np.zeros((1, 32, 40), bool)
+    lab[0, 10:20, 5:15] = True
+    ident = X.XueAugment(flip=False, rotate_deg=0, zoom=(1, 1), shift=0)
+    i2, l2 = ident(img, lab, np.random.default_rng(1))
+    np.testing.assert_allclose(i2, img, atol=1e-5)
+    assert (l2 == lab).all()
+    aug = X.XueAugment()
+    a1 = aug(img, lab, np.random.default_rng(5))
+    a2 = aug(img, lab, np.random.default_rng(5))
+    np.testing.assert_array_equal(a1[0], a2[0])        # a pure function of the generator
+    assert a1[0].shape == img.shape and a1[1].shape == lab.shape and a1[1].dtype == bool
+    assert 0.6 < a1[1].sum() / lab.sum() < 1.6          # zoom 0.9-1.1 keeps the area roughly
+    with pytest.raises(ParameterError):
+        X.XueAugment(zoom=(1.2, 1.0))
+
+
+def test_aspp_rates_follow_pixel_size():
+    assert X.aspp_rates_for(0.98) == (6, 12, 18)
+    assert X.aspp_rates_for(2.0) == (3, 6, 9)
+    assert X.aspp_rates_for(4.0) == (1, 3, 4)
+    assert X.aspp_rates_for(2.0, scale=False) == (6, 12, 18)
+    P = profiles.resolve("xue2020", "smoke")
+    assert X.build_model("DeepLabv3+", P, pixel_mm=2.0).aspp.rates == (3, 6, 9)
+
+
+def test_profiles_follow_the_paper_recipe():
+    recipe = papers.info("xue2020").recipe
+    gpu = profiles.resolve("xue2020", "gpu")
+    assert gpu.lr == recipe["lr"]["value"] and gpu.batch_size == recipe["batch_size"]["value"]
+    assert gpu.epochs == recipe["epochs"]["value"] and gpu.lr_factor == 0.8 and gpu.lr_patience == 5
+    assert (gpu.n_cases - gpu.n_val - gpu.n_test, gpu.n_val, gpu.n_test) == (120, 15, 15)
+    assert gpu.unet_widths == [64, 128, 256, 512, 1024]
+    for prof in ("smoke", "cpu"):
+        P = profiles.resolve("xue2020", prof)
+        assert P.iterations and P.lr == gpu.lr
+    with pytest.raises(ParameterError):
+        profiles.resolve("xue2020", "cpu", target="everything")
+
+
+def test_split_sizes_scale_down():
+    P = profiles.resolve("xue2020", "cpu")
+    assert X._split_sizes(20, P) == (5, 3)
+    assert X._split_sizes(8, P) == (2, 1)
+    assert X._split_sizes(3, P) == (1, 1)
+
+
+def test_time_per_slice():
+    P = profiles.resolve("xue2020", "smoke")
+    t = X.time_per_slice(X.build_model("U-Net", P), (32, 32), "cpu", n=2, warmup=1)
+    assert t["ms_median"] > 0 and t["shape"] == (32, 32) and "CPU" in t["device"]
+
+
+@pytest.mark.slow
+def test_notebook_smoke(run_notebook):
+    nb = run_notebook("xue2020")
+    glued = set()
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            assert out.get("output_type") != "error", out
+            name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                glued.add(name)
+    wanted = {m for c in nb.cells if c.cell_type == "markdown"
+              for m in re.findall(r"\{glue:text\}`([^`]+)`", c.source)}
+    assert wanted and wanted <= glued, sorted(wanted - glued)
+    assert any("(reproduced)" in str(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_notebook_is_clean_and_parameterised():
+    import nbformat
+
+    from npcrepro.paths import repo_root
+
+    nb = nbformat.read(str(repo_root() / "notebooks" / "xue2020.ipynb"), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1
+    for name in ("profile", "data", "device", "seed", "out_dir"):
+        assert re.search(rf"^{name} = ", params[0].source, re.M), name
+    assert "_before = set(globals())" in code[0].source
+    assert not any("MPLBACKEND" in c.source for c in nb.cells)
