@@ -66,8 +66,10 @@ def setup(device: str | torch.device | None = None, backend: str | None = None) 
         return info
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), info.local_rank)
-    dev = torch.device(device) if device is not None else None
-    use_cuda = dev is not None and dev.type == "cuda"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(info.local_rank)
     dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"), rank=info.rank,

@@ -17,8 +17,7 @@ from npcrepro.errors import ParameterError
 __all__ = ["build", "register", "available", "count_parameters"]
 
 _REGISTRY: dict[str, Callable] = {}
-# Modules imported lazily on the first build()/available() so that their @register calls run.
-_BUILTIN_MODULES = ["npcrepro.models.unet"]
+_IMPORT_ERRORS: dict[str, str] = {}
 _loaded = False
 
 
@@ -28,7 +27,11 @@ def register(name: str, *, overwrite: bool = False) -> Callable:
 
     def deco(obj: Callable) -> Callable:
         if key in _REGISTRY and _REGISTRY[key] is not obj and not overwrite:
-            raise ParameterError(f"model {name!r} is already registered ({_REGISTRY[key]!r})")
+            old = _REGISTRY[key]
+            # re-importing a module (e.g. autoreload) re-registers the same qualified name: allow it
+            if (getattr(old, "__module__", None), getattr(old, "__qualname__", None)) != (
+                    getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)):
+                raise ParameterError(f"model {name!r} is already registered ({old!r})")
         _REGISTRY[key] = obj
         return obj
 
@@ -36,12 +39,20 @@ def register(name: str, *, overwrite: bool = False) -> Callable:
 
 
 def _load_builtins() -> None:
+    """Import every module of this package once, so that their @register calls have run."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name == "blocks":
+            continue
+        try:
+            importlib.import_module(f"{__name__}.{info.name}")
+        except Exception as exc:  # noqa: BLE001 - one broken model must not hide the others
+            _IMPORT_ERRORS[info.name] = f"{exc.__class__.__name__}: {exc}"
 
 
 def available() -> list[str]:
@@ -59,7 +70,8 @@ def build(name: str, **kwargs):
     _load_builtins()
     key = name.lower()
     if key not in _REGISTRY:
-        raise ParameterError(f"unknown model {name!r} (valid: {', '.join(available())})")
+        broken = "".join(f"; npcrepro.models.{m} failed to import ({e})" for m, e in _IMPORT_ERRORS.items())
+        raise ParameterError(f"unknown model {name!r} (valid: {', '.join(available())}){broken}")
     try:
         return _REGISTRY[key](**kwargs)
     except TypeError as exc:

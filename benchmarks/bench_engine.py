@@ -1,0 +1,167 @@
+"""Engine benchmark: training throughput and inference time of the template model, eager vs compiled.
+
+    python benchmarks/bench_engine.py [--quick] [--no-compile] [--device cpu|cuda] [--json out.json]
+
+Measures, for the template chapter's 2D U-Net on 128 x 128 slices (the phantom's cpu preset grid):
+
+* training throughput (samples/s): a bare optimisation step, and the same step through
+  :class:`npcrepro.engine.Trainer` (data pipeline, bookkeeping) - their ratio is the engine overhead;
+* inference: ms per slice and s per 32-slice volume with :func:`npcrepro.engine.predict_slices`;
+* all of the above with ``torch.compile`` where it works (on failure it says so and skips).
+
+``main(quick=False) -> dict`` returns the numbers (and prints them with ratios).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from npcrepro.engine import Trainer, predict_slices, resolve_device, seed_everything
+from npcrepro.models import build
+
+WIDTHS = [16, 32, 64, 128]  # the template's cpu profile
+SIZE = 128
+DEPTH = 32
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _model(dev: torch.device) -> torch.nn.Module:
+    seed_everything(0)
+    return build("unet2d", in_channels=1, n_classes=1, widths=WIDTHS).to(dev)
+
+
+def _bare_train(model, dev, batch, steps, warmup) -> float:
+    """Samples/s of a plain optimisation loop (no data loading)."""
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 1, SIZE, SIZE, generator=g).to(dev)
+    y = (torch.rand(batch, 1, SIZE, SIZE, generator=g) > 0.9).float().to(dev)
+    model.train()
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(dev)
+            t0 = time.perf_counter()
+        loss = F.binary_cross_entropy_with_logits(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(dev)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def _engine_train(dev, batch, steps) -> float:
+    """Samples/s through the Trainer (TensorDataset, seeded sampling, per-iteration bookkeeping)."""
+    g = torch.Generator().manual_seed(0)
+    n = batch * 4
+    data = torch.utils.data.TensorDataset(torch.randn(n, 1, SIZE, SIZE, generator=g),
+                                          (torch.rand(n, 1, SIZE, SIZE, generator=g) > 0.9).float())
+    model = _model(dev)
+    loss = lambda o, t: F.binary_cross_entropy_with_logits(o, t)  # noqa: E731
+    Trainer(model, loss, data, batch_size=batch, iterations=2, progress=False, device=str(dev)).fit()
+    h = Trainer(model, loss, data, batch_size=batch, iterations=steps, progress=False,
+                device=str(dev)).fit()
+    return float(np.nanmean([r["throughput"] for r in h.rows if r["throughput"]]))
+
+
+def _infer(model, dev, batch, reps) -> tuple[float, float]:
+    vol = np.random.default_rng(0).normal(size=(1, DEPTH, SIZE, SIZE)).astype(np.float32)
+    predict_slices(model, vol[:, :batch], batch_size=batch, device=dev)  # warm-up
+    times = []
+    for _ in range(reps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        predict_slices(model, vol, batch_size=batch, device=dev)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    per_volume = float(np.median(times))
+    return 1000 * per_volume / DEPTH, per_volume
+
+
+def _try_compile(model):
+    try:
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            compiled.eval()(torch.zeros(1, 1, SIZE, SIZE, device=next(model.parameters()).device))
+        compiled.train()
+        return compiled, None
+    except Exception as exc:  # noqa: BLE001 - any backend failure means "not supported here"
+        return None, f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def main(quick: bool = False, compile: bool = True, device: str = "auto") -> dict:
+    dev = resolve_device(device)
+    batch = 8
+    steps, warmup, reps = (4, 1, 2) if quick else (20, 3, 5)
+    torch.backends.cudnn.benchmark = dev.type == "cuda"
+    out: dict = {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "cpu": platform.processor() or platform.machine(),
+                 "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
+                 "model": f"unet2d widths={WIDTHS}", "input": f"{SIZE}x{SIZE}", "batch": batch,
+                 "quick": quick}
+    model = _model(dev)
+    out["train_bare_eager_sps"] = _bare_train(model, dev, batch, steps, warmup)
+    out["train_engine_eager_sps"] = _engine_train(dev, batch, steps)
+    model = _model(dev)
+    out["infer_eager_ms_per_slice"], out["infer_eager_s_per_volume"] = _infer(model, dev, 16, reps)
+    out["compile"] = None
+    if compile:
+        compiled, why = _try_compile(_model(dev))
+        if compiled is None:
+            print(f"torch.compile is not usable here ({why}); skipping the compiled runs")
+            out["compile"] = f"failed: {why}"
+        else:
+            out["compile"] = "ok"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out["train_bare_compiled_sps"] = _bare_train(compiled, dev, batch, steps, warmup)
+                out["infer_compiled_ms_per_slice"], out["infer_compiled_s_per_volume"] = _infer(
+                    compiled, dev, 16, reps)
+    # ratios
+    r = {"engine_overhead (bare/engine)": out["train_bare_eager_sps"] / out["train_engine_eager_sps"]}
+    if out.get("train_bare_compiled_sps"):
+        r["train speed-up (compiled/eager)"] = out["train_bare_compiled_sps"] / out["train_bare_eager_sps"]
+        r["inference speed-up (eager/compiled time)"] = (out["infer_eager_s_per_volume"]
+                                                         / out["infer_compiled_s_per_volume"])
+    out["ratios"] = r
+    _print(out)
+    return out
+
+
+def _print(out: dict) -> None:
+    print(f"engine benchmark on {out['device']} ({out['threads']} threads), {out['model']}, "
+          f"{out['input']} slices, batch {out['batch']}")
+    for k in ("train_bare_eager_sps", "train_engine_eager_sps", "train_bare_compiled_sps"):
+        if out.get(k) is not None:
+            print(f"  {k:<32} {out[k]:10.1f} samples/s")
+    for k in ("infer_eager", "infer_compiled"):
+        if out.get(f"{k}_ms_per_slice") is not None:
+            print(f"  {k:<32} {out[f'{k}_ms_per_slice']:10.2f} ms/slice  "
+                  f"{out[f'{k}_s_per_volume']:.3f} s/volume ({DEPTH} slices)")
+    for k, v in out["ratios"].items():
+        print(f"  ratio {k:<40} {v:6.2f}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", help="write the numbers to this file")
+    a = ap.parse_args()
+    res = main(quick=a.quick, compile=not a.no_compile, device=a.device)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2, default=str)
+    sys.exit(0)

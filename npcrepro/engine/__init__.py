@@ -1,0 +1,28 @@
+"""The shared engine: training loop, schedules, data sampling, inference, run folders,
+cross-validation and job dispatch. Every chapter trains through :class:`Trainer`.
+
+Modules: :mod:`~npcrepro.engine.loop` (Trainer, Stage), :mod:`~npcrepro.engine.schedules`,
+:mod:`~npcrepro.engine.data` (SliceDataset, PatchDataset), :mod:`~npcrepro.engine.inference`,
+:mod:`~npcrepro.engine.runs` (RunFolder), :mod:`~npcrepro.engine.crossval`,
+:mod:`~npcrepro.engine.distributed` (torchrun/DDP), :mod:`~npcrepro.engine.dispatch` (papermill jobs),
+:mod:`~npcrepro.engine.device`.
+"""
+from npcrepro.engine.crossval import make_folds, run_folds
+from npcrepro.engine.data import PatchDataset, SliceDataset, epoch_plan, prepare_case, slice_stack
+from npcrepro.engine.device import configure_determinism, resolve_device, seed_everything
+from npcrepro.engine.inference import (Preprocessed, binarise, gaussian_weights, invert, predict_case,
+                                       predict_slices, predict_sliding_window)
+from npcrepro.engine.loop import History, Stage, Trainer, load_checkpoint
+from npcrepro.engine.runs import RunFolder, environment, find_runs, latest_run
+from npcrepro.engine.schedules import Schedule, make_optimizer, make_schedule
+
+__all__ = [
+    "Trainer", "Stage", "History", "load_checkpoint",
+    "Schedule", "make_schedule", "make_optimizer",
+    "SliceDataset", "PatchDataset", "prepare_case", "slice_stack", "epoch_plan",
+    "predict_slices", "predict_sliding_window", "predict_case", "gaussian_weights", "binarise",
+    "Preprocessed", "invert",
+    "RunFolder", "environment", "find_runs", "latest_run",
+    "make_folds", "run_folds",
+    "resolve_device", "seed_everything", "configure_determinism",
+]

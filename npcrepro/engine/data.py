@@ -1,0 +1,220 @@
+"""Training samples from cases: 2D slices and 3D patches, with augmentation hooks, and the epoch
+plans that make data order a pure function of (seed, stage, epoch).
+
+A dataset here holds normalised arrays in memory and implements ``get(index, rng)`` (a sample drawn
+with the given :class:`numpy.random.Generator`, used by the trainer) and ``__getitem__(index)`` (the
+same without augmentation, for validation). Samples are ``(image, target)`` float32 tensors:
+(C, H, W) and (K, H, W) for slices, (C, D, H, W) and (K, D, H, W) for patches, where K is the number of
+structures (one binary channel each).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from npcrepro import transforms as T
+from npcrepro.errors import DataError, ParameterError
+
+__all__ = ["prepare_case", "slice_stack", "SliceDataset", "PatchDataset", "epoch_plan", "item_rng"]
+
+def _normalise_channel(arr: np.ndarray, how, channel: str) -> np.ndarray:
+    if isinstance(how, Mapping):
+        how = how.get(channel, "zscore")
+    if how is None:
+        return np.asarray(arr, np.float32)
+    if callable(how):
+        return np.asarray(how(arr), np.float32)
+    return T.normalise(arr, how)
+
+
+def prepare_case(case, channels: Sequence[str], structures: Sequence[str] = (), *,
+                 normalise="zscore") -> tuple[np.ndarray, np.ndarray]:
+    """(image (C, z, y, x) float32 normalised per channel, target (K, z, y, x) bool).
+
+    ``normalise``: a method name for :func:`npcrepro.transforms.normalise`, a callable, a dict channel ->
+    either, or None. Structures the case lacks give an all-False target channel (a patient without
+    nodes really has no nodes); use ``case.labels`` to tell them apart when that matters.
+    """
+    image = np.stack([_normalise_channel(case.images[c], normalise, c) for c in _check(case, channels)])
+    target = np.zeros((len(structures),) + tuple(case.shape), bool)
+    for k, s in enumerate(structures):
+        if s in case.labels:
+            target[k] = case.labels[s]
+    return image, target
+
+
+def _check(case, channels):
+    missing = [c for c in channels if c not in case.images]
+    if missing:
+        raise DataError(f"case {case.name}: missing channel(s) {missing} (has {sorted(case.images)})")
+    return channels
+
+
+def slice_stack(volume: np.ndarray, z: int, context: int = 0, axis: int = 1) -> np.ndarray:
+    """Slice ``z`` of a (C, z, y, x) array as (C * (2 * context + 1), y, x): each channel's neighbours
+    z-context..z+context (edge slices repeated at the volume ends), channel-major."""
+    if context == 0:
+        return np.take(volume, z, axis=axis)
+    n = volume.shape[axis]
+    idx = np.clip(np.arange(z - context, z + context + 1), 0, n - 1)
+    sl = np.take(volume, idx, axis=axis)  # (C, 2k+1, y, x)
+    return sl.reshape((-1,) + sl.shape[2:])
+
+
+def item_rng(seed: int, *key: int) -> np.random.Generator:
+    """The generator for one sample: a pure function of the seed and the key."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, *[int(k) & 0xFFFFFFFF for k in key]])
+
+
+def epoch_plan(n_items: int, batch_size: int, iterations: int, seed: int, stage: int, epoch: int,
+               shuffle: bool = True) -> np.ndarray:
+    """Item indices for one epoch, shape (iterations, batch_size): concatenated seeded permutations of
+    ``range(n_items)`` (as many as needed; the remainder of the last is dropped)."""
+    if n_items < 1:
+        raise DataError("the training set is empty")
+    need = iterations * batch_size
+    rng = item_rng(seed, 7919, stage, epoch)
+    parts, have = [], 0
+    while have < need:
+        parts.append(rng.permutation(n_items) if shuffle else np.arange(n_items))
+        have += n_items
+    return np.concatenate(parts)[:need].reshape(iterations, batch_size)
+
+
+class _Base(torch.utils.data.Dataset):
+    augment: Callable | None = None
+
+    def __getitem__(self, index: int):
+        return self.get(int(index), None)
+
+    def _finish(self, image: np.ndarray, target: np.ndarray, rng):
+        if rng is not None and self.augment is not None:
+            image, target = self.augment(image, target, rng)
+        return (torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)))
+
+
+class SliceDataset(_Base):
+    """Axial 2D slices of cases.
+
+    Parameters
+    ----------
+    cases : sequence of Case
+    channels, structures : sequence of str
+        Input channels (stacked) and target structures (one output channel each).
+    slices : "labelled" | "all" | callable(case) -> indices
+        Which axial slices: those containing any of ``structures`` (li2018, luo2020), or all.
+    background_fraction : float
+        With ``slices="labelled"``, add this many unlabelled slices per labelled one (seeded choice).
+    size : (H, W), optional
+        Crop/pad every slice to this size (centred; with ``random_crop`` a random window during
+        training, centred on a random target pixel with probability ``crop_fg_prob``). Needed when
+        cases differ in size; smaller crops make training cheaper (inference still sees whole slices).
+    context : int
+        Neighbouring slices on each side stacked as extra channels (2.5D).
+    normalise : see :func:`prepare_case`
+    augment : callable(image, target, rng) -> (image, target), optional
+        Applied to training samples only (see :mod:`npcrepro.transforms`).
+    """
+
+    def __init__(self, cases: Sequence, channels: Sequence[str], structures: Sequence[str], *,
+                 slices="labelled", background_fraction: float = 0.0, size: Sequence[int] | None = None,
+                 random_crop: bool = False, crop_fg_prob: float = 0.5, context: int = 0,
+                 normalise="zscore", augment: Callable | None = None, seed: int = 0):
+        self.channels, self.structures = list(channels), list(structures)
+        self.size = tuple(size) if size is not None else None
+        self.random_crop, self.crop_fg_prob = random_crop, float(crop_fg_prob)
+        self.context, self.augment = int(context), augment
+        self.names: list[str] = []
+        self.images: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+        self.items: list[tuple[int, int]] = []
+        rng = np.random.default_rng(seed)
+        for ci, case in enumerate(cases):
+            image, target = prepare_case(case, self.channels, self.structures, normalise=normalise)
+            self.names.append(case.name)
+            self.images.append(image)
+            self.targets.append(target)
+            nz = image.shape[1]
+            if callable(slices):
+                idx = np.asarray(slices(case), int)
+            elif slices == "all":
+                idx = np.arange(nz)
+            elif slices == "labelled":
+                idx = T.slices_with(target.any(axis=0), axis=0) if target.size else np.arange(0)
+                if background_fraction > 0:
+                    rest = np.setdiff1d(np.arange(nz), idx)
+                    k = min(len(rest), int(round(background_fraction * max(len(idx), 1))))
+                    idx = np.sort(np.concatenate([idx, rng.choice(rest, k, replace=False)])) if k else idx
+            else:
+                raise ParameterError(f"slices must be 'labelled', 'all' or a callable, got {slices!r}")
+            self.items += [(ci, int(z)) for z in idx]
+        if not self.items:
+            raise DataError(f"no slices selected from {len(self.names)} case(s) "
+                            f"(slices={slices!r}, structures={self.structures})")
+        if self.size is None and len({im.shape[2:] for im in self.images}) > 1:
+            raise DataError("cases have different in-plane sizes; pass size=(H, W) to crop/pad slices")
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channels) * (2 * self.context + 1)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, index: int, rng: np.random.Generator | None):
+        ci, z = self.items[index]
+        image = slice_stack(self.images[ci], z, self.context)
+        target = self.targets[ci][:, z]
+        if self.size is not None:
+            if self.random_crop and rng is not None:
+                fg = target.any(axis=0) if rng.random() < self.crop_fg_prob else None
+                box = T.random_box(image.shape[1:], self.size, rng, center_in=fg)
+            else:
+                box = tuple(((n - s) // 2, (n - s) // 2 + s) for n, s in zip(image.shape[1:], self.size))
+            image, target = T.crop(image, box), T.crop(target, box)
+        return self._finish(image, target, rng)
+
+
+class PatchDataset(_Base):
+    """Random 3D patches of cases (``samples_per_case`` per case per pass).
+
+    With probability ``fg_prob`` a patch is centred on a random voxel of the target (any structure),
+    else placed uniformly. Without an rng (``dataset[i]``), patch ``i`` is drawn with ``item_rng(i)``
+    so validation patches are fixed.
+    """
+
+    def __init__(self, cases: Sequence, channels: Sequence[str], structures: Sequence[str],
+                 patch_size: Sequence[int], *, samples_per_case: int = 4, fg_prob: float = 0.5,
+                 normalise="zscore", augment: Callable | None = None):
+        self.channels, self.structures = list(channels), list(structures)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        if len(self.patch_size) != 3:
+            raise ParameterError(f"patch_size must have 3 entries (z, y, x), got {patch_size}")
+        self.samples_per_case, self.fg_prob, self.augment = int(samples_per_case), float(fg_prob), augment
+        self.names, self.images, self.targets, self.fg = [], [], [], []
+        for case in cases:
+            image, target = prepare_case(case, self.channels, self.structures, normalise=normalise)
+            self.names.append(case.name)
+            self.images.append(image)
+            self.targets.append(target)
+            self.fg.append(target.any(axis=0))
+        if not self.images:
+            raise DataError("PatchDataset: no cases")
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channels)
+
+    def __len__(self) -> int:
+        return len(self.images) * self.samples_per_case
+
+    def get(self, index: int, rng: np.random.Generator | None):
+        ci = index // self.samples_per_case
+        draw = rng if rng is not None else item_rng(0, 104729, index)
+        fg = self.fg[ci] if draw.random() < self.fg_prob else None
+        box = T.random_box(self.images[ci].shape[1:], self.patch_size, draw, center_in=fg)
+        image, target = T.crop(self.images[ci], box), T.crop(self.targets[ci], box)
+        return self._finish(image, target, rng)

@@ -1,0 +1,343 @@
+"""Profiles (named sets of sizes) and notebook parameters.
+
+Every notebook's ``parameters`` cell holds the common parameters
+
+==========  ==========  ===========================================================================
+name        default     meaning
+==========  ==========  ===========================================================================
+profile     "cpu"       "smoke" (seconds, for tests), "cpu" (the book, minutes on 2 cores),
+                        "gpu" (paper scale)
+data        "phantom"   "phantom" (generate or reuse the digital phantom) or a dataset folder
+device      "auto"      "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N"
+seed        0           seeds data generation, splits, initialisation, sampling
+out_dir     "runs"      root of run folders (``<out_dir>/<profile>/<paper>/<stamp>-<name>/``)
+resume      ""          a run folder to continue (its checkpoint_last.pt)
+==========  ==========  ===========================================================================
+
+plus per-paper overrides, which are the sizes the paper registered with :func:`register_profile`
+(``n_cases``, ``image_size``, ``epochs``/``iterations``, ``batch_size`` ...). A profile only sets
+sizes; the code path is the same. In the parameters cell per-paper overrides are ``None`` ("take the
+profile's value").
+
+A notebook uses them like this::
+
+    # first code cell, after the imports
+    _before = set(globals())
+    # parameters cell (tagged "parameters"); papermill injects its own cell after it
+    profile = "cpu"; data = "phantom"; device = "auto"; seed = 0; out_dir = "runs"
+    # next cell
+    P = notebook_params("template", globals(), _before)
+
+:func:`notebook_params` rejects any new global name that is not a declared parameter (papermill
+injects unknown names without complaint), and :func:`resolve` rejects unknown names and invalid
+values, each with one :class:`~npcrepro.errors.ParameterError` listing the valid ones.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import FunctionType, ModuleType
+from typing import Any, Iterator, Sequence
+
+from npcrepro.errors import DataError, ParameterError
+
+__all__ = ["PROFILES", "COMMON", "Params", "register_profile", "register_choices", "papers",
+           "profiles", "parameters", "resolve", "notebook_params", "resolve_device", "load_data",
+           "phantom_cache_dir"]
+
+PROFILES = ("smoke", "cpu", "gpu")
+
+#: Common parameters and their defaults.
+COMMON: dict[str, Any] = {"profile": "cpu", "data": "phantom", "device": "auto", "seed": 0,
+                          "out_dir": "runs", "resume": ""}
+
+_SIZES: dict[str, dict[str, dict[str, Any]]] = {}
+_CHOICES: dict[str, dict[str, tuple]] = {}
+
+_PLAIN = (str, int, float, bool, type(None), list, tuple, dict)
+
+
+class Params(Mapping):
+    """Resolved parameters: a read-only mapping with attribute access (``P.seed``, ``P["seed"]``)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, values: Mapping[str, Any]):
+        object.__setattr__(self, "_d", dict(values))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._d[name]
+        except KeyError:
+            raise AttributeError(f"no parameter {name!r} (have: {', '.join(self._d)})") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Params are read-only; use resolve(...) or P.replace(...)")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._d[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __reduce__(self):
+        return (Params, (self._d,))
+
+    def __repr__(self) -> str:
+        return "Params(" + ", ".join(f"{k}={v!r}" for k, v in self._d.items()) + ")"
+
+    def to_dict(self) -> dict:
+        return dict(self._d)
+
+    def replace(self, **changes) -> "Params":
+        """A re-resolved copy with some values changed (validated like :func:`resolve`)."""
+        d = {k: v for k, v in self._d.items() if k != "paper"}
+        d.update(changes)
+        return resolve(self._d["paper"], **d)
+
+
+# ---------------------------------------------------------------------------------- registry
+def register_profile(paper: str, profile: str, **sizes) -> None:
+    """Declare (or update) the sizes of ``paper`` under ``profile``.
+
+    Every name used in any profile of a paper becomes one of its parameters; a name missing from a
+    profile defaults to None there. Values should be plain (str, int, float, bool, None, list/tuple,
+    dict) so they can travel through papermill and params.json.
+    """
+    if not paper or not isinstance(paper, str):
+        raise ParameterError(f"paper must be a non-empty string, got {paper!r}")
+    clash = set(sizes) & set(COMMON)
+    if clash:
+        raise ParameterError(f"{paper}: {sorted(clash)} are common parameters, not sizes")
+    for k, v in sizes.items():
+        if not isinstance(v, _PLAIN):
+            raise ParameterError(f"{paper}/{profile}: size {k!r} must be a plain value, got {type(v).__name__}")
+    _SIZES.setdefault(paper, {}).setdefault(profile, {}).update(sizes)
+
+
+def register_choices(paper: str, **choices: Sequence) -> None:
+    """Restrict parameters of ``paper`` to given values, e.g. ``register_choices("template",
+    channel=["CT", "T1"])``."""
+    _CHOICES.setdefault(paper, {}).update({k: tuple(v) for k, v in choices.items()})
+
+
+def papers() -> list[str]:
+    """Papers (chapters) with registered profiles."""
+    _load_papers()
+    return sorted(_SIZES)
+
+
+def profiles(paper: str) -> list[str]:
+    """Profiles of ``paper`` (the standard three first)."""
+    sizes = _paper_sizes(paper)
+    return [p for p in PROFILES if p in sizes] + sorted(p for p in sizes if p not in PROFILES)
+
+
+def parameters(paper: str, profile: str = "cpu") -> dict[str, Any]:
+    """All parameters of ``paper`` with their defaults under ``profile``."""
+    sizes = _paper_sizes(paper)
+    if profile not in sizes:
+        raise ParameterError(f"unknown profile {profile!r} for {paper} (valid: {', '.join(profiles(paper))})")
+    names = _size_names(paper)
+    out = dict(COMMON, profile=profile)
+    out.update({k: sizes[profile].get(k) for k in names})
+    return out
+
+
+def _size_names(paper: str) -> list[str]:
+    names: list[str] = []
+    for prof in _paper_sizes(paper).values():
+        names += [k for k in prof if k not in names]
+    return names
+
+
+_papers_loaded = False
+
+
+def _load_papers() -> None:
+    """Import the modules that register profiles: every chapter pipeline (``npcrepro.pipelines.*``)
+    and every paper module (``npcrepro.papers.<key>``)."""
+    global _papers_loaded
+    if _papers_loaded:
+        return
+    _papers_loaded = True
+    import importlib
+    import pkgutil
+
+    import npcrepro.papers as papers_pkg
+    import npcrepro.pipelines as pipelines_pkg
+
+    for key in papers_pkg.PAPERS:
+        importlib.import_module(f"npcrepro.papers.{key}")
+    for info in pkgutil.iter_modules(pipelines_pkg.__path__):
+        importlib.import_module(f"npcrepro.pipelines.{info.name}")
+
+
+def _paper_sizes(paper: str) -> dict[str, dict[str, Any]]:
+    if paper not in _SIZES:
+        _load_papers()
+    if paper not in _SIZES:
+        raise ParameterError(f"unknown paper {paper!r} (valid: {', '.join(sorted(_SIZES))})")
+    return _SIZES[paper]
+
+
+# ---------------------------------------------------------------------------------- resolution
+def _type_ok(value: Any, default: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
+    """The parameters of ``paper`` under ``profile`` with ``overrides`` applied.
+
+    ``None`` overrides mean "the profile's value". Raises :class:`ParameterError` (one line, listing
+    the valid names or values) for an unknown paper, profile, parameter name, a value of the wrong
+    type, a value outside registered choices, or an unusable device. Data paths are checked later
+    by :func:`load_data` (DataError).
+    """
+    sizes = _paper_sizes(paper)
+    if profile not in sizes:
+        raise ParameterError(f"unknown profile {profile!r} for {paper} (valid: {', '.join(profiles(paper))})")
+    defaults = parameters(paper, profile)
+    unknown = [k for k in overrides if k not in defaults]
+    if unknown:
+        raise ParameterError(f"unknown parameter {unknown[0]!r} for {paper} (valid: {', '.join(defaults)})")
+    values = dict(defaults)
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if isinstance(v, Path):
+            v = str(v)
+        ref = COMMON[k] if k in COMMON else defaults[k]
+        if ref is None:  # a size that is None in this profile: take the type of any other profile
+            ref = next((p[k] for p in sizes.values() if p.get(k) is not None), None)
+        if not _type_ok(v, ref):
+            raise ParameterError(f"parameter {k!r} of {paper} must be {type(ref).__name__}, got "
+                                 f"{type(v).__name__} {v!r}")
+        values[k] = v
+    for k, options in _CHOICES.get(paper, {}).items():
+        if k in values and values[k] is not None and values[k] not in options:
+            raise ParameterError(f"parameter {k!r} of {paper} must be one of {list(options)}, got {values[k]!r}")
+    for k, v in list(values.items()):
+        if isinstance(v, tuple):
+            values[k] = list(v)
+        if isinstance(defaults.get(k), float) and isinstance(v, int) and not isinstance(v, bool):
+            values[k] = float(v)
+    if not isinstance(values["data"], str) or not values["data"]:
+        raise ParameterError(f"parameter 'data' must be 'phantom' or a dataset folder, got {values['data']!r}")
+    if not isinstance(values["seed"], int) or isinstance(values["seed"], bool) or values["seed"] < 0:
+        raise ParameterError(f"parameter 'seed' must be a non-negative int, got {values['seed']!r}")
+    values["device"] = str(resolve_device(values["device"]))
+    values["out_dir"] = str(values["out_dir"])
+    values["resume"] = str(values["resume"] or "")
+    return Params({"paper": paper, **values})
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` if a GPU is visible else ``"cpu"``; other names are checked."""
+    from npcrepro.engine.device import resolve_device as _rd
+
+    return str(_rd(device))
+
+
+def notebook_params(paper: str, namespace: Mapping[str, Any], before: set | None = None) -> Params:
+    """Resolve the parameters a notebook received.
+
+    ``namespace`` is the notebook's ``globals()``; ``before`` the set of global names taken before the
+    parameters cell (``_before = set(globals())``). Every new global holding a plain value (what
+    papermill can inject: str, number, bool, None, list, dict) must be a declared parameter; names
+    starting with "_" are ignored. Values of the declared parameters are taken from ``namespace``.
+    """
+    valid = list(parameters(paper, "cpu" if "cpu" in _paper_sizes(paper) else profiles(paper)[0]))
+    if before is None:
+        before = set(namespace.get("_before", ()))
+    new = [k for k in namespace if k not in before and not k.startswith("_")
+           and isinstance(namespace[k], _PLAIN) and not isinstance(namespace[k], (ModuleType, FunctionType, type))]
+    unknown = [k for k in new if k not in valid]
+    if unknown:
+        raise ParameterError(f"unknown parameter {unknown[0]!r} (valid: {', '.join(valid)})")
+    given = {k: namespace[k] for k in valid if k in namespace}
+    profile = given.pop("profile", COMMON["profile"])
+    return resolve(paper, profile=profile, **given)
+
+
+# ---------------------------------------------------------------------------------- data
+def phantom_cache_dir(P: Mapping, preset: str, n_cases: int) -> Path:
+    """Where a phantom generation is cached: ``$NPCREPRO_CACHE`` or ``<out_dir>/_cache``, then
+    ``phantom-<preset>-n<cases>-s<seed>``."""
+    root = os.environ.get("NPCREPRO_CACHE") or str(Path(P["out_dir"]) / "_cache")
+    return Path(root) / f"phantom-{preset}-n{n_cases}-s{P['seed']}"
+
+
+def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = None,
+              progress: bool = False, **phantom_params):
+    """The dataset a notebook works on.
+
+    ``P.data == "phantom"``: generate the phantom with :func:`npcrepro.phantom.generate` (preset = the
+    profile unless ``preset``/``P.phantom_preset``; ``n_cases`` from the argument or ``P.n_cases``),
+    or reuse an earlier generation with the same preset, number of cases and seed (see
+    :func:`phantom_cache_dir`). Anything else is a dataset folder opened with
+    :func:`npcrepro.datasets.open_dataset` (a bad path raises DataError).
+    """
+    from npcrepro.datasets import open_dataset
+
+    data = P["data"]
+    if data != "phantom":
+        return open_dataset(data)
+    from npcrepro import phantom
+
+    preset = preset or P.get("phantom_preset") or (P["profile"] if P["profile"] in PROFILES else "cpu")
+    n = int(n_cases or P.get("n_cases") or 8)
+    folder = phantom_cache_dir(P, preset, n)
+    if phantom_params:
+        import hashlib
+        import json
+
+        tag = hashlib.sha1(json.dumps(phantom_params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        folder = folder.with_name(folder.name + f"-{tag}")
+    if (folder / "dataset.json").exists():
+        try:
+            return open_dataset(folder)
+        except DataError:
+            shutil.rmtree(folder, ignore_errors=True)  # a broken cache: make it again
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        phantom.generate(tmp, n, P["seed"], preset=preset, progress=progress, **phantom_params)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process finished first: use theirs
+            if not (folder / "dataset.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return open_dataset(folder)
+
+
+# ---------------------------------------------------------------------------------- the template
+register_profile("template", "smoke", n_cases=4, n_test=1, n_val=1, channel="T1", structure="GTVp",
+                 widths=[8, 16, 32], batch_size=8, iterations=40, eval_every=20, lr=1e-2,
+                 image_size=None)
+register_profile("template", "cpu", n_cases=10, n_test=3, n_val=1, channel="T1", structure="GTVp",
+                 widths=[16, 32, 64, 128], batch_size=8, iterations=600, eval_every=100, lr=2e-3,
+                 image_size=[64, 64])
+register_profile("template", "gpu", n_cases=40, n_test=8, n_val=4, channel="T1", structure="GTVp",
+                 widths=[32, 64, 128, 256, 512], batch_size=16, iterations=5000, eval_every=250,
+                 lr=1e-3, image_size=None)
+register_choices("template", channel=["CT", "T1", "T2", "CET1"])

@@ -1,0 +1,616 @@
+"""The engine: schedules, sampling, the Trainer (learning, determinism, resume, stages), inference,
+run folders, cross-validation, dispatch, and profiles/parameters."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from npcrepro import profiles
+from npcrepro.datasets import Case, write_dataset
+from npcrepro.engine import (PatchDataset, RunFolder, Schedule, SliceDataset, Stage, Trainer, epoch_plan,
+                             gaussian_weights, load_checkpoint, make_folds, make_optimizer,
+                             make_schedule, predict_case, predict_slices, predict_sliding_window,
+                             run_folds, seed_everything)
+from npcrepro.engine.dispatch import Job, run_jobs
+from npcrepro.engine.inference import window_starts
+from npcrepro.errors import DataError, ParameterError
+from npcrepro.models import build
+from npcrepro.transforms import Augment
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small models run faster on one thread, and a busy shared machine makes multi-threaded
+    OpenMP steps spin; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- data helpers
+def blob_case(seed: int, shape=(8, 32, 32), name=None) -> Case:
+    """A bright ellipsoidal 'tumour' in noise (a stand-in where the phantom is not needed)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    c = np.array(shape) / 2 + rng.uniform(-3, 3, 3) * np.array([0.3, 1, 1])
+    r = rng.uniform(5, 8)
+    m = ((z - c[0]) * 2.5) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 < r ** 2
+    img = rng.normal(0, 1, shape).astype(np.float32) + 2.0 * m
+    return Case(name or f"c{seed:02d}", {"T1": img, "CT": 40 * img}, {"GTVp": m}, (3.0, 1.0, 1.0))
+
+
+def phantom_cases(n: int) -> list[Case]:
+    """Phantom patients at the smoke preset (32 x 64 x 64 at 3.5 x 4 x 4 mm)."""
+    from npcrepro.phantom import make_case
+
+    return [make_case(i, preset="smoke") for i in range(n)]
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+def bce(out, y):
+    return F.binary_cross_entropy_with_logits(out, y)
+
+
+# ----------------------------------------------------------------------------- schedules
+def test_schedules_of_the_papers():
+    luo = make_schedule({"kind": "exponential", "every": 10, "gamma": 0.9})
+    assert [luo.factor_at(t, 0) for t in (0, 9, 10, 25)] == pytest.approx([1, 1, 0.9, 0.81])
+    li = make_schedule({"kind": "step", "step_size": 100000, "gamma": 0.1})
+    assert li.factor_at(99999, 0) == 1 and li.factor_at(100000, 0) == pytest.approx(0.1)
+    ep = make_schedule({"kind": "step", "step_size": 2, "gamma": 0.5, "unit": "epoch"})
+    assert ep.factor_at(1000, 3) == 0.5
+    smooth = make_schedule({"kind": "exponential", "every": 10, "gamma": 0.9, "staircase": False})
+    assert smooth.factor_at(5, 0) == pytest.approx(0.9 ** 0.5)
+    assert make_schedule({"kind": "poly", "power": 1.0}, total=100).factor_at(50, 0) == pytest.approx(0.5)
+    assert make_schedule("cosine", total=10).factor_at(10, 0) == pytest.approx(0.0)
+    assert make_schedule({"kind": "multistep", "milestones": [2, 4]}).factor_at(4, 0) == pytest.approx(0.01)
+    assert make_schedule({"kind": "constant", "warmup": 4}).factor_at(1, 0) == 0.5
+
+
+def test_plateau_schedule_xue2020():
+    s = make_schedule({"kind": "plateau", "factor": 0.8, "patience": 5})
+    s.on_evaluation(1.0)
+    cut = [s.on_evaluation(1.0) for _ in range(5)]
+    assert cut == [False] * 4 + [True] and s.factor_at(0, 0) == pytest.approx(0.8)
+    s2 = Schedule("plateau")
+    s2.load_state_dict(s.state_dict())
+    assert s2.factor_at(0, 0) == pytest.approx(0.8)
+    s.on_evaluation(0.5)  # improvement resets the count
+    assert s.bad == 0
+
+
+def test_schedule_and_optimiser_errors():
+    with pytest.raises(ParameterError, match="valid"):
+        make_schedule("warm_restarts")
+    with pytest.raises(ParameterError, match="step_size"):
+        make_schedule({"kind": "step"})
+    with pytest.raises(ParameterError, match="gamm"):
+        make_schedule({"kind": "step", "every": 2, "gamm": 0.1})
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    assert isinstance(make_optimizer(p, "sgd", 0.1, momentum=0.9), torch.optim.SGD)
+    with pytest.raises(ParameterError, match="valid"):
+        make_optimizer(p, "lbfgs")
+    with pytest.raises(ParameterError, match="frozen"):
+        make_optimizer([], "adam")
+    with pytest.raises(ParameterError, match="exactly one"):
+        Stage(epochs=1, iterations=1)
+    with pytest.raises(ParameterError, match="unknown argument"):
+        Trainer(torch.nn.Conv2d(1, 1, 1), bce, [0], iterationz=3)
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_epoch_plan_is_seeded_permutation():
+    a = epoch_plan(10, 3, 3, seed=1, stage=0, epoch=0)
+    assert a.shape == (3, 3) and len(set(a.ravel())) == 9
+    assert np.array_equal(a, epoch_plan(10, 3, 3, seed=1, stage=0, epoch=0))
+    assert not np.array_equal(a, epoch_plan(10, 3, 3, seed=1, stage=0, epoch=1))
+    long = epoch_plan(4, 4, 5, seed=0, stage=0, epoch=0)  # more updates than items: repeats
+    assert sorted(long.ravel()[:4]) == [0, 1, 2, 3]
+
+
+def test_slice_and_patch_datasets():
+    cases = [blob_case(i) for i in range(2)]
+    ds = SliceDataset(cases, ["T1"], ["GTVp"])
+    labelled = sum(len(np.flatnonzero(c.labels["GTVp"].any(axis=(1, 2)))) for c in cases)
+    assert len(ds) == labelled
+    x, y = ds[0]
+    assert x.shape == (1, 32, 32) and y.shape == (1, 32, 32) and x.dtype == torch.float32
+    ctx = SliceDataset(cases, ["T1", "CT"], ["GTVp"], slices="all", context=1, size=(24, 40))
+    assert len(ctx) == 16 and ctx.in_channels == 6
+    x, y = ctx.get(0, np.random.default_rng(0))
+    assert x.shape == (6, 24, 40) and y.shape == (1, 24, 40)
+    more = SliceDataset(cases, ["T1"], ["GTVp"], background_fraction=0.5)
+    assert len(ds) < len(more) <= len(ds) * 1.5 + 2
+    aug = SliceDataset(cases, ["T1"], ["GTVp"], augment=Augment(flip_axes=(-1,), rotate_deg=10))
+    a1, a2 = aug.get(3, np.random.default_rng(7)), aug.get(3, np.random.default_rng(7))
+    assert torch.equal(a1[0], a2[0]) and torch.equal(aug[3][0], ds[3][0])
+    with pytest.raises(DataError, match="missing channel"):
+        SliceDataset(cases, ["PET"], ["GTVp"])
+    with pytest.raises(DataError, match="no slices"):
+        SliceDataset(cases, ["T1"], ["GTVnd"])
+    patches = PatchDataset(cases, ["T1"], ["GTVp"], (4, 16, 16), samples_per_case=3, fg_prob=1.0)
+    assert len(patches) == 6
+    for i in range(6):
+        x, y = patches.get(i, np.random.default_rng(i))
+        assert x.shape == (1, 4, 16, 16) and y.shape == (1, 4, 16, 16) and y.sum() > 0
+    assert torch.equal(patches[2][0], patches[2][0])  # unaugmented items are fixed
+
+
+# ----------------------------------------------------------------------------- the trainer
+def _tiny_trainer(cases, run=None, stages=None, callbacks=(), seed=3, **kw):
+    seed_everything(0)
+    model = build("unet2d", in_channels=1, n_classes=1, widths=(4, 8, 16), dropout=0.2)
+    train = SliceDataset(cases[:3], ["T1"], ["GTVp"],
+                         augment=Augment(flip_axes=(-1, -2), rotate_deg=10, jitter=0.1))
+    val = SliceDataset(cases[3:], ["T1"], ["GTVp"])
+    stages = stages or [
+        Stage("warm", iterations=7, lr=1e-2, frozen=["down"], eval_every=3,
+              schedule={"kind": "exponential", "every": 3, "gamma": 0.9}),
+        Stage("all", epochs=2, optimizer="sgd", lr=1e-2, schedule={"kind": "plateau", "factor": 0.5,
+                                                                   "patience": 1})]
+    return Trainer(model, bce, train, val_data=val, batch_size=3, stages=stages, run=run,
+                   progress=False, callbacks=callbacks, seed=seed, **kw), model
+
+
+@pytest.fixture(scope="module")
+def tiny_cases():
+    return [blob_case(i, (6, 32, 32)) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_cases, tmp_path_factory):
+    run = RunFolder.create(tmp_path_factory.mktemp("runs"), "smoke", "test", "ref")
+    trainer, model = _tiny_trainer(tiny_cases, run=run)
+    history = trainer.fit()
+    return run, history, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_smoke_training_on_the_phantom_learns():
+    from npcrepro.losses import DiceLoss
+
+    cases = phantom_cases(4)
+    soft_dice = DiceLoss(eps=1.0)
+    seed_everything(0)
+    model = build("unet2d", in_channels=1, n_classes=1, widths=(8, 16, 32))
+    train = SliceDataset(cases, ["CET1"], ["GTVp"], background_fraction=0.2)
+
+    def score():
+        return np.mean([dice(predict_case(model, c, ["CET1"])[0] >= 0.5, c.labels["GTVp"]) for c in cases])
+
+    before = score()
+    history = Trainer(model, lambda o, t: soft_dice(o, t) + bce(o, t), train, batch_size=8,
+                      iterations=100, eval_every=50, lr=1e-2, progress=False, seed=0).fit()
+    assert history.completed and history.iterations == 100
+    assert history.rows[-1]["train_loss"] < history.rows[0]["train_loss"]
+    after = score()
+    assert after > 0.6 and after > before + 0.3, (before, after)
+
+
+def test_same_seed_same_numbers(tiny_cases, reference_run):
+    _, h1, sd1 = reference_run
+    trainer, model = _tiny_trainer(tiny_cases)
+    h2 = trainer.fit()
+    assert [r["train_loss"] for r in h1.rows] == [r["train_loss"] for r in h2.rows]
+    assert [r["val_loss"] for r in h1.rows] == [r["val_loss"] for r in h2.rows]
+    assert all(torch.equal(sd1[k], v) for k, v in model.state_dict().items())
+    other, _ = _tiny_trainer(tiny_cases, seed=4)
+    assert [r["train_loss"] for r in other.fit().rows] != [r["train_loss"] for r in h1.rows]
+
+
+def test_resume_after_kill_gives_the_same_final_numbers(tiny_cases, reference_run, tmp_path):
+    _, h_ref, sd_ref = reference_run
+
+    def kill(trainer, event, info):
+        if event == "iteration" and info["iteration"] == 13:
+            raise KeyboardInterrupt("killed")
+
+    run = RunFolder.create(tmp_path, "smoke", "test", "killed")
+    trainer, _ = _tiny_trainer(tiny_cases, run=run, callbacks=[kill], checkpoint_every=4)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    ck = load_checkpoint(run.checkpoint_last)
+    assert ck["state"]["iteration"] == 12 and not ck["state"]["done"]  # the last save before the kill
+    trainer, model = _tiny_trainer(tiny_cases, run=RunFolder.open(run.path))
+    h = trainer.fit(resume=True)
+    assert h.completed and h.iterations == h_ref.iterations
+    assert [r["train_loss"] for r in h.rows] == [r["train_loss"] for r in h_ref.rows]
+    assert [r["val_loss"] for r in h.rows] == [r["val_loss"] for r in h_ref.rows]
+    assert [r["lr"] for r in h.rows] == [r["lr"] for r in h_ref.rows]
+    assert all(torch.equal(sd_ref[k], v) for k, v in model.state_dict().items())
+    # the curves file holds the whole history once
+    assert pd.read_csv(run.path / "curves.csv")["iteration"].tolist() == [r["iteration"] for r in h_ref.rows]
+
+
+def test_session_limit_then_resume(tiny_cases, reference_run, tmp_path):
+    _, h_ref, _ = reference_run
+    run = RunFolder.create(tmp_path, "smoke", "test", "limited")
+    trainer, _ = _tiny_trainer(tiny_cases, run=run, max_iterations_this_session=5)
+    h = trainer.fit()
+    assert not h.completed and h.iterations == 5
+    trainer, _ = _tiny_trainer(tiny_cases, run=run)
+    h = trainer.fit(resume=True)
+    assert h.completed and h.rows[-1]["val_loss"] == h_ref.rows[-1]["val_loss"]
+    trainer, _ = _tiny_trainer(tiny_cases, run=run)  # resuming a finished run changes nothing
+    assert trainer.fit(resume=True).iterations == h_ref.iterations
+    with pytest.raises(ParameterError, match="seed"):
+        _tiny_trainer(tiny_cases, run=run, seed=9)[0].fit(resume=True)
+
+
+def test_stages_freeze_and_switch_learning_rates(tiny_cases, reference_run):
+    run, history, _ = reference_run
+    seed_everything(0)
+    model = build("unet2d", in_channels=1, n_classes=1, widths=(4, 8, 16), dropout=0.2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    snap = {}
+
+    def spy(trainer, event, info):
+        if event == "stage_start" and info["stage"] == 1:
+            snap.update({k: v.clone() for k, v in model.state_dict().items()})
+
+    train = SliceDataset(tiny_cases[:3], ["T1"], ["GTVp"])
+    Trainer(model, bce, train, batch_size=3, progress=False, callbacks=[spy],
+            stages=[Stage("frozen-encoder", iterations=4, lr=1e-2, frozen=["down", "stem"]),
+                    Stage("all", iterations=2, lr=1e-3)]).fit()
+    enc = [k for k in before if k.startswith(("down", "stem")) and "running" not in k and "num_batches" not in k]
+    dec = [k for k in before if k.startswith(("up", "head"))]
+    assert all(torch.equal(before[k], snap[k]) for k in enc)            # frozen in stage 1
+    assert any(not torch.equal(before[k], snap[k]) for k in dec)        # decoder trained
+    assert any(not torch.equal(snap[k], model.state_dict()[k]) for k in enc)  # unfrozen in stage 2
+    stages = [r["stage"] for r in history.rows]
+    assert stages[0] == "warm" and stages[-1] == "all"
+    assert history.rows[1]["lr"] == pytest.approx(0.9e-2)               # exponential decay
+    with pytest.raises(ParameterError, match="no parameter name starts with 'encoder'"):
+        Trainer(model, bce, train, iterations=1, frozen=["encoder"], progress=False).fit()
+
+
+def test_early_stopping_and_best_checkpoint(tiny_cases, tmp_path):
+    run = RunFolder.create(tmp_path, "smoke", "test", "early")
+    seed_everything(0)
+    model = build("unet2d", in_channels=1, n_classes=1, widths=(4, 8))
+    train = SliceDataset(tiny_cases[:3], ["T1"], ["GTVp"])
+    val = SliceDataset(tiny_cases[3:], ["T1"], ["GTVp"])
+    h = Trainer(model, bce, train, val_data=val, batch_size=4, iterations=100, eval_every=1, lr=1e-9,
+                early_stopping=2, min_delta=1.0, run=run, progress=False).fit()
+    assert h.stopped_early == ["train"] and h.iterations == 3 and h.completed
+    best = load_checkpoint(run.checkpoint_best)
+    assert best["state"]["iteration"] == 1
+    # restore_best="auto" with early stopping: the model holds the best weights
+    assert all(torch.equal(best["model"][k], v) for k, v in model.state_dict().items())
+
+
+def test_plain_dataset_and_iterations_per_epoch():
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(10, 1, 8, 8, generator=g)
+    ys = (xs > 0).float()
+    data = torch.utils.data.TensorDataset(xs, ys)
+    seed_everything(0)
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    h = Trainer(model, bce, data, batch_size=4, epochs=2, iterations_per_epoch=5, lr=0.1,
+                progress=False).fit()
+    assert h.iterations == 10 and [r["epoch"] for r in h.rows] == [1.0, 2.0]
+    assert h.rows[-1]["train_loss"] < h.rows[0]["train_loss"] and h.rows[0]["throughput"] > 0
+
+
+def test_nan_loss_fails_clearly():
+    data = torch.utils.data.TensorDataset(torch.full((4, 1, 4, 4), float("nan")), torch.zeros(4, 1, 4, 4))
+    with pytest.raises(FloatingPointError, match="training loss is nan"):
+        Trainer(torch.nn.Conv2d(1, 1, 1), bce, data, batch_size=2, iterations=2, progress=False).fit()
+
+
+# ----------------------------------------------------------------------------- inference
+def test_sliding_window_equals_whole_volume_for_pointwise_model():
+    torch.manual_seed(0)
+    model = torch.nn.Conv3d(2, 3, 1)
+    image = np.random.default_rng(0).normal(size=(2, 13, 30, 27)).astype(np.float32)
+    whole = torch.sigmoid(model(torch.from_numpy(image)[None]))[0].detach().numpy()
+    for blend, overlap in (("gaussian", 0.5), ("constant", 0.25), ("gaussian", 0.0)):
+        sw = predict_sliding_window(model, image, (8, 16, 16), overlap=overlap, blend=blend, batch_size=3)
+        assert sw.shape == (3, 13, 30, 27)
+        np.testing.assert_allclose(sw, whole, rtol=0, atol=2e-6)
+    small = predict_sliding_window(model, image[:, :4, :10, :9], (8, 16, 16))  # padded and cropped back
+    np.testing.assert_allclose(small, whole[:, :4, :10, :9], atol=2e-6)
+
+
+class _Ones(torch.nn.Module):
+    def forward(self, x):
+        return torch.full((x.shape[0], 1) + tuple(x.shape[2:]), 1.0)
+
+
+def test_blending_weights_normalise():
+    prob = predict_sliding_window(_Ones(), np.zeros((1, 11, 23, 19), np.float32), (6, 10, 10),
+                                  overlap=0.6, activation=None)
+    np.testing.assert_allclose(prob, 1.0, atol=1e-6)
+    w = gaussian_weights((7, 9, 9))
+    assert w.max() == pytest.approx(1.0) and w[3, 4, 4] == w.max() and w.min() > 0
+    np.testing.assert_allclose(w, w[::-1, ::-1, ::-1])
+    for size, patch, step in ((30, 16, 8), (16, 16, 8), (17, 16, 1), (100, 7, 3)):
+        s = window_starts(size, patch, step)
+        assert s[0] == 0 and s[-1] == size - patch and all(b - a <= step for a, b in zip(s, s[1:]))
+
+
+def test_predict_slices_matches_direct_calls():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 2, 3, padding=1)
+    image = np.random.default_rng(1).normal(size=(1, 5, 12, 12)).astype(np.float32)
+    out = predict_slices(model, image, batch_size=2, context=1, activation="softmax")
+    z = 0
+    stack = np.concatenate([image[:, [0]], image[:, [0]], image[:, [1]]], axis=1)  # edge repeated
+    direct = torch.softmax(model(torch.from_numpy(stack)), dim=1)[0].detach().numpy()
+    np.testing.assert_allclose(out[:, z], direct, atol=1e-6)
+    assert out.shape == (2, 5, 12, 12)
+    with pytest.raises(DataError):
+        predict_slices(model, image[0])
+
+
+def test_predict_case_maps_back_to_the_original_grid():
+    from npcrepro.transforms import preprocess
+
+    case = blob_case(0, (8, 32, 32))
+    small, record = preprocess(case, crop_to_structure="GTVp", margin=1)
+    model = _Ones()
+    prob = predict_case(model, small, ["T1"], preprocessed=record, activation=None)
+    assert prob.shape == (1,) + case.shape
+    inside = np.zeros(case.shape, bool)
+    inside[tuple(slice(a, b) for a, b in record.box)] = True
+    assert (prob[0][inside] == 1).all() and (prob[0][~inside] == 0).all()
+    prob3 = predict_case(torch.nn.Conv3d(1, 1, 1), case, ["T1"], mode="3d", patch_size=(4, 16, 16))
+    assert prob3.shape == (1,) + case.shape
+    with pytest.raises(ParameterError):
+        predict_case(model, case, ["T1"], mode="3d")
+
+
+# ----------------------------------------------------------------------------- run folders
+def test_run_folder_layout(reference_run, tmp_path):
+    run, history, _ = reference_run
+    names = {p.name for p in run.path.iterdir()}
+    assert {"environment.json", "curves.csv", "checkpoint_last.pt", "checkpoint_best.pt"} <= names
+    rel = run.path.relative_to(run.path.parents[2])
+    assert rel.parts[:2] == ("smoke", "test") and rel.parts[2].endswith("-ref")
+    env = json.loads((run.path / "environment.json").read_text())
+    assert {"python", "torch", "numpy", "npcrepro", "git", "device", "cpu", "gpu", "hostname"} <= set(env)
+    curves = pd.read_csv(run.path / "curves.csv")
+    assert list(curves.columns[:7]) == ["iteration", "epoch", "stage", "lr", "train_loss", "val_loss",
+                                        "throughput"]
+    ck = load_checkpoint(run.checkpoint_last)
+    assert {"model", "optimizer", "schedule", "scaler", "rng", "state", "history"} <= set(ck)
+    assert {"python", "numpy", "torch"} <= set(ck["rng"][0])
+    # never overwrite: the same stamp twice gives a suffix
+    a = RunFolder.create(tmp_path, "cpu", "p", "x", stamp="20240101-000000", params={"seed": 1})
+    b = RunFolder.create(tmp_path, "cpu", "p", "x", stamp="20240101-000000")
+    assert a.path != b.path and b.path.name.endswith("-2")
+    assert a.read_params() == {"seed": 1}
+    a.write_summary({"dice": np.float32(0.5), "bad": float("nan")})
+    assert a.read_summary() == {"dice": 0.5, "bad": None}
+    a.write_prediction("case1", "GTVp", np.ones((2, 3, 4), bool), blob_case(0, (2, 3, 4)).geometry)
+    assert a.read_prediction("case1", "GTVp").dtype == np.uint8
+    with pytest.raises(DataError, match="not found"):
+        RunFolder.open(tmp_path / "nope")
+    with pytest.raises(DataError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_run_folder_from_params_and_resume_checks(tmp_path):
+    P = profiles.resolve("template", "smoke", out_dir=str(tmp_path))
+    run = RunFolder.from_params(P, "unet2d")
+    assert run.path.parent == tmp_path / "smoke" / "template"
+    assert run.read_params()["seed"] == P.seed
+    same = RunFolder.from_params(P.replace(resume=str(run.path)), "unet2d")
+    assert same.path == run.path
+    with pytest.raises(ParameterError, match="parameter 'seed' was 0, now 5"):
+        RunFolder.from_params(P.replace(resume=str(run.path), seed=5))
+    with pytest.raises(DataError, match="run folder not found"):
+        RunFolder.from_params(P.replace(resume=str(tmp_path / "nope")))
+
+
+# ----------------------------------------------------------------------------- cross-validation
+def fold_fn(fold, index, run, scale=1.0):
+    """Module-level so that spawned workers can import it."""
+    return [{"case": c, "structure": "GTVp", "dice": scale * (index + 1) / 10} for c in fold.test]
+
+
+def test_make_folds_schemes(tmp_path):
+    names = [f"p{i}" for i in range(6)]
+    assert len(make_folds(names, "loocv")) == 6
+    k = make_folds(names, "kfold", k=3, val_fraction=0.25)
+    assert len(k) == 3 and sorted(sum((f.test for f in k), [])) == names and all(f.val for f in k)
+    h = make_folds(names, "holdout", n_test=2, n_val=1)
+    assert len(h) == 1 and len(h[0].test) == 2
+    assert len(make_folds(names, "loocv", max_folds=2)) == 2
+    run = RunFolder.create(tmp_path, "smoke", "cv", "folds")
+    first = make_folds(names, "kfold", k=3, seed=1, run=run)
+    again = make_folds(names, "kfold", k=3, seed=99, run=run)  # a resumed run keeps its folds
+    assert [f.test for f in first] == [f.test for f in again]
+    with pytest.raises(ParameterError, match="valid"):
+        make_folds(names, "bootstrap")
+
+
+def test_run_folds_serial_parallel_and_resume(tmp_path):
+    names = [f"p{i}" for i in range(6)]
+    folds = make_folds(names, "kfold", k=3)
+    run = RunFolder.create(tmp_path, "smoke", "cv", "serial")
+    serial = run_folds(fold_fn, folds, run=run, scale=2.0)
+    assert len(serial) == 6 and sorted(serial["case"]) == names
+    assert set(serial["fold"]) == {0, 1, 2} and (run.path / "metrics.csv").exists()
+    assert all((run.path / f"fold_{i}" / "DONE").exists() for i in range(3))
+    parallel = run_folds(fold_fn, folds, parallel=2, scale=2.0)
+    pd.testing.assert_frame_equal(serial, parallel)
+    (run.path / "fold_1" / "DONE").unlink()
+    calls = []
+
+    def counting(fold, index, sub, scale=1.0):
+        calls.append(index)
+        return fold_fn(fold, index, sub, scale)
+
+    again = run_folds(counting, folds, run=run, scale=2.0)
+    assert calls == [1] and again["dice"].tolist() == serial["dice"].tolist()
+
+
+# ----------------------------------------------------------------------------- dispatch
+def _tiny_notebook(path: Path, body: str) -> str:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                             new_code_cell(body)],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                               "language": "python"}})
+    nbformat.write(nb, str(path))
+    return str(path)
+
+
+def test_run_jobs_process_pool_and_errors(tmp_path):
+    ok = _tiny_notebook(tmp_path / "ok.ipynb", "assert x == 2")
+    jobs = [Job(ok, str(tmp_path / "out" / "a.ipynb"), {"x": 2}),
+            Job(ok, str(tmp_path / "out" / "b.ipynb"), {"x": 3})]
+    res = run_jobs(jobs, max_workers=2, progress=False)
+    assert [r.ok for r in res] == [True, False]
+    assert (tmp_path / "out" / "a.ipynb").exists()
+    assert res[1].error.startswith("AssertionError") and "\n" not in res[1].error
+    with pytest.raises(ParameterError, match="valid"):
+        run_jobs(jobs, backend="ray")
+    for backend, module in (("dask", "dask"), ("submitit", "submitit")):
+        try:
+            __import__(module)
+        except ImportError:
+            with pytest.raises(ParameterError, match="pip install"):
+                run_jobs(jobs, backend=backend)
+
+
+# ----------------------------------------------------------------------------- profiles and parameters
+def test_resolve_profiles_and_overrides():
+    P = profiles.resolve("template", "smoke", seed=3, lr=1)
+    assert P.profile == "smoke" and P.seed == 3 and P.lr == 1.0 and isinstance(P.lr, float)
+    assert P["device"] == "cpu" and P.paper == "template"
+    cpu = profiles.resolve("template")
+    assert cpu.iterations > P.iterations
+    assert profiles.resolve("template", "smoke", iterations=None).iterations == P.iterations
+    with pytest.raises(AttributeError):
+        P.seed = 4
+    assert P.replace(seed=5).seed == 5
+    assert profiles.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"foo": 1}, "unknown parameter 'foo' for template \\(valid: profile, data, device, seed"),
+    ({"profile": "huge"}, "unknown profile 'huge' for template \\(valid: smoke, cpu, gpu\\)"),
+    ({"iterations": "many"}, "'iterations' of template must be int"),
+    ({"seed": -1}, "'seed' must be a non-negative int"),
+    ({"channel": "PET"}, "must be one of"),
+    ({"device": "tpu"}, "device"),
+])
+def test_bad_parameters_fail_in_one_line(kwargs, match):
+    with pytest.raises(ParameterError, match=match) as err:
+        profiles.resolve("template", **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_paper_and_registration():
+    with pytest.raises(ParameterError, match="unknown paper 'nope'"):
+        profiles.resolve("nope")
+    profiles.register_profile("_testpaper", "smoke", n_cases=2, epochs=1)
+    profiles.register_profile("_testpaper", "cpu", n_cases=8, epochs=10, width=None)
+    assert profiles.profiles("_testpaper") == ["smoke", "cpu"]
+    assert profiles.resolve("_testpaper", "smoke").width is None
+    with pytest.raises(ParameterError, match="common parameters"):
+        profiles.register_profile("_testpaper", "cpu", seed=1)
+
+
+def test_notebook_params_rejects_injected_unknown_names():
+    ns = {"np": np, "json": json}
+    before = set(ns)
+    ns.update(profile="smoke", data="phantom", device="auto", seed=0, out_dir="runs")
+    ns.update(seed=2, iterations=5, _=None, helper=lambda: 1)  # papermill's injected cell
+    P = profiles.notebook_params("template", ns, before)
+    assert P.seed == 2 and P.iterations == 5 and P.profile == "smoke"
+    ns["foo"] = 1
+    with pytest.raises(ParameterError, match="unknown parameter 'foo' \\(valid: profile, data"):
+        profiles.notebook_params("template", ns, before)
+
+
+def test_load_data_bad_path_is_one_line_data_error(tmp_path):
+    P = profiles.resolve("template", "smoke", data=str(tmp_path / "missing"))
+    with pytest.raises(DataError) as err:
+        profiles.load_data(P)
+    assert "missing" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_load_data_generates_and_caches_the_phantom(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_generate(out_dir, n_cases, seed, *, preset="smoke", progress=True, overwrite=False, **params):
+        calls.append((n_cases, seed, preset))
+        return write_dataset(out_dir, [blob_case(i, (4, 16, 16), f"ph{i}") for i in range(n_cases)],
+                             channels=["T1", "CT"], structures=["GTVp"])
+
+    import npcrepro.phantom as phantom
+
+    monkeypatch.setattr(phantom, "generate", fake_generate, raising=False)
+    P = profiles.resolve("template", "smoke", out_dir=str(tmp_path), seed=7)
+    ds = profiles.load_data(P)
+    assert len(ds) == P.n_cases and calls == [(P.n_cases, 7, "smoke")]
+    assert ds.root == profiles.phantom_cache_dir(P, "smoke", P.n_cases)
+    again = profiles.load_data(P)
+    assert again.root == ds.root and len(calls) == 1  # reused
+    profiles.load_data(P, n_cases=2)
+    assert len(calls) == 2
+
+
+# ----------------------------------------------------------------------------- the template notebook
+@pytest.mark.slow
+def test_template_notebook_runs_at_smoke_profile(run_notebook):
+    nb = run_notebook("template")
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    match = re.search(r"run folder: (\S+)", text)
+    assert match, text[-2000:]
+    run = Path(match.group(1))
+    assert run.parts[-4:-1] == ("runs", "smoke", "template")
+    names = {p.name for p in run.iterdir()}
+    assert {"params.json", "environment.json", "curves.csv", "checkpoint_last.pt", "checkpoint_best.pt",
+            "metrics.csv", "summary.json", "predictions", "DONE"} <= names
+    assert json.loads((run / "params.json").read_text())["profile"] == "smoke"
+    glued = {o.get("metadata", {}).get("scrapbook", {}).get("name") for o in outputs}
+    assert {"template_dice", "template_n_test"} <= glued
+
+
+def test_template_notebook_is_committed_clean():
+    import nbformat
+
+    nb = nbformat.read(str(Path(__file__).parent.parent / "notebooks" / "template.ipynb"), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "_before = set(globals())" in code[0].source
+    assert code[1].metadata.get("tags") == ["parameters"]
+    assert "%matplotlib inline" in code[0].source
+    for name, value in (("profile", '"cpu"'), ("data", '"phantom"'), ("device", '"auto"'),
+                        ("seed", "0"), ("out_dir", '"runs"')):
+        assert f"{name} = {value}" in code[1].source
+    assert "MPLBACKEND" not in json.dumps(nb)
+
+
+def test_engine_benchmark_quick_runs(monkeypatch, capsys):
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "bench_engine.py"
+    spec = importlib.util.spec_from_file_location("bench_engine", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "SIZE", 32)
+    monkeypatch.setattr(bench, "DEPTH", 4)
+    out = bench.main(quick=True, compile=False)
+    assert out["train_bare_eager_sps"] > 0 and out["train_engine_eager_sps"] > 0
+    assert out["infer_eager_ms_per_slice"] > 0 and "engine_overhead (bare/engine)" in out["ratios"]
+    assert "samples/s" in capsys.readouterr().out

@@ -1,0 +1,171 @@
+"""Summaries, bootstrap CI, paired tests against scipy, and the paper-vs-reproduced table."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from npcrepro import evaluation as E
+from npcrepro.datasets import Case
+from npcrepro.errors import DataError, ParameterError
+
+DICE_A = [0.81, 0.77, 0.90, 0.65, 0.72, 0.88, 0.79]
+DICE_B = [0.78, 0.74, 0.86, 0.66, 0.61, 0.80, 0.75]
+
+
+def _table(values, method="a", empty=()):
+    return pd.DataFrame({"case": [f"p{i}" for i in range(len(values))], "structure": "GTVp",
+                         "method": method, "dice": values,
+                         "hd": [5.0 + i for i in range(len(values))],
+                         "pred_empty": [i in empty for i in range(len(values))],
+                         "ref_empty": False})
+
+
+def test_format_mean_sd():
+    assert E.format_mean_sd(0.8912, 0.051) == "0.89 ± 0.05"
+    assert E.format_mean_sd(3.4, 2.0, 1, "mm") == "3.4 ± 2.0 mm"
+    assert E.format_mean_sd(0.5) == "0.50"
+    assert E.format_mean_sd(0.5, float("nan")) == "0.50"
+    assert E.format_mean_sd(None) == "—" and E.format_mean_sd(float("nan")) == "—"
+
+
+def test_summarize_matches_numpy():
+    s = E.summarize(_table(DICE_A, empty=(3,)), seed=1).set_index("metric")
+    assert set(s.index) == {"dice", "hd"}  # flags and identifiers are not metrics
+    d = s.loc["dice"]
+    v = np.array(DICE_A)
+    assert d["n"] == 7 and d["n_empty"] == 1 and d["n_nonfinite"] == 0
+    assert d["mean"] == pytest.approx(v.mean())
+    assert d["sd"] == pytest.approx(v.std(ddof=1))
+    assert d["median"] == pytest.approx(np.median(v))
+    assert d["ci_low"] < v.mean() < d["ci_high"]
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx(E.bootstrap_ci(v, seed=1))
+
+
+def test_bootstrap_ci_against_hand_computation():
+    v = np.array(DICE_A)
+    rng = np.random.default_rng(3)
+    means = v[rng.integers(0, v.size, size=(500, v.size))].mean(axis=1)
+    assert E.bootstrap_ci(v, n_boot=500, seed=3) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
+    lo, hi = E.bootstrap_ci(v, ci=0.5, seed=0)
+    lo95, hi95 = E.bootstrap_ci(v, ci=0.95, seed=0)
+    assert lo95 <= lo < hi <= hi95
+    assert E.bootstrap_ci([0.7]) == (0.7, 0.7)
+    assert all(math.isnan(x) for x in E.bootstrap_ci([]))
+
+
+def test_summarize_groups_and_nonfinite():
+    t = pd.concat([_table(DICE_A, "a"), _table(DICE_B, "b")])
+    t.loc[t.index[0], "hd"] = np.inf
+    s = E.summarize(t, ["dice", "hd"], by="method")
+    assert list(s.columns[:3]) == ["method", "metric", "n"]
+    hd_a = s[(s.method == "a") & (s.metric == "hd")].iloc[0]
+    assert hd_a["n"] == 6 and hd_a["n_nonfinite"] == 1
+    assert s[(s.method == "b") & (s.metric == "dice")]["mean"].item() == pytest.approx(np.mean(DICE_B))
+    with pytest.raises(ParameterError, match="not in the table"):
+        E.summarize(t, ["nsd"])
+    with pytest.raises(DataError):
+        E.summarize(t.iloc[:0])
+
+
+def test_paired_test_against_scipy():
+    r = E.paired_test(DICE_A, DICE_B)
+    t = stats.ttest_rel(DICE_A, DICE_B)
+    w = stats.wilcoxon(DICE_A, DICE_B)
+    assert r["n"] == 7
+    assert r["t"] == pytest.approx(t.statistic) and r["p_t"] == pytest.approx(t.pvalue)
+    assert r["w"] == pytest.approx(w.statistic) and r["p_wilcoxon"] == pytest.approx(w.pvalue)
+    assert r["mean_diff"] == pytest.approx(np.mean(np.subtract(DICE_A, DICE_B)))
+
+
+def test_paired_test_on_tables_joins_by_case():
+    a = _table(DICE_A, "a")
+    b = _table(DICE_B, "b").iloc[::-1]  # order must not matter
+    r = E.paired_test(a, b, "dice")
+    assert r["p_t"] == pytest.approx(stats.ttest_rel(DICE_A, DICE_B).pvalue)
+    with pytest.raises(DataError, match="same cases"):
+        E.paired_test(a, b.iloc[1:], "dice")
+    long = pd.concat([a, b])
+    tests = E.paired_tests(long, "a", "b")
+    assert set(tests.metric) == {"dice", "hd"}
+    assert tests.set_index("metric").loc["hd", "p_t"] == 1.0  # identical hd: no difference
+    with pytest.raises(ParameterError, match="no rows for method 'c'"):
+        E.paired_tests(long, "a", "c")
+
+
+def test_paired_test_drops_nonfinite_pairs():
+    r = E.paired_test([1.0, 2.0, np.nan, 4.0], [1.5, 2.5, 3.0, 3.0])
+    assert r["n"] == 3
+
+
+def _reported():
+    return pd.DataFrame([
+        {"paper": "xue2020", "table": "Sec. 2", "method": "U-Net", "metric": "dsc", "value": 0.73,
+         "sd": 0.13, "ref": "Sec. 2"},
+        {"paper": "xue2020", "table": "Sec. 2", "method": "U-Net", "metric": "hd", "value": 11.1,
+         "sd": 7.5, "ref": "Sec. 2"},
+        {"paper": "xue2020", "table": "Sec. 2", "method": "DeepLabv3+", "metric": "dsc", "value": 0.76,
+         "sd": np.nan, "ref": "Sec. 2"},
+        {"paper": "li2018", "table": "Table 2", "method": "CNN", "metric": "dsc", "value": 0.89,
+         "sd": 0.05, "ref": "Table 2"},
+    ])
+
+
+def test_compare_with_paper_marks_every_cell():
+    repro = _table(DICE_A, "unet2d")
+    ct = E.compare_with_paper(_reported(), repro, paper="xue2020", data_source="phantom",
+                              profile="smoke", method_map={"U-Net": "unet2d"}, units={"hd": "mm"})
+    f = ct.frame
+    assert list(f.columns) == ["reported", "reproduced"]
+    assert list(f.index.names) == ["metric", "method"] and len(f) == 3  # li2018 row left out
+    assert all(c.endswith("(reported)") for c in f["reported"])
+    assert all(c.endswith("(reproduced)") or c.endswith("(not reproduced)") for c in f["reproduced"])
+    assert f.loc[("dsc", "U-Net"), "reported"] == "0.73 ± 0.13 (reported)"
+    assert f.loc[("dsc", "U-Net"), "reproduced"] == E.format_mean_sd(
+        np.mean(DICE_A), np.std(DICE_A, ddof=1)) + " (reproduced)"
+    assert f.loc[("hd", "U-Net"), "reported"].endswith("mm (reported)")
+    assert f.loc[("dsc", "DeepLabv3+"), "reproduced"] == "— (not reproduced)"
+    assert "phantom" in ct.caption and "smoke" in ct.caption and "Sec. 2" in ct.caption
+    assert "n = 7" in ct.caption
+    assert ct.numbers.loc[0, "column"] == "dice"
+    assert "(reported)" in ct._repr_html_() and ct.to_markdown().startswith("*xue2020")
+
+
+def test_compare_with_paper_options_and_errors():
+    repro = _table(DICE_A, "x").drop(columns="method")
+    ct = E.compare_with_paper(_reported(), repro, paper="xue2020", data_source="d", profile="cpu",
+                              default_method="U-Net", metrics=["dsc"], metric_map={"dsc": "hd"})
+    assert ct.numbers.loc[0, "reproduced_mean"] == pytest.approx(repro["hd"].mean())
+    with pytest.raises(ParameterError, match="default_method"):
+        E.compare_with_paper(_reported(), repro, paper="xue2020", data_source="d", profile="cpu")
+    with pytest.raises(DataError, match="no reported numbers"):
+        E.compare_with_paper(_reported(), repro, paper="chen2020", data_source="d", profile="cpu",
+                             default_method="m")
+    with pytest.raises(DataError, match="columns"):
+        E.compare_with_paper(pd.DataFrame({"x": [1]}), repro, paper="p", data_source="d", profile="c")
+
+
+def test_canonical_metric_names():
+    assert E.canonical_metric("DSC") == "dice" and E.canonical_metric("JI") == "jaccard"
+    assert E.canonical_metric("ASD") == "assd" and E.canonical_metric("weird") == "weird"
+
+
+def test_evaluate_cases_builds_per_case_rows():
+    ref = np.zeros((4, 10, 10), bool)
+    ref[1:3, 2:6, 2:6] = True
+    pred = np.zeros_like(ref)
+    pred[1:3, 2:6, 3:7] = True
+    case = Case("p0", {"CT": np.zeros(ref.shape, np.float32)}, {"GTVp": ref}, (3.0, 1.0, 1.0))
+    t = E.evaluate_cases({"p0": {"GTVp": pred, "GTVnd": np.zeros_like(ref)}}, [case],
+                         probabilities={"p0": {"GTVp": pred.astype(float)}}, method="m", extra={"fold": 2})
+    assert len(t) == 2 and set(t.columns) >= {"case", "structure", "method", "fold", "dice", "hd", "auc"}
+    row = t.set_index("structure").loc["GTVp"]
+    assert row["dice"] == pytest.approx(2 * 24 / 64)
+    assert bool(t.set_index("structure").loc["GTVnd", "ref_empty"])
+    with pytest.raises(DataError, match="unknown case"):
+        E.evaluate_cases({"nobody": {"GTVp": pred}}, [case])
+    with pytest.raises(DataError, match="shape"):
+        E.evaluate_cases({"p0": {"GTVp": pred[:2]}}, {"p0": case})
