@@ -88,7 +88,7 @@ def fingerprint(name: str, profile: str, params: dict, root: Path | None = None)
 
 def _recorded_fingerprint(path: Path) -> str | None:
     try:
-        nb = json.loads(path.read_text())
+        nb = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     return nb.get("metadata", {}).get("npcrepro", {}).get("fingerprint")
@@ -140,12 +140,12 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
                             f"{exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''} "
                             f"(partial notebook: {failed})") from None
     seconds = time.perf_counter() - t0
-    nb = json.loads(tmp.read_text())
+    nb = json.loads(tmp.read_text(encoding="utf-8"))
     nb.setdefault("metadata", {})["npcrepro"] = {
         "fingerprint": fp, "profile": profile, "parameters": params,
         "seconds": round(seconds, 1), "executed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp.write_text(json.dumps(nb, indent=1))
+    tmp.write_text(json.dumps(nb, indent=1), encoding="utf-8")
     os.replace(tmp, out)
     log(f"[book] {name:<9} {profile:<5} done in {seconds:.0f} s")
     return ChapterResult(name, profile, out, seconds, False)
@@ -169,9 +169,9 @@ def toc_for(profile: str, root: Path | None = None) -> Path:
     base = root / "_toc.yml"
     if profile == "cpu":
         return base
-    text = base.read_text().replace("book/runs/cpu/", f"book/runs/{profile}/")
+    text = base.read_text(encoding="utf-8").replace("book/runs/cpu/", f"book/runs/{profile}/")
     out = root / f"_toc.{profile}.yml"
-    out.write_text(text)
+    out.write_text(text, encoding="utf-8")
     return out
 
 

@@ -10,7 +10,7 @@ from npcrepro import book
 
 
 def _toc_files(root):
-    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    toc = yaml.safe_load((root / "_toc.yml").read_text(encoding="utf-8"))
     files = [toc["root"]]
     for part in toc.get("parts", []):
         files += [c["file"] for c in part["chapters"]]
@@ -32,7 +32,7 @@ def test_book_builds_with_every_page(book_copy, run_notebook):
         assert page.exists(), f"missing page {page}"
     # Chapters that draw figures carry them as images in the HTML.
     for name in ("data",):
-        text = (html / "book" / "runs" / "smoke" / f"{name}.html").read_text()
+        text = (html / "book" / "runs" / "smoke" / f"{name}.html").read_text(encoding="utf-8")
         assert len(re.findall(r"<img [^>]*src=", text)) >= 2, f"{name}: no figures in HTML"
 
 

@@ -37,38 +37,42 @@ def test_unknown_parameter_lists_valid_ones(capsys):
     assert "valid: profile, data, device, seed, out_dir" in err
 
 
+def _mini_root(tmp_path, extra_cell: str | None = None):
+    """A repository stand-in whose li2018 chapter is a two-cell notebook (fast, and immune to edits
+    of the real chapter); the library is the real one."""
+    import nbformat
+
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "npcrepro").symlink_to(repo_root() / "npcrepro")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('profile = "cpu"\ndata = "phantom"\ndevice = "auto"\n'
+                                          'seed = 0\nout_dir = "runs"', metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell('print(f"seed={seed} µ")')]
+    if extra_cell:
+        nb.cells.append(nbformat.v4.new_code_cell(extra_cell))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "notebooks" / "li2018.ipynb")
+    return root
+
+
 def test_run_chapter_writes_executed_notebook_and_skips_when_fresh(tmp_path):
+    root = _mini_root(tmp_path)
     out = tmp_path / "li2018.ipynb"
-    logs = []
-    res = book.execute("li2018", "smoke", {"seed": 1}, output=out, log=logs.append)
+    quiet = dict(output=out, root=root, log=lambda *_: None)
+    res = book.execute("li2018", "smoke", {"seed": 1}, **quiet)
     assert not res.skipped and out.exists()
-    meta = json.loads(out.read_text())["metadata"]["npcrepro"]
-    assert meta["profile"] == "smoke" and meta["parameters"]["seed"] == 1
-    again = book.execute("li2018", "smoke", {"seed": 1}, output=out, log=logs.append)
-    assert again.skipped
-    changed = book.execute("li2018", "smoke", {"seed": 2}, output=out, log=logs.append)
-    assert not changed.skipped
+    nb = json.loads(out.read_text(encoding="utf-8"))
+    assert nb["metadata"]["npcrepro"]["profile"] == "smoke"
+    assert nb["metadata"]["npcrepro"]["parameters"]["seed"] == 1
+    assert "seed=1 µ" in "".join(nb["cells"][-1]["outputs"][0]["text"])  # non-ASCII output survives
+    assert book.execute("li2018", "smoke", {"seed": 1}, **quiet).skipped
+    assert not book.execute("li2018", "smoke", {"seed": 2}, **quiet).skipped
 
 
 def test_failing_chapter_keeps_partial_notebook(tmp_path):
-    root = _broken_copy(tmp_path)
+    root = _mini_root(tmp_path, "from npcrepro.errors import ParameterError\nraise ParameterError('boom')")
     with pytest.raises(book.ChapterFailed, match="ParameterError: boom") as exc:
         book.execute("li2018", "smoke", output=tmp_path / "o.ipynb", root=root, log=lambda *_: None)
     assert (tmp_path / "o.failed.ipynb").exists()
     assert "partial notebook" in str(exc.value)
-
-
-def _broken_copy(tmp_path):
-    """A copy of the repo's notebook folder whose li2018 chapter raises ParameterError."""
-    import shutil
-
-    import nbformat
-
-    root = tmp_path / "repo"
-    shutil.copytree(repo_root() / "notebooks", root / "notebooks")
-    shutil.copytree(repo_root() / "npcrepro", root / "npcrepro")
-    nb = nbformat.read(root / "notebooks" / "li2018.ipynb", as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(
-        "from npcrepro.errors import ParameterError\nraise ParameterError('boom')"))
-    nbformat.write(nb, root / "notebooks" / "li2018.ipynb")
-    return root

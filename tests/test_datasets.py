@@ -38,7 +38,7 @@ def test_write_and_load_round_trip(tmp_path):
     ds = _write(tmp_path)
     assert ds.cases == ["c0", "c1"] and ds.channels == ["CT", "T1"]
     assert ds.structures == ["Organ", "CTV", "GTV"]
-    meta = json.loads((ds.root / "dataset.json").read_text())
+    meta = json.loads((ds.root / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "CT", "1": "T1"}
     assert meta["labels"] == {"background": 0, "Organ": 1, "CTV": 2, "GTV": 3}
     assert meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz"
@@ -98,7 +98,7 @@ def test_plain_nnunet_dataset_opens(tmp_path):
     io.write(io.Volume(c.label_map(["CTV", "GTV"]), SPACING), root / "labelsTr" / "a.nii.gz")
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": {"background": 0, "CTV": 1, "GTV": 2},
-        "numTraining": 1, "file_ending": ".nii.gz"}))
+        "numTraining": 1, "file_ending": ".nii.gz"}), encoding="utf-8")
     ds = open_dataset(root)
     got = ds.load("a")
     assert ds.structures == ["CTV", "GTV"]
@@ -122,7 +122,7 @@ def test_missing_folder_and_json(tmp_path):
 
 def test_invalid_json(tmp_path):
     ds = _write(tmp_path)
-    (ds.root / "dataset.json").write_text("{not json")
+    (ds.root / "dataset.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(DataError, match="invalid JSON"):
         open_dataset(ds.root)
 
@@ -287,6 +287,6 @@ def test_splits_json_round_trip(tmp_path):
     assert load_splits(p, NAMES) == folds
     with pytest.raises(DataError, match="unknown cases"):
         load_splits(p, NAMES[:5])
-    (tmp_path / "bad.json").write_text('[{"val": []}]')
+    (tmp_path / "bad.json").write_text('[{"val": []}]', encoding="utf-8")
     with pytest.raises(DataError, match="not a splits file"):
         load_splits(tmp_path / "bad.json")

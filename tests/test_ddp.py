@@ -67,7 +67,7 @@ def _worker(rank: int, port: int, root: str) -> None:
     try:
         rows = _train(root)
         if rank == 0:
-            Path(root, "ddp_rows.json").write_text(json.dumps(rows))
+            Path(root, "ddp_rows.json").write_text(json.dumps(rows), encoding="utf-8")
     finally:
         distributed.cleanup()
 
@@ -85,7 +85,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     single = _train(str(tmp_path / "single"))
     torch.multiprocessing.spawn(_worker, args=(_free_port(), str(tmp_path / "ddp")), nprocs=WORLD,
                                 join=True)
-    ddp = json.loads((tmp_path / "ddp" / "ddp_rows.json").read_text())
+    ddp = json.loads((tmp_path / "ddp" / "ddp_rows.json").read_text(encoding="utf-8"))
     assert [r["iteration"] for r in ddp] == [r["iteration"] for r in single] == [3, 6]
     for a, b in zip(single, ddp):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
@@ -95,4 +95,4 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     runs = list((tmp_path / "ddp" / "smoke" / "ddp").iterdir())
     assert len(runs) == 1
     assert {"checkpoint_last.pt", "curves.csv", "environment.json"} <= {p.name for p in runs[0].iterdir()}
-    assert json.loads((runs[0] / "environment.json").read_text())["world_size"] == WORLD
+    assert json.loads((runs[0] / "environment.json").read_text(encoding="utf-8"))["world_size"] == WORLD

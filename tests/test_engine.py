@@ -378,7 +378,7 @@ def test_run_folder_layout(reference_run, tmp_path):
     assert {"environment.json", "curves.csv", "checkpoint_last.pt", "checkpoint_best.pt"} <= names
     rel = run.path.relative_to(run.path.parents[2])
     assert rel.parts[:2] == ("smoke", "test") and rel.parts[2].endswith("-ref")
-    env = json.loads((run.path / "environment.json").read_text())
+    env = json.loads((run.path / "environment.json").read_text(encoding="utf-8"))
     assert {"python", "torch", "numpy", "npcrepro", "git", "device", "cpu", "gpu", "hostname"} <= set(env)
     curves = pd.read_csv(run.path / "curves.csv")
     assert list(curves.columns[:7]) == ["iteration", "epoch", "stage", "lr", "train_loss", "val_loss",
@@ -581,7 +581,7 @@ def test_template_notebook_runs_at_smoke_profile(run_notebook):
     names = {p.name for p in run.iterdir()}
     assert {"params.json", "environment.json", "curves.csv", "checkpoint_last.pt", "checkpoint_best.pt",
             "metrics.csv", "summary.json", "predictions", "DONE"} <= names
-    assert json.loads((run / "params.json").read_text())["profile"] == "smoke"
+    assert json.loads((run / "params.json").read_text(encoding="utf-8"))["profile"] == "smoke"
     glued = {o.get("metadata", {}).get("scrapbook", {}).get("name") for o in outputs}
     assert {"template_dice", "template_n_test"} <= glued
 

@@ -148,7 +148,7 @@ def test_truncated_uncompressed_file(tmp_path):
 
 def test_unsupported_suffix(tmp_path):
     p = tmp_path / "x.xyz"
-    p.write_text("x")
+    p.write_text("x", encoding="utf-8")
     with pytest.raises(DataError, match="unsupported"):
         io.read(p)
 

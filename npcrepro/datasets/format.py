@@ -155,7 +155,7 @@ class Dataset:
         if ref_geometry is None:
             raise DataError(f"{self.root}: case {name!r} has no channel to load")
         meta_path = self.root / f"meta{sub}" / f"{name}.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
         meta.setdefault("spacing_known", self.spacing_known)
         meta.setdefault("source", self.source)
         meta["split"] = _SPLITS[sub]
@@ -219,7 +219,7 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
         raise DataError(f"{meta_path}: missing (not a dataset folder; convert the data first with "
                         "`npcrepro convert` or `npcrepro phantom`)")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{meta_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     ds = Dataset(root, meta)
@@ -277,7 +277,7 @@ def write_dataset(out_dir: str | os.PathLike, cases: Iterable[Case], *, channels
                      "source": source, "spacing_known": spacing_known,
                      "numTest": counts["Ts"], "extra": extra or {}},
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2))
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return open_dataset(out)
 
 
@@ -306,7 +306,7 @@ def _write_case(out: Path, sub: str, case: Case, channels: list[str], structures
                  out / f"structures{sub}" / case.name / f"{s}{FILE_ENDING}")
     meta_dir = out / f"meta{sub}"
     meta_dir.mkdir(exist_ok=True)
-    (meta_dir / f"{case.name}.json").write_text(json.dumps(_jsonable(case.meta), indent=2))
+    (meta_dir / f"{case.name}.json").write_text(json.dumps(_jsonable(case.meta), indent=2), encoding="utf-8")
 
 
 def _jsonable(obj):

@@ -119,7 +119,7 @@ def save_splits(folds: Sequence[Fold], path: str | os.PathLike) -> Path:
     """Write folds as a JSON list of {train, val, test} objects."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps([asdict(f) for f in folds], indent=1))
+    p.write_text(json.dumps([asdict(f) for f in folds], indent=1), encoding="utf-8")
     return p
 
 
@@ -129,7 +129,7 @@ def load_splits(path: str | os.PathLike, cases: Sequence[str] | None = None) -> 
     if not p.exists():
         raise DataError(f"{p}: splits file not found")
     try:
-        raw = json.loads(p.read_text())
+        raw = json.loads(p.read_text(encoding="utf-8"))
         folds = [Fold(list(f["train"]), list(f.get("val", [])), list(f.get("test", []))) for f in raw]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(f"{p}: not a splits file ({exc.__class__.__name__}: {exc})") from None

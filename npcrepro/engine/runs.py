@@ -62,7 +62,7 @@ def to_jsonable(obj: Any) -> Any:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -86,7 +86,7 @@ def _git_revision() -> dict:
 
 def _cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -240,7 +240,7 @@ class RunFolder:
         p = self.path / name
         if not p.exists():
             raise DataError(f"{p}: not found")
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(encoding="utf-8"))
 
     def write_params(self, params: Mapping) -> Path | None:
         return self._json("params.json", dict(params))
