@@ -1,0 +1,277 @@
+"""li2018: the Table 1 network, stepwise training, the paper's augmentation, the chapter notebook."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import npcrepro.models.li2018  # noqa: F401 - registers li2018_cnn
+from npcrepro.errors import ParameterError
+from npcrepro.models import build
+from npcrepro.models.li2018 import STAGE_LAYERS, TABLE1, Li2018CNN
+from npcrepro.pipelines import li2018 as P
+
+torch.set_num_threads(2)
+
+
+# ----------------------------------------------------------------------------------------- Table 1
+def test_every_layer_shape_matches_table1():
+    net = build("li2018_cnn")
+    trace = net.layer_shapes(144)
+    assert [name for name, _ in trace] == [row[1] for row in TABLE1]
+    for (name, shape), row in zip(trace, TABLE1):
+        assert shape == row[5], f"{name}: {shape} != Table 1's {row[5]}"
+
+
+def test_table1_shapes_spelled_out():
+    shapes = dict(build("li2018_cnn").layer_shapes(144))
+    assert shapes["Conv1"] == (80, 144, 144)
+    assert shapes["Pool1"] == (80, 72, 72)
+    assert shapes["Conv2"] == (120, 72, 72)
+    assert shapes["Pool2"] == (120, 36, 36)
+    assert shapes["Conv3"] == (500, 36, 36)
+    assert shapes["Conv4"] == (300, 36, 36)
+    assert shapes["Conv5"] == (100, 36, 36)
+    assert shapes["Conv6"] == (1, 36, 36)
+    assert shapes["Deconv1"] == (1, 72, 72)
+    assert shapes["Concat1"] == (121, 72, 72)
+    assert shapes["Conv7"] == (1, 72, 72)
+    assert shapes["Deconv2"] == (1, 144, 144)
+    assert shapes["Concat2"] == (81, 144, 144)
+    assert shapes["Conv8"] == (1, 144, 144)
+
+
+def test_kernels_strides_paddings_match_table1():
+    net = Li2018CNN()
+    layers = {"Conv1": net.conv1, "Conv2": net.conv2, "Conv3": net.conv3, "Conv4": net.conv4,
+              "Conv5": net.conv5, "Conv6": net.conv6, "Deconv1": net.deconv1, "Conv7": net.conv7,
+              "Deconv2": net.deconv2, "Conv8": net.conv8, "Pool1": net.pool1, "Pool2": net.pool2}
+    for block, name, k, s, p, _ in TABLE1:
+        if name not in layers:
+            continue
+        m = layers[name]
+        ks = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+        st = m.stride if isinstance(m.stride, int) else m.stride[0]
+        assert (ks, st) == (k, s), name
+        if p is not None:
+            pad = m.padding if isinstance(m.padding, int) else m.padding[0]
+            assert pad == p, name
+
+
+def test_stage_outputs_and_intermediate_maps():
+    net = Li2018CNN(width=0.25)
+    x = torch.randn(2, 1, 144, 144)
+    assert net(x, stage=1).shape == (2, 1, 36, 36)
+    assert net(x, stage=2).shape == (2, 1, 72, 72)
+    assert net(x, stage=3).shape == (2, 1, 144, 144)
+    maps = net(x, maps=True)
+    assert {k: tuple(v.shape[-2:]) for k, v in maps.items()} == {
+        "score36": (36, 36), "deconv72": (72, 72), "score72": (72, 72),
+        "deconv144": (144, 144), "score144": (144, 144)}
+    assert torch.equal(maps["score144"], net(x))
+    assert set(net(x, stage=1, maps=True)) == {"score36"}
+
+
+def test_forward_backward_2d_batch():
+    torch.manual_seed(0)
+    net = build("li2018_cnn", width=0.25)
+    x = torch.randn(3, 1, 144, 144, requires_grad=True)
+    y = net(x)
+    assert y.shape == (3, 1, 144, 144)
+    torch.nn.functional.binary_cross_entropy_with_logits(y, (torch.rand_like(y) > 0.8).float()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_other_sizes_and_bad_input():
+    net = Li2018CNN(width=0.125)
+    assert net(torch.randn(1, 1, 64, 96)).shape == (1, 1, 64, 96)
+    with pytest.raises(ParameterError):
+        net(torch.randn(1, 1, 66, 64))
+    with pytest.raises(ParameterError):
+        net(torch.randn(1, 1, 64, 64), stage=4)
+    with pytest.raises(ParameterError):
+        build("li2018_cnn", init="uniform")
+
+
+def test_initialisations():
+    torch.manual_seed(0)
+    g = Li2018CNN(width=0.25, init="gaussian")
+    assert abs(float(g.conv3.weight.detach().std()) - 1.0) < 0.05  # the paper's N(0, 1)
+    k = Li2018CNN(width=0.25, init="kaiming")
+    # fusion convs start as the identity on the upsampled score channel
+    w7 = k.conv7.weight.detach()
+    assert float(w7[0, 0]) == 1.0 and float(w7[0, 1:].abs().sum()) == 0.0
+    x = torch.randn(1, 1, 144, 144)
+    m = k(x, maps=True)
+    assert torch.allclose(m["score72"], m["deconv72"])
+
+
+# ----------------------------------------------------------------------------------------- stepwise training
+def _trainable(net):
+    return {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad}
+
+
+def test_set_stage_switches_trainable_layers():
+    net = Li2018CNN(width=0.125)
+    net.set_stage(1)
+    assert _trainable(net) == set(STAGE_LAYERS[1])
+    net.set_stage(2)
+    assert _trainable(net) == {"deconv1", "conv7"}
+    net.set_stage(3)
+    assert _trainable(net) == {"deconv2", "conv8"}
+    net.set_stage(3, finetune=True)
+    assert _trainable(net) == set().union(*STAGE_LAYERS.values())
+
+
+def test_trainer_stages_train_only_their_layers():
+    from npcrepro.engine import Trainer
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(6, 144, 144)).astype(np.float32)
+    masks = np.zeros((6, 144, 144), bool)
+    masks[:, 60:90, 50:80] = True
+    images[masks] += 3
+    data = P.SliceSet(images, masks, np.array(list("aabbcc")), np.zeros(6, int), P.SPACING)
+    net = P.build_model("working", 0.125)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    seen = {}
+
+    def spy(trainer, event, info):
+        if event == "stage_start":
+            seen[info["stage"]] = _trainable(trainer.model)
+
+    stages = P.make_stages("working", (2, 2, 2))
+    Trainer(net, stages[0].loss, P.Li2018Slices(data, P.Li2018Augment()), stages=stages, batch_size=2,
+            progress=False, device="cpu", callbacks=[spy]).fit()
+    assert seen == {0: set(STAGE_LAYERS[1]), 1: {"deconv1", "conv7"}, 2: {"deconv2", "conv8"}}
+    after = net.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == set().union(*STAGE_LAYERS.values())
+
+
+def test_stage_targets_are_downsampled():
+    stages = P.make_stages("working", (1, 1, 1))
+    y = torch.zeros(1, 1, 144, 144)
+    y[..., :72, :] = 1
+    sizes = [tuple(st.target_fn(y).shape[-2:]) for st in stages]
+    assert sizes == [(36, 36), (72, 72), (144, 144)]
+    assert float(stages[0].target_fn(y).mean()) == pytest.approx(0.5)
+    assert [st.forward_kwargs["stage"] for st in stages] == [1, 2, 3]
+
+
+def test_faithful_mode_is_the_printed_recipe():
+    st = P.make_stages("faithful", (1, 1, 1))[0]
+    assert (st.optimizer, st.lr, st.momentum, st.weight_decay) == ("sgd", 1e-7, 0.9, 5e-4)
+    assert st.schedule == {"kind": "step", "step_size": 100000, "gamma": 0.1}
+    assert P.build_model("faithful", 0.125).init == "gaussian"
+    with pytest.raises(ParameterError):
+        P.make_stages("fast", (1, 1, 1))
+
+
+# ----------------------------------------------------------------------------------------- augmentation
+def test_augmentation_has_the_papers_variants():
+    assert P.ROTATION_ANGLES == (-10, -8, -6, -4, -2, 0, 2, 4, 6, 8, 10)
+    assert len(P.CONTRAST_VARIANTS) == 33 and len(P.NOISE_VARIANTS) == 2
+    assert P.N_VARIANTS == 726 == 11 * 33 * 2
+
+
+def test_augmentation_draws_the_11_rotation_angles():
+    aug = P.Li2018Augment()
+    rng = np.random.default_rng(0)
+    angles = {aug.draw(rng)[0] for _ in range(2000)}
+    assert angles == set(range(-10, 11, 2))
+
+
+def test_augmentation_rotates_image_and_mask_together():
+    aug = P.Li2018Augment()
+    img = np.zeros((144, 144), np.float32)
+    img[40:100, 60:70] = 1.0
+    mask = img > 0.5
+    for angle in P.ROTATION_ANGLES:
+        out, m = aug.apply(img, mask, angle, contrast=1, noise=0)  # s = 0 %, gamma 1: plain rescale
+        assert out.shape == m.shape == (144, 144) and m.dtype == bool
+        assert abs(int(m.sum()) - int(mask.sum())) <= 0.05 * mask.sum()
+        assert out[m].mean() > 0.9 and out[~m].mean() < 0.1
+    rot, _ = aug.apply(img, mask, 10, 1, 0)
+    assert not np.array_equal(rot > 0.5, mask)
+
+
+def test_imadjust_saturates_tails():
+    x = np.linspace(0, 1, 10000, dtype=np.float32).reshape(100, 100)
+    y = P.imadjust(x, 10, 90)
+    assert y.min() == 0 and y.max() == 1
+    assert np.mean(y == 0) == pytest.approx(0.10, abs=0.01) and np.mean(y == 1) == pytest.approx(0.10, abs=0.01)
+    assert np.all(P.imadjust(np.ones((4, 4))) == 0)
+    assert P.imadjust(x, 0, 100, 2.0)[50, 50] == pytest.approx(float(x[50, 50]) ** 2, abs=1e-3)
+
+
+def test_dataset_items_are_zscored():
+    rng = np.random.default_rng(1)
+    data = P.SliceSet(rng.normal(5, 3, (2, 144, 144)).astype(np.float32), np.zeros((2, 144, 144), bool),
+                      np.array(["a", "b"]), np.zeros(2, int), P.SPACING)
+    ds = P.Li2018Slices(data, P.Li2018Augment())
+    for x, y in (ds[0], ds.get(1, np.random.default_rng(0))):
+        assert x.shape == y.shape == (1, 144, 144)
+        assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3
+
+
+# ----------------------------------------------------------------------------------------- data, tables
+def test_settings_validation():
+    assert P.settings("cpu").n_patients == 12
+    assert P.settings("gpu").cv == "loocv" and P.settings("gpu").n_patients == 29
+    assert P.settings("cpu", n_patients=6, k=3).k == 3
+    assert P.settings("cpu", iterations=[5, 1, 1]).iterations == (5, 1, 1)
+    with pytest.raises(ParameterError, match="one of"):
+        P.settings("cpu", modes="fast")
+    with pytest.raises(ParameterError, match="valid"):
+        P.settings("laptop")
+    with pytest.raises(ParameterError, match="valid"):
+        P.settings("cpu", epochs=3)
+    with pytest.raises(ParameterError):
+        P.settings("cpu", iterations=(1, 2))
+
+
+def test_slices_from_a_case_are_144_with_tumour():
+    from npcrepro.datasets import Case
+
+    z, y, x = np.mgrid[:24, :200, :180]
+    gtv = ((z - 12) / 6.0) ** 2 + ((y - 120) / 15.0) ** 2 + ((x - 60) / 12.0) ** 2 < 1
+    case = Case("p1", {"CET1": (gtv * 2.0 + 1).astype(np.float32)}, {"GTVp": gtv}, (2.5, 1.0, 1.0))
+    imgs, msks, zs = P.slices_from_case(case, "CET1", n_slices=3, rng=np.random.default_rng(0))
+    assert imgs.shape == msks.shape == (3, 144, 144)
+    assert all(m.any() for m in msks) and len(set(zs.tolist())) == 3
+    with pytest.raises(Exception):
+        P.slices_from_case(case, "T2")
+
+
+def test_tables_have_the_papers_layout():
+    import pandas as pd
+
+    rep = P.table2_reported()
+    assert rep.shape == (30, 7) and rep.index[-1] == "Mean±Std"
+    assert rep.loc["1", "Dice similarity coefficient"] == "0.83"
+    assert rep.loc["Mean±Std", "'Recall' = TP/(TP+FP)"] == "0.88±0.07"
+    per_case = pd.DataFrame({"case": ["a", "b", "c"], "dice": [0.8, 0.9, 0.7], "jaccard": [0.6, 0.8, 0.5],
+                             "precision": [0.9, 0.9, 0.8], "recall": [0.7, 0.9, 0.6],
+                             "percent_match": [0.7, 0.9, 0.6], "corresponding_ratio": [0.6, 0.85, 0.5],
+                             "volume_pred_cm3": [1.0, 2.0, 3.0], "volume_ref_cm3": [1.1, 2.1, 3.1],
+                             "dice_36": [0.5, 0.6, 0.4], "dice_72": [0.7, 0.8, 0.6]})
+    t2 = P.table2(per_case)
+    assert list(t2.columns)[1:] == list(rep.columns) and t2.loc["Mean±Std", "Dice similarity coefficient"] == "0.80±0.10"
+    t3 = P.table3(per_case)
+    assert t3.loc["This reproduction (CNN)", "Source"] == "reproduced"
+    assert t3.loc["Zhou et al. [7]", "Percent match: Mean ± SD"] == "0.79±0.07"
+    cmp = P.comparison(per_case, data_source="test", profile="smoke")
+    assert "reproduced" in cmp.frame.loc[("dsc", "CNN"), "reproduced"]
+
+
+# ----------------------------------------------------------------------------------------- the chapter
+@pytest.mark.slow
+def test_notebook_runs_with_smoke_profile(run_notebook):
+    nb = run_notebook("li2018")
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                     for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "Mean±Std" in text
+    assert "Traceback" not in text
