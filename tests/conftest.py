@@ -19,6 +19,18 @@ def _real(sub: str) -> Path:
     return p
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module's small models on one torch thread (faster for tiny tensors, and stable on a
+    busy machine where multi-threaded OpenMP steps spin); restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def openkbp_dir() -> Path:
     return _real("openkbp-subset")

@@ -25,14 +25,7 @@ from npcrepro.models import build
 from npcrepro.transforms import Augment
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models run faster on one thread, and a busy shared machine makes multi-threaded
-    OpenMP steps spin; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- data helpers

@@ -9,14 +9,7 @@ from npcrepro.models import available, build, count_parameters, register
 from npcrepro.models import blocks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models run faster on one thread, and a busy shared machine makes multi-threaded
-    OpenMP steps spin; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("size", [(32, 32), (37, 50), (7, 9)])
