@@ -1,0 +1,374 @@
+"""chen2020 (MMFNet): fusion block (Eqs. 4-13), self-transfer, the Table I/II rows, the pipeline and the
+chapter notebook."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npcrepro.datasets import Case, Fold, write_dataset
+from npcrepro.errors import DataError, ParameterError
+from npcrepro.models import build, count_parameters
+from npcrepro.models import mmfnet as M
+from npcrepro.papers import chen2020 as paper
+from npcrepro.pipelines import chen2020 as C
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: tiny tensors gain nothing from two, and lose a lot on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------ toy data
+def toy_case(i: int, shape=(12, 40, 40), spacing=(4.0, 1.0, 1.0)) -> Case:
+    """A head-like ellipse with a spherical tumour: isointense on T1, bright on T2 and CET1."""
+    rng = np.random.default_rng(i)
+    z, y, x = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    cz, cy, cx = [(n - 1) / 2 for n in shape]
+    body = ((y - cy) / 17) ** 2 + ((x - cx) / 15) ** 2 < 1
+    tc = (cz + rng.integers(-2, 3), cy + rng.integers(-5, 6), cx + rng.integers(-5, 6))
+    r = rng.uniform(4, 6)
+    tumour = (((z - tc[0]) * 4 / 2.0) ** 2 + (y - tc[1]) ** 2 + (x - tc[2]) ** 2 < r ** 2) & body
+    images = {}
+    for k, (b, t) in {"T1": (100, 100), "T2": (80, 160), "CET1": (90, 170)}.items():
+        a = np.where(body, b, 5.0) + np.where(tumour, t - b, 0)
+        images[k] = (a + rng.normal(0, 8, shape)).astype(np.float32)
+    return Case(f"toy{i:02d}", images, {"GTVp": tumour}, spacing, (0.0, 0.0, 0.0))
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chen") / "ds"
+    write_dataset(root, [toy_case(i) for i in range(5)], channels=["T1", "T2", "CET1"], structures=["GTVp"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return [C.prepare(toy_case(i)) for i in range(3)]
+
+
+TINY = dict(C.SIZES["gpu"], spacing_xy=None, crop=[8, 16, 16], offset=[2, 3, 3], width=0.25,
+            batch_size=2, iterations_per_epoch=1, epochs=2, warmup_epochs=1, patience=2, patch_size=9,
+            patch_batch_size=4, patch_samples_per_case=4, infer_batch=2, k_folds=3, max_folds=1,
+            n_cases=None, figure_cases=1)
+
+
+# ------------------------------------------------------------------------------------------ fusion block
+def test_fusion_block_shapes():
+    feats = [torch.randn(2, 8, 4, 6, 6) for _ in range(3)]
+    block = M.FusionBlock(8, 3)
+    assert block(feats).shape == (2, 8, 4, 6, 6)
+    assert block(torch.cat(feats, 1)).shape == (2, 8, 4, 6, 6)
+    assert M.FusionBlock(8, 2, out_channels=5)(feats[:2]).shape == (2, 5, 4, 6, 6)
+    ca = M.ChannelAttention3d(24, reduction=12)
+    assert ca.hidden == 2 and ca.weights(torch.cat(feats, 1)).shape == (2, 24, 1, 1, 1)
+    assert M.SpatialAttention3d().weights(torch.cat(feats, 1)).shape == (2, 1, 4, 6, 6)
+
+
+@pytest.mark.parametrize("pools", [("avg",), ("max",), ("std",), ("avg", "max"), ("avg", "max", "std")])
+@pytest.mark.parametrize("shared", [True, False])
+def test_each_statistic_path_can_be_switched(pools, shared):
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 3, 5, 5, requires_grad=True)
+    ca = M.ChannelAttention3d(12, reduction=4, pools=pools, shared_mlp=shared)
+    assert len(ca.mlps) == (1 if shared else len(pools))
+    sa = M.SpatialAttention3d(pools)
+    assert sa.conv.in_channels == len(pools)
+    (sa(ca(x)).sum()).backward()
+    assert torch.isfinite(x.grad).all()
+    for mlp in ca.mlps:  # every MLP in use receives a gradient
+        assert mlp[0].weight.grad is not None and mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_std_path_changes_the_output():
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 2, 4, 4)
+    with_std = M.ChannelAttention3d(6, reduction=2, pools=("avg", "max", "std"))
+    without = M.ChannelAttention3d(6, reduction=2, pools=("avg", "max"))
+    without.mlps[0].load_state_dict(with_std.mlps[0].state_dict())
+    without.mlps[1].load_state_dict(with_std.mlps[1].state_dict())
+    assert not torch.allclose(with_std.weights(x), without.weights(x))
+
+
+def test_bad_pools_are_rejected():
+    with pytest.raises(ParameterError):
+        M.ChannelAttention3d(6, pools=("avg", "median"))
+    with pytest.raises(ParameterError):
+        M.SpatialAttention3d(())
+    with pytest.raises(ParameterError):
+        M.MMFNet(fusion="sum")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.01, 5.0), st.sampled_from([True, False]))
+def test_channel_attention_weights_in_open_unit_interval(seed, scale, shared):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 24, 3, 4, 4, generator=g) * scale
+    w = M.ChannelAttention3d(24, shared_mlp=shared).weights(x)
+    assert ((w > 0) & (w < 1)).all()
+    ws = M.SpatialAttention3d().weights(x)
+    assert ((ws > 0) & (ws < 1)).all()
+
+
+def test_std_pool_is_eq10():
+    x = torch.randn(2, 5, 3, 4, 4)
+    got = M._pool(x, "std", (2, 3, 4)).flatten()
+    mean = x.mean((2, 3, 4), keepdim=True)
+    want = ((x - mean) ** 2).mean((2, 3, 4)).sqrt().flatten()
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_fusion_block_follows_eqs_4_to_13():
+    torch.manual_seed(1)
+    block = M.FusionBlock(4, 3, reduction=3).eval()
+    feats = [torch.randn(1, 4, 3, 5, 5) for _ in range(3)]
+    f_ori = torch.cat(feats, 1)
+    dims = (2, 3, 4)
+    stats = [f_ori.mean(dims), f_ori.amax(dims), (f_ori.var(dims, unbiased=False) + M.STD_EPS).sqrt()]
+    wc = torch.sigmoid(sum(m(s) for m, s in zip(block.channel.mlps, stats)))[..., None, None, None]  # Eq. 7
+    f_c = wc * f_ori  # Eq. 4
+    maps = torch.cat([f_c.mean(1, keepdim=True), f_c.amax(1, keepdim=True),
+                      (f_c.var(1, unbiased=False, keepdim=True) + M.STD_EPS).sqrt()], 1)
+    f_s = torch.sigmoid(block.spatial.conv(maps)) * f_c  # Eqs. 11, 5
+    f_r = block.fuse.reduce(f_s + f_ori)  # Eq. 12
+    want = f_r + block.fuse.body(f_r)  # Eq. 13
+    assert torch.allclose(block(feats), want, atol=1e-5)
+    assert block.fuse.body[1].kernel_size == (1, 3, 3) and block.fuse.reduce.kernel_size == (1, 1, 1)
+
+
+# ------------------------------------------------------------------------------------------ networks
+def test_mmfnet_paper_widths_and_shapes():
+    net = build("chen2020_mmfnet", modalities=("T1", "T2", "CET1"))
+    assert [e.widths for e in net.encoders.values()] == [(8, 16, 32, 64)] * 3
+    assert net.encoders["T1"].out_channels == 64
+    assert [c.out_channels for c in net.decoder.ups] == [64, 32, 16, 8]
+    x = torch.randn(1, 3, 16, 32, 32)
+    assert net(x).shape == (1, 1, 16, 32, 32)
+    assert net(torch.randn(1, 3, 10, 20, 28)).shape == (1, 1, 10, 20, 28)  # padded and cropped back
+    with pytest.raises(ValueError):
+        net(torch.randn(1, 2, 16, 32, 32))
+
+
+def test_single_encoder_has_three_times_the_encoder_width():
+    net = M.SingleEncoderNet(3).eval()
+    assert net.encoder.widths == (24, 48, 96, 192)
+    assert net(torch.randn(1, 3, 16, 16, 16)).shape == (1, 1, 16, 16, 16)
+
+
+def test_patch_cnn_dense_equals_patch_by_patch():
+    torch.manual_seed(0)
+    net = M.PatchCNN(3, patch_size=9, kernel_size=5, branches="per_channel").eval()
+    x = torch.randn(1, 3, 14, 15)
+    dense = net(x)
+    assert dense.shape == (1, 1, 6, 7)
+    for i, j in [(0, 0), (3, 5), (5, 6)]:
+        patch = x[:, :, i:i + 9, j:j + 9]
+        assert torch.allclose(net(patch)[0, 0, 0, 0], dense[0, 0, i, j], atol=1e-5)
+    with pytest.raises(ParameterError):
+        M.PatchCNN(1, patch_size=10)
+
+
+# ------------------------------------------------------------------------------------------ self-transfer
+def _batch(n=2, shape=(8, 16, 16), m=3):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, m, *shape, generator=g), (torch.rand(n, 1, *shape, generator=g) > 0.7).float()
+
+
+def test_self_transfer_copies_encoders_and_warmup_keeps_them_frozen():
+    from npcrepro.engine import Stage, Trainer
+    from npcrepro.losses import DiceLoss
+
+    torch.manual_seed(0)
+    singles = {m: M.MMFNet((m,), fusion="concat", width=0.5) for m in ("T1", "T2", "CET1")}
+    for s in singles.values():  # make the "pre-trained" encoders differ from any fresh init
+        with torch.no_grad():
+            for p in s.parameters():
+                p.add_(0.1)
+        s.encoders[s.modalities[0]].blocks[0][1][1].running_mean.fill_(0.3)
+    net = M.MMFNet(width=0.5)
+    assert M.transfer_encoders(net, singles) == ["T1", "T2", "CET1"]
+    for m, s in singles.items():
+        a, b = net.encoders[m].state_dict(), s.encoders[m].state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    before_enc = {k: v.clone() for k, v in net.encoders.state_dict().items()}
+    before_dec = {k: v.clone() for k, v in net.decoder.state_dict().items()}
+
+    x, y = _batch()
+    data = torch.utils.data.TensorDataset(x, y)
+    warm = Stage("warmup", iterations=3, lr=1e-3, frozen=M.encoder_prefixes(net),
+                 forward_kwargs={"freeze_encoders": True})
+    Trainer(net, DiceLoss(eps=1.0), data, stages=[warm], batch_size=2, progress=False,
+            device="cpu").fit()
+    after = net.encoders.state_dict()
+    assert all(torch.equal(before_enc[k], after[k]) for k in before_enc)  # weights and BN statistics
+    assert any(not torch.equal(before_dec[k], v) for k, v in net.decoder.state_dict().items())
+    assert all(p.requires_grad is False for p in net.encoders.parameters())
+
+    tune = Stage("finetune", iterations=2, lr=1e-4)
+    Trainer(net, DiceLoss(eps=1.0), data, stages=[tune], batch_size=2, progress=False, device="cpu").fit()
+    assert any(not torch.equal(before_enc[k], v) for k, v in net.encoders.state_dict().items())
+
+
+def test_self_transfer_rejects_mismatched_encoders():
+    net = M.MMFNet(width=0.5)
+    with pytest.raises(ParameterError, match="differ"):
+        M.transfer_encoders(net, {"T1": M.MMFNet(("T1",), fusion="concat", width=1.0)})
+    with pytest.raises(ParameterError, match="no 'CT' encoder"):
+        M.transfer_encoders(net, {"CT": M.MMFNet(("CT",), fusion="concat", width=0.5)})
+
+
+def test_paper_scale_parameter_counts_are_stable():
+    counts = {k: count_parameters(C.build_row(k)) for k in ("single_t1", "multi_encoder_mm", "base_mmfnet",
+                                                            "mmfnet_full", "single_encoder_mm")}
+    assert counts["mmfnet_full"] > counts["base_mmfnet"]  # three MLPs instead of one
+    assert counts["single_t1"] < counts["mmfnet_full"] < counts["single_encoder_mm"]
+
+
+# ------------------------------------------------------------------------------------------ rows
+def test_rows_match_the_paper_tables():
+    assert [r["key"] for r in paper.TABLE_I_ROWS if r["key"] in C.ROWS] == [r["key"] for r in paper.TABLE_I_ROWS]
+    assert all(C.SAME_AS.get(r["key"], r["key"]) in C.ROWS for r in paper.TABLE_II_ROWS)
+    assert C.select_rows("baseline,mmfnet_full,multi_encoder_mm") == ["multi_encoder_mm", "mmfnet_full"]
+    assert len(C.select_rows("all")) == len(C.ROWS) == 26
+    assert C.ROWS["multi_encoder_mm"].tables == (C.TABLE_I, C.TABLE_II)
+    with pytest.raises(ParameterError, match="unknown chen2020 row"):
+        C.select_rows("mmfnet_plus")
+
+
+@pytest.mark.parametrize("key", list(C.ROWS) + ["baseline"])
+def test_every_row_builds_and_trains_one_step(key, prepared):
+    row = C.ROWS[C.SAME_AS.get(key, key)]
+    S = dict(TINY, epochs=1, warmup_epochs=1, patience=None)
+    pre = None
+    if row.self_transfer:
+        pre = {m: M.MMFNet((m,), fusion="concat", width=TINY["width"]) for m in row.modalities}
+    model, hist = C.train_row(key, prepared[:2], prepared[2:], S, device="cpu", pretrained=pre)
+    assert hist.iterations >= 1 and np.isfinite(hist.best_val_loss)
+    prob = C.predict(model, row, prepared[2], S)
+    assert prob.shape == prepared[2].image.shape[1:] and 0 <= prob.min() and prob.max() <= 1
+
+
+def test_self_transfer_row_needs_pretrained(prepared):
+    with pytest.raises(ParameterError, match="self-transfer"):
+        C.train_row("mmfnet_full", prepared[:2], prepared[2:], TINY, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+def test_otsu_and_intra_body_normalisation():
+    rng = np.random.default_rng(0)
+    img = np.where(np.arange(1000) < 400, rng.normal(10, 2, 1000), rng.normal(100, 10, 1000))
+    t = C.otsu_threshold(img)
+    assert (img[:400] < t).all() and (img[400:] > t).all()
+    case = toy_case(0)
+    body = C.body_mask(case.images["T1"])
+    out = C.intra_body_normalise(case.images["T1"], body)
+    assert abs(out[body].mean()) < 1e-3 and abs(out[body].std() - 1) < 1e-3
+    clipped = C.intra_body_normalise(case.images["T2"], clip=C.CLIP_RANGES["T2"])
+    assert clipped.min() >= -3 and clipped.max() <= 2
+
+
+def test_prepare_centres_and_clips(prepared):
+    p = prepared[0]
+    assert p.image.shape[0] == 3 and p.channels == ("T1", "T2", "CET1")
+    for i, c in enumerate(p.channels):
+        lo, hi = C.CLIP_RANGES[c]
+        assert p.image[i].min() >= lo and p.image[i].max() <= hi
+    assert abs(p.center[1] - 19.5) < 2 and abs(p.center[2] - 19.5) < 2
+    kept = C.prepare(toy_case(0), keep=(24, 28))
+    assert kept.image.shape == (3, 12, 24, 28) and kept.target.sum() == p.target.sum()
+    assert np.array_equal(C.T.invert(kept.target, kept.record), p.reference)  # maps back exactly
+    (y0, y1), (x0, x1) = C.T.center_box(p.image.shape[2:], (24, 28), p.center[1:])
+    assert np.array_equal(kept.image, p.image[:, :, y0:y1, x0:x1])
+    assert kept.center == (p.center[0], p.center[1] - y0, p.center[2] - x0)
+    resampled = C.prepare(toy_case(0), spacing_xy=2.0, keep=(16, 16))
+    back = C.T.invert(resampled.target, resampled.record)
+    assert back.shape == p.reference.shape and C.patient_metrics(back.astype(float), p.reference,
+                                                                  (4, 1, 1))["dice"] > 0.7
+    bad = toy_case(1)
+    del bad.images["T2"]
+    with pytest.raises(DataError, match="T2"):
+        C.prepare(bad)
+
+
+def test_windows_slide_along_z_and_augment_reproducibly(prepared):
+    ds = C.WindowDataset(prepared[:1], ("T1", "CET1"), 8, (16, 16), 4, offset=(2, 3, 3), flip=True,
+                         rotate_deg=5)
+    assert [z for _, z in ds.items] == [0, 4]  # 12 slices, windows of 8, step 4
+    x, y = ds[0]
+    assert x.shape == (2, 8, 16, 16) and y.shape == (1, 8, 16, 16)
+    a = ds.get(1, np.random.default_rng(3))
+    b = ds.get(1, np.random.default_rng(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    two = C.WindowDataset(prepared[:1], ("T1",), 1, (16, 16), 1, two_d=True)
+    assert len(two) == 12 and two[5][0].shape == (1, 16, 16)
+    pix = C.CentrePixelDataset(prepared[:1], ("T1", "T2", "CET1"), 9, (16, 16), samples_per_case=8)
+    x, y = pix[0]
+    assert x.shape == (3, 9, 9) and y.shape == (1, 1, 1)
+
+
+def test_patient_metrics_perfect_and_empty():
+    ref = np.zeros((4, 8, 8), bool)
+    ref[1:3, 2:6, 2:6] = True
+    m = C.patient_metrics(ref.astype(float), ref, (3.0, 1.0, 1.0))
+    assert m["dice"] == 1 and m["ap"] == 1 and m["dice_loss"] == pytest.approx(0, abs=1e-9)
+    m = C.patient_metrics(np.zeros(ref.shape), ref, (3.0, 1.0, 1.0))
+    assert m["dice"] == 0 and m["pred_empty"] and m["dice_loss"] == pytest.approx(1 - 1 / 33)
+
+
+def test_train_fold_and_run(toy_dir, tmp_path):
+    rows = ["multi_encoder_mm", "mmfnet_full"]
+    res = C.run(str(toy_dir), rows=rows, sizes=TINY, profile="smoke", out_dir=str(tmp_path), device="cpu",
+                progress=False, data_label="toy")
+    m = res.metrics
+    assert set(m["row"]) == {"single_t1", "single_t2", "single_cet1", *rows}  # pre-trainings come along
+    assert len(m) == 5 * 2  # one fold of 3: two test patients
+    assert m[["dice", "ap", "dice_loss"]].apply(lambda c: c.between(0, 1).all()).all()
+    assert (res.run.path / "splits.json").exists() and res.run.done
+    case = res.figure_cases()[0]
+    assert res.prediction(case, "mmfnet_full").shape == toy_case(0).shape
+    t1 = C.comparison(res, C.TABLE_I)
+    assert list(t1.frame.index) == [r["label"] for r in paper.TABLE_I_ROWS]
+    assert "(reproduced)" in t1.frame.loc[paper.FULL, "DSC reproduced"]
+    assert "not reproduced" in t1.frame.loc["U-net (T1)", "AP reproduced"]
+    assert "0.719 (reported)" == t1.frame.loc[paper.FULL, "DSC reported"]
+    t2 = C.comparison(res, C.TABLE_II)
+    assert "(reproduced)" in t2.frame.loc["Multi-encoder multi-modality network (baseline)", "DSC reproduced"]
+    q = C.three_questions(res)
+    assert q["n"].tolist() == [2, 0, 0]  # multi_mlp_std was not run: questions 2 and 3 say so
+    import matplotlib
+
+    matplotlib.use("Agg")
+    C.fig_slices(res, "mmfnet_full", case)
+    C.fig_tp_fp_fn(res, rows, case)
+
+
+def test_profiles_answer_the_three_questions():
+    from npcrepro import profiles
+
+    for prof in ("smoke", "cpu"):
+        P = profiles.resolve("chen2020", prof)
+        keys = C.select_rows(P.rows, P.default_rows)
+        assert {"single_t1", "single_t2", "single_cet1"} <= set(keys) or any(C.ROWS[k].self_transfer for k in keys)
+        assert "multi_encoder_mm" in keys  # plain multi-encoder
+        assert "multi_mlp_std" in keys and "mmfnet_full" in keys  # fusion block without / with self-transfer
+    assert C.select_rows(profiles.resolve("chen2020", "gpu").default_rows) == C.select_rows("all")
+
+
+# ------------------------------------------------------------------------------------------ notebook
+@pytest.mark.slow
+def test_notebook_smoke(run_notebook):
+    nb = run_notebook("chen2020")
+    text = "".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", ""))
+                   for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "Traceback" not in text
+    glued = {o["metadata"]["scrapbook"]["name"] for c in nb.cells if c.cell_type == "code"
+             for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})}
+    assert {"chen2020_full_dsc", "chen2020_best_single_dsc", "chen2020_n_patients"} <= glued

@@ -1,0 +1,383 @@
+"""luo2020 chapter: two-stage U-Net + MSP block, FCN-8s, the pipeline glue and the notebook."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import npcrepro.models.fcn  # noqa: F401  (registers fcn8s)
+import npcrepro.models.luo2020  # noqa: F401  (registers luo2020_two_stage)
+import npcrepro.models.unet  # noqa: F401
+from npcrepro.errors import ParameterError
+from npcrepro.models import build, count_parameters
+from npcrepro.models.fcn import FCN8s, bilinear_kernel
+from npcrepro.models.luo2020 import MultiScalePooling, TwoStageUNet
+
+torch.set_num_threads(1)  # tiny tensors: a second thread only adds overhead
+
+SMALL = dict(stage1_widths=(4, 8, 8, 16, 16), stage2_widths=(4, 8, 8))
+
+
+# ----------------------------------------------------------------------------------- MSP block
+@pytest.mark.parametrize("fusion", ["concat", "mean"])
+@pytest.mark.parametrize("shape", [(2, 6, 9, 13), (1, 6, 1, 1), (3, 6, 16, 16)])
+def test_msp_keeps_shape(fusion, shape):
+    blk = MultiScalePooling(2, 6, fusion=fusion).eval()
+    y = blk(torch.randn(*shape))
+    assert y.shape == shape
+
+
+def test_msp_out_channels_and_3d():
+    assert MultiScalePooling(2, 6, out_channels=10)(torch.randn(2, 6, 8, 8)).shape == (2, 10, 8, 8)
+    assert MultiScalePooling(3, 4)(torch.randn(2, 4, 5, 6, 7)).shape == (2, 4, 5, 6, 7)
+
+
+def test_msp_branches_are_average_pools():
+    """Each branch is a stride-1 mean over a k x k window (border means count only voxels inside)."""
+    blk = MultiScalePooling(2, 1, (1, 3), fusion="mean")
+    x = torch.arange(25.0).reshape(1, 1, 5, 5)
+    y = blk(x)
+    # centre: mean of identity (12) and the 3x3 mean around (2, 2) (= 12)
+    assert torch.isclose(y[0, 0, 2, 2], torch.tensor(12.0))
+    # corner (0, 0): identity 0 and the mean of the 2x2 window inside the image, (0 + 1 + 5 + 6)/4
+    assert torch.isclose(y[0, 0, 0, 0], torch.tensor((0 + 3.0) / 2))
+    # a constant map stays constant under any pooling
+    c = torch.full((1, 1, 7, 7), 2.5)
+    assert torch.allclose(MultiScalePooling(2, 1, fusion="mean")(c), c)
+
+
+def test_msp_has_no_pooling_parameters():
+    blk = MultiScalePooling(2, 8, (1, 3, 5, 7), fusion="mean")
+    assert count_parameters(blk) == 0
+    # concat fusion: one 1x1 conv 4C -> C (no bias, BN follows) + BN affine
+    blk = MultiScalePooling(2, 8, (1, 3, 5, 7))
+    assert count_parameters(blk) == 4 * 8 * 8 + 2 * 8
+
+
+@pytest.mark.parametrize("bad", [(2, 3), (0,), ()])
+def test_msp_rejects_bad_kernels(bad):
+    with pytest.raises(ParameterError):
+        MultiScalePooling(2, 4, bad)
+
+
+# ----------------------------------------------------------------------------------- two-stage model
+@pytest.mark.parametrize("two_stage,msp", [(True, "both"), (True, "none"), (True, "stage1"), (True, "stage2"),
+                                           (False, "stage1"), (False, "none")])
+@pytest.mark.parametrize("hw", [(32, 32), (45, 37)])
+def test_two_stage_shapes(two_stage, msp, hw):
+    net = build("luo2020_two_stage", in_channels=1, n_classes=14, two_stage=two_stage, msp=msp, **SMALL).eval()
+    with torch.no_grad():
+        y = net(torch.randn(2, 1, *hw))
+    assert y.shape == (2, 14) + hw
+    stages = net.forward_stages(torch.randn(1, 1, *hw))
+    assert len(stages) == (2 if two_stage else 1)
+    assert all(s.shape == (1, 14) + hw for s in stages)
+
+
+def test_two_stage_ablation_switches_change_structure():
+    full = TwoStageUNet(1, 3, **SMALL)
+    no_msp = TwoStageUNet(1, 3, msp="none", **SMALL)
+    one = TwoStageUNet(1, 3, two_stage=False, **SMALL)
+    assert sum(isinstance(m, MultiScalePooling) for m in full.modules()) == 2
+    assert sum(isinstance(m, MultiScalePooling) for m in no_msp.modules()) == 0
+    assert sum(isinstance(m, MultiScalePooling) for m in one.modules()) == 1  # "both" -> stage 1 only
+    assert one.stage2 is None and one.msp == "stage1"
+    assert count_parameters(no_msp) < count_parameters(full)
+    # stage 2 reads the image and stage 1's probabilities
+    assert full.stage2.stem[0][0].in_channels == 1 + 3
+    assert TwoStageUNet(2, 3, stage2_input="probs", **SMALL).stage2.stem[0][0].in_channels == 3
+
+
+def test_two_stage_deep_supervision_and_softmax():
+    net = TwoStageUNet(1, 4, deep_supervision=True, multilabel=False, **SMALL)
+    x = torch.randn(2, 1, 16, 16)
+    out = net.train()(x)
+    assert isinstance(out, tuple) and len(out) == 2 and out[0].shape == out[1].shape == (2, 4, 16, 16)
+    assert net.eval()(x).shape == (2, 4, 16, 16)
+    p = net.probabilities(torch.randn(1, 4, 3, 3))
+    assert torch.allclose(p.sum(1), torch.ones(1, 3, 3))
+
+
+def test_two_stage_rejects_bad_arguments():
+    for kw in (dict(msp="middle"), dict(two_stage=False, msp="stage2"), dict(stage2_input="x"),
+               dict(multilabel=False, n_classes=1)):
+        with pytest.raises(ParameterError):
+            build("luo2020_two_stage", **{**SMALL, **kw})
+    net = TwoStageUNet(1, 2, **SMALL)
+    with pytest.raises(ValueError, match="4D"):
+        net(torch.randn(1, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match="input channel"):
+        net(torch.randn(1, 3, 8, 8))
+
+
+def test_two_stage_trains_one_step():
+    from npcrepro.losses import DiceFocalLoss
+
+    torch.manual_seed(0)
+    net = TwoStageUNet(1, 3, **SMALL)
+    x = torch.randn(2, 1, 32, 32)
+    y = (torch.rand(2, 3, 32, 32) > 0.7).float()
+    loss_fn = DiceFocalLoss(beta=0.5, alpha=0.25, gamma=2.0, activation="sigmoid")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loss = loss_fn(net(x), y)
+    opt.zero_grad()
+    loss.backward()
+    # gradients reach both stages and the MSP fusion
+    assert net.stage1.stem[0][0].weight.grad.abs().sum() > 0
+    assert net.stage2.stem[0][0].weight.grad.abs().sum() > 0
+    assert net.stage1.bottleneck.fuse[0].weight.grad.abs().sum() > 0
+    opt.step()
+    changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("stage1") for k in changed) and any(k.startswith("stage2") for k in changed)
+    assert torch.isfinite(loss)
+
+
+def test_detach_stage1_stops_stage2_gradient():
+    net = TwoStageUNet(1, 2, detach_stage1=True, **SMALL)
+    x = torch.randn(2, 1, 16, 16)
+    outs = net.forward_stages(x)
+    outs[1].sum().backward()
+    assert net.stage1.stem[0][0].weight.grad is None or net.stage1.stem[0][0].weight.grad.abs().sum() == 0
+    assert net.stage2.stem[0][0].weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------------- FCN-8s
+@pytest.mark.parametrize("hw", [(64, 64), (50, 70)])
+@pytest.mark.parametrize("k", [1, 14])
+def test_fcn8s_shapes(hw, k):
+    net = build("fcn8s", in_channels=1, n_classes=k, widths=(4, 8, 8, 16, 16), fc_channels=16, fc_kernel=3).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, *hw)).shape == (2, k) + hw
+
+
+def test_fcn8s_skips_and_upsampling():
+    net = FCN8s(1, 2, (4, 8, 8, 16, 16), fc_channels=16, fc_kernel=3)
+    # pool3 / pool4 scores start at zero, deconvolutions start bilinear (FCN's initialisation)
+    assert net.score_pool3.weight.abs().sum() == 0 and net.score_pool4.weight.abs().sum() == 0
+    assert torch.equal(net.up8.weight, bilinear_kernel(2, 16))
+    # a bilinear x2 kernel maps a constant map to a constant interior
+    up = torch.nn.functional.conv_transpose2d(torch.ones(1, 1, 6, 6), bilinear_kernel(1, 4), stride=2, padding=1)
+    assert up.shape == (1, 1, 12, 12) and torch.allclose(up[0, 0, 1:-1, 1:-1], torch.ones(10, 10))
+    # the skips carry information: pool3 path gets gradient
+    x = torch.randn(1, 1, 64, 64)
+    net(x).sum().backward()
+    assert net.score_pool3.weight.grad.abs().sum() > 0 and net.score_pool4.weight.grad.abs().sum() > 0
+
+
+def test_fcn8s_defaults_are_vgg16():
+    net = FCN8s(3, 21, norm=None, dropout=0.5)
+    convs = [m for m in net.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 13 and [c.out_channels for c in convs][-1] == 512
+    # VGG16 conv layers (14.7M) + fc6 7x7x512x4096 + fc7 4096x4096 + scores
+    n = count_parameters(net)
+    assert 134_000_000 < n < 135_000_000
+
+
+def test_fcn8s_rejects_bad_arguments():
+    with pytest.raises(ParameterError):
+        build("fcn8s", widths=(4, 8, 16))
+    with pytest.raises(ParameterError):
+        build("fcn8s", fc_kernel=4)
+    with pytest.raises(ValueError):
+        FCN8s(1, 2, (4, 8, 8, 16, 16), fc_channels=8, pad_input=False)(torch.randn(1, 1, 40, 40))
+
+
+@pytest.mark.parametrize("name", ["unet2d", "fcn8s", "luo2020_two_stage"])
+def test_all_chapter_models_output_one_map_per_structure(name):
+    kw = {"unet2d": dict(widths=(4, 8, 16)), "fcn8s": dict(widths=(4, 8, 8, 16, 16), fc_channels=8, fc_kernel=3),
+          "luo2020_two_stage": SMALL}[name]
+    net = build(name, in_channels=1, n_classes=14, **kw).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 40, 48)).shape == (1, 14, 40, 48)
+
+
+# ----------------------------------------------------------------------------------- pipeline
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from npcrepro import papers  # noqa: E402
+from npcrepro.pipelines import luo2020 as L  # noqa: E402
+
+
+def test_structure_mapping_covers_the_papers_14():
+    assert len(L.STRUCTURES) == 14
+    assert list(L.STRUCTURES) == list(papers.info("luo2020").dataset["structures"])
+    assert L.STRUCTURES["locref"] == "GTVp" and L.STRUCTURES["CTV2"] == "CTVp"
+    assert L.structures_for(list(L.STRUCTURES.values()) + ["Body"]) == list(L.STRUCTURES.values())
+    assert L.structures_for(["PTV70", "Mandible", "Brainstem"]) == ["Brainstem", "Mandible", "PTV70"]
+    assert L.structures_for(["A", "B"]) == ["A", "B"]
+
+
+def test_phantom_has_every_mapped_structure():
+    from npcrepro import phantom
+
+    assert set(L.STRUCTURES.values()) <= set(phantom.STRUCTURES)
+
+
+def test_audit_flags_the_papers_table1():
+    audit = L.audit_table(papers.reported("luo2020", table="Table 1"))
+    assert list(audit.index) == ["U-Net", "FCN-8", "Mask R-CNN", "Ours"]
+    assert not audit["consistent"].any()
+    assert (audit["JSC"] > audit["DSC"]).all() and not audit["F1 = DSC"].any()
+    assert np.isclose(audit.loc["Ours", "JSC implied by DSC"], 0.8251 / (2 - 0.8251))
+
+
+def test_audit_accepts_a_consistent_table():
+    d = 0.8
+    rep = pd.DataFrame({"method": ["A"] * 3, "metric": ["dsc", "f1", "jaccard"], "value": [d, d, d / (2 - d)]})
+    assert L.audit_table(rep)["consistent"].all()
+    with pytest.raises(Exception):
+        L.audit_table(rep[rep["metric"] != "f1"])
+
+
+def test_literal_schedule_underflows():
+    # 1e-3 * 0.9**110 = 9.2e-9 < 1e-8 <= 1e-3 * 0.9**109
+    assert L.lr_underflow(1e-3, 0.9, 10, below=1e-8) == 1100
+    tab = L.lr_schedule_table(1e-3, 0.9, 10, slices=7112, batch_sizes=(8,), at_epochs=(0, 1, 100))
+    assert list(tab["iteration"]) == [0, 889, 88900]
+    assert tab["lr (literal)"].iloc[0] == 1e-3 and tab["lr (literal)"].iloc[1] < 1e-7
+    assert tab["float32 value"].iloc[2] == 0.0
+
+
+def test_schedule_spec_modes():
+    assert L.schedule_spec({"lr_schedule": "literal"}, 300) == {"kind": "exponential", "every": 10, "gamma": 0.9}
+    assert L.schedule_spec({"lr_schedule": "scaled", "lr_decays": 10}, 300)["every"] == 30
+    with pytest.raises(ParameterError):
+        L.schedule_spec({"lr_schedule": "cosine"}, 300)
+
+
+def test_loss_stagewise_and_batch_dice():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 8, 8, requires_grad=True)
+    y = (torch.rand(3, 4, 8, 8) > 0.7).float()
+    loss = L.make_loss(beta=0.9, alpha=0.75)
+    a, b = loss(x, y), loss((x, x), y)
+    assert torch.isclose(a, b)
+    c = loss((x, torch.zeros_like(x)), y)
+    assert torch.isclose(c, 0.5 * (a + loss(torch.zeros_like(x), y)))
+    c.backward()
+    assert torch.isfinite(x.grad).all()
+    # a near-perfect prediction has a near-zero Dice part; batch Dice ignores a channel empty in one slice
+    perfect = (y * 2 - 1) * 20
+    dice_only = L.DiceFocal(beta=1.0)
+    assert dice_only(perfect, y) < 1e-3
+    y2 = y.clone()
+    y2[0, 0] = 0
+    per_slice = L.DiceFocal(beta=1.0, batch_dice=False)((y2 * 2 - 1) * 20, y2)
+    assert per_slice < 1e-2 and dice_only((y2 * 2 - 1) * 20, y2) < 1e-3
+    with pytest.raises(Exception):
+        dice_only(torch.randn(1, 2, 3, 4, 4), torch.zeros(1, 2, 3, 4, 4))
+
+
+def test_build_method_every_key_and_table():
+    S = dict(stage1_widths=[4, 8, 8, 16, 16], stage2_widths=[4, 8, 8], fcn_widths=[4, 8, 8, 16, 16],
+             fcn_channels=8)
+    for key in L.METHODS:
+        net = L.build_method(key, S, 5).eval()
+        with torch.no_grad():
+            assert net(torch.randn(1, 1, 32, 32)).shape == (1, 5, 32, 32)
+    mt = L.method_table(S, 5)
+    assert mt.loc["Ours", "parameters"] > mt.loc["U-Net", "parameters"]
+    with pytest.raises(ParameterError):
+        L.method_label("maskrcnn")
+
+
+def test_maskrcnn_note_is_an_optional_import():
+    import importlib.util
+
+    ok, note = L.maskrcnn_note()
+    assert ok == (importlib.util.find_spec("torchvision") is not None)
+    assert "Mask R-CNN" in note
+
+
+def _toy_case(name: str, seed: int):
+    from npcrepro.datasets import Case
+
+    rng = np.random.default_rng(seed)
+    z, y, x = 6, 24, 20
+    ct = rng.normal(0, 20, (z, y, x)).astype(np.float32)
+    a = np.zeros((z, y, x), bool)
+    a[1:5, 6:12, 5:11] = True
+    b = np.zeros((z, y, x), bool)
+    b[2:4, 8:10, 7:9] = True          # inside a (overlapping targets)
+    c = np.zeros((z, y, x), bool)
+    c[1:3, 14:20, 14:19] = True
+    ct[a] += 300
+    ct[c] -= 300
+    return Case(name, {"CT": ct}, {"CTVp": a, "GTVp": b, "Parotid_L": c}, (3.0, 2.0, 2.0))
+
+
+def test_score_case_with_crop_box():
+    case = _toy_case("t", 0)
+    structures = ["CTVp", "GTVp", "Parotid_L", "Eye_L"]
+    idx = L.labelled_slices(case, structures)
+    assert list(idx) == [1, 2, 3, 4]
+    box = L._centre_box(case.shape[1:], (16, 16))
+    (y0, y1), (x0, x1) = box
+    ref = np.stack([case.labels[s][idx] if s in case.labels else np.zeros((4,) + case.shape[1:], bool)
+                    for s in structures]).astype(np.float32)
+    prob = ref[:, :, y0:y1, x0:x1]          # perfect inside the box, nothing outside
+    rows = {r["structure"]: r for r in L.score_case(prob, case, structures, idx, box)}
+    # Parotid_L reaches y = 19 > y1 - 1: what the model never saw counts as missed
+    assert rows["CTVp"]["dice"] == 1.0 and rows["GTVp"]["dice"] == 1.0
+    assert 0 < rows["Parotid_L"]["dice"] < 1
+    assert rows["Eye_L"]["ref_empty"] and rows["Eye_L"]["dice"] == 1.0
+    for r in rows.values():
+        assert r["f1"] == r["dice"] and r["jaccard"] <= r["dice"] + 1e-12
+
+
+def test_run_end_to_end_on_a_toy_dataset(tmp_path):
+    from npcrepro.datasets import write_dataset
+
+    structures = ["CTVp", "GTVp", "Parotid_L"]
+    cases = [_toy_case(f"c{i}", i) for i in range(3)]
+    write_dataset(tmp_path / "ds", cases, channels=["CT"], structures=structures)
+    from npcrepro import profiles
+
+    S = dict(profiles.resolve("luo2020", "smoke"))
+    S.update(image_size=[16, 16], iterations=2, batch_size=2, threads=1)
+    res = L.run(str(tmp_path / "ds"), sizes=S, methods=["unet", "ours"], profile="smoke",
+                out_dir=str(tmp_path / "runs"), seed=0, k_folds=3, max_folds=2)
+    m = res.metrics
+    assert set(m["method"]) == {"U-Net", "Ours"} and m["fold"].nunique() == 2
+    assert len(m) == 2 * 2 * len(structures)            # folds x methods x structures (1 test case per fold)
+    assert (m["f1"] == m["dice"]).all() and m["auc"].between(0, 1).all()
+    assert set(res.training["key"]) == {"unet", "ours"} and (res.training["iterations"] == S["iterations"]).all()
+    q = res.qualitative(0)
+    assert q["reference"].shape == (3, 16, 16) and q["prob_ours"].shape == (3, 16, 16)
+    assert L.fold_means(res).shape == (2, 2)
+    abl = L.ablation_table(res)
+    assert np.isnan(abl.loc["one stage", "MSP"]) and np.isfinite(abl.loc["two stages", "MSP"])
+    claims = L.claims_table(res)
+    assert claims.empty  # no pair of the 2 x 2 design was run completely
+    table = L.comparison(res, papers.reported("luo2020", table="Table 1"))
+    assert "(reproduced)" in table.frame.loc[("dsc", "Ours"), "reproduced"]
+    assert "not reproduced" in table.frame.loc[("dsc", "Mask R-CNN"), "reproduced"]
+    pst = L.per_structure_table(res)
+    assert list(pst.columns) == ["U-Net", "Ours"] and pst.index[0] == "locref (GTVp)"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for fig in (L.fig_qualitative(res), L.fig_dsc_per_fold(res), L.fig_boxplots(res),
+                L.fig_case(cases[0], structures)):
+        assert fig.axes
+
+
+def test_profiles_resolve():
+    from npcrepro import profiles
+
+    for prof in ("smoke", "cpu", "gpu"):
+        P = profiles.resolve("luo2020", prof)
+        assert P.k_folds == 5 and set(P.methods) <= set(L.METHODS)
+    with pytest.raises(ParameterError):
+        profiles.resolve("luo2020", "cpu", lr_schedule="cosine")
+
+
+@pytest.mark.slow
+def test_notebook_smoke(run_notebook):
+    nb = run_notebook("luo2020")
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "Mask R-CNN" in text and "run folder" in text
+    glued = {o["metadata"]["scrapbook"]["name"] for c in nb.cells if c.cell_type == "code"
+             for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})}
+    assert {"luo_audit_bad", "luo_dsc_ours", "luo_stage_gain", "luo_msp_gain", "luo_total_minutes"} <= glued
