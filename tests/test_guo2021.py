@@ -13,7 +13,7 @@ from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import available, build
 from npcrepro.pipelines import guo2021 as G
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------- networks
