@@ -12,7 +12,7 @@ from npcrepro.models import build, count_parameters
 from npcrepro.models.fcn import FCN8s, bilinear_kernel
 from npcrepro.models.luo2020 import MultiScalePooling, TwoStageUNet
 
-torch.set_num_threads(1)  # tiny tensors: a second thread only adds overhead
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = dict(stage1_widths=(4, 8, 8, 16, 16), stage2_widths=(4, 8, 8))
 
