@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npcrepro.datasets import Case, Fold, write_dataset
+from npcrepro.datasets import Case, write_dataset
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import build, count_parameters
 from npcrepro.models import mmfnet as M
