@@ -402,3 +402,23 @@ def invert(array: np.ndarray, record: Preprocessed, *, order: str | None = None)
     if arr.dtype == bool:
         return out > 0.5
     return out.astype(arr.dtype, copy=False)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (maximises the between-class variance of a ``bins`` histogram)."""
+    v = np.asarray(values, np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise DataError("otsu_threshold: no finite values")
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m = np.cumsum(hist * centres)
+    mu0 = m / np.maximum(w0, 1)
+    mu1 = (m[-1] - m) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[1:][int(np.argmax(between[:-1]))])

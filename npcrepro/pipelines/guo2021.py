@@ -37,6 +37,7 @@ import torch
 from scipy import ndimage
 
 from npcrepro import transforms as T
+from npcrepro.transforms import otsu_threshold
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = [
@@ -176,25 +177,6 @@ def from_view(arr: np.ndarray, view: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # preprocessing
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of ``values``: the bin edge maximising the between-class variance."""
-    v = np.asarray(values, np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        raise DataError("otsu_threshold: no finite values")
-    lo, hi = float(v.min()), float(v.max())
-    if hi <= lo:
-        return lo
-    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
-    mids = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)[:-1]
-    w1 = v.size - w0
-    m0 = np.cumsum(hist * mids)[:-1]
-    mu0 = m0 / np.maximum(w0, 1)
-    mu1 = (float((hist * mids).sum()) - m0) / np.maximum(w1, 1)
-    return float(edges[1:-1][int(np.argmax(w0 * w1 * (mu0 - mu1) ** 2))])
 
 
 def body_mask(image: np.ndarray) -> np.ndarray:
