@@ -30,7 +30,18 @@ CHAPTERS: dict[str, str] = {
     "luo2020": "luo2020: two-stage U-Net on nasopharyngeal CT",
     "guo2021": "guo2021: cascaded 3D CNN on T1 MRI",
     "chen2020": "chen2020: MMFNet multi-modality fusion",
+    "leaderboard": "Leaderboard: the five papers under one protocol",
+    "explorer": "Explorer: predictions over the images",
     "template": "Anatomy of a chapter (template)",
+    "reproducibility": "Reproducibility: what produced each chapter",
+    "intro": "Introduction (with the headline table)",
+}
+#: Chapters that read other chapters' outputs: they re-run when any of those changed, and run after them.
+#: ``"*"``: every other chapter.
+DEPENDS: dict[str, tuple[str, ...] | str] = {
+    "explorer": ("leaderboard",),
+    "reproducibility": "*",
+    "intro": "*",
 }
 PROFILES = ("smoke", "cpu", "gpu")
 KERNEL = "python3"
@@ -76,13 +87,24 @@ def _package_digest(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def dependencies(name: str) -> list[str]:
+    """The chapters whose executed outputs ``name`` reads (see :data:`DEPENDS`)."""
+    dep = DEPENDS.get(name, ())
+    if dep == "*":
+        return [n for n in CHAPTERS if n != name and DEPENDS.get(n) != "*"]
+    return list(dep)
+
+
 def fingerprint(name: str, profile: str, params: dict, root: Path | None = None) -> str:
-    """Hash of everything an executed chapter depends on (source notebook, parameters, library)."""
+    """Hash of everything an executed chapter depends on (source notebook, parameters, library, and
+    the recorded fingerprints of the chapters it reads)."""
     root = root or repo_root()
     h = hashlib.sha256()
     h.update((root / "notebooks" / f"{name}.ipynb").read_bytes())
     h.update(json.dumps({"profile": profile, **params}, sort_keys=True, default=str).encode())
     h.update(_package_digest(root).encode())
+    for dep in dependencies(name):
+        h.update(f"{dep}={_recorded_fingerprint(runs_dir(profile, root) / f'{dep}.ipynb')}".encode())
     return h.hexdigest()[:16]
 
 
@@ -104,8 +126,8 @@ class ChapterResult:
 
 
 def execute(name: str, profile: str = "cpu", params: dict | None = None, *, force: bool = False,
-            output: Path | None = None, root: Path | None = None,
-            log=print) -> ChapterResult:
+            output: Path | None = None, root: Path | None = None, log=print,
+            prefix: str = "") -> ChapterResult:
     """Execute ``notebooks/<name>.ipynb`` with papermill into ``book/runs/<profile>/<name>.ipynb``.
 
     Skips the run when the existing output's fingerprint matches (unless ``force``). Parameters are
@@ -120,13 +142,14 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     out = output or runs_dir(profile, root) / f"{name}.ipynb"
     fp = fingerprint(name, profile, params, root)
     if not force and out.exists() and _recorded_fingerprint(out) == fp:
-        log(f"[book] {name:<9} {profile:<5} up to date ({out.relative_to(root) if out.is_relative_to(root) else out})")
+        log(f"[book] {prefix}{name:<15} {profile:<5} up to date "
+            f"({out.relative_to(root) if out.is_relative_to(root) else out})")
         return ChapterResult(name, profile, out, 0.0, True)
     import papermill as pm  # deferred: heavy import, only the book path needs it
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.running.ipynb")
-    log(f"[book] {name:<9} {profile:<5} executing ...")
+    log(f"[book] {prefix}{name:<15} {profile:<5} executing ...")
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(root / "notebooks" / f"{name}.ipynb"), str(tmp), parameters=params,
@@ -140,26 +163,51 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
                             f"{exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''} "
                             f"(partial notebook: {failed})") from None
     seconds = time.perf_counter() - t0
+    from npcrepro.engine.runs import environment
+
     nb = json.loads(tmp.read_text(encoding="utf-8"))
     nb.setdefault("metadata", {})["npcrepro"] = {
         "fingerprint": fp, "profile": profile, "parameters": params,
         "seconds": round(seconds, 1), "executed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": environment(params.get("device")),
     }
     tmp.write_text(json.dumps(nb, indent=1), encoding="utf-8")
     os.replace(tmp, out)
-    log(f"[book] {name:<9} {profile:<5} done in {seconds:.0f} s")
+    log(f"[book] {prefix}{name:<15} {profile:<5} done in {_mmss(seconds)}")
     return ChapterResult(name, profile, out, seconds, False)
 
 
 def execute_all(profile: str = "cpu", names: Iterable[str] | None = None, params: dict | None = None,
                 *, force: bool = False, root: Path | None = None, log=print) -> list[ChapterResult]:
     """Execute chapters in book order (all by default); stops at the first failure."""
-    names = list(names or CHAPTERS)
+    names = execution_order(names or CHAPTERS)
     results = []
+    t0 = time.perf_counter()
     for i, name in enumerate(names, 1):
-        log(f"[book] chapter {i}/{len(names)}")
-        results.append(execute(name, profile, params, force=force, root=root, log=log))
+        res = execute(name, profile, params, force=force, root=root, log=log,
+                      prefix=f"{i:>2}/{len(names)} ")
+        results.append(res)
+        if not res.skipped:
+            log(f"[book]       elapsed {_mmss(time.perf_counter() - t0)}")
     return results
+
+
+def execution_order(names: Iterable[str]) -> list[str]:
+    """``names`` in book order, except that chapters reading others' outputs (:data:`DEPENDS`) come
+    after everything they read."""
+    names = list(names)
+    for n in names:
+        if n not in CHAPTERS:
+            raise ParameterError(f"unknown chapter {n!r} (valid: {', '.join(CHAPTERS)}, all)")
+    plain = [n for n in CHAPTERS if n in names and n not in DEPENDS]
+    readers = [n for n in CHAPTERS if n in names and n in DEPENDS]
+    readers.sort(key=lambda n: DEPENDS[n] == "*")  # those reading everything go last
+    return plain + readers
+
+
+def _mmss(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}"
 
 
 def toc_for(profile: str, root: Path | None = None) -> Path:

@@ -341,3 +341,8 @@ register_profile("template", "gpu", n_cases=40, n_test=8, n_val=4, channel="T1",
                  widths=[32, 64, 128, 256, 512], batch_size=16, iterations=5000, eval_every=250,
                  lr=1e-3, image_size=None)
 register_choices("template", channel=["CT", "T1", "T2", "CET1"])
+
+# Pages that only read other chapters' outputs: the common parameters and nothing else.
+for _page in ("intro", "reproducibility"):
+    for _profile in PROFILES:
+        register_profile(_page, _profile)

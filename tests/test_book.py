@@ -19,7 +19,7 @@ def _toc_files(root):
 
 @pytest.mark.slow
 def test_book_builds_with_every_page(book_copy, run_notebook):
-    for name in book.CHAPTERS:
+    for name in book.execution_order(book.CHAPTERS):
         nb = run_notebook(name)  # cached if a chapter test already ran it
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                   if o.get("output_type") == "error"]

@@ -1,0 +1,149 @@
+"""Facts across chapters: headline numbers, run times and provenance of the executed notebooks.
+
+A chapter states its headline number with :func:`record_headline`; the number travels inside the
+executed notebook as an output of MIME type :data:`HEADLINE_MIME` (next to a readable line). The
+introduction and the reproducibility appendix read the executed notebooks of one profile
+(``book/runs/<profile>/``) with :func:`read_headlines` and :func:`chapter_facts`, so every number they
+show was computed by the chapter run that the book renders.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from npcrepro.errors import DataError
+
+HEADLINE_MIME = "application/vnd.npcrepro.headline+json"
+PAPERS = ("li2018", "xue2020", "luo2020", "guo2021", "chen2020")
+
+
+def headline_of(table: pd.DataFrame, method: str, *, column: str = "method", metric: str = "dice",
+                case_column: str = "case") -> dict:
+    """Per-patient mean of ``metric`` for rows where ``column == method`` (rows of one patient, e.g.
+    several structures or rounds, are averaged first), then mean, sd and n over patients."""
+    if column not in table.columns or metric not in table.columns:
+        raise DataError(f"headline: table has no {column!r} or {metric!r} column")
+    rows = table[table[column] == method]
+    if rows.empty:
+        raise DataError(f"headline: no rows with {column} == {method!r} "
+                        f"(have: {', '.join(map(str, table[column].unique()))})")
+    values = pd.to_numeric(rows[metric], errors="coerce")
+    per_patient = values.groupby(rows[case_column]).mean() if case_column in rows else values
+    v = per_patient[np.isfinite(per_patient)]
+    return {"mean": float(v.mean()) if len(v) else math.nan,
+            "sd": float(v.std(ddof=1)) if len(v) > 1 else math.nan, "n": int(len(v))}
+
+
+def record_headline(paper: str, method: str, table: pd.DataFrame, *, column: str = "method",
+                    metric: str = "dice", source: str = "chapter", data: str = "", label: str | None = None):
+    """Display (and return) the headline record of ``paper``'s ``method`` from a per-case table.
+
+    ``source``: "chapter" (the paper's own recipe) or "leaderboard" (the common protocol)."""
+    from IPython.display import display
+
+    rec = {"paper": paper, "method": label or method, "metric": metric, "source": source, "data": data,
+           **headline_of(table, method, column=column, metric=metric)}
+    sd = "" if math.isnan(rec["sd"]) else f" ± {rec['sd']:.3f}"
+    text = f"headline ({source}): {paper} {rec['method']} {metric} {rec['mean']:.3f}{sd} over {rec['n']} patients"
+    display({HEADLINE_MIME: rec, "text/plain": text}, raw=True)
+    return rec
+
+
+def _notebook(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read executed notebook ({exc})") from None
+
+
+def read_headlines(runs: str | Path) -> pd.DataFrame:
+    """Every headline record in the executed notebooks under ``runs`` (``book/runs/<profile>``), with
+    the notebook it came from. Empty frame when there are none."""
+    rows = []
+    for path in sorted(Path(runs).glob("*.ipynb")):
+        if path.name.startswith(".") or path.name.endswith(".failed.ipynb"):
+            continue
+        for cell in _notebook(path).get("cells", []):
+            for out in cell.get("outputs", []):
+                rec = out.get("data", {}).get(HEADLINE_MIME)
+                if rec:
+                    rows.append({**rec, "notebook": path.stem})
+    return pd.DataFrame(rows, columns=["paper", "method", "metric", "source", "data", "mean", "sd", "n", "notebook"]
+                        if not rows else None)
+
+
+def chapter_facts(runs: str | Path, chapters: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One row per executed chapter under ``runs``: title, profile, data, parameters that differ from
+    the chapter's defaults, seconds, when, git revision, device, versions (from the metadata that
+    :func:`npcrepro.book.execute` writes)."""
+    from npcrepro.book import CHAPTERS
+
+    chapters = chapters or CHAPTERS
+    rows = []
+    for name, title in chapters.items():
+        path = Path(runs) / f"{name}.ipynb"
+        if not path.exists():
+            continue
+        meta = _notebook(path).get("metadata", {}).get("npcrepro", {})
+        env = meta.get("environment", {}) or {}
+        git = env.get("git") or {}
+        params = meta.get("parameters", {}) or {}
+        rows.append({
+            "chapter": name, "title": title, "profile": meta.get("profile"),
+            "data": params.get("data", "phantom"),
+            "parameters": ", ".join(f"{k}={v}" for k, v in params.items() if k != "profile") or "defaults",
+            "seconds": meta.get("seconds"), "executed_at": meta.get("executed_at"),
+            "git": (git.get("revision") or "")[:10] + (" (modified)" if git.get("dirty") else ""),
+            "device": env.get("device") or "auto",
+            "cpu": env.get("cpu"), "cpu_count": env.get("cpu_count"), "gpu": ", ".join(env.get("gpu") or []),
+            "python": env.get("python"), "torch": env.get("torch"), "numpy": env.get("numpy"),
+            "npcrepro": env.get("npcrepro"),
+        })
+    return pd.DataFrame(rows)
+
+
+def intro_table(runs: str | Path) -> pd.DataFrame:
+    """The five papers: headline reported numbers (from :mod:`npcrepro.papers`) next to this book's
+    reproduction with the paper's recipe (its chapter) and under the common protocol (leaderboard)."""
+    from npcrepro import papers
+
+    h = read_headlines(runs)
+    rows = []
+    for paper in PAPERS:
+        info = papers.info(paper)
+        rep = papers.headline(paper)
+        dsc = next(((m, v) for (m, k), v in rep.items() if k == "dsc"), (None, math.nan))
+        row = {"paper": paper, "reported method": dsc[0], "reported DSC": f"{dsc[1]:.3f}" if dsc[0] else "—"}
+        for source, col in (("chapter", "this book: paper's recipe"), ("leaderboard", "this book: common protocol")):
+            sel = h[(h["paper"] == paper) & (h["source"] == source)] if len(h) else h
+            if len(sel):
+                r = sel.iloc[-1]
+                sd = "" if pd.isna(r["sd"]) else f" ± {r['sd']:.3f}"
+                row[col] = f"{r['mean']:.3f}{sd} (n={int(r['n'])})"
+            else:
+                row[col] = "not run"
+        row["reported on"] = _dataset_line(info)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _dataset_line(info: Any) -> str:
+    ds = getattr(info, "dataset", None) or {}
+    return str(ds.get("summary", ""))[:90] if isinstance(ds, Mapping) else ""
+
+
+def timing_table(runs: str | Path) -> pd.DataFrame:
+    """Seconds per executed chapter and the total, as recorded when each was executed."""
+    f = chapter_facts(runs)
+    if f.empty:
+        return f
+    t = f[["chapter", "seconds", "executed_at"]].copy()
+    t["minutes"] = (t["seconds"].astype(float) / 60).round(2)
+    total = pd.DataFrame([{"chapter": "total", "seconds": float(t["seconds"].astype(float).sum()),
+                           "executed_at": "", "minutes": round(float(t["seconds"].astype(float).sum()) / 60, 2)}])
+    return pd.concat([t, total], ignore_index=True)

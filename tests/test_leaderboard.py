@@ -1,0 +1,133 @@
+"""The leaderboard: method table, common loss, split, claims against the papers, a smoke run."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from npcrepro import papers
+from npcrepro.errors import DataError, ParameterError
+from npcrepro.pipelines import leaderboard as L
+from npcrepro.profiles import resolve
+
+
+def test_every_paper_has_a_method_and_every_method_a_baseline():
+    assert {m.paper for m in L.METHODS} == {"baseline", "li2018", "xue2020", "luo2020", "guo2021", "chen2020"}
+    for m in L.METHODS:
+        base = L.BY_KEY[m.baseline]
+        assert base.paper == "baseline" and base.channels[-1:] == m.channels[-1:] or m.key == "mmfnet"
+        assert base.ct == m.ct
+
+
+def test_select_methods_adds_baselines_and_rejects_unknown_keys():
+    keys = [m.key for m in L.select_methods(["deeplab_ct"])]
+    assert keys == ["unet_ct", "deeplab_ct"]
+    assert all(m.ct for m in L.select_methods("all", ct_only=True))
+    with pytest.raises(ParameterError, match="unknown leaderboard method"):
+        L.select_methods(["nnunet"])
+
+
+def test_cscn_job_also_yields_bunet():
+    assert L.jobs_for(L.select_methods(["bunet", "cscn"])) == ["unet_cet1", "cscn"]
+    assert L.jobs_for(L.select_methods(["bunet"])) == ["unet_cet1", "bunet"]
+
+
+@pytest.mark.parametrize("m", L.METHODS, ids=lambda m: m.key)
+def test_networks_map_input_to_one_tumour_output(m, one_torch_thread):
+    n_in = len(m.channels) + (1 if m.key == "cscn" else 0)
+    net = L.build_network(m.builder, 0.25, n_in).eval()
+    shape = (2, n_in, 64, 64) if m.dims == "2d" else (1, n_in, 8, 32, 32)
+    with torch.no_grad():
+        y = net(torch.zeros(shape))
+    y = y[0] if isinstance(y, (list, tuple)) else y
+    assert y.shape[2:] == shape[2:]
+    assert y.shape[1] == (2 if m.builder.startswith("guo:") else 1)
+
+
+def test_common_loss_hand_computed():
+    # one sample, sigmoid logit 0 everywhere (p = 0.5), target 2 of 4 pixels
+    logits = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([[[[1, 1], [0, 0]]]])
+    bce = float(np.log(2))
+    dice = 1 - (2 * 1.0 + 1) / (2.0 + 2.0 + 1)  # sum p*t = 1, sum p = 2, sum t = 2
+    assert float(L.CommonLoss()(logits, target)) == pytest.approx(bce + dice, rel=1e-6)
+    # softmax with equal logits gives the same probabilities and cross-entropy
+    assert float(L.CommonLoss()(torch.zeros(1, 2, 2, 2), target)) == pytest.approx(bce + dice, rel=1e-6)
+    # deep supervision: the mean over outputs
+    big = torch.full((1, 1, 2, 2), 20.0) * (2 * target - 1)
+    both = float(L.CommonLoss()((logits, big), target))
+    assert both == pytest.approx((bce + dice + float(L.CommonLoss()(big, target))) / 2, rel=1e-6)
+    assert float(L.CommonLoss()(big, target)) < 0.01  # a confident perfect prediction costs ~0
+    with pytest.raises(DataError, match="1 or 2 output channels"):
+        L.CommonLoss()(torch.zeros(1, 3, 2, 2), target)
+
+
+def test_normaliser_windows_ct_and_leaves_the_coarse_channel():
+    norm = L.normaliser(["CT", "coarse", "T1"])
+    assert norm["coarse"] is None and norm["T1"] == "zscore"
+    np.testing.assert_allclose(norm["CT"](np.array([-1000.0, -200.0, 50.0, 300.0, 3000.0])),
+                               [0.0, 0.0, 0.5, 1.0, 1.0])
+
+
+def test_holdout_is_seeded_disjoint_and_checked():
+    names = [f"c{i:02d}" for i in range(10)]
+    tr, te = L.holdout(names, 3, seed=1)
+    assert len(te) == 3 and not set(tr) & set(te) and sorted(tr + te) == names
+    assert L.holdout(names, 3, seed=1) == (tr, te)
+    assert L.holdout(names, 3, seed=2) != (tr, te)
+    with pytest.raises(ParameterError, match="n_test"):
+        L.holdout(names, 10, seed=0)
+
+
+def test_reported_numbers_of_the_claims_come_from_the_transcription():
+    assert L._reported_dsc("xue2020", ("Sec. 2", "DeepLabv3+")) == 0.76
+    assert L._reported_dsc("xue2020", L.CLAIM_REPORTED[("xue2020", "unet_ct")]) == 0.73
+    assert L._reported_dsc("luo2020", ("Table 1", "FCN-8")) == pytest.approx(0.6808)
+    assert L._reported_dsc("guo2021", ("Table 1", "CSCN")) == pytest.approx(0.741)
+    assert L._reported_dsc("chen2020", ("Table II", "MMFNet+multi-MLP+stdPool")) == pytest.approx(0.7189)
+    assert L._reported_dsc("chen2020", ("Table I", "3D U-net (CET1)")) == pytest.approx(0.6222)
+    for paper, _, better, worse in L.CLAIMS:
+        assert L.BY_KEY[better].paper == paper
+
+
+def _fake_track(values: dict[str, list[float]]) -> L.Track:
+    rows = [{"case": f"c{i}", "structure": "GTVp", "method": k, "dice": v, "hd95": 10 * (1 - v),
+             "assd": 2 * (1 - v), "nsd": v, "pred_empty": False, "ref_empty": False}
+            for k, vs in values.items() for i, v in enumerate(vs)]
+    methods = [L.BY_KEY[k] for k in values]
+    facts = pd.DataFrame([{"method": k, "parameters": 1000, "iterations": 1, "status": "trained",
+                           "final_loss": 0.1, "train_seconds": 1.0, "job_seconds": 2.0} for k in values])
+    return L.Track("phantom", "", "phantom", "GTVp", [], [f"c{i}" for i in range(len(next(iter(values.values()))))],
+                   methods, pd.DataFrame(rows), facts, None, 0.0)
+
+
+def test_claims_verdicts_and_leaderboard_order():
+    n = 8
+    good = list(np.linspace(0.7, 0.8, n))
+    track = _fake_track({"unet_ct": [g - 0.1 for g in good], "deeplab_ct": good,
+                         "luo_ours_ct": [g - 0.2 for g in good]})
+    claims = L.claims_table(track).set_index("claim")
+    assert claims.loc["DeepLabv3+ (xue2020) > U-Net (CT)", "verdict"] == "holds"
+    assert claims.loc["DeepLabv3+ (xue2020) > U-Net (CT)", "reported Δ"] == "+0.030"
+    assert claims.loc["Two-stage U-Net + MSP (luo2020) > U-Net (CT)", "verdict"] == "reversed"
+    board = L.leaderboard_table(track, n_boot=200)
+    assert list(board["method"]) == ["DeepLabv3+ (xue2020)", "U-Net (CT)", "Two-stage U-Net + MSP (luo2020)"]
+    assert board.loc[0, "Δ DSC vs U-Net"] == "+0.100"
+    assert "1 method(s) were better, 1 worse" in L.reading(track)
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_predictions_and_scores_every_test_patient(tmp_path, one_torch_thread):
+    P = resolve("leaderboard", "smoke", out_dir=str(tmp_path), methods=["fcn8_ct", "guo_cnn"], workers=1)
+    track = L.phantom_track(P, progress=False)
+    keys = {"fcn8_ct", "unet_ct", "guo_cnn", "unet_cet1"}
+    assert set(track.table["method"]) == keys
+    assert len(track.table) == len(keys) * len(track.test) == len(keys) * P.n_test
+    for case in track.test:
+        for k in keys:
+            assert (track.run / "predictions" / case / f"{k}.nii.gz").exists()
+    assert (track.run / "metrics.csv").exists() and (track.run / "DONE").exists()
+    assert set(L.METRICS) <= set(track.table.columns)
+    assert np.all((track.table["dice"] >= 0) & (track.table["dice"] <= 1))
+    assert len(L.leaderboard_table(track, n_boot=100)) == len(keys)
