@@ -178,18 +178,94 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
 
 
 def execute_all(profile: str = "cpu", names: Iterable[str] | None = None, params: dict | None = None,
-                *, force: bool = False, root: Path | None = None, log=print) -> list[ChapterResult]:
-    """Execute chapters in book order (all by default); stops at the first failure."""
-    names = execution_order(names or CHAPTERS)
-    results = []
+                *, force: bool = False, root: Path | None = None, log=print,
+                jobs: int = 1) -> list[ChapterResult]:
+    """Execute chapters (all by default), ``jobs`` at a time, and return their results in book order.
+
+    Chapters that read others' outputs (:data:`DEPENDS`) wait for those. Independent chapters start
+    longest first (by the run time recorded in their previous output), which keeps the last
+    minutes from being one long chapter running alone. The first failure stops new starts;
+    chapters already running finish, then it is raised.
+    """
+    import concurrent.futures as cf
+    import threading
+
+    root = root or repo_root()
+    order = execution_order(names or CHAPTERS)
+    n = len(order)
+    number = {name: i for i, name in enumerate(order, 1)}
+    expected = {name: _recorded_seconds(runs_dir(profile, root) / f"{name}.ipynb") for name in order}
+    waiting = sorted(order, key=lambda nm: (nm in DEPENDS, -expected[nm]))
+    results: dict[str, ChapterResult] = {}
+    running: dict = {}
+    lock = threading.Lock()
+    jobs = max(1, int(jobs))
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    if jobs > 1:  # kernels inherit the environment: cap each chapter's share of the cores
+        os.environ.update({k: threads for k in _THREAD_VARS})
     t0 = time.perf_counter()
-    for i, name in enumerate(names, 1):
-        res = execute(name, profile, params, force=force, root=root, log=log,
-                      prefix=f"{i:>2}/{len(names)} ")
-        results.append(res)
-        if not res.skipped:
-            log(f"[book]       elapsed {_mmss(time.perf_counter() - t0)}")
-    return results
+    failure: BaseException | None = None
+
+    def ready(name: str) -> bool:
+        return all(d in results for d in dependencies(name) if d in order)
+
+    def say(msg: str) -> None:
+        with lock:
+            log(msg)
+
+    try:
+        with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+            while waiting or running:
+                while failure is None and len(running) < jobs:
+                    name = next((nm for nm in waiting if ready(nm)), None)
+                    if name is None:
+                        break
+                    waiting.remove(name)
+                    running[pool.submit(execute, name, profile, params, force=force, root=root, log=say,
+                                        prefix=f"{number[name]:>2}/{n} ")] = name
+                if not running:
+                    break
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    name = running.pop(fut)
+                    try:
+                        results[name] = fut.result()
+                    except BaseException as exc:  # noqa: BLE001 - re-raised after the others finish
+                        failure = failure or exc
+                        continue
+                    if not results[name].skipped:
+                        say(f"[book]       {len(results)}/{n} chapters ready, elapsed {_mmss(time.perf_counter() - t0)}")
+                if failure is not None:
+                    waiting.clear()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if failure is not None:
+        raise failure
+    return [results[nm] for nm in order]
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _recorded_seconds(path: Path) -> float:
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        return float(nb["metadata"]["npcrepro"]["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def default_jobs() -> int:
+    """Chapters to execute at once: one per CPU core, at most 4. Each then gets
+    ``cpu_count // jobs`` threads (:func:`execute_all` sets ``OMP_NUM_THREADS`` for its kernels), so
+    torch's OpenMP threads never outnumber the cores; on a loaded 2-core machine that
+    oversubscription slows torch by 7-100x."""
+    return max(1, min(4, (os.cpu_count() or 1)))
 
 
 def execution_order(names: Iterable[str]) -> list[str]:
@@ -236,6 +312,9 @@ def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = 
            "--toc", str(toc_for(profile, root)), "--path-output", str(root)]
     if quiet:
         cmd.append("--quiet")
+    from npcrepro.webassets import ensure_widget_js
+
+    ensure_widget_js(root, log=log)  # the widget manager and require.js, vendored (no CDN)
     log(f"[book] building HTML ({profile}) ...")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
@@ -248,21 +327,26 @@ def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = 
 
 
 def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
-         names: Sequence[str] | None = None, root: Path | None = None, log=print) -> Path:
+         names: Sequence[str] | None = None, root: Path | None = None, log=print,
+         jobs: int | None = None) -> Path:
     """Execute what is missing or stale for ``profile`` and build the HTML. Returns index.html.
 
     For ``gpu``, committed executed notebooks are rendered as they are (a CPU machine does not re-run
-    paper-scale chapters); only missing ones are executed.
+    paper-scale chapters); only missing ones are executed. ``jobs``: chapters executed at once
+    (default :func:`default_jobs`).
     """
     root = root or repo_root()
     if profile not in PROFILES:
         raise ParameterError(f"unknown profile {profile!r} (valid: {', '.join(PROFILES)})")
+    if jobs is not None and jobs < 1:
+        raise ParameterError(f"jobs must be at least 1, got {jobs}")
     t0 = time.perf_counter()
     if run_missing:
         todo = list(names or CHAPTERS)
         if profile == "gpu":
             todo = [n for n in todo if not (runs_dir(profile, root) / f"{n}.ipynb").exists()]
-        execute_all(profile, todo, force=force, root=root, log=log)
+        execute_all(profile, todo, force=force, root=root, log=log,
+                    jobs=default_jobs() if jobs is None else jobs)
     index = build_html(profile, root=root, log=log)
     log(f"[book] total {time.perf_counter() - t0:.0f} s")
     return index

@@ -70,7 +70,7 @@ def cmd_run(args) -> int:
 def cmd_book(args) -> int:
     from npcrepro import book
 
-    index = book.book(args.profile, force=args.force, run_missing=not args.no_run)
+    index = book.book(args.profile, force=args.force, run_missing=not args.no_run, jobs=args.jobs)
     print(f"The book is at {index}")
     return 0
 
@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="cpu")
     s.add_argument("--force", action="store_true", help="re-run every chapter")
     s.add_argument("--no-run", action="store_true", help="only build from existing runs")
+    s.add_argument("--jobs", type=int, default=None,
+                   help="chapters executed at once (default: one per CPU core, at most 4)")
     s.set_defaults(func=cmd_book)
 
     s = sub.add_parser("bench", help="run the benchmarks and print ratios")

@@ -1,0 +1,91 @@
+"""Cross-chapter facts: headline records, chapter metadata, the intro table, book order."""
+from __future__ import annotations
+
+import json
+import math
+
+import nbformat
+import pandas as pd
+import pytest
+
+from npcrepro import book, summary
+from npcrepro.errors import DataError
+
+
+def test_headline_averages_rows_of_one_patient_first():
+    t = pd.DataFrame({"case": ["a", "a", "b", "c"], "method": ["X", "X", "X", "Y"],
+                      "dice": [0.2, 0.4, 0.9, 0.1]})
+    h = summary.headline_of(t, "X")
+    assert h["n"] == 2
+    assert h["mean"] == pytest.approx((0.3 + 0.9) / 2)
+    assert h["sd"] == pytest.approx(pd.Series([0.3, 0.9]).std(ddof=1))
+    with pytest.raises(DataError, match="no rows with method == 'Z'"):
+        summary.headline_of(t, "Z")
+    with pytest.raises(DataError, match="no 'row'"):
+        summary.headline_of(t, "X", column="row")
+
+
+def _executed(path, name, records=(), seconds=12.5, params=None):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={summary.HEADLINE_MIME: r, "text/plain": "h"})
+                    for r in records]
+    nb.cells = [cell]
+    nb.metadata["npcrepro"] = {"profile": "cpu", "parameters": params or {"profile": "cpu"},
+                               "seconds": seconds, "executed_at": "2026-11-22T06:00:00",
+                               "environment": {"git": {"revision": "abcdef1234567", "dirty": True},
+                                               "torch": "2.13.0", "python": "3.11.7", "cpu_count": 2}}
+    nbformat.write(nb, str(path / f"{name}.ipynb"))
+
+
+def test_intro_table_puts_reported_next_to_chapter_and_leaderboard(tmp_path):
+    rec = dict(paper="xue2020", method="DeepLabv3+", metric="dice", data="phantom", n=5)
+    _executed(tmp_path, "xue2020", [dict(rec, source="chapter", mean=0.61, sd=0.05)])
+    _executed(tmp_path, "leaderboard", [dict(rec, source="leaderboard", mean=0.15, sd=math.nan, n=8)])
+    h = summary.read_headlines(tmp_path)
+    assert sorted(h["notebook"]) == ["leaderboard", "xue2020"]
+    t = summary.intro_table(tmp_path).set_index("paper")
+    assert t.loc["xue2020", "reported DSC"] == "0.760"          # npcrepro.papers, Sec. 2
+    assert t.loc["xue2020", "this book: paper's recipe"] == "0.610 ± 0.050 (n=5)"
+    assert t.loc["xue2020", "this book: common protocol"] == "0.150 (n=8)"
+    assert t.loc["li2018", "this book: paper's recipe"] == "not run"
+    assert list(t.index) == list(summary.PAPERS)
+
+
+def test_chapter_facts_and_timing_total(tmp_path):
+    _executed(tmp_path, "li2018", seconds=60.0, params={"profile": "cpu", "seed": 3})
+    _executed(tmp_path, "xue2020", seconds=30.0)
+    f = summary.chapter_facts(tmp_path).set_index("chapter")
+    assert f.loc["li2018", "parameters"] == "seed=3"
+    assert f.loc["xue2020", "parameters"] == "defaults"
+    assert f.loc["li2018", "git"] == "abcdef1234 (modified)"
+    t = summary.timing_table(tmp_path).set_index("chapter")
+    assert t.loc["total", "seconds"] == 90.0 and t.loc["total", "minutes"] == 1.5
+
+
+def test_empty_runs_folder_gives_empty_tables(tmp_path):
+    assert summary.read_headlines(tmp_path).empty
+    assert summary.chapter_facts(tmp_path).empty
+    assert (summary.intro_table(tmp_path)["this book: paper's recipe"] == "not run").all()
+
+
+def test_readers_run_after_what_they_read():
+    order = book.execution_order(book.CHAPTERS)
+    assert order[-2:] in (["reproducibility", "intro"], ["intro", "reproducibility"])
+    assert order.index("explorer") > order.index("leaderboard")
+    assert set(book.dependencies("intro")) >= {"li2018", "leaderboard", "explorer"}
+    assert "reproducibility" not in book.dependencies("intro")
+
+
+def test_a_dependency_changes_the_readers_fingerprint(tmp_path, monkeypatch):
+    from npcrepro.paths import repo_root
+
+    root = repo_root()
+    runs = tmp_path / "book" / "runs" / "cpu"
+    runs.mkdir(parents=True)
+    monkeypatch.setattr(book, "runs_dir", lambda profile, r=None: runs)
+    before = book.fingerprint("explorer", "cpu", {}, root)
+    (runs / "leaderboard.ipynb").write_text(json.dumps({"metadata": {"npcrepro": {"fingerprint": "x1"}}}))
+    after = book.fingerprint("explorer", "cpu", {}, root)
+    assert before != after
+    assert book.fingerprint("leaderboard", "cpu", {}, root) == book.fingerprint("leaderboard", "cpu", {}, root)
