@@ -3,7 +3,7 @@ VENV ?= .venv
 PROFILE ?= cpu
 PY := $(VENV)/bin/python
 
-.PHONY: env book test bench clean-book
+.PHONY: env book test bench check-browser clean-book
 
 env:
 	@bash scripts/bootstrap.sh
@@ -13,6 +13,10 @@ book: env
 
 test: env
 	@$(PY) -m pytest -q
+
+check-browser: env
+	@$(PY) -m npcrepro.browsercheck _build/html/book/runs/$(PROFILE)/explorer.html --expect-widgets 5
+	@$(PY) -m npcrepro.browsercheck _build/html/book/runs/$(PROFILE)/leaderboard.html --expect-widgets 0
 
 bench: env
 	@$(PY) -m npcrepro bench
