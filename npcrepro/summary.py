@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -118,7 +118,11 @@ def intro_table(runs: str | Path) -> pd.DataFrame:
         info = papers.info(paper)
         rep = papers.headline(paper)
         dsc = next(((m, v) for (m, k), v in rep.items() if k == "dsc"), (None, math.nan))
-        row = {"paper": paper, "reported method": dsc[0], "reported DSC": f"{dsc[1]:.3f}" if dsc[0] else "—"}
+        where = papers.get(paper).HEADLINE[0]
+        n = (getattr(info, "dataset", None) or {}).get("n_patients")
+        row = {"paper": paper, "method (as the paper names it)": dsc[0],
+               "reported DSC": f"{dsc[1]:.3f}" if dsc[0] else "—",
+               "reported in": f"{where}, {n} patients" if n else where}
         for source, col in (("chapter", "this book: paper's recipe"), ("leaderboard", "this book: common protocol")):
             sel = h[(h["paper"] == paper) & (h["source"] == source)] if len(h) else h
             if len(sel):
@@ -127,14 +131,8 @@ def intro_table(runs: str | Path) -> pd.DataFrame:
                 row[col] = f"{r['mean']:.3f}{sd} (n={int(r['n'])})"
             else:
                 row[col] = "not run"
-        row["reported on"] = _dataset_line(info)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _dataset_line(info: Any) -> str:
-    ds = getattr(info, "dataset", None) or {}
-    return str(ds.get("summary", ""))[:90] if isinstance(ds, Mapping) else ""
 
 
 def timing_table(runs: str | Path) -> pd.DataFrame:

@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import torch
 
-from npcrepro import papers
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.pipelines import leaderboard as L
 from npcrepro.profiles import resolve

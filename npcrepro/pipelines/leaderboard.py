@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -157,8 +157,6 @@ def build_network(builder: str, width: float = 1.0, in_channels: int = 1) -> nn.
         return max(4, int(round(c * width)))
 
     if builder == "unet2d":
-        import npcrepro.models.unet  # noqa: F401
-
         return build("unet2d", in_channels=in_channels, n_classes=1, widths=[w(32), w(64), w(128), w(256)])
     if builder == "xue_deeplab":
         from npcrepro.pipelines import xue2020
@@ -356,7 +354,7 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_jobs(jobs: Sequence[str], *, workers: int = 1, progress: bool = True, **common) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_methods(jobs: Sequence[str], *, workers: int = 1, progress: bool = True, **common) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run leaderboard jobs (in a spawn process pool when ``workers > 1``); returns (per-case rows,
     facts per method). A failing job raises with its method's name."""
     import concurrent.futures as cf
@@ -437,7 +435,7 @@ def run_track(name: str, dataset, P: Mapping[str, Any], *, methods: Sequence[Met
     rf = RunFolder.create(P["out_dir"], P["profile"], PAPER, name, params=params, device="cpu")
     S = dict(P)
     t0 = time.perf_counter()
-    table, facts = run_jobs(jobs_for(methods), workers=int(P["workers"]), progress=progress,
+    table, facts = run_methods(jobs_for(methods), workers=int(P["workers"]), progress=progress,
                             data=str(dataset.root), train=train, test=test, S=S, run=str(rf.path),
                             structure=structure, seed=int(P["seed"]))
     seconds = time.perf_counter() - t0
@@ -531,10 +529,9 @@ def summary(track: Track, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
 
 def leaderboard_table(track: Track, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """The leaderboard: one row per method (sorted by mean DSC), each metric as ``mean [95% CI]``,
-    the paired p-value (Wilcoxon) of DSC against the method's U-Net baseline, parameters and
-    training time."""
+    the paired difference and Wilcoxon p-value of DSC against the method's U-Net baseline, and the
+    number of test patients with an empty prediction."""
     s = summary(track, n_boot, seed)
-    facts = track.facts.set_index("method")
     rows = []
     for m in track.methods:
         sm = s[s["method"] == m.key].set_index("metric")
@@ -629,13 +626,28 @@ def claims_table(track: Track) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: Each paper's proposed method in the leaderboard.
+PROPOSED = {"li2018": "li2018_cnn", "xue2020": "deeplab_ct", "luo2020": "luo_ours_ct", "guo2021": "cscn",
+            "chen2020": "mmfnet"}
+
+
+def record_headlines(track: Track) -> list[dict]:
+    """Record each paper's method's mean DSC under the common protocol for the book's introduction
+    (see :func:`npcrepro.summary.record_headline`)."""
+    from npcrepro.summary import record_headline
+
+    present = set(track.table["method"])
+    return [record_headline(paper, key, track.table, source="leaderboard", data=track.data_label,
+                            label=BY_KEY[key].label)
+            for paper, key in PROPOSED.items() if key in present]
+
+
 def headline_table(track: Track) -> pd.DataFrame:
     """Each paper's proposed method: reported DSC (its own data) and the common protocol's mean DSC
     with 95% CI (phantom), side by side."""
     s = summary(track).set_index(["method", "metric"])
     rows = []
-    for paper, key in (("li2018", "li2018_cnn"), ("xue2020", "deeplab_ct"), ("luo2020", "luo_ours_ct"),
-                       ("guo2021", "cscn"), ("chen2020", "mmfnet")):
+    for paper, key in PROPOSED.items():
         m = BY_KEY[key]
         if (key, "dice") not in s.index:
             continue
