@@ -343,6 +343,8 @@ register_profile("template", "gpu", n_cases=40, n_test=8, n_val=4, channel="T1",
 register_choices("template", channel=["CT", "T1", "T2", "CET1"])
 
 # Pages that only read other chapters' outputs: the common parameters and nothing else.
-for _page in ("intro", "reproducibility"):
-    for _profile in PROFILES:
-        register_profile(_page, _profile)
+for _profile in PROFILES:
+    register_profile("intro", _profile)
+    register_profile("reproducibility", _profile)
+    # explorer: "" = the newest leaderboard run (else the newest with predictions) / its best case
+    register_profile("explorer", _profile, run="", case="")

@@ -31,9 +31,39 @@ def test_book_builds_with_every_page(book_copy, run_notebook):
         page = html / (f.replace("book/runs/cpu/", "book/runs/smoke/") + ".html")
         assert page.exists(), f"missing page {page}"
     # Chapters that draw figures carry them as images in the HTML.
-    for name in ("data",):
+    for name in ("data", "leaderboard", "explorer", "reproducibility"):
         text = (html / "book" / "runs" / "smoke" / f"{name}.html").read_text(encoding="utf-8")
-        assert len(re.findall(r"<img [^>]*src=", text)) >= 2, f"{name}: no figures in HTML"
+        assert len(re.findall(r"<img [^>]*src=", text)) >= 1, f"{name}: no figures in HTML"
+    # The explorer's saved widget state is embedded, with the vendored (local) widget manager.
+    text = (html / "book" / "runs" / "smoke" / "explorer.html").read_text(encoding="utf-8")
+    assert "application/vnd.jupyter.widget-state+json" in text
+    assert "vendor/widgets/embed-amd.js" in text and "cdn.jsdelivr" not in text
+    # The intro's table has one row per paper with the reported number.
+    intro = (html / "book" / "runs" / "smoke" / "intro.html").read_text(encoding="utf-8")
+    for paper in ("li2018", "xue2020", "luo2020", "guo2021", "chen2020"):
+        assert paper in intro
+    assert "0.760" in intro  # xue2020's reported DSC, from npcrepro.papers
+
+
+@pytest.mark.slow
+def test_built_book_draws_widgets_and_figures_offline_in_chromium(book_copy, run_notebook, tmp_path):
+    """The browser check: headless Chromium with every host name unresolvable opens the built
+    explorer and leaderboard pages; the widget manager must draw the explorer's widgets and every
+    figure must load. Skipped (with the reason) when Chromium is not installed."""
+    from npcrepro.browsercheck import check_page, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium); browser check not run")
+    html = book_copy / "_build" / "html" / "book" / "runs" / "smoke"
+    if not (html / "explorer.html").exists():
+        test_book_builds_with_every_page(book_copy, run_notebook)
+    report = check_page(html / "explorer.html", tmp_path / "explorer.png", expect_widgets=5,
+                        expect_figures=2)
+    assert report["ok"], report["reasons"]
+    assert not report["external_requests"] and not report["missing_local"]
+    report = check_page(html / "leaderboard.html", tmp_path / "leaderboard.png", expect_widgets=0,
+                        expect_figures=2)
+    assert report["ok"], report["reasons"]
 
 
 def test_toc_points_at_the_cpu_runs_and_existing_pages():
