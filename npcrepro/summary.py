@@ -136,12 +136,21 @@ def intro_table(runs: str | Path) -> pd.DataFrame:
 
 
 def timing_table(runs: str | Path) -> pd.DataFrame:
-    """Seconds per executed chapter and the total, as recorded when each was executed."""
+    """Seconds per executed chapter as recorded when each was executed, their sum, and the wall-clock
+    span from the first start to the last end (less than the sum when chapters ran side by side;
+    it spans earlier builds too when some chapters were up to date)."""
     f = chapter_facts(runs)
     if f.empty:
         return f
     t = f[["chapter", "seconds", "executed_at"]].copy()
-    t["minutes"] = (t["seconds"].astype(float) / 60).round(2)
-    total = pd.DataFrame([{"chapter": "total", "seconds": float(t["seconds"].astype(float).sum()),
-                           "executed_at": "", "minutes": round(float(t["seconds"].astype(float).sum()) / 60, 2)}])
-    return pd.concat([t, total], ignore_index=True)
+    t["seconds"] = t["seconds"].astype(float)
+    end = pd.to_datetime(t["executed_at"], errors="coerce", utc=True)
+    start = end - pd.to_timedelta(t["seconds"], unit="s")
+    total = float(t["seconds"].sum())
+    span = (end.max() - start.min()).total_seconds() if end.notna().all() else math.nan
+    extra = pd.DataFrame([{"chapter": "sum", "seconds": total, "executed_at": ""},
+                          {"chapter": "wall clock", "seconds": span, "executed_at": ""}])
+    t = pd.concat([t, extra], ignore_index=True)
+    t["minutes"] = (t["seconds"] / 60).round(2)
+    t["seconds"] = t["seconds"].round(1)
+    return t

@@ -60,7 +60,9 @@ def test_chapter_facts_and_timing_total(tmp_path):
     assert f.loc["xue2020", "parameters"] == "defaults"
     assert f.loc["li2018", "git"] == "abcdef1234 (modified)"
     t = summary.timing_table(tmp_path).set_index("chapter")
-    assert t.loc["total", "seconds"] == 90.0 and t.loc["total", "minutes"] == 1.5
+    assert t.loc["sum", "seconds"] == 90.0 and t.loc["sum", "minutes"] == 1.5
+    # both ended at the same moment: the 60 s one started first, so the span is 60 s
+    assert t.loc["wall clock", "seconds"] == 60.0
 
 
 def test_empty_runs_folder_gives_empty_tables(tmp_path):
