@@ -130,3 +130,25 @@ def test_smoke_run_writes_predictions_and_scores_every_test_patient(tmp_path, on
     assert set(L.METRICS) <= set(track.table.columns)
     assert np.all((track.table["dice"] >= 0) & (track.table["dice"] <= 1))
     assert len(L.leaderboard_table(track, n_boot=100)) == len(keys)
+
+
+@pytest.mark.slow
+def test_a_job_gives_the_same_numbers_whatever_ran_before_it(tmp_path, one_torch_thread):
+    """Pool workers run several jobs: initial weights must not depend on the jobs before."""
+    from npcrepro.engine import RunFolder
+    from npcrepro.profiles import load_data
+
+    P = resolve("leaderboard", "smoke", out_dir=str(tmp_path))
+    ds = load_data(P)
+    train, test = L.holdout(list(ds.cases), P.n_test, 0)
+    kw = dict(data=str(ds.root), train=train, test=test, S=dict(P))
+
+    def dice(job):
+        run = RunFolder.create(tmp_path / "r", "smoke", "lb", job)
+        out = L.run_job(job, run=str(run.path), **kw)
+        return [r["dice"] for r in out["rows"]], out["facts"][0]["final_loss"]
+
+    first = dice("guo_cnn")
+    torch.rand(100)  # disturb the global RNG, as another job would
+    dice("fcn8_ct")
+    assert dice("guo_cnn") == first
