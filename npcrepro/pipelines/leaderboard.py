@@ -692,9 +692,9 @@ def reading(track: Track) -> str:
                      "not trained enough at this budget, which says nothing about the architecture.")
     c = claims_table(track)
     if len(c):
-        lines.append(f"Of {len(c)} testable claims of the papers, {int((c['verdict'] == 'holds').sum())} held, "
-                     f"{int((c['verdict'] == 'reversed').sum())} were reversed and "
-                     f"{int((c['verdict'] != 'holds').sum() - (c['verdict'] == 'reversed').sum())} were not shown.")
+        held, rev = int((c["verdict"] == "holds").sum()), int((c["verdict"] == "reversed").sum())
+        lines.append(f"Testable claims of the papers: {len(c)}; held: {held}, reversed: {rev}, "
+                     f"not shown: {len(c) - held - rev}.")
     return " ".join(lines)
 
 
