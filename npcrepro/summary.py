@@ -48,8 +48,11 @@ def record_headline(paper: str, method: str, table: pd.DataFrame, *, column: str
 
     rec = {"paper": paper, "method": label or method, "metric": metric, "source": source, "data": data,
            **headline_of(table, method, column=column, metric=metric)}
-    sd = "" if math.isnan(rec["sd"]) else f" ± {rec['sd']:.3f}"
-    text = f"headline ({source}): {paper} {rec['method']} {metric} {rec['mean']:.3f}{sd} over {rec['n']} patients"
+    # NaN is not JSON (the notebook would store it as the string "nan"): None instead
+    rec = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+    mean = "n/a" if rec["mean"] is None else f"{rec['mean']:.3f}"
+    sd = "" if rec["sd"] is None else f" ± {rec['sd']:.3f}"
+    text = f"headline ({source}): {paper} {rec['method']} {metric} {mean}{sd} over {rec['n']} patients"
     display({HEADLINE_MIME: rec, "text/plain": text}, raw=True)
     return rec
 
@@ -73,8 +76,11 @@ def read_headlines(runs: str | Path) -> pd.DataFrame:
                 rec = out.get("data", {}).get(HEADLINE_MIME)
                 if rec:
                     rows.append({**rec, "notebook": path.stem})
-    return pd.DataFrame(rows, columns=["paper", "method", "metric", "source", "data", "mean", "sd", "n", "notebook"]
-                        if not rows else None)
+    df = pd.DataFrame(rows, columns=["paper", "method", "metric", "source", "data", "mean", "sd", "n", "notebook"]
+                      if not rows else None)
+    for col in ("mean", "sd", "n"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")  # None / "nan" (older outputs) -> NaN
+    return df
 
 
 def chapter_facts(runs: str | Path, chapters: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -125,10 +131,12 @@ def intro_table(runs: str | Path) -> pd.DataFrame:
                "reported in": f"{where}, {n} patients" if n else where}
         for source, col in (("chapter", "this book: paper's recipe"), ("leaderboard", "this book: common protocol")):
             sel = h[(h["paper"] == paper) & (h["source"] == source)] if len(h) else h
-            if len(sel):
+            if len(sel) and pd.notna(sel.iloc[-1]["mean"]):
                 r = sel.iloc[-1]
                 sd = "" if pd.isna(r["sd"]) else f" ± {r['sd']:.3f}"
                 row[col] = f"{r['mean']:.3f}{sd} (n={int(r['n'])})"
+            elif len(sel):
+                row[col] = "no finite value"
             else:
                 row[col] = "not run"
         rows.append(row)

@@ -100,7 +100,7 @@ def _sha256(path: Path) -> str:
 
 def _up_to_date(widgets: Path, lock_sha: str) -> bool:
     try:
-        stamp = json.loads((widgets / STAMP).read_text())
+        stamp = json.loads((widgets / STAMP).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return (stamp.get("lock_sha256") == lock_sha
@@ -111,17 +111,17 @@ def _write_config_js(widgets: Path) -> None:
     """(Re)write config.js when its text differs from this module's (no npm needed for that)."""
     path = widgets / "config.js"
     try:
-        if path.read_text() == _CONFIG_JS:
+        if path.read_text(encoding="utf-8") == _CONFIG_JS:
             return
     except OSError:
         pass
     tmp = path.with_name(f".config.js.tmp-{os.getpid()}")
-    tmp.write_text(_CONFIG_JS)
+    tmp.write_text(_CONFIG_JS, encoding="utf-8")
     tmp.replace(path)
 
 
 def _locked_versions(lock: Path) -> dict[str, str]:
-    pkgs = json.loads(lock.read_text()).get("packages", {})
+    pkgs = json.loads(lock.read_text(encoding="utf-8")).get("packages", {})
     return {name: pkgs.get(f"node_modules/{name}", {}).get("version", "?")
             for name in ("@jupyter-widgets/html-manager", "requirejs")}
 
@@ -181,7 +181,7 @@ def ensure_widget_js(root: Path | None = None, log=print, *, keep_node_modules: 
 @contextlib.contextmanager
 def _exclusive(path: Path):
     """An advisory lock file, so parallel builds/tests do not run npm ci into the same folder."""
-    with open(path, "w") as fh:
+    with open(path, "w", encoding="utf-8") as fh:
         try:
             import fcntl
         except ImportError:  # not POSIX: no locking
@@ -216,7 +216,7 @@ def _install(vendor: Path, widgets: Path, lock: Path, lock_sha: str, log, keep_n
     _write_config_js(tmp)
     files.append("config.js")
     (tmp / STAMP).write_text(json.dumps({
-        "lock_sha256": lock_sha, "versions": _locked_versions(lock), "files": files}, indent=1) + "\n")
+        "lock_sha256": lock_sha, "versions": _locked_versions(lock), "files": files}, indent=1) + "\n", encoding="utf-8")
     old = vendor / f".{WIDGETS_SUBDIR}.old-{os.getpid()}"
     if widgets.exists():
         widgets.rename(old)
@@ -232,7 +232,7 @@ def _installed_match_lock(nm: Path, lock: Path) -> bool:
     """Whether node_modules holds the html-manager and requirejs versions the lock file pins."""
     for name, version in _locked_versions(lock).items():
         try:
-            got = json.loads((nm / name / "package.json").read_text()).get("version")
+            got = json.loads((nm / name / "package.json").read_text(encoding="utf-8")).get("version")
         except (OSError, ValueError):
             return False
         if got != version:

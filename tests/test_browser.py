@@ -38,7 +38,7 @@ def _quiet(*_a, **_k):
 
 
 def _sphinx_config() -> dict:
-    return yaml.safe_load((REPO / "_config.yml").read_text())["sphinx"]["config"]
+    return yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))["sphinx"]["config"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,8 +55,8 @@ def test_config_points_myst_nb_at_the_vendored_files():
 
 
 def test_pins_are_exact_and_match_ipywidgets():
-    deps = json.loads((VENDOR / "package.json").read_text())["dependencies"]
-    lock = json.loads((VENDOR / "package-lock.json").read_text())["packages"]
+    deps = json.loads((VENDOR / "package.json").read_text(encoding="utf-8"))["dependencies"]
+    lock = json.loads((VENDOR / "package-lock.json").read_text(encoding="utf-8"))["packages"]
     assert set(deps) == {"@jupyter-widgets/html-manager", "requirejs"}
     for name, pin in deps.items():
         assert re.fullmatch(r"\d+\.\d+\.\d+", pin), f"{name} is not pinned exactly: {pin}"
@@ -68,7 +68,7 @@ def test_pins_are_exact_and_match_ipywidgets():
 
 
 def test_downloads_are_git_ignored():
-    ignored = (VENDOR / ".gitignore").read_text().split()
+    ignored = (VENDOR / ".gitignore").read_text(encoding="utf-8").split()
     assert "node_modules/" in ignored and "widgets/" in ignored
 
 
@@ -100,7 +100,7 @@ def test_find_chromium_honours_env(tmp_path, monkeypatch):
     monkeypatch.delenv("CHROMIUM")
     assert fallback == find_chromium()
     fake = tmp_path / "my-chrome"
-    fake.write_text("#!/bin/sh\n")
+    fake.write_text("#!/bin/sh\n", encoding="utf-8")
     fake.chmod(0o755)
     monkeypatch.setenv("CHROMIUM", str(fake))
     assert find_chromium() == str(fake)
@@ -143,10 +143,10 @@ def test_ensure_widget_js_installs_once(vendored, monkeypatch):
     assert (widgets / "embed-amd.js").stat().st_size > 2_000_000
     assert list(widgets.glob("*.woff2")), "the widget CSS loads its fonts next to embed-amd.js"
     assert not (vendor / "node_modules").exists(), "node_modules would be copied into the build"
-    stamp = json.loads((widgets / webassets.STAMP).read_text())
-    pins = json.loads((vendor / "package.json").read_text())["dependencies"]
+    stamp = json.loads((widgets / webassets.STAMP).read_text(encoding="utf-8"))
+    pins = json.loads((vendor / "package.json").read_text(encoding="utf-8"))["dependencies"]
     assert stamp["versions"] == pins
-    assert "RequireJS 2.3.8" in (widgets / "require.js").read_text()[:300]
+    assert "RequireJS 2.3.8" in (widgets / "require.js").read_text(encoding="utf-8")[:300]
 
     # second call: no npm, (almost) no time, nothing rewritten
     def no_npm(*_a, **_k):
@@ -161,9 +161,9 @@ def test_ensure_widget_js_installs_once(vendored, monkeypatch):
     assert all(v == {} for v in mapping.values())
     assert (widgets / "embed-amd.js").stat().st_mtime_ns == before
     # a stale config.js is rewritten without npm
-    (widgets / "config.js").write_text("// old\n")
+    (widgets / "config.js").write_text("// old\n", encoding="utf-8")
     webassets.ensure_widget_js(root, log=_quiet)
-    assert "require.config" in (widgets / "config.js").read_text()
+    assert "require.config" in (widgets / "config.js").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def executed_notebook(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_papermill_keeps_widget_state(executed_notebook):
-    meta = json.loads(executed_notebook.read_text())["metadata"]
+    meta = json.loads(executed_notebook.read_text(encoding="utf-8"))["metadata"]
     state = meta["widgets"]["application/vnd.jupyter.widget-state+json"]
     assert state["version_major"] == 2
     names = {m["model_name"] for m in state["state"].values()}
@@ -219,11 +219,11 @@ def test_papermill_keeps_widget_state(executed_notebook):
 def _build_book(root: Path, nb: Path, widgets: Path | None, sphinx_config: dict) -> Path:
     (root / Path(PAGE).parent).mkdir(parents=True)
     shutil.copy2(nb, root / f"{PAGE}.ipynb")
-    (root / "intro.md").write_text("# Intro\n\nA one-chapter book.\n")
-    (root / "_toc.yml").write_text(f"format: jb-book\nroot: intro\nchapters:\n  - file: {PAGE}\n")
+    (root / "intro.md").write_text("# Intro\n\nA one-chapter book.\n", encoding="utf-8")
+    (root / "_toc.yml").write_text(f"format: jb-book\nroot: intro\nchapters:\n  - file: {PAGE}\n", encoding="utf-8")
     config = {"title": "widget check", "only_build_toc_files": True,
               "execute": {"execute_notebooks": "off"}, "sphinx": {"config": sphinx_config}}
-    (root / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))  # keep script order
+    (root / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")  # keep script order
     if widgets is not None:
         shutil.copytree(widgets, root / webassets.VENDOR_DIR / "widgets")
     exe = Path(sys.executable).with_name("jupyter-book")
@@ -263,7 +263,7 @@ def test_book_page_draws_widgets_offline(vendored, executed_notebook, tmp_path):
     # the scripts are page-relative, in load order, and point at files Sphinx copied into _static
     html_root = tmp_path / "site" / "_build" / "html"
     parser = _Scripts()
-    parser.feed(page.read_text())
+    parser.feed(page.read_text(encoding="utf-8"))
     assert [s.split("?")[0] for s in parser.srcs] == [
         f"../../../_static/{k}" for k in cfg["nb_ipywidgets_js"]]
     for src in parser.srcs:

@@ -41,7 +41,7 @@ def _executed(path, name, records=(), seconds=12.5, params=None):
 def test_intro_table_puts_reported_next_to_chapter_and_leaderboard(tmp_path):
     rec = dict(paper="xue2020", method="DeepLabv3+", metric="dice", data="phantom", n=5)
     _executed(tmp_path, "xue2020", [dict(rec, source="chapter", mean=0.61, sd=0.05)])
-    _executed(tmp_path, "leaderboard", [dict(rec, source="leaderboard", mean=0.15, sd=math.nan, n=8)])
+    _executed(tmp_path, "leaderboard", [dict(rec, source="leaderboard", mean=0.15, sd="nan", n=8)])
     h = summary.read_headlines(tmp_path)
     assert sorted(h["notebook"]) == ["leaderboard", "xue2020"]
     t = summary.intro_table(tmp_path).set_index("paper")
@@ -50,6 +50,18 @@ def test_intro_table_puts_reported_next_to_chapter_and_leaderboard(tmp_path):
     assert t.loc["xue2020", "this book: common protocol"] == "0.150 (n=8)"
     assert t.loc["li2018", "this book: paper's recipe"] == "not run"
     assert list(t.index) == list(summary.PAPERS)
+
+
+def test_record_headline_stores_json_safe_values(capsys):
+    from unittest import mock
+
+    t = pd.DataFrame({"case": ["a"], "method": ["X"], "dice": [0.5]})
+    with mock.patch("IPython.display.display") as shown:
+        rec = summary.record_headline("li2018", "X", t)
+    assert rec["sd"] is None and rec["mean"] == 0.5 and rec["n"] == 1
+    data = shown.call_args.args[0]
+    json.dumps(data[summary.HEADLINE_MIME], allow_nan=False)
+    assert data["text/plain"].endswith("dice 0.500 over 1 patients")
 
 
 def test_chapter_facts_and_timing_total(tmp_path):
