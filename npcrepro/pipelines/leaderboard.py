@@ -437,7 +437,10 @@ def run_track(name: str, dataset, P: Mapping[str, Any], *, methods: Sequence[Met
     params = dict(P)
     if name != "phantom":
         params["data"] = str(dataset.root)
-    rf = RunFolder.create(P["out_dir"], P["profile"], PAPER, name, params=params, device="cpu")
+    from npcrepro.profiles import resolve_device
+
+    rf = RunFolder.create(P["out_dir"], P["profile"], PAPER, name, params=params,
+                          device=resolve_device(str(P.get("device") or "auto")))
     S = dict(P)
     t0 = time.perf_counter()
     table, facts = run_methods(jobs_for(methods), workers=int(P["workers"]), progress=progress,
