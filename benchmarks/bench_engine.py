@@ -7,6 +7,8 @@ Measures, for the template chapter's 2D U-Net on 128 x 128 slices (the phantom's
 * training throughput (samples/s): a bare optimisation step, and the same step through
   :class:`npcrepro.engine.Trainer` (data pipeline, bookkeeping) - their ratio is the engine overhead;
 * inference: ms per slice and s per 32-slice volume with :func:`npcrepro.engine.predict_slices`;
+* the bare step and inference again in contiguous (NCHW) memory: the engine's default is
+  channels-last on every device, and the ratio says what that buys here;
 * all of the above with ``torch.compile`` where it works (on failure it says so and skips).
 
 ``main(quick=False) -> dict`` returns the numbers (and prints them with ratios).
@@ -42,11 +44,15 @@ def _model(dev: torch.device) -> torch.nn.Module:
     return build("unet2d", in_channels=1, n_classes=1, widths=WIDTHS).to(dev)
 
 
-def _bare_train(model, dev, batch, steps, warmup) -> float:
-    """Samples/s of a plain optimisation loop (no data loading)."""
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
+def _bare_train(model, dev, batch, steps, warmup, channels_last: bool = True) -> float:
+    """Samples/s of a plain optimisation loop (no data loading), in the engine's memory format
+    (channels-last) unless ``channels_last=False``."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 1, SIZE, SIZE, generator=g).to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
     y = (torch.rand(batch, 1, SIZE, SIZE, generator=g) > 0.9).float().to(dev)
     model.train()
     for i in range(warmup + steps):
@@ -75,14 +81,15 @@ def _engine_train(dev, batch, steps) -> float:
     return float(np.nanmean([r["throughput"] for r in h.rows if r["throughput"]]))
 
 
-def _infer(model, dev, batch, reps) -> tuple[float, float]:
+def _infer(model, dev, batch, reps, channels_last: bool = True) -> tuple[float, float]:
     vol = np.random.default_rng(0).normal(size=(1, DEPTH, SIZE, SIZE)).astype(np.float32)
-    predict_slices(model, vol[:, :batch], batch_size=batch, device=dev)  # warm-up
+    kw = dict(batch_size=batch, device=dev, channels_last=channels_last)
+    predict_slices(model, vol[:, :batch], **kw)  # warm-up
     times = []
     for _ in range(reps):
         _sync(dev)
         t0 = time.perf_counter()
-        predict_slices(model, vol, batch_size=batch, device=dev)
+        predict_slices(model, vol, **kw)
         _sync(dev)
         times.append(time.perf_counter() - t0)
     per_volume = float(np.median(times))
@@ -115,6 +122,10 @@ def main(quick: bool = False, compile: bool = True, device: str = "auto") -> dic
     out["train_engine_eager_sps"] = _engine_train(dev, batch, steps)
     model = _model(dev)
     out["infer_eager_ms_per_slice"], out["infer_eager_s_per_volume"] = _infer(model, dev, 16, reps)
+    out["train_bare_contiguous_sps"] = _bare_train(_model(dev), dev, batch, steps, warmup,
+                                                   channels_last=False)
+    out["infer_contiguous_ms_per_slice"], out["infer_contiguous_s_per_volume"] = _infer(
+        _model(dev), dev, 16, reps, channels_last=False)
     out["compile"] = None
     if compile:
         compiled, why = _try_compile(_model(dev))
@@ -129,7 +140,11 @@ def main(quick: bool = False, compile: bool = True, device: str = "auto") -> dic
                 out["infer_compiled_ms_per_slice"], out["infer_compiled_s_per_volume"] = _infer(
                     compiled, dev, 16, reps)
     # ratios
-    r = {"engine_overhead (bare/engine)": out["train_bare_eager_sps"] / out["train_engine_eager_sps"]}
+    r = {"engine_overhead (bare/engine)": out["train_bare_eager_sps"] / out["train_engine_eager_sps"],
+         "train speed-up (channels-last/contiguous)": (out["train_bare_eager_sps"]
+                                                       / out["train_bare_contiguous_sps"]),
+         "inference speed-up (contiguous/channels-last time)": (out["infer_contiguous_s_per_volume"]
+                                                                / out["infer_eager_s_per_volume"])}
     if out.get("train_bare_compiled_sps"):
         r["train speed-up (compiled/eager)"] = out["train_bare_compiled_sps"] / out["train_bare_eager_sps"]
         r["inference speed-up (eager/compiled time)"] = (out["infer_eager_s_per_volume"]
@@ -142,10 +157,11 @@ def main(quick: bool = False, compile: bool = True, device: str = "auto") -> dic
 def _print(out: dict) -> None:
     print(f"engine benchmark on {out['device']} ({out['threads']} threads), {out['model']}, "
           f"{out['input']} slices, batch {out['batch']}")
-    for k in ("train_bare_eager_sps", "train_engine_eager_sps", "train_bare_compiled_sps"):
+    for k in ("train_bare_eager_sps", "train_engine_eager_sps", "train_bare_contiguous_sps",
+              "train_bare_compiled_sps"):
         if out.get(k) is not None:
             print(f"  {k:<32} {out[k]:10.1f} samples/s")
-    for k in ("infer_eager", "infer_compiled"):
+    for k in ("infer_eager", "infer_contiguous", "infer_compiled"):
         if out.get(f"{k}_ms_per_slice") is not None:
             print(f"  {k:<32} {out[f'{k}_ms_per_slice']:10.2f} ms/slice  "
                   f"{out[f'{k}_s_per_volume']:.3f} s/volume ({DEPTH} slices)")

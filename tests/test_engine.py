@@ -333,6 +333,40 @@ def test_blending_weights_normalise():
         assert s[0] == 0 and s[-1] == size - patch and all(b - a <= step for a, b in zip(s, s[1:]))
 
 
+def test_inference_runs_channels_last_and_leaves_the_model_as_it_was():
+    from npcrepro.engine.device import channels_last_model, conv_memory_format
+
+    torch.manual_seed(0)
+    net3d = build("unet3d", in_channels=1, n_classes=1, widths=[4, 8]).eval()
+    net2d = build("unet2d", in_channels=1, n_classes=1, widths=[4, 8]).eval()
+    assert conv_memory_format(net3d) is torch.channels_last_3d
+    assert conv_memory_format(net2d) is torch.channels_last
+    assert conv_memory_format(torch.nn.Linear(2, 2)) is None
+    image = np.random.default_rng(2).normal(size=(1, 8, 16, 16)).astype(np.float32)
+    for net, run in ((net3d, lambda m, **k: predict_sliding_window(m, image, (8, 16, 16), **k)),
+                     (net2d, lambda m, **k: predict_slices(m, image, **k))):
+        plain = run(net, channels_last=False)
+        fast = run(net, channels_last=True)
+        np.testing.assert_allclose(fast, plain, atol=1e-5)
+        assert all(p.is_contiguous() for p in net.parameters())  # converted back afterwards
+    fmt = torch.channels_last_3d
+    net3d.to(memory_format=fmt)  # a model already channels-last (as the Trainer leaves it) stays so
+    with channels_last_model(net3d) as got:
+        assert got is fmt
+    assert all(p.is_contiguous(memory_format=fmt) for p in net3d.parameters() if p.dim() == 5)
+
+
+def test_trainer_keeps_conv_models_channels_last_on_every_device():
+    data = torch.utils.data.TensorDataset(torch.randn(4, 1, 8, 8), torch.zeros(4, 1, 8, 8))
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Conv2d(2, 1, 1))
+    Trainer(net, bce, data, batch_size=2, iterations=2, progress=False, device="cpu").fit()
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1))
+    Trainer(net, bce, data, batch_size=2, iterations=2, progress=False, device="cpu",
+            channels_last=False).fit()
+    assert net[0].weight.is_contiguous()
+
+
 def test_predict_slices_matches_direct_calls():
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 2, 3, padding=1)

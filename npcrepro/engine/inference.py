@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from npcrepro.engine.data import prepare_case, slice_stack
-from npcrepro.engine.device import resolve_device
+from npcrepro.engine.device import channels_last_model, resolve_device
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.transforms import Preprocessed, invert
 
@@ -70,21 +70,21 @@ def predict_slices(model: torch.nn.Module, image: np.ndarray, *, batch_size: int
     dev = _model_device(model, device)
     was_training = model.training
     model.eval()
-    fmt = torch.channels_last if (channels_last and dev.type == "cuda") else None
     out = None
     nz = image.shape[1]
     kw = forward_kwargs or {}
-    for start in range(0, nz, batch_size):
-        zs = range(start, min(nz, start + batch_size))
-        x = torch.from_numpy(np.stack([slice_stack(image, z, context) for z in zs])).to(dev)
-        if fmt is not None:
-            x = x.contiguous(memory_format=fmt)
-        with _autocast(dev, amp):
-            y = _out(model(x, **kw))
-        p = activate(y.float(), activation).cpu().numpy()
-        if out is None:
-            out = np.zeros((p.shape[1], nz) + p.shape[2:], np.float32)
-        out[:, start:start + len(zs)] = p.transpose(1, 0, 2, 3)
+    with channels_last_model(model, channels_last) as fmt:
+        for start in range(0, nz, batch_size):
+            zs = range(start, min(nz, start + batch_size))
+            x = torch.from_numpy(np.stack([slice_stack(image, z, context) for z in zs])).to(dev)
+            if fmt is torch.channels_last:
+                x = x.contiguous(memory_format=fmt)
+            with _autocast(dev, amp):
+                y = _out(model(x, **kw))
+            p = activate(y.float(), activation).cpu().numpy()
+            if out is None:
+                out = np.zeros((p.shape[1], nz) + p.shape[2:], np.float32)
+            out[:, start:start + len(zs)] = p.transpose(1, 0, 2, 3)
     model.train(was_training)
     return out
 
@@ -147,25 +147,25 @@ def predict_sliding_window(model: torch.nn.Module, image: np.ndarray, patch_size
     w_t = torch.from_numpy(weights).to(dev)
     was_training = model.training
     model.eval()
-    fmt = torch.channels_last_3d if (channels_last and dev.type == "cuda") else None
     acc = None
     norm = np.zeros(full, np.float32)
     kw = forward_kwargs or {}
     corners = list(itertools.product(*starts))
-    for b in range(0, len(corners), batch_size):
-        chunk = corners[b:b + batch_size]
-        x = torch.from_numpy(np.stack([image[:, z:z + patch[0], y:y + patch[1], q:q + patch[2]]
-                                       for z, y, q in chunk])).to(dev)
-        if fmt is not None:
-            x = x.contiguous(memory_format=fmt)
-        with _autocast(dev, amp):
-            out = _out(model(x, **kw))
-        p = (activate(out.float(), activation) * w_t).cpu().numpy()
-        if acc is None:
-            acc = np.zeros((p.shape[1],) + full, np.float32)
-        for (z, y, q), pi in zip(chunk, p):
-            acc[:, z:z + patch[0], y:y + patch[1], q:q + patch[2]] += pi
-            norm[z:z + patch[0], y:y + patch[1], q:q + patch[2]] += weights
+    with channels_last_model(model, channels_last) as fmt:
+        for b in range(0, len(corners), batch_size):
+            chunk = corners[b:b + batch_size]
+            x = torch.from_numpy(np.stack([image[:, z:z + patch[0], y:y + patch[1], q:q + patch[2]]
+                                           for z, y, q in chunk])).to(dev)
+            if fmt is torch.channels_last_3d:
+                x = x.contiguous(memory_format=fmt)
+            with _autocast(dev, amp):
+                out = _out(model(x, **kw))
+            p = (activate(out.float(), activation) * w_t).cpu().numpy()
+            if acc is None:
+                acc = np.zeros((p.shape[1],) + full, np.float32)
+            for (z, y, q), pi in zip(chunk, p):
+                acc[:, z:z + patch[0], y:y + patch[1], q:q + patch[2]] += pi
+                norm[z:z + patch[0], y:y + patch[1], q:q + patch[2]] += weights
     model.train(was_training)
     acc /= norm[None]
     crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, shape))

@@ -38,7 +38,8 @@ from torch import nn
 
 from npcrepro.engine import distributed as D
 from npcrepro.engine.data import epoch_plan, item_rng
-from npcrepro.engine.device import configure_determinism, resolve_device, rng_state, set_rng_state
+from npcrepro.engine.device import (configure_determinism, conv_memory_format, resolve_device, rng_state,
+                                    set_rng_state)
 from npcrepro.engine.schedules import Schedule, make_optimizer, make_schedule
 from npcrepro.errors import DataError, ParameterError
 
@@ -258,7 +259,10 @@ class Trainer:
         Updates per epoch (chen2020: 75); default ``len(train_data) // batch_size`` (at least 1).
     seed : int
     device : "auto" | "cpu" | "cuda" | ...
-    amp, amp_dtype, channels_last : CUDA only (ignored on CPU).
+    amp, amp_dtype : CUDA only (ignored on CPU).
+    channels_last : bool
+        Keep the model and its inputs in channels-last memory (NHWC / NDHWC) on every device: faster
+        convolutions on CUDA and on CPU alike (``npcrepro bench engine`` prints the ratio).
     compile : bool | "auto"
         ``torch.compile`` the model: off by default; "auto" compiles on CUDA only (where it pays off;
         on CPU compilation takes longer than the short runs of the cpu profile save).
@@ -372,11 +376,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self._amp_dtype == torch.float16)
         self.model.to(dev)
         self._memory_format = None
-        if self.cuda and self.channels_last:
-            convs = [m for m in self.model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
-            if convs:
-                self._memory_format = (torch.channels_last if isinstance(convs[0], nn.Conv2d)
-                                       else torch.channels_last_3d)
+        if self.channels_last:
+            self._memory_format = conv_memory_format(self.model)
+            if self._memory_format is not None:
                 self.model.to(memory_format=self._memory_format)
         self._ready = True
 
