@@ -17,6 +17,7 @@ test: env
 check-browser: env
 	@$(PY) -m npcrepro.browsercheck _build/html/book/runs/$(PROFILE)/explorer.html --expect-widgets 5
 	@$(PY) -m npcrepro.browsercheck _build/html/book/runs/$(PROFILE)/leaderboard.html --expect-widgets 0
+	@$(PY) -m npcrepro.browsercheck _build/html/book/metrics.html --expect-widgets 0 --expect-figures 0 --expect-math 10
 
 bench: env
 	@$(PY) -m npcrepro bench

@@ -8,9 +8,12 @@ file directly with ``serve=False``) and runs Chromium twice with every host name
    manager drew them -- elements with both ``lm-Widget`` and ``jupyter-widgets`` classes; the
    ``<script type="application/vnd.jupyter.widget-view+json">`` placeholders myst-nb writes do not
    count. Figures are the page's ``<img>``s that loaded (a file under ``_images/`` that the server
-   sent, or a widget image's ``blob:``/``data:`` URL). The NetLog lists every request the *page* tried
-   to send off this machine (the browser's own update/account pings are left out); the server log
-   lists local files the page asked for and did not get.
+   sent, or a widget image's ``blob:``/``data:`` URL). Formulas are MathJax's ``<mjx-container>``
+   elements. The NetLog lists every request the *page* tried to send off this machine (the
+   browser's own update/account pings are left out); the server log lists local files the page
+   asked for and did not get. Independently of timing, every ``<script src>`` and ``<link href>``
+   in the page file or the final DOM that points off this machine fails the check (a deferred
+   script may not have been requested yet when the DOM is dumped).
 2. ``--screenshot --window-size=1280,2000``: the PNG must not be blank (share of non-white pixels).
 
 Command line: ``python -m npcrepro.browsercheck _build/html/book/runs/smoke/explorer.html`` prints
@@ -73,6 +76,8 @@ class _DomCounter(HTMLParser):
         self.placeholders = 0
         self.imgs: list[dict[str, str]] = []
         self.text_errors: list[str] = []
+        self.math = 0
+        self.remote_refs: list[str] = []
         self._script_type: str | None = None
 
     def handle_starttag(self, tag, attrs):
@@ -83,6 +88,11 @@ class _DomCounter(HTMLParser):
             kind = next((c for c in classes if c.startswith("widget-") and c not in
                          ("widget-inline-hbox", "widget-container", "widget-box")), "widget")
             self.widget_kinds[kind] = self.widget_kinds.get(kind, 0) + 1
+        if tag == "mjx-container":  # one typeset formula (MathJax 3)
+            self.math += 1
+        ref = a.get("src") if tag == "script" else a.get("href") if tag == "link" else ""
+        if ref and urlsplit(ref).scheme in ("http", "https") and not _is_local_host(urlsplit(ref).hostname):
+            self.remote_refs.append(ref)
         if tag == "script":
             self._script_type = a.get("type", "")
             if self._script_type == "application/vnd.jupyter.widget-view+json":
@@ -100,6 +110,10 @@ class _DomCounter(HTMLParser):
         for err in _WIDGET_ERRORS:
             if err in data:
                 self.text_errors.append(data.strip()[:200])
+
+
+def _is_local_host(host: str | None) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def _is_content_image(img: dict[str, str]) -> bool:
@@ -193,7 +207,7 @@ def _page_requests_off_machine(netlog: Path) -> list[str]:
         if not url or initiator == "not an origin":  # browser-internal (update checks, accounts)
             continue
         host = urlsplit(url).hostname or ""
-        if host not in ("127.0.0.1", "localhost") and url not in urls:
+        if not _is_local_host(host) and url not in urls:
             urls.append(url)
     return urls
 
@@ -208,15 +222,17 @@ def _nonwhite_fraction(png: Path, level: int = 245) -> float:
 
 
 def check_page(html: Path, screenshot: Path, *, expect_widgets: int = 1, expect_figures: int = 1,
-               timeout_s: float = 60, min_nonwhite: float = 0.02, serve: bool = True,
-               budget_ms: int = 15000, chromium: str | None = None) -> dict:
+               expect_math: int = 0, timeout_s: float = 60, min_nonwhite: float = 0.02,
+               serve: bool = True, budget_ms: int = 15000, chromium: str | None = None) -> dict:
     """Render ``html`` in headless Chromium with no network and report what it drew.
 
     ``timeout_s`` bounds each of the two browser runs. ``serve=False`` opens the ``file://`` URL
     instead of serving the site from 127.0.0.1 (then missing local files are not detected).
     Returns a dict with ``widgets_rendered``, ``widget_placeholders``, ``widget_kinds``, ``images``
-    (loaded content images: ``static_images`` + ``widget_images``), ``nonwhite_fraction``,
-    ``external_requests``, ``missing_local``, ``widget_errors``, ``console``, ``ok`` and ``reasons``.
+    (loaded content images: ``static_images`` + ``widget_images``), ``math_rendered``,
+    ``nonwhite_fraction``, ``remote_references``, ``external_requests``, ``missing_local``,
+    ``widget_errors``, ``console``, ``ok`` and ``reasons``. ``expect_math``: formulas MathJax must
+    have typeset.
     Raises :class:`~npcrepro.errors.NpcreproError` when there is no browser or no such page.
     """
     html, screenshot = Path(html).resolve(), Path(screenshot).resolve()
@@ -256,6 +272,10 @@ def check_page(html: Path, screenshot: Path, *, expect_widgets: int = 1, expect_
     counter = _DomCounter()
     counter.feed(dom)
     counter.close()
+    page_refs = _DomCounter()
+    page_refs.feed(html.read_text(encoding="utf-8", errors="replace"))
+    page_refs.close()
+    remote = list(dict.fromkeys(page_refs.remote_refs + counter.remote_refs))
     got = {path for path, status in served if status < 400}
     missing = sorted({p for p, status in served if status >= 400 and not p.endswith("favicon.ico")})
     static_imgs = widget_imgs = 0
@@ -278,6 +298,7 @@ def check_page(html: Path, screenshot: Path, *, expect_widgets: int = 1, expect_
         widget_kinds=counter.widget_kinds, images=static_imgs + widget_imgs,
         static_images=static_imgs, widget_images=widget_imgs,
         nonwhite_fraction=_nonwhite_fraction(screenshot) if screenshot.is_file() else 0.0,
+        math_rendered=counter.math, remote_references=remote,
         external_requests=external, missing_local=missing, widget_errors=counter.text_errors,
         console=console[:30], screenshot=str(screenshot),
     )
@@ -289,8 +310,13 @@ def check_page(html: Path, screenshot: Path, *, expect_widgets: int = 1, expect_
     if report["nonwhite_fraction"] <= min_nonwhite:
         reasons.append(f"screenshot nearly blank: {report['nonwhite_fraction']:.1%} non-white "
                        f"(need > {min_nonwhite:.1%})")
+    if counter.math < expect_math:
+        reasons.append(f"{counter.math} formula(s) typeset, expected >= {expect_math}")
     if external:
         reasons.append(f"the page tried {len(external)} off-machine request(s), e.g. {external[0]}")
+    if remote:
+        reasons.append(f"the page loads {len(remote)} script(s)/stylesheet(s) from off this machine, "
+                       f"e.g. {remote[0]}")
     if missing:
         reasons.append(f"{len(missing)} local file(s) missing, e.g. {missing[0]}")
     if counter.text_errors:
@@ -330,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="where to write the PNG (default: <temp dir>/<page>.png)")
     p.add_argument("--expect-widgets", type=int, default=1)
     p.add_argument("--expect-figures", type=int, default=1)
+    p.add_argument("--expect-math", type=int, default=0, help="formulas MathJax must typeset")
     p.add_argument("--min-nonwhite", type=float, default=0.02)
     p.add_argument("--timeout", type=float, default=60, help="seconds per browser run")
     p.add_argument("--file", action="store_true", help="open the file:// URL instead of serving it")
@@ -338,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     shot = a.screenshot or Path(tempfile.gettempdir()) / f"npcrepro-{a.page.stem}.png"
     try:
         r = check_page(a.page, shot, expect_widgets=a.expect_widgets, expect_figures=a.expect_figures,
-                       timeout_s=a.timeout, min_nonwhite=a.min_nonwhite, serve=not a.file)
+                       expect_math=a.expect_math, timeout_s=a.timeout, min_nonwhite=a.min_nonwhite,
+                       serve=not a.file)
     except NpcreproError as exc:
         print(f"error: {exc}")
         return 1
@@ -352,11 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     line("figures", r["images"] >= a.expect_figures,
          f"{r['images']} loaded ({r['static_images']} figure file(s), {r['widget_images']} widget "
          f"image(s); expected >= {a.expect_figures})")
+    line("maths", r["math_rendered"] >= a.expect_math,
+         f"{r['math_rendered']} formula(s) typeset (expected >= {a.expect_math})")
     line("pixels", r["nonwhite_fraction"] > a.min_nonwhite,
          f"{r['nonwhite_fraction']:.1%} non-white (need > {a.min_nonwhite:.1%}) in {r['screenshot']}")
     line("network", not r["external_requests"],
          "no request left this machine (host names unresolvable)" if not r["external_requests"]
          else f"{len(r['external_requests'])} off-machine request(s): {r['external_requests'][:3]}")
+    line("assets", not r["remote_references"],
+         "every script and stylesheet is served from this machine" if not r["remote_references"]
+         else f"{len(r['remote_references'])} from off this machine: {r['remote_references'][:3]}")
     line("local", not r["missing_local"],
          ("all requested files present" if a.file is False else "not checked (--file)")
          if not r["missing_local"] else f"missing: {r['missing_local'][:5]}")

@@ -1,4 +1,4 @@
-"""Vendored JavaScript that lets the HTML book draw ipywidgets with no network.
+"""Vendored JavaScript that lets the HTML book draw ipywidgets and typeset maths with no network.
 
 myst-nb adds the scripts named in the Sphinx option ``nb_ipywidgets_js`` to every page whose notebook
 metadata holds widget state (``metadata.widgets["application/vnd.jupyter.widget-state+json"]``). Its
@@ -19,10 +19,16 @@ Those keys are paths relative to ``_static``: myst-nb hands them to ``app.add_js
 The files come from the npm packages pinned in ``book/_static/vendor/package.json`` and its lock file
 (``@jupyter-widgets/html-manager`` bundles @jupyter-widgets/base, controls and output for ipywidgets 7
 and 8, plus the Font Awesome fonts its CSS loads relative to itself; ``requirejs`` is the AMD loader it
-needs). They are not committed: :func:`ensure_widget_js` runs ``npm ci`` and copies what the page needs
+needs). They are not committed: :func:`ensure_web_assets` runs ``npm ci`` and copies what the page needs
 into ``book/_static/vendor/widgets/`` (git-ignored), once per lock file.
 
-``config.js`` (written here, not from npm) runs between the two: the bundle defines *named* AMD modules,
+MathJax 3 (npm ``mathjax``) is vendored the same way into ``book/_static/vendor/mathjax/``: Sphinx
+and myst-nb put ``mathjax_path`` on every page that may hold maths, and its default is a CDN, so
+``_config.yml`` sets it to :data:`MATHJAX_PATH` (relative to ``_static``). The combined
+``tex-mml-chtml.js`` loads its fonts, and any TeX extension it autoloads, relative to itself; those
+folders are copied next to it (:data:`_MATHJAX_PARTS`).
+
+``config.js`` (written here, not from npm) runs between the two widget scripts: the bundle defines *named* AMD modules,
 so RequireJS would otherwise derive their URL -- and webpack its public path for the fonts -- from the
 page's folder; it maps those names onto ``embed-amd.js`` next to itself so everything loads from
 ``_static/vendor/widgets/``. Third-party widget modules (not in the bundle) would still fall back to
@@ -44,8 +50,14 @@ from .paths import repo_root
 
 #: Where the npm project lives, relative to the repository root.
 VENDOR_DIR = Path("book") / "_static" / "vendor"
-#: The sub-folder of :data:`VENDOR_DIR` that the book serves (git-ignored, made by ensure_widget_js).
+#: The sub-folders of :data:`VENDOR_DIR` that the book serves (git-ignored, made by ensure_web_assets).
 WIDGETS_SUBDIR = "widgets"
+MATHJAX_SUBDIR = "mathjax"
+#: Sphinx's ``mathjax_path`` (relative to ``_static``): the vendored MathJax instead of its CDN.
+MATHJAX_PATH = f"vendor/{MATHJAX_SUBDIR}/tex-mml-chtml.js"
+#: What MathJax needs next to tex-mml-chtml.js (paths relative to node_modules/mathjax/es5): its
+#: CHTML fonts, the TeX extensions it autoloads, the accessibility and menu modules it loads on demand.
+_MATHJAX_PARTS = ("tex-mml-chtml.js", "output/chtml/fonts/woff-v2", "input/tex/extensions", "a11y", "ui")
 #: The Sphinx static path (relative to the book root) that holds VENDOR_DIR.
 STATIC_DIR = Path("book") / "_static"
 STAMP = ".stamp.json"  # dot-file: Sphinx never copies it into the build
@@ -98,13 +110,16 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _up_to_date(widgets: Path, lock_sha: str) -> bool:
+def _up_to_date(vendor: Path, lock_sha: str) -> bool:
+    """Whether both served folders hold what the stamp (written last by :func:`_install`) lists."""
     try:
-        stamp = json.loads((widgets / STAMP).read_text(encoding="utf-8"))
+        stamp = json.loads((vendor / WIDGETS_SUBDIR / STAMP).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return (stamp.get("lock_sha256") == lock_sha
-            and all((widgets / name).is_file() for name in stamp.get("files", [])))
+            and all((vendor / WIDGETS_SUBDIR / name).is_file() for name in stamp.get("files", []))
+            and stamp.get("mathjax") == list(_MATHJAX_PARTS)
+            and all((vendor / MATHJAX_SUBDIR / name).exists() for name in _MATHJAX_PARTS))
 
 
 def _write_config_js(widgets: Path) -> None:
@@ -123,7 +138,7 @@ def _write_config_js(widgets: Path) -> None:
 def _locked_versions(lock: Path) -> dict[str, str]:
     pkgs = json.loads(lock.read_text(encoding="utf-8")).get("packages", {})
     return {name: pkgs.get(f"node_modules/{name}", {}).get("version", "?")
-            for name in ("@jupyter-widgets/html-manager", "requirejs")}
+            for name in ("@jupyter-widgets/html-manager", "mathjax", "requirejs")}
 
 
 def _npm_ci(vendor: Path, log) -> None:
@@ -132,7 +147,7 @@ def _npm_ci(vendor: Path, log) -> None:
         raise NpcreproError("npm not found: install Node.js with npm (e.g. `apt-get install npm`) to "
                             "fetch the widget JavaScript for the HTML book")
     cmd = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
-    log(f"[book] fetching pinned widget JavaScript ({' '.join(cmd[1:])} in {vendor}) ...")
+    log(f"[book] fetching pinned widget JavaScript and MathJax ({' '.join(cmd[1:])} in {vendor}) ...")
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=vendor, capture_output=True, text=True, timeout=600)
@@ -147,16 +162,17 @@ def _npm_ci(vendor: Path, log) -> None:
     log(f"[book] npm ci done in {time.perf_counter() - t0:.0f} s")
 
 
-def ensure_widget_js(root: Path | None = None, log=print, *, keep_node_modules: bool = False
-                     ) -> dict[str, dict[str, str]]:
-    """Make sure ``book/_static/vendor/widgets/`` holds the pinned widget JavaScript; return the
-    ``nb_ipywidgets_js`` mapping (the same value ``_config.yml`` sets).
+def ensure_web_assets(root: Path | None = None, log=print, *, keep_node_modules: bool = False
+                      ) -> dict[str, dict[str, str]]:
+    """Make sure ``book/_static/vendor/widgets/`` holds the pinned widget JavaScript and
+    ``book/_static/vendor/mathjax/`` the pinned MathJax; return the ``nb_ipywidgets_js`` mapping (the
+    same value ``_config.yml`` sets).
 
     Idempotent and fast (one hash of the lock file) when the files are there for the current
     ``package-lock.json``. Otherwise runs ``npm ci`` (needs npm and the npm registry), copies
-    require.js, embed-amd.js and its fonts, writes config.js and a stamp, and -- unless
-    ``keep_node_modules`` -- deletes ``node_modules`` again: it is ~130 MB, and Sphinx copies
-    everything under the static path into the build.
+    require.js, embed-amd.js and its fonts, MathJax's :data:`_MATHJAX_PARTS`, writes config.js and
+    a stamp, and -- unless ``keep_node_modules`` -- deletes ``node_modules`` again: it is ~150 MB,
+    and Sphinx copies everything under the static path into the build.
 
     Raises :class:`~npcrepro.errors.NpcreproError` when npm is missing or ``npm ci`` fails.
     """
@@ -167,13 +183,13 @@ def ensure_widget_js(root: Path | None = None, log=print, *, keep_node_modules: 
         raise NpcreproError(f"{lock} is missing (it pins the widget JavaScript; restore it from git)")
     widgets = vendor / WIDGETS_SUBDIR
     lock_sha = _sha256(lock)
-    if _up_to_date(widgets, lock_sha):
+    if _up_to_date(vendor, lock_sha):
         _write_config_js(widgets)
         return widget_js_mapping()
 
     with _exclusive(vendor / ".lock"):
-        if not _up_to_date(widgets, lock_sha):  # else another process did it while we waited
-            _install(vendor, widgets, lock, lock_sha, log, keep_node_modules)
+        if not _up_to_date(vendor, lock_sha):  # else another process did it while we waited
+            _install(vendor, lock, lock_sha, log, keep_node_modules)
     _write_config_js(widgets)
     return widget_js_mapping()
 
@@ -194,17 +210,20 @@ def _exclusive(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _install(vendor: Path, widgets: Path, lock: Path, lock_sha: str, log, keep_node_modules: bool
-             ) -> None:
+def _install(vendor: Path, lock: Path, lock_sha: str, log, keep_node_modules: bool) -> None:
     nm = vendor / "node_modules"
     if not _installed_match_lock(nm, lock):
         _npm_ci(vendor, log)
-    if not (_installed_match_lock(nm, lock) and all((nm / s).is_file() for s in _COPIED.values())):
+    mathjax_src = nm / "mathjax" / "es5"
+    if not (_installed_match_lock(nm, lock) and all((nm / s).is_file() for s in _COPIED.values())
+            and all((mathjax_src / part).exists() for part in _MATHJAX_PARTS)):
         raise NpcreproError(f"`npm ci` in {vendor} did not install the versions pinned in {lock.name}")
 
     tmp = vendor / f".{WIDGETS_SUBDIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp_mj = vendor / f".{MATHJAX_SUBDIR}.tmp-{os.getpid()}"
+    for d in (tmp, tmp_mj):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
     files = []
     for dest, src in _COPIED.items():
         shutil.copy2(nm / src, tmp / dest)
@@ -215,21 +234,29 @@ def _install(vendor: Path, widgets: Path, lock: Path, lock_sha: str, log, keep_n
             files.append(font.name)
     _write_config_js(tmp)
     files.append("config.js")
-    (tmp / STAMP).write_text(json.dumps({
-        "lock_sha256": lock_sha, "versions": _locked_versions(lock), "files": files}, indent=1) + "\n", encoding="utf-8")
-    old = vendor / f".{WIDGETS_SUBDIR}.old-{os.getpid()}"
-    if widgets.exists():
-        widgets.rename(old)
-    tmp.rename(widgets)
-    shutil.rmtree(old, ignore_errors=True)
+    for part in _MATHJAX_PARTS:
+        src, dst = mathjax_src / part, tmp_mj / part
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+    for final, made in ((vendor / MATHJAX_SUBDIR, tmp_mj), (vendor / WIDGETS_SUBDIR, tmp)):
+        old = vendor / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        made.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    # the stamp last: until it exists, the next call installs again
+    (vendor / WIDGETS_SUBDIR / STAMP).write_text(json.dumps({
+        "lock_sha256": lock_sha, "versions": _locked_versions(lock), "files": files,
+        "mathjax": list(_MATHJAX_PARTS)}, indent=1) + "\n", encoding="utf-8")
     if not keep_node_modules:
         shutil.rmtree(nm, ignore_errors=True)
-    size = sum((widgets / f).stat().st_size for f in files) / 1e6
-    log(f"[book] widget JavaScript ready in {widgets} ({len(files)} files, {size:.1f} MB)")
+    size = sum(p.stat().st_size for d in (WIDGETS_SUBDIR, MATHJAX_SUBDIR)
+               for p in (vendor / d).rglob("*") if p.is_file()) / 1e6
+    log(f"[book] widget JavaScript and MathJax ready in {vendor} ({size:.1f} MB)")
 
 
 def _installed_match_lock(nm: Path, lock: Path) -> bool:
-    """Whether node_modules holds the html-manager and requirejs versions the lock file pins."""
+    """Whether node_modules holds the html-manager, MathJax and requirejs versions the lock file pins."""
     for name, version in _locked_versions(lock).items():
         try:
             got = json.loads((nm / name / "package.json").read_text(encoding="utf-8")).get("version")

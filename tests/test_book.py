@@ -24,6 +24,8 @@ def test_book_builds_with_every_page(book_copy, run_notebook):
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                   if o.get("output_type") == "error"]
         assert not errors, f"{name}: {errors[0]['ename']}"
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and all("hide-cell" in c.metadata.tags for c in injected), name
     index = book.build_html("smoke", root=book_copy, log=lambda *_: None)
     assert index.exists()
     html = book_copy / "_build" / "html"
@@ -48,8 +50,8 @@ def test_book_builds_with_every_page(book_copy, run_notebook):
 @pytest.mark.slow
 def test_built_book_draws_widgets_and_figures_offline_in_chromium(book_copy, run_notebook, tmp_path):
     """The browser check: headless Chromium with every host name unresolvable opens the built
-    explorer and leaderboard pages; the widget manager must draw the explorer's widgets and every
-    figure must load. Skipped (with the reason) when Chromium is not installed."""
+    explorer, leaderboard and metrics pages; the widget manager must draw the explorer's widgets,
+    every figure must load and MathJax must typeset the formulas. Skipped (with the reason) when Chromium is not installed."""
     from npcrepro.browsercheck import check_page, find_chromium
 
     if find_chromium() is None:
@@ -63,6 +65,10 @@ def test_built_book_draws_widgets_and_figures_offline_in_chromium(book_copy, run
     assert not report["external_requests"] and not report["missing_local"]
     report = check_page(html / "leaderboard.html", tmp_path / "leaderboard.png", expect_widgets=0,
                         expect_figures=2)
+    assert report["ok"], report["reasons"]
+    # the metrics page's formulas, typeset by the vendored MathJax
+    report = check_page(html.parents[2] / "book" / "metrics.html", tmp_path / "metrics.png",
+                        expect_widgets=0, expect_figures=0, expect_math=10)
     assert report["ok"], report["reasons"]
 
 

@@ -1,5 +1,5 @@
-"""Offline widget rendering: the vendored widget JavaScript (npcrepro.webassets) and the headless
-Chromium check (npcrepro.browsercheck).
+"""Offline widgets and maths: the vendored widget JavaScript and MathJax (npcrepro.webassets) and the
+headless Chromium check (npcrepro.browsercheck).
 
 The unit tests need neither a browser nor the network (except the install test, which runs the real
 ``npm ci`` into a temp copy of book/_static/vendor and skips when npm or its registry is missing).
@@ -50,6 +50,8 @@ def test_config_points_myst_nb_at_the_vendored_files():
     assert list(cfg["nb_ipywidgets_js"].items()) == list(webassets.widget_js_mapping().items())
     assert list(cfg["nb_ipywidgets_js"]) == ["vendor/widgets/require.js", "vendor/widgets/config.js",
                                              "vendor/widgets/embed-amd.js"]  # load order matters
+    assert cfg["mathjax_path"] == webassets.MATHJAX_PATH  # not Sphinx's CDN default
+    assert "://" not in cfg["mathjax_path"] and not cfg["mathjax_path"].startswith("/")
     for url in cfg["nb_ipywidgets_js"]:
         assert "://" not in url and not url.startswith("/"), url
 
@@ -57,7 +59,7 @@ def test_config_points_myst_nb_at_the_vendored_files():
 def test_pins_are_exact_and_match_ipywidgets():
     deps = json.loads((VENDOR / "package.json").read_text(encoding="utf-8"))["dependencies"]
     lock = json.loads((VENDOR / "package-lock.json").read_text(encoding="utf-8"))["packages"]
-    assert set(deps) == {"@jupyter-widgets/html-manager", "requirejs"}
+    assert set(deps) == {"@jupyter-widgets/html-manager", "mathjax", "requirejs"}
     for name, pin in deps.items():
         assert re.fullmatch(r"\d+\.\d+\.\d+", pin), f"{name} is not pinned exactly: {pin}"
         assert lock[f"node_modules/{name}"]["version"] == pin
@@ -65,11 +67,12 @@ def test_pins_are_exact_and_match_ipywidgets():
     # ipywidgets 8 (widget state version_major 2) is drawn by html-manager 1.x
     assert version("ipywidgets").split(".")[0] == "8"
     assert deps["@jupyter-widgets/html-manager"].startswith("1.")
+    assert deps["mathjax"].startswith("3.")  # tex-mml-chtml.js, as Sphinx's mathjax_path expects
 
 
 def test_downloads_are_git_ignored():
     ignored = (VENDOR / ".gitignore").read_text(encoding="utf-8").split()
-    assert "node_modules/" in ignored and "widgets/" in ignored
+    assert {"node_modules/", "widgets/", "mathjax/"} <= set(ignored)
 
 
 def _vendor_copy(root: Path) -> Path:
@@ -84,14 +87,14 @@ def test_missing_npm_is_a_one_line_error(tmp_path, monkeypatch):
     _vendor_copy(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
     with pytest.raises(NpcreproError) as exc:
-        webassets.ensure_widget_js(tmp_path, log=_quiet)
+        webassets.ensure_web_assets(tmp_path, log=_quiet)
     msg = str(exc.value)
     assert "npm" in msg and "install" in msg and "\n" not in msg
 
 
 def test_missing_lock_file_is_an_error(tmp_path):
     with pytest.raises(NpcreproError, match="package-lock.json"):
-        webassets.ensure_widget_js(tmp_path, log=_quiet)
+        webassets.ensure_web_assets(tmp_path, log=_quiet)
 
 
 def test_find_chromium_honours_env(tmp_path, monkeypatch):
@@ -125,7 +128,7 @@ def vendored(tmp_path_factory) -> tuple[Path, float]:
     _vendor_copy(root)
     t0 = time.perf_counter()
     try:
-        webassets.ensure_widget_js(root, log=_quiet)
+        webassets.ensure_web_assets(root, log=_quiet)
     except NpcreproError as exc:
         if not _registry_reachable():
             pytest.skip(f"npm registry unreachable (`npm ping` failed): {exc}")
@@ -134,7 +137,7 @@ def vendored(tmp_path_factory) -> tuple[Path, float]:
 
 
 @pytest.mark.slow
-def test_ensure_widget_js_installs_once(vendored, monkeypatch):
+def test_ensure_web_assets_installs_once(vendored, monkeypatch):
     root, _ = vendored
     vendor = root / webassets.VENDOR_DIR
     widgets = vendor / "widgets"
@@ -147,6 +150,10 @@ def test_ensure_widget_js_installs_once(vendored, monkeypatch):
     pins = json.loads((vendor / "package.json").read_text(encoding="utf-8"))["dependencies"]
     assert stamp["versions"] == pins
     assert "RequireJS 2.3.8" in (widgets / "require.js").read_text(encoding="utf-8")[:300]
+    mathjax = vendor / "mathjax"
+    assert (mathjax / "tex-mml-chtml.js").stat().st_size > 500_000
+    assert list((mathjax / "output/chtml/fonts/woff-v2").glob("MathJax_Main-Regular.woff"))
+    assert (mathjax / "input/tex/extensions/physics.js").is_file()  # autoloaded on demand
 
     # second call: no npm, (almost) no time, nothing rewritten
     def no_npm(*_a, **_k):
@@ -155,14 +162,14 @@ def test_ensure_widget_js_installs_once(vendored, monkeypatch):
     monkeypatch.setattr(webassets, "_npm_ci", no_npm)
     before = (widgets / "embed-amd.js").stat().st_mtime_ns
     t0 = time.perf_counter()
-    mapping = webassets.ensure_widget_js(root, log=_quiet)
+    mapping = webassets.ensure_web_assets(root, log=_quiet)
     assert time.perf_counter() - t0 < 0.5
     assert mapping == webassets.widget_js_mapping() == _sphinx_config()["nb_ipywidgets_js"]
     assert all(v == {} for v in mapping.values())
     assert (widgets / "embed-amd.js").stat().st_mtime_ns == before
     # a stale config.js is rewritten without npm
     (widgets / "config.js").write_text("// old\n", encoding="utf-8")
-    webassets.ensure_widget_js(root, log=_quiet)
+    webassets.ensure_web_assets(root, log=_quiet)
     assert "require.config" in (widgets / "config.js").read_text(encoding="utf-8")
 
 
@@ -199,7 +206,8 @@ def executed_notebook(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("nb")
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_markdown_cell("# Widget check")]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Widget check\n\nThe area is $\\pi r^2$, and\n\n"
+                                              "$$\\mathrm{DSC} = \\frac{2|A \\cap B|}{|A| + |B|}$$")]
     nb.cells += [nbformat.v4.new_code_cell(src) for src in _CELLS]
     nbformat.write(nb, d / "in.ipynb")
     papermill.execute_notebook(str(d / "in.ipynb"), str(d / "out.ipynb"), kernel_name="python3",
@@ -216,16 +224,20 @@ def test_papermill_keeps_widget_state(executed_notebook):
     assert {"IntSliderModel", "ButtonModel", "ImageModel", "VBoxModel"} <= names
 
 
-def _build_book(root: Path, nb: Path, widgets: Path | None, sphinx_config: dict) -> Path:
+def _build_book(root: Path, nb: Path, vendor: Path | None, sphinx_config: dict) -> Path:
+    """A one-chapter Jupyter Book around ``nb`` with ``sphinx_config``; ``vendor``: a vendor folder
+    whose widgets/ and mathjax/ are copied into the book's static path (None: no local copies)."""
     (root / Path(PAGE).parent).mkdir(parents=True)
     shutil.copy2(nb, root / f"{PAGE}.ipynb")
     (root / "intro.md").write_text("# Intro\n\nA one-chapter book.\n", encoding="utf-8")
     (root / "_toc.yml").write_text(f"format: jb-book\nroot: intro\nchapters:\n  - file: {PAGE}\n", encoding="utf-8")
     config = {"title": "widget check", "only_build_toc_files": True,
-              "execute": {"execute_notebooks": "off"}, "sphinx": {"config": sphinx_config}}
+              "execute": {"execute_notebooks": "off"},
+              "parse": {"myst_enable_extensions": ["dollarmath"]}, "sphinx": {"config": sphinx_config}}
     (root / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")  # keep script order
-    if widgets is not None:
-        shutil.copytree(widgets, root / webassets.VENDOR_DIR / "widgets")
+    if vendor is not None:
+        for sub in ("widgets", "mathjax"):
+            shutil.copytree(vendor / sub, root / webassets.VENDOR_DIR / sub)
     exe = Path(sys.executable).with_name("jupyter-book")
     proc = subprocess.run([str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--quiet"],
                           capture_output=True, text=True, timeout=300)
@@ -257,8 +269,8 @@ def test_book_page_draws_widgets_offline(vendored, executed_notebook, tmp_path):
     _needs_chromium()
     root, _ = vendored
     cfg = _sphinx_config()
-    page = _build_book(tmp_path / "site", executed_notebook, root / webassets.VENDOR_DIR / "widgets",
-                       {k: cfg[k] for k in ("html_static_path", "nb_ipywidgets_js")})
+    page = _build_book(tmp_path / "site", executed_notebook, root / webassets.VENDOR_DIR,
+                       {k: cfg[k] for k in ("html_static_path", "nb_ipywidgets_js", "mathjax_path")})
 
     # the scripts are page-relative, in load order, and point at files Sphinx copied into _static
     html_root = tmp_path / "site" / "_build" / "html"
@@ -273,21 +285,25 @@ def test_book_page_draws_widgets_offline(vendored, executed_notebook, tmp_path):
     assert not (html_root / "_static/vendor/node_modules").exists()
 
     report = check_page(page, tmp_path / "explorer.png", expect_widgets=2, expect_figures=1,
-                        timeout_s=60)
+                        expect_math=2, timeout_s=60)
     assert report["ok"], report["reasons"]
     assert report["widgets_rendered"] >= 2  # VBox, IntSlider, Button, Image
     assert {"widget-slider", "widget-image"} <= set(report["widget_kinds"])
     assert report["static_images"] >= 1 and report["widget_images"] >= 1
     assert report["nonwhite_fraction"] > 0.02
     assert report["external_requests"] == [] and report["missing_local"] == []
+    assert report["remote_references"] == [] and report["math_rendered"] >= 2
 
 
 @pytest.mark.slow
 def test_check_detects_cdn_widgets(executed_notebook, tmp_path):
-    """Control: myst-nb's default CDN scripts cannot load with the network cut, and the check says so."""
+    """Control: myst-nb's and Sphinx's default CDN scripts (widgets, MathJax) cannot load with the
+    network cut, and the check says so."""
     _needs_chromium()
     page = _build_book(tmp_path / "site", executed_notebook, None, {})
     report = check_page(page, tmp_path / "cdn.png", expect_widgets=1, timeout_s=60)
     assert not report["ok"]
     assert report["widgets_rendered"] == 0 and report["widget_placeholders"] >= 1
     assert any("cdn" in u for u in report["external_requests"]), report["external_requests"]
+    assert report["math_rendered"] == 0
+    assert any("mathjax" in u for u in report["remote_references"]), report["remote_references"]
