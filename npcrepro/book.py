@@ -45,6 +45,9 @@ DEPENDS: dict[str, tuple[str, ...] | str] = {
 }
 PROFILES = ("smoke", "cpu", "gpu")
 KERNEL = "python3"
+#: The kernel's own log (not the notebook's output) at ERROR: ipykernel 7 otherwise warns on every
+#: start that its local TCP sockets are unencrypted, one line per chapter in the book's progress.
+_KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 class ChapterFailed(NpcreproError):
@@ -154,7 +157,7 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     try:
         pm.execute_notebook(str(root / "notebooks" / f"{name}.ipynb"), str(tmp), parameters=params,
                             kernel_name=KERNEL, cwd=str(root), progress_bar=False,
-                            log_output=False)
+                            log_output=False, extra_arguments=_KERNEL_ARGS)
     except pm.PapermillExecutionError as exc:
         failed = out.with_name(f"{out.stem}.failed.ipynb")
         if tmp.exists():
@@ -166,6 +169,10 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     from npcrepro.engine.runs import environment
 
     nb = json.loads(tmp.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):  # papermill's copy of the parameters: behind a toggle in the book
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "hide-cell" not in tags:
+            tags.append("hide-cell")
     nb.setdefault("metadata", {})["npcrepro"] = {
         "fingerprint": fp, "profile": profile, "parameters": params,
         "seconds": round(seconds, 1), "executed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -318,9 +325,9 @@ def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = 
            "--toc", str(toc_for(profile, root)), "--path-output", str(root)]
     if quiet:
         cmd.append("--quiet")
-    from npcrepro.webassets import ensure_widget_js
+    from npcrepro.webassets import ensure_web_assets
 
-    ensure_widget_js(root, log=log)  # the widget manager and require.js, vendored (no CDN)
+    ensure_web_assets(root, log=log)  # widget manager, require.js and MathJax, vendored (no CDN)
     log(f"[book] building HTML ({profile}) ...")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)

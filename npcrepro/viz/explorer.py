@@ -123,7 +123,7 @@ class Explorer:
                               description="Run", layout=lay(width="430px"))
         self.case = W.Dropdown(options=[], description="Case", layout=lay(width="230px"))
         self.plane = W.ToggleButtons(options=list(R.PLANES), value=plane, description="Plane",
-                                     style={"button_width": "64px"})
+                                     style={"button_width": "84px"})
         self.slice = W.IntSlider(value=0, min=0, max=0, description="Slice", continuous_update=False,
                                  layout=lay(width="280px"))
         self.modality = W.Dropdown(options=[], description="Image", layout=lay(width="200px"))
@@ -131,7 +131,7 @@ class Explorer:
         self.predictions = W.SelectMultiple(options=[], description="Predictions", rows=4,
                                             layout=lay(width="330px"))
         self.style = W.ToggleButtons(options=[("contour", "contour"), ("filled", "fill")], value=style,
-                                     description="Style", style={"button_width": "64px"})
+                                     description="Style", style={"button_width": "84px"})
         self.opacity = W.FloatSlider(value=float(opacity), min=0.0, max=1.0, step=0.05,
                                      description="Opacity", continuous_update=False,
                                      layout=lay(width="300px"))
