@@ -249,3 +249,19 @@ def test_notebook_is_clean_and_parameterised():
         assert re.search(rf"^{name} = ", params[0].source, re.M), name
     assert "_before = set(globals())" in code[0].source
     assert not any("MPLBACKEND" in c.source for c in nb.cells)
+
+
+def test_training_note_flags_a_model_that_did_not_learn():
+    from types import SimpleNamespace
+
+    def track(**best):
+        return SimpleNamespace(histories={m: SimpleNamespace(best_val_loss=v) for m, v in best.items()})
+
+    ok = X.training_note(track(**{"DeepLabv3+": 0.41, "U-Net": 0.44}))
+    assert ok.startswith("Both networks learned") and "DeepLabv3+ 0.41" in ok
+    bad = X.training_note(track(**{"DeepLabv3+": 0.92, "U-Net": 0.44}))
+    assert bad.startswith("DeepLabv3+ did not learn") and "U-Net did not" not in bad
+    assert "0.92" in bad and "failed training" in bad
+    edge = X.training_note(track(**{"DeepLabv3+": X.NOT_LEARNED_LOSS, "U-Net": 0.9}))
+    assert edge.startswith("DeepLabv3+ and U-Net did not learn")
+    assert "not known" in X.training_note(track(**{"U-Net": None}))

@@ -745,6 +745,30 @@ def case_table(track: Track) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: Best validation loss (1 - soft DSC) at or above which a model is reported as not having learned:
+#: its validation DSC never rose above 0.2.
+NOT_LEARNED_LOSS = 0.8
+
+
+def training_note(track: Track) -> str:
+    """One sentence on whether each model learned, from its best validation loss (1 - soft DSC).
+
+    A model that did not learn makes the comparison one between a failed training and a working one,
+    which the chapter must say next to the numbers rather than let them speak for the architecture."""
+    best = {m: h.best_val_loss for m, h in track.histories.items() if h.best_val_loss is not None}
+    if not best:
+        return "No validation loss was recorded, so whether the models learned is not known."
+    failed = [m for m, v in best.items() if v >= NOT_LEARNED_LOSS]
+    losses = ", ".join(f"{m} {v:.2f}" for m, v in best.items())
+    if not failed:
+        return f"Both networks learned (best validation loss, 1 − soft DSC: {losses})."
+    return (f"{' and '.join(failed)} did not learn in this run (best validation loss, 1 − soft DSC: "
+            f"{losses}; at or above {NOT_LEARNED_LOSS} the validation DSC never exceeded "
+            f"{1 - NOT_LEARNED_LOSS:.1f}), so the comparison below measures a failed training, not the "
+            "architecture. At this budget the paper's recipe is fragile: another seed, or the same seed "
+            "with a different floating-point summation order, can decide whether a network trains at all.")
+
+
 def _fmt_p(p: float) -> str:
     if p is None or not np.isfinite(p):
         return "n/a"
@@ -767,7 +791,7 @@ def headline(track: Track) -> dict[str, str]:
            "grid": " × ".join(map(str, c0.shape)),
            "spacing": " × ".join(f"{s:.2f}".rstrip("0").rstrip(".") for s in c0.spacing) + " mm",
            "n_rp": str(sum(1 for c in track.cases.values() if c.meta.get("xue2020", {}).get("rp_nodes"))),
-           "threads": str(torch.get_num_threads())}
+           "threads": str(torch.get_num_threads()), "training_note": training_note(track)}
     rep = papers.reported(PAPER, table="Sec. 2")
     means = {}
     for m, sm in short.items():
