@@ -152,3 +152,23 @@ def test_a_job_gives_the_same_numbers_whatever_ran_before_it(tmp_path, one_torch
     torch.rand(100)  # disturb the global RNG, as another job would
     dice("fcn8_ct")
     assert dice("guo_cnn") == first
+
+
+def test_openkbp_track_is_off_by_default_at_the_cpu_profile(tmp_path):
+    P = resolve("leaderboard", "cpu", out_dir=str(tmp_path))
+    track, why = L.openkbp_track(P, progress=False)
+    assert track is None and "real_cases = 0" in why and "-p real_cases" in why
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_openkbp_track_trains_the_ct_methods_on_ptv70(openkbp_dir, tmp_path, one_torch_thread):
+    P = resolve("leaderboard", "smoke", out_dir=str(tmp_path), real_cases=3, workers=1,
+                methods=["deeplab_ct", "guo_cnn"])
+    track, why = L.openkbp_track(P, progress=False)
+    assert track is not None, why
+    assert why == "3 OpenKBP patients" and track.structure == "PTV70"
+    assert set(track.table["method"]) == {"unet_ct", "deeplab_ct"}  # CT methods only
+    assert len(track.test) == 1 and len(track.table) == 2
+    assert (track.run / "predictions" / track.test[0] / "deeplab_ct.nii.gz").exists()
+    assert np.all((track.table["dice"] >= 0) & (track.table["dice"] <= 1))

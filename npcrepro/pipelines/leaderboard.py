@@ -104,7 +104,7 @@ register_profile(PAPER, "smoke", **_COMMON_SIZES, methods=_ALL, n_cases=5, n_tes
                  real_cases=0)
 register_profile(PAPER, "cpu", **_COMMON_SIZES, methods=_ALL, n_cases=20, n_test=8, iterations_2d=140,
                  iterations_3d=100, batch_2d=8, batch_3d=2, crop_2d=[96, 96], patch_3d=[16, 48, 48],
-                 width=0.5, workers=2, real_cases=6)
+                 width=0.5, workers=2, real_cases=0)
 register_profile(PAPER, "gpu", **_COMMON_SIZES, methods=_ALL, n_cases=100, n_test=25, iterations_2d=20000,
                  iterations_3d=20000, batch_2d=16, batch_3d=2, crop_2d=[256, 256], patch_3d=[32, 160, 160],
                  width=1.0, workers=1, real_cases=64)
@@ -296,8 +296,8 @@ def run_job(job: str, *, data: str, train: Sequence[str], test: Sequence[str], S
     m = BY_KEY[job]
     ds = open_dataset(data)
     need = list(m.channels)
-    train_cases = [ds.load(n, channels=need) for n in train]
-    test_cases = [ds.load(n, channels=need) for n in test]
+    train_cases = [ds.load(n, channels=need, structures=[structure]) for n in train]
+    test_cases = [ds.load(n, channels=need, structures=[structure]) for n in test]
     rf = RunFolder(run)
     iters = int(S["iterations_2d" if m.dims == "2d" else "iterations_3d"])
     batch = int(S["batch_2d" if m.dims == "2d" else "batch_3d"])
@@ -474,7 +474,8 @@ def openkbp_track(P: Mapping[str, Any], *, progress: bool = True) -> tuple[Track
     and ``P.real_cases > 0``. Returns (track or None, one-line reason)."""
     n = int(P.get("real_cases") or 0)
     if n <= 0:
-        return None, "off in this profile (real_cases = 0)"
+        return None, (f"off in the {P.get('profile')} profile (real_cases = 0; "
+                      "`-p real_cases N` runs the CT methods on N OpenKBP patients)")
     from npcrepro.pipelines import luo2020
 
     try:
