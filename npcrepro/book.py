@@ -176,12 +176,23 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     nb.setdefault("metadata", {})["npcrepro"] = {
         "fingerprint": fp, "profile": profile, "parameters": params,
         "seconds": round(seconds, 1), "executed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "environment": environment(params.get("device")),
+        "environment": environment(_resolved_device(params.get("device", "auto"))),
     }
     tmp.write_text(json.dumps(nb, indent=1), encoding="utf-8")
     os.replace(tmp, out)
     log(f"[book] {prefix}{name:<15} {profile:<5} done in {_mmss(seconds)}")
     return ChapterResult(name, profile, out, seconds, False)
+
+
+def _resolved_device(requested: str) -> str:
+    """The device a chapter asked for as torch names it (``"auto"`` -> ``"cpu"`` or ``"cuda"``): the
+    kernels run on this machine, in this environment, so they resolve it the same way."""
+    from npcrepro.engine.device import resolve_device
+
+    try:
+        return str(resolve_device(requested))
+    except NpcreproError:
+        return str(requested)
 
 
 def execute_all(profile: str = "cpu", names: Iterable[str] | None = None, params: dict | None = None,

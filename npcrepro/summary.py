@@ -162,3 +162,41 @@ def timing_table(runs: str | Path) -> pd.DataFrame:
     t["minutes"] = (t["seconds"] / 60).round(2)
     t["seconds"] = t["seconds"].round(1)
     return t
+
+
+def fig_timing(times: pd.DataFrame, profile: str):
+    """Horizontal bars of minutes per chapter from :func:`timing_table`, titled with their sum and the
+    wall-clock span. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    t = times[~times["chapter"].isin(["sum", "wall clock"])]
+    m = times.set_index("chapter")["minutes"]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(t) + 1))
+    ax.barh(t["chapter"], t["minutes"], color="#4c72b0")
+    ax.invert_yaxis()
+    ax.set_xlabel("minutes")
+    ax.set_title(f"{profile} profile: {m['sum']:.1f} min of chapters, {m['wall clock']:.1f} min wall clock",
+                 fontsize=10, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def run_folders(out_dir: str | Path, profile: str) -> pd.DataFrame:
+    """The newest run folder of each chapter under ``<out_dir>/<profile>/``: chapter, run, whether it
+    finished (``DONE``), git revision (``*`` when the tree had uncommitted changes), device and torch
+    version from its ``environment.json``. Empty frame when there are none."""
+    from npcrepro.engine.runs import find_runs
+
+    rows = []
+    for path in find_runs(out_dir, profile):
+        try:
+            env = json.loads((path / "environment.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            env = {}
+        git = env.get("git") if isinstance(env.get("git"), dict) else {}
+        rev = (git.get("revision") or "")[:10]
+        rows.append({"chapter": path.parent.name, "run": path.name, "done": (path / "DONE").exists(),
+                     "git": rev + ("*" if rev and git.get("dirty") else ""),
+                     "device": env.get("device"), "torch": env.get("torch")})
+    df = pd.DataFrame(rows, columns=["chapter", "run", "done", "git", "device", "torch"])
+    return df.groupby("chapter", sort=False).tail(1).reset_index(drop=True)

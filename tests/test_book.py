@@ -82,3 +82,31 @@ def test_toc_points_at_the_cpu_runs_and_existing_pages():
             assert name in book.CHAPTERS and (root / "notebooks" / f"{name}.ipynb").exists()
         else:
             assert (root / f"{f}.md").exists(), f
+
+
+def test_gpu_book_renders_committed_runs_and_executes_only_missing_ones(tmp_path, monkeypatch):
+    """`npcrepro book --profile gpu` on a CPU machine: chapters with a committed executed notebook in
+    book/runs/gpu/ are rendered as they are (never re-run, even when stale); only missing ones run,
+    and the HTML is built from a table of contents that points at book/runs/gpu/."""
+    import shutil
+
+    from npcrepro.paths import repo_root
+
+    root = tmp_path / "repo"
+    (root / "book" / "runs" / "gpu").mkdir(parents=True)
+    shutil.copy2(repo_root() / "_toc.yml", root / "_toc.yml")
+    committed = [n for n in book.CHAPTERS if n not in ("leaderboard", "intro")]
+    for name in committed:
+        (root / "book" / "runs" / "gpu" / f"{name}.ipynb").write_text("{}", encoding="utf-8")
+    calls = {}
+    monkeypatch.setattr(book, "execute_all", lambda profile, names, **kw: calls.update(
+        profile=profile, names=list(names), force=kw.get("force")))
+    monkeypatch.setattr(book, "build_html", lambda profile, **kw: calls.update(
+        html=profile, toc=book.toc_for(profile, kw["root"])) or kw["root"] / "index.html")
+    book.book("gpu", root=root, log=lambda *_: None)
+    assert calls["profile"] == "gpu" and calls["names"] == ["leaderboard", "intro"]
+    toc = calls["toc"].read_text(encoding="utf-8")
+    assert calls["html"] == "gpu" and "book/runs/gpu/li2018" in toc and "book/runs/cpu/" not in toc
+    # the cpu book, by contrast, considers every chapter (each is skipped when its fingerprint matches)
+    book.book("cpu", root=root, log=lambda *_: None)
+    assert calls["names"] == list(book.CHAPTERS) and calls["toc"] == root / "_toc.yml"

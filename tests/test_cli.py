@@ -65,6 +65,7 @@ def test_run_chapter_writes_executed_notebook_and_skips_when_fresh(tmp_path):
     nb = json.loads(out.read_text(encoding="utf-8"))
     assert nb["metadata"]["npcrepro"]["profile"] == "smoke"
     assert nb["metadata"]["npcrepro"]["parameters"]["seed"] == 1
+    assert nb["metadata"]["npcrepro"]["environment"]["device"] in ("cpu", "cuda")  # "auto" resolved
     assert "seed=1 µ" in "".join(nb["cells"][-1]["outputs"][0]["text"])  # non-ASCII output survives
     assert book.execute("li2018", "smoke", {"seed": 1}, **quiet).skipped
     assert not book.execute("li2018", "smoke", {"seed": 2}, **quiet).skipped
