@@ -104,7 +104,8 @@ def _fake_track(values: dict[str, list[float]]) -> L.Track:
 def test_claims_verdicts_and_leaderboard_order():
     n = 8
     good = list(np.linspace(0.7, 0.8, n))
-    track = _fake_track({"unet_ct": [g - 0.1 for g in good], "deeplab_ct": good,
+    jitter = [0.01 * (-1) ** i for i in range(n)]  # zero-mean: paired differences not all equal
+    track = _fake_track({"unet_ct": [g - 0.1 + j for g, j in zip(good, jitter)], "deeplab_ct": good,
                          "luo_ours_ct": [g - 0.2 for g in good]})
     claims = L.claims_table(track).set_index("claim")
     assert claims.loc["DeepLabv3+ (xue2020) > U-Net (CT)", "verdict"] == "holds"

@@ -102,8 +102,8 @@ _ALL = [m.key for m in METHODS]
 register_profile(PAPER, "smoke", **_COMMON_SIZES, methods=_ALL, n_cases=5, n_test=2, iterations_2d=4, iterations_3d=3,
                  batch_2d=4, batch_3d=2, crop_2d=[64, 64], patch_3d=[8, 32, 32], width=0.25, workers=2,
                  real_cases=0)
-register_profile(PAPER, "cpu", **_COMMON_SIZES, methods=_ALL, n_cases=20, n_test=8, iterations_2d=140,
-                 iterations_3d=100, batch_2d=8, batch_3d=2, crop_2d=[96, 96], patch_3d=[16, 48, 48],
+register_profile(PAPER, "cpu", **_COMMON_SIZES, methods=_ALL, n_cases=20, n_test=8, iterations_2d=120,
+                 iterations_3d=85, batch_2d=8, batch_3d=2, crop_2d=[96, 96], patch_3d=[16, 48, 48],
                  width=0.5, workers=2, real_cases=0)
 register_profile(PAPER, "gpu", **_COMMON_SIZES, methods=_ALL, n_cases=100, n_test=25, iterations_2d=20000,
                  iterations_3d=20000, batch_2d=16, batch_3d=2, crop_2d=[256, 256], patch_3d=[32, 160, 160],
