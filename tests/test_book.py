@@ -110,3 +110,45 @@ def test_gpu_book_renders_committed_runs_and_executes_only_missing_ones(tmp_path
     # the cpu book, by contrast, considers every chapter (each is skipped when its fingerprint matches)
     book.book("cpu", root=root, log=lambda *_: None)
     assert calls["names"] == list(book.CHAPTERS) and calls["toc"] == root / "_toc.yml"
+
+
+def test_wide_chapters_run_alone_and_readers_after_what_they_read(tmp_path, monkeypatch):
+    """execute_all with two jobs: the leaderboard (which trains on its own process pool) never
+    overlaps another chapter, at most two run at once, and every reader starts after its inputs."""
+    import threading
+    import time as _time
+
+    running, spans, lock = set(), {}, threading.Lock()
+    overlaps = []
+
+    def fake_execute(name, profile, params, **kw):
+        with lock:
+            overlaps.append((name, frozenset(running)))
+            running.add(name)
+            start = _time.perf_counter()
+        _time.sleep(0.02)
+        with lock:
+            running.discard(name)
+            spans[name] = (start, _time.perf_counter())
+        return book.ChapterResult(name, profile, tmp_path / f"{name}.ipynb", 0.02, False)
+
+    monkeypatch.setattr(book, "execute", fake_execute)
+    results = book.execute_all("cpu", root=tmp_path, log=lambda *_: None, jobs=2)
+    assert [r.name for r in results] == book.execution_order(book.CHAPTERS)
+    for name, others in overlaps:
+        assert len(others) <= 1, (name, others)
+        if name in book.WIDE:
+            assert not others, f"{name} started beside {set(others)}"
+        assert not (others & book.WIDE), f"{name} started beside a wide chapter"
+    for reader in book.DEPENDS:
+        for dep in book.dependencies(reader):
+            assert spans[dep][1] <= spans[reader][0], (dep, reader)
+
+
+def test_next_chapter_waits_for_an_idle_machine_before_a_wide_one():
+    ready = lambda name: True  # noqa: E731
+    assert book.next_chapter(["leaderboard", "li2018"], [], ready) == "leaderboard"
+    assert book.next_chapter(["leaderboard", "li2018"], ["guo2021"], ready) is None
+    assert book.next_chapter(["li2018"], ["leaderboard"], ready) is None
+    assert book.next_chapter(["li2018", "data"], ["guo2021"], ready) == "li2018"
+    assert book.next_chapter(["explorer", "data"], [], lambda n: n != "explorer") == "data"
