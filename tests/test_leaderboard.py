@@ -173,3 +173,19 @@ def test_openkbp_track_trains_the_ct_methods_on_ptv70(openkbp_dir, tmp_path, one
     assert len(track.test) == 1 and len(track.table) == 2
     assert (track.run / "predictions" / track.test[0] / "deeplab_ct.nii.gz").exists()
     assert np.all((track.table["dice"] >= 0) & (track.table["dice"] <= 1))
+
+
+def test_a_claim_against_a_method_that_predicted_nothing_is_not_tested():
+    n = 8
+    good = list(np.linspace(0.7, 0.8, n))
+    track = _fake_track({"unet_ct": good, "luo_ours_ct": [g - 0.1 for g in good], "fcn8_ct": [0.0] * n})
+    track.table.loc[track.table["method"] == "fcn8_ct", "pred_empty"] = True
+    assert L.silent_methods(track) == {"fcn8_ct"}
+    claims = L.claims_table(track).set_index("claim")
+    # significant (p < 0.05 with 8 positive differences) yet not a test of the paper's claim
+    assert claims.loc["Two-stage U-Net + MSP (luo2020) > FCN-8s (luo2020)", "verdict"] == \
+        "not tested: FCN-8s (luo2020) predicted no tumour"
+    assert claims.loc["Two-stage U-Net + MSP (luo2020) > U-Net (CT)", "verdict"] == "reversed"
+    text = L.reading(track)
+    assert "FCN-8s (luo2020) predicted no tumour on any test patient" in text
+    assert "held: 0, reversed: 1, not shown at this sample size: 0, not tested (a method predicted nothing): 1" in text

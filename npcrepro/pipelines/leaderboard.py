@@ -605,14 +605,26 @@ def _reported_dsc(paper: str, table_method: tuple[str, str] | None) -> float:
     return float(r["value"].iloc[0]) if len(r) else math.nan
 
 
+def silent_methods(track: Track) -> set[str]:
+    """Keys of the methods that predicted an empty mask on every test patient (untrained)."""
+    t = track.table
+    if "pred_empty" not in t:
+        return set()
+    empty = t["pred_empty"].astype("boolean").fillna(False).astype(bool)
+    return {k for k, g in empty.groupby(t["method"]) if g.all()}
+
+
 def claims_table(track: Track) -> pd.DataFrame:
     """Each paper's comparison that the common protocol can test: the reported DSC of both methods
     and their difference (from :mod:`npcrepro.papers`), next to the common protocol's paired result
     and a verdict ("holds" when the difference has the claimed sign with Wilcoxon p < 0.05,
-    "reversed" when significant the other way, else "not shown at this sample size")."""
+    "reversed" when significant the other way, else "not shown at this sample size"). A method that
+    predicted no tumour on any test patient was not trained, so a claim involving it is "not tested"
+    whatever the p-value."""
     from npcrepro.evaluation import paired_tests
 
     present = set(track.table["method"])
+    silent = silent_methods(track)
     rows = []
     for paper, where, better, worse in CLAIMS:
         if better not in present or worse not in present:
@@ -622,7 +634,10 @@ def claims_table(track: Track) -> pd.DataFrame:
         rep_w = _reported_dsc(paper, CLAIM_REPORTED.get((paper, worse), w.reported))
         t = paired_tests(track.table, better, worse, ["dice"]).iloc[0]
         diff, p = float(t["mean_diff"]), float(t["p_wilcoxon"])
-        if math.isfinite(p) and p < 0.05:
+        untrained = [BY_KEY[k].label for k in (better, worse) if k in silent]
+        if untrained:
+            verdict = f"not tested: {' and '.join(untrained)} predicted no tumour"
+        elif math.isfinite(p) and p < 0.05:
             verdict = "holds" if diff > 0 else "reversed"
         else:
             verdict = "not shown at this sample size"
@@ -688,17 +703,17 @@ def reading(track: Track) -> str:
             same += 1
     lines.append(f"Against the U-Net that sees the same images, {better} method(s) were better, {worse} worse "
                  f"and {same} not distinguishable (Wilcoxon p < 0.05).")
-    t = track.table
-    silent = [BY_KEY[k].label for k, g in t.groupby("method")
-              if "pred_empty" in g and g["pred_empty"].fillna(False).astype(bool).all()]
+    silent = [BY_KEY[k].label for k in track.table["method"].unique() if k in silent_methods(track)]
     if silent:
         lines.append(f"{', '.join(silent)} predicted no tumour on any test patient: "
                      "not trained enough at this budget, which says nothing about the architecture.")
     c = claims_table(track)
     if len(c):
         held, rev = int((c["verdict"] == "holds").sum()), int((c["verdict"] == "reversed").sum())
+        untested = int(c["verdict"].str.startswith("not tested").sum())
         lines.append(f"Testable claims of the papers: {len(c)}; held: {held}, reversed: {rev}, "
-                     f"not shown: {len(c) - held - rev}.")
+                     f"not shown at this sample size: {len(c) - held - rev - untested}, "
+                     f"not tested (a method predicted nothing): {untested}.")
     return " ".join(lines)
 
 
