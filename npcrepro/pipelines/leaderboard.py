@@ -703,7 +703,8 @@ def reading(track: Track) -> str:
             same += 1
     lines.append(f"Against the U-Net that sees the same images, {better} method(s) were better, {worse} worse "
                  f"and {same} not distinguishable (Wilcoxon p < 0.05).")
-    silent = [BY_KEY[k].label for k in track.table["method"].unique() if k in silent_methods(track)]
+    empty = silent_methods(track)
+    silent = [BY_KEY[k].label for k in track.table["method"].unique() if k in empty]
     if silent:
         lines.append(f"{', '.join(silent)} predicted no tumour on any test patient: "
                      "not trained enough at this budget, which says nothing about the architecture.")
