@@ -43,9 +43,9 @@ DEPENDS: dict[str, tuple[str, ...] | str] = {
     "reproducibility": "*",
     "intro": "*",
 }
-#: Chapters that train on a process pool of their own (the leaderboard's ``workers``): they run
-#: alone, first, with every core, so that their recorded time is what the chapter costs and other
-#: chapters are not starved while it runs.
+#: Chapters that train on a process pool of their own (the leaderboard's ``workers``, one torch
+#: thread each): they run alone and first, so that the pool does not oversubscribe the cores shared
+#: with another chapter and the recorded time is what the chapter costs.
 WIDE: frozenset[str] = frozenset({"leaderboard"})
 PROFILES = ("smoke", "cpu", "gpu")
 KERNEL = "python3"
