@@ -29,6 +29,7 @@ __all__ = [
     "Geometry",
     "Volume",
     "read",
+    "read_header",
     "write",
     "write_dicom_series",
     "check_same_geometry",
@@ -223,6 +224,24 @@ def read(path: str | os.PathLike) -> Volume:
         return _from_sitk(img, p)
     except RuntimeError as exc:  # pixel buffer could not be decoded
         raise DataError(f"{p}: cannot decode image data: {_first_line(exc)}") from None
+
+
+def read_header(path: str | os.PathLike) -> Geometry:
+    """The grid of an image file (shape, spacing, origin, direction in array order) without reading
+    its voxels. Raises DataError when the file is missing or unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise DataError(f"{p}: cannot read image header: {_first_line(exc)}") from None
+    nd = reader.GetDimension()
+    return Geometry(tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing())),
+                    tuple(reversed(reader.GetOrigin())),
+                    np.asarray(reader.GetDirection(), dtype=float).reshape(nd, nd)[::-1, ::-1].copy())
 
 
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy dtype
