@@ -13,6 +13,7 @@ source             layout read                                          module
 ``npc-t2-slices``  25 NPC T2 slices exported as JPEG (pixel units)      :mod:`.npc_t2_slices`
 ``nifti-folder``   a folder of NIfTI (or NRRD/MHA) images and masks     :mod:`.nifti_folder`
 ``nnunet``         an nnU-Net v2 raw dataset, validated (and copied)    :mod:`.nnunet`
+``rtstruct``       DICOM CT/MR series + RTSTRUCT or DICOM-SEG files     :mod:`.rtstruct`
 =================  ===================================================  ========================
 
 Cases that cannot be read are skipped and listed in the summary with the reason (``strict=True``
@@ -163,10 +164,10 @@ def _fmt(values) -> str:
 
 # ------------------------------------------------------------------------------------- registry
 def _registry() -> dict[str, ModuleType]:
-    from npcrepro.datasets.adapters import li2024, nifti_folder, nnunet, npc_t2_slices, openkbp
+    from npcrepro.datasets.adapters import li2024, nifti_folder, nnunet, npc_t2_slices, openkbp, rtstruct
 
     return {"openkbp": openkbp, "li2024": li2024, "npc-t2-slices": npc_t2_slices,
-            "nifti-folder": nifti_folder, "nnunet": nnunet}
+            "nifti-folder": nifti_folder, "nnunet": nnunet, "rtstruct": rtstruct}
 
 
 #: Source name -> adapter module. Each module has ``DESCRIPTION`` and ``plan(src, **options)``.
@@ -222,7 +223,7 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
     ----------
     source : str
         One of :data:`SOURCES`: ``openkbp``, ``li2024``, ``npc-t2-slices``, ``nifti-folder``,
-        ``nnunet``.
+        ``nnunet``, ``rtstruct``.
     src : path
         The source folder (see each adapter's module docstring for what it accepts).
     dst : path or None
@@ -238,7 +239,8 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
         Raise at the first case that cannot be read instead of skipping it.
     **options
         Adapter options (e.g. ``names="openkbp"`` for :mod:`.openkbp`, ``gtvp_from="T1"`` for
-        :mod:`.li2024`, ``labels={1: "GTVp"}`` for :mod:`.nifti_folder`).
+        :mod:`.li2024`, ``labels={1: "GTVp"}`` for :mod:`.nifti_folder`, ``names={"GTV_1": "GTVp"}``
+        for :mod:`.rtstruct`).
 
     Returns
     -------
@@ -317,6 +319,12 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
     bar.close()
     if summary.n_converted == 0:
         raise _nothing_converted(name, p.src, summary.skipped)
+    if not validate_only:
+        from npcrepro.datasets.nnunet_raw import validate
+
+        problems = validate(out, labels=False)
+        summary.notes.append("a valid nnU-Net v2 raw dataset" if not problems else
+                             f"not a valid nnU-Net v2 raw dataset: {'; '.join(problems[:2])}")
     summary.structure_counts = counts
     summary.seconds = time.perf_counter() - t0
     return summary
