@@ -1,4 +1,4 @@
-"""The ``npcrepro`` command: phantom, convert, run, book, bench.
+"""The ``npcrepro`` command: phantom, convert, export, splits, score, run, book, bench.
 
 Errors caused by the user's input (bad parameter, bad path, bad data) are printed on one line and the
 command exits with status 2; a failing chapter exits with status 1.
@@ -41,8 +41,60 @@ def cmd_convert(args) -> int:
     from npcrepro.datasets import adapters
 
     summary = adapters.convert(args.source, args.src, args.dst, overwrite=args.overwrite,
-                               progress=True, limit=args.limit)
+                               progress=True, limit=args.limit, **_params(args.option))
     print(summary)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from npcrepro.dicom.export import export
+
+    print(export(args.masks, args.dicom, args.out, kind=args.format, series_uid=args.series,
+                 overwrite=args.overwrite))
+    return 0
+
+
+def cmd_splits(args) -> int:
+    from npcrepro.datasets.nnunet_raw import write_splits_final
+    from npcrepro.engine.folds import chapter_run, recorded_folds
+
+    source = Path(args.source)
+    if not source.exists() and args.source in _chapter_names():
+        source = chapter_run(args.source, args.runs, args.profile, track=args.track)
+    folds = recorded_folds(source)
+    path = write_splits_final(folds, args.out, book_val=args.book_val, dataset=args.dataset,
+                              overwrite=args.overwrite)
+    print(f"wrote {path}: {len(folds)} fold(s) from {source}")
+    for i, f in enumerate(folds):
+        extra = f" (book validation: {len(f.val)}, {args.book_val})" if f.val else ""
+        print(f"  fold {i}: train {len(f.train)}{extra}, val = the book's test {len(f.test)}")
+    return 0
+
+
+def _chapter_names() -> list[str]:
+    from npcrepro.book import CHAPTERS
+
+    return list(CHAPTERS)
+
+
+def cmd_score(args) -> int:
+    from npcrepro import scoring
+    from npcrepro.pipelines import leaderboard as L
+
+    run = args.run or scoring.find_reference(args.runs, args.profile)
+    ref = scoring.read_reference(run)
+    if args.dataset == "phantom":
+        from npcrepro.profiles import load_data
+
+        dataset = load_data(ref.params)
+    else:
+        dataset = args.dataset
+    baselines = [m.key for m in L.METHODS if m.paper == "baseline"]
+    result = scoring.score(args.predictions, ref, dataset, name=args.name, baselines=baselines,
+                           metrics=list(L.METRICS), label=args.label)
+    print(result)
+    if args.out:
+        print(f"per-case table: {scoring.write_table(result.table, args.out, overwrite=args.overwrite)}")
     return 0
 
 
@@ -107,12 +159,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_phantom)
 
     s = sub.add_parser("convert", help="convert a real data source into the dataset format")
-    s.add_argument("source", help="openkbp, li2024, npc-t2-slices, nifti-folder or nnunet")
+    s.add_argument("source", help="openkbp, li2024, npc-t2-slices, nifti-folder, nnunet or rtstruct")
     s.add_argument("src", type=Path)
     s.add_argument("dst", type=Path)
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--limit", type=int, default=None, help="convert at most this many cases")
+    s.add_argument("-o", "--option", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="adapter option (repeatable), e.g. -o names table.json for rtstruct")
     s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("export", help="write masks as DICOM-SEG or RTSTRUCT referencing their series")
+    s.add_argument("format", choices=["dicomseg", "rtstruct"])
+    s.add_argument("masks", type=Path, help="a mask file (.nii.gz ...) or a folder of them, one per structure")
+    s.add_argument("dicom", type=Path, help="folder holding the source image series")
+    s.add_argument("out", type=Path, help="the DICOM file to write")
+    s.add_argument("--series", default=None, help="SeriesInstanceUID to reference (default: the one "
+                   "series with the masks' grid)")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("splits", help="export a chapter's folds for other tools")
+    s.add_argument("action", choices=["export"])
+    s.add_argument("source", help="a chapter name (its newest finished run), a run folder or a splits.json")
+    s.add_argument("out", type=Path, help="splits_final.json, or the folder to hold it")
+    s.add_argument("--profile", default="cpu", help="profile of the chapter's runs")
+    s.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run folders")
+    s.add_argument("--track", default=None, help="only runs named ...-TRACK (e.g. phantom)")
+    s.add_argument("--dataset", type=Path, default=None, help="check every case is in this dataset")
+    s.add_argument("--book-val", default="drop", choices=["drop", "train"],
+                   help="the book's validation cases: left out (default) or added to nnU-Net's training")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_splits)
+
+    s = sub.add_parser("score", help="score a model's NIfTI predictions under the leaderboard's protocol")
+    s.add_argument("dataset", help="the dataset folder, or 'phantom' (the leaderboard run's phantom)")
+    s.add_argument("predictions", type=Path, help="folder of <case>.nii.gz or <case>/<structure>.nii.gz")
+    s.add_argument("--name", required=True, help="the row's name")
+    s.add_argument("--run", type=Path, default=None, help="leaderboard run folder (default: the newest)")
+    s.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run folders")
+    s.add_argument("--profile", default="cpu")
+    s.add_argument("--label", type=int, default=None, help="score voxels equal to this label value")
+    s.add_argument("--out", type=Path, default=None, help="write the per-case table (CSV) here")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("run", help="execute a chapter notebook (or all) with papermill")
     s.add_argument("paper", help="chapter name or 'all'")

@@ -1,0 +1,231 @@
+"""Score any model's NIfTI predictions under the leaderboard's common protocol.
+
+The protocol is the one a leaderboard run used, read from its run folder (``summary.json``: the
+test patients and the structure; ``metrics.csv``: every method's per-patient metrics; ``params.json``:
+the bootstrap size and seed), so an outsider's model is scored on **the same test patients, with the
+same metrics and empty-mask rules** (:func:`npcrepro.evaluation.evaluate_cases` on the native grid),
+**the same bootstrap CIs** (:func:`npcrepro.evaluation.summarize`) and **paired tests** (t-test and
+Wilcoxon, :func:`npcrepro.evaluation.paired_tests`) against the leaderboard's baselines.
+
+Predictions: one file per test patient, either ``<folder>/<case>.nii.gz`` (nnU-Net's output naming)
+or ``<folder>/<case>/<structure>.nii.gz`` (this project's), ``.nii``, ``.nrrd`` and ``.mha`` too, on
+the case's own grid (the grid of its ``imagesTr`` file). Three errors, each one
+:class:`~npcrepro.DataError`:
+
+* missing cases: one message listing every test patient without a prediction file;
+* wrong geometry: the file, and how its grid differs from the reference (shape, spacing, origin or
+  direction, with :mod:`npcrepro.io`'s tolerances);
+* non-binary masks: the file and its values; a label map (nnU-Net trained on several labels) can be
+  scored with ``label=N`` (``--label N``), which takes voxels equal to N.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from npcrepro import io
+from npcrepro.errors import DataError, ParameterError
+
+__all__ = ["Reference", "Score", "prediction_file", "read_predictions", "score_folder", "score",
+           "read_reference", "find_reference", "external_name", "write_table"]
+
+SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def external_name(folder: str | os.PathLike) -> str:
+    """The default row name of a prediction folder: its folder name."""
+    return Path(folder).resolve().name
+
+
+def prediction_file(folder: Path, case: str, structure: str) -> Path | None:
+    """The prediction of ``case`` in ``folder`` (see module docstring), or None."""
+    for suffix in SUFFIXES:
+        for p in (folder / f"{case}{suffix}", folder / case / f"{structure}{suffix}"):
+            if p.is_file():
+                return p
+    return None
+
+
+def read_predictions(folder: str | os.PathLike, cases: Sequence, structure: str, *,
+                     label: int | None = None) -> dict[str, np.ndarray]:
+    """Case name -> bool mask (z, y, x) of ``structure`` for every case in ``cases``.
+
+    Parameters
+    ----------
+    folder : path
+        The prediction folder.
+    cases : sequence of Case
+        The reference cases (their grids are the expected ones).
+    label : int, optional
+        Take voxels equal to ``label`` (a label map); default: the file must be a 0/1 mask.
+
+    Raises
+    ------
+    DataError
+        Missing folder or cases, wrong geometry, non-binary mask (see module docstring).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: prediction folder not found")
+    files = {c.name: prediction_file(folder, c.name, structure) for c in cases}
+    missing = [n for n, p in files.items() if p is None]
+    if missing:
+        raise DataError(f"{folder}: no prediction for {len(missing)} of the {len(files)} test case(s): "
+                        f"{', '.join(missing)} (expected <case>.nii.gz or <case>/{structure}.nii.gz)")
+    out = {}
+    for case in cases:
+        path = files[case.name]
+        vol = io.read(path)
+        why = io.geometry_mismatch(case.geometry, vol.geometry) if vol.ndim == 3 else \
+            f"dimension {vol.ndim} vs 3"
+        if why:
+            raise DataError(f"{path}: geometry differs from the reference case {case.name!r} ({why}); "
+                            "predictions must be on the case's own grid")
+        arr = np.asarray(vol.array)
+        if label is not None:
+            out[case.name] = arr == label
+            continue
+        values = np.unique(arr)
+        if not np.isin(values, (0, 1)).all():
+            shown = values[:8].tolist()
+            raise DataError(f"{path}: not a binary mask (values {shown}{' ...' if len(values) > 8 else ''}); "
+                            "write 0/1 masks, or pass label=N (--label N) to score one label of a label map")
+        out[case.name] = arr.astype(bool)
+    return out
+
+
+def score_folder(folder: str | os.PathLike, dataset, test: Sequence[str], structure: str, *,
+                 name: str, label: int | None = None) -> pd.DataFrame:
+    """Per-case metric rows (``method = name``) of the predictions in ``folder`` on the ``test``
+    cases of ``dataset`` (a Dataset or a dataset folder), as the leaderboard scores its own."""
+    from npcrepro.datasets import open_dataset
+    from npcrepro.evaluation import evaluate_cases
+
+    ds = open_dataset(dataset) if isinstance(dataset, (str, os.PathLike)) else dataset
+    unknown = [n for n in test if n not in ds.cases and n not in ds.test_cases]
+    if unknown:
+        raise DataError(f"{ds.root}: test case(s) {unknown[:5]} of the protocol are not in this dataset")
+    cases = [ds.load(n, channels=ds.channels[:1], structures=[structure]) for n in test]
+    masks = read_predictions(folder, cases, structure, label=label)
+    return evaluate_cases({n: {structure: m} for n, m in masks.items()}, cases, method=name)
+
+
+# ----------------------------------------------------------------------------------- the protocol
+@dataclass
+class Reference:
+    """The protocol of one leaderboard run: its test patients, structure, per-case table of every
+    method, bootstrap size and seed, and the data it ran on (``params["data"]``)."""
+
+    run: Path
+    test: list[str]
+    train: list[str]
+    structure: str
+    table: pd.DataFrame
+    params: dict
+    n_boot: int = 2000
+    seed: int = 0
+
+
+def read_reference(run: str | os.PathLike) -> Reference:
+    """The protocol of the leaderboard run folder ``run`` (DataError when it is not a finished one)."""
+    from npcrepro.engine import RunFolder
+
+    rf = RunFolder.open(run)
+    if not rf.done:
+        raise DataError(f"{rf.path}: the leaderboard run did not finish (no DONE file)")
+    summary, params = rf.read_summary(), rf.read_params()
+    if "test" not in summary or "structure" not in summary:
+        raise DataError(f"{rf.path / 'summary.json'}: not a leaderboard run (no test patients recorded)")
+    return Reference(rf.path, list(summary["test"]), list(summary.get("train", [])), summary["structure"],
+                     rf.read_metrics(), params, int(params.get("n_boot") or 2000), int(params.get("seed") or 0))
+
+
+def find_reference(runs: str | os.PathLike = "runs", profile: str = "cpu", *, track: str = "phantom") -> Path:
+    """The newest finished leaderboard run of ``track`` under ``<runs>/<profile>/leaderboard/``."""
+    from npcrepro.engine.runs import find_runs
+
+    found = [p for p in find_runs(runs, profile, "leaderboard")
+             if (p / "DONE").exists() and p.name.endswith(f"-{track}")]
+    if not found:
+        raise DataError(f"{Path(runs) / profile / 'leaderboard'}: no finished leaderboard run of the "
+                        f"{track!r} track (run `npcrepro run leaderboard --profile {profile}` first, or "
+                        "pass the run folder)")
+    return found[-1]
+
+
+@dataclass
+class Score:
+    """An outsider's result under the protocol: per-case ``table``, ``summary`` (mean, bootstrap CI
+    per metric) and ``paired`` (one row per baseline and metric)."""
+
+    name: str
+    folder: Path
+    reference: Reference
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    paired: pd.DataFrame
+    metrics: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        ref = self.reference
+        lines = [f"{self.name}: {len(self.table)} test patient(s), {ref.structure}, protocol of {ref.run}",
+                 f"  predictions: {self.folder}"]
+        s = self.summary.set_index("metric")
+        for m in self.metrics:
+            r = s.loc[m]
+            lines.append(f"  {m:>5}: {_ci(r['mean'], r['ci_low'], r['ci_high'])}  "
+                         f"(95% bootstrap CI, n = {int(r['n'])}, {int(r['n_empty'])} empty)")
+        for _, r in self.paired.iterrows():
+            lines.append(f"  vs {r['baseline']} on {r['metric']}: {r['mean_a']:.4g} vs {r['mean_b']:.4g}, "
+                         f"diff {r['mean_diff']:+.4g}, p (t) {r['p_t']:.3g}, p (Wilcoxon) {r['p_wilcoxon']:.3g}")
+        return "\n".join(lines)
+
+
+def _ci(mean: float, lo: float, hi: float) -> str:
+    return "n/a" if not math.isfinite(mean) else f"{mean:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def score(folder: str | os.PathLike, reference: Reference, dataset, *, name: str,
+          baselines: Sequence[str], metrics: Sequence[str], label: int | None = None) -> Score:
+    """Score the predictions in ``folder`` under ``reference``'s protocol on ``dataset``.
+
+    ``baselines``: method keys of ``reference.table`` to test against (those present are used);
+    ``metrics``: the metric columns summarised and tested.
+    """
+    from npcrepro.evaluation import paired_tests, summarize
+
+    if name in set(reference.table["method"]):
+        raise ParameterError(f"name {name!r} is already a method of the leaderboard run {reference.run}; "
+                             "choose another --name")
+    rows = score_folder(folder, dataset, reference.test, reference.structure, name=name, label=label)
+    summary = summarize(rows, list(metrics), n_boot=reference.n_boot, seed=reference.seed)
+    both = pd.concat([reference.table, rows], ignore_index=True)
+    parts = []
+    for b in baselines:
+        if b in set(reference.table["method"]):
+            t = paired_tests(both, name, b, list(metrics))
+            t.insert(0, "baseline", b)
+            parts.append(t)
+    paired = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["baseline", "metric", "mean_a", "mean_b", "mean_diff", "p_t", "p_wilcoxon"])
+    return Score(name, Path(folder), reference, rows, summary, paired, list(metrics))
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a per-case table as CSV through a temporary sibling (an existing file needs ``overwrite``)."""
+    import uuid
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DataError(f"{path}: exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
