@@ -19,7 +19,10 @@ inputs only:
   patch; threshold 0.5, no post-processing;
 * evaluation: DSC, HD95, ASSD and NSD (tolerance ``nsd_mm``) on the native grid with
   :func:`npcrepro.evaluation.evaluate_cases`, 95% bootstrap CIs, paired t-test and Wilcoxon against
-  the U-Net baseline that sees the same images.
+  the U-Net baseline that sees the same images;
+* external rows (parameter ``external``): folders of any model's NIfTI predictions of the test
+  patients, scored by :mod:`npcrepro.scoring` like the rows above and paired against the stronger
+  U-Net (:func:`add_external`).
 
 Methods run as independent jobs on a process pool (``workers``; one torch thread each). Every job
 writes its predictions to the run folder (``predictions/<case>/<method>.nii.gz``) so that the
@@ -51,7 +54,7 @@ CT_WINDOW = (-200.0, 300.0)
 
 # ----------------------------------------------------------------------------------- profiles
 _COMMON_SIZES = dict(lr=1e-3, fg_prob=0.5, background_fraction=0.5, threshold=0.5, nsd_mm=2.0,
-                     overlap=0.25, n_boot=2000)
+                     overlap=0.25, n_boot=2000, external=[])
 # ----------------------------------------------------------------------------------- methods
 @dataclass(frozen=True)
 class Method:
@@ -415,6 +418,10 @@ class Track:
     run: Path
     seconds: float
 
+    def method(self, key: str) -> Method:
+        """The row ``key`` of this track (a leaderboard method or an external one)."""
+        return next((m for m in self.methods if m.key == key), None) or BY_KEY[key]
+
 
 def holdout(names: Sequence[str], n_test: int, seed: int) -> tuple[list[str], list[str]]:
     """(train, test) names: a seeded random hold-out of ``n_test`` cases."""
@@ -465,8 +472,39 @@ def phantom_track(P: Mapping[str, Any], *, progress: bool = True) -> Track:
     ds = load_data(P, progress=progress)
     label = "phantom" if P["data"] == "phantom" else str(P["data"])
     methods = select_methods(P["methods"])
-    return run_track("phantom" if P["data"] == "phantom" else "data", ds, P, methods=methods,
-                     structure=STRUCTURE, data_label=label, n_test=int(P["n_test"]), progress=progress)
+    track = run_track("phantom" if P["data"] == "phantom" else "data", ds, P, methods=methods,
+                      structure=STRUCTURE, data_label=label, n_test=int(P["n_test"]), progress=progress)
+    return add_external(track, P.get("external"))
+
+
+def add_external(track: Track, folders: Sequence[str] | None) -> Track:
+    """Add each folder of an outsider's NIfTI predictions as a row (named after the folder), scored on
+    the track's test patients by :func:`npcrepro.scoring.score_folder` and paired against the
+    stronger U-Net baseline of the track; the rows are also written to ``<run>/external.csv``."""
+    from dataclasses import replace
+
+    from npcrepro.scoring import external_name, score_folder
+
+    if not folders:
+        return track
+    dice = track.table.groupby("method")["dice"].mean()
+    bases = [m.key for m in track.methods if m.paper == "baseline" and m.key in dice.index]
+    if not bases:
+        raise ParameterError("external rows are tested against a U-Net baseline: select one in methods")
+    base = max(bases, key=lambda k: dice[k])
+    methods, parts = list(track.methods), []
+    for folder in folders:
+        key = external_name(folder)
+        if key in {m.key for m in methods}:
+            raise ParameterError(f"external folder {folder}: its name {key!r} is already a leaderboard row")
+        rows = score_folder(folder, track.data, track.test, track.structure, name=key)
+        rows.insert(rows.columns.get_loc("method") + 1, "label", key)
+        parts.append(rows)
+        methods.append(Method(key, key, "external", "—", ("own",), base, "external"))
+    ext = pd.concat(parts, ignore_index=True)
+    if track.run is not None:
+        ext.to_csv(Path(track.run) / "external.csv", index=False)
+    return replace(track, table=pd.concat([track.table, ext], ignore_index=True), methods=methods)
 
 
 def openkbp_track(P: Mapping[str, Any], *, progress: bool = True) -> tuple[Track | None, str]:
@@ -689,8 +727,8 @@ def reading(track: Track) -> str:
     s = summary(track)
     d = s[s["metric"] == "dice"].set_index("method")["mean"].sort_values(ascending=False)
     best, worst = d.index[0], d.index[-1]
-    lines = [f"On {len(track.test)} test patients ({track.data_label}), {BY_KEY[best].label} had the highest mean "
-             f"DSC ({d.iloc[0]:.3f}) and {BY_KEY[worst].label} the lowest ({d.iloc[-1]:.3f})."]
+    lines = [f"On {len(track.test)} test patients ({track.data_label}), {track.method(best).label} had the highest "
+             f"mean DSC ({d.iloc[0]:.3f}) and {track.method(worst).label} the lowest ({d.iloc[-1]:.3f})."]
     better = worse = same = 0
     for m in track.methods:
         p = paired_vs_baseline(track, m)
@@ -704,7 +742,7 @@ def reading(track: Track) -> str:
     lines.append(f"Against the U-Net that sees the same images, {better} method(s) were better, {worse} worse "
                  f"and {same} not distinguishable (Wilcoxon p < 0.05).")
     empty = silent_methods(track)
-    silent = [BY_KEY[k].label for k in track.table["method"].unique() if k in empty]
+    silent = [track.method(k).label for k in track.table["method"].unique() if k in empty]
     if silent:
         lines.append(f"{', '.join(silent)} predicted no tumour on any test patient: "
                      "not trained enough at this budget, which says nothing about the architecture.")
@@ -743,7 +781,7 @@ def fig_leaderboard(track: Track, metrics: Sequence[str] = ("dice", "hd95")):
                              sharey=True, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for i, key in enumerate(order):
-            m = BY_KEY[key]
+            m = track.method(key)
             v = pd.to_numeric(track.table.loc[track.table["method"] == key, metric], errors="coerce")
             v = v[np.isfinite(v)]
             jitter = np.random.default_rng(i).uniform(-0.15, 0.15, len(v))
@@ -754,7 +792,7 @@ def fig_leaderboard(track: Track, metrics: Sequence[str] = ("dice", "hd95")):
                 ax.errorbar(r["mean"], i, xerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]],
                             fmt="o", color=color, capsize=3, ms=5)
         ax.set_yticks(range(len(order)))
-        ax.set_yticklabels([BY_KEY[k].label for k in order], fontsize=8)
+        ax.set_yticklabels([track.method(k).label for k in order], fontsize=8)
         ax.set_xlabel(METRIC_LABELS[metric])
         ax.grid(axis="x", alpha=0.3)
         if metric == "dice":
@@ -776,7 +814,8 @@ def fig_cases(track: Track, n: int = 3, keys: Sequence[str] | None = None):
 
     ds = open_dataset(track.data)
     rf = RunFolder(track.run)
-    keys = list(keys or [m.key for m in track.methods if m.paper != "baseline"][:6])
+    keys = list(keys or [m.key for m in track.methods if m.paper not in ("baseline", "external")][:6]
+                or [m.key for m in track.methods if m.paper == "baseline"])  # a board of baselines only
     per_case = track.table.groupby("case")["dice"].mean().sort_values()
     picks = list(dict.fromkeys([per_case.index[0], per_case.index[len(per_case) // 2], per_case.index[-1]]))[:n]
     cmap = plt.get_cmap("tab10")
