@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
+from typing import Callable
+
+from npcrepro.errors import DataError
 
 #: Environment variable naming the folder that holds the real extracts (openkbp-subset/, ...).
 DATA_ENV = "NPCREPRO_SHARED_DATA"
@@ -27,3 +31,23 @@ def shared_data(sub: str | None = None) -> Path | None:
             p = Path(c) / sub if sub else Path(c)
             return p if p.exists() else None
     return None
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], *,
+                     overwrite: bool = False) -> Path:
+    """Create ``path`` through ``write(tmp)`` on a temporary sibling, renamed onto ``path`` when
+    ``write`` returns (a reader never sees a half-written file; a failure leaves nothing behind).
+
+    Raises DataError when ``path`` exists and ``overwrite`` is False."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DataError(f"{path}: exists (pass overwrite=True / --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

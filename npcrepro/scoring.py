@@ -219,13 +219,6 @@ def score(folder: str | os.PathLike, reference: Reference, dataset, *, name: str
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a per-case table as CSV through a temporary sibling (an existing file needs ``overwrite``)."""
-    import uuid
+    from npcrepro.paths import write_atomically
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise DataError(f"{path}: exists (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: table.to_csv(tmp, index=False), overwrite=overwrite)

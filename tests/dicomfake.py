@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -63,6 +62,16 @@ def _file_meta(sop_class: str, sop_uid: str) -> FileMetaDataset:
     return meta
 
 
+def grid(shape, spacing=(2.0, 1.0, 1.0), origin=(-40.0, -40.0, -10.0), row=(1.0, 0.0, 0.0),
+         col=(0.0, 1.0, 0.0), folder: Path = Path("."), patient_id: str = "PAT1",
+         study_uid: str | None = None) -> FakeSeries:
+    """The grid (and fresh UIDs) of a series, nothing written yet."""
+    row, col = np.asarray(row, float), np.asarray(col, float)
+    row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
+    return FakeSeries(Path(folder), tuple(shape), tuple(map(float, spacing)), np.asarray(origin, float),
+                      row, col, patient_id, generate_uid(), study_uid or generate_uid(), generate_uid())
+
+
 def write_ct(folder: Path, values: np.ndarray, spacing=(2.0, 1.0, 1.0), origin=(-40.0, -40.0, -10.0),
              row=(1.0, 0.0, 0.0), col=(0.0, 1.0, 0.0), patient_id: str = "PAT1", study_uid: str | None = None,
              modality: str = "CT", reverse_files: bool = True) -> FakeSeries:
@@ -71,10 +80,8 @@ def write_ct(folder: Path, values: np.ndarray, spacing=(2.0, 1.0, 1.0), origin=(
     reader must sort by position."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    row, col = np.asarray(row, float), np.asarray(col, float)
-    row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
-    s = FakeSeries(folder, tuple(values.shape), tuple(map(float, spacing)), np.asarray(origin, float),
-                   row, col, patient_id, generate_uid(), study_uid or generate_uid(), generate_uid())
+    s = grid(values.shape, spacing, origin, row, col, folder, patient_id, study_uid)
+    row, col = s.row, s.col
     n = values.shape[0]
     for k in range(n):
         uid = generate_uid()
@@ -113,7 +120,8 @@ def write_ct(folder: Path, values: np.ndarray, spacing=(2.0, 1.0, 1.0), origin=(
 def circle(centre, radius: float, u, v, n: int = 128, phase: float = 0.1) -> np.ndarray:
     """``n`` points (x, y, z) on a circle in the plane spanned by unit vectors ``u``, ``v``."""
     t = phase + 2 * np.pi * np.arange(n) / n
-    return np.asarray(centre, float) + radius * (np.cos(t)[:, None] * np.asarray(u) + np.sin(t)[:, None] * np.asarray(v))
+    u, v = np.asarray(u, float), np.asarray(v, float)
+    return np.asarray(centre, float) + radius * (np.cos(t)[:, None] * u + np.sin(t)[:, None] * v)
 
 
 def sphere_contours(s: FakeSeries, centre, radius: float, n: int = 128) -> list[tuple[int, np.ndarray]]:

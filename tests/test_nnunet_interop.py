@@ -160,9 +160,11 @@ def _nnunet_python() -> list[str] | None:
 @pytest.mark.slow
 def test_nnunetv2_accepts_a_converted_dataset_and_its_splits(tmp_path):
     """nnunetv2's own verify_dataset_integrity on a project dataset, and our splits_final.json read as
-    nnUNetTrainer.do_split reads it (every case one of the identifiers nnunetv2 finds). Optional: nnunetv2 pulls a large stack (it installs against torch 2.13 into
-    a separate venv: `python -m venv /tmp/nnv && /tmp/nnv/bin/pip install torch==2.13.0 nnunetv2`, then
-    NPCREPRO_NNUNET_PYTHON=/tmp/nnv/bin/python)."""
+    nnUNetTrainer.do_split reads it (every case one of the identifiers nnunetv2 finds).
+
+    Optional: nnunetv2 pulls a large stack. It installs against torch 2.13 into a separate venv
+    (`python -m venv /tmp/nnv && /tmp/nnv/bin/pip install torch==2.13.0 nnunetv2`); then
+    NPCREPRO_NNUNET_PYTHON=/tmp/nnv/bin/python runs this test."""
     python = _nnunet_python()
     if python is None:
         pytest.skip("nnunetv2 not importable and $NPCREPRO_NNUNET_PYTHON not set")

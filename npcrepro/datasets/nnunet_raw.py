@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +39,7 @@ import numpy as np
 from npcrepro import io
 from npcrepro.datasets.splits import Fold
 from npcrepro.errors import DataError, ParameterError
+from npcrepro.paths import write_atomically
 
 __all__ = ["validate", "check", "to_nnunet_splits", "write_splits_final", "BOOK_VAL"]
 
@@ -206,8 +206,6 @@ def write_splits_final(folds: Sequence[Fold], out: str | os.PathLike, *, book_va
     splits = to_nnunet_splits(folds, book_val=book_val)
     out = Path(out)
     path = out / "splits_final.json" if out.is_dir() or out.suffix != ".json" else out
-    if path.exists() and not overwrite:
-        raise DataError(f"{path}: exists (pass overwrite=True / --overwrite to replace it)")
     if dataset is not None:
         from npcrepro.datasets.format import open_dataset
 
@@ -218,8 +216,5 @@ def write_splits_final(folds: Sequence[Fold], out: str | os.PathLike, *, book_va
             if unknown:
                 raise DataError(f"{ds.root}: fold {i} names case(s) {unknown[:5]} that are not training cases "
                                 "(imagesTr) of this dataset")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(splits, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_text(json.dumps(splits, indent=2), encoding="utf-8"),
+                            overwrite=overwrite)

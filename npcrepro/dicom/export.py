@@ -42,9 +42,11 @@ class ExportReport:
 
     def __str__(self) -> str:
         parts = ", ".join(f"{n} ({v} voxels)" for n, v in self.voxels.items())
-        return (f"wrote {self.kind} {self.path}\n  references series {self.series_uid}\n  structures: {parts}\n"
-                "  read back: identical to the masks, voxel for voxel"
-                + ("\n  note: masks resampled onto the series grid (same voxel centres)" if self.resampled else ""))
+        lines = [f"wrote {self.kind} {self.path}", f"  references series {self.series_uid}",
+                 f"  structures: {parts}", "  read back: identical to the masks, voxel for voxel"]
+        if self.resampled:
+            lines.append("  note: masks resampled onto the series grid (same voxel centres)")
+        return "\n".join(lines)
 
 
 def _stem(path: Path) -> str | None:

@@ -32,6 +32,7 @@ import numpy as np
 from npcrepro.dicom.raster import fill_polygons, mask_to_polygons
 from npcrepro.dicom.series import DicomIndex, Series, to_array_order, to_patient_order
 from npcrepro.errors import DataError
+from npcrepro.paths import write_atomically
 
 __all__ = ["Roi", "StructureSet", "read_rtstruct", "rasterise", "write_rtstruct", "SLICE_TOL",
            "EDGE_TOL_PX", "RTSTRUCT_SOP_CLASS"]
@@ -215,9 +216,6 @@ def write_rtstruct(masks: Mapping[str, np.ndarray], series: Series, path: str | 
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise DataError(f"{path}: exists (pass overwrite=True / --overwrite to replace it)")
     g = series.geometry
     for name, m in masks.items():
         if np.shape(m) != tuple(g.shape):
@@ -300,19 +298,5 @@ def write_rtstruct(masks: Mapping[str, np.ndarray], series: Series, path: str | 
     ds.StructureSetROISequence = Sequence(rois)
     ds.ROIContourSequence = Sequence(contours)
     ds.RTROIObservationsSequence = Sequence(observations)
-    return _save(ds, path)
-
-
-def _save(ds, path: Path) -> Path:
-    """Write a pydicom dataset to a temporary sibling and rename it onto ``path``."""
-    import uuid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        ds.save_as(str(tmp), enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomically(path, lambda tmp: ds.save_as(str(tmp), enforce_file_format=True),
+                            overwrite=overwrite)

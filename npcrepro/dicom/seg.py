@@ -46,11 +46,8 @@ def write_seg(masks: Mapping[str, np.ndarray], series: Series, path: str | os.Pa
     from pydicom.uid import generate_uid
 
     import npcrepro
-    from npcrepro.dicom.rtstruct import _save
+    from npcrepro.paths import write_atomically
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise DataError(f"{path}: exists (pass overwrite=True / --overwrite to replace it)")
     if not masks:
         raise DataError(f"{path}: no masks to write")
     shape = tuple(series.geometry.shape)
@@ -76,7 +73,8 @@ def write_seg(masks: Mapping[str, np.ndarray], series: Series, path: str | os.Pa
         instance_number=1, manufacturer="npcrepro", manufacturer_model_name=algorithm,
         software_versions=str(getattr(npcrepro, "__version__", "0")), device_serial_number="0",
         series_description=description)
-    return _save(seg, path)
+    return write_atomically(path, lambda tmp: seg.save_as(str(tmp), enforce_file_format=True),
+                            overwrite=overwrite)
 
 
 def read_seg(path: str | os.PathLike, series: Series) -> dict[str, np.ndarray]:

@@ -55,8 +55,6 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
-
 from npcrepro.datasets.case import Case
 from npcrepro.errors import DataError, ParameterError
 
@@ -212,7 +210,8 @@ def plan(src: Path, *, names: Mapping[str, str] | str | None = None, channel: st
             structures[target] = None
         if modality is None and parsed is not None:
             try:
-                uid = (parsed.referenced_series(index) if kind == "RTSTRUCT" else _seg_series(parsed, path, index))
+                uid = (parsed.referenced_series(index) if kind == "RTSTRUCT"
+                       else _seg_series(parsed, path, index))
                 modality = index.modality[uid]
             except DataError:
                 pass
