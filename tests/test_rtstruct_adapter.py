@@ -146,6 +146,21 @@ def test_missing_series_and_off_grid_contours_are_one_line_errors(tmp_path, caps
         convert("rtstruct", tmp_path / "src", tmp_path / "out4", progress=False)
 
 
+def test_empty_rois_take_no_name_and_another_modality_is_skipped(tmp_path):
+    ct = F.write_ct(tmp_path / "src" / "A" / "CT", F.ct_values(SHAPE), spacing=SPACING, patient_id="A")
+    centre = ct.plane(6) + np.array([30.0, 40.0, 0.0])
+    F.write_rtstruct(tmp_path / "src" / "A" / "RS.dcm", ct,
+                     {"GTV": [], "GTV_primary": F.sphere_contours(ct, centre, 6)})  # "GTV" has no contours
+    mr = F.write_ct(tmp_path / "src" / "B" / "MR", F.ct_values(SHAPE), spacing=SPACING, patient_id="B",
+                    modality="MR")
+    F.write_rtstruct(tmp_path / "src" / "B" / "RS.dcm", mr, {"GTV": F.sphere_contours(mr, centre, 6)})
+    summary = convert("rtstruct", tmp_path / "src", tmp_path / "out", progress=False)
+    assert summary.cases == ["A"] and summary.channels == ["CT"]
+    assert summary.skipped[0][0] == "B" and "is MR, the dataset's first case is CT" in summary.skipped[0][1]
+    case = open_dataset(tmp_path / "out").load("A")
+    assert list(case.labels) == ["GTVp"] and case.meta["roi_names"] == {"GTV_primary": "GTVp"}
+
+
 @pytest.mark.parametrize("kind", ["dicomseg", "rtstruct"])
 def test_import_export_import_round_trip(source, converted, tmp_path, kind, capsys):
     """Masks converted from the clinic's RTSTRUCT, exported for review, imported again: 0 voxels differ."""

@@ -11,7 +11,8 @@ Conversion
 * Image: the referenced series read with pydicom (:func:`npcrepro.dicom.read_series`), values after
   RescaleSlope/Intercept (HU for CT), geometry from ImagePositionPatient, ImageOrientationPatient and
   PixelSpacing, z along the slice normal. One channel, named by ``channel`` (default: the modality,
-  ``"CT"`` or ``"MR"``); a case whose series has another modality than the first case's is skipped.
+  ``"CT"`` or ``"MR"``); a case whose series has another modality than the first case's is skipped
+  (convert each modality into its own dataset).
 * Structures: RTSTRUCT contours are rasterised on the image grid with the even-odd rule at voxel
   centres (:func:`npcrepro.dicom.rtstruct.rasterise`: several contours on one slice are XOR-ed, so
   inner contours are holes; slices without contours are empty); SEG segments are read frame by frame
@@ -221,7 +222,7 @@ def plan(src: Path, *, names: Mapping[str, str] | str | None = None, channel: st
     def read(item: SourceCase) -> Case:
         kind, parsed = readers[item.name]
         return read_case(item.path, index, name=item.name, kind=kind, parsed=parsed, table=table,
-                         channel=chan, modality=None if channel else modality)
+                         channel=chan, modality=modality)
 
     return Plan(
         source="rtstruct", src=Path(src), items=items, read=read, channels=[chan], structures=ordered,
@@ -272,18 +273,14 @@ def read_case(path: str | Path, index, *, name: str | None = None, kind: str | N
         ds = parsed if parsed is not None else _structure_names(kind, path)[1]
         uid = _seg_series(ds, path, index)
     if modality and index.modality[uid] != modality:
-        raise DataError(f"{path}: its series {uid} is {index.modality[uid]}, the dataset's channel is "
-                        f"{modality} (convert each modality separately, or pass channel=)")
+        raise DataError(f"{path}: its series {uid} is {index.modality[uid]}, the dataset's first case is "
+                        f"{modality} (convert each modality into its own dataset)")
     series = read_series(index.series_files(uid, path), index.root)
     raw = rasterise(ss, series) if kind == "RTSTRUCT" else read_seg(path, series)
     notes: list[str] = []
-    mapping = _mapping(list(raw), table, notes)
-    labels, empty = {}, []
-    for roi, mask in raw.items():
-        if mask.any():
-            labels[mapping[roi]] = mask
-        else:
-            empty.append(roi)
+    empty = [roi for roi, mask in raw.items() if not mask.any()]
+    mapping = _mapping([roi for roi in raw if roi not in empty], table, notes)
+    labels = {mapping[roi]: raw[roi] for roi in mapping}
     g = series.geometry
     meta = {"source": "rtstruct", "structure_file": str(path), "structure_file_type": kind,
             "patient_id": series.patient_id, "series_uid": series.series_uid, "modality": series.modality,
