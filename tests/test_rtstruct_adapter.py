@@ -80,6 +80,8 @@ def test_converts_every_roi_onto_the_series_grid(source, converted):
         assert case.meta["series_uid"] == s.series_uid and case.meta["structure_file"] == str(rs)
     assert validate(out) == []  # an nnU-Net v2 raw dataset as it is
     assert "a valid nnU-Net v2 raw dataset" in str(summary)
+    assert "ROI names: 'GTV_primary' -> GTVp, 'Brain Stem' -> Brainstem, 'L Parotid' -> Parotid_L, 'Boost_70' kept" \
+        in str(summary)
 
 
 def test_name_table_is_documented_overridable_and_keeps_unknown_names(tmp_path):

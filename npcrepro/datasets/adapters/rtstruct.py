@@ -201,14 +201,16 @@ def plan(src: Path, *, names: Mapping[str, str] | str | None = None, channel: st
     seen: dict[str, int] = {}
     items, readers = [], {}
     structures: dict[str, None] = {}
+    renamed: dict[str, str] = {}  # ROI name -> structure name, over all files
     modality = None
     for kind, path, roi_names, parsed, patient in found:
         seen[patient] = seen.get(patient, 0) + 1
         name = patient if per_patient[patient] == 1 else f"{patient}_{seen[patient]}"
         items.append(SourceCase(name, "Tr", path))
         readers[name] = (kind, parsed)
-        for target in _mapping(roi_names, table, []).values():
+        for roi, target in _mapping(roi_names, table, []).items():
             structures[target] = None
+            renamed[roi] = target
         if modality is None and parsed is not None:
             try:
                 uid = (parsed.referenced_series(index) if kind == "RTSTRUCT"
@@ -217,6 +219,7 @@ def plan(src: Path, *, names: Mapping[str, str] | str | None = None, channel: st
             except DataError:
                 pass
     chan = channel or modality or "CT"
+    names_note = ", ".join(f"{r!r} -> {t}" if r != t else f"{r!r} kept" for r, t in renamed.items())
     ordered = [s for s in ORDER if s in structures] + [s for s in structures if s not in ORDER]
 
     def read(item: SourceCase) -> Case:
@@ -230,7 +233,8 @@ def plan(src: Path, *, names: Mapping[str, str] | str | None = None, channel: st
         extra={"name_table": "off (ROI names kept)" if names == "keep" else
                "npcrepro.datasets.adapters.rtstruct.NAMES" + (" + user entries" if names is not None else "")},
         notes=[f"{len(index.structures)} structure file(s), {len(index.series)} image series; "
-               "contours rasterised even-odd at voxel centres (holes = inner contours)"],
+               "contours rasterised even-odd at voxel centres (holes = inner contours)",
+               f"ROI names: {names_note or 'none'}"],
     )
 
 
