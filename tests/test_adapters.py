@@ -392,9 +392,9 @@ def test_nnunet_validates_in_place_or_copies(tmp_path):
 def test_unknown_source_lists_valid_ones(tmp_path):
     with pytest.raises(ParameterError) as err:
         convert("dicom-rt", tmp_path, tmp_path / "out")
-    for name in ("openkbp", "li2024", "npc-t2-slices", "nifti-folder", "nnunet"):
+    for name in ("openkbp", "li2024", "npc-t2-slices", "nifti-folder", "nnunet", "rtstruct"):
         assert name in str(err.value)
-    assert set(SOURCES) == {"openkbp", "li2024", "npc-t2-slices", "nifti-folder", "nnunet"}
+    assert set(SOURCES) == {"openkbp", "li2024", "npc-t2-slices", "nifti-folder", "nnunet", "rtstruct"}
 
 
 def test_convert_refuses_non_empty_destination_and_bad_options(tmp_path):
