@@ -161,22 +161,31 @@ _papers_loaded = False
 
 
 def _load_papers() -> None:
-    """Import the modules that register profiles: every chapter pipeline (``npcrepro.pipelines.*``)
-    and every paper module (``npcrepro.papers.<key>``)."""
+    """Register every chapter's profiles from its recipe module (:mod:`npcrepro.recipes`): plain
+    data, so learning a chapter's parameters imports no chapter code.
+
+    Transitional: chapters whose recipe module does not exist yet still register by importing their
+    pipeline (``npcrepro.pipelines.<name>``)."""
     global _papers_loaded
     if _papers_loaded:
         return
     _papers_loaded = True
     import importlib
-    import pkgutil
 
-    import npcrepro.papers as papers_pkg
-    import npcrepro.pipelines as pipelines_pkg
+    from npcrepro import recipes
 
-    for key in papers_pkg.PAPERS:
-        importlib.import_module(f"npcrepro.papers.{key}")
-    for info in pkgutil.iter_modules(pipelines_pkg.__path__):
-        importlib.import_module(f"npcrepro.pipelines.{info.name}")
+    for name in recipes.CHAPTERS:
+        try:
+            mod = recipes.load(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"npcrepro.recipes.{name}":
+                raise
+            importlib.import_module(f"npcrepro.pipelines.{name}")
+            continue
+        for profile, sizes in mod.PROFILES.items():
+            register_profile(name, profile, **sizes)
+        if mod.ALLOWED:
+            register_choices(name, **mod.ALLOWED)
 
 
 def _paper_sizes(paper: str) -> dict[str, dict[str, Any]]:
@@ -328,23 +337,3 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return open_dataset(folder)
-
-
-# ---------------------------------------------------------------------------------- the template
-register_profile("template", "smoke", n_cases=4, n_test=1, n_val=1, channel="T1", structure="GTVp",
-                 widths=[8, 16, 32], batch_size=8, iterations=40, eval_every=20, lr=1e-2,
-                 image_size=None)
-register_profile("template", "cpu", n_cases=10, n_test=3, n_val=1, channel="T1", structure="GTVp",
-                 widths=[16, 32, 64, 128], batch_size=8, iterations=600, eval_every=100, lr=2e-3,
-                 image_size=[64, 64])
-register_profile("template", "gpu", n_cases=40, n_test=8, n_val=4, channel="T1", structure="GTVp",
-                 widths=[32, 64, 128, 256, 512], batch_size=16, iterations=5000, eval_every=250,
-                 lr=1e-3, image_size=None)
-register_choices("template", channel=["CT", "T1", "T2", "CET1"])
-
-# Pages that only read other chapters' outputs: the common parameters and nothing else.
-for _profile in PROFILES:
-    register_profile("intro", _profile)
-    register_profile("reproducibility", _profile)
-    # explorer: "" = the newest leaderboard run (else the newest with predictions) / its best case
-    register_profile("explorer", _profile, run="", case="")

@@ -655,17 +655,6 @@ PROPOSED = {"li2018": "li2018_cnn", "xue2020": "deeplab_ct", "luo2020": "luo_our
             "chen2020": "mmfnet"}
 
 
-def record_headlines(track: Track) -> list[dict]:
-    """Record each paper's method's mean DSC under the common protocol for the book's introduction
-    (see :func:`npcrepro.summary.record_headline`)."""
-    from npcrepro.summary import record_headline
-
-    present = set(track.table["method"])
-    return [record_headline(paper, key, track.table, source="leaderboard", data=track.data_label,
-                            label=BY_KEY[key].label)
-            for paper, key in PROPOSED.items() if key in present]
-
-
 def headline_table(track: Track) -> pd.DataFrame:
     """Each paper's proposed method: reported DSC (its own data) and the common protocol's mean DSC
     with 95% CI (phantom), side by side."""
