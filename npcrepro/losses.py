@@ -527,3 +527,28 @@ class DistanceWeightedFocalLoss(nn.Module):
             weight = self.weights_from_target(input, target)
         loss = _focal_terms(input, target, act, None, self.gamma, weight)
         return _reduce(loss, self.reduction)
+
+
+# ----------------------------------------------------------------------------- the leaderboard's loss
+class DiceCELoss(nn.Module):
+    """Soft Dice (eps 1, per sample) + cross-entropy on the foreground: the leaderboard's common loss.
+
+    ``input``: logits (N, 1, ...) (sigmoid) or (N, 2, ...) (softmax, channel 1 = foreground), or a
+    list/tuple of such (deep supervision: the mean over outputs). ``target``: (N, 1, ...) {0, 1}.
+    Returns a scalar."""
+
+    def forward(self, input, target: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, (list, tuple)):
+            return torch.stack([self.forward(o, target) for o in input]).mean()
+        t = target.float()
+        if input.shape[1] == 1:
+            p = torch.sigmoid(input)
+            ce = F.binary_cross_entropy_with_logits(input, t)
+        elif input.shape[1] == 2:
+            p = torch.softmax(input, 1)[:, 1:2]
+            ce = F.cross_entropy(input, t[:, 0].long())
+        else:
+            raise DataError(f"DiceCELoss: expected 1 or 2 output channels, got {input.shape[1]}")
+        dims = tuple(range(1, p.ndim))
+        dice = 1 - (2 * (p * t).sum(dims) + 1) / (p.sum(dims) + t.sum(dims) + 1)
+        return ce + dice.mean()

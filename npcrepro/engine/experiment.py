@@ -176,6 +176,10 @@ class Chapter:
     def methods(self, P) -> list[Method]:
         raise NotImplementedError
 
+    def structures_for(self, P) -> tuple[str, ...]:
+        """The structures this run predicts (default: the class attribute ``structures``)."""
+        return tuple(self.structures)
+
     def method(self, name: str, P) -> Method:
         for m in self.methods(P):
             if m.name == name:
@@ -216,7 +220,7 @@ class Chapter:
     def load(self, dataset, name: str, P):
         """One case with this chapter's channels and structures."""
         return dataset.load(name, channels=list(self.channels) or None,
-                            structures=list(self.structures) or None)
+                            structures=list(self.structures_for(P)) or None)
 
     def prepare(self, case, P):
         """Case -> whatever ``fit`` and ``predict`` consume (must keep the case for scoring)."""
@@ -366,11 +370,11 @@ def _waves(methods: Sequence[Method]) -> list[list[Method]]:
     return waves
 
 
-def _run_json(rf, chapter: Chapter, methods, folds, seeds, status: str, **extra) -> None:
+def _run_json(rf, chapter: Chapter, P, methods, folds, seeds, status: str, **extra) -> None:
     info = {"format": RUN_FORMAT, "chapter": chapter.name, "status": status,
             "methods": [{"name": m.name, "label": m.label, "after": list(m.after), "info": dict(m.info)}
                         for m in methods],
-            "folds": len(folds), "seeds": list(seeds), "structures": list(chapter.structures),
+            "folds": len(folds), "seeds": list(seeds), "structures": list(chapter.structures_for(P)),
             "channels": list(chapter.channels),
             "updated": _dt.datetime.now().isoformat(timespec="seconds"), **extra}
     if rf.writer:
@@ -380,7 +384,8 @@ def _run_json(rf, chapter: Chapter, methods, folds, seeds, status: str, **extra)
 def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", dataset=None,
                    methods: Sequence[str] | None = None, backend: str | None = None,
                    workers: int | None = None, max_jobs: int | None = None,
-                   kill_after_iterations: int | None = None, progress: bool | None = None):
+                   kill_after_iterations: int | None = None, progress: bool | None = None,
+                   data_label: str | None = None):
     """Run chapter ``module`` (e.g. ``"npcrepro.chapters.chen2020"``) with resolved parameters ``P``.
 
     ``dataset``: an opened dataset (default: :func:`npcrepro.profiles.load_data`); ``methods``: a
@@ -388,7 +393,8 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     (default ``P.backend`` or "process", ``P.workers`` or 1); ``max_jobs``: stop after this many new
     jobs (the run stays "running" and can be resumed); ``kill_after_iterations``: the first job
     started is killed at that training iteration (as a kill would, after its last checkpoint) and the
-    run stops there. Both are test hooks that simulate a kill.
+    run stops there. Both are test hooks that simulate a kill. ``data_label`` names the data in
+    tables (default: "phantom" or the dataset folder).
 
     Returns :class:`npcrepro.engine.results.Results`.
     """
@@ -413,8 +419,7 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     waves = _waves(chosen)
     params = dict(P)
     params["data"] = str(getattr(ds, "root", P["data"]))
-    if P["data"] == "phantom":
-        params["data_label"] = "phantom"
+    label = data_label or ("phantom" if P["data"] == "phantom" else params["data"])
     rf = RunFolder.from_params(P, name, paper=chapter.name)
     cases = chapter.cases(ds, P)
     split_file = rf.path / "splits.json"
@@ -422,7 +427,8 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     if rf.writer and not split_file.exists():
         save_splits(folds, split_file)
     seeds = chapter.seeds(P)
-    _run_json(rf, chapter, chosen, folds, seeds, "running", data=params["data"])
+    _run_json(rf, chapter, P, chosen, folds, seeds, "running", data=params["data"],
+              data_label=label)
     job_params = {**params, "progress": False}
     results: dict[tuple, dict] = {}
     new = 0
@@ -470,7 +476,8 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     if rf.writer:
         rf.write_metrics(metrics)
         training.to_csv(rf.path / "training.csv", index=False)
-    _run_json(rf, chapter, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
+    _run_json(rf, chapter, P, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
+              data_label=label,
               seconds=time.perf_counter() - t0)
     if complete:
         rf.mark_done()

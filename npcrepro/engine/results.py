@@ -90,6 +90,11 @@ class Results:
         return self.info.get("data") or self.params.get("data", "")
 
     @property
+    def data_label(self) -> str:
+        """How tables name the data ("phantom", a dataset folder, "OpenKBP CT (12 patients)" ...)."""
+        return self.info.get("data_label") or self.data
+
+    @property
     def methods(self) -> list[str]:
         return [m["name"] for m in self.info.get("methods", [])]
 
