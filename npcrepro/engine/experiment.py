@@ -17,9 +17,11 @@ Run folder layout (one for all chapters)::
     <out_dir>/<profile>/<chapter>/<stamp>-<name>/
         params.json  environment.json  run.json  splits.json
         metrics.csv                      method, fold, seed, case, structure, metrics...
+        metrics_half.csv                 the same, with each network's weights at half its budget
         training.csv                     method, fold, seed, seconds, iterations, status, ...
         <method>/fold_<k>/seed_<s>/
-            model.pt  curves.csv  checkpoint_last.pt  metrics.csv  training.json  DONE
+            model.pt  model_half.pt  curves.csv  checkpoint_last.pt  metrics.csv  metrics_half.csv
+            training.json  DONE
             predictions/<case>/<structure>.nii.gz      always on the case's own grid
 
 Resume: ``P.resume`` names an earlier run folder; its parameters must match (``resume``,
@@ -122,7 +124,7 @@ class JobContext:
         (the job's, or ``<job>/<part>`` when one job trains several networks) and the test hook.
         Use with :meth:`fit` so that a killed job resumes from its checkpoint."""
         run = self.run if part is None else self.run.sub(part)
-        callbacks = []
+        callbacks = [_save_half_budget]
         if self.spec.kill_after_iterations is not None:
             limit = int(self.spec.kill_after_iterations)
 
@@ -252,6 +254,33 @@ class Chapter:
         return float(P.get("threshold") or 0.5)
 
 
+def _save_half_budget(trainer, event, info) -> None:
+    """Trainer callback: keep the weights at half the trainer's budget as ``model_half.pt`` in its
+    run folder (the runner scores them to show whether the network had converged)."""
+    if event != "iteration" or trainer.run is None:
+        return
+    total = sum(stage.budget(trainer.iterations_per_epoch) for stage in trainer.stages)
+    if info["iteration"] == max(1, total // 2):
+        import torch
+
+        torch.save(trainer.raw_model.state_dict(), trainer.run.path / "model_half.pt")
+
+
+def _half_budget_model(chapter: Chapter, method: Method, model, ctx: JobContext):
+    """The network as it was at half its budget (the newest ``model_half.pt`` of the job whose
+    parameters are the final network's), or None when training ended before half its budget."""
+    import torch
+
+    keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for path in sorted(ctx.run.path.rglob("model_half.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if {k: tuple(v.shape) for k, v in state.items()} == keys:
+            net = chapter.build(method, ctx.P)
+            net.load_state_dict(state)
+            return net.eval()
+    return None
+
+
 def load_chapter(module: str) -> Chapter:
     """The ``CHAPTER`` of a chapter module (imported by name, so that workers can find it)."""
     mod = importlib.import_module(module)
@@ -327,13 +356,22 @@ def run_job(spec: JobSpec) -> dict:
         for r in chapter.score(method, prep[name], probs, masks, ctx):
             rows.append({"method": method.name, "fold": spec.fold, "seed": spec.seed, **r,
                          "seconds": seconds})
+    half_rows = []
+    half = _half_budget_model(chapter, method, model, ctx) if P.get("half_budget_check", True) else None
+    if half is not None:
+        for name in spec.test:
+            probs = chapter.predict(method, half, prep[name], ctx)
+            masks = {st: prob >= thr for st, prob in probs.items()}
+            for r in chapter.score(method, prep[name], probs, masks, ctx):
+                half_rows.append({"method": method.name, "fold": spec.fold, "seed": spec.seed, **r})
     training = {"method": method.name, "fold": spec.fold, "seed": spec.seed,
                 "train_seconds": train_seconds, "job_seconds": time.perf_counter() - t0,
                 **ctx.facts}
     pd.DataFrame(rows).to_csv(ctx.run.path / "metrics.csv", index=False)
+    pd.DataFrame(half_rows).to_csv(ctx.run.path / "metrics_half.csv", index=False)
     _write_json(ctx.run.path / "training.json", training)
     ctx.run.mark_done()
-    return {"rows": rows, "training": training}
+    return {"rows": rows, "training": training, "half": half_rows}
 
 
 def _read_job(spec: JobSpec) -> dict | None:
@@ -342,11 +380,14 @@ def _read_job(spec: JobSpec) -> dict | None:
     d = job_dir(spec.run, spec.method, spec.fold, spec.seed)
     if not (d / "DONE").exists() or not (d / "metrics.csv").exists():
         return None
-    try:
-        rows = pd.read_csv(d / "metrics.csv").to_dict("records")
-    except pd.errors.EmptyDataError:
-        rows = []
-    return {"rows": rows, "training": json.loads((d / "training.json").read_text(encoding="utf-8"))}
+    def read(name: str) -> list[dict]:
+        try:
+            return pd.read_csv(d / name).to_dict("records") if (d / name).exists() else []
+        except pd.errors.EmptyDataError:
+            return []
+
+    return {"rows": read("metrics.csv"), "half": read("metrics_half.csv"),
+            "training": json.loads((d / "training.json").read_text(encoding="utf-8"))}
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -472,9 +513,11 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
         (m, k, s) for w in waves for m in w for k in range(len(folds)) for s in seeds)}
     keys = sorted(results, key=order.__getitem__)
     metrics = pd.DataFrame([r for key in keys for r in results[key]["rows"]])
+    half = pd.DataFrame([r for key in keys for r in results[key].get("half", [])])
     training = pd.DataFrame([results[key]["training"] for key in keys])
     if rf.writer:
         rf.write_metrics(metrics)
+        half.to_csv(rf.path / "metrics_half.csv", index=False)
         training.to_csv(rf.path / "training.csv", index=False)
     _run_json(rf, chapter, P, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
               data_label=label,
