@@ -20,6 +20,7 @@ __all__ = ["MODULES", "module", "run"]
 MODULES: dict[str, str] = {
     "template": "npcrepro.chapters.template.methods",
     "leaderboard": "npcrepro.chapters.leaderboard.methods",
+    "luo2020": "npcrepro.chapters.luo2020.methods",
 }
 
 

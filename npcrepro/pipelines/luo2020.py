@@ -373,19 +373,10 @@ def structures_for(dataset_structures: Sequence[str]) -> list[str]:
 
 
 def openkbp_dataset(out_dir: str | Path, n_cases: int, *, progress: bool = False):
-    """Convert the first ``n_cases`` OpenKBP patients of the shared real-data folder (cached under
-    ``out_dir``) and open them; None when the real data are not on this machine."""
-    from npcrepro.datasets import open_dataset
-    from npcrepro.datasets.adapters import convert
-    from npcrepro.paths import shared_data
+    """Alias of :func:`npcrepro.datasets.adapters.openkbp.cached_openkbp` (kept for the leaderboard)."""
+    from npcrepro.datasets.adapters.openkbp import cached_openkbp
 
-    src = shared_data("openkbp-subset")
-    if src is None or n_cases < 1:
-        return None
-    dst = Path(out_dir) / "_cache" / f"openkbp-luo2020-n{int(n_cases)}"
-    if not (dst / "dataset.json").exists():
-        convert("openkbp", src, dst, overwrite=True, progress=progress, limit=int(n_cases))
-    return open_dataset(dst)
+    return cached_openkbp(out_dir, n_cases, progress)
 
 
 def real_sizes(sizes: Mapping[str, Any]) -> dict:
