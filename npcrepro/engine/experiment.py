@@ -178,8 +178,9 @@ class Chapter:
     def methods(self, P) -> list[Method]:
         raise NotImplementedError
 
-    def structures_for(self, P) -> tuple[str, ...]:
-        """The structures this run predicts (default: the class attribute ``structures``)."""
+    def structures_for(self, P, dataset=None) -> tuple[str, ...]:
+        """The structures a run on ``dataset`` predicts (default: the class attribute
+        ``structures``); recorded in run.json."""
         return tuple(self.structures)
 
     def method(self, name: str, P) -> Method:
@@ -222,7 +223,7 @@ class Chapter:
     def load(self, dataset, name: str, P):
         """One case with this chapter's channels and structures."""
         return dataset.load(name, channels=list(self.channels) or None,
-                            structures=list(self.structures_for(P)) or None)
+                            structures=list(self.structures_for(P, dataset)) or None)
 
     def prepare(self, case, P):
         """Case -> whatever ``fit`` and ``predict`` consume (must keep the case for scoring)."""
@@ -269,13 +270,15 @@ def _save_half_budget(trainer, event, info) -> None:
 def _half_budget_model(chapter: Chapter, method: Method, model, ctx: JobContext):
     """The network as it was at half its budget (the newest ``model_half.pt`` of the job whose
     parameters are the final network's), or None when training ended before half its budget."""
+    import copy
+
     import torch
 
     keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for path in sorted(ctx.run.path.rglob("model_half.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
         state = torch.load(path, map_location="cpu", weights_only=True)
         if {k: tuple(v.shape) for k, v in state.items()} == keys:
-            net = chapter.build(method, ctx.P)
+            net = copy.deepcopy(model)
             net.load_state_dict(state)
             return net.eval()
     return None
@@ -319,7 +322,23 @@ def _prepared(chapter: Chapter, ds, name: str, P) -> Any:
 
 def run_job(spec: JobSpec) -> dict:
     """Train, predict and score one job; writes its folder and returns
-    ``{"rows": [...], "training": {...}}``. Module level and picklable (runs in workers)."""
+    ``{"rows": [...], "half": [...], "training": {...}}``. Module level and picklable (runs in
+    workers). ``P.threads`` (when set, on the CPU) pins torch's threads for the job: the one place
+    the package sets them besides the pool workers' start-up."""
+    import torch
+
+    n = spec.params.get("threads")
+    if not n or str(spec.params.get("device", "cpu")).startswith("cuda"):
+        return _run_job(spec)
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        return _run_job(spec)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_job(spec: JobSpec) -> dict:
     import pandas as pd
     import torch
 
@@ -411,11 +430,11 @@ def _waves(methods: Sequence[Method]) -> list[list[Method]]:
     return waves
 
 
-def _run_json(rf, chapter: Chapter, P, methods, folds, seeds, status: str, **extra) -> None:
+def _run_json(rf, chapter: Chapter, structures, methods, folds, seeds, status: str, **extra) -> None:
     info = {"format": RUN_FORMAT, "chapter": chapter.name, "status": status,
             "methods": [{"name": m.name, "label": m.label, "after": list(m.after), "info": dict(m.info)}
                         for m in methods],
-            "folds": len(folds), "seeds": list(seeds), "structures": list(chapter.structures_for(P)),
+            "folds": len(folds), "seeds": list(seeds), "structures": list(structures),
             "channels": list(chapter.channels),
             "updated": _dt.datetime.now().isoformat(timespec="seconds"), **extra}
     if rf.writer:
@@ -468,7 +487,8 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     if rf.writer and not split_file.exists():
         save_splits(folds, split_file)
     seeds = chapter.seeds(P)
-    _run_json(rf, chapter, P, chosen, folds, seeds, "running", data=params["data"],
+    structures = chapter.structures_for(P, ds)
+    _run_json(rf, chapter, structures, chosen, folds, seeds, "running", data=params["data"],
               data_label=label)
     job_params = {**params, "progress": False}
     results: dict[tuple, dict] = {}
@@ -519,7 +539,7 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
         rf.write_metrics(metrics)
         half.to_csv(rf.path / "metrics_half.csv", index=False)
         training.to_csv(rf.path / "training.csv", index=False)
-    _run_json(rf, chapter, P, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
+    _run_json(rf, chapter, structures, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
               data_label=label,
               seconds=time.perf_counter() - t0)
     if complete:

@@ -99,7 +99,7 @@ class Leaderboard(Chapter):
     name = "leaderboard"
     channels = ("CT", "T1", "T2", "CET1")
 
-    def structures_for(self, P) -> tuple[str, ...]:
+    def structures_for(self, P, dataset=None) -> tuple[str, ...]:
         return (str(P["structure"]),)
 
     def methods(self, P) -> list[Method]:

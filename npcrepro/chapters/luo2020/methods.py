@@ -13,7 +13,6 @@ its labelled slices: DSC, AUC (rank formula), F1, JSC and the soft L2 DSC of Eq.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Mapping
 
@@ -138,20 +137,6 @@ def schedule_spec(P: Mapping[str, Any], iterations: int) -> dict:
     return {"kind": "exponential", "every": every, "gamma": gamma}
 
 
-@contextlib.contextmanager
-def _threads(n):
-    """torch intra-op threads set to ``n`` (None: unchanged) while the block runs."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------------- scoring
 def score_rows(probs: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], prepared) -> list[dict]:
     """Per-structure rows of one patient over its labelled slices: DSC, AUC by the rank formula, F1,
@@ -176,7 +161,7 @@ class Luo2020(Chapter):
     name = "luo2020"
     channels = ("CT",)
     #: The paper's 14 structures (phantom names); a run on another dataset uses those it has
-    #: (:func:`~npcrepro.chapters.luo2020.prepare.structures_for`), recorded by :meth:`cases`.
+    #: (:func:`~npcrepro.chapters.luo2020.prepare.structures_for`, :meth:`structures_for`).
     structures = tuple(prep.STRUCTURES.values())
 
     def methods(self, P):
@@ -188,11 +173,9 @@ class Luo2020(Chapter):
     def all_methods(self, P):
         return [Method(k, v[0], info={"model": v[1], **v[2]}) for k, v in METHODS.items()]
 
-    def cases(self, dataset, P):
-        # The structures depend on the dataset (phantom: the paper's 14; OpenKBP: its organs and PTVs);
-        # the runner records ``self.structures`` in run.json right after this call.
-        self.structures = tuple(prep.structures_for(dataset.structures))
-        return super().cases(dataset, P)
+    def structures_for(self, P, dataset=None):
+        # phantom: the paper's 14; OpenKBP: its organs and PTVs
+        return self.structures if dataset is None else tuple(prep.structures_for(dataset.structures))
 
     def folds(self, cases, P):
         from npcrepro.datasets.splits import make_splits
@@ -221,16 +204,15 @@ class Luo2020(Chapter):
         P = ctx.P
         structures = train[0].structures
         seed = ctx.seed + 1000 * ctx.fold  # each fold starts from its own initialisation
-        with _threads(P.get("threads")):
-            seed_everything(seed)
-            model = self.build(method, P, len(structures))
-            data = prep.slice_dataset([p.case for p in train], structures, P.get("image_size"), seed=ctx.seed)
-            iterations = int(P["iterations"])
-            trainer = Trainer(model, make_loss(P), data, batch_size=int(P["batch_size"]), iterations=iterations,
-                              optimizer="adam", lr=float(P["lr"]), schedule=schedule_spec(P, iterations),
-                              eval_every=max(1, iterations // 10), restore_best=False,
-                              **{**ctx.trainer_args(), "seed": seed})
-            hist = ctx.fit(trainer)
+        seed_everything(seed)
+        model = self.build(method, P, len(structures))
+        data = prep.slice_dataset([p.case for p in train], structures, P.get("image_size"), seed=ctx.seed)
+        iterations = int(P["iterations"])
+        trainer = Trainer(model, make_loss(P), data, batch_size=int(P["batch_size"]), iterations=iterations,
+                          optimizer="adam", lr=float(P["lr"]), schedule=schedule_spec(P, iterations),
+                          eval_every=max(1, iterations // 10), restore_best=False,
+                          **{**ctx.trainer_args(), "seed": seed})
+        hist = ctx.fit(trainer)
         ctx.facts.update(label=method.label, iterations=hist.iterations, parameters=count_parameters(model),
                          final_train_loss=hist.final_train_loss, train_slices=len(data))
         return model
@@ -240,9 +222,8 @@ class Luo2020(Chapter):
 
         if not len(prepared.idx):
             return {s: np.zeros(prepared.case.shape, np.float32) for s in prepared.structures}
-        with _threads(ctx.P.get("threads")):
-            prob = predict_slices(model, prep.slice_image(prepared), batch_size=int(ctx.P.get("infer_batch") or 32),
-                                  device=ctx.device, activation="sigmoid")
+        prob = predict_slices(model, prep.slice_image(prepared), batch_size=int(ctx.P.get("infer_batch") or 32),
+                              device=ctx.device, activation="sigmoid")
         return prep.to_grid(prob, prepared)
 
     def case_of(self, prepared):
