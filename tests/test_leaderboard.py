@@ -136,8 +136,26 @@ def test_claims_verdicts_and_leaderboard_order():
     assert claims.loc["Two-stage U-Net + MSP (luo2020) > U-Net (CT)", "verdict"] == "reversed"
     board = L.leaderboard_table(track, n_boot=200)
     assert list(board["method"]) == ["DeepLabv3+ (xue2020)", "U-Net (CT)", "Two-stage U-Net + MSP (luo2020)"]
-    assert board.loc[0, "Δ DSC vs U-Net"] == "+0.100"
+    assert board.loc[0, "Δ DSC vs U-Net [95% CI]"].startswith("0.100 [")
+    assert board.loc[0, "failed patients"] == 0
     assert "1 method(s) were better, 1 worse" in L.reading(track)
+
+
+def test_claims_p_values_are_holm_adjusted_over_the_claims_tested():
+    from npcrepro.evaluation import holm, paired_tests
+
+    n = 8
+    good = list(np.linspace(0.7, 0.8, n))
+    jitter = [0.01 * (-1) ** i for i in range(n)]
+    values = {"unet_ct": [g - 0.1 + j for g, j in zip(good, jitter)], "deeplab_ct": good,
+              "luo_ours_ct": [g + 0.002 * (-1) ** i for i, g in enumerate(good)], "fcn8_ct": good[::-1]}
+    track = _fake_track(values)
+    claims = L.claims_table(track)
+    raw = [float(paired_tests(track.metrics, b, w, ["dice"]).iloc[0]["p_wilcoxon"])
+           for b, w in (("deeplab_ct", "unet_ct"), ("luo_ours_ct", "unet_ct"), ("luo_ours_ct", "fcn8_ct"))]
+    assert [float(x) for x in claims["p (Wilcoxon)"]] == pytest.approx(raw, rel=1e-2)
+    assert [float(x) for x in claims["p (Holm)"]] == pytest.approx(list(holm(raw)), rel=1e-2)
+    assert all(c.count("[") == 1 for c in claims["common Δ [95% CI]"])
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """The leaderboard's tables, claims and figures, read from a run's :class:`Results`.
 
 Per-case rows of several seeds are kept as they are: means, CIs and paired tests run over
-(patient, seed) pairs.
+(patient, seed) pairs. Confidence intervals are BCa bootstrap intervals
+(:func:`npcrepro.evaluation.bootstrap_ci`); p-values of a family of tests (every method against its
+baseline; the papers' claims) are also given Holm-adjusted (:func:`npcrepro.evaluation.holm`).
 """
 from __future__ import annotations
 
@@ -82,12 +84,25 @@ def paired_vs_baseline(res, key: str, metric: str = "dice") -> dict | None:
     return paired_tests(_table(res), key, base, [metric]).iloc[0].to_dict()
 
 
+def _baseline_tests(res) -> dict[str, dict]:
+    """Paired DSC test of every method against its baseline, with Holm-adjusted Wilcoxon p-values
+    over that family."""
+    from npcrepro.evaluation import holm
+
+    tests = {k: p for k in _present(res) if (p := paired_vs_baseline(res, k)) is not None}
+    for k, adj in zip(tests, holm([t["p_wilcoxon"] for t in tests.values()])):
+        tests[k]["p_holm"] = float(adj)
+    return tests
+
+
 def leaderboard_table(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """One row per method (sorted by mean DSC): each metric as ``mean [95% CI]``, the paired DSC
-    difference and Wilcoxon p-value against the method's U-Net baseline, and the number of test
-    patients with an empty prediction."""
+    """One row per method (sorted by mean DSC): each metric as ``mean [95% BCa CI]`` with the median
+    beside the distances (one failed patient's image-diagonal distance cannot hide in a mean), the
+    number of failed patients (empty prediction, tumour present), the paired DSC difference against
+    the method's U-Net baseline with its CI, and the Wilcoxon p-value, raw and Holm-adjusted over
+    every method tested against a baseline."""
     s = summary(res, n_boot, seed)
-    t = res.metrics
+    tests = _baseline_tests(res)
     rows = []
     for key in _present(res):
         m = BY_KEY[key]
@@ -95,12 +110,16 @@ def leaderboard_table(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
         row = {"method": m.label, "paper": m.paper, "input": "+".join(m.channels), "dims": m.dims.upper()}
         for k in METRICS:
             r = sm.loc[k]
-            row[METRIC_LABELS[k]] = _fmt_ci(r["mean"], r["ci_low"], r["ci_high"], 3 if k in ("dice", "nsd") else 1)
-        p = paired_vs_baseline(res, key)
-        row["Δ DSC vs U-Net"] = "—" if p is None else f"{p['mean_diff']:+.3f}"
+            digits = 3 if k in ("dice", "nsd") else 1
+            row[METRIC_LABELS[k]] = _fmt_ci(r["mean"], r["ci_low"], r["ci_high"], digits)
+            if k in ("hd95", "assd"):
+                row[f"{METRIC_LABELS[k]} median"] = "n/a" if not math.isfinite(r["median"]) else f"{r['median']:.1f}"
+        row["failed patients"] = int(sm.loc["dice", "n_failed"])
+        p = tests.get(key)
+        row["Δ DSC vs U-Net [95% CI]"] = "—" if p is None else _fmt_ci(p["mean_diff"], p["diff_ci_low"],
+                                                                       p["diff_ci_high"], 3)
         row["p (Wilcoxon)"] = "—" if p is None else f"{p['p_wilcoxon']:.3g}"
-        sub = t[t["method"] == key]
-        row["empty predictions"] = int(sub["pred_empty"].fillna(False).astype(bool).sum()) if "pred_empty" in sub else 0
+        row["p (Holm)"] = "—" if p is None else f"{p['p_holm']:.3g}"
         row["_dsc"] = float(sm.loc["dice", "mean"])
         rows.append(row)
     return pd.DataFrame(rows).sort_values("_dsc", ascending=False).drop(columns="_dsc").reset_index(drop=True)
@@ -153,27 +172,30 @@ def silent_methods(res) -> set[str]:
 def claims_table(res) -> pd.DataFrame:
     """Each paper's comparison that the common protocol can test: the reported DSC of both methods
     and their difference (from :mod:`npcrepro.papers`), next to the common protocol's paired result
-    and a verdict ("holds" when the difference has the claimed sign with Wilcoxon p < 0.05,
-    "reversed" when significant the other way, else "not shown at this sample size"). A method that
+    and a verdict ("holds" when the difference has the claimed sign with a Holm-adjusted Wilcoxon
+    p < 0.05 over the claims tested, "reversed" when significant the other way, else "not shown at
+    this sample size"). A method that
     predicted no tumour on any test patient was not trained, so a claim involving it is "not tested"
     whatever the p-value."""
     from npcrepro.evaluation import paired_tests
 
+    from npcrepro.evaluation import holm
+
     present = set(_present(res))
     silent = silent_methods(res)
+    tested = [(paper, where, b, w, paired_tests(_table(res), b, w, ["dice"]).iloc[0])
+              for paper, where, b, w in CLAIMS if b in present and w in present]
+    adjusted = holm([float(t["p_wilcoxon"]) for *_, t in tested])
     rows = []
-    for paper, where, better, worse in CLAIMS:
-        if better not in present or worse not in present:
-            continue
+    for (paper, where, better, worse, t), p_holm in zip(tested, adjusted):
         b, w = BY_KEY[better], BY_KEY[worse]
         rep_b = _reported_dsc(paper, b.reported)
         rep_w = _reported_dsc(paper, CLAIM_REPORTED.get((paper, worse), w.reported))
-        t = paired_tests(_table(res), better, worse, ["dice"]).iloc[0]
         diff, p = float(t["mean_diff"]), float(t["p_wilcoxon"])
         untrained = [BY_KEY[k].label for k in (better, worse) if k in silent]
         if untrained:
             verdict = f"not tested: {' and '.join(untrained)} predicted no tumour"
-        elif math.isfinite(p) and p < 0.05:
+        elif math.isfinite(p_holm) and p_holm < 0.05:
             verdict = "holds" if diff > 0 else "reversed"
         else:
             verdict = "not shown at this sample size"
@@ -181,7 +203,8 @@ def claims_table(res) -> pd.DataFrame:
                      "reported DSC": f"{rep_b:.3f} vs {rep_w:.3f}" if math.isfinite(rep_w) else f"{rep_b:.3f}",
                      "reported Δ": f"{rep_b - rep_w:+.3f}" if math.isfinite(rep_b - rep_w) else "n/a",
                      "common protocol DSC": f"{t['mean_a']:.3f} vs {t['mean_b']:.3f}",
-                     "common Δ": f"{diff:+.3f}", "p (Wilcoxon)": f"{p:.3g}", "n": int(t["n"]),
+                     "common Δ [95% CI]": _fmt_ci(diff, t["diff_ci_low"], t["diff_ci_high"], 3),
+                     "p (Wilcoxon)": f"{p:.3g}", "p (Holm)": f"{p_holm:.3g}", "n": int(t["n"]),
                      "verdict": verdict})
     return pd.DataFrame(rows)
 
@@ -211,17 +234,15 @@ def reading(res) -> str:
     lines = [f"On {len(res.test_cases())} test patients ({res.data_label}), {BY_KEY[best].label} had the "
              f"highest mean DSC ({d.iloc[0]:.3f}) and {BY_KEY[worst].label} the lowest ({d.iloc[-1]:.3f})."]
     better = worse = same = 0
-    for key in _present(res):
-        p = paired_vs_baseline(res, key)
-        if p is None:
-            continue
-        if math.isfinite(p["p_wilcoxon"]) and p["p_wilcoxon"] < 0.05:
+    for p in _baseline_tests(res).values():
+        if math.isfinite(p["p_holm"]) and p["p_holm"] < 0.05:
             better += p["mean_diff"] > 0
             worse += p["mean_diff"] < 0
         else:
             same += 1
     lines.append(f"Against the U-Net that sees the same images, {better} method(s) were better, {worse} worse "
-                 f"and {same} not distinguishable (Wilcoxon p < 0.05).")
+                 f"and {same} not distinguishable (Wilcoxon p < 0.05 after Holm's correction over "
+                 f"{better + worse + same} tests).")
     empty = silent_methods(res)
     silent = [BY_KEY[k].label for k in _present(res) if k in empty]
     if silent:
