@@ -19,6 +19,7 @@ __all__ = ["MODULES", "module", "run"]
 #: Chapters ported to the runner: name -> the module holding ``CHAPTER``.
 MODULES: dict[str, str] = {
     "template": "npcrepro.chapters.template.methods",
+    "li2018": "npcrepro.chapters.li2018.methods",
 }
 
 
