@@ -159,7 +159,7 @@ def prepare_case(case, P: Mapping[str, Any], *, spacing_known: bool = True) -> P
     zs = _choose_slices(T.slices_with(mask, axis=0), P["slices_per_patient"])
     if len(zs) == 0:
         raise DataError(f"case {case.name}: {STRUCTURE} vanished after resampling to {spacing}")
-    if P["data"] == "phantom" or not spacing_known:
+    if P.get("data_label", P["data"]) == "phantom" or not spacing_known:
         box2 = T.center_box(res.shape[1:], (SIZE, SIZE))
     else:
         yy, xx = np.nonzero(mask[zs].any(axis=0))
