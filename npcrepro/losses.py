@@ -599,3 +599,24 @@ class StagewiseLoss(nn.Module):
             raise ParameterError(f"StagewiseLoss: {len(outs)} outputs but weights {self.weights}")
         total = sum(wi * self.base(o, target) for wi, o in zip(w, outs))
         return total / sum(w)
+# ---------------------------------------------------------------------------------- li2018
+class BCEDiceLoss(nn.Module):
+    """Mean binary cross-entropy + soft Dice (sigmoid; targets may be soft): li2018's working loss."""
+
+    def __init__(self, eps: float = 1.0):
+        super().__init__()
+        self.dice = DiceLoss(eps=eps, activation="sigmoid")
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(input, target) + self.dice(input, target)
+
+
+class CaffeSigmoidLoss(nn.Module):
+    """Caffe's ``SigmoidCrossEntropyLoss``: cross-entropy summed over pixels, divided by the batch
+    (li2018's faithful loss; the paper names none)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(input, target, reduction="sum") / input.shape[0]
+
+
+__all__ += ["BCEDiceLoss", "CaffeSigmoidLoss"]

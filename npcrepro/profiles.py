@@ -189,8 +189,7 @@ def _load_papers() -> None:
 
 
 def _paper_sizes(paper: str) -> dict[str, dict[str, Any]]:
-    if paper not in _SIZES:
-        _load_papers()
+    _load_papers()  # the recipe modules first, whatever registered before
     if paper not in _SIZES:
         raise ParameterError(f"unknown paper {paper!r} (valid: {', '.join(sorted(_SIZES))})")
     return _SIZES[paper]

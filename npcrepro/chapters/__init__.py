@@ -21,6 +21,7 @@ MODULES: dict[str, str] = {
     "template": "npcrepro.chapters.template.methods",
     "leaderboard": "npcrepro.chapters.leaderboard.methods",
     "luo2020": "npcrepro.chapters.luo2020.methods",
+    "li2018": "npcrepro.chapters.li2018.methods",
 }
 
 

@@ -60,12 +60,14 @@ class Method:
 
     ``name`` names its folder and its rows in metrics.csv; ``label`` is what tables show; ``after``
     lists methods of the same fold and seed whose trained models this one needs (self-transfer,
-    cascades); ``info`` holds plain facts the chapter's report uses (family, inputs ...)."""
+    cascades); ``info`` holds plain facts the chapter's report uses (family, inputs ...); ``folds``
+    limits the method to the first few folds (None: every fold)."""
 
     name: str
     label: str = ""
     after: tuple[str, ...] = ()
     info: Mapping[str, Any] = field(default_factory=dict)
+    folds: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or any(ch in self.name for ch in "/\\ ") or self.name.startswith("."):
@@ -214,6 +216,12 @@ class Chapter:
                             n_test=P.get("n_test") if P.get("n_test") is not None else 0.2)
         mf = P.get("max_folds")
         return folds[: int(mf)] if mf else folds
+
+    def dataset(self, P, *, progress: bool = False):
+        """The dataset the run reads (default :func:`npcrepro.profiles.load_data`)."""
+        from npcrepro.profiles import load_data
+
+        return load_data(P, progress=progress)
 
     # ------------------------------------------------------------------ how it runs
     def build(self, method: Method, P):
@@ -432,8 +440,8 @@ def _waves(methods: Sequence[Method]) -> list[list[Method]]:
 
 def _run_json(rf, chapter: Chapter, structures, methods, folds, seeds, status: str, **extra) -> None:
     info = {"format": RUN_FORMAT, "chapter": chapter.name, "status": status,
-            "methods": [{"name": m.name, "label": m.label, "after": list(m.after), "info": dict(m.info)}
-                        for m in methods],
+            "methods": [{"name": m.name, "label": m.label, "after": list(m.after), "info": dict(m.info),
+                         "folds": m.folds} for m in methods],
             "folds": len(folds), "seeds": list(seeds), "structures": list(structures),
             "channels": list(chapter.channels),
             "updated": _dt.datetime.now().isoformat(timespec="seconds"), **extra}
@@ -464,11 +472,9 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     from npcrepro.engine.dispatch import map_calls
     from npcrepro.engine.results import Results
     from npcrepro.engine.runs import RunFolder
-    from npcrepro.profiles import load_data
-
     chapter = load_chapter(module)
     progress = bool(P.get("progress", True)) if progress is None else progress
-    ds = dataset if dataset is not None else load_data(P, progress=progress)
+    ds = dataset if dataset is not None else chapter.dataset(P, progress=progress)
     chosen = chapter.methods(P)
     if methods is not None:
         unknown = [m for m in methods if m not in {c.name for c in chosen}]
@@ -494,11 +500,11 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     results: dict[tuple, dict] = {}
     new = 0
     t0 = time.perf_counter()
-    n_jobs = sum(len(w) for w in waves) * len(folds) * len(seeds)
+    n_jobs = sum(len(folds[: m.folds]) for w in waves for m in w) * len(seeds)
     for wave in waves:
         todo = []
         for m in wave:
-            for k, fold in enumerate(folds):
+            for k, fold in enumerate(folds[: m.folds]):
                 for s in seeds:
                     spec = JobSpec(module, m.name, k, s, str(rf.path), job_params, list(fold.train),
                                    list(fold.val), list(fold.test))
@@ -530,7 +536,7 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
             break
     complete = len(results) == n_jobs
     order = {(m.name, k, s): i for i, (m, k, s) in enumerate(
-        (m, k, s) for w in waves for m in w for k in range(len(folds)) for s in seeds)}
+        (m, k, s) for w in waves for m in w for k in range(len(folds[: m.folds])) for s in seeds)}
     keys = sorted(results, key=order.__getitem__)
     metrics = pd.DataFrame([r for key in keys for r in results[key]["rows"]])
     half = pd.DataFrame([r for key in keys for r in results[key].get("half", [])])

@@ -143,8 +143,9 @@ CHOICES = {"cv": ["loocv", "kfold"], "modes": ["both", "working", "faithful"]}
 
 
 def _register() -> None:
-    from npcrepro.profiles import register_choices, register_profile
+    from npcrepro.profiles import papers, register_choices, register_profile
 
+    papers()  # load the recipe modules first (npcrepro.recipes.li2018 holds the full parameter set)
     for prof, sizes in PROFILES.items():
         register_profile(PAPER, prof, **sizes, **_COMMON_SIZES)
     register_choices(PAPER, **CHOICES)
