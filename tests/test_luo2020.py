@@ -405,11 +405,10 @@ def test_profiles_resolve():
         LM.CHAPTER.methods(profiles.resolve("luo2020", "smoke", methods=["maskrcnn"]))
 
 
-def test_old_pipeline_alias_still_imports():
+def test_cached_openkbp_without_a_source_is_none():
     from npcrepro.datasets.adapters.openkbp import cached_openkbp
-    from npcrepro.pipelines import luo2020 as old
 
-    assert old.openkbp_dataset("unused", 0) is None and cached_openkbp("unused", 0) is None
+    assert cached_openkbp("unused", 0) is None
 
 
 class Testluo2020Contract(ChapterContract):
