@@ -161,27 +161,35 @@ _papers_loaded = False
 
 
 def _load_papers() -> None:
-    """Import the modules that register profiles: every chapter pipeline (``npcrepro.pipelines.*``)
-    and every paper module (``npcrepro.papers.<key>``)."""
+    """Register every chapter's profiles from its recipe module (:mod:`npcrepro.recipes`): plain
+    data, so learning a chapter's parameters imports no chapter code.
+
+    Transitional: chapters whose recipe module does not exist yet still register by importing their
+    pipeline (``npcrepro.pipelines.<name>``)."""
     global _papers_loaded
     if _papers_loaded:
         return
     _papers_loaded = True
     import importlib
-    import pkgutil
 
-    import npcrepro.papers as papers_pkg
-    import npcrepro.pipelines as pipelines_pkg
+    from npcrepro import recipes
 
-    for key in papers_pkg.PAPERS:
-        importlib.import_module(f"npcrepro.papers.{key}")
-    for info in pkgutil.iter_modules(pipelines_pkg.__path__):
-        importlib.import_module(f"npcrepro.pipelines.{info.name}")
+    for name in recipes.CHAPTERS:
+        try:
+            mod = recipes.load(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"npcrepro.recipes.{name}":
+                raise
+            importlib.import_module(f"npcrepro.pipelines.{name}")
+            continue
+        for profile, sizes in mod.PROFILES.items():
+            register_profile(name, profile, **sizes)
+        if mod.ALLOWED:
+            register_choices(name, **mod.ALLOWED)
 
 
 def _paper_sizes(paper: str) -> dict[str, dict[str, Any]]:
-    if paper not in _SIZES:
-        _load_papers()
+    _load_papers()  # the recipe modules first, whatever registered before
     if paper not in _SIZES:
         raise ParameterError(f"unknown paper {paper!r} (valid: {', '.join(sorted(_SIZES))})")
     return _SIZES[paper]
@@ -330,21 +338,69 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
     return open_dataset(folder)
 
 
-# ---------------------------------------------------------------------------------- the template
-register_profile("template", "smoke", n_cases=4, n_test=1, n_val=1, channel="T1", structure="GTVp",
-                 widths=[8, 16, 32], batch_size=8, iterations=40, eval_every=20, lr=1e-2,
-                 image_size=None)
-register_profile("template", "cpu", n_cases=10, n_test=3, n_val=1, channel="T1", structure="GTVp",
-                 widths=[16, 32, 64, 128], batch_size=8, iterations=600, eval_every=100, lr=2e-3,
-                 image_size=[64, 64])
-register_profile("template", "gpu", n_cases=40, n_test=8, n_val=4, channel="T1", structure="GTVp",
-                 widths=[32, 64, 128, 256, 512], batch_size=16, iterations=5000, eval_every=250,
-                 lr=1e-3, image_size=None)
-register_choices("template", channel=["CT", "T1", "T2", "CET1"])
+# ---------------------------------------------------------------------------------- documentation
+#: One-line help of the common parameters.
+COMMON_HELP = {
+    "profile": "smoke (seconds, for tests), cpu (the book, minutes on 2 cores) or gpu (paper scale)",
+    "data": "'phantom' (generated and cached) or a dataset folder in the project format",
+    "device": "auto (cuda if available, else cpu), cpu, cuda or cuda:N",
+    "seed": "seeds data generation, splits, initialisation and sampling",
+    "out_dir": "root of run folders (<out_dir>/<profile>/<chapter>/<stamp>-<name>/)",
+    "resume": "a run folder to continue (its parameters must match)",
+}
 
-# Pages that only read other chapters' outputs: the common parameters and nothing else.
-for _profile in PROFILES:
-    register_profile("intro", _profile)
-    register_profile("reproducibility", _profile)
-    # explorer: "" = the newest leaderboard run (else the newest with predictions) / its best case
-    register_profile("explorer", _profile, run="", case="")
+
+def _type_name(values: Sequence[Any]) -> str:
+    """The annotation papermill shows for a parameter whose profile values are ``values``."""
+    kinds = {type(v) for v in values if v is not None}
+    if kinds == {bool}:
+        return "bool"
+    if kinds and kinds <= {int}:
+        return "int"
+    if kinds and kinds <= {int, float}:
+        return "float"
+    if kinds and kinds <= {list, tuple}:
+        return "list"
+    if kinds == {str}:
+        return "str"
+    if kinds == {dict}:
+        return "dict"
+    return "object"
+
+
+def describe(paper: str) -> "list[dict]":
+    """Every parameter of ``paper``: name, type, its value at each profile, allowed values and help
+    (what ``npcrepro params <chapter>`` prints)."""
+    from npcrepro import recipes
+
+    sizes = _paper_sizes(paper)
+    try:
+        helps = dict(recipes.load(paper).HELP)
+    except ModuleNotFoundError:
+        helps = {}
+    rows = []
+    for name in parameters(paper, profiles(paper)[0]):
+        values = {p: (COMMON[name] if name in COMMON else sizes[p].get(name)) for p in profiles(paper)}
+        rows.append({"parameter": name, "type": _type_name([COMMON.get(name), *values.values()]),
+                     **values, "allowed": list(_CHOICES.get(paper, {}).get(name, ())) or "",
+                     "help": COMMON_HELP.get(name) or helps.get(name, "")})
+    return rows
+
+
+def parameters_cell(paper: str) -> str:
+    """The source of ``paper``'s notebook parameters cell, generated from the registry: the common
+    parameters with their defaults, then every chapter parameter as ``None`` ("the profile's
+    value"), each with its type and a one-line help that ``papermill --help-notebook`` shows."""
+    lines = []
+    rows = describe(paper)
+    for row in rows:
+        name = row["parameter"]
+        value = repr(COMMON[name]).replace("'", '"') if name in COMMON else "None"
+        vals = [row[p] for p in profiles(paper) if p in row]
+        values = ("" if name in COMMON else f" (every profile: {vals[0]!r})" if all(v == vals[0] for v in vals)
+                  else " (" + " / ".join(f"{p}: {row[p]!r}" for p in profiles(paper) if p in row) + ")")
+        allowed = f"; one of {row['allowed']}" if row["allowed"] else ""
+        lines.append(f"{name}: {row['type']} = {value}  # {row['help']}{allowed}{values}")
+        if name == "resume" and len(lines) < len(rows):
+            lines.append("# per-chapter parameters; None takes the profile's value")
+    return "\n".join(lines)

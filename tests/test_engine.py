@@ -606,8 +606,11 @@ def test_template_notebook_runs_at_smoke_profile(run_notebook):
     run = Path(match.group(1))
     assert run.parts[-4:-1] == ("runs", "smoke", "template")
     names = {p.name for p in run.iterdir()}
-    assert {"params.json", "environment.json", "curves.csv", "checkpoint_last.pt", "checkpoint_best.pt",
-            "metrics.csv", "summary.json", "predictions", "DONE"} <= names
+    assert {"params.json", "environment.json", "run.json", "splits.json", "metrics.csv", "training.csv",
+            "unet2d", "DONE"} <= names
+    job = run / "unet2d" / "fold_0" / "seed_0"
+    assert {"curves.csv", "checkpoint_last.pt", "checkpoint_best.pt", "model.pt", "predictions"} <= {
+        p.name for p in job.iterdir()}
     assert json.loads((run / "params.json").read_text(encoding="utf-8"))["profile"] == "smoke"
     glued = {o.get("metadata", {}).get("scrapbook", {}).get("name") for o in outputs}
     assert {"template_dice", "template_n_test"} <= glued

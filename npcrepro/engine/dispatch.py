@@ -1,4 +1,5 @@
-"""Run independent notebook jobs (papermill) on a local process pool, a Dask cluster or SLURM.
+"""Run independent jobs (training jobs of the experiment runner, papermill notebooks) on a local
+process pool, a Dask cluster or SLURM: :func:`map_calls` is the one interface.
 
 >>> jobs = [Job("notebooks/li2018.ipynb", "book/runs/cpu/li2018.ipynb", {"profile": "cpu"}), ...]
 >>> results = run_jobs(jobs)                                    # local processes
@@ -18,11 +19,11 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from npcrepro.errors import ParameterError
 
-__all__ = ["Job", "JobResult", "run_jobs", "execute_job", "BACKENDS"]
+__all__ = ["Job", "JobResult", "run_jobs", "execute_job", "map_calls", "BACKENDS"]
 
 BACKENDS = ("process", "serial", "dask", "submitit")
 
@@ -86,49 +87,95 @@ def _one_line(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text[0] if text else ''}"
 
 
-def run_jobs(jobs: Sequence[Job], backend: str = "process", *, max_workers: int | None = None,
-             address: str | None = None, folder: str | os.PathLike = "submitit_logs",
-             slurm: dict | None = None, progress: bool = True) -> list[JobResult]:
-    """Execute ``jobs`` (independent) and return their results in input order.
+def _init_worker(threads: int) -> None:
+    """Pool worker start-up: pin torch's intra-op threads (the cores are shared between workers)."""
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    except ImportError:  # notebook jobs do not need torch in the parent
+        pass
+
+
+def map_calls(fn: Callable, items: Sequence, backend: str = "process", *, workers: int = 1,
+              threads: int | None = None, address: str | None = None,
+              folder: str | os.PathLike = "submitit_logs", slurm: dict | None = None,
+              progress: bool = False, desc: str = "jobs") -> Iterator[tuple[Any, Any]]:
+    """Call ``fn(item)`` for every item and yield ``(item, result)`` as each finishes.
+
+    The one dispatch interface of the package: the experiment runner's training jobs and the book's
+    notebook jobs both go through it. ``fn`` must be importable at module level (it is pickled).
 
     Parameters
     ----------
     backend : "process" | "serial" | "dask" | "submitit"
-        "process": a local pool of ``max_workers`` spawned processes (default: cpu_count // 2, at least
-        1); "serial": one after the other here; "dask": ``dask.distributed.Client(address)`` (a local
-        cluster when ``address`` is None); "submitit": one SLURM job each (``slurm`` holds executor
-        parameters such as partition, gpus_per_node, timeout_min; logs in ``folder``).
+        "process": a pool of ``workers`` spawned processes (in this process when ``workers`` is 1 or
+        there is one item); "serial": here, one after the other; "dask":
+        ``dask.distributed.Client(address)`` (a local cluster when ``address`` is None); "submitit":
+        one SLURM job per item (``slurm`` holds executor parameters such as partition,
+        gpus_per_node, timeout_min; logs in ``folder``).
+    threads : int, optional
+        torch threads in each pool worker (default: cores // workers).
+
+    A failing call raises RuntimeError naming the item (``item.label`` when it has one).
     """
-    jobs = list(jobs)
+    items = list(items)
     if backend not in BACKENDS:
         raise ParameterError(f"unknown backend {backend!r} (valid: {', '.join(BACKENDS)})")
-    if not jobs:
-        return []
-    if backend == "serial":
-        return [_report(execute_job(j), progress) for j in jobs]
+    if not items:
+        return
+    workers = max(1, int(workers))
+
+    def label(item) -> str:
+        return str(getattr(item, "label", item))
+
+    def fail(item, exc: BaseException):
+        if isinstance(exc, (ParameterError,)) or type(exc).__name__ == "DataError":
+            raise exc
+        raise RuntimeError(f"{desc}: {label(item)} failed: {type(exc).__name__}: {exc}") from exc
+
+    if backend == "serial" or (backend == "process" and (workers == 1 or len(items) == 1)):
+        for item in items:
+            try:
+                out = fn(item)
+            except Exception as exc:  # noqa: BLE001 - re-raised with the item named
+                fail(item, exc)
+            yield item, out
+        return
     if backend == "process":
-        n = max_workers or max(1, (os.cpu_count() or 2) // 2)
-        if n == 1 or len(jobs) == 1:
-            return [_report(execute_job(j), progress) for j in jobs]
-        out: dict[int, JobResult] = {}
-        with cf.ProcessPoolExecutor(min(n, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-            futs = {pool.submit(execute_job, j): i for i, j in enumerate(jobs)}
+        n = min(workers, len(items))
+        per = threads or max(1, (os.cpu_count() or 1) // n)
+        with cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                    initargs=(per,)) as pool:
+            futs = {pool.submit(fn, item): item for item in items}
             for f in cf.as_completed(futs):
-                out[futs[f]] = _report(f.result(), progress)
-        return [out[i] for i in range(len(jobs))]
+                item = futs[f]
+                try:
+                    out = f.result()
+                except Exception as exc:  # noqa: BLE001
+                    for other in futs:
+                        other.cancel()
+                    fail(item, exc)
+                yield item, out
+        return
     if backend == "dask":
         try:
-            from dask.distributed import Client
+            from dask.distributed import Client, as_completed
         except ImportError:
             raise ParameterError("backend 'dask' needs dask.distributed (pip install 'dask[distributed]')") from None
-        client = Client(address) if address else Client(n_workers=max_workers or 1, threads_per_worker=1,
+        client = Client(address) if address else Client(n_workers=workers, threads_per_worker=1,
                                                           processes=True)
         try:
-            futs = client.map(execute_job, jobs, pure=False)
-            return [_report(r, progress) for r in client.gather(futs)]
+            futs = {client.submit(fn, item, pure=False): item for item in items}
+            for f in as_completed(list(futs)):
+                try:
+                    out = f.result()
+                except Exception as exc:  # noqa: BLE001
+                    fail(futs[f], exc)
+                yield futs[f], out
         finally:
             client.close()
-    # submitit
+        return
     try:
         import submitit
     except ImportError:
@@ -137,8 +184,25 @@ def run_jobs(jobs: Sequence[Job], backend: str = "process", *, max_workers: int 
     if slurm:
         executor.update_parameters(**slurm)
     with executor.batch():
-        sub = [executor.submit(execute_job, j) for j in jobs]
-    return [_report(s.result(), progress) for s in sub]
+        sub = [(item, executor.submit(fn, item)) for item in items]
+    for item, s in sub:
+        try:
+            out = s.result()
+        except Exception as exc:  # noqa: BLE001
+            fail(item, exc)
+        yield item, out
+
+
+def run_jobs(jobs: Sequence[Job], backend: str = "process", *, max_workers: int | None = None,
+             address: str | None = None, folder: str | os.PathLike = "submitit_logs",
+             slurm: dict | None = None, progress: bool = True) -> list[JobResult]:
+    """Execute notebook ``jobs`` (independent) through :func:`map_calls`; results in input order.
+    ``max_workers`` defaults to cpu_count // 2 (at least 1) for the process backend."""
+    jobs = list(jobs)
+    n = max_workers or max(1, (os.cpu_count() or 2) // 2)
+    out = {id(j): _report(r, progress) for j, r in map_calls(
+        execute_job, jobs, backend, workers=n, address=address, folder=folder, slurm=slurm)}
+    return [out[id(j)] for j in jobs]
 
 
 def _report(result: JobResult, progress: bool) -> JobResult:

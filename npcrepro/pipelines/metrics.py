@@ -9,18 +9,7 @@ import pandas as pd
 
 from npcrepro import metrics
 from npcrepro.datasets.adapters import two_raters
-from npcrepro.profiles import register_profile
-
-#: Organs closest to nasopharyngeal radiotherapy, in the order the chapter shows them.
-NPC_ORGANS = ("Brainstem", "Spinal-Cord", "Parotid-Lt", "Parotid-Rt", "Mandible", "Optic-Nerve-Lt",
-              "Optic-Nerve-Rt", "Lens-Lt", "Lens-Rt", "Cochlea-Lt", "Cochlea-Rt",
-              "Submandibular-Lt", "Submandibular-Rt")
-
-register_profile("metrics", "smoke", n_scans=1, organs=["Brainstem", "Parotid-Lt", "Lens-Lt"],
-                 tolerance_mm=2.0)
-register_profile("metrics", "cpu", n_scans=7, organs=list(NPC_ORGANS), tolerance_mm=2.0)
-register_profile("metrics", "gpu", n_scans=7, organs=[], tolerance_mm=2.0)  # [] = every organ
-
+from npcrepro.recipes.metrics import NPC_ORGANS
 
 def inter_rater_table(src, *, scans: Sequence[str] | None = None,
                       organs: Sequence[str] | None = None, tolerance_mm: float = 2.0,

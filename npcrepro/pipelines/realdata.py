@@ -1,8 +1,7 @@
 """Helpers of the real-data chapter (``notebooks/realdata.ipynb``): its profile sizes, where the
 real sources are, and the cohort-level summaries it shows.
 
-Importing this module registers the chapter's profile sizes under the name ``"realdata"``
-(:func:`npcrepro.profiles.register_profile`).
+Its profile sizes are in :mod:`npcrepro.recipes.realdata`.
 """
 from __future__ import annotations
 
@@ -11,12 +10,6 @@ from typing import Sequence
 
 import numpy as np
 
-from npcrepro.profiles import register_profile
-
-#: OpenKBP patients converted, T2 slices shown, cases in the CT gallery.
-register_profile("realdata", "smoke", n_openkbp=2, n_slices=6, n_gallery=2)
-register_profile("realdata", "cpu", n_openkbp=12, n_slices=25, n_gallery=8)
-register_profile("realdata", "gpu", n_openkbp=64, n_slices=25, n_gallery=12)
 
 #: Where a user gets each source (shown when the data are absent).
 SOURCES_TEXT = {

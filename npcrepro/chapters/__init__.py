@@ -1,0 +1,41 @@
+"""The chapter layer: one package per chapter, each in three small parts.
+
+``npcrepro.chapters.<name>``
+    ``prepare``  case -> model inputs and samplers;
+    ``methods``  the chapter's :class:`~npcrepro.engine.experiment.Chapter` (``CHAPTER``): method
+                 name -> network, loss, training stages, predict;
+    ``report``   tables, figures and claims from :class:`~npcrepro.engine.results.Results`.
+
+Parameters and recipe values are plain data in :mod:`npcrepro.recipes`; the experiment runner
+(:func:`npcrepro.engine.experiment.run_experiment`) trains, predicts, scores and writes the run
+folder for every chapter. :func:`run` is the one entry point the notebooks call.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+__all__ = ["MODULES", "module", "run"]
+
+#: Chapters ported to the runner: name -> the module holding ``CHAPTER``.
+MODULES: dict[str, str] = {
+    "template": "npcrepro.chapters.template.methods",
+    "leaderboard": "npcrepro.chapters.leaderboard.methods",
+    "luo2020": "npcrepro.chapters.luo2020.methods",
+    "li2018": "npcrepro.chapters.li2018.methods",
+}
+
+
+def module(name: str) -> str:
+    from npcrepro.errors import ParameterError
+
+    if name not in MODULES:
+        raise ParameterError(f"unknown chapter {name!r} (valid: {', '.join(MODULES)})")
+    return MODULES[name]
+
+
+def run(P: Mapping[str, Any], *, name: str = "run", **kwargs):
+    """Run chapter ``P.paper`` with resolved parameters ``P`` through the experiment runner;
+    returns its :class:`~npcrepro.engine.results.Results`."""
+    from npcrepro.engine.experiment import run_experiment
+
+    return run_experiment(module(P["paper"]), P, name=name, **kwargs)

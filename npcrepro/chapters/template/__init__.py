@@ -1,0 +1,1 @@
+"""The template chapter: a plain 2D U-Net on one channel, the pattern the paper chapters follow."""

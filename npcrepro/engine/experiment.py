@@ -1,0 +1,553 @@
+"""The one experiment runner: every chapter and the leaderboard train and score through it.
+
+A chapter describes *what* to run by subclassing :class:`Chapter` (methods, how a case becomes model
+inputs, how a method is trained and predicts); :func:`run_experiment` does the rest, the same way for
+every chapter::
+
+    run folder (new, or resumed after the parameter check)
+      -> cases and splits (saved to splits.json; a resumed run keeps its folds)
+      -> jobs: method x fold x seed, in dependency waves (a method may use another's trained model)
+      -> per job: prepare cases, fit, save model.pt, predict every test case on its own grid,
+         threshold, write predictions, score with npcrepro.evaluation, mark the job DONE
+      -> pooled metrics.csv and training.csv, run.json status "done"
+      -> Results (npcrepro.engine.results)
+
+Run folder layout (one for all chapters)::
+
+    <out_dir>/<profile>/<chapter>/<stamp>-<name>/
+        params.json  environment.json  run.json  splits.json
+        metrics.csv                      method, fold, seed, case, structure, metrics...
+        metrics_half.csv                 the same, with each network's weights at half its budget
+        training.csv                     method, fold, seed, seconds, iterations, status, ...
+        <method>/fold_<k>/seed_<s>/
+            model.pt  model_half.pt  curves.csv  checkpoint_last.pt  metrics.csv  metrics_half.csv
+            training.json  DONE
+            predictions/<case>/<structure>.nii.gz      always on the case's own grid
+
+Resume: ``P.resume`` names an earlier run folder; its parameters must match (``resume``,
+``out_dir`` and ``device`` may differ), jobs marked DONE are read back, a killed job starts again
+from its ``checkpoint_last.pt`` when the chapter's ``fit`` passes ``ctx.resume`` to the Trainer.
+
+Jobs run on one dispatch interface (:func:`npcrepro.engine.dispatch.map_calls`): a local process pool
+by default (``P.workers``; torch threads = cores / workers in each), in this process
+(``workers=1``), or on a Dask or SLURM cluster (``P.backend``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from npcrepro.errors import DataError, ParameterError
+
+__all__ = ["Method", "Chapter", "JobContext", "JobSpec", "JobKilled", "run_experiment", "run_job",
+           "job_dir", "load_chapter", "RUN_FORMAT"]
+
+#: Version of the run-folder layout written in run.json.
+RUN_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class Method:
+    """One trainable entry of a chapter.
+
+    ``name`` names its folder and its rows in metrics.csv; ``label`` is what tables show; ``after``
+    lists methods of the same fold and seed whose trained models this one needs (self-transfer,
+    cascades); ``info`` holds plain facts the chapter's report uses (family, inputs ...); ``folds``
+    limits the method to the first few folds (None: every fold)."""
+
+    name: str
+    label: str = ""
+    after: tuple[str, ...] = ()
+    info: Mapping[str, Any] = field(default_factory=dict)
+    folds: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or any(ch in self.name for ch in "/\\ ") or self.name.startswith("."):
+            raise ParameterError(f"method name {self.name!r} must be a plain folder name")
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
+
+
+class JobKilled(RuntimeError):
+    """Raised inside a job by the ``kill_after_iterations`` test hook, as a kill would stop it."""
+
+
+@dataclass
+class JobSpec:
+    """One unit of work: ``method`` on fold ``fold`` with seed ``seed`` (picklable)."""
+
+    chapter: str
+    method: str
+    fold: int
+    seed: int
+    run: str
+    params: dict
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    kill_after_iterations: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} fold {self.fold} seed {self.seed}"
+
+
+def job_dir(run: str | os.PathLike, method: str, fold: int, seed: int) -> Path:
+    """``<run>/<method>/fold_<fold>/seed_<seed>``."""
+    return Path(run) / method / f"fold_{fold}" / f"seed_{seed}"
+
+
+class JobContext:
+    """What a chapter's ``fit``/``predict`` get besides the data: where to write, which seed and
+    device, whether to resume, and the trained models of the methods this one runs after."""
+
+    def __init__(self, chapter: "Chapter", spec: JobSpec, P: Mapping[str, Any]):
+        from npcrepro.engine.runs import RunFolder
+
+        self.chapter, self.spec, self.P = chapter, spec, P
+        self.run = RunFolder(job_dir(spec.run, spec.method, spec.fold, spec.seed))
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        self.seed = int(spec.seed)
+        self.fold = int(spec.fold)
+        self.device = str(P.get("device") or "cpu")
+        self.progress = bool(P.get("progress", False))
+        self.facts: dict[str, Any] = {}
+
+    def trainer_args(self, part: str | None = None) -> dict:
+        """Keyword arguments every Trainer of this job takes: seed, device, progress, its run folder
+        (the job's, or ``<job>/<part>`` when one job trains several networks) and the test hook.
+        Use with :meth:`fit` so that a killed job resumes from its checkpoint."""
+        run = self.run if part is None else self.run.sub(part)
+        callbacks = [_save_half_budget]
+        if self.spec.kill_after_iterations is not None:
+            limit = int(self.spec.kill_after_iterations)
+
+            def kill(trainer, event, info):
+                if event == "iteration" and info["iteration"] >= limit:
+                    raise JobKilled(f"{self.spec.label}: killed after {limit} iterations (test hook)")
+
+            callbacks.append(kill)
+        desc = self.spec.method + (f"/{part}" if part else "")
+        return dict(seed=self.seed, device=self.device, run=run, progress=self.progress, desc=desc,
+                    callbacks=callbacks)
+
+    @staticmethod
+    def fit(trainer):
+        """``trainer.fit()``, resuming from its run folder's ``checkpoint_last.pt`` when one exists."""
+        run = trainer.run
+        return trainer.fit(resume=bool(run is not None and run.checkpoint_last.exists()))
+
+    def model_of(self, method: str):
+        """The trained network of ``method`` (same fold and seed; one of this method's ``after``),
+        built by the chapter and loaded from its ``model.pt`` with ``weights_only=True``."""
+        import torch
+
+        if method not in self.chapter.method(self.spec.method, self.P).after:
+            raise ParameterError(f"{self.spec.method} does not declare {method!r} in `after`")
+        path = job_dir(self.spec.run, method, self.spec.fold, self.spec.seed) / "model.pt"
+        if not path.exists():
+            raise DataError(f"{path}: the model of {method!r} is missing (it must finish first)")
+        net = self.chapter.build(self.chapter.method(method, self.P), self.P)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return net.eval()
+
+
+class Chapter:
+    """What a chapter tells the runner. Subclass it in ``npcrepro.chapters.<name>`` and expose one
+    instance as ``CHAPTER``; every method below may use the resolved parameters ``P``.
+
+    Required: :meth:`methods`, :meth:`build`, :meth:`prepare`, :meth:`fit`, :meth:`predict`.
+    Defaults: channels/structures from class attributes, cases = the first ``n_cases``, folds from
+    ``cv`` / ``k_folds`` / ``n_test`` / ``val_fraction`` / ``max_folds``, seeds from ``seeds``,
+    scoring with :func:`npcrepro.evaluation.evaluate_cases` at threshold ``threshold``.
+    """
+
+    name: str = ""
+    channels: tuple[str, ...] = ()
+    structures: tuple[str, ...] = ("GTVp",)
+    #: Prepared cases kept per worker process (jobs of one chapter share them); 0 turns it off.
+    cache_prepared: int = 64
+
+    # ------------------------------------------------------------------ what runs
+    def methods(self, P) -> list[Method]:
+        raise NotImplementedError
+
+    def structures_for(self, P, dataset=None) -> tuple[str, ...]:
+        """The structures a run on ``dataset`` predicts (default: the class attribute
+        ``structures``); recorded in run.json."""
+        return tuple(self.structures)
+
+    def method(self, name: str, P) -> Method:
+        for m in self.methods(P):
+            if m.name == name:
+                return m
+        for m in self.all_methods(P):
+            if m.name == name:
+                return m
+        raise ParameterError(f"{self.name}: unknown method {name!r}")
+
+    def all_methods(self, P) -> list[Method]:
+        """Every method the chapter knows (default: those that run)."""
+        return self.methods(P)
+
+    def seeds(self, P) -> list[int]:
+        n = int(P.get("seeds") or 1)
+        return [int(P["seed"]) + k for k in range(n)]
+
+    def cases(self, dataset, P) -> list[str]:
+        names = list(dataset.cases)
+        n = P.get("n_cases")
+        return names[: int(n)] if n else names
+
+    def folds(self, cases: Sequence[str], P):
+        from npcrepro.datasets.splits import make_splits
+
+        scheme = P.get("cv") or ("kfold" if P.get("k_folds") else "holdout")
+        folds = make_splits(list(cases), scheme, seed=int(P["seed"]), k=int(P.get("k_folds") or 5),
+                            val_fraction=P.get("val_fraction"), n_val=P.get("n_val"),
+                            n_test=P.get("n_test") if P.get("n_test") is not None else 0.2)
+        mf = P.get("max_folds")
+        return folds[: int(mf)] if mf else folds
+
+    def dataset(self, P, *, progress: bool = False):
+        """The dataset the run reads (default :func:`npcrepro.profiles.load_data`)."""
+        from npcrepro.profiles import load_data
+
+        return load_data(P, progress=progress)
+
+    # ------------------------------------------------------------------ how it runs
+    def build(self, method: Method, P):
+        """The untrained network of ``method``."""
+        raise NotImplementedError
+
+    def load(self, dataset, name: str, P):
+        """One case with this chapter's channels and structures."""
+        return dataset.load(name, channels=list(self.channels) or None,
+                            structures=list(self.structures_for(P, dataset)) or None)
+
+    def prepare(self, case, P):
+        """Case -> whatever ``fit`` and ``predict`` consume (must keep the case for scoring)."""
+        raise NotImplementedError
+
+    def fit(self, method: Method, train: list, val: list, ctx: JobContext):
+        """Train ``method`` on prepared cases; returns the network (weights loaded)."""
+        raise NotImplementedError
+
+    def predict(self, method: Method, model, prepared, ctx: JobContext) -> dict[str, np.ndarray]:
+        """{structure: probability (z, y, x) float32 on the case's original grid}."""
+        raise NotImplementedError
+
+    def case_of(self, prepared):
+        """The original :class:`~npcrepro.datasets.Case` a prepared item came from."""
+        return getattr(prepared, "case", prepared)
+
+    def score(self, method: Method, prepared, probs: Mapping[str, np.ndarray],
+              masks: Mapping[str, np.ndarray], ctx: JobContext) -> list[dict]:
+        """Per-structure metric rows of one test case (default: every metric of
+        :func:`npcrepro.metrics.evaluate_case` on the original grid)."""
+        from npcrepro.evaluation import evaluate_cases
+
+        case = self.case_of(prepared)
+        table = evaluate_cases({case.name: dict(masks)}, [case])
+        return table.to_dict("records")
+
+    def threshold(self, P) -> float:
+        return float(P.get("threshold") or 0.5)
+
+
+def _save_half_budget(trainer, event, info) -> None:
+    """Trainer callback: keep the weights at half the trainer's budget as ``model_half.pt`` in its
+    run folder (the runner scores them to show whether the network had converged)."""
+    if event != "iteration" or trainer.run is None:
+        return
+    total = sum(stage.budget(trainer.iterations_per_epoch) for stage in trainer.stages)
+    if info["iteration"] == max(1, total // 2):
+        import torch
+
+        torch.save(trainer.raw_model.state_dict(), trainer.run.path / "model_half.pt")
+
+
+def _half_budget_model(chapter: Chapter, method: Method, model, ctx: JobContext):
+    """The network as it was at half its budget (the newest ``model_half.pt`` of the job whose
+    parameters are the final network's), or None when training ended before half its budget."""
+    import copy
+
+    import torch
+
+    keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for path in sorted(ctx.run.path.rglob("model_half.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if {k: tuple(v.shape) for k, v in state.items()} == keys:
+            net = copy.deepcopy(model)
+            net.load_state_dict(state)
+            return net.eval()
+    return None
+
+
+def load_chapter(module: str) -> Chapter:
+    """The ``CHAPTER`` of a chapter module (imported by name, so that workers can find it)."""
+    mod = importlib.import_module(module)
+    chapter = getattr(mod, "CHAPTER", None)
+    if not isinstance(chapter, Chapter):
+        raise ParameterError(f"{module} has no CHAPTER (a npcrepro.engine.experiment.Chapter)")
+    return chapter
+
+
+# ---------------------------------------------------------------------------------- one job
+def _write_json(path: Path, data: Any) -> None:
+    from npcrepro.engine.runs import _atomic_write_text, to_jsonable
+
+    _atomic_write_text(path, json.dumps(to_jsonable(data), indent=2))
+
+
+_PREPARED: dict[tuple, Any] = {}
+
+
+def _prepared(chapter: Chapter, ds, name: str, P) -> Any:
+    """``chapter.prepare(case)``, kept for the next job in this process (same chapter, data and
+    parameters) up to ``chapter.cache_prepared`` cases."""
+    if not chapter.cache_prepared:
+        return chapter.prepare(chapter.load(ds, name, P), P)
+    from npcrepro.engine.runs import to_jsonable
+
+    free = ("resume", "out_dir", "device", "progress", "workers", "backend")
+    key = (chapter.name, name, json.dumps(to_jsonable({k: v for k, v in P.items() if k not in free}),
+                                          sort_keys=True))
+    if key not in _PREPARED:
+        while len(_PREPARED) >= chapter.cache_prepared:
+            _PREPARED.pop(next(iter(_PREPARED)))
+        _PREPARED[key] = chapter.prepare(chapter.load(ds, name, P), P)
+    return _PREPARED[key]
+
+
+def run_job(spec: JobSpec) -> dict:
+    """Train, predict and score one job; writes its folder and returns
+    ``{"rows": [...], "half": [...], "training": {...}}``. Module level and picklable (runs in
+    workers). ``P.threads`` (when set, on the CPU) pins torch's threads for the job: the one place
+    the package sets them besides the pool workers' start-up."""
+    import torch
+
+    n = spec.params.get("threads")
+    if not n or str(spec.params.get("device", "cpu")).startswith("cuda"):
+        return _run_job(spec)
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        return _run_job(spec)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_job(spec: JobSpec) -> dict:
+    import pandas as pd
+    import torch
+
+    from npcrepro.datasets import open_dataset
+    from npcrepro.engine.device import seed_everything
+    from npcrepro.profiles import Params
+
+    chapter = load_chapter(spec.chapter)
+    P = Params(spec.params)
+    ctx = JobContext(chapter, spec, P)
+    method = chapter.method(spec.method, P)
+    ds = open_dataset(P["data"])
+    t0 = time.perf_counter()
+    prep = {n: _prepared(chapter, ds, n, P) for n in [*spec.train, *spec.val, *spec.test]}
+    seed_everything(ctx.seed)
+    model = chapter.fit(method, [prep[n] for n in spec.train], [prep[n] for n in spec.val], ctx)
+    train_seconds = time.perf_counter() - t0
+    torch.save(model.state_dict(), ctx.run.path / "model.pt")
+    model.eval()
+    thr = chapter.threshold(P)
+    rows = []
+    for name in spec.test:
+        t1 = time.perf_counter()
+        probs = chapter.predict(method, model, prep[name], ctx)
+        seconds = time.perf_counter() - t1
+        case = chapter.case_of(prep[name])
+        masks = {}
+        for structure, prob in probs.items():
+            if prob.shape != case.shape:
+                raise DataError(f"{spec.chapter}: {method.name} predicted {structure} of {name} with "
+                                f"shape {prob.shape}, not the case grid {case.shape}")
+            masks[structure] = prob >= thr
+            ctx.run.write_prediction(name, structure, masks[structure], case.geometry)
+        for r in chapter.score(method, prep[name], probs, masks, ctx):
+            rows.append({"method": method.name, "fold": spec.fold, "seed": spec.seed, **r,
+                         "seconds": seconds})
+    half_rows = []
+    half = _half_budget_model(chapter, method, model, ctx) if P.get("half_budget_check", True) else None
+    if half is not None:
+        for name in spec.test:
+            probs = chapter.predict(method, half, prep[name], ctx)
+            masks = {st: prob >= thr for st, prob in probs.items()}
+            for r in chapter.score(method, prep[name], probs, masks, ctx):
+                half_rows.append({"method": method.name, "fold": spec.fold, "seed": spec.seed, **r})
+    training = {"method": method.name, "fold": spec.fold, "seed": spec.seed,
+                "train_seconds": train_seconds, "job_seconds": time.perf_counter() - t0,
+                **ctx.facts}
+    pd.DataFrame(rows).to_csv(ctx.run.path / "metrics.csv", index=False)
+    pd.DataFrame(half_rows).to_csv(ctx.run.path / "metrics_half.csv", index=False)
+    _write_json(ctx.run.path / "training.json", training)
+    ctx.run.mark_done()
+    return {"rows": rows, "training": training, "half": half_rows}
+
+
+def _read_job(spec: JobSpec) -> dict | None:
+    import pandas as pd
+
+    d = job_dir(spec.run, spec.method, spec.fold, spec.seed)
+    if not (d / "DONE").exists() or not (d / "metrics.csv").exists():
+        return None
+    def read(name: str) -> list[dict]:
+        try:
+            return pd.read_csv(d / name).to_dict("records") if (d / name).exists() else []
+        except pd.errors.EmptyDataError:
+            return []
+
+    return {"rows": read("metrics.csv"), "half": read("metrics_half.csv"),
+            "training": json.loads((d / "training.json").read_text(encoding="utf-8"))}
+
+
+# ---------------------------------------------------------------------------------- the run
+def _waves(methods: Sequence[Method]) -> list[list[Method]]:
+    """Methods in dependency order: each wave needs only methods of earlier waves."""
+    names = {m.name for m in methods}
+    for m in methods:
+        missing = [a for a in m.after if a not in names]
+        if missing:
+            raise ParameterError(f"method {m.name!r} runs after {missing}, which are not selected")
+    done: set[str] = set()
+    left = list(methods)
+    waves = []
+    while left:
+        wave = [m for m in left if set(m.after) <= done]
+        if not wave:
+            raise ParameterError(f"methods {[m.name for m in left]} depend on each other in a cycle")
+        waves.append(wave)
+        done |= {m.name for m in wave}
+        left = [m for m in left if m.name not in done]
+    return waves
+
+
+def _run_json(rf, chapter: Chapter, structures, methods, folds, seeds, status: str, **extra) -> None:
+    info = {"format": RUN_FORMAT, "chapter": chapter.name, "status": status,
+            "methods": [{"name": m.name, "label": m.label, "after": list(m.after), "info": dict(m.info),
+                         "folds": m.folds} for m in methods],
+            "folds": len(folds), "seeds": list(seeds), "structures": list(structures),
+            "channels": list(chapter.channels),
+            "updated": _dt.datetime.now().isoformat(timespec="seconds"), **extra}
+    if rf.writer:
+        _write_json(rf.path / "run.json", info)
+
+
+def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", dataset=None,
+                   methods: Sequence[str] | None = None, backend: str | None = None,
+                   workers: int | None = None, max_jobs: int | None = None,
+                   kill_after_iterations: int | None = None, progress: bool | None = None,
+                   data_label: str | None = None):
+    """Run chapter ``module`` (e.g. ``"npcrepro.chapters.chen2020"``) with resolved parameters ``P``.
+
+    ``dataset``: an opened dataset (default: :func:`npcrepro.profiles.load_data`); ``methods``: a
+    subset of the chapter's methods by name; ``backend``/``workers``: how jobs are dispatched
+    (default ``P.backend`` or "process", ``P.workers`` or 1); ``max_jobs``: stop after this many new
+    jobs (the run stays "running" and can be resumed); ``kill_after_iterations``: the first job
+    started is killed at that training iteration (as a kill would, after its last checkpoint) and the
+    run stops there. Both are test hooks that simulate a kill. ``data_label`` names the data in
+    tables (default: "phantom" or the dataset folder).
+
+    Returns :class:`npcrepro.engine.results.Results`.
+    """
+    import pandas as pd
+
+    from npcrepro.datasets.splits import save_splits, load_splits
+    from npcrepro.engine.dispatch import map_calls
+    from npcrepro.engine.results import Results
+    from npcrepro.engine.runs import RunFolder
+    chapter = load_chapter(module)
+    progress = bool(P.get("progress", True)) if progress is None else progress
+    ds = dataset if dataset is not None else chapter.dataset(P, progress=progress)
+    chosen = chapter.methods(P)
+    if methods is not None:
+        unknown = [m for m in methods if m not in {c.name for c in chosen}]
+        if unknown:
+            raise ParameterError(f"{chapter.name}: unknown method(s) {unknown} "
+                                 f"(valid: {', '.join(c.name for c in chosen)})")
+        chosen = [c for c in chosen if c.name in methods]
+    waves = _waves(chosen)
+    params = dict(P)
+    params["data"] = str(getattr(ds, "root", P["data"]))
+    label = data_label or ("phantom" if P["data"] == "phantom" else params["data"])
+    rf = RunFolder.from_params(P, name, paper=chapter.name)
+    cases = chapter.cases(ds, P)
+    split_file = rf.path / "splits.json"
+    folds = load_splits(split_file, cases) if split_file.exists() else chapter.folds(cases, P)
+    if rf.writer and not split_file.exists():
+        save_splits(folds, split_file)
+    seeds = chapter.seeds(P)
+    structures = chapter.structures_for(P, ds)
+    _run_json(rf, chapter, structures, chosen, folds, seeds, "running", data=params["data"],
+              data_label=label)
+    job_params = {**params, "progress": False}
+    results: dict[tuple, dict] = {}
+    new = 0
+    t0 = time.perf_counter()
+    n_jobs = sum(len(folds[: m.folds]) for w in waves for m in w) * len(seeds)
+    for wave in waves:
+        todo = []
+        for m in wave:
+            for k, fold in enumerate(folds[: m.folds]):
+                for s in seeds:
+                    spec = JobSpec(module, m.name, k, s, str(rf.path), job_params, list(fold.train),
+                                   list(fold.val), list(fold.test))
+                    old = _read_job(spec)
+                    if old is not None:
+                        results[(m.name, k, s)] = old
+                    else:
+                        todo.append(spec)
+        if max_jobs is not None:
+            todo = todo[: max(0, max_jobs - new)]
+        if kill_after_iterations is not None and todo:
+            todo = todo[:1]
+            todo[0].kill_after_iterations = int(kill_after_iterations)
+            try:
+                run_job(todo[0])
+            except JobKilled:
+                break
+            raise ParameterError(f"kill_after_iterations={kill_after_iterations}: the job finished "
+                                 f"before it was killed (does the chapter train through ctx.trainer_args?)")
+        new += len(todo)
+        for spec, out in map_calls(run_job, todo, backend=backend or P.get("backend") or "process",
+                                   workers=int(workers or P.get("workers") or 1), progress=progress,
+                                   desc=chapter.name):
+            results[(spec.method, spec.fold, spec.seed)] = out
+            if progress:
+                print(f"[{chapter.name}] {len(results)}/{n_jobs} {spec.label} done "
+                      f"({out['training']['job_seconds']:.0f} s)", flush=True)
+        if max_jobs is not None and new >= max_jobs:
+            break
+    complete = len(results) == n_jobs
+    order = {(m.name, k, s): i for i, (m, k, s) in enumerate(
+        (m, k, s) for w in waves for m in w for k in range(len(folds[: m.folds])) for s in seeds)}
+    keys = sorted(results, key=order.__getitem__)
+    metrics = pd.DataFrame([r for key in keys for r in results[key]["rows"]])
+    half = pd.DataFrame([r for key in keys for r in results[key].get("half", [])])
+    training = pd.DataFrame([results[key]["training"] for key in keys])
+    if rf.writer:
+        rf.write_metrics(metrics)
+        half.to_csv(rf.path / "metrics_half.csv", index=False)
+        training.to_csv(rf.path / "training.csv", index=False)
+    _run_json(rf, chapter, structures, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
+              data_label=label,
+              seconds=time.perf_counter() - t0)
+    if complete:
+        rf.mark_done()
+    return Results.open(rf.path)

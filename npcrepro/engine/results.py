@@ -1,0 +1,222 @@
+"""Read any run folder the experiment runner wrote: one class for chapters, leaderboard, explorer,
+intro and appendix.
+
+>>> res = Results.open("runs/cpu/chen2020/20261123-101500-cv")
+>>> res.metrics                      # method, fold, seed, case, structure, dice, hd95, ...
+>>> res.methods, res.folds, res.seeds
+>>> mask = res.prediction("mmfnet_full", "npc_003")          # (z, y, x) bool on the case grid
+>>> case = res.load_case("npc_003")                         # images and reference masks
+
+The layout is described in :mod:`npcrepro.engine.experiment`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npcrepro.errors import DataError
+
+__all__ = ["Results", "find_results"]
+
+
+@dataclass
+class Results:
+    """A run folder's contents.
+
+    ``metrics`` has one row per (method, fold, seed, case, structure); ``training`` one row per
+    (method, fold, seed) with the chapter's training facts; ``info`` is run.json (chapter, methods
+    with labels and facts, folds, seeds, status, data); ``params`` is params.json.
+    """
+
+    path: Path
+    info: dict
+    params: dict
+    metrics: Any = None
+    training: Any = None
+    metrics_half: Any = None
+    _splits: list | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Results":
+        """Read ``path`` (DataError when it is not a run folder of the runner)."""
+        import pandas as pd
+
+        p = Path(path)
+        run_json = p / "run.json"
+        if not run_json.exists():
+            raise DataError(f"{p}: not a run folder of the experiment runner (no run.json)")
+        try:
+            info = json.loads(run_json.read_text(encoding="utf-8"))
+            params = json.loads((p / "params.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{p}: unreadable run folder ({exc})") from None
+
+        def table(name: str):
+            f = p / name
+            if not f.exists() or f.stat().st_size == 0:
+                return pd.DataFrame()
+            try:
+                return pd.read_csv(f)
+            except pd.errors.EmptyDataError:
+                return pd.DataFrame()
+
+        return cls(p, info, params, table("metrics.csv"), table("training.csv"), table("metrics_half.csv"))
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def chapter(self) -> str:
+        return self.info.get("chapter", "")
+
+    @property
+    def status(self) -> str:
+        return self.info.get("status", "")
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    @property
+    def profile(self) -> str:
+        return self.params.get("profile", "")
+
+    @property
+    def data(self) -> str:
+        """The dataset folder the run read."""
+        return self.info.get("data") or self.params.get("data", "")
+
+    @property
+    def data_label(self) -> str:
+        """How tables name the data ("phantom", a dataset folder, "OpenKBP CT (12 patients)" ...)."""
+        return self.info.get("data_label") or self.data
+
+    @property
+    def methods(self) -> list[str]:
+        return [m["name"] for m in self.info.get("methods", [])]
+
+    def label(self, method: str) -> str:
+        for m in self.info.get("methods", []):
+            if m["name"] == method:
+                return m.get("label") or method
+        return method
+
+    def method_info(self, method: str) -> dict:
+        for m in self.info.get("methods", []):
+            if m["name"] == method:
+                return dict(m.get("info") or {})
+        raise DataError(f"{self.path}: no method {method!r} (have: {', '.join(self.methods)})")
+
+    @property
+    def folds(self) -> int:
+        return int(self.info.get("folds", 0))
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.info.get("seeds", [])]
+
+    @property
+    def structures(self) -> list[str]:
+        return list(self.info.get("structures", []))
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.info.get("channels", []))
+
+    def splits(self) -> list:
+        """The folds (``npcrepro.datasets.splits.Fold``) the run used."""
+        if self._splits is None:
+            from npcrepro.datasets.splits import load_splits
+
+            self._splits = load_splits(self.path / "splits.json")
+        return self._splits
+
+    def test_cases(self) -> list[str]:
+        """Every case that was a test case in some fold, in natural order."""
+        return sorted({c for f in self.splits() for c in f.test})
+
+    def fold_of(self, case: str) -> int:
+        for k, f in enumerate(self.splits()):
+            if case in f.test:
+                return k
+        raise DataError(f"{self.path}: {case!r} is not a test case of this run")
+
+    # ------------------------------------------------------------------ files
+    def job_dir(self, method: str, fold: int, seed: int | None = None) -> Path:
+        from npcrepro.engine.experiment import job_dir
+
+        return job_dir(self.path, method, fold, self.seeds[0] if seed is None else seed)
+
+    def prediction_path(self, method: str, case: str, structure: str | None = None,
+                        seed: int | None = None) -> Path:
+        structure = structure or (self.structures[0] if self.structures else "GTVp")
+        return self.job_dir(method, self.fold_of(case), seed) / "predictions" / case / f"{structure}.nii.gz"
+
+    def prediction(self, method: str, case: str, structure: str | None = None,
+                   seed: int | None = None) -> np.ndarray | None:
+        """The predicted mask (z, y, x) bool on the case's grid, or None when it was not written."""
+        from npcrepro import io
+
+        try:
+            p = self.prediction_path(method, case, structure, seed)
+        except DataError:
+            return None
+        return io.read(p).array.astype(bool) if p.exists() else None
+
+    def curves(self, method: str, fold: int = 0, seed: int | None = None):
+        """The training curves (curves.csv) of one job, or an empty frame."""
+        import pandas as pd
+
+        p = self.job_dir(method, fold, seed) / "curves.csv"
+        return pd.read_csv(p) if p.exists() else pd.DataFrame()
+
+    def dataset(self):
+        from npcrepro.datasets import open_dataset
+
+        return open_dataset(self.data)
+
+    def load_case(self, case: str, channels=None, structures=None):
+        """A case of the run's dataset (default: the run's channels and structures)."""
+        return self.dataset().load(case, channels=channels or self.channels or None,
+                                   structures=structures or self.structures or None)
+
+    def convergence(self, metric: str = "dice", tolerance: float = 0.03):
+        """Per method: mean ``metric`` with the weights at half the budget and at the full budget,
+        their difference and ``converged`` (|difference| <= ``tolerance``; None when the half-budget
+        weights were not scored, e.g. training stopped early before half its budget)."""
+        import pandas as pd
+
+        full = self.metrics.groupby("method")[metric].mean() if len(self.metrics) else pd.Series(dtype=float)
+        half = (self.metrics_half.groupby("method")[metric].mean()
+                if self.metrics_half is not None and len(self.metrics_half) else pd.Series(dtype=float))
+        rows = []
+        for m in [m for m in self.methods if m in full.index]:
+            h = float(half[m]) if m in half.index else float("nan")
+            d = float(full[m]) - h
+            rows.append({"method": m, f"{metric} at half budget": h, f"{metric} at full budget": float(full[m]),
+                         "difference": d, "converged": None if d != d else bool(abs(d) <= tolerance)})
+        return pd.DataFrame(rows)
+
+    def mean(self, metric: str = "dice", by: str = "method"):
+        """Mean of ``metric`` per ``by`` (a Series)."""
+        return self.metrics.groupby(by)[metric].mean()
+
+
+def find_results(out_dir: str | os.PathLike = "runs", profile: str | None = None,
+                 chapter: str | None = None, *, done: bool = True) -> list[Results]:
+    """Every runner-written run folder under ``out_dir`` (optionally of one profile/chapter), oldest
+    first; ``done`` keeps finished runs only."""
+    base = Path(out_dir)
+    out = []
+    for p in sorted(base.glob(f"{profile or '*'}/{chapter or '*'}/*/run.json"), key=lambda q: q.parent.name):
+        try:
+            r = Results.open(p.parent)
+        except DataError:
+            continue
+        if r.done or not done:
+            out.append(r)
+    return out

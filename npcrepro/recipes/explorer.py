@@ -1,0 +1,8 @@
+"""The explorer page: which run and case it shows first (it trains nothing)."""
+
+PROFILES = {p: {"run": "", "case": ""} for p in ("smoke", "cpu", "gpu")}
+
+HELP = {
+    "run": "run folder or chapter to show ('' = the newest leaderboard run, else the newest with predictions)",
+    "case": "case to show first ('' = the run's best case)",
+}

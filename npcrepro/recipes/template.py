@@ -1,0 +1,38 @@
+"""The template chapter: a plain 2D U-Net on one channel (no paper, so no PAPER values)."""
+
+_COMMON = dict(structure="GTVp", n_val=1, threshold=0.5, seeds=1, workers=1)
+
+PROFILES = {
+    "smoke": dict(_COMMON, n_cases=4, n_test=1, channel="T1", widths=[8, 16, 32], batch_size=8,
+                  iterations=40, eval_every=20, lr=1e-2, image_size=None),
+    "cpu": dict(_COMMON, n_cases=10, n_test=3, channel="T1", widths=[16, 32, 64, 128], batch_size=8,
+                iterations=600, eval_every=100, lr=2e-3, image_size=[64, 64]),
+    "gpu": dict(_COMMON, n_cases=40, n_test=8, channel="T1", widths=[32, 64, 128, 256, 512],
+                batch_size=16, iterations=5000, eval_every=250, lr=1e-3, image_size=None),
+}
+
+HELP = {
+    "n_cases": "patients used (the first n of the dataset)",
+    "n_test": "test patients of the seeded hold-out split",
+    "n_val": "validation patients (best-validation weights are kept)",
+    "channel": "input image channel",
+    "structure": "target structure",
+    "widths": "U-Net channels per level",
+    "batch_size": "slices per training batch",
+    "iterations": "training iterations",
+    "eval_every": "iterations between validation losses",
+    "lr": "Adam learning rate (halved every quarter of the budget)",
+    "image_size": "random training crop (y, x) in voxels; None trains on whole slices",
+    "threshold": "probability threshold of the predicted mask",
+    "seeds": "training seeds per method (seed, seed+1, ...)",
+    "workers": "training jobs at once (processes)",
+}
+
+ALLOWED = {"channel": ["CT", "T1", "T2", "CET1"]}
+
+CHOICES = {
+    "loss": "soft Dice (eps 1) + binary cross-entropy",
+    "sampling": "every slice with tumour plus 30 % as many without; flips, rotations within 10 deg, "
+                "intensity jitter 0.1",
+    "schedule": "learning rate halved every quarter of the budget",
+}

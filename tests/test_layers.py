@@ -1,0 +1,85 @@
+"""The package's layers: no module imports from a layer above its own (see CONTRIBUTING.md)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "npcrepro"
+
+#: Top-level module or package of npcrepro -> layer (higher may import lower, never the reverse).
+LAYERS = {
+    "errors": 0, "paths": 0,
+    "io": 1, "metrics": 1, "losses": 1, "transforms": 1, "models": 1, "datasets": 1, "phantom": 1,
+    "papers": 1, "recipes": 1,
+    "engine": 2, "evaluation": 2, "profiles": 2,
+    "chapters": 3, "pipelines": 3,
+    "book": 4, "cli": 4, "viz": 4, "summary": 4, "webassets": 4, "browsercheck": 4, "__main__": 4,
+}
+
+
+def _top(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "npcrepro" and len(parts) > 1 else None
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    here = ".".join(rel.parts)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.split(".")[: -node.level] if path.name != "__init__.py" else here.split(".")[: len(here.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.append((node.lineno, mod))
+            if mod == "npcrepro":
+                out += [(node.lineno, f"npcrepro.{a.name}") for a in node.names]
+    return out
+
+
+def _modules():
+    return sorted(p for p in PKG.rglob("*.py"))
+
+
+def test_every_module_has_a_layer():
+    missing = sorted({p.relative_to(PKG).parts[0].removesuffix(".py") for p in _modules()}
+                     - set(LAYERS) - {"__init__"})
+    assert not missing, f"give these a layer in LAYERS: {missing}"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_no_upward_import(path):
+    top = path.relative_to(PKG).parts[0].removesuffix(".py")
+    if top == "__init__":
+        return
+    mine = LAYERS[top]
+    bad = []
+    for line, mod in _imports(path):
+        other = _top(mod)
+        if other is None or other == top or other not in LAYERS:
+            continue
+        if LAYERS[other] > mine:
+            bad.append(f"line {line}: {mod} (layer {LAYERS[other]})")
+    assert not bad, f"{path.relative_to(PKG)} (layer {mine}) imports upward: {bad}"
+
+
+def test_nothing_below_the_chapter_layer_imports_a_chapter():
+    for path in _modules():
+        top = path.relative_to(PKG).parts[0].removesuffix(".py")
+        if LAYERS.get(top, 4) >= 3:
+            continue
+        for line, mod in _imports(path):
+            assert _top(mod) not in ("chapters", "pipelines"), f"{path.relative_to(PKG)}:{line} imports {mod}"
+
+
+def test_chapter_modules_are_small():
+    big = {str(p.relative_to(PKG)): n for p in (PKG / "chapters").rglob("*.py")
+           if (n := len(p.read_text(encoding="utf-8").splitlines())) >= 500}
+    assert not big, f"chapter modules of 500 lines or more: {big}"
