@@ -79,19 +79,13 @@ def _chapter_names() -> list[str]:
 
 def cmd_score(args) -> int:
     from npcrepro import scoring
-    from npcrepro.pipelines import leaderboard as L
+    from npcrepro.chapters.leaderboard.methods import METHODS
+    from npcrepro.chapters.leaderboard.report import METRICS
 
-    run = args.run or scoring.find_reference(args.runs, args.profile)
-    ref = scoring.read_reference(run)
-    if args.dataset == "phantom":
-        from npcrepro.profiles import load_data
-
-        dataset = load_data(ref.params)
-    else:
-        dataset = args.dataset
-    baselines = [m.key for m in L.METHODS if m.paper == "baseline"]
-    result = scoring.score(args.predictions, ref, dataset, name=args.name, baselines=baselines,
-                           metrics=list(L.METRICS), label=args.label)
+    ref = scoring.read_reference(args.run or scoring.find_reference(args.runs, args.profile))
+    result = scoring.score(args.predictions, ref, None if args.dataset in ("phantom", "run") else args.dataset,
+                           name=args.name, baselines=[m.key for m in METHODS if m.paper == "baseline"],
+                           metrics=list(METRICS), label=args.label)
     print(result)
     if args.out:
         print(f"per-case table: {scoring.write_table(result.table, args.out, overwrite=args.overwrite)}")
@@ -192,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_splits)
 
     s = sub.add_parser("score", help="score a model's NIfTI predictions under the leaderboard's protocol")
-    s.add_argument("dataset", help="the dataset folder, or 'phantom' (the leaderboard run's phantom)")
+    s.add_argument("dataset", help="the dataset folder, or 'phantom' (or 'run'): the dataset the "
+                   "leaderboard run used")
     s.add_argument("predictions", type=Path, help="folder of <case>.nii.gz or <case>/<structure>.nii.gz")
     s.add_argument("--name", required=True, help="the row's name")
     s.add_argument("--run", type=Path, default=None, help="leaderboard run folder (default: the newest)")

@@ -1,11 +1,13 @@
 """Score any model's NIfTI predictions under the leaderboard's common protocol.
 
-The protocol is the one a leaderboard run used, read from its run folder (``summary.json``: the
-test patients and the structure; ``metrics.csv``: every method's per-patient metrics; ``params.json``:
-the bootstrap size and seed), so an outsider's model is scored on **the same test patients, with the
-same metrics and empty-mask rules** (:func:`npcrepro.evaluation.evaluate_cases` on the native grid),
-**the same bootstrap CIs** (:func:`npcrepro.evaluation.summarize`) and **paired tests** (t-test and
-Wilcoxon, :func:`npcrepro.evaluation.paired_tests`) against the leaderboard's baselines.
+The protocol is the one a leaderboard run used, read from its run folder through
+:class:`~npcrepro.engine.results.Results` (``splits.json``: the test patients; ``run.json``: the
+structure, the training seeds and the dataset; ``metrics.csv``: every method's per-patient metrics;
+``params.json``: the bootstrap size and seed), so an outsider's model is scored on **the same test
+patients, with the same metrics and empty-mask rules** (:func:`npcrepro.evaluation.evaluate_cases`
+on the native grid), **the same bootstrap CIs** (:func:`npcrepro.evaluation.summarize`) and **paired
+tests** (t-test and Wilcoxon, :func:`npcrepro.evaluation.paired_tests`) against the leaderboard's
+baselines.
 
 Predictions: one file per test patient, either ``<folder>/<case>.nii.gz`` (nnU-Net's output naming)
 or ``<folder>/<case>/<structure>.nii.gz`` (this project's), ``.nii``, ``.nrrd`` and ``.mha`` too, on
@@ -101,9 +103,12 @@ def read_predictions(folder: str | os.PathLike, cases: Sequence, structure: str,
 
 
 def score_folder(folder: str | os.PathLike, dataset, test: Sequence[str], structure: str, *,
-                 name: str, label: int | None = None) -> pd.DataFrame:
-    """Per-case metric rows (``method = name``) of the predictions in ``folder`` on the ``test``
-    cases of ``dataset`` (a Dataset or a dataset folder), as the leaderboard scores its own."""
+                 name: str, label: int | None = None, seeds: Sequence[int] = (0,)) -> pd.DataFrame:
+    """Per-case metric rows of the predictions in ``folder`` on the ``test`` cases of ``dataset`` (a
+    Dataset or a dataset folder), as the leaderboard scores its own: columns ``method`` (= ``name``),
+    ``fold`` (0: the leaderboard is one hold-out fold), ``seed``, ``case``, ``structure``, then the
+    metrics of :func:`npcrepro.evaluation.evaluate_cases`. One prediction serves every training seed
+    of the run, so the rows are repeated for each of ``seeds`` (pairs are (patient, seed))."""
     from npcrepro.datasets import open_dataset
     from npcrepro.evaluation import evaluate_cases
 
@@ -113,45 +118,47 @@ def score_folder(folder: str | os.PathLike, dataset, test: Sequence[str], struct
         raise DataError(f"{ds.root}: test case(s) {unknown[:5]} of the protocol are not in this dataset")
     cases = [ds.load(n, channels=ds.channels[:1], structures=[structure]) for n in test]
     masks = read_predictions(folder, cases, structure, label=label)
-    return evaluate_cases({n: {structure: m} for n, m in masks.items()}, cases, method=name)
+    rows = evaluate_cases({n: {structure: m} for n, m in masks.items()}, cases, method=name)
+    rows = pd.concat([rows.assign(fold=0, seed=int(s)) for s in seeds], ignore_index=True)
+    keys = ["method", "fold", "seed", "case", "structure"]
+    return rows[keys + [c for c in rows.columns if c not in keys]]
 
 
 # ----------------------------------------------------------------------------------- the protocol
 @dataclass
 class Reference:
-    """The protocol of one leaderboard run: its test patients, structure, per-case table of every
-    method, bootstrap size and seed, and the data it ran on (``params["data"]``)."""
+    """The protocol of one leaderboard run: its test patients, structure, training seeds, every
+    method's per-case table (metrics.csv), the dataset it ran on, and the bootstrap size and seed."""
 
     run: Path
     test: list[str]
-    train: list[str]
     structure: str
+    seeds: list[int]
     table: pd.DataFrame
-    params: dict
+    dataset: str
     n_boot: int = 2000
     seed: int = 0
 
 
 def read_reference(run: str | os.PathLike) -> Reference:
-    """The protocol of the leaderboard run folder ``run`` (DataError when it is not a finished one)."""
-    from npcrepro.engine import RunFolder
+    """The protocol of the leaderboard run folder ``run`` (DataError when it is not a finished
+    leaderboard run of the experiment runner)."""
+    from npcrepro.engine.results import Results
 
-    rf = RunFolder.open(run)
-    if not rf.done:
-        raise DataError(f"{rf.path}: the leaderboard run did not finish (no DONE file)")
-    summary, params = rf.read_summary(), rf.read_params()
-    if "test" not in summary or "structure" not in summary:
-        raise DataError(f"{rf.path / 'summary.json'}: not a leaderboard run (no test patients recorded)")
-    return Reference(rf.path, list(summary["test"]), list(summary.get("train", [])), summary["structure"],
-                     rf.read_metrics(), params, int(params.get("n_boot") or 2000), int(params.get("seed") or 0))
+    res = Results.open(run)
+    if res.chapter != "leaderboard":
+        raise DataError(f"{res.path}: a {res.chapter or 'non-chapter'} run, not a leaderboard run")
+    if not res.done:
+        raise DataError(f"{res.path}: the leaderboard run did not finish (status {res.status!r})")
+    return Reference(res.path, res.test_cases(), res.structures[0], res.seeds or [0], res.metrics, res.data,
+                     int(res.params.get("n_boot") or 2000), int(res.params.get("seed") or 0))
 
 
 def find_reference(runs: str | os.PathLike = "runs", profile: str = "cpu", *, track: str = "phantom") -> Path:
     """The newest finished leaderboard run of ``track`` under ``<runs>/<profile>/leaderboard/``."""
-    from npcrepro.engine.runs import find_runs
+    from npcrepro.engine.results import find_results
 
-    found = [p for p in find_runs(runs, profile, "leaderboard")
-             if (p / "DONE").exists() and p.name.endswith(f"-{track}")]
+    found = [r.path for r in find_results(runs, profile, "leaderboard") if r.path.name.endswith(f"-{track}")]
     if not found:
         raise DataError(f"{Path(runs) / profile / 'leaderboard'}: no finished leaderboard run of the "
                         f"{track!r} track (run `npcrepro run leaderboard --profile {profile}` first, or "
@@ -174,27 +181,33 @@ class Score:
 
     def __str__(self) -> str:
         ref = self.reference
-        lines = [f"{self.name}: {len(self.table)} test patient(s), {ref.structure}, protocol of {ref.run}",
+        lines = [f"{self.name}: {len(ref.test)} test patient(s), {ref.structure}, protocol of {ref.run}",
                  f"  predictions: {self.folder}"]
         s = self.summary.set_index("metric")
         for m in self.metrics:
             r = s.loc[m]
             lines.append(f"  {m:>5}: {_ci(r['mean'], r['ci_low'], r['ci_high'])}  "
-                         f"(95% bootstrap CI, n = {int(r['n'])}, {int(r['n_empty'])} empty)")
+                         f"(95% bootstrap CI, n = {int(r['n'])}, {int(r['n_failed'])} failed)")
         for _, r in self.paired.iterrows():
             lines.append(f"  vs {r['baseline']} on {r['metric']}: {r['mean_a']:.4g} vs {r['mean_b']:.4g}, "
-                         f"diff {r['mean_diff']:+.4g}, p (t) {r['p_t']:.3g}, p (Wilcoxon) {r['p_wilcoxon']:.3g}")
+                         f"diff {_ci(r['mean_diff'], r['diff_ci_low'], r['diff_ci_high'])}, "
+                         f"p (t) {r['p_t']:.3g}, p (Wilcoxon) {r['p_wilcoxon']:.3g}")
         return "\n".join(lines)
 
 
 def _ci(mean: float, lo: float, hi: float) -> str:
-    return "n/a" if not math.isfinite(mean) else f"{mean:.4f} [{lo:.4f}, {hi:.4f}]"
+    if not math.isfinite(mean):
+        return "n/a"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{mean:+.4f}"
+    return f"{mean:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
-def score(folder: str | os.PathLike, reference: Reference, dataset, *, name: str,
+def score(folder: str | os.PathLike, reference: Reference, dataset=None, *, name: str,
           baselines: Sequence[str], metrics: Sequence[str], label: int | None = None) -> Score:
-    """Score the predictions in ``folder`` under ``reference``'s protocol on ``dataset``.
+    """Score the predictions in ``folder`` under ``reference``'s protocol.
 
+    ``dataset``: a Dataset or folder holding the test patients (default: the run's own);
     ``baselines``: method keys of ``reference.table`` to test against (those present are used);
     ``metrics``: the metric columns summarised and tested.
     """
@@ -203,17 +216,19 @@ def score(folder: str | os.PathLike, reference: Reference, dataset, *, name: str
     if name in set(reference.table["method"]):
         raise ParameterError(f"name {name!r} is already a method of the leaderboard run {reference.run}; "
                              "choose another --name")
-    rows = score_folder(folder, dataset, reference.test, reference.structure, name=name, label=label)
+    rows = score_folder(folder, dataset if dataset is not None else reference.dataset, reference.test,
+                        reference.structure, name=name, label=label, seeds=reference.seeds)
     summary = summarize(rows, list(metrics), n_boot=reference.n_boot, seed=reference.seed)
     both = pd.concat([reference.table, rows], ignore_index=True)
     parts = []
     for b in baselines:
         if b in set(reference.table["method"]):
-            t = paired_tests(both, name, b, list(metrics))
+            t = paired_tests(both, name, b, list(metrics), on=("case", "structure", "seed"))
             t.insert(0, "baseline", b)
             parts.append(t)
     paired = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["baseline", "metric", "mean_a", "mean_b", "mean_diff", "p_t", "p_wilcoxon"])
+        columns=["baseline", "metric", "mean_a", "mean_b", "mean_diff", "diff_ci_low", "diff_ci_high", "p_t",
+                 "p_wilcoxon"])
     return Score(name, Path(folder), reference, rows, summary, paired, list(metrics))
 
 

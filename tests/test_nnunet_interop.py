@@ -117,23 +117,22 @@ def test_splits_final_checks_cases_and_never_overwrites(tmp_path):
 
 
 def test_recorded_folds_of_runs(tmp_path):
-    run = tmp_path / "runs" / "smoke" / "li2018" / "20260101-000000-cv"
-    long = [Fold(["a", "b"], [], ["c"]), Fold(["a", "c"], [], ["b"])]
-    save_splits(long, run / "working" / "splits.json")
-    save_splits(long[:1], run / "faithful" / "splits.json")  # a sub-run that ran the first fold only
+    run = tmp_path / "runs" / "smoke" / "luo2020" / "20260101-000000-cv"
+    folds = [Fold(["a", "b"], [], ["c"]), Fold(["a", "c"], [], ["b"])]
+    save_splits(folds, run / "splits.json")
     (run / "params.json").write_text("{}")
+    with pytest.raises(DataError, match="no finished run"):  # not DONE yet
+        chapter_run("luo2020", tmp_path / "runs", "smoke")
     (run / "DONE").write_text("")
-    got = recorded_folds(chapter_run("li2018", tmp_path / "runs", "smoke"))
-    assert [(f.train, f.test) for f in got] == [(f.train, f.test) for f in long]
-    save_splits([Fold(["x"], [], ["y"])], run / "other" / "splits.json")
-    with pytest.raises(DataError, match="holds different splits"):
-        recorded_folds(run)
-    lb = tmp_path / "lb"
-    lb.mkdir()
-    (lb / "summary.json").write_text(json.dumps({"train": ["b", "a"], "test": ["c"]}))
-    assert recorded_folds(lb)[0].train == ["a", "b"] and recorded_folds(lb)[0].test == ["c"]
-    with pytest.raises(DataError, match="no finished run"):
-        chapter_run("xue2020", tmp_path / "runs", "smoke")
+    got = recorded_folds(chapter_run("luo2020", tmp_path / "runs", "smoke"))
+    assert [(f.train, f.test) for f in got] == [(f.train, f.test) for f in folds]
+    assert [(f.train, f.test) for f in recorded_folds(run / "splits.json")] == [(f.train, f.test) for f in folds]
+    with pytest.raises(DataError, match="records no folds"):
+        recorded_folds(tmp_path)
+    with pytest.raises(DataError, match="neither a run folder nor a splits file"):
+        recorded_folds(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="no finished run of track 'phantom'"):
+        chapter_run("luo2020", tmp_path / "runs", "smoke", track="phantom")
 
 
 def test_cli_splits_export_from_a_splits_file(tmp_path, capsys):

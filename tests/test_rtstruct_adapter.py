@@ -223,24 +223,21 @@ def test_a_chapter_runs_on_the_converted_dataset_and_its_folds_export_case_for_c
                                                                                       one_torch_thread):
     """luo2020 (multi-structure CT segmentation, smoke sizes) on the RTSTRUCT dataset; then
     `npcrepro splits export luo2020` gives nnU-Net the same folds."""
-    from npcrepro.engine import RunFolder
-    from npcrepro.pipelines import luo2020
-    from npcrepro.profiles import parameters
+    from npcrepro import chapters
+    from npcrepro.profiles import resolve
 
     _, out = converted
-    S = dict(parameters("luo2020", "smoke"))
-    res = luo2020.run(str(out), sizes=S, methods=["unet"], out_dir=str(tmp_path / "runs"), profile="smoke",
-                      k_folds=3, max_folds=2)
+    P = resolve("luo2020", "smoke", data=str(out), out_dir=str(tmp_path / "runs"), device="cpu",
+                methods=["unet"], k_folds=3, max_folds=2)
+    res = chapters.run(P, name="cv", progress=False)
     table = res.metrics
-    assert set(table["structure"]) >= {"GTVp", "Brainstem", "Parotid_L"}
-    assert np.isfinite(table["dice"]).all()
+    assert res.done and set(res.structures) >= {"GTVp", "Brainstem", "Parotid_L"}
+    assert set(table["structure"]) >= {"GTVp", "Brainstem", "Parotid_L"} and np.isfinite(table["dice"]).all()
     assert main(["splits", "export", "luo2020", str(tmp_path / "nn"), "--runs", str(tmp_path / "runs"),
                  "--profile", "smoke", "--dataset", str(out)]) == 0
     splits = json.loads((tmp_path / "nn" / "splits_final.json").read_text())
-    run = RunFolder(res.run.path)
-    recorded = json.loads((run.path / "splits.json").read_text())
-    assert len(splits) == len(recorded) == 2
-    for i, (nn, book) in enumerate(zip(splits, recorded)):
-        tested = sorted(set(table.loc[table["fold"] == i, "case"]))
-        assert nn["val"] == sorted(book["test"]) == tested
-        assert nn["train"] == sorted(book["train"]) and not set(nn["train"]) & set(nn["val"])
+    assert len(splits) == len(res.splits()) == 2
+    for k, (nn, book) in enumerate(zip(splits, res.splits())):
+        tested = sorted(set(table.loc[table["fold"] == k, "case"]))
+        assert nn["val"] == sorted(book.test) == tested
+        assert nn["train"] == sorted(book.train) and not set(nn["train"]) & set(nn["val"])

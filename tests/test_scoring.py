@@ -60,16 +60,22 @@ def test_predictions_in_either_layout_are_read_and_checked(tmp_path):
         scoring.read_predictions(tmp_path / "nowhere", cases, "GTVp")
 
 
-def _fake_run(root, ds, table: pd.DataFrame, test, done=True):
-    from npcrepro.engine import RunFolder
+def _fake_run(root, ds, table: pd.DataFrame, test, status="done"):
+    """A leaderboard run folder as the experiment runner lays it out (only what Results reads)."""
+    from npcrepro.datasets import Fold, save_splits
 
-    rf = RunFolder.create(root, "smoke", "leaderboard", "phantom", params={"data": str(ds.root), "n_boot": 200,
-                                                                          "seed": 0})
-    rf.write_metrics(table)
-    rf.write_summary({"track": "phantom", "structure": "GTVp", "train": ["c0"], "test": test})
-    if done:
-        rf.mark_done()
-    return rf.path
+    run = root / "smoke" / "leaderboard" / "20260101-000000-phantom"
+    run.mkdir(parents=True)
+    methods = sorted(set(table["method"]))
+    (run / "run.json").write_text(json.dumps({
+        "chapter": "leaderboard", "status": status, "folds": 1, "seeds": [0], "structures": ["GTVp"],
+        "channels": ["CT"], "data": str(ds.root), "methods": [{"name": m, "label": m, "info": {}} for m in methods]}))
+    (run / "params.json").write_text(json.dumps({"n_boot": 200, "seed": 0, "profile": "smoke"}))
+    save_splits([Fold(["c0"], [], test)], run / "splits.json")
+    table.assign(fold=0, seed=0).to_csv(run / "metrics.csv", index=False)
+    if status == "done":
+        (run / "DONE").write_text("")
+    return run
 
 
 def test_score_pairs_against_the_baselines_under_the_runs_protocol(tmp_path):
@@ -79,17 +85,18 @@ def test_score_pairs_against_the_baselines_under_the_runs_protocol(tmp_path):
     test = ["c1", "c2", "c3"]
     cases = [ds.load(n) for n in test]
     perfect = {c.name: {"GTVp": c.labels["GTVp"]} for c in cases}
-    shrunk = {c.name: {"GTVp": np.roll(c.labels["GTVp"], 1, axis=1)} for c in cases}
-    table = pd.concat([evaluate_cases(shrunk, cases, method="unet_ct"),
+    shifted = {c.name: {"GTVp": np.roll(c.labels["GTVp"], 1, axis=1)} for c in cases}
+    table = pd.concat([evaluate_cases(shifted, cases, method="unet_ct"),
                        evaluate_cases(perfect, cases, method="deeplab_ct")], ignore_index=True)
     run = _fake_run(tmp_path / "runs", ds, table, test)
     for c in cases:
         _write(tmp_path / "mine", f"{c.name}.nii.gz", c.labels["GTVp"].astype(np.uint8), ds, c.name)
     ref = scoring.read_reference(scoring.find_reference(tmp_path / "runs", "smoke"))
-    assert ref.run == run and ref.test == test and ref.n_boot == 200
-    res = scoring.score(tmp_path / "mine", ref, ds, name="mine", baselines=["unet_ct", "unet_cet1"],
+    assert ref.run == run and ref.test == test and ref.n_boot == 200 and ref.seeds == [0]
+    res = scoring.score(tmp_path / "mine", ref, name="mine", baselines=["unet_ct", "unet_cet1"],
                         metrics=["dice", "hd95"])
     assert list(res.table["case"]) == test and np.allclose(res.table["dice"], 1.0)
+    assert list(res.table.columns[:5]) == ["method", "fold", "seed", "case", "structure"]
     assert list(res.paired["baseline"]) == ["unet_ct", "unet_ct"]  # unet_cet1 did not run
     dice = res.paired.set_index("metric").loc["dice"]
     expect = table[table["method"] == "unet_ct"]["dice"].to_numpy()
@@ -98,8 +105,8 @@ def test_score_pairs_against_the_baselines_under_the_runs_protocol(tmp_path):
     assert (s["mean"], s["ci_low"], s["ci_high"]) == (1.0, 1.0, 1.0)
     assert "vs unet_ct on dice" in str(res) and "1.0000 [1.0000, 1.0000]" in str(res)
     with pytest.raises(ParameterError, match="'deeplab_ct' is already a method"):
-        scoring.score(tmp_path / "mine", ref, ds, name="deeplab_ct", baselines=[], metrics=["dice"])
-    _fake_run(tmp_path / "runs2", ds, table, test, done=False)
+        scoring.score(tmp_path / "mine", ref, name="deeplab_ct", baselines=[], metrics=["dice"])
+    _fake_run(tmp_path / "runs2", ds, table, test, status="running")
     with pytest.raises(DataError, match="no finished leaderboard run"):
         scoring.find_reference(tmp_path / "runs2", "smoke")
     with pytest.raises(DataError, match="did not finish"):
@@ -108,94 +115,96 @@ def test_score_pairs_against_the_baselines_under_the_runs_protocol(tmp_path):
 
 # -------------------------------------------------------------------------- the project's own U-Net
 @pytest.fixture(scope="module")
-def unet_track(tmp_path_factory):
+def unet_run(tmp_path_factory):
     """A smoke leaderboard with the CET1 U-Net alone, and its predictions copied out as an outsider's
     nnU-Net-style folder (<case>.nii.gz)."""
-    import torch
-
-    from npcrepro.pipelines import leaderboard as L
+    from npcrepro.chapters.leaderboard import tracks
     from npcrepro.profiles import resolve
 
     tmp = tmp_path_factory.mktemp("lb")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        P = resolve("leaderboard", "smoke", out_dir=str(tmp / "runs"), methods=["unet_cet1"], workers=1)
-        track = L.phantom_track(P, progress=False)
-    finally:
-        torch.set_num_threads(n)
+    P = resolve("leaderboard", "smoke", out_dir=str(tmp / "runs"), methods=["unet_cet1"], workers=1)
+    res = tracks.phantom_run(P, progress=False)
     outsider = tmp / "my-model"
-    for case in track.test:
-        vol = io.read(track.run / "predictions" / case / "unet_cet1.nii.gz")
-        io.write(vol, outsider / f"{case}.nii.gz")
-    return track, outsider, tmp
+    for case in res.test_cases():
+        io.write(io.read(res.prediction_path("unet_cet1", case)), outsider / f"{case}.nii.gz")
+    return res, outsider, tmp
 
 
 @pytest.mark.slow
-def test_the_unets_predictions_scored_as_an_outsiders_equal_the_in_book_unet(unet_track):
-    from npcrepro.pipelines import leaderboard as L
+def test_the_unets_predictions_scored_as_an_outsiders_equal_the_in_book_unet(unet_run):
+    from npcrepro.chapters.leaderboard import report as L
+    from npcrepro.chapters.leaderboard.external import add_external
 
-    track, outsider, _ = unet_track
-    rows = scoring.score_folder(outsider, track.data, track.test, track.structure, name="my-model")
-    book = track.table[track.table["method"] == "unet_cet1"].reset_index(drop=True)
-    metrics = [c for c in rows.columns if c not in ("case", "structure", "method")]
+    res, outsider, _ = unet_run
+    rows = scoring.score_folder(outsider, res.dataset(), res.test_cases(), res.structures[0], name="my-model")
+    book = res.metrics[res.metrics["method"] == "unet_cet1"].reset_index(drop=True)
+    metrics = [c for c in rows.columns if c not in ("method", "fold", "seed", "case", "structure")]
+    assert len(rows) == len(book) == len(res.test_cases())
     pd.testing.assert_frame_equal(rows[["case", *metrics]], book[["case", *metrics]], check_exact=True)
     # the leaderboard with the folder as an external row: same numbers, with CIs and paired tests
-    board = L.leaderboard_table(L.add_external(track, [str(outsider)]), n_boot=200).set_index("method")
-    cols = ["DSC", "HD95 (mm)", "ASSD (mm)", "NSD"]
+    more = add_external(res, [str(outsider)])
+    board = L.leaderboard_table(more, n_boot=200).set_index("method")
+    cols = ["DSC", "HD95 (mm)", "ASSD (mm)", "NSD", "failed patients"]
     assert list(board.loc["my-model", cols]) == list(board.loc["U-Net (CET1)", cols])
     assert re.fullmatch(r"[0-9.]+ \[[0-9.]+, [0-9.]+\]", board.loc["my-model", "DSC"])
-    assert board.loc["my-model", "paper"] == "external"
-    assert board.loc["my-model", "Δ DSC vs U-Net"] == "+0.000" and board.loc["my-model", "p (Wilcoxon)"] == "1"
-    ext = pd.read_csv(track.run / "external.csv")
-    assert list(ext["method"].unique()) == ["my-model"] and len(ext) == len(track.test)
+    assert board.loc["my-model", "paper"] == "external" and board.loc["my-model", "p (Wilcoxon)"] == "1"
+    assert board.loc["my-model", "Δ DSC vs U-Net [95% CI]"] == "0.000 [0.000, 0.000]"
+    assert L.paired_table(more).set_index("method").loc["my-model", "baseline"].iloc[0] == "U-Net (CET1)"
+    assert "my-model" not in set(res.metrics["method"])  # the run's own Results are left as they were
+    ext = pd.read_csv(res.path / "external.csv")
+    assert list(ext["method"].unique()) == ["my-model"] and len(ext) == len(res.test_cases())
     with pytest.raises(ParameterError, match="already a leaderboard row"):
-        L.add_external(track, [str(outsider), str(outsider)])
+        add_external(res, [str(outsider), str(outsider)])
 
 
 @pytest.mark.slow
-def test_cli_score_and_splits_export_use_the_runs_protocol(unet_track, tmp_path, capsys):
-    track, outsider, tmp = unet_track
+def test_cli_score_and_splits_export_use_the_runs_protocol(unet_run, tmp_path, capsys):
+    res, outsider, tmp = unet_run
     assert main(["score", "phantom", str(outsider), "--name", "my-model", "--runs", str(tmp / "runs"),
                  "--profile", "smoke", "--out", str(tmp_path / "rows.csv")]) == 0
     out = capsys.readouterr().out
-    book = track.table[track.table["method"] == "unet_cet1"]
+    book = res.metrics[res.metrics["method"] == "unet_cet1"]
     assert f"dice: {book['dice'].mean():.4f} [" in out and "vs unet_cet1 on dice" in out
     rows = pd.read_csv(tmp_path / "rows.csv")
     np.testing.assert_array_equal(rows["dice"].to_numpy(), book["dice"].to_numpy())
     assert main(["splits", "export", "leaderboard", str(tmp_path / "nn"), "--runs", str(tmp / "runs"),
                  "--profile", "smoke", "--track", "phantom"]) == 0
     splits = json.loads((tmp_path / "nn" / "splits_final.json").read_text())
-    assert splits == [{"train": sorted(track.train), "val": sorted(track.test)}]
+    fold = res.splits()[0]  # the leaderboard's hold-out: no validation cases
+    assert splits == [{"train": sorted(fold.train), "val": sorted(fold.test)}]
+    assert splits[0]["val"] == sorted(set(book["case"])) and len(splits[0]["train"]) == 3
     missing = tmp_path / "partial"
     (missing / "x").mkdir(parents=True)
     assert main(["score", "phantom", str(missing), "--name", "x", "--runs", str(tmp / "runs"),
                  "--profile", "smoke"]) == 2
-    assert f"no prediction for {len(track.test)} of the {len(track.test)} test case(s)" in capsys.readouterr().err
+    n = len(res.test_cases())
+    assert f"no prediction for {n} of the {n} test case(s)" in capsys.readouterr().err
 
 
-def _board_row(nb, label: str) -> list[str]:
-    """The cells of the leaderboard table row named ``label`` in an executed notebook."""
+def _board(nb) -> dict[str, dict[str, str]]:
+    """The leaderboard table of an executed notebook: method label -> column -> cell text."""
     for cell in nb.cells:
         if cell.cell_type == "code" and cell.source.startswith("board = L.leaderboard_table"):
             html = "".join(o.get("data", {}).get("text/html", "") for o in cell.outputs)
-            for tr in re.findall(r"<tr>(.*?)</tr>", html, flags=re.S):
-                cells = [re.sub(r"<.*?>", "", c).strip() for c in re.findall(r"<t[dh].*?</t[dh]>", tr, flags=re.S)]
-                if label in cells:
-                    return cells[cells.index(label):]
-    raise AssertionError(f"no leaderboard row {label!r}")
+            rows = [[re.sub(r"<.*?>", "", c).strip() for c in re.findall(r"<t[dh][^>]*>.*?</t[dh]>", tr, flags=re.S)]
+                    for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", html, flags=re.S)]
+            header = rows[0]
+            return {r[header.index("method")]: dict(zip(header, r)) for r in rows[1:]}
+    raise AssertionError("no leaderboard table in the notebook")
 
 
 @pytest.mark.slow
-def test_leaderboard_notebook_with_an_external_folder(run_notebook, unet_track):
+def test_leaderboard_notebook_with_an_external_folder(run_notebook, unet_run):
     """The chapter at smoke with the U-Net alone and the outsider folder (made from the library run's
     U-Net above, on the same seeded phantom) as ``external``: its row equals the in-book U-Net's."""
-    from npcrepro.pipelines import leaderboard as L
+    from npcrepro.chapters.leaderboard import report as L
 
-    track, outsider, _ = unet_track
+    res, outsider, _ = unet_run
     nb = run_notebook("leaderboard", methods=["unet_cet1"], workers=1, external=[str(outsider)])
-    row = _board_row(nb, "my-model")  # method, paper, input, dims, DSC, HD95, ASSD, NSD, Δ DSC, p
-    assert row[1:4] == ["external", "own", "—"] and row[8:10] == ["+0.000", "1"]
-    assert row[4:8] == _board_row(nb, "U-Net (CET1)")[4:8]
-    library = L.leaderboard_table(track, n_boot=2000, seed=0).set_index("method")
-    assert row[4:8] == list(library.loc["U-Net (CET1)", ["DSC", "HD95 (mm)", "ASSD (mm)", "NSD"]])
+    board = _board(nb)
+    mine, unet = board["my-model"], board["U-Net (CET1)"]
+    assert (mine["paper"], mine["input"], mine["dims"]) == ("external", "own", "—")
+    cols = ["DSC", "HD95 (mm)", "ASSD (mm)", "NSD"]
+    library = L.leaderboard_table(res, n_boot=2000, seed=0).set_index("method")
+    assert [mine[c] for c in cols] == [unet[c] for c in cols] == list(library.loc["U-Net (CET1)", cols])
+    assert mine["p (Wilcoxon)"] == "1" and mine["Δ DSC vs U-Net [95% CI]"] == "0.000 [0.000, 0.000]"
