@@ -9,7 +9,7 @@ ALL_METHODS = ["unet_ct", "deeplab_ct", "luo_ours_ct", "fcn8_ct", "unet_cet1", "
                "vnet", "bunet", "cscn", "unet3d_cet1", "mmfnet"]
 
 _COMMON = dict(lr=1e-3, fg_prob=0.5, background_fraction=0.5, threshold=0.5, nsd_mm=2.0, overlap=0.25,
-               n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp")
+               n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp", external=[])
 
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=5, n_test=2, iterations_2d=4, iterations_3d=3, batch_2d=4, batch_3d=2,
@@ -43,4 +43,5 @@ HELP = {
     "workers": "methods trained at once (processes, cores split between them)",
     "real_cases": "OpenKBP patients for the CT track (0: off)",
     "structure": "target structure on the phantom",
+    "external": "folders of other models' NIfTI predictions of the test patients, each scored as one more row",
 }

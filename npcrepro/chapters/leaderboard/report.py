@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from npcrepro.chapters.leaderboard.external import entry, is_external
 from npcrepro.chapters.leaderboard.methods import BY_KEY, PROPOSED, network, select
 
 METRICS = ("dice", "hd95", "assd", "nsd")
@@ -78,7 +79,7 @@ def paired_vs_baseline(res, key: str, metric: str = "dice") -> dict | None:
     """Paired test of ``key`` against its baseline (None for a baseline or a missing one)."""
     from npcrepro.evaluation import paired_tests
 
-    base = BY_KEY[key].baseline
+    base = entry(res, key).baseline
     if key == base or base not in _present(res):
         return None
     return paired_tests(_table(res), key, base, [metric]).iloc[0].to_dict()
@@ -86,12 +87,15 @@ def paired_vs_baseline(res, key: str, metric: str = "dice") -> dict | None:
 
 def _baseline_tests(res) -> dict[str, dict]:
     """Paired DSC test of every method against its baseline, with Holm-adjusted Wilcoxon p-values
-    over that family."""
+    over that family (the book's methods; an external row is adjusted as one more member of it)."""
     from npcrepro.evaluation import holm
 
     tests = {k: p for k in _present(res) if (p := paired_vs_baseline(res, k)) is not None}
-    for k, adj in zip(tests, holm([t["p_wilcoxon"] for t in tests.values()])):
+    book = [k for k in tests if not is_external(k)]
+    for k, adj in zip(book, holm([tests[k]["p_wilcoxon"] for k in book])):
         tests[k]["p_holm"] = float(adj)
+    for k in [k for k in tests if is_external(k)]:
+        tests[k]["p_holm"] = float(holm([tests[j]["p_wilcoxon"] for j in book] + [tests[k]["p_wilcoxon"]])[-1])
     return tests
 
 
@@ -105,7 +109,7 @@ def leaderboard_table(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     tests = _baseline_tests(res)
     rows = []
     for key in _present(res):
-        m = BY_KEY[key]
+        m = entry(res, key)
         sm = s[s["method"] == key].set_index("metric")
         row = {"method": m.label, "paper": m.paper, "input": "+".join(m.channels), "dims": m.dims.upper()}
         for k in METRICS:
@@ -132,11 +136,11 @@ def paired_table(res) -> pd.DataFrame:
     parts = []
     present = _present(res)
     for key in present:
-        base = BY_KEY[key].baseline
+        base = entry(res, key).baseline
         if key == base or base not in present:
             continue
         t = paired_tests(_table(res), key, base, list(METRICS))
-        t.insert(0, "method", BY_KEY[key].label)
+        t.insert(0, "method", entry(res, key).label)
         t.insert(1, "baseline", BY_KEY[base].label)
         parts.append(t.drop(columns=["method_a", "method_b"]))
     if not parts:
@@ -231,10 +235,10 @@ def reading(res) -> str:
     s = summary(res)
     d = s[s["metric"] == "dice"].set_index("method")["mean"].sort_values(ascending=False)
     best, worst = d.index[0], d.index[-1]
-    lines = [f"On {len(res.test_cases())} test patients ({res.data_label}), {BY_KEY[best].label} had the "
-             f"highest mean DSC ({d.iloc[0]:.3f}) and {BY_KEY[worst].label} the lowest ({d.iloc[-1]:.3f})."]
+    lines = [f"On {len(res.test_cases())} test patients ({res.data_label}), {entry(res, best).label} had the "
+             f"highest mean DSC ({d.iloc[0]:.3f}) and {entry(res, worst).label} the lowest ({d.iloc[-1]:.3f})."]
     better = worse = same = 0
-    for p in _baseline_tests(res).values():
+    for p in [p for k, p in _baseline_tests(res).items() if not is_external(k)]:
         if math.isfinite(p["p_holm"]) and p["p_holm"] < 0.05:
             better += p["mean_diff"] > 0
             worse += p["mean_diff"] < 0
@@ -244,7 +248,7 @@ def reading(res) -> str:
                  f"and {same} not distinguishable (Wilcoxon p < 0.05 after Holm's correction over "
                  f"{better + worse + same} tests).")
     empty = silent_methods(res)
-    silent = [BY_KEY[k].label for k in _present(res) if k in empty]
+    silent = [entry(res, k).label for k in _present(res) if k in empty]
     if silent:
         lines.append(f"{', '.join(silent)} predicted no tumour on any test patient: "
                      "not trained enough at this budget, which says nothing about the architecture.")
@@ -285,7 +289,7 @@ def fig_leaderboard(res, metrics: Sequence[str] = ("dice", "hd95")):
                              sharey=True, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for i, key in enumerate(order):
-            m = BY_KEY[key]
+            m = entry(res, key)
             v = pd.to_numeric(t.loc[t["method"] == key, metric], errors="coerce")
             v = v[np.isfinite(v)]
             jitter = np.random.default_rng(i).uniform(-0.15, 0.15, len(v))
@@ -296,7 +300,7 @@ def fig_leaderboard(res, metrics: Sequence[str] = ("dice", "hd95")):
                 ax.errorbar(r["mean"], i, xerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]],
                             fmt="o", color=color, capsize=3, ms=5)
         ax.set_yticks(range(len(order)))
-        ax.set_yticklabels([BY_KEY[k].label for k in order], fontsize=8)
+        ax.set_yticklabels([entry(res, k).label for k in order], fontsize=8)
         ax.set_xlabel(METRIC_LABELS[metric])
         ax.grid(axis="x", alpha=0.3)
         if metric == "dice":
@@ -314,7 +318,8 @@ def fig_cases(res, n: int = 3, keys: Sequence[str] | None = None):
     from matplotlib.lines import Line2D
 
     structure = res.structures[0]
-    keys = list(keys or [k for k in _present(res) if BY_KEY[k].paper != "baseline"][:6])
+    book = [k for k in _present(res) if not is_external(k)]
+    keys = list(keys or [k for k in book if BY_KEY[k].paper != "baseline"][:6] or book)  # or: baselines only
     per_case = res.metrics.groupby("case")["dice"].mean().sort_values()
     picks = list(dict.fromkeys([per_case.index[0], per_case.index[len(per_case) // 2], per_case.index[-1]]))[:n]
     channel = BY_KEY[keys[0]].channels[-1]

@@ -11,11 +11,13 @@ REAL_STRUCTURE = "PTV70"
 
 
 def phantom_run(P: Mapping[str, Any], **kwargs):
-    """Every selected method on the phantom cohort (or on ``P.data``); returns Results."""
+    """Every selected method on the phantom cohort (or on ``P.data``), plus a row per ``P.external``
+    prediction folder (:mod:`.external`); returns Results."""
+    from npcrepro.chapters.leaderboard.external import add_external
     from npcrepro.engine.experiment import run_experiment
 
     name = "phantom" if P["data"] == "phantom" else "data"
-    return run_experiment(MODULE, P, name=name, **kwargs)
+    return add_external(run_experiment(MODULE, P, name=name, **kwargs), P.get("external"))
 
 
 class _Subset:
