@@ -361,3 +361,19 @@ def test_notebook_smoke(run_notebook):
                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "(reported)" in text and "(reproduced)" in text
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_notebook_is_committed_clean():
+    import nbformat
+
+    from npcrepro.paths import repo_root
+
+    nb = nbformat.read(str(repo_root() / "notebooks" / "guo2021.ipynb"), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "_before = set(globals())" in code[0].source
+    assert code[1].metadata.get("tags") == ["parameters"]
+    text = "\n".join(c.source for c in nb.cells)
+    assert "chapters.run(P" in text and "npcrepro.pipelines" not in text
+    assert "RunFolder" not in text and "mark_done" not in text and "write_summary" not in text
+    assert 'recipes.deviations("guo2021", P.profile)' in text
