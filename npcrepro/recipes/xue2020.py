@@ -75,6 +75,8 @@ PAPER = {
 }
 
 DEVIATIONS = {
+    "batch_size": "the smoke profile (a test that the chapter runs, seconds) trains batches of 4 slices; "
+                  "cpu and gpu use the paper's 8",
     "epochs": "smoke and cpu train a fixed number of iterations per model (`iterations`) so that the "
               "chapter runs in minutes on two cores, and check the plateau rule every `eval_every` "
               "iterations instead of every epoch, so the learning-rate cuts come at other points; a few "
