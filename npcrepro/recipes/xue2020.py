@@ -46,7 +46,7 @@ HELP = {
     "lr_patience": "validations without improvement of the validation loss before a cut",
     "dice_eps": "smoothing of the soft-Dice loss 1 - DSC (voxels)",
     "background_fraction": "slices without tumour added per slice with tumour (training and validation)",
-    "flip": "random left-right flip (p = 0.5)",
+    "flip": "random left-right flip, probability 0.5",
     "rotate_deg": "random rotation range (degrees, +-)",
     "zoom": "random zoom range [low, high]",
     "shift": "random translation range (fraction of the slice, +-)",
