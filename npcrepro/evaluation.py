@@ -23,7 +23,7 @@ import pandas as pd
 
 from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["evaluate_cases", "summarize", "bootstrap_ci", "paired_test", "paired_tests",
+__all__ = ["evaluate_cases", "summarize", "bootstrap_ci", "holm", "paired_test", "paired_tests",
            "compare_with_paper", "ComparisonTable", "format_mean_sd", "METRIC_ALIASES",
            "canonical_metric", "NON_METRIC_COLUMNS"]
 
@@ -108,21 +108,43 @@ def evaluate_cases(predictions: Mapping[str, Mapping[str, np.ndarray]], cases, *
 
 # ---------------------------------------------------------------------------------- summaries
 def bootstrap_ci(values: Sequence[float], *, ci: float = 0.95, n_boot: int = 2000, seed: int = 0,
-                 statistic=np.mean) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of ``statistic`` (default the mean). NaNs are dropped;
-    one value gives (v, v); none gives (nan, nan)."""
+                 statistic=np.mean, method: str = "BCa") -> tuple[float, float]:
+    """Bootstrap confidence interval of ``statistic`` (default the mean) with
+    :func:`scipy.stats.bootstrap`: ``method`` "BCa" (bias-corrected and accelerated, the default),
+    "percentile" or "basic". NaNs are dropped; one value, or values that are all equal, give
+    (v, v); none gives (nan, nan)."""
+    from scipy import stats
+
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return (math.nan, math.nan)
-    if v.size == 1:
-        return (float(v[0]), float(v[0]))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(n_boot, v.size))
-    stats = statistic(v[idx], axis=1)
-    alpha = (1 - ci) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    if v.size == 1 or np.all(v == v[0]):
+        s = float(statistic(v))
+        return (s, s)
+    res = stats.bootstrap((v,), lambda x, axis=-1: statistic(x, axis=axis), confidence_level=ci,
+                          n_resamples=n_boot, method=method, random_state=np.random.default_rng(seed),
+                          vectorized=True)
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # BCa undefined (degenerate resamples)
+        return bootstrap_ci(v, ci=ci, n_boot=n_boot, seed=seed, statistic=statistic, method="percentile")
+    return lo, hi
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (same order as given; NaNs stay NaN and do not count).
+
+    The k-th smallest of m p-values becomes max over j <= k of min(1, (m - j + 1) p_(j))."""
+    p = np.asarray(pvalues, float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(adj)
+    return out
 
 
 def _metric_columns(df: pd.DataFrame, metrics: Iterable[str] | None, by: Sequence[str]) -> list[str]:
@@ -139,17 +161,17 @@ def _metric_columns(df: pd.DataFrame, metrics: Iterable[str] | None, by: Sequenc
 def summarize(table: pd.DataFrame, metrics: Iterable[str] | None = None, by: str | Sequence[str] | None = None,
               *, ci: float = 0.95, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Summary per metric (and per ``by`` group): n, mean, sd (ddof 1), median, q1, q3, ci_low,
-    ci_high (percentile bootstrap of the mean), n_nonfinite (values left out: NaN/inf, e.g. distances
-    to an empty mask) and n_empty (rows flagged ``pred_empty`` or ``ref_empty``)."""
+    ci_high (BCa bootstrap of the mean, :func:`bootstrap_ci`), n_nonfinite (values left out: NaN/inf,
+    e.g. distances to an empty mask), n_empty (rows flagged ``pred_empty`` or ``ref_empty``) and
+    n_failed (an empty prediction where the reference is not empty: a failed patient)."""
     if table is None or len(table) == 0:
         raise DataError("summarize: empty table")
     by = [by] if isinstance(by, str) else list(by or [])
     cols = _metric_columns(table, metrics, by)
-    empty = np.zeros(len(table), bool)
-    for flag in ("pred_empty", "ref_empty"):
-        if flag in table.columns:
-            empty |= table[flag].fillna(False).astype(bool).to_numpy()
-    t = table.assign(_empty=empty)
+    flags = {f: (table[f].fillna(False).astype(bool).to_numpy() if f in table.columns
+                 else np.zeros(len(table), bool)) for f in ("pred_empty", "ref_empty")}
+    t = table.assign(_empty=flags["pred_empty"] | flags["ref_empty"],
+                     _failed=flags["pred_empty"] & ~flags["ref_empty"])
     groups = t.groupby(by, sort=True, dropna=False) if by else [((), t)]
     rows = []
     for key, g in groups:
@@ -165,18 +187,20 @@ def summarize(table: pd.DataFrame, metrics: Iterable[str] | None = None, by: str
                          "q1": float(np.percentile(v, 25)) if v.size else math.nan,
                          "q3": float(np.percentile(v, 75)) if v.size else math.nan,
                          "ci_low": lo, "ci_high": hi,
-                         "n_nonfinite": int(raw.size - v.size), "n_empty": int(g["_empty"].sum())})
+                         "n_nonfinite": int(raw.size - v.size), "n_empty": int(g["_empty"].sum()),
+                         "n_failed": int(g["_failed"].sum())})
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------- paired tests
 def paired_test(a, b, metric: str | None = None, *, on: str | Sequence[str] = ("case", "structure"),
-                alternative: str = "two-sided") -> dict:
+                alternative: str = "two-sided", n_boot: int = 2000, seed: int = 0) -> dict:
     """Paired t-test and Wilcoxon signed-rank test of ``a`` vs ``b`` on the same cases.
 
     ``a``, ``b``: per-case tables (joined on the ``on`` columns that both have; ``metric`` names the
     column), or equal-length sequences of paired values. Pairs with a non-finite value are dropped.
-    Returns n, mean_a, mean_b, mean_diff (a - b), sd_diff, t, p_t, w, p_wilcoxon.
+    Returns n, mean_a, mean_b, mean_diff (a - b), diff_ci_low and diff_ci_high (BCa bootstrap 95%
+    CI of the mean difference), sd_diff, t, p_t, w, p_wilcoxon.
     """
     from scipy import stats
 
@@ -202,9 +226,11 @@ def paired_test(a, b, metric: str | None = None, *, on: str | Sequence[str] = ("
     out = {"metric": metric, "n": int(x.size), "mean_a": float(x.mean()) if x.size else math.nan,
            "mean_b": float(y.mean()) if y.size else math.nan,
            "mean_diff": float(d.mean()) if d.size else math.nan,
+           "diff_ci_low": math.nan, "diff_ci_high": math.nan,
            "sd_diff": float(d.std(ddof=1)) if d.size > 1 else math.nan,
            "t": math.nan, "p_t": math.nan, "w": math.nan, "p_wilcoxon": math.nan}
     if x.size >= 2:
+        out["diff_ci_low"], out["diff_ci_high"] = bootstrap_ci(d, n_boot=n_boot, seed=seed)
         if np.all(d == d[0]):  # zero variance of differences: t undefined
             out["p_t"] = 1.0 if d[0] == 0 else 0.0
         else:

@@ -189,8 +189,7 @@ def _load_papers() -> None:
 
 
 def _paper_sizes(paper: str) -> dict[str, dict[str, Any]]:
-    if paper not in _SIZES:
-        _load_papers()
+    _load_papers()  # the recipe modules first, whatever registered before
     if paper not in _SIZES:
         raise ParameterError(f"unknown paper {paper!r} (valid: {', '.join(sorted(_SIZES))})")
     return _SIZES[paper]
@@ -337,3 +336,71 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return open_dataset(folder)
+
+
+# ---------------------------------------------------------------------------------- documentation
+#: One-line help of the common parameters.
+COMMON_HELP = {
+    "profile": "smoke (seconds, for tests), cpu (the book, minutes on 2 cores) or gpu (paper scale)",
+    "data": "'phantom' (generated and cached) or a dataset folder in the project format",
+    "device": "auto (cuda if available, else cpu), cpu, cuda or cuda:N",
+    "seed": "seeds data generation, splits, initialisation and sampling",
+    "out_dir": "root of run folders (<out_dir>/<profile>/<chapter>/<stamp>-<name>/)",
+    "resume": "a run folder to continue (its parameters must match)",
+}
+
+
+def _type_name(values: Sequence[Any]) -> str:
+    """The annotation papermill shows for a parameter whose profile values are ``values``."""
+    kinds = {type(v) for v in values if v is not None}
+    if kinds == {bool}:
+        return "bool"
+    if kinds and kinds <= {int}:
+        return "int"
+    if kinds and kinds <= {int, float}:
+        return "float"
+    if kinds and kinds <= {list, tuple}:
+        return "list"
+    if kinds == {str}:
+        return "str"
+    if kinds == {dict}:
+        return "dict"
+    return "object"
+
+
+def describe(paper: str) -> "list[dict]":
+    """Every parameter of ``paper``: name, type, its value at each profile, allowed values and help
+    (what ``npcrepro params <chapter>`` prints)."""
+    from npcrepro import recipes
+
+    sizes = _paper_sizes(paper)
+    try:
+        helps = dict(recipes.load(paper).HELP)
+    except ModuleNotFoundError:
+        helps = {}
+    rows = []
+    for name in parameters(paper, profiles(paper)[0]):
+        values = {p: (COMMON[name] if name in COMMON else sizes[p].get(name)) for p in profiles(paper)}
+        rows.append({"parameter": name, "type": _type_name([COMMON.get(name), *values.values()]),
+                     **values, "allowed": list(_CHOICES.get(paper, {}).get(name, ())) or "",
+                     "help": COMMON_HELP.get(name) or helps.get(name, "")})
+    return rows
+
+
+def parameters_cell(paper: str) -> str:
+    """The source of ``paper``'s notebook parameters cell, generated from the registry: the common
+    parameters with their defaults, then every chapter parameter as ``None`` ("the profile's
+    value"), each with its type and a one-line help that ``papermill --help-notebook`` shows."""
+    lines = []
+    rows = describe(paper)
+    for row in rows:
+        name = row["parameter"]
+        value = repr(COMMON[name]).replace("'", '"') if name in COMMON else "None"
+        vals = [row[p] for p in profiles(paper) if p in row]
+        values = ("" if name in COMMON else f" (every profile: {vals[0]!r})" if all(v == vals[0] for v in vals)
+                  else " (" + " / ".join(f"{p}: {row[p]!r}" for p in profiles(paper) if p in row) + ")")
+        allowed = f"; one of {row['allowed']}" if row["allowed"] else ""
+        lines.append(f"{name}: {row['type']} = {value}  # {row['help']}{allowed}{values}")
+        if name == "resume" and len(lines) < len(rows):
+            lines.append("# per-chapter parameters; None takes the profile's value")
+    return "\n".join(lines)

@@ -182,21 +182,24 @@ def fig_timing(times: pd.DataFrame, profile: str):
 
 
 def run_folders(out_dir: str | Path, profile: str) -> pd.DataFrame:
-    """The newest run folder of each chapter under ``<out_dir>/<profile>/``: chapter, run, whether it
-    finished (``DONE``), git revision (``*`` when the tree had uncommitted changes), device and torch
-    version from its ``environment.json``. Empty frame when there are none."""
-    from npcrepro.engine.runs import find_runs
+    """The newest run folder of each chapter under ``<out_dir>/<profile>/`` (read through
+    :class:`~npcrepro.engine.results.Results`): chapter, run, status, methods x folds x seeds, git
+    revision (``*`` when the tree had uncommitted changes), device and torch version from its
+    ``environment.json``. Empty frame when there are none."""
+    from npcrepro.engine.results import find_results
 
+    cols = ["chapter", "run", "status", "jobs", "git", "device", "torch"]
     rows = []
-    for path in find_runs(out_dir, profile):
+    for res in find_results(out_dir, profile, done=False):
         try:
-            env = json.loads((path / "environment.json").read_text(encoding="utf-8"))
+            env = json.loads((res.path / "environment.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             env = {}
         git = env.get("git") if isinstance(env.get("git"), dict) else {}
         rev = (git.get("revision") or "")[:10]
-        rows.append({"chapter": path.parent.name, "run": path.name, "done": (path / "DONE").exists(),
+        rows.append({"chapter": res.chapter, "run": res.path.name, "status": res.status,
+                     "jobs": f"{len(res.methods)} x {res.folds} x {len(res.seeds)}",
                      "git": rev + ("*" if rev and git.get("dirty") else ""),
                      "device": env.get("device"), "torch": env.get("torch")})
-    df = pd.DataFrame(rows, columns=["chapter", "run", "done", "git", "device", "torch"])
+    df = pd.DataFrame(rows, columns=cols)
     return df.groupby("chapter", sort=False).tail(1).reset_index(drop=True)

@@ -45,16 +45,51 @@ def test_summarize_matches_numpy():
     assert (d["ci_low"], d["ci_high"]) == pytest.approx(E.bootstrap_ci(v, seed=1))
 
 
-def test_bootstrap_ci_against_hand_computation():
+def test_bootstrap_ci_is_scipys_bca():
+    from scipy import stats
+
     v = np.array(DICE_A)
-    rng = np.random.default_rng(3)
-    means = v[rng.integers(0, v.size, size=(500, v.size))].mean(axis=1)
-    assert E.bootstrap_ci(v, n_boot=500, seed=3) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
+    ref = stats.bootstrap((v,), np.mean, n_resamples=500, method="BCa",
+                          random_state=np.random.default_rng(3)).confidence_interval
+    assert E.bootstrap_ci(v, n_boot=500, seed=3) == pytest.approx((ref.low, ref.high))
+    pct = stats.bootstrap((v,), np.mean, n_resamples=500, method="percentile",
+                          random_state=np.random.default_rng(3)).confidence_interval
+    assert E.bootstrap_ci(v, n_boot=500, seed=3, method="percentile") == pytest.approx((pct.low, pct.high))
     lo, hi = E.bootstrap_ci(v, ci=0.5, seed=0)
     lo95, hi95 = E.bootstrap_ci(v, ci=0.95, seed=0)
     assert lo95 <= lo < hi <= hi95
     assert E.bootstrap_ci([0.7]) == (0.7, 0.7)
+    assert E.bootstrap_ci([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.7))  # BCa is undefined there
     assert all(math.isnan(x) for x in E.bootstrap_ci([]))
+
+
+def test_holm_hand_computed():
+    # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (monotone), 0.5
+    assert E.holm([0.03, 0.01, 0.5, 0.02]) == pytest.approx([0.06, 0.04, 0.5, 0.06])
+    out = E.holm([0.2, float("nan"), 0.01])  # NaN neither adjusted nor counted
+    assert out[0] == pytest.approx(0.2) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
+    assert E.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert len(E.holm([])) == 0
+
+
+def test_paired_test_gives_the_ci_of_the_mean_difference():
+    from scipy import stats
+
+    a = np.array(DICE_A)
+    b = a - np.linspace(0.01, 0.1, a.size)
+    r = E.paired_test(a, b, n_boot=500, seed=2)
+    ref = stats.bootstrap((a - b,), np.mean, n_resamples=500, method="BCa",
+                          random_state=np.random.default_rng(2)).confidence_interval
+    assert (r["diff_ci_low"], r["diff_ci_high"]) == pytest.approx((ref.low, ref.high))
+    assert r["diff_ci_low"] < r["mean_diff"] < r["diff_ci_high"]
+
+
+def test_summarize_counts_failed_patients():
+    t = _table(DICE_A, empty=(3,))
+    t["ref_empty"] = False
+    t.loc[0, "pred_empty"], t.loc[0, "ref_empty"] = True, True  # both empty: not a failure
+    s = E.summarize(t, ["dice"]).set_index("metric")
+    assert s.loc["dice", "n_failed"] == 1 and s.loc["dice", "n_empty"] == 2
 
 
 def test_summarize_groups_and_nonfinite():

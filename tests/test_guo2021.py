@@ -320,14 +320,15 @@ def test_cascade_network_holds_both_stages():
     assert out.shape == (1, 2, 8, 24, 24)  # image + coarse map in, 2-class logits out
 
 
-@pytest.mark.parametrize("name,in_channels", [("CNN", 1), ("V-Net", 1), ("BUNet", 1), ("CSCN", 2)])
+@pytest.mark.parametrize("name,in_channels", [("CNN", 1), ("V-Net", 1), ("BUNet", 1), ("CSCN", 2),
+                                              ("ACDNet_cascade", 2)])
 def test_network_for_the_leaderboard(name, in_channels):
     from npcrepro import recipes
 
     width = 0.5
     net = M.network(name, width=width, in_channels=in_channels, profile="cpu")
     layers = recipes.load("guo2021").PROFILES["cpu"]["acd_layers"]
-    want = (M.build_model("ACDNet_cascade", width, in_channels - 1, layers) if name == "CSCN"
+    want = (M.build_model("ACDNet_cascade", width, in_channels - 1, layers) if name in ("CSCN", "ACDNet_cascade")
             else M.build_model(name, width, in_channels, layers))
     assert type(net) is type(want)
     assert [p.shape for p in net.parameters()] == [p.shape for p in want.parameters()]

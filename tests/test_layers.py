@@ -77,3 +77,9 @@ def test_nothing_below_the_chapter_layer_imports_a_chapter():
             continue
         for line, mod in _imports(path):
             assert _top(mod) not in ("chapters", "pipelines"), f"{path.relative_to(PKG)}:{line} imports {mod}"
+
+
+def test_chapter_modules_are_small():
+    big = {str(p.relative_to(PKG)): n for p in (PKG / "chapters").rglob("*.py")
+           if (n := len(p.read_text(encoding="utf-8").splitlines())) >= 500}
+    assert not big, f"chapter modules of 500 lines or more: {big}"

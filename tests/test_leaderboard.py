@@ -1,4 +1,5 @@
-"""The leaderboard: method table, common loss, split, claims against the papers, a smoke run."""
+"""The leaderboard: method table, common loss, split, claims against the papers, a smoke run, and the
+chapter contract."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,42 +7,54 @@ import pandas as pd
 import pytest
 import torch
 
+from chapter_contract import ChapterContract
+from npcrepro.chapters.leaderboard import methods as M
+from npcrepro.chapters.leaderboard import prepare as prep
+from npcrepro.chapters.leaderboard import report as L
+from npcrepro.chapters.leaderboard import tracks
+from npcrepro.engine.results import Results
 from npcrepro.errors import DataError, ParameterError
-from npcrepro.pipelines import leaderboard as L
 from npcrepro.profiles import resolve
 
 
+class TestLeaderboardContract(ChapterContract):
+    chapter = "leaderboard"
+    overrides = {"methods": ["fcn8_ct", "cscn"], "workers": 1}
+    kill_at = 2
+
+
 def test_every_paper_has_a_method_and_every_method_a_baseline():
-    assert {m.paper for m in L.METHODS} == {"baseline", "li2018", "xue2020", "luo2020", "guo2021", "chen2020"}
-    for m in L.METHODS:
-        base = L.BY_KEY[m.baseline]
+    assert {m.paper for m in M.METHODS} == {"baseline", "li2018", "xue2020", "luo2020", "guo2021", "chen2020"}
+    for m in M.METHODS:
+        base = M.BY_KEY[m.baseline]
         assert base.paper == "baseline" and base.channels[-1:] == m.channels[-1:] or m.key == "mmfnet"
         assert base.ct == m.ct
 
 
 def test_select_methods_adds_baselines_and_rejects_unknown_keys():
-    keys = [m.key for m in L.select_methods(["deeplab_ct"])]
+    keys = [m.key for m in M.select(["deeplab_ct"])]
     assert keys == ["unet_ct", "deeplab_ct"]
-    assert all(m.ct for m in L.select_methods("all", ct_only=True))
+    assert all(m.ct for m in M.select("all", ct_only=True))
     with pytest.raises(ParameterError, match="unknown leaderboard method"):
-        L.select_methods(["nnunet"])
+        M.select(["nnunet"])
 
 
-def test_cscn_job_also_yields_bunet():
-    assert L.jobs_for(L.select_methods(["bunet", "cscn"])) == ["unet_cet1", "cscn"]
-    assert L.jobs_for(L.select_methods(["bunet"])) == ["unet_cet1", "bunet"]
+def test_cscn_runs_after_bunet():
+    keys = [m.key for m in M.select(["cscn"])]
+    assert keys == ["unet_cet1", "bunet", "cscn"]
+    assert M.BY_KEY["cscn"].after == ("bunet",)
 
 
-@pytest.mark.parametrize("m", L.METHODS, ids=lambda m: m.key)
+@pytest.mark.parametrize("m", M.METHODS, ids=lambda m: m.key)
 def test_networks_map_input_to_one_tumour_output(m, one_torch_thread):
     n_in = len(m.channels) + (1 if m.key == "cscn" else 0)
-    net = L.build_network(m.builder, 0.25, n_in).eval()
+    net = M.network(m, 0.25, "smoke").eval()
     shape = (2, n_in, 64, 64) if m.dims == "2d" else (1, n_in, 8, 32, 32)
     with torch.no_grad():
         y = net(torch.zeros(shape))
     y = y[0] if isinstance(y, (list, tuple)) else y
     assert y.shape[2:] == shape[2:]
-    assert y.shape[1] == (2 if m.builder.startswith("guo:") else 1)
+    assert y.shape[1] == (2 if m.activation == "softmax" else 1)
 
 
 def test_common_loss_hand_computed():
@@ -50,33 +63,38 @@ def test_common_loss_hand_computed():
     target = torch.tensor([[[[1, 1], [0, 0]]]])
     bce = float(np.log(2))
     dice = 1 - (2 * 1.0 + 1) / (2.0 + 2.0 + 1)  # sum p*t = 1, sum p = 2, sum t = 2
-    assert float(L.CommonLoss()(logits, target)) == pytest.approx(bce + dice, rel=1e-6)
+    assert float(prep.CommonLoss()(logits, target)) == pytest.approx(bce + dice, rel=1e-6)
     # softmax with equal logits gives the same probabilities and cross-entropy
-    assert float(L.CommonLoss()(torch.zeros(1, 2, 2, 2), target)) == pytest.approx(bce + dice, rel=1e-6)
+    assert float(prep.CommonLoss()(torch.zeros(1, 2, 2, 2), target)) == pytest.approx(bce + dice, rel=1e-6)
     # deep supervision: the mean over outputs
     big = torch.full((1, 1, 2, 2), 20.0) * (2 * target - 1)
-    both = float(L.CommonLoss()((logits, big), target))
-    assert both == pytest.approx((bce + dice + float(L.CommonLoss()(big, target))) / 2, rel=1e-6)
-    assert float(L.CommonLoss()(big, target)) < 0.01  # a confident perfect prediction costs ~0
+    both = float(prep.CommonLoss()((logits, big), target))
+    assert both == pytest.approx((bce + dice + float(prep.CommonLoss()(big, target))) / 2, rel=1e-6)
+    assert float(prep.CommonLoss()(big, target)) < 0.01  # a confident perfect prediction costs ~0
     with pytest.raises(DataError, match="1 or 2 output channels"):
-        L.CommonLoss()(torch.zeros(1, 3, 2, 2), target)
+        prep.CommonLoss()(torch.zeros(1, 3, 2, 2), target)
 
 
 def test_normaliser_windows_ct_and_leaves_the_coarse_channel():
-    norm = L.normaliser(["CT", "coarse", "T1"])
+    norm = prep.normaliser(["CT", "coarse", "T1"])
     assert norm["coarse"] is None and norm["T1"] == "zscore"
     np.testing.assert_allclose(norm["CT"](np.array([-1000.0, -200.0, 50.0, 300.0, 3000.0])),
                                [0.0, 0.0, 0.5, 1.0, 1.0])
 
 
 def test_holdout_is_seeded_disjoint_and_checked():
-    names = [f"c{i:02d}" for i in range(10)]
-    tr, te = L.holdout(names, 3, seed=1)
+    names = [f"c{i}" for i in range(8)]
+
+    def split(seed, n_test=3):
+        f = M.CHAPTER.folds(names, {"seed": seed, "n_test": n_test})[0]
+        return f.train, f.test
+
+    tr, te = split(1)
     assert len(te) == 3 and not set(tr) & set(te) and sorted(tr + te) == names
-    assert L.holdout(names, 3, seed=1) == (tr, te)
-    assert L.holdout(names, 3, seed=2) != (tr, te)
-    with pytest.raises(ParameterError, match="n_test"):
-        L.holdout(names, 10, seed=0)
+    assert split(1) == (tr, te)
+    assert split(2) != (tr, te)
+    with pytest.raises(ParameterError, match="n_test must be between 1 and 7"):
+        split(0, 10)
 
 
 def test_reported_numbers_of_the_claims_come_from_the_transcription():
@@ -87,18 +105,23 @@ def test_reported_numbers_of_the_claims_come_from_the_transcription():
     assert L._reported_dsc("chen2020", ("Table II", "MMFNet+multi-MLP+stdPool")) == pytest.approx(0.7189)
     assert L._reported_dsc("chen2020", ("Table I", "3D U-net (CET1)")) == pytest.approx(0.6222)
     for paper, _, better, worse in L.CLAIMS:
-        assert L.BY_KEY[better].paper == paper
+        assert M.BY_KEY[better].paper == paper
 
 
-def _fake_track(values: dict[str, list[float]]) -> L.Track:
-    rows = [{"case": f"c{i}", "structure": "GTVp", "method": k, "dice": v, "hd95": 10 * (1 - v),
-             "assd": 2 * (1 - v), "nsd": v, "pred_empty": False, "ref_empty": False}
+def _fake_track(values: dict[str, list[float]]) -> Results:
+    rows = [{"method": k, "fold": 0, "seed": 0, "case": f"c{i}", "structure": "GTVp", "dice": v,
+             "hd95": 10 * (1 - v), "assd": 2 * (1 - v), "nsd": v, "pred_empty": False, "ref_empty": False}
             for k, vs in values.items() for i, v in enumerate(vs)]
-    methods = [L.BY_KEY[k] for k in values]
-    facts = pd.DataFrame([{"method": k, "parameters": 1000, "iterations": 1, "status": "trained",
-                           "final_loss": 0.1, "train_seconds": 1.0, "job_seconds": 2.0} for k in values])
-    return L.Track("phantom", "", "phantom", "GTVp", [], [f"c{i}" for i in range(len(next(iter(values.values()))))],
-                   methods, pd.DataFrame(rows), facts, None, 0.0)
+    training = pd.DataFrame([{"method": k, "fold": 0, "seed": 0, "parameters": 1000, "iterations": 1,
+                              "status": "trained", "final_loss": 0.1, "train_seconds": 1.0, "job_seconds": 2.0}
+                             for k in values])
+    info = {"chapter": "leaderboard", "status": "done", "methods": [{"name": k} for k in values], "folds": 1,
+            "seeds": [0], "structures": ["GTVp"], "data_label": "phantom"}
+    res = Results(None, info, {"profile": "cpu"}, pd.DataFrame(rows), training)
+    from npcrepro.datasets.splits import Fold
+
+    res._splits = [Fold([], [], [f"c{i}" for i in range(len(next(iter(values.values()))))])]
+    return res
 
 
 def test_claims_verdicts_and_leaderboard_order():
@@ -113,51 +136,60 @@ def test_claims_verdicts_and_leaderboard_order():
     assert claims.loc["Two-stage U-Net + MSP (luo2020) > U-Net (CT)", "verdict"] == "reversed"
     board = L.leaderboard_table(track, n_boot=200)
     assert list(board["method"]) == ["DeepLabv3+ (xue2020)", "U-Net (CT)", "Two-stage U-Net + MSP (luo2020)"]
-    assert board.loc[0, "Δ DSC vs U-Net"] == "+0.100"
+    assert board.loc[0, "Δ DSC vs U-Net [95% CI]"].startswith("0.100 [")
+    assert board.loc[0, "failed patients"] == 0
     assert "1 method(s) were better, 1 worse" in L.reading(track)
+
+
+def test_claims_p_values_are_holm_adjusted_over_the_claims_tested():
+    from npcrepro.evaluation import holm, paired_tests
+
+    n = 8
+    good = list(np.linspace(0.7, 0.8, n))
+    jitter = [0.01 * (-1) ** i for i in range(n)]
+    values = {"unet_ct": [g - 0.1 + j for g, j in zip(good, jitter)], "deeplab_ct": good,
+              "luo_ours_ct": [g + 0.002 * (-1) ** i for i, g in enumerate(good)], "fcn8_ct": good[::-1]}
+    track = _fake_track(values)
+    claims = L.claims_table(track)
+    raw = [float(paired_tests(track.metrics, b, w, ["dice"]).iloc[0]["p_wilcoxon"])
+           for b, w in (("deeplab_ct", "unet_ct"), ("luo_ours_ct", "unet_ct"), ("luo_ours_ct", "fcn8_ct"))]
+    assert [float(x) for x in claims["p (Wilcoxon)"]] == pytest.approx(raw, rel=1e-2)
+    assert [float(x) for x in claims["p (Holm)"]] == pytest.approx(list(holm(raw)), rel=1e-2)
+    assert all(c.count("[") == 1 for c in claims["common Δ [95% CI]"])
 
 
 @pytest.mark.slow
 def test_smoke_run_writes_predictions_and_scores_every_test_patient(tmp_path, one_torch_thread):
     P = resolve("leaderboard", "smoke", out_dir=str(tmp_path), methods=["fcn8_ct", "guo_cnn"], workers=1)
-    track = L.phantom_track(P, progress=False)
+    res = tracks.phantom_run(P, progress=False)
     keys = {"fcn8_ct", "unet_ct", "guo_cnn", "unet_cet1"}
-    assert set(track.table["method"]) == keys
-    assert len(track.table) == len(keys) * len(track.test) == len(keys) * P.n_test
-    for case in track.test:
+    assert set(res.metrics["method"]) == keys
+    test = res.test_cases()
+    assert len(res.metrics) == len(keys) * len(test) == len(keys) * P.n_test
+    for case in test:
         for k in keys:
-            assert (track.run / "predictions" / case / f"{k}.nii.gz").exists()
-    assert (track.run / "metrics.csv").exists() and (track.run / "DONE").exists()
-    assert set(L.METRICS) <= set(track.table.columns)
-    assert np.all((track.table["dice"] >= 0) & (track.table["dice"] <= 1))
-    assert len(L.leaderboard_table(track, n_boot=100)) == len(keys)
+            assert res.prediction_path(k, case).exists()
+    assert res.done and set(L.METRICS) <= set(res.metrics.columns)
+    assert np.all((res.metrics["dice"] >= 0) & (res.metrics["dice"] <= 1))
+    assert len(L.leaderboard_table(res, n_boot=100)) == len(keys)
 
 
 @pytest.mark.slow
 def test_a_job_gives_the_same_numbers_whatever_ran_before_it(tmp_path, one_torch_thread):
     """Pool workers run several jobs: initial weights must not depend on the jobs before."""
-    from npcrepro.engine import RunFolder
-    from npcrepro.profiles import load_data
+    from npcrepro import chapters
 
-    P = resolve("leaderboard", "smoke", out_dir=str(tmp_path))
-    ds = load_data(P)
-    train, test = L.holdout(list(ds.cases), P.n_test, 0)
-    kw = dict(data=str(ds.root), train=train, test=test, S=dict(P))
-
-    def dice(job):
-        run = RunFolder.create(tmp_path / "r", "smoke", "lb", job)
-        out = L.run_job(job, run=str(run.path), **kw)
-        return [r["dice"] for r in out["rows"]], out["facts"][0]["final_loss"]
-
-    first = dice("guo_cnn")
+    P = resolve("leaderboard", "smoke", out_dir=str(tmp_path), methods=["guo_cnn"], workers=1)
+    first = chapters.run(P, name="a", progress=False).metrics
     torch.rand(100)  # disturb the global RNG, as another job would
-    dice("fcn8_ct")
-    assert dice("guo_cnn") == first
+    chapters.run(P.replace(methods=["fcn8_ct"]), name="b", progress=False)
+    again = chapters.run(P, name="c", progress=False).metrics
+    pd.testing.assert_frame_equal(first.drop(columns="seconds"), again.drop(columns="seconds"))
 
 
 def test_openkbp_track_is_off_by_default_at_the_cpu_profile(tmp_path):
     P = resolve("leaderboard", "cpu", out_dir=str(tmp_path))
-    track, why = L.openkbp_track(P, progress=False)
+    track, why = tracks.openkbp_run(P, progress=False)
     assert track is None and "real_cases = 0" in why and "-p real_cases" in why
 
 
@@ -166,20 +198,20 @@ def test_openkbp_track_is_off_by_default_at_the_cpu_profile(tmp_path):
 def test_openkbp_track_trains_the_ct_methods_on_ptv70(openkbp_dir, tmp_path, one_torch_thread):
     P = resolve("leaderboard", "smoke", out_dir=str(tmp_path), real_cases=3, workers=1,
                 methods=["deeplab_ct", "guo_cnn"])
-    track, why = L.openkbp_track(P, progress=False)
-    assert track is not None, why
-    assert why == "3 OpenKBP patients" and track.structure == "PTV70"
-    assert set(track.table["method"]) == {"unet_ct", "deeplab_ct"}  # CT methods only
-    assert len(track.test) == 1 and len(track.table) == 2
-    assert (track.run / "predictions" / track.test[0] / "deeplab_ct.nii.gz").exists()
-    assert np.all((track.table["dice"] >= 0) & (track.table["dice"] <= 1))
+    res, why = tracks.openkbp_run(P, progress=False)
+    assert res is not None, why
+    assert why == "3 OpenKBP patients" and res.structures == ["PTV70"]
+    assert set(res.metrics["method"]) == {"unet_ct", "deeplab_ct"}  # CT methods only
+    assert len(res.test_cases()) == 1 and len(res.metrics) == 2
+    assert res.prediction_path("deeplab_ct", res.test_cases()[0], "PTV70").exists()
+    assert np.all((res.metrics["dice"] >= 0) & (res.metrics["dice"] <= 1))
 
 
 def test_a_claim_against_a_method_that_predicted_nothing_is_not_tested():
     n = 8
     good = list(np.linspace(0.7, 0.8, n))
     track = _fake_track({"unet_ct": good, "luo_ours_ct": [g - 0.1 for g in good], "fcn8_ct": [0.0] * n})
-    track.table.loc[track.table["method"] == "fcn8_ct", "pred_empty"] = True
+    track.metrics.loc[track.metrics["method"] == "fcn8_ct", "pred_empty"] = True
     assert L.silent_methods(track) == {"fcn8_ct"}
     claims = L.claims_table(track).set_index("claim")
     # significant (p < 0.05 with 8 positive differences) yet not a test of the paper's claim

@@ -1,15 +1,21 @@
 """li2018: the Table 1 network, stepwise training, the paper's augmentation, the chapter notebook."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import npcrepro.models.li2018  # noqa: F401 - registers li2018_cnn
+from chapter_contract import ChapterContract
 from npcrepro.errors import ParameterError
 from npcrepro.models import build
 from npcrepro.models.li2018 import STAGE_LAYERS, TABLE1, Li2018CNN
-from npcrepro.pipelines import li2018 as P
+from npcrepro.chapters.li2018 import methods as M
+from npcrepro.chapters.li2018 import prepare as D
+from npcrepro.chapters.li2018 import report as R
 
 torch.set_num_threads(2)
 
@@ -125,16 +131,32 @@ def test_set_stage_switches_trainable_layers():
     assert _trainable(net) == set().union(*STAGE_LAYERS.values())
 
 
+def _synthetic_cases(n=3, z=4):
+    from npcrepro.datasets import Case
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        images = rng.normal(size=(z, 144, 144)).astype(np.float32)
+        masks = np.zeros((z, 144, 144), bool)
+        masks[1:3, 60:90, 50:80] = True
+        images[masks] += 3
+        out.append(Case(f"c{i}", {D.DCE_CHANNEL: images}, {"GTVp": masks}, D.SPACING))
+    return out
+
+
+def _params(**kw):
+    from npcrepro import profiles
+
+    return profiles.resolve("li2018", "smoke", device="cpu", **kw)
+
+
 def test_trainer_stages_train_only_their_layers():
     from npcrepro.engine import Trainer
 
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(6, 144, 144)).astype(np.float32)
-    masks = np.zeros((6, 144, 144), bool)
-    masks[:, 60:90, 50:80] = True
-    images[masks] += 3
-    data = P.SliceSet(images, masks, np.array(list("aabbcc")), np.zeros(6, int), P.SPACING)
-    net = P.build_model("working", 0.125)
+    P = _params()
+    prepared = [D.prepare_case(c, P) for c in _synthetic_cases()]
+    net = M.build_model("working", 0.125)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     seen = {}
 
@@ -142,8 +164,8 @@ def test_trainer_stages_train_only_their_layers():
         if event == "stage_start":
             seen[info["stage"]] = _trainable(trainer.model)
 
-    stages = P.make_stages("working", (2, 2, 2))
-    Trainer(net, stages[0].loss, P.Li2018Slices(data, P.Li2018Augment()), stages=stages, batch_size=2,
+    stages = M.make_stages("working", (2, 2, 2))
+    Trainer(net, stages[0].loss, D.training_slices(prepared), stages=stages, batch_size=2,
             progress=False, device="cpu", callbacks=[spy]).fit()
     assert seen == {0: set(STAGE_LAYERS[1]), 1: {"deconv1", "conv7"}, 2: {"deconv2", "conv8"}}
     after = net.state_dict()
@@ -152,7 +174,7 @@ def test_trainer_stages_train_only_their_layers():
 
 
 def test_stage_targets_are_downsampled():
-    stages = P.make_stages("working", (1, 1, 1))
+    stages = M.make_stages("working", (1, 1, 1))
     y = torch.zeros(1, 1, 144, 144)
     y[..., :72, :] = 1
     sizes = [tuple(st.target_fn(y).shape[-2:]) for st in stages]
@@ -162,34 +184,36 @@ def test_stage_targets_are_downsampled():
 
 
 def test_faithful_mode_is_the_printed_recipe():
-    st = P.make_stages("faithful", (1, 1, 1))[0]
+    st = M.make_stages("faithful", (1, 1, 1))[0]
     assert (st.optimizer, st.lr, st.momentum, st.weight_decay) == ("sgd", 1e-7, 0.9, 5e-4)
     assert st.schedule == {"kind": "step", "step_size": 100000, "gamma": 0.1}
-    assert P.build_model("faithful", 0.125).init == "gaussian"
+    assert M.build_model("faithful", 0.125).init == "gaussian"
     with pytest.raises(ParameterError):
-        P.make_stages("fast", (1, 1, 1))
+        M.make_stages("fast", (1, 1, 1))
+    with pytest.raises(ParameterError):
+        M.make_stages("working", (1, 2))
 
 
 # ----------------------------------------------------------------------------------------- augmentation
 def test_augmentation_has_the_papers_variants():
-    assert P.ROTATION_ANGLES == (-10, -8, -6, -4, -2, 0, 2, 4, 6, 8, 10)
-    assert len(P.CONTRAST_VARIANTS) == 33 and len(P.NOISE_VARIANTS) == 2
-    assert P.N_VARIANTS == 726 == 11 * 33 * 2
+    assert D.ROTATION_ANGLES == (-10, -8, -6, -4, -2, 0, 2, 4, 6, 8, 10)
+    assert len(D.CONTRAST_VARIANTS) == 33 and len(D.NOISE_VARIANTS) == 2
+    assert D.N_VARIANTS == 726 == 11 * 33 * 2
 
 
 def test_augmentation_draws_the_11_rotation_angles():
-    aug = P.Li2018Augment()
+    aug = D.Li2018Augment()
     rng = np.random.default_rng(0)
     angles = {aug.draw(rng)[0] for _ in range(2000)}
     assert angles == set(range(-10, 11, 2))
 
 
 def test_augmentation_rotates_image_and_mask_together():
-    aug = P.Li2018Augment()
+    aug = D.Li2018Augment()
     img = np.zeros((144, 144), np.float32)
     img[40:100, 60:70] = 1.0
     mask = img > 0.5
-    for angle in P.ROTATION_ANGLES:
+    for angle in D.ROTATION_ANGLES:
         out, m = aug.apply(img, mask, angle, contrast=1, noise=0)  # s = 0 %, gamma 1: plain rescale
         assert out.shape == m.shape == (144, 144) and m.dtype == bool
         assert abs(int(m.sum()) - int(mask.sum())) <= 0.05 * mask.sum()
@@ -200,56 +224,88 @@ def test_augmentation_rotates_image_and_mask_together():
 
 def test_imadjust_saturates_tails():
     x = np.linspace(0, 1, 10000, dtype=np.float32).reshape(100, 100)
-    y = P.imadjust(x, 10, 90)
+    y = D.imadjust(x, 10, 90)
     assert y.min() == 0 and y.max() == 1
     assert np.mean(y == 0) == pytest.approx(0.10, abs=0.01) and np.mean(y == 1) == pytest.approx(0.10, abs=0.01)
-    assert np.all(P.imadjust(np.ones((4, 4))) == 0)
-    assert P.imadjust(x, 0, 100, 2.0)[50, 50] == pytest.approx(float(x[50, 50]) ** 2, abs=1e-3)
+    assert np.all(D.imadjust(np.ones((4, 4))) == 0)
+    assert D.imadjust(x, 0, 100, 2.0)[50, 50] == pytest.approx(float(x[50, 50]) ** 2, abs=1e-3)
 
 
 def test_dataset_items_are_zscored():
-    rng = np.random.default_rng(1)
-    data = P.SliceSet(rng.normal(5, 3, (2, 144, 144)).astype(np.float32), np.zeros((2, 144, 144), bool),
-                      np.array(["a", "b"]), np.zeros(2, int), P.SPACING)
-    ds = P.Li2018Slices(data, P.Li2018Augment())
-    for x, y in (ds[0], ds.get(1, np.random.default_rng(0))):
+    P = _params()
+    ds = D.training_slices([D.prepare_case(c, P) for c in _synthetic_cases(2)])
+    assert len(ds) == 4  # two tumour slices per case
+    for i in (0, 3):
+        x, y = ds.get(i, np.random.default_rng(i))
         assert x.shape == y.shape == (1, 144, 144)
         assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3
 
 
 # ----------------------------------------------------------------------------------------- data, tables
-def test_settings_validation():
-    assert P.settings("cpu").n_patients == 12
-    assert P.settings("gpu").cv == "loocv" and P.settings("gpu").n_patients == 29
-    assert P.settings("cpu", n_patients=6, k=3).k == 3
-    assert P.settings("cpu", iterations=[5, 1, 1]).iterations == (5, 1, 1)
+def test_parameters_validation():
+    from npcrepro import profiles
+
+    assert profiles.resolve("li2018", "cpu").n_patients == 12
+    assert profiles.resolve("li2018", "gpu").cv == "loocv" and profiles.resolve("li2018", "gpu").n_patients == 29
+    assert profiles.resolve("li2018", "cpu", n_patients=6, k=3).k == 3
+    assert profiles.resolve("li2018", "cpu", iterations=[5, 1, 1]).iterations == [5, 1, 1]
     with pytest.raises(ParameterError, match="one of"):
-        P.settings("cpu", modes="fast")
+        profiles.resolve("li2018", "cpu", modes="fast")
     with pytest.raises(ParameterError, match="valid"):
-        P.settings("laptop")
+        profiles.resolve("li2018", "laptop")
     with pytest.raises(ParameterError, match="valid"):
-        P.settings("cpu", epochs=3)
-    with pytest.raises(ParameterError):
-        P.settings("cpu", iterations=(1, 2))
+        profiles.resolve("li2018", "cpu", epochs=3)
 
 
-def test_slices_from_a_case_are_144_with_tumour():
+def test_methods_follow_modes():
+    ch = M.CHAPTER
+    assert [m.name for m in ch.methods(_params())] == ["working", "faithful"]
+    assert ch.method("faithful", _params()).folds == 1
+    assert [m.name for m in ch.methods(_params(modes="working"))] == ["working"]
+    only = ch.methods(_params(modes="faithful"))
+    assert [m.name for m in only] == ["faithful"] and only[0].folds is None
+    assert [m.name for m in ch.methods(_params(faithful_folds=0))] == ["working"]
+
+
+def test_network_for_the_leaderboard():
+    net = M.network("li2018", width=0.5, in_channels=2, profile="smoke")
+    assert net.width == 0.25 and net.init == "kaiming"
+    assert net(torch.randn(1, 2, 144, 144)).shape == (1, 1, 144, 144)
+
+
+def test_slices_from_a_case_are_144_with_tumour_and_invert():
     from npcrepro.datasets import Case
 
     z, y, x = np.mgrid[:24, :200, :180]
     gtv = ((z - 12) / 6.0) ** 2 + ((y - 120) / 15.0) ** 2 + ((x - 60) / 12.0) ** 2 < 1
     case = Case("p1", {"CET1": (gtv * 2.0 + 1).astype(np.float32)}, {"GTVp": gtv}, (2.5, 1.0, 1.0))
-    imgs, msks, zs = P.slices_from_case(case, "CET1", n_slices=3, rng=np.random.default_rng(0))
-    assert imgs.shape == msks.shape == (3, 144, 144)
-    assert all(m.any() for m in msks) and len(set(zs.tolist())) == 3
+    p = D.prepare_case(case, _params(data="/somewhere", slices_per_patient=3))
+    assert p.images.shape[1:] == p.masks.shape[1:] == (144, 144) and p.channel == "CET1"
+    assert len(p.zs) == 3 and all(p.masks[z].any() for z in p.zs)
+    back = D.T.invert(p.masks.astype(np.float32), p.record, order="linear") > 0.5
+    assert back.shape == case.shape
+    from npcrepro import metrics
+    assert metrics.dice(back, gtv) > 0.9
     with pytest.raises(Exception):
-        P.slices_from_case(case, "T2")
+        D.prepare_case(Case("p2", {"T2": gtv.astype(np.float32)}, {}, (1.0, 1.0, 1.0)), _params())
+
+
+def test_pixel_unit_slices_are_resized_to_144():
+    from npcrepro.datasets import Case
+
+    mask = np.zeros((1, 512, 512), bool)
+    mask[0, 200:300, 220:330] = True
+    case = Case("s1", {"T2": mask * 1.0 + 0.5}, {"GTVp": mask}, (1.0, 1.0, 1.0))
+    p = D.prepare_case(case, _params(data="/real"), spacing_known=False)
+    assert p.images.shape == (1, 144, 144)
+    back = D.T.invert(p.masks.astype(np.float32), p.record, order="linear") > 0.5
+    assert back.shape == (1, 512, 512) and (back & mask).sum() / mask.sum() > 0.9
 
 
 def test_tables_have_the_papers_layout():
     import pandas as pd
 
-    rep = P.table2_reported()
+    rep = R.table2_reported()
     assert rep.shape == (30, 7) and rep.index[-1] == "Mean±Std"
     assert rep.loc["1", "Dice similarity coefficient"] == "0.83"
     assert rep.loc["Mean±Std", "'Recall' = TP/(TP+FP)"] == "0.88±0.07"
@@ -258,12 +314,12 @@ def test_tables_have_the_papers_layout():
                              "percent_match": [0.7, 0.9, 0.6], "corresponding_ratio": [0.6, 0.85, 0.5],
                              "volume_pred_cm3": [1.0, 2.0, 3.0], "volume_ref_cm3": [1.1, 2.1, 3.1],
                              "dice_36": [0.5, 0.6, 0.4], "dice_72": [0.7, 0.8, 0.6]})
-    t2 = P.table2(per_case)
+    t2 = R.table2(per_case)
     assert list(t2.columns)[1:] == list(rep.columns) and t2.loc["Mean±Std", "Dice similarity coefficient"] == "0.80±0.10"
-    t3 = P.table3(per_case)
+    t3 = R.table3(per_case)
     assert t3.loc["This reproduction (CNN)", "Source"] == "reproduced"
     assert t3.loc["Zhou et al. [7]", "Percent match: Mean ± SD"] == "0.79±0.07"
-    cmp = P.comparison(per_case, data_source="test", profile="smoke")
+    cmp = R.comparison(per_case, data_source="test", profile="smoke")
     assert "reproduced" in cmp.frame.loc[("dsc", "CNN"), "reproduced"]
 
 
@@ -275,3 +331,34 @@ def test_notebook_runs_with_smoke_profile(run_notebook):
                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "Mean±Std" in text
     assert "Traceback" not in text
+    match = re.search(r"run folder: (\S+)", text)
+    assert match, text[-2000:]
+    run = Path(match.group(1))
+    assert run.parts[-4:-1] == ("runs", "smoke", "li2018")
+    names = {p.name for p in run.iterdir()}
+    assert {"params.json", "environment.json", "run.json", "splits.json", "metrics.csv", "training.csv",
+            "working", "faithful", "DONE"} <= names
+    job = run / "working" / "fold_0" / "seed_0"
+    assert {"curves.csv", "checkpoint_last.pt", "model.pt", "predictions"} <= {p.name for p in job.iterdir()}
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    glued = {o.get("metadata", {}).get("scrapbook", {}).get("name") for o in outputs}
+    assert {"li_dsc", "li_n_patients", "li_scheme"} <= glued
+
+
+def test_notebook_is_committed_clean():
+    import nbformat
+
+    nb = nbformat.read(str(Path(__file__).parent.parent / "notebooks" / "li2018.ipynb"), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert code[1].metadata.get("tags") == ["parameters"]
+    src = "".join(c.source for c in code)
+    for plumbing in ("RunFolder", "mark_done", "write_summary", "pipelines"):
+        assert plumbing not in src
+
+
+# ----------------------------------------------------------------------------------------- the contract
+class Testli2018Contract(ChapterContract):
+    chapter = "li2018"
+    overrides = {"n_patients": 3, "iterations": [2, 2, 2], "faithful_folds": 1}
+    kill_at = 4  # inside stage 2, after the checkpoint of iteration 3

@@ -1,4 +1,5 @@
-"""luo2020 chapter: two-stage U-Net + MSP block, FCN-8s, the pipeline glue and the notebook."""
+"""luo2020 chapter: two-stage U-Net + MSP block, FCN-8s, the chapter (prepare/methods/report), the
+contract and the notebook."""
 from __future__ import annotations
 
 import pytest
@@ -191,31 +192,36 @@ def test_all_chapter_models_output_one_map_per_structure(name):
         assert net(torch.randn(1, 1, 40, 48)).shape == (1, 14, 40, 48)
 
 
-# ----------------------------------------------------------------------------------- pipeline
+# ----------------------------------------------------------------------------------- chapter
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from chapter_contract import ChapterContract  # noqa: E402
 
 from npcrepro import papers  # noqa: E402
-from npcrepro.pipelines import luo2020 as L  # noqa: E402
+from npcrepro.chapters.luo2020 import methods as LM  # noqa: E402
+from npcrepro.chapters.luo2020 import prepare as LP  # noqa: E402
+from npcrepro.chapters.luo2020 import report as LR  # noqa: E402
+
+LOSS = dict(beta=0.9, focal_alpha=0.75, focal_gamma=2.0, dice_eps=0.5, batch_dice=True)
 
 
 def test_structure_mapping_covers_the_papers_14():
-    assert len(L.STRUCTURES) == 14
-    assert list(L.STRUCTURES) == list(papers.info("luo2020").dataset["structures"])
-    assert L.STRUCTURES["locref"] == "GTVp" and L.STRUCTURES["CTV2"] == "CTVp"
-    assert L.structures_for(list(L.STRUCTURES.values()) + ["Body"]) == list(L.STRUCTURES.values())
-    assert L.structures_for(["PTV70", "Mandible", "Brainstem"]) == ["Brainstem", "Mandible", "PTV70"]
-    assert L.structures_for(["A", "B"]) == ["A", "B"]
+    assert len(LP.STRUCTURES) == 14
+    assert list(LP.STRUCTURES) == list(papers.info("luo2020").dataset["structures"])
+    assert LP.STRUCTURES["locref"] == "GTVp" and LP.STRUCTURES["CTV2"] == "CTVp"
+    assert LP.structures_for(list(LP.STRUCTURES.values()) + ["Body"]) == list(LP.STRUCTURES.values())
+    assert LP.structures_for(["PTV70", "Mandible", "Brainstem"]) == ["Brainstem", "Mandible", "PTV70"]
+    assert LP.structures_for(["A", "B"]) == ["A", "B"]
 
 
 def test_phantom_has_every_mapped_structure():
     from npcrepro import phantom
 
-    assert set(L.STRUCTURES.values()) <= set(phantom.STRUCTURES)
+    assert set(LP.STRUCTURES.values()) <= set(phantom.STRUCTURES)
 
 
 def test_audit_flags_the_papers_table1():
-    audit = L.audit_table(papers.reported("luo2020", table="Table 1"))
+    audit = LR.audit_table(papers.reported("luo2020", table="Table 1"))
     assert list(audit.index) == ["U-Net", "FCN-8", "Mask R-CNN", "Ours"]
     assert not audit["consistent"].any()
     assert (audit["JSC"] > audit["DSC"]).all() and not audit["F1 = DSC"].any()
@@ -225,32 +231,34 @@ def test_audit_flags_the_papers_table1():
 def test_audit_accepts_a_consistent_table():
     d = 0.8
     rep = pd.DataFrame({"method": ["A"] * 3, "metric": ["dsc", "f1", "jaccard"], "value": [d, d, d / (2 - d)]})
-    assert L.audit_table(rep)["consistent"].all()
+    assert LR.audit_table(rep)["consistent"].all()
     with pytest.raises(Exception):
-        L.audit_table(rep[rep["metric"] != "f1"])
+        LR.audit_table(rep[rep["metric"] != "f1"])
 
 
 def test_literal_schedule_underflows():
     # 1e-3 * 0.9**110 = 9.2e-9 < 1e-8 <= 1e-3 * 0.9**109
-    assert L.lr_underflow(1e-3, 0.9, 10, below=1e-8) == 1100
-    tab = L.lr_schedule_table(1e-3, 0.9, 10, slices=7112, batch_sizes=(8,), at_epochs=(0, 1, 100))
+    assert LR.lr_underflow(1e-3, 0.9, 10, below=1e-8) == 1100
+    tab = LR.lr_schedule_table(1e-3, 0.9, 10, slices=7112, batch_sizes=(8,), at_epochs=(0, 1, 100))
     assert list(tab["iteration"]) == [0, 889, 88900]
     assert tab["lr (literal)"].iloc[0] == 1e-3 and tab["lr (literal)"].iloc[1] < 1e-7
     assert tab["float32 value"].iloc[2] == 0.0
 
 
 def test_schedule_spec_modes():
-    assert L.schedule_spec({"lr_schedule": "literal"}, 300) == {"kind": "exponential", "every": 10, "gamma": 0.9}
-    assert L.schedule_spec({"lr_schedule": "scaled", "lr_decays": 10}, 300)["every"] == 30
+    assert LM.schedule_spec({"lr_schedule": "literal"}, 300) == {"kind": "exponential", "every": 10, "gamma": 0.9}
+    assert LM.schedule_spec({"lr_schedule": "scaled", "lr_decays": 10}, 300)["every"] == 30
     with pytest.raises(ParameterError):
-        L.schedule_spec({"lr_schedule": "cosine"}, 300)
+        LM.schedule_spec({"lr_schedule": "cosine"}, 300)
 
 
 def test_loss_stagewise_and_batch_dice():
+    from npcrepro.losses import BatchDiceFocalLoss
+
     torch.manual_seed(0)
     x = torch.randn(3, 4, 8, 8, requires_grad=True)
     y = (torch.rand(3, 4, 8, 8) > 0.7).float()
-    loss = L.make_loss(beta=0.9, alpha=0.75)
+    loss = LM.make_loss(LOSS)
     a, b = loss(x, y), loss((x, x), y)
     assert torch.isclose(a, b)
     c = loss((x, torch.zeros_like(x)), y)
@@ -259,11 +267,11 @@ def test_loss_stagewise_and_batch_dice():
     assert torch.isfinite(x.grad).all()
     # a near-perfect prediction has a near-zero Dice part; batch Dice ignores a channel empty in one slice
     perfect = (y * 2 - 1) * 20
-    dice_only = L.DiceFocal(beta=1.0)
+    dice_only = BatchDiceFocalLoss(beta=1.0)
     assert dice_only(perfect, y) < 1e-3
     y2 = y.clone()
     y2[0, 0] = 0
-    per_slice = L.DiceFocal(beta=1.0, batch_dice=False)((y2 * 2 - 1) * 20, y2)
+    per_slice = BatchDiceFocalLoss(beta=1.0, batch_dice=False)((y2 * 2 - 1) * 20, y2)
     assert per_slice < 1e-2 and dice_only((y2 * 2 - 1) * 20, y2) < 1e-3
     with pytest.raises(Exception):
         dice_only(torch.randn(1, 2, 3, 4, 4), torch.zeros(1, 2, 3, 4, 4))
@@ -272,20 +280,39 @@ def test_loss_stagewise_and_batch_dice():
 def test_build_method_every_key_and_table():
     S = dict(stage1_widths=[4, 8, 8, 16, 16], stage2_widths=[4, 8, 8], fcn_widths=[4, 8, 8, 16, 16],
              fcn_channels=8)
-    for key in L.METHODS:
-        net = L.build_method(key, S, 5).eval()
+    for key in LM.METHODS:
+        net = LM.build_method(key, S, 5).eval()
         with torch.no_grad():
             assert net(torch.randn(1, 1, 32, 32)).shape == (1, 5, 32, 32)
-    mt = L.method_table(S, 5)
+    mt = LR.method_table(S, 5)
     assert mt.loc["Ours", "parameters"] > mt.loc["U-Net", "parameters"]
     with pytest.raises(ParameterError):
-        L.method_label("maskrcnn")
+        LM.method_label("maskrcnn")
+
+
+def test_leaderboard_network_follows_the_profile():
+    from npcrepro import recipes
+
+    cpu = LM.network("ours", width=1.5, in_channels=2, profile="cpu")
+    gpu = LM.network("ours", width=1.5, in_channels=2, profile="gpu")
+    assert count_parameters(gpu) > count_parameters(cpu)
+    sizes = dict(recipes.load("luo2020").PROFILES["cpu"], prior=None)
+    same = LM.build_method("ours", sizes, 1, 2)
+    assert count_parameters(same) == count_parameters(cpu)
+    assert cpu.stage1.stem[0][0].in_channels == 2
+    fcn = LM.network("fcn8", width=0.5, in_channels=1, profile="smoke").eval()
+    with torch.no_grad():
+        assert fcn(torch.randn(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+    with pytest.raises(ParameterError):
+        LM.network("unet", width=1.0, in_channels=1)
+    with pytest.raises(ParameterError):
+        LM.network("ours", width=1.0, in_channels=1, profile="huge")
 
 
 def test_maskrcnn_note_is_an_optional_import():
     import importlib.util
 
-    ok, note = L.maskrcnn_note()
+    ok, note = LR.maskrcnn_note()
     assert ok == (importlib.util.find_spec("torchvision") is not None)
     assert "Mask R-CNN" in note
 
@@ -310,56 +337,59 @@ def _toy_case(name: str, seed: int):
 def test_score_case_with_crop_box():
     case = _toy_case("t", 0)
     structures = ["CTVp", "GTVp", "Parotid_L", "Eye_L"]
-    idx = L.labelled_slices(case, structures)
-    assert list(idx) == [1, 2, 3, 4]
-    box = L._centre_box(case.shape[1:], (16, 16))
-    (y0, y1), (x0, x1) = box
-    ref = np.stack([case.labels[s][idx] if s in case.labels else np.zeros((4,) + case.shape[1:], bool)
+    prepared = LP.prepare(case, structures, (16, 16))
+    assert list(prepared.idx) == [1, 2, 3, 4]
+    (y0, y1), (x0, x1) = prepared.box
+    ref = np.stack([case.labels[s][prepared.idx] if s in case.labels else np.zeros((4,) + case.shape[1:], bool)
                     for s in structures]).astype(np.float32)
-    prob = ref[:, :, y0:y1, x0:x1]          # perfect inside the box, nothing outside
-    rows = {r["structure"]: r for r in L.score_case(prob, case, structures, idx, box)}
+    probs = LP.to_grid(ref[:, :, y0:y1, x0:x1], prepared)   # perfect inside the box, nothing outside
+    assert all(p.shape == case.shape for p in probs.values())
+    assert not probs["CTVp"][0].any() and not probs["CTVp"][5].any()   # unlabelled slices: background
+    masks = {s: p >= 0.5 for s, p in probs.items()}
+    rows = {r["structure"]: r for r in LM.score_rows(probs, masks, prepared)}
     # Parotid_L reaches y = 19 > y1 - 1: what the model never saw counts as missed
     assert rows["CTVp"]["dice"] == 1.0 and rows["GTVp"]["dice"] == 1.0
     assert 0 < rows["Parotid_L"]["dice"] < 1
     assert rows["Eye_L"]["ref_empty"] and rows["Eye_L"]["dice"] == 1.0
     for r in rows.values():
         assert r["f1"] == r["dice"] and r["jaccard"] <= r["dice"] + 1e-12
+        assert r["case"] == "t" and r["n_slices"] == 4
 
 
 def test_run_end_to_end_on_a_toy_dataset(tmp_path):
+    from npcrepro import chapters, profiles
     from npcrepro.datasets import write_dataset
 
     structures = ["CTVp", "GTVp", "Parotid_L"]
     cases = [_toy_case(f"c{i}", i) for i in range(3)]
     write_dataset(tmp_path / "ds", cases, channels=["CT"], structures=structures)
-    from npcrepro import profiles
-
-    S = dict(profiles.resolve("luo2020", "smoke"))
-    S.update(image_size=[16, 16], iterations=2, batch_size=2, threads=1)
-    res = L.run(str(tmp_path / "ds"), sizes=S, methods=["unet", "ours"], profile="smoke",
-                out_dir=str(tmp_path / "runs"), seed=0, k_folds=3, max_folds=2)
+    P = profiles.resolve("luo2020", "smoke", data=str(tmp_path / "ds"), out_dir=str(tmp_path / "runs"),
+                         device="cpu", image_size=[16, 16], iterations=2, batch_size=2, methods=["unet", "ours"],
+                         k_folds=3, max_folds=2)
+    res = chapters.run(P, name="toy", progress=False)
     m = res.metrics
-    assert set(m["method"]) == {"U-Net", "Ours"} and m["fold"].nunique() == 2
+    assert res.structures == ["GTVp", "CTVp", "Parotid_L"]          # the paper's order
+    assert set(m["method"]) == {"unet", "ours"} and m["fold"].nunique() == 2
     assert len(m) == 2 * 2 * len(structures)            # folds x methods x structures (1 test case per fold)
     assert (m["f1"] == m["dice"]).all() and m["auc"].between(0, 1).all()
-    assert set(res.training["key"]) == {"unet", "ours"} and (res.training["iterations"] == S["iterations"]).all()
-    q = res.qualitative(0)
-    assert q["reference"].shape == (3, 16, 16) and q["prob_ours"].shape == (3, 16, 16)
-    assert L.fold_means(res).shape == (2, 2)
-    abl = L.ablation_table(res)
+    assert set(res.training["method"]) == {"unet", "ours"} and (res.training["iterations"] == 2).all()
+    assert res.label("ours") == "Ours"
+    assert LR.fold_means(res).shape == (2, 2)
+    assert list(LR.means(res).index) == ["U-Net", "Ours"]
+    abl = LR.ablation_table(res)
     assert np.isnan(abl.loc["one stage", "MSP"]) and np.isfinite(abl.loc["two stages", "MSP"])
-    claims = L.claims_table(res)
-    assert claims.empty  # no pair of the 2 x 2 design was run completely
-    table = L.comparison(res, papers.reported("luo2020", table="Table 1"))
+    assert LR.claims_table(res).empty  # no pair of the 2 x 2 design was run completely
+    table = LR.comparison(res, papers.reported("luo2020", table="Table 1"), "toy")
     assert "(reproduced)" in table.frame.loc[("dsc", "Ours"), "reproduced"]
     assert "not reproduced" in table.frame.loc[("dsc", "Mask R-CNN"), "reproduced"]
-    pst = L.per_structure_table(res)
+    pst = LR.per_structure_table(res)
     assert list(pst.columns) == ["U-Net", "Ours"] and pst.index[0] == "locref (GTVp)"
+    assert list(LR.training_table(res).index) == ["U-Net", "Ours"]
     import matplotlib
 
     matplotlib.use("Agg")
-    for fig in (L.fig_qualitative(res), L.fig_dsc_per_fold(res), L.fig_boxplots(res),
-                L.fig_case(cases[0], structures)):
+    for fig in (LR.fig_qualitative(res), LR.fig_dsc_per_fold(res), LR.fig_boxplots(res),
+                LR.fig_case(cases[0], structures)):
         assert fig.axes
 
 
@@ -368,9 +398,23 @@ def test_profiles_resolve():
 
     for prof in ("smoke", "cpu", "gpu"):
         P = profiles.resolve("luo2020", prof)
-        assert P.k_folds == 5 and set(P.methods) <= set(L.METHODS)
+        assert P.k_folds == 5 and set(P.methods) <= set(LM.METHODS) and P.seeds == 1 and P.workers == 1
     with pytest.raises(ParameterError):
         profiles.resolve("luo2020", "cpu", lr_schedule="cosine")
+    with pytest.raises(ParameterError):
+        LM.CHAPTER.methods(profiles.resolve("luo2020", "smoke", methods=["maskrcnn"]))
+
+
+def test_cached_openkbp_without_a_source_is_none():
+    from npcrepro.datasets.adapters.openkbp import cached_openkbp
+
+    assert cached_openkbp("unused", 0) is None
+
+
+class Testluo2020Contract(ChapterContract):
+    chapter = "luo2020"
+    overrides = {"methods": ["unet", "ours"], "iterations": 6}
+    kill_at = 3  # eval_every = iterations // 10 -> 1: a checkpoint at every iteration
 
 
 @pytest.mark.slow

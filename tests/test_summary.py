@@ -108,16 +108,24 @@ def test_a_dependency_changes_the_readers_fingerprint(tmp_path, monkeypatch):
 def test_run_folders_lists_the_newest_run_of_each_chapter(tmp_path):
     from npcrepro.engine import RunFolder
 
+    def make(profile, chapter, name, stamp, status, device="cpu"):
+        rf = RunFolder.create(tmp_path, profile, chapter, name, params={"profile": profile}, device=device,
+                              stamp=stamp)
+        (rf.path / "run.json").write_text(json.dumps({"chapter": chapter, "status": status, "folds": 1,
+                                                      "seeds": [0], "methods": [{"name": "m"}]}))
+        return rf
+
     assert summary.run_folders(tmp_path, "cpu").empty
-    RunFolder.create(tmp_path, "cpu", "li2018", "old", params={}, device="cpu", stamp="20260101-000000")
-    new = RunFolder.create(tmp_path, "cpu", "li2018", "new", params={}, device="cpu", stamp="20260102-000000")
-    new.mark_done()
-    RunFolder.create(tmp_path, "cpu", "xue2020", "x", params={}, device="cuda", stamp="20260101-120000")
-    RunFolder.create(tmp_path, "smoke", "xue2020", "other profile", params={}, stamp="20260103-000000")
+    make("cpu", "li2018", "old", "20260101-000000", "running")
+    new = make("cpu", "li2018", "new", "20260102-000000", "done")
+    make("cpu", "xue2020", "x", "20260101-120000", "running", device="cuda")
+    make("smoke", "xue2020", "other profile", "20260103-000000", "done")
+    RunFolder.create(tmp_path, "cpu", "luo2020", "no run.json", params={}, stamp="20260104-000000")
     t = summary.run_folders(tmp_path, "cpu").set_index("chapter")
     assert list(t.index) == ["xue2020", "li2018"]  # oldest newest-run first
-    assert t.loc["li2018", "run"] == "20260102-000000-new" and t.loc["li2018", "done"]
-    assert not t.loc["xue2020", "done"] and t.loc["xue2020", "device"] == "cuda"
+    assert t.loc["li2018", "run"] == "20260102-000000-new" and t.loc["li2018", "status"] == "done"
+    assert t.loc["xue2020", "status"] == "running" and t.loc["xue2020", "device"] == "cuda"
+    assert t.loc["li2018", "jobs"] == "1 x 1 x 1"
     env = json.loads((new.path / "environment.json").read_text(encoding="utf-8"))
     rev = env["git"]["revision"]
     assert t.loc["li2018", "git"].rstrip("*") == (rev or "")[:10]

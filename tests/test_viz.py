@@ -25,102 +25,114 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def _run(out, paper: str, stamp: str, params: dict) -> RunFolder:
-    path = out / "smoke" / paper / f"{stamp}-{paper}"
+def _run(out, chapter: str, stamp: str, params: dict, *, methods, folds, structures=("GTVp",),
+         seeds=(0,), metrics=(), data=None) -> RunFolder:
+    """A run folder in the experiment runner's layout (run.json, splits.json, metrics.csv)."""
+    from npcrepro.datasets.splits import Fold, save_splits
+
+    path = out / "smoke" / chapter / f"{stamp}-{chapter}"
     path.mkdir(parents=True)
     run = RunFolder(path, writer=True)
-    run.write_params(dict(params, paper=paper))
+    run.write_params(dict(params, paper=chapter))
+    save_splits([Fold([], [], list(t)) for t in folds], path / "splits.json")
+    (path / "run.json").write_text(json.dumps({
+        "chapter": chapter, "status": "done", "methods": [{"name": m, "label": m.upper()} for m in methods],
+        "folds": len(folds), "seeds": list(seeds), "structures": list(structures), "channels": ["T1"],
+        "data": str(data)}))
+    pd.DataFrame(list(metrics)).to_csv(path / "metrics.csv", index=False)
     return run
+
+
+def _predict(run, method, fold, seed, case, structure, mask, geometry):
+    from npcrepro.engine.experiment import job_dir
+
+    RunFolder(job_dir(run.path, method, fold, seed), writer=True).write_prediction(case, structure, mask, geometry)
 
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    """An out_dir with five runs on a 2-case smoke phantom: a leaderboard run (root predictions of two
-    methods + metrics.csv), a cross-validated run (fold_<k>/predictions), a run with one sub-run per
-    model (<model>/predictions/<case>/GTVp), a run without predictions, and a run whose predictions are
-    2D slices (not on the case grid)."""
+    """An out_dir with four runs on a 2-case smoke phantom, in the runner's layout: a hold-out run of
+    two methods (one fold), a cross-validated run (one test case per fold), a run with two structures
+    and two seeds, and a run without predictions."""
     out = tmp_path_factory.mktemp("viz") / "runs"
     P = {"data": "phantom", "profile": "smoke", "seed": 0, "out_dir": str(out), "n_cases": 2,
          "phantom_preset": "smoke"}
     ds = load_data(Params(P))
     cases = {n: ds.load(n, channels=["T1"], structures=["GTVp", "Body"]) for n in ds.cases}
+    names = list(cases)
     preds = {}
     for n, c in cases.items():
         gt = c.labels["GTVp"]
         preds[n] = {"unet": np.roll(gt, 1, axis=2), "cscn": np.roll(gt, 3, axis=1)}
 
-    lb = _run(out, "leaderboard", "20260101-000001", P)
     rows = []
+    for n in names:
+        for i, m in enumerate(("unet", "cscn")):
+            rows.append({"method": m, "fold": 0, "seed": 0, "case": n, "structure": "GTVp",
+                         "dice": 0.8123 - 0.1 * i - 0.01 * len(rows), "hd95": 3.25 + i, "assd": 1.0, "nsd": 0.9})
+    lb = _run(out, "leaderboard", "20260101-000001", P, methods=["unet", "cscn"], folds=[names],
+              metrics=rows, data=ds.root)
     for n, c in cases.items():
-        for i, (m, mask) in enumerate(preds[n].items()):
-            lb.write_prediction(n, m, mask, c.geometry)
-            dice = 0.8123 - 0.1 * i - 0.01 * len(rows)
-            rows.append({"case": n, "method": m, "structure": "GTVp", "dice": dice, "hd95": 3.25 + i,
-                         "assd": 1.0, "nsd": 0.9})
-    lb.write_metrics(pd.DataFrame(rows))
+        for m in ("unet", "cscn"):
+            _predict(lb, m, 0, 0, n, "GTVp", preds[n][m], c.geometry)
 
-    cv = _run(out, "guo2021", "20260101-000002", P)
+    cv = _run(out, "guo2021", "20260101-000002", P, methods=["CSCN"], folds=[[n] for n in names],
+              metrics=[{"method": "CSCN", "fold": k, "seed": 0, "case": n, "structure": "GTVp",
+                        "dice": 0.5 + k / 10} for k, n in enumerate(names)], data=ds.root)
     for k, (n, c) in enumerate(cases.items()):
-        cv.sub(f"fold_{k}").write_prediction(n, "CSCN", preds[n]["cscn"], c.geometry)
-    cv.write_metrics(pd.DataFrame([{"fold": k, "case": n, "method": "CSCN", "dice": 0.5 + k / 10}
-                                   for k, n in enumerate(cases)]))
+        _predict(cv, "CSCN", k, 0, n, "GTVp", preds[n]["cscn"], c.geometry)
 
-    models = _run(out, "xue2020", "20260101-000003", dict(P, rule="gtvp"))
+    multi = _run(out, "luo2020", "20260101-000003", P, methods=["ours"], folds=[names],
+                 structures=("GTVp", "Body"), seeds=(0, 1), data=ds.root,
+                 metrics=[{"method": "ours", "fold": 0, "seed": s, "case": n, "structure": st, "dice": d + s / 10}
+                          for n in names for st, d in (("GTVp", 0.4), ("Body", 0.7)) for s in (0, 1)])
     for n, c in cases.items():
-        for m in ("deeplab", "unet2d"):
-            models.sub(m).write_prediction(n, "GTVp", preds[n]["unet"], c.geometry)
+        for s in (0, 1):
+            _predict(multi, "ours", 0, s, n, "GTVp", preds[n]["unet"], c.geometry)
+            _predict(multi, "ours", 0, s, n, "Body", c.labels["Body"], c.geometry)
 
-    nopred = _run(out, "luo2020", "20260101-000004", P)
-    nopred.write_metrics(pd.DataFrame([{"case": n, "structure": s, "dice": d} for n in cases
-                                       for s, d in (("GTVp", 0.4), ("Parotid_L", 0.7))]))
-
-    flat = _run(out, "other", "20260101-000005", P)
-    n0, c0 = next(iter(cases.items()))
-    flat.write_prediction(n0, "GTVp", c0.labels["GTVp"][10:12], c0.geometry)
-    flat.write_prediction("ghost", "GTVp", c0.labels["GTVp"], c0.geometry)  # a case not in the data
-    return {"out": out, "cases": cases, "preds": preds, "names": list(cases),
-            "runs": {"lb": lb, "cv": cv, "models": models, "nopred": nopred, "flat": flat}}
+    nopred = _run(out, "xue2020", "20260101-000004", P, methods=["deeplab"], folds=[names], data=ds.root,
+                  metrics=[{"method": "deeplab", "fold": 0, "seed": 0, "case": n, "structure": "GTVp",
+                            "dice": 0.4} for n in names])
+    return {"out": out, "cases": cases, "preds": preds, "names": names,
+            "runs": {"lb": lb, "cv": cv, "multi": multi, "nopred": nopred}}
 
 
 # ---------------------------------------------------------------------------------- discovery
 def test_discovery_labels(fake):
     runs = fake["runs"]
     names = fake["names"]
-    assert sorted(prediction_labels(runs["lb"].path)[names[0]]) == ["cscn", "unet"]
+    assert list(prediction_labels(runs["lb"].path)[names[0]]) == ["unet", "cscn"]
     cv = prediction_labels(runs["cv"].path)
     assert set(cv) == set(names) and all(list(d) == ["CSCN"] for d in cv.values())
-    assert cv[names[1]]["CSCN"].fold == "fold_1"
-    # every label ends in GTVp: the stem is dropped
-    assert sorted(prediction_labels(runs["models"].path)[names[0]]) == ["deeplab", "unet2d"]
-    # a lone root prediction keeps its stem
-    assert list(prediction_labels(runs["flat"].path)[names[0]]) == ["GTVp"]
+    assert cv[names[1]]["CSCN"].fold == 1
+    multi = prediction_labels(runs["multi"].path)[names[0]]
+    assert sorted(multi) == ["ours/Body (seed 0)", "ours/Body (seed 1)", "ours/GTVp (seed 0)",
+                             "ours/GTVp (seed 1)"]
     assert prediction_labels(runs["nopred"].path) == {}
 
     views = list_runs(fake["out"], "smoke")
-    assert [v.paper for v in views] == ["leaderboard", "guo2021", "xue2020", "luo2020", "other"]
+    assert [v.paper for v in views] == ["leaderboard", "guo2021", "luo2020", "xue2020"]
     lb = views[0]
-    assert lb.label.startswith("leaderboard/") and lb.cases == names and lb.labels == ["cscn", "unet"]
+    assert lb.label.startswith("leaderboard/") and lb.cases == names and lb.labels == ["unet", "cscn"]
     cv = lb.case(names[0])
     assert cv.shape == fake["cases"][names[0]].shape and "T1" in cv.channels
     assert cv.default_structure == "GTVp"
     mask, zs, note = lb.prediction(names[0], "unet")
     assert zs is None and note == "" and np.array_equal(mask, fake["preds"][names[0]]["unet"])
     rows = lb.metrics_for(names[0])
-    assert list(rows.columns[:3]) == ["method", "structure", "dice"] and len(rows) == 2
+    assert list(rows.columns[:2]) == ["method", "dice"] and len(rows) == 2
     assert lb.score_for(names[0], "unet") == pytest.approx(0.8123)
     assert views[1].score_for(names[1], "CSCN") == pytest.approx(0.6)
-    # no predictions: cases from metrics.csv, images still load
+    m = views[2]
+    assert m.score_for(names[0], "ours/Body (seed 1)") == pytest.approx(0.8)
+    assert list(m.metrics_for(names[0], structure="GTVp").dice) == [0.4, 0.5]
+    # no predictions: cases from the splits, images still load
     nop = views[3]
     assert not nop.has_predictions and nop.cases == names and nop.notes()
-    assert len(nop.metrics_for(names[0])) == 2
-    assert list(nop.metrics_for(names[0], structure="GTVp").dice) == [0.4]
     assert nop.case(names[1]).image("T1").shape == cv.shape
-    # 2D slices of an unknown chapter: reported, not shown
-    assert views[4].cases == ["ghost", names[0]]
     with pytest.raises(DataError, match="'ghost' is not in the run's data"):
-        views[4].case("ghost")
-    mask, zs, note = views[4].prediction(names[0], "GTVp")
-    assert mask is None and "not the case grid" in note
+        nop.case("ghost")
 
 
 # ---------------------------------------------------------------------------------- rendering
@@ -195,18 +207,14 @@ def test_explorer_widgets(fake):
     ex.modality.value = "CT"
     assert ex.image.value != v
 
-    ex.run.value = next(lab for lab in ex.run.options if lab.startswith("luo2020/"))
+    ex.run.value = next(lab for lab in ex.run.options if lab.startswith("xue2020/"))
     assert "no predictions" in ex.status.value and ex.predictions.options == ()
-    assert "0.400" in ex.metrics.value and "0.700" not in ex.metrics.value  # the GT structure's rows
-    ex.structure.value = "Body"  # not scored: every row of the case
-    assert "0.700" in ex.metrics.value
+    assert "0.400" in ex.metrics.value
     assert png_size(ex.image.value)[0] == 480
-    ex.run.value = next(lab for lab in ex.run.options if lab.startswith("other/"))
-    assert "not the case grid" in ex.status.value and ex.image.value[:8] == PNG
-    ex.case.value = "ghost"
-    assert "not in the run's data" in ex.status.value and len(ex.image.value) == 0
-    ex.case.value = names[0]
-    assert "not in the run's data" not in ex.status.value and ex.image.value[:8] == PNG
+    ex.run.value = next(lab for lab in ex.run.options if lab.startswith("luo2020/"))
+    assert "0.400" in ex.metrics.value and "0.700" not in ex.metrics.value  # the GT structure's rows
+    ex.structure.value = "Body"
+    assert "0.700" in ex.metrics.value and "0.400" not in ex.metrics.value
 
     ex2 = Explorer(out_dir=fake["out"], profile="smoke", run="guo2021", case=names[1], plane="coronal",
                    style="fill")

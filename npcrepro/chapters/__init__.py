@@ -19,6 +19,10 @@ __all__ = ["MODULES", "module", "run"]
 #: Chapters ported to the runner: name -> the module holding ``CHAPTER``.
 MODULES: dict[str, str] = {
     "template": "npcrepro.chapters.template.methods",
+    "leaderboard": "npcrepro.chapters.leaderboard.methods",
+    "luo2020": "npcrepro.chapters.luo2020.methods",
+    "li2018": "npcrepro.chapters.li2018.methods",
+    "xue2020": "npcrepro.chapters.xue2020.methods",
     "guo2021": "npcrepro.chapters.guo2021.methods",
 }
 

@@ -17,9 +17,11 @@ Run folder layout (one for all chapters)::
     <out_dir>/<profile>/<chapter>/<stamp>-<name>/
         params.json  environment.json  run.json  splits.json
         metrics.csv                      method, fold, seed, case, structure, metrics...
+        metrics_half.csv                 the same, with each network's weights at half its budget
         training.csv                     method, fold, seed, seconds, iterations, status, ...
         <method>/fold_<k>/seed_<s>/
-            model.pt  curves.csv  checkpoint_last.pt  metrics.csv  training.json  DONE
+            model.pt  model_half.pt  curves.csv  checkpoint_last.pt  metrics.csv  metrics_half.csv
+            training.json  DONE
             predictions/<case>/<structure>.nii.gz      always on the case's own grid
 
 Resume: ``P.resume`` names an earlier run folder; its parameters must match (``resume``,
@@ -58,12 +60,14 @@ class Method:
 
     ``name`` names its folder and its rows in metrics.csv; ``label`` is what tables show; ``after``
     lists methods of the same fold and seed whose trained models this one needs (self-transfer,
-    cascades); ``info`` holds plain facts the chapter's report uses (family, inputs ...)."""
+    cascades); ``info`` holds plain facts the chapter's report uses (family, inputs ...); ``folds``
+    limits the method to the first few folds (None: every fold)."""
 
     name: str
     label: str = ""
     after: tuple[str, ...] = ()
     info: Mapping[str, Any] = field(default_factory=dict)
+    folds: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or any(ch in self.name for ch in "/\\ ") or self.name.startswith("."):
@@ -122,7 +126,7 @@ class JobContext:
         (the job's, or ``<job>/<part>`` when one job trains several networks) and the test hook.
         Use with :meth:`fit` so that a killed job resumes from its checkpoint."""
         run = self.run if part is None else self.run.sub(part)
-        callbacks = []
+        callbacks = [_save_half_budget]
         if self.spec.kill_after_iterations is not None:
             limit = int(self.spec.kill_after_iterations)
 
@@ -176,6 +180,11 @@ class Chapter:
     def methods(self, P) -> list[Method]:
         raise NotImplementedError
 
+    def structures_for(self, P, dataset=None) -> tuple[str, ...]:
+        """The structures a run on ``dataset`` predicts (default: the class attribute
+        ``structures``); recorded in run.json."""
+        return tuple(self.structures)
+
     def method(self, name: str, P) -> Method:
         for m in self.methods(P):
             if m.name == name:
@@ -208,6 +217,12 @@ class Chapter:
         mf = P.get("max_folds")
         return folds[: int(mf)] if mf else folds
 
+    def dataset(self, P, *, progress: bool = False):
+        """The dataset the run reads (default :func:`npcrepro.profiles.load_data`)."""
+        from npcrepro.profiles import load_data
+
+        return load_data(P, progress=progress)
+
     # ------------------------------------------------------------------ how it runs
     def build(self, method: Method, P):
         """The untrained network of ``method``."""
@@ -216,7 +231,7 @@ class Chapter:
     def load(self, dataset, name: str, P):
         """One case with this chapter's channels and structures."""
         return dataset.load(name, channels=list(self.channels) or None,
-                            structures=list(self.structures) or None)
+                            structures=list(self.structures_for(P, dataset)) or None)
 
     def prepare(self, case, P):
         """Case -> whatever ``fit`` and ``predict`` consume (must keep the case for scoring)."""
@@ -246,6 +261,35 @@ class Chapter:
 
     def threshold(self, P) -> float:
         return float(P.get("threshold") or 0.5)
+
+
+def _save_half_budget(trainer, event, info) -> None:
+    """Trainer callback: keep the weights at half the trainer's budget as ``model_half.pt`` in its
+    run folder (the runner scores them to show whether the network had converged)."""
+    if event != "iteration" or trainer.run is None:
+        return
+    total = sum(stage.budget(trainer.iterations_per_epoch) for stage in trainer.stages)
+    if info["iteration"] == max(1, total // 2):
+        import torch
+
+        torch.save(trainer.raw_model.state_dict(), trainer.run.path / "model_half.pt")
+
+
+def _half_budget_model(chapter: Chapter, method: Method, model, ctx: JobContext):
+    """The network as it was at half its budget (the newest ``model_half.pt`` of the job whose
+    parameters are the final network's), or None when training ended before half its budget."""
+    import copy
+
+    import torch
+
+    keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for path in sorted(ctx.run.path.rglob("model_half.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if {k: tuple(v.shape) for k, v in state.items()} == keys:
+            net = copy.deepcopy(model)
+            net.load_state_dict(state)
+            return net.eval()
+    return None
 
 
 def load_chapter(module: str) -> Chapter:
@@ -286,7 +330,23 @@ def _prepared(chapter: Chapter, ds, name: str, P) -> Any:
 
 def run_job(spec: JobSpec) -> dict:
     """Train, predict and score one job; writes its folder and returns
-    ``{"rows": [...], "training": {...}}``. Module level and picklable (runs in workers)."""
+    ``{"rows": [...], "half": [...], "training": {...}}``. Module level and picklable (runs in
+    workers). ``P.threads`` (when set, on the CPU) pins torch's threads for the job: the one place
+    the package sets them besides the pool workers' start-up."""
+    import torch
+
+    n = spec.params.get("threads")
+    if not n or str(spec.params.get("device", "cpu")).startswith("cuda"):
+        return _run_job(spec)
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        return _run_job(spec)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_job(spec: JobSpec) -> dict:
     import pandas as pd
     import torch
 
@@ -323,13 +383,22 @@ def run_job(spec: JobSpec) -> dict:
         for r in chapter.score(method, prep[name], probs, masks, ctx):
             rows.append({"method": method.name, "fold": spec.fold, "seed": spec.seed, **r,
                          "seconds": seconds})
+    half_rows = []
+    half = _half_budget_model(chapter, method, model, ctx) if P.get("half_budget_check", True) else None
+    if half is not None:
+        for name in spec.test:
+            probs = chapter.predict(method, half, prep[name], ctx)
+            masks = {st: prob >= thr for st, prob in probs.items()}
+            for r in chapter.score(method, prep[name], probs, masks, ctx):
+                half_rows.append({"method": method.name, "fold": spec.fold, "seed": spec.seed, **r})
     training = {"method": method.name, "fold": spec.fold, "seed": spec.seed,
                 "train_seconds": train_seconds, "job_seconds": time.perf_counter() - t0,
                 **ctx.facts}
     pd.DataFrame(rows).to_csv(ctx.run.path / "metrics.csv", index=False)
+    pd.DataFrame(half_rows).to_csv(ctx.run.path / "metrics_half.csv", index=False)
     _write_json(ctx.run.path / "training.json", training)
     ctx.run.mark_done()
-    return {"rows": rows, "training": training}
+    return {"rows": rows, "training": training, "half": half_rows}
 
 
 def _read_job(spec: JobSpec) -> dict | None:
@@ -338,11 +407,14 @@ def _read_job(spec: JobSpec) -> dict | None:
     d = job_dir(spec.run, spec.method, spec.fold, spec.seed)
     if not (d / "DONE").exists() or not (d / "metrics.csv").exists():
         return None
-    try:
-        rows = pd.read_csv(d / "metrics.csv").to_dict("records")
-    except pd.errors.EmptyDataError:
-        rows = []
-    return {"rows": rows, "training": json.loads((d / "training.json").read_text(encoding="utf-8"))}
+    def read(name: str) -> list[dict]:
+        try:
+            return pd.read_csv(d / name).to_dict("records") if (d / name).exists() else []
+        except pd.errors.EmptyDataError:
+            return []
+
+    return {"rows": read("metrics.csv"), "half": read("metrics_half.csv"),
+            "training": json.loads((d / "training.json").read_text(encoding="utf-8"))}
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -366,11 +438,11 @@ def _waves(methods: Sequence[Method]) -> list[list[Method]]:
     return waves
 
 
-def _run_json(rf, chapter: Chapter, methods, folds, seeds, status: str, **extra) -> None:
+def _run_json(rf, chapter: Chapter, structures, methods, folds, seeds, status: str, **extra) -> None:
     info = {"format": RUN_FORMAT, "chapter": chapter.name, "status": status,
-            "methods": [{"name": m.name, "label": m.label, "after": list(m.after), "info": dict(m.info)}
-                        for m in methods],
-            "folds": len(folds), "seeds": list(seeds), "structures": list(chapter.structures),
+            "methods": [{"name": m.name, "label": m.label, "after": list(m.after), "info": dict(m.info),
+                         "folds": m.folds} for m in methods],
+            "folds": len(folds), "seeds": list(seeds), "structures": list(structures),
             "channels": list(chapter.channels),
             "updated": _dt.datetime.now().isoformat(timespec="seconds"), **extra}
     if rf.writer:
@@ -380,7 +452,8 @@ def _run_json(rf, chapter: Chapter, methods, folds, seeds, status: str, **extra)
 def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", dataset=None,
                    methods: Sequence[str] | None = None, backend: str | None = None,
                    workers: int | None = None, max_jobs: int | None = None,
-                   kill_after_iterations: int | None = None, progress: bool | None = None):
+                   kill_after_iterations: int | None = None, progress: bool | None = None,
+                   data_label: str | None = None):
     """Run chapter ``module`` (e.g. ``"npcrepro.chapters.chen2020"``) with resolved parameters ``P``.
 
     ``dataset``: an opened dataset (default: :func:`npcrepro.profiles.load_data`); ``methods``: a
@@ -388,7 +461,8 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     (default ``P.backend`` or "process", ``P.workers`` or 1); ``max_jobs``: stop after this many new
     jobs (the run stays "running" and can be resumed); ``kill_after_iterations``: the first job
     started is killed at that training iteration (as a kill would, after its last checkpoint) and the
-    run stops there. Both are test hooks that simulate a kill.
+    run stops there. Both are test hooks that simulate a kill. ``data_label`` names the data in
+    tables (default: "phantom" or the dataset folder).
 
     Returns :class:`npcrepro.engine.results.Results`.
     """
@@ -398,11 +472,9 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     from npcrepro.engine.dispatch import map_calls
     from npcrepro.engine.results import Results
     from npcrepro.engine.runs import RunFolder
-    from npcrepro.profiles import load_data
-
     chapter = load_chapter(module)
     progress = bool(P.get("progress", True)) if progress is None else progress
-    ds = dataset if dataset is not None else load_data(P, progress=progress)
+    ds = dataset if dataset is not None else chapter.dataset(P, progress=progress)
     chosen = chapter.methods(P)
     if methods is not None:
         unknown = [m for m in methods if m not in {c.name for c in chosen}]
@@ -413,8 +485,7 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     waves = _waves(chosen)
     params = dict(P)
     params["data"] = str(getattr(ds, "root", P["data"]))
-    if P["data"] == "phantom":
-        params["data_label"] = "phantom"
+    label = data_label or ("phantom" if P["data"] == "phantom" else params["data"])
     rf = RunFolder.from_params(P, name, paper=chapter.name)
     cases = chapter.cases(ds, P)
     split_file = rf.path / "splits.json"
@@ -422,16 +493,18 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     if rf.writer and not split_file.exists():
         save_splits(folds, split_file)
     seeds = chapter.seeds(P)
-    _run_json(rf, chapter, chosen, folds, seeds, "running", data=params["data"])
+    structures = chapter.structures_for(P, ds)
+    _run_json(rf, chapter, structures, chosen, folds, seeds, "running", data=params["data"],
+              data_label=label)
     job_params = {**params, "progress": False}
     results: dict[tuple, dict] = {}
     new = 0
     t0 = time.perf_counter()
-    n_jobs = sum(len(w) for w in waves) * len(folds) * len(seeds)
+    n_jobs = sum(len(folds[: m.folds]) for w in waves for m in w) * len(seeds)
     for wave in waves:
         todo = []
         for m in wave:
-            for k, fold in enumerate(folds):
+            for k, fold in enumerate(folds[: m.folds]):
                 for s in seeds:
                     spec = JobSpec(module, m.name, k, s, str(rf.path), job_params, list(fold.train),
                                    list(fold.val), list(fold.test))
@@ -463,14 +536,17 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
             break
     complete = len(results) == n_jobs
     order = {(m.name, k, s): i for i, (m, k, s) in enumerate(
-        (m, k, s) for w in waves for m in w for k in range(len(folds)) for s in seeds)}
+        (m, k, s) for w in waves for m in w for k in range(len(folds[: m.folds])) for s in seeds)}
     keys = sorted(results, key=order.__getitem__)
     metrics = pd.DataFrame([r for key in keys for r in results[key]["rows"]])
+    half = pd.DataFrame([r for key in keys for r in results[key].get("half", [])])
     training = pd.DataFrame([results[key]["training"] for key in keys])
     if rf.writer:
         rf.write_metrics(metrics)
+        half.to_csv(rf.path / "metrics_half.csv", index=False)
         training.to_csv(rf.path / "training.csv", index=False)
-    _run_json(rf, chapter, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
+    _run_json(rf, chapter, structures, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
+              data_label=label,
               seconds=time.perf_counter() - t0)
     if complete:
         rf.mark_done()

@@ -38,6 +38,7 @@ class Results:
     params: dict
     metrics: Any = None
     training: Any = None
+    metrics_half: Any = None
     _splits: list | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ opening
@@ -65,7 +66,7 @@ class Results:
             except pd.errors.EmptyDataError:
                 return pd.DataFrame()
 
-        return cls(p, info, params, table("metrics.csv"), table("training.csv"))
+        return cls(p, info, params, table("metrics.csv"), table("training.csv"), table("metrics_half.csv"))
 
     # ------------------------------------------------------------------ facts
     @property
@@ -88,6 +89,11 @@ class Results:
     def data(self) -> str:
         """The dataset folder the run read."""
         return self.info.get("data") or self.params.get("data", "")
+
+    @property
+    def data_label(self) -> str:
+        """How tables name the data ("phantom", a dataset folder, "OpenKBP CT (12 patients)" ...)."""
+        return self.info.get("data_label") or self.data
 
     @property
     def methods(self) -> list[str]:
@@ -177,6 +183,23 @@ class Results:
         """A case of the run's dataset (default: the run's channels and structures)."""
         return self.dataset().load(case, channels=channels or self.channels or None,
                                    structures=structures or self.structures or None)
+
+    def convergence(self, metric: str = "dice", tolerance: float = 0.03):
+        """Per method: mean ``metric`` with the weights at half the budget and at the full budget,
+        their difference and ``converged`` (|difference| <= ``tolerance``; None when the half-budget
+        weights were not scored, e.g. training stopped early before half its budget)."""
+        import pandas as pd
+
+        full = self.metrics.groupby("method")[metric].mean() if len(self.metrics) else pd.Series(dtype=float)
+        half = (self.metrics_half.groupby("method")[metric].mean()
+                if self.metrics_half is not None and len(self.metrics_half) else pd.Series(dtype=float))
+        rows = []
+        for m in [m for m in self.methods if m in full.index]:
+            h = float(half[m]) if m in half.index else float("nan")
+            d = float(full[m]) - h
+            rows.append({"method": m, f"{metric} at half budget": h, f"{metric} at full budget": float(full[m]),
+                         "difference": d, "converged": None if d != d else bool(abs(d) <= tolerance)})
+        return pd.DataFrame(rows)
 
     def mean(self, metric: str = "dice", by: str = "method"):
         """Mean of ``metric`` per ``by`` (a Series)."""

@@ -23,15 +23,15 @@ PROFILES = {
     "smoke": dict(_COMMON, n_cases=4, phantom_preset="smoke", spacing_mm=4.0, k_folds=2, n_val=1,
                   max_rounds=1, workers=1, samples_per_case=48, val_samples_per_case=6, batch_size=4,
                   iterations=4, eval_every=2, decay_every=1, width=0.25, acd_layers=[1, 1, 1],
-                  overlap=0.25, infer_batch=16, figure_cases=2, real_organs=["Brainstem"], real_scans=1),
+                  overlap=0.25, infer_batch=16, figure_cases=2, real_organs=["Brainstem"], real_scans=1, threads=1),
     "cpu": dict(_COMMON, n_cases=10, phantom_preset="cpu", spacing_mm=3.0, k_folds=2, n_val=1,
                 max_rounds=2, workers=2, samples_per_case=600, val_samples_per_case=24, batch_size=8,
                 iterations=300, eval_every=50, decay_every=15, width=0.5, acd_layers=[1, 1, 1],
-                overlap=0.25, infer_batch=16, figure_cases=3, real_organs=REAL_ORGANS[:3], real_scans=7),
+                overlap=0.25, infer_batch=16, figure_cases=3, real_organs=REAL_ORGANS[:3], real_scans=7, threads=1),
     "gpu": dict(_COMMON, n_cases=120, phantom_preset="gpu", spacing_mm=1.0, k_folds=5, n_val=9,
                 max_rounds=5, workers=1, samples_per_case=5000, val_samples_per_case=60, batch_size=32,
                 iterations=50000, eval_every=1000, decay_every=500, width=1.0, acd_layers=[2, 2, 2],
-                overlap=0.5, infer_batch=256, figure_cases=3, real_organs=REAL_ORGANS, real_scans=7),
+                overlap=0.5, infer_batch=256, figure_cases=3, real_organs=REAL_ORGANS, real_scans=7, threads=None),
 }
 
 HELP = {
@@ -67,6 +67,7 @@ HELP = {
     "figure_cases": "patients shown in the 2D results figure",
     "real_organs": "organs of the real two-pass CT masks used as an inter-observer reference",
     "real_scans": "scans of the real two-pass CT masks read",
+    "threads": "torch threads while a job trains and predicts (None: torch's default)",
 }
 
 ALLOWED = {"channel": ["T1", "CET1", "T2", "CT"], "fusion": ["mean", "product", "max"]}
@@ -127,6 +128,8 @@ CHOICES = {
           "patients' voxels (TP, FP, FN summed), one candidate",
     "learning-rate decay": "x0.9 every 500 iterations at paper scale; the CPU profiles decay x0.9 every "
                            "iterations/20 so that a few hundred iterations see a comparable decay",
+    "threads": "1 torch thread per job in the smoke and cpu profiles (the small 3D convolutions run "
+               "faster on one thread per core than on several threads sharing a core)",
     "seeds": "every method of a round trains with the same seed (the job's), so the block draws are "
              "paired across methods",
 }

@@ -87,11 +87,12 @@ def build_cascade(P: Mapping[str, Any], in_channels: int = 1):
 def network(name: str, *, width: float, in_channels: int, profile: str = "cpu"):
     """The network the leaderboard trains for ``name``, ACDNet's depth from this chapter's recipe at
     ``profile``: ``CNN``, ``V-Net``, ``BUNet``, ``ACDNet``, ``Deeplab`` on ``in_channels`` image
-    channels; ``CSCN`` is the cascade's fine stage, whose ``in_channels`` include the coarse map."""
+    channels; ``ACDNet_cascade`` (or ``CSCN``) is the cascade's fine stage, whose ``in_channels``
+    include the coarse map."""
     from npcrepro import recipes
 
     layers = recipes.load("guo2021").PROFILES[profile]["acd_layers"]
-    if name == "CSCN":
+    if name in ("CSCN", "ACDNet_cascade"):
         return build_model("ACDNet_cascade", width, in_channels - 1, layers)
     return build_model(name, width, in_channels, layers)
 

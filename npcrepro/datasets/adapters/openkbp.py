@@ -424,3 +424,22 @@ def orientation_figure(case: Case, *, channel: str = "CT", window: tuple[float, 
                    anterior=pick("Mandible"), posterior=pick("SpinalCord"),
                    superior=pick("Brainstem"), left=pick("Parotid_L", "LeftParotid"),
                    right=pick("Parotid_R", "RightParotid"))
+
+
+# ------------------------------------------------------------------------------------- cached subset
+# (moved here from the luo2020 pipeline: the luo2020 chapter and the leaderboard both use it)
+def cached_openkbp(out_dir: str | Path, n_cases: int, progress: bool = False):
+    """The first ``n_cases`` OpenKBP patients of the shared real-data folder, converted once under
+    ``<out_dir>/_cache/openkbp-n<n_cases>`` and opened; None when the real data are not on this
+    machine (or ``n_cases < 1``)."""
+    from npcrepro.datasets import open_dataset
+    from npcrepro.datasets.adapters import convert
+    from npcrepro.paths import shared_data
+
+    src = shared_data("openkbp-subset")
+    if src is None or n_cases < 1:
+        return None
+    dst = Path(out_dir) / "_cache" / f"openkbp-n{int(n_cases)}"
+    if not (dst / "dataset.json").exists():
+        convert("openkbp", src, dst, overwrite=True, progress=progress, limit=int(n_cases))
+    return open_dataset(dst)

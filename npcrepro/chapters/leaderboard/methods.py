@@ -1,0 +1,198 @@
+"""The leaderboard's methods: every paper's network (built by its own chapter) and a U-Net baseline per
+input family, all trained and scored by one common recipe (see the package docstring).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from npcrepro.chapters.leaderboard.prepare import CommonLoss, foreground, normaliser, samples, with_channel
+from npcrepro.engine.experiment import Chapter, Method
+from npcrepro.errors import ParameterError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One leaderboard entry: ``key`` names its folder and rows; ``paper`` the chapter whose
+    ``network()`` builds it (``"baseline"``: this book's U-Net); ``name`` the network's name there;
+    ``dims`` "2d"/"3d"; ``channels`` its input images; ``baseline`` the U-Net it is tested against;
+    ``reported`` the (table, method) of the paper's row it stands for; ``after`` its cascade stage."""
+
+    key: str
+    label: str
+    paper: str
+    name: str
+    dims: str
+    channels: tuple[str, ...]
+    baseline: str
+    reported: tuple[str, str] | None = None
+    ct: bool = False
+    after: tuple[str, ...] = ()
+    activation: str = "sigmoid"
+
+
+METHODS: tuple[Entry, ...] = (
+    Entry("unet_ct", "U-Net (CT)", "baseline", "unet2d", "2d", ("CT",), "unet_ct", ct=True),
+    Entry("deeplab_ct", "DeepLabv3+ (xue2020)", "xue2020", "DeepLabv3+", "2d", ("CT",), "unet_ct",
+          ("Sec. 2", "DeepLabv3+"), ct=True),
+    Entry("luo_ours_ct", "Two-stage U-Net + MSP (luo2020)", "luo2020", "ours", "2d", ("CT",), "unet_ct",
+          ("Table 1", "Ours"), ct=True),
+    Entry("fcn8_ct", "FCN-8s (luo2020)", "luo2020", "fcn8", "2d", ("CT",), "unet_ct", ("Table 1", "FCN-8"),
+          ct=True),
+    Entry("unet_cet1", "U-Net (CET1)", "baseline", "unet2d", "2d", ("CET1",), "unet_cet1"),
+    Entry("li2018_cnn", "CNN (li2018)", "li2018", "working", "2d", ("CET1",), "unet_cet1", ("Table 2", "CNN")),
+    Entry("guo_cnn", "3D CNN (guo2021)", "guo2021", "CNN", "3d", ("CET1",), "unet_cet1", ("Table 1", "CNN"),
+          activation="softmax"),
+    Entry("vnet", "V-Net (guo2021)", "guo2021", "V-Net", "3d", ("CET1",), "unet_cet1", activation="softmax"),
+    Entry("bunet", "BUNet (guo2021)", "guo2021", "BUNet", "3d", ("CET1",), "unet_cet1", activation="softmax"),
+    Entry("cscn", "CSCN (guo2021)", "guo2021", "ACDNet_cascade", "3d", ("CET1",), "unet_cet1",
+          ("Table 1", "CSCN"), after=("bunet",), activation="softmax"),
+    Entry("unet3d_cet1", "3D U-Net, CET1 (chen2020)", "chen2020", "unet3d_cet1", "3d", ("CET1",), "unet_cet1",
+          ("Table I", "3D U-net (CET1)")),
+    Entry("mmfnet", "MMFNet, T1+T2+CET1 (chen2020)", "chen2020", "multi_mlp_std", "3d", ("T1", "T2", "CET1"),
+          "unet_cet1", ("Table II", "MMFNet+multi-MLP+stdPool")),
+)
+BY_KEY = {m.key: m for m in METHODS}
+
+#: Each paper's proposed method in the leaderboard.
+PROPOSED = {"li2018": "li2018_cnn", "xue2020": "deeplab_ct", "luo2020": "luo_ours_ct", "guo2021": "cscn",
+            "chen2020": "mmfnet"}
+
+
+def select(selection, ct_only: bool = False) -> list[Entry]:
+    """``"all"`` or a list of keys (ParameterError for unknown keys). The baselines and cascade stages
+    of the chosen methods are added."""
+    keys = [m.key for m in METHODS] if selection in ("all", None) else list(
+        [selection] if isinstance(selection, str) else selection)
+    unknown = [k for k in keys if k not in BY_KEY]
+    if unknown:
+        raise ParameterError(f"unknown leaderboard method(s) {', '.join(unknown)} "
+                             f"(valid: {', '.join(BY_KEY)}, all)")
+    for k in list(keys):
+        keys += [d for d in (BY_KEY[k].baseline, *BY_KEY[k].after) if d not in keys]
+    return [m for m in METHODS if m.key in keys and (m.ct or not ct_only)]
+
+
+def network(entry: Entry, width: float, profile: str):
+    """The untrained network of ``entry``, built by its paper's chapter (``network()`` of
+    ``npcrepro.chapters.<paper>.methods``) at ``width`` and ``profile``; the baselines are this book's
+    four-level 2D U-Net."""
+    n_in = len(entry.channels)
+    if entry.paper == "baseline":
+        from npcrepro.models import build
+
+        def w(c: int) -> int:
+            return max(4, int(round(c * width)))
+
+        return build("unet2d", in_channels=n_in, n_classes=1, widths=[w(32), w(64), w(128), w(256)])
+    mod = importlib.import_module(f"npcrepro.chapters.{entry.paper}.methods")
+    if entry.after:  # a cascade's fine stage also sees the coarse probability
+        n_in += 1
+    return mod.network(entry.name, width=width, in_channels=n_in, profile=profile)
+
+
+class Leaderboard(Chapter):
+    name = "leaderboard"
+    channels = ("CT", "T1", "T2", "CET1")
+
+    def structures_for(self, P, dataset=None) -> tuple[str, ...]:
+        return (str(P["structure"]),)
+
+    def methods(self, P) -> list[Method]:
+        ct_only = str(P["structure"]) != "GTVp"
+        return [Method(m.key, m.label, m.after, info={
+            "paper": m.paper, "dims": m.dims, "channels": list(m.channels), "baseline": m.baseline,
+            "reported": list(m.reported) if m.reported else None, "ct": m.ct})
+            for m in select(P["methods"], ct_only=ct_only)]
+
+    def all_methods(self, P) -> list[Method]:
+        return [Method(m.key, m.label, m.after) for m in METHODS]
+
+    def folds(self, cases, P):
+        from npcrepro.datasets.splits import Fold
+
+        names = sorted(cases)
+        n_test = int(P["n_test"])
+        if not 1 <= n_test < len(names):
+            raise ParameterError(f"n_test must be between 1 and {len(names) - 1} for {len(names)} cases, "
+                                 f"got {n_test}")
+        rng = np.random.default_rng(int(P["seed"]))
+        test = sorted(rng.choice(names, n_test, replace=False).tolist())
+        return [Fold([n for n in names if n not in test], [], test)]
+
+    def load(self, dataset, name, P):
+        need = sorted({c for m in select(P["methods"]) for c in m.channels} & set(dataset.channels))
+        return dataset.load(name, channels=need, structures=[str(P["structure"])])
+
+    def build(self, method, P):
+        return network(BY_KEY[method.name], float(P["width"]), str(P["profile"]))
+
+    def prepare(self, case, P):
+        return case
+
+    def fit(self, method, train, val, ctx):
+        from npcrepro.engine import Trainer
+
+        P, m = ctx.P, BY_KEY[method.name]
+        channels = list(m.channels)
+        if m.after:
+            coarse_net = ctx.model_of(m.after[0])
+            coarse = BY_KEY[m.after[0]]
+            train = [with_channel(c, "coarse", self._probability(coarse_net, coarse, c, P, ctx.device))
+                     for c in train]
+            channels.append("coarse")
+        net = self.build(method, P)
+        iters = int(P["iterations_2d" if m.dims == "2d" else "iterations_3d"])
+        batch = int(P["batch_2d" if m.dims == "2d" else "batch_3d"])
+        trainer = Trainer(net, CommonLoss(), samples(train, channels, P, m.dims, ctx.seed), batch_size=batch,
+                          iterations=iters, optimizer="adam", lr=float(P["lr"]), schedule=None,
+                          amp=ctx.device != "cpu", restore_best=False, **ctx.trainer_args())
+        try:
+            history = ctx.fit(trainer)
+            rows, status = history.rows, "trained"
+        except FloatingPointError:
+            rows, status = list(trainer.rows), "diverged"
+        from npcrepro.models import count_parameters
+
+        losses = [r["train_loss"] for r in rows if r.get("train_loss") is not None]
+        ctx.facts.update(status=status, iterations=iters, parameters=count_parameters(net),
+                         final_loss=float(losses[-1]) if losses else math.nan)
+        return net.eval()
+
+    def _probability(self, model, entry: Entry, case, P, device, channels: Sequence[str] | None = None):
+        """Tumour probability (z, y, x) of ``case``: 2D slice by slice, 3D by Gaussian sliding window."""
+        from npcrepro.engine import predict_case
+
+        channels = list(channels or entry.channels)
+        kw = (dict(mode="2d", batch_size=16) if entry.dims == "2d" else
+              dict(mode="3d", patch_size=P["patch_3d"], overlap=float(P["overlap"]), batch_size=2))
+        prob = predict_case(model, case, channels, normalise=normaliser(channels), activation=entry.activation,
+                            device=device, amp=device != "cpu", **kw)
+        return foreground(prob)
+
+    def predict(self, method, model, case, ctx) -> dict[str, np.ndarray]:
+        P, m = ctx.P, BY_KEY[method.name]
+        structure = str(P["structure"])
+        if not m.after:
+            return {structure: self._probability(model, m, case, P, ctx.device)}
+        coarse = self._probability(ctx.model_of(m.after[0]), BY_KEY[m.after[0]], case, P, ctx.device)
+        fine = self._probability(model, m, with_channel(case, "coarse", coarse), P, ctx.device,
+                                 [*m.channels, "coarse"])
+        return {structure: (coarse + fine) / 2}
+
+    def score(self, method, case, probs, masks, ctx) -> list[dict]:
+        from npcrepro import metrics
+
+        rows = []
+        for structure, mask in masks.items():
+            ref = case.labels.get(structure, np.zeros(case.shape, bool))
+            r = metrics.evaluate_case(mask, ref, case.spacing, tolerance_mm=float(ctx.P["nsd_mm"]))
+            rows.append({"case": case.name, "structure": structure, **r})
+        return rows
+
+
+CHAPTER = Leaderboard()

@@ -1,0 +1,346 @@
+"""The leaderboard's tables, claims and figures, read from a run's :class:`Results`.
+
+Per-case rows of several seeds are kept as they are: means, CIs and paired tests run over
+(patient, seed) pairs. Confidence intervals are BCa bootstrap intervals
+(:func:`npcrepro.evaluation.bootstrap_ci`); p-values of a family of tests (every method against its
+baseline; the papers' claims) are also given Holm-adjusted (:func:`npcrepro.evaluation.holm`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from npcrepro.chapters.leaderboard.methods import BY_KEY, PROPOSED, network, select
+
+METRICS = ("dice", "hd95", "assd", "nsd")
+METRIC_LABELS = {"dice": "DSC", "hd95": "HD95 (mm)", "assd": "ASSD (mm)", "nsd": "NSD"}
+
+#: The papers' comparisons the common protocol can test: (paper, where, better key, worse key).
+CLAIMS: tuple[tuple[str, str, str, str], ...] = (
+    ("xue2020", "Sec. 2", "deeplab_ct", "unet_ct"),
+    ("luo2020", "Table 1", "luo_ours_ct", "unet_ct"),
+    ("luo2020", "Table 1", "luo_ours_ct", "fcn8_ct"),
+    ("guo2021", "Table 1", "cscn", "guo_cnn"),
+    ("chen2020", "Table I/II", "mmfnet", "unet3d_cet1"),
+)
+#: The reported row of each baseline key that a claim compares against (paper's own U-Net etc.).
+CLAIM_REPORTED = {
+    ("xue2020", "unet_ct"): ("Sec. 2", "U-Net"),
+    ("luo2020", "unet_ct"): ("Table 1", "U-Net"),
+}
+
+
+def _table(res) -> pd.DataFrame:
+    """Per-case rows with a ``case`` that is unique per (patient, seed) for the paired tests."""
+    t = res.metrics.copy()
+    if "seed" in t and t["seed"].nunique() > 1:
+        t["case"] = t["case"].astype(str) + "/s" + t["seed"].astype(str)
+    return t
+
+
+def _present(res) -> list[str]:
+    have = set(res.metrics["method"]) if len(res.metrics) else set()
+    return [m for m in res.methods if m in have]
+
+
+def method_table(P: Mapping[str, Any]) -> pd.DataFrame:
+    """The selected methods: source chapter, input, 2D/3D, the paper's row it stands for, the baseline
+    it is tested against and its number of parameters at this profile's width."""
+    from npcrepro.models import count_parameters
+
+    rows = []
+    for m in select(P["methods"]):
+        rows.append({"key": m.key, "method": m.label, "chapter": m.paper, "input": "+".join(m.channels)
+                     + (" + coarse" if m.after else ""), "dims": m.dims.upper(),
+                     "paper row": f"{m.reported[1]} ({m.reported[0]})" if m.reported else "—",
+                     "baseline": BY_KEY[m.baseline].label if m.baseline != m.key else "(is the baseline)",
+                     "parameters": f"{count_parameters(network(m, float(P['width']), str(P['profile']))):,}"})
+    return pd.DataFrame(rows)
+
+
+def _fmt_ci(mean: float, lo: float, hi: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def summary(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Long summary: one row per (method, metric) with mean, 95% bootstrap CI and counts."""
+    from npcrepro.evaluation import summarize
+
+    return summarize(_table(res), list(METRICS), by="method", n_boot=n_boot, seed=seed)
+
+
+def paired_vs_baseline(res, key: str, metric: str = "dice") -> dict | None:
+    """Paired test of ``key`` against its baseline (None for a baseline or a missing one)."""
+    from npcrepro.evaluation import paired_tests
+
+    base = BY_KEY[key].baseline
+    if key == base or base not in _present(res):
+        return None
+    return paired_tests(_table(res), key, base, [metric]).iloc[0].to_dict()
+
+
+def _baseline_tests(res) -> dict[str, dict]:
+    """Paired DSC test of every method against its baseline, with Holm-adjusted Wilcoxon p-values
+    over that family."""
+    from npcrepro.evaluation import holm
+
+    tests = {k: p for k in _present(res) if (p := paired_vs_baseline(res, k)) is not None}
+    for k, adj in zip(tests, holm([t["p_wilcoxon"] for t in tests.values()])):
+        tests[k]["p_holm"] = float(adj)
+    return tests
+
+
+def leaderboard_table(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """One row per method (sorted by mean DSC): each metric as ``mean [95% BCa CI]`` with the median
+    beside the distances (one failed patient's image-diagonal distance cannot hide in a mean), the
+    number of failed patients (empty prediction, tumour present), the paired DSC difference against
+    the method's U-Net baseline with its CI, and the Wilcoxon p-value, raw and Holm-adjusted over
+    every method tested against a baseline."""
+    s = summary(res, n_boot, seed)
+    tests = _baseline_tests(res)
+    rows = []
+    for key in _present(res):
+        m = BY_KEY[key]
+        sm = s[s["method"] == key].set_index("metric")
+        row = {"method": m.label, "paper": m.paper, "input": "+".join(m.channels), "dims": m.dims.upper()}
+        for k in METRICS:
+            r = sm.loc[k]
+            digits = 3 if k in ("dice", "nsd") else 1
+            row[METRIC_LABELS[k]] = _fmt_ci(r["mean"], r["ci_low"], r["ci_high"], digits)
+            if k in ("hd95", "assd"):
+                row[f"{METRIC_LABELS[k]} median"] = "n/a" if not math.isfinite(r["median"]) else f"{r['median']:.1f}"
+        row["failed patients"] = int(sm.loc["dice", "n_failed"])
+        p = tests.get(key)
+        row["Δ DSC vs U-Net [95% CI]"] = "—" if p is None else _fmt_ci(p["mean_diff"], p["diff_ci_low"],
+                                                                       p["diff_ci_high"], 3)
+        row["p (Wilcoxon)"] = "—" if p is None else f"{p['p_wilcoxon']:.3g}"
+        row["p (Holm)"] = "—" if p is None else f"{p['p_holm']:.3g}"
+        row["_dsc"] = float(sm.loc["dice", "mean"])
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("_dsc", ascending=False).drop(columns="_dsc").reset_index(drop=True)
+
+
+def paired_table(res) -> pd.DataFrame:
+    """Every method against its U-Net baseline, every metric: mean difference, paired t and Wilcoxon."""
+    from npcrepro.evaluation import paired_tests
+
+    parts = []
+    present = _present(res)
+    for key in present:
+        base = BY_KEY[key].baseline
+        if key == base or base not in present:
+            continue
+        t = paired_tests(_table(res), key, base, list(METRICS))
+        t.insert(0, "method", BY_KEY[key].label)
+        t.insert(1, "baseline", BY_KEY[base].label)
+        parts.append(t.drop(columns=["method_a", "method_b"]))
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, ignore_index=True)
+    out["metric"] = out["metric"].map(METRIC_LABELS)
+    return out[["method", "baseline", "metric", "n", "mean_a", "mean_b", "mean_diff", "p_t", "p_wilcoxon"]]
+
+
+def _reported_dsc(paper: str, table_method: tuple[str, str] | None) -> float:
+    from npcrepro import papers
+
+    if table_method is None:
+        return math.nan
+    table, method = table_method
+    r = papers.reported(paper, metric="dsc", method=method)
+    r = r[r["case"].isna()] if "case" in r else r
+    if table and not table.startswith("Table I/"):
+        exact = r[r["table"] == table]
+        r = exact if len(exact) else r
+    return float(r["value"].iloc[0]) if len(r) else math.nan
+
+
+def silent_methods(res) -> set[str]:
+    """Keys of the methods that predicted an empty mask on every test patient (untrained)."""
+    t = res.metrics
+    if "pred_empty" not in t:
+        return set()
+    empty = t["pred_empty"].astype("boolean").fillna(False).astype(bool)
+    return {k for k, g in empty.groupby(t["method"]) if g.all()}
+
+
+def claims_table(res) -> pd.DataFrame:
+    """Each paper's comparison that the common protocol can test: the reported DSC of both methods
+    and their difference (from :mod:`npcrepro.papers`), next to the common protocol's paired result
+    and a verdict ("holds" when the difference has the claimed sign with a Holm-adjusted Wilcoxon
+    p < 0.05 over the claims tested, "reversed" when significant the other way, else "not shown at
+    this sample size"). A method that
+    predicted no tumour on any test patient was not trained, so a claim involving it is "not tested"
+    whatever the p-value."""
+    from npcrepro.evaluation import paired_tests
+
+    from npcrepro.evaluation import holm
+
+    present = set(_present(res))
+    silent = silent_methods(res)
+    tested = [(paper, where, b, w, paired_tests(_table(res), b, w, ["dice"]).iloc[0])
+              for paper, where, b, w in CLAIMS if b in present and w in present]
+    adjusted = holm([float(t["p_wilcoxon"]) for *_, t in tested])
+    rows = []
+    for (paper, where, better, worse, t), p_holm in zip(tested, adjusted):
+        b, w = BY_KEY[better], BY_KEY[worse]
+        rep_b = _reported_dsc(paper, b.reported)
+        rep_w = _reported_dsc(paper, CLAIM_REPORTED.get((paper, worse), w.reported))
+        diff, p = float(t["mean_diff"]), float(t["p_wilcoxon"])
+        untrained = [BY_KEY[k].label for k in (better, worse) if k in silent]
+        if untrained:
+            verdict = f"not tested: {' and '.join(untrained)} predicted no tumour"
+        elif math.isfinite(p_holm) and p_holm < 0.05:
+            verdict = "holds" if diff > 0 else "reversed"
+        else:
+            verdict = "not shown at this sample size"
+        rows.append({"paper": paper, "claim": f"{b.label} > {w.label}", "where": where,
+                     "reported DSC": f"{rep_b:.3f} vs {rep_w:.3f}" if math.isfinite(rep_w) else f"{rep_b:.3f}",
+                     "reported Δ": f"{rep_b - rep_w:+.3f}" if math.isfinite(rep_b - rep_w) else "n/a",
+                     "common protocol DSC": f"{t['mean_a']:.3f} vs {t['mean_b']:.3f}",
+                     "common Δ [95% CI]": _fmt_ci(diff, t["diff_ci_low"], t["diff_ci_high"], 3),
+                     "p (Wilcoxon)": f"{p:.3g}", "p (Holm)": f"{p_holm:.3g}", "n": int(t["n"]),
+                     "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def headline_table(res) -> pd.DataFrame:
+    """Each paper's proposed method: reported DSC (its own data) and the common protocol's mean DSC
+    with 95% CI, side by side."""
+    s = summary(res).set_index(["method", "metric"])
+    rows = []
+    for paper, key in PROPOSED.items():
+        m = BY_KEY[key]
+        if (key, "dice") not in s.index:
+            continue
+        r = s.loc[(key, "dice")]
+        rows.append({"paper": paper, "method": m.label, "reported DSC": _reported_dsc(paper, m.reported),
+                     "reported where": m.reported[0] if m.reported else "",
+                     "common protocol DSC [95% CI]": _fmt_ci(r["mean"], r["ci_low"], r["ci_high"], 3)})
+    return pd.DataFrame(rows)
+
+
+def reading(res) -> str:
+    """A few sentences on the run, computed from it: the best and worst method, how each paper's
+    method fared against its baseline and how many claims held."""
+    s = summary(res)
+    d = s[s["metric"] == "dice"].set_index("method")["mean"].sort_values(ascending=False)
+    best, worst = d.index[0], d.index[-1]
+    lines = [f"On {len(res.test_cases())} test patients ({res.data_label}), {BY_KEY[best].label} had the "
+             f"highest mean DSC ({d.iloc[0]:.3f}) and {BY_KEY[worst].label} the lowest ({d.iloc[-1]:.3f})."]
+    better = worse = same = 0
+    for p in _baseline_tests(res).values():
+        if math.isfinite(p["p_holm"]) and p["p_holm"] < 0.05:
+            better += p["mean_diff"] > 0
+            worse += p["mean_diff"] < 0
+        else:
+            same += 1
+    lines.append(f"Against the U-Net that sees the same images, {better} method(s) were better, {worse} worse "
+                 f"and {same} not distinguishable (Wilcoxon p < 0.05 after Holm's correction over "
+                 f"{better + worse + same} tests).")
+    empty = silent_methods(res)
+    silent = [BY_KEY[k].label for k in _present(res) if k in empty]
+    if silent:
+        lines.append(f"{', '.join(silent)} predicted no tumour on any test patient: "
+                     "not trained enough at this budget, which says nothing about the architecture.")
+    c = claims_table(res)
+    if len(c):
+        held, rev = int((c["verdict"] == "holds").sum()), int((c["verdict"] == "reversed").sum())
+        untested = int(c["verdict"].str.startswith("not tested").sum())
+        lines.append(f"Testable claims of the papers: {len(c)}; held: {held}, reversed: {rev}, "
+                     f"not shown at this sample size: {len(c) - held - rev - untested}, "
+                     f"not tested (a method predicted nothing): {untested}.")
+    return " ".join(lines)
+
+
+def timing_table(res) -> pd.DataFrame:
+    """Per method and seed: parameters, iterations, status, final loss, training seconds and the whole
+    job's seconds (training, inference and scoring)."""
+    f = res.training.copy()
+    f["method"] = f["method"].map(lambda k: BY_KEY[k].label)
+    for c in ("train_seconds", "job_seconds"):
+        f[c] = f[c].round(1)
+    cols = ["method", "seed", "parameters", "iterations", "status", "final_loss", "train_seconds", "job_seconds"]
+    return f[[c for c in cols if c in f]]
+
+
+# ----------------------------------------------------------------------------------- figures
+_PALETTE = {"baseline": "#7f7f7f", "li2018": "#1f77b4", "xue2020": "#ff7f0e", "luo2020": "#2ca02c",
+            "guo2021": "#d62728", "chen2020": "#9467bd"}
+
+
+def fig_leaderboard(res, metrics: Sequence[str] = ("dice", "hd95")):
+    """Per-patient dots and mean with 95% bootstrap CI per method, one panel per metric."""
+    import matplotlib.pyplot as plt
+
+    s = summary(res)
+    order = s[s["metric"] == "dice"].sort_values("mean")["method"].tolist()
+    t = res.metrics
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.42 * len(order) + 1.4),
+                             sharey=True, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, key in enumerate(order):
+            m = BY_KEY[key]
+            v = pd.to_numeric(t.loc[t["method"] == key, metric], errors="coerce")
+            v = v[np.isfinite(v)]
+            jitter = np.random.default_rng(i).uniform(-0.15, 0.15, len(v))
+            color = _PALETTE.get(m.paper, "k")
+            ax.scatter(v, i + jitter, s=10, color=color, alpha=0.45, lw=0)
+            r = s[(s["method"] == key) & (s["metric"] == metric)].iloc[0]
+            if math.isfinite(r["mean"]):
+                ax.errorbar(r["mean"], i, xerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]],
+                            fmt="o", color=color, capsize=3, ms=5)
+        ax.set_yticks(range(len(order)))
+        ax.set_yticklabels([BY_KEY[k].label for k in order], fontsize=8)
+        ax.set_xlabel(METRIC_LABELS[metric])
+        ax.grid(axis="x", alpha=0.3)
+        if metric == "dice":
+            ax.set_xlim(-0.02, 1.0)
+    axes[0][0].set_title(f"{res.data_label}: {len(res.test_cases())} test patients, {res.structures[0]}",
+                         fontsize=9, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def fig_cases(res, n: int = 3, keys: Sequence[str] | None = None):
+    """The tumour's largest axial slice of ``n`` test patients (lowest, median, highest mean DSC) with
+    the reference (white) and each method's contour."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    structure = res.structures[0]
+    keys = list(keys or [k for k in _present(res) if BY_KEY[k].paper != "baseline"][:6])
+    per_case = res.metrics.groupby("case")["dice"].mean().sort_values()
+    picks = list(dict.fromkeys([per_case.index[0], per_case.index[len(per_case) // 2], per_case.index[-1]]))[:n]
+    channel = BY_KEY[keys[0]].channels[-1]
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.4), squeeze=False)
+    for ax, name in zip(axes[0], picks):
+        case = res.load_case(name, channels=[channel], structures=[structure])
+        ref = case.labels.get(structure, np.zeros(case.shape, bool))
+        z = int(np.argmax(ref.sum(axis=(1, 2))))
+        img = case.images[channel][z]
+        ys, xs = np.nonzero(ref[z]) if ref[z].any() else (np.array([0, img.shape[0] - 1]), np.array([0, img.shape[1] - 1]))
+        pad = 18
+        box = (slice(max(0, ys.min() - pad), ys.max() + pad), slice(max(0, xs.min() - pad), xs.max() + pad))
+        lo, hi = np.percentile(img[box], [1, 99])
+        ax.imshow(img[box], cmap="gray", vmin=lo, vmax=hi)
+        ax.contour(ref[z][box], levels=[0.5], colors="white", linewidths=1.6)
+        for k, key in enumerate(keys):
+            pred = res.prediction(key, name, structure)
+            if pred is not None and pred[z][box].any():
+                ax.contour(pred[z][box], levels=[0.5], colors=[cmap(k)], linewidths=1.0)
+        ax.set_title(f"{name}: mean DSC {per_case[name]:.2f} (slice {z})", fontsize=9)
+        ax.axis("off")
+    handles = [Line2D([], [], color="white", lw=1.6, label="reference")] + [
+        Line2D([], [], color=cmap(k), lw=1.0, label=BY_KEY[key].label) for k, key in enumerate(keys)]
+    leg = fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8,
+                     facecolor="0.2", labelcolor="white")
+    leg.get_frame().set_alpha(0.9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig

@@ -1,0 +1,265 @@
+"""li2018: data. Case -> 144 x 144 DCE slices of the tumour, the paper's augmentation, the sampler.
+
+Data (Sec. 2.1). The paper used the 35th of 65 DCE frames (peak enhancement), a 144 x 144 matrix
+over a 22 x 22 cm field of view (1.53 mm pixels, derived) and 20 slices over 6 cm (3 mm), and kept
+only slices with tumour (87 slices, 3 per patient on average). The phantom (:func:`dataset`) renders
+exactly that acquisition (144 x 144 x 20 at 1.53 x 1.53 x 3 mm centred on the nasopharynx), so its
+slices need no resampling; ``slices_per_patient`` tumour-bearing slices are taken evenly over the
+tumour's extent (None: all). A dataset on disk is resampled to :data:`SPACING` and a 144 x 144 window
+is cut around the tumour (its in-plane centroid over the chosen slices, shifted by a seeded uniform
+offset of up to ``jitter_mm`` per axis); a dataset in pixel units (the real T2 slices) is resized to
+144 x 144. :func:`prepare_case` keeps the record of both steps so predictions go back to the case grid.
+
+Augmentation (Sec. 2.1), drawn on the fly, one of 11 x 33 x 2 = 726 variants per draw: rotation by
+one of :data:`ROTATION_ANGLES`; one of 33 contrast adjustments (:data:`CONTRAST_VARIANTS`: MATLAB
+``imadjust``-style saturation of ``s`` % at each tail times a gamma); with or without Gaussian noise
+of variance 1e-8 on the [0, 1]-scaled image. Every image is then z-scored on its own.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from npcrepro import transforms as T
+from npcrepro.errors import DataError
+
+#: The paper's matrix over its field of view: 144 x 144 over 22 x 22 cm; 20 slices over 6 cm.
+SIZE = 144
+FOV_MM = 220.0
+SPACING = (3.0, FOV_MM / SIZE, FOV_MM / SIZE)  # (z, y, x) mm -- derived, not printed in the paper
+STRUCTURE = "GTVp"
+#: The 35th of the 65 DCE frames (peak enhancement); the phantom numbers frames from 0 (``DCE_034``).
+DCE_FRAME = 35
+DCE_CHANNEL = f"DCE_{DCE_FRAME - 1:03d}"
+ACQUISITION_SHAPE = (20, SIZE, SIZE)
+
+
+def phantom_params() -> dict:
+    """:func:`npcrepro.phantom.make_case` parameters of the paper's DCE acquisition."""
+    return {"modalities": ("DCE",), "shape": ACQUISITION_SHAPE, "spacing": SPACING,
+            "center": (0.0, 0.0, 0.0), "dce_frames": DCE_FRAME}
+
+
+# ------------------------------------------------------------------------------------------ datasets
+def _cache_root(P: Mapping[str, Any]) -> Path:
+    return Path(os.environ.get("NPCREPRO_CACHE") or str(Path(P["out_dir"]) / "_cache"))
+
+
+def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
+    """``P.n_patients`` phantom patients on the paper's DCE grid, frame 35 and GTVp only, written once
+    into the cache (``<out_dir>/_cache/li2018-dce-n<n>-s<seed>``). Patient ``i`` renders phantom seed
+    ``seed + i``; seeds whose tumour misses the 6 cm slab are skipped (listed in the description)."""
+    from npcrepro import phantom
+    from npcrepro.datasets import Case, open_dataset, write_dataset
+
+    n, seed = int(P["n_patients"]), int(P["seed"])
+    folder = _cache_root(P) / f"li2018-dce-n{n}-s{seed}"
+    if (folder / "dataset.json").exists():
+        try:
+            return open_dataset(folder)
+        except DataError:
+            shutil.rmtree(folder, ignore_errors=True)
+    cases, skipped, i = [], [], 0
+    while len(cases) < n and i < 3 * n + 10:
+        case = phantom.make_case(seed + i, **phantom_params())
+        i += 1
+        gtv = case.labels.get(STRUCTURE)
+        if gtv is None or not gtv.any():
+            skipped.append(seed + i - 1)
+            continue
+        cases.append(Case(f"npc_{len(cases):03d}", {DCE_CHANNEL: case.images[DCE_CHANNEL]}, {STRUCTURE: gtv},
+                          case.spacing, case.origin, case.direction, {"phantom_seed": seed + i - 1}))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
+    desc = (f"digital phantom, DCE frame {DCE_FRAME} of 65 ({DCE_CHANNEL}), {len(cases)} patients on the "
+            f"paper's 144x144x20 grid" + (f"; phantom seeds {skipped} skipped (no GTVp in the 6 cm slab)"
+                                          if skipped else ""))
+    try:
+        write_dataset(tmp, cases, channels=[DCE_CHANNEL], structures=[STRUCTURE], name="li2018-dce-phantom",
+                      description=desc, source="phantom", progress=progress)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "dataset.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return open_dataset(folder)
+
+
+def real_t2_dataset(P: Mapping[str, Any]) -> str | None:
+    """The 25 real NPC T2 slices (``npc-t2wi-slices``) converted with the project's adapter into the
+    cache; the dataset folder, or None when ``P.real_data`` is "off" or the data are not here."""
+    from npcrepro.datasets.adapters import convert
+    from npcrepro.paths import shared_data
+
+    if P["real_data"] == "off":
+        return None
+    src = shared_data("npc-t2wi-slices") if P["real_data"] == "auto" else Path(P["real_data"])
+    if src is None or not Path(src).exists():
+        return None
+    dst = _cache_root(P) / "npc-t2-slices"
+    if not (dst / "dataset.json").exists():
+        convert("npc-t2-slices", src, dst, overwrite=True, progress=False)
+    return str(dst)
+
+
+# ------------------------------------------------------------------------------------------ case -> slices
+def _choose_slices(zs: np.ndarray, n: int | None) -> np.ndarray:
+    if n is None or len(zs) <= n:
+        return zs
+    idx = np.unique(np.round(np.linspace(0, len(zs) - 1, n + 2)[1:-1]).astype(int))
+    return zs[idx]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One case on the network's grid: ``work`` (z, 144, 144) image and GTVp, ``zs`` the evaluated
+    (tumour-bearing) slices, ``record`` the resample/crop back to ``case`` (the original)."""
+
+    case: Any
+    work: Any
+    record: T.Preprocessed
+    zs: np.ndarray
+    channel: str
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.work.images[self.channel]
+
+    @property
+    def masks(self) -> np.ndarray:
+        return np.asarray(self.work.labels[STRUCTURE], bool)
+
+
+def prepare_case(case, P: Mapping[str, Any], *, spacing_known: bool = True) -> Prepared:
+    """Resample to :data:`SPACING` (pixel units: resize in-plane to 144 x 144), cut the 144 x 144
+    window (phantom on the paper's grid: the whole slice; dataset: around the tumour), choose the
+    evaluated slices."""
+    channel = DCE_CHANNEL if DCE_CHANNEL in case.images else next(iter(case.images))
+    if STRUCTURE not in case.labels or not np.any(case.labels[STRUCTURE]):
+        raise DataError(f"case {case.name}: no {STRUCTURE} voxels to select slices from")
+    sub = type(case)(case.name, {channel: case.images[channel]}, {STRUCTURE: case.labels[STRUCTURE]},
+                     case.spacing, case.origin, case.direction, dict(case.meta))
+    if spacing_known:
+        spacing = SPACING
+    else:  # pixel units: resize the slice to 144 x 144
+        spacing = (case.spacing[0], case.spacing[1] * case.shape[1] / SIZE, case.spacing[2] * case.shape[2] / SIZE)
+    res, rec = T.preprocess(sub, spacing=spacing)
+    mask = np.asarray(res.labels[STRUCTURE], bool)
+    zs = _choose_slices(T.slices_with(mask, axis=0), P["slices_per_patient"])
+    if len(zs) == 0:
+        raise DataError(f"case {case.name}: {STRUCTURE} vanished after resampling to {spacing}")
+    if P.get("data_label", P["data"]) == "phantom" or not spacing_known:
+        box2 = T.center_box(res.shape[1:], (SIZE, SIZE))
+    else:
+        yy, xx = np.nonzero(mask[zs].any(axis=0))
+        c = np.array([yy.mean(), xx.mean()])
+        if P["jitter_mm"] > 0:
+            rng = np.random.default_rng([int(P["seed"]), 4051, zlib.crc32(case.name.encode())])
+            c = c + rng.uniform(-P["jitter_mm"], P["jitter_mm"], 2) / np.asarray(res.spacing[1:])
+        box2 = T.center_box(res.shape[1:], (SIZE, SIZE), c)
+    box = ((0, res.shape[0]), *box2)
+    fill = float(np.min(res.images[channel]))
+    image = T.crop(res.images[channel], box, fill=fill).astype(np.float32)
+    work = type(case)(case.name, {channel: image}, {STRUCTURE: T.crop(mask, box).astype(bool)},
+                      res.spacing, res.origin, res.direction, dict(case.meta))
+    record = T.Preprocessed(rec.original, rec.resampled, box)
+    return Prepared(case, work, record, np.asarray(zs, int), channel)
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+#: Rotation angles, degrees: -10..10 step 2 (x11).
+ROTATION_ANGLES: tuple[int, ...] = tuple(range(-10, 11, 2))
+#: imadjust saturation, percent at each tail (x11), and gammas (x3): 33 contrast variants.
+SATURATIONS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0)
+GAMMAS: tuple[float, ...] = (0.8, 1.0, 1.25)
+CONTRAST_VARIANTS: tuple[tuple[float, float, float], ...] = tuple(
+    (s, 100.0 - s, g) for s in SATURATIONS for g in GAMMAS)
+#: Gaussian noise variance on the [0, 1]-scaled image: none, or the paper's "power of 1e-8" (x2).
+NOISE_VARIANTS: tuple[float, ...] = (0.0, 1e-8)
+N_VARIANTS = len(ROTATION_ANGLES) * len(CONTRAST_VARIANTS) * len(NOISE_VARIANTS)  # 726
+
+
+def imadjust(image: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0, gamma: float = 1.0
+             ) -> np.ndarray:
+    """MATLAB ``imadjust(I, stretchlim(I, [low high]), [], gamma)`` for a float image: map the
+    ``low_pct``/``high_pct`` percentiles to 0/1, clip (saturating the tails), raise to ``gamma``.
+    A constant image maps to zeros."""
+    img = np.asarray(image, np.float32)
+    lo, hi = np.percentile(img, [low_pct, high_pct])
+    if not hi > lo:
+        lo, hi = float(img.min()), float(img.max())
+    if not hi > lo:
+        return np.zeros_like(img)
+    out = np.clip((img - lo) / (hi - lo), 0.0, 1.0)
+    return (out ** gamma).astype(np.float32) if gamma != 1.0 else out.astype(np.float32)
+
+
+class Li2018Augment:
+    """The paper's augmentation as an on-the-fly draw among its 726 variants.
+
+    ``augment(image, mask, rng)`` with 2D arrays returns the augmented (image, mask); the image comes
+    back in [0, 1] (imadjust output, plus noise), not yet z-scored. :meth:`draw` gives the variant
+    ``(angle, contrast_index, noise_index)``; :meth:`apply` applies a given one.
+    """
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        return (ROTATION_ANGLES[int(rng.integers(len(ROTATION_ANGLES)))],
+                int(rng.integers(len(CONTRAST_VARIANTS))), int(rng.integers(len(NOISE_VARIANTS))))
+
+    def apply(self, image: np.ndarray, mask: np.ndarray, angle: float, contrast: int, noise: int,
+              rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        img, msk = T.rotate(np.asarray(image, np.float32)[None], np.asarray(mask, bool)[None], float(angle))
+        img = imadjust(img[0], *CONTRAST_VARIANTS[contrast])
+        var = NOISE_VARIANTS[noise]
+        if var > 0:
+            rng = rng if rng is not None else np.random.default_rng(0)
+            img = (img + rng.normal(0.0, math.sqrt(var), img.shape)).astype(np.float32)
+        return img, msk[0]
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+        return self.apply(image, mask, *self.draw(rng), rng=rng)
+
+
+class _EvaluatedSlices:
+    """Sampler hook: a working case's evaluated slices (picklable)."""
+
+    def __init__(self, zs: Mapping[str, np.ndarray]):
+        self.zs = dict(zs)
+
+    def __call__(self, case) -> np.ndarray:
+        return self.zs[case.name]
+
+
+class _AugmentThenZscore:
+    """Sampler hook: the paper's augmentation of a (1, H, W) slice, then a per-image z-score."""
+
+    def __init__(self, augment: Li2018Augment | None):
+        self.augment = augment
+
+    def __call__(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator):
+        img, msk = image[0], target[0]
+        if self.augment is not None:
+            img, msk = self.augment(img, msk, rng)
+        return T.zscore(img)[None], np.asarray(msk, np.float32)[None]
+
+
+def training_slices(prepared, *, augment: bool = True, seed: int = 0):
+    """The evaluated slices of ``prepared`` cases as the engine's :class:`~npcrepro.engine.SliceDataset`
+    (raw intensities; each training draw augmented, then z-scored on its own)."""
+    from npcrepro.engine import SliceDataset
+
+    prepared = list(prepared)
+    return SliceDataset([p.work for p in prepared], [prepared[0].channel], [STRUCTURE],
+                        slices=_EvaluatedSlices({p.case.name: p.zs for p in prepared}), normalise=None,
+                        augment=_AugmentThenZscore(Li2018Augment() if augment else None), seed=seed)

@@ -1,0 +1,237 @@
+"""luo2020: every method is one network trained on labelled CT slices with the paper's loss.
+
+Methods (the rows of the chapter): the paper's "U-Net", "FCN-8" and "Ours" (stage 1 + stage 2 + MSP,
+one network trained end to end with the loss on both stages' outputs), and two ablations that test the
+paper's two claims with the same code: "Two-stage, no MSP" and "One-stage + MSP". Stage 1 *is* a
+five-level U-Net, so the U-Net row is also the "one stage, no MSP" corner of the 2 x 2 ablation.
+
+Recipe (:mod:`npcrepro.recipes.luo2020`): beta * two-sided Dice + (1 - beta) * focal on sigmoid
+outputs (one per structure: CTV2 contains the primary GTV, so one softmax class per structure cannot
+describe a voxel in both), Adam, lr decayed x``lr_gamma`` ten times over the run (or literally every
+``lr_every`` iterations), no augmentation, no model selection. Scores per patient and structure over
+its labelled slices: DSC, AUC (rank formula), F1, JSC and the soft L2 DSC of Eq. (4).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from npcrepro import metrics as M
+from npcrepro.chapters.luo2020 import prepare as prep
+from npcrepro.engine.experiment import Chapter, Method
+from npcrepro.errors import DataError, ParameterError
+
+__all__ = ["METHODS", "Luo2020", "CHAPTER", "luo2020", "network", "build_method", "prior_init",
+           "make_loss", "schedule_spec", "method_label", "score_rows"]
+
+#: Method key -> (label, model name, fixed model arguments). The widths come from the profile.
+METHODS: dict[str, tuple[str, str, dict]] = {
+    "unet": ("U-Net", "unet2d", {}),
+    "fcn8": ("FCN-8", "fcn8s", {}),
+    "ours": ("Ours", "luo2020_two_stage", {"two_stage": True, "msp": "both"}),
+    "two_stage_no_msp": ("Two-stage, no MSP", "luo2020_two_stage", {"two_stage": True, "msp": "none"}),
+    "one_stage_msp": ("One-stage + MSP", "luo2020_two_stage", {"two_stage": False, "msp": "stage1"}),
+}
+
+
+def method_label(key: str) -> str:
+    """Display name of a method key (``"ours"`` -> ``"Ours"``)."""
+    if key not in METHODS:
+        raise ParameterError(f"unknown luo2020 method {key!r} (valid: {', '.join(METHODS)})")
+    return METHODS[key][0]
+
+
+# ----------------------------------------------------------------------------------- networks
+def build_method(key: str, P: Mapping[str, Any], n_classes: int, in_channels: int = 1):
+    """The network of method ``key`` at the widths of ``P`` (a profile's parameters), output layers
+    initialised at probability ``P.prior`` when it is set."""
+    import npcrepro.models.fcn  # noqa: F401  (registers fcn8s)
+    import npcrepro.models.luo2020  # noqa: F401  (registers luo2020_two_stage)
+    import npcrepro.models.unet  # noqa: F401
+    from npcrepro.models import build
+
+    method_label(key)
+    _, name, fixed = METHODS[key]
+    if name == "unet2d":
+        model = build(name, in_channels=in_channels, n_classes=n_classes, widths=list(P["stage1_widths"]))
+    elif name == "fcn8s":
+        fc = int(P["fcn_channels"])
+        model = build(name, in_channels=in_channels, n_classes=n_classes, widths=list(P["fcn_widths"]),
+                      fc_channels=fc, fc_kernel=7 if fc >= 1024 else 3)
+    else:
+        model = build(name, in_channels=in_channels, n_classes=n_classes, stage1_widths=list(P["stage1_widths"]),
+                      stage2_widths=list(P["stage2_widths"]),
+                      deep_supervision=bool(P.get("deep_supervision", True)), **fixed)
+    if P.get("prior"):
+        prior_init(model, float(P["prior"]))
+    return model
+
+
+def network(name: str, *, width: float = 1.0, in_channels: int = 1, profile: str = "cpu"):
+    """The leaderboard's network ``name`` ("ours" or "fcn8"): one output, the widths of this chapter's
+    recipe at ``profile``, default output initialisation (``prior`` None). ``width`` is accepted for the
+    leaderboard's one signature and, as before, not applied: the recipe's widths are used as they are."""
+    from npcrepro import recipes
+
+    if name not in ("ours", "fcn8"):
+        raise ParameterError(f"luo2020 network {name!r}: the leaderboard uses 'ours' or 'fcn8'")
+    sizes = recipes.load("luo2020").PROFILES.get(profile)
+    if sizes is None:
+        raise ParameterError(f"unknown profile {profile!r} for luo2020")
+    return build_method(name, {**sizes, "prior": None}, 1, in_channels)
+
+
+def prior_init(model, prior: float = 0.01):
+    """Initialise the output layer(s) so that every structure starts at probability ``prior``: weights
+    N(0, 0.01) and bias log(prior / (1 - prior)) -- the initialisation the focal loss was introduced
+    with (Lin et al. 2017), which keeps the many background pixels from swamping the first updates.
+    Applied to U-Net's head, both heads of the two-stage network, and FCN-8s's last upsampling bias
+    (its weights stay bilinear)."""
+    import torch
+    from torch import nn
+
+    from npcrepro.models.fcn import FCN8s
+
+    if not 0 < prior < 1:
+        raise ParameterError(f"prior must be in (0, 1), got {prior}")
+    bias = math.log(prior / (1 - prior))
+    if isinstance(model, FCN8s):
+        heads, last = [model.score_fr], [model.up8]
+    else:
+        heads = [m for m in (getattr(model, "head", None), getattr(model, "head1", None),
+                             getattr(model, "head2", None)) if m is not None]
+        last = heads
+    if not heads:
+        raise ParameterError(f"prior_init: no output layer found in {type(model).__name__}")
+    with torch.no_grad():
+        for h in heads:
+            nn.init.normal_(h.weight, 0.0, 0.01)
+            nn.init.zeros_(h.bias)
+        for h in last:
+            h.bias.fill_(bias)
+    return model
+
+
+# ----------------------------------------------------------------------------------- recipe
+def make_loss(P: Mapping[str, Any]):
+    """Eq. (3), beta * two-sided Dice + (1 - beta) * focal, on every stage's output (averaged)."""
+    from npcrepro.losses import BatchDiceFocalLoss, StagewiseLoss
+
+    return StagewiseLoss(BatchDiceFocalLoss(float(P["beta"]), float(P["focal_alpha"]), float(P["focal_gamma"]),
+                                            float(P["dice_eps"]), bool(P.get("batch_dice", True))))
+
+
+def schedule_spec(P: Mapping[str, Any], iterations: int) -> dict:
+    """The Trainer's schedule: ``lr_schedule="literal"`` decays x``lr_gamma`` every ``lr_every``
+    iterations (as written); ``"scaled"`` spreads ``lr_decays`` decays evenly over the run."""
+    mode = P.get("lr_schedule", "scaled")
+    gamma = float(P.get("lr_gamma", 0.9))
+    if mode == "literal":
+        every = int(P.get("lr_every", 10))
+    elif mode == "scaled":
+        every = max(1, int(iterations) // int(P.get("lr_decays", 10)))
+    else:
+        raise ParameterError(f"lr_schedule must be 'scaled' or 'literal', got {mode!r}")
+    return {"kind": "exponential", "every": every, "gamma": gamma}
+
+
+# ----------------------------------------------------------------------------------- scoring
+def score_rows(probs: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], prepared) -> list[dict]:
+    """Per-structure rows of one patient over its labelled slices: DSC, AUC by the rank formula, F1,
+    JSC, soft DSC (Eq. 4), precision, recall, voxel counts and whether reference/prediction are empty.
+    ``probs``/``masks`` are on the case's grid."""
+    case, idx = prepared.case, prepared.idx
+    rows = []
+    for s in prepared.structures:
+        ref = case.labels.get(s)
+        ref = np.zeros((len(idx),) + case.shape[1:], bool) if ref is None else ref[idx]
+        p, pred = probs[s][idx], masks[s][idx]
+        rows.append({"case": case.name, "structure": s, "dice": M.dice(pred, ref), "auc": M.auc(p, ref),
+                     "f1": M.f1(pred, ref), "jaccard": M.jaccard(pred, ref), "soft_dice": M.soft_dice(p, ref),
+                     "precision": M.precision(pred, ref), "recall": M.recall(pred, ref),
+                     "ref_voxels": int(ref.sum()), "pred_voxels": int(pred.sum()),
+                     "ref_empty": not ref.any(), "pred_empty": not pred.any(), "n_slices": int(len(idx))})
+    return rows
+
+
+# ----------------------------------------------------------------------------------- the chapter
+class Luo2020(Chapter):
+    name = "luo2020"
+    channels = ("CT",)
+    #: The paper's 14 structures (phantom names); a run on another dataset uses those it has
+    #: (:func:`~npcrepro.chapters.luo2020.prepare.structures_for`, :meth:`structures_for`).
+    structures = tuple(prep.STRUCTURES.values())
+
+    def methods(self, P):
+        keys = list(P["methods"])
+        for k in keys:
+            method_label(k)
+        return [Method(k, METHODS[k][0], info={"model": METHODS[k][1], **METHODS[k][2]}) for k in keys]
+
+    def all_methods(self, P):
+        return [Method(k, v[0], info={"model": v[1], **v[2]}) for k, v in METHODS.items()]
+
+    def structures_for(self, P, dataset=None):
+        # phantom: the paper's 14; OpenKBP: its organs and PTVs
+        return self.structures if dataset is None else tuple(prep.structures_for(dataset.structures))
+
+    def folds(self, cases, P):
+        from npcrepro.datasets.splits import make_splits
+
+        k = min(int(P["k_folds"]), len(cases))
+        if k < 2:
+            raise DataError(f"luo2020: cross-validation needs at least 2 cases, got {len(cases)}")
+        folds = make_splits(list(cases), "kfold", seed=int(P["seed"]), k=k)
+        return folds[: int(P["max_folds"])] if P.get("max_folds") else folds
+
+    def load(self, dataset, name, P):
+        structures = prep.structures_for(dataset.structures)
+        return dataset.load(name, channels=["CT"], structures=structures), structures
+
+    def prepare(self, loaded, P):
+        case, structures = loaded
+        return prep.prepare(case, structures, P.get("image_size"))
+
+    def build(self, method, P, n_classes: int | None = None):
+        return build_method(method.name, P, len(self.structures) if n_classes is None else n_classes)
+
+    def fit(self, method, train, val, ctx):
+        from npcrepro.engine import Trainer, seed_everything
+        from npcrepro.models import count_parameters
+
+        P = ctx.P
+        structures = train[0].structures
+        seed = ctx.seed + 1000 * ctx.fold  # each fold starts from its own initialisation
+        seed_everything(seed)
+        model = self.build(method, P, len(structures))
+        data = prep.slice_dataset([p.case for p in train], structures, P.get("image_size"), seed=ctx.seed)
+        iterations = int(P["iterations"])
+        trainer = Trainer(model, make_loss(P), data, batch_size=int(P["batch_size"]), iterations=iterations,
+                          optimizer="adam", lr=float(P["lr"]), schedule=schedule_spec(P, iterations),
+                          eval_every=max(1, iterations // 10), restore_best=False,
+                          **{**ctx.trainer_args(), "seed": seed})
+        hist = ctx.fit(trainer)
+        ctx.facts.update(label=method.label, iterations=hist.iterations, parameters=count_parameters(model),
+                         final_train_loss=hist.final_train_loss, train_slices=len(data))
+        return model
+
+    def predict(self, method, model, prepared, ctx):
+        from npcrepro.engine import predict_slices
+
+        if not len(prepared.idx):
+            return {s: np.zeros(prepared.case.shape, np.float32) for s in prepared.structures}
+        prob = predict_slices(model, prep.slice_image(prepared), batch_size=int(ctx.P.get("infer_batch") or 32),
+                              device=ctx.device, activation="sigmoid")
+        return prep.to_grid(prob, prepared)
+
+    def case_of(self, prepared):
+        return prepared.case
+
+    def score(self, method, prepared, probs, masks, ctx):
+        return score_rows(probs, masks, prepared)
+
+
+CHAPTER = Luo2020()
+luo2020 = CHAPTER

@@ -1,0 +1,137 @@
+"""luo2020: case -> labelled axial CT slices (windowed CT, one mask per structure) and back.
+
+The paper cuts every CT volume into axial slices and removes "the image without the label"; so
+does this chapter, for training and for testing. The CT is clipped to :data:`CT_WINDOW` and scaled to
+[0, 1] (the paper states no normalisation); the smoke and cpu profiles use a centred in-plane crop of
+``image_size`` pixels.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from npcrepro import transforms as T
+from npcrepro.errors import DataError
+
+__all__ = ["STRUCTURES", "OPENKBP_STRUCTURES", "CT_WINDOW", "Prepared", "structures_for",
+           "labelled_slices", "centre_box", "prepare", "slice_dataset", "slice_image", "to_grid"]
+
+#: The paper's 14 structures (Sec. 3.1) -> the phantom's structure names. "locref" is read as the
+#: primary-tumour localisation reference (GTVp) and "CTV2" as the primary clinical target (CTVp).
+STRUCTURES: dict[str, str] = {
+    "locref": "GTVp",
+    "CTV2": "CTVp",
+    "CTVnd": "CTVnd",
+    "Mandible L": "Mandible_L",
+    "Mandible R": "Mandible_R",
+    "Parotid L": "Parotid_L",
+    "Parotid R": "Parotid_R",
+    "Brain Stem": "Brainstem",
+    "Spinal Cord": "SpinalCord",
+    "Eyes L": "Eye_L",
+    "Eyes R": "Eye_R",
+    "Optic Nerves L": "OpticNerve_L",
+    "Optic Nerves R": "OpticNerve_R",
+    "Optic Chiasm": "Chiasm",
+}
+
+#: OpenKBP's structures (project names) used on the real-data track, in this order when present:
+#: its seven organs, then the planning target volumes.
+OPENKBP_STRUCTURES = ("Brainstem", "SpinalCord", "Parotid_L", "Parotid_R", "Mandible", "Esophagus",
+                      "Larynx", "PTV70", "PTV63", "PTV56")
+
+#: CT intensity window (HU) mapped to [0, 1]; the paper states no normalisation.
+CT_WINDOW = (-1000.0, 1000.0)
+
+
+def structures_for(dataset_structures: Sequence[str]) -> list[str]:
+    """The structures a dataset offers this chapter: those of the paper's 14 (phantom names) it has, in
+    the paper's order, then OpenKBP's other organs and PTVs it has; every structure of the dataset when
+    it has none of them."""
+    have = list(dataset_structures)
+    out = [s for s in STRUCTURES.values() if s in have]
+    out += [s for s in OPENKBP_STRUCTURES if s in have and s not in out]
+    if out:
+        return out
+    if not have:
+        raise DataError("the dataset declares no structures")
+    return have
+
+
+def normaliser():
+    """CT clipped to :data:`CT_WINDOW` and scaled to [0, 1]."""
+    return functools.partial(T.normalise, method="window", window=CT_WINDOW)
+
+
+def labelled_slices(case, structures: Sequence[str]) -> np.ndarray:
+    """Axial indices of the slices that contain any of ``structures`` (the paper's slice selection)."""
+    any_ = np.zeros(case.shape, bool)
+    for s in structures:
+        if s in case.labels:
+            any_ |= case.labels[s]
+    return T.slices_with(any_, axis=0)
+
+
+def centre_box(shape: Sequence[int], size: Sequence[int]) -> tuple:
+    """The centred crop/pad box :class:`~npcrepro.engine.SliceDataset` uses (same rounding)."""
+    return tuple(((n - int(s)) // 2, (n - int(s)) // 2 + int(s)) for n, s in zip(shape, size))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One case as this chapter uses it: the case (CT and the masks of ``structures`` it has), the
+    structures every method predicts (the dataset's, in the chapter's order), its labelled slices and
+    the in-plane box the models see (None: whole slices)."""
+
+    case: Any
+    structures: tuple[str, ...]
+    idx: np.ndarray
+    box: tuple | None
+
+
+def prepare(case, structures: Sequence[str], image_size=None) -> Prepared:
+    """``case`` -> :class:`Prepared` (the case itself is not changed)."""
+    box = centre_box(case.shape[1:], image_size) if image_size else None
+    return Prepared(case, tuple(structures), labelled_slices(case, structures), box)
+
+
+def slice_dataset(cases: Sequence, structures: Sequence[str], image_size, channel: str = "CT", seed: int = 0):
+    """Labelled axial CT slices of ``cases`` (centre crop/pad to ``image_size`` when given)."""
+    from npcrepro.engine import SliceDataset
+
+    return SliceDataset(list(cases), [channel], list(structures), slices="labelled",
+                        size=tuple(image_size) if image_size else None, normalise=normaliser(), seed=seed)
+
+
+def slice_image(prepared: Prepared, channel: str = "CT") -> np.ndarray:
+    """The model input of a prepared case: (1, z', y, x) windowed CT of its labelled slices, cropped to
+    its box."""
+    from npcrepro.engine import prepare_case
+
+    image, _ = prepare_case(prepared.case, [channel], (), normalise=normaliser())
+    image = image[:, prepared.idx]
+    if prepared.box is not None:
+        image = T.crop(image, ((0, image.shape[0]), (0, image.shape[1])) + tuple(prepared.box))
+    return image
+
+
+def to_grid(prob: np.ndarray, prepared: Prepared) -> dict[str, np.ndarray]:
+    """Probabilities (K, z', y', x') of the labelled slices inside the box -> {structure: (z, y, x)
+    float32 on the case's grid}; voxels the model never saw (other slices, outside the box) are 0."""
+    shape = prepared.case.shape
+    out = {}
+    for k, s in enumerate(prepared.structures):
+        full = np.zeros(shape, np.float32)
+        if prepared.box is None:
+            full[prepared.idx] = prob[k]
+        else:
+            (y0, y1), (x0, x1) = prepared.box
+            # the crop box may reach outside the slice (padding): keep the part inside
+            sy0, sx0 = max(y0, 0), max(x0, 0)
+            sy1, sx1 = min(y1, shape[1]), min(x1, shape[2])
+            full[prepared.idx, sy0:sy1, sx0:sx1] = prob[k][:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+        out[s] = full
+    return out

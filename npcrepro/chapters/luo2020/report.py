@@ -1,0 +1,313 @@
+"""luo2020: the paper's audit and schedule arithmetic, and the run's tables and figures (from Results).
+
+Every table of a run reads :class:`~npcrepro.engine.results.Results` only: ``metrics`` (one row per
+method, fold, seed, test patient and structure, with ``ref_empty``), ``training`` and the predictions.
+Means leave out the structures absent from a patient's reference (:func:`scored`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from npcrepro import transforms as T
+from npcrepro.chapters.luo2020.methods import METHODS, build_method, method_label
+from npcrepro.chapters.luo2020.prepare import CT_WINDOW, STRUCTURES, centre_box, labelled_slices
+from npcrepro.errors import DataError, ParameterError
+
+#: The paper's two claims as pairs of methods (better, baseline) that differ in one component only.
+CLAIMS: dict[str, list[tuple[str, str]]] = {
+    "a second stage helps": [("ours", "one_stage_msp"), ("two_stage_no_msp", "unet")],
+    "the MSP block helps": [("ours", "two_stage_no_msp"), ("one_stage_msp", "unet")],
+}
+
+
+# ----------------------------------------------------------------------------------- the paper
+def audit_table(reported: pd.DataFrame, tol: float = 5e-5) -> pd.DataFrame:
+    """Internal-consistency check of a table of DSC, F1 and JSC per method (long format, columns
+    method/metric/value, metrics ``dsc``, ``f1``, ``jaccard``).
+
+    For one set of hard masks F1 = DSC exactly and JSC = DSC / (2 - DSC) <= DSC. The same holds
+    for means over cases of F1 and DSC, and mean JSC <= mean DSC (JSC <= DSC per case). Returns one
+    row per method: the three numbers, the JSC implied by the DSC, and whether each identity holds
+    (within ``tol``, half the last printed digit).
+    """
+    need = {"method", "metric", "value"}
+    if not need <= set(reported.columns):
+        raise DataError(f"audit_table needs columns {sorted(need)}, got {list(reported.columns)}")
+    wide = reported.pivot_table(index="method", columns="metric", values="value", aggfunc="first", sort=False)
+    missing = {"dsc", "f1", "jaccard"} - set(wide.columns)
+    if missing:
+        raise DataError(f"audit_table: no {sorted(missing)} values in the table")
+    out = pd.DataFrame({"DSC": wide["dsc"], "F1": wide["f1"], "JSC": wide["jaccard"]})
+    out["JSC implied by DSC"] = out["DSC"] / (2 - out["DSC"])
+    out["F1 = DSC"] = (out["F1"] - out["DSC"]).abs() <= 2 * tol
+    out["JSC <= DSC"] = out["JSC"] <= out["DSC"] + 2 * tol
+    out["consistent"] = out["F1 = DSC"] & out["JSC <= DSC"]
+    out.index.name = "method"
+    return out
+
+
+def lr_underflow(lr: float = 1e-3, gamma: float = 0.9, every: int = 10, below: float = 1e-8) -> int:
+    """First iteration at which ``lr * gamma ** (t // every)`` is below ``below``."""
+    if not 0 < gamma < 1:
+        raise ParameterError(f"gamma must be in (0, 1), got {gamma}")
+    k = math.ceil(math.log(below / lr) / math.log(gamma))
+    while lr * gamma ** k >= below:
+        k += 1
+    return int(k * every)
+
+
+def lr_schedule_table(lr: float = 1e-3, gamma: float = 0.9, every: int = 10, *, slices: int = 7112,
+                      batch_sizes: Sequence[int] = (1, 8, 32), epochs: int = 100,
+                      at_epochs: Sequence[int] = (0, 1, 2, 5, 10, 50, 100)) -> pd.DataFrame:
+    """The paper's schedule taken literally (x``gamma`` every ``every`` iterations) on its training
+    set of ``slices`` slices: the learning rate at the start of given epochs, for a few batch sizes
+    (the paper gives none). Float32 (what the GPU computes in) stops at about 1.4e-45."""
+    rows = []
+    for b in batch_sizes:
+        ipe = math.ceil(slices / b)
+        for e in at_epochs:
+            t = e * ipe if e < epochs else epochs * ipe
+            exp = t // every
+            log10 = math.log10(lr) + exp * math.log10(gamma)
+            rows.append({"batch size": b, "iterations per epoch": ipe, "epoch": e, "iteration": t,
+                         "lr (literal)": lr * gamma ** exp if log10 > -300 else 0.0,
+                         "log10 lr": log10,
+                         "float32 value": float(np.float32(lr * gamma ** exp)) if log10 > -300 else 0.0})
+    return pd.DataFrame(rows)
+
+
+def maskrcnn_note() -> tuple[bool, str]:
+    """(torchvision importable, a sentence for the chapter) about the Mask R-CNN row of Table 1."""
+    if importlib.util.find_spec("torchvision") is None:
+        return False, ("Mask R-CNN is not run: it needs torchvision, which is not importable here (there "
+                       "is no CPU build in this environment). Its Table 1 row is shown as reported only.")
+    return True, ("torchvision is importable, but this chapter does not train Mask R-CNN: it is an "
+                  "instance-detection model whose training targets (boxes and per-instance masks) and "
+                  "loss differ from the semantic pipeline every other row shares. Its Table 1 row is "
+                  "shown as reported only.")
+
+
+def method_table(P: Mapping[str, Any], n_classes: int, methods: Sequence[str] | None = None,
+                 reference: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """One row per method: label, registered model, what it is, parameters at ``P``'s widths (and at
+    ``reference``'s, e.g. the gpu profile's paper-scale widths)."""
+    from npcrepro.models import count_parameters
+
+    what = {"unet": "5-level U-Net = stage 1 alone, no MSP", "fcn8": "VGG16-style encoder, FCN-8s decoder",
+            "ours": "stage 1 (5 levels) + stage 2 (3 levels), MSP at both bottlenecks",
+            "two_stage_no_msp": "both stages, no MSP (ablation)",
+            "one_stage_msp": "stage 1 alone with MSP (ablation)"}
+    rows = []
+    for key in methods or list(METHODS):
+        label, name, fixed = METHODS[key]
+        row = {"method": label, "key": key, "model": name, "arguments": fixed or "", "what": what.get(key, ""),
+               "parameters": count_parameters(build_method(key, P, n_classes))}
+        if reference is not None:
+            row["parameters (gpu profile widths)"] = count_parameters(build_method(key, reference, n_classes))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
+# ----------------------------------------------------------------------------------- tables of a run
+def scored(results) -> pd.DataFrame:
+    """The rows the means use (structures present in the patient's reference), with ``key`` (the
+    method's name) and ``method`` (its label, as the paper names it)."""
+    m = results.metrics
+    m = m[~m["ref_empty"].astype(bool)].copy()
+    m.insert(1, "key", m["method"])
+    m["method"] = m["key"].map(results.label)
+    return m
+
+
+def labels(results) -> list[str]:
+    return [results.label(k) for k in results.methods]
+
+
+def fold_means(results, metric: str = "dice") -> pd.DataFrame:
+    """Mean ``metric`` per (fold, method) over test patients x structures present (Fig. 4's points)."""
+    return scored(results).groupby(["fold", "method"])[metric].mean().unstack("method")
+
+
+def means(results, columns: Sequence[str] = ("dice", "soft_dice", "auc", "f1", "jaccard")) -> pd.DataFrame:
+    """Mean of ``columns`` per method (label) over test patients x structures present."""
+    return scored(results).groupby("method")[list(columns)].mean().reindex(
+        [m for m in labels(results)])
+
+
+def training_table(results) -> pd.DataFrame:
+    """Mean training facts per method (label): parameters, seconds, final loss, training slices."""
+    t = results.training.copy()
+    t["method"] = t["method"].map(results.label)
+    cols = ["parameters", "train_seconds", "final_train_loss", "train_slices"]
+    return t.groupby("method")[cols].mean().reindex(labels(results))
+
+
+def comparison(results, reported: pd.DataFrame, data_source: str):
+    """Table 1, reported vs reproduced (DSC, AUC, F1, JSC; Mask R-CNN 'not reproduced')."""
+    from npcrepro.evaluation import compare_with_paper
+
+    table = compare_with_paper(reported, scored(results), paper="luo2020", data_source=data_source,
+                               profile=results.profile, table="Table 1", digits=3,
+                               metric_map={"dsc": "dice", "auc": "auc", "f1": "f1", "jaccard": "jaccard"})
+    table.notes.append("Reproduced: mean ± sd over (test patient, structure) pairs of the folds run, "
+                       "structures absent from a patient's reference left out; DSC/F1/JSC of the "
+                       "0.5-thresholded masks, AUC by the rank formula on the probabilities.")
+    return table
+
+
+def ablation_table(results, metric: str = "dice") -> pd.DataFrame:
+    """The 2 x 2 ablation (stages x MSP) of mean ``metric``; missing corners are NaN."""
+    m = scored(results).groupby("key")[metric].mean()
+    corners = {("one stage", "no MSP"): "unet", ("one stage", "MSP"): "one_stage_msp",
+               ("two stages", "no MSP"): "two_stage_no_msp", ("two stages", "MSP"): "ours"}
+    out = pd.DataFrame(index=["one stage", "two stages"], columns=["no MSP", "MSP"], dtype=float)
+    for (r, c), key in corners.items():
+        out.loc[r, c] = m.get(key, np.nan)
+    out["MSP effect"] = out["MSP"] - out["no MSP"]
+    out.loc["two-stage effect"] = out.loc["two stages"] - out.loc["one stage"]
+    return out
+
+
+def claims_table(results, metric: str = "dice") -> pd.DataFrame:
+    """Paired comparisons (same test patients and structures) that test the paper's two claims: mean
+    difference, paired t-test and Wilcoxon p-values. Pairs whose methods were not both run are left out."""
+    from npcrepro.evaluation import paired_test
+
+    sc = scored(results)
+    rows = []
+    for claim, pairs in CLAIMS.items():
+        for a, b in pairs:
+            if a not in results.methods or b not in results.methods:
+                continue
+            r = paired_test(sc[sc["key"] == a], sc[sc["key"] == b], metric)
+            rows.append({"claim": claim, "comparison": f"{method_label(a)} vs {method_label(b)}",
+                         "n pairs": r["n"], f"mean {metric} A": r["mean_a"], f"mean {metric} B": r["mean_b"],
+                         "difference A - B": r["mean_diff"], "p (paired t)": r["p_t"],
+                         "p (Wilcoxon)": r["p_wilcoxon"]})
+    return pd.DataFrame(rows)
+
+
+def per_structure_table(results, metric: str = "dice") -> pd.DataFrame:
+    """Mean ``metric`` per structure (rows, the paper's names where known) and method (columns), over
+    test patients that have the structure; the last row is the mean over structures."""
+    t = scored(results).pivot_table(index="structure", columns="method", values=metric, aggfunc="mean")
+    t = t.reindex(index=[s for s in results.structures if s in t.index],
+                  columns=[m for m in labels(results) if m in t.columns])
+    paper_name = {v: k for k, v in STRUCTURES.items()}
+    t.index = [f"{paper_name[s]} ({s})" if s in paper_name else s for s in t.index]
+    t.loc["mean over structures"] = t.mean(axis=0)
+    t.index.name = "structure"
+    return t
+
+
+# ----------------------------------------------------------------------------------- figures
+_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
+            "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#800000", "#aaffc3", "#808000"]
+
+
+def _overlay(ax, image, masks, structures, title):
+    ax.imshow(image, cmap="gray", vmin=CT_WINDOW[0] / 2, vmax=CT_WINDOW[1] / 2)
+    for k, _ in enumerate(structures):
+        if masks[k].any():
+            ax.contour(masks[k], levels=[0.5], colors=[_COLOURS[k % len(_COLOURS)]], linewidths=1.0)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def _legend(fig, structures, present, bottom: float):
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([0], [0], color=_COLOURS[k % len(_COLOURS)], lw=2) for k in present]
+    fig.legend(handles, [structures[k] for k in present], loc="lower center", ncol=min(7, len(present)),
+               fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+
+
+def fig_case(case, structures: Sequence[str], n: int = 4):
+    """``n`` labelled axial slices of one case (evenly over its labelled range) with every structure."""
+    import matplotlib.pyplot as plt
+
+    idx = labelled_slices(case, structures)
+    zs = idx[np.linspace(0, len(idx) - 1, n).round().astype(int)] if len(idx) else []
+    fig, axes = plt.subplots(1, max(1, len(zs)), figsize=(3.0 * max(1, len(zs)), 3.3), squeeze=False)
+    ref = np.stack([case.labels[s] if s in case.labels else np.zeros(case.shape, bool) for s in structures])
+    for ax, z in zip(axes[0], zs):
+        _overlay(ax, case.images["CT"][z], ref[:, z], structures, f"{case.name}, z = {int(z)}")
+    _legend(fig, list(structures), [k for k, s in enumerate(structures) if s in case.labels], 0.12)
+    return fig
+
+
+def fig_qualitative(results, fold: int = 0):
+    """Fig. 3: the labelled slice with the most structures of the fold's first test patient, with the
+    reference and every method's 0.5-thresholded contours (inside the in-plane box the models saw)."""
+    import matplotlib.pyplot as plt
+
+    name = results.splits()[fold].test[0]
+    structures = results.structures
+    case = results.load_case(name)
+    ref = np.stack([case.labels[s] if s in case.labels else np.zeros(case.shape, bool) for s in structures])
+    idx = labelled_slices(case, structures)
+    if not len(idx):
+        raise DataError(f"{name} has no labelled slice")
+    z = int(idx[ref[:, idx].any(axis=(2, 3)).sum(axis=0).argmax()])
+    size = results.params.get("image_size")
+    box = ((0, case.shape[1]), (0, case.shape[2])) if not size else centre_box(case.shape[1:], size)
+
+    def cut(a, fill=0):
+        return T.crop(a[None], ((0, 1),) + tuple(box), fill=fill)[0]
+
+    panels = [("reference", np.stack([cut(r[z]) for r in ref]))]
+    for key in results.methods:
+        pred = [results.prediction(key, name, s) for s in structures]
+        if all(p is not None for p in pred):
+            panels.append((results.label(key), np.stack([cut(p[z]) for p in pred])))
+    image = cut(case.images["CT"][z], fill=CT_WINDOW[0])
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.0), squeeze=False)
+    for ax, (title, masks) in zip(axes[0], panels):
+        _overlay(ax, image, masks, structures, f"{title}\n{name} z={z}" if title == "reference" else title)
+    _legend(fig, structures, [k for k in range(len(structures)) if panels[0][1][k].any()], 0.1)
+    return fig
+
+
+def fig_dsc_per_fold(results, data_label: str = ""):
+    """Fig. 4: mean DSC of every method in every fold."""
+    import matplotlib.pyplot as plt
+
+    fm = fold_means(results)
+    fm = fm[[m for m in labels(results) if m in fm.columns]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for method in fm.columns:
+        ax.plot(fm.index + 1, fm[method], marker="o", label=method)
+    ax.set_xlabel("fold")
+    ax.set_ylabel("mean DSC (test patients x structures)")
+    ax.set_xticks(list(fm.index + 1))
+    ax.legend(fontsize=8)
+    ax.set_title(f"DSC per fold ({data_label or results.data}, {results.profile} profile)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def fig_boxplots(results):
+    """Fig. 5: per-patient mean DSC per method (boxes), fold means as dots."""
+    import matplotlib.pyplot as plt
+
+    per_case = scored(results).groupby(["method", "fold", "case"])["dice"].mean().reset_index()
+    order = labels(results)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.boxplot([per_case.loc[per_case["method"] == m, "dice"].to_numpy() for m in order], showmeans=False)
+    ax.set_xticks(range(1, len(order) + 1))
+    ax.set_xticklabels(order, rotation=20, fontsize=8)
+    fm = fold_means(results)
+    for i, m in enumerate(order, start=1):
+        if m in fm.columns:
+            ax.scatter(np.full(len(fm), i) + 0.2, fm[m], s=14, color="k", zorder=3,
+                       label="fold mean" if i == 1 else None)
+    ax.set_ylabel("DSC per test patient")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,46 @@
+"""The leaderboard's common protocol: one cohort, one split, one budget, one loss for every network.
+
+No paper defines this protocol, so there are no PAPER values; each network's deviations from its own
+paper's recipe are listed in the chapter's Deviations.
+"""
+
+#: Every method key, in the leaderboard's order (see npcrepro.chapters.leaderboard.methods.METHODS).
+ALL_METHODS = ["unet_ct", "deeplab_ct", "luo_ours_ct", "fcn8_ct", "unet_cet1", "li2018_cnn", "guo_cnn",
+               "vnet", "bunet", "cscn", "unet3d_cet1", "mmfnet"]
+
+_COMMON = dict(lr=1e-3, fg_prob=0.5, background_fraction=0.5, threshold=0.5, nsd_mm=2.0, overlap=0.25,
+               n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp")
+
+PROFILES = {
+    "smoke": dict(_COMMON, n_cases=5, n_test=2, iterations_2d=4, iterations_3d=3, batch_2d=4, batch_3d=2,
+                  crop_2d=[64, 64], patch_3d=[8, 32, 32], width=0.25, workers=2, real_cases=0),
+    "cpu": dict(_COMMON, n_cases=20, n_test=8, iterations_2d=120, iterations_3d=85, batch_2d=8, batch_3d=2,
+                crop_2d=[96, 96], patch_3d=[16, 48, 48], width=0.5, workers=2, real_cases=0),
+    "gpu": dict(_COMMON, n_cases=100, n_test=25, iterations_2d=20000, iterations_3d=20000, batch_2d=16,
+                batch_3d=2, crop_2d=[256, 256], patch_3d=[32, 160, 160], width=1.0, workers=1,
+                real_cases=64),
+}
+
+HELP = {
+    "methods": "method keys to train (baselines and cascade stages are added); see the method table",
+    "n_cases": "phantom patients",
+    "n_test": "held-out test patients (the same for every method)",
+    "iterations_2d": "training iterations of every 2D method",
+    "iterations_3d": "training iterations of every 3D method",
+    "batch_2d": "2D batch size (slices)",
+    "batch_3d": "3D batch size (patches)",
+    "crop_2d": "random 2D training crop (y, x) in voxels",
+    "patch_3d": "3D training patch and sliding window (z, y, x) in voxels",
+    "width": "channel multiplier of every network (1 = the papers' widths)",
+    "lr": "Adam learning rate of every method",
+    "fg_prob": "share of crops/patches centred on tumour",
+    "background_fraction": "2D: slices without tumour per slice with tumour",
+    "threshold": "probability threshold of the predicted masks",
+    "nsd_mm": "surface Dice tolerance in mm",
+    "overlap": "3D sliding-window overlap",
+    "n_boot": "bootstrap resamples of the confidence intervals",
+    "seeds": "training seeds per method (seed, seed+1, ...)",
+    "workers": "methods trained at once (processes, cores split between them)",
+    "real_cases": "OpenKBP patients for the CT track (0: off)",
+    "structure": "target structure on the phantom",
+}

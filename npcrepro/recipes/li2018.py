@@ -1,0 +1,85 @@
+"""li2018 (Li et al., BioMed Res. Int. 2018): 2D CNN with score-map fusion on DCE-MRI, as plain data.
+
+cpu: 12 patients, 4-fold CV, width 0.25 (minutes on two cores); gpu: the paper's 29 patients, LOOCV,
+width 1 (Table 1 exactly). The faithful method's optimiser values are the printed ones at every
+profile; the working method departs from them (see DEVIATIONS).
+"""
+
+_COMMON = dict(jitter_mm=15.0, finetune=False, lr=1e-3, lr_fusion=1e-2, modes="both", real_data="auto",
+               faithful_lr=1e-7, momentum=0.9, weight_decay=5e-4, lr_step=100000, lr_gamma=0.1,
+               seeds=1, workers=1)
+
+PROFILES = {
+    "smoke": dict(_COMMON, n_patients=4, slices_per_patient=2, cv="kfold", k=2, max_folds=1, width=0.125,
+                  batch_size=4, iterations=[3, 2, 2], faithful_folds=1, real_k=2, real_max_folds=1,
+                  real_iterations=[2, 1, 1]),
+    "cpu": dict(_COMMON, n_patients=12, slices_per_patient=3, cv="kfold", k=4, max_folds=None, width=0.25,
+                batch_size=8, iterations=[120, 40, 40], faithful_folds=1, real_k=5, real_max_folds=None,
+                real_iterations=[80, 25, 25]),
+    "gpu": dict(_COMMON, n_patients=29, slices_per_patient=3, cv="loocv", k=29, max_folds=None, width=1.0,
+                batch_size=16, iterations=[3000, 1000, 1000], faithful_folds=1, real_k=5,
+                real_max_folds=None, real_iterations=[2000, 600, 600]),
+}
+
+HELP = {
+    "n_patients": "patients used (phantom: rendered on the paper's DCE grid; dataset: its first n)",
+    "slices_per_patient": "tumour-bearing slices kept per patient, evenly over the tumour (None: all)",
+    "cv": "cross-validation by patient: loocv or kfold",
+    "k": "folds of the k-fold scheme",
+    "max_folds": "train only the first few folds (None: every fold)",
+    "width": "channel multiplier of the Table 1 network (1.0 = Table 1)",
+    "batch_size": "slices per training batch",
+    "iterations": "training iterations of stages 1, 2 and 3 (36x36, 72x72, 144x144 score maps)",
+    "faithful_folds": "folds the faithful method trains on (the first few; 0 skips it)",
+    "real_k": "folds (over slices) of the real T2 track",
+    "real_max_folds": "real T2 track: train only the first few folds (None: every fold)",
+    "real_iterations": "real T2 track: iterations of stages 1, 2 and 3",
+    "jitter_mm": "dataset on disk: random shift (mm, per axis) of the 144x144 window around the tumour",
+    "finetune": "stages 2-3 also train the earlier layers (default: only the layers they add)",
+    "lr": "working method: Adam learning rate of stage 1",
+    "lr_fusion": "working method: Adam learning rate of stages 2-3 (the few fusion weights)",
+    "modes": "methods to train: both, working or faithful",
+    "real_data": "real T2 track: auto (../shared/data when present), off, or the npc-t2wi-slices folder",
+    "faithful_lr": "faithful method: SGD base learning rate",
+    "momentum": "faithful method: SGD momentum",
+    "weight_decay": "faithful method: SGD weight decay",
+    "lr_step": "faithful method: iterations between learning-rate steps",
+    "lr_gamma": "faithful method: learning-rate factor at each step",
+    "seeds": "training seeds per method (seed, seed+1, ...)",
+    "workers": "training jobs at once (processes)",
+}
+
+ALLOWED = {"cv": ["loocv", "kfold"], "modes": ["both", "working", "faithful"]}
+
+PAPER = {
+    "lr": ("lr", 1e-7),
+    "faithful_lr": ("lr", 1e-7),
+    "momentum": ("momentum", 0.9),
+    "weight_decay": ("weight_decay", 5e-4),
+    "lr_step": ("schedule", 100000),
+    "lr_gamma": ("schedule", 0.1),
+}
+
+DEVIATIONS = {
+    "lr": "the working method trains with Adam at lr 1e-3 (He initialisation, bilinear deconvolutions): "
+          "with the printed SGD lr 1e-7 from N(0, 1) weights the network does not learn within any "
+          "profile's budget (the faithful method shows it); the faithful method keeps 1e-7",
+}
+
+CHOICES = {
+    "loss": "not stated: faithful = Caffe's SigmoidCrossEntropyLoss (summed over pixels, divided by "
+            "the batch); working = mean binary cross-entropy + soft Dice",
+    "batch size and iterations": "not stated: the profile's batch_size and per-stage iterations",
+    "stepwise training": "each stage trains only the layers it adds (the literal reading of Sec. 2.3; "
+                         "finetune=True trains the earlier ones too); stage targets are the 144x144 "
+                         "mask average-pooled by 4 and 2",
+    "pooling": "max pooling (Table 1 says 'Pool')",
+    "score maps": "Conv6/Conv7/Conv8 outputs before Relu6/Relu7 are the logits; the concatenations "
+                  "take the ReLU'd Conv1/Conv2 maps",
+    "imadjust variants": "33 = 11 tail saturations (0-10 %) x 3 gammas (0.8, 1.0, 1.25), drawn on the fly",
+    "noise": "Gaussian noise of variance 1e-8 on the [0, 1]-scaled image (the paper's 'power of 1e-8')",
+    "window": "phantom: rendered on the paper's 144x144x20 grid (no crop); dataset: resampled to "
+              "1.53 x 1.53 x 3 mm, 144x144 window around the tumour shifted by up to jitter_mm",
+    "evaluation": "per patient over its evaluated (tumour-bearing) slices; predictions are written for "
+                  "every slice on the case's own grid",
+}

@@ -1,0 +1,120 @@
+"""luo2020: the two-stage U-Net with MSP, its baselines and ablations on 14 CT structures (plain data)."""
+
+_COMMON = dict(k_folds=5, lr_gamma=0.9, lr_every=10, lr_schedule="scaled", lr_decays=10,
+               beta=0.9, focal_alpha=0.75, focal_gamma=2.0, dice_eps=0.5, batch_dice=True,
+               prior=0.01, deep_supervision=True,
+               methods=["unet", "fcn8", "ours", "two_stage_no_msp", "one_stage_msp"],
+               real_data="openkbp", real_methods=["unet", "ours"], seeds=1, workers=1)
+
+PROFILES = {
+    "smoke": dict(_COMMON, n_cases=3, max_folds=1, image_size=[64, 48], stage1_widths=[4, 8, 8, 16, 16],
+                  stage2_widths=[4, 8, 8], fcn_widths=[4, 8, 8, 16, 16], fcn_channels=16, batch_size=4,
+                  iterations=4, lr=3e-3, infer_batch=16, real_cases=0, real_iterations=0,
+                  real_image_size=[64, 64], threads=1),
+    "cpu": dict(_COMMON, n_cases=10, max_folds=2, image_size=[96, 80], stage1_widths=[8, 16, 32, 64, 64],
+                stage2_widths=[8, 16, 32], fcn_widths=[8, 16, 32, 64, 64], fcn_channels=64, batch_size=8,
+                iterations=200, lr=3e-3, infer_batch=32, real_cases=6, real_iterations=100,
+                real_image_size=[64, 64], threads=1),
+    "gpu": dict(_COMMON, n_cases=40, max_folds=5, image_size=None, stage1_widths=[32, 64, 128, 256, 512],
+                stage2_widths=[32, 64, 128], fcn_widths=[64, 128, 256, 512, 512], fcn_channels=1024,
+                batch_size=16, iterations=20000, lr=1e-3, infer_batch=32, real_cases=64,
+                real_iterations=10000, real_image_size=None, threads=None),
+}
+
+HELP = {
+    "n_cases": "patients used (the first n of the dataset)",
+    "k_folds": "folds of the cross-validation by patient (at most the number of patients)",
+    "max_folds": "folds actually run (the first ones)",
+    "methods": "methods trained: unet, fcn8, ours, two_stage_no_msp, one_stage_msp",
+    "image_size": "centred in-plane crop (y, x) of every slice; None: whole slices",
+    "stage1_widths": "channels per level of stage 1 (and of the U-Net baseline), five levels",
+    "stage2_widths": "channels per level of stage 2, three levels",
+    "fcn_widths": "channels of FCN-8s's five VGG blocks",
+    "fcn_channels": "channels of FCN-8s's convolutionalised fc6/fc7 (kernel 7 from 1024 on, else 3)",
+    "batch_size": "slices per training batch",
+    "iterations": "training iterations per method and fold",
+    "lr": "Adam's initial learning rate",
+    "lr_schedule": "'scaled': lr_decays decays of x lr_gamma over the run; 'literal': every lr_every iterations",
+    "lr_gamma": "learning-rate decay factor",
+    "lr_every": "iterations between decays of the literal schedule",
+    "lr_decays": "decays over the run in the scaled schedule",
+    "beta": "weight of the two-sided Dice term (1 - beta weighs the focal term)",
+    "focal_alpha": "focal loss weight of the foreground",
+    "focal_gamma": "focal loss focusing exponent",
+    "dice_eps": "Dice smoothing epsilon",
+    "batch_dice": "Dice sums over the whole batch per structure (False: per slice)",
+    "prior": "initial output probability of every structure (None: default initialisation)",
+    "deep_supervision": "the two-stage networks are trained on both stages' outputs",
+    "infer_batch": "slices per inference batch",
+    "threads": "torch threads while a job trains and predicts (None: torch's default)",
+    "real_data": "'openkbp': also run the real-data track when the OpenKBP extract is present; 'off'",
+    "real_cases": "OpenKBP patients converted for the real-data track (0: off)",
+    "real_iterations": "training iterations of the real-data track",
+    "real_image_size": "in-plane crop of the real-data track (None: whole slices)",
+    "real_methods": "methods of the real-data track",
+    "seeds": "training seeds per method (seed, seed+1, ...)",
+    "workers": "training jobs at once (processes; 1 runs them one after the other in this process)",
+}
+
+ALLOWED = {"lr_schedule": ["scaled", "literal"], "real_data": ["openkbp", "off"]}
+
+#: The paper's stated values (items of npcrepro.papers.luo2020.INFO.recipe).
+PAPER = {
+    "lr": ("lr", 1e-3),
+    "iterations": ("epochs", 100),
+    "image_size": ("input_size", [512, 512]),
+    "lr_schedule": ("schedule", "literal"),
+    "lr_gamma": ("schedule", 0.9),
+    "lr_every": ("schedule", 10),
+}
+
+DEVIATIONS = {
+    "lr": "the smoke and cpu profiles start at 3e-3 rather than 1e-3 so that a few hundred iterations "
+          "learn something; the gpu profile uses the paper's 1e-3",
+    "iterations": "the paper trains 100 epochs (about 88,900 iterations of batch 8 on its 7112 slices); "
+                  "the profiles set a budget in iterations, far smaller in the smoke and cpu profiles, so "
+                  "their networks are far from converged",
+    "image_size": "the phantom's slices are smaller than 512 x 512; the smoke and cpu profiles train and "
+                  "predict on a centred in-plane crop (whatever lies outside counts as predicted "
+                  "background), the gpu profile on whole slices of the phantom's grid",
+    "lr_schedule": "taken literally (x0.9 every 10 iterations) the learning rate is below 1e-8 after "
+                   "1,100 iterations, so training would stop within about an epoch; the run decays "
+                   "x0.9 ten times over its budget instead (the 'every 10 epochs of 100' reading)",
+}
+
+CHOICES = {
+    "structure mapping": "locref -> GTVp, CTV2 -> CTVp, the other twelve by name (phantom names)",
+    "overlapping targets": "one sigmoid output per structure (multi-label); each thresholded at 0.5",
+    "CT normalisation": "clip to -1000..1000 HU, scale to [0, 1]",
+    "cross-validation unit": "patients (5 folds); slices of a patient never straddle train and test",
+    "validation / model selection": "none: the last weights are tested (the paper kept 'the model that "
+                                    "performs the best on test data', i.e. selected on the test set)",
+    "optimiser, batch size": "Adam (Keras default betas), batch size from the profile",
+    "learning rate": "the paper's 1e-3 in the gpu profile; 3e-3 in the smoke and cpu profiles, whose "
+                     "runs are a few hundred iterations instead of the paper's tens of thousands",
+    "loss constants": "beta 0.9, focal alpha 0.75 (foreground weight) and gamma 2, Dice epsilon 0.5 "
+                      "(the paper gives ranges only; see the chapter for why not 0.5 / 0.25)",
+    "Dice sums": "over every pixel of the batch, per structure (batch Dice, as a Keras Dice over the "
+                 "batch tensor), not per slice",
+    "loss of each step": "the loss is applied to both stages' outputs and averaged (deep supervision)",
+    "learning-rate decay": "x0.9 ten times over the run (the 'every 10 epochs of 100' reading); the "
+                           "literal 'every 10 iterations' is shown numerically and available as "
+                           "lr_schedule='literal'",
+    "widths": "stage 1 and U-Net share widths (doubling per level); stage 2 is three levels",
+    "threads": "1 torch thread in the smoke and cpu profiles (on a shared 2-core machine a second thread "
+               "spent most of its time waiting and made training steps several times slower); the "
+               "torch default in the gpu profile",
+    "MSP block": "stride-1 average pooling 1/3/5/7, concatenated, 1x1 conv-BN-ReLU; at the bottleneck "
+                 "of each stage",
+    "stage 2 input": "the image concatenated with stage 1's sigmoid probabilities; trained end to end "
+                     "with stage 1 as one network (one job per method and fold)",
+    "FCN-8": "VGG16-style encoder with BatchNorm, trained from scratch (no ImageNet weights offline)",
+    "output initialisation": "every method's output starts at probability 0.01 per structure (bias "
+                             "log(0.01/0.99), weights N(0, 0.01): the focal-loss paper's prior init)",
+    "augmentation": "none (the paper names none)",
+    "slices predicted": "the test patient's labelled slices (the paper's slice selection); the other "
+                        "slices of the written prediction are background",
+    "metrics": "per patient over its labelled slices; structures absent from a patient's reference "
+               "are left out of the means; DSC is the hard Dice of the 0.5-thresholded mask, the soft "
+               "L2 DSC of Eq. (4) is reported beside it",
+}
