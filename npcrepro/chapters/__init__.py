@@ -19,6 +19,7 @@ __all__ = ["MODULES", "module", "run"]
 #: Chapters ported to the runner: name -> the module holding ``CHAPTER``.
 MODULES: dict[str, str] = {
     "template": "npcrepro.chapters.template.methods",
+    "chen2020": "npcrepro.chapters.chen2020.methods",
 }
 
 
