@@ -433,19 +433,6 @@ def test_profiles_answer_the_three_questions():
     assert len(C.CHAPTER.methods(profiles.resolve("chen2020", "gpu"))) == len(C.ROWS)
 
 
-def test_recipe_keeps_the_old_profile_sizes():
-    """The recipe's profiles are the sizes the pipeline registered (only run plumbing dropped)."""
-    from npcrepro.pipelines import chen2020 as old
-
-    new = recipes.load("chen2020").PROFILES
-    dropped = {"threads", "figure_cases", "default_rows", "rows"}
-    for prof, sizes in old.SIZES.items():
-        for k, v in sizes.items():
-            if k not in dropped:
-                assert new[prof][k] == v, (prof, k)
-        assert C.select_rows(new[prof]["rows"]) == old.select_rows(sizes["rows"], sizes["default_rows"])
-
-
 # ------------------------------------------------------------------------------------------ contract
 class Testchen2020Contract(ChapterContract):
     chapter = "chen2020"
