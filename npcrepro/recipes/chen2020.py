@@ -131,3 +131,6 @@ CHOICES = {
     "self-transfer pre-trainings": "the single_* rows are methods of their own, trained on the same "
                                    "fold and seed before the rows that copy their encoders",
 }
+
+#: Types of the parameters that are None at every profile.
+TYPES = {"pool_sizes": "list"}

@@ -138,3 +138,6 @@ REFERENCE_CHOICES = [
     ("decoder", "x4 bilinear, concat, 3x3 convs, x4 bilinear", "same (two 3x3 convs)",
      "published TF/Keras MobileNetV2 checkpoints: no decoder; PyTorch ports, mmsegmentation: as here"),
 ]
+
+#: Types of the parameters that are None at every profile.
+TYPES = {"image_size": "list"}
