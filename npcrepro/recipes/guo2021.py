@@ -36,7 +36,7 @@ PROFILES = {
 
 HELP = {
     "n_cases": "patients used (the first n of the dataset)",
-    "phantom_preset": "phantom preset generated when data='phantom'",
+    "phantom_preset": "phantom preset generated when data is 'phantom'",
     "channel": "input image channel (the paper: T1 THRIVE; the phantom's CET1 stands in)",
     "spacing_mm": "isotropic working voxel size in mm (paper 1 mm)",
     "box_mm": "fixed head crop (z, y, x) in mm, centred on the body (paper 103 x 198 x 160)",
