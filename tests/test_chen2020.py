@@ -71,7 +71,7 @@ def prepared():
 TINY = dict(recipes.load("chen2020").PROFILES["gpu"], spacing_xy=None, crop=[8, 16, 16], offset=[2, 3, 3],
             width=0.25, batch_size=2, iterations_per_epoch=1, epochs=2, warmup_epochs=1, patience=2,
             patch_size=9, patch_batch_size=4, patch_samples_per_case=4, infer_batch=2, k_folds=3,
-            max_folds=1, n_cases=None, rows="all", device="cpu", seed=0)
+            max_folds=1, n_cases=None, methods="all", device="cpu", seed=0)
 
 
 def job_context(run: Path, key: str, P=TINY) -> JobContext:
@@ -278,9 +278,9 @@ def test_rows_match_the_paper_tables():
 def test_self_transfer_rows_run_after_their_pretrainings():
     assert C.ROWS["mmfnet_full"].after == ("single_t1", "single_t2", "single_cet1")
     assert C.ROWS["multi_mlp_std"].after == ()
-    names = [m.name for m in C.CHAPTER.methods(dict(TINY, rows="mmfnet_full"))]
+    names = [m.name for m in C.CHAPTER.methods(dict(TINY, methods="mmfnet_full"))]
     assert names == ["single_t1", "single_t2", "single_cet1", "mmfnet_full"]
-    ms = {m.name: m for m in C.CHAPTER.methods(dict(TINY, rows="all"))}
+    ms = {m.name: m for m in C.CHAPTER.methods(dict(TINY, methods="all"))}
     assert len(ms) == 26 and all(set(m.after) <= set(ms) for m in ms.values())
     assert ms["mmfnet_full"].info["family"] == "mmfnet" and ms["single_t2"].info["modalities"] == ["T2"]
 
@@ -391,7 +391,7 @@ def test_run_report_and_figures(toy_dir, tmp_path):
     from npcrepro import chapters, profiles
 
     P = profiles.resolve("chen2020", "smoke", data=str(toy_dir), out_dir=str(tmp_path), device="cpu",
-                         rows="multi_encoder_mm,mmfnet_full", spacing_xy=1.0, crop=[8, 16, 16],
+                         methods="multi_encoder_mm,mmfnet_full", spacing_xy=1.0, crop=[8, 16, 16],
                          offset=[2, 3, 3], n_cases=5, iterations_per_epoch=1)
     res = chapters.run(P, name="toy", progress=False)
     m = res.metrics
@@ -436,7 +436,7 @@ def test_profiles_answer_the_three_questions():
 # ------------------------------------------------------------------------------------------ contract
 class Testchen2020Contract(ChapterContract):
     chapter = "chen2020"
-    overrides = {"rows": "single_t1,multi_encoder_mm"}
+    overrides = {"methods": "single_t1,multi_encoder_mm"}
     kill_at = 3  # after the checkpoint at the end of epoch 1 (2 updates per epoch at smoke)
 
 

@@ -18,17 +18,17 @@ PROFILES = {
         _COMMON, n_cases=6, phantom_preset="smoke", spacing_xy=4.0, crop=[8, 32, 32], offset=[2, 4, 4],
         width=0.25, batch_size=2, iterations_per_epoch=2, epochs=2, warmup_epochs=1, patience=2,
         lr_finetune=1e-4, k_folds=3, max_folds=1, patch_size=9, patch_batch_size=16,
-        patch_samples_per_case=32, rows=CORE_ROWS, threads=1),
+        patch_samples_per_case=32, methods=CORE_ROWS, threads=1),
     "cpu": dict(
         _COMMON, n_cases=16, phantom_preset="cpu", spacing_xy=2.6667, crop=[16, 48, 48], offset=[4, 6, 6],
         width=0.5, batch_size=4, iterations_per_epoch=10, epochs=20, warmup_epochs=8, patience=5,
         lr_finetune=1e-3, k_folds=4, max_folds=1, patch_size=9, patch_batch_size=64,
-        patch_samples_per_case=256, rows=CORE_ROWS, threads=1),
+        patch_samples_per_case=256, methods=CORE_ROWS, threads=1),
     "gpu": dict(
         _COMMON, n_cases=149, phantom_preset="gpu", spacing_xy=0.5, crop=[16, 256, 256], offset=[4, 32, 32],
         width=1.0, batch_size=8, iterations_per_epoch=75, epochs=100, warmup_epochs=5, patience=10,
         lr_finetune=1e-4, k_folds=5, max_folds=5, patch_size=33, patch_batch_size=64,
-        patch_samples_per_case=2048, rows="all", threads=None),
+        patch_samples_per_case=2048, methods="all", threads=None),
 }
 
 HELP = {
@@ -57,7 +57,7 @@ HELP = {
     "patch_samples_per_case": "patch draws per patient per pass (patch-based CNNs)",
     "infer_batch": "windows per forward pass at inference",
     "threshold": "probability threshold of the predicted mask",
-    "rows": "rows to run: 'all', 'table1', 'table2' or comma-separated keys (self-transfer "
+    "methods": "rows to run: 'all', 'table1', 'table2' or comma-separated keys (self-transfer "
             "rows bring their single_* pre-trainings)",
     "seeds": "training seeds per row (seed, seed+1, ...)",
     "workers": "training jobs at once (processes)",

@@ -256,7 +256,7 @@ class Chen2020(Chapter):
     structures = (STRUCTURE,)
 
     def methods(self, P):
-        return [ROWS[k].method() for k in training_order(select_rows(P["rows"]))]
+        return [ROWS[k].method() for k in training_order(select_rows(P["methods"]))]
 
     def all_methods(self, P):
         return [r.method() for r in ROWS.values()]
