@@ -375,13 +375,14 @@ def describe(paper: str) -> "list[dict]":
 
     sizes = _paper_sizes(paper)
     try:
-        helps = dict(recipes.load(paper).HELP)
+        mod = recipes.load(paper)
+        helps, types = dict(mod.HELP), dict(getattr(mod, "TYPES", {}))
     except ModuleNotFoundError:
-        helps = {}
+        helps, types = {}, {}
     rows = []
     for name in parameters(paper, profiles(paper)[0]):
         values = {p: (COMMON[name] if name in COMMON else sizes[p].get(name)) for p in profiles(paper)}
-        rows.append({"parameter": name, "type": _type_name([COMMON.get(name), *values.values()]),
+        rows.append({"parameter": name, "type": types.get(name) or _type_name([COMMON.get(name), *values.values()]),
                      **values, "allowed": list(_CHOICES.get(paper, {}).get(name, ())) or "",
                      "help": COMMON_HELP.get(name) or helps.get(name, "")})
     return rows

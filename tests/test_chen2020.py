@@ -1,20 +1,32 @@
-"""chen2020 (MMFNet): fusion block (Eqs. 4-13), self-transfer, the Table I/II rows, the pipeline and the
-chapter notebook."""
+"""chen2020 (MMFNet): fusion block (Eqs. 4-13), self-transfer, the Table I/II rows, the chapter on
+the experiment runner, its report and notebook."""
 from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from chapter_contract import ChapterContract
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from npcrepro import metrics, recipes
+from npcrepro import transforms as T
+from npcrepro.chapters.chen2020 import methods as C
+from npcrepro.chapters.chen2020 import prepare as PR
+from npcrepro.chapters.chen2020 import report as R
 from npcrepro.datasets import Case, write_dataset
+from npcrepro.engine.data import CentrePixelDataset, WindowDataset
+from npcrepro.engine.experiment import JobContext, JobSpec, job_dir
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import build, count_parameters
 from npcrepro.models import mmfnet as M
 from npcrepro.papers import chen2020 as paper
-from npcrepro.pipelines import chen2020 as C
 
+MODULE = "npcrepro.chapters.chen2020.methods"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,13 +64,19 @@ def toy_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared():
-    return [C.prepare(toy_case(i)) for i in range(3)]
+    return [PR.prepare(toy_case(i)) for i in range(3)]
 
 
-TINY = dict(C.SIZES["gpu"], spacing_xy=None, crop=[8, 16, 16], offset=[2, 3, 3], width=0.25,
-            batch_size=2, iterations_per_epoch=1, epochs=2, warmup_epochs=1, patience=2, patch_size=9,
-            patch_batch_size=4, patch_samples_per_case=4, infer_batch=2, k_folds=3, max_folds=1,
-            n_cases=None, figure_cases=1)
+#: Tiny sizes on the toy cases (no resampling).
+TINY = dict(recipes.load("chen2020").PROFILES["gpu"], spacing_xy=None, crop=[8, 16, 16], offset=[2, 3, 3],
+            width=0.25, batch_size=2, iterations_per_epoch=1, epochs=2, warmup_epochs=1, patience=2,
+            patch_size=9, patch_batch_size=4, patch_samples_per_case=4, infer_batch=2, k_folds=3,
+            max_folds=1, n_cases=None, methods="all", device="cpu", seed=0)
+
+
+def job_context(run: Path, key: str, P=TINY) -> JobContext:
+    """The context the runner gives ``key``'s job (fold 0, seed 0) in run folder ``run``."""
+    return JobContext(C.CHAPTER, JobSpec(MODULE, key, 0, 0, str(run), dict(P), [], [], []), P)
 
 
 # ------------------------------------------------------------------------------------------ fusion block
@@ -232,6 +250,20 @@ def test_paper_scale_parameter_counts_are_stable():
     assert counts["single_t1"] < counts["mmfnet_full"] < counts["single_encoder_mm"]
 
 
+def test_network_is_the_leaderboard_build():
+    """``network`` builds what the leaderboard built with ``build_row(key, width=width)``."""
+    for key, n in (("unet3d_cet1", 1), ("multi_mlp_std", 3)):
+        for profile in ("smoke", "cpu", "gpu"):
+            net = C.network(key, width=0.5, in_channels=n, profile=profile)
+            ref = C.build_row(key, width=0.5)
+            assert count_parameters(net) == count_parameters(ref)
+            assert [tuple(p.shape) for p in net.parameters()] == [tuple(p.shape) for p in ref.parameters()]
+    with pytest.raises(ParameterError, match="input channel"):
+        C.network("unet3d_cet1", width=0.5, in_channels=3)
+    with pytest.raises(ParameterError, match="unknown profile"):
+        C.network("unet3d_cet1", width=0.5, in_channels=1, profile="huge")
+
+
 # ------------------------------------------------------------------------------------------ rows
 def test_rows_match_the_paper_tables():
     assert [r["key"] for r in paper.TABLE_I_ROWS if r["key"] in C.ROWS] == [r["key"] for r in paper.TABLE_I_ROWS]
@@ -243,132 +275,195 @@ def test_rows_match_the_paper_tables():
         C.select_rows("mmfnet_plus")
 
 
-@pytest.mark.parametrize("key", list(C.ROWS) + ["baseline"])
-def test_every_row_builds_and_trains_one_step(key, prepared):
-    row = C.ROWS[C.SAME_AS.get(key, key)]
-    S = dict(TINY, epochs=1, warmup_epochs=1, patience=None)
-    pre = None
+def test_self_transfer_rows_run_after_their_pretrainings():
+    assert C.ROWS["mmfnet_full"].after == ("single_t1", "single_t2", "single_cet1")
+    assert C.ROWS["multi_mlp_std"].after == ()
+    names = [m.name for m in C.CHAPTER.methods(dict(TINY, methods="mmfnet_full"))]
+    assert names == ["single_t1", "single_t2", "single_cet1", "mmfnet_full"]
+    ms = {m.name: m for m in C.CHAPTER.methods(dict(TINY, methods="all"))}
+    assert len(ms) == 26 and all(set(m.after) <= set(ms) for m in ms.values())
+    assert ms["mmfnet_full"].info["family"] == "mmfnet" and ms["single_t2"].info["modalities"] == ["T2"]
+
+
+def _save_singles(run: Path, modalities, width: float) -> None:
+    for m in modalities:
+        d = job_dir(run, f"single_{m.lower()}", 0, 0)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(M.MMFNet((m,), fusion="concat", width=width).state_dict(), d / "model.pt")
+
+
+@pytest.mark.parametrize("key", list(C.ROWS))
+def test_every_row_builds_and_trains_one_step(key, prepared, tmp_path):
+    row = C.ROWS[key]
+    P = dict(TINY, epochs=1, warmup_epochs=1, patience=None)
     if row.self_transfer:
-        pre = {m: M.MMFNet((m,), fusion="concat", width=TINY["width"]) for m in row.modalities}
-    model, hist = C.train_row(key, prepared[:2], prepared[2:], S, device="cpu", pretrained=pre)
-    assert hist.iterations >= 1 and np.isfinite(hist.best_val_loss)
-    prob = C.predict(model, row, prepared[2], S)
+        _save_singles(tmp_path, row.modalities, P["width"])
+    ctx = job_context(tmp_path, key, P)
+    model = C.CHAPTER.fit(row.method(), prepared[:2], prepared[2:], ctx)
+    assert ctx.facts["iterations"] >= 1 and np.isfinite(ctx.facts["best_val_loss"])
+    prob = C.predict_working(model, row, prepared[2], P)
     assert prob.shape == prepared[2].image.shape[1:] and 0 <= prob.min() and prob.max() <= 1
+    full = C.CHAPTER.predict(row.method(), model, prepared[2], ctx)["GTVp"]
+    assert full.shape == toy_case(2).shape and full.dtype == np.float32
 
 
-def test_self_transfer_row_needs_pretrained(prepared):
-    with pytest.raises(ParameterError, match="self-transfer"):
-        C.train_row("mmfnet_full", prepared[:2], prepared[2:], TINY, device="cpu")
+def test_self_transfer_row_needs_its_pretrainings(prepared, tmp_path):
+    ctx = job_context(tmp_path, "mmfnet_full")
+    with pytest.raises(DataError, match="single_t1"):
+        C.CHAPTER.fit(C.ROWS["mmfnet_full"].method(), prepared[:2], prepared[2:], ctx)
+    with pytest.raises(ParameterError, match="does not declare"):
+        job_context(tmp_path, "multi_mlp_std").model_of("single_t1")
 
 
-# ------------------------------------------------------------------------------------------ pipeline
+# ------------------------------------------------------------------------------------------ data
 def test_otsu_and_intra_body_normalisation():
     rng = np.random.default_rng(0)
     img = np.where(np.arange(1000) < 400, rng.normal(10, 2, 1000), rng.normal(100, 10, 1000))
-    t = C.otsu_threshold(img)
+    t = T.otsu_threshold(img)
     assert (img[:400] < t).all() and (img[400:] > t).all()
     case = toy_case(0)
-    body = C.body_mask(case.images["T1"])
-    out = C.intra_body_normalise(case.images["T1"], body)
+    body = T.body_mask(case.images["T1"])
+    out = T.intra_body_normalise(case.images["T1"], body)
     assert abs(out[body].mean()) < 1e-3 and abs(out[body].std() - 1) < 1e-3
-    clipped = C.intra_body_normalise(case.images["T2"], clip=C.CLIP_RANGES["T2"])
+    clipped = T.intra_body_normalise(case.images["T2"], clip_range=PR.CLIP_RANGES["T2"])
     assert clipped.min() >= -3 and clipped.max() <= 2
+    assert T.body_mask(case.images["T1"], opening=True).sum() <= body.sum()
 
 
 def test_prepare_centres_and_clips(prepared):
     p = prepared[0]
     assert p.image.shape[0] == 3 and p.channels == ("T1", "T2", "CET1")
     for i, c in enumerate(p.channels):
-        lo, hi = C.CLIP_RANGES[c]
+        lo, hi = PR.CLIP_RANGES[c]
         assert p.image[i].min() >= lo and p.image[i].max() <= hi
     assert abs(p.center[1] - 19.5) < 2 and abs(p.center[2] - 19.5) < 2
-    kept = C.prepare(toy_case(0), keep=(24, 28))
+    kept = PR.prepare(toy_case(0), keep=(24, 28))
     assert kept.image.shape == (3, 12, 24, 28) and kept.target.sum() == p.target.sum()
-    assert np.array_equal(C.T.invert(kept.target, kept.record), p.reference)  # maps back exactly
-    (y0, y1), (x0, x1) = C.T.center_box(p.image.shape[2:], (24, 28), p.center[1:])
+    assert np.array_equal(T.invert(kept.target, kept.record), p.reference)  # maps back exactly
+    (y0, y1), (x0, x1) = T.center_box(p.image.shape[2:], (24, 28), p.center[1:])
     assert np.array_equal(kept.image, p.image[:, :, y0:y1, x0:x1])
     assert kept.center == (p.center[0], p.center[1] - y0, p.center[2] - x0)
-    resampled = C.prepare(toy_case(0), spacing_xy=2.0, keep=(16, 16))
-    back = C.T.invert(resampled.target, resampled.record)
-    assert back.shape == p.reference.shape and C.patient_metrics(back.astype(float), p.reference,
-                                                                  (4, 1, 1))["dice"] > 0.7
+    resampled = PR.prepare(toy_case(0), spacing_xy=2.0, keep=(16, 16))
+    back = T.invert(resampled.target, resampled.record)
+    assert back.shape == p.reference.shape and metrics.dice(back, p.reference) > 0.7
     bad = toy_case(1)
     del bad.images["T2"]
     with pytest.raises(DataError, match="T2"):
-        C.prepare(bad)
+        PR.prepare(bad)
 
 
 def test_windows_slide_along_z_and_augment_reproducibly(prepared):
-    ds = C.WindowDataset(prepared[:1], ("T1", "CET1"), 8, (16, 16), 4, offset=(2, 3, 3), flip=True,
-                         rotate_deg=5)
+    ds = WindowDataset(prepared[:1], ("T1", "CET1"), 8, (16, 16), 4, offset=(2, 3, 3), flip=True,
+                       rotate_deg=5)
     assert [z for _, z in ds.items] == [0, 4]  # 12 slices, windows of 8, step 4
     x, y = ds[0]
     assert x.shape == (2, 8, 16, 16) and y.shape == (1, 8, 16, 16)
     a = ds.get(1, np.random.default_rng(3))
     b = ds.get(1, np.random.default_rng(3))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    two = C.WindowDataset(prepared[:1], ("T1",), 1, (16, 16), 1, two_d=True)
+    two = WindowDataset(prepared[:1], ("T1",), 1, (16, 16), 1, two_d=True)
     assert len(two) == 12 and two[5][0].shape == (1, 16, 16)
-    pix = C.CentrePixelDataset(prepared[:1], ("T1", "T2", "CET1"), 9, (16, 16), samples_per_case=8)
+    pix = CentrePixelDataset(prepared[:1], ("T1", "T2", "CET1"), 9, (16, 16), samples_per_case=8)
     x, y = pix[0]
     assert x.shape == (3, 9, 9) and y.shape == (1, 1, 1)
+    with pytest.raises(DataError, match="PET"):
+        WindowDataset(prepared[:1], ("PET",), 8, (16, 16), 4)
 
 
-def test_patient_metrics_perfect_and_empty():
+def test_patient_metrics_perfect_and_empty(prepared):
     ref = np.zeros((4, 8, 8), bool)
     ref[1:3, 2:6, 2:6] = True
-    m = C.patient_metrics(ref.astype(float), ref, (3.0, 1.0, 1.0))
-    assert m["dice"] == 1 and m["ap"] == 1 and m["dice_loss"] == pytest.approx(0, abs=1e-9)
-    m = C.patient_metrics(np.zeros(ref.shape), ref, (3.0, 1.0, 1.0))
-    assert m["dice"] == 0 and m["pred_empty"] and m["dice_loss"] == pytest.approx(1 - 1 / 33)
+    assert C.dice_loss(ref.astype(float), ref) == pytest.approx(0, abs=1e-9)
+    assert C.dice_loss(np.zeros(ref.shape), ref) == pytest.approx(1 - 1 / 33)
+    p = prepared[0]
+    ref = p.reference
+    rows = C.CHAPTER.score(C.ROWS["mmfnet_full"].method(), p, {"GTVp": ref.astype(np.float32)},
+                           {"GTVp": ref}, None)
+    assert len(rows) == 1 and rows[0]["case"] == p.name and rows[0]["structure"] == "GTVp"
+    assert rows[0]["dice"] == 1 and rows[0]["ap"] == 1 and rows[0]["dice_loss"] == pytest.approx(0, abs=1e-9)
+    rows = C.CHAPTER.score(C.ROWS["mmfnet_full"].method(), p, {"GTVp": np.zeros(ref.shape, np.float32)},
+                           {"GTVp": np.zeros(ref.shape, bool)}, None)
+    assert rows[0]["dice"] == 0 and rows[0]["pred_empty"]
 
 
-def test_train_fold_and_run(toy_dir, tmp_path):
-    rows = ["multi_encoder_mm", "mmfnet_full"]
-    res = C.run(str(toy_dir), rows=rows, sizes=TINY, profile="smoke", out_dir=str(tmp_path), device="cpu",
-                progress=False, data_label="toy")
+# ------------------------------------------------------------------------------------------ the run
+def test_run_report_and_figures(toy_dir, tmp_path):
+    from npcrepro import chapters, profiles
+
+    P = profiles.resolve("chen2020", "smoke", data=str(toy_dir), out_dir=str(tmp_path), device="cpu",
+                         methods="multi_encoder_mm,mmfnet_full", spacing_xy=1.0, crop=[8, 16, 16],
+                         offset=[2, 3, 3], n_cases=5, iterations_per_epoch=1)
+    res = chapters.run(P, name="toy", progress=False)
     m = res.metrics
-    assert set(m["row"]) == {"single_t1", "single_t2", "single_cet1", *rows}  # pre-trainings come along
-    assert len(m) == 5 * 2  # one fold of 3: two test patients
+    assert res.methods == ["single_t1", "single_t2", "single_cet1", "multi_encoder_mm", "mmfnet_full"]
+    assert set(m["method"]) == set(res.methods)
+    assert len(m) == 5 * len(res.test_cases())
     assert m[["dice", "ap", "dice_loss"]].apply(lambda c: c.between(0, 1).all()).all()
-    assert (res.run.path / "splits.json").exists() and res.run.done
-    case = res.figure_cases()[0]
-    assert res.prediction(case, "mmfnet_full").shape == toy_case(0).shape
-    t1 = C.comparison(res, C.TABLE_I)
+    assert res.done and (res.path / "splits.json").exists()
+    case = R.figure_case(res)
+    assert res.prediction("mmfnet_full", case).shape == toy_case(0).shape
+    t1 = R.comparison(res, C.TABLE_I)
     assert list(t1.frame.index) == [r["label"] for r in paper.TABLE_I_ROWS]
     assert "(reproduced)" in t1.frame.loc[paper.FULL, "DSC reproduced"]
     assert "not reproduced" in t1.frame.loc["U-net (T1)", "AP reproduced"]
     assert "0.719 (reported)" == t1.frame.loc[paper.FULL, "DSC reported"]
-    t2 = C.comparison(res, C.TABLE_II)
+    t2 = R.comparison(res, C.TABLE_II)
     assert "(reproduced)" in t2.frame.loc["Multi-encoder multi-modality network (baseline)", "DSC reproduced"]
-    q = C.three_questions(res)
-    assert q["n"].tolist() == [2, 0, 0]  # multi_mlp_std was not run: questions 2 and 3 say so
+    q = R.three_questions(res)
+    n = len(res.test_cases())
+    assert q["n"].tolist() == [n, 0, 0]  # multi_mlp_std was not run: questions 2 and 3 say so
+    s = R.summary_table(res)
+    assert list(s.index) == res.methods and s.loc["single_t1", "tables"] == "(pre-training)"
     import matplotlib
 
     matplotlib.use("Agg")
-    C.fig_slices(res, "mmfnet_full", case)
-    C.fig_tp_fp_fn(res, rows, case)
+    R.fig_slices(res, "mmfnet_full", case)
+    R.fig_tp_fp_fn(res, None, case)
+    R.fig_curves(res)
 
 
 def test_profiles_answer_the_three_questions():
     from npcrepro import profiles
 
     for prof in ("smoke", "cpu"):
-        P = profiles.resolve("chen2020", prof)
-        keys = C.select_rows(P.rows, P.default_rows)
-        assert {"single_t1", "single_t2", "single_cet1"} <= set(keys) or any(C.ROWS[k].self_transfer for k in keys)
+        keys = [m.name for m in C.CHAPTER.methods(profiles.resolve("chen2020", prof))]
+        assert {"single_t1", "single_t2", "single_cet1"} <= set(keys)  # best single sequence
         assert "multi_encoder_mm" in keys  # plain multi-encoder
         assert "multi_mlp_std" in keys and "mmfnet_full" in keys  # fusion block without / with self-transfer
-    assert C.select_rows(profiles.resolve("chen2020", "gpu").default_rows) == C.select_rows("all")
+    assert len(C.CHAPTER.methods(profiles.resolve("chen2020", "gpu"))) == len(C.ROWS)
+
+
+# ------------------------------------------------------------------------------------------ contract
+class Testchen2020Contract(ChapterContract):
+    chapter = "chen2020"
+    overrides = {"methods": "single_t1,multi_encoder_mm"}
+    kill_at = 3  # after the checkpoint at the end of epoch 1 (2 updates per epoch at smoke)
 
 
 # ------------------------------------------------------------------------------------------ notebook
 @pytest.mark.slow
 def test_notebook_smoke(run_notebook):
     nb = run_notebook("chen2020")
-    text = "".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", ""))
-                   for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", "")) for o in outputs)
     assert "Traceback" not in text
-    glued = {o["metadata"]["scrapbook"]["name"] for c in nb.cells if c.cell_type == "code"
-             for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})}
-    assert {"chen2020_full_dsc", "chen2020_best_single_dsc", "chen2020_n_patients"} <= glued
+    match = re.search(r"run folder: (\S+)", text)
+    assert match, text[-2000:]
+    run = Path(match.group(1))
+    assert run.parts[-4:-1] == ("runs", "smoke", "chen2020")
+    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert info["status"] == "done" and "mmfnet_full" in [m["name"] for m in info["methods"]]
+    assert (run / "mmfnet_full" / "fold_0" / "seed_0" / "model.pt").exists()
+    glued = {o["metadata"]["scrapbook"]["name"] for o in outputs if "scrapbook" in o.get("metadata", {})}
+    assert {"chen2020_full_dsc", "chen2020_best_single_dsc", "chen2020_n_patients", "chen2020_updates",
+            "chen2020_warmup_updates", "chen2020_folds"} <= glued
+
+
+def test_notebook_is_committed_clean():
+    import nbformat
+
+    nb = nbformat.read(Path(__file__).resolve().parent.parent / "notebooks" / "chen2020.ipynb", as_version=4)
+    for c in nb.cells:
+        if c.cell_type == "code":
+            assert c.execution_count is None and not c.outputs

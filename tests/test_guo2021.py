@@ -1,5 +1,6 @@
 """guo2021: CSCN networks (BUNet, ACDNet, fusion), the 3D baselines, three-view blocks, sliding-window
-inference, preprocessing, and the chapter notebook under papermill."""
+inference, preprocessing, the chapter's methods under the chapter contract, and the notebook under
+papermill."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,11 +10,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npcrepro.models.cscn as cscn  # registers the networks
+from chapter_contract import ChapterContract
+from npcrepro import transforms as T
+from npcrepro.chapters.guo2021 import methods as M
+from npcrepro.chapters.guo2021 import prepare as G
+from npcrepro.engine import data as D
 from npcrepro.errors import DataError, ParameterError
+from npcrepro.losses import GuoLoss
 from npcrepro.models import available, build
-from npcrepro.pipelines import guo2021 as G
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def profiles_smoke(**overrides):
+    from npcrepro import profiles
+
+    return profiles.resolve("guo2021", "smoke", device="cpu", **overrides)
 
 
 # ------------------------------------------------------------------------------------- networks
@@ -117,13 +129,13 @@ def test_parameter_table():
 
 
 # ------------------------------------------------------------------------------------- views, blocks
-@pytest.mark.parametrize("view", G.VIEWS)
+@pytest.mark.parametrize("view", D.VIEWS)
 def test_view_round_trip(view):
     a = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
-    v = G.to_view(a, view)
-    assert v.shape[1] == (3, 4, 5)[G._VIEW_AXIS[view]]  # the view's axis comes first
-    np.testing.assert_array_equal(G.from_view(v, view), a)
-    assert G.to_view(np.zeros(G.view_shape((8, 24, 24), view)), view).shape == (8, 24, 24)
+    v = D.to_view(a, view)
+    assert v.shape[1] == (3, 4, 5)[D.VIEW_AXIS[view]]  # the view's axis comes first
+    np.testing.assert_array_equal(D.from_view(v, view), a)
+    assert D.to_view(np.zeros(D.view_shape((8, 24, 24), view)), view).shape == (8, 24, 24)
 
 
 def _toy_blocks(shape=(30, 40, 36), n=2, **kw):
@@ -135,7 +147,7 @@ def _toy_blocks(shape=(30, 40, 36), n=2, **kw):
         vols.append(rng.normal(size=(1,) + shape).astype(np.float32))
         tgts.append(t)
         ws.append(np.where(t, 3.0, 1.0).astype(np.float32))
-    return G.MultiViewBlocks(vols, tgts, ws, (8, 24, 24), **kw)
+    return D.MultiViewBlocks(vols, tgts, ws, (8, 24, 24), **kw)
 
 
 @given(seed=st.integers(0, 2**32 - 1), shape=st.tuples(st.integers(24, 40), st.integers(24, 40),
@@ -149,10 +161,10 @@ def test_block_sampler_covers_views_and_stays_inside(seed, shape, fg):
     for i in range(len(ds)):
         ci, view, box = ds.locate(i, rng)
         seen.add(view)
-        assert tuple(b - a for a, b in box) == G.view_shape(ds.patch, view)
+        assert tuple(b - a for a, b in box) == D.view_shape(ds.patch, view)
         for (a, b), n in zip(box, ds.volumes[ci].shape[1:]):
             assert 0 <= a < b <= n
-    assert seen == set(G.VIEWS)
+    assert seen == set(D.VIEWS)
 
 
 def test_block_items_are_canonical_with_weights():
@@ -165,7 +177,7 @@ def test_block_items_are_canonical_with_weights():
         assert y[0].sum() > 0  # centred on the tumour
         np.testing.assert_array_equal(y[1].numpy()[y[0].numpy() > 0], 3.0)
         views.append(ds.locate(i, np.random.default_rng(0))[1])
-    assert set(views) == set(G.VIEWS)
+    assert set(views) == set(D.VIEWS)
     x1, _ = ds[3]
     x2, _ = ds[3]
     torch.testing.assert_close(x1, x2)  # validation blocks are fixed
@@ -181,7 +193,7 @@ def test_small_volumes_are_padded_for_every_view():
 
 def test_block_sampler_rejects_mismatched_shapes():
     with pytest.raises(DataError):
-        G.MultiViewBlocks([np.zeros((1, 30, 30, 30))], [np.zeros((30, 30, 29), bool)],
+        D.MultiViewBlocks([np.zeros((1, 30, 30, 30))], [np.zeros((30, 30, 29), bool)],
                           [np.ones((30, 30, 30))])
 
 
@@ -192,7 +204,7 @@ def test_guo_loss_matches_distance_weighted_focal():
     logits = torch.randn(2, 2, 4, 6, 6)
     mask = (torch.rand(2, 1, 4, 6, 6) > 0.7).float()
     weight = 1 + 3 * mask[:, 0]
-    got = G.GuoLoss(2.0)(logits, torch.cat([mask, weight[:, None]], 1))
+    got = GuoLoss(2.0)(logits, torch.cat([mask, weight[:, None]], 1))
     want = DistanceWeightedFocalLoss(2.0, activation="softmax")(logits, mask.long(), weight=weight)
     torch.testing.assert_close(got, want)
 
@@ -216,7 +228,7 @@ def test_sliding_window_over_whole_volume_matches_direct():
     rng = np.random.default_rng(0)
     image = rng.normal(size=(1, 30, 41, 37)).astype(np.float32)
     net = _Pointwise()
-    prob = G.predict_views(net, image, (8, 24, 24), overlap=0.5, batch_size=3, device="cpu")
+    prob = M.predict_views(net, image, (8, 24, 24), overlap=0.5, batch_size=3, device="cpu")
     direct = torch.softmax(net(torch.from_numpy(image)[None]), 1)[0, 1].detach().numpy()
     assert prob.shape == image.shape[1:]
     np.testing.assert_allclose(prob, direct, atol=1e-5)
@@ -225,7 +237,7 @@ def test_sliding_window_over_whole_volume_matches_direct():
 def test_sliding_window_with_trained_shapes_and_range():
     net = build("guo2021_bunet", widths=(4, 8, 16)).eval()
     image = np.random.default_rng(1).normal(size=(1, 26, 33, 29)).astype(np.float32)
-    prob = G.predict_views(net, image, (8, 24, 24), overlap=0.25, device="cpu")
+    prob = M.predict_views(net, image, (8, 24, 24), overlap=0.25, device="cpu")
     assert prob.shape == (26, 33, 29)
     assert prob.min() >= 0 and prob.max() <= 1
 
@@ -235,15 +247,16 @@ def test_prepare_phantom_case_round_trip():
     from npcrepro import metrics, phantom
 
     case = phantom.make_case(3, preset="smoke", modalities=("T1",))
-    prep = G.prepare(case, channel="T1", spacing_mm=4.0, box_mm=(96.0, 160.0, 140.0))
+    prep = G.prepare_case(case, channel="T1", spacing_mm=4.0, box_mm=(96.0, 160.0, 140.0))
     assert prep.shape == (24, 40, 35)
     assert prep.work_spacing == (4.0, 4.0, 4.0)
     assert abs(float(prep.image.mean())) < 1.0
     assert prep.target.any() and prep.weight.min() == 1.0 and prep.weight[prep.target].min() >= 5.0
-    back = G.T.invert(prep.target.astype(np.float32), prep.record, order="linear") >= 0.5
+    back = T.invert(prep.target.astype(np.float32), prep.record, order="linear") >= 0.5
     assert back.shape == case.shape
     assert metrics.dice(back, case.labels["GTVp"]) > 0.8
     assert prep.rater2 is not None
+    assert prep.case is case and prep.reference.shape == case.shape
 
 
 def test_prepare_names_missing_inputs():
@@ -251,13 +264,13 @@ def test_prepare_names_missing_inputs():
 
     case = phantom.make_case(3, preset="smoke", modalities=("T1",))
     with pytest.raises(DataError, match="CET1"):
-        G.prepare(case, channel="CET1")
+        G.prepare_case(case, channel="CET1")
 
 
 def test_otsu_separates_two_modes():
     rng = np.random.default_rng(0)
     v = np.concatenate([rng.normal(0, 1, 500), rng.normal(10, 1, 500)])
-    assert 2 < G.otsu_threshold(v) < 8
+    assert 2 < T.otsu_threshold(v) < 8
 
 
 def test_profiles_registered_and_methods_checked():
@@ -270,7 +283,7 @@ def test_profiles_registered_and_methods_checked():
     with pytest.raises(ParameterError):
         profiles.resolve("guo2021", "smoke", channel="PET")
     with pytest.raises(ParameterError):
-        G._methods({"methods": "CSCN,UNet"})
+        M.selected({"methods": "CSCN,UNet"})
 
 
 def test_divergence_is_recorded(monkeypatch):
@@ -281,9 +294,64 @@ def test_divergence_is_recorded(monkeypatch):
 
     monkeypatch.setattr(Trainer, "fit", boom)
     ds = _toy_blocks(samples_per_case=3)
-    S = dict(G.SIZES["smoke"])
-    _, facts, _ = G.train_network("V-Net", ds, ds, S, device="cpu")
+    P = profiles_smoke()
+    model = M.build_model("V-Net", P["width"], 1, P["acd_layers"])
+    facts = M.fit_network(model, ds, ds, P, dict(device="cpu", seed=0, progress=False))
     assert facts["status"] == "diverged"
+
+
+# ------------------------------------------------------------------------------------- the chapter
+def test_methods_cascade_runs_after_bunet():
+    ms = M.CHAPTER.methods(profiles_smoke())
+    assert [m.name for m in ms] == list(M.METHODS)
+    assert {m.name: m.after for m in ms}["CSCN"] == ("BUNet",)
+    assert all(m.after == () for m in ms if m.name != "CSCN")
+    only = M.CHAPTER.methods(profiles_smoke(methods="CSCN"))
+    assert [m.name for m in only] == ["CSCN", "BUNet"]  # the coarse stage comes with the cascade
+    assert [m.name for m in M.CHAPTER.methods(profiles_smoke(methods="V-Net,CNN"))] == ["CNN", "V-Net"]
+
+
+def test_cascade_network_holds_both_stages():
+    P = profiles_smoke()
+    net = M.CHAPTER.build(M.CHAPTER.method("CSCN", P), P)
+    bunet = M.build_model("BUNet", P["width"], 1, P["acd_layers"])
+    net.bunet.load_state_dict(bunet.state_dict())  # the trained BUNet drops in
+    out = net.acdnet(torch.randn(1, 2, 8, 24, 24))
+    assert out.shape == (1, 2, 8, 24, 24)  # image + coarse map in, 2-class logits out
+
+
+@pytest.mark.parametrize("name,in_channels", [("CNN", 1), ("V-Net", 1), ("BUNet", 1), ("CSCN", 2),
+                                              ("ACDNet_cascade", 2)])
+def test_network_for_the_leaderboard(name, in_channels):
+    from npcrepro import recipes
+
+    width = 0.5
+    net = M.network(name, width=width, in_channels=in_channels, profile="cpu")
+    layers = recipes.load("guo2021").PROFILES["cpu"]["acd_layers"]
+    want = (M.build_model("ACDNet_cascade", width, in_channels - 1, layers) if name in ("CSCN", "ACDNet_cascade")
+            else M.build_model(name, width, in_channels, layers))
+    assert type(net) is type(want)
+    assert [p.shape for p in net.parameters()] == [p.shape for p in want.parameters()]
+    out = net(torch.randn(1, in_channels, 8, 24, 24))
+    assert out.shape == (1, 2, 8, 24, 24)
+
+
+def test_coarse_input_is_a_new_array():
+    from npcrepro import phantom
+
+    case = phantom.make_case(3, preset="smoke", modalities=("T1",))
+    prep = G.prepare_case(case, channel="T1", spacing_mm=4.0, box_mm=(96.0, 160.0, 140.0))
+    before = prep.image.copy()
+    vol = G.with_coarse(prep, np.ones(prep.shape, np.float32))
+    assert vol.shape == (2, *prep.shape)
+    vol[:] = 7
+    np.testing.assert_array_equal(prep.image, before)
+
+
+class Testguo2021Contract(ChapterContract):
+    chapter = "guo2021"
+    overrides = {"methods": "CSCN"}  # BUNet, then CSCN after it: the cascade through `after`
+    kill_at = 3  # after the checkpoint of iteration 2 (eval_every at smoke)
 
 
 # ------------------------------------------------------------------------------------- notebook
@@ -294,3 +362,19 @@ def test_notebook_smoke(run_notebook):
                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "(reported)" in text and "(reproduced)" in text
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_notebook_is_committed_clean():
+    import nbformat
+
+    from npcrepro.paths import repo_root
+
+    nb = nbformat.read(str(repo_root() / "notebooks" / "guo2021.ipynb"), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "_before = set(globals())" in code[0].source
+    assert code[1].metadata.get("tags") == ["parameters"]
+    text = "\n".join(c.source for c in nb.cells)
+    assert "chapters.run(P" in text and "npcrepro.pipelines" not in text
+    assert "RunFolder" not in text and "mark_done" not in text and "write_summary" not in text
+    assert 'recipes.deviations("guo2021", P.profile)' in text

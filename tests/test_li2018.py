@@ -245,12 +245,12 @@ def test_dataset_items_are_zscored():
 def test_parameters_validation():
     from npcrepro import profiles
 
-    assert profiles.resolve("li2018", "cpu").n_patients == 12
-    assert profiles.resolve("li2018", "gpu").cv == "loocv" and profiles.resolve("li2018", "gpu").n_patients == 29
-    assert profiles.resolve("li2018", "cpu", n_patients=6, k=3).k == 3
+    assert profiles.resolve("li2018", "cpu").n_cases == 12
+    assert profiles.resolve("li2018", "gpu").cv == "loocv" and profiles.resolve("li2018", "gpu").n_cases == 29
+    assert profiles.resolve("li2018", "cpu", n_cases=6, k=3).k == 3
     assert profiles.resolve("li2018", "cpu", iterations=[5, 1, 1]).iterations == [5, 1, 1]
     with pytest.raises(ParameterError, match="one of"):
-        profiles.resolve("li2018", "cpu", modes="fast")
+        profiles.resolve("li2018", "cpu", methods="fast")
     with pytest.raises(ParameterError, match="valid"):
         profiles.resolve("li2018", "laptop")
     with pytest.raises(ParameterError, match="valid"):
@@ -261,8 +261,8 @@ def test_methods_follow_modes():
     ch = M.CHAPTER
     assert [m.name for m in ch.methods(_params())] == ["working", "faithful"]
     assert ch.method("faithful", _params()).folds == 1
-    assert [m.name for m in ch.methods(_params(modes="working"))] == ["working"]
-    only = ch.methods(_params(modes="faithful"))
+    assert [m.name for m in ch.methods(_params(methods="working"))] == ["working"]
+    only = ch.methods(_params(methods="faithful"))
     assert [m.name for m in only] == ["faithful"] and only[0].folds is None
     assert [m.name for m in ch.methods(_params(faithful_folds=0))] == ["working"]
 
@@ -360,5 +360,5 @@ def test_notebook_is_committed_clean():
 # ----------------------------------------------------------------------------------------- the contract
 class Testli2018Contract(ChapterContract):
     chapter = "li2018"
-    overrides = {"n_patients": 3, "iterations": [2, 2, 2], "faithful_folds": 1}
+    overrides = {"n_cases": 3, "iterations": [2, 2, 2], "faithful_folds": 1}
     kill_at = 4  # inside stage 2, after the checkpoint of iteration 3

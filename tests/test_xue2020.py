@@ -1,4 +1,5 @@
-"""xue2020: DeepLabv3+ / MobileNetV2 and the U-Net baseline; the chapter's pipeline and notebook."""
+"""xue2020: DeepLabv3+ / MobileNetV2 and the U-Net baseline; the chapter (prepare, methods, report),
+its recipe, the contract and the notebook."""
 from __future__ import annotations
 
 import pytest
@@ -107,7 +108,7 @@ def test_bad_parameters():
         build("xue2020_deeplabv3plus")(torch.randn(1, 1, 8, 8, 8))
 
 
-# ----------------------------------------------------------------------------------------- pipeline
+# ----------------------------------------------------------------------------------------- chapter
 import re  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -115,7 +116,8 @@ import numpy as np  # noqa: E402
 from npcrepro import papers, profiles  # noqa: E402
 from npcrepro.datasets import Case  # noqa: E402
 from npcrepro.errors import DataError  # noqa: E402
-from npcrepro.pipelines import xue2020 as X  # noqa: E402
+from npcrepro.chapters.xue2020 import methods as M, prepare as X, report as R  # noqa: E402
+from chapter_contract import ChapterContract  # noqa: E402
 
 
 def _case(nodes_x=(4, 10), spacing=(3.0, 4.0, 4.0)):
@@ -184,12 +186,12 @@ def test_augment_identity_flip_and_binary_labels():
 
 
 def test_aspp_rates_follow_pixel_size():
-    assert X.aspp_rates_for(0.98) == (6, 12, 18)
-    assert X.aspp_rates_for(2.0) == (3, 6, 9)
-    assert X.aspp_rates_for(4.0) == (1, 3, 4)
-    assert X.aspp_rates_for(2.0, scale=False) == (6, 12, 18)
+    assert M.aspp_rates_for(0.98) == (6, 12, 18)
+    assert M.aspp_rates_for(2.0) == (3, 6, 9)
+    assert M.aspp_rates_for(4.0) == (1, 3, 4)
+    assert M.aspp_rates_for(2.0, scale=False) == (6, 12, 18)
     P = profiles.resolve("xue2020", "smoke")
-    assert X.build_model("DeepLabv3+", P, pixel_mm=2.0).aspp.rates == (3, 6, 9)
+    assert M.build_model("DeepLabv3+", P, pixel_mm=2.0).aspp.rates == (3, 6, 9)
 
 
 def test_profiles_follow_the_paper_recipe():
@@ -208,14 +210,14 @@ def test_profiles_follow_the_paper_recipe():
 
 def test_split_sizes_scale_down():
     P = profiles.resolve("xue2020", "cpu")
-    assert X._split_sizes(20, P) == (5, 3)
-    assert X._split_sizes(8, P) == (2, 1)
-    assert X._split_sizes(3, P) == (1, 1)
+    assert X.split_sizes(20, P) == (5, 3)
+    assert X.split_sizes(8, P) == (2, 1)
+    assert X.split_sizes(3, P) == (1, 1)
 
 
 def test_time_per_slice():
     P = profiles.resolve("xue2020", "smoke")
-    t = X.time_per_slice(X.build_model("U-Net", P), (32, 32), "cpu", n=2, warmup=1)
+    t = M.time_per_slice(M.build_model("U-Net", P), (32, 32), "cpu", n=2, warmup=1)
     assert t["ms_median"] > 0 and t["shape"] == (32, 32) and "CPU" in t["device"]
 
 
@@ -233,6 +235,17 @@ def test_notebook_smoke(run_notebook):
               for m in re.findall(r"\{glue:text\}`([^`]+)`", c.source)}
     assert wanted and wanted <= glued, sorted(wanted - glued)
     assert any("(reproduced)" in str(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                   if o.output_type == "stream")
+    match = re.search(r"run folder: (\S+)", text)
+    assert match, text[-2000:]
+    from pathlib import Path
+
+    run = Path(match.group(1))
+    assert run.parts[-4:-1] == ("runs", "smoke", "xue2020")
+    assert {"params.json", "environment.json", "run.json", "splits.json", "metrics.csv", "training.csv",
+            "deeplabv3plus", "unet", "DONE"} <= {p.name for p in run.iterdir()}
+    assert list((run / "unet" / "fold_0" / "seed_0" / "predictions").glob("*/GTVp.nii.gz"))
 
 
 def test_notebook_is_clean_and_parameterised():
@@ -252,16 +265,70 @@ def test_notebook_is_clean_and_parameterised():
 
 
 def test_training_note_flags_a_model_that_did_not_learn():
-    from types import SimpleNamespace
-
-    def track(**best):
-        return SimpleNamespace(histories={m: SimpleNamespace(best_val_loss=v) for m, v in best.items()})
-
-    ok = X.training_note(track(**{"DeepLabv3+": 0.41, "U-Net": 0.44}))
+    ok = R.training_note({"DeepLabv3+": 0.41, "U-Net": 0.44})
     assert ok.startswith("Both networks learned") and "DeepLabv3+ 0.41" in ok
-    bad = X.training_note(track(**{"DeepLabv3+": 0.92, "U-Net": 0.44}))
+    bad = R.training_note({"DeepLabv3+": 0.92, "U-Net": 0.44})
     assert bad.startswith("DeepLabv3+ did not learn") and "U-Net did not" not in bad
     assert "0.92" in bad and "failed training" in bad
-    edge = X.training_note(track(**{"DeepLabv3+": X.NOT_LEARNED_LOSS, "U-Net": 0.9}))
+    edge = R.training_note({"DeepLabv3+": R.NOT_LEARNED_LOSS, "U-Net": 0.9})
     assert edge.startswith("DeepLabv3+ and U-Net did not learn")
-    assert "not known" in X.training_note(track(**{"U-Net": None}))
+    assert "not known" in R.training_note({"U-Net": None})
+
+
+def test_network_for_the_leaderboard_matches_the_old_builder():
+    # the leaderboard built DeepLabv3+ as build_model("DeepLabv3+", {"output_stride": 16, "deeplab_width":
+    # width, "scale_aspp": True}, in_channels, pixel_mm=2.0); network() gives the same from the recipe
+    for width in (0.5, 1.0):
+        new = M.network("DeepLabv3+", width=width, in_channels=2, profile="cpu")
+        old = M.build_model("DeepLabv3+", {"output_stride": 16, "deeplab_width": width, "scale_aspp": True}, 2,
+                            pixel_mm=2.0)
+        assert new.aspp.rates == old.aspp.rates == (3, 6, 9)
+        assert count_parameters(new) == count_parameters(old)
+        assert [p.shape for p in new.parameters()] == [p.shape for p in old.parameters()]
+    unet = M.network("unet", width=0.5, in_channels=1, profile="gpu")
+    assert count_parameters(unet) == count_parameters(build("unet2d", widths=[32, 64, 128, 256, 512]))
+    with pytest.raises(ParameterError):
+        M.network("DeepLabv3+", width=1.0, in_channels=1, profile="huge")
+
+
+def test_prediction_is_on_the_case_grid_with_a_crop():
+    from types import SimpleNamespace
+
+    case = X.xue_case(_case())
+    P = profiles.resolve("xue2020", "smoke", image_size=[32, 48])
+    ctx = SimpleNamespace(P=P, device="cpu")
+    method = M.CHAPTER.method("unet", P)
+    torch.manual_seed(0)
+    out = M.CHAPTER.predict(method, M.CHAPTER.build(method, P), case, ctx)
+    assert list(out) == [X.TARGET] and out[X.TARGET].shape == case.shape
+    assert out[X.TARGET].dtype == np.float32
+    assert (out[X.TARGET][:, :16] == 0).all()        # outside the centre crop: background
+
+
+def test_prepared_case_leaves_the_source_alone_and_methods_are_the_two_networks():
+    case = _case()
+    before = {k: v.copy() for k, v in case.labels.items()}
+    P = profiles.resolve("xue2020", "smoke")
+    xc = M.CHAPTER.prepare(case, P)
+    assert all((case.labels[k] == v).all() for k, v in before.items()) and set(case.labels) == set(before)
+    assert xc.labels[X.TARGET].sum() > case.labels["GTVp"].sum()
+    assert [(m.name, m.label) for m in M.CHAPTER.methods(P)] == [("deeplabv3plus", "DeepLabv3+"),
+                                                                  ("unet", "U-Net")]
+    folds = M.CHAPTER.folds([f"c{i}" for i in range(8)], profiles.resolve("xue2020", "cpu"))
+    assert len(folds) == 1 and (len(folds[0].test), len(folds[0].val)) == (2, 1)
+
+
+def test_real_params_switch_to_the_openkbp_track():
+    P = profiles.resolve("xue2020", "cpu", resume="somewhere")
+    Q = X.real_params(P)
+    assert (Q.target, Q.iterations, Q.image_size, Q.resume) == ("ptv70", P.real_iterations, P.real_image_size, "")
+    assert Q.n_cases == P.n_cases and Q.epochs is None
+    assert X.openkbp_data(profiles.resolve("xue2020", "smoke"))[0] is None     # real_cases 0: off
+
+
+class Testxue2020Contract(ChapterContract):
+    chapter = "xue2020"
+    # smaller and faster than smoke: a narrower DeepLab, 4 iterations of batch 2, one timed slice
+    overrides = {"iterations": 4, "eval_every": 2, "batch_size": 2, "deeplab_width": 0.5, "timing_slices": 1,
+                 "unet_widths": [4, 8, 16]}
+    kill_at = 3  # after the checkpoint of iteration 2

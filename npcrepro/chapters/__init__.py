@@ -22,6 +22,9 @@ MODULES: dict[str, str] = {
     "leaderboard": "npcrepro.chapters.leaderboard.methods",
     "luo2020": "npcrepro.chapters.luo2020.methods",
     "li2018": "npcrepro.chapters.li2018.methods",
+    "xue2020": "npcrepro.chapters.xue2020.methods",
+    "chen2020": "npcrepro.chapters.chen2020.methods",
+    "guo2021": "npcrepro.chapters.guo2021.methods",
 }
 
 

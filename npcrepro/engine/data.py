@@ -218,3 +218,266 @@ class PatchDataset(_Base):
         box = T.random_box(self.images[ci].shape[1:], self.patch_size, draw, center_in=fg)
         image, target = T.crop(self.images[ci], box), T.crop(self.targets[ci], box)
         return self._finish(image, target, rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# chen2020: windows centred on a fixed in-plane point (the Otsu box centre) sliding along z, and
+# centre-pixel patches for patch classifiers. Both read "centred volumes": objects with ``name``,
+# ``image`` (C, z, y, x) float32, ``channels`` (names of C), ``target`` (z, y, x) bool, ``center``
+# (z, y, x) voxels and ``fills`` (one padding value per channel).
+
+
+def crop_channels(image: np.ndarray, box, fills: Sequence[float]) -> np.ndarray:
+    """:func:`npcrepro.transforms.crop` of every channel of (C, ...) ``image``, each padded with its
+    own fill value."""
+    return np.stack([T.crop(image[c], box, fill=fills[c]) for c in range(image.shape[0])])
+
+
+def inplane_box(vol, size: Sequence[int], shift: Sequence[int] = (0, 0)):
+    """(y, x) box of ``size`` centred on ``vol.center`` (+ ``shift`` voxels)."""
+    return T.center_box(vol.image.shape[2:], size, (vol.center[1] + shift[0], vol.center[2] + shift[1]))
+
+
+def z_window_starts(nz: int, depth: int, step: int) -> list[int]:
+    """Window starts along z every ``step`` slices; one centred (negative) start when ``nz < depth``."""
+    from npcrepro.engine.inference import window_starts
+
+    if nz < depth:
+        return [-((depth - nz) // 2)]
+    return window_starts(nz, depth, step)
+
+
+def channel_index(vol, names: Sequence[str]) -> list[int]:
+    """Indices of channels ``names`` in ``vol.channels`` (DataError naming the case when missing)."""
+    missing = [n for n in names if n not in vol.channels]
+    if missing:
+        raise DataError(f"case {vol.name}: missing sequence(s) {missing} (has {list(vol.channels)})")
+    return [list(vol.channels).index(n) for n in names]
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Windows of ``depth`` slices x ``size`` (H, W), in-plane centred on each volume's ``center``,
+    starting every ``step`` slices along z (every slice with ``depth=1``).
+
+    ``get(index, rng)`` augments (random centre offset within +-``offset`` voxels per axis, vertical
+    flip with probability 1/2 when ``flip``, in-plane rotation within +-``rotate_deg``);
+    ``dataset[index]`` is the plain window. Items are ``(image, target)`` float32 tensors
+    (C, depth, H, W) and (1, depth, H, W), or (C, H, W) and (1, H, W) with ``two_d``.
+    """
+
+    def __init__(self, volumes: Sequence, channels: Sequence[str], depth: int, size: Sequence[int],
+                 step: int, *, offset: Sequence[int] = (0, 0, 0), flip: bool = False,
+                 rotate_deg: float = 0.0, two_d: bool = False):
+        if not volumes:
+            raise DataError("WindowDataset: no cases")
+        self.volumes = list(volumes)
+        self.channels = tuple(channels)
+        self.index = [channel_index(v, self.channels) for v in self.volumes]
+        self.depth, self.size, self.step = int(depth), tuple(int(s) for s in size), int(step)
+        self.offset = tuple(int(o) for o in offset)
+        self.flip, self.rotate_deg, self.two_d = bool(flip), float(rotate_deg), bool(two_d)
+        if self.two_d and self.depth != 1:
+            raise ParameterError("two_d windows need depth=1")
+        self.items = [(ci, z) for ci, v in enumerate(self.volumes)
+                      for z in z_window_starts(v.image.shape[1], self.depth, self.step)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.get(int(index), None)
+
+    def get(self, index: int, rng: np.random.Generator | None):
+        ci, z0 = self.items[index]
+        v = self.volumes[ci]
+        dz = dy = dx = 0
+        if rng is not None:
+            dz, dy, dx = (int(rng.integers(-o, o + 1)) if o else 0 for o in self.offset)
+        nz = v.image.shape[1]
+        if nz >= self.depth:
+            z0 = min(max(z0 + dz, 0), nz - self.depth)
+        (y0, y1), (x0, x1) = inplane_box(v, self.size, (dy, dx))
+        box = ((z0, z0 + self.depth), (y0, y1), (x0, x1))
+        idx = self.index[ci]
+        image = crop_channels(v.image[idx], box, [v.fills[i] for i in idx])
+        target = T.crop(v.target, box)[None].astype(np.float32)
+        if rng is not None:
+            if self.flip and rng.random() < 0.5:
+                image, target = image[..., ::-1, :], target[..., ::-1, :]
+            if self.rotate_deg:
+                angle = float(rng.uniform(-self.rotate_deg, self.rotate_deg))
+                image, target = T.rotate(np.ascontiguousarray(image), np.ascontiguousarray(target) > 0.5,
+                                         angle)
+                target = target.astype(np.float32)
+        if self.two_d:
+            image, target = image[:, 0], target[:, 0]
+        return (torch.from_numpy(np.ascontiguousarray(image, np.float32)),
+                torch.from_numpy(np.ascontiguousarray(target, np.float32)))
+
+
+class CentrePixelDataset(torch.utils.data.Dataset):
+    """Training patches of patch classifiers: (C, P, P) around a centre pixel, target (1, 1, 1) its
+    label. A fraction ``fg_fraction`` of the draws is centred on a tumour pixel (class balance), the
+    rest anywhere in the in-plane crop (``size``) of any slice. ``samples_per_case`` draws per case
+    make one pass; ``dataset[i]`` is a fixed draw (validation)."""
+
+    def __init__(self, volumes: Sequence, channels: Sequence[str], patch_size: int, size: Sequence[int],
+                 *, samples_per_case: int = 256, fg_fraction: float = 0.5, flip: bool = False):
+        if not volumes:
+            raise DataError("CentrePixelDataset: no cases")
+        self.volumes, self.channels = list(volumes), tuple(channels)
+        self.index = [channel_index(v, self.channels) for v in self.volumes]
+        self.patch, self.size = int(patch_size), tuple(int(s) for s in size)
+        self.samples_per_case, self.fg_fraction, self.flip = int(samples_per_case), float(fg_fraction), flip
+        self.fg = [np.argwhere(v.target) for v in self.volumes]
+
+    def __len__(self) -> int:
+        return len(self.volumes) * self.samples_per_case
+
+    def __getitem__(self, index: int):
+        return self.get(int(index), None)
+
+    def get(self, index: int, rng: np.random.Generator | None):
+        ci = index // self.samples_per_case
+        v = self.volumes[ci]
+        draw = rng if rng is not None else item_rng(0, 7727, index)
+        if len(self.fg[ci]) and draw.random() < self.fg_fraction:
+            z, y, x = (int(a) for a in self.fg[ci][draw.integers(len(self.fg[ci]))])
+        else:
+            (y0, y1), (x0, x1) = inplane_box(v, self.size)
+            z = int(draw.integers(v.image.shape[1]))
+            y, x = int(draw.integers(y0, y1)), int(draw.integers(x0, x1))
+        r = self.patch // 2
+        box = ((z, z + 1), (y - r, y + r + 1), (x - r, x + r + 1))
+        idx = self.index[ci]
+        image = crop_channels(v.image[idx], box, [v.fills[i] for i in idx])[:, 0]
+        inside = 0 <= y < v.target.shape[1] and 0 <= x < v.target.shape[2]
+        label = float(v.target[z, y, x]) if inside else 0.0
+        if rng is not None and self.flip and rng.random() < 0.5:
+            image = image[:, ::-1, :]
+        return (torch.from_numpy(np.ascontiguousarray(image, np.float32)),
+                torch.full((1, 1, 1), label, dtype=torch.float32))
+
+
+__all__ += ["crop_channels", "inplane_box", "z_window_starts", "channel_index", "WindowDataset",
+            "CentrePixelDataset"]
+
+
+# ---------------------------------------------------------------------------------------------
+# guo2021: three-view training blocks (24 x 24 x 8 blocks cut along z, y or x, thin axis first)
+
+__all__ += ["VIEWS", "view_shape", "to_view", "from_view", "MultiViewBlocks"]
+
+#: Block orientations: the axis (z, y or x) the block's thin side lies along.
+VIEWS = ("axial", "coronal", "sagittal")
+VIEW_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+# spatial permutation taking (z, y, x) to the view's canonical (thin, a, b) order
+_VIEW_PERM = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
+
+
+def view_shape(patch: Sequence[int], view: str) -> tuple[int, int, int]:
+    """The (z, y, x) shape of a canonical block ``patch`` = (thin, a, b) cut in ``view``."""
+    if view not in VIEW_AXIS:
+        raise ParameterError(f"unknown view {view!r} (valid: {', '.join(VIEWS)})")
+    thin, a, b = (int(p) for p in patch)
+    return {"axial": (thin, a, b), "coronal": (a, thin, b), "sagittal": (a, b, thin)}[view]
+
+
+def to_view(arr: np.ndarray, view: str) -> np.ndarray:
+    """Transpose the last three (z, y, x) axes so the view's thin axis comes first."""
+    lead = arr.ndim - 3
+    return np.transpose(arr, tuple(range(lead)) + tuple(lead + i for i in _VIEW_PERM[view]))
+
+
+def from_view(arr: np.ndarray, view: str) -> np.ndarray:
+    """Inverse of :func:`to_view`."""
+    lead = arr.ndim - 3
+    inv = tuple(int(i) for i in np.argsort(_VIEW_PERM[view]))
+    return np.transpose(arr, tuple(range(lead)) + tuple(lead + i for i in inv))
+
+
+class MultiViewBlocks(torch.utils.data.Dataset):
+    """Training blocks cut in the three views (guo2021).
+
+    ``volumes`` (C, z, y, x) network inputs per patient (the image, or image + coarse map), ``targets``
+    and ``weights`` (z, y, x) tumour masks and per-voxel loss weights on the same grids; ``patch`` the
+    canonical block (thin, a, b); block ``i`` of a patient is cut in view ``views[i % 3]``, centred on a
+    random tumour voxel with probability ``fg_prob`` (else uniform), flipped left-right at random when
+    ``flip`` (training only).
+
+    Items are ``(image, target)`` float32 tensors (C, thin, a, b) and (2, thin, a, b): channel 0 the
+    tumour mask, channel 1 the weight (:class:`npcrepro.losses.GuoLoss` splits them). ``get(index, rng)``
+    draws a training block; ``dataset[index]`` a fixed one (validation). Blocks always lie inside the
+    volume (volumes smaller than the block along an axis are padded first). The inputs are not changed.
+    """
+
+    def __init__(self, volumes: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                 weights: Sequence[np.ndarray], patch: Sequence[int] = (8, 24, 24), *,
+                 samples_per_case: int = 30, fg_prob: float = 0.5, flip: bool = True,
+                 views: Sequence[str] = VIEWS):
+        if not volumes:
+            raise DataError("MultiViewBlocks: no volumes")
+        if not (len(volumes) == len(targets) == len(weights)):
+            raise DataError("MultiViewBlocks: volumes, targets and weights differ in number")
+        self.patch = tuple(int(p) for p in patch)
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise ParameterError(f"patch must be 3 positive ints (thin, a, b), got {patch}")
+        self.views = tuple(views)
+        for v in self.views:
+            view_shape(self.patch, v)
+        need = max(self.patch)
+        self.volumes, self.targets, self.weights, self.fg = [], [], [], []
+        for vol, tgt, w in zip(volumes, targets, weights):
+            vol = np.asarray(vol, np.float32)
+            if vol.ndim != 4 or vol.shape[1:] != np.shape(tgt) or np.shape(w) != np.shape(tgt):
+                raise DataError(f"MultiViewBlocks: shapes differ: volume {vol.shape}, target "
+                                f"{np.shape(tgt)}, weight {np.shape(w)}")
+            pads = [(0, 0)] + [(max(0, need - n) // 2, max(0, need - n) - max(0, need - n) // 2)
+                               for n in vol.shape[1:]]
+            if any(a or b for a, b in pads[1:]):
+                vol = np.pad(vol, pads, constant_values=float(vol.min()))
+                tgt = np.pad(np.asarray(tgt, bool), pads[1:])
+                w = np.pad(np.asarray(w, np.float32), pads[1:], constant_values=1.0)
+            self.volumes.append(vol)
+            self.targets.append(np.asarray(tgt, bool))
+            self.weights.append(np.asarray(w, np.float32))
+            self.fg.append(np.flatnonzero(self.targets[-1]))
+        self.samples_per_case = int(samples_per_case)
+        self.fg_prob, self.flip = float(fg_prob), bool(flip)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.volumes[0].shape[0])
+
+    def __len__(self) -> int:
+        return len(self.volumes) * self.samples_per_case
+
+    def locate(self, index: int, rng: np.random.Generator | None = None):
+        """``(case index, view, box)`` of block ``index``; ``box`` is ((z0, z1), (y0, y1), (x0, x1)) in
+        the (padded) volume."""
+        ci = index // self.samples_per_case
+        view = self.views[index % len(self.views)]
+        draw = rng if rng is not None else item_rng(0, 7717, index)
+        shape = self.volumes[ci].shape[1:]
+        size = view_shape(self.patch, view)
+        fg = self.fg[ci]
+        if fg.size and draw.random() < self.fg_prob:
+            centre = np.unravel_index(fg[draw.integers(fg.size)], shape)
+        else:
+            centre = [draw.integers(n) for n in shape]
+        starts = [min(max(int(c) - s // 2, 0), n - s) for c, s, n in zip(centre, size, shape)]
+        return ci, view, tuple((a, a + s) for a, s in zip(starts, size))
+
+    def __getitem__(self, index: int):
+        return self.get(int(index), None)
+
+    def get(self, index: int, rng: np.random.Generator | None):
+        ci, view, box = self.locate(index, rng)
+        sl = tuple(slice(a, b) for a, b in box)
+        image = self.volumes[ci][(slice(None),) + sl]
+        target = np.stack([self.targets[ci][sl].astype(np.float32), self.weights[ci][sl]])
+        if rng is not None and self.flip and rng.random() < 0.5:
+            image, target = image[..., ::-1], target[..., ::-1]
+        image, target = to_view(image, view), to_view(target, view)
+        return (torch.from_numpy(np.ascontiguousarray(image, np.float32)),
+                torch.from_numpy(np.ascontiguousarray(target, np.float32)))

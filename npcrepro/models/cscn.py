@@ -15,7 +15,7 @@ background and tumour), except :class:`CSCN`, whose ``forward`` returns the fuse
 **probability** (N, 1, ...) in [0, 1] -- fusion happens on probabilities by definition.
 
 Tensors are (N, C, D, H, W). Blocks are 3D; the paper's blocks are 24 x 24 x 8, which the pipeline
-(:mod:`npcrepro.pipelines.guo2021`) transposes so that the thin axis comes first: (N, C, 8, 24, 24).
+(:mod:`npcrepro.chapters.guo2021`) transposes so that the thin axis comes first: (N, C, 8, 24, 24).
 All networks accept any spatial size (inputs are padded to a multiple of their total stride and the
 output is cropped back).
 

@@ -17,6 +17,9 @@ Each ``npcrepro.recipes.<chapter>`` module holds only plain values (no torch, no
     some profile differs from ``PAPER`` must have an entry (tested); the chapter prints the table.
 ``CHOICES``
     ``{open point: what this chapter does}``: where the paper is silent.
+``TYPES`` (optional)
+    ``{parameter: "int" | "float" | "str" | "list" | ...}`` for a parameter that is None at every
+    profile (its type cannot be read off its values).
 
 :func:`npcrepro.profiles.parameters` reads these modules; nothing imports a chapter to learn its
 parameters.

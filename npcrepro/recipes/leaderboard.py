@@ -43,5 +43,5 @@ HELP = {
     "workers": "methods trained at once (processes, cores split between them)",
     "real_cases": "OpenKBP patients for the CT track (0: off)",
     "structure": "target structure on the phantom",
-    "external": "folders of other models' NIfTI predictions of the test patients, each scored as one more row",
+    "external": "folders of NIfTI predictions of other models (the test patients), each one more row",
 }

@@ -5,24 +5,24 @@ width 1 (Table 1 exactly). The faithful method's optimiser values are the printe
 profile; the working method departs from them (see DEVIATIONS).
 """
 
-_COMMON = dict(jitter_mm=15.0, finetune=False, lr=1e-3, lr_fusion=1e-2, modes="both", real_data="auto",
+_COMMON = dict(jitter_mm=15.0, finetune=False, lr=1e-3, lr_fusion=1e-2, methods="both", real_data="auto",
                faithful_lr=1e-7, momentum=0.9, weight_decay=5e-4, lr_step=100000, lr_gamma=0.1,
                seeds=1, workers=1)
 
 PROFILES = {
-    "smoke": dict(_COMMON, n_patients=4, slices_per_patient=2, cv="kfold", k=2, max_folds=1, width=0.125,
+    "smoke": dict(_COMMON, n_cases=4, slices_per_patient=2, cv="kfold", k=2, max_folds=1, width=0.125,
                   batch_size=4, iterations=[3, 2, 2], faithful_folds=1, real_k=2, real_max_folds=1,
                   real_iterations=[2, 1, 1]),
-    "cpu": dict(_COMMON, n_patients=12, slices_per_patient=3, cv="kfold", k=4, max_folds=None, width=0.25,
+    "cpu": dict(_COMMON, n_cases=12, slices_per_patient=3, cv="kfold", k=4, max_folds=None, width=0.25,
                 batch_size=8, iterations=[120, 40, 40], faithful_folds=1, real_k=5, real_max_folds=None,
                 real_iterations=[80, 25, 25]),
-    "gpu": dict(_COMMON, n_patients=29, slices_per_patient=3, cv="loocv", k=29, max_folds=None, width=1.0,
+    "gpu": dict(_COMMON, n_cases=29, slices_per_patient=3, cv="loocv", k=29, max_folds=None, width=1.0,
                 batch_size=16, iterations=[3000, 1000, 1000], faithful_folds=1, real_k=5,
                 real_max_folds=None, real_iterations=[2000, 600, 600]),
 }
 
 HELP = {
-    "n_patients": "patients used (phantom: rendered on the paper's DCE grid; dataset: its first n)",
+    "n_cases": "patients used (phantom: rendered on the paper's DCE grid; dataset: its first n)",
     "slices_per_patient": "tumour-bearing slices kept per patient, evenly over the tumour (None: all)",
     "cv": "cross-validation by patient: loocv or kfold",
     "k": "folds of the k-fold scheme",
@@ -38,7 +38,7 @@ HELP = {
     "finetune": "stages 2-3 also train the earlier layers (default: only the layers they add)",
     "lr": "working method: Adam learning rate of stage 1",
     "lr_fusion": "working method: Adam learning rate of stages 2-3 (the few fusion weights)",
-    "modes": "methods to train: both, working or faithful",
+    "methods": "methods to train: both, working or faithful",
     "real_data": "real T2 track: auto (../shared/data when present), off, or the npc-t2wi-slices folder",
     "faithful_lr": "faithful method: SGD base learning rate",
     "momentum": "faithful method: SGD momentum",
@@ -49,7 +49,7 @@ HELP = {
     "workers": "training jobs at once (processes)",
 }
 
-ALLOWED = {"cv": ["loocv", "kfold"], "modes": ["both", "working", "faithful"]}
+ALLOWED = {"cv": ["loocv", "kfold"], "methods": ["both", "working", "faithful"]}
 
 PAPER = {
     "lr": ("lr", 1e-7),

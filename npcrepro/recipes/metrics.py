@@ -6,13 +6,13 @@ NPC_ORGANS = ["Brainstem", "Spinal-Cord", "Parotid-Lt", "Parotid-Rt", "Mandible"
               "Submandibular-Lt", "Submandibular-Rt"]
 
 PROFILES = {
-    "smoke": dict(n_scans=1, organs=["Brainstem", "Parotid-Lt", "Lens-Lt"], tolerance_mm=2.0),
-    "cpu": dict(n_scans=7, organs=list(NPC_ORGANS), tolerance_mm=2.0),
-    "gpu": dict(n_scans=7, organs=[], tolerance_mm=2.0),  # [] = every organ
+    "smoke": dict(n_cases=1, organs=["Brainstem", "Parotid-Lt", "Lens-Lt"], tolerance_mm=2.0),
+    "cpu": dict(n_cases=7, organs=list(NPC_ORGANS), tolerance_mm=2.0),
+    "gpu": dict(n_cases=7, organs=[], tolerance_mm=2.0),  # [] = every organ
 }
 
 HELP = {
-    "n_scans": "scans of the two-rater set scored",
+    "n_cases": "scans of the two-rater set scored",
     "organs": "organs scored ([] = every organ)",
     "tolerance_mm": "surface Dice (NSD) tolerance in mm",
 }

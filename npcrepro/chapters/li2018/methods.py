@@ -126,10 +126,10 @@ class Li2018(Chapter):
 
     def methods(self, P):
         out = []
-        if P["modes"] in ("both", "working"):
+        if P["methods"] in ("both", "working"):
             out.append(Method("working", LABELS["working"], info={"mode": "working", "width": P["width"]}))
-        if P["modes"] in ("both", "faithful") and (P["modes"] == "faithful" or int(P["faithful_folds"]) > 0):
-            folds = None if P["modes"] == "faithful" else int(P["faithful_folds"])
+        if P["methods"] in ("both", "faithful") and (P["methods"] == "faithful" or int(P["faithful_folds"]) > 0):
+            folds = None if P["methods"] == "faithful" else int(P["faithful_folds"])
             out.append(Method("faithful", LABELS["faithful"], folds=folds,
                               info={"mode": "faithful", "width": P["width"]}))
         return out
@@ -144,7 +144,7 @@ class Li2018(Chapter):
 
     def cases(self, dataset, P):
         names = list(dataset.cases)
-        return names[: int(P["n_patients"])] if P["n_patients"] else names
+        return names[: int(P["n_cases"])] if P["n_cases"] else names
 
     def folds(self, cases, P):
         from npcrepro.engine.crossval import make_folds

@@ -54,13 +54,13 @@ def _cache_root(P: Mapping[str, Any]) -> Path:
 
 
 def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
-    """``P.n_patients`` phantom patients on the paper's DCE grid, frame 35 and GTVp only, written once
+    """``P.n_cases`` phantom patients on the paper's DCE grid, frame 35 and GTVp only, written once
     into the cache (``<out_dir>/_cache/li2018-dce-n<n>-s<seed>``). Patient ``i`` renders phantom seed
     ``seed + i``; seeds whose tumour misses the 6 cm slab are skipped (listed in the description)."""
     from npcrepro import phantom
     from npcrepro.datasets import Case, open_dataset, write_dataset
 
-    n, seed = int(P["n_patients"]), int(P["seed"])
+    n, seed = int(P["n_cases"]), int(P["seed"])
     folder = _cache_root(P) / f"li2018-dce-n{n}-s{seed}"
     if (folder / "dataset.json").exists():
         try:

@@ -1,0 +1,313 @@
+"""chen2020: tables, figures and the paper's three claims, read from a run's Results."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from npcrepro import transforms as T
+from npcrepro.chapters.chen2020.methods import (ROWS, SAME_AS, TABLE_I, TABLE_II, build_row,
+                                                training_order)
+from npcrepro.chapters.chen2020.prepare import CLIP_RANGES, MODALITIES, STRUCTURE
+from npcrepro.engine.data import inplane_box
+from npcrepro.errors import DataError
+from npcrepro.papers import chen2020 as paper
+
+__all__ = ["data_label", "recipe_table", "model_table", "comparison", "summary_table", "three_questions",
+           "fig_case", "fig_curves", "fig_slices", "fig_tp_fp_fn", "figure_case"]
+
+PAPER = "chen2020"
+
+
+def data_label(results) -> str:
+    """What the run trained on, for captions."""
+    n = results.params.get("n_cases")
+    if results.params.get("data") == "phantom":
+        return f"the digital phantom ({results.params.get('phantom_preset')} preset, {n} cases)"
+    return f"dataset {results.data} ({n} cases)"
+
+
+def recipe_table() -> pd.DataFrame:
+    """What the paper states (``npcrepro.papers.chen2020.INFO.recipe``) and where."""
+    rows = [{"item": k, "paper": "not stated" if v["value"] is None else str(v["value"]),
+             "source": v["source"], "note": v["note"]} for k, v in paper.INFO.recipe.items()]
+    return pd.DataFrame(rows).set_index("item")
+
+
+def model_table(keys: Sequence[str], width: float = 1.0, pool_sizes=None, patch_size: int = 33) -> pd.DataFrame:
+    """Parameter counts of rows at paper scale (width 1) and at ``width``."""
+    from npcrepro.models import count_parameters
+
+    out = []
+    for k in keys:
+        r = ROWS[k]
+        out.append({"row": k, "method": r.label, "input": " + ".join(r.modalities), "kind": r.kind,
+                    "parameters (paper widths)": count_parameters(build_row(k, patch_size=patch_size)),
+                    f"parameters (width {width:g})": count_parameters(
+                        build_row(k, width=width, pool_sizes=pool_sizes, patch_size=patch_size))})
+    return pd.DataFrame(out).set_index("row")
+
+
+def comparison(results, table: str = TABLE_I):
+    """Reported vs reproduced for one of the paper's tables, one line per method (the table's order),
+    columns (metric, reported / reproduced); rows this run did not train say "not reproduced".
+    Returns a :class:`~npcrepro.evaluation.ComparisonTable` (its caption names data and profile)."""
+    from npcrepro.evaluation import ComparisonTable, compare_with_paper
+    from npcrepro.papers import reported
+
+    rep = reported(PAPER, table=table)
+    rep = rep[rep["case"].isna()]
+    entries = paper.TABLE_I_ROWS if table == TABLE_I else paper.TABLE_II_ROWS
+    method_map = {e["label"]: SAME_AS.get(e["key"], e["key"]) for e in entries}
+    long = compare_with_paper(rep, results.metrics, paper=PAPER, data_source=data_label(results),
+                              profile=results.profile, table=table, digits=3, method_map=method_map)
+    names = {"dsc": "DSC", "ap": "AP", "dice_loss": "Dice loss"}
+    wide = long.frame.unstack(0).swaplevel(0, 1, axis=1)
+    wide = wide[[(m, side) for m in ("dsc", "ap", "dice_loss") for side in ("reported", "reproduced")]]
+    wide.columns = [f"{names[m]} {side}" for m, side in wide.columns]
+    wide = wide.loc[[e["label"] for e in entries]]
+    wide.index.name = "method"
+    return ComparisonTable(wide, long.numbers, long.caption, long.notes)
+
+
+def summary_table(results) -> pd.DataFrame:
+    """Reproduced mean ± sd per row (all rows run, including the pre-trainings), with training time."""
+    from npcrepro.evaluation import format_mean_sd
+
+    m, tr = results.metrics, results.training
+    out = []
+    for k in [k for k in results.methods if k in set(m["method"])]:
+        g = m[m["method"] == k]
+        t = tr[tr["method"] == k]
+        out.append({"row": k, "method": results.label(k),
+                    "tables": ", ".join(ROWS[k].tables) or "(pre-training)", "n": len(g),
+                    "DSC": format_mean_sd(g["dice"].mean(), g["dice"].std(ddof=1), 3),
+                    "AP": format_mean_sd(g["ap"].mean(), g["ap"].std(ddof=1), 3),
+                    "Dice loss": format_mean_sd(g["dice_loss"].mean(), g["dice_loss"].std(ddof=1), 3),
+                    "s / patient": round(float(g["seconds"].mean()), 2),
+                    "train s": round(float(t["train_seconds"].sum()), 1)})
+    return pd.DataFrame(out).set_index("row")
+
+
+def _reported_by_key(table: str, metric: str = "dice") -> dict[str, float]:
+    """{row key: reported value} of one table (``metric``: dice, ap or dice_loss)."""
+    from npcrepro.papers import reported
+
+    rep = reported(PAPER, table=table, metric={"dice": "dsc"}.get(metric, metric))
+    by_label = dict(zip(rep["method"], rep["value"]))
+    return {r["key"]: float(by_label[r["label"]])
+            for r in (paper.TABLE_I_ROWS if table == TABLE_I else paper.TABLE_II_ROWS)}
+
+
+def three_questions(results, metric: str = "dice") -> pd.DataFrame:
+    """The paper's three claims, each as a paired comparison on the same test patients.
+
+    1. fusion vs the best single sequence: the best fused row run (``mmfnet_full`` if run) against the
+       single-sequence row with the highest mean (chosen on the test patients, which favours the single
+       side); reported: the full MMFNet vs the best single-sequence row of Table I.
+    2. fusion block vs plain multi-encoder (both without self-transfer): ``multi_mlp_std`` vs
+       ``multi_encoder_mm`` (Table II).
+    3. self-transfer: ``mmfnet_full`` vs ``multi_mlp_std`` (Table II).
+
+    Columns: the two rows, reported and reproduced mean differences (A - B), paired t-test and
+    Wilcoxon p-values, n. Comparisons whose rows were not run say so.
+    """
+    from npcrepro.evaluation import paired_test
+
+    m = results.metrics
+    have = set(m["method"])
+    mean = lambda k: float(m.loc[m["method"] == k, metric].mean())  # noqa: E731
+    rep_i, rep_ii = _reported_by_key(TABLE_I, metric), _reported_by_key(TABLE_II, metric)
+    singles = [k for k in have if ROWS[k].family in ("single", "unet3d", "unet", "patch_cnn")]
+    fused = [k for k in ("mmfnet_full", "multi_mlp_std", "multi_encoder_mm") if k in have]
+    best_single = max(sorted(singles), key=mean) if singles else None
+    paper_single = max((r["key"] for r in paper.TABLE_I_ROWS if len(r["modalities"]) == 1), key=rep_i.get)
+    qs = [("1. multi-modality fusion vs the best single sequence", fused[0] if fused else None, best_single,
+           rep_i["mmfnet_full"] - rep_i[paper_single], f"{paper.FULL} vs {ROWS[paper_single].label}"),
+          ("2. fusion block vs plain multi-encoder", "multi_mlp_std", "multi_encoder_mm",
+           rep_ii["multi_mlp_std"] - rep_ii["baseline"], "Table II"),
+          ("3. self-transfer", "mmfnet_full", "multi_mlp_std",
+           rep_ii["mmfnet_full"] - rep_ii["multi_mlp_std"], "Table II")]
+    out = []
+    for q, a, b, rep_d, where in qs:
+        row = {"question": q, "A": ROWS[a].label if a else "—", "B": ROWS[b].label if b else "—",
+               "reported A - B": round(rep_d, 4), "reported from": where}
+        if a in have and b in have:
+            t = paired_test(m[m["method"] == a], m[m["method"] == b], metric, on=("fold", "seed", "case"))
+            row.update({"reproduced A - B": t["mean_diff"], "sd of difference": t["sd_diff"],
+                        "p (paired t)": t["p_t"], "p (Wilcoxon)": t["p_wilcoxon"], "n": t["n"]})
+        else:
+            row.update({"reproduced A - B": np.nan, "n": 0})
+        out.append(row)
+    return pd.DataFrame(out).set_index("question")
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def figure_case(results) -> str:
+    """The test case with the largest reference tumour."""
+    cases = results.test_cases()
+    return max(cases, key=lambda n: int(results.load_case(n, channels=["T1"]).labels[STRUCTURE].sum()))
+
+
+def fig_case(prep, crop: Sequence[int]):
+    """One prepared patient: the three normalised sequences on the slice with most tumour, reference
+    contour red, the in-plane crop the networks see in yellow, and a sagittal view."""
+    import matplotlib.pyplot as plt
+
+    z = int(prep.target.sum(axis=(1, 2)).argmax())
+    (y0, y1), (x0, x1) = inplane_box(prep, crop[1:])
+    fig, axes = plt.subplots(1, len(prep.channels) + 1, figsize=(3.2 * (len(prep.channels) + 1), 3.4))
+    for i, ch in enumerate(prep.channels):
+        ax = axes[i]
+        lo, hi = CLIP_RANGES.get(ch, (None, None))
+        ax.imshow(prep.image[i, z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.contour(prep.target[z], levels=[0.5], colors="red", linewidths=1)
+        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1))
+        ax.set_title(f"{ch} (clipped to {lo}, {hi})", fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    x = int(round(prep.center[2]))
+    ax = axes[-1]
+    sp = prep.record.resampled.spacing if prep.record.resampled is not None else prep.spacing
+    ax.imshow(prep.image[prep.channels.index("CET1") if "CET1" in prep.channels else 0, :, :, x],
+              cmap="gray", aspect=sp[0] / sp[1], interpolation="nearest")
+    ax.contour(prep.target[:, :, x], levels=[0.5], colors="red", linewidths=1)
+    ax.set_title("sagittal (CET1)", fontsize=9)
+    ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(f"{prep.name}, axial slice {z}: reference red, network crop yellow", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def fig_curves(results, fold: int = 0):
+    """Training and validation loss per row (one fold), with the self-transfer warm-up shaded."""
+    import matplotlib.pyplot as plt
+
+    curves = {k: results.curves(k, fold) for k in training_order(results.methods)}
+    keys = [k for k, c in curves.items() if not c.empty]
+    n = len(keys)
+    cols = min(3, max(n, 1))
+    nrows = (n + cols - 1) // cols or 1
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        c = curves[k]
+        epochs = np.arange(1, len(c) + 1)  # one curve row per epoch (one validation each)
+        ax.plot(epochs, c["train_loss"], label="train")
+        ax.plot(epochs, c["val_loss"], label="validation")
+        warm = int((c["stage"] == "warmup").sum()) if "stage" in c else 0
+        if warm:
+            ax.axvspan(0.5, warm + 0.5, color="0.9", label="frozen encoders")
+        patch = ROWS[k].kind == "patch"
+        ax.set_title(results.label(k), fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, None if patch else 1.05)
+        ax.set_ylabel("BCE" if patch else "Dice loss")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _display(case, channel: str) -> np.ndarray:
+    img = case.images[channel]
+    lo, hi = np.percentile(img, [1, 99.5])
+    return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+def _slice_dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    s = pred.sum() + ref.sum()
+    return float(2 * (pred & ref).sum() / s) if s else 1.0
+
+
+def fig_slices(results, row: str = "mmfnet_full", case: str | None = None, n_slices: int = 4):
+    """Fig. 7 style: ``n_slices`` axial slices (most tumour first) of one patient, T1 / T2 / CET1 from top
+    to bottom, reference contour red, prediction blue, per-slice DSC in the column title."""
+    import matplotlib.pyplot as plt
+
+    case = case or figure_case(results)
+    pred = results.prediction(row, case, STRUCTURE)
+    if pred is None:
+        raise DataError(f"no saved prediction of row {row!r} for case {case!r}")
+    c = results.load_case(case)
+    ref = c.labels[STRUCTURE]
+    area = ref.sum(axis=(1, 2))
+    zs = sorted([int(z) for z in np.argsort(-area)[:n_slices] if area[z] > 0]
+                or [int(np.argmax(pred.sum((1, 2))))])
+    box = T.bbox(ref | pred, margin=(0, 12, 12)) or tuple((0, s) for s in ref.shape)
+    sl = (slice(*box[1]), slice(*box[2]))
+    fig, axes = plt.subplots(3, len(zs), figsize=(2.3 * len(zs), 6.6), squeeze=False)
+    for j, z in enumerate(zs):
+        for i, ch in enumerate(MODALITIES):
+            ax = axes[i, j]
+            ax.imshow(_display(c, ch)[z][sl], cmap="gray", interpolation="nearest")
+            if ref[z][sl].any():
+                ax.contour(ref[z][sl], levels=[0.5], colors="red", linewidths=1.2)
+            if pred[z][sl].any():
+                ax.contour(pred[z][sl], levels=[0.5], colors="blue", linewidths=1.2)
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"z={z}  DSC={_slice_dice(pred[z], ref[z]):.3f}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(ch)
+    fig.suptitle(f"{results.label(row)} on {case}: reference red, prediction blue", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def fig_tp_fp_fn(results, rows: Sequence[str] | None = None, case: str | None = None, z: int | None = None):
+    """Fig. 9 style: one slice, T1 / T2 / CET1 from top to bottom, one column per method; true positives
+    green, false positives red, false negatives blue (first column: the reference)."""
+    import matplotlib.pyplot as plt
+
+    case = case or figure_case(results)
+    preds = {r: results.prediction(r, case, STRUCTURE) for r in (rows or results.methods)}
+    preds = {r: p for r, p in preds.items() if p is not None}
+    c = results.load_case(case)
+    ref = c.labels[STRUCTURE]
+    if z is None:
+        z = int(np.argmax(ref.sum(axis=(1, 2))))
+    union = ref[z].copy()
+    for p in preds.values():
+        union |= p[z]
+    box = T.bbox(union, margin=14) or tuple((0, s) for s in ref.shape[1:])
+    sl = (slice(*box[0]), slice(*box[1]))
+    cols = [("Reference", None)] + [(results.label(r), p) for r, p in preds.items()]
+    fig, axes = plt.subplots(3, len(cols), figsize=(1.9 * len(cols), 6.0), squeeze=False)
+    for j, (title, p) in enumerate(cols):
+        g = ref[z][sl]
+        for i, ch in enumerate(MODALITIES):
+            ax = axes[i, j]
+            base = _display(c, ch)[z][sl]
+            over = np.zeros(base.shape + (4,))
+            if p is None:
+                over[g] = (0, 0.8, 0, 0.55)
+            else:
+                q = p[z][sl]
+                over[q & g] = (0, 0.8, 0, 0.55)
+                over[q & ~g] = (1, 0, 0, 0.6)
+                over[~q & g] = (0, 0.3, 1, 0.6)
+            ax.imshow(np.repeat(base[..., None], 3, axis=-1), interpolation="nearest")
+            ax.imshow(over, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title("\n".join(_wrap(title, 18)), fontsize=7)
+            if j == 0:
+                ax.set_ylabel(ch)
+    fig.suptitle(f"{case}, slice {z}: TP green, FP red, FN blue", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, cur = text.replace("+", "+ ").split(), [], ""
+    for w in words:
+        if len(cur) + len(w) + 1 > width and cur:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip() if not cur.endswith("+") else cur + w
+    return lines + ([cur] if cur else [])

@@ -1,0 +1,423 @@
+"""xue2020: the chapter's tables, figures and the paper's numbers beside this run's, read from
+:class:`~npcrepro.engine.results.Results` (and, for the recipe tables, the resolved parameters)."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from npcrepro import transforms as T
+from npcrepro.chapters.xue2020.methods import METHODS, MODELS, build_model
+from npcrepro.chapters.xue2020.prepare import CT_WINDOW, TARGET, source_structures, xue_case
+
+__all__ = ["PAPER", "METRICS", "NOT_LEARNED_LOSS", "COLOURS", "labelled", "data_label", "reference_cases",
+           "recipe_table", "architecture_table", "parameter_table", "comparison", "p_value_table",
+           "timing_table", "training_table", "case_table", "training_note", "headline", "fig_target",
+           "fig_boxplots", "fig_contours", "fig_curves"]
+
+PAPER = "xue2020"
+
+#: Per-patient metrics of the paper (per-case table columns) and their paper names.
+METRICS: dict[str, str] = {"dice": "DSC", "jaccard": "JI", "assd": "ASD (mm)", "hd": "HD (mm)"}
+_REPORTED_METRIC = {"dice": "dsc", "jaccard": "jaccard", "assd": "assd", "hd": "hd"}
+
+#: Best validation loss (1 - soft DSC) at or above which a model is reported as not having learned:
+#: its validation DSC never rose above 0.2.
+NOT_LEARNED_LOSS = 0.8
+
+COLOURS = {"manual": "red", "DeepLabv3+": "lime", "U-Net": "dodgerblue"}
+
+
+# ----------------------------------------------------------------------------------- reading a run
+def labelled(results) -> pd.DataFrame:
+    """The run's per-patient metrics with ``method`` holding the paper's model names."""
+    m = results.metrics
+    return m.assign(method=m["method"].map(lambda n: results.label(n))) if len(m) else m
+
+
+def data_label(results) -> str:
+    """What the run was trained on, for titles and tables."""
+    if results.params.get("target") == "ptv70":
+        return "OpenKBP (PTV70 stand-in)"
+    return "phantom" if results.params.get("data") == "phantom" else str(results.params.get("data"))
+
+
+_CASES: dict[tuple, object] = {}
+
+
+def reference_cases(results, names=None) -> dict:
+    """name -> the chapter's case (CT and the derived target, as the run trained on it) of every case
+    of the run's split (or of ``names``); kept per process."""
+    names = list(names) if names is not None else [n for f in results.splits() for n in (*f.train, *f.val, *f.test)]
+    ds, rule = None, results.params.get("target", "gtvp_rpn")
+    out = {}
+    for n in names:
+        key = (str(results.path), n)
+        if key not in _CASES:
+            ds = ds or results.dataset()
+            _CASES[key] = xue_case(ds.load(n, channels=["CT"], structures=source_structures(ds, rule)), rule)
+        out[n] = _CASES[key]
+    return out
+
+
+def _training(results) -> pd.DataFrame:
+    t = results.training
+    return t.assign(model=t["method"].map(lambda n: results.label(n))) if len(t) else t
+
+
+# ----------------------------------------------------------------------------------- tables
+def recipe_table(P: Mapping) -> pd.DataFrame:
+    """The paper's recipe items (value and source, from :mod:`npcrepro.papers`) next to this run's."""
+    import torch
+
+    from npcrepro import papers
+
+    recipe = papers.info(PAPER).recipe
+    budget = f"{P['epochs']} epochs" if not P.get("iterations") else f"{P['iterations']} iterations"
+    ours = {
+        "optimizer": "Adam (torch defaults: betas 0.9/0.999, eps 1e-8)",
+        "lr": f"{P['lr']}",
+        "schedule": f"x{P['lr_factor']} after {P['lr_patience']} validations without improvement",
+        "batch_size": f"{P['batch_size']}",
+        "epochs": budget,
+        "loss": "1 - soft DSC (batch)",
+        "augmentation": f"flip, rotation ±{P['rotate_deg']:g}°, zoom {P['zoom'][0]}-{P['zoom'][1]}, "
+                        f"translation ±{100 * P['shift']:g}%",
+        "input_size": "whole slices of the grid" if not P.get("image_size") else f"{P['image_size']}",
+        "preprocessing": f"CT window {CT_WINDOW[0]:.0f}..{CT_WINDOW[1]:.0f} HU -> [0, 1]",
+        "framework": f"PyTorch {torch.__version__}",
+    }
+    rows = []
+    for item, e in recipe.items():
+        v = e.get("value")
+        rows.append({"item": item, "paper": "not stated" if v is None else str(v),
+                     "source": e.get("source") or "", "this run": ours.get(item, "—")})
+    return pd.DataFrame(rows)
+
+
+def architecture_table() -> pd.DataFrame:
+    """The DeepLabv3+ design choices: the paper, this project, the reference implementations."""
+    from npcrepro.recipes.xue2020 import REFERENCE_CHOICES
+
+    return pd.DataFrame(REFERENCE_CHOICES, columns=["item", "paper", "here", "reference implementations"])
+
+
+def parameter_table(P: Mapping, pixel_mm: float | None = None) -> pd.DataFrame:
+    """Parameters, output stride and ASPP rates of both models at the profile's sizes (for data of
+    ``pixel_mm`` pixels) and, below paper scale, the paper-scale DeepLabv3+ variants."""
+    import npcrepro.models.deeplab as D
+    from npcrepro.models import count_parameters
+
+    rows = []
+    for label in MODELS:
+        m = build_model(label, P, pixel_mm=pixel_mm)
+        rows.append({"model": label, "sizes": P["profile"], "parameters": count_parameters(m),
+                     "output stride": getattr(m, "output_stride", None) or 2 ** (len(P["unet_widths"]) - 1),
+                     "config": (f"MobileNetV2 width {P['deeplab_width']}, OS {P['output_stride']}, "
+                                f"ASPP rates {'/'.join(map(str, m.aspp.rates))}"
+                                if label == "DeepLabv3+" else f"widths {list(P['unet_widths'])}")})
+    if P["profile"] != "gpu":
+        for label, kw in (("DeepLabv3+", {}), ("DeepLabv3+", {"separable": False})):
+            m = D.DeepLabV3Plus(1, 1, **kw)
+            rows.append({"model": label + (" (plain 3x3 heads)" if kw else ""), "sizes": "paper scale",
+                         "parameters": count_parameters(m), "output stride": m.output_stride,
+                         "config": "MobileNetV2 width 1.0, OS 16, ASPP rates 6/12/18"
+                                   + (", plain 3x3 convs as the PyTorch ports" if kw else "")})
+    return pd.DataFrame(rows)
+
+
+def comparison(results):
+    """DSC, JI, ASD, HD of both models: reported (Sec. 2) vs reproduced (this run)."""
+    from npcrepro import papers
+    from npcrepro.evaluation import compare_with_paper
+
+    table = labelled(results)
+    rep = papers.reported(PAPER, table="Sec. 2")
+    rep = rep[rep["metric"].isin(["dsc", "jaccard", "assd", "hd"])]
+    out = compare_with_paper(rep, table, paper=PAPER, data_source=data_label(results), profile=results.profile,
+                             metrics=["dsc", "jaccard", "assd", "hd"], digits=2)
+    out.notes.append("Reproduced: mean ± sd over the test patients, each scored in 3D from its stacked "
+                     "slice predictions (0.5 threshold); ASD is the symmetric average surface distance "
+                     "(the paper's Eq. 3), HD the maximum Hausdorff distance, both in mm.")
+    n_empty = int(table["pred_empty"].sum())
+    if n_empty:
+        out.notes.append(f"{n_empty} prediction(s) were empty; their distances are the image diagonal.")
+    return out
+
+
+def p_value_table(results) -> pd.DataFrame:
+    """Paired t-test (and Wilcoxon) DeepLabv3+ vs U-Net per metric: reported vs reproduced p."""
+    from npcrepro.evaluation import paired_tests
+    from npcrepro.papers import get
+
+    a, b = list(MODELS)
+    tests = paired_tests(labelled(results), a, b, list(METRICS), on=("case", "structure"))
+    p_rep = get(PAPER).P_VALUES
+    rows = []
+    for _, r in tests.iterrows():
+        rec = p_rep[_REPORTED_METRIC[r["metric"]]]
+        rows.append({"metric": METRICS[r["metric"]], "n": int(r["n"]),
+                     "mean difference (DeepLabv3+ - U-Net)": r["mean_diff"],
+                     "p, paired t-test (reported)": f"< {rec.high:g}" if rec.high is not None else f"{rec.value:g}",
+                     "p, paired t-test (reproduced)": r["p_t"],
+                     "p, Wilcoxon (reproduced)": r["p_wilcoxon"]})
+    return pd.DataFrame(rows)
+
+
+def timing_table(results) -> pd.DataFrame:
+    """Inference ms per slice and training time: reported (the paper's GPU, full-size slices, full
+    training) vs reproduced (this machine, this profile)."""
+    from npcrepro import papers
+
+    rep = papers.reported(PAPER, table="Sec. 2")
+    recipe = papers.info(PAPER).recipe
+    setting = (f"{recipe['hardware']['value']}; {'x'.join(map(str, recipe['input_size']['value']))} slices; "
+               f"{recipe['epochs']['value']} epochs")
+    tr = _training(results).set_index("model") if len(results.training) else pd.DataFrame()
+    rows = []
+    for m in MODELS:
+        ms = rep[(rep["method"] == m) & (rep["metric"] == "ms_per_slice")]["value"]
+        hours = rep[(rep["method"] == m) & (rep["metric"] == "train_hours")]["value"]
+        t = tr.loc[m] if m in tr.index else {}
+        rows.append({"model": m,
+                     "ms per slice (reported)": float(ms.iloc[0]) if len(ms) else None,
+                     "training hours (reported)": float(hours.iloc[0]) if len(hours) else None,
+                     "setting (reported)": setting,
+                     "ms per slice (reproduced)": t.get("ms_median"),
+                     "training seconds (reproduced)": t.get("fit_seconds"),
+                     "iterations (reproduced)": t.get("iterations"),
+                     "slice size (reproduced)": t.get("timing_shape"),
+                     "device (reproduced)": t.get("timing_device")})
+    return pd.DataFrame(rows)
+
+
+def training_table(results) -> pd.DataFrame:
+    """Per model: iterations, wall seconds, best validation loss and where, final learning rate."""
+    t = _training(results)
+    cols = {"model": "model", "train_slices": "training slices", "iterations": "iterations",
+            "fit_seconds": "seconds", "best_val_loss": "best validation loss", "best_iteration": "at iteration",
+            "final_train_loss": "final train loss", "final_lr": "final lr", "lr_cuts": "lr cuts"}
+    return t[[c for c in cols if c in t]].rename(columns=cols) if len(t) else t
+
+
+def case_table(results) -> pd.DataFrame:
+    """One row per patient: split, stage, target volume, retropharyngeal nodes kept / left out."""
+    fold = results.splits()[0]
+    rows = []
+    for n, c in reference_cases(results).items():
+        f = c.meta.get("xue2020", {})
+        rows.append({"case": n, "split": "train" if n in fold.train else "val" if n in fold.val else "test",
+                     "T": c.meta.get("t_stage", "—"), "N": c.meta.get("n_stage", "—"),
+                     "shape (z, y, x)": c.shape, "spacing (mm)": tuple(round(s, 2) for s in c.spacing),
+                     "target (cm³)": round(float(f.get("target_cm3", 0.0)), 2),
+                     "RP nodes in target": f.get("rp_nodes", "—"),
+                     "other nodes left out": f.get("other_nodes", "—")})
+    return pd.DataFrame(rows)
+
+
+def training_note(best: Mapping[str, float | None]) -> str:
+    """One sentence on whether each model learned, from its best validation loss (1 - soft DSC):
+    ``best`` = {model: best validation loss or None}.
+
+    A model that did not learn makes the comparison one between a failed training and a working one,
+    which the chapter must say next to the numbers rather than let them speak for the architecture."""
+    best = {m: float(v) for m, v in best.items() if v is not None and np.isfinite(v)}
+    if not best:
+        return "No validation loss was recorded, so whether the models learned is not known."
+    failed = [m for m, v in best.items() if v >= NOT_LEARNED_LOSS]
+    losses = ", ".join(f"{m} {v:.2f}" for m, v in best.items())
+    if not failed:
+        return f"Both networks learned (best validation loss, 1 − soft DSC: {losses})."
+    return (f"{' and '.join(failed)} did not learn in this run (best validation loss, 1 − soft DSC: "
+            f"{losses}; at or above {NOT_LEARNED_LOSS} the validation DSC never exceeded "
+            f"{1 - NOT_LEARNED_LOSS:.1f}), so the comparison below measures a failed training, not the "
+            "architecture. At this budget the paper's recipe is fragile: another seed, or the same seed "
+            "with a different floating-point summation order, can decide whether a network trains at all.")
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def headline(results) -> dict[str, str]:
+    """Formatted numbers of a finished run for the chapter's prose (glued as ``xue2020_<key>``):
+    split sizes, grid, per-model mean ± sd of each metric, paired-test p-values, timings, and the
+    paper's reported values beside them (from :mod:`npcrepro.papers`)."""
+    from npcrepro import papers
+    from npcrepro.evaluation import format_mean_sd
+
+    short = {"DeepLabv3+": "deeplab", "U-Net": "unet"}
+    key = {"dice": "dsc", "jaccard": "ji", "assd": "asd", "hd": "hd"}
+    fold = results.splits()[0]
+    cases = reference_cases(results)
+    c0 = next(iter(cases.values()))
+    tr = _training(results).set_index("model")
+    out = {"n_cases": str(len(cases)), "n_train": str(len(fold.train)), "n_val": str(len(fold.val)),
+           "n_test": str(len(fold.test)), "profile": results.profile, "data": data_label(results),
+           "grid": " × ".join(map(str, c0.shape)),
+           "spacing": " × ".join(f"{s:.2f}".rstrip("0").rstrip(".") for s in c0.spacing) + " mm",
+           "n_rp": str(sum(1 for c in cases.values() if c.meta.get("xue2020", {}).get("rp_nodes"))),
+           "training_note": training_note({m: tr.loc[m, "best_val_loss"] for m in tr.index})}
+    if len(tr):
+        out.update(train_slices=str(int(tr["train_slices"].iloc[0])), threads=str(int(tr["threads"].iloc[0])),
+                   iterations=str(int(tr["iterations"].iloc[0])))
+    table = labelled(results)
+    rep = papers.reported(PAPER, table="Sec. 2")
+    means = {}
+    for m, sm in short.items():
+        t = table[table["method"] == m]
+        for col, k in key.items():
+            unit = " mm" if col in ("assd", "hd") else ""
+            if len(t):
+                v = t[col].to_numpy(float)
+                sd = float(v.std(ddof=1)) if len(v) > 1 else None
+                out[f"{k}_{sm}"] = format_mean_sd(float(v.mean()), sd, 2) + unit
+                means[(m, col)] = float(v.mean())
+            r = rep[(rep["method"] == m) & (rep["metric"] == _REPORTED_METRIC[col])]
+            if len(r):
+                out[f"rep_{k}_{sm}"] = format_mean_sd(float(r["value"].iloc[0]), r["sd"].iloc[0], 2) + unit
+        if m in tr.index:
+            out[f"ms_{sm}"] = f"{tr.loc[m, 'ms_median']:.0f}"
+            out["timing_device"] = str(tr.loc[m, "timing_device"])
+            out["timing_shape"] = str(tr.loc[m, "timing_shape"])
+            out[f"train_s_{sm}"] = f"{tr.loc[m, 'fit_seconds']:.0f}"
+        r = rep[(rep["method"] == m) & (rep["metric"] == "ms_per_slice")]
+        if len(r):
+            out[f"rep_ms_{sm}"] = f"{float(r['value'].iloc[0]):g}"
+    if set(short) <= set(table["method"]):
+        pt = p_value_table(results).set_index("metric")
+        for col, k in key.items():
+            out[f"p_{k}"] = _fmt_p(pt.loc[METRICS[col], "p, paired t-test (reproduced)"])
+            out[f"rep_p_{k}"] = str(pt.loc[METRICS[col], "p, paired t-test (reported)"])
+        out["better_dsc"] = max(short, key=lambda m: means.get((m, "dice"), -1))
+        out["dsc_diff"] = f"{means[('DeepLabv3+', 'dice')] - means[('U-Net', 'dice')]:+.2f}"
+    return out
+
+
+# ----------------------------------------------------------------------------------- figures
+def _window(img: np.ndarray) -> np.ndarray:
+    return np.clip((img - CT_WINDOW[0]) / (CT_WINDOW[1] - CT_WINDOW[0]), 0, 1)
+
+
+def _zoom_box(mask2d: np.ndarray, spacing, margin_mm: float):
+    box = T.bbox(mask2d) or ((0, mask2d.shape[0]), (0, mask2d.shape[1]))
+    my, mx = int(round(margin_mm / spacing[1])), int(round(margin_mm / spacing[2]))
+    return (slice(max(0, box[0][0] - my), min(mask2d.shape[0], box[0][1] + my)),
+            slice(max(0, box[1][0] - mx), min(mask2d.shape[1], box[1][1] + mx)))
+
+
+def fig_target(results, margin_mm: float = 45.0):
+    """How the target is built on one case with a retropharyngeal node: the source GTVp (red), the
+    retropharyngeal nodes added (orange) and the nodes left out (cyan, dashed)."""
+    import matplotlib.pyplot as plt
+
+    cases = reference_cases(results)
+    with_rp = [n for n, c in cases.items() if c.meta.get("xue2020", {}).get("rp_nodes")]
+    name = with_rp[0] if with_rp else next(iter(cases))
+    c = cases[name]
+    gtvp = c.labels.get("GTVp_primary", c.labels[TARGET])
+    added = c.labels[TARGET] & ~gtvp
+    left_out = c.labels.get("GTVnd", np.zeros(c.shape, bool)) & ~c.labels[TARGET]
+    z = int((added.sum(axis=(1, 2)) * 1000 + gtvp.sum(axis=(1, 2))).argmax())
+    ys, xs = _zoom_box(c.labels[TARGET][z] | left_out[z], c.spacing, margin_mm)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.imshow(_window(c.images["CT"][z][ys, xs]), cmap="gray", vmin=0, vmax=1)
+    for m, col, ls in ((gtvp, "red", "solid"), (added, "orange", "solid"), (left_out, "cyan", "dashed")):
+        if m[z][ys, xs].any():
+            ax.contour(m[z][ys, xs], levels=[0.5], colors=col, linewidths=1.4, linestyles=ls)
+    f = c.meta.get("xue2020", {})
+    ax.set_title(f"{name}, slice {z}: GTVp (red), retropharyngeal nodes added (orange),\n"
+                 f"other nodes left out (cyan); {f.get('rp_nodes', 0)} RP / "
+                 f"{f.get('other_nodes', 0)} other node components", fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def fig_boxplots(results):
+    """The paper's Fig. 3: per-patient DSC, JI, ASD, HD of both models; box 25-75 %, whiskers 10-90 %,
+    every patient as a dot."""
+    import matplotlib.pyplot as plt
+
+    table = labelled(results)
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
+    models = [m for m in MODELS if m in set(table["method"])]
+    rng = np.random.default_rng(0)
+    for ax, (col, name) in zip(axes, METRICS.items()):
+        data = [table.loc[table["method"] == m, col].to_numpy(float) for m in models]
+        bp = ax.boxplot(data, whis=(10, 90), widths=0.5, patch_artist=True, showfliers=False)
+        for patch, m in zip(bp["boxes"], models):
+            patch.set_facecolor(COLOURS[m])
+            patch.set_alpha(0.35)
+        for i, d in enumerate(data, start=1):
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(d)), d, s=12, color="k", zorder=3)
+        ax.set_xticks(range(1, len(models) + 1))
+        ax.set_xticklabels(models)
+        ax.set_title(name, fontsize=10)
+    fig.suptitle(f"{data_label(results)}, {results.profile} profile, {len(results.test_cases())} test "
+                 "patients (box 25-75 %, whiskers 10-90 %)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def fig_contours(results, n: int = 3, margin_mm: float = 40.0):
+    """The paper's Fig. 4: for up to ``n`` test patients, the slice with the largest manual area;
+    manual contour red, DeepLabv3+ green, U-Net blue; zoomed to the tumour (± ``margin_mm``)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    cases = reference_cases(results, results.test_cases())
+    table = labelled(results)
+    names = sorted(cases, key=lambda k: -cases[k].labels[TARGET].sum())[:n]
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4 * max(1, len(names)), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        case = cases[name]
+        ref = case.labels[TARGET]
+        z = int(ref.sum(axis=(1, 2)).argmax())
+        ys, xs = _zoom_box(ref[z], case.spacing, margin_mm)
+        ax.imshow(_window(case.images["CT"][z][ys, xs]), cmap="gray", vmin=0, vmax=1)
+        ax.contour(ref[z][ys, xs], levels=[0.5], colors=COLOURS["manual"], linewidths=1.5)
+        dsc = []
+        for method, m in METHODS.items():
+            pred = results.prediction(method, name, TARGET) if method in results.methods else None
+            if pred is None:
+                continue
+            if pred[z][ys, xs].any():
+                ax.contour(pred[z][ys, xs], levels=[0.5], colors=COLOURS[m], linewidths=1.2)
+            row = table[(table["method"] == m) & (table["case"] == name)]
+            if len(row):
+                dsc.append(f"{m} {float(row['dice'].iloc[0]):.2f}")
+        ax.set_title(f"{name}, slice {z}\n3D DSC: " + ", ".join(dsc), fontsize=9)
+        ax.axis("off")
+    handles = [Line2D([0], [0], color=c, lw=2) for c in COLOURS.values()]
+    fig.legend(handles, ["manual (reference)", "DeepLabv3+", "U-Net"], loc="lower center", ncol=3,
+               frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def fig_curves(results):
+    """Training and validation loss (1 - DSC) and the learning rate of both models (fold 0)."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.4))
+    for method in results.methods:
+        m, f = results.label(method), results.curves(method)
+        if f.empty:
+            continue
+        ax0.plot(f["iteration"], f["train_loss"], color=COLOURS.get(m), ls="--", label=f"{m} train")
+        if f["val_loss"].notna().any():
+            ax0.plot(f["iteration"], f["val_loss"], color=COLOURS.get(m), label=f"{m} validation")
+        ax1.plot(f["iteration"], f["lr"], color=COLOURS.get(m), label=m)
+    ax0.set_xlabel("iteration")
+    ax0.set_ylabel("1 - DSC")
+    ax0.legend(fontsize=8)
+    ax1.set_xlabel("iteration")
+    ax1.set_ylabel("learning rate")
+    ax1.set_yscale("log")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

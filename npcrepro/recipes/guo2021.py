@@ -1,0 +1,135 @@
+"""guo2021 (cascaded 3D CNN, CSCN): profile sizes, recipe values with their paper items, choices.
+
+``gpu`` is the paper's scale (120 patients, 1 mm voxels, 5 rounds, 50000 iterations, x0.9 every 500);
+``cpu`` and ``smoke`` shrink the cohort, the voxel size (so the box holds fewer voxels), the widths and
+the budget, never the code path. ``patch`` is the canonical block (thin axis first), ``infer_window``
+the canonical sliding window at inference (the networks are fully convolutional), ``width`` a width
+multiplier of every network's default channels.
+"""
+
+#: The paper's final image size, 160 x 198 x 103 voxels at 1 mm, read as x (left-right) 160,
+#: y (anterior-posterior) 198 and z (superior-inferior) 103 mm; here in (z, y, x) order.
+BOX_MM = [103.0, 198.0, 160.0]
+
+#: Organs of the real two-pass masks used as an inter-observer reference.
+REAL_ORGANS = ["Brainstem", "Parotid-Lt", "Parotid-Rt", "Submandibular-Lt", "Submandibular-Rt",
+               "Spinal-Cord"]
+
+_COMMON = dict(channel="CET1", box_mm=BOX_MM, patch=[8, 24, 24], fg_prob=0.1, flip=True, lr=1e-3,
+               gamma=2.0, infer_window=[8, 24, 24], fusion="mean", fusion_weight=0.5, methods="all",
+               seeds=1)
+
+PROFILES = {
+    "smoke": dict(_COMMON, n_cases=4, phantom_preset="smoke", spacing_mm=4.0, k_folds=2, n_val=1,
+                  max_rounds=1, workers=1, samples_per_case=48, val_samples_per_case=6, batch_size=4,
+                  iterations=4, eval_every=2, decay_every=1, width=0.25, acd_layers=[1, 1, 1],
+                  overlap=0.25, infer_batch=16, figure_cases=2, real_organs=["Brainstem"], real_scans=1, threads=1),
+    "cpu": dict(_COMMON, n_cases=10, phantom_preset="cpu", spacing_mm=3.0, k_folds=2, n_val=1,
+                max_rounds=2, workers=2, samples_per_case=600, val_samples_per_case=24, batch_size=8,
+                iterations=300, eval_every=50, decay_every=15, width=0.5, acd_layers=[1, 1, 1],
+                overlap=0.25, infer_batch=16, figure_cases=3, real_organs=REAL_ORGANS[:3], real_scans=7, threads=1),
+    "gpu": dict(_COMMON, n_cases=120, phantom_preset="gpu", spacing_mm=1.0, k_folds=5, n_val=9,
+                max_rounds=5, workers=1, samples_per_case=5000, val_samples_per_case=60, batch_size=32,
+                iterations=50000, eval_every=1000, decay_every=500, width=1.0, acd_layers=[2, 2, 2],
+                overlap=0.5, infer_batch=256, figure_cases=3, real_organs=REAL_ORGANS, real_scans=7, threads=None),
+}
+
+HELP = {
+    "n_cases": "patients used (the first n of the dataset)",
+    "phantom_preset": "phantom preset generated when data is 'phantom'",
+    "channel": "input image channel (the paper: T1 THRIVE; the phantom's CET1 stands in)",
+    "spacing_mm": "isotropic working voxel size in mm (paper 1 mm)",
+    "box_mm": "fixed head crop (z, y, x) in mm, centred on the body (paper 103 x 198 x 160)",
+    "patch": "training block (thin, a, b) in voxels, cut along z, y or x (paper 24 x 24 x 8)",
+    "k_folds": "rounds of the random split (each tests about 1/k of the patients)",
+    "n_val": "validation patients per round (best-validation weights are kept)",
+    "max_rounds": "rounds that run (the first n of the k_folds)",
+    "workers": "training jobs (method x round x seed) at once, in worker processes",
+    "seeds": "training seeds per method (seed, seed+1, ...)",
+    "samples_per_case": "training blocks per patient per pass",
+    "val_samples_per_case": "fixed validation blocks per patient",
+    "fg_prob": "probability that a training block is centred on a tumour voxel (else uniform)",
+    "flip": "random left-right flip of training blocks",
+    "batch_size": "blocks per training batch",
+    "iterations": "training iterations per network",
+    "eval_every": "iterations between validation losses (and checkpoints)",
+    "lr": "Adam learning rate",
+    "decay_every": "iterations between x0.9 learning-rate decays",
+    "gamma": "focal-loss exponent of the distance-weighted focal loss",
+    "width": "width multiplier of every network's default channels",
+    "acd_layers": "ACDNet's layers per dense block",
+    "infer_window": "sliding window (thin, a, b) at inference, in each of the three views",
+    "overlap": "sliding-window overlap",
+    "infer_batch": "windows per inference batch",
+    "fusion": "rule fusing the coarse (BUNet) and fine (ACDNet) probabilities",
+    "fusion_weight": "weight of the coarse probability in the fusion",
+    "methods": "'all' or a comma-separated subset of CSCN, BUNet, CNN, ACDNet, Deeplab, V-Net",
+    "figure_cases": "patients shown in the 2D results figure",
+    "real_organs": "organs of the real two-pass CT masks used as an inter-observer reference",
+    "real_scans": "scans of the real two-pass CT masks read",
+    "threads": "torch threads while a job trains and predicts (None: torch's default)",
+}
+
+ALLOWED = {"channel": ["T1", "CET1", "T2", "CT"], "fusion": ["mean", "product", "max"]}
+
+#: parameter -> (item of npcrepro.papers.guo2021.INFO.recipe, the paper's value). Blocks are written
+#: thin axis first: the paper's 24 x 24 x 8 is [8, 24, 24] here.
+PAPER = {
+    "lr": ("lr", 1e-3),
+    "iterations": ("iterations", 50000),
+    "decay_every": ("schedule", 500),
+    "spacing_mm": ("preprocessing", 1.0),
+    "box_mm": ("preprocessing", BOX_MM),
+    "patch": ("input_size", [8, 24, 24]),
+    "infer_window": ("input_size", [8, 24, 24]),
+    "fg_prob": ("augmentation", 0.0),
+    "flip": ("augmentation", True),
+}
+
+DEVIATIONS = {
+    "iterations": "compute budget: the small profiles train a few hundred iterations (paper: 50000)",
+    "decay_every": "over a few hundred iterations the x0.9 decay interval is shortened so that the "
+                   "learning rate still falls to about a tenth, as over the paper's 50000",
+    "spacing_mm": "compute budget: the box is the paper's in mm, so coarser voxels mean fewer of them "
+                  "(the 24 x 24 x 8 blocks then cover more anatomy)",
+    "fg_prob": "the paper draws block centres at random; here a tenth of the blocks are centred on a "
+               "tumour voxel so that short trainings see enough tumour",
+    "n_cases": "the paper's 120 patients are not public; the small profiles use fewer phantom patients",
+    "max_rounds": "compute budget: the cpu profile runs 2 rounds (paper: 5), every patient still "
+                  "predicted once and pooled",
+    "width": "compute budget: the small profiles narrow every network (the paper gives no widths)",
+}
+
+CHOICES = {
+    "box axes": "160 x 198 x 103 read as left-right x anterior-posterior x superior-inferior mm, "
+                "centred on the body's bounding box (the Otsu foreground of the image); the paper's "
+                "'up-down jitter' of the z crop is immaterial once block centres are random, so the "
+                "crop is made once, deterministically",
+    "intensity normalisation": "z-score over the body (not stated in the paper)",
+    "block orientation": "24 x 24 x 8 blocks with the 8-voxel side along z (axial), y (coronal) or x "
+                         "(sagittal), one third each, transposed so the thin axis comes first: one "
+                         "network per method sees all three views",
+    "block centres": "10 % (fg_prob) on a random tumour voxel, the rest uniform in the crop (the paper: "
+                     "random centres; short budgets need to see some tumour), blocks kept inside the crop",
+    "horizontal flip": "left-right (x) flip with probability 1/2, before the transposition",
+    "loss": "distance-weighted focal loss (Eq. 6-7) on a 2-class softmax, gamma = 2 (Lin et al.'s "
+            "default; the paper only says gamma > 0), distances in mm on the whole crop",
+    "batch size": "not stated; profile value",
+    "model selection": "the weights of the lowest validation loss are kept (the paper's 9 validation "
+                       "patients must serve some purpose; it does not say which)",
+    "multi-view fusion": "the three views' sliding-window probability maps are averaged",
+    "cascade input": "ACDNet sees the image and BUNet's coarse map of the whole crop (BUNet's "
+                     "predictions on its own training patients when ACDNet trains)",
+    "probability fusion": "mean of the coarse and fine tumour probabilities (weight 0.5)",
+    "evaluation grid": "probabilities are mapped back to the original grid (linear interpolation) and "
+                       "thresholded at 0.5; metrics in mm on that grid",
+    "F1": "per patient, F1 of the same binary masks equals DSC exactly; the paper's F1 differs from its "
+          "DSC, so it was computed some other way (not stated). We also report F1 pooled over all "
+          "patients' voxels (TP, FP, FN summed), one candidate",
+    "learning-rate decay": "x0.9 every 500 iterations at paper scale; the CPU profiles decay x0.9 every "
+                           "iterations/20 so that a few hundred iterations see a comparable decay",
+    "threads": "1 torch thread per job in the smoke and cpu profiles (the small 3D convolutions run "
+               "faster on one thread per core than on several threads sharing a core)",
+    "seeds": "every method of a round trains with the same seed (the job's), so the block draws are "
+             "paired across methods",
+}

@@ -1,0 +1,143 @@
+"""xue2020: DeepLabv3+ (MobileNetV2) vs U-Net for the primary-tumour GTV on planning CT (plain data)."""
+
+#: CT window (HU) clipped and scaled to [0, 1]; the paper states no intensity preprocessing.
+CT_WINDOW = (-200.0, 300.0)
+
+#: GTVnd components whose centroid is closer than this to the midline (mm, left-right) are
+#: retropharyngeal. The phantom places retropharyngeal nodes 14-17 mm from the midline and level
+#: II/III nodes 33-44 mm from it (npcrepro.phantom.lesions); 20 mm separates them.
+RP_MIDLINE_MM = 20.0
+
+#: Pixel size (mm) at which DeepLab's ASPP rates 6/12/18 are taken as given: the paper's CT.
+PAPER_PIXEL_MM = 0.98
+
+_COMMON = dict(scale_aspp=True, lr=0.005, lr_factor=0.8, lr_patience=5, dice_eps=1.0, output_stride=16,
+               deeplab_width=1.0, background_fraction=0.5, flip=True, rotate_deg=10.0, zoom=[0.9, 1.1],
+               shift=0.1, target="gtvp_rpn", threshold=0.5, real_data="openkbp", image_size=None,
+               seeds=1, workers=1)
+
+PROFILES = {
+    "smoke": dict(_COMMON, n_cases=5, n_val=1, n_test=2, unet_widths=[8, 16, 32, 64], batch_size=4,
+                  iterations=6, epochs=None, eval_every=3, infer_batch=16, timing_slices=3, real_cases=0,
+                  real_iterations=0, real_image_size=None),
+    "cpu": dict(_COMMON, n_cases=20, n_val=3, n_test=5, unet_widths=[16, 32, 64, 128, 256], batch_size=8,
+                iterations=240, epochs=None, eval_every=20, infer_batch=16, timing_slices=20, real_cases=8,
+                real_iterations=200, real_image_size=[80, 80]),
+    "gpu": dict(_COMMON, n_cases=150, n_val=15, n_test=15, unet_widths=[64, 128, 256, 512, 1024],
+                batch_size=8, iterations=None, epochs=200, eval_every=None, infer_batch=32, timing_slices=100,
+                real_cases=64, real_iterations=None, real_image_size=None),
+}
+
+HELP = {
+    "n_cases": "patients used (the first n of the dataset)",
+    "n_val": "validation patients (plateau rule and best-validation weights); scaled down with fewer cases",
+    "n_test": "test patients of the seeded random split; scaled down with fewer cases",
+    "target": "training target: gtvp_rpn (GTVp + retropharyngeal nodes, the paper's), gtvp, gtvp_gtvnd, ptv70",
+    "unet_widths": "U-Net channels per level (the paper does not state them)",
+    "output_stride": "DeepLabv3+ output stride (8, 16 or 32)",
+    "deeplab_width": "MobileNetV2 width multiplier",
+    "scale_aspp": "scale the ASPP rates 6/12/18 by 0.98 mm / the data's pixel size",
+    "batch_size": "slices per training batch",
+    "iterations": "training iterations per model (smoke/cpu); None trains `epochs` epochs",
+    "epochs": "training epochs per model (passes over the training slices) when iterations is None",
+    "eval_every": "iterations between validation losses (None: once per epoch)",
+    "lr": "Adam learning rate",
+    "lr_factor": "learning-rate factor of the plateau rule",
+    "lr_patience": "validations without improvement of the validation loss before a cut",
+    "dice_eps": "smoothing of the soft-Dice loss 1 - DSC (voxels)",
+    "background_fraction": "slices without tumour added per slice with tumour (training and validation)",
+    "flip": "random left-right flip, probability 0.5",
+    "rotate_deg": "random rotation range (degrees, +-)",
+    "zoom": "random zoom range [low, high]",
+    "shift": "random translation range (fraction of the slice, +-)",
+    "image_size": "centre crop/pad (y, x) of every slice for training and inference; None: whole slices",
+    "threshold": "probability threshold of the predicted mask",
+    "infer_batch": "slices per inference batch",
+    "timing_slices": "timed forward passes for the inference time per slice",
+    "real_data": "the real-data track: openkbp (OpenKBP planning CT, PTV70 stand-in) or off",
+    "real_cases": "OpenKBP patients converted for the real-data track (fewer than 3: off)",
+    "real_iterations": "training iterations per model of the real-data track (None: `epochs`)",
+    "real_image_size": "in-plane centre crop (y, x) of the real-data track; None: whole slices",
+    "seeds": "training seeds per method (seed, seed+1, ...)",
+    "workers": "training jobs at once (processes)",
+}
+
+ALLOWED = {"target": ["gtvp_rpn", "gtvp", "gtvp_gtvnd", "ptv70"], "real_data": ["openkbp", "off"],
+           "output_stride": [8, 16, 32]}
+
+PAPER = {
+    "lr": ("lr", 0.005),
+    "lr_factor": ("schedule", 0.8),
+    "lr_patience": ("schedule", 5),
+    "batch_size": ("batch_size", 8),
+    "epochs": ("epochs", 200),
+    "image_size": ("input_size", [512, 512]),
+}
+
+DEVIATIONS = {
+    "batch_size": "the smoke profile (a test that the chapter runs, seconds) trains batches of 4 slices; "
+                  "cpu and gpu use the paper's 8",
+    "epochs": "smoke and cpu train a fixed number of iterations per model (`iterations`) so that the "
+              "chapter runs in minutes on two cores, and check the plateau rule every `eval_every` "
+              "iterations instead of every epoch, so the learning-rate cuts come at other points; a few "
+              "hundred iterations at the paper's learning rate sit on a knife edge (whether a network "
+              "trains at all can depend on the seed or the floating-point summation order), so one run "
+              "is one draw. The gpu profile trains the paper's 200 epochs",
+    "image_size": "whole slices of the data's grid are used (no resizing): the gpu phantom renders the "
+                  "paper's 512 x 512 slices, cpu and smoke coarser and smaller grids; the real-data track "
+                  "crops OpenKBP slices to `real_image_size` on the cpu profile",
+}
+
+CHOICES = {
+    "target": "GTVp united with the retropharyngeal part of GTVnd (components within 20 mm of the "
+              "midline); the phantom has no separate retropharyngeal label; target='gtvp', 'gtvp_gtvnd' "
+              "and 'ptv70' (OpenKBP) are the alternatives",
+    "CT normalisation": "clip to [-200, 300] HU (soft-tissue window), scale to [0, 1]",
+    "slices used": "all slices with tumour plus background_fraction (default 0.5) as many without, for "
+                   "training and validation; every slice at test time",
+    "augmentation ranges": "left-right flip p=0.5, rotation U(-10, 10) deg, zoom U(0.9, 1.1), translation "
+                           "U(-10, 10) % of the slice, one bilinear resampling",
+    "loss 1 - DSC": "soft Dice of sigmoid probabilities pooled over the batch (the usual Keras dice_coef "
+                    "on flattened tensors), smoothing 1 voxel",
+    "plateau rule": "lr x0.8 when the validation loss has not improved for 5 evaluations (Keras "
+                    "ReduceLROnPlateau monitors val_loss by default; the paper says 'training metric')",
+    "evaluation frequency": "once per epoch (gpu profile) or every eval_every iterations (cpu/smoke)",
+    "model selection": "the weights with the lowest validation loss are tested",
+    "post-processing": "none: the 0.5-thresholded slice predictions are stacked into the volume",
+    "U-Net": "the plain U-Net of the project (conv-BN-ReLU, transposed-conv upsampling); widths from the "
+             "profile (gpu: 64-1024, Ronneberger et al.)",
+    "DeepLabv3+": "MobileNetV2 width 1.0, output stride 16, ASPP 6/12/18 with 256 channels, 48-channel "
+                  "low-level reduction, separable 3x3 convs in ASPP and decoder (see the architecture table)",
+    "ASPP rates": "6/12/18 scaled by 0.98 mm / the data's pixel size (scale_aspp=True): each branch covers "
+                  "the same physical context as at the paper's 0.98 mm (cpu phantom, 2 mm pixels: 3/6/9; "
+                  "unscaled, the rate-12 and rate-18 branches would see mostly padding on an 8 x 8 feature "
+                  "map); at 0.98 mm they are 6/12/18",
+    "real-data track": "OpenKBP planning CT, PTV70 as the stand-in target, in-plane centre crop "
+                       "(real_image_size) on the cpu profile; its own run folder",
+    "distances": "3D, in mm on the CT grid; HD is the maximum (100th percentile), ASD the mean of the two "
+                 "directed average surface distances (the paper's Eq. 3)",
+}
+
+#: The DeepLabv3+ design choices: (item, paper says, here, public reference implementations).
+REFERENCE_CHOICES = [
+    ("backbone", "'improved' MobileNetV2, 4 kinds of inverted residual block, output channels 24-320",
+     "MobileNetV2 width 1.0: stem 32, stages 16-24-32-64-96-160-320 (the 1280 tail dropped)",
+     "same channels in TF deeplab, Keras keras-deeplab-v3-plus, PyTorch ports"),
+    ("output stride", "not stated", "16",
+     "TF and Keras: 8 or 16; PyTorch ports: 16 (8 optional); mmsegmentation MobileNetV2 configs: 8"),
+    ("dilated stages", "atrous convolution in the backbone",
+     "stride-16 stages dilated; the first block of a dilated stage keeps the previous rate",
+     "TF slim MobileNetV2: same rule; mmsegmentation: whole stage at the new rate"),
+    ("ASPP rates", "'atrous spatial pyramid'", "6, 12, 18 (doubled at OS 8) + 1x1 + image pooling",
+     "6/12/18 at OS 16; the published TF/Keras MobileNetV2 checkpoints use only 1x1 + image pooling"),
+    ("ASPP / decoder channels", "not stated", "256 / 256", "256 everywhere"),
+    ("low-level features", "1x1 conv reduces channels; stride-4 features", "24-channel stage -> 48",
+     "48 everywhere"),
+    ("separable convs", "atrous + depthwise separable in encoder and decoder",
+     "ASPP and decoder 3x3 convs depthwise-separable", "DeepLabv3+ paper: yes; PyTorch ports: plain 3x3"),
+    ("decoder", "x4 bilinear, concat, 3x3 convs, x4 bilinear", "same (two 3x3 convs)",
+     "published TF/Keras MobileNetV2 checkpoints: no decoder; PyTorch ports, mmsegmentation: as here"),
+]
+
+#: Types of the parameters that are None at every profile.
+TYPES = {"image_size": "list"}

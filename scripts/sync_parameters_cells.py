@@ -1,0 +1,33 @@
+"""Rewrite the parameters cell of chapter notebooks from the registry (npcrepro.profiles.parameters_cell).
+
+Usage: python scripts/sync_parameters_cells.py [chapter ...]   (default: every chapter that trains)
+The test tests/test_parameters.py fails when a committed cell differs from the generated one.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+from npcrepro import profiles
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = ("template", "li2018", "xue2020", "luo2020", "guo2021", "chen2020", "leaderboard", "explorer")
+
+
+def sync(name: str) -> bool:
+    path = ROOT / "notebooks" / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    new = profiles.parameters_cell(name)
+    if cell.source == new:
+        return False
+    cell.source = new
+    nbformat.write(nb, path)
+    return True
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or CHAPTERS:
+        print(f"{name}: {'rewritten' if sync(name) else 'up to date'}")
