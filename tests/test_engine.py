@@ -441,6 +441,49 @@ def test_run_folder_from_params_and_resume_checks(tmp_path):
         RunFolder.from_params(P.replace(resume=str(tmp_path / "nope")))
 
 
+class _Poison:
+    """Unpickling this runs ``exec``: it writes ``target``. A shared checkpoint could hold it."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return exec, (f"open({self.target!r}, 'w').write('pwned')",)
+
+
+def test_poisoned_checkpoint_is_refused_and_never_runs(tiny_cases, reference_run, tmp_path):
+    run, _, _ = reference_run
+    target = tmp_path / "pwned.txt"
+    ck = torch.load(run.checkpoint_last, weights_only=True)
+    ck["state"]["payload"] = _Poison(target)
+    evil = RunFolder.create(tmp_path, "smoke", "test", "evil")
+    torch.save(ck, evil.checkpoint_last)
+    with pytest.raises(DataError, match="refused: .*builtins.exec.*weights_only=True") as err:
+        load_checkpoint(evil.checkpoint_last)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="refused"):
+        _tiny_trainer(tiny_cases, run=evil)[0].fit(resume=True)
+    assert not target.exists()
+
+
+def test_checkpoint_holds_only_safe_types_and_old_format_is_named(reference_run, tmp_path):
+    run, _, _ = reference_run
+    ck = torch.load(run.checkpoint_last, weights_only=True)  # the real test: no unsafe global
+    assert ck["format"] == 2 and torch.is_tensor(ck["rng"][0]["numpy"]["keys"])
+    old = dict(ck, format=1)
+    old["rng"] = [{"python": __import__("random").getstate(), "numpy": np.random.get_state(),
+                   "torch": torch.get_rng_state()}]
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(DataError, match="older npcrepro \\(format 1"):
+        load_checkpoint(tmp_path / "old.pt")
+    torch.save({"format": 1}, tmp_path / "v1.pt")
+    with pytest.raises(DataError, match="format 1\\); retrain"):
+        load_checkpoint(tmp_path / "v1.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
 # ----------------------------------------------------------------------------- cross-validation
 def fold_fn(fold, index, run, scale=1.0):
     """Module-level so that spawned workers can import it."""

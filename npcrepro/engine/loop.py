@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import random
 import time
 import warnings
@@ -45,7 +46,8 @@ from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["Stage", "Trainer", "History", "TrainState", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = 1
+#: 2: RNG states as tensors and numbers (loads with ``weights_only=True``); 1: numpy arrays.
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass
@@ -169,17 +171,69 @@ class History:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint written by the Trainer (DataError when missing or unreadable)."""
+    """Read a checkpoint written by the Trainer, with ``torch.load(weights_only=True)``.
+
+    A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads without running
+    code. Anything else (a file from elsewhere whose pickle names Python callables, or a checkpoint
+    of an older format) is refused with one DataError; there is no fallback to unsafe loading.
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: checkpoint not found")
     try:
-        ck = torch.load(p, map_location=map_location, weights_only=False)
+        ck = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(_refusal(p, exc)) from None
     except Exception as exc:  # noqa: BLE001 - corrupt file of any kind
-        raise DataError(f"{p}: cannot read checkpoint ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"{p}: not an npcrepro checkpoint (format {ck.get('format') if isinstance(ck, dict) else '?'})")
+        raise DataError(f"{p}: cannot read checkpoint ({exc.__class__.__name__}: "
+                        f"{_first_line(exc)})") from None
+    found = ck.get("format") if isinstance(ck, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        raise DataError(f"{p}: not an npcrepro checkpoint of format {CHECKPOINT_FORMAT} (format "
+                        f"{found if found is not None else '?'}); retrain, or resume it with the "
+                        "npcrepro version that wrote it")
     return ck
+
+
+def _refusal(p: Path, exc: BaseException) -> str:
+    """Why ``p`` does not load with ``weights_only=True``: not a checkpoint at all, an old checkpoint
+    (numpy RNG state), or a file whose pickle would call Python objects."""
+    try:
+        names = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(p)))
+    except Exception:  # noqa: BLE001 - not a torch zip file
+        names = None
+    if not names:
+        return (f"{p}: cannot read checkpoint (corrupt, or not a torch checkpoint: "
+                f"{_first_line(exc)[:120]})")
+    if names and all(n.startswith("numpy.") for n in names):
+        return (f"{p}: checkpoint of an older npcrepro (format 1: numpy arrays in its RNG state) is "
+                "not loaded, because loading it would need unsafe unpickling; retrain, or resume it "
+                "with the npcrepro version that wrote it")
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return (f"{p}: refused: the checkpoint holds Python objects other than tensors, numbers, "
+            f"strings, lists and dicts{f' ({shown})' if shown else ''}; loading it could run code, so "
+            "npcrepro loads checkpoints only with torch.load(weights_only=True)")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` in types a ``weights_only`` load accepts (tensors, numbers, strings, None, lists and
+    str-keyed dicts); anything else becomes its ``repr`` (for descriptive fields only)."""
+    if torch.is_tensor(obj) or obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return repr(obj)
 
 
 class _Keyed(torch.utils.data.Dataset):
@@ -511,8 +565,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": self._gather_rng(),
             "state": asdict(self.state),
-            "history": list(self.rows),
-            "stages": [s.describe() for s in self.stages],
+            "history": _plain(self.rows),
+            "stages": _plain([s.describe() for s in self.stages]),
             "seed": self.seed,
             "batch_size": self.batch_size,
             "iterations_per_epoch": self.iterations_per_epoch,
