@@ -467,6 +467,37 @@ def test_convert_refuses_non_empty_destination_and_bad_options(tmp_path):
         convert("openkbp", tmp_path / "missing", tmp_path / "o3", progress=False)
 
 
+def test_convert_overwrite_with_a_failing_source_keeps_the_old_dataset(tmp_path, cli):
+    dst = _tiny_dataset(tmp_path / "ds")
+    before = sorted(p.relative_to(dst) for p in dst.rglob("*"))
+    bad = tmp_path / "train-pats" / "pt_1"
+    bad.mkdir(parents=True)
+    (bad / "ct.csv").write_text(",data\n12,10", encoding="utf-8")  # cut mid-line
+    (bad / "voxel_dimensions.csv").write_text("3.9\n3.9\n2.5\n", encoding="utf-8")
+    proc = cli("convert", "openkbp", "train-pats", "ds", "--overwrite", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "no openkbp case could be converted" in proc.stderr.strip().splitlines()[-1]
+    assert sorted(p.relative_to(dst) for p in dst.rglob("*")) == before
+    assert open_dataset(dst).cases == ["c0", "c1"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+def test_write_dataset_failing_midway_leaves_the_old_folder(tmp_path):
+    dst = _tiny_dataset(tmp_path / "ds")
+
+    def cases():
+        yield Case("new0", {"CT": np.zeros((3, 8, 8), np.float32)}, {}, (2.0, 1.0, 1.0))
+        raise DataError("source broke after one case")
+
+    with pytest.raises(DataError, match="source broke"):
+        write_dataset(dst, cases(), channels=["CT"], structures=["GTVp"], overwrite=True)
+    assert open_dataset(dst).cases == ["c0", "c1"]
+    ds = write_dataset(dst, [Case("n1", {"CT": np.ones((3, 8, 8), np.float32)}, {}, (2.0, 1.0, 1.0))],
+                       channels=["CT"], structures=["GTVp"], overwrite=True)
+    assert ds.cases == ["n1"] and ds.name == "ds"
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
 def test_convert_shows_a_progress_bar(tmp_path, capsys):
     src = _tiny_dataset(tmp_path / "ds")
     convert("nnunet", src, tmp_path / "o", progress=True)

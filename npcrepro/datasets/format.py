@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -239,6 +240,8 @@ def write_dataset(out_dir: str | os.PathLike, cases: Iterable[Case], *, channels
     ----------
     out_dir : path
         Target folder. It must not exist or be empty unless ``overwrite`` (then it is replaced).
+        The dataset is written into a temporary sibling and renamed into place only when complete:
+        a failure (a bad case, a full disk, a kill) leaves the previous folder as it was.
     cases, test_cases : iterables of Case
         Training and held-out cases. Each must carry every channel in ``channels``; structures are
         optional per case (absent ones get no file).
@@ -250,12 +253,50 @@ def write_dataset(out_dir: str | os.PathLike, cases: Iterable[Case], *, channels
         Stored under ``dataset.json["npcrepro"]["extra"]``.
     """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(f"{out}: exists and is not empty (pass overwrite=True to replace it)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    channels, structures = list(channels), list(structures)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"{out}: exists and is not empty (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.writing-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        _write_all(tmp, cases, test_cases, list(channels), list(structures), progress,
+                   name=name or out.name, description=description, source=source,
+                   spacing_known=spacing_known, extra=extra)
+        open_dataset(tmp)
+        replace_folder(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return open_dataset(out)
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Move the complete folder ``new`` to ``target`` (a sibling), replacing what is there.
+
+    The old ``target`` is set aside first and deleted only after ``new`` is in place, so a failure
+    at any point leaves either the old folder or the new one, never a half-written one.
+    """
+    old = None
+    if target.exists():
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        else:
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except OSError:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_all(out: Path, cases, test_cases, channels: list[str], structures: list[str],
+               progress: bool, **facts) -> None:
     counts = {"Tr": 0, "Ts": 0}
     iterables = [("Tr", cases), ("Ts", test_cases)]
     if progress:
@@ -267,18 +308,17 @@ def write_dataset(out_dir: str | os.PathLike, cases: Iterable[Case], *, channels
             _write_case(out, sub, case, channels, structures)
             counts[sub] += 1
     meta = {
-        "name": name or out.name,
-        "description": description,
+        "name": facts["name"],
+        "description": facts["description"],
         "channel_names": {str(i): c for i, c in enumerate(channels)},
         "labels": {"background": 0, **{s: i for i, s in enumerate(structures, start=1)}},
         "numTraining": counts["Tr"],
         "file_ending": FILE_ENDING,
         "npcrepro": {"format_version": FORMAT_VERSION, "structures": structures,
-                     "source": source, "spacing_known": spacing_known,
-                     "numTest": counts["Ts"], "extra": extra or {}},
+                     "source": facts["source"], "spacing_known": facts["spacing_known"],
+                     "numTest": counts["Ts"], "extra": facts["extra"] or {}},
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return open_dataset(out)
 
 
 def _write_case(out: Path, sub: str, case: Case, channels: list[str], structures: list[str]) -> None:
