@@ -34,6 +34,8 @@ values, each with one :class:`~npcrepro.errors.ParameterError` listing the valid
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -277,11 +279,17 @@ def notebook_params(paper: str, namespace: Mapping[str, Any], before: set | None
 
 
 # ---------------------------------------------------------------------------------- data
-def phantom_cache_dir(P: Mapping, preset: str, n_cases: int) -> Path:
-    """Where a phantom generation is cached: ``$NPCREPRO_CACHE`` or ``<out_dir>/_cache``, then
-    ``phantom-<preset>-n<cases>-s<seed>``."""
+def phantom_cache_dir(P: Mapping, preset: str, n_cases: int, **phantom_params) -> Path:
+    """Where a phantom cohort is cached: ``$NPCREPRO_CACHE`` or ``<out_dir>/_cache``, then
+    ``phantom-<preset>-n<cases>-s<seed>-<key>``, where ``key`` hashes the cohort's whole record
+    (:func:`npcrepro.phantom.cohort_record`: generator version and source fingerprint, and every
+    parameter that shapes the output)."""
+    from npcrepro import phantom
+
+    record = phantom.cohort_record(n_cases, P["seed"], preset, **phantom_params)
+    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:10]
     root = os.environ.get("NPCREPRO_CACHE") or str(Path(P["out_dir"]) / "_cache")
-    return Path(root) / f"phantom-{preset}-n{n_cases}-s{P['seed']}"
+    return Path(root) / f"phantom-{preset}-n{n_cases}-s{P['seed']}-{key}"
 
 
 def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = None,
@@ -290,11 +298,13 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
 
     ``P.data == "phantom"``: generate the phantom with :func:`npcrepro.phantom.generate` (preset = the
     profile unless ``preset``/``P.phantom_preset``; ``n_cases`` from the argument or ``P.n_cases``),
-    or reuse an earlier generation with the same preset, number of cases and seed (see
-    :func:`phantom_cache_dir`). Anything else is a dataset folder opened with
+    or reuse an earlier generation whose recorded :func:`~npcrepro.phantom.cohort_record` equals
+    this one's (see :func:`phantom_cache_dir`); a cache whose record differs (other generator code,
+    other parameters) is made again. Anything else is a dataset folder opened with
     :func:`npcrepro.datasets.open_dataset` (a bad path raises DataError).
     """
     from npcrepro.datasets import open_dataset
+    from npcrepro.datasets.format import replace_folder
 
     data = P["data"]
     if data != "phantom":
@@ -303,31 +313,36 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
 
     preset = preset or P.get("phantom_preset") or (P["profile"] if P["profile"] in PROFILES else "cpu")
     n = int(n_cases or P.get("n_cases") or 8)
-    folder = phantom_cache_dir(P, preset, n)
-    if phantom_params:
-        import hashlib
-        import json
-
-        tag = hashlib.sha1(json.dumps(phantom_params, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        folder = folder.with_name(folder.name + f"-{tag}")
-    if (folder / "dataset.json").exists():
-        try:
-            return open_dataset(folder)
-        except DataError:
-            shutil.rmtree(folder, ignore_errors=True)  # a broken cache: make it again
+    record = json.loads(json.dumps(phantom.cohort_record(n, P["seed"], preset, **phantom_params)))
+    folder = phantom_cache_dir(P, preset, n, **phantom_params)
+    cached = _cached_cohort(folder, record)
+    if cached is not None:
+        return cached
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
     try:
         phantom.generate(tmp, n, P["seed"], preset=preset, progress=progress, **phantom_params)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process finished first: use theirs
-            if not (folder / "dataset.json").exists():
-                raise
+        cached = _cached_cohort(folder, record)  # another process may have finished first
+        if cached is not None:
+            return cached
+        replace_folder(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return open_dataset(folder)
+
+
+def _cached_cohort(folder: Path, record: dict):
+    """The dataset at ``folder`` when it holds the cohort ``record`` describes, else None."""
+    from npcrepro.datasets import open_dataset
+
+    if not (folder / "dataset.json").exists():
+        return None
+    try:
+        ds = open_dataset(folder)
+    except DataError:
+        return None
+    return ds if ds.meta.get("npcrepro", {}).get("extra") == record else None
 
 
 # ---------------------------------------------------------------------------------- the template

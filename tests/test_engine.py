@@ -616,17 +616,23 @@ def test_load_data_bad_path_is_one_line_data_error(tmp_path):
     assert "missing" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_load_data_generates_and_caches_the_phantom(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_generate(out_dir, n_cases, seed, *, preset="smoke", progress=True, overwrite=False, **params):
-        calls.append((n_cases, seed, preset))
-        return write_dataset(out_dir, [blob_case(i, (4, 16, 16), f"ph{i}") for i in range(n_cases)],
-                             channels=["T1", "CT"], structures=["GTVp"])
-
+def _fake_generate(calls):
+    """Stands in for phantom.generate: tiny blob cases, recorded like the real generator's."""
     import npcrepro.phantom as phantom
 
-    monkeypatch.setattr(phantom, "generate", fake_generate, raising=False)
+    def generate(out_dir, n_cases, seed, *, preset="smoke", progress=True, overwrite=False, **params):
+        calls.append((n_cases, seed, preset))
+        return write_dataset(out_dir, [blob_case(i, (4, 16, 16), f"ph{i}") for i in range(n_cases)],
+                             channels=["T1", "CT"], structures=["GTVp"],
+                             extra=phantom.cohort_record(n_cases, seed, preset, **params))
+    return generate
+
+
+def test_load_data_generates_and_caches_the_phantom(tmp_path, monkeypatch):
+    import npcrepro.phantom as phantom
+
+    calls = []
+    monkeypatch.setattr(phantom, "generate", _fake_generate(calls), raising=False)
     P = profiles.resolve("template", "smoke", out_dir=str(tmp_path), seed=7)
     ds = profiles.load_data(P)
     assert len(ds) == P.n_cases and calls == [(P.n_cases, 7, "smoke")]
@@ -635,6 +641,55 @@ def test_load_data_generates_and_caches_the_phantom(tmp_path, monkeypatch):
     assert again.root == ds.root and len(calls) == 1  # reused
     profiles.load_data(P, n_cases=2)
     assert len(calls) == 2
+
+
+def test_phantom_cache_is_made_again_when_the_generator_or_a_parameter_changes(tmp_path, monkeypatch):
+    import npcrepro.phantom as phantom
+    import npcrepro.phantom.make as make
+
+    calls = []
+    monkeypatch.setattr(phantom, "generate", _fake_generate(calls), raising=False)
+    P = profiles.resolve("template", "smoke", out_dir=str(tmp_path), seed=7)
+    first = profiles.load_data(P).root
+    extra = json.loads((first / "dataset.json").read_text(encoding="utf-8"))["npcrepro"]["extra"]
+    assert extra["generator_fingerprint"] == phantom.generator_fingerprint()
+    assert extra["params"]["ct_noise_hu"] == phantom.DEFAULTS["ct_noise_hu"]  # every parameter
+    assert profiles.load_data(P, ct_noise_hu=1.0).root != first and len(calls) == 2
+    # the generator's code changes (an edit of any of its sources): the old cache is not reused
+    monkeypatch.setattr(make, "generator_fingerprint", lambda: "edited-sources")
+    assert profiles.load_data(P).root != first and len(calls) == 3
+    monkeypatch.undo()
+    monkeypatch.setattr(phantom, "generate", _fake_generate(calls), raising=False)
+    # a cache whose record does not match what its name promises is made again, in place
+    meta = json.loads((first / "dataset.json").read_text(encoding="utf-8"))
+    meta["npcrepro"]["extra"]["generator_version"] = 0
+    (first / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    again = profiles.load_data(P)
+    assert again.root == first and len(calls) == 4
+    assert again.meta["npcrepro"]["extra"]["generator_version"] == phantom.GENERATOR_VERSION
+    assert sorted(p.name for p in first.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_generator_fingerprint_changes_with_any_edit_of_its_sources(tmp_path, monkeypatch):
+    import shutil
+
+    import npcrepro.phantom.make as make
+
+    copy = tmp_path / "npcrepro"
+    shutil.copytree(make._PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(make, "_PACKAGE", copy)
+    fingerprints = []
+    for edited in (None, "phantom/scanners.py", "datasets/format.py", "io.py"):
+        if edited:
+            with open(copy / edited, "a", encoding="utf-8") as fh:
+                fh.write("\n# an edit\n")
+        make.generator_fingerprint.cache_clear()
+        fingerprints.append(make.generator_fingerprint())
+    (copy / "viz" / "runs.py").write_text("# not the generator", encoding="utf-8")
+    make.generator_fingerprint.cache_clear()
+    assert make.generator_fingerprint() == fingerprints[-1]
+    make.generator_fingerprint.cache_clear()
+    assert len(set(fingerprints)) == 4
 
 
 # ----------------------------------------------------------------------------- the template notebook
