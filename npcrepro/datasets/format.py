@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -55,17 +56,24 @@ class Dataset:
     def __init__(self, root: Path, meta: dict):
         self.root = root
         self.meta = meta
+        where = root / "dataset.json"
+        if not isinstance(meta, dict):
+            raise DataError(f"{where}: must hold a JSON object, got {type(meta).__name__}")
         try:
             channel_names = meta["channel_names"]
             labels = meta["labels"]
         except KeyError as exc:
-            raise DataError(f"{root / 'dataset.json'}: missing key {exc.args[0]!r}") from None
-        self.file_ending: str = meta.get("file_ending", FILE_ENDING)
-        self.channels: list[str] = [channel_names[k] for k in sorted(channel_names, key=int)]
-        self.label_values: dict[str, int | list[int]] = {k: v for k, v in labels.items()
+            raise DataError(f"{where}: missing key {exc.args[0]!r}") from None
+        self.file_ending: str = _field(where, meta, "file_ending", str, FILE_ENDING, "'.nii.gz'")
+        self.channels: list[str] = _channels(where, channel_names)
+        self.label_values: dict[str, int | list[int]] = {k: v for k, v in _labels(where, labels).items()
                                                          if k != "background"}
-        block = meta.get("npcrepro", {})
-        self.structures: list[str] = list(block.get("structures", self.label_values))
+        block = _field(where, meta, "npcrepro", dict, {}, "an object")
+        structures = block.get("structures", list(self.label_values))
+        if not isinstance(structures, list) or not all(isinstance(s, str) for s in structures):
+            raise DataError(f"{where}: field 'npcrepro.structures' must be a list of names, got "
+                            f"{_shown(structures)}")
+        self.structures: list[str] = list(structures)
         self.has_structure_files: bool = "structures" in block
         self.spacing_known: bool = bool(block.get("spacing_known", True))
         self.source: str = block.get("source", "nnunet")
@@ -73,11 +81,32 @@ class Dataset:
 
     # ------------------------------------------------------------------------------ listing
     def _scan(self, sub: str) -> list[str]:
-        folder = self.root / f"images{sub}"
-        if not folder.is_dir():
-            return []
-        suffix = f"_0000{self.file_ending}"
-        return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix))
+        """Cases of ``images<sub>``/``labels<sub>``: every name with any channel file or a label
+        file. DataError naming the first missing channel file when a case lacks one."""
+        ending = self.file_ending
+        channel_file = re.compile(rf"^(.+)_(\d{{4}}){re.escape(ending)}$")
+        names = set()
+        for kind in ("images", "labels"):
+            folder = self.root / f"{kind}{sub}"
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                if p.name.startswith("."):
+                    continue
+                m = channel_file.match(p.name) if kind == "images" else None
+                if m:
+                    names.add(m.group(1))
+                elif kind == "labels" and p.name.endswith(ending):
+                    names.add(p.name[: -len(ending)])
+        missing = [self.root / f"images{sub}" / f"{n}_{i:04d}{ending}" for n in sorted(names)
+                   for i in range(len(self.channels))
+                   if not (self.root / f"images{sub}" / f"{n}_{i:04d}{ending}").exists()]
+        if missing:
+            case, i = missing[0].name[: -len(ending)].rsplit("_", 1)
+            more = f" ({len(missing)} channel files missing in all)" if len(missing) > 1 else ""
+            raise DataError(f"{missing[0]}: missing channel {self.channels[int(i)]!r} of case "
+                            f"{case!r}{more}")
+        return sorted(names)
 
     @property
     def name(self) -> str:
@@ -202,6 +231,43 @@ class Dataset:
                 if mask.any():
                     labels[s] = mask
         return labels
+
+
+def _shown(value) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float)) else repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _field(where: Path, meta: dict, key: str, kind: type, default, expected: str):
+    value = meta.get(key, default)
+    if not isinstance(value, kind):
+        raise DataError(f"{where}: field {key!r} must be {expected}, got {_shown(value)}")
+    return value
+
+
+def _channels(where: Path, channel_names) -> list[str]:
+    """``{"0": "CT", "1": "T1"}`` -> ["CT", "T1"]; DataError naming the field otherwise."""
+    ok = (isinstance(channel_names, dict) and channel_names
+          and all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
+                  for k, v in channel_names.items())
+          and sorted(int(k) for k in channel_names) == list(range(len(channel_names))))
+    if not ok:
+        raise DataError(f"{where}: field 'channel_names' must map channel numbers 0, 1, ... to names, "
+                        f'e.g. {{"0": "CT", "1": "T1"}}; got {_shown(channel_names)}')
+    return [channel_names[k] for k in sorted(channel_names, key=int)]
+
+
+def _labels(where: Path, labels) -> dict:
+    """``labels`` of dataset.json: name -> int or list of ints; DataError naming the field."""
+    def value_ok(v):
+        return (isinstance(v, int) and not isinstance(v, bool)) or (
+            isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool) for i in v))
+
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and value_ok(v)
+                                               for k, v in labels.items()):
+        raise DataError(f"{where}: field 'labels' must map names to label values (int or list of "
+                        f'ints), e.g. {{"background": 0, "GTVp": 1}}; got {_shown(labels)}')
+    return labels
 
 
 def open_dataset(path: str | os.PathLike) -> Dataset:
