@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -48,7 +49,7 @@ from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["PROFILES", "COMMON", "Params", "register_profile", "register_choices", "papers",
            "profiles", "parameters", "resolve", "notebook_params", "resolve_device", "load_data",
-           "phantom_cache_dir"]
+           "phantom_cache_dir", "absolute_paths", "PATH_PARAMETERS", "RANGES", "size_range"]
 
 PROFILES = ("smoke", "cpu", "gpu")
 
@@ -58,6 +59,34 @@ COMMON: dict[str, Any] = {"profile": "cpu", "data": "phantom", "device": "auto",
 
 _SIZES: dict[str, dict[str, dict[str, Any]]] = {}
 _CHOICES: dict[str, dict[str, tuple]] = {}
+
+#: Parameters that name a file or folder -> the words they take instead of a path. :func:`resolve`
+#: makes such a path absolute (against the working directory), so ``params.json`` records where
+#: the data and runs were whatever the directory a notebook later runs in; the CLI does it first,
+#: against the directory the user ran the command in (:func:`absolute_paths`). Explorer's ``run``
+#: may also be a label (``paper/stamp-name``): it is made absolute only when that path exists.
+PATH_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "data": ("phantom", "auto"), "out_dir": (), "resume": ("",), "real_data": ("auto", "off", "openkbp"),
+    "run": ("",),
+}
+_LABEL_OR_PATH = ("run",)
+
+#: The range of a numeric size (or of each number in a list size), inclusive; None is unbounded.
+#: A size not named here must be >= 1 (int) or > 0 (float): counts, budgets, batch and image sizes,
+#: widths, learning rates, spacings. It may be 0 where some registered profile of the paper sets it
+#: to 0 (e.g. ``real_cases=0``: no real-data track). :func:`resolve` checks them all before a
+#: chapter writes anything.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    # fractions and probabilities
+    "background_fraction": (0, 1), "fg_prob": (0, 1), "val_fraction": (0, 1), "overlap": (0, 0.99),
+    "threshold": (0, 1), "fusion_weight": (0, 1), "focal_alpha": (0, 1), "beta": (0, 1),
+    "prior": (0, 1), "lr_gamma": (0, 1), "lr_factor": (0, 1),
+    # 0 means "none": no augmentation, no warm-up, no validation, skip the faithful mode
+    "rotate_deg": (0, 180), "jitter_mm": (0, None), "shift": (0, None), "warmup_epochs": (0, None),
+    "n_val": (0, None), "faithful_folds": (0, None), "figure_cases": (0, None),
+    # folds of a k-fold cross-validation
+    "k": (2, None), "k_folds": (2, None), "real_k": (2, None),
+}
 
 _PLAIN = (str, int, float, bool, type(None), list, tuple, dict)
 
@@ -216,6 +245,7 @@ def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
     if profile not in sizes:
         raise ParameterError(f"unknown profile {profile!r} for {paper} (valid: {', '.join(profiles(paper))})")
     defaults = parameters(paper, profile)
+    sizes_names = [k for k in defaults if k not in COMMON]
     unknown = [k for k in overrides if k not in defaults]
     if unknown:
         raise ParameterError(f"unknown parameter {unknown[0]!r} for {paper} (valid: {', '.join(defaults)})")
@@ -240,6 +270,8 @@ def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
             values[k] = list(v)
         if isinstance(defaults.get(k), float) and isinstance(v, int) and not isinstance(v, bool):
             values[k] = float(v)
+    for k in sizes_names:
+        _check_range(paper, k, values[k])
     if not isinstance(values["data"], str) or not values["data"]:
         raise ParameterError(f"parameter 'data' must be 'phantom' or a dataset folder, got {values['data']!r}")
     if not isinstance(values["seed"], int) or isinstance(values["seed"], bool) or values["seed"] < 0:
@@ -247,7 +279,50 @@ def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
     values["device"] = str(resolve_device(values["device"]))
     values["out_dir"] = str(values["out_dir"])
     values["resume"] = str(values["resume"] or "")
-    return Params({"paper": paper, **values})
+    return Params({"paper": paper, **absolute_paths(values)})
+
+
+def absolute_paths(params: Mapping[str, Any], base: str | os.PathLike | None = None) -> dict:
+    """``params`` with every :data:`PATH_PARAMETERS` value that is a path made absolute against
+    ``base`` (default: the working directory). Words (``"phantom"``, ``""`` ...) stay as they are."""
+    base = Path(base) if base is not None else Path.cwd()
+    out = dict(params)
+    for k, v in params.items():
+        if k not in PATH_PARAMETERS or not isinstance(v, str) or v in PATH_PARAMETERS[k]:
+            continue
+        path = Path(v).expanduser()
+        if not path.is_absolute():
+            if k in _LABEL_OR_PATH and not (base / path).exists():
+                continue
+            path = base / path
+        out[k] = os.path.normpath(path)
+    return out
+
+
+def size_range(paper: str, name: str) -> tuple[float | None, float | None]:
+    """The inclusive (low, high) range of size ``name`` of ``paper`` (see :data:`RANGES`)."""
+    if name in RANGES:
+        return RANGES[name]
+    registered = [v for prof in _paper_sizes(paper).values() for v in _numbers(prof.get(name))]
+    return (0, None) if 0 in registered else (1, None)
+
+
+def _numbers(value) -> list:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _check_range(paper: str, name: str, value) -> None:
+    low, high = size_range(paper, name)
+    for v in _numbers(value):
+        positive_float = isinstance(v, float) and low == 1 and name not in RANGES
+        bad = (not math.isfinite(v) or (v <= 0 if positive_float else low is not None and v < low)
+               or (high is not None and v > high))
+        if bad:
+            want = ("> 0" if positive_float else f"in [{low}, {high}]" if high is not None
+                    else f">= {low}")
+            shown = f"{value!r} (item {v!r})" if isinstance(value, (list, tuple)) else repr(value)
+            raise ParameterError(f"parameter {name!r} of {paper} must be {want}, got {shown}")
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -484,6 +484,44 @@ def test_checkpoint_holds_only_safe_types_and_old_format_is_named(reference_run,
         load_checkpoint(tmp_path / "junk.pt")
 
 
+def test_failed_runs_are_marked_failed(tmp_path):
+    run = RunFolder.create(tmp_path, "smoke", "t", "nan")
+    assert run.status == "running"
+    data = torch.utils.data.TensorDataset(torch.full((4, 1, 4, 4), float("nan")), torch.zeros(4, 1, 4, 4))
+    with pytest.raises(FloatingPointError):
+        Trainer(torch.nn.Conv2d(1, 1, 1), bce, data, batch_size=2, iterations=2, progress=False,
+                run=run).fit()
+    assert run.status == "failed" and not (run.path / "RUNNING").exists()
+    assert "FloatingPointError: training loss is nan" in (run.path / "FAILED").read_text(encoding="utf-8")
+
+    def boom(fold, index, sub):
+        raise RuntimeError(f"fold {index} broke")
+
+    cv = RunFolder.create(tmp_path, "smoke", "t", "cv")
+    with pytest.raises(RuntimeError):
+        run_folds(boom, make_folds([f"p{i}" for i in range(4)], "kfold", k=2), run=cv)
+    assert cv.status == "failed" and RunFolder(cv.path / "fold_0").status == "failed"
+    cv.mark_done()
+    assert cv.status == "done" and not (cv.path / "FAILED").exists()
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_a_process_that_ends_before_done_leaves_its_run_failed(tmp_path, how):
+    import subprocess
+    import sys
+
+    script = ("import os, signal, sys\n"
+              "from npcrepro.engine import RunFolder\n"
+              f"run = RunFolder.create({str(tmp_path)!r}, 'smoke', 't', 'x')\n"
+              "print(run.path, flush=True)\n"
+              + ("os.kill(os.getpid(), signal.SIGKILL)\n" if how == "kill" else "sys.exit(1)\n"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=dict(__import__("os").environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    run = RunFolder(proc.stdout.strip())
+    assert run.path.is_dir() and run.status == "failed", proc.stderr
+    assert (run.path / "FAILED").exists() == (how == "exit")
+
+
 # ----------------------------------------------------------------------------- cross-validation
 def fold_fn(fold, index, run, scale=1.0):
     """Module-level so that spawned workers can import it."""
@@ -579,11 +617,35 @@ def test_resolve_profiles_and_overrides():
     ({"seed": -1}, "'seed' must be a non-negative int"),
     ({"channel": "PET"}, "must be one of"),
     ({"device": "tpu"}, "device"),
+    ({"n_cases": -1}, "'n_cases' of template must be >= 1, got -1"),
+    ({"iterations": 0}, "'iterations' of template must be >= 1, got 0"),
+    ({"lr": 0.0}, "'lr' of template must be > 0, got 0.0"),
+    ({"widths": [8, 0]}, "'widths' of template must be >= 1, got \\[8, 0\\] \\(item 0\\)"),
 ])
 def test_bad_parameters_fail_in_one_line(kwargs, match):
     with pytest.raises(ParameterError, match=match) as err:
         profiles.resolve("template", **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_every_registered_profile_is_within_the_ranges():
+    for paper in profiles.papers():
+        for prof in profiles.profiles(paper):
+            profiles.resolve(paper, prof)
+    assert profiles.size_range("luo2020", "real_cases") == (0, None)  # 0 is registered: no track
+    assert profiles.size_range("template", "n_cases") == (1, None)
+
+
+def test_paths_are_absolute_in_params_json(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    P = profiles.resolve("template", "smoke", data="./mine", out_dir="out")
+    assert P.data == str(tmp_path / "mine") and P.out_dir == str(tmp_path / "out")
+    assert profiles.resolve("template", "smoke").data == "phantom"
+    run = RunFolder.from_params(P, "x")
+    assert run.read_params()["out_dir"] == str(tmp_path / "out")
+    assert run.path.parent == tmp_path / "out" / "smoke" / "template"
+    assert profiles.absolute_paths({"run": "leaderboard/2024-x", "resume": ""}, tmp_path) == \
+        {"run": "leaderboard/2024-x", "resume": ""}  # a label, and a word, stay as they are
 
 
 def test_unknown_paper_and_registration():

@@ -619,7 +619,17 @@ class Trainer:
     def fit(self, resume: bool | str | os.PathLike = False) -> History:
         """Train all stages (or continue: ``resume=True`` reads ``checkpoint_last.pt`` of the run folder,
         or pass a checkpoint path). Returns the :class:`History`."""
+        try:
+            return self._fit(resume)
+        except BaseException as exc:
+            if self.run is not None and self._main():
+                self.run.mark_failed(f"training failed: {exc.__class__.__name__}: {exc}")
+            raise
+
+    def _fit(self, resume) -> History:
         t_start = time.perf_counter()
+        if self.run is not None and self._main():
+            self.run.forget_failure()
         self._setup()
         ck = None
         if resume:
