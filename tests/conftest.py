@@ -43,7 +43,7 @@ def cli():
 
     def run(*args, cwd: Path) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "npcrepro", *map(str, args)],
-                              capture_output=True, text=True, cwd=cwd, env=env)
+                              capture_output=True, text=True, encoding="utf-8", cwd=cwd, env=env)
 
     return run
 

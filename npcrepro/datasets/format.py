@@ -369,10 +369,15 @@ def _write_all(out: Path, cases, test_cases, channels: list[str], structures: li
         from tqdm.auto import tqdm
         iterables = [(sub, tqdm(it, desc=f"writing {'training' if sub == 'Tr' else 'test'} cases",
                                 unit="case")) for sub, it in iterables]
-    for sub, it in iterables:
-        for case in it:
-            _write_case(out, sub, case, channels, structures)
-            counts[sub] += 1
+    try:
+        for sub, it in iterables:
+            for case in it:
+                _write_case(out, sub, case, channels, structures)
+                counts[sub] += 1
+    finally:  # a bar left open is drawn again at exit, over the error message
+        if progress:
+            for _, bar in iterables:
+                bar.close()
     meta = {
         "name": facts["name"],
         "description": facts["description"],

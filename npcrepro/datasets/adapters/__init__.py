@@ -284,7 +284,6 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
                 case = p.read(item)
             except DataError as exc:
                 if strict:
-                    bar.close()
                     raise
                 summary.skipped.append((item.name, str(exc)))
                 bar.update(1)
@@ -307,11 +306,11 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
                           source=name, spacing_known=p.spacing_known, overwrite=overwrite,
                           extra={"converted_from": str(p.src), **p.extra})
     except DataError:
-        bar.close()
         if summary.n_converted == 0 and summary.skipped:
             raise _nothing_converted(name, p.src, summary.skipped) from None
         raise
-    bar.close()
+    finally:
+        bar.close()
     if summary.n_converted == 0:
         raise _nothing_converted(name, p.src, summary.skipped)
     summary.structure_counts = counts
