@@ -41,6 +41,7 @@ from npcrepro.engine import distributed as D
 from npcrepro.engine.data import epoch_plan, item_rng
 from npcrepro.engine.device import (configure_determinism, conv_memory_format, resolve_device, rng_state,
                                     set_rng_state)
+from npcrepro.engine.runs import to_jsonable
 from npcrepro.engine.schedules import Schedule, make_optimizer, make_schedule
 from npcrepro.errors import DataError, ParameterError
 
@@ -218,22 +219,6 @@ def _refusal(p: Path, exc: BaseException) -> str:
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[0] if lines else ""
-
-
-def _plain(obj: Any) -> Any:
-    """``obj`` in types a ``weights_only`` load accepts (tensors, numbers, strings, None, lists and
-    str-keyed dicts); anything else becomes its ``repr`` (for descriptive fields only)."""
-    if torch.is_tensor(obj) or obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return repr(obj)
 
 
 class _Keyed(torch.utils.data.Dataset):
@@ -565,8 +550,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": self._gather_rng(),
             "state": asdict(self.state),
-            "history": _plain(self.rows),
-            "stages": _plain([s.describe() for s in self.stages]),
+            "history": to_jsonable(self.rows),  # plain types: the checkpoint loads weights_only
+            "stages": to_jsonable([s.describe() for s in self.stages]),
             "seed": self.seed,
             "batch_size": self.batch_size,
             "iterations_per_epoch": self.iterations_per_epoch,
