@@ -73,13 +73,12 @@ _UNFINISHED: set[Path] = set()
 @atexit.register
 def _mark_unfinished_failed() -> None:
     for path in list(_UNFINISHED):
-        try:
-            RunFolder(path, writer=True).mark_failed("the process ended before the run was marked done")
-        except OSError:
-            pass
+        RunFolder(path, writer=True).mark_failed("the process ended before the run was marked done")
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -375,13 +374,17 @@ class RunFolder:
             _UNFINISHED.discard(self.path)
 
     def mark_failed(self, reason: str) -> None:
-        """Write ``FAILED`` with ``reason`` (first line kept) unless the run is already done."""
+        """Write ``FAILED`` with ``reason`` (first line kept) unless the run is already done. Best
+        effort: called while an error propagates, it never raises one of its own (a full disk)."""
+        _UNFINISHED.discard(self.path)
         if not self.writer or self.done:
             return
         lines = str(reason).strip().splitlines()
-        _atomic_write_text(self.path / "FAILED", (lines[0] if lines else "failed") + "\n")
-        (self.path / "RUNNING").unlink(missing_ok=True)
-        _UNFINISHED.discard(self.path)
+        try:
+            _atomic_write_text(self.path / "FAILED", (lines[0] if lines else "failed") + "\n")
+            (self.path / "RUNNING").unlink(missing_ok=True)
+        except OSError:
+            pass
 
     @property
     def done(self) -> bool:
