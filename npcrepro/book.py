@@ -4,6 +4,10 @@ Source notebooks live in ``notebooks/`` without outputs. ``execute`` runs one in
 ``book/runs/<profile>/<name>.ipynb``; the book renders those executed copies. An executed copy records
 a fingerprint of what produced it (the source notebook, the parameters, the npcrepro sources), so
 running the book again re-executes only chapters whose inputs changed.
+
+A run with parameters of its own (``npcrepro run chen2020 -p seed 3``) never replaces the book's
+copy: it goes to ``runs/notebooks/<profile>/<name>-<key>.ipynb`` (or ``output``), and the book
+refuses to render a chapter whose recorded parameters are not the book's (:data:`BOOK_PARAMETERS`).
 """
 from __future__ import annotations
 
@@ -13,11 +17,12 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from npcrepro.errors import NpcreproError, ParameterError
+from npcrepro.errors import DataError, NpcreproError, ParameterError
 from npcrepro.paths import repo_root
 
 #: Chapters in book order: notebook name -> title. Each is notebooks/<name>.ipynb.
@@ -48,6 +53,9 @@ DEPENDS: dict[str, tuple[str, ...] | str] = {
 #: with another chapter and the recorded time is what the chapter costs.
 WIDE: frozenset[str] = frozenset({"leaderboard"})
 PROFILES = ("smoke", "cpu", "gpu")
+#: The parameters a chapter of the book may have been executed with: its profile, and where its run
+#: folders went (which changes no number).
+BOOK_PARAMETERS = frozenset({"profile", "out_dir"})
 KERNEL = "python3"
 #: The kernel's own log (not the notebook's output) at ERROR: ipykernel 7 otherwise warns on every
 #: start that its local TCP sockets are unencrypted, one line per chapter in the book's progress.
@@ -60,6 +68,13 @@ class ChapterFailed(NpcreproError):
 
 def runs_dir(profile: str, root: Path | None = None) -> Path:
     return (root or repo_root()) / "book" / "runs" / profile
+
+
+def user_notebook(name: str, profile: str, params: dict, root: Path | None = None) -> Path:
+    """Where a run of ``name`` with parameters of its own goes (never the book's copy):
+    ``<root>/runs/notebooks/<profile>/<name>-<key>.ipynb``, ``key`` a hash of the parameters."""
+    key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return (root or repo_root()) / "runs" / "notebooks" / profile / f"{name}-{key}.ipynb"
 
 
 def _check(name: str, profile: str) -> None:
@@ -78,12 +93,18 @@ def declared_parameters(name: str, root: Path | None = None) -> dict:
 
 
 def check_parameters(name: str, params: dict, root: Path | None = None) -> None:
-    """Raise ParameterError for names the chapter does not declare (papermill would only warn)."""
+    """Raise ParameterError for names the chapter does not declare (papermill would only warn), and
+    for values the parameter registry refuses (types, choices, ranges): before a kernel starts or a
+    run folder exists."""
     declared = declared_parameters(name, root)
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ParameterError(f"chapter {name!r}: unknown parameter(s) {', '.join(unknown)} "
                              f"(valid: {', '.join(declared)})")
+    from npcrepro import profiles
+
+    if name in profiles.papers():
+        profiles.resolve(name, **params)
 
 
 def _package_digest(root: Path) -> str:
@@ -135,18 +156,21 @@ class ChapterResult:
 def execute(name: str, profile: str = "cpu", params: dict | None = None, *, force: bool = False,
             output: Path | None = None, root: Path | None = None, log=print,
             prefix: str = "") -> ChapterResult:
-    """Execute ``notebooks/<name>.ipynb`` with papermill into ``book/runs/<profile>/<name>.ipynb``.
+    """Execute ``notebooks/<name>.ipynb`` with papermill into ``book/runs/<profile>/<name>.ipynb``,
+    or, when ``params`` holds anything, into :func:`user_notebook` (unless ``output`` is given).
 
     Skips the run when the existing output's fingerprint matches (unless ``force``). Parameters are
-    validated by the notebook itself (an unknown name fails at once with ParameterError). A failing
-    chapter keeps its partial output and raises :class:`ChapterFailed`.
+    checked first (:func:`check_parameters`: ParameterError). A failing chapter keeps its partial
+    output and raises :class:`ChapterFailed`.
     """
     _check(name, profile)
     root = root or repo_root()
     params = dict(params or {})
+    own = {k: v for k, v in params.items() if k != "profile"}
     params["profile"] = profile
     check_parameters(name, params, root)
-    out = output or runs_dir(profile, root) / f"{name}.ipynb"
+    out = output or (user_notebook(name, profile, own, root) if own
+                     else runs_dir(profile, root) / f"{name}.ipynb")
     fp = fingerprint(name, profile, params, root)
     if not force and out.exists() and _recorded_fingerprint(out) == fp:
         log(f"[book] {prefix}{name:<15} {profile:<5} up to date "
@@ -155,7 +179,7 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     import papermill as pm  # deferred: heavy import, only the book path needs it
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.running.ipynb")
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.running.ipynb")
     log(f"[book] {prefix}{name:<15} {profile:<5} executing ...")
     t0 = time.perf_counter()
     try:
@@ -166,9 +190,15 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
         failed = out.with_name(f"{out.stem}.failed.ipynb")
         if tmp.exists():
             os.replace(tmp, failed)
-        raise ChapterFailed(f"chapter {name!r} ({profile}) failed in cell {exc.exec_count}: "
+        err = ChapterFailed(f"chapter {name!r} ({profile}) failed in cell {exc.exec_count}: "
                             f"{exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''} "
-                            f"(partial notebook: {failed})") from None
+                            f"(partial notebook: {failed})")
+        if exc.ename in ("ParameterError", "DataError"):
+            err.exit_code = 2  # the chapter refused its input
+        raise err from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     seconds = time.perf_counter() - t0
     from npcrepro.engine.runs import environment
 
@@ -345,14 +375,34 @@ def toc_for(profile: str, root: Path | None = None) -> Path:
     return out
 
 
+def check_book_notebook(path: Path, profile: str) -> None:
+    """DataError unless the executed notebook at ``path`` was made for the book's ``profile`` with
+    nothing but :data:`BOOK_PARAMETERS` (a run with parameters of its own is not a chapter)."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        recorded = nb["metadata"]["npcrepro"]["parameters"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{path}: not an executed chapter (no recorded parameters); re-run it with "
+                        f"`npcrepro run {path.stem} --profile {profile} --force`") from None
+    foreign = {k: v for k, v in recorded.items() if k not in BOOK_PARAMETERS}
+    if recorded.get("profile") != profile or foreign:
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(foreign.items())) or \
+            f"profile={recorded.get('profile')!r}"
+        raise DataError(f"{path}: executed with {shown}, not the book's parameters; the book will not "
+                        f"render it (re-run it with `npcrepro run {path.stem} --profile {profile} "
+                        "--force`)")
+
+
 def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = True,
                log=print) -> Path:
     """Run ``jupyter-book build`` (execution off) and return the path of ``index.html``."""
     root = root or repo_root()
     missing = [n for n in CHAPTERS if not (runs_dir(profile, root) / f"{n}.ipynb").exists()]
     if missing:
-        raise NpcreproError(f"no executed notebooks for {', '.join(missing)} in "
-                            f"{runs_dir(profile, root)} (run `npcrepro run all --profile {profile}`)")
+        raise DataError(f"no executed notebooks for {', '.join(missing)} in "
+                        f"{runs_dir(profile, root)} (run `npcrepro run all --profile {profile}`)")
+    for name in CHAPTERS:
+        check_book_notebook(runs_dir(profile, root) / f"{name}.ipynb", profile)
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root),
            "--toc", str(toc_for(profile, root)), "--path-output", str(root)]
@@ -365,8 +415,12 @@ def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = 
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise NpcreproError(f"jupyter-book build failed (exit {proc.returncode}):\n{tail}")
+        logfile = root / "_build" / "jupyter-book.log"
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        logfile.write_text(proc.stdout + proc.stderr, encoding="utf-8")
+        lines = (proc.stdout + proc.stderr).strip().splitlines() or [""]
+        raise NpcreproError(f"jupyter-book build failed (exit {proc.returncode}): {lines[-1][:200]} "
+                            f"(full output: {logfile})")
     index = root / "_build" / "html" / "index.html"
     log(f"[book] HTML built in {time.perf_counter() - t0:.0f} s")
     return index

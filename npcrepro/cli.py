@@ -1,13 +1,17 @@
 """The ``npcrepro`` command: phantom, convert, run, book, bench.
 
-Errors caused by the user's input (bad parameter, bad path, bad data) are printed on one line and the
-command exits with status 2; a failing chapter exits with status 1.
+Every subcommand reports an error on one line (``npcrepro <command>: error: ...``) and exits with
+status 2 for bad input or parameters (a bad argument, path, dataset or parameter value, also when a
+chapter refuses its input) and 1 for any other failure (an unwritable output, a failing chapter).
+``NPCREPRO_DEBUG=1`` shows the traceback of an unexpected error instead. Paths given on the command
+line, ``-p`` path parameters included, are taken relative to the directory the command runs in.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +28,11 @@ def _value(text: str):
 
 
 def _params(pairs) -> dict:
-    return {name: _value(value) for name, value in (pairs or [])}
+    """``-p`` pairs as parameters, path parameters made absolute against the working directory (a
+    chapter's kernel runs in the repository root)."""
+    from npcrepro.profiles import absolute_paths
+
+    return absolute_paths({name: _value(value) for name, value in (pairs or [])})
 
 
 def cmd_phantom(args) -> int:
@@ -61,8 +69,11 @@ def cmd_run(args) -> int:
 
     names = _chapters(args.paper)
     params = _params(args.param)
+    if args.output is not None and len(names) > 1:
+        raise ParameterError("--output names one notebook: give one chapter, not 'all'")
     for name in names:
-        res = book.execute(name, args.profile, params, force=args.force)
+        res = book.execute(name, args.profile, params, force=args.force,
+                           output=args.output.absolute() if args.output else None)
         print(f"{name}: {res.output}")
     return 0
 
@@ -94,8 +105,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error contract (usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="npcrepro", description=__doc__.splitlines()[0])
+    p = _Parser(prog="npcrepro", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("phantom", help="generate a phantom dataset")
@@ -120,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="notebook parameter (repeatable), e.g. -p data /path/to/dataset")
     s.add_argument("--force", action="store_true", help="re-run even if up to date")
+    s.add_argument("--output", type=Path, default=None,
+                   help="executed notebook path (default: the book's copy without -p, else "
+                        "runs/notebooks/<profile>/<chapter>-<key>.ipynb)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("book", help="run what is missing and build the HTML book")
@@ -141,12 +163,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except NpcreproError as exc:
-        print(f"npcrepro {args.command}: error: {exc}", file=sys.stderr)
-        return 1 if exc.__class__.__name__ == "ChapterFailed" else 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"npcrepro {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one-line contract covers every failure
+        if os.environ.get("NPCREPRO_DEBUG") and not isinstance(exc, NpcreproError):
+            raise
+        print(f"npcrepro {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1) if isinstance(exc, NpcreproError) else 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line: npcrepro's own message, an OSError's reason and file, or the
+    exception's type and first line (``NPCREPRO_DEBUG=1`` for the traceback)."""
+    if isinstance(exc, NpcreproError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror}" + (f" (-> {exc.filename2})" if exc.filename2 else "")
+    else:
+        text = f"{exc.__class__.__name__}: {exc} (NPCREPRO_DEBUG=1 shows the traceback)"
+    line = " ".join(ln.strip() for ln in text.splitlines() if ln.strip()) or exc.__class__.__name__
+    return line if len(line) <= 500 else line[:497] + "..."
 
 
 if __name__ == "__main__":
