@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
