@@ -475,7 +475,7 @@ def describe(paper: str) -> "list[dict]":
         values = {p: (COMMON[name] if name in COMMON else sizes[p].get(name)) for p in profiles(paper)}
         rows.append({"parameter": name, "type": types.get(name) or _type_name([COMMON.get(name), *values.values()]),
                      **values, "allowed": list(_CHOICES.get(paper, {}).get(name, ())) or "",
-                     "help": COMMON_HELP.get(name) or helps.get(name, "")})
+                     "help": COMMON_HELP.get(name) or helps.get(name) or recipes.SHARED_HELP.get(name, "")})
     return rows
 
 

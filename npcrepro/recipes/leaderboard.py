@@ -39,7 +39,6 @@ HELP = {
     "nsd_mm": "surface Dice tolerance in mm",
     "overlap": "3D sliding-window overlap",
     "n_boot": "bootstrap resamples of the confidence intervals",
-    "seeds": "training seeds per method (seed, seed+1, ...)",
     "workers": "methods trained at once (processes, cores split between them)",
     "real_cases": "OpenKBP patients for the CT track (0: off)",
     "structure": "target structure on the phantom",
