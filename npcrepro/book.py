@@ -95,16 +95,19 @@ def declared_parameters(name: str, root: Path | None = None) -> dict:
 def check_parameters(name: str, params: dict, root: Path | None = None) -> None:
     """Raise ParameterError for names the chapter does not declare (papermill would only warn), and
     for values the parameter registry refuses (types, choices, ranges): before a kernel starts or a
-    run folder exists."""
+    run folder exists. Chapters in the registry are checked against it alone, as the notebook
+    itself checks them (its parameters cell is generated from the registry); other pages against
+    their parameters cell."""
+    from npcrepro import profiles
+
+    if name in profiles.papers():
+        profiles.resolve(name, **params)
+        return
     declared = declared_parameters(name, root)
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ParameterError(f"chapter {name!r}: unknown parameter(s) {', '.join(unknown)} "
                              f"(valid: {', '.join(declared)})")
-    from npcrepro import profiles
-
-    if name in profiles.papers():
-        profiles.resolve(name, **params)
 
 
 def _package_digest(root: Path) -> str:

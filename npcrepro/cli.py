@@ -1,4 +1,4 @@
-"""The ``npcrepro`` command: phantom, convert, run, book, bench.
+"""The ``npcrepro`` command: phantom, convert, run, params, book, bench.
 
 Every subcommand reports an error on one line (``npcrepro <command>: error: ...``) and exits with
 status 2 for bad input or parameters (a bad argument, path, dataset or parameter value, also when a
@@ -78,6 +78,26 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_params(args) -> int:
+    """Print every parameter of a chapter: type, smoke/cpu/gpu values, allowed values and help."""
+    import pandas as pd
+
+    from npcrepro import profiles
+
+    if args.chapter not in profiles.papers():
+        raise ParameterError(f"unknown chapter {args.chapter!r} (valid: {', '.join(profiles.papers())})")
+    rows = profiles.describe(args.chapter)
+    if args.profile:
+        if args.profile not in profiles.profiles(args.chapter):
+            raise ParameterError(f"unknown profile {args.profile!r} for {args.chapter} "
+                                 f"(valid: {', '.join(profiles.profiles(args.chapter))})")
+        rows = [{k: v for k, v in r.items() if k not in profiles.PROFILES or k == args.profile} for r in rows]
+    table = pd.DataFrame(rows).fillna("").astype(str)
+    with pd.option_context("display.max_colwidth", 90, "display.width", 250, "display.max_rows", 500):
+        print(table.to_string(index=False))
+    return 0
+
+
 def cmd_book(args) -> int:
     from npcrepro import book
 
@@ -133,8 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="convert at most this many cases")
     s.set_defaults(func=cmd_convert)
 
-    s = sub.add_parser("run", help="execute a chapter notebook (or all) with papermill")
-    s.add_argument("paper", help="chapter name or 'all'")
+    from npcrepro.book import CHAPTERS
+
+    s = sub.add_parser("run", help="execute a chapter notebook (or all) with papermill",
+                       description="Execute a chapter notebook with papermill. Chapters: "
+                                   f"{', '.join(CHAPTERS)} (or all). Profiles: smoke (seconds, for "
+                                   "tests), cpu (the book, minutes on 2 cores), gpu (paper scale). "
+                                   "`npcrepro params <chapter>` lists a chapter's parameters.")
+    s.add_argument("paper", help=f"chapter name or 'all' ({', '.join(CHAPTERS)})")
     s.add_argument("--profile", default="cpu", help="smoke, cpu or gpu")
     s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="notebook parameter (repeatable), e.g. -p data /path/to/dataset")
@@ -143,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="executed notebook path (default: the book's copy without -p, else "
                         "runs/notebooks/<profile>/<chapter>-<key>.ipynb)")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("params", help="list a chapter's parameters with their profile values and help")
+    s.add_argument("chapter", help="chapter name")
+    s.add_argument("--profile", default=None, help="show one profile's values only")
+    s.set_defaults(func=cmd_params)
 
     s = sub.add_parser("book", help="run what is missing and build the HTML book")
     s.add_argument("--profile", default="cpu")

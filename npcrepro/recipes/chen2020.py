@@ -32,14 +32,14 @@ PROFILES = {
 }
 
 HELP = {
-    "phantom_preset": "digital phantom preset when data='phantom'",
+    "phantom_preset": "digital phantom preset when the data are the phantom",
     "spacing_xy": "in-plane spacing (mm) the cases are resampled to; None keeps the original",
     "crop": "network input (z, y, x) voxels, centred in-plane on the Otsu box of T1",
     "z_step": "step (slices) of the training and inference windows along z",
     "offset": "maximal random shift (z, y, x) of the window centre during training",
     "rotate_deg": "maximal random in-plane rotation (degrees) during training",
     "flip": "random vertical flip during training",
-    "width": "channel multiplier of every network (1 = the paper's widths)",
+    "width": "channel multiplier of every network (1: the paper's widths)",
     "pool_sizes": "MMFNet pooling sizes per level (None: 2x2x2 everywhere)",
     "batch_size": "windows (3D) or slices (2D U-Net) per update",
     "iterations_per_epoch": "updates per epoch",

@@ -31,7 +31,7 @@ HELP = {
     "batch_3d": "3D batch size (patches)",
     "crop_2d": "random 2D training crop (y, x) in voxels",
     "patch_3d": "3D training patch and sliding window (z, y, x) in voxels",
-    "width": "channel multiplier of every network (1 = the papers' widths)",
+    "width": "channel multiplier of every network (1: the papers' widths)",
     "lr": "Adam learning rate of every method",
     "fg_prob": "share of crops/patches centred on tumour",
     "background_fraction": "2D: slices without tumour per slice with tumour",

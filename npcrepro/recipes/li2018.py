@@ -27,7 +27,7 @@ HELP = {
     "cv": "cross-validation by patient: loocv or kfold",
     "k": "folds of the k-fold scheme",
     "max_folds": "train only the first few folds (None: every fold)",
-    "width": "channel multiplier of the Table 1 network (1.0 = Table 1)",
+    "width": "channel multiplier of the Table 1 network (1.0: Table 1)",
     "iterations": "training iterations of stages 1, 2 and 3 (36x36, 72x72, 144x144 score maps)",
     "faithful_folds": "folds the faithful method trains on (the first few; 0 skips it)",
     "real_k": "folds (over slices) of the real T2 track",
