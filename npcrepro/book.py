@@ -39,7 +39,8 @@ CHAPTERS: dict[str, str] = {
 #: Chapters that read other chapters' outputs: they re-run when any of those changed, and run after them.
 #: ``"*"``: every other chapter.
 DEPENDS: dict[str, tuple[str, ...] | str] = {
-    "explorer": ("leaderboard",),
+    # the explorer's static viewer shows the newest run of the leaderboard and of every paper
+    "explorer": ("leaderboard", "li2018", "xue2020", "luo2020", "guo2021", "chen2020"),
     "reproducibility": "*",
     "intro": "*",
 }
@@ -368,6 +369,9 @@ def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = 
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
         raise NpcreproError(f"jupyter-book build failed (exit {proc.returncode}):\n{tail}")
     index = root / "_build" / "html" / "index.html"
+    from npcrepro.viz.static_viewer import publish
+
+    publish(runs_dir(profile, root), index.parent / "book" / "runs" / profile)  # the viewer's NIfTI
     log(f"[book] HTML built in {time.perf_counter() - t0:.0f} s")
     return index
 
