@@ -55,9 +55,10 @@ def drive_viewer(html: Path, *, out_dir: Path | None = None, timeout_s: float = 
                  chromium: str | None = None) -> dict:
     """Open ``html`` (a built page with a viewer), drive the first viewer and report what changed.
 
-    Returns a dict with ``steps`` (name -> changed share of the canvas), ``slices`` (the viewer's
-    slice before and after), ``blocked`` (off-machine URLs the page tried), ``missing`` (local files
-    not found), ``errors`` (page errors), ``ok`` and ``reasons``. Screenshots go to ``out_dir``.
+    Returns a dict with ``steps`` (name -> changed share of the canvas), ``slice_start`` and
+    ``slice_after``, ``blocked`` (off-machine URLs the page tried), ``missing`` (local files not
+    found), ``errors`` (errors thrown by the viewer or NiiVue; ``other_errors``: by other scripts of
+    the page, listed only), ``ok`` and ``reasons``. Screenshots go to ``out_dir``.
     Raises NpcreproError without Playwright, Chromium or the page.
     """
     try:
@@ -88,7 +89,7 @@ def drive_viewer(html: Path, *, out_dir: Path | None = None, timeout_s: float = 
                 return r.abort()
 
             page.route("**/*", route)
-            page.on("pageerror", lambda e: report["errors"].append(str(e)[:300]))
+            page.on("pageerror", lambda e: _page_error(e, report))
             page.on("console", lambda m: report["console"].append(f"{m.type}: {m.text[:200]}")
                     if m.type in ("error", "warning") else None)
             page.goto(f"http://127.0.0.1:{server.port}/{html.relative_to(root).as_posix()}")
@@ -108,6 +109,13 @@ def drive_viewer(html: Path, *, out_dir: Path | None = None, timeout_s: float = 
     report["ok"] = not reasons
     report["reasons"] = reasons
     return report
+
+
+def _page_error(exc, report: dict) -> None:
+    """Errors thrown by the viewer or NiiVue fail the check; others (the theme's scripts) are listed."""
+    text = f"{exc} {getattr(exc, 'stack', '') or ''}"
+    key = "errors" if ("npcviewer" in text or "niivue" in text) else "other_errors"
+    report.setdefault(key, []).append(str(exc)[:300])
 
 
 def _drive(page, report: dict, reasons: list[str], out_dir: Path | None, timeout_s: float) -> None:

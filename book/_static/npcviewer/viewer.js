@@ -18,6 +18,7 @@ const PLANES = {
   sagittal: [SLICE_TYPE.SAGITTAL, 0],
 };
 const GT_COLOUR = "#ffe000";
+const MAX_SHOWN = 4; // predictions shown at first; with more, only the first two
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -77,6 +78,7 @@ class Viewer {
     this.nv = new Niivue({
       backColor: [0, 0, 0, 1], crosshairWidth: 0, show3Dcrosshair: false, isColorbar: false,
       isOrientCube: false, dragAndDropEnabled: false, logLevel: "error", loadingText: "loading ...",
+      isRadiologicalConvention: true, // patient's right on the left, as the live explorer draws it
     });
     await this.nv.attachToCanvas(this.canvas);
     this.nv.setInterpolation(true); // nearest neighbour: voxels and mask edges as they are
@@ -130,7 +132,9 @@ class Viewer {
     this.runSel.value = String(i);
     this.caseSel.textContent = "";
     this.run.cases.forEach((c, k) => this.caseSel.append(el("option", { value: k, text: c.name })));
-    this.state.hidden = new Set();
+    // many overlays at once hide the image: show the first few, the rest one click away
+    const labels = this.run.cases.length ? this.run.cases[0].predictions.map((p) => p.label) : [];
+    this.state.hidden = new Set(labels.length > MAX_SHOWN ? labels.slice(2) : []);
     await this.selectCase(0);
   }
 
@@ -163,6 +167,13 @@ class Viewer {
       return;
     }
     this.preds.append(el("span", { class: "npc-preds-title", text: "Predictions" }));
+    const all = (on) => () => {
+      c.predictions.forEach((p) => (on ? this.state.hidden.delete(p.label) : this.state.hidden.add(p.label)));
+      this.preds.querySelectorAll("input.npc-pred").forEach((b) => { b.checked = on; });
+      this.paint();
+    };
+    const button = (text, fn) => { const b = el("button", { type: "button", class: "npc-all", text }); b.addEventListener("click", fn); return b; };
+    this.preds.append(button("all", all(true)), button("none", all(false)));
     c.predictions.forEach((p, i) => {
       const box = el("input", { type: "checkbox", "data-label": p.label, class: "npc-pred" });
       box.checked = !this.state.hidden.has(p.label);
@@ -282,6 +293,7 @@ const CSS = `
 .npc-viewer .npc-slice { width: 14rem; }
 .npc-viewer .npc-preds { display: flex; flex-wrap: wrap; gap: 0.2rem 0.9rem; margin: 0.3rem 0; }
 .npc-viewer .npc-preds-title { font-weight: 600; }
+.npc-viewer .npc-all { font-size: 0.75rem; padding: 0 0.4rem; }
 .npc-viewer .npc-pred-item { display: inline-flex; gap: 0.3rem; align-items: center; margin: 0; }
 .npc-viewer .npc-swatch { display: inline-block; width: 0.8rem; height: 0.8rem; border-radius: 2px; }
 .npc-viewer .npc-canvas-box { width: 100%; height: 460px; background: #000; }
