@@ -7,6 +7,7 @@ running the book again re-executes only chapters whose inputs changed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from npcrepro.chapterlog import chapter_log
 from npcrepro.errors import NpcreproError, ParameterError
 from npcrepro.paths import repo_root
 
@@ -135,12 +137,14 @@ class ChapterResult:
 
 def execute(name: str, profile: str = "cpu", params: dict | None = None, *, force: bool = False,
             output: Path | None = None, root: Path | None = None, log=print,
-            prefix: str = "") -> ChapterResult:
+            prefix: str = "", log_output: bool = False) -> ChapterResult:
     """Execute ``notebooks/<name>.ipynb`` with papermill into ``book/runs/<profile>/<name>.ipynb``.
 
     Skips the run when the existing output's fingerprint matches (unless ``force``). Parameters are
     validated by the notebook itself (an unknown name fails at once with ParameterError). A failing
-    chapter keeps its partial output and raises :class:`ChapterFailed`.
+    chapter keeps its partial output and raises :class:`ChapterFailed`. ``log_output``: print the
+    chapter's section, printed lines and training progress through ``log`` while it runs
+    (:mod:`npcrepro.chapterlog`).
     """
     _check(name, profile)
     root = root or repo_root()
@@ -159,10 +163,12 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     tmp = out.with_name(f".{out.stem}.running.ipynb")
     log(f"[book] {prefix}{name:<15} {profile:<5} executing ...")
     t0 = time.perf_counter()
+    src = root / "notebooks" / f"{name}.ipynb"
     try:
-        pm.execute_notebook(str(root / "notebooks" / f"{name}.ipynb"), str(tmp), parameters=params,
-                            kernel_name=KERNEL, cwd=str(root), progress_bar=False,
-                            log_output=False, extra_arguments=_KERNEL_ARGS)
+        with chapter_log(name, src, log) if log_output else contextlib.nullcontext():
+            pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=KERNEL,
+                                cwd=str(root), progress_bar=False, log_output=log_output,
+                                extra_arguments=_KERNEL_ARGS)
     except pm.PapermillExecutionError as exc:
         failed = out.with_name(f"{out.stem}.failed.ipynb")
         if tmp.exists():
@@ -202,7 +208,7 @@ def _resolved_device(requested: str) -> str:
 
 def execute_all(profile: str = "cpu", names: Iterable[str] | None = None, params: dict | None = None,
                 *, force: bool = False, root: Path | None = None, log=print,
-                jobs: int = 1) -> list[ChapterResult]:
+                jobs: int = 1, log_output: bool = False) -> list[ChapterResult]:
     """Execute chapters (all by default), ``jobs`` at a time, and return their results in book order.
 
     Chapters that read others' outputs (:data:`DEPENDS`) wait for those; :data:`WIDE` chapters run
@@ -246,7 +252,7 @@ def execute_all(profile: str = "cpu", names: Iterable[str] | None = None, params
                         break
                     waiting.remove(name)
                     running[pool.submit(execute, name, profile, params, force=force, root=root, log=say,
-                                        prefix=f"{number[name]:>2}/{n} ")] = name
+                                        prefix=f"{number[name]:>2}/{n} ", log_output=log_output)] = name
                 if not running:
                     break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
@@ -378,12 +384,12 @@ def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = 
 
 def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
          names: Sequence[str] | None = None, root: Path | None = None, log=print,
-         jobs: int | None = None) -> Path:
+         jobs: int | None = None, log_output: bool = False) -> Path:
     """Execute what is missing or stale for ``profile`` and build the HTML. Returns index.html.
 
     For ``gpu``, committed executed notebooks are rendered as they are (a CPU machine does not re-run
     paper-scale chapters); only missing ones are executed. ``jobs``: chapters executed at once
-    (default :func:`default_jobs`).
+    (default :func:`default_jobs`); ``log_output``: see :func:`execute`.
     """
     root = root or repo_root()
     if profile not in PROFILES:
@@ -396,7 +402,7 @@ def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
         if profile == "gpu":
             todo = [n for n in todo if not (runs_dir(profile, root) / f"{n}.ipynb").exists()]
         execute_all(profile, todo, force=force, root=root, log=log,
-                    jobs=default_jobs() if jobs is None else jobs)
+                    jobs=default_jobs() if jobs is None else jobs, log_output=log_output)
     index = build_html(profile, root=root, log=log)
     log(f"[book] total {time.perf_counter() - t0:.0f} s")
     return index

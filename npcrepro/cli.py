@@ -62,7 +62,7 @@ def cmd_run(args) -> int:
     names = _chapters(args.paper)
     params = _params(args.param)
     for name in names:
-        res = book.execute(name, args.profile, params, force=args.force)
+        res = book.execute(name, args.profile, params, force=args.force, log_output=args.log_output)
         print(f"{name}: {res.output}")
     return 0
 
@@ -70,7 +70,8 @@ def cmd_run(args) -> int:
 def cmd_book(args) -> int:
     from npcrepro import book
 
-    index = book.book(args.profile, force=args.force, run_missing=not args.no_run, jobs=args.jobs)
+    index = book.book(args.profile, force=args.force, run_missing=not args.no_run, jobs=args.jobs,
+                      log_output=args.log_output)
     print(f"The book is at {index}")
     return 0
 
@@ -92,6 +93,13 @@ def cmd_bench(args) -> int:
         mod.main(quick=args.quick)
         print(f"== {name}: {time.perf_counter() - t0:.1f} s ==\n", flush=True)
     return 0
+
+
+def _log_output_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--log-output", action=argparse.BooleanOptionalAction, default=True,
+                   help="print each chapter's section, printed lines and a training progress line "
+                        "every $NPCREPRO_PROGRESS_SECONDS (default 30) while it runs (default: on); "
+                        "the rendered pages are unchanged")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="notebook parameter (repeatable), e.g. -p data /path/to/dataset")
     s.add_argument("--force", action="store_true", help="re-run even if up to date")
+    _log_output_flag(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("book", help="run what is missing and build the HTML book")
@@ -128,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-run", action="store_true", help="only build from existing runs")
     s.add_argument("--jobs", type=int, default=None,
                    help="chapters executed at once (default: one per CPU core, at most 4)")
+    _log_output_flag(s)
     s.set_defaults(func=cmd_book)
 
     s = sub.add_parser("bench", help="run the benchmarks and print ratios")
