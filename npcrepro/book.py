@@ -375,9 +375,10 @@ def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = 
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
         raise NpcreproError(f"jupyter-book build failed (exit {proc.returncode}):\n{tail}")
     index = root / "_build" / "html" / "index.html"
-    from npcrepro.viz.static_viewer import publish
+    from npcrepro.viz.static_viewer import EXPORT_DIR, publish
 
-    publish(runs_dir(profile, root), index.parent / "book" / "runs" / profile)  # the viewer's NIfTI
+    publish(runs_dir(profile, root), index.parent / "book" / "runs" / profile,  # the viewer's NIfTI
+            [root / "runs" / profile / EXPORT_DIR])
     log(f"[book] HTML built in {time.perf_counter() - t0:.0f} s")
     return index
 

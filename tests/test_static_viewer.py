@@ -118,19 +118,21 @@ def test_page_html_refers_to_the_manifest_and_script_relative_to_the_page(tmp_pa
 
 def test_publish_copies_the_exports_pages_refer_to(tmp_path):
     runs = tmp_path / "book" / "runs" / "smoke"
-    used = S.export([_run()], runs / S.EXPORT_DIR)
-    stale = S.export([S.ViewerRun("old", [_case(shift=1)])], runs / S.EXPORT_DIR)
+    runs.mkdir(parents=True)
+    exports = tmp_path / "runs" / "smoke" / S.EXPORT_DIR
+    used = S.export([_run()], exports)
+    stale = S.export([S.ViewerRun("old", [_case(shift=1)])], exports)
     (runs / "explorer.ipynb").write_text(json.dumps({"cells": [{"outputs": [{"data": {
-        "text/html": S.page_html(used, page_dir=runs, book_root=tmp_path)}}]}]}), encoding="utf-8")
+        "text/html": S.page_html(used, page_dir="book/runs/smoke")}}]}]}), encoding="utf-8")
     html = tmp_path / "_build" / "html" / "book" / "runs" / "smoke"
-    copied = S.publish(runs, html)
+    copied = S.publish(runs, html, [tmp_path / "elsewhere", exports])
     assert copied == [html / S.EXPORT_DIR / used.parent.name]
     assert (copied[0] / S.MANIFEST).read_bytes() == used.read_bytes()
     assert not (html / S.EXPORT_DIR / stale.parent.name).exists()
     shutil.rmtree(used.parent)
     shutil.rmtree(html)
     with pytest.raises(DataError, match="re-run the explorer"):
-        S.publish(runs, html)
+        S.publish(runs, html, [exports])
 
 
 # ------------------------------------------------------------------------------------------ browser
@@ -152,7 +154,7 @@ def _site(tmp_path: Path, run: S.ViewerRun) -> Path:
     manifest = S.export([run], page_dir / S.EXPORT_DIR)
     page = page_dir / "explorer.html"
     page.write_text("<!doctype html><html><head><meta charset='utf-8'></head><body>"
-                    + S.page_html(manifest, page_dir=page_dir, book_root=site) + "</body></html>",
+                    + S.page_html(manifest, page_dir="book/runs/smoke") + "</body></html>",
                     encoding="utf-8")
     return page
 

@@ -19,10 +19,11 @@ Files and the build:
 
 * :func:`export` writes ``<dest>/<digest>/`` (a temporary sibling renamed when complete; the digest
   is a hash of the contents, so a new export never overwrites an old one) and returns its manifest.
-* The explorer notebook exports to ``book/runs/<profile>/_viewer/`` (next to the executed notebook)
-  and displays :func:`page_html`, which refers to the manifest relative to the page.
+* The explorer notebook exports to ``<out_dir>/<profile>/_viewer/`` (beside the run folders it reads)
+  and displays :func:`page_html`, which names the manifest as ``_viewer/<digest>/manifest.json``
+  relative to the page.
 * :func:`publish` (called by :func:`npcrepro.book.build_html`) copies the export folders that the
-  executed notebooks refer to into ``_build/html/book/runs/<profile>/_viewer/``: Sphinx itself copies
+  executed notebooks name into ``_build/html/book/runs/<profile>/_viewer/``: Sphinx itself copies
   only the pages and ``_static``.
 
 The NIfTI files are display copies written with the case's grid (spacing and direction; origin 0, so
@@ -52,7 +53,7 @@ from npcrepro.errors import DataError, NpcreproError
 __all__ = ["ViewerCase", "ViewerRun", "export", "page_html", "publish", "run_from_view",
            "runs_for_book", "EXPORT_DIR", "MANIFEST", "VIEWER_JS"]
 
-#: The export folder's name, next to the executed notebook (``book/runs/<profile>/_viewer``).
+#: The export folder's name, under the runs of a profile and next to the built page.
 EXPORT_DIR = "_viewer"
 MANIFEST = "manifest.json"
 #: The viewer script, relative to ``_static`` (committed in book/_static/npcviewer/).
@@ -238,17 +239,19 @@ def export(runs: Sequence[ViewerRun], dest: str | os.PathLike, *, title: str = "
 
 
 # ------------------------------------------------------------------------------------ page
-def page_html(manifest: str | os.PathLike, *, page_dir: str | os.PathLike,
-              book_root: str | os.PathLike = ".", height: int = 560) -> str:
+def page_html(manifest: str | os.PathLike, *, page_dir: str | os.PathLike = "book/runs/cpu",
+              height: int = 560) -> str:
     """The HTML that puts a viewer on a page: a container naming the manifest, and the viewer module.
 
-    ``page_dir`` is the folder of the page's source notebook (``book/runs/<profile>``), ``book_root``
-    the book's root (where the build puts ``_static``); both as ``manifest`` is given (absolute, or
-    relative to the same folder). Both URLs are relative to the page, so the site works under any
-    base URL."""
-    page_dir = Path(page_dir)
-    manifest_rel = Path(os.path.relpath(Path(manifest), page_dir)).as_posix()
-    script = Path(os.path.relpath(Path(book_root) / "_static" / VIEWER_JS, page_dir)).as_posix()
+    ``manifest`` is an export's manifest (:func:`export`); the page names it where :func:`publish`
+    puts it in the build, ``_viewer/<digest>/manifest.json`` next to the page. ``page_dir`` is the
+    page's folder relative to the book root (``book/runs/<profile>``; only its depth matters): the
+    script is ``_static/npcviewer/viewer.js`` at the root. Both URLs are relative, so the site works
+    under any base URL."""
+    digest = Path(manifest).parent.name
+    manifest_rel = f"{EXPORT_DIR}/{digest}/{MANIFEST}"
+    up = "../" * len(Path(page_dir).parts)
+    script = f"{up}_static/{VIEWER_JS}"
     return (f'<div class="npc-viewer" data-manifest="{html.escape(manifest_rel, quote=True)}" '
             f'style="min-height:{int(height)}px">'
             '<p class="npc-viewer-fallback">The volume viewer needs JavaScript, WebGL2 and the book '
@@ -267,18 +270,19 @@ def referenced_exports(notebooks: Iterable[Path]) -> set[str]:
     return found
 
 
-def publish(runs_dir: str | os.PathLike, html_dir: str | os.PathLike) -> list[Path]:
-    """Copy the viewer exports that the executed notebooks in ``runs_dir`` refer to into the built
-    site's ``html_dir`` (the same relative place: ``<html_dir>/_viewer/<digest>/``); return the
-    copied folders. An export that a page names but that is missing raises DataError (the page
-    would show an empty viewer)."""
+def publish(runs_dir: str | os.PathLike, html_dir: str | os.PathLike,
+            sources: Sequence[str | os.PathLike]) -> list[Path]:
+    """Copy the viewer exports that the executed notebooks in ``runs_dir`` name from the first of
+    ``sources`` (export folders, e.g. ``runs/<profile>/_viewer``) that has them into the built
+    site's ``<html_dir>/_viewer/<digest>/``; return the copied folders. An export that a page names
+    but no source has raises DataError (the page would show an empty viewer)."""
     runs_dir, html_dir = Path(runs_dir), Path(html_dir)
     out = []
     for digest in sorted(referenced_exports(runs_dir.glob("*.ipynb"))):
-        src = runs_dir / EXPORT_DIR / digest
-        if not (src / MANIFEST).is_file():
-            raise DataError(f"{src}: viewer export named by a page in {runs_dir} is missing "
-                            "(re-run the explorer chapter)")
+        src = next((Path(d) / digest for d in sources if (Path(d) / digest / MANIFEST).is_file()), None)
+        if src is None:
+            raise DataError(f"viewer export {digest} named by a page in {runs_dir} is in none of "
+                            f"{', '.join(map(str, sources))} (re-run the explorer chapter)")
         dst = html_dir / EXPORT_DIR / digest
         if not (dst / MANIFEST).is_file():
             shutil.copytree(src, dst, dirs_exist_ok=True)
