@@ -47,6 +47,12 @@ def test_book_builds_with_every_page(book_copy, run_notebook):
     assert len(manifests) == 1, manifests
     runs = [r["label"].split("/")[0] for r in json.loads(manifests[0].read_text(encoding="utf-8"))["runs"]]
     assert runs[0] == "leaderboard" and {"li2018", "xue2020", "guo2021", "chen2020"} <= set(runs), runs
+    # Launch buttons open the source notebook (the executed copies are not in the repository).
+    li = (html / "book" / "runs" / "smoke" / "li2018.html").read_text(encoding="utf-8")
+    url = yaml.safe_load((book_copy / "_config.yml").read_text(encoding="utf-8"))["repository"]["url"]
+    colab = "https://colab.research.google.com/github/" + url.split("github.com/")[1] + "/blob/main/"
+    assert colab + "notebooks/li2018.ipynb" in li and colab + "book/runs/" not in li
+    assert "mybinder.org/v2/gh/" in li and "npcrepro-setup" not in li  # the setup cell is hidden
     # The intro's table has one row per paper with the reported number.
     intro = (html / "book" / "runs" / "smoke" / "intro.html").read_text(encoding="utf-8")
     for paper in ("li2018", "xue2020", "luo2020", "guo2021", "chen2020"):
