@@ -60,6 +60,9 @@ MANIFEST = "manifest.json"
 VIEWER_JS = "npcviewer/viewer.js"
 #: Colour of the ground truth (as in the live explorer).
 GT_COLOUR = "#ffe000"
+#: Image voxels exported per case, all channels together: paper-scale volumes (gpu profile, 96 x 512 x
+#: 512) keep only their default channel, so that a published book stays well under GitHub Pages' 1 GB.
+MAX_IMAGE_VOXELS = 32_000_000
 _DIGEST = re.compile(r"_viewer/([0-9a-f]{16})/manifest\.json")
 
 
@@ -295,7 +298,8 @@ def run_from_view(view, *, n_cases: int = 3, max_channels: int = 4, max_structur
                   cases: Sequence[str] | None = None) -> ViewerRun:
     """A :class:`ViewerRun` from a :class:`~npcrepro.viz.runs.RunView`: ``cases`` (default the
     ``n_cases`` with the most predictions, the run's default case first) with the default channel
-    first and at most ``max_channels`` channels, the structures that the predictions name plus the
+    first and at most ``max_channels`` channels (fewer for paper-scale volumes, see
+    :data:`MAX_IMAGE_VOXELS`), the structures that the predictions name plus the
     default one (at most ``max_structures``), and every prediction on the case grid. Cases that
     cannot be loaded are left out (so are predictions that cannot be shown, with a note)."""
     if cases is None:
@@ -319,7 +323,8 @@ def run_from_view(view, *, n_cases: int = 3, max_channels: int = 4, max_structur
 def _viewer_case(view, name: str, max_channels: int, max_structures: int) -> ViewerCase:
     cv = view.case(name)
     first = cv.default_channel or cv.channels[0]
-    chans = [first] + [c for c in cv.channels if c != first][: max(0, max_channels - 1)]
+    budget = max(1, min(max_channels, MAX_IMAGE_VOXELS // max(1, int(np.prod(cv.shape)))))
+    chans = [first] + [c for c in cv.channels if c != first][: budget - 1]
     images = {c: cv.image(c) for c in chans}
     preds, scores, notes = {}, {}, {}
     for label in view.labels_for(name):
