@@ -377,8 +377,10 @@ def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = 
     index = root / "_build" / "html" / "index.html"
     from npcrepro.viz.static_viewer import EXPORT_DIR, publish
 
-    publish(runs_dir(profile, root), index.parent / "book" / "runs" / profile,  # the viewer's NIfTI
-            [root / "runs" / profile / EXPORT_DIR])
+    _, missing = publish(runs_dir(profile, root), index.parent / "book" / "runs" / profile,
+                         [root / "runs" / profile / EXPORT_DIR])  # the static viewer's NIfTI files
+    for line in missing:
+        log(f"[book] warning: {line}")
     log(f"[book] HTML built in {time.perf_counter() - t0:.0f} s")
     return index
 

@@ -1,7 +1,7 @@
 """What a chapter is doing while papermill executes it: its stage, its printed lines, training progress.
 
 Papermill with ``log_output=True`` logs to the ``papermill`` logger: ``Executing Cell N---`` when a
-cell starts, every stdout chunk at INFO, every stderr chunk at WARNING, and the plain-text form of
+cell starts (and ``Ending Cell N---`` when it ends), every stdout chunk at INFO, every stderr chunk at WARNING, and the plain-text form of
 every displayed object. :class:`ChapterLog` turns that into short lines for the terminal::
 
     [li2018] cell 14/41 | Training
@@ -33,6 +33,7 @@ from npcrepro.engine.progress import ENV, PREFIX
 #: Seconds between training progress lines when the CLI logs a chapter's output.
 DEFAULT_INTERVAL = 30
 _CELL = re.compile(r"^Executing Cell (\d+)-*$")
+_CELL_END = re.compile(r"^Ending Cell \d+-*$")
 _HEADING = re.compile(r"^(#{1,3})\s+(.+?)\s*#*\s*$", re.M)
 
 
@@ -93,6 +94,8 @@ class ChapterLog(logging.Handler):
             k = sum(code[: i + 1]) if i < len(code) else i + 1
             stage = heads[i] if 0 <= i < len(heads) else ""
             self.log(f"[{name}] cell {k}/{n_code}" + (f" | {stage}" if stage else ""))
+            return
+        if _CELL_END.match(msg.strip()):
             return
         for line in msg.splitlines():
             line = line.rstrip()

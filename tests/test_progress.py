@@ -82,6 +82,7 @@ def test_chapter_log_shows_stage_stdout_and_progress_but_not_other_stderr(tmp_pa
 
     record("Executing Cell 5---------------")  # the print cell (after the injected parameters)
     record("hello\nworld\n")
+    record("Ending Cell 5------------------")
     record(f"{PREFIX} toy | it 3/9\n", logging.WARNING)
     record("UserWarning: something noisy\n", logging.WARNING)
     assert lines == ["[li2018] cell 3/4 | Training", "[li2018] hello", "[li2018] world",

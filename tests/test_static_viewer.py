@@ -125,14 +125,16 @@ def test_publish_copies_the_exports_pages_refer_to(tmp_path):
     (runs / "explorer.ipynb").write_text(json.dumps({"cells": [{"outputs": [{"data": {
         "text/html": S.page_html(used, page_dir="book/runs/smoke")}}]}]}), encoding="utf-8")
     html = tmp_path / "_build" / "html" / "book" / "runs" / "smoke"
-    copied = S.publish(runs, html, [tmp_path / "elsewhere", exports])
+    copied, missing = S.publish(runs, html, [tmp_path / "elsewhere", exports])
+    assert missing == []
     assert copied == [html / S.EXPORT_DIR / used.parent.name]
     assert (copied[0] / S.MANIFEST).read_bytes() == used.read_bytes()
     assert not (html / S.EXPORT_DIR / stale.parent.name).exists()
     shutil.rmtree(used.parent)
     shutil.rmtree(html)
-    with pytest.raises(DataError, match="re-run the explorer"):
-        S.publish(runs, html, [exports])
+    copied, missing = S.publish(runs, html, [exports])
+    assert copied == [] and len(missing) == 1 and used.parent.name in missing[0]
+    assert "re-run the explorer" in missing[0]
 
 
 # ------------------------------------------------------------------------------------------ browser

@@ -274,23 +274,25 @@ def referenced_exports(notebooks: Iterable[Path]) -> set[str]:
 
 
 def publish(runs_dir: str | os.PathLike, html_dir: str | os.PathLike,
-            sources: Sequence[str | os.PathLike]) -> list[Path]:
+            sources: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
     """Copy the viewer exports that the executed notebooks in ``runs_dir`` name from the first of
     ``sources`` (export folders, e.g. ``runs/<profile>/_viewer``) that has them into the built
-    site's ``<html_dir>/_viewer/<digest>/``; return the copied folders. An export that a page names
-    but no source has raises DataError (the page would show an empty viewer)."""
+    site's ``<html_dir>/_viewer/<digest>/``. Returns (the copied folders, one line per export that a
+    page names but no source has: such a page's viewer says that it cannot load its data, as it
+    does for executed notebooks committed without their runs)."""
     runs_dir, html_dir = Path(runs_dir), Path(html_dir)
-    out = []
+    out, missing = [], []
     for digest in sorted(referenced_exports(runs_dir.glob("*.ipynb"))):
         src = next((Path(d) / digest for d in sources if (Path(d) / digest / MANIFEST).is_file()), None)
         if src is None:
-            raise DataError(f"viewer export {digest} named by a page in {runs_dir} is in none of "
-                            f"{', '.join(map(str, sources))} (re-run the explorer chapter)")
+            missing.append(f"viewer export {digest}, named by a page in {runs_dir}, is in none of "
+                           f"{', '.join(map(str, sources))} (re-run the explorer chapter)")
+            continue
         dst = html_dir / EXPORT_DIR / digest
         if not (dst / MANIFEST).is_file():
             shutil.copytree(src, dst, dirs_exist_ok=True)
         out.append(dst)
-    return out
+    return out, missing
 
 
 # ------------------------------------------------------------------------------------ runs -> cases
