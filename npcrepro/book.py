@@ -165,9 +165,10 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     t0 = time.perf_counter()
     src = root / "notebooks" / f"{name}.ipynb"
     try:
-        with chapter_log(name, src, log) if log_output else contextlib.nullcontext():
+        with chapter_log(name, src, log) if log_output else contextlib.nullcontext((None, None)) as streams:
             pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=KERNEL,
                                 cwd=str(root), progress_bar=False, log_output=log_output,
+                                stdout_file=streams[0], stderr_file=streams[1],
                                 extra_arguments=_KERNEL_ARGS)
     except pm.PapermillExecutionError as exc:
         failed = out.with_name(f"{out.stem}.failed.ipynb")

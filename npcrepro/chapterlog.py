@@ -1,17 +1,20 @@
 """What a chapter is doing while papermill executes it: its stage, its printed lines, training progress.
 
 Papermill with ``log_output=True`` logs to the ``papermill`` logger: ``Executing Cell N---`` when a
-cell starts (and ``Ending Cell N---`` when it ends), every stdout chunk at INFO, every stderr chunk at WARNING, and the plain-text form of
-every displayed object. :class:`ChapterLog` turns that into short lines for the terminal::
+cell starts, ``Ending Cell N---`` when it ends, every stdout and stderr chunk, and the plain-text form
+of every displayed object. :class:`ChapterLog` turns that into short lines for the terminal::
 
     [li2018] cell 14/41 | Training
     [li2018] leave-one-patient-out (4 folds); stage budgets [10, 10, 10] iterations of batch 4
     [li2018] [progress] working fold 0 | stage 1/3 stage1 | it 10/30 (33%) | 0:04 elapsed, ~0:08 left
 
-* the stage is the section heading (the last markdown heading above the cell) of the chapter;
+* the stage is the section heading (the last markdown heading above the cell) of the chapter
+  (:class:`ChapterLog`, from papermill's ``Executing Cell`` records; everything else papermill logs,
+  such as the text form of every table, is dropped);
 * stdout lines (what the chapter prints) pass; of stderr only the trainers' progress lines
   (:mod:`npcrepro.engine.progress`, on when :data:`~npcrepro.engine.progress.ENV` is set), so
-  library warnings and the text form of tables do not flood the terminal.
+  library warnings do not flood the terminal. Both come from papermill's ``stdout_file`` and
+  ``stderr_file``, which receive the cells' streams only (:class:`StreamLines`).
 
 Records are told apart by the thread that executes the chapter (``npcrepro book`` runs chapters in
 threads, each with its own papermill client in that thread), so two chapters running at once print
@@ -33,7 +36,6 @@ from npcrepro.engine.progress import ENV, PREFIX
 #: Seconds between training progress lines when the CLI logs a chapter's output.
 DEFAULT_INTERVAL = 30
 _CELL = re.compile(r"^Executing Cell (\d+)-*$")
-_CELL_END = re.compile(r"^Ending Cell \d+-*$")
 _HEADING = re.compile(r"^(#{1,3})\s+(.+?)\s*#*\s*$", re.M)
 
 
@@ -58,8 +60,9 @@ def stages(notebook: str | os.PathLike) -> tuple[list[str], list[bool]]:
 
 
 class ChapterLog(logging.Handler):
-    """A handler for the ``papermill`` logger that prints each chapter's stage and lines through
-    ``log`` (one call per line), prefixed with the chapter's name."""
+    """A handler for the ``papermill`` logger that prints, through ``log``, the stage of each watched
+    chapter when a cell starts (``[name] cell k/n | section``); every other record is dropped (the
+    chapter's printed lines come through :class:`StreamLines` instead)."""
 
     def __init__(self, log=print):
         super().__init__(logging.INFO)
@@ -84,26 +87,45 @@ class ChapterLog(logging.Handler):
             return
         name, heads, code = chapter
         try:
-            msg = record.getMessage()
+            m = _CELL.match(record.getMessage().strip())
         except Exception:  # noqa: BLE001 - a malformed record must not stop the chapter
             return
-        m = _CELL.match(msg.strip())
         if m:
             i = int(m.group(1)) - 1
-            n_code = sum(code)
+            if i < len(code) and not code[i]:
+                return  # papermill announces markdown cells too
             k = sum(code[: i + 1]) if i < len(code) else i + 1
             stage = heads[i] if 0 <= i < len(heads) else ""
-            self.log(f"[{name}] cell {k}/{n_code}" + (f" | {stage}" if stage else ""))
-            return
-        if _CELL_END.match(msg.strip()):
-            return
-        for line in msg.splitlines():
-            line = line.rstrip()
-            if not line.strip():
-                continue
-            if record.levelno >= logging.WARNING and not line.lstrip().startswith(PREFIX):
-                continue  # stderr other than training progress
-            self.log(f"[{name}] {line}")
+            self.log(f"[{name}] cell {k}/{sum(code)}" + (f" | {stage}" if stage else ""))
+
+
+class StreamLines:
+    """A file-like sink for papermill's ``stdout_file``/``stderr_file``: complete lines go to ``log``
+    prefixed with ``[name]``; with ``progress_only``, only the trainers' progress lines."""
+
+    def __init__(self, name: str, log, *, progress_only: bool = False):
+        self.name, self.log, self.progress_only = name, log, progress_only
+        self._buf = ""
+
+    def write(self, text: str) -> int:
+        self._buf += str(text)
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        line = line.rstrip("\r ")
+        if line.strip() and (not self.progress_only or line.lstrip().startswith(PREFIX)):
+            self.log(f"[{self.name}] {line}")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._buf:
+            self._line(self._buf)
+            self._buf = ""
 
 
 _HANDLER: ChapterLog | None = None
@@ -112,8 +134,9 @@ _HANDLER_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def chapter_log(name: str, notebook: str | os.PathLike, log=print):
-    """While the block runs (papermill executing ``notebook`` in this thread with
-    ``log_output=True``), print the chapter's stage, output lines and progress through ``log``.
+    """While the block runs (papermill executing ``notebook`` in this thread with ``log_output=True``),
+    print the chapter's stage through ``log``. Yields ``(stdout, stderr)``: :class:`StreamLines` to
+    pass to papermill as ``stdout_file`` and ``stderr_file`` (printed lines; progress lines).
     Sets :data:`~npcrepro.engine.progress.ENV` to :data:`DEFAULT_INTERVAL` unless it is set, so the
     kernel (started inside the block) writes training progress lines."""
     global _HANDLER
@@ -128,7 +151,10 @@ def chapter_log(name: str, notebook: str | os.PathLike, log=print):
         handler.log = log
         os.environ.setdefault(ENV, str(DEFAULT_INTERVAL))
     handler.watch(name, notebook)
+    out, err = StreamLines(name, log), StreamLines(name, log, progress_only=True)
     try:
-        yield handler
+        yield out, err
     finally:
+        out.close()
+        err.close()
         handler.forget()

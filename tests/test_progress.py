@@ -80,20 +80,26 @@ def test_chapter_log_shows_stage_stdout_and_progress_but_not_other_stderr(tmp_pa
     def record(msg, level=logging.INFO):
         handler.handle(pm.makeRecord(pm.name, level, __file__, 1, msg, None, None))
 
+    out = chapterlog.StreamLines("li2018", lines.append)
+    err = chapterlog.StreamLines("li2018", lines.append, progress_only=True)
     record("Executing Cell 5---------------")  # the print cell (after the injected parameters)
-    record("hello\nworld\n")
+    record("   a  b\n0  1  2")  # papermill's text form of a displayed table: dropped
     record("Ending Cell 5------------------")
-    record(f"{PREFIX} toy | it 3/9\n", logging.WARNING)
-    record("UserWarning: something noisy\n", logging.WARNING)
+    out.write("hello\nwor")
+    out.write("ld\n")
+    err.write(f"{PREFIX} toy | it 3/9\n")
+    err.write("UserWarning: something noisy\n")
+    out.write("no newline at the end")
+    out.close()
     assert lines == ["[li2018] cell 3/4 | Training", "[li2018] hello", "[li2018] world",
-                     f"[li2018] {PREFIX} toy | it 3/9"]
+                     f"[li2018] {PREFIX} toy | it 3/9", "[li2018] no newline at the end"]
     # another thread's records belong to no watched chapter
-    t = threading.Thread(target=record, args=("from elsewhere",))
+    t = threading.Thread(target=record, args=("Executing Cell 3---",))
     t.start()
     t.join()
     handler.forget()
-    record("after")
-    assert len(lines) == 4
+    record("Executing Cell 3---")
+    assert len(lines) == 5
 
 
 def test_cli_logs_output_by_default(monkeypatch):
@@ -115,10 +121,11 @@ def test_papermill_run_prints_stage_and_lines(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
     lines: list[str] = []
     src = _notebook(tmp_path / "nb.ipynb")
-    with chapterlog.chapter_log("toy", src, lines.append):
+    with chapterlog.chapter_log("toy", src, lines.append) as (out, err):
         pm.execute_notebook(str(src), str(tmp_path / "out.ipynb"), kernel_name="python3",
-                            progress_bar=False, log_output=True, cwd=str(tmp_path), parameters={"n": 2})
-    assert "[toy] cell 3/4 | Training" in lines and "[toy] hello" in lines
-    assert not any("pandas" in line for line in lines)
+                            progress_bar=False, log_output=True, cwd=str(tmp_path), parameters={"n": 2},
+                            stdout_file=out, stderr_file=err)
+    assert lines == ["[toy] cell 1/4 | Title", "[toy] cell 2/4 | Title", "[toy] cell 3/4 | Training",
+                     "[toy] hello", "[toy] cell 4/4 | Results"]
     nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert [o.get("text") for o in nb.cells[4].outputs] == ["hello\n"]  # after the injected cell
