@@ -97,6 +97,16 @@ def test_missing_lock_file_is_an_error(tmp_path):
         webassets.ensure_web_assets(tmp_path, log=_quiet)
 
 
+def test_remote_assets_are_scripts_and_loaded_links_not_canonical_urls():
+    from npcrepro.browsercheck import _DomCounter
+
+    c = _DomCounter()
+    c.feed('<link rel="canonical" href="https://example.org/book/page.html">'
+           '<link rel="stylesheet" href="https://cdn.example.org/a.css">'
+           '<script src="https://cdn.example.org/b.js"></script><script src="../_static/c.js"></script>')
+    assert c.remote_refs == ["https://cdn.example.org/a.css", "https://cdn.example.org/b.js"]
+
+
 def test_find_chromium_honours_env(tmp_path, monkeypatch):
     monkeypatch.setenv("CHROMIUM", str(tmp_path / "nope"))
     fallback = find_chromium()  # a bad $CHROMIUM falls back to PATH
