@@ -138,17 +138,29 @@ def test_publish_copies_the_exports_pages_refer_to(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ browser
-def _site(tmp_path: Path, run: S.ViewerRun) -> Path:
-    """A one-page site like the built book: _static/ at the root, the page three folders down."""
-    niivue = REPO / "book" / "_static" / "vendor" / "niivue"
-    if not (niivue / "niivue.js").is_file():
-        from npcrepro.errors import NpcreproError
-        from npcrepro.webassets import ensure_web_assets
+@pytest.fixture(scope="module")
+def niivue(tmp_path_factory) -> Path:
+    """The vendored NiiVue folder: the checkout's when the book was built, else one fetched into a
+    temp copy of book/_static/vendor with npm (tests never write into the checkout)."""
+    from npcrepro import webassets
+    from npcrepro.errors import NpcreproError
 
-        try:
-            ensure_web_assets(REPO, log=lambda *_: None)
-        except NpcreproError as exc:
-            pytest.skip(f"NiiVue not vendored and npm could not fetch it: {exc}")
+    here = REPO / webassets.VENDOR_DIR / webassets.NIIVUE_SUBDIR
+    if (here / "niivue.js").is_file():
+        return here
+    root = tmp_path_factory.mktemp("vendor")
+    (root / webassets.VENDOR_DIR).mkdir(parents=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy2(REPO / webassets.VENDOR_DIR / name, root / webassets.VENDOR_DIR / name)
+    try:
+        webassets.ensure_web_assets(root, log=lambda *_: None)
+    except NpcreproError as exc:
+        pytest.skip(f"NiiVue is not vendored and npm could not fetch it: {exc}")
+    return root / webassets.VENDOR_DIR / webassets.NIIVUE_SUBDIR
+
+
+def _site(tmp_path: Path, run: S.ViewerRun, niivue: Path) -> Path:
+    """A one-page site like the built book: _static/ at the root, the page three folders down."""
     site = tmp_path / "site"
     shutil.copytree(REPO / "book" / "_static" / "npcviewer", site / "_static" / "npcviewer")
     shutil.copytree(niivue, site / "_static" / "vendor" / "niivue")
@@ -170,11 +182,11 @@ def _needs_browser():
 
 
 @pytest.mark.slow
-def test_viewer_changes_with_slice_prediction_plane_and_channel_offline(tmp_path):
+def test_viewer_changes_with_slice_prediction_plane_and_channel_offline(tmp_path, niivue):
     _needs_browser()
     from npcrepro.viewercheck import drive_viewer
 
-    report = drive_viewer(_site(tmp_path, _run()), out_dir=tmp_path / "shots")
+    report = drive_viewer(_site(tmp_path, _run(), niivue), out_dir=tmp_path / "shots")
     assert report["ok"], report["reasons"]
     steps = report["steps"]
     assert set(steps) == {"slice", "prediction off", "prediction on", "plane", "channel"}
@@ -185,7 +197,7 @@ def test_viewer_changes_with_slice_prediction_plane_and_channel_offline(tmp_path
 
 
 @pytest.mark.slow
-def test_viewer_check_fails_when_a_toggle_changes_nothing(tmp_path):
+def test_viewer_check_fails_when_a_toggle_changes_nothing(tmp_path, niivue):
     """Control: a prediction that is empty everywhere cannot change the picture when toggled off,
     and the check says so (the first prediction listed is the empty one here)."""
     _needs_browser()
@@ -194,7 +206,7 @@ def test_viewer_check_fails_when_a_toggle_changes_nothing(tmp_path):
     run = _run(empty_prediction=True)
     for case in run.cases:
         case.predictions = {"empty": case.predictions["mmfnet"], "unet": case.predictions["unet"]}
-    report = drive_viewer(_site(tmp_path, run))
+    report = drive_viewer(_site(tmp_path, run, niivue))
     assert not report["ok"]
     assert report["steps"]["prediction off"] < 0.0005 and report["steps"]["slice"] > 0.001
     assert any(r.startswith("prediction off: the picture did not change") for r in report["reasons"])
