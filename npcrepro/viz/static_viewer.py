@@ -339,7 +339,9 @@ def _viewer_case(view, name: str, max_channels: int, max_structures: int) -> Vie
         d = view.score_for(name, label)
         if d is not None:
             scores[label] = d
-    stems = [p.stem for p in view.predictions.get(name, {}).values()]
+    # the structure each prediction is of (``stem`` here; ``structure`` on a Results-based RunView)
+    stems = [getattr(p, "structure", None) or getattr(p, "stem", None)
+             for p in view.predictions.get(name, {}).values()]
     wanted = [cv.default_structure] + stems + list(cv.labels)
     gt = {}
     for s in dict.fromkeys(w for w in wanted if w and w in cv.labels):
