@@ -11,6 +11,7 @@ refuses to render a chapter whose recorded parameters are not the book's (:data:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from npcrepro.chapterlog import chapter_log
 from npcrepro.errors import DataError, NpcreproError, ParameterError
 from npcrepro.paths import repo_root
 
@@ -44,7 +46,8 @@ CHAPTERS: dict[str, str] = {
 #: Chapters that read other chapters' outputs: they re-run when any of those changed, and run after them.
 #: ``"*"``: every other chapter.
 DEPENDS: dict[str, tuple[str, ...] | str] = {
-    "explorer": ("leaderboard",),
+    # the explorer's static viewer shows the newest run of the leaderboard and of every paper
+    "explorer": ("leaderboard", "li2018", "xue2020", "luo2020", "guo2021", "chen2020"),
     "reproducibility": "*",
     "intro": "*",
 }
@@ -158,13 +161,14 @@ class ChapterResult:
 
 def execute(name: str, profile: str = "cpu", params: dict | None = None, *, force: bool = False,
             output: Path | None = None, root: Path | None = None, log=print,
-            prefix: str = "") -> ChapterResult:
+            prefix: str = "", log_output: bool = False) -> ChapterResult:
     """Execute ``notebooks/<name>.ipynb`` with papermill into ``book/runs/<profile>/<name>.ipynb``,
     or, when ``params`` holds anything, into :func:`user_notebook` (unless ``output`` is given).
 
     Skips the run when the existing output's fingerprint matches (unless ``force``). Parameters are
     checked first (:func:`check_parameters`: ParameterError). A failing chapter keeps its partial
-    output and raises :class:`ChapterFailed`.
+    output and raises :class:`ChapterFailed`. ``log_output``: print the chapter's section, printed
+    lines and training progress through ``log`` while it runs (:mod:`npcrepro.chapterlog`).
     """
     _check(name, profile)
     root = root or repo_root()
@@ -185,10 +189,13 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     tmp = out.with_name(f".{out.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.running.ipynb")
     log(f"[book] {prefix}{name:<15} {profile:<5} executing ...")
     t0 = time.perf_counter()
+    src = root / "notebooks" / f"{name}.ipynb"
     try:
-        pm.execute_notebook(str(root / "notebooks" / f"{name}.ipynb"), str(tmp), parameters=params,
-                            kernel_name=KERNEL, cwd=str(root), progress_bar=False,
-                            log_output=False, extra_arguments=_KERNEL_ARGS)
+        with chapter_log(name, src, log) if log_output else contextlib.nullcontext((None, None)) as streams:
+            pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=KERNEL,
+                                cwd=str(root), progress_bar=False, log_output=log_output,
+                                stdout_file=streams[0], stderr_file=streams[1],
+                                extra_arguments=_KERNEL_ARGS)
     except pm.PapermillExecutionError as exc:
         failed = out.with_name(f"{out.stem}.failed.ipynb")
         if tmp.exists():
@@ -234,7 +241,7 @@ def _resolved_device(requested: str) -> str:
 
 def execute_all(profile: str = "cpu", names: Iterable[str] | None = None, params: dict | None = None,
                 *, force: bool = False, root: Path | None = None, log=print,
-                jobs: int = 1) -> list[ChapterResult]:
+                jobs: int = 1, log_output: bool = False) -> list[ChapterResult]:
     """Execute chapters (all by default), ``jobs`` at a time, and return their results in book order.
 
     Chapters that read others' outputs (:data:`DEPENDS`) wait for those; :data:`WIDE` chapters run
@@ -278,7 +285,7 @@ def execute_all(profile: str = "cpu", names: Iterable[str] | None = None, params
                         break
                     waiting.remove(name)
                     running[pool.submit(execute, name, profile, params, force=force, root=root, log=say,
-                                        prefix=f"{number[name]:>2}/{n} ")] = name
+                                        prefix=f"{number[name]:>2}/{n} ", log_output=log_output)] = name
                 if not running:
                     break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
@@ -425,18 +432,24 @@ def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = 
         raise NpcreproError(f"jupyter-book build failed (exit {proc.returncode}): {lines[-1][:200]} "
                             f"(full output: {logfile})")
     index = root / "_build" / "html" / "index.html"
+    from npcrepro.viz.static_viewer import EXPORT_DIR, publish
+
+    _, missing = publish(runs_dir(profile, root), index.parent / "book" / "runs" / profile,
+                         [root / "runs" / profile / EXPORT_DIR])  # the static viewer's NIfTI files
+    for line in missing:
+        log(f"[book] warning: {line}")
     log(f"[book] HTML built in {time.perf_counter() - t0:.0f} s")
     return index
 
 
 def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
          names: Sequence[str] | None = None, root: Path | None = None, log=print,
-         jobs: int | None = None) -> Path:
+         jobs: int | None = None, log_output: bool = False) -> Path:
     """Execute what is missing or stale for ``profile`` and build the HTML. Returns index.html.
 
     For ``gpu``, committed executed notebooks are rendered as they are (a CPU machine does not re-run
     paper-scale chapters); only missing ones are executed. ``jobs``: chapters executed at once
-    (default :func:`default_jobs`).
+    (default :func:`default_jobs`); ``log_output``: see :func:`execute`.
     """
     root = root or repo_root()
     if profile not in PROFILES:
@@ -449,7 +462,7 @@ def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
         if profile == "gpu":
             todo = [n for n in todo if not (runs_dir(profile, root) / f"{n}.ipynb").exists()]
         execute_all(profile, todo, force=force, root=root, log=log,
-                    jobs=default_jobs() if jobs is None else jobs)
+                    jobs=default_jobs() if jobs is None else jobs, log_output=log_output)
     index = build_html(profile, root=root, log=log)
     log(f"[book] total {time.perf_counter() - t0:.0f} s")
     return index

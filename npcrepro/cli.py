@@ -72,7 +72,7 @@ def cmd_run(args) -> int:
     if args.output is not None and len(names) > 1:
         raise ParameterError("--output names one notebook: give one chapter, not 'all'")
     for name in names:
-        res = book.execute(name, args.profile, params, force=args.force,
+        res = book.execute(name, args.profile, params, force=args.force, log_output=args.log_output,
                            output=args.output.absolute() if args.output else None)
         print(f"{name}: {res.output}")
     return 0
@@ -101,7 +101,8 @@ def cmd_params(args) -> int:
 def cmd_book(args) -> int:
     from npcrepro import book
 
-    index = book.book(args.profile, force=args.force, run_missing=not args.no_run, jobs=args.jobs)
+    index = book.book(args.profile, force=args.force, run_missing=not args.no_run, jobs=args.jobs,
+                      log_output=args.log_output)
     print(f"The book is at {index}")
     return 0
 
@@ -131,6 +132,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def _log_output_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--log-output", action=argparse.BooleanOptionalAction, default=True,
+                   help="print each chapter's section, printed lines and a training progress line "
+                        "every $NPCREPRO_PROGRESS_SECONDS (default 30) while it runs (default: on); "
+                        "the rendered pages are unchanged")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", type=Path, default=None,
                    help="executed notebook path (default: the book's copy without -p, else "
                         "runs/notebooks/<profile>/<chapter>-<key>.ipynb)")
+    _log_output_flag(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("params", help="list a chapter's parameters with their profile values and help")
@@ -181,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-run", action="store_true", help="only build from existing runs")
     s.add_argument("--jobs", type=int, default=None,
                    help="chapters executed at once (default: one per CPU core, at most 4)")
+    _log_output_flag(s)
     s.set_defaults(func=cmd_book)
 
     s = sub.add_parser("bench", help="run the benchmarks and print ratios")

@@ -41,6 +41,7 @@ from npcrepro.engine import distributed as D
 from npcrepro.engine.data import epoch_plan, item_rng
 from npcrepro.engine.device import (configure_determinism, conv_memory_format, resolve_device, rng_state,
                                     set_rng_state)
+from npcrepro.engine.progress import ProgressLog, interval_from_env
 from npcrepro.engine.runs import to_jsonable
 from npcrepro.engine.schedules import Schedule, make_optimizer, make_schedule
 from npcrepro.errors import DataError, ParameterError
@@ -313,7 +314,9 @@ class Trainer:
         Where curves and checkpoints go (rank 0 only). Without it nothing is written (and ``resume``
         needs an explicit checkpoint path).
     progress : bool
-        tqdm progress bar with loss, samples/s and lr (rank 0 only).
+        tqdm progress bar with loss, samples/s and lr (rank 0 only). Without it, when
+        ``$NPCREPRO_PROGRESS_SECONDS`` is set, a plain line on stderr that often
+        (:class:`npcrepro.engine.progress.ProgressLog`; ``npcrepro run``/``book`` set it).
     checkpoint_every : int, optional
         Also write ``checkpoint_last.pt`` every this many iterations (it is always written at each
         evaluation and at the end).
@@ -369,6 +372,8 @@ class Trainer:
         self.progress, self.desc = progress, desc
         self.checkpoint_every = checkpoint_every
         self.callbacks = list(callbacks)
+        if not progress and interval_from_env():  # an unattended run: plain progress lines on stderr
+            self.callbacks.append(ProgressLog(interval_from_env()))
         self.max_iterations_this_session = max_iterations_this_session
         self.restore_best = restore_best
         self.find_unused_parameters = find_unused_parameters
