@@ -15,7 +15,8 @@ LAYERS = {
     "papers": 1, "recipes": 1, "plots": 1,
     "engine": 2, "evaluation": 2, "profiles": 2,
     "chapters": 3, "pipelines": 3,
-    "book": 4, "cli": 4, "viz": 4, "summary": 4, "webassets": 4, "browsercheck": 4, "__main__": 4,
+    "book": 4, "cli": 4, "viz": 4, "summary": 4, "webassets": 4, "browsercheck": 4, "viewercheck": 4,
+    "chapterlog": 4, "__main__": 4,
 }
 
 
