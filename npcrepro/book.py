@@ -4,20 +4,27 @@ Source notebooks live in ``notebooks/`` without outputs. ``execute`` runs one in
 ``book/runs/<profile>/<name>.ipynb``; the book renders those executed copies. An executed copy records
 a fingerprint of what produced it (the source notebook, the parameters, the npcrepro sources), so
 running the book again re-executes only chapters whose inputs changed.
+
+A run with parameters of its own (``npcrepro run chen2020 -p seed 3``) never replaces the book's
+copy: it goes to ``runs/notebooks/<profile>/<name>-<key>.ipynb`` (or ``output``), and the book
+refuses to render a chapter whose recorded parameters are not the book's (:data:`BOOK_PARAMETERS`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from npcrepro.errors import NpcreproError, ParameterError
+from npcrepro.chapterlog import chapter_log
+from npcrepro.errors import DataError, NpcreproError, ParameterError
 from npcrepro.paths import repo_root
 
 #: Chapters in book order: notebook name -> title. Each is notebooks/<name>.ipynb.
@@ -39,7 +46,8 @@ CHAPTERS: dict[str, str] = {
 #: Chapters that read other chapters' outputs: they re-run when any of those changed, and run after them.
 #: ``"*"``: every other chapter.
 DEPENDS: dict[str, tuple[str, ...] | str] = {
-    "explorer": ("leaderboard",),
+    # the explorer's static viewer shows the newest run of the leaderboard and of every paper
+    "explorer": ("leaderboard", "li2018", "xue2020", "luo2020", "guo2021", "chen2020"),
     "reproducibility": "*",
     "intro": "*",
 }
@@ -48,6 +56,9 @@ DEPENDS: dict[str, tuple[str, ...] | str] = {
 #: with another chapter and the recorded time is what the chapter costs.
 WIDE: frozenset[str] = frozenset({"leaderboard"})
 PROFILES = ("smoke", "cpu", "gpu")
+#: The parameters a chapter of the book may have been executed with: its profile, and where its run
+#: folders went (which changes no number).
+BOOK_PARAMETERS = frozenset({"profile", "out_dir"})
 KERNEL = "python3"
 #: The kernel's own log (not the notebook's output) at ERROR: ipykernel 7 otherwise warns on every
 #: start that its local TCP sockets are unencrypted, one line per chapter in the book's progress.
@@ -60,6 +71,13 @@ class ChapterFailed(NpcreproError):
 
 def runs_dir(profile: str, root: Path | None = None) -> Path:
     return (root or repo_root()) / "book" / "runs" / profile
+
+
+def user_notebook(name: str, profile: str, params: dict, root: Path | None = None) -> Path:
+    """Where a run of ``name`` with parameters of its own goes (never the book's copy):
+    ``<root>/runs/notebooks/<profile>/<name>-<key>.ipynb``, ``key`` a hash of the parameters."""
+    key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return (root or repo_root()) / "runs" / "notebooks" / profile / f"{name}-{key}.ipynb"
 
 
 def _check(name: str, profile: str) -> None:
@@ -78,7 +96,16 @@ def declared_parameters(name: str, root: Path | None = None) -> dict:
 
 
 def check_parameters(name: str, params: dict, root: Path | None = None) -> None:
-    """Raise ParameterError for names the chapter does not declare (papermill would only warn)."""
+    """Raise ParameterError for names the chapter does not declare (papermill would only warn), and
+    for values the parameter registry refuses (types, choices, ranges): before a kernel starts or a
+    run folder exists. Chapters in the registry are checked against it alone, as the notebook
+    itself checks them (its parameters cell is generated from the registry); other pages against
+    their parameters cell."""
+    from npcrepro import profiles
+
+    if name in profiles.papers():
+        profiles.resolve(name, **params)
+        return
     declared = declared_parameters(name, root)
     unknown = sorted(set(params) - set(declared))
     if unknown:
@@ -134,19 +161,23 @@ class ChapterResult:
 
 def execute(name: str, profile: str = "cpu", params: dict | None = None, *, force: bool = False,
             output: Path | None = None, root: Path | None = None, log=print,
-            prefix: str = "") -> ChapterResult:
-    """Execute ``notebooks/<name>.ipynb`` with papermill into ``book/runs/<profile>/<name>.ipynb``.
+            prefix: str = "", log_output: bool = False) -> ChapterResult:
+    """Execute ``notebooks/<name>.ipynb`` with papermill into ``book/runs/<profile>/<name>.ipynb``,
+    or, when ``params`` holds anything, into :func:`user_notebook` (unless ``output`` is given).
 
     Skips the run when the existing output's fingerprint matches (unless ``force``). Parameters are
-    validated by the notebook itself (an unknown name fails at once with ParameterError). A failing
-    chapter keeps its partial output and raises :class:`ChapterFailed`.
+    checked first (:func:`check_parameters`: ParameterError). A failing chapter keeps its partial
+    output and raises :class:`ChapterFailed`. ``log_output``: print the chapter's section, printed
+    lines and training progress through ``log`` while it runs (:mod:`npcrepro.chapterlog`).
     """
     _check(name, profile)
     root = root or repo_root()
     params = dict(params or {})
+    own = {k: v for k, v in params.items() if k != "profile"}
     params["profile"] = profile
     check_parameters(name, params, root)
-    out = output or runs_dir(profile, root) / f"{name}.ipynb"
+    out = output or (user_notebook(name, profile, own, root) if own
+                     else runs_dir(profile, root) / f"{name}.ipynb")
     fp = fingerprint(name, profile, params, root)
     if not force and out.exists() and _recorded_fingerprint(out) == fp:
         log(f"[book] {prefix}{name:<15} {profile:<5} up to date "
@@ -155,20 +186,29 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     import papermill as pm  # deferred: heavy import, only the book path needs it
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.running.ipynb")
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.running.ipynb")
     log(f"[book] {prefix}{name:<15} {profile:<5} executing ...")
     t0 = time.perf_counter()
+    src = root / "notebooks" / f"{name}.ipynb"
     try:
-        pm.execute_notebook(str(root / "notebooks" / f"{name}.ipynb"), str(tmp), parameters=params,
-                            kernel_name=KERNEL, cwd=str(root), progress_bar=False,
-                            log_output=False, extra_arguments=_KERNEL_ARGS)
+        with chapter_log(name, src, log) if log_output else contextlib.nullcontext((None, None)) as streams:
+            pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=KERNEL,
+                                cwd=str(root), progress_bar=False, log_output=log_output,
+                                stdout_file=streams[0], stderr_file=streams[1],
+                                extra_arguments=_KERNEL_ARGS)
     except pm.PapermillExecutionError as exc:
         failed = out.with_name(f"{out.stem}.failed.ipynb")
         if tmp.exists():
             os.replace(tmp, failed)
-        raise ChapterFailed(f"chapter {name!r} ({profile}) failed in cell {exc.exec_count}: "
+        err = ChapterFailed(f"chapter {name!r} ({profile}) failed in cell {exc.exec_count}: "
                             f"{exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''} "
-                            f"(partial notebook: {failed})") from None
+                            f"(partial notebook: {failed})")
+        if exc.ename in ("ParameterError", "DataError"):
+            err.exit_code = 2  # the chapter refused its input
+        raise err from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     seconds = time.perf_counter() - t0
     from npcrepro.engine.runs import environment
 
@@ -201,7 +241,7 @@ def _resolved_device(requested: str) -> str:
 
 def execute_all(profile: str = "cpu", names: Iterable[str] | None = None, params: dict | None = None,
                 *, force: bool = False, root: Path | None = None, log=print,
-                jobs: int = 1) -> list[ChapterResult]:
+                jobs: int = 1, log_output: bool = False) -> list[ChapterResult]:
     """Execute chapters (all by default), ``jobs`` at a time, and return their results in book order.
 
     Chapters that read others' outputs (:data:`DEPENDS`) wait for those; :data:`WIDE` chapters run
@@ -245,7 +285,7 @@ def execute_all(profile: str = "cpu", names: Iterable[str] | None = None, params
                         break
                     waiting.remove(name)
                     running[pool.submit(execute, name, profile, params, force=force, root=root, log=say,
-                                        prefix=f"{number[name]:>2}/{n} ")] = name
+                                        prefix=f"{number[name]:>2}/{n} ", log_output=log_output)] = name
                 if not running:
                     break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
@@ -345,14 +385,34 @@ def toc_for(profile: str, root: Path | None = None) -> Path:
     return out
 
 
+def check_book_notebook(path: Path, profile: str) -> None:
+    """DataError unless the executed notebook at ``path`` was made for the book's ``profile`` with
+    nothing but :data:`BOOK_PARAMETERS` (a run with parameters of its own is not a chapter)."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        recorded = nb["metadata"]["npcrepro"]["parameters"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{path}: not an executed chapter (no recorded parameters); re-run it with "
+                        f"`npcrepro run {path.stem} --profile {profile} --force`") from None
+    foreign = {k: v for k, v in recorded.items() if k not in BOOK_PARAMETERS}
+    if recorded.get("profile") != profile or foreign:
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(foreign.items())) or \
+            f"profile={recorded.get('profile')!r}"
+        raise DataError(f"{path}: executed with {shown}, not the book's parameters; the book will not "
+                        f"render it (re-run it with `npcrepro run {path.stem} --profile {profile} "
+                        "--force`)")
+
+
 def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = True,
                log=print) -> Path:
     """Run ``jupyter-book build`` (execution off) and return the path of ``index.html``."""
     root = root or repo_root()
     missing = [n for n in CHAPTERS if not (runs_dir(profile, root) / f"{n}.ipynb").exists()]
     if missing:
-        raise NpcreproError(f"no executed notebooks for {', '.join(missing)} in "
-                            f"{runs_dir(profile, root)} (run `npcrepro run all --profile {profile}`)")
+        raise DataError(f"no executed notebooks for {', '.join(missing)} in "
+                        f"{runs_dir(profile, root)} (run `npcrepro run all --profile {profile}`)")
+    for name in CHAPTERS:
+        check_book_notebook(runs_dir(profile, root) / f"{name}.ipynb", profile)
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root),
            "--toc", str(toc_for(profile, root)), "--path-output", str(root)]
@@ -365,21 +425,31 @@ def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = 
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise NpcreproError(f"jupyter-book build failed (exit {proc.returncode}):\n{tail}")
+        logfile = root / "_build" / "jupyter-book.log"
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        logfile.write_text(proc.stdout + proc.stderr, encoding="utf-8")
+        lines = (proc.stdout + proc.stderr).strip().splitlines() or [""]
+        raise NpcreproError(f"jupyter-book build failed (exit {proc.returncode}): {lines[-1][:200]} "
+                            f"(full output: {logfile})")
     index = root / "_build" / "html" / "index.html"
+    from npcrepro.viz.static_viewer import EXPORT_DIR, publish
+
+    _, missing = publish(runs_dir(profile, root), index.parent / "book" / "runs" / profile,
+                         [root / "runs" / profile / EXPORT_DIR])  # the static viewer's NIfTI files
+    for line in missing:
+        log(f"[book] warning: {line}")
     log(f"[book] HTML built in {time.perf_counter() - t0:.0f} s")
     return index
 
 
 def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
          names: Sequence[str] | None = None, root: Path | None = None, log=print,
-         jobs: int | None = None) -> Path:
+         jobs: int | None = None, log_output: bool = False) -> Path:
     """Execute what is missing or stale for ``profile`` and build the HTML. Returns index.html.
 
     For ``gpu``, committed executed notebooks are rendered as they are (a CPU machine does not re-run
     paper-scale chapters); only missing ones are executed. ``jobs``: chapters executed at once
-    (default :func:`default_jobs`).
+    (default :func:`default_jobs`); ``log_output``: see :func:`execute`.
     """
     root = root or repo_root()
     if profile not in PROFILES:
@@ -392,7 +462,7 @@ def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
         if profile == "gpu":
             todo = [n for n in todo if not (runs_dir(profile, root) / f"{n}.ipynb").exists()]
         execute_all(profile, todo, force=force, root=root, log=log,
-                    jobs=default_jobs() if jobs is None else jobs)
+                    jobs=default_jobs() if jobs is None else jobs, log_output=log_output)
     index = build_html(profile, root=root, log=log)
     log(f"[book] total {time.perf_counter() - t0:.0f} s")
     return index

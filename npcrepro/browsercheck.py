@@ -90,7 +90,9 @@ class _DomCounter(HTMLParser):
             self.widget_kinds[kind] = self.widget_kinds.get(kind, 0) + 1
         if tag == "mjx-container":  # one typeset formula (MathJax 3)
             self.math += 1
-        ref = a.get("src") if tag == "script" else a.get("href") if tag == "link" else ""
+        ref = (a.get("src") if tag == "script" else
+               a.get("href") if tag == "link" and _LOADING_RELS & set(a.get("rel", "").lower().split())
+               else "")  # a canonical or alternate <link> names a page, it loads nothing
         if ref and urlsplit(ref).scheme in ("http", "https") and not _is_local_host(urlsplit(ref).hostname):
             self.remote_refs.append(ref)
         if tag == "script":
@@ -110,6 +112,10 @@ class _DomCounter(HTMLParser):
         for err in _WIDGET_ERRORS:
             if err in data:
                 self.text_errors.append(data.strip()[:200])
+
+
+#: ``<link rel>`` values that make the browser fetch the ``href``.
+_LOADING_RELS = {"stylesheet", "preload", "modulepreload", "prefetch", "icon", "manifest", "import"}
 
 
 def _is_local_host(host: str | None) -> bool:

@@ -1,13 +1,17 @@
-"""The ``npcrepro`` command: phantom, convert, export, splits, score, run, book, bench.
+"""The ``npcrepro`` command: phantom, convert, export, splits, score, run, params, book, bench.
 
-Errors caused by the user's input (bad parameter, bad path, bad data) are printed on one line and the
-command exits with status 2; a failing chapter exits with status 1.
+Every subcommand reports an error on one line (``npcrepro <command>: error: ...``) and exits with
+status 2 for bad input or parameters (a bad argument, path, dataset or parameter value, also when a
+chapter refuses its input) and 1 for any other failure (an unwritable output, a failing chapter).
+``NPCREPRO_DEBUG=1`` shows the traceback of an unexpected error instead. Paths given on the command
+line, ``-p`` path parameters included, are taken relative to the directory the command runs in.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +28,11 @@ def _value(text: str):
 
 
 def _params(pairs) -> dict:
-    return {name: _value(value) for name, value in (pairs or [])}
+    """``-p`` pairs as parameters, path parameters made absolute against the working directory (a
+    chapter's kernel runs in the repository root)."""
+    from npcrepro.profiles import absolute_paths
+
+    return absolute_paths({name: _value(value) for name, value in (pairs or [])})
 
 
 def cmd_phantom(args) -> int:
@@ -107,16 +115,40 @@ def cmd_run(args) -> int:
 
     names = _chapters(args.paper)
     params = _params(args.param)
+    if args.output is not None and len(names) > 1:
+        raise ParameterError("--output names one notebook: give one chapter, not 'all'")
     for name in names:
-        res = book.execute(name, args.profile, params, force=args.force)
+        res = book.execute(name, args.profile, params, force=args.force, log_output=args.log_output,
+                           output=args.output.absolute() if args.output else None)
         print(f"{name}: {res.output}")
+    return 0
+
+
+def cmd_params(args) -> int:
+    """Print every parameter of a chapter: type, smoke/cpu/gpu values, allowed values and help."""
+    import pandas as pd
+
+    from npcrepro import profiles
+
+    if args.chapter not in profiles.papers():
+        raise ParameterError(f"unknown chapter {args.chapter!r} (valid: {', '.join(profiles.papers())})")
+    rows = profiles.describe(args.chapter)
+    if args.profile:
+        if args.profile not in profiles.profiles(args.chapter):
+            raise ParameterError(f"unknown profile {args.profile!r} for {args.chapter} "
+                                 f"(valid: {', '.join(profiles.profiles(args.chapter))})")
+        rows = [{k: v for k, v in r.items() if k not in profiles.PROFILES or k == args.profile} for r in rows]
+    table = pd.DataFrame(rows).fillna("").astype(str)
+    with pd.option_context("display.max_colwidth", 90, "display.width", 250, "display.max_rows", 500):
+        print(table.to_string(index=False))
     return 0
 
 
 def cmd_book(args) -> int:
     from npcrepro import book
 
-    index = book.book(args.profile, force=args.force, run_missing=not args.no_run, jobs=args.jobs)
+    index = book.book(args.profile, force=args.force, run_missing=not args.no_run, jobs=args.jobs,
+                      log_output=args.log_output)
     print(f"The book is at {index}")
     return 0
 
@@ -140,8 +172,23 @@ def cmd_bench(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error contract (usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _log_output_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--log-output", action=argparse.BooleanOptionalAction, default=True,
+                   help="print each chapter's section, printed lines and a training progress line "
+                        "every $NPCREPRO_PROGRESS_SECONDS (default 30) while it runs (default: on); "
+                        "the rendered pages are unchanged")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="npcrepro", description=__doc__.splitlines()[0])
+    p = _Parser(prog="npcrepro", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("phantom", help="generate a phantom dataset")
@@ -198,13 +245,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_score)
 
-    s = sub.add_parser("run", help="execute a chapter notebook (or all) with papermill")
-    s.add_argument("paper", help="chapter name or 'all'")
+    from npcrepro.book import CHAPTERS
+
+    s = sub.add_parser("run", help="execute a chapter notebook (or all) with papermill",
+                       description="Execute a chapter notebook with papermill. Chapters: "
+                                   f"{', '.join(CHAPTERS)} (or all). Profiles: smoke (seconds, for "
+                                   "tests), cpu (the book, minutes on 2 cores), gpu (paper scale). "
+                                   "`npcrepro params <chapter>` lists a chapter's parameters.")
+    s.add_argument("paper", help=f"chapter name or 'all' ({', '.join(CHAPTERS)})")
     s.add_argument("--profile", default="cpu", help="smoke, cpu or gpu")
     s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="notebook parameter (repeatable), e.g. -p data /path/to/dataset")
     s.add_argument("--force", action="store_true", help="re-run even if up to date")
+    s.add_argument("--output", type=Path, default=None,
+                   help="executed notebook path (default: the book's copy without -p, else "
+                        "runs/notebooks/<profile>/<chapter>-<key>.ipynb)")
+    _log_output_flag(s)
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("params", help="list a chapter's parameters with their profile values and help")
+    s.add_argument("chapter", help="chapter name")
+    s.add_argument("--profile", default=None, help="show one profile's values only")
+    s.set_defaults(func=cmd_params)
 
     s = sub.add_parser("book", help="run what is missing and build the HTML book")
     s.add_argument("--profile", default="cpu")
@@ -212,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-run", action="store_true", help="only build from existing runs")
     s.add_argument("--jobs", type=int, default=None,
                    help="chapters executed at once (default: one per CPU core, at most 4)")
+    _log_output_flag(s)
     s.set_defaults(func=cmd_book)
 
     s = sub.add_parser("bench", help="run the benchmarks and print ratios")
@@ -225,12 +288,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except NpcreproError as exc:
-        print(f"npcrepro {args.command}: error: {exc}", file=sys.stderr)
-        return 1 if exc.__class__.__name__ == "ChapterFailed" else 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"npcrepro {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one-line contract covers every failure
+        if os.environ.get("NPCREPRO_DEBUG") and not isinstance(exc, NpcreproError):
+            raise
+        print(f"npcrepro {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1) if isinstance(exc, NpcreproError) else 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line: npcrepro's own message, an OSError's reason and file, or the
+    exception's type and first line (``NPCREPRO_DEBUG=1`` for the traceback)."""
+    if isinstance(exc, NpcreproError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror}" + (f" (-> {exc.filename2})" if exc.filename2 else "")
+    else:
+        text = f"{exc.__class__.__name__}: {exc} (NPCREPRO_DEBUG=1 shows the traceback)"
+    line = " ".join(ln.strip() for ln in text.splitlines() if ln.strip()) or exc.__class__.__name__
+    return line if len(line) <= 500 else line[:497] + "..."
 
 
 if __name__ == "__main__":

@@ -215,6 +215,8 @@ def read(path: str | os.PathLike) -> Volume:
                         f"(supported: {', '.join(SUPPORTED_SUFFIXES)}, or a DICOM folder)")
     if suffix in (".nii", ".nii.gz"):
         _check_nifti(p, suffix)
+    elif suffix in (".jpg", ".jpeg", ".png"):
+        _check_picture(p, suffix)
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as exc:
@@ -292,6 +294,28 @@ def _check_nifti(path: Path, suffix: str) -> None:
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
             raise DataError(f"{path}: {bad} NaN/inf intensities")
+
+
+def _check_picture(path: Path, suffix: str) -> None:
+    """Refuse a truncated JPEG or PNG: SimpleITK decodes a JPEG cut short without an error and fills
+    the missing rows with grey.
+
+    - JPEG: the end-of-image marker (FF D9) must follow the last start-of-scan marker (FF DA);
+      neither byte pair can occur inside entropy-coded data, so a cut file has none after its scan;
+    - PNG: the IEND chunk must be present.
+    """
+    data = path.read_bytes()
+    if suffix == ".png":
+        if not data.startswith(b"\x89PNG"):
+            raise DataError(f"{path}: not a PNG file (bad signature)")
+        if b"IEND" not in data[-4096:]:
+            raise DataError(f"{path}: truncated PNG file (no IEND chunk at the end, {len(data)} bytes)")
+        return
+    if not data.startswith(b"\xff\xd8"):
+        raise DataError(f"{path}: not a JPEG file (no start-of-image marker)")
+    if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise DataError(f"{path}: truncated JPEG file (no end-of-image marker after the image data, "
+                        f"{len(data)} bytes)")
 
 
 def _gunzipped_size(path: Path, expected: int) -> int:

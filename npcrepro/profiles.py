@@ -34,6 +34,9 @@ values, each with one :class:`~npcrepro.errors.ParameterError` listing the valid
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
 import shutil
 import uuid
@@ -46,7 +49,7 @@ from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["PROFILES", "COMMON", "Params", "register_profile", "register_choices", "papers",
            "profiles", "parameters", "resolve", "notebook_params", "resolve_device", "load_data",
-           "phantom_cache_dir"]
+           "phantom_cache_dir", "absolute_paths", "PATH_PARAMETERS", "RANGES", "size_range"]
 
 PROFILES = ("smoke", "cpu", "gpu")
 
@@ -56,6 +59,34 @@ COMMON: dict[str, Any] = {"profile": "cpu", "data": "phantom", "device": "auto",
 
 _SIZES: dict[str, dict[str, dict[str, Any]]] = {}
 _CHOICES: dict[str, dict[str, tuple]] = {}
+
+#: Parameters that name a file or folder -> the words they take instead of a path. :func:`resolve`
+#: makes such a path absolute (against the working directory), so ``params.json`` records where
+#: the data and runs were whatever the directory a notebook later runs in; the CLI does it first,
+#: against the directory the user ran the command in (:func:`absolute_paths`). Explorer's ``run``
+#: may also be a label (``paper/stamp-name``): it is made absolute only when that path exists.
+PATH_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "data": ("phantom", "auto"), "out_dir": (), "resume": ("",), "real_data": ("auto", "off", "openkbp"),
+    "run": ("",),
+}
+_LABEL_OR_PATH = ("run",)
+
+#: The range of a numeric size (or of each number in a list size), inclusive; None is unbounded.
+#: A size not named here must be >= 1 (int) or > 0 (float): counts, budgets, batch and image sizes,
+#: widths, learning rates, spacings. It may be 0 where some registered profile of the paper sets it
+#: to 0 (e.g. ``real_cases=0``: no real-data track). :func:`resolve` checks them all before a
+#: chapter writes anything.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    # fractions and probabilities
+    "background_fraction": (0, 1), "fg_prob": (0, 1), "val_fraction": (0, 1), "overlap": (0, 0.99),
+    "threshold": (0, 1), "fusion_weight": (0, 1), "focal_alpha": (0, 1), "beta": (0, 1),
+    "prior": (0, 1), "lr_gamma": (0, 1), "lr_factor": (0, 1),
+    # 0 means "none": no augmentation, no warm-up, no validation, skip the faithful mode
+    "rotate_deg": (0, 180), "jitter_mm": (0, None), "shift": (0, None), "warmup_epochs": (0, None),
+    "n_val": (0, None), "faithful_folds": (0, None), "figure_cases": (0, None),
+    # folds of a k-fold cross-validation
+    "k": (2, None), "k_folds": (2, None), "real_k": (2, None),
+}
 
 _PLAIN = (str, int, float, bool, type(None), list, tuple, dict)
 
@@ -222,6 +253,7 @@ def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
     if profile not in sizes:
         raise ParameterError(f"unknown profile {profile!r} for {paper} (valid: {', '.join(profiles(paper))})")
     defaults = parameters(paper, profile)
+    sizes_names = [k for k in defaults if k not in COMMON]
     unknown = [k for k in overrides if k not in defaults]
     if unknown:
         raise ParameterError(f"unknown parameter {unknown[0]!r} for {paper} (valid: {', '.join(defaults)})")
@@ -246,6 +278,8 @@ def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
             values[k] = list(v)
         if isinstance(defaults.get(k), float) and isinstance(v, int) and not isinstance(v, bool):
             values[k] = float(v)
+    for k in sizes_names:
+        _check_range(paper, k, values[k])
     if not isinstance(values["data"], str) or not values["data"]:
         raise ParameterError(f"parameter 'data' must be 'phantom' or a dataset folder, got {values['data']!r}")
     if not isinstance(values["seed"], int) or isinstance(values["seed"], bool) or values["seed"] < 0:
@@ -253,7 +287,50 @@ def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
     values["device"] = str(resolve_device(values["device"]))
     values["out_dir"] = str(values["out_dir"])
     values["resume"] = str(values["resume"] or "")
-    return Params({"paper": paper, **values})
+    return Params({"paper": paper, **absolute_paths(values)})
+
+
+def absolute_paths(params: Mapping[str, Any], base: str | os.PathLike | None = None) -> dict:
+    """``params`` with every :data:`PATH_PARAMETERS` value that is a path made absolute against
+    ``base`` (default: the working directory). Words (``"phantom"``, ``""`` ...) stay as they are."""
+    base = Path(base) if base is not None else Path.cwd()
+    out = dict(params)
+    for k, v in params.items():
+        if k not in PATH_PARAMETERS or not isinstance(v, str) or v in PATH_PARAMETERS[k]:
+            continue
+        path = Path(v).expanduser()
+        if not path.is_absolute():
+            if k in _LABEL_OR_PATH and not (base / path).exists():
+                continue
+            path = base / path
+        out[k] = os.path.normpath(path)
+    return out
+
+
+def size_range(paper: str, name: str) -> tuple[float | None, float | None]:
+    """The inclusive (low, high) range of size ``name`` of ``paper`` (see :data:`RANGES`)."""
+    if name in RANGES:
+        return RANGES[name]
+    registered = [v for prof in _paper_sizes(paper).values() for v in _numbers(prof.get(name))]
+    return (0, None) if 0 in registered else (1, None)
+
+
+def _numbers(value) -> list:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _check_range(paper: str, name: str, value) -> None:
+    low, high = size_range(paper, name)
+    for v in _numbers(value):
+        positive_float = isinstance(v, float) and low == 1 and name not in RANGES
+        bad = (not math.isfinite(v) or (v <= 0 if positive_float else low is not None and v < low)
+               or (high is not None and v > high))
+        if bad:
+            want = ("> 0" if positive_float else f"in [{low}, {high}]" if high is not None
+                    else f">= {low}")
+            shown = f"{value!r} (item {v!r})" if isinstance(value, (list, tuple)) else repr(value)
+            raise ParameterError(f"parameter {name!r} of {paper} must be {want}, got {shown}")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -285,11 +362,17 @@ def notebook_params(paper: str, namespace: Mapping[str, Any], before: set | None
 
 
 # ---------------------------------------------------------------------------------- data
-def phantom_cache_dir(P: Mapping, preset: str, n_cases: int) -> Path:
-    """Where a phantom generation is cached: ``$NPCREPRO_CACHE`` or ``<out_dir>/_cache``, then
-    ``phantom-<preset>-n<cases>-s<seed>``."""
+def phantom_cache_dir(P: Mapping, preset: str, n_cases: int, **phantom_params) -> Path:
+    """Where a phantom cohort is cached: ``$NPCREPRO_CACHE`` or ``<out_dir>/_cache``, then
+    ``phantom-<preset>-n<cases>-s<seed>-<key>``, where ``key`` hashes the cohort's whole record
+    (:func:`npcrepro.phantom.cohort_record`: generator version and source fingerprint, and every
+    parameter that shapes the output)."""
+    from npcrepro import phantom
+
+    record = phantom.cohort_record(n_cases, P["seed"], preset, **phantom_params)
+    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:10]
     root = os.environ.get("NPCREPRO_CACHE") or str(Path(P["out_dir"]) / "_cache")
-    return Path(root) / f"phantom-{preset}-n{n_cases}-s{P['seed']}"
+    return Path(root) / f"phantom-{preset}-n{n_cases}-s{P['seed']}-{key}"
 
 
 def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = None,
@@ -298,11 +381,13 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
 
     ``P.data == "phantom"``: generate the phantom with :func:`npcrepro.phantom.generate` (preset = the
     profile unless ``preset``/``P.phantom_preset``; ``n_cases`` from the argument or ``P.n_cases``),
-    or reuse an earlier generation with the same preset, number of cases and seed (see
-    :func:`phantom_cache_dir`). Anything else is a dataset folder opened with
+    or reuse an earlier generation whose recorded :func:`~npcrepro.phantom.cohort_record` equals
+    this one's (see :func:`phantom_cache_dir`); a cache whose record differs (other generator code,
+    other parameters) is made again. Anything else is a dataset folder opened with
     :func:`npcrepro.datasets.open_dataset` (a bad path raises DataError).
     """
     from npcrepro.datasets import open_dataset
+    from npcrepro.datasets.format import replace_folder
 
     data = P["data"]
     if data != "phantom":
@@ -311,31 +396,37 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
 
     preset = preset or P.get("phantom_preset") or (P["profile"] if P["profile"] in PROFILES else "cpu")
     n = int(n_cases or P.get("n_cases") or 8)
-    folder = phantom_cache_dir(P, preset, n)
-    if phantom_params:
-        import hashlib
-        import json
-
-        tag = hashlib.sha1(json.dumps(phantom_params, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        folder = folder.with_name(folder.name + f"-{tag}")
-    if (folder / "dataset.json").exists():
-        try:
-            return open_dataset(folder)
-        except DataError:
-            shutil.rmtree(folder, ignore_errors=True)  # a broken cache: make it again
+    record = json.loads(json.dumps(phantom.cohort_record(n, P["seed"], preset, **phantom_params)))
+    folder = phantom_cache_dir(P, preset, n, **phantom_params)
+    cached = _cached_cohort(folder, record)
+    if cached is not None:
+        return cached
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
     try:
         phantom.generate(tmp, n, P["seed"], preset=preset, progress=progress, **phantom_params)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process finished first: use theirs
-            if not (folder / "dataset.json").exists():
-                raise
+        cached = _cached_cohort(folder, record)  # another process may have finished first
+        if cached is not None:
+            return cached
+        replace_folder(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return open_dataset(folder)
+
+
+def _cached_cohort(folder: Path, record: dict):
+    """The dataset at ``folder`` when it holds the cohort ``record`` describes, else None."""
+    from npcrepro.datasets import open_dataset
+
+    if not (folder / "dataset.json").exists():
+        return None
+    try:
+        ds = open_dataset(folder)
+    except DataError:
+        return None
+    return ds if ds.meta.get("npcrepro", {}).get("extra") == record else None
+
 
 
 # ---------------------------------------------------------------------------------- documentation
@@ -384,7 +475,7 @@ def describe(paper: str) -> "list[dict]":
         values = {p: (COMMON[name] if name in COMMON else sizes[p].get(name)) for p in profiles(paper)}
         rows.append({"parameter": name, "type": types.get(name) or _type_name([COMMON.get(name), *values.values()]),
                      **values, "allowed": list(_CHOICES.get(paper, {}).get(name, ())) or "",
-                     "help": COMMON_HELP.get(name) or helps.get(name, "")})
+                     "help": COMMON_HELP.get(name) or helps.get(name) or recipes.SHARED_HELP.get(name, "")})
     return rows
 
 

@@ -28,6 +28,12 @@ and myst-nb put ``mathjax_path`` on every page that may hold maths, and its defa
 ``tex-mml-chtml.js`` loads its fonts, and any TeX extension it autoloads, relative to itself; those
 folders are copied next to it (:data:`_MATHJAX_PARTS`).
 
+NiiVue (npm ``@niivue/niivue``, BSD-2-Clause), the WebGL2 NIfTI viewer that
+:mod:`npcrepro.viz.static_viewer` puts on the explorer page, is vendored the same way into
+``book/_static/vendor/niivue/``: its self-contained ES-module build (``dist/index.js``, no bare
+imports) as ``niivue.js``. An ES module never calls RequireJS's ``define``, so it coexists with the
+widget scripts on the same page (its UMD build would register itself as an anonymous AMD module).
+
 ``config.js`` (written here, not from npm) runs between the two widget scripts: the bundle defines *named* AMD modules,
 so RequireJS would otherwise derive their URL -- and webpack its public path for the fonts -- from the
 page's folder; it maps those names onto ``embed-amd.js`` next to itself so everything loads from
@@ -53,6 +59,11 @@ VENDOR_DIR = Path("book") / "_static" / "vendor"
 #: The sub-folders of :data:`VENDOR_DIR` that the book serves (git-ignored, made by ensure_web_assets).
 WIDGETS_SUBDIR = "widgets"
 MATHJAX_SUBDIR = "mathjax"
+NIIVUE_SUBDIR = "niivue"
+#: NiiVue's self-contained ES module, relative to ``_static`` (the static viewer imports it).
+NIIVUE_PATH = f"vendor/{NIIVUE_SUBDIR}/niivue.js"
+#: Files copied into :data:`NIIVUE_SUBDIR`: destination name -> source path relative to node_modules.
+_NIIVUE_FILES = {"niivue.js": "@niivue/niivue/dist/index.js", "package.json": "@niivue/niivue/package.json"}
 #: Sphinx's ``mathjax_path`` (relative to ``_static``): the vendored MathJax instead of its CDN.
 MATHJAX_PATH = f"vendor/{MATHJAX_SUBDIR}/tex-mml-chtml.js"
 #: What MathJax needs next to tex-mml-chtml.js (paths relative to node_modules/mathjax/es5): its
@@ -119,7 +130,9 @@ def _up_to_date(vendor: Path, lock_sha: str) -> bool:
     return (stamp.get("lock_sha256") == lock_sha
             and all((vendor / WIDGETS_SUBDIR / name).is_file() for name in stamp.get("files", []))
             and stamp.get("mathjax") == list(_MATHJAX_PARTS)
-            and all((vendor / MATHJAX_SUBDIR / name).exists() for name in _MATHJAX_PARTS))
+            and all((vendor / MATHJAX_SUBDIR / name).exists() for name in _MATHJAX_PARTS)
+            and stamp.get("niivue") == sorted(_NIIVUE_FILES)
+            and all((vendor / NIIVUE_SUBDIR / name).is_file() for name in _NIIVUE_FILES))
 
 
 def _write_config_js(widgets: Path) -> None:
@@ -138,7 +151,7 @@ def _write_config_js(widgets: Path) -> None:
 def _locked_versions(lock: Path) -> dict[str, str]:
     pkgs = json.loads(lock.read_text(encoding="utf-8")).get("packages", {})
     return {name: pkgs.get(f"node_modules/{name}", {}).get("version", "?")
-            for name in ("@jupyter-widgets/html-manager", "mathjax", "requirejs")}
+            for name in ("@jupyter-widgets/html-manager", "mathjax", "requirejs", "@niivue/niivue")}
 
 
 def _npm_ci(vendor: Path, log) -> None:
@@ -147,7 +160,7 @@ def _npm_ci(vendor: Path, log) -> None:
         raise NpcreproError("npm not found: install Node.js with npm (e.g. `apt-get install npm`) to "
                             "fetch the widget JavaScript for the HTML book")
     cmd = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
-    log(f"[book] fetching pinned widget JavaScript and MathJax ({' '.join(cmd[1:])} in {vendor}) ...")
+    log(f"[book] fetching pinned widget JavaScript, MathJax and NiiVue ({' '.join(cmd[1:])} in {vendor}) ...")
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=vendor, capture_output=True, text=True, timeout=600)
@@ -164,8 +177,8 @@ def _npm_ci(vendor: Path, log) -> None:
 
 def ensure_web_assets(root: Path | None = None, log=print, *, keep_node_modules: bool = False
                       ) -> dict[str, dict[str, str]]:
-    """Make sure ``book/_static/vendor/widgets/`` holds the pinned widget JavaScript and
-    ``book/_static/vendor/mathjax/`` the pinned MathJax; return the ``nb_ipywidgets_js`` mapping (the
+    """Make sure ``book/_static/vendor/widgets/`` holds the pinned widget JavaScript,
+    ``book/_static/vendor/mathjax/`` the pinned MathJax and ``.../niivue/`` NiiVue; return the ``nb_ipywidgets_js`` mapping (the
     same value ``_config.yml`` sets).
 
     Idempotent and fast (one hash of the lock file) when the files are there for the current
@@ -216,12 +229,14 @@ def _install(vendor: Path, lock: Path, lock_sha: str, log, keep_node_modules: bo
         _npm_ci(vendor, log)
     mathjax_src = nm / "mathjax" / "es5"
     if not (_installed_match_lock(nm, lock) and all((nm / s).is_file() for s in _COPIED.values())
-            and all((mathjax_src / part).exists() for part in _MATHJAX_PARTS)):
+            and all((mathjax_src / part).exists() for part in _MATHJAX_PARTS)
+            and all((nm / src).is_file() for src in _NIIVUE_FILES.values())):
         raise NpcreproError(f"`npm ci` in {vendor} did not install the versions pinned in {lock.name}")
 
     tmp = vendor / f".{WIDGETS_SUBDIR}.tmp-{os.getpid()}"
     tmp_mj = vendor / f".{MATHJAX_SUBDIR}.tmp-{os.getpid()}"
-    for d in (tmp, tmp_mj):
+    tmp_nv = vendor / f".{NIIVUE_SUBDIR}.tmp-{os.getpid()}"
+    for d in (tmp, tmp_mj, tmp_nv):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
     files = []
@@ -238,7 +253,10 @@ def _install(vendor: Path, lock: Path, lock_sha: str, log, keep_node_modules: bo
         src, dst = mathjax_src / part, tmp_mj / part
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-    for final, made in ((vendor / MATHJAX_SUBDIR, tmp_mj), (vendor / WIDGETS_SUBDIR, tmp)):
+    for dest, src in _NIIVUE_FILES.items():
+        shutil.copy2(nm / src, tmp_nv / dest)
+    for final, made in ((vendor / MATHJAX_SUBDIR, tmp_mj), (vendor / NIIVUE_SUBDIR, tmp_nv),
+                        (vendor / WIDGETS_SUBDIR, tmp)):
         old = vendor / f".{final.name}.old-{os.getpid()}"
         if final.exists():
             final.rename(old)
@@ -247,16 +265,17 @@ def _install(vendor: Path, lock: Path, lock_sha: str, log, keep_node_modules: bo
     # the stamp last: until it exists, the next call installs again
     (vendor / WIDGETS_SUBDIR / STAMP).write_text(json.dumps({
         "lock_sha256": lock_sha, "versions": _locked_versions(lock), "files": files,
-        "mathjax": list(_MATHJAX_PARTS)}, indent=1) + "\n", encoding="utf-8")
+        "mathjax": list(_MATHJAX_PARTS), "niivue": sorted(_NIIVUE_FILES)}, indent=1) + "\n", encoding="utf-8")
     if not keep_node_modules:
         shutil.rmtree(nm, ignore_errors=True)
-    size = sum(p.stat().st_size for d in (WIDGETS_SUBDIR, MATHJAX_SUBDIR)
+    size = sum(p.stat().st_size for d in (WIDGETS_SUBDIR, MATHJAX_SUBDIR, NIIVUE_SUBDIR)
                for p in (vendor / d).rglob("*") if p.is_file()) / 1e6
-    log(f"[book] widget JavaScript and MathJax ready in {vendor} ({size:.1f} MB)")
+    log(f"[book] widget JavaScript, MathJax and NiiVue ready in {vendor} ({size:.1f} MB)")
 
 
 def _installed_match_lock(nm: Path, lock: Path) -> bool:
-    """Whether node_modules holds the html-manager, MathJax and requirejs versions the lock file pins."""
+    """Whether node_modules holds the html-manager, MathJax, requirejs and NiiVue versions the lock
+    file pins."""
     for name, version in _locked_versions(lock).items():
         try:
             got = json.loads((nm / name / "package.json").read_text(encoding="utf-8")).get("version")

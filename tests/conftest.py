@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def cli():
+    """``cli(*args, cwd=folder)``: run ``python -m npcrepro ARGS`` in ``folder`` as a user would (on
+    this checkout's library) and return the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+    def run(*args, cwd: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "npcrepro", *map(str, args)],
+                              capture_output=True, text=True, encoding="utf-8", cwd=cwd, env=env)
+
+    return run
 
 
 @pytest.fixture

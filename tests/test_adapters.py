@@ -4,6 +4,7 @@ absent), the Li-2024 layout and NIfTI folders on data written here, nnU-Net pass
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -132,6 +133,61 @@ def test_convert_openkbp_splits_absent_structures_and_skips(openkbp_dir, tmp_pat
     assert summary.structure_counts["Larynx"] == 0
     with pytest.raises(DataError, match="pt_999"):
         convert("openkbp", src, tmp_path / "out2", progress=False, strict=True)
+
+
+def _synthetic_kbp_patient(folder: Path) -> Path:
+    """A 128^3 OpenKBP patient: a 24^3 block of tissue (stored 1040) holding a Brainstem cube."""
+    folder.mkdir(parents=True)
+    a, b, c = np.meshgrid(*(np.arange(50, 74),) * 3, indexing="ij")
+    flat = np.ravel_multi_index((a.ravel(), b.ravel(), c.ravel()), openkbp.GRID)
+    (folder / "ct.csv").write_text(",data\n" + "".join(f"{i},1040.0\n" for i in np.sort(flat)),
+                                   encoding="utf-8")
+    inner = np.sort(flat[(a.ravel() > 55) & (a.ravel() < 70) & (b.ravel() > 55) & (c.ravel() > 55)])
+    (folder / "Brainstem.csv").write_text(",data\n" + "".join(f"{i},\n" for i in inner),
+                                          encoding="utf-8")
+    (folder / "voxel_dimensions.csv").write_text("3.9\n3.9\n2.5\n", encoding="utf-8")
+    return folder
+
+
+def _cut(path: Path, fraction: float, at_line_end: bool) -> None:
+    data = path.read_bytes()
+    n = int(len(data) * fraction)
+    path.write_bytes(data[: data.rindex(b"\n", 0, n) + 1] if at_line_end else data[:n])
+
+
+@pytest.mark.parametrize("at_line_end, why", [(False, "last line .* is incomplete"),
+                                              (True, "looks truncated: .* Brainstem voxels")])
+def test_openkbp_truncated_ct_is_skipped_with_the_reason(tmp_path, at_line_end, why):
+    src = tmp_path / "train-pats"
+    good = _synthetic_kbp_patient(src / "pt_1")
+    assert openkbp.read_patient(good).images["CT"].max() == 40.0
+    _cut(_synthetic_kbp_patient(src / "pt_2") / "ct.csv", 0.6, at_line_end)
+    summary = convert("openkbp", src, tmp_path / "out", progress=False)
+    assert summary.cases == ["pt_1"] and [n for n, _ in summary.skipped] == ["pt_2"]
+    assert re.search(why, summary.skipped[0][1]) and "ct.csv" in summary.skipped[0][1]
+    assert "skipped: 1 case" in str(summary)
+
+
+@pytest.mark.realdata
+def test_openkbp_real_patient_with_truncated_ct_is_refused(openkbp_dir, tmp_path):
+    folder = tmp_path / "pt_2"
+    shutil.copytree(openkbp_dir / "train-pats" / "pt_2", folder)
+    _cut(folder / "ct.csv", 0.5, at_line_end=True)  # a cut that leaves a well-formed file
+    with pytest.raises(DataError, match="ct.csv: looks truncated: .* voxels have no CT value"):
+        openkbp.read_patient(folder)
+
+
+def test_truncated_t2_slice_is_skipped_with_the_reason(tmp_path):
+    rng = np.random.default_rng(1)
+    for name in ("00001", "00002"):
+        img = (rng.random((32, 32)) * 255).astype(np.uint8)
+        io.write(io.Volume(img, (1.0, 1.0)), tmp_path / "images" / f"{name}.jpg")
+        io.write(io.Volume((img > 128).astype(np.uint8) * 255, (1.0, 1.0)),
+                 tmp_path / "masks" / f"{name}.jpg")
+    _cut(tmp_path / "images" / "00002.jpg", 0.5, at_line_end=False)
+    summary = convert("npc-t2-slices", tmp_path, tmp_path / "out", progress=False)
+    assert summary.cases == ["00001"]
+    assert summary.skipped[0][0] == "00002" and "truncated JPEG" in summary.skipped[0][1]
 
 
 @pytest.mark.realdata
@@ -409,6 +465,37 @@ def test_convert_refuses_non_empty_destination_and_bad_options(tmp_path):
         convert("nnunet", src, tmp_path / "o2", progress=False, colour="red")
     with pytest.raises(DataError, match="not found"):
         convert("openkbp", tmp_path / "missing", tmp_path / "o3", progress=False)
+
+
+def test_convert_overwrite_with_a_failing_source_keeps_the_old_dataset(tmp_path, cli):
+    dst = _tiny_dataset(tmp_path / "ds")
+    before = sorted(p.relative_to(dst) for p in dst.rglob("*"))
+    bad = tmp_path / "train-pats" / "pt_1"
+    bad.mkdir(parents=True)
+    (bad / "ct.csv").write_text(",data\n12,10", encoding="utf-8")  # cut mid-line
+    (bad / "voxel_dimensions.csv").write_text("3.9\n3.9\n2.5\n", encoding="utf-8")
+    proc = cli("convert", "openkbp", "train-pats", "ds", "--overwrite", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "no openkbp case could be converted" in proc.stderr.strip().splitlines()[-1]
+    assert sorted(p.relative_to(dst) for p in dst.rglob("*")) == before
+    assert open_dataset(dst).cases == ["c0", "c1"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+def test_write_dataset_failing_midway_leaves_the_old_folder(tmp_path):
+    dst = _tiny_dataset(tmp_path / "ds")
+
+    def cases():
+        yield Case("new0", {"CT": np.zeros((3, 8, 8), np.float32)}, {}, (2.0, 1.0, 1.0))
+        raise DataError("source broke after one case")
+
+    with pytest.raises(DataError, match="source broke"):
+        write_dataset(dst, cases(), channels=["CT"], structures=["GTVp"], overwrite=True)
+    assert open_dataset(dst).cases == ["c0", "c1"]
+    ds = write_dataset(dst, [Case("n1", {"CT": np.ones((3, 8, 8), np.float32)}, {}, (2.0, 1.0, 1.0))],
+                       channels=["CT"], structures=["GTVp"], overwrite=True)
+    assert ds.cases == ["n1"] and ds.name == "ds"
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 
 
 def test_convert_shows_a_progress_bar(tmp_path, capsys):

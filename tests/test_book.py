@@ -1,6 +1,7 @@
 """The whole book builds offline from executed smoke chapters, and every page in the TOC exists."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -40,6 +41,18 @@ def test_book_builds_with_every_page(book_copy, run_notebook):
     text = (html / "book" / "runs" / "smoke" / "explorer.html").read_text(encoding="utf-8")
     assert "application/vnd.jupyter.widget-state+json" in text
     assert "vendor/widgets/embed-amd.js" in text and "cdn.jsdelivr" not in text
+    # ... and the static viewer, whose NIfTI export the build copied next to the page
+    assert 'class="npc-viewer"' in text and "_static/npcviewer/viewer.js" in text
+    manifests = list((html / "book" / "runs" / "smoke" / "_viewer").glob("*/manifest.json"))
+    assert len(manifests) == 1, manifests
+    runs = [r["label"].split("/")[0] for r in json.loads(manifests[0].read_text(encoding="utf-8"))["runs"]]
+    assert runs[0] == "leaderboard" and {"li2018", "xue2020", "guo2021", "chen2020"} <= set(runs), runs
+    # Launch buttons open the source notebook (the executed copies are not in the repository).
+    li = (html / "book" / "runs" / "smoke" / "li2018.html").read_text(encoding="utf-8")
+    url = yaml.safe_load((book_copy / "_config.yml").read_text(encoding="utf-8"))["repository"]["url"]
+    colab = "https://colab.research.google.com/github/" + url.split("github.com/")[1] + "/blob/main/"
+    assert colab + "notebooks/li2018.ipynb" in li and colab + "book/runs/" not in li
+    assert "mybinder.org/v2/gh/" in li and "npcrepro-setup" not in li  # the setup cell is hidden
     # The intro's table has one row per paper with the reported number.
     intro = (html / "book" / "runs" / "smoke" / "intro.html").read_text(encoding="utf-8")
     for paper in ("li2018", "xue2020", "luo2020", "guo2021", "chen2020"):
@@ -66,6 +79,15 @@ def test_built_book_draws_widgets_and_figures_offline_in_chromium(book_copy, run
     report = check_page(html / "leaderboard.html", tmp_path / "leaderboard.png", expect_widgets=0,
                         expect_figures=2)
     assert report["ok"], report["reasons"]
+    # the static viewer, driven as a reader would: slice, prediction, plane and channel change the
+    # picture, and nothing is fetched off the machine
+    pytest.importorskip("playwright", reason="playwright is not installed; the viewer is not driven")
+    from npcrepro.viewercheck import drive_viewer
+
+    report = drive_viewer(html / "explorer.html", out_dir=tmp_path / "viewer")
+    assert report["ok"], report["reasons"]
+    assert set(report["steps"]) >= {"slice", "prediction off", "prediction on", "plane", "channel"}
+    assert report["blocked"] == [] and report["missing"] == []
     # the metrics page's formulas, typeset by the vendored MathJax
     report = check_page(html.parents[2] / "book" / "metrics.html", tmp_path / "metrics.png",
                         expect_widgets=0, expect_figures=0, expect_math=10)

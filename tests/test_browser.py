@@ -59,7 +59,7 @@ def test_config_points_myst_nb_at_the_vendored_files():
 def test_pins_are_exact_and_match_ipywidgets():
     deps = json.loads((VENDOR / "package.json").read_text(encoding="utf-8"))["dependencies"]
     lock = json.loads((VENDOR / "package-lock.json").read_text(encoding="utf-8"))["packages"]
-    assert set(deps) == {"@jupyter-widgets/html-manager", "mathjax", "requirejs"}
+    assert set(deps) == {"@jupyter-widgets/html-manager", "mathjax", "requirejs", "@niivue/niivue"}
     for name, pin in deps.items():
         assert re.fullmatch(r"\d+\.\d+\.\d+", pin), f"{name} is not pinned exactly: {pin}"
         assert lock[f"node_modules/{name}"]["version"] == pin
@@ -72,7 +72,7 @@ def test_pins_are_exact_and_match_ipywidgets():
 
 def test_downloads_are_git_ignored():
     ignored = (VENDOR / ".gitignore").read_text(encoding="utf-8").split()
-    assert {"node_modules/", "widgets/", "mathjax/"} <= set(ignored)
+    assert {"node_modules/", "widgets/", "mathjax/", "niivue/"} <= set(ignored)
 
 
 def _vendor_copy(root: Path) -> Path:
@@ -95,6 +95,16 @@ def test_missing_npm_is_a_one_line_error(tmp_path, monkeypatch):
 def test_missing_lock_file_is_an_error(tmp_path):
     with pytest.raises(NpcreproError, match="package-lock.json"):
         webassets.ensure_web_assets(tmp_path, log=_quiet)
+
+
+def test_remote_assets_are_scripts_and_loaded_links_not_canonical_urls():
+    from npcrepro.browsercheck import _DomCounter
+
+    c = _DomCounter()
+    c.feed('<link rel="canonical" href="https://example.org/book/page.html">'
+           '<link rel="stylesheet" href="https://cdn.example.org/a.css">'
+           '<script src="https://cdn.example.org/b.js"></script><script src="../_static/c.js"></script>')
+    assert c.remote_refs == ["https://cdn.example.org/a.css", "https://cdn.example.org/b.js"]
 
 
 def test_find_chromium_honours_env(tmp_path, monkeypatch):
@@ -154,6 +164,10 @@ def test_ensure_web_assets_installs_once(vendored, monkeypatch):
     assert (mathjax / "tex-mml-chtml.js").stat().st_size > 500_000
     assert list((mathjax / "output/chtml/fonts/woff-v2").glob("MathJax_Main-Regular.woff"))
     assert (mathjax / "input/tex/extensions/physics.js").is_file()  # autoloaded on demand
+    niivue = vendor / "niivue" / "niivue.js"  # the static viewer's ES module, self-contained
+    assert niivue.stat().st_size > 1_000_000
+    assert "export {" in niivue.read_text(encoding="utf-8")[-20_000:]
+    assert not re.search(r'^import .* from "', niivue.read_text(encoding="utf-8"), re.M)
 
     # second call: no npm, (almost) no time, nothing rewritten
     def no_npm(*_a, **_k):

@@ -135,6 +135,38 @@ def test_missing_channel_file(tmp_path):
     assert "c1_0001.nii.gz" in str(exc.value)
 
 
+@pytest.mark.parametrize("gone", ["c1_0000.nii.gz", "c1_0001.nii.gz"])
+def test_case_missing_any_channel_file_is_named_at_open(tmp_path, gone):
+    ds = _write(tmp_path)
+    (ds.root / "imagesTr" / gone).unlink()
+    with pytest.raises(DataError, match=f"imagesTr/{gone}: missing channel .* of case 'c1'"):
+        open_dataset(ds.root)
+
+
+def test_case_with_only_a_label_file_is_listed_and_named(tmp_path):
+    ds = _write(tmp_path)
+    for i in (0, 1):
+        (ds.root / "imagesTr" / f"c1_{i:04d}.nii.gz").unlink()
+    with pytest.raises(DataError, match="c1_0000.nii.gz: missing channel 'CT' of case 'c1' "
+                                        "\\(2 channel files missing in all\\)"):
+        open_dataset(ds.root)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("channel_names", ["CT", "T1"]), ("channel_names", "CT"), ("channel_names", {"0": 1}),
+    ("channel_names", {"CT": "0"}), ("channel_names", {"0": "CT", "2": "T1"}),
+    ("labels", ["background", "GTV"]), ("labels", {"background": 0, "GTV": "1"}),
+    ("file_ending", 3), ("npcrepro", [])])
+def test_mistyped_dataset_json_field_names_the_file_and_field(tmp_path, field, value):
+    ds = _write(tmp_path)
+    meta = json.loads((ds.root / "dataset.json").read_text(encoding="utf-8"))
+    meta[field] = value
+    (ds.root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(DataError, match=f"dataset.json: field '{field}' must ") as err:
+        open_dataset(ds.root)
+    assert str(ds.root / "dataset.json") in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("what", ["shape", "spacing", "origin", "direction"])
 def test_label_geometry_mismatch(tmp_path, what):
     ds = _write(tmp_path)

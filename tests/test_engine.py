@@ -441,6 +441,87 @@ def test_run_folder_from_params_and_resume_checks(tmp_path):
         RunFolder.from_params(P.replace(resume=str(tmp_path / "nope")))
 
 
+class _Poison:
+    """Unpickling this runs ``exec``: it writes ``target``. A shared checkpoint could hold it."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return exec, (f"open({self.target!r}, 'w').write('pwned')",)
+
+
+def test_poisoned_checkpoint_is_refused_and_never_runs(tiny_cases, reference_run, tmp_path):
+    run, _, _ = reference_run
+    target = tmp_path / "pwned.txt"
+    ck = torch.load(run.checkpoint_last, weights_only=True)
+    ck["state"]["payload"] = _Poison(target)
+    evil = RunFolder.create(tmp_path, "smoke", "test", "evil")
+    torch.save(ck, evil.checkpoint_last)
+    with pytest.raises(DataError, match="refused: .*builtins.exec.*weights_only=True") as err:
+        load_checkpoint(evil.checkpoint_last)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="refused"):
+        _tiny_trainer(tiny_cases, run=evil)[0].fit(resume=True)
+    assert not target.exists()
+
+
+def test_checkpoint_holds_only_safe_types_and_old_format_is_named(reference_run, tmp_path):
+    run, _, _ = reference_run
+    ck = torch.load(run.checkpoint_last, weights_only=True)  # the real test: no unsafe global
+    assert ck["format"] == 2 and torch.is_tensor(ck["rng"][0]["numpy"]["keys"])
+    old = dict(ck, format=1)
+    old["rng"] = [{"python": __import__("random").getstate(), "numpy": np.random.get_state(),
+                   "torch": torch.get_rng_state()}]
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(DataError, match="older npcrepro \\(format 1"):
+        load_checkpoint(tmp_path / "old.pt")
+    torch.save({"format": 1}, tmp_path / "v1.pt")
+    with pytest.raises(DataError, match="format 1\\); retrain"):
+        load_checkpoint(tmp_path / "v1.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_failed_runs_are_marked_failed(tmp_path):
+    run = RunFolder.create(tmp_path, "smoke", "t", "nan")
+    assert run.status == "running"
+    data = torch.utils.data.TensorDataset(torch.full((4, 1, 4, 4), float("nan")), torch.zeros(4, 1, 4, 4))
+    with pytest.raises(FloatingPointError):
+        Trainer(torch.nn.Conv2d(1, 1, 1), bce, data, batch_size=2, iterations=2, progress=False,
+                run=run).fit()
+    assert run.status == "failed" and not (run.path / "RUNNING").exists()
+    assert "FloatingPointError: training loss is nan" in (run.path / "FAILED").read_text(encoding="utf-8")
+
+    def boom(fold, index, sub):
+        raise RuntimeError(f"fold {index} broke")
+
+    cv = RunFolder.create(tmp_path, "smoke", "t", "cv")
+    with pytest.raises(RuntimeError):
+        run_folds(boom, make_folds([f"p{i}" for i in range(4)], "kfold", k=2), run=cv)
+    assert cv.status == "failed" and RunFolder(cv.path / "fold_0").status == "failed"
+    cv.mark_done()
+    assert cv.status == "done" and not (cv.path / "FAILED").exists()
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_a_process_that_ends_before_done_leaves_its_run_failed(tmp_path, how):
+    import subprocess
+    import sys
+
+    script = ("import os, signal, sys\n"
+              "from npcrepro.engine import RunFolder\n"
+              f"run = RunFolder.create({str(tmp_path)!r}, 'smoke', 't', 'x')\n"
+              "print(run.path, flush=True)\n"
+              + ("os.kill(os.getpid(), signal.SIGKILL)\n" if how == "kill" else "sys.exit(1)\n"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=dict(__import__("os").environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    run = RunFolder(proc.stdout.strip())
+    assert run.path.is_dir() and run.status == "failed", proc.stderr
+    assert (run.path / "FAILED").exists() == (how == "exit")
+
+
 # ----------------------------------------------------------------------------- cross-validation
 def fold_fn(fold, index, run, scale=1.0):
     """Module-level so that spawned workers can import it."""
@@ -536,11 +617,35 @@ def test_resolve_profiles_and_overrides():
     ({"seed": -1}, "'seed' must be a non-negative int"),
     ({"channel": "PET"}, "must be one of"),
     ({"device": "tpu"}, "device"),
+    ({"n_cases": -1}, "'n_cases' of template must be >= 1, got -1"),
+    ({"iterations": 0}, "'iterations' of template must be >= 1, got 0"),
+    ({"lr": 0.0}, "'lr' of template must be > 0, got 0.0"),
+    ({"widths": [8, 0]}, "'widths' of template must be >= 1, got \\[8, 0\\] \\(item 0\\)"),
 ])
 def test_bad_parameters_fail_in_one_line(kwargs, match):
     with pytest.raises(ParameterError, match=match) as err:
         profiles.resolve("template", **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_every_registered_profile_is_within_the_ranges():
+    for paper in profiles.papers():
+        for prof in profiles.profiles(paper):
+            profiles.resolve(paper, prof)
+    assert profiles.size_range("luo2020", "real_cases") == (0, None)  # 0 is registered: no track
+    assert profiles.size_range("template", "n_cases") == (1, None)
+
+
+def test_paths_are_absolute_in_params_json(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    P = profiles.resolve("template", "smoke", data="./mine", out_dir="out")
+    assert P.data == str(tmp_path / "mine") and P.out_dir == str(tmp_path / "out")
+    assert profiles.resolve("template", "smoke").data == "phantom"
+    run = RunFolder.from_params(P, "x")
+    assert run.read_params()["out_dir"] == str(tmp_path / "out")
+    assert run.path.parent == tmp_path / "out" / "smoke" / "template"
+    assert profiles.absolute_paths({"run": "leaderboard/2024-x", "resume": ""}, tmp_path) == \
+        {"run": "leaderboard/2024-x", "resume": ""}  # a label, and a word, stay as they are
 
 
 def test_unknown_paper_and_registration():
@@ -573,17 +678,23 @@ def test_load_data_bad_path_is_one_line_data_error(tmp_path):
     assert "missing" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_load_data_generates_and_caches_the_phantom(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_generate(out_dir, n_cases, seed, *, preset="smoke", progress=True, overwrite=False, **params):
-        calls.append((n_cases, seed, preset))
-        return write_dataset(out_dir, [blob_case(i, (4, 16, 16), f"ph{i}") for i in range(n_cases)],
-                             channels=["T1", "CT"], structures=["GTVp"])
-
+def _fake_generate(calls):
+    """Stands in for phantom.generate: tiny blob cases, recorded like the real generator's."""
     import npcrepro.phantom as phantom
 
-    monkeypatch.setattr(phantom, "generate", fake_generate, raising=False)
+    def generate(out_dir, n_cases, seed, *, preset="smoke", progress=True, overwrite=False, **params):
+        calls.append((n_cases, seed, preset))
+        return write_dataset(out_dir, [blob_case(i, (4, 16, 16), f"ph{i}") for i in range(n_cases)],
+                             channels=["T1", "CT"], structures=["GTVp"],
+                             extra=phantom.cohort_record(n_cases, seed, preset, **params))
+    return generate
+
+
+def test_load_data_generates_and_caches_the_phantom(tmp_path, monkeypatch):
+    import npcrepro.phantom as phantom
+
+    calls = []
+    monkeypatch.setattr(phantom, "generate", _fake_generate(calls), raising=False)
     P = profiles.resolve("template", "smoke", out_dir=str(tmp_path), seed=7)
     ds = profiles.load_data(P)
     assert len(ds) == P.n_cases and calls == [(P.n_cases, 7, "smoke")]
@@ -592,6 +703,55 @@ def test_load_data_generates_and_caches_the_phantom(tmp_path, monkeypatch):
     assert again.root == ds.root and len(calls) == 1  # reused
     profiles.load_data(P, n_cases=2)
     assert len(calls) == 2
+
+
+def test_phantom_cache_is_made_again_when_the_generator_or_a_parameter_changes(tmp_path, monkeypatch):
+    import npcrepro.phantom as phantom
+    import npcrepro.phantom.make as make
+
+    calls = []
+    monkeypatch.setattr(phantom, "generate", _fake_generate(calls), raising=False)
+    P = profiles.resolve("template", "smoke", out_dir=str(tmp_path), seed=7)
+    first = profiles.load_data(P).root
+    extra = json.loads((first / "dataset.json").read_text(encoding="utf-8"))["npcrepro"]["extra"]
+    assert extra["generator_fingerprint"] == phantom.generator_fingerprint()
+    assert extra["params"]["ct_noise_hu"] == phantom.DEFAULTS["ct_noise_hu"]  # every parameter
+    assert profiles.load_data(P, ct_noise_hu=1.0).root != first and len(calls) == 2
+    # the generator's code changes (an edit of any of its sources): the old cache is not reused
+    monkeypatch.setattr(make, "generator_fingerprint", lambda: "edited-sources")
+    assert profiles.load_data(P).root != first and len(calls) == 3
+    monkeypatch.undo()
+    monkeypatch.setattr(phantom, "generate", _fake_generate(calls), raising=False)
+    # a cache whose record does not match what its name promises is made again, in place
+    meta = json.loads((first / "dataset.json").read_text(encoding="utf-8"))
+    meta["npcrepro"]["extra"]["generator_version"] = 0
+    (first / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    again = profiles.load_data(P)
+    assert again.root == first and len(calls) == 4
+    assert again.meta["npcrepro"]["extra"]["generator_version"] == phantom.GENERATOR_VERSION
+    assert sorted(p.name for p in first.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_generator_fingerprint_changes_with_any_edit_of_its_sources(tmp_path, monkeypatch):
+    import shutil
+
+    import npcrepro.phantom.make as make
+
+    copy = tmp_path / "npcrepro"
+    shutil.copytree(make._PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(make, "_PACKAGE", copy)
+    fingerprints = []
+    for edited in (None, "phantom/scanners.py", "datasets/format.py", "io.py"):
+        if edited:
+            with open(copy / edited, "a", encoding="utf-8") as fh:
+                fh.write("\n# an edit\n")
+        make.generator_fingerprint.cache_clear()
+        fingerprints.append(make.generator_fingerprint())
+    (copy / "viz" / "runs.py").write_text("# not the generator", encoding="utf-8")
+    make.generator_fingerprint.cache_clear()
+    assert make.generator_fingerprint() == fingerprints[-1]
+    make.generator_fingerprint.cache_clear()
+    assert len(set(fingerprints)) == 4
 
 
 # ----------------------------------------------------------------------------- the template notebook
@@ -620,7 +780,7 @@ def test_template_notebook_is_committed_clean():
     import nbformat
 
     nb = nbformat.read(str(Path(__file__).parent.parent / "notebooks" / "template.ipynb"), as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
+    code = [c for c in nb.cells if c.cell_type == "code" and c.get("id") != "npcrepro-setup"]  # Binder/Colab
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert "_before = set(globals())" in code[0].source
     assert code[1].metadata.get("tags") == ["parameters"]

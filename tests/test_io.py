@@ -146,6 +146,19 @@ def test_truncated_uncompressed_file(tmp_path):
         io.read(p)
 
 
+@pytest.mark.parametrize("suffix, what", [(".jpg", "truncated JPEG"), (".png", "truncated PNG")])
+def test_truncated_picture_is_refused_not_filled_with_grey(tmp_path, suffix, what):
+    rng = np.random.default_rng(0)
+    arr = (rng.random((64, 64)) * 255).astype(np.uint8)
+    p = io.write(io.Volume(arr, (1.0, 1.0)), tmp_path / f"slice{suffix}")
+    assert io.read(p).shape == (64, 64)  # the whole file reads
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=f"slice{suffix}: {what} file") as err:
+        io.read(p)
+    assert "\n" not in str(err.value)
+
+
 def test_unsupported_suffix(tmp_path):
     p = tmp_path / "x.xyz"
     p.write_text("x", encoding="utf-8")

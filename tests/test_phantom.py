@@ -218,6 +218,9 @@ def test_generate_round_trip(tmp_path):
     assert ds.channels == ["CT", "T1", "T2", "CET1"]
     assert ds.structures == list(phantom.STRUCTURES)
     ds2 = open_dataset(tmp_path / "ph")
+    # the cohort's record, as read back, equals what a cache compares it with
+    assert ds2.meta["npcrepro"]["extra"] == phantom.cohort_record(2, 3, "smoke")
+    assert ds2.meta["npcrepro"]["extra"] != phantom.cohort_record(2, 3, "smoke", ct_noise_hu=1.0)
     loaded = ds2.load("npc_001")
     made = phantom.make_case(phantom.case_seed(3, 1), preset="smoke", name="npc_001")
     assert loaded.shape == made.shape

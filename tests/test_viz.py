@@ -3,7 +3,9 @@ widgets and their callbacks, bad inputs, and the explorer notebook under papermi
 from __future__ import annotations
 
 import json
+import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -269,6 +271,10 @@ def test_notebook_stores_widget_state(fake, tmp_path):
     assert len(views) == 1
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the static gallery is missing"
+    viewer = [o["data"]["text/html"] for o in outputs if "npc-viewer" in str(o.get("data", {}).get("text/html", ""))]
+    assert len(viewer) == 1, "the static viewer is missing"
+    digest = re.search(r"_viewer/([0-9a-f]{16})/manifest.json", "".join(viewer[0])).group(1)
+    assert (Path(fake["out"]) / "smoke" / "_viewer" / digest / "manifest.json").is_file()
 
 
 def test_notebook_without_runs(tmp_path):

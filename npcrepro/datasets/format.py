@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -54,17 +56,24 @@ class Dataset:
     def __init__(self, root: Path, meta: dict):
         self.root = root
         self.meta = meta
+        where = root / "dataset.json"
+        if not isinstance(meta, dict):
+            raise DataError(f"{where}: must hold a JSON object, got {type(meta).__name__}")
         try:
             channel_names = meta["channel_names"]
             labels = meta["labels"]
         except KeyError as exc:
-            raise DataError(f"{root / 'dataset.json'}: missing key {exc.args[0]!r}") from None
-        self.file_ending: str = meta.get("file_ending", FILE_ENDING)
-        self.channels: list[str] = [channel_names[k] for k in sorted(channel_names, key=int)]
-        self.label_values: dict[str, int | list[int]] = {k: v for k, v in labels.items()
+            raise DataError(f"{where}: missing key {exc.args[0]!r}") from None
+        self.file_ending: str = _field(where, meta, "file_ending", str, FILE_ENDING, "'.nii.gz'")
+        self.channels: list[str] = _channels(where, channel_names)
+        self.label_values: dict[str, int | list[int]] = {k: v for k, v in _labels(where, labels).items()
                                                          if k != "background"}
-        block = meta.get("npcrepro", {})
-        self.structures: list[str] = list(block.get("structures", self.label_values))
+        block = _field(where, meta, "npcrepro", dict, {}, "an object")
+        structures = block.get("structures", list(self.label_values))
+        if not isinstance(structures, list) or not all(isinstance(s, str) for s in structures):
+            raise DataError(f"{where}: field 'npcrepro.structures' must be a list of names, got "
+                            f"{_shown(structures)}")
+        self.structures: list[str] = list(structures)
         self.has_structure_files: bool = "structures" in block
         self.spacing_known: bool = bool(block.get("spacing_known", True))
         self.source: str = block.get("source", "nnunet")
@@ -72,11 +81,32 @@ class Dataset:
 
     # ------------------------------------------------------------------------------ listing
     def _scan(self, sub: str) -> list[str]:
-        folder = self.root / f"images{sub}"
-        if not folder.is_dir():
-            return []
-        suffix = f"_0000{self.file_ending}"
-        return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix))
+        """Cases of ``images<sub>``/``labels<sub>``: every name with any channel file or a label
+        file. DataError naming the first missing channel file when a case lacks one."""
+        ending = self.file_ending
+        channel_file = re.compile(rf"^(.+)_(\d{{4}}){re.escape(ending)}$")
+        names = set()
+        for kind in ("images", "labels"):
+            folder = self.root / f"{kind}{sub}"
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                if p.name.startswith("."):
+                    continue
+                m = channel_file.match(p.name) if kind == "images" else None
+                if m:
+                    names.add(m.group(1))
+                elif kind == "labels" and p.name.endswith(ending):
+                    names.add(p.name[: -len(ending)])
+        missing = [self.root / f"images{sub}" / f"{n}_{i:04d}{ending}" for n in sorted(names)
+                   for i in range(len(self.channels))
+                   if not (self.root / f"images{sub}" / f"{n}_{i:04d}{ending}").exists()]
+        if missing:
+            case, i = missing[0].name[: -len(ending)].rsplit("_", 1)
+            more = f" ({len(missing)} channel files missing in all)" if len(missing) > 1 else ""
+            raise DataError(f"{missing[0]}: missing channel {self.channels[int(i)]!r} of case "
+                            f"{case!r}{more}")
+        return sorted(names)
 
     @property
     def name(self) -> str:
@@ -203,6 +233,43 @@ class Dataset:
         return labels
 
 
+def _shown(value) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float)) else repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _field(where: Path, meta: dict, key: str, kind: type, default, expected: str):
+    value = meta.get(key, default)
+    if not isinstance(value, kind):
+        raise DataError(f"{where}: field {key!r} must be {expected}, got {_shown(value)}")
+    return value
+
+
+def _channels(where: Path, channel_names) -> list[str]:
+    """``{"0": "CT", "1": "T1"}`` -> ["CT", "T1"]; DataError naming the field otherwise."""
+    ok = (isinstance(channel_names, dict) and channel_names
+          and all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
+                  for k, v in channel_names.items())
+          and sorted(int(k) for k in channel_names) == list(range(len(channel_names))))
+    if not ok:
+        raise DataError(f"{where}: field 'channel_names' must map channel numbers 0, 1, ... to names, "
+                        f'e.g. {{"0": "CT", "1": "T1"}}; got {_shown(channel_names)}')
+    return [channel_names[k] for k in sorted(channel_names, key=int)]
+
+
+def _labels(where: Path, labels) -> dict:
+    """``labels`` of dataset.json: name -> int or list of ints; DataError naming the field."""
+    def value_ok(v):
+        return (isinstance(v, int) and not isinstance(v, bool)) or (
+            isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool) for i in v))
+
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and value_ok(v)
+                                               for k, v in labels.items()):
+        raise DataError(f"{where}: field 'labels' must map names to label values (int or list of "
+                        f'ints), e.g. {{"background": 0, "GTVp": 1}}; got {_shown(labels)}')
+    return labels
+
+
 def open_dataset(path: str | os.PathLike) -> Dataset:
     """Open a dataset folder (project format or plain nnU-Net v2 raw).
 
@@ -239,6 +306,8 @@ def write_dataset(out_dir: str | os.PathLike, cases: Iterable[Case], *, channels
     ----------
     out_dir : path
         Target folder. It must not exist or be empty unless ``overwrite`` (then it is replaced).
+        The dataset is written into a temporary sibling and renamed into place only when complete:
+        a failure (a bad case, a full disk, a kill) leaves the previous folder as it was.
     cases, test_cases : iterables of Case
         Training and held-out cases. Each must carry every channel in ``channels``; structures are
         optional per case (absent ones get no file).
@@ -250,35 +319,77 @@ def write_dataset(out_dir: str | os.PathLike, cases: Iterable[Case], *, channels
         Stored under ``dataset.json["npcrepro"]["extra"]``.
     """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(f"{out}: exists and is not empty (pass overwrite=True to replace it)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    channels, structures = list(channels), list(structures)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"{out}: exists and is not empty (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.writing-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        _write_all(tmp, cases, test_cases, list(channels), list(structures), progress,
+                   name=name or out.name, description=description, source=source,
+                   spacing_known=spacing_known, extra=extra)
+        open_dataset(tmp)
+        replace_folder(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return open_dataset(out)
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Move the complete folder ``new`` to ``target`` (a sibling), replacing what is there.
+
+    The old ``target`` is set aside first and deleted only after ``new`` is in place, so a failure
+    at any point leaves either the old folder or the new one, never a half-written one.
+    """
+    old = None
+    if target.exists():
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        else:
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except OSError:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_all(out: Path, cases, test_cases, channels: list[str], structures: list[str],
+               progress: bool, **facts) -> None:
     counts = {"Tr": 0, "Ts": 0}
     iterables = [("Tr", cases), ("Ts", test_cases)]
     if progress:
         from tqdm.auto import tqdm
         iterables = [(sub, tqdm(it, desc=f"writing {'training' if sub == 'Tr' else 'test'} cases",
                                 unit="case")) for sub, it in iterables]
-    for sub, it in iterables:
-        for case in it:
-            _write_case(out, sub, case, channels, structures)
-            counts[sub] += 1
+    try:
+        for sub, it in iterables:
+            for case in it:
+                _write_case(out, sub, case, channels, structures)
+                counts[sub] += 1
+    finally:  # a bar left open is drawn again at exit, over the error message
+        if progress:
+            for _, bar in iterables:
+                bar.close()
     meta = {
-        "name": name or out.name,
-        "description": description,
+        "name": facts["name"],
+        "description": facts["description"],
         "channel_names": {str(i): c for i, c in enumerate(channels)},
         "labels": {"background": 0, **{s: i for i, s in enumerate(structures, start=1)}},
         "numTraining": counts["Tr"],
         "file_ending": FILE_ENDING,
         "npcrepro": {"format_version": FORMAT_VERSION, "structures": structures,
-                     "source": source, "spacing_known": spacing_known,
-                     "numTest": counts["Ts"], "extra": extra or {}},
+                     "source": facts["source"], "spacing_known": facts["spacing_known"],
+                     "numTest": counts["Ts"], "extra": facts["extra"] or {}},
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return open_dataset(out)
 
 
 def _write_case(out: Path, sub: str, case: Case, channels: list[str], structures: list[str]) -> None:

@@ -101,6 +101,20 @@ def run_folds(fn: Callable, folds: Sequence[Fold], *, run=None, parallel: bool |
             subs[i].write_metrics(df)
             subs[i].mark_done()
 
+    try:
+        _run_todo(fn, folds, subs, todo, collect, parallel, max_workers, threads_per_worker, kwargs)
+    except BaseException as exc:
+        for r in [run] + [s for s in subs if s is not None]:
+            if r is not None and not r.done:
+                r.mark_failed(f"cross-validation failed: {exc.__class__.__name__}: {exc}")
+        raise
+    pooled = pd.concat([results[i] for i in sorted(results)], ignore_index=True)
+    if run is not None:
+        run.write_metrics(pooled)
+    return pooled
+
+
+def _run_todo(fn, folds, subs, todo, collect, parallel, max_workers, threads_per_worker, kwargs):
     n_workers = 0
     if parallel and len(todo) > 1:
         n_workers = (parallel if isinstance(parallel, int) and not isinstance(parallel, bool)
@@ -118,7 +132,3 @@ def run_folds(fn: Callable, folds: Sequence[Fold], *, run=None, parallel: bool |
         for i in todo:
             result, _ = _call(fn, folds[i], i, subs[i], kwargs)
             collect(i, result)
-    pooled = pd.concat([results[i] for i in sorted(results)], ignore_index=True)
-    if run is not None:
-        run.write_metrics(pooled)
-    return pooled

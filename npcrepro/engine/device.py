@@ -98,17 +98,28 @@ def configure_determinism(deterministic: bool = True) -> None:
 
 
 def rng_state() -> dict:
-    """Python, NumPy, torch CPU (and CUDA) generator states."""
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, NumPy, torch CPU (and CUDA) generator states, in types that ``torch.load(...,
+    weights_only=True)`` accepts: ints, floats, lists and uint8 tensors (no numpy arrays, no
+    tuples of Python objects), so that a checkpoint holding them loads without running code."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    st = {"python": {"version": int(version), "state": torch.tensor(words, dtype=torch.int64),
+                     "gauss": gauss},
+          "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                    "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+          "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        st["cuda"] = torch.cuda.get_rng_state_all()
+        st["cuda"] = list(torch.cuda.get_rng_state_all())
     return st
 
 
 def set_rng_state(st: dict) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    torch.set_rng_state(st["torch"].cpu() if hasattr(st["torch"], "cpu") else st["torch"])
+    """Restore what :func:`rng_state` returned (on any device: tensors are moved to the CPU)."""
+    py, npy = st["python"], st["numpy"]
+    random.setstate((py["version"], tuple(int(w) for w in py["state"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].cpu().numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(st["torch"].cpu())
     if "cuda" in st and torch.cuda.is_available():
         try:
             torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])

@@ -501,39 +501,46 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     new = 0
     t0 = time.perf_counter()
     n_jobs = sum(len(folds[: m.folds]) for w in waves for m in w) * len(seeds)
-    for wave in waves:
-        todo = []
-        for m in wave:
-            for k, fold in enumerate(folds[: m.folds]):
-                for s in seeds:
-                    spec = JobSpec(module, m.name, k, s, str(rf.path), job_params, list(fold.train),
-                                   list(fold.val), list(fold.test))
-                    old = _read_job(spec)
-                    if old is not None:
-                        results[(m.name, k, s)] = old
-                    else:
-                        todo.append(spec)
-        if max_jobs is not None:
-            todo = todo[: max(0, max_jobs - new)]
-        if kill_after_iterations is not None and todo:
-            todo = todo[:1]
-            todo[0].kill_after_iterations = int(kill_after_iterations)
-            try:
-                run_job(todo[0])
-            except JobKilled:
+    try:
+        for wave in waves:
+            todo = []
+            for m in wave:
+                for k, fold in enumerate(folds[: m.folds]):
+                    for s in seeds:
+                        spec = JobSpec(module, m.name, k, s, str(rf.path), job_params, list(fold.train),
+                                       list(fold.val), list(fold.test))
+                        old = _read_job(spec)
+                        if old is not None:
+                            results[(m.name, k, s)] = old
+                        else:
+                            todo.append(spec)
+            if max_jobs is not None:
+                todo = todo[: max(0, max_jobs - new)]
+            if kill_after_iterations is not None and todo:
+                todo = todo[:1]
+                todo[0].kill_after_iterations = int(kill_after_iterations)
+                try:
+                    run_job(todo[0])
+                except JobKilled:
+                    break
+                raise ParameterError(f"kill_after_iterations={kill_after_iterations}: the job finished "
+                                     f"before it was killed (does the chapter train through ctx.trainer_args?)")
+            new += len(todo)
+            for spec, out in map_calls(run_job, todo, backend=backend or P.get("backend") or "process",
+                                       workers=int(workers or P.get("workers") or 1), progress=progress,
+                                       desc=chapter.name):
+                results[(spec.method, spec.fold, spec.seed)] = out
+                if progress:
+                    print(f"[{chapter.name}] {len(results)}/{n_jobs} {spec.label} done "
+                          f"({out['training']['job_seconds']:.0f} s)", flush=True)
+            if max_jobs is not None and new >= max_jobs:
                 break
-            raise ParameterError(f"kill_after_iterations={kill_after_iterations}: the job finished "
-                                 f"before it was killed (does the chapter train through ctx.trainer_args?)")
-        new += len(todo)
-        for spec, out in map_calls(run_job, todo, backend=backend or P.get("backend") or "process",
-                                   workers=int(workers or P.get("workers") or 1), progress=progress,
-                                   desc=chapter.name):
-            results[(spec.method, spec.fold, spec.seed)] = out
-            if progress:
-                print(f"[{chapter.name}] {len(results)}/{n_jobs} {spec.label} done "
-                      f"({out['training']['job_seconds']:.0f} s)", flush=True)
-        if max_jobs is not None and new >= max_jobs:
-            break
+    except BaseException as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        _run_json(rf, chapter, structures, chosen, folds, seeds, "failed", data=params["data"],
+                  data_label=label, error=reason)
+        rf.mark_failed(reason)
+        raise
     complete = len(results) == n_jobs
     order = {(m.name, k, s): i for i, (m, k, s) in enumerate(
         (m, k, s) for w in waves for m in w for k in range(len(folds[: m.folds])) for s in seeds)}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import random
 import time
 import warnings
@@ -40,12 +41,15 @@ from npcrepro.engine import distributed as D
 from npcrepro.engine.data import epoch_plan, item_rng
 from npcrepro.engine.device import (configure_determinism, conv_memory_format, resolve_device, rng_state,
                                     set_rng_state)
+from npcrepro.engine.progress import ProgressLog, interval_from_env
+from npcrepro.engine.runs import to_jsonable
 from npcrepro.engine.schedules import Schedule, make_optimizer, make_schedule
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["Stage", "Trainer", "History", "TrainState", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = 1
+#: 2: RNG states as tensors and numbers (loads with ``weights_only=True``); 1: numpy arrays.
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass
@@ -169,17 +173,53 @@ class History:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint written by the Trainer (DataError when missing or unreadable)."""
+    """Read a checkpoint written by the Trainer, with ``torch.load(weights_only=True)``.
+
+    A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads without running
+    code. Anything else (a file from elsewhere whose pickle names Python callables, or a checkpoint
+    of an older format) is refused with one DataError; there is no fallback to unsafe loading.
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: checkpoint not found")
     try:
-        ck = torch.load(p, map_location=map_location, weights_only=False)
+        ck = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(_refusal(p, exc)) from None
     except Exception as exc:  # noqa: BLE001 - corrupt file of any kind
-        raise DataError(f"{p}: cannot read checkpoint ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"{p}: not an npcrepro checkpoint (format {ck.get('format') if isinstance(ck, dict) else '?'})")
+        raise DataError(f"{p}: cannot read checkpoint ({exc.__class__.__name__}: "
+                        f"{_first_line(exc)})") from None
+    found = ck.get("format") if isinstance(ck, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        raise DataError(f"{p}: not an npcrepro checkpoint of format {CHECKPOINT_FORMAT} (format "
+                        f"{found if found is not None else '?'}); retrain, or resume it with the "
+                        "npcrepro version that wrote it")
     return ck
+
+
+def _refusal(p: Path, exc: BaseException) -> str:
+    """Why ``p`` does not load with ``weights_only=True``: not a checkpoint at all, an old checkpoint
+    (numpy RNG state), or a file whose pickle would call Python objects."""
+    try:
+        names = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(p)))
+    except Exception:  # noqa: BLE001 - not a torch zip file
+        names = None
+    if not names:
+        return (f"{p}: cannot read checkpoint (corrupt, or not a torch checkpoint: "
+                f"{_first_line(exc)[:120]})")
+    if names and all(n.startswith("numpy.") for n in names):
+        return (f"{p}: checkpoint of an older npcrepro (format 1: numpy arrays in its RNG state) is "
+                "not loaded, because loading it would need unsafe unpickling; retrain, or resume it "
+                "with the npcrepro version that wrote it")
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return (f"{p}: refused: the checkpoint holds Python objects other than tensors, numbers, "
+            f"strings, lists and dicts{f' ({shown})' if shown else ''}; loading it could run code, so "
+            "npcrepro loads checkpoints only with torch.load(weights_only=True)")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else ""
 
 
 class _Keyed(torch.utils.data.Dataset):
@@ -274,7 +314,9 @@ class Trainer:
         Where curves and checkpoints go (rank 0 only). Without it nothing is written (and ``resume``
         needs an explicit checkpoint path).
     progress : bool
-        tqdm progress bar with loss, samples/s and lr (rank 0 only).
+        tqdm progress bar with loss, samples/s and lr (rank 0 only). Without it, when
+        ``$NPCREPRO_PROGRESS_SECONDS`` is set, a plain line on stderr that often
+        (:class:`npcrepro.engine.progress.ProgressLog`; ``npcrepro run``/``book`` set it).
     checkpoint_every : int, optional
         Also write ``checkpoint_last.pt`` every this many iterations (it is always written at each
         evaluation and at the end).
@@ -330,6 +372,8 @@ class Trainer:
         self.progress, self.desc = progress, desc
         self.checkpoint_every = checkpoint_every
         self.callbacks = list(callbacks)
+        if not progress and interval_from_env():  # an unattended run: plain progress lines on stderr
+            self.callbacks.append(ProgressLog(interval_from_env()))
         self.max_iterations_this_session = max_iterations_this_session
         self.restore_best = restore_best
         self.find_unused_parameters = find_unused_parameters
@@ -511,8 +555,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": self._gather_rng(),
             "state": asdict(self.state),
-            "history": list(self.rows),
-            "stages": [s.describe() for s in self.stages],
+            "history": to_jsonable(self.rows),  # plain types: the checkpoint loads weights_only
+            "stages": to_jsonable([s.describe() for s in self.stages]),
             "seed": self.seed,
             "batch_size": self.batch_size,
             "iterations_per_epoch": self.iterations_per_epoch,
@@ -565,7 +609,17 @@ class Trainer:
     def fit(self, resume: bool | str | os.PathLike = False) -> History:
         """Train all stages (or continue: ``resume=True`` reads ``checkpoint_last.pt`` of the run folder,
         or pass a checkpoint path). Returns the :class:`History`."""
+        try:
+            return self._fit(resume)
+        except BaseException as exc:
+            if self.run is not None and self._main():
+                self.run.mark_failed(f"training failed: {exc.__class__.__name__}: {exc}")
+            raise
+
+    def _fit(self, resume) -> History:
         t_start = time.perf_counter()
+        if self.run is not None and self._main():
+            self.run.forget_failure()
         self._setup()
         ck = None
         if resume:

@@ -13,13 +13,19 @@
         predictions/<case>/<structure>.nii.gz
         splits.json          cross-validation folds (when any)
         fold_<i>/            one sub-run per fold (same layout, no environment.json)
+        RUNNING              while the run works: the process id and host
         DONE                 written when the run (or fold) finished
+        FAILED               written when it failed: one line saying why
 
 A new run never reuses a folder: a clash (same second, same name) gets ``-2``, ``-3`` ... Only rank 0
-writes when training is distributed.
+writes when training is distributed. A run that fails is marked FAILED: by the engine where the
+exception passes through it (training, cross-validation), and otherwise when the process that
+created the folder exits without marking it done. A process killed outright leaves RUNNING with a
+process id that no longer runs, which :attr:`RunFolder.status` reads as failed.
 """
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import json
 import math
@@ -58,6 +64,28 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (str, int, bool)) or obj is None:
         return obj
     return repr(obj)
+
+
+#: Run folders this process created (or resumed) and has not yet marked done or failed.
+_UNFINISHED: set[Path] = set()
+
+
+@atexit.register
+def _mark_unfinished_failed() -> None:
+    for path in list(_UNFINISHED):
+        RunFolder(path, writer=True).mark_failed("the process ended before the run was marked done")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -170,6 +198,7 @@ class RunFolder:
         if params is not None:
             run.write_params(params)
         run.write_environment(device)
+        run.mark_running()
         return run
 
     @classmethod
@@ -196,6 +225,8 @@ class RunFolder:
             k = diff[0]
             raise ParameterError(f"cannot resume {run.path}: parameter {k!r} was {old.get(k)!r}, now "
                                  f"{new.get(k)!r} ({len(diff)} difference(s): {', '.join(diff)})")
+        if not run.done:
+            run.mark_running()
         return run
 
     @classmethod
@@ -318,13 +349,62 @@ class RunFolder:
 
         return io.read(self.path / "predictions" / case / f"{structure}{suffix}").array
 
+    def mark_running(self) -> None:
+        """Write ``RUNNING`` (this process and host) and forget an earlier failure: the run is
+        (again) under way. Until it is marked done or failed, this process marks it failed when it
+        exits."""
+        if not self.writer:
+            return
+        _atomic_write_text(self.path / "RUNNING", json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(),
+             "started": _dt.datetime.now().isoformat(timespec="seconds")}))
+        self.forget_failure()
+        _UNFINISHED.add(self.path)
+
+    def forget_failure(self) -> None:
+        """Remove ``FAILED``: a new attempt (a resume) is starting."""
+        if self.writer:
+            (self.path / "FAILED").unlink(missing_ok=True)
+
     def mark_done(self) -> None:
         if self.writer:
             _atomic_write_text(self.path / "DONE", _dt.datetime.now().isoformat(timespec="seconds"))
+            for marker in ("RUNNING", "FAILED"):
+                (self.path / marker).unlink(missing_ok=True)
+            _UNFINISHED.discard(self.path)
+
+    def mark_failed(self, reason: str) -> None:
+        """Write ``FAILED`` with ``reason`` (first line kept) unless the run is already done. Best
+        effort: called while an error propagates, it never raises one of its own (a full disk)."""
+        _UNFINISHED.discard(self.path)
+        if not self.writer or self.done:
+            return
+        lines = str(reason).strip().splitlines()
+        try:
+            _atomic_write_text(self.path / "FAILED", (lines[0] if lines else "failed") + "\n")
+            (self.path / "RUNNING").unlink(missing_ok=True)
+        except OSError:
+            pass
 
     @property
     def done(self) -> bool:
         return (self.path / "DONE").exists()
+
+    @property
+    def status(self) -> str:
+        """``"done"``, ``"failed"``, ``"running"``, or ``""`` (no marker: a sub-run not yet
+        finished, or a folder older than these markers). A RUNNING marker whose process is gone
+        (same host) reads as failed: the process was killed."""
+        if self.done:
+            return "done"
+        if (self.path / "FAILED").exists():
+            return "failed"
+        try:
+            info = json.loads((self.path / "RUNNING").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return ""
+        same_host = info.get("host") == socket.gethostname()
+        return "failed" if same_host and not _pid_alive(int(info.get("pid", -1))) else "running"
 
 
 def find_runs(root: str | os.PathLike = "runs", profile: str | None = None,

@@ -14,11 +14,13 @@ See :mod:`npcrepro.phantom.anatomy` (coordinate frame, organs), :mod:`~npcrepro.
 :mod:`~npcrepro.phantom.raters` (the second observer).
 """
 from npcrepro.phantom.make import (GENERATOR_VERSION, ORGANS, STRUCTURES, case_seed, channels_for,
-                                   generate, iter_cases, make_case)
+                                   cohort_record, generate, generator_fingerprint, iter_cases,
+                                   make_case)
 from npcrepro.phantom.measure import dce_curves, dice, measure_cnr, survey
 from npcrepro.phantom.profiles import DEFAULTS, PRESETS, Preset
 from npcrepro.phantom.scanners import MODALITIES
 
 __all__ = ["make_case", "generate", "iter_cases", "case_seed", "channels_for", "PRESETS", "Preset",
-           "DEFAULTS", "STRUCTURES", "ORGANS", "MODALITIES", "GENERATOR_VERSION", "measure_cnr",
+           "DEFAULTS", "STRUCTURES", "ORGANS", "MODALITIES", "GENERATOR_VERSION", "cohort_record",
+           "generator_fingerprint", "measure_cnr",
            "dce_curves", "dice", "survey"]

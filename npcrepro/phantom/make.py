@@ -1,7 +1,10 @@
 """Build one virtual patient as a :class:`~npcrepro.datasets.case.Case`, or a whole dataset."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -13,8 +16,15 @@ from npcrepro.phantom import anatomy, lesions, raters, render, scanners
 from npcrepro.phantom.profiles import resolve
 from npcrepro.phantom.tissues import CLASS_ID
 
-#: Version of the generator; bump when the same seed would give different arrays.
+#: Version of the generator; bump when the same seed would give different arrays. A cohort also
+#: records :func:`generator_fingerprint`, which changes with any edit of the code that writes it.
 GENERATOR_VERSION = 1
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+#: The code that decides a cohort's bytes: the whole phantom package, the case model, the dataset
+#: writer and image I/O.
+GENERATOR_SOURCES: tuple[str, ...] = ("phantom/*.py", "datasets/case.py", "datasets/format.py",
+                                      "io.py")
 
 #: Structures a phantom case can carry, in label-map painting order (later ones win where masks
 #: overlap in the convenience label map; the per-structure masks keep every overlap).
@@ -162,6 +172,29 @@ def iter_cases(n_cases: int, seed: int, **params) -> Iterator[Case]:
         yield make_case(case_seed(seed, i), name=f"npc_{i:03d}", **params)
 
 
+@functools.lru_cache(maxsize=1)
+def generator_fingerprint() -> str:
+    """SHA-256 (16 hex digits) of :data:`GENERATOR_SOURCES`: names the code that made a cohort,
+    so a cache written by other code is never taken for this code's output."""
+    h = hashlib.sha256()
+    for pattern in GENERATOR_SOURCES:
+        for path in sorted(_PACKAGE.glob(pattern)):
+            h.update(path.relative_to(_PACKAGE).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cohort_record(n_cases: int, seed: int, preset: str = "cpu", **params) -> dict:
+    """What decides a cohort's bytes, as :func:`generate` stores it in ``dataset.json``
+    (``npcrepro.extra``): generator version and fingerprint, number of cases, seed, preset and every
+    resolved :func:`make_case` parameter. Two cohorts with equal records are the same bytes."""
+    p = resolve({"preset": preset, **params})
+    return {"generator": "npcrepro.phantom", "generator_version": GENERATOR_VERSION,
+            "generator_fingerprint": generator_fingerprint(), "n_cases": int(n_cases),
+            "seed": int(seed), "preset": preset,
+            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}}
+
+
 def generate(out_dir: str | os.PathLike, n_cases: int, seed: int, *, preset: str = "cpu",
              progress: bool = True, overwrite: bool = False, **params) -> Dataset:
     """Write a phantom cohort as a dataset (nnU-Net v2 raw layout + one mask per structure).
@@ -192,9 +225,7 @@ def generate(out_dir: str | os.PathLike, n_cases: int, seed: int, *, preset: str
         raise ParameterError("name is set per case by generate (npc_000, ...); do not pass it")
     p = resolve({"preset": preset, **params})
     channels = channels_for(p["modalities"], p["dce_frames"])
-    extra = {"generator": "npcrepro.phantom", "generator_version": GENERATOR_VERSION,
-             "seed": int(seed), "preset": preset,
-             "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}}
+    extra = cohort_record(n_cases, seed, preset, **params)
     return write_dataset(out_dir, iter_cases(n_cases, seed, preset=preset, **params),
                          channels=channels, structures=STRUCTURES, name=f"npc-phantom-{preset}",
                          description=f"NPC digital phantom, {n_cases} virtual patients, seed {seed}, "

@@ -6,7 +6,8 @@ Each ``npcrepro.recipes.<chapter>`` module holds only plain values (no torch, no
     ``{"smoke" | "cpu" | "gpu": {parameter: value}}``: the sizes and recipe values each profile runs.
     Every name in any profile is a parameter of the chapter.
 ``HELP``
-    ``{parameter: one line}``: what a parameter means (shown by ``npcrepro params`` and in errors).
+    ``{parameter: one line}``: what a parameter means (shown by ``npcrepro params`` and in the
+    parameters cell); :data:`SHARED_HELP` covers the parameters many chapters share.
 ``ALLOWED``
     ``{parameter: [values]}``: parameters restricted to a set of values.
 ``PAPER``
@@ -31,7 +32,18 @@ from types import ModuleType
 
 from npcrepro.errors import ParameterError
 
-__all__ = ["CHAPTERS", "load", "deviations"]
+__all__ = ["CHAPTERS", "SHARED_HELP", "load", "deviations"]
+
+#: Help of the parameters several chapters share (a chapter's own HELP line wins).
+SHARED_HELP = {
+    "batch_size": "slices per training batch",
+    "infer_batch": "slices per inference batch",
+    "n_cases": "patients used (the first n of the dataset)",
+    "seeds": "training seeds per method (seed, seed+1, ...)",
+    "threads": "torch threads while a job trains and predicts (None: torch's default)",
+    "threshold": "probability threshold of the predicted mask",
+    "workers": "training jobs at once (processes)",
+}
 
 #: Every chapter (and page) with a recipe module, in the book's order.
 CHAPTERS: tuple[str, ...] = ("metrics", "realdata", "template", "li2018", "xue2020", "luo2020",

@@ -32,15 +32,14 @@ PROFILES = {
 }
 
 HELP = {
-    "n_cases": "patients used (the first n of the dataset)",
-    "phantom_preset": "digital phantom preset when data='phantom'",
+    "phantom_preset": "digital phantom preset when the data are the phantom",
     "spacing_xy": "in-plane spacing (mm) the cases are resampled to; None keeps the original",
     "crop": "network input (z, y, x) voxels, centred in-plane on the Otsu box of T1",
     "z_step": "step (slices) of the training and inference windows along z",
     "offset": "maximal random shift (z, y, x) of the window centre during training",
     "rotate_deg": "maximal random in-plane rotation (degrees) during training",
     "flip": "random vertical flip during training",
-    "width": "channel multiplier of every network (1 = the paper's widths)",
+    "width": "channel multiplier of every network (1: the paper's widths)",
     "pool_sizes": "MMFNet pooling sizes per level (None: 2x2x2 everywhere)",
     "batch_size": "windows (3D) or slices (2D U-Net) per update",
     "iterations_per_epoch": "updates per epoch",
@@ -56,11 +55,9 @@ HELP = {
     "patch_batch_size": "patches per update of the patch-based CNNs",
     "patch_samples_per_case": "patch draws per patient per pass (patch-based CNNs)",
     "infer_batch": "windows per forward pass at inference",
-    "threshold": "probability threshold of the predicted mask",
     "methods": "rows to run: 'all', 'table1', 'table2' or comma-separated keys (self-transfer "
             "rows bring their single_* pre-trainings)",
     "seeds": "training seeds per row (seed, seed+1, ...)",
-    "workers": "training jobs at once (processes)",
     "threads": "torch threads per training job on the CPU (None: the runner's default)",
 }
 

@@ -3,6 +3,6 @@
 PROFILES = {p: {"run": "", "case": ""} for p in ("smoke", "cpu", "gpu")}
 
 HELP = {
-    "run": "run folder or chapter to show ('' = the newest leaderboard run, else the newest with predictions)",
-    "case": "case to show first ('' = the run's best case)",
+    "run": "run folder or chapter to show (empty: the newest leaderboard run, else the newest with predictions)",
+    "case": "case to show first (empty: the run's best case)",
 }

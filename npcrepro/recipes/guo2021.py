@@ -35,7 +35,6 @@ PROFILES = {
 }
 
 HELP = {
-    "n_cases": "patients used (the first n of the dataset)",
     "phantom_preset": "phantom preset generated when data is 'phantom'",
     "channel": "input image channel (the paper: T1 THRIVE; the phantom's CET1 stands in)",
     "spacing_mm": "isotropic working voxel size in mm (paper 1 mm)",
@@ -45,7 +44,6 @@ HELP = {
     "n_val": "validation patients per round (best-validation weights are kept)",
     "max_rounds": "rounds that run (the first n of the k_folds)",
     "workers": "training jobs (method x round x seed) at once, in worker processes",
-    "seeds": "training seeds per method (seed, seed+1, ...)",
     "samples_per_case": "training blocks per patient per pass",
     "val_samples_per_case": "fixed validation blocks per patient",
     "fg_prob": "probability that a training block is centred on a tumour voxel (else uniform)",
@@ -67,7 +65,6 @@ HELP = {
     "figure_cases": "patients shown in the 2D results figure",
     "real_organs": "organs of the real two-pass CT masks used as an inter-observer reference",
     "real_scans": "scans of the real two-pass CT masks read",
-    "threads": "torch threads while a job trains and predicts (None: torch's default)",
 }
 
 ALLOWED = {"channel": ["T1", "CET1", "T2", "CT"], "fusion": ["mean", "product", "max"]}

@@ -27,8 +27,7 @@ HELP = {
     "cv": "cross-validation by patient: loocv or kfold",
     "k": "folds of the k-fold scheme",
     "max_folds": "train only the first few folds (None: every fold)",
-    "width": "channel multiplier of the Table 1 network (1.0 = Table 1)",
-    "batch_size": "slices per training batch",
+    "width": "channel multiplier of the Table 1 network (1.0: Table 1)",
     "iterations": "training iterations of stages 1, 2 and 3 (36x36, 72x72, 144x144 score maps)",
     "faithful_folds": "folds the faithful method trains on (the first few; 0 skips it)",
     "real_k": "folds (over slices) of the real T2 track",
@@ -45,8 +44,6 @@ HELP = {
     "weight_decay": "faithful method: SGD weight decay",
     "lr_step": "faithful method: iterations between learning-rate steps",
     "lr_gamma": "faithful method: learning-rate factor at each step",
-    "seeds": "training seeds per method (seed, seed+1, ...)",
-    "workers": "training jobs at once (processes)",
 }
 
 ALLOWED = {"cv": ["loocv", "kfold"], "methods": ["both", "working", "faithful"]}

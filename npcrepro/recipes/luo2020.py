@@ -22,7 +22,6 @@ PROFILES = {
 }
 
 HELP = {
-    "n_cases": "patients used (the first n of the dataset)",
     "k_folds": "folds of the cross-validation by patient (at most the number of patients)",
     "max_folds": "folds actually run (the first ones)",
     "methods": "methods trained: unet, fcn8, ours, two_stage_no_msp, one_stage_msp",
@@ -31,7 +30,6 @@ HELP = {
     "stage2_widths": "channels per level of stage 2, three levels",
     "fcn_widths": "channels of FCN-8s's five VGG blocks",
     "fcn_channels": "channels of FCN-8s's convolutionalised fc6/fc7 (kernel 7 from 1024 on, else 3)",
-    "batch_size": "slices per training batch",
     "iterations": "training iterations per method and fold",
     "lr": "Adam's initial learning rate",
     "lr_schedule": "'scaled': lr_decays decays of x lr_gamma over the run; 'literal': every lr_every iterations",
@@ -45,14 +43,11 @@ HELP = {
     "batch_dice": "Dice sums over the whole batch per structure (False: per slice)",
     "prior": "initial output probability of every structure (None: default initialisation)",
     "deep_supervision": "the two-stage networks are trained on both stages' outputs",
-    "infer_batch": "slices per inference batch",
-    "threads": "torch threads while a job trains and predicts (None: torch's default)",
     "real_data": "'openkbp': also run the real-data track when the OpenKBP extract is present; 'off'",
     "real_cases": "OpenKBP patients converted for the real-data track (0: off)",
     "real_iterations": "training iterations of the real-data track",
     "real_image_size": "in-plane crop of the real-data track (None: whole slices)",
     "real_methods": "methods of the real-data track",
-    "seeds": "training seeds per method (seed, seed+1, ...)",
     "workers": "training jobs at once (processes; 1 runs them one after the other in this process)",
 }
 

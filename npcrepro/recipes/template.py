@@ -12,20 +12,15 @@ PROFILES = {
 }
 
 HELP = {
-    "n_cases": "patients used (the first n of the dataset)",
     "n_test": "test patients of the seeded hold-out split",
     "n_val": "validation patients (best-validation weights are kept)",
     "channel": "input image channel",
     "structure": "target structure",
     "widths": "U-Net channels per level",
-    "batch_size": "slices per training batch",
     "iterations": "training iterations",
     "eval_every": "iterations between validation losses",
     "lr": "Adam learning rate (halved every quarter of the budget)",
     "image_size": "random training crop (y, x) in voxels; None trains on whole slices",
-    "threshold": "probability threshold of the predicted mask",
-    "seeds": "training seeds per method (seed, seed+1, ...)",
-    "workers": "training jobs at once (processes)",
 }
 
 ALLOWED = {"channel": ["CT", "T1", "T2", "CET1"]}

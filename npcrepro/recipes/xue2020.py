@@ -29,7 +29,6 @@ PROFILES = {
 }
 
 HELP = {
-    "n_cases": "patients used (the first n of the dataset)",
     "n_val": "validation patients (plateau rule and best-validation weights); scaled down with fewer cases",
     "n_test": "test patients of the seeded random split; scaled down with fewer cases",
     "target": "training target: gtvp_rpn (GTVp + retropharyngeal nodes, the paper's), gtvp, gtvp_gtvnd, ptv70",
@@ -37,7 +36,6 @@ HELP = {
     "output_stride": "DeepLabv3+ output stride (8, 16 or 32)",
     "deeplab_width": "MobileNetV2 width multiplier",
     "scale_aspp": "scale the ASPP rates 6/12/18 by 0.98 mm / the data's pixel size",
-    "batch_size": "slices per training batch",
     "iterations": "training iterations per model (smoke/cpu); None trains `epochs` epochs",
     "epochs": "training epochs per model (passes over the training slices) when iterations is None",
     "eval_every": "iterations between validation losses (None: once per epoch)",
@@ -51,15 +49,11 @@ HELP = {
     "zoom": "random zoom range [low, high]",
     "shift": "random translation range (fraction of the slice, +-)",
     "image_size": "centre crop/pad (y, x) of every slice for training and inference; None: whole slices",
-    "threshold": "probability threshold of the predicted mask",
-    "infer_batch": "slices per inference batch",
     "timing_slices": "timed forward passes for the inference time per slice",
     "real_data": "the real-data track: openkbp (OpenKBP planning CT, PTV70 stand-in) or off",
     "real_cases": "OpenKBP patients converted for the real-data track (fewer than 3: off)",
     "real_iterations": "training iterations per model of the real-data track (None: `epochs`)",
     "real_image_size": "in-plane centre crop (y, x) of the real-data track; None: whole slices",
-    "seeds": "training seeds per method (seed, seed+1, ...)",
-    "workers": "training jobs at once (processes)",
 }
 
 ALLOWED = {"target": ["gtvp_rpn", "gtvp", "gtvp_gtvnd", "ptv70"], "real_data": ["openkbp", "off"],

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,18 +53,29 @@ def _cache_root(P: Mapping[str, Any]) -> Path:
 
 def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
     """``P.n_cases`` phantom patients on the paper's DCE grid, frame 35 and GTVp only, written once
-    into the cache (``<out_dir>/_cache/li2018-dce-n<n>-s<seed>``). Patient ``i`` renders phantom seed
-    ``seed + i``; seeds whose tumour misses the 6 cm slab are skipped (listed in the description)."""
+    into the cache (``<out_dir>/_cache/li2018-dce-n<n>-s<seed>-<record hash>``). Patient ``i``
+    renders phantom seed ``seed + i``; seeds whose tumour misses the 6 cm slab are skipped (listed in
+    the description). The cache is keyed, and checked on reuse, on the generator's record
+    (:func:`npcrepro.phantom.make.cohort_record`: version, source fingerprint, parameters), so a
+    change of the generator makes it again."""
+    import hashlib
+    import json
+
     from npcrepro import phantom
     from npcrepro.datasets import Case, open_dataset, write_dataset
+    from npcrepro.phantom.make import cohort_record
 
     n, seed = int(P["n_cases"]), int(P["seed"])
-    folder = _cache_root(P) / f"li2018-dce-n{n}-s{seed}"
+    record = {"li2018_dce": cohort_record(n, seed, preset="cpu", **phantom_params())}
+    tag = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    folder = _cache_root(P) / f"li2018-dce-n{n}-s{seed}-{tag}"
     if (folder / "dataset.json").exists():
         try:
-            return open_dataset(folder)
+            ds = open_dataset(folder)
+            if ds.meta.get("npcrepro", {}).get("extra") == record:
+                return ds
         except DataError:
-            shutil.rmtree(folder, ignore_errors=True)
+            pass
     cases, skipped, i = [], [], 0
     while len(cases) < n and i < 3 * n + 10:
         case = phantom.make_case(seed + i, **phantom_params())
@@ -78,22 +87,11 @@ def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
         cases.append(Case(f"npc_{len(cases):03d}", {DCE_CHANNEL: case.images[DCE_CHANNEL]}, {STRUCTURE: gtv},
                           case.spacing, case.origin, case.direction, {"phantom_seed": seed + i - 1}))
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
     desc = (f"digital phantom, DCE frame {DCE_FRAME} of 65 ({DCE_CHANNEL}), {len(cases)} patients on the "
             f"paper's 144x144x20 grid" + (f"; phantom seeds {skipped} skipped (no GTVp in the 6 cm slab)"
                                           if skipped else ""))
-    try:
-        write_dataset(tmp, cases, channels=[DCE_CHANNEL], structures=[STRUCTURE], name="li2018-dce-phantom",
-                      description=desc, source="phantom", progress=progress)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "dataset.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return open_dataset(folder)
+    return write_dataset(folder, cases, channels=[DCE_CHANNEL], structures=[STRUCTURE], name="li2018-dce-phantom",
+                         description=desc, source="phantom", progress=progress, overwrite=True, extra=record)
 
 
 def real_t2_dataset(P: Mapping[str, Any]) -> str | None:

@@ -332,6 +332,8 @@ def figure_curves(results, fold: int = 0):
     """Training loss per iteration of every method on ``fold`` (stages by colour); log y."""
     import matplotlib.pyplot as plt
 
+    from npcrepro.plots import curve_axes
+
     curves = {f"{m}, fold {fold}": results.curves(m, fold) for m in results.methods}
     fig, axes = plt.subplots(1, len(curves), figsize=(5.0 * len(curves), 3.2), squeeze=False)
     for ax, (label, df) in zip(axes[0], curves.items()):
@@ -342,9 +344,6 @@ def figure_curves(results, fold: int = 0):
             continue
         for s, g in df.groupby("stage"):
             ax.plot(g["iteration"], np.abs(g["train_loss"].to_numpy(float)), marker="o", ms=3, label=str(s))
-        ax.set_yscale("log")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("training loss")
-        ax.legend(fontsize=8)
+        curve_axes(ax, "training loss", log=True)
     fig.tight_layout()
     return fig

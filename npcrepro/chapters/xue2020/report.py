@@ -403,6 +403,8 @@ def fig_curves(results):
     """Training and validation loss (1 - DSC) and the learning rate of both models (fold 0)."""
     import matplotlib.pyplot as plt
 
+    from npcrepro.plots import curve_axes
+
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.4))
     for method in results.methods:
         m, f = results.label(method), results.curves(method)
@@ -412,12 +414,7 @@ def fig_curves(results):
         if f["val_loss"].notna().any():
             ax0.plot(f["iteration"], f["val_loss"], color=COLOURS.get(m), label=f"{m} validation")
         ax1.plot(f["iteration"], f["lr"], color=COLOURS.get(m), label=m)
-    ax0.set_xlabel("iteration")
-    ax0.set_ylabel("1 - DSC")
-    ax0.legend(fontsize=8)
-    ax1.set_xlabel("iteration")
-    ax1.set_ylabel("learning rate")
-    ax1.set_yscale("log")
-    ax1.legend(fontsize=8)
+    curve_axes(ax0, "1 - DSC")
+    curve_axes(ax1, "learning rate", log=True)
     fig.tight_layout()
     return fig

@@ -23,7 +23,6 @@ raises at the first one instead); a source from which no case can be read raises
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,7 +229,8 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
         The dataset folder to write. It must not exist or be empty unless ``overwrite``. Only
         ``nnunet`` accepts None (or ``dst == src``): the dataset is then validated in place.
     overwrite : bool
-        Replace an existing ``dst``.
+        Replace an existing ``dst``: the new dataset is written beside it and takes its place only
+        when complete, so a source that fails leaves the old dataset as it was.
     progress : bool
         Show a tqdm progress bar over cases.
     limit : int, optional
@@ -286,7 +286,6 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
                 case = p.read(item)
             except DataError as exc:
                 if strict:
-                    bar.close()
                     raise
                 summary.skipped.append((item.name, str(exc)))
                 bar.update(1)
@@ -298,7 +297,6 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
             bar.update(1)
             yield case
 
-    created = not out.exists()
     try:
         if validate_only:
             for split in ("Tr", "Ts"):
@@ -310,13 +308,11 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
                           source=name, spacing_known=p.spacing_known, overwrite=overwrite,
                           extra={"converted_from": str(p.src), **p.extra})
     except DataError:
-        bar.close()
         if summary.n_converted == 0 and summary.skipped:
-            if not validate_only and (created or _only_dataset_files(out)):
-                shutil.rmtree(out, ignore_errors=True)
             raise _nothing_converted(name, p.src, summary.skipped) from None
         raise
-    bar.close()
+    finally:
+        bar.close()
     if summary.n_converted == 0:
         raise _nothing_converted(name, p.src, summary.skipped)
     if not validate_only:
@@ -334,12 +330,6 @@ def _nothing_converted(name: str, src: Path, skipped: list[tuple[str, str]]) -> 
     reasons = "; ".join(f"{n}: {why}" for n, why in skipped[:5])
     more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
     return DataError(f"{src}: no {name} case could be converted ({reasons}{more})")
-
-
-def _only_dataset_files(folder: Path) -> bool:
-    allowed = {"dataset.json", "imagesTr", "labelsTr", "structuresTr", "metaTr", "imagesTs",
-               "labelsTs", "structuresTs", "metaTs"}
-    return folder.is_dir() and all(p.name in allowed for p in folder.iterdir())
 
 
 class _NoBar:

@@ -46,6 +46,8 @@ Conversion
   ``Parotid_L``); pass ``names="openkbp"`` to keep OpenKBP's. A structure a patient lacks has no
   file and stays absent; a structure file with no voxel is also treated as absent and noted in
   ``meta["empty_structure_files"]``.
+* A truncated ``ct.csv`` is refused (``convert`` skips the patient and says why): a last line
+  without its line end, or structure voxels without a CT value (:data:`MAX_UNLISTED_FRACTION`).
 * ``train-pats`` -> ``imagesTr``, ``test-pats`` -> ``imagesTs``, ``valid-pats`` -> ``imagesTr``; the
   original split name is kept in ``meta["openkbp_split"]``.
 
@@ -70,6 +72,14 @@ GRID = (128, 128, 128)
 HU_OFFSET = 1000.0
 #: Lowest HU the data can express (stored 0).
 HU_FLOOR = -1000.0
+#: Largest share of a structure's voxels that may lack a CT value (stored 0, i.e. <= -1000 HU)
+#: before ``ct.csv`` is taken as truncated. In all 64 patients of the extract the largest share is
+#: 4.5 % (pt_149's SpinalCord, at the edge of the field of view); PTV70 reaches 1.3 % (air at the
+#: skin), the Larynx 3.6 % (its lumen). A file cut short loses the posterior rows of the grid (the
+#: flat index runs anterior to posterior), where the brainstem and spinal cord lie: pt_2 cut at half
+#: its rows leaves 18 % of its SpinalCord without CT. A cut behind every structure (the last ~25 %
+#: of rows) is caught only when it splits a line.
+MAX_UNLISTED_FRACTION = 0.1
 
 #: OpenKBP structure name -> project structure name.
 PROJECT_NAMES: dict[str, str] = {
@@ -119,16 +129,24 @@ def read_sparse_csv(path: str | Path, *, values: bool = True) -> tuple[np.ndarra
     Raises
     ------
     DataError
-        Missing file, header other than ``,data``, non-integer or out-of-range indices, missing
-        values.
+        Missing file, header other than ``,data``, an incomplete last line (a truncated file),
+        non-integer or out-of-range indices, missing values.
     """
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with open(path) as fh:
-        header = fh.readline().strip()
+    with open(path, "rb") as fh:
+        header = fh.readline().decode("utf-8", "replace").strip()
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - 64))
+        tail = fh.read()
+    if size and not tail.endswith(b"\n"):
+        last = tail.rsplit(b"\n", 1)[-1].decode("utf-8", "replace")
+        raise DataError(f"{path}: truncated file: the last line {last!r} is incomplete "
+                        f"(no line end after {size} bytes)")
     if header.replace(" ", "") != ",data":
         raise DataError(f"{path}: not an OpenKBP sparse CSV (header {header[:40]!r}, expected ',data')")
     try:
@@ -213,6 +231,8 @@ def read_patient(folder: str | Path, *, names: str = "project", hu_offset: float
         raise DataError(f"{folder / 'ct.csv'}: repeated voxel indices")
     ct = np.zeros(int(np.prod(GRID)), np.float32)
     ct[index] = value
+    listed = np.zeros(ct.size, bool)
+    listed[index] = True
     ct = to_zyx(ct.reshape(GRID)) - np.float32(hu_offset)
     labels: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
@@ -225,6 +245,7 @@ def read_patient(folder: str | Path, *, names: str = "project", hu_offset: float
         if sidx.size == 0:
             empty.append(openkbp_name)
             continue
+        _check_ct_covers(folder / "ct.csv", openkbp_name, sidx, listed, index)
         mask = np.zeros(int(np.prod(GRID)), bool)
         mask[sidx] = True
         labels[mapping[openkbp_name]] = to_zyx(mask.reshape(GRID))
@@ -250,6 +271,19 @@ def read_patient(folder: str | Path, *, names: str = "project", hu_offset: float
     }
     spacing = (spacing_abc[2], spacing_abc[0], spacing_abc[1])
     return Case(folder.name, {"CT": ct}, labels, spacing, (0.0, 0.0, 0.0), np.eye(3), meta)
+
+
+def _check_ct_covers(ct_path: Path, structure: str, sidx: np.ndarray, listed: np.ndarray,
+                     ct_index: np.ndarray) -> None:
+    """DataError when more than :data:`MAX_UNLISTED_FRACTION` of a structure's voxels (flat
+    indices ``sidx``) have no row in ``ct.csv`` (``listed``: bool per flat voxel): structures lie in
+    the body, so the CT there was cut off, and would read as -1000 HU."""
+    missing = int(np.count_nonzero(~listed[sidx]))
+    if missing > MAX_UNLISTED_FRACTION * sidx.size:
+        last = int(ct_index.max()) if ct_index.size else -1
+        raise DataError(f"{ct_path}: looks truncated: {missing} of {sidx.size} {structure} voxels have "
+                        f"no CT value (they would read as {HU_FLOOR:g} HU inside the body; the last "
+                        f"listed voxel is {last}, row {last // (GRID[1] * GRID[2])} of {GRID[0]})")
 
 
 # ------------------------------------------------------------------------------------ the plan
