@@ -22,7 +22,7 @@ def _cli(*args):
 @pytest.mark.parametrize("args, needle", [
     (["run", "nosuchpaper"], "unknown chapter 'nosuchpaper'"),
     (["run", "li2018", "--profile", "huge"], "unknown profile 'huge'"),
-    (["run", "li2018", "--profile", "smoke", "-p", "epochz", "3"], "unknown parameter(s) epochz"),
+    (["run", "li2018", "--profile", "smoke", "-p", "epochz", "3"], "unknown parameter 'epochz' for li2018"),
     (["book", "--profile", "huge"], "unknown profile 'huge'"),
 ])
 def test_bad_arguments_fail_in_one_line(args, needle):
@@ -222,13 +222,13 @@ def test_failing_chapter_through_run_is_one_line(tmp_path, cell, code, needle):
 
 def test_bad_sizes_fail_before_a_run_folder_exists(tmp_path):
     root = _mini_root(tmp_path, _REPORT, copy=True)
-    for args, needle in ((("-p", "n_patients", "-1"), "'n_patients' of li2018 must be >= 1, got -1"),
+    for args, needle in ((("-p", "n_cases", "-1"), "'n_cases' of li2018 must be >= 1, got -1"),
                          (("-p", "seed", "-2"), "'seed' must be a non-negative int")):
         notebooks = root / "notebooks" / "li2018.ipynb"
         text = notebooks.read_text(encoding="utf-8")
-        if "n_patients" not in text:  # declare the size in the mini chapter's parameters cell
+        if "n_cases" not in text:  # declare the size in the mini chapter's parameters cell
             nb = json.loads(text)
-            nb["cells"][0]["source"] = "".join(nb["cells"][0]["source"]) + "\nn_patients = None"
+            nb["cells"][0]["source"] = "".join(nb["cells"][0]["source"]) + "\nn_cases = None"
             notebooks.write_text(json.dumps(nb), encoding="utf-8")
         proc = _user_cli(root, "run", "li2018", "--profile", "smoke", *args, "-p", "out_dir", "out",
                          cwd=tmp_path)

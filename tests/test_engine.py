@@ -787,7 +787,7 @@ def test_template_notebook_is_committed_clean():
     assert "%matplotlib inline" in code[0].source
     for name, value in (("profile", '"cpu"'), ("data", '"phantom"'), ("device", '"auto"'),
                         ("seed", "0"), ("out_dir", '"runs"')):
-        assert f"{name} = {value}" in code[1].source
+        assert f"{name}: " in code[1].source and f" = {value}  #" in code[1].source.split(f"{name}: ")[1].split("\n")[0]
     assert "MPLBACKEND" not in json.dumps(nb)
 
 

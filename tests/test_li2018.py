@@ -349,7 +349,7 @@ def test_notebook_is_committed_clean():
     import nbformat
 
     nb = nbformat.read(str(Path(__file__).parent.parent / "notebooks" / "li2018.ipynb"), as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
+    code = [c for c in nb.cells if c.cell_type == "code" and c.get("id") != "npcrepro-setup"]  # Binder/Colab
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert code[1].metadata.get("tags") == ["parameters"]
     src = "".join(c.source for c in code)

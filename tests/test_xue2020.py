@@ -259,7 +259,7 @@ def test_notebook_is_clean_and_parameterised():
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
     for name in ("profile", "data", "device", "seed", "out_dir"):
-        assert re.search(rf"^{name} = ", params[0].source, re.M), name
+        assert re.search(rf"^{name}(: \w+)? = ", params[0].source, re.M), name
     assert "_before = set(globals())" in code[0].source
     assert not any("MPLBACKEND" in c.source for c in nb.cells)
 
