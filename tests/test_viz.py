@@ -259,7 +259,7 @@ def test_notebook_stores_widget_state(fake, tmp_path):
     src = json.loads((REPO / "notebooks" / "explorer.ipynb").read_text(encoding="utf-8"))
     assert all(not c.get("outputs") for c in src["cells"] if c["cell_type"] == "code")
     tagged = [c for c in src["cells"] if "parameters" in c["metadata"].get("tags", [])]
-    assert len(tagged) == 1 and 'run = ""' in "".join(tagged[0]["source"])
+    assert len(tagged) == 1 and "\nrun: str = None  # " in "".join(tagged[0]["source"])
 
     nb = _execute(tmp_path, fake["out"], "explorer")
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
