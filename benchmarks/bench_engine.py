@@ -9,7 +9,12 @@ Measures, for the template chapter's 2D U-Net on 128 x 128 slices (the phantom's
 * inference: ms per slice and s per 32-slice volume with :func:`npcrepro.engine.predict_slices`;
 * the bare step and inference again in contiguous (NCHW) memory: the engine's default is
   channels-last on every device, and the ratio says what that buys here;
-* all of the above with ``torch.compile`` where it works (on failure it says so and skips).
+* all of the above with ``torch.compile`` where it works (on failure it says so and skips);
+* every leaderboard network at the profile's sizes (cpu; smoke with ``--quick``) on ONE thread: ms per
+  training iteration (forward, backward and Adam step, channels-last as the engine trains), GFLOP per
+  iteration (torch's FLOP counter) and the ratio of its FLOP rate to a float32 matmul timed on the same
+  core in the same run (1024 x 1024; 512 with ``--quick``) - the share of the core's dense rate the
+  network's training reaches.
 
 ``main(quick=False) -> dict`` returns the numbers (and prints them with ratios).
 """
@@ -107,6 +112,71 @@ def _try_compile(model):
         return None, f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
+def _matmul_rate(n: int, reps: int) -> float:
+    """FLOP/s of an n x n float32 matmul on the current threads (median of ``reps`` timings)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / float(np.median(times))
+
+
+def network_throughput(profile: str = "cpu", steps: int = 3, matmul_n: int = 1024) -> list[dict]:
+    """Per leaderboard network (every entry, at ``profile``'s width, batch and crop/patch) on one CPU
+    thread: ms per training iteration, GFLOP per iteration and the ratio to the matmul rate measured
+    before and after the networks (their mean)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from npcrepro.chapters.leaderboard.methods import METHODS, network
+    from npcrepro.engine.device import conv_memory_format
+    from npcrepro.recipes import load
+
+    P = load("leaderboard").PROFILES[profile]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rate0 = _matmul_rate(matmul_n, 7)
+        rows = []
+        for m in METHODS:
+            seed_everything(0)
+            net = network(m, float(P["width"]), profile).train()
+            n_in = len(m.channels) + (1 if m.after else 0)
+            size = P["crop_2d"] if m.dims == "2d" else P["patch_3d"]
+            x = torch.randn(P["batch_2d"] if m.dims == "2d" else P["batch_3d"], n_in, *size)
+            fmt = conv_memory_format(net)
+            if fmt is not None:
+                net, x = net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+            opt = torch.optim.Adam(net.parameters(), 1e-3)
+
+            def step():
+                out = net(x)
+                outs = out if isinstance(out, (list, tuple)) else [out]
+                loss = sum(o.float().square().mean() for o in outs)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            with FlopCounterMode(display=False) as counter:
+                step()  # also the warm-up
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sec = (time.perf_counter() - t0) / steps
+            rows.append({"network": m.key, "ms_per_iteration": 1000 * sec,
+                         "gflop_per_iteration": counter.get_total_flops() / 1e9,
+                         "gflops": counter.get_total_flops() / sec / 1e9})
+        rate = (rate0 + _matmul_rate(matmul_n, 7)) / 2
+    finally:
+        torch.set_num_threads(threads)
+    for r in rows:
+        r["matmul_gflops"] = rate / 1e9
+        r["ratio_to_matmul"] = r["gflops"] * 1e9 / rate
+    return rows
+
+
 def main(quick: bool = False, compile: bool = True, device: str = "auto") -> dict:
     dev = resolve_device(device)
     batch = 8
@@ -151,7 +221,20 @@ def main(quick: bool = False, compile: bool = True, device: str = "auto") -> dic
                                                          / out["infer_compiled_s_per_volume"])
     out["ratios"] = r
     _print(out)
+    if dev.type == "cpu":
+        out["networks"] = network_throughput("smoke" if quick else "cpu", steps=1 if quick else 3,
+                                             matmul_n=512 if quick else 1024)
+        _print_networks(out["networks"], "smoke" if quick else "cpu")
     return out
+
+
+def _print_networks(rows: list[dict], profile: str) -> None:
+    print(f"leaderboard networks, {profile} sizes, one thread; matmul {rows[0]['matmul_gflops']:.1f} GFLOP/s"
+          if rows else "no networks")
+    print(f"  {'network':<14}{'ms/it':>9}{'GFLOP/it':>10}{'GFLOP/s':>9}{'ratio to matmul':>17}")
+    for r in rows:
+        print(f"  {r['network']:<14}{r['ms_per_iteration']:9.0f}{r['gflop_per_iteration']:10.2f}"
+              f"{r['gflops']:9.1f}{r['ratio_to_matmul']:17.2f}")
 
 
 def _print(out: dict) -> None:

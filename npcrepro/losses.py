@@ -534,19 +534,23 @@ class DiceCELoss(nn.Module):
     """Soft Dice (eps 1, per sample) + cross-entropy on the foreground: the leaderboard's common loss.
 
     ``input``: logits (N, 1, ...) (sigmoid) or (N, 2, ...) (softmax, channel 1 = foreground), or a
-    list/tuple of such (deep supervision: the mean over outputs). ``target``: (N, 1, ...) {0, 1}.
-    Returns a scalar."""
+    list/tuple of such (deep supervision: the mean over outputs). An output on a coarser grid than
+    ``target`` is compared with the target area-averaged to its grid (a soft target: the share of
+    tumour in each coarse voxel). ``target``: (N, 1, ...) {0, 1}. Returns a scalar."""
 
     def forward(self, input, target: torch.Tensor) -> torch.Tensor:
         if isinstance(input, (list, tuple)):
             return torch.stack([self.forward(o, target) for o in input]).mean()
         t = target.float()
+        if input.shape[2:] != t.shape[2:]:
+            pool = F.adaptive_avg_pool2d if t.ndim == 4 else F.adaptive_avg_pool3d
+            t = pool(t, input.shape[2:])
         if input.shape[1] == 1:
             p = torch.sigmoid(input)
             ce = F.binary_cross_entropy_with_logits(input, t)
         elif input.shape[1] == 2:
             p = torch.softmax(input, 1)[:, 1:2]
-            ce = F.cross_entropy(input, t[:, 0].long())
+            ce = F.cross_entropy(input, torch.cat([1 - t, t], 1))
         else:
             raise DataError(f"DiceCELoss: expected 1 or 2 output channels, got {input.shape[1]}")
         dims = tuple(range(1, p.ndim))

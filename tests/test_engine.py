@@ -596,6 +596,40 @@ def test_run_jobs_process_pool_and_errors(tmp_path):
                 run_jobs(jobs, backend=backend)
 
 
+def _signal_job(item):
+    """A picklable job ``(name, folder)``: "c" leaves a file "c" in the folder; "b" waits up to 60 s
+    for that file and returns whether it came; the others return at once."""
+    import time
+
+    name, folder = item
+    if name == "c":
+        (Path(folder) / "c").touch()
+    if name == "b":
+        t0 = time.time()
+        while not (Path(folder) / "c").exists():
+            if time.time() - t0 > 60:
+                return False
+            time.sleep(0.05)
+    return True
+
+
+def test_map_calls_starts_a_job_when_its_own_needs_are_done(tmp_path):
+    from npcrepro.engine.dispatch import map_calls
+
+    # "c" needs "a" only. With no barrier it runs while "b" still works, and "b" sees its file; with
+    # a barrier after the first level, "c" could start only after "b" gave up waiting.
+    items = [("a", str(tmp_path)), ("b", str(tmp_path)), ("c", str(tmp_path))]
+    out = [(k[0], v) for k, v in map_calls(_signal_job, items, "process", workers=2, needs=[[], [], [0]])]
+    assert dict(out) == {"a": True, "b": True, "c": True}
+    assert [k for k, _ in out].index("c") < [k for k, _ in out].index("b")
+    order = [k[0] for k, _ in map_calls(_signal_job, [("x", ""), ("y", "")], "serial", needs=[[1], []])]
+    assert order == ["y", "x"]
+    with pytest.raises(ParameterError, match="cycle"):
+        list(map_calls(_signal_job, [("x", ""), ("y", "")], "serial", needs=[[1], [0]]))
+    with pytest.raises(ParameterError, match="not in the list"):
+        list(map_calls(_signal_job, [("x", "")], "serial", needs=[[3]]))
+
+
 # ----------------------------------------------------------------------------- profiles and parameters
 def test_resolve_profiles_and_overrides():
     P = profiles.resolve("template", "smoke", seed=3, lr=1)
@@ -803,4 +837,10 @@ def test_engine_benchmark_quick_runs(monkeypatch, capsys):
     out = bench.main(quick=True, compile=False)
     assert out["train_bare_eager_sps"] > 0 and out["train_engine_eager_sps"] > 0
     assert out["infer_eager_ms_per_slice"] > 0 and "engine_overhead (bare/engine)" in out["ratios"]
-    assert "samples/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "samples/s" in printed and "ratio to matmul" in printed
+    nets = {r["network"]: r for r in out["networks"]}
+    assert {"mmfnet", "unet3d_cet1", "li2018_cnn"} <= set(nets)
+    for r in nets.values():
+        assert r["ms_per_iteration"] > 0 and r["gflop_per_iteration"] > 0
+        assert r["ratio_to_matmul"] == pytest.approx(r["gflops"] / r["matmul_gflops"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +81,27 @@ def test_a_failing_job_marks_the_run_failed(tmp_path):
 def test_unknown_method_subset_is_refused(tmp_path):
     with pytest.raises(ParameterError, match="unknown method"):
         run_experiment("test_experiment", _params(tmp_path), methods=["nope"], progress=False)
+
+
+def test_convergence_gives_seed_spread_and_half_budget_flag():
+    import pandas as pd
+
+    from npcrepro.engine.results import Results
+
+    rows = [("a", 0, "p1", 0.8), ("a", 0, "p2", 0.6), ("a", 1, "p1", 0.9), ("a", 1, "p2", 0.7),
+            ("b", 0, "p1", 0.2), ("b", 0, "p2", 0.4), ("b", 1, "p1", 0.2), ("b", 1, "p2", 0.4)]
+    metrics = pd.DataFrame(rows, columns=["method", "seed", "case", "dice"])
+    half = metrics.assign(dice=metrics["dice"] - [0.02, 0.02, 0.04, 0.04, 0.1, 0.1, 0.1, 0.1])
+    res = Results(Path("."), {"methods": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}, {}, metrics,
+                  pd.DataFrame(), half)
+    c = res.convergence().set_index("method")
+    assert list(c.index) == ["a", "b"]  # c was not scored
+    assert c.loc["a", "dice seed 0"] == pytest.approx(0.7) and c.loc["a", "dice seed 1"] == pytest.approx(0.8)
+    assert c.loc["a", "seed spread"] == pytest.approx(0.1) and c.loc["b", "seed spread"] == pytest.approx(0.0)
+    assert c.loc["a", "dice at full budget"] == pytest.approx(0.75)
+    assert c.loc["a", "difference"] == pytest.approx(0.03) and c.loc["a", "converged"]
+    assert c.loc["b", "difference"] == pytest.approx(0.1) and not c.loc["b", "converged"]
+    one_seed = Results(Path("."), {"methods": [{"name": "a"}]}, {}, metrics[metrics.seed == 0], pd.DataFrame(),
+                       pd.DataFrame())
+    c1 = one_seed.convergence()
+    assert "seed spread" not in c1 and c1["converged"].iloc[0] is None

@@ -75,6 +75,34 @@ def test_common_loss_hand_computed():
         prep.CommonLoss()(torch.zeros(1, 3, 2, 2), target)
 
 
+def test_common_loss_on_a_coarser_output_uses_the_area_averaged_target():
+    # a 1 x 1 output against a 2 x 2 target of which half is tumour: soft target 0.5
+    logit = torch.full((1, 1, 1, 1), 0.7)
+    target = torch.tensor([[[[1, 1], [0, 0]]]])
+    p = torch.sigmoid(logit).item()
+    bce = -(0.5 * np.log(p) + 0.5 * np.log(1 - p))
+    dice = 1 - (2 * p * 0.5 + 1) / (p + 0.5 + 1)
+    assert float(prep.CommonLoss()(logit, target)) == pytest.approx(bce + dice, rel=1e-6)
+    # the two-channel (softmax) form with the same foreground probability gives the same value
+    two = torch.cat([torch.zeros(1, 1, 1, 1), logit], 1)
+    assert float(prep.CommonLoss()(two, target)) == pytest.approx(bce + dice, rel=1e-6)
+    # 3D too, and a deep-supervision list mixing grids
+    t3 = torch.zeros(1, 1, 2, 4, 4)
+    t3[..., :2, :2] = 1
+    full = torch.where(t3 > 0, 20.0, -20.0)
+    assert float(prep.CommonLoss()([full, torch.full((1, 1, 1, 2, 2), 0.0)], t3)) > float(prep.CommonLoss()(full, t3))
+
+
+def test_li2018_is_deeply_supervised_on_its_three_score_maps(one_torch_thread):
+    net = M.network(M.BY_KEY["li2018_cnn"], 0.25, "smoke")
+    x = torch.zeros(2, 1, 64, 64)
+    maps = net.train()(x)
+    assert [tuple(m.shape[2:]) for m in maps] == [(64, 64), (32, 32), (16, 16)]
+    with torch.no_grad():
+        assert tuple(net.eval()(x).shape) == (2, 1, 64, 64)
+    assert M.BY_KEY["li2018_cnn"].score_maps == ("score144", "score72", "score36")
+
+
 def test_normaliser_windows_ct_and_leaves_the_coarse_channel():
     norm = prep.normaliser(["CT", "coarse", "T1"])
     assert norm["coarse"] is None and norm["T1"] == "zscore"

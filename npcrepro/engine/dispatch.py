@@ -97,11 +97,54 @@ def _init_worker(threads: int) -> None:
         pass
 
 
+def _fail(item, exc: BaseException, desc: str):
+    """Re-raise a job's failure: bad input as it is, anything else as RuntimeError naming the item."""
+    if isinstance(exc, ParameterError) or type(exc).__name__ == "DataError":
+        raise exc
+    raise RuntimeError(f"{desc}: {getattr(item, 'label', item)} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _levels(needs: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Item indices grouped so that each group needs only items of earlier groups (ParameterError on
+    a cycle or an unknown index)."""
+    n = len(needs)
+    if any(not 0 <= d < n for ds in needs for d in ds):
+        raise ParameterError("map_calls: a dependency names an item that is not in the list")
+    done: set[int] = set()
+    left = list(range(n))
+    levels = []
+    while left:
+        level = [i for i in left if set(needs[i]) <= done]
+        if not level:
+            raise ParameterError("map_calls: the items depend on each other in a cycle")
+        levels.append(level)
+        done |= set(level)
+        left = [i for i in left if i not in done]
+    return levels
+
+
+def _chain(needs: Sequence[Sequence[int]]) -> list[int]:
+    """For each item, the length of the longest chain of items that wait on it (0: none)."""
+    out = [0] * len(needs)
+    for level in reversed(_levels(needs)):
+        for i in level:
+            for d in needs[i]:
+                out[d] = max(out[d], out[i] + 1)
+    return out
+
+
 def map_calls(fn: Callable, items: Sequence, backend: str = "process", *, workers: int = 1,
               threads: int | None = None, address: str | None = None,
               folder: str | os.PathLike = "submitit_logs", slurm: dict | None = None,
-              progress: bool = False, desc: str = "jobs") -> Iterator[tuple[Any, Any]]:
+              progress: bool = False, desc: str = "jobs",
+              needs: Sequence[Sequence[int]] | None = None) -> Iterator[tuple[Any, Any]]:
     """Call ``fn(item)`` for every item and yield ``(item, result)`` as each finishes.
+
+    ``needs[i]`` (optional) lists the indices of the items that item ``i`` must wait for. The process
+    pool starts an item as soon as its own needs are done (no barrier between levels): it keeps
+    ``workers`` items running and starts first the ready item that the longest chain waits on,
+    then, among the rest, one whose needs were just met (a cascade's next stage), then list order.
+    The other backends run the levels one after the other.
 
     The one dispatch interface of the package: the experiment runner's training jobs and the book's
     notebook jobs both go through it. ``fn`` must be importable at module level (it is pickled).
@@ -125,14 +168,20 @@ def map_calls(fn: Callable, items: Sequence, backend: str = "process", *, worker
     if not items:
         return
     workers = max(1, int(workers))
-
-    def label(item) -> str:
-        return str(getattr(item, "label", item))
+    if needs is not None and any(needs):
+        if len(needs) != len(items):
+            raise ParameterError(f"map_calls: {len(needs)} dependency lists for {len(items)} items")
+        kw = dict(workers=workers, threads=threads, address=address, folder=folder, slurm=slurm,
+                  progress=progress, desc=desc)
+        if backend == "process" and workers > 1:
+            yield from _map_graph(fn, items, needs, workers, threads, desc)
+            return
+        for level in _levels(needs):
+            yield from map_calls(fn, [items[i] for i in level], backend, **kw)
+        return
 
     def fail(item, exc: BaseException):
-        if isinstance(exc, (ParameterError,)) or type(exc).__name__ == "DataError":
-            raise exc
-        raise RuntimeError(f"{desc}: {label(item)} failed: {type(exc).__name__}: {exc}") from exc
+        _fail(item, exc, desc)
 
     if backend == "serial" or (backend == "process" and (workers == 1 or len(items) == 1)):
         for item in items:
@@ -191,6 +240,39 @@ def map_calls(fn: Callable, items: Sequence, backend: str = "process", *, worker
         except Exception as exc:  # noqa: BLE001
             fail(item, exc)
         yield item, out
+
+
+def _map_graph(fn: Callable, items: list, needs: Sequence[Sequence[int]], workers: int,
+               threads: int | None, desc: str) -> Iterator[tuple[Any, Any]]:
+    """The process backend of :func:`map_calls` with dependencies (see there)."""
+    chain = _chain(needs)
+    waiting = list(range(len(items)))
+    finished: set[int] = set()
+    n = min(workers, len(items))
+    per = threads or max(1, (os.cpu_count() or 1) // n)
+
+    def priority(i: int):
+        return (-chain[i], not needs[i], i)
+
+    with cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                initargs=(per,)) as pool:
+        running: dict = {}
+        while waiting or running:
+            ready = sorted((i for i in waiting if set(needs[i]) <= finished), key=priority)
+            for i in ready[: n - len(running)]:
+                waiting.remove(i)
+                running[pool.submit(fn, items[i])] = i
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                i = running.pop(f)
+                try:
+                    out = f.result()
+                except Exception as exc:  # noqa: BLE001
+                    for other in running:
+                        other.cancel()
+                    _fail(items[i], exc, desc)
+                finished.add(i)
+                yield items[i], out
 
 
 def run_jobs(jobs: Sequence[Job], backend: str = "process", *, max_workers: int | None = None,

@@ -438,6 +438,15 @@ def _waves(methods: Sequence[Method]) -> list[list[Method]]:
     return waves
 
 
+def _needs(todo: Sequence["JobSpec"], methods: Sequence[Method]) -> list[list[int]]:
+    """For each job of ``todo``, the indices of the jobs it waits for: the same fold and seed of the
+    methods its method runs after (those already finished are not waited for)."""
+    after = {m.name: m.after for m in methods}
+    index = {(j.method, j.fold, j.seed): i for i, j in enumerate(todo)}
+    return [[index[(a, j.fold, j.seed)] for a in after.get(j.method, ()) if (a, j.fold, j.seed) in index]
+            for j in todo]
+
+
 def _run_json(rf, chapter: Chapter, structures, methods, folds, seeds, status: str, **extra) -> None:
     info = {"format": RUN_FORMAT, "chapter": chapter.name, "status": status,
             "methods": [{"name": m.name, "label": m.label, "after": list(m.after), "info": dict(m.info),
@@ -498,12 +507,11 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
               data_label=label)
     job_params = {**params, "progress": False}
     results: dict[tuple, dict] = {}
-    new = 0
     t0 = time.perf_counter()
     n_jobs = sum(len(folds[: m.folds]) for w in waves for m in w) * len(seeds)
     try:
+        todo = []
         for wave in waves:
-            todo = []
             for m in wave:
                 for k, fold in enumerate(folds[: m.folds]):
                     for s in seeds:
@@ -514,27 +522,24 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
                             results[(m.name, k, s)] = old
                         else:
                             todo.append(spec)
-            if max_jobs is not None:
-                todo = todo[: max(0, max_jobs - new)]
-            if kill_after_iterations is not None and todo:
-                todo = todo[:1]
-                todo[0].kill_after_iterations = int(kill_after_iterations)
-                try:
-                    run_job(todo[0])
-                except JobKilled:
-                    break
+        if max_jobs is not None:
+            todo = todo[: max(0, max_jobs)]
+        if kill_after_iterations is not None and todo:
+            todo[0].kill_after_iterations = int(kill_after_iterations)
+            try:
+                run_job(todo[0])
+            except JobKilled:
+                todo = []
+            else:
                 raise ParameterError(f"kill_after_iterations={kill_after_iterations}: the job finished "
                                      f"before it was killed (does the chapter train through ctx.trainer_args?)")
-            new += len(todo)
-            for spec, out in map_calls(run_job, todo, backend=backend or P.get("backend") or "process",
-                                       workers=int(workers or P.get("workers") or 1), progress=progress,
-                                       desc=chapter.name):
-                results[(spec.method, spec.fold, spec.seed)] = out
-                if progress:
-                    print(f"[{chapter.name}] {len(results)}/{n_jobs} {spec.label} done "
-                          f"({out['training']['job_seconds']:.0f} s)", flush=True)
-            if max_jobs is not None and new >= max_jobs:
-                break
+        for spec, out in map_calls(run_job, todo, backend=backend or P.get("backend") or "process",
+                                   workers=int(workers or P.get("workers") or 1), progress=progress,
+                                   desc=chapter.name, needs=_needs(todo, chosen)):
+            results[(spec.method, spec.fold, spec.seed)] = out
+            if progress:
+                print(f"[{chapter.name}] {len(results)}/{n_jobs} {spec.label} done "
+                      f"({out['training']['job_seconds']:.0f} s)", flush=True)
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         _run_json(rf, chapter, structures, chosen, folds, seeds, "failed", data=params["data"],

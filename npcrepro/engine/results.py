@@ -184,21 +184,32 @@ class Results:
         return self.dataset().load(case, channels=channels or self.channels or None,
                                    structures=structures or self.structures or None)
 
-    def convergence(self, metric: str = "dice", tolerance: float = 0.03):
-        """Per method: mean ``metric`` with the weights at half the budget and at the full budget,
-        their difference and ``converged`` (|difference| <= ``tolerance``; None when the half-budget
-        weights were not scored, e.g. training stopped early before half its budget)."""
+    def convergence(self, metric: str = "dice", tolerance: float = 0.03, labels: bool = False):
+        """Per method: mean ``metric`` of each seed and their spread (max - min; with several seeds),
+        the mean with the weights at half the budget and at the full budget, their difference and
+        ``converged`` (|difference| <= ``tolerance``; None when the half-budget weights were not
+        scored, e.g. training stopped early before half its budget). Means are over test cases (and
+        folds and seeds). ``labels``: the methods' labels instead of their names."""
         import pandas as pd
 
-        full = self.metrics.groupby("method")[metric].mean() if len(self.metrics) else pd.Series(dtype=float)
+        m = self.metrics
+        full = m.groupby("method")[metric].mean() if len(m) else pd.Series(dtype=float)
+        per_seed = (m.groupby(["method", "seed"])[metric].mean().unstack("seed")
+                    if len(m) and "seed" in m else None)
         half = (self.metrics_half.groupby("method")[metric].mean()
                 if self.metrics_half is not None and len(self.metrics_half) else pd.Series(dtype=float))
         rows = []
-        for m in [m for m in self.methods if m in full.index]:
-            h = float(half[m]) if m in half.index else float("nan")
-            d = float(full[m]) - h
-            rows.append({"method": m, f"{metric} at half budget": h, f"{metric} at full budget": float(full[m]),
-                         "difference": d, "converged": None if d != d else bool(abs(d) <= tolerance)})
+        for name in [k for k in self.methods if k in full.index]:
+            row: dict = {"method": self.label(name) if labels else name}
+            if per_seed is not None and per_seed.shape[1] > 1:
+                seeds = per_seed.loc[name].dropna()
+                row.update({f"{metric} seed {s}": float(v) for s, v in seeds.items()})
+                row["seed spread"] = float(seeds.max() - seeds.min()) if len(seeds) > 1 else float("nan")
+            h = float(half[name]) if name in half.index else float("nan")
+            d = float(full[name]) - h
+            row.update({f"{metric} at half budget": h, f"{metric} at full budget": float(full[name]),
+                        "difference": d, "converged": None if d != d else bool(abs(d) <= tolerance + 1e-9)})
+            rows.append(row)
         return pd.DataFrame(rows)
 
     def mean(self, metric: str = "dice", by: str = "method"):

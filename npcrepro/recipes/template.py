@@ -1,6 +1,6 @@
 """The template chapter: a plain 2D U-Net on one channel (no paper, so no PAPER values)."""
 
-_COMMON = dict(structure="GTVp", n_val=1, threshold=0.5, seeds=1, workers=1)
+_COMMON = dict(structure="GTVp", n_val=1, threshold=0.5, seeds=1, workers=1, threads=None)
 
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=4, n_test=1, channel="T1", widths=[8, 16, 32], batch_size=8,

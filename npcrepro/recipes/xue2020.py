@@ -14,7 +14,7 @@ PAPER_PIXEL_MM = 0.98
 _COMMON = dict(scale_aspp=True, lr=0.005, lr_factor=0.8, lr_patience=5, dice_eps=1.0, output_stride=16,
                deeplab_width=1.0, background_fraction=0.5, flip=True, rotate_deg=10.0, zoom=[0.9, 1.1],
                shift=0.1, target="gtvp_rpn", threshold=0.5, real_data="openkbp", image_size=None,
-               seeds=1, workers=1)
+               seeds=1, workers=1, threads=None)
 
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=5, n_val=1, n_test=2, unet_widths=[8, 16, 32, 64], batch_size=4,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from npcrepro.chapters.leaderboard.prepare import CommonLoss, foreground, normaliser, samples, with_channel
 from npcrepro.engine.experiment import Chapter, Method
@@ -20,7 +21,8 @@ class Entry:
     """One leaderboard entry: ``key`` names its folder and rows; ``paper`` the chapter whose
     ``network()`` builds it (``"baseline"``: this book's U-Net); ``name`` the network's name there;
     ``dims`` "2d"/"3d"; ``channels`` its input images; ``baseline`` the U-Net it is tested against;
-    ``reported`` the (table, method) of the paper's row it stands for; ``after`` its cascade stage."""
+    ``reported`` the (table, method) of the paper's row it stands for; ``after`` its cascade stage;
+    ``score_maps`` the named outputs it is deeply supervised on (see :class:`ScoreMaps`)."""
 
     key: str
     label: str
@@ -33,6 +35,7 @@ class Entry:
     ct: bool = False
     after: tuple[str, ...] = ()
     activation: str = "sigmoid"
+    score_maps: tuple[str, ...] = ()
 
 
 METHODS: tuple[Entry, ...] = (
@@ -44,7 +47,8 @@ METHODS: tuple[Entry, ...] = (
     Entry("fcn8_ct", "FCN-8s (luo2020)", "luo2020", "fcn8", "2d", ("CT",), "unet_ct", ("Table 1", "FCN-8"),
           ct=True),
     Entry("unet_cet1", "U-Net (CET1)", "baseline", "unet2d", "2d", ("CET1",), "unet_cet1"),
-    Entry("li2018_cnn", "CNN (li2018)", "li2018", "working", "2d", ("CET1",), "unet_cet1", ("Table 2", "CNN")),
+    Entry("li2018_cnn", "CNN (li2018)", "li2018", "working", "2d", ("CET1",), "unet_cet1", ("Table 2", "CNN"),
+          score_maps=("score144", "score72", "score36")),
     Entry("guo_cnn", "3D CNN (guo2021)", "guo2021", "CNN", "3d", ("CET1",), "unet_cet1", ("Table 1", "CNN"),
           activation="softmax"),
     Entry("vnet", "V-Net (guo2021)", "guo2021", "V-Net", "3d", ("CET1",), "unet_cet1", activation="softmax"),
@@ -92,7 +96,33 @@ def network(entry: Entry, width: float, profile: str):
     mod = importlib.import_module(f"npcrepro.chapters.{entry.paper}.methods")
     if entry.after:  # a cascade's fine stage also sees the coarse probability
         n_in += 1
-    return mod.network(entry.name, width=width, in_channels=n_in, profile=profile)
+    net = mod.network(entry.name, width=width, in_channels=n_in, profile=profile)
+    return ScoreMaps(net, entry.score_maps) if entry.score_maps else net
+
+
+class ScoreMaps(torch.nn.Module):
+    """Deep supervision of a network whose ``forward(x, maps=True)`` returns named score maps
+    (li2018's 144/72/36 maps): in training the maps ``keys`` (finest first; the loss compares each
+    with the target averaged to its grid), in evaluation the first one alone."""
+
+    def __init__(self, net: torch.nn.Module, keys: Sequence[str]):
+        super().__init__()
+        self.net, self.keys = net, tuple(keys)
+
+    def forward(self, x):
+        if not self.training:
+            return self.net(x)
+        maps = self.net(x, maps=True)
+        return [maps[k] for k in self.keys]
+
+
+def schedule(P: Mapping[str, Any], iterations: int) -> dict | None:
+    """The common learning-rate schedule over a budget of ``iterations``: ``P.schedule`` ("cosine",
+    "poly" or "constant") after a linear warm-up over ``P.warmup`` of the budget."""
+    warm = int(round(float(P["warmup"]) * iterations))
+    if P["schedule"] == "constant" and not warm:
+        return None
+    return {"kind": str(P["schedule"]), "total": iterations, "warmup": warm}
 
 
 class Leaderboard(Chapter):
@@ -149,8 +179,9 @@ class Leaderboard(Chapter):
         iters = int(P["iterations_2d" if m.dims == "2d" else "iterations_3d"])
         batch = int(P["batch_2d" if m.dims == "2d" else "batch_3d"])
         trainer = Trainer(net, CommonLoss(), samples(train, channels, P, m.dims, ctx.seed), batch_size=batch,
-                          iterations=iters, optimizer="adam", lr=float(P["lr"]), schedule=None,
-                          amp=ctx.device != "cpu", restore_best=False, **ctx.trainer_args())
+                          iterations=iters, optimizer="adam", lr=float(P["lr"]), schedule=schedule(P, iters),
+                          grad_clip=float(P["grad_clip"]) or None, amp=ctx.device != "cpu",
+                          restore_best=False, **ctx.trainer_args())
         try:
             history = ctx.fit(trainer)
             rows, status = history.rows, "trained"

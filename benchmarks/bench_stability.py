@@ -1,0 +1,85 @@
+"""Stability benchmark: do the chapters' numbers change with the machine's summation order?
+
+    python -m npcrepro bench stability                  # quick: the leaderboard's smoke profile
+    python benchmarks/bench_stability.py --profile cpu [--chapters leaderboard li2018 ...] [--json f]
+
+Runs each chapter's experiment (:func:`npcrepro.chapters.run`) twice on the same data, split and
+seeds, once with torch on 1 thread per job and once on 2 (``threads``): the same arithmetic summed
+in a different order, which is what changes between two machines. Prints, per chapter and method,
+the mean DSC of both runs and their difference; a network that converged gives the same mean DSC
+within :data:`TOLERANCE`, one on a knife edge does not. The cpu profile of every chapter takes about
+twice the book's training time (the leaderboard alone about half an hour on 2 cores).
+
+``main(quick=False, profile=None, chapters=None, out_dir=None) -> dict`` returns the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+
+TOLERANCE = 0.05
+CHAPTERS = ("leaderboard", "li2018", "xue2020", "luo2020", "guo2021", "chen2020")
+
+
+def compare(a, b, metric: str = "dice") -> list[dict]:
+    """Per method of two Results: mean ``metric`` in each and their absolute difference."""
+    ma, mb = a.metrics.groupby("method")[metric].mean(), b.metrics.groupby("method")[metric].mean()
+    return [{"method": m, "one thread": float(ma[m]), "two threads": float(mb[m]),
+             "difference": abs(float(ma[m]) - float(mb[m]))} for m in ma.index if m in mb.index]
+
+
+def run_chapter(chapter: str, profile: str, out_dir: str, threads: int, **overrides):
+    """Results of ``chapter``'s experiment at ``profile`` with ``threads`` torch threads per job and
+    one job at a time (so the two runs differ only in the threads)."""
+    from npcrepro import chapters, profiles
+
+    P = profiles.resolve(chapter, profile, out_dir=out_dir, device="cpu", **overrides)
+    return chapters.run(P.replace(threads=threads, **({"workers": 1} if "workers" in P else {})),
+                        name=f"threads{threads}", progress=False)
+
+
+def main(quick: bool = False, profile: str | None = None, chapters=None, out_dir: str | None = None) -> dict:
+    profile = profile or ("smoke" if quick else "cpu")
+    chapters = list(chapters or (["leaderboard"] if quick else CHAPTERS))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for chapter in chapters:
+            t0 = time.perf_counter()
+            kw = {"methods": ["unet_cet1", "mmfnet"]} if quick and chapter == "leaderboard" else {}
+            one = run_chapter(chapter, profile, out_dir or tmp, 1, **kw)
+            two = run_chapter(chapter, profile, out_dir or tmp, 2, **kw)
+            for r in compare(one, two):
+                rows.append({"chapter": chapter, **r, "stable": r["difference"] <= TOLERANCE})
+            print(f"{chapter}: {time.perf_counter() - t0:.0f} s", flush=True)
+    _print(rows, profile)
+    return {"profile": profile, "tolerance": TOLERANCE, "rows": rows,
+            "max_difference": max((r["difference"] for r in rows), default=0.0)}
+
+
+def _print(rows: list[dict], profile: str) -> None:
+    print(f"mean DSC with 1 and 2 torch threads per job ({profile} profile; stable: |difference| <= {TOLERANCE})")
+    print(f"  {'chapter':<12}{'method':<16}{'1 thread':>9}{'2 threads':>10}{'|diff|':>8}  stable")
+    for r in rows:
+        print(f"  {r['chapter']:<12}{r['method']:<16}{r['one thread']:9.3f}{r['two threads']:10.3f}"
+              f"{r['difference']:8.3f}  {'yes' if r['stable'] else 'NO'}")
+    if rows:
+        n = sum(r["stable"] for r in rows)
+        print(f"  {n}/{len(rows)} methods stable; largest difference {max(r['difference'] for r in rows):.3f}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--chapters", nargs="*", default=None)
+    ap.add_argument("--out-dir", default=None, help="keep the two runs here (default: a temporary folder)")
+    ap.add_argument("--json", help="write the rows to this file")
+    a = ap.parse_args()
+    res = main(quick=a.quick, profile=a.profile, chapters=a.chapters, out_dir=a.out_dir)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+    sys.exit(0)
