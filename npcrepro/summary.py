@@ -203,3 +203,25 @@ def run_folders(out_dir: str | Path, profile: str) -> pd.DataFrame:
                      "device": env.get("device"), "torch": env.get("torch")})
     df = pd.DataFrame(rows, columns=cols)
     return df.groupby("chapter", sort=False).tail(1).reset_index(drop=True)
+
+
+def convergence_table(out_dir: str | Path, profile: str, tolerance: float = 0.03) -> pd.DataFrame:
+    """Every trained network of the newest run of each chapter and run name (``<stamp>-<name>``)
+    under ``<out_dir>/<profile>/``: chapter, run name, method, mean DSC at half and at the full
+    budget, their difference and the flag ``converged`` (|difference| <= ``tolerance``, None where
+    no half-budget score exists), from :meth:`Results.convergence`. Empty frame when there are none."""
+    from npcrepro.engine.results import find_results
+
+    newest = {}
+    for res in find_results(out_dir, profile):
+        newest[(res.chapter, res.path.name.split("-", 2)[-1])] = res
+    frames = []
+    for (chapter, name), res in newest.items():
+        c = res.convergence(tolerance=tolerance, labels=True)
+        if len(c):
+            c.insert(0, "run", name)
+            c.insert(0, "chapter", chapter)
+            frames.append(c[["chapter", "run", "method", "dice at half budget", "dice at full budget",
+                             "difference", "converged"]])
+    cols = ["chapter", "run", "method", "dice at half budget", "dice at full budget", "difference", "converged"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

@@ -130,3 +130,32 @@ def test_run_folders_lists_the_newest_run_of_each_chapter(tmp_path):
     rev = env["git"]["revision"]
     assert t.loc["li2018", "git"].rstrip("*") == (rev or "")[:10]
     assert t.loc["li2018", "git"].endswith("*") == bool(rev and env["git"]["dirty"])
+
+
+def _fake_run(root, chapter: str, folder: str, full: dict, half: dict) -> None:
+    """A finished run folder with one test case per method: ``full``/``half`` method -> DSC."""
+    import json
+
+    p = root / "cpu" / chapter / folder
+    p.mkdir(parents=True)
+    (p / "run.json").write_text(json.dumps({"chapter": chapter, "status": "done",
+                                            "methods": [{"name": m, "label": m.upper()} for m in full]}))
+    (p / "params.json").write_text("{}")
+    pd.DataFrame([{"method": m, "seed": 0, "case": "p1", "dice": v} for m, v in full.items()]).to_csv(
+        p / "metrics.csv", index=False)
+    pd.DataFrame([{"method": m, "seed": 0, "case": "p1", "dice": v} for m, v in half.items()]).to_csv(
+        p / "metrics_half.csv", index=False)
+
+
+def test_convergence_table_takes_the_newest_run_of_each_track(tmp_path):
+    from npcrepro.summary import convergence_table
+
+    _fake_run(tmp_path, "xue2020", "20260101-000000-phantom", {"a": 0.1}, {"a": 0.5})  # older: ignored
+    _fake_run(tmp_path, "xue2020", "20260102-000000-phantom", {"a": 0.80, "b": 0.5}, {"a": 0.79, "b": 0.3})
+    _fake_run(tmp_path, "xue2020", "20260102-000001-openkbp", {"a": 0.6}, {"a": 0.64})
+    t = convergence_table(tmp_path, "cpu").set_index(["run", "method"])
+    assert len(t) == 3
+    assert t.loc[("phantom", "A"), "dice at full budget"] == pytest.approx(0.80)
+    assert t.loc[("phantom", "A"), "converged"] and not t.loc[("phantom", "B"), "converged"]
+    assert t.loc[("openkbp", "A"), "difference"] == pytest.approx(-0.04) and not t.loc[("openkbp", "A"), "converged"]
+    assert len(convergence_table(tmp_path, "gpu")) == 0

@@ -81,6 +81,18 @@ def network(name: str, *, width: float, in_channels: int, profile: str = "cpu",
     return build_model(label, P, in_channels, pixel_mm=pixel_mm)
 
 
+def schedule(P, budget: dict) -> dict:
+    """The learning-rate schedule of ``P`` over ``budget`` ({"iterations": n} or {"epochs": n}, counted
+    in that unit): the paper's plateau rule (x ``lr_factor`` after ``lr_patience`` evaluations without
+    improvement) or ``P.schedule`` (cosine/poly) decaying to 0 at the end, after a linear warm-up over
+    ``P.warmup`` of the budget."""
+    unit, n = ("iteration", budget["iterations"]) if "iterations" in budget else ("epoch", budget["epochs"])
+    warm = {"unit": unit, "warmup": int(round(float(P["warmup"]) * int(n)))}
+    if P["schedule"] == "plateau":
+        return {"kind": "plateau", "factor": float(P["lr_factor"]), "patience": int(P["lr_patience"]), **warm}
+    return {"kind": str(P["schedule"]), "total": int(n), **warm}
+
+
 def make_loss(eps: float = 1.0) -> nn.Module:
     """1 - DSC: soft Dice of the sigmoid probabilities, pooled over the batch."""
     from npcrepro.losses import DiceLoss
@@ -179,8 +191,7 @@ class Xue2020(Chapter):
         eval_every = min(int(P["eval_every"]), int(iterations)) if (P.get("eval_every") and iterations) else None
         trainer = Trainer(model, make_loss(float(P["dice_eps"])), train_ds, val_data=val_ds,
                           batch_size=int(P["batch_size"]), optimizer="adam", lr=float(P["lr"]),
-                          schedule={"kind": "plateau", "factor": float(P["lr_factor"]),
-                                    "patience": int(P["lr_patience"])},
+                          schedule=schedule(P, budget), grad_clip=float(P["grad_clip"]) or None,
                           eval_every=eval_every, restore_best=val_ds is not None, **budget,
                           **ctx.trainer_args())
         t0 = time.perf_counter()

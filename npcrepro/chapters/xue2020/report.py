@@ -30,6 +30,19 @@ COLOURS = {"manual": "red", "DeepLabv3+": "lime", "U-Net": "dodgerblue"}
 
 
 # ----------------------------------------------------------------------------------- reading a run
+
+def schedule_text(P) -> str:
+    """The run's learning-rate schedule in words, e.g. "Adam at 0.002, warm-up over 10 % of the
+    budget, cosine decay to 0, gradient norm clipped at 1"."""
+    parts = [f"Adam at {P['lr']:g}"]
+    if float(P.get("warmup") or 0) > 0:
+        parts.append(f"warm-up over {100 * float(P['warmup']):.0f} % of the budget")
+    parts.append(f"cuts x{P['lr_factor']:g} after {P['lr_patience']} evaluations without improvement"
+                 if P.get("schedule", "plateau") == "plateau" else f"{P['schedule']} decay to 0")
+    if float(P.get("grad_clip") or 0) > 0:
+        parts.append(f"gradient norm clipped at {P['grad_clip']:g}")
+    return ", ".join(parts)
+
 def labelled(results) -> pd.DataFrame:
     """The run's per-patient metrics with ``method`` holding the paper's model names."""
     m = results.metrics
@@ -260,7 +273,8 @@ def headline(results) -> dict[str, str]:
            "grid": " × ".join(map(str, c0.shape)),
            "spacing": " × ".join(f"{s:.2f}".rstrip("0").rstrip(".") for s in c0.spacing) + " mm",
            "n_rp": str(sum(1 for c in cases.values() if c.meta.get("xue2020", {}).get("rp_nodes"))),
-           "training_note": training_note({m: tr.loc[m, "best_val_loss"] for m in tr.index})}
+           "training_note": training_note({m: tr.loc[m, "best_val_loss"] for m in tr.index}),
+           "schedule": schedule_text(results.params)}
     if len(tr):
         out.update(train_slices=str(int(tr["train_slices"].iloc[0])), threads=str(int(tr["threads"].iloc[0])),
                    iterations=str(int(tr["iterations"].iloc[0])))
