@@ -1,14 +1,15 @@
 """Stability benchmark: do the chapters' numbers change with the machine's summation order?
 
-    python -m npcrepro bench stability                  # quick: the leaderboard's smoke profile
-    python benchmarks/bench_stability.py --profile cpu [--chapters leaderboard li2018 ...] [--json f]
+    npcrepro bench stability [--quick]          # the leaderboard at cpu (--quick: at smoke, 2 methods)
+    python benchmarks/bench_stability.py --profile cpu --chapters leaderboard li2018 xue2020 ... [--json f]
 
 Runs each chapter's experiment (:func:`npcrepro.chapters.run`) twice on the same data, split and
 seeds, once with torch on 1 thread per job and once on 2 (``threads``): the same arithmetic summed
 in a different order, which is what changes between two machines. Prints, per chapter and method,
 the mean DSC of both runs and their difference; a network that converged gives the same mean DSC
-within :data:`TOLERANCE`, one on a knife edge does not. The cpu profile of every chapter takes about
-twice the book's training time (the leaderboard alone about half an hour on 2 cores).
+within :data:`TOLERANCE`, one on a knife edge does not. Each chapter costs twice its training time at
+the profile, one job at a time (the leaderboard at cpu: about 25 minutes on 2 cores; every chapter in
+:data:`CHAPTERS`: about an hour).
 
 ``main(quick=False, profile=None, chapters=None, out_dir=None) -> dict`` returns the rows.
 """
@@ -43,7 +44,7 @@ def run_chapter(chapter: str, profile: str, out_dir: str, threads: int, **overri
 
 def main(quick: bool = False, profile: str | None = None, chapters=None, out_dir: str | None = None) -> dict:
     profile = profile or ("smoke" if quick else "cpu")
-    chapters = list(chapters or (["leaderboard"] if quick else CHAPTERS))
+    chapters = list(chapters or ["leaderboard"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for chapter in chapters:

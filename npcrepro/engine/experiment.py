@@ -6,7 +6,8 @@ every chapter::
 
     run folder (new, or resumed after the parameter check)
       -> cases and splits (saved to splits.json; a resumed run keeps its folds)
-      -> jobs: method x fold x seed, in dependency waves (a method may use another's trained model)
+      -> jobs: method x fold x seed; a job that uses another method's trained model (``Method.after``)
+         starts as soon as that job (same fold and seed) is done, not after a whole wave
       -> per job: prepare cases, fit, save model.pt, predict every test case on its own grid,
          threshold, write predictions, score with npcrepro.evaluation, mark the job DONE
       -> pooled metrics.csv and training.csv, run.json status "done"
