@@ -14,7 +14,8 @@ Measures, for the template chapter's 2D U-Net on 128 x 128 slices (the phantom's
   training iteration (forward, backward and Adam step, channels-last as the engine trains), GFLOP per
   iteration (torch's FLOP counter) and the ratio of its FLOP rate to a float32 matmul timed on the same
   core in the same run (1024 x 1024; 512 with ``--quick``) - the share of the core's dense rate the
-  network's training reaches.
+  network's training reaches - and the share of the step's time spent in convolutions (the rest does
+  almost no counted FLOPs and caps the ratio).
 
 ``main(quick=False) -> dict`` returns the numbers (and prints them with ratios).
 """
@@ -124,6 +125,26 @@ def _matmul_rate(n: int, reps: int) -> float:
     return 2 * n ** 3 / float(np.median(times))
 
 
+#: Profiler names of the convolution kernels (forward and backward) on the CPU.
+_CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::slow_conv3d_forward",
+             "aten::_slow_conv2d_forward", "aten::slow_conv_dilated3d", "aten::slow_conv_transpose3d",
+             "aten::slow_conv_transpose2d", "aten::_convolution_depthwise2d", "aten::mkldnn_convolution_backward")
+
+
+def _conv_share(step) -> float:
+    """Share of one training step's CPU time spent in convolution kernels (torch.profiler, self time):
+    the rest (normalisation, activations, attention pooling, optimiser, copies) does few counted FLOPs,
+    so it caps the ratio to matmul however fast the convolutions run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if e.key in _CONV_OPS)
+    return conv / total if total else float("nan")
+
+
 def network_throughput(profile: str = "cpu", steps: int = 3, matmul_n: int = 1024) -> list[dict]:
     """Per leaderboard network (every entry, at ``profile``'s width, batch and crop/patch) on one CPU
     thread: ms per training iteration, GFLOP per iteration and the ratio to the matmul rate measured
@@ -167,13 +188,14 @@ def network_throughput(profile: str = "cpu", steps: int = 3, matmul_n: int = 102
             sec = (time.perf_counter() - t0) / steps
             rows.append({"network": m.key, "ms_per_iteration": 1000 * sec,
                          "gflop_per_iteration": counter.get_total_flops() / 1e9,
-                         "gflops": counter.get_total_flops() / sec / 1e9})
+                         "gflops": counter.get_total_flops() / sec / 1e9, "conv_share": _conv_share(step)})
         rate = (rate0 + _matmul_rate(matmul_n, 7)) / 2
     finally:
         torch.set_num_threads(threads)
     for r in rows:
         r["matmul_gflops"] = rate / 1e9
         r["ratio_to_matmul"] = r["gflops"] * 1e9 / rate
+        r["conv_ratio"] = r["ratio_to_matmul"] / r["conv_share"] if r["conv_share"] > 0 else float("nan")
     return rows
 
 
@@ -231,10 +253,13 @@ def main(quick: bool = False, compile: bool = True, device: str = "auto") -> dic
 def _print_networks(rows: list[dict], profile: str) -> None:
     print(f"leaderboard networks, {profile} sizes, one thread; matmul {rows[0]['matmul_gflops']:.1f} GFLOP/s"
           if rows else "no networks")
-    print(f"  {'network':<14}{'ms/it':>9}{'GFLOP/it':>10}{'GFLOP/s':>9}{'ratio to matmul':>17}")
+    print(f"  {'network':<14}{'ms/it':>9}{'GFLOP/it':>10}{'GFLOP/s':>9}{'ratio to matmul':>17}"
+          f"{'conv share of time':>20}{'conv ratio':>12}")
     for r in rows:
         print(f"  {r['network']:<14}{r['ms_per_iteration']:9.0f}{r['gflop_per_iteration']:10.2f}"
-              f"{r['gflops']:9.1f}{r['ratio_to_matmul']:17.2f}")
+              f"{r['gflops']:9.1f}{r['ratio_to_matmul']:17.2f}{r['conv_share']:20.2f}{r['conv_ratio']:12.2f}")
+    print("  conv ratio: the convolutions' own FLOP rate (all counted FLOPs over their share of the time) "
+          "against the matmul")
 
 
 def _print(out: dict) -> None:

@@ -844,3 +844,4 @@ def test_engine_benchmark_quick_runs(monkeypatch, capsys):
     for r in nets.values():
         assert r["ms_per_iteration"] > 0 and r["gflop_per_iteration"] > 0
         assert r["ratio_to_matmul"] == pytest.approx(r["gflops"] / r["matmul_gflops"])
+        assert 0 < r["conv_share"] <= 1
