@@ -35,7 +35,7 @@ CHAPTERS: dict[str, str] = {
     "li2018": "li2018: CNN on contrast-enhanced MRI",
     "xue2020": "xue2020: DeepLabv3+ vs U-Net on planning CT",
     "luo2020": "luo2020: two-stage U-Net on nasopharyngeal CT",
-    "guo2021": "guo2021: cascaded 3D CNN on T1 MRI",
+    "guo2021": "guo2021: cascaded 3D CNN on contrast-enhanced T1 MRI",
     "chen2020": "chen2020: MMFNet multi-modality fusion",
     "leaderboard": "Leaderboard: the five papers under one protocol",
     "explorer": "Explorer: predictions over the images",

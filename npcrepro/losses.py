@@ -120,11 +120,12 @@ class DiceLoss(nn.Module):
 
     One class covers the Dice losses of the papers:
 
-    * chen2020: ``DiceLoss(eps=1.0)`` (sigmoid output, linear denominator, :math:`\epsilon = 1`).
-      The paper prints :math:`1 - 2(\sum pg + \epsilon)/(\sum p + \sum g + \epsilon)`, whose
-      value on an empty patch predicted empty would be -1; the smoothing is applied here the
-      usual way (:math:`2\sum pg + \epsilon` on top), which gives 0 there and differs from
-      the print by at most :math:`\epsilon/(\sum p + \sum g + \epsilon)`.
+    * chen2020: ``DiceLoss(eps=1.0, literal=True)`` (sigmoid output, linear denominator,
+      :math:`\epsilon = 1`): the paper's Eq. 1 as printed,
+      :math:`1 - 2(\sum pg + \epsilon)/(\sum p + \sum g + \epsilon)`, whose value on an empty
+      patch predicted empty is -1. The default (``literal=False``) applies the smoothing the usual
+      way (:math:`2\sum pg + \epsilon` on top), which gives 0 there and differs from the print by
+      :math:`\epsilon/(\sum p + \sum g + \epsilon)`.
     * xue2020: "1 - DSC", i.e. a vanishing ``eps`` (e.g. ``1e-6``).
     * luo2020's L2 form of the soft Dice (its Eq. 4): ``squared=True``
       (:math:`k = 2`: :math:`\sum p^2 + \sum g^2` in the denominator).
@@ -145,6 +146,9 @@ class DiceLoss(nn.Module):
         sample and channel.
     reduction : {"mean", "sum", "none"}
         Over the ``(N, C)`` (or ``(C,)`` with ``batch``) Dice losses.
+    literal : bool, default False
+        chen2020's printed form: :math:`\epsilon` inside the factor 2 on top,
+        :math:`1 - 2(\sum pg + \epsilon)/(\sum p^k + \sum g^k + \epsilon)` (range [-1, 1]).
 
     Shape
     -----
@@ -160,6 +164,7 @@ class DiceLoss(nn.Module):
         squared: bool = False,
         batch: bool = False,
         reduction: str = "mean",
+        literal: bool = False,
     ) -> None:
         super().__init__()
         _check_options(activation, reduction)
@@ -171,6 +176,7 @@ class DiceLoss(nn.Module):
         self.squared = squared
         self.batch = batch
         self.reduction = reduction
+        self.literal = bool(literal)
 
     def forward(self, input: torch.Tensor, target: Any) -> torch.Tensor:
         _check_input(input)
@@ -187,7 +193,8 @@ class DiceLoss(nn.Module):
             den = (p * p).sum(dims) + (g * g).sum(dims)
         else:
             den = p.sum(dims) + g.sum(dims)
-        dsc = (2.0 * inter + self.eps) / (den + self.eps).clamp_min(1e-12)
+        num = 2.0 * (inter + self.eps) if self.literal else 2.0 * inter + self.eps
+        dsc = num / (den + self.eps).clamp_min(1e-12)
         return _reduce(1.0 - dsc, self.reduction)
 
 

@@ -132,6 +132,19 @@ class ChapterContract:
             missing = [d["parameter"] for d in recipes.deviations(self.chapter, profile) if not d["why"]]
             assert not missing, f"{self.chapter} {profile}: no reason given for {missing}"
 
+    def test_deviations_test_catches_a_removed_reason(self, monkeypatch):
+        """Mutation check of the test above: dropping any one reason from DEVIATIONS makes it fail."""
+        from npcrepro import recipes
+
+        mod = recipes.load(self.chapter)
+        needed = {d["parameter"] for p in ("smoke", "cpu", "gpu") for d in recipes.deviations(self.chapter, p)}
+        full = dict(mod.DEVIATIONS)
+        for param in sorted(needed):
+            monkeypatch.setattr(mod, "DEVIATIONS", {k: v for k, v in full.items() if k != param})
+            with pytest.raises(AssertionError, match=param):
+                self.test_deviations_are_complete()
+        monkeypatch.undo()
+
     def test_paper_values_match_the_transcription(self):
         from npcrepro import papers, recipes
 

@@ -370,17 +370,54 @@ def test_windows_slide_along_z_and_augment_reproducibly(prepared):
         WindowDataset(prepared[:1], ("PET",), 8, (16, 16), 4)
 
 
+def test_surface_quads_enclose_the_voxels():
+    m = np.zeros((3, 4, 5), bool)
+    m[1, 1, 1] = True
+    q = R.surface_quads(m, (3.0, 2.0, 1.0))
+    assert q.shape == (6, 4, 3)
+    area = sum(np.linalg.norm(np.cross(f[1] - f[0], f[3] - f[0])) for f in q)
+    assert area == pytest.approx(2 * (3 * 2 + 3 * 1 + 2 * 1))                # a 1 x 2 x 3 mm box
+    assert q[..., 0].min() == 1.0 and q[..., 0].max() == 2.0                     # x in mm
+    assert q[..., 2].min() == 3.0 and q[..., 2].max() == 6.0                     # z in mm
+    m[1, 1, 2] = True                                                            # two voxels share a face
+    assert len(R.surface_quads(m, (1, 1, 1))) == 10
+    assert len(R.surface_quads(np.zeros((2, 2, 2), bool), (1, 1, 1))) == 0
+
+
+def test_dice_loss_follows_eq1():
+    """Eq. 1 as printed: 1 - 2 (sum pg + eps) / (sum p + sum g + eps), eps = 1, per window; the
+    smoothed form puts eps once on top. Both differ by eps / (sum p + sum g + eps)."""
+    from npcrepro import recipes
+    from npcrepro.errors import ParameterError
+
+    assert all(p["dice_form"] == "eq1" for p in recipes.load("chen2020").PROFILES.values())
+    logits = torch.full((2, 1, 4, 8, 8), -30.0)          # predicts nothing
+    target = torch.zeros(2, 1, 4, 8, 8)
+    target[0, 0, 1:3, 2:6, 2:6] = 1                       # window 0: 32 tumour voxels; window 1: none
+    eq1 = C.make_loss("seg", "eq1")
+    smooth = C.make_loss("seg", "smoothed")
+    eq1.reduction = smooth.reduction = "none"
+    assert eq1(logits, target)[:, 0].tolist() == pytest.approx([1 - 2 / 33, -1.0], abs=1e-6)
+    assert smooth(logits, target)[:, 0].tolist() == pytest.approx([1 - 1 / 33, 0.0], abs=1e-6)
+    with pytest.raises(ParameterError):
+        C.make_loss("seg", "eq2")
+
+
 def test_patient_metrics_perfect_and_empty(prepared):
     ref = np.zeros((4, 8, 8), bool)
     ref[1:3, 2:6, 2:6] = True
-    assert C.dice_loss(ref.astype(float), ref) == pytest.approx(0, abs=1e-9)
-    assert C.dice_loss(np.zeros(ref.shape), ref) == pytest.approx(1 - 1 / 33)
+    # Eq. 1 as printed, eps = 1 inside the factor 2: 32 reference voxels
+    assert C.dice_loss(ref.astype(float), ref) == pytest.approx(1 - 2 * 33 / 65)
+    assert C.dice_loss(np.zeros(ref.shape), ref) == pytest.approx(1 - 2 / 33)
+    assert C.dice_loss(np.zeros(ref.shape), np.zeros(ref.shape, bool)) == pytest.approx(-1)
     p = prepared[0]
     ref = p.reference
     rows = C.CHAPTER.score(C.ROWS["mmfnet_full"].method(), p, {"GTVp": ref.astype(np.float32)},
                            {"GTVp": ref}, None)
     assert len(rows) == 1 and rows[0]["case"] == p.name and rows[0]["structure"] == "GTVp"
-    assert rows[0]["dice"] == 1 and rows[0]["ap"] == 1 and rows[0]["dice_loss"] == pytest.approx(0, abs=1e-9)
+    n = int(ref.sum())
+    assert rows[0]["dice"] == 1 and rows[0]["ap"] == 1
+    assert rows[0]["dice_loss"] == pytest.approx(1 - 2 * (n + 1) / (2 * n + 1))
     rows = C.CHAPTER.score(C.ROWS["mmfnet_full"].method(), p, {"GTVp": np.zeros(ref.shape, np.float32)},
                            {"GTVp": np.zeros(ref.shape, bool)}, None)
     assert rows[0]["dice"] == 0 and rows[0]["pred_empty"]
@@ -398,7 +435,8 @@ def test_run_report_and_figures(toy_dir, tmp_path):
     assert res.methods == ["single_t1", "single_t2", "single_cet1", "multi_encoder_mm", "mmfnet_full"]
     assert set(m["method"]) == set(res.methods)
     assert len(m) == 5 * len(res.test_cases())
-    assert m[["dice", "ap", "dice_loss"]].apply(lambda c: c.between(0, 1).all()).all()
+    assert m[["dice", "ap"]].apply(lambda c: c.between(0, 1).all()).all()
+    assert m["dice_loss"].between(-1, 1).all()
     assert res.done and (res.path / "splits.json").exists()
     case = R.figure_case(res)
     assert res.prediction("mmfnet_full", case).shape == toy_case(0).shape
@@ -419,6 +457,13 @@ def test_run_report_and_figures(toy_dir, tmp_path):
     matplotlib.use("Agg")
     R.fig_slices(res, "mmfnet_full", case)
     R.fig_tp_fp_fn(res, None, case)
+    # Figs. 8 and 10 (3D) and the per-sequence contrast of the run's patients
+    assert len(R.fig_3d_cases(res, "mmfnet_full", n=2).axes) == 4
+    assert len(R.fig_3d_methods(res, res.methods, case).axes) == 1 + len(res.methods)
+    con = R.sequence_contrast(res)
+    assert list(con["sequence"]) == ["T1", "T2", "CET1"]
+    assert (con["patients"] == len(set(m["case"]))).all()
+    assert con["AUC mean"].between(0, 1).all() and con["|AUC - 0.5| mean"].between(0, 0.5).all()
     R.fig_curves(res)
 
 

@@ -13,6 +13,7 @@ import npcrepro.models.cscn as cscn  # registers the networks
 from chapter_contract import ChapterContract
 from npcrepro import transforms as T
 from npcrepro.chapters.guo2021 import methods as M
+from npcrepro.chapters.guo2021 import report
 from npcrepro.chapters.guo2021 import prepare as G
 from npcrepro.engine import data as D
 from npcrepro.errors import DataError, ParameterError
@@ -378,3 +379,42 @@ def test_notebook_is_committed_clean():
     assert "chapters.run(P" in text and "npcrepro.pipelines" not in text
     assert "RunFolder" not in text and "mark_done" not in text and "write_summary" not in text
     assert 'recipes.deviations("guo2021", P.profile)' in text
+
+
+# ----------------------------------------------------------------------------------------- issue 22
+def test_cross_fit_accuracy_curve_and_views(tmp_path):
+    """cross_fit = 2 trains two extra BUNets inside the CSCN job (each without half the training
+    patients); every network writes its Fig. 4 accuracy curve; every patient gets the DSC of each
+    single view and of the views' mean (what multi-view averaging adds)."""
+    from npcrepro import chapters, profiles
+    from npcrepro.engine.data import VIEWS
+
+    P = profiles.resolve("guo2021", "smoke", out_dir=str(tmp_path), device="cpu", methods="CSCN",
+                         cross_fit=2, n_cases=6)
+    res = chapters.run(P, name="cf", progress=False)
+    job = res.job_dir("CSCN", 0, 0)
+    assert (job / "crossfit_0").is_dir() and (job / "crossfit_1").is_dir()
+    tr = res.training.set_index("method")
+    assert int(tr.loc["CSCN", "cross_fit"]) == 2 and tr.loc["CSCN", "cross_fit_cpu_seconds"] > 0
+    for method in ("BUNet", "CSCN"):
+        acc = report.accuracy_curve(res, method, 0)
+        assert list(acc["iteration"]) == [2, 4]
+        assert acc[["train_accuracy", "val_accuracy"]].apply(lambda c: c.between(0, 1).all()).all()
+    m = res.metrics
+    for v in VIEWS:
+        assert m[f"dice_{v}"].between(0, 1).all()
+    views = report.view_table(res)
+    assert list(views["method"]) == ["CSCN", "BUNet"]
+    best = views[["axial", "coronal", "sagittal"]].max(axis=1)
+    assert (views["gain over best view"] - (views["views averaged"] - best)).abs().max() < 2e-3
+    assert report.fig_accuracy(res) is not None
+    with pytest.raises(Exception, match="cross_fit"):
+        chapters.run(P.replace(cross_fit=5), name="bad", progress=False)
+
+
+def test_view_fusion_is_a_named_deviation():
+    from npcrepro import recipes
+
+    devs = {d["parameter"]: d for d in recipes.deviations("guo2021", "gpu")}
+    assert devs["view_fusion"]["paper"] == "decoder" and "upsampling" in devs["view_fusion"]["why"]
+    assert recipes.load("guo2021").PROFILES["gpu"]["cross_fit"] == 3

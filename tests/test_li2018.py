@@ -184,10 +184,34 @@ def test_stage_targets_are_downsampled():
 
 
 def test_faithful_mode_is_the_printed_recipe():
-    st = M.make_stages("faithful", (1, 1, 1))[0]
-    assert (st.optimizer, st.lr, st.momentum, st.weight_decay) == ("sgd", 1e-7, 0.9, 5e-4)
-    assert st.schedule == {"kind": "step", "step_size": 100000, "gamma": 0.1}
-    assert M.build_model("faithful", 0.125).init == "gaussian"
+    from npcrepro.losses import CaffeSigmoidLoss
+
+    for mode in ("faithful", "printed"):
+        st = M.make_stages(mode, (1, 1, 1))[0]
+        assert (st.optimizer, st.lr, st.momentum, st.weight_decay) == ("sgd", 1e-7, 0.9, 5e-4)
+        assert st.schedule == {"kind": "step", "step_size": 100000, "gamma": 0.1}
+        assert isinstance(st.loss, CaffeSigmoidLoss)
+    # faithful: Caffe's small Gaussian filler (recipe value 0.01); printed: the paper's N(0, 1)
+    for mode, std in (("faithful", 0.01), ("printed", 1.0)):
+        net = M.build_model(mode, 0.25, init_std=0.01)
+        assert net.init == "gaussian"
+        w = net.conv3.weight.detach()
+        assert float(w.std()) == pytest.approx(std, rel=0.05) and float(w.mean()) == pytest.approx(0, abs=std / 20)
+
+
+def test_caffe_summed_loss_scales_with_pixels():
+    """The hypothesis behind the faithful mode: Caffe's loss is summed over pixels, so its gradient is
+    the mean loss's times the pixel count (144 x 144: lr 1e-7 acts like about 2e-3 on a mean loss)."""
+    from npcrepro.losses import CaffeSigmoidLoss
+
+    x = torch.randn(2, 1, 144, 144, requires_grad=True)
+    y = (torch.rand(2, 1, 144, 144) > 0.8).float()
+    CaffeSigmoidLoss()(x, y).backward()
+    g_sum = x.grad.clone()
+    x.grad = None
+    torch.nn.functional.binary_cross_entropy_with_logits(x, y).backward()
+    assert torch.allclose(g_sum, x.grad * 144 * 144, rtol=1e-4, atol=1e-8)
+    assert 1e-7 * 144 * 144 == pytest.approx(2.07e-3, rel=0.01)
     with pytest.raises(ParameterError):
         M.make_stages("fast", (1, 1, 1))
     with pytest.raises(ParameterError):
@@ -259,12 +283,53 @@ def test_parameters_validation():
 
 def test_methods_follow_modes():
     ch = M.CHAPTER
-    assert [m.name for m in ch.methods(_params())] == ["working", "faithful"]
-    assert ch.method("faithful", _params()).folds == 1
+    assert [m.name for m in ch.methods(_params())] == ["working", "faithful", "printed"]
+    assert ch.method("faithful", _params()).folds == 1 and ch.method("printed", _params()).folds == 1
     assert [m.name for m in ch.methods(_params(methods="working"))] == ["working"]
     only = ch.methods(_params(methods="faithful"))
-    assert [m.name for m in only] == ["faithful"] and only[0].folds is None
+    assert [m.name for m in only] == ["faithful", "printed"] and only[0].folds is None
     assert [m.name for m in ch.methods(_params(faithful_folds=0))] == ["working"]
+    # gpu: every fold
+    from npcrepro import profiles
+
+    gpu = profiles.resolve("li2018", "gpu", device="cpu")
+    assert [m.folds for m in ch.methods(gpu)] == [None, None, None]
+
+
+def test_faithful_runs_on_every_fold_at_gpu():
+    from npcrepro import recipes
+
+    prof = recipes.load("li2018").PROFILES
+    assert prof["gpu"]["faithful_folds"] is None and prof["cpu"]["faithful_folds"] >= 1
+
+
+def test_lesions_under_1_cm_are_excluded():
+    from npcrepro import papers, recipes
+
+    assert papers.info("li2018").recipe["exclusion"]["value"] == 10.0
+    assert all(p["min_lesion_mm"] == 10.0 for p in recipes.load("li2018").PROFILES.values())
+    m = np.zeros((3, 40, 40), bool)
+    m[1, 10:16, 10:13] = True                       # 6 x 3 voxels of 1.5 mm: 9 mm across
+    assert D.lesion_extent_mm(m, (3.0, 1.5, 1.5)) == pytest.approx(9.0)
+    m[2, 10:18, 12] = True                          # projected over z: 8 voxels = 12 mm
+    assert D.lesion_extent_mm(m, (3.0, 1.5, 1.5)) == pytest.approx(12.0)
+    assert D.lesion_extent_mm(np.zeros((2, 4, 4), bool), (1, 1, 1)) == 0.0
+
+
+def test_cases_drop_small_lesions(tmp_path):
+    from npcrepro.datasets import Case, open_dataset, write_dataset
+
+    cases = []
+    for i, side in enumerate((4, 10, 3, 12)):      # 4, 10, 3, 12 voxels of 1 mm across
+        lab = np.zeros((2, 16, 16), bool)
+        lab[1, 2:2 + side, 2:4] = True
+        cases.append(Case(f"c{i}", {"DCE_034": np.zeros((2, 16, 16), np.float32)}, {"GTVp": lab}, (3.0, 1.0, 1.0)))
+    write_dataset(tmp_path / "ds", cases, channels=["DCE_034"], structures=["GTVp"], name="t",
+                  description="t", source="test")
+    ds = open_dataset(tmp_path / "ds")
+    assert M.CHAPTER.cases(ds, _params(n_cases=None, min_lesion_mm=10.0)) == ["c1", "c3"]
+    assert M.CHAPTER.cases(ds, _params(n_cases=1, min_lesion_mm=10.0)) == ["c1"]
+    assert M.CHAPTER.cases(ds, _params(n_cases=None, min_lesion_mm=0.0)) == ["c0", "c1", "c2", "c3"]
 
 
 def test_network_for_the_leaderboard():
@@ -337,7 +402,7 @@ def test_notebook_runs_with_smoke_profile(run_notebook):
     assert run.parts[-4:-1] == ("runs", "smoke", "li2018")
     names = {p.name for p in run.iterdir()}
     assert {"params.json", "environment.json", "run.json", "splits.json", "metrics.csv", "training.csv",
-            "working", "faithful", "DONE"} <= names
+            "working", "faithful", "printed", "DONE"} <= names
     job = run / "working" / "fold_0" / "seed_0"
     assert {"curves.csv", "checkpoint_last.pt", "model.pt", "predictions"} <= {p.name for p in job.iterdir()}
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
@@ -362,3 +427,29 @@ class Testli2018Contract(ChapterContract):
     chapter = "li2018"
     overrides = {"n_cases": 3, "iterations": [2, 2, 2], "faithful_folds": 1}
     kill_at = 4  # inside stage 2, after the checkpoint of iteration 3
+
+
+def test_faithful_table_and_verdict_from_a_run(tmp_path):
+    """The faithful-recipe table has one row per SGD mode and fold, and the verdict counts a fold as
+    trained only with a finite loss and a DSC of at least 0.1 and half the working DSC."""
+    import pandas as pd
+
+    class Run:
+        methods = ["working", "faithful", "printed"]
+        metrics = pd.DataFrame({"method": ["working"] * 2 + ["faithful"] * 2 + ["printed"] * 2,
+                                "fold": [0, 1] * 3, "dice": [0.8, 0.6, 0.5, 0.0, 0.0, 0.0],
+                                "dice_36": [0.7, 0.5, 0.4, 0.0, 0.0, 0.0]})
+        training = pd.DataFrame({"method": ["faithful", "faithful", "printed", "printed"], "fold": [0, 1, 0, 1],
+                                 "iterations": [200, 200, 12, 12], "diverged": [None, None, "nan", "nan"],
+                                 "loss_first": [900.0, 900.0, float("nan"), float("nan")],
+                                 "loss_stage1": [450.0, 880.0, float("nan"), float("nan")],
+                                 "loss_stage3": [9000.0, 12000.0, float("nan"), float("nan")]})
+
+    ft = R.faithful_table(Run())
+    assert list(ft["mode"]) == ["faithful", "faithful", "printed", "printed"]
+    assert list(ft["loss finite"]) == [True, True, False, False]
+    assert ft["stage-1 loss change (%)"].iloc[0] == pytest.approx(-50.0)
+    assert list(ft["working DSC (same patients)"].iloc[:2]) == [0.8, 0.6]
+    v = R.faithful_verdict(ft)
+    assert "finite loss on 2 of 2" in v and "on 1 of 2" in v and "DSC 0.25" in v
+    assert "finite loss on 0 of 2" in R.faithful_verdict(ft, "printed")

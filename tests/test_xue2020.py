@@ -332,3 +332,24 @@ class Testxue2020Contract(ChapterContract):
     overrides = {"iterations": 4, "eval_every": 2, "batch_size": 2, "deeplab_width": 0.5, "timing_slices": 1,
                  "unet_widths": [4, 8, 16]}
     kill_at = 3  # after the checkpoint of iteration 2
+
+
+def test_stage_table_sets_table1_beside_the_cohort(monkeypatch):
+    """Table 1 as reported (every count and percent of papers.xue2020.DEMOGRAPHICS) beside the T and N
+    stage mix of the run's patients."""
+    from types import SimpleNamespace
+
+    from npcrepro.chapters.xue2020 import report as R
+    from npcrepro.papers import xue2020 as paper
+
+    cases = {f"c{i}": SimpleNamespace(meta={"t_stage": t, "n_stage": n})
+             for i, (t, n) in enumerate([("T3", "N2"), ("T3", "N0"), ("T4", "N2"), ("T1", "N1")])}
+    monkeypatch.setattr(R, "reference_cases", lambda results: cases)
+    t = R.stage_table(None).set_index("characteristic")
+    assert t.loc["patients", "reported (Table 1)"] == "150" and t.loc["patients", "this run"] == "4"
+    assert t.loc["T stage: T3", "reported (Table 1)"] == "79 (52.7 %)"
+    assert t.loc["T stage: T3", "this run"] == "2 (50.0 %)" and t.loc["T stage: T2", "this run"] == "0 (0.0 %)"
+    assert t.loc["N stage: N2", "this run"] == "2 (50.0 %)" and t.loc["N stage: N3", "reported (Table 1)"] == "17 (11.3 %)"
+    assert t.loc["sex: male", "this run"] == "not modelled"
+    n_rows = 2 + sum(len(paper.DEMOGRAPHICS[g]) for g in ("sex", "t_stage", "n_stage", "treatment"))
+    assert len(t) == n_rows

@@ -68,6 +68,14 @@ INFO = PaperInfo(
         "updates_per_epoch": entry(75, "Sec. IV-C"),
         "early_stopping": entry(10, "Sec. IV-C", "epochs without validation-loss decrease"),
         "loss": entry("Dice loss, epsilon = 1", "Sec. III-A, Eq. (1)"),
+        "loss_form": entry(
+            "eq1", "Sec. III-A, Eq. (1)",
+            "Loss = 1 - 2 x (sum p g + eps) / (sum p + sum g + eps): eps inside the factor 2 on top",
+        ),
+        "precision": entry(
+            "float32", "Sec. IV-C",
+            "not stated; implied by the framework (PyTorch 0.4.1 had no automatic mixed precision)",
+        ),
         "augmentation": entry(
             "on the fly: random centre offset (-4,-32,-32)..(4,32,32), random vertical flip, random "
             "rotation in the XY plane -5..5 deg",

@@ -61,6 +61,11 @@ INFO = PaperInfo(
             "gamma > 0, its value not stated",
         ),
         "output_activation": entry("softmax", "Sec. 4.2"),
+        "view_fusion": entry(
+            "decoder", "Abstract",
+            "'In the process of upsampling, the features of multiple views were fused'; the layers that "
+            "fuse them are not described",
+        ),
         "augmentation": entry("random patch centres, horizontal flip", "Sec. 4.1"),
         "input_size": entry(
             (24, 24, 8), "Sec. 4.2",

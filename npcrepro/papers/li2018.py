@@ -91,6 +91,11 @@ INFO = PaperInfo(
             "Z-score normalisation per image (text: 'normalized by the mean intensity of this image')",
             "Sec. 2.1",
         ),
+        "exclusion": entry(
+            10.0, "Sec. 2.1",
+            "'patients with lymph nodes or lesions smaller than 1 cm were excluded' (partial volume); "
+            "value in mm; how the size was measured is not stated",
+        ),
         "hardware": entry("NVIDIA GeForce GTX 980, Intel Core i7 3.5 GHz", "Sec. 2.3"),
     },
     architecture=(

@@ -7,11 +7,11 @@ starts from (``single_t1``, ``single_t2``, ``single_cet1``; MMFNet's own encoder
 sequence, Sec. III-C): methods of their own, which the self-transfer rows run ``after`` and load with
 :meth:`~npcrepro.engine.experiment.JobContext.model_of`.
 
-Training (Sec. IV-C): Adam, Dice loss (eps 1), early stopping on a quarter of the training patients;
+Training (Sec. IV-C): Adam, Dice loss (eps 1; Eq. 1 as printed with ``dice_form="eq1"``), early stopping on a quarter of the training patients;
 self-transfer rows freeze the copied encoders for ``warmup_epochs`` at ``lr``, then train everything
 at ``lr_finetune``. Inference: the training windows along z (step ``z_step``), overlaps averaged, zero
 outside the in-plane crop, mapped back to the case's grid. Scores per patient: every metric of
-:mod:`npcrepro.evaluation` plus AP and the Dice loss (1 - soft Dice, eps 1, on the probabilities).
+:mod:`npcrepro.evaluation` plus AP and the Dice loss (Eq. 1, eps 1, on the probabilities).
 """
 from __future__ import annotations
 
@@ -172,14 +172,18 @@ def network(name: str, *, width: float, in_channels: int, profile: str = "cpu") 
                      patch_size=int(sizes["patch_size"]))
 
 
-def make_loss(kind: str) -> nn.Module:
-    """Dice loss (eps 1, Eq. 1) for the segmentation networks; binary cross-entropy for the patch
-    classifiers (their output is one pixel's logit)."""
+def make_loss(kind: str, form: str = "eq1") -> nn.Module:
+    """Dice loss (eps 1) for the segmentation networks: ``form="eq1"`` is Eq. 1 as printed,
+    1 - 2 (sum pg + 1) / (sum p + sum g + 1) per window; ``"smoothed"`` puts eps once on top,
+    1 - (2 sum pg + 1) / (sum p + sum g + 1). Binary cross-entropy for the patch classifiers (their
+    output is one pixel's logit)."""
     from npcrepro.losses import DiceLoss
 
+    if form not in ("eq1", "smoothed"):
+        raise ParameterError(f"dice_form must be 'eq1' or 'smoothed', got {form!r}")
     if kind == "patch":
         return nn.BCEWithLogitsLoss()
-    return DiceLoss(eps=1.0, activation="sigmoid")
+    return DiceLoss(eps=1.0, activation="sigmoid", literal=form == "eq1")
 
 
 def stages_for(row: Row, model: nn.Module, P: Mapping[str, Any]):
@@ -239,11 +243,12 @@ def predict_working(model: nn.Module, row: Row, prep, P: Mapping[str, Any], devi
     return T.uncrop(prob, ((0, nz), (y0, y1), (x0, x1)), prep.image.shape[1:]).astype(np.float32)
 
 
-def dice_loss(prob: np.ndarray, reference: np.ndarray) -> float:
-    """The paper's per-patient Dice loss: 1 - (2 sum pg + 1) / (sum p + sum g + 1) over the volume."""
+def dice_loss(prob: np.ndarray, reference: np.ndarray, eps: float = 1.0) -> float:
+    """The paper's per-patient Dice loss, Eq. 1 over the volume: 1 - 2 (sum pg + eps) / (sum p + sum g
+    + eps), on the probabilities (dimensionless; -1 for an empty prediction of an empty reference)."""
     p = np.clip(np.asarray(prob, np.float64), 0.0, 1.0)
     g = np.asarray(reference, bool).astype(np.float64)
-    return 1.0 - (2.0 * float((p * g).sum()) + 1.0) / (float(p.sum()) + float(g.sum()) + 1.0)
+    return 1.0 - 2.0 * (float((p * g).sum()) + eps) / (float(p.sum()) + float(g.sum()) + eps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,8 +292,9 @@ class Chen2020(Chapter):
             transfer_encoders(model, {m: ctx.model_of(f"single_{m.lower()}") for m in row.modalities})
         tr, va = training_data(row.kind, row.modalities, train, val, P)
         batch = int(P["patch_batch_size"] if row.kind == "patch" else P["batch_size"])
-        trainer = Trainer(model, make_loss(row.kind), tr, val_data=va, stages=stages_for(row, model, P),
-                          batch_size=batch, iterations_per_epoch=int(P["iterations_per_epoch"]), amp=True,
+        trainer = Trainer(model, make_loss(row.kind, P["dice_form"]), tr, val_data=va,
+                          stages=stages_for(row, model, P), batch_size=batch,
+                          iterations_per_epoch=int(P["iterations_per_epoch"]), amp=bool(P["amp"]),
                           **ctx.trainer_args())
         history = ctx.fit(trainer)
         ctx.facts.update(label=row.label, iterations=history.iterations, best_val_loss=history.best_val_loss,

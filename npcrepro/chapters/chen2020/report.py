@@ -311,3 +311,137 @@ def _wrap(text: str, width: int) -> list[str]:
         else:
             cur = f"{cur} {w}".strip() if not cur.endswith("+") else cur + w
     return lines + ([cur] if cur else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# 3D renderings (Figs. 8 and 10) and the phantom's per-sequence tumour contrast
+
+
+def surface_quads(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """The boundary of a (z, y, x) mask as quads: (n, 4, 3) corner coordinates (x, y, z) in mm, one
+    quad per voxel face between a mask voxel and a background voxel (the surface the voxels enclose)."""
+    m = np.pad(np.asarray(mask, bool), 1)
+    sz, sy, sx = (float(s) for s in spacing)
+    quads = []
+    # unit-square corners of a face normal to each axis, in (z, y, x) voxel offsets
+    square = {0: [(0, 0, 0), (0, 1, 0), (0, 1, 1), (0, 0, 1)], 1: [(0, 0, 0), (1, 0, 0), (1, 0, 1), (0, 0, 1)],
+              2: [(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0)]}
+    for axis in range(3):
+        for step in (1, -1):
+            exposed = m & ~np.roll(m, -step, axis=axis)
+            idx = np.argwhere(exposed).astype(float) - 1.0          # back to unpadded voxel indices
+            if not len(idx):
+                continue
+            if step == 1:
+                idx[:, axis] += 1.0
+            corners = idx[:, None, :] + np.asarray(square[axis], float)[None]
+            quads.append(corners[..., ::-1] * np.array([sx, sy, sz]))  # (x, y, z) mm
+    return np.concatenate(quads) if quads else np.zeros((0, 4, 3))
+
+
+def _draw_surface(ax, mask, spacing, color, limits, title):
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    q = surface_quads(mask, spacing)
+    if len(q):
+        normal = np.cross(q[:, 1] - q[:, 0], q[:, 2] - q[:, 0])
+        normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12
+        shade = 0.45 + 0.55 * np.abs(normal @ np.array([0.4, 0.5, 0.77]))
+        rgb = np.clip(np.asarray(color)[None] * shade[:, None], 0, 1)
+        ax.add_collection3d(Poly3DCollection(q, facecolors=rgb, edgecolors="none"))
+    else:
+        ax.text2D(0.5, 0.5, "empty", transform=ax.transAxes, ha="center")
+    for setter, (lo, hi) in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), limits):
+        setter(lo, hi)
+    ax.set_box_aspect([hi - lo for lo, hi in limits])
+    ax.view_init(elev=20, azim=-60)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+
+
+def _limits(masks, spacing, margin: int = 2):
+    union = np.logical_or.reduce([np.asarray(m, bool) for m in masks])
+    box = T.bbox(union, margin=(margin, margin, margin)) or tuple((0, s) for s in union.shape)
+    return [(box[a][0] * spacing[a], box[a][1] * spacing[a]) for a in (2, 1, 0)]  # x, y, z in mm
+
+
+def _crop_to(masks, box):
+    return [m[tuple(slice(a, b) for a, b in box)] for m in masks]
+
+
+def fig_3d_cases(results, row: str = "mmfnet_full", n: int = 3):
+    """Fig. 8: 3D surfaces of the reference (top row) and of ``row``'s prediction (bottom row) for the
+    ``n`` test patients with the largest tumours, each column on its own mm scale."""
+    import matplotlib.pyplot as plt
+
+    cases = sorted(results.test_cases(), key=lambda c: -int(results.load_case(c, channels=["T1"]).labels[STRUCTURE].sum()))[:n]
+    fig = plt.figure(figsize=(3.2 * len(cases), 6.2))
+    for j, name in enumerate(cases):
+        case = results.load_case(name, channels=["T1"])
+        ref, pred = case.labels[STRUCTURE], results.prediction(row, name, STRUCTURE)
+        pred = np.zeros_like(ref) if pred is None else pred
+        lim = _limits([ref, pred], case.spacing)
+        for i, (m, color, what) in enumerate(((ref, (0.85, 0.2, 0.2), "reference"),
+                                              (pred, (0.2, 0.35, 0.85), f"{row}, DSC {_slice_dice(pred, ref):.3f}"))):
+            ax = fig.add_subplot(2, len(cases), i * len(cases) + j + 1, projection="3d")
+            _draw_surface(ax, m, case.spacing, color, lim, f"{name}: {what}")
+    fig.suptitle(f"3D reference (top) and {results.label(row)} (bottom); mm axes, voxel surfaces", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def fig_3d_methods(results, rows: Sequence[str], case: str | None = None):
+    """Fig. 10: 3D surfaces of one patient's reference (a) and of every row's prediction, DSC in the
+    titles, all on the same mm scale."""
+    import matplotlib.pyplot as plt
+
+    case = case or figure_case(results)
+    c = results.load_case(case, channels=["T1"])
+    ref = c.labels[STRUCTURE]
+    preds = {r: results.prediction(r, case, STRUCTURE) for r in rows}
+    preds = {r: p for r, p in preds.items() if p is not None}
+    lim = _limits([ref, *preds.values()], c.spacing)
+    panels = [("(a) reference", ref, (0.85, 0.2, 0.2))] + [
+        (f"({chr(98 + i)}) {r}, DSC {_slice_dice(p, ref):.3f}", p, (0.2, 0.35, 0.85)) for i, (r, p) in enumerate(preds.items())]
+    cols = min(4, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig = plt.figure(figsize=(3.2 * cols, 3.0 * nrows))
+    for k, (title, m, color) in enumerate(panels):
+        ax = fig.add_subplot(nrows, cols, k + 1, projection="3d")
+        _draw_surface(ax, m, c.spacing, color, lim, title)
+    fig.suptitle(f"{case}: reference and every row's prediction in 3D (mm axes)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sequence_contrast(results, ring_mm: float = 5.0) -> pd.DataFrame:
+    """How visible the tumour is on each sequence of the run's patients: per case and sequence, the
+    contrast-to-noise ratio (mean tumour - mean ring) / sd ring and the AUC of a single voxel's
+    intensity separating tumour from the ring (0.5: invisible; 0 or 1: perfectly separated), the ring
+    being the voxels within ``ring_mm`` mm of the tumour (on the case's grid). Returns one row per
+    sequence: mean and sd over patients of CNR and AUC, and of |AUC - 0.5|."""
+    from scipy import ndimage
+    from scipy.stats import mannwhitneyu
+
+    rows = []
+    names = results.metrics[["case"]].drop_duplicates()["case"].tolist()
+    for name in names:
+        case = results.load_case(name, channels=list(MODALITIES))
+        tum = np.asarray(case.labels[STRUCTURE], bool)
+        if not tum.any():
+            continue
+        dist = ndimage.distance_transform_edt(~tum, sampling=case.spacing)
+        ring = (dist > 0) & (dist <= ring_mm)
+        for ch in MODALITIES:
+            img = np.asarray(case.images[ch], float)
+            a, b = img[tum], img[ring]
+            auc = float(mannwhitneyu(a, b).statistic) / (a.size * b.size)
+            rows.append({"case": name, "sequence": ch, "cnr": (a.mean() - b.mean()) / max(b.std(), 1e-9),
+                         "auc": auc, "separation": abs(auc - 0.5)})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    g = df.groupby("sequence", sort=False)
+    out = pd.DataFrame({"patients": g.size(), "CNR mean": g["cnr"].mean(), "CNR sd": g["cnr"].std(),
+                        "AUC mean": g["auc"].mean(), "|AUC - 0.5| mean": g["separation"].mean()})
+    return out.reset_index().round(3)

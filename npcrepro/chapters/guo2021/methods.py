@@ -131,6 +131,72 @@ def _infer(P, device) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ training
+#: Where a network's accuracy curve goes, in its run folder (the paper's Fig. 4).
+ACCURACY_CSV = "accuracy.csv"
+
+
+class AccuracyCurve:
+    """Trainer callback: at every evaluation, the voxel accuracy (argmax class = reference) of the
+    current network on a fixed subset of ``n`` training blocks (no flips) and on all validation
+    blocks, appended to ``<run folder>/accuracy.csv`` (iteration, train_accuracy, val_accuracy; a
+    resumed job may repeat a row, :func:`read_accuracy` keeps the last). The paper's Fig. 4."""
+
+    def __init__(self, train_ds, val_ds, path, n: int = 64):
+        from pathlib import Path
+
+        self.train_ds, self.val_ds, self.path = train_ds, val_ds, Path(path)
+        self.train_idx = np.unique(np.linspace(0, len(train_ds) - 1, min(n, len(train_ds))).astype(int))
+
+    @staticmethod
+    def accuracy(model, ds, idx, batch: int = 16) -> float:
+        """Voxel accuracy of ``model`` over blocks ``idx`` of ``ds`` (items (image, (mask, weight)))."""
+        import torch
+
+        dev = next(model.parameters()).device
+        right = total = 0
+        with torch.no_grad():
+            for i in range(0, len(idx), batch):
+                items = [ds[int(j)] for j in idx[i:i + batch]]
+                x = torch.stack([a for a, _ in items]).to(dev)
+                y = torch.stack([b[0] for _, b in items]).to(dev) > 0.5
+                out = model(x)
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                pred = out.argmax(1) == 1 if out.shape[1] > 1 else out[:, 0] > 0
+                right += int((pred == y).sum())
+                total += int(y.numel())
+        return right / total if total else float("nan")
+
+    def __call__(self, trainer, event, info):
+        if event != "evaluation":
+            return
+        model = trainer.model
+        was = model.training
+        model.eval()
+        row = {"iteration": int(trainer.state.iteration),
+               "train_accuracy": self.accuracy(model, self.train_ds, self.train_idx),
+               "val_accuracy": (self.accuracy(model, self.val_ds, np.arange(len(self.val_ds)))
+                                if self.val_ds is not None and len(self.val_ds) else float("nan"))}
+        model.train(was)
+        new = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            if new:
+                f.write("iteration,train_accuracy,val_accuracy\n")
+            f.write(f"{row['iteration']},{row['train_accuracy']:.6g},{row['val_accuracy']:.6g}\n")
+
+
+def read_accuracy(path) -> "pd.DataFrame":
+    """A network's accuracy curve (see :class:`AccuracyCurve`); empty when none was written."""
+    import pandas as pd
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=["iteration", "train_accuracy", "val_accuracy"])
+    df = pd.read_csv(path)
+    return df.drop_duplicates("iteration", keep="last").sort_values("iteration").reset_index(drop=True)
+
+
 def fit_network(model, train_ds, val_ds, P: Mapping[str, Any], trainer_args: Mapping[str, Any],
                 fit=None) -> dict:
     """Train ``model`` in place with the chapter's recipe through the shared Trainer; returns the facts
@@ -140,6 +206,10 @@ def fit_network(model, train_ds, val_ds, P: Mapping[str, Any], trainer_args: Map
     from npcrepro.losses import GuoLoss
     from npcrepro.models import count_parameters
 
+    trainer_args = dict(trainer_args)
+    if trainer_args.get("run") is not None:
+        acc = AccuracyCurve(train_ds, val_ds, trainer_args["run"].path / ACCURACY_CSV)
+        trainer_args["callbacks"] = [*trainer_args.get("callbacks", ()), acc]
     trainer = Trainer(model, GuoLoss(float(P["gamma"])), train_ds, val_data=val_ds,
                       batch_size=int(P["batch_size"]), restore_best=True, iterations=int(P["iterations"]),
                       optimizer="adam", lr=float(P["lr"]), eval_every=int(P["eval_every"]),
@@ -233,24 +303,64 @@ class Guo2021(Chapter):
             return model
         t0 = time.perf_counter()
         infer = _infer(P, ctx.device)
-        coarse = {p.name: predict_views(model.bunet, p.image, **infer) for p in [*train, *val]}
+        coarse = {p.name: predict_views(model.bunet, p.image, **infer) for p in val}
+        coarse.update(self._coarse_training_maps(model.bunet, train, val, ctx))
         ctx.facts["coarse_seconds"] = time.perf_counter() - t0
         ctx.facts.update(fit_network(model.acdnet, blocks(train, P, coarse=coarse),
                                      blocks(val, P, coarse=coarse, val=True), P, ctx.trainer_args(), ctx.fit))
         return model
 
+    def _coarse_training_maps(self, bunet, train, val, ctx) -> dict:
+        """Coarse maps of the training patients that ACDNet learns from: the round's BUNet's own
+        predictions (``cross_fit`` 0), or cross-fitted ones (``cross_fit`` k >= 2: the patients split
+        into k parts by their order, each part predicted by a BUNet trained on the other parts, in
+        ``<job>/crossfit_<i>/``)."""
+        P, infer = ctx.P, _infer(ctx.P, ctx.device)
+        k = int(P.get("cross_fit") or 0)
+        if k == 0:
+            return {p.name: predict_views(bunet, p.image, **infer) for p in train}
+        if k < 2 or k > len(train):
+            raise ParameterError(f"cross_fit must be 0 or 2..{len(train)} (training patients), got {k}")
+        out, seconds = {}, 0.0
+        for i, part in enumerate(np.array_split(np.arange(len(train)), k)):
+            rest = [p for j, p in enumerate(train) if j not in set(part.tolist())]
+            net = build_model("BUNet", float(P["width"]), 1, P["acd_layers"])
+            facts = fit_network(net, blocks(rest, P), blocks(val or rest[:1], P, val=True), P,
+                                ctx.trainer_args(part=f"crossfit_{i}"), ctx.fit)
+            seconds += float(facts["cpu_seconds"])
+            for j in part:
+                out[train[int(j)].name] = predict_views(net, train[int(j)].image, **infer)
+        ctx.facts.update(cross_fit=k, cross_fit_cpu_seconds=seconds)
+        return out
+
     def predict(self, method, model, prepared: Prepared, ctx):
+        """Probabilities on the case's grid. Also keeps, for :meth:`score`, the DSC on the working grid
+        of each single view's map and of the views' mean (what fusing the views adds)."""
+        from npcrepro import metrics
+        from npcrepro.engine.data import VIEWS
+
         if ctx.facts.get("status") != CONVERGED:
             return {}
         infer = _infer(ctx.P, ctx.device)
         if method.name != "CSCN":
-            return {STRUCTURE: prepared.to_original(predict_views(model, prepared.image, **infer))}
-        from npcrepro.models.cscn import fuse_probabilities
+            views = {v: predict_views(model, prepared.image, views=[v], **infer) for v in VIEWS}
+            prob = sum(views.values()) / len(views)
+        else:
+            from npcrepro.models.cscn import fuse_probabilities
 
-        coarse = predict_views(model.bunet, prepared.image, **infer)
-        fine = predict_views(model.acdnet, with_coarse(prepared, coarse), **infer)
-        fused = fuse_probabilities(coarse, fine, ctx.P["fusion"], float(ctx.P["fusion_weight"]))
-        return {STRUCTURE: prepared.to_original(fused)}
+            w, rule = float(ctx.P["fusion_weight"]), ctx.P["fusion"]
+            coarse_v = {v: predict_views(model.bunet, prepared.image, views=[v], **infer) for v in VIEWS}
+            coarse = sum(coarse_v.values()) / len(VIEWS)
+            fine_v = {v: predict_views(model.acdnet, with_coarse(prepared, coarse), views=[v], **infer)
+                      for v in VIEWS}
+            fine = sum(fine_v.values()) / len(VIEWS)
+            views = {v: fuse_probabilities(coarse_v[v], fine_v[v], rule, w) for v in VIEWS}
+            prob = fuse_probabilities(coarse, fine, rule, w)
+        ref = prepared.target
+        dice = {f"dice_{v}": metrics.dice(views[v] >= 0.5, ref) for v in VIEWS}
+        dice["dice_views_mean"] = metrics.dice(prob >= 0.5, ref)
+        ctx.__dict__.setdefault("guo_view_dice", {})[prepared.name] = dice
+        return {STRUCTURE: prepared.to_original(prob)}
 
     def score(self, method, prepared, probs, masks, ctx):
         """Per patient: DSC, ASSD (mm, Eq. 9), F1, precision, recall, HD95, volumes, TP/FP/FN (for a
@@ -267,7 +377,8 @@ class Guo2021(Chapter):
         tp, fp, fn, _ = metrics.confusion(pred, ref)
         keep = ("dice", "assd", "f1", "precision", "recall", "hd95", "volume_pred_cm3", "volume_ref_cm3",
                 "pred_empty", "ref_empty")
-        return [{**row, **{k: res[k] for k in keep}, "tp": tp, "fp": fp, "fn": fn}]
+        views = getattr(ctx, "guo_view_dice", {}).pop(prepared.name, {})
+        return [{**row, **{k: res[k] for k in keep}, "tp": tp, "fp": fp, "fn": fn, **views}]
 
 
 CHAPTER = Guo2021()

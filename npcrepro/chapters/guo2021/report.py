@@ -336,6 +336,57 @@ def fig_three_views(results, case: str | None = None, methods: Sequence[str] = (
     return fig
 
 
+def view_table(results) -> pd.DataFrame:
+    """What fusing the three views adds (this chapter's probability averaging): per method, the mean
+    DSC on the working grid of each single view's map, of the views' mean, and the mean's gain over
+    the best single view (patients of all rounds)."""
+    cols = ["dice_axial", "dice_coronal", "dice_sagittal", "dice_views_mean"]
+    m = converged(results)
+    if not set(cols) <= set(m.columns):
+        return pd.DataFrame()
+    rows = []
+    for method in ordered_methods(results):
+        g = m[m["method"] == method][cols].dropna()
+        if g.empty:
+            continue
+        mean = g.mean()
+        best = max(mean[c] for c in cols[:3])
+        rows.append({"method": method, "patients": len(g), "axial": mean["dice_axial"],
+                     "coronal": mean["dice_coronal"], "sagittal": mean["dice_sagittal"],
+                     "views averaged": mean["dice_views_mean"], "gain over best view": mean["dice_views_mean"] - best})
+    return pd.DataFrame(rows).round(3)
+
+
+def accuracy_curve(results, method: str, fold: int = 0) -> pd.DataFrame:
+    """A network's accuracy curve of one round (CSCN: its ACDNet fine stage), first seed."""
+    from npcrepro.chapters.guo2021.methods import ACCURACY_CSV, read_accuracy
+
+    return read_accuracy(results.job_dir(method, fold, results.seeds[0] if results.seeds else 0) / ACCURACY_CSV)
+
+
+def fig_accuracy(results, fold: int = 0):
+    """Fig. 4 of the paper: training accuracy (voxel accuracy on a fixed subset of training blocks,
+    solid) and validation accuracy (all validation blocks, dashed) of every network of one round,
+    against the iteration."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for i, method in enumerate(m for m in ("BUNet", "CSCN", *_BASELINES) if m in results.methods):
+        acc = accuracy_curve(results, method, fold)
+        if acc.empty:
+            continue
+        label = "ACDNet (cascade)" if method == "CSCN" else method
+        color = f"C{i}"
+        ax.plot(acc["iteration"], acc["train_accuracy"], color=color, marker="o", ms=3, label=f"{label}, training")
+        ax.plot(acc["iteration"], acc["val_accuracy"], color=color, ls="--", label=f"{label}, validation")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("voxel accuracy")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"Round {fold}: training accuracy (the paper's Fig. 4)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def fig_curves(results, fold: int = 0):
     """Figs. 5-6 of the paper: training and validation loss (distance-weighted focal) of every network
     of one round (CSCN: its ACDNet fine stage), and the learning rate."""

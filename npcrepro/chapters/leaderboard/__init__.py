@@ -11,8 +11,11 @@ inputs only:
 * input: the modality each paper used (CT for xue2020/luo2020; contrast-enhanced T1 for li2018,
   guo2021 and the single-sequence chen2020 row; T1+T2+CET1 for MMFNet), CT windowed to [-200, 300] HU
   and MR z-scored per patient;
-* training: Adam at ``lr``, ``iterations_2d`` / ``iterations_3d`` iterations, loss = soft Dice +
-  cross-entropy on the final output (averaged over deep-supervision outputs where a network has them),
+* training: Adam at peak ``lr`` after a linear warm-up over ``warmup`` of the budget, then a
+  ``schedule`` (cosine) decay to 0 at its end, gradient norm clipped at ``grad_clip``;
+  ``iterations_2d`` / ``iterations_3d`` iterations, ``seeds`` seeds per method; loss = soft Dice +
+  cross-entropy on the final output (averaged over deep-supervision outputs where a network has them:
+  luo2020's two stages, li2018's three score maps, each against the target averaged to its grid),
   2D methods on random ``crop_2d`` crops of axial slices (tumour slices plus half as many others), 3D
   methods on random ``patch_3d`` patches (half centred on tumour);
 * inference: 2D slice by slice over the whole volume, 3D by Gaussian sliding window with the training

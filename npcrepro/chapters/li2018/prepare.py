@@ -40,6 +40,16 @@ DCE_CHANNEL = f"DCE_{DCE_FRAME - 1:03d}"
 ACQUISITION_SHAPE = (20, SIZE, SIZE)
 
 
+def lesion_extent_mm(mask: np.ndarray, spacing) -> float:
+    """Largest axial extent (mm) of a (z, y, x) mask: the longer side of its in-plane bounding box
+    (projected over z), the size the paper's 1 cm exclusion is read against; 0 for an empty mask."""
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return 0.0
+    yy, xx = np.nonzero(m.any(axis=0))
+    return float(max((yy.max() - yy.min() + 1) * spacing[1], (xx.max() - xx.min() + 1) * spacing[2]))
+
+
 def phantom_params() -> dict:
     """:func:`npcrepro.phantom.make_case` parameters of the paper's DCE acquisition."""
     return {"modalities": ("DCE",), "shape": ACQUISITION_SHAPE, "spacing": SPACING,
@@ -65,8 +75,8 @@ def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
     from npcrepro.datasets import Case, open_dataset, write_dataset
     from npcrepro.phantom.make import cohort_record
 
-    n, seed = int(P["n_cases"]), int(P["seed"])
-    record = {"li2018_dce": cohort_record(n, seed, preset="cpu", **phantom_params())}
+    n, seed, min_mm = int(P["n_cases"]), int(P["seed"]), float(P.get("min_lesion_mm", 0) or 0)
+    record = {"li2018_dce": cohort_record(n, seed, preset="cpu", **phantom_params()), "min_lesion_mm": min_mm}
     tag = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:8]
     folder = _cache_root(P) / f"li2018-dce-n{n}-s{seed}-{tag}"
     if (folder / "dataset.json").exists():
@@ -76,7 +86,7 @@ def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
                 return ds
         except DataError:
             pass
-    cases, skipped, i = [], [], 0
+    cases, skipped, small, i = [], [], [], 0
     while len(cases) < n and i < 3 * n + 10:
         case = phantom.make_case(seed + i, **phantom_params())
         i += 1
@@ -84,12 +94,17 @@ def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
         if gtv is None or not gtv.any():
             skipped.append(seed + i - 1)
             continue
+        if lesion_extent_mm(gtv, case.spacing) < min_mm:
+            small.append(seed + i - 1)
+            continue
         cases.append(Case(f"npc_{len(cases):03d}", {DCE_CHANNEL: case.images[DCE_CHANNEL]}, {STRUCTURE: gtv},
                           case.spacing, case.origin, case.direction, {"phantom_seed": seed + i - 1}))
     folder.parent.mkdir(parents=True, exist_ok=True)
     desc = (f"digital phantom, DCE frame {DCE_FRAME} of 65 ({DCE_CHANNEL}), {len(cases)} patients on the "
             f"paper's 144x144x20 grid" + (f"; phantom seeds {skipped} skipped (no GTVp in the 6 cm slab)"
-                                          if skipped else ""))
+                                          if skipped else "")
+            + (f"; phantom seeds {small} excluded (tumour under {min_mm:g} mm, the paper's 1 cm rule)"
+               if small else ""))
     return write_dataset(folder, cases, channels=[DCE_CHANNEL], structures=[STRUCTURE], name="li2018-dce-phantom",
                          description=desc, source="phantom", progress=progress, overwrite=True, extra=record)
 

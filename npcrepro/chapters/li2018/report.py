@@ -222,6 +222,57 @@ def modes_table(results):
     return pd.DataFrame(rows).set_index("mode")
 
 
+def faithful_table(results):
+    """The faithful-recipe test, one row per SGD mode (faithful, printed) and fold: patients,
+    iterations run, whether the loss stayed finite, first and last logged losses (summed over pixels),
+    the stage-1 loss change (%), the fold's DSC (mean over its patients) and the working mode's DSC on
+    the same patients. Empty when no SGD mode ran."""
+    import pandas as pd
+
+    from npcrepro.chapters.li2018.methods import SGD_MODES
+
+    m, tr = results.metrics, results.training
+    rows = []
+    for mode in [x for x in SGD_MODES if x in results.methods]:
+        for _, t in tr[tr["method"] == mode].sort_values("fold").iterrows():
+            fold = int(t["fold"])
+            mine = m[(m["method"] == mode) & (m["fold"] == fold)]
+            work = m[(m["method"] == "working") & (m["fold"] == fold)]
+            first, last1 = float(t["loss_first"]), float(t["loss_stage1"])
+            change = 100.0 * (last1 - first) / abs(first) if np.isfinite(first) and np.isfinite(last1) and first else np.nan
+            rows.append({"mode": mode, "fold": fold, "patients": len(mine), "iterations": int(t["iterations"]),
+                         "loss finite": not str(t["diverged"] if isinstance(t["diverged"], str) else ""),
+                         "first loss": first, "last loss stage 1": last1,
+                         "last loss stage 3": float(t["loss_stage3"]),
+                         "stage-1 loss change (%)": change,
+                         "DSC": float(mine["dice"].mean()) if len(mine) else np.nan,
+                         "DSC 36x36": float(mine["dice_36"].mean()) if len(mine) else np.nan,
+                         "working DSC (same patients)": float(work["dice"].mean()) if len(work) else np.nan})
+    return pd.DataFrame(rows)
+
+
+def faithful_verdict(ft, mode: str = "faithful") -> str:
+    """One sentence on whether ``mode`` trained, from :func:`faithful_table`: on how many folds its
+    loss stayed finite, the mean stage-1 loss change, its DSC and the working DSC on the same
+    patients. A fold counts as trained when the loss stayed finite and the DSC reached 0.1 and at least
+    half the working mode's on the same patients (the chapter's criterion; the paper gives none)."""
+    t = ft[ft["mode"] == mode] if len(ft) else ft
+    if t.empty:
+        return "was not run"
+    finite = int(t["loss finite"].sum())
+    work = t["working DSC (same patients)"]
+    trained = int((t["loss finite"] & (t["DSC"] >= 0.1) & (t["DSC"] >= 0.5 * work.fillna(np.inf))).sum())
+    change = t["stage-1 loss change (%)"].dropna()
+    parts = [f"kept a finite loss on {finite} of {len(t)} fold(s)"]
+    if len(change):
+        parts.append(f"its stage-1 loss changed by {change.mean():+.1f} % over the stage")
+    parts.append(f"it reached DSC {t['DSC'].mean():.2f}" + (f" (working mode on the same patients: "
+                                                              f"{work.mean():.2f})" if work.notna().any() else ""))
+    parts.append(f"it trained (finite loss, DSC at least 0.1 and half the working DSC) on {trained} of "
+                 f"{len(t)}")
+    return "; ".join(parts)
+
+
 def patient_extremes(per_case, metric: str = "dice") -> tuple[dict, dict]:
     """(best, worst) rows of the per-patient table by ``metric``."""
     df = per_case.sort_values([metric, "case"], ascending=[False, True])

@@ -229,6 +229,41 @@ def case_table(results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def stage_table(results) -> pd.DataFrame:
+    """The paper's Table 1 (reported: sex, age, T and N stage, treatment of its 150 patients, from
+    ``npcrepro.papers.xue2020.DEMOGRAPHICS``) beside this run's cohort: the T and N stage mix of the
+    patients the run used (count and percent; the phantom models neither sex, age nor treatment)."""
+    from npcrepro.papers import xue2020 as paper
+
+    d = paper.DEMOGRAPHICS
+    meta = [c.meta for c in reference_cases(results).values()]
+    n = len(meta)
+
+    def mine(key: str, label: str) -> str:
+        vals = [str(m.get(key, "")) for m in meta]
+        if not any(vals):
+            return "not modelled"
+        k = sum(v in (label, label[1:]) for v in vals)
+        return f"{k} ({100.0 * k / n:.1f} %)" if n else "—"
+
+    def rep(count, pct) -> str:
+        return f"{count} ({pct:.1f} %)"
+
+    rows = [{"characteristic": "patients", "reported (Table 1)": str(d["n_patients"]), "this run": str(n)},
+            {"characteristic": "age, median (range), years",
+             "reported (Table 1)": f"{d['age_years']['median']} ({d['age_years']['range'][0]:g}-{d['age_years']['range'][1]:g})",
+             "this run": "not modelled"}]
+    rows += [{"characteristic": f"sex: {k}", "reported (Table 1)": rep(*v), "this run": "not modelled"}
+             for k, v in d["sex"].items()]
+    rows += [{"characteristic": f"T stage: {k}", "reported (Table 1)": rep(*v), "this run": mine("t_stage", k)}
+             for k, v in d["t_stage"].items()]
+    rows += [{"characteristic": f"N stage: {k}", "reported (Table 1)": rep(*v), "this run": mine("n_stage", k)}
+             for k, v in d["n_stage"].items()]
+    rows += [{"characteristic": f"treatment: {k}", "reported (Table 1)": rep(*v), "this run": "not modelled"}
+             for k, v in d["treatment"].items()]
+    return pd.DataFrame(rows)
+
+
 def training_note(best: Mapping[str, float | None]) -> str:
     """One sentence on whether each model learned, from its best validation loss (1 - soft DSC):
     ``best`` = {model: best validation loss or None}.

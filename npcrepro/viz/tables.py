@@ -1,0 +1,69 @@
+"""How the book's notebooks display tables: no pandas index column where the index means nothing.
+
+A DataFrame built from rows carries pandas' positional index (0, 1, 2, ...), which the default HTML
+repr prints as a first, unlabelled column. :func:`install` (called once in every notebook's import
+cell) registers IPython display formatters for :class:`pandas.DataFrame` and
+:class:`pandas.io.formats.style.Styler` that leave out such an index, so every table a notebook shows,
+as the cell's value or through ``display()``, has only its own columns. An index that labels the rows
+(named, like ``set_index("item")``, or of strings, like ``agg(["mean", "std"])``) is kept.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["positional", "table_html", "table_text", "install"]
+
+
+def positional(index: pd.Index) -> bool:
+    """Whether ``index`` is a meaningless position: unnamed, one level, integer values (the
+    default RangeIndex, or what is left of it after filtering or sorting)."""
+    if isinstance(index, pd.MultiIndex) or any(n is not None for n in index.names):
+        return False
+    return isinstance(index, pd.RangeIndex) or pd.api.types.is_integer_dtype(index.dtype)
+
+
+def table_html(obj: Any) -> str | None:
+    """HTML of a DataFrame or Styler without its positional index (see :func:`positional`); None
+    where the object keeps its index (IPython then falls back to the object's own repr)."""
+    from pandas.io.formats.style import Styler
+
+    if isinstance(obj, Styler):
+        if not positional(obj.data.index):
+            return None
+        return obj.hide(axis="index")._repr_html_()
+    if isinstance(obj, pd.DataFrame):
+        if not positional(obj.index):
+            return None
+        html = obj.to_html(index=False, notebook=True, max_rows=pd.get_option("display.max_rows"),
+                           max_cols=pd.get_option("display.max_columns"),
+                           show_dimensions=pd.get_option("display.show_dimensions"))
+        return f"<div>{html}</div>"
+    return None
+
+
+def table_text(obj: Any, p, cycle: bool) -> None:
+    """IPython text/plain printer of a DataFrame: ``to_string(index=False)`` for a positional index."""
+    if cycle or not positional(obj.index):
+        p.text(repr(obj))
+    else:
+        p.text(obj.to_string(index=False, max_rows=pd.get_option("display.max_rows")))
+
+
+def install() -> bool:
+    """Register the formatters in the running IPython kernel; False outside IPython (nothing done)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency of the book
+        return False
+    ip = get_ipython()
+    if ip is None:
+        return False
+    from pandas.io.formats.style import Styler
+
+    formatters = ip.display_formatter.formatters
+    formatters["text/html"].for_type(pd.DataFrame, table_html)
+    formatters["text/html"].for_type(Styler, table_html)
+    formatters["text/plain"].for_type(pd.DataFrame, table_text)
+    return True

@@ -1,0 +1,81 @@
+"""The book's tables show no pandas index column (npcrepro.viz.tables), and every notebook uses it."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from npcrepro.viz import tables
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _header_and_first_row(html: str) -> tuple[list[str], list[str]]:
+    head = re.findall(r"<th(?:\s[^>]*)?>(.*?)</th>", html.split("</thead>")[0], re.S)
+    body = html.split("<tbody>")[1].split("</tr>")[0]
+    cells = re.findall(r"<t[hd](?:\s[^>]*)?>(.*?)</t[hd]>", body, re.S)
+    return [h.strip() for h in head], [c.strip() for c in cells]
+
+
+def test_positional_index_is_left_out():
+    df = pd.DataFrame([{"method": "a", "dsc": 0.5}, {"method": "b", "dsc": 0.7}])
+    head, row = _header_and_first_row(tables.table_html(df))
+    assert head == ["method", "dsc"] and row == ["a", "0.5"]
+    # filtered or sorted: still positions
+    head, row = _header_and_first_row(tables.table_html(df.sort_values("dsc", ascending=False)))
+    assert head == ["method", "dsc"] and row == ["b", "0.7"]
+    # a Styler of such a frame too
+    html = tables.table_html(df.style.format(precision=1))
+    assert "row_heading" not in html
+
+
+def test_labelling_index_is_kept():
+    df = pd.DataFrame({"dsc": [0.5, 0.7]}, index=pd.Index(["a", "b"], name="method"))
+    assert tables.table_html(df) is None                      # IPython falls back to pandas' repr
+    assert tables.table_html(df[["dsc"]].agg(["mean", "std"])) is None
+    assert tables.table_html(df.style) is None
+    assert not tables.positional(pd.MultiIndex.from_tuples([(0, 1)]))
+    assert tables.positional(pd.RangeIndex(3)) and tables.positional(pd.Index([3, 1]))
+
+
+def test_plain_text_without_index():
+    df = pd.DataFrame({"a": [1, 2]})
+
+    class Printer:
+        def text(self, s):
+            self.out = s
+
+    p = Printer()
+    tables.table_text(df, p, False)
+    assert p.out.split() == ["a", "1", "2"]
+
+
+def test_install_outside_ipython_does_nothing():
+    assert tables.install() is False
+
+
+def test_install_registers_the_formatters():
+    IPython = pytest.importorskip("IPython")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        assert tables.install() is True
+        fmt = shell.display_formatter.format(pd.DataFrame({"x": [1, 2]}))[0]
+        assert "row_heading" not in fmt["text/html"] and "<th>0</th>" not in fmt["text/html"]
+        assert fmt["text/plain"].split() == ["x", "1", "2"]
+    finally:
+        InteractiveShell.clear_instance()
+
+
+@pytest.mark.parametrize("notebook", sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb")))
+def test_every_notebook_installs_the_table_display(notebook):
+    nb = json.loads((REPO / "notebooks" / f"{notebook}.ipynb").read_text(encoding="utf-8"))
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    first = next(i for i, s in enumerate(code) if "npcrepro.viz.tables import install" in s)
+    # before any cell that can display a table (the parameters cell and the setup cell come first)
+    shows = [i for i, s in enumerate(code) if "pd." in s or "display(" in s or "report" in s]
+    assert not shows or first <= min(shows), notebook
