@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["MODULES", "module", "run"]
+__all__ = ["MODULES", "module", "run", "dry_run"]
 
 #: Chapters ported to the runner: name -> the module holding ``CHAPTER``.
 MODULES: dict[str, str] = {
@@ -42,3 +42,21 @@ def run(P: Mapping[str, Any], *, name: str = "run", **kwargs):
     from npcrepro.engine.experiment import run_experiment
 
     return run_experiment(module(P["paper"]), P, name=name, **kwargs)
+
+
+def dry_run(chapter: str, profile: str = "gpu", *, progress: bool = False, amp_dtype: str | None = None,
+            mode: bool | str = True, **overrides):
+    """A dry run of ``chapter`` at ``profile``: the profile's full sizes, three patients, every
+    network trained for 2 iterations per stage and one full-size prediction per method, through the
+    same runner and chapter code as a real run (see
+    :func:`npcrepro.engine.experiment.run_experiment`). Returns its
+    :class:`~npcrepro.engine.results.Results` (run folder under ``<out_dir>/dryrun/``).
+    ``amp_dtype="bfloat16"`` trains under bf16 autocast, on the CPU too; ``mode="plan"`` only
+    measures every network's step (:mod:`npcrepro.plan`), training and predicting nothing."""
+    from npcrepro.profiles import Params, resolve
+
+    P = resolve(chapter, profile=profile, **overrides)
+    if amp_dtype:
+        P = Params({**P, "amp_dtype": amp_dtype})
+    module(chapter)
+    return run(P, dry_run=mode, progress=progress)

@@ -31,6 +31,11 @@ PROFILES = {
         patch_samples_per_case=2048, methods="all", threads=None),
 }
 
+#: gpu-lite: the paper's grid, windows and widths; the cpu profile's six networks, one fold, fewer
+#: patients and epochs (sized by `npcrepro plan` for a short GPU loan).
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=30, max_folds=1, epochs=30, patience=6,
+                            methods=PROFILES["cpu"]["methods"], patch_samples_per_case=1024)
+
 HELP = {
     "phantom_preset": "digital phantom preset when the data are the phantom",
     "spacing_xy": "in-plane spacing (mm) the cases are resampled to; None keeps the original",

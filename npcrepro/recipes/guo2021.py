@@ -34,6 +34,11 @@ PROFILES = {
                 overlap=0.5, infer_batch=256, figure_cases=3, real_organs=REAL_ORGANS, real_scans=7, threads=None),
 }
 
+#: gpu-lite: the paper's 1 mm voxels, blocks and widths; one round of the cross-validation on fewer
+#: patients, shorter training (sized by `npcrepro plan` for a short GPU loan).
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=30, n_val=3, max_rounds=1, samples_per_case=2000,
+                            iterations=8000, eval_every=500, decay_every=80)
+
 HELP = {
     "phantom_preset": "phantom preset generated when data is 'phantom'",
     "channel": "input image channel (the paper: T1 THRIVE; the phantom's CET1 stands in)",
