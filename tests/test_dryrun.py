@@ -126,6 +126,10 @@ SHRINK = {
 }
 
 
+#: Chapters whose dry run also scores its predictions in the test (li2018: small slices).
+SCORED = ("li2018",)
+
+
 @pytest.fixture(scope="module")
 def dry_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("dry")
@@ -139,7 +143,9 @@ def test_dry_run_at_the_gpu_profile(chapter, dry_root):
     import time
 
     t0 = time.perf_counter()
-    res = chapters.dry_run(chapter, "gpu", out_dir=str(dry_root), **SHRINK[chapter])
+    # scored only where it is cheap: the surface metrics of an untrained network's full-volume
+    # masks take ~1 min per structure at 96 x 512 x 512 on one core (luo2020 has 14 structures)
+    res = chapters.dry_run(chapter, "gpu", out_dir=str(dry_root), score=chapter in SCORED, **SHRINK[chapter])
     seconds = time.perf_counter() - t0
     run = Path(res.path)
     assert (run / "DONE").exists() and (run / "DRY_RUN").exists()
@@ -153,7 +159,8 @@ def test_dry_run_at_the_gpu_profile(chapter, dry_root):
         rows = [r for f in jobs[0].rglob("plan.json") for r in json.loads(f.read_text())]
         assert rows, f"{m['name']} trained no network through the Trainer"
         assert all(r["iterations"] is None or r["iterations"] >= 2 for r in rows)
-    assert len(res.metrics) > 0  # one full-size prediction per method, scored
+    if chapter in SCORED:
+        assert len(res.metrics) > 0  # one full-size prediction per method, scored
     case = json.loads((run / "splits.json").read_text())[0]["test"][0]
     preds = list(run.glob(f"*/fold_0/seed_0/predictions/{case}/*.nii.gz"))
     assert preds, "no prediction written"

@@ -45,18 +45,22 @@ def run(P: Mapping[str, Any], *, name: str = "run", **kwargs):
 
 
 def dry_run(chapter: str, profile: str = "gpu", *, progress: bool = False, amp_dtype: str | None = None,
-            mode: bool | str = True, **overrides):
+            mode: bool | str = True, score: bool = True, **overrides):
     """A dry run of ``chapter`` at ``profile``: the profile's full sizes, three patients, every
     network trained for 2 iterations per stage and one full-size prediction per method, through the
     same runner and chapter code as a real run (see
     :func:`npcrepro.engine.experiment.run_experiment`). Returns its
     :class:`~npcrepro.engine.results.Results` (run folder under ``<out_dir>/dryrun/``).
     ``amp_dtype="bfloat16"`` trains under bf16 autocast, on the CPU too; ``mode="plan"`` only
-    measures every network's step (:mod:`npcrepro.plan`), training and predicting nothing."""
+    measures every network's step (:mod:`npcrepro.plan`), training and predicting nothing;
+    ``score=False`` predicts and writes but does not score (the surface metrics of an untrained
+    network's full-volume masks take about a minute per structure at paper size on one core)."""
     from npcrepro.profiles import Params, resolve
 
     P = resolve(chapter, profile=profile, **overrides)
     if amp_dtype:
         P = Params({**P, "amp_dtype": amp_dtype})
+    if not score:
+        P = Params({**P, "dry_run_score": False})
     module(chapter)
     return run(P, dry_run=mode, progress=progress)

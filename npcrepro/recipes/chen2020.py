@@ -104,6 +104,8 @@ DEVIATIONS = {
                    "budget 1e-4 would measure the budget, not self-transfer; at 1e-3 the rows with and "
                    "without self-transfer train at the same rate and differ only in their start",
 }
+DEVIATIONS["epochs"] += "; gpu-lite: 30 epochs, sized for a short GPU loan"
+DEVIATIONS["patience"] += "; gpu-lite: scaled with the shorter budget"
 
 CHOICES = {
     "intra-body normalisation": "z-score with the mean and sd of the body voxels (Otsu foreground of "

@@ -101,6 +101,8 @@ DEVIATIONS = {
                   "predicted once and pooled",
     "width": "compute budget: the small profiles narrow every network (the paper gives no widths)",
 }
+DEVIATIONS["iterations"] += "; gpu-lite: 8000 iterations, sized for a short GPU loan"
+DEVIATIONS["decay_every"] += "; gpu-lite: scaled with the shorter budget"
 
 CHOICES = {
     "box axes": "160 x 198 x 103 read as left-right x anterior-posterior x superior-inferior mm, "

@@ -81,6 +81,7 @@ DEVIATIONS = {
                    "1,100 iterations, so training would stop within about an epoch; the run decays "
                    "x0.9 ten times over its budget instead (the 'every 10 epochs of 100' reading)",
 }
+DEVIATIONS["iterations"] += "; gpu-lite: 3000 iterations, sized for a short GPU loan"
 
 CHOICES = {
     "structure mapping": "locref -> GTVp, CTV2 -> CTVp, the other twelve by name (phantom names)",
