@@ -398,6 +398,8 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
         return open_dataset(data)
     from npcrepro import phantom
 
+    if P.get("phantom_shape") and "shape" not in phantom_params:  # a dry run's shorter volumes
+        phantom_params["shape"] = list(P["phantom_shape"])
     preset = preset or P.get("phantom_preset") or (
         PHANTOM_PRESETS.get(P["profile"], P["profile"]) if P["profile"] in PROFILES else "cpu")
     n = int(n_cases or P.get("n_cases") or 8)

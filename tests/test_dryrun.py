@@ -17,7 +17,6 @@ from npcrepro.datasets import Case
 from npcrepro.engine import SliceDataset, Trainer
 from npcrepro.models import build
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- the Trainer's pieces
@@ -40,6 +39,7 @@ def _trainer(**kw) -> Trainer:
                    device="cpu", progress=False, seed=0, **kw)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_bf16_autocast_runs_on_the_cpu():
     seen = []
     trainer = _trainer(iterations=3, amp_dtype="bfloat16")
@@ -53,6 +53,7 @@ def test_bf16_autocast_runs_on_the_cpu():
     assert not plain.use_amp  # the default on the CPU is unchanged: fp32
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_stage_cap_and_probe(tmp_path):
     from npcrepro.engine import RunFolder
 
@@ -111,9 +112,10 @@ def test_gpu_lite_is_a_profile_of_every_chapter():
 
 
 # ----------------------------------------------------------------------------- dry runs
-#: What the CI dry run shrinks to fit 2 CPU cores and a few GB: channel widths and batch sizes only.
-#: Every spatial size (phantom grid, slices, crops, patches, windows, resampling) is the gpu
-#: profile's; `npcrepro run <chapter> --profile gpu --dry-run` runs the full widths and batches.
+#: What the suite's dry run shrinks to fit 2 CPU cores, a few GB and a few minutes: channel widths,
+#: batch sizes, and the phantom's slices (32 instead of 96, PHANTOM_SHAPE). Every in-plane size
+#: (512 x 512 slices at 0.98 mm, crops, 3D patches and windows, resampling) is the gpu profile's;
+#: `npcrepro run <chapter> --profile gpu --dry-run` runs the full widths, batches and volumes.
 SHRINK = {
     "template": dict(widths=[4, 8, 16, 32, 64], batch_size=2),
     "li2018": dict(width=0.125, batch_size=2),
@@ -128,6 +130,9 @@ SHRINK = {
 
 #: Chapters whose dry run also scores its predictions in the test (li2018: small slices).
 SCORED = ("li2018",)
+
+
+PHANTOM_SHAPE = (32, 512, 512)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +150,8 @@ def test_dry_run_at_the_gpu_profile(chapter, dry_root):
     t0 = time.perf_counter()
     # scored only where it is cheap: the surface metrics of an untrained network's full-volume
     # masks take ~1 min per structure at 96 x 512 x 512 on one core (luo2020 has 14 structures)
-    res = chapters.dry_run(chapter, "gpu", out_dir=str(dry_root), score=chapter in SCORED, **SHRINK[chapter])
+    res = chapters.dry_run(chapter, "gpu", out_dir=str(dry_root), score=chapter in SCORED,
+                           phantom_shape=PHANTOM_SHAPE, **SHRINK[chapter])
     seconds = time.perf_counter() - t0
     run = Path(res.path)
     assert (run / "DONE").exists() and (run / "DRY_RUN").exists()

@@ -12,8 +12,7 @@ PROFILES = {
 }
 
 #: gpu-lite: the gpu network on the gpu phantom, fewer patients and iterations (a short GPU loan).
-PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=16, n_test=4, iterations=1500, eval_every=250,
-                            image_size=[256, 256])
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=16, n_test=4, iterations=2000, eval_every=250)
 
 HELP = {
     "n_test": "test patients of the seeded hold-out split",

@@ -30,7 +30,7 @@ PROFILES = {
 
 #: gpu-lite: both networks at the paper's widths on whole 512 x 512 slices, fewer patients and a
 #: budget in iterations (sized by `npcrepro plan` for a short GPU loan).
-PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=40, n_val=5, n_test=10, epochs=None, iterations=3000,
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=40, n_val=5, n_test=10, epochs=None, iterations=5000,
                             eval_every=250, real_cases=16, real_iterations=2000)
 
 HELP = {
@@ -86,7 +86,7 @@ DEVIATIONS = {
                   "paper's 512 x 512 slices, cpu and smoke coarser and smaller grids; the real-data track "
                   "crops OpenKBP slices to `real_image_size` on the cpu profile",
 }
-DEVIATIONS["epochs"] += "; gpu-lite: 3000 iterations on 40 patients, sized for a short GPU loan"
+DEVIATIONS["epochs"] += "; gpu-lite: 5000 iterations on 40 patients, sized for a short GPU loan"
 
 CHOICES = {
     "target": "GTVp united with the retropharyngeal part of GTVnd (components within 20 mm of the "
