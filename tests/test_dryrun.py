@@ -99,9 +99,11 @@ def test_plan_rows_are_positive_and_grow_with_the_sizes(plan_runs):
 def test_plan_command(plan_runs, capsys):
     from npcrepro import cli
 
+    assert cli.main(["plan", "template", "--profile", "smoke", "--runs", str(plan_runs)]) == 0
     assert cli.main(["plan", "template", "--profile", "smoke", "--runs", str(plan_runs), "--no-run"]) == 0
     out = capsys.readouterr().out
     assert "`template`" in out and "estimate" in out.lower()
+    assert cli.main(["plan", "li2018", "--profile", "smoke", "--runs", str(plan_runs / "none"), "--no-run"]) == 2
     assert cli.main(["plan", "nope", "--profile", "smoke", "--runs", str(plan_runs)]) == 2
 
 
@@ -215,3 +217,23 @@ def test_a_chapter_trains_under_ddp_with_gloo(tmp_path):
     env = json.loads((job / "environment.json").read_text()) if (job / "environment.json").exists() else \
         json.loads((runs[0] / "environment.json").read_text())
     assert env["world_size"] == WORLD
+
+
+# ----------------------------------------------------------------------------- the command
+def test_dry_run_command(tmp_path, capsys, monkeypatch):
+    from npcrepro import cli
+
+    monkeypatch.setenv("NPCREPRO_CACHE", str(tmp_path / "_cache"))
+    assert cli.main(["run", "template", "--profile", "smoke", "--dry-run", "--amp-dtype", "bfloat16",
+                     "-p", "out_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "template: dry run at smoke passed" in out
+    run = next((tmp_path / "dryrun" / "smoke" / "template").iterdir())
+    rows = json.loads(next(run.rglob("plan.json")).read_text())
+    assert rows[0]["amp"] == "bfloat16"  # the chapter's fit path trained under bf16 autocast
+    assert json.loads((run / "run.json").read_text())["dry_run"] is True
+    for args in (["run", "metrics", "--dry-run"], ["run", "template", "--amp-dtype", "bfloat16"],
+                 ["run", "template", "--dry-run", "-p", "nosuch", "1"]):
+        assert cli.main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error:" in err
