@@ -21,7 +21,8 @@ when the chapter derives it from the data), times the folds and seeds of each me
 own split of ``n_cases`` patients). Hours = FLOPs / (peak dense bf16 tensor rate x
 :data:`UTILISATION`): **estimates**, not measurements; inference and data preparation are left out.
 Early-stopping stages count their whole budget (an upper bound). The phantom's disk is the dry run's
-dataset per patient times ``n_cases``.
+dataset per patient times ``n_cases``; the total adds the chapters up, because each ``n_cases``
+is cached as its own cohort.
 """
 from __future__ import annotations
 
@@ -147,7 +148,8 @@ def plan(profile: str = "gpu", chapters: Sequence[str] | None = None, **kw) -> l
              "pflop": sum(r["pflop"] for r in rows),
              "hours": {g: sum(r["hours"][g] for r in rows) for g in GPUS},
              "peak_gib": max(r["peak_gib"] for r in rows), "peak_network": "",
-             "disk_gb": None, "dry_run_seconds": sum(r["dry_run_seconds"] or 0 for r in rows)}
+             # each chapter's cohort is its own cache folder today (one per n_cases), so they add up
+             "disk_gb": sum(r["disk_gb"] or 0 for r in rows) or None, "dry_run_seconds": sum(r["dry_run_seconds"] or 0 for r in rows)}
     return rows + [total]
 
 
