@@ -117,15 +117,19 @@ def test_gpu_lite_is_a_profile_of_every_chapter():
 #: What the suite's dry run shrinks to fit 2 CPU cores, a few GB and a few minutes: channel widths,
 #: batch sizes, and the phantom's slices (32 instead of 96, PHANTOM_SHAPE). Every in-plane size
 #: (512 x 512 slices at 0.98 mm, crops, 3D patches and windows, resampling) is the gpu profile's;
-#: `npcrepro run <chapter> --profile gpu --dry-run` runs the full widths, batches and volumes.
+#: `npcrepro run <chapter> --profile gpu --dry-run` runs the full widths, batches and volumes. luo2020
+#: and chen2020 train one method of each network family here (their ablations build the same
+#: networks); `npcrepro plan` measures every method's network at full width and batch.
 SHRINK = {
     "template": dict(widths=[4, 8, 16, 32, 64], batch_size=2),
     "li2018": dict(width=0.125, batch_size=2),
     "xue2020": dict(unet_widths=[4, 8, 16, 32, 64], deeplab_width=0.125, batch_size=2, infer_batch=8),
     "luo2020": dict(stage1_widths=[4, 8, 16, 32, 64], stage2_widths=[4, 8, 16], fcn_widths=[4, 8, 16, 32, 32],
-                    fcn_channels=32, batch_size=2, infer_batch=8),
+                    fcn_channels=32, batch_size=2, infer_batch=8, methods=["unet", "fcn8", "ours"]),
     "guo2021": dict(width=0.125, batch_size=4, infer_batch=64),
-    "chen2020": dict(width=0.125, batch_size=2, patch_batch_size=8),
+    "chen2020": dict(width=0.125, batch_size=2, patch_batch_size=8,
+                     methods="patch_cnn_t1,mm_patch_cnn,unet2d_t1,unet3d_t1,single_encoder_mm,"
+                             "multi_encoder_mm,mmfnet_full"),
     "leaderboard": dict(width=0.125, batch_2d=2, batch_3d=2),
 }
 
