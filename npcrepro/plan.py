@@ -155,7 +155,7 @@ def plan(profile: str = "gpu", chapters: Sequence[str] | None = None, **kw) -> l
 
 def _hours(h: float) -> str:
     if h < 1:
-        return f"{h * 60:.0f} min"
+        return "<1 min" if h * 60 < 0.5 else f"{h * 60:.0f} min"
     return f"{h:.1f} h" if h < 100 else f"{h:,.0f} h"
 
 
