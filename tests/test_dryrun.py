@@ -150,9 +150,9 @@ def dry_root(tmp_path_factory):
     return root
 
 
-#: Chapters dry-run in every `make test` (about 2 minutes on 2 busy cores); the others take 2-10
-#: minutes each there and run with NPCREPRO_DRY_RUN=all (measured: xue2020 126 s, luo2020 235-273 s,
-#: guo2021 566 s, on 2 cores shared with other work).
+#: Chapters dry-run in every `make test` (template 91 s, li2018 16 s on 2 busy cores); the others
+#: take minutes each there and run with NPCREPRO_DRY_RUN=all (measured on 2 cores shared with other
+#: work: xue2020 126 s, luo2020 273 s, guo2021 566 s, chen2020 94 s, leaderboard 189 s).
 QUICK = ("template", "li2018")
 
 
