@@ -55,7 +55,7 @@ DEPENDS: dict[str, tuple[str, ...] | str] = {
 #: thread each): they run alone and first, so that the pool does not oversubscribe the cores shared
 #: with another chapter and the recorded time is what the chapter costs.
 WIDE: frozenset[str] = frozenset({"leaderboard"})
-PROFILES = ("smoke", "cpu", "gpu")
+PROFILES = ("smoke", "cpu", "gpu", "gpu-lite")
 #: The parameters a chapter of the book may have been executed with: its profile, and where its run
 #: folders went (which changes no number).
 BOOK_PARAMETERS = frozenset({"profile", "out_dir"})
@@ -459,7 +459,7 @@ def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
     t0 = time.perf_counter()
     if run_missing:
         todo = list(names or CHAPTERS)
-        if profile == "gpu":
+        if profile in ("gpu", "gpu-lite"):
             todo = [n for n in todo if not (runs_dir(profile, root) / f"{n}.ipynb").exists()]
         execute_all(profile, todo, force=force, root=root, log=log,
                     jobs=default_jobs() if jobs is None else jobs, log_output=log_output)

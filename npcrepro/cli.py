@@ -1,4 +1,4 @@
-"""The ``npcrepro`` command: phantom, convert, export, splits, score, run, params, book, bench.
+"""The ``npcrepro`` command: phantom, convert, export, splits, score, run, plan, params, book, bench.
 
 Every subcommand reports an error on one line (``npcrepro <command>: error: ...``) and exits with
 status 2 for bad input or parameters (a bad argument, path, dataset or parameter value, also when a
@@ -115,12 +115,41 @@ def cmd_run(args) -> int:
 
     names = _chapters(args.paper)
     params = _params(args.param)
+    if args.dry_run:
+        return _dry_run(names, args.profile, params, amp_dtype=args.amp_dtype)
+    if args.amp_dtype:
+        raise ParameterError("--amp-dtype goes with --dry-run")
     if args.output is not None and len(names) > 1:
         raise ParameterError("--output names one notebook: give one chapter, not 'all'")
     for name in names:
         res = book.execute(name, args.profile, params, force=args.force, log_output=args.log_output,
                            output=args.output.absolute() if args.output else None)
         print(f"{name}: {res.output}")
+    return 0
+
+
+def _dry_run(names: list[str], profile: str, params: dict, amp_dtype: str | None = None) -> int:
+    """``npcrepro run ... --dry-run``: each training chapter's dry run (no notebook)."""
+    from npcrepro import chapters
+    from npcrepro.plan import TRAINING_CHAPTERS
+
+    todo = [n for n in names if n in TRAINING_CHAPTERS]
+    if not todo:
+        raise ParameterError(f"{', '.join(names)} trains no network: a dry run is for "
+                             f"{', '.join(TRAINING_CHAPTERS)}")
+    for name in todo:
+        t0 = time.perf_counter()
+        res = chapters.dry_run(name, profile, progress=True, amp_dtype=amp_dtype, **params)
+        print(f"{name}: dry run at {profile} passed in {time.perf_counter() - t0:.0f} s: {res.path}",
+              flush=True)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from npcrepro import plan
+
+    print(plan.main(args.profile, args.chapters or None, out_dir=args.runs, run_missing=not args.no_run,
+                    as_json=args.json))
     return 0
 
 
@@ -250,18 +279,39 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="execute a chapter notebook (or all) with papermill",
                        description="Execute a chapter notebook with papermill. Chapters: "
                                    f"{', '.join(CHAPTERS)} (or all). Profiles: smoke (seconds, for "
-                                   "tests), cpu (the book, minutes on 2 cores), gpu (paper scale). "
+                                   "tests), cpu (the book, minutes on 2 cores), gpu (paper scale), gpu-lite "
+                                   "(paper resolution, fewer patients and iterations). "
                                    "`npcrepro params <chapter>` lists a chapter's parameters.")
     s.add_argument("paper", help=f"chapter name or 'all' ({', '.join(CHAPTERS)})")
-    s.add_argument("--profile", default="cpu", help="smoke, cpu or gpu")
+    s.add_argument("--profile", default="cpu", help="smoke, cpu, gpu or gpu-lite")
     s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="notebook parameter (repeatable), e.g. -p data /path/to/dataset")
     s.add_argument("--force", action="store_true", help="re-run even if up to date")
     s.add_argument("--output", type=Path, default=None,
                    help="executed notebook path (default: the book's copy without -p, else "
                         "runs/notebooks/<profile>/<chapter>-<key>.ipynb)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="check the profile at its full sizes in minutes, without the notebook: 3 "
+                        "patients, 2 training iterations per stage of every network, one full-size "
+                        "prediction per method; run folder under <out_dir>/dryrun/ (-p sizes apply, "
+                        "e.g. -p batch_size 2 on a CPU with little memory)")
+    s.add_argument("--amp-dtype", default=None, choices=["bfloat16", "float16"],
+                   help="with --dry-run: train under autocast in this type (bfloat16 works on the CPU)")
     _log_output_flag(s)
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("plan", help="estimate GPU hours, GPU memory and disk of a profile",
+                       description="Estimate what a profile costs on a GPU: per chapter and for the "
+                                   "book, training FLOPs x iterations as hours on named GPUs, peak GPU "
+                                   "memory and the phantom's disk, measured on the CPU by each "
+                                   "chapter's dry run (made first when missing; shapes only, seconds). "
+                                   "Every number is an estimate.")
+    s.add_argument("chapters", nargs="*", help="training chapters (default: all)")
+    s.add_argument("--profile", default="gpu", help="smoke, cpu, gpu or gpu-lite")
+    s.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run folders")
+    s.add_argument("--no-run", action="store_true", help="only read existing dry runs")
+    s.add_argument("--json", action="store_true", help="print the rows as JSON")
+    s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("params", help="list a chapter's parameters with their profile values and help")
     s.add_argument("chapter", help="chapter name")

@@ -6,7 +6,8 @@ Every notebook's ``parameters`` cell holds the common parameters
 name        default     meaning
 ==========  ==========  ===========================================================================
 profile     "cpu"       "smoke" (seconds, for tests), "cpu" (the book, minutes on 2 cores),
-                        "gpu" (paper scale)
+                        "gpu" (paper scale), "gpu-lite" (the gpu sizes on fewer patients and
+                        iterations: the book in under an hour on one GPU)
 data        "phantom"   "phantom" (generate or reuse the digital phantom) or a dataset folder
 device      "auto"      "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N"
 seed        0           seeds data generation, splits, initialisation, sampling
@@ -51,7 +52,10 @@ __all__ = ["PROFILES", "COMMON", "Params", "register_profile", "register_choices
            "profiles", "parameters", "resolve", "notebook_params", "resolve_device", "load_data",
            "phantom_cache_dir", "absolute_paths", "PATH_PARAMETERS", "RANGES", "size_range"]
 
-PROFILES = ("smoke", "cpu", "gpu")
+PROFILES = ("smoke", "cpu", "gpu", "gpu-lite")
+
+#: The phantom preset a profile generates (:data:`npcrepro.phantom.PRESETS`) where the names differ.
+PHANTOM_PRESETS = {"gpu-lite": "gpu"}
 
 #: Common parameters and their defaults.
 COMMON: dict[str, Any] = {"profile": "cpu", "data": "phantom", "device": "auto", "seed": 0,
@@ -396,7 +400,10 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
         return open_dataset(data)
     from npcrepro import phantom
 
-    preset = preset or P.get("phantom_preset") or (P["profile"] if P["profile"] in PROFILES else "cpu")
+    if P.get("phantom_shape") and "shape" not in phantom_params:  # a dry run's shorter volumes
+        phantom_params["shape"] = list(P["phantom_shape"])
+    preset = preset or P.get("phantom_preset") or (
+        PHANTOM_PRESETS.get(P["profile"], P["profile"]) if P["profile"] in PROFILES else "cpu")
     n = int(n_cases or P.get("n_cases") or 8)
     record = json.loads(json.dumps(phantom.cohort_record(n, P["seed"], preset, **phantom_params)))
     folder = phantom_cache_dir(P, preset, n, **phantom_params)
@@ -434,7 +441,8 @@ def _cached_cohort(folder: Path, record: dict):
 # ---------------------------------------------------------------------------------- documentation
 #: One-line help of the common parameters.
 COMMON_HELP = {
-    "profile": "smoke (seconds, for tests), cpu (the book, minutes on 2 cores) or gpu (paper scale)",
+    "profile": "smoke (seconds, for tests), cpu (the book, minutes on 2 cores), gpu (paper scale) or "
+               "gpu-lite (paper resolution, fewer patients and iterations: a short GPU loan)",
     "data": "'phantom' (generated and cached) or a dataset folder in the project format",
     "device": "auto (cuda if available, else cpu), cpu, cuda or cuda:N",
     "seed": "seeds data generation, splits, initialisation and sampling",

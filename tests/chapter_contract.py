@@ -126,9 +126,9 @@ class ChapterContract:
         assert set(full.metrics["method"]) == set(full.methods)
 
     def test_deviations_are_complete(self):
-        from npcrepro import recipes
+        from npcrepro import profiles, recipes
 
-        for profile in ("smoke", "cpu", "gpu"):
+        for profile in profiles.PROFILES:
             missing = [d["parameter"] for d in recipes.deviations(self.chapter, profile) if not d["why"]]
             assert not missing, f"{self.chapter} {profile}: no reason given for {missing}"
 

@@ -646,7 +646,7 @@ def test_resolve_profiles_and_overrides():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"foo": 1}, "unknown parameter 'foo' for template \\(valid: profile, data, device, seed"),
-    ({"profile": "huge"}, "unknown profile 'huge' for template \\(valid: smoke, cpu, gpu\\)"),
+    ({"profile": "huge"}, "unknown profile 'huge' for template \\(valid: smoke, cpu, gpu, gpu-lite\\)"),
     ({"iterations": "many"}, "'iterations' of template must be int"),
     ({"seed": -1}, "'seed' must be a non-negative int"),
     ({"channel": "PET"}, "must be one of"),

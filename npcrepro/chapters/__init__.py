@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["MODULES", "module", "run"]
+__all__ = ["MODULES", "module", "run", "dry_run"]
 
 #: Chapters ported to the runner: name -> the module holding ``CHAPTER``.
 MODULES: dict[str, str] = {
@@ -42,3 +42,29 @@ def run(P: Mapping[str, Any], *, name: str = "run", **kwargs):
     from npcrepro.engine.experiment import run_experiment
 
     return run_experiment(module(P["paper"]), P, name=name, **kwargs)
+
+
+def dry_run(chapter: str, profile: str = "gpu", *, progress: bool = False, amp_dtype: str | None = None,
+            mode: bool | str = True, score: bool = True, phantom_shape=None, **overrides):
+    """A dry run of ``chapter`` at ``profile``: the profile's full sizes, three patients, every
+    network trained for 2 iterations per stage and one full-size prediction per method, through the
+    same runner and chapter code as a real run (see
+    :func:`npcrepro.engine.experiment.run_experiment`). Returns its
+    :class:`~npcrepro.engine.results.Results` (run folder under ``<out_dir>/dryrun/``).
+    ``amp_dtype="bfloat16"`` trains under bf16 autocast, on the CPU too; ``mode="plan"`` only
+    measures every network's step (:mod:`npcrepro.plan`), training and predicting nothing;
+    ``score=False`` predicts and writes but does not score (the surface metrics of an untrained
+    network's full-volume masks take about a minute per structure at paper size on one core);
+    ``phantom_shape`` (z, y, x) replaces the phantom grid's shape (the test suite's dry run keeps
+    the in-plane 512 x 512 and takes 32 slices instead of 96)."""
+    from npcrepro.profiles import Params, resolve
+
+    P = resolve(chapter, profile=profile, **overrides)
+    if amp_dtype:
+        P = Params({**P, "amp_dtype": amp_dtype})
+    if not score:
+        P = Params({**P, "dry_run_score": False})
+    if phantom_shape:
+        P = Params({**P, "phantom_shape": list(phantom_shape)})
+    module(chapter)
+    return run(P, dry_run=mode, progress=progress)

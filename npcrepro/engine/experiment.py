@@ -49,10 +49,19 @@ import numpy as np
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["Method", "Chapter", "JobContext", "JobSpec", "JobKilled", "run_experiment", "run_job",
-           "job_dir", "load_chapter", "RUN_FORMAT"]
+           "job_dir", "load_chapter", "RUN_FORMAT", "dry_run_params", "DRY_RUN_ITERATIONS",
+           "DRY_RUN_CASES"]
 
 #: Version of the run-folder layout written in run.json.
 RUN_FORMAT = 2
+
+#: A dry run (:func:`run_experiment` with ``dry_run=True``): training iterations per stage of every
+#: network, validation items per evaluation, and patients (train, validation, test: one each).
+DRY_RUN_ITERATIONS = 2
+DRY_RUN_VAL_ITEMS = 2
+DRY_RUN_CASES = 3
+#: Chapter extras a dry run keeps to their minimum where a chapter has them (inference timing).
+DRY_RUN_OVERRIDES = {"timing_slices": 1}
 
 
 @dataclass(frozen=True)
@@ -137,8 +146,14 @@ class JobContext:
 
             callbacks.append(kill)
         desc = self.spec.method + (f"/{part}" if part else "")
-        return dict(seed=self.seed, device=self.device, run=run, progress=self.progress, desc=desc,
-                    callbacks=callbacks)
+        out = dict(seed=self.seed, device=self.device, run=run, progress=self.progress, desc=desc,
+                   callbacks=callbacks)
+        if self.P.get("dry_run"):  # every stage of every network: DRY_RUN_ITERATIONS, one val batch
+            cap = 0 if self.P["dry_run"] == "plan" else DRY_RUN_ITERATIONS
+            out.update(stage_iteration_cap=cap, val_item_cap=DRY_RUN_VAL_ITEMS, probe=True)
+        if self.P.get("amp_dtype"):  # e.g. "bfloat16": the mixed-precision path on the CPU too
+            out["amp_dtype"] = str(self.P["amp_dtype"])
+        return out
 
     @staticmethod
     def fit(trainer):
@@ -267,7 +282,7 @@ class Chapter:
 def _save_half_budget(trainer, event, info) -> None:
     """Trainer callback: keep the weights at half the trainer's budget as ``model_half.pt`` in its
     run folder (the runner scores them to show whether the network had converged)."""
-    if event != "iteration" or trainer.run is None:
+    if event != "iteration" or trainer.run is None or not trainer.run.writer:
         return
     total = sum(stage.budget(trainer.iterations_per_epoch) for stage in trainer.stages)
     if info["iteration"] == max(1, total // 2):
@@ -365,11 +380,12 @@ def _run_job(spec: JobSpec) -> dict:
     seed_everything(ctx.seed)
     model = chapter.fit(method, [prep[n] for n in spec.train], [prep[n] for n in spec.val], ctx)
     train_seconds = time.perf_counter() - t0
-    torch.save(model.state_dict(), ctx.run.path / "model.pt")
+    if ctx.run.writer:  # under torchrun: rank 0 writes the job's files
+        torch.save(model.state_dict(), ctx.run.path / "model.pt")
     model.eval()
     thr = chapter.threshold(P)
     rows = []
-    for name in spec.test:
+    for name in (spec.test if P.get("dry_run") != "plan" else []):
         t1 = time.perf_counter()
         probs = chapter.predict(method, model, prep[name], ctx)
         seconds = time.perf_counter() - t1
@@ -381,6 +397,9 @@ def _run_job(spec: JobSpec) -> dict:
                                 f"shape {prob.shape}, not the case grid {case.shape}")
             masks[structure] = prob >= thr
             ctx.run.write_prediction(name, structure, masks[structure], case.geometry)
+        if P.get("dry_run") and P.get("dry_run_score") is False:
+            continue  # a dry run that checks predictions only (surface metrics of an untrained
+            # network's full-volume masks take a minute per structure at paper size)
         for r in chapter.score(method, prep[name], probs, masks, ctx):
             rows.append({"method": method.name, "fold": spec.fold, "seed": spec.seed, **r,
                          "seconds": seconds})
@@ -395,10 +414,14 @@ def _run_job(spec: JobSpec) -> dict:
     training = {"method": method.name, "fold": spec.fold, "seed": spec.seed,
                 "train_seconds": train_seconds, "job_seconds": time.perf_counter() - t0,
                 **ctx.facts}
-    pd.DataFrame(rows).to_csv(ctx.run.path / "metrics.csv", index=False)
-    pd.DataFrame(half_rows).to_csv(ctx.run.path / "metrics_half.csv", index=False)
-    _write_json(ctx.run.path / "training.json", training)
+    if ctx.run.writer:
+        pd.DataFrame(rows).to_csv(ctx.run.path / "metrics.csv", index=False)
+        pd.DataFrame(half_rows).to_csv(ctx.run.path / "metrics_half.csv", index=False)
+        _write_json(ctx.run.path / "training.json", training)
     ctx.run.mark_done()
+    from npcrepro.engine import distributed as D
+
+    D.barrier()
     return {"rows": rows, "training": training, "half": half_rows}
 
 
@@ -459,11 +482,37 @@ def _run_json(rf, chapter: Chapter, structures, methods, folds, seeds, status: s
         _write_json(rf.path / "run.json", info)
 
 
+def dry_run_params(P: Mapping[str, Any], cases: int = DRY_RUN_CASES, mode: bool | str = True) -> dict:
+    """The parameters of a dry run of ``P``: the same sizes (image, crop, patch, phantom grid,
+    networks, batch sizes), ``cases`` patients, one seed, one job at a time, no half-budget check,
+    run folders under ``<out_dir>/dryrun/`` (where no chapter, leaderboard or book reader looks).
+    ``mode="plan"``: only measure (each stage's first step on the meta device), train and predict
+    nothing."""
+    if mode not in (True, "plan"):
+        raise ParameterError(f"dry run mode must be True or 'plan', got {mode!r}")
+    out = dict(P)
+    out.update(dry_run=mode, seeds=1, workers=1, half_budget_check=False, resume="",
+               out_dir=str(Path(P["out_dir"]) / "dryrun"))
+    if out.get("n_cases"):
+        out["n_cases"] = int(cases)
+    out.update({k: v for k, v in DRY_RUN_OVERRIDES.items() if out.get(k)})
+    return out
+
+
+def _dry_run_folds(cases: Sequence[str]):
+    """One fold over the first three cases: train, validation, test (one patient each)."""
+    from npcrepro.datasets.splits import Fold
+
+    if len(cases) < 3:
+        raise DataError(f"a dry run needs 3 cases (train, validation, test), the data hold {len(cases)}")
+    return [Fold([cases[0]], [cases[1]], [cases[2]])]
+
+
 def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", dataset=None,
                    methods: Sequence[str] | None = None, backend: str | None = None,
                    workers: int | None = None, max_jobs: int | None = None,
                    kill_after_iterations: int | None = None, progress: bool | None = None,
-                   data_label: str | None = None):
+                   data_label: str | None = None, dry_run: bool | str = False):
     """Run chapter ``module`` (e.g. ``"npcrepro.chapters.chen2020"``) with resolved parameters ``P``.
 
     ``dataset``: an opened dataset (default: :func:`npcrepro.profiles.load_data`); ``methods``: a
@@ -474,8 +523,22 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     run stops there. Both are test hooks that simulate a kill. ``data_label`` names the data in
     tables (default: "phantom" or the dataset folder).
 
+    ``dry_run``: check that the profile runs, at its full sizes, in minutes (:func:`dry_run_params`):
+    three patients (one fold: train, validation and test one each), every method, every stage of
+    every network trained for :data:`DRY_RUN_ITERATIONS` iterations, one full-size prediction per
+    method, scored and written like any run, in ``<out_dir>/dryrun/<profile>/<chapter>/`` with
+    ``"dry_run": true`` in run.json and a ``DRY_RUN`` file. Its numbers mean nothing. Every
+    network's first step of every stage is measured (``plan.json``, read by :mod:`npcrepro.plan`);
+    ``dry_run="plan"`` only measures (no training step, no prediction).
+
     Returns :class:`npcrepro.engine.results.Results`.
     """
+    from npcrepro.profiles import Params
+
+    if dry_run:
+        P = Params(dry_run_params(P, mode=dry_run))
+        tag = "plan" if dry_run == "plan" else "dryrun"
+        name = f"{name}-{tag}" if name != "run" else tag
     import pandas as pd
 
     from npcrepro.datasets.splits import save_splits, load_splits
@@ -499,13 +562,18 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     rf = RunFolder.from_params(P, name, paper=chapter.name)
     cases = chapter.cases(ds, P)
     split_file = rf.path / "splits.json"
-    folds = load_splits(split_file, cases) if split_file.exists() else chapter.folds(cases, P)
+    folds = (load_splits(split_file, cases) if split_file.exists()
+             else _dry_run_folds(cases) if P.get("dry_run") else chapter.folds(cases, P))
     if rf.writer and not split_file.exists():
         save_splits(folds, split_file)
     seeds = chapter.seeds(P)
     structures = chapter.structures_for(P, ds)
+    dry = {"dry_run": P["dry_run"]} if P.get("dry_run") else {}
+    if dry and rf.writer:
+        (rf.path / "DRY_RUN").write_text("a dry run: sizes of the profile, 2 iterations per network; "
+                                         "its numbers mean nothing\n", encoding="utf-8")
     _run_json(rf, chapter, structures, chosen, folds, seeds, "running", data=params["data"],
-              data_label=label)
+              data_label=label, **dry)
     job_params = {**params, "progress": False}
     results: dict[tuple, dict] = {}
     t0 = time.perf_counter()
@@ -544,7 +612,7 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         _run_json(rf, chapter, structures, chosen, folds, seeds, "failed", data=params["data"],
-                  data_label=label, error=reason)
+                  data_label=label, error=reason, **dry)
         rf.mark_failed(reason)
         raise
     complete = len(results) == n_jobs
@@ -559,8 +627,11 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
         half.to_csv(rf.path / "metrics_half.csv", index=False)
         training.to_csv(rf.path / "training.csv", index=False)
     _run_json(rf, chapter, structures, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
-              data_label=label,
+              data_label=label, **dry,
               seconds=time.perf_counter() - t0)
     if complete:
         rf.mark_done()
+    from npcrepro.engine import distributed as D
+
+    D.barrier()  # under torchrun: every rank reads the folder rank 0 wrote
     return Results.open(rf.path)

@@ -16,8 +16,8 @@ Design points
   checkpoint restores optimiser, schedule, scaler and RNG states, so it ends on the same numbers.
 * Under torchrun each rank takes its share (``rank::world_size``) of every global batch, so a
   distributed run follows the single-process run with the same global batch.
-* CUDA only: mixed precision (bf16 where supported, else fp16 with a gradient scaler) and
-  channels-last memory format. ``compile=True`` asks for ``torch.compile`` (falls back to eager with a
+* Mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler), and on the CPU
+  with ``amp_dtype="bfloat16"`` (to test that path without a GPU); channels-last memory format. ``compile=True`` asks for ``torch.compile`` (falls back to eager with a
   warning when compilation fails). CPU runs are deterministic.
 """
 from __future__ import annotations
@@ -270,6 +270,25 @@ def _first(out):
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _tensors(out) -> list:
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    if isinstance(out, Mapping):
+        return [t for o in out.values() for t in _tensors(o)]
+    return [out] if torch.is_tensor(out) and out.is_floating_point() else []
+
+
 def _to_float(out):
     if isinstance(out, (list, tuple)):
         return type(out)(_to_float(o) for o in out)
@@ -299,7 +318,8 @@ class Trainer:
         Updates per epoch (chen2020: 75); default ``len(train_data) // batch_size`` (at least 1).
     seed : int
     device : "auto" | "cpu" | "cuda" | ...
-    amp, amp_dtype : CUDA only (ignored on CPU).
+    amp, amp_dtype : mixed precision on CUDA (bf16 where supported, else fp16 with a scaler). On the
+        CPU only with ``amp_dtype="bfloat16"`` given: bf16 autocast through the same code path.
     channels_last : bool
         Keep the model and its inputs in channels-last memory (NHWC / NDHWC) on every device: faster
         convolutions on CUDA and on CPU alike (``npcrepro bench engine`` prints the ratio).
@@ -329,6 +349,15 @@ class Trainer:
         Load the best-validation weights at the end ("auto": when the final stage early-stops).
     find_unused_parameters : bool
         Passed to DDP (needed when a stage's forward skips trainable parameters).
+    stage_iteration_cap : int, optional
+        Run at most this many iterations per stage (the dry run: 2), whatever the stage's budget.
+    val_item_cap : int, optional
+        Validate on at most this many items (the first ones; the dry run: one batch).
+    probe : bool
+        At the start of every stage (the dry run), measure one training step at the first batch
+        (:meth:`_probe`): FLOPs of forward and backward (``torch.utils.flop_counter``), bytes of the
+        tensors saved for backward, of parameters, gradients and optimiser state, the batch shape and
+        the stage's full budget; appended to ``plan.json`` in the run folder (``npcrepro plan``).
     """
 
     def __init__(self, model: nn.Module, loss: Callable, train_data, *, val_data=None,
@@ -340,7 +369,8 @@ class Trainer:
                  desc: str = "train", checkpoint_every: int | None = None,
                  callbacks: Iterable[Callable] = (), max_iterations_this_session: int | None = None,
                  restore_best: bool | str = "auto", find_unused_parameters: bool = False,
-                 **stage_kwargs):
+                 stage_iteration_cap: int | None = None, val_item_cap: int | None = None,
+                 probe: bool = False, **stage_kwargs):
         unknown = set(stage_kwargs) - _STAGE_FIELDS
         if unknown:
             raise ParameterError(f"Trainer: unknown argument(s) {sorted(unknown)} (Stage takes: "
@@ -377,6 +407,10 @@ class Trainer:
         self.max_iterations_this_session = max_iterations_this_session
         self.restore_best = restore_best
         self.find_unused_parameters = find_unused_parameters
+        self.stage_iteration_cap = None if stage_iteration_cap is None else int(stage_iteration_cap)
+        self.val_item_cap = int(val_item_cap) if val_item_cap else None
+        self.probe = bool(probe)
+        self._iterations_per_epoch_given = bool(iterations_per_epoch)
         self.state = TrainState()
         self.rows: list[dict] = []
         self._best_state: dict | None = None
@@ -411,10 +445,14 @@ class Trainer:
         self.device = dev
         self.cuda = dev.type == "cuda"
         configure_determinism(self.deterministic)
-        self.use_amp = bool(self.amp) and self.cuda
+        # CUDA: autocast (bf16 where supported, else fp16 with a gradient scaler). CPU: only when
+        # amp_dtype="bfloat16" is asked for explicitly: the same autocast path in bf16, so the
+        # mixed-precision code is exercised (and tested) without a GPU.
+        cpu_bf16 = not self.cuda and str(self.amp_dtype or "").removeprefix("torch.") == "bfloat16"
+        self.use_amp = bool(self.amp) and (self.cuda or cpu_bf16)
         if self.use_amp:
             want = self.amp_dtype or ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
-            self._amp_dtype = getattr(torch, want)
+            self._amp_dtype = getattr(torch, str(want).removeprefix("torch."))
         else:
             self._amp_dtype = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self._amp_dtype == torch.float16)
@@ -428,7 +466,7 @@ class Trainer:
 
     def _autocast(self):
         if self.use_amp:
-            return torch.autocast(device_type="cuda", dtype=self._amp_dtype)
+            return torch.autocast(device_type=self.device.type, dtype=self._amp_dtype)
         return contextlib.nullcontext()
 
     def _enter_stage(self, si: int) -> None:
@@ -505,6 +543,107 @@ class Trainer:
         self.scaler.update()
         return loss.detach(), int(x.shape[0])
 
+    def _probe(self, batch, stage: Stage, si: int) -> dict:
+        """Measure one training step of ``stage`` at this batch (see ``probe``) without computing
+        it: a copy of the model and the batch on the ``meta`` device (shapes only) go through
+        forward, loss and backward under :class:`~torch.utils.flop_counter.FlopCounterMode` and a
+        saved-tensor hook. Falls back to the real step's accounting when an operation has no meta
+        kernel. Appends one row to ``plan.json`` in the run folder and returns it."""
+        import copy
+
+        from torch.utils.flop_counter import FlopCounterMode
+
+        x, y = _split_batch(batch)
+        saved: dict[int, int] = {}
+
+        def measure(model, xx, yy) -> int:
+            params = {p.untyped_storage()._cdata for p in model.parameters()}
+            trainable = [p for n, p in model.named_parameters()
+                         if dict(self.model.named_parameters())[n].requires_grad]
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in trainable:
+                p.requires_grad_(True)
+
+            def pack(t):
+                try:
+                    st = t.untyped_storage()
+                    if st._cdata not in params:
+                        saved[st._cdata] = max(saved.get(st._cdata, 0), st.nbytes())
+                except (RuntimeError, NotImplementedError, AttributeError):
+                    pass
+                return t
+
+            if stage.target_fn is not None:
+                yy = stage.target_fn(yy)
+            model.train()
+            with FlopCounterMode(display=False) as counter:
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    with self._autocast():
+                        out = model(xx, **stage.forward_kwargs)
+                    try:
+                        loss = self._loss_fn(stage)(_to_float(out), yy)
+                    except (RuntimeError, NotImplementedError):
+                        if xx.device.type != "meta":
+                            raise
+                        # a loss that reads values (a target check): on meta, the outputs' mean
+                        # stands in (the loss's own FLOPs and saved tensors are a small share)
+                        loss = sum(o.float().mean() for o in _tensors(out))
+                loss.backward()
+            return int(counter.get_total_flops())
+
+        def to_meta(t):
+            return t.to("meta") if torch.is_tensor(t) else t
+
+        device = "meta"
+        try:
+            meta_model = copy.deepcopy(self.model).to("meta")
+            xm = to_meta(x)
+            if self._memory_format is not None and xm.dim() == (4 if self._memory_format is torch.channels_last else 5):
+                xm = xm.contiguous(memory_format=self._memory_format)
+            flops = measure(meta_model, xm, to_meta(y))
+        except Exception:  # noqa: BLE001 - an op without a meta kernel (or a loss reading values)
+            saved.clear()
+            device = str(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            xx, yy = self._prepare(batch)
+            flops = measure(self.model, xx, yy)
+            self.optimizer.zero_grad(set_to_none=True)
+
+        def nbytes(ts):
+            return int(sum(t.numel() * t.element_size() for t in ts if torch.is_tensor(t)))
+
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        per_param = {"adam": 2, "adamw": 2, "rmsprop": 1, "sgd": 1}.get(stage.optimizer, 2)
+        row = {"network": self.desc, "stage": stage.name, "stage_index": si, "measured_on": device,
+               "flops": flops, "batch": list(x.shape), "batch_size": self.batch_size,
+               "input_bytes": nbytes([x]),
+               "activation_bytes": int(sum(saved.values())),
+               "parameter_bytes": nbytes(self.model.parameters()), "gradient_bytes": nbytes(trainable),
+               "optimizer_bytes": nbytes(trainable) * per_param, "optimizer": stage.optimizer,
+               "amp": str(self._amp_dtype).removeprefix("torch.") if self.use_amp else None,
+               "epochs": stage.epochs, "iterations": stage.iterations,
+               "iterations_per_epoch": self.iterations_per_epoch,
+               "iterations_per_epoch_given": self._iterations_per_epoch_given,
+               "train_items": len(self.train_data), "early_stopping": stage.early_stopping}
+        need = sum(row[k] for k in ("activation_bytes", "parameter_bytes", "gradient_bytes",
+                                    "optimizer_bytes", "input_bytes"))
+        free = _available_memory()
+        if (self.device.type == "cpu" and free is not None and need > 0.8 * free
+                and (self.stage_iteration_cap is None or self.stage_iteration_cap > 0)):
+            raise ParameterError(f"{self.desc}: one training step at batch {list(x.shape)} needs about "
+                                 f"{need / 1e9:.1f} GB, and this machine has {free / 1e9:.1f} GB "
+                                 f"available: lower the batch size (e.g. -p batch_size 2) for a "
+                                 f"dry run on the CPU")
+        if self.run is not None and self._main():
+            import json
+
+            path = Path(self.run.path) / "plan.json"
+            rows = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+            rows = [r for r in rows if r.get("stage_index") != si] + [row]
+            path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        return row
+
     @torch.no_grad()
     def evaluate_loss(self, dataset=None, stage: Stage | None = None) -> float | None:
         """Mean loss over ``dataset`` (default the validation set), items weighted equally, pooled
@@ -518,7 +657,8 @@ class Trainer:
         loss_fn = self._loss_fn(stage)
         was_training = self.model.training
         self.model.eval()
-        idx = list(range(self.info.rank, len(dataset), self.info.world_size))
+        n_items = min(len(dataset), self.val_item_cap) if self.val_item_cap else len(dataset)
+        idx = list(range(self.info.rank, n_items, self.info.world_size))
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx),
                                              batch_size=self.val_batch_size, shuffle=False,
                                              num_workers=self.num_workers,
@@ -635,8 +775,8 @@ class Trainer:
             np.random.seed((self.seed + self.info.rank) % 2**32)
             random.seed(self.seed + self.info.rank)
 
-        total_all = sum(s.budget(self.iterations_per_epoch) for s in self.stages)
-        done_before = sum(s.budget(self.iterations_per_epoch) for s in self.stages[:self.state.stage])
+        total_all = sum(self.stage_budget(s) for s in self.stages)
+        done_before = sum(self.stage_budget(s) for s in self.stages[:self.state.stage])
         bar = None
         if self.progress and self._main() and not self.state.done:
             from tqdm.auto import tqdm
@@ -682,6 +822,11 @@ class Trainer:
         self._emit("end", {"history": history, "interrupted": interrupted})
         return history
 
+    def stage_budget(self, stage: Stage) -> int:
+        """Iterations ``stage`` runs: its budget, at most :attr:`stage_iteration_cap`."""
+        n = stage.budget(self.iterations_per_epoch)
+        return n if self.stage_iteration_cap is None else min(n, self.stage_iteration_cap)
+
     def _best_iteration(self) -> int | None:
         vals = [(r["val_loss"], r["iteration"]) for r in self.rows if r.get("val_loss") is not None]
         return min(vals)[1] if vals else None
@@ -710,11 +855,15 @@ class Trainer:
     def _run_stage(self, si: int, stage: Stage, bar, session: int) -> tuple[int, bool]:
         st = self.state
         ipe = self.iterations_per_epoch
-        total = stage.budget(ipe)
+        total = self.stage_budget(stage)
         eval_every = stage.eval_every or ipe
         world, rank = self.info.world_size, self.info.rank
         keyed = _Keyed(self.train_data, self.seed)
         n_items = len(self.train_data)
+        if self.probe and st.stage_iteration == 0:
+            plan = epoch_plan(n_items, self.batch_size, ipe, self.seed, si, 0)
+            first = [keyed[(si, 0, 0, j, int(plan[0, j]))] for j in range(rank, self.batch_size, world)]
+            self._probe(torch.utils.data.default_collate(first), stage, si)
         t_row = time.perf_counter()
         last_post = 0.0
         lr = stage.lr

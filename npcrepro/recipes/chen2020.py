@@ -31,6 +31,10 @@ PROFILES = {
         patch_samples_per_case=2048, methods="all", threads=None, amp=True),
 }
 
+#: gpu-lite: the paper's grid, windows, widths and epochs; the cpu profile's six networks (the central
+#: comparison), one fold, fewer patients (sized by `npcrepro plan` for a short GPU loan).
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=30, max_folds=1, methods=PROFILES["cpu"]["methods"])
+
 HELP = {
     "phantom_preset": "digital phantom preset when the data are the phantom",
     "spacing_xy": "in-plane spacing (mm) the cases are resampled to; None keeps the original",

@@ -34,6 +34,10 @@ PROFILES = {
                 overlap=0.5, infer_batch=256, figure_cases=3, real_organs=REAL_ORGANS, real_scans=7, threads=None),
 }
 
+#: gpu-lite: the paper's 1 mm voxels, blocks, widths and 50000 iterations (small blocks: minutes on a
+#: GPU); one round of the cross-validation on fewer patients (sized by `npcrepro plan`).
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=30, n_val=3, max_rounds=1)
+
 HELP = {
     "phantom_preset": "phantom preset generated when data is 'phantom'",
     "channel": "input image channel (the paper: T1 THRIVE; the phantom's CET1 stands in)",

@@ -1,3 +1,3 @@
 """The intro page reads the chapters' runs: only the common parameters."""
 
-PROFILES = {p: {} for p in ("smoke", "cpu", "gpu")}
+PROFILES = {p: {} for p in ("smoke", "cpu", "gpu", "gpu-lite")}

@@ -26,6 +26,11 @@ PROFILES = {
                 real_cases=64),
 }
 
+#: gpu-lite: every network at width 1 on the gpu phantom, whole-resolution crops and patches; fewer
+#: patients and iterations (sized by `npcrepro plan` for a short GPU loan); no real-CT track.
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=40, n_test=12, iterations_2d=8000, iterations_3d=8000,
+                            real_cases=0)
+
 HELP = {
     "methods": "method keys to train (baselines and cascade stages are added); see the method table",
     "n_cases": "phantom patients",

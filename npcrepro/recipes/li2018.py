@@ -24,6 +24,11 @@ PROFILES = {
                 real_max_folds=None, real_iterations=[2000, 600, 600]),
 }
 
+#: gpu-lite: Table 1's network at width 1 on the paper's grid; 5-fold instead of LOOCV, shorter
+#: stages (sized by `npcrepro plan` for a short GPU loan).
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"], cv="kfold", k=5, iterations=[1500, 500, 500],
+                            real_iterations=[1000, 300, 300])
+
 HELP = {
     "n_cases": "patients used (phantom: rendered on the paper's DCE grid; dataset: its first n)",
     "slices_per_patient": "tumour-bearing slices kept per patient, evenly over the tumour (None: all)",

@@ -21,6 +21,11 @@ PROFILES = {
                 real_iterations=10000, real_image_size=None, threads=None),
 }
 
+#: gpu-lite: every method at the paper's widths on whole slices, 2 of the 5 folds, fewer patients
+#: and iterations (sized by `npcrepro plan` for a short GPU loan).
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=20, max_folds=2, iterations=3000, real_cases=16,
+                            real_iterations=2000)
+
 HELP = {
     "k_folds": "folds of the cross-validation by patient (at most the number of patients)",
     "max_folds": "folds actually run (the first ones)",
@@ -76,6 +81,7 @@ DEVIATIONS = {
                    "1,100 iterations, so training would stop within about an epoch; the run decays "
                    "x0.9 ten times over its budget instead (the 'every 10 epochs of 100' reading)",
 }
+DEVIATIONS["iterations"] += "; gpu-lite: 3000 iterations, sized for a short GPU loan"
 
 CHOICES = {
     "structure mapping": "locref -> GTVp, CTV2 -> CTVp, the other twelve by name (phantom names)",

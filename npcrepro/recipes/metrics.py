@@ -10,6 +10,7 @@ PROFILES = {
     "cpu": dict(n_cases=7, organs=list(NPC_ORGANS), tolerance_mm=2.0),
     "gpu": dict(n_cases=7, organs=[], tolerance_mm=2.0),  # [] = every organ
 }
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"])
 
 HELP = {
     "n_cases": "scans of the two-rater set scored",

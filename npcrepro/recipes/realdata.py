@@ -5,6 +5,7 @@ PROFILES = {
     "cpu": dict(n_openkbp=12, n_slices=25, n_gallery=8),
     "gpu": dict(n_openkbp=64, n_slices=25, n_gallery=12),
 }
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"])
 
 HELP = {
     "n_openkbp": "OpenKBP patients converted",

@@ -11,6 +11,9 @@ PROFILES = {
                 batch_size=16, iterations=5000, eval_every=250, lr=1e-3, image_size=None),
 }
 
+#: gpu-lite: the gpu network on the gpu phantom, fewer patients and iterations (a short GPU loan).
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=16, n_test=4, iterations=2000, eval_every=250)
+
 HELP = {
     "n_test": "test patients of the seeded hold-out split",
     "n_val": "validation patients (best-validation weights are kept)",

@@ -29,6 +29,11 @@ PROFILES = {
                 real_cases=64, real_iterations=None, real_image_size=None),
 }
 
+#: gpu-lite: both networks at the paper's widths on whole 512 x 512 slices, fewer patients and a
+#: budget in iterations (sized by `npcrepro plan` for a short GPU loan).
+PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=40, n_val=5, n_test=10, epochs=None, iterations=5000,
+                            eval_every=250, real_cases=16, real_iterations=2000)
+
 HELP = {
     "n_val": "validation patients (plateau rule and best-validation weights); scaled down with fewer cases",
     "n_test": "test patients of the seeded random split; scaled down with fewer cases",
@@ -94,6 +99,7 @@ DEVIATIONS = {
                   "paper's 512 x 512 slices, cpu and smoke coarser and smaller grids; the real-data track "
                   "crops OpenKBP slices to `real_image_size` on the cpu profile",
 }
+DEVIATIONS["epochs"] += "; gpu-lite: 5000 iterations on 40 patients, sized for a short GPU loan"
 
 CHOICES = {
     "target": "GTVp united with the retropharyngeal part of GTVnd (components within 20 mm of the "
