@@ -12,8 +12,8 @@ ALL_METHODS = ["unet_ct", "deeplab_ct", "luo_ours_ct", "fcn8_ct", "unet_cet1", "
 #: network per iteration and no paper's claim or proposed method.
 GPU_ONLY = ["vnet"]
 
-_COMMON = dict(lr=2e-3, schedule="cosine", warmup=0.1, grad_clip=1.0, fg_prob=0.5, background_fraction=0.5, threshold=0.5, nsd_mm=2.0, overlap=0.25,
-               n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp", external=[], threads=None)
+_COMMON = dict(lr=2e-3, schedule="cosine", warmup=0.1, grad_clip=1.0, fg_prob=0.5, background_fraction=0.5,
+               threshold=0.5, nsd_mm=2.0, overlap=0.25, n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp", external=[], threads=None)
 
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=5, n_test=2, iterations_2d=4, iterations_3d=3, batch_2d=4, batch_3d=2,
@@ -59,3 +59,6 @@ HELP = {
 }
 
 ALLOWED = {"schedule": ["cosine", "poly", "constant"]}
+
+#: Types of the parameters that are None at every profile.
+TYPES = {"threads": "int"}

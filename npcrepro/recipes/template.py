@@ -34,3 +34,6 @@ CHOICES = {
                 "intensity jitter 0.1",
     "schedule": "learning rate halved every quarter of the budget",
 }
+
+#: Types of the parameters that are None at every profile.
+TYPES = {"threads": "int"}

@@ -153,4 +153,4 @@ REFERENCE_CHOICES = [
 ]
 
 #: Types of the parameters that are None at every profile.
-TYPES = {"image_size": "list"}
+TYPES = {"image_size": "list", "threads": "int"}
