@@ -105,3 +105,20 @@ def run_notebook(book_copy):
         return cache[key]
 
     return run
+
+
+def disc_cases(n: int, shape: tuple[int, int, int], radius2: float) -> list:
+    """``n`` small cases c0, c1 ...: a noisy T1 volume of ``shape`` with a bright disc (squared radius
+    ``radius2`` voxels, centre moving with the case) as GTVp; spacing (3, 1, 1) mm."""
+    import numpy as np
+
+    from npcrepro.datasets import Case
+
+    out = []
+    for seed in range(n):
+        rng = np.random.default_rng(seed)
+        z, y, x = np.indices(shape)
+        m = (y - shape[1] // 2 - seed) ** 2 + (x - shape[2] // 2 + 1) ** 2 < radius2
+        out.append(Case(f"c{seed}", {"T1": rng.normal(size=m.shape).astype(np.float32) + 2 * m},
+                        {"GTVp": m}, (3.0, 1.0, 1.0)))
+    return out

@@ -10,7 +10,6 @@ import os
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,6 +18,7 @@ from npcrepro.datasets import Case
 from npcrepro.engine import RunFolder, SliceDataset, Trainer, seed_everything
 from npcrepro.models import build
 from npcrepro.transforms import Augment
+from conftest import disc_cases
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,14 +27,7 @@ WORLD = 2
 
 
 def _cases() -> list[Case]:
-    out = []
-    for seed in range(3):
-        rng = np.random.default_rng(seed)
-        z, y, x = np.indices((6, 24, 24))
-        m = (y - 12 - seed) ** 2 + (x - 11) ** 2 < 30
-        out.append(Case(f"c{seed}", {"T1": rng.normal(size=m.shape).astype(np.float32) + 2 * m},
-                        {"GTVp": m}, (3.0, 1.0, 1.0)))
-    return out
+    return disc_cases(3, (6, 24, 24), 30)
 
 
 def _train(run_root: str) -> list[dict]:

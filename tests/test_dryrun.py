@@ -16,19 +16,13 @@ from npcrepro import chapters, plan, profiles
 from npcrepro.datasets import Case
 from npcrepro.engine import SliceDataset, Trainer
 from npcrepro.models import build
+from conftest import disc_cases
 
 
 
 # ----------------------------------------------------------------------------- the Trainer's pieces
 def _cases(n=2) -> list[Case]:
-    out = []
-    for seed in range(n):
-        rng = np.random.default_rng(seed)
-        z, y, x = np.indices((4, 32, 32))
-        m = (y - 16 - seed) ** 2 + (x - 15) ** 2 < 40
-        out.append(Case(f"c{seed}", {"T1": rng.normal(size=m.shape).astype(np.float32) + 2 * m},
-                        {"GTVp": m}, (3.0, 1.0, 1.0)))
-    return out
+    return disc_cases(n, (4, 32, 32), 40)
 
 
 def _trainer(**kw) -> Trainer:
