@@ -27,9 +27,10 @@ PROFILES = {
 }
 
 #: gpu-lite: every network at width 1 on the gpu phantom, whole-resolution crops and patches; fewer
-#: patients and iterations (sized by `npcrepro plan` for a short GPU loan); no real-CT track.
+#: patients and iterations (sized by `npcrepro plan` for a short GPU loan); 2 seeds as at cpu (3 would take
+#: the leaderboard alone to about 14 of the loan's 40 minutes); no real-CT track.
 PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=40, n_test=12, iterations_2d=8000, iterations_3d=8000,
-                            real_cases=0)
+                            real_cases=0, seeds=2)
 
 HELP = {
     "methods": "method keys to train (baselines and cascade stages are added); see the method table",
