@@ -17,8 +17,9 @@ Design points
 * Under torchrun each rank takes its share (``rank::world_size``) of every global batch, so a
   distributed run follows the single-process run with the same global batch.
 * Mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler), and on the CPU
-  with ``amp_dtype="bfloat16"`` (to test that path without a GPU); channels-last memory format. ``compile=True`` asks for ``torch.compile`` (falls back to eager with a
-  warning when compilation fails). CPU runs are deterministic.
+  with ``amp_dtype="bfloat16"`` (to test that path without a GPU); channels-last memory format.
+  ``compile=True`` asks for ``torch.compile`` (falls back to eager with a warning when compilation
+  fails). CPU runs are deterministic.
 """
 from __future__ import annotations
 
