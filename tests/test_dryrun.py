@@ -73,8 +73,9 @@ def test_stage_cap_and_probe(tmp_path):
 def plan_runs(tmp_path_factory):
     """Plan passes (measurement only) of the template at two profiles."""
     root = tmp_path_factory.mktemp("plan")
-    os.environ.setdefault("NPCREPRO_CACHE", str(root / "_cache"))
-    return root
+    with pytest.MonkeyPatch.context() as mp:  # restored after the module: other tests cache elsewhere
+        mp.setenv("NPCREPRO_CACHE", os.environ.get("NPCREPRO_CACHE") or str(root / "_cache"))
+        yield root
 
 
 def test_plan_rows_are_positive_and_grow_with_the_sizes(plan_runs):
@@ -140,8 +141,9 @@ PHANTOM_SHAPE = (32, 512, 512)
 @pytest.fixture(scope="module")
 def dry_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("dry")
-    os.environ.setdefault("NPCREPRO_CACHE", str(root / "_cache"))
-    return root
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NPCREPRO_CACHE", os.environ.get("NPCREPRO_CACHE") or str(root / "_cache"))
+        yield root
 
 
 #: Chapters dry-run in every `make test` (template 91 s, li2018 16 s on 2 busy cores); the others

@@ -201,9 +201,15 @@ def test_profiles_follow_the_paper_recipe():
     assert gpu.epochs == recipe["epochs"]["value"] and gpu.lr_factor == 0.8 and gpu.lr_patience == 5
     assert (gpu.n_cases - gpu.n_val - gpu.n_test, gpu.n_val, gpu.n_test) == (120, 15, 15)
     assert gpu.unet_widths == [64, 128, 256, 512, 1024]
-    for prof in ("smoke", "cpu"):
-        P = profiles.resolve("xue2020", prof)
-        assert P.iterations and P.lr == gpu.lr
+    assert gpu.schedule == "plateau" and gpu.warmup == 0 and gpu.grad_clip == 0
+    smoke, cpu = profiles.resolve("xue2020", "smoke"), profiles.resolve("xue2020", "cpu")
+    assert smoke.iterations and smoke.lr == gpu.lr and smoke.schedule == "plateau"
+    # cpu: the converging recipe (warm-up, cosine, clipping, a lower peak lr), each a named deviation
+    assert cpu.iterations and (cpu.lr, cpu.schedule, cpu.warmup, cpu.grad_clip) == (0.002, "cosine", 0.1, 1.0)
+    from npcrepro import recipes
+
+    named = {d["parameter"] for d in recipes.deviations("xue2020", "cpu") if d["why"]}
+    assert {"lr", "schedule", "warmup", "grad_clip"} <= named
     with pytest.raises(ParameterError):
         profiles.resolve("xue2020", "cpu", target="everything")
 
@@ -353,3 +359,12 @@ def test_stage_table_sets_table1_beside_the_cohort(monkeypatch):
     assert t.loc["sex: male", "this run"] == "not modelled"
     n_rows = 2 + sum(len(paper.DEMOGRAPHICS[g]) for g in ("sex", "t_stage", "n_stage", "treatment"))
     assert len(t) == n_rows
+
+
+def test_schedule_is_the_papers_plateau_at_gpu_and_cosine_with_warmup_at_cpu():
+    from npcrepro.chapters.xue2020.methods import schedule
+
+    cpu = schedule(profiles.resolve("xue2020", "cpu"), {"iterations": 240})
+    assert cpu == {"kind": "cosine", "total": 240, "unit": "iteration", "warmup": 24}
+    gpu = schedule(profiles.resolve("xue2020", "gpu"), {"epochs": 200})
+    assert gpu == {"kind": "plateau", "factor": 0.8, "patience": 5, "unit": "epoch", "warmup": 0}

@@ -79,7 +79,7 @@ PAPER = {
     "image_size": ("input_size", [512, 512]),
     "schedule": ("schedule", "plateau"),
     "warmup": ("schedule", 0.0),
-    "grad_clip": ("optimiser", 0.0),
+    "grad_clip": ("optimizer", 0.0),
 }
 
 DEVIATIONS = {
