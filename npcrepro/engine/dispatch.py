@@ -104,9 +104,9 @@ def _fail(item, exc: BaseException, desc: str):
     raise RuntimeError(f"{desc}: {getattr(item, 'label', item)} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _levels(needs: Sequence[Sequence[int]]) -> list[list[int]]:
+def levels(needs: Sequence[Sequence[int]], what: str = "the items") -> list[list[int]]:
     """Item indices grouped so that each group needs only items of earlier groups (ParameterError on
-    a cycle or an unknown index)."""
+    a cycle, naming ``what``, or on an unknown index)."""
     n = len(needs)
     if any(not 0 <= d < n for ds in needs for d in ds):
         raise ParameterError("map_calls: a dependency names an item that is not in the list")
@@ -116,7 +116,7 @@ def _levels(needs: Sequence[Sequence[int]]) -> list[list[int]]:
     while left:
         level = [i for i in left if set(needs[i]) <= done]
         if not level:
-            raise ParameterError("map_calls: the items depend on each other in a cycle")
+            raise ParameterError(f"{what} depend on each other in a cycle")
         levels.append(level)
         done |= set(level)
         left = [i for i in left if i not in done]
@@ -126,7 +126,7 @@ def _levels(needs: Sequence[Sequence[int]]) -> list[list[int]]:
 def _chain(needs: Sequence[Sequence[int]]) -> list[int]:
     """For each item, the length of the longest chain of items that wait on it (0: none)."""
     out = [0] * len(needs)
-    for level in reversed(_levels(needs)):
+    for level in reversed(levels(needs)):
         for i in level:
             for d in needs[i]:
                 out[d] = max(out[d], out[i] + 1)
@@ -176,7 +176,7 @@ def map_calls(fn: Callable, items: Sequence, backend: str = "process", *, worker
         if backend == "process" and workers > 1:
             yield from _map_graph(fn, items, needs, workers, threads, desc)
             return
-        for level in _levels(needs):
+        for level in levels(needs):
             yield from map_calls(fn, [items[i] for i in level], backend, **kw)
         return
 

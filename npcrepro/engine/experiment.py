@@ -444,22 +444,16 @@ def _read_job(spec: JobSpec) -> dict | None:
 # ---------------------------------------------------------------------------------- the run
 def _waves(methods: Sequence[Method]) -> list[list[Method]]:
     """Methods in dependency order: each wave needs only methods of earlier waves."""
-    names = {m.name for m in methods}
+    from npcrepro.engine.dispatch import levels
+
+    index = {m.name: i for i, m in enumerate(methods)}
     for m in methods:
-        missing = [a for a in m.after if a not in names]
+        missing = [a for a in m.after if a not in index]
         if missing:
             raise ParameterError(f"method {m.name!r} runs after {missing}, which are not selected")
-    done: set[str] = set()
-    left = list(methods)
-    waves = []
-    while left:
-        wave = [m for m in left if set(m.after) <= done]
-        if not wave:
-            raise ParameterError(f"methods {[m.name for m in left]} depend on each other in a cycle")
-        waves.append(wave)
-        done |= {m.name for m in wave}
-        left = [m for m in left if m.name not in done]
-    return waves
+    names = [m.name for m in methods]
+    return [[methods[i] for i in level]
+            for level in levels([[index[a] for a in m.after] for m in methods], f"methods {names}")]
 
 
 def _needs(todo: Sequence["JobSpec"], methods: Sequence[Method]) -> list[list[int]]:
