@@ -105,3 +105,42 @@ def test_convergence_gives_seed_spread_and_half_budget_flag():
                        pd.DataFrame())
     c1 = one_seed.convergence()
     assert "seed spread" not in c1 and c1["converged"].iloc[0] is None
+
+
+def test_a_network_that_finds_nothing_is_not_converged():
+    import pandas as pd
+
+    from npcrepro.engine.results import Results
+
+    zeros = pd.DataFrame([("dead", 0, "p1", 0.0), ("dead", 0, "p2", 0.0)],
+                         columns=["method", "seed", "case", "dice"])
+    c = Results(Path("."), {"methods": [{"name": "dead"}]}, {}, zeros, pd.DataFrame(), zeros).convergence()
+    flag = c["converged"].iloc[0]
+    assert c["difference"].iloc[0] == 0.0 and flag is not None and not flag
+
+
+@pytest.mark.parametrize("budgets, saved_at", [((10,), 5), ((6, 10), 11), ((4, 2, 7), 9)])
+def test_half_budget_weights_are_the_middle_of_the_last_stage(tmp_path, budgets, saved_at):
+    """A single stage saves at half its budget; with several, at the middle of the last one."""
+    import torch.nn.functional as F
+
+    from npcrepro.engine import RunFolder, SliceDataset, Stage, Trainer
+    from npcrepro.engine.experiment import _save_half_budget
+    from npcrepro.models import build
+    from conftest import disc_cases
+
+    seen = []
+
+    def spy(trainer, event, info):
+        if event == "iteration" and (trainer.run.path / "model_half.pt").exists() and not seen:
+            seen.append(info["iteration"])
+
+    torch.manual_seed(0)
+    data = SliceDataset(disc_cases(2, (4, 16, 16), 20), ["T1"], ["GTVp"], slices="all")
+    run = RunFolder.create(tmp_path, "smoke", "half", "run")
+    stages = [Stage(f"s{i}", iterations=n, lr=1e-3) for i, n in enumerate(budgets)]
+    trainer = Trainer(build("unet2d", in_channels=1, n_classes=1, widths=(4, 8)),
+                      lambda o, t: F.binary_cross_entropy_with_logits(o, t), data, batch_size=2, stages=stages,
+                      device="cpu", progress=False, seed=0, run=run, callbacks=[_save_half_budget, spy])
+    trainer.fit()
+    assert seen == [saved_at]

@@ -281,11 +281,15 @@ class Chapter:
 
 def _save_half_budget(trainer, event, info) -> None:
     """Trainer callback: keep the weights at half the trainer's budget as ``model_half.pt`` in its
-    run folder (the runner scores them to show whether the network had converged)."""
+    run folder (the runner scores them to show whether the network had converged).
+
+    With several stages (li2018's stepwise scheme, a warm-up stage), "half the budget" is the middle
+    of the *last* stage: earlier stages train other outputs or a different objective, so the network
+    halfway through the whole schedule is not yet the network that is scored."""
     if event != "iteration" or trainer.run is None or not trainer.run.writer:
         return
-    total = sum(stage.budget(trainer.iterations_per_epoch) for stage in trainer.stages)
-    if info["iteration"] == max(1, total // 2):
+    last = len(trainer.stages) - 1
+    if info["stage"] == last and trainer.state.stage_iteration == max(1, trainer.stage_budget(trainer.stages[last]) // 2):
         import torch
 
         torch.save(trainer.raw_model.state_dict(), trainer.run.path / "model_half.pt")

@@ -188,8 +188,11 @@ class Results:
         """Per method: mean ``metric`` of each seed and their spread (max - min; with several seeds),
         the mean with the weights at half the budget and at the full budget, their difference and
         ``converged`` (|difference| <= ``tolerance``; None when the half-budget weights were not
-        scored, e.g. training stopped early before half its budget). Means are over test cases (and
-        folds and seeds). ``labels``: the methods' labels instead of their names."""
+        scored, e.g. training stopped early before half its budget). A network whose mean is 0 at the
+        full budget (it never found the structure) is not converged, however flat its curve. With
+        several training stages, "half the budget" is the middle of the last stage (see
+        :func:`npcrepro.engine.experiment._save_half_budget`). Means are over test cases (and folds and
+        seeds). ``labels``: the methods' labels instead of their names."""
         import pandas as pd
 
         m = self.metrics
@@ -208,7 +211,8 @@ class Results:
             h = float(half[name]) if name in half.index else float("nan")
             d = float(full[name]) - h
             row.update({f"{metric} at half budget": h, f"{metric} at full budget": float(full[name]),
-                        "difference": d, "converged": None if d != d else bool(abs(d) <= tolerance + 1e-9)})
+                        "difference": d,
+                        "converged": None if d != d else bool(abs(d) <= tolerance + 1e-9 and full[name] > 0)})
             rows.append(row)
         return pd.DataFrame(rows)
 
