@@ -2,6 +2,11 @@
 
     npcrepro bench stability [--quick]          # the leaderboard at cpu (--quick: at smoke, 2 methods)
     python benchmarks/bench_stability.py --profile cpu --chapters leaderboard li2018 xue2020 ... [--json f]
+    python benchmarks/bench_stability.py --against runs --chapters ...   # reuse the book's runs
+
+``--against RUNS``: the one-thread run of each chapter is the newest phantom run of that chapter under
+``RUNS`` (e.g. the book's own, which trains every job on one torch thread), so only the two-thread
+run is made: half the cost.
 
 Runs each chapter's experiment (:func:`npcrepro.chapters.run`) twice on the same data, split and
 seeds, once with torch on 1 thread per job and once on 2 (``threads``): the same arithmetic summed
@@ -42,7 +47,18 @@ def run_chapter(chapter: str, profile: str, out_dir: str, threads: int, **overri
                         name=f"threads{threads}", progress=False)
 
 
-def main(quick: bool = False, profile: str | None = None, chapters=None, out_dir: str | None = None) -> dict:
+def newest_run(runs: str, chapter: str, profile: str):
+    """The newest finished phantom run of ``chapter`` at ``profile`` under ``runs`` (not a dry run or a
+    real-data track), or None."""
+    from npcrepro.engine.results import find_results
+
+    found = [r for r in find_results(runs, profile, chapter) if r.params.get("data", "phantom") == "phantom"
+             and not any(k in r.path.name for k in ("openkbp", "real", "dryrun", "threads2"))]
+    return found[-1] if found else None
+
+
+def main(quick: bool = False, profile: str | None = None, chapters=None, out_dir: str | None = None,
+         against: str | None = None) -> dict:
     profile = profile or ("smoke" if quick else "cpu")
     chapters = list(chapters or ["leaderboard"])
     rows = []
@@ -50,7 +66,10 @@ def main(quick: bool = False, profile: str | None = None, chapters=None, out_dir
         for chapter in chapters:
             t0 = time.perf_counter()
             kw = {"methods": ["unet_cet1", "mmfnet"]} if quick and chapter == "leaderboard" else {}
-            one = run_chapter(chapter, profile, out_dir or tmp, 1, **kw)
+            one = newest_run(against, chapter, profile) if against else None
+            if against and one is None:
+                print(f"{chapter}: no finished {profile} run under {against}; running both", flush=True)
+            one = one or run_chapter(chapter, profile, out_dir or tmp, 1, **kw)
             two = run_chapter(chapter, profile, out_dir or tmp, 2, **kw)
             for r in compare(one, two):
                 rows.append({"chapter": chapter, **r, "stable": r["difference"] <= TOLERANCE})
@@ -77,9 +96,11 @@ if __name__ == "__main__":
     ap.add_argument("--profile", default=None)
     ap.add_argument("--chapters", nargs="*", default=None)
     ap.add_argument("--out-dir", default=None, help="keep the two runs here (default: a temporary folder)")
+    ap.add_argument("--against", default=None, help="runs folder whose newest run of each chapter is the "
+                                                    "one-thread run (e.g. the book's)")
     ap.add_argument("--json", help="write the rows to this file")
     a = ap.parse_args()
-    res = main(quick=a.quick, profile=a.profile, chapters=a.chapters, out_dir=a.out_dir)
+    res = main(quick=a.quick, profile=a.profile, chapters=a.chapters, out_dir=a.out_dir, against=a.against)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)

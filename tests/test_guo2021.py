@@ -408,6 +408,9 @@ def test_cross_fit_accuracy_curve_and_views(tmp_path):
     best = views[["axial", "coronal", "sagittal"]].max(axis=1)
     assert (views["gain over best view"] - (views["views averaged"] - best)).abs().max() < 2e-3
     assert report.fig_accuracy(res) is not None
+    hl = report.headline(res)  # methods left out are named as such in the prose, not as a blank
+    assert hl["vnet_outcome"].startswith("was not trained at the smoke profile")
+    assert hl["vnet_dsc"] == hl["cnn_dsc"] == "— (not trained at this profile)" and hl["cscn_dsc"][0].isdigit()
     with pytest.raises(Exception, match="cross_fit"):
         chapters.run(P.replace(cross_fit=5), name="bad", progress=False)
 

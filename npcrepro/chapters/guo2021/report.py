@@ -232,6 +232,12 @@ def headline(results) -> dict[str, Any]:
     v = m[m["method"] == "V-Net"]
     if len(v):
         out["vnet_outcome"] = _vnet_outcome(v)
+    for meth in (x for x in METHODS if x not in set(m["method"])):
+        key = meth.lower().replace("-", "")
+        out[f"{key}_dsc"] = "— (not trained at this profile)"
+        if meth == "V-Net":
+            out["vnet_outcome"] = (f"was not trained at the {results.profile} profile "
+                                   "(`methods` leaves it out: it trains at the gpu profile)")
     if "precision" in ok and "recall" in ok and len(ok):
         pr = ok.groupby("method")[["precision", "recall"]].mean()
         prec, rec = float(pr["precision"].mean()), float(pr["recall"].mean())
