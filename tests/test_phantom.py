@@ -341,3 +341,23 @@ def test_data_notebook_smoke(run_notebook):
              for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
              if o.get("output_type") == "display_data"}
     assert {"n_patients", "median_volume", "dce_peak", "rater_dice"} <= glued
+
+
+def test_data_chapter_table_names_each_chapters_ct(monkeypatch):
+    """The data chapter's "which CT" table is read from the chapters and recipes, not written by hand."""
+    from npcrepro import chapters
+
+    for profile in ("smoke", "cpu", "gpu"):
+        table = chapters.ct_inputs(profile).set_index("chapter")
+        assert table["channel"].to_dict() == {"xue2020": "CECT", "luo2020": "CT", "leaderboard": "CT"}, profile
+        assert table.loc["xue2020", "CT"].startswith("contrast-enhanced")
+        assert table.loc["luo2020", "CT"] == table.loc["leaderboard", "CT"] == "non-contrast CT"
+        assert (table["why"].str.len() > 20).all()
+        assert "Sec. 1.1" in table.loc["xue2020", "why"]
+    # template trains on T1 by default: no CT; switched to CT in its recipe, the table follows
+    from npcrepro import profiles
+
+    monkeypatch.setitem(profiles._paper_sizes("template")["cpu"], "channel", "CT")
+    monkeypatch.setitem(profiles._paper_sizes("xue2020")["cpu"], "channel", "CT")
+    table = chapters.ct_inputs("cpu").set_index("chapter")
+    assert table.loc["template", "channel"] == "CT" and table.loc["xue2020", "channel"] == "CT"
