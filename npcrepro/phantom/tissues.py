@@ -6,10 +6,10 @@ papers rely on or complain about:
 
 * CT (HU): tumour 50 vs muscle 45 and mucosa 45, a few HU apart under ~12 HU noise: the low
   soft-tissue contrast xue2020 discusses. Bone and air are trivial. This is the non-contrast CT.
-* CECT (HU): the same CT after intravenous iodinated contrast, venous phase (about 60-70 s after the
-  injection starts: the usual timing of a contrast-enhanced planning or staging CT of the neck; xue2020
-  trained on such a scan, Sec. 1.1 "CT 增强定位扫描"). Same noise and clipping as CT. See
-  "CECT values and sources" below.
+* CECT (HU): the same CT after intravenous iodinated contrast, venous phase (taken as about 60-70 s
+  after the injection starts, a typical venous timing; assumed, xue2020 does not give its timing).
+  xue2020 trained on a contrast-enhanced simulation CT (Sec. 1.1, "CT 增强定位扫描"). Same noise and
+  clipping as CT. See "CECT values and sources" below.
 * T1: tumour only slightly brighter than muscle (iso- to hyperintense), fat and fatty marrow bright,
   so skull-base invasion shows as lost marrow signal.
 * T2: tumour bright against muscle, but mucosa, adenoid (lymphoid tissue) and nodes are as bright.
@@ -22,13 +22,13 @@ MRI values are in arbitrary units (muscle ~300); each patient gets a random rece
 
 CECT values and sources
 -----------------------
-Rounded, typical values (HU, 120 kVp-like), as ``CT -> CECT`` (enhancement). Only the sources named
+Rounded, typical values (HU), as ``CT -> CECT`` (enhancement). Only the sources named
 here were read, and each supports only what is said next to it; every number marked *assumed* is this
 project's choice, consistent with the qualitative statements but not taken from a source.
 
 * Blood (``vessel``: carotids, jugulars) 45 -> 165 (+120). Venous-phase blood-pool enhancement of about
   +120 HU: "MDCT of the Liver and Hypervascular Hepatocellular Carcinomas: Optimizing Scan Delays for
-  Bolus-Tracking Techniques of Hepatic Arterial and Portal Venous Phases" (AJR; abstract at
+  Bolus-Tracking Techniques of Hepatic Arterial and Portal Venous Phases" (abstract at
   https://www.scilit.net/publications/1b69dc8767095a7e33aa1436ee32861d) reports the aorta's increase
   over unenhanced CT as 117-125 HU at 45-55 s after the bolus-tracking trigger (its portal venous
   phase). The neck's vessels are taken to hold the same blood (assumed).
@@ -40,14 +40,14 @@ project's choice, consistent with the qualitative statements but not taken from 
   tomography density for intravenous contrast material independent of sex and vascular phase"
   (abstract at discovery.researcher.life: +6.4 HU, SD 8.1, venous phase); van der Werf et al.,
   "Skeletal muscle analyses: agreement between non-contrast and contrast CT scan measurements of
-  skeletal muscle area and mean muscle attenuation" (abstract at research.vumc.nl: 6.7 +- 3.2 HU at
-  the same tube voltage). These are trunk muscles; the neck's muscles are taken to behave alike
-  (assumed).
+  skeletal muscle area and mean muscle attenuation" (abstract at research.vumc.nl: a difference of
+  6.7 +- 3.2 HU between contrast and non-contrast scans at the same tube voltage). These are trunk
+  muscles; the neck's muscles are taken to behave alike (assumed).
 * Tumour 50 -> 85 (+35), moderate; metastatic nodes (``nodemet``) 49 -> 84, like the tumour. The +35
   HU is assumed. Qualitative support: Liu K, Zhang X, Guo C et al., "Radiological Differential Diagnosis
   of Nasopharyngeal non Hodgkin's Lymphoma and Nasopharyngeal Carcinoma" (Nanfang Hospital; copy at
-  https://360docs.net/doc/4c3696132.html): most NPCs (21 of 30) enhance mildly to moderately; the
-  Radiopaedia article on nasopharyngeal carcinoma (copy at
+  https://360docs.net/doc/4c3696132.html): on contrast-enhanced CT or MRI most NPCs (21 of 30)
+  enhanced mildly to moderately; "Nasopharyngeal Carcinoma" (a review text at
   https://www.scribd.com/document/307590081/Nasopharyngeal-Carcinoma): after contrast "the tumour mass
   and nodal metastases usually demonstrate heterogeneous enhancement" (hence the same enhancement for
   both, and a larger texture spread in CECT than in CT, :data:`TUMOUR_TEXTURE`).
@@ -64,7 +64,7 @@ project's choice, consistent with the qualitative statements but not taken from 
   lymph nodes, and pathologic tissue" enhance while the vessels stay opacified ("Neck CT scan
   Procedure and Protocol", http://radtechonduty.com/2016/11/neck-ct-scan-procedure-and-protocol.html).
 * Bone marrow (cancellous bone) 400 -> 420 (+20): assumed. Qualitative support: Boutin et al.,
-  "Influence of IV contrast administration on CT measures of muscle and bone attenuation" (AJR 2016;
+  "Influence of IV contrast administration on CT measures of muscle and bone attenuation" (2016;
   abstract at ucdavis.pure.elsevier.com): the L4 vertebral body enhances significantly, most in the
   portal phase.
 * Assumed, no source: gland (parotid, submandibular) 10 -> 40 (+30); brain and neural tissue 35 -> 40

@@ -12,7 +12,8 @@ from npcrepro.chapters.xue2020.methods import METHODS, MODELS, build_model
 from npcrepro.chapters.xue2020.prepare import CT_WINDOW, TARGET, source_structures, xue_case
 
 __all__ = ["PAPER", "METRICS", "NOT_LEARNED_LOSS", "COLOURS", "labelled", "data_label", "reference_cases",
-           "run_channel", "channel_text", "CHANNEL_WORDS", "recipe_table", "architecture_table", "parameter_table", "comparison", "p_value_table",
+           "run_channel", "channel_text", "CHANNEL_WORDS", "recipe_table", "architecture_table",
+           "parameter_table", "comparison", "p_value_table",
            "timing_table", "training_table", "case_table", "training_note", "headline", "fig_target",
            "fig_boxplots", "fig_contours", "fig_curves"]
 
@@ -77,8 +78,8 @@ _CASES: dict[tuple, object] = {}
 
 
 def reference_cases(results, names=None) -> dict:
-    """name -> the chapter's case (its CT channel and the derived target, as the run trained on it) of every case
-    of the run's split (or of ``names``); kept per process."""
+    """name -> the chapter's case (its CT channel and the derived target, as the run trained on it) of
+    every case of the run's split (or of ``names``); kept per process."""
     names = list(names) if names is not None else [n for f in results.splits() for n in (*f.train, *f.val, *f.test)]
     ds, rule, channel = None, results.params.get("target", "gtvp_rpn"), run_channel(results)
     out = {}
