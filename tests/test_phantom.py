@@ -11,8 +11,9 @@ from npcrepro.errors import ParameterError
 from npcrepro import phantom
 from npcrepro.phantom import anatomy, lesions
 from npcrepro.phantom.make import _streams
+from npcrepro.phantom.measure import core
 
-ALL = ("CT", "T1", "T2", "CET1", "DCE")
+ALL = ("CT", "T1", "T2", "CET1", "CECT", "DCE")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_same_seed_same_arrays_different_seed_differs():
     a = phantom.make_case(7, preset="smoke")
     b = phantom.make_case(7, preset="smoke")
     c = phantom.make_case(8, preset="smoke")
-    assert a.images.keys() == b.images.keys() == {"CT", "T1", "T2", "CET1"}
+    assert a.images.keys() == b.images.keys() == {"CT", "T1", "T2", "CET1", "CECT"}
     for k in a.images:
         assert a.images[k].dtype == np.float32
         np.testing.assert_array_equal(a.images[k], b.images[k])
@@ -194,6 +195,61 @@ def test_ct_and_mri_values(cases):
         assert case.images[m].min() >= 0  # magnitude images (Rician)
 
 
+def test_cect_is_the_ct_grid_with_its_own_noise(cases):
+    case = cases[1]
+    ct, cect = case.images["CT"], case.images["CECT"]
+    assert cect.shape == ct.shape == phantom.PRESETS["smoke"].shape and cect.dtype == np.float32
+    assert not np.array_equal(cect, ct)
+    lab = case.labels
+    air = core(lab["Airway"])                                                 # away from its walls
+    assert abs(np.median(cect[air]) - np.median(ct[air])) < 30                # air: unchanged
+    assert abs(np.median(cect[lab["Fat"]]) - np.median(ct[lab["Fat"]])) < 15  # fat: unchanged
+    assert np.median(cect[lab["Vessels"]]) > np.median(ct[lab["Vessels"]]) + 40  # blood: enhanced
+    # the same noise model: sd of (CECT - noise-free) ~ sd of (CT - noise-free) ~ ct_noise_hu
+    inside = lab["Body"] & (np.abs(ct) < 500) & (np.abs(cect) < 500)
+    assert 0.8 < np.std(cect[inside & lab["Fat"]]) / np.std(ct[inside & lab["Fat"]]) < 1.25
+    assert cect.min() >= -1024 and cect.max() <= 3071                         # clipped like CT
+
+
+def test_adding_cect_leaves_every_other_channel_bit_identical():
+    mods = ("CT", "T1", "T2", "CET1", "DCE")
+    without = phantom.make_case(31, preset="smoke", modalities=mods, dce_frames=3)
+    with_cect = phantom.make_case(31, preset="smoke", modalities=mods + ("CECT",), dce_frames=3)
+    only = phantom.make_case(31, preset="smoke", modalities=("CECT",))
+    assert set(with_cect.images) == set(without.images) | {"CECT"} and "CECT" not in without.images
+    for k, v in without.images.items():
+        np.testing.assert_array_equal(with_cect.images[k], v, err_msg=k)
+    for k, v in without.labels.items():
+        np.testing.assert_array_equal(with_cect.labels[k], v, err_msg=k)
+    np.testing.assert_array_equal(only.images["CECT"], with_cect.images["CECT"])
+    assert without.meta["scanner"]["gains"] == with_cect.meta["scanner"]["gains"]
+
+
+def test_cect_raises_tumour_muscle_contrast_by_the_designed_amount():
+    """Designed (tissues.py): tumour - muscle is 50 - 45 = 5 HU in CT and 85 - 52 = 33 HU in CECT,
+    times the patient's bolus factor for the enhancement, plus the same +-1 HU jitter."""
+    from npcrepro.phantom.tissues import TISSUES
+
+    designed_ct = TISSUES["tumour"].ct - TISSUES["muscle"].ct
+    designed_gain = (TISSUES["tumour"].cect - TISSUES["muscle"].cect) - designed_ct
+    assert (designed_ct, designed_gain) == (5, 28)
+    case = phantom.make_case(41, preset="smoke", t_stage="T3", modalities=("CT", "CECT"))
+    bolus = case.meta["scanner"]["cect_bolus_factor"]
+    assert 0.75 <= bolus <= 1.25
+    lab = case.labels
+    tumour = core(lab["GTVp"], ~lab["GTVp"])
+    muscle = core(lab["Muscle"] & ~lab["GTVp"], lab["GTVp"])
+    diff = {ch: float(case.images[ch][tumour].mean() - case.images[ch][muscle].mean())
+            for ch in ("CT", "CECT")}
+    gain = diff["CECT"] - diff["CT"]
+    expected = (TISSUES["tumour"].cect - TISSUES["tumour"].ct
+                - (TISSUES["muscle"].cect - TISSUES["muscle"].ct)) * bolus
+    assert abs(gain - expected) < 8, (diff, expected)       # partial volume and noise: a few HU
+    assert diff["CECT"] > diff["CT"] + 15, diff
+    cnr = phantom.measure_cnr(case)
+    assert cnr.loc["CECT", "tumour vs muscle"] > 2 * cnr.loc["CT", "tumour vs muscle"], cnr
+
+
 def test_dce_peak_frame(cases):
     for case in cases:
         frames = [k for k in case.images if k.startswith("DCE_")]
@@ -215,7 +271,7 @@ def test_dce_timing_parameters():
 def test_generate_round_trip(tmp_path):
     ds = phantom.generate(tmp_path / "ph", 2, 3, preset="smoke", progress=False)
     assert ds.cases == ["npc_000", "npc_001"]
-    assert ds.channels == ["CT", "T1", "T2", "CET1"]
+    assert ds.channels == ["CT", "T1", "T2", "CET1", "CECT"]   # CECT last: older indices kept
     assert ds.structures == list(phantom.STRUCTURES)
     ds2 = open_dataset(tmp_path / "ph")
     # the cohort's record, as read back, equals what a cache compares it with
@@ -249,7 +305,7 @@ def test_parameters_are_checked():
         phantom.make_case(0, prest="cpu")
     with pytest.raises(ParameterError, match="smoke, cpu, gpu"):
         phantom.make_case(0, preset="huge")
-    with pytest.raises(ParameterError, match="valid: CT, T1, T2, CET1, DCE"):
+    with pytest.raises(ParameterError, match="valid: CT, T1, T2, CET1, CECT, DCE"):
         phantom.make_case(0, modalities=("PET",))
     with pytest.raises(ParameterError, match="T1, T2, T3, T4"):
         phantom.make_case(0, t_stage="T5")
@@ -285,3 +341,23 @@ def test_data_notebook_smoke(run_notebook):
              for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
              if o.get("output_type") == "display_data"}
     assert {"n_patients", "median_volume", "dce_peak", "rater_dice"} <= glued
+
+
+def test_data_chapter_table_names_each_chapters_ct(monkeypatch):
+    """The data chapter's "which CT" table is read from the chapters and recipes, not written by hand."""
+    from npcrepro import chapters
+
+    for profile in ("smoke", "cpu", "gpu"):
+        table = chapters.ct_inputs(profile).set_index("chapter")
+        assert table["channel"].to_dict() == {"xue2020": "CECT", "luo2020": "CT", "leaderboard": "CT"}, profile
+        assert table.loc["xue2020", "CT"].startswith("contrast-enhanced")
+        assert table.loc["luo2020", "CT"] == table.loc["leaderboard", "CT"] == "non-contrast CT"
+        assert (table["why"].str.len() > 20).all()
+        assert "Sec. 1.1" in table.loc["xue2020", "why"]
+    # template trains on T1 by default: no CT; switched to CT in its recipe, the table follows
+    from npcrepro import profiles
+
+    monkeypatch.setitem(profiles._paper_sizes("template")["cpu"], "channel", "CT")
+    monkeypatch.setitem(profiles._paper_sizes("xue2020")["cpu"], "channel", "CT")
+    table = chapters.ct_inputs("cpu").set_index("chapter")
+    assert table.loc["template", "channel"] == "CT" and table.loc["xue2020", "channel"] == "CT"

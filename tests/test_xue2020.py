@@ -132,7 +132,8 @@ def _case(nodes_x=(4, 10), spacing=(3.0, 4.0, 4.0)):
     nd = np.zeros(shape, bool)
     for dx in nodes_x:
         nd[5:8, 30:33, 32 + dx - 1:32 + dx + 2] = True
-    return Case("c0", {"CT": ct}, {"GTVp": gtvp, "GTVnd": nd, "SpinalCord": cord}, spacing)
+    cect = ct + np.where(gtvp | nd, 35.0, 7.0).astype(np.float32)   # enhanced tumour and nodes
+    return Case("c0", {"CT": ct, "CECT": cect}, {"GTVp": gtvp, "GTVnd": nd, "SpinalCord": cord}, spacing)
 
 
 def test_target_rules():
@@ -150,8 +151,13 @@ def test_target_rules():
     with pytest.raises(ParameterError):
         X.derive_target(case, "everything")
     xc = X.xue_case(case)
-    assert list(xc.images) == ["CT"] and xc.labels[X.TARGET].sum() == m.sum()
-    assert xc.meta["xue2020"]["rule"] == "gtvp_rpn"
+    assert list(xc.images) == ["CECT"] and xc.labels[X.TARGET].sum() == m.sum()   # the paper's CT
+    assert xc.meta["xue2020"]["rule"] == "gtvp_rpn" and xc.meta["xue2020"]["channel"] == "CECT"
+    plain = X.xue_case(case, channel="CT")
+    assert list(plain.images) == ["CT"] and plain.images["CT"] is case.images["CT"]
+    del case.images["CECT"]
+    with pytest.raises(DataError, match="no CECT channel"):
+        X.xue_case(case)
 
 
 def test_midline_from_cord_then_body():
@@ -328,6 +334,7 @@ def test_real_params_switch_to_the_openkbp_track():
     P = profiles.resolve("xue2020", "cpu", resume="somewhere")
     Q = X.real_params(P)
     assert (Q.target, Q.iterations, Q.image_size, Q.resume) == ("ptv70", P.real_iterations, P.real_image_size, "")
+    assert P.channel == "CECT" and Q.channel == "CT"          # OpenKBP scans have one CT
     assert Q.n_cases == P.n_cases and Q.epochs is None
     assert X.openkbp_data(profiles.resolve("xue2020", "smoke"))[0] is None     # real_cases 0: off
 
@@ -368,3 +375,42 @@ def test_schedule_is_the_papers_plateau_at_gpu_and_cosine_with_warmup_at_cpu():
     assert cpu == {"kind": "cosine", "total": 240, "unit": "iteration", "warmup": 24}
     gpu = schedule(profiles.resolve("xue2020", "gpu"), {"epochs": 200})
     assert gpu == {"kind": "plateau", "factor": 0.8, "patience": 5, "unit": "epoch", "warmup": 0}
+
+
+# ----------------------------------------------------------------------------------- which CT
+def test_channel_is_the_papers_contrast_ct_at_every_profile_and_ct_is_accepted():
+    from npcrepro import papers, recipes
+
+    for profile in profiles.profiles("xue2020"):
+        assert profiles.resolve("xue2020", profile).channel == "CECT", profile
+        assert "channel" not in {d["parameter"] for d in recipes.deviations("xue2020", profile)}
+    assert recipes.load("xue2020").PAPER["channel"] == ("image", "CECT")
+    assert papers.info("xue2020").recipe["image"]["source"] == "Sec. 1.1"
+    assert profiles.resolve("xue2020", "smoke", channel="CT").channel == "CT"
+    with pytest.raises(ParameterError) as err:
+        profiles.resolve("xue2020", "smoke", channel="T1")
+    assert "channel" in str(err.value) and "CECT" in str(err.value) and "\n" not in str(err.value)
+    assert "=" not in recipes.load("xue2020").HELP["channel"]
+
+
+def test_chapter_reads_the_chosen_ct_and_names_it(tmp_path):
+    from npcrepro.datasets.format import write_dataset
+
+    ds = write_dataset(tmp_path / "ds", [_case()], channels=["CT", "CECT"], structures=["GTVp", "GTVnd", "SpinalCord"],
+                       progress=False)
+    for channel in ("CECT", "CT"):
+        P = profiles.resolve("xue2020", "smoke", channel=channel)
+        assert M.CHAPTER.channels_for(P, ds) == (channel,)
+        case = M.CHAPTER.prepare(M.CHAPTER.load(ds, "c0", P), P)
+        assert list(case.images) == [channel]
+        np.testing.assert_allclose(case.images[channel], _case().images[channel])
+        assert R.run_channel(P) == channel and channel in R.channel_text(P)
+        assert R.recipe_table(P).set_index("item").loc["image", "this run"].startswith(channel)
+    assert R.run_channel({"target": "gtvp"}) == "CT"          # runs from before the parameter
+    plain = _case()
+    del plain.images["CECT"]
+    ct_only = write_dataset(tmp_path / "ct", [plain], channels=["CT"], structures=["GTVp", "GTVnd", "SpinalCord"],
+                            progress=False)
+    with pytest.raises(DataError, match="channel='CT'") as err:
+        M.CHAPTER.load(ct_only, "c0", profiles.resolve("xue2020", "smoke"))
+    assert "\n" not in str(err.value)

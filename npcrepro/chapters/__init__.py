@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["MODULES", "module", "run", "dry_run"]
+__all__ = ["MODULES", "module", "run", "dry_run", "ct_inputs", "CT_CHANNELS"]
 
 #: Chapters ported to the runner: name -> the module holding ``CHAPTER``.
 MODULES: dict[str, str] = {
@@ -26,6 +26,40 @@ MODULES: dict[str, str] = {
     "chen2020": "npcrepro.chapters.chen2020.methods",
     "guo2021": "npcrepro.chapters.guo2021.methods",
 }
+
+
+#: The phantom's two CTs, in HU: non-contrast and contrast-enhanced (venous phase).
+CT_CHANNELS = {"CT": "non-contrast CT", "CECT": "contrast-enhanced CT (venous phase)"}
+
+
+def ct_inputs(profile: str = "cpu"):
+    """Which CT each chapter trains on at ``profile``, read from the chapters and their recipes: one
+    row per chapter whose input channels (:meth:`~npcrepro.engine.experiment.Chapter.channels_for` of
+    the profile's resolved parameters) include one of :data:`CT_CHANNELS`, with the channel, the CT in
+    words, the chapter's other input channels and why (the recipe's ``CHOICES["CT"]``).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``chapter``, ``channel``, ``CT``, ``other inputs``, ``why``.
+    """
+    import importlib
+
+    import pandas as pd
+
+    from npcrepro import profiles, recipes
+
+    rows = []
+    for chapter in [c for c in recipes.CHAPTERS if c in MODULES]:
+        if profile not in profiles.profiles(chapter):
+            continue
+        P = profiles.resolve(chapter, profile)
+        channels = importlib.import_module(MODULES[chapter]).CHAPTER.channels_for(P)
+        for ch in [c for c in channels if c in CT_CHANNELS]:
+            rows.append({"chapter": chapter, "channel": ch, "CT": CT_CHANNELS[ch],
+                         "other inputs": ", ".join(c for c in channels if c not in CT_CHANNELS) or "none",
+                         "why": recipes.load(chapter).CHOICES.get("CT", "")})
+    return pd.DataFrame(rows, columns=["chapter", "channel", "CT", "other inputs", "why"])
 
 
 def module(name: str) -> str:

@@ -196,6 +196,11 @@ class Chapter:
     def methods(self, P) -> list[Method]:
         raise NotImplementedError
 
+    def channels_for(self, P, dataset=None) -> tuple[str, ...]:
+        """The image channels a run reads (default: the class attribute ``channels``; empty: all);
+        recorded in run.json, and the default of :meth:`load`."""
+        return tuple(self.channels)
+
     def structures_for(self, P, dataset=None) -> tuple[str, ...]:
         """The structures a run on ``dataset`` predicts (default: the class attribute
         ``structures``); recorded in run.json."""
@@ -246,7 +251,7 @@ class Chapter:
 
     def load(self, dataset, name: str, P):
         """One case with this chapter's channels and structures."""
-        return dataset.load(name, channels=list(self.channels) or None,
+        return dataset.load(name, channels=list(self.channels_for(P, dataset)) or None,
                             structures=list(self.structures_for(P, dataset)) or None)
 
     def prepare(self, case, P):
@@ -469,12 +474,13 @@ def _needs(todo: Sequence["JobSpec"], methods: Sequence[Method]) -> list[list[in
             for j in todo]
 
 
-def _run_json(rf, chapter: Chapter, structures, methods, folds, seeds, status: str, **extra) -> None:
+def _run_json(rf, chapter: Chapter, structures, methods, folds, seeds, status: str, *, channels=None,
+              **extra) -> None:
     info = {"format": RUN_FORMAT, "chapter": chapter.name, "status": status,
             "methods": [{"name": m.name, "label": m.label, "after": list(m.after), "info": dict(m.info),
                          "folds": m.folds} for m in methods],
             "folds": len(folds), "seeds": list(seeds), "structures": list(structures),
-            "channels": list(chapter.channels),
+            "channels": list(chapter.channels if channels is None else channels),
             "updated": _dt.datetime.now().isoformat(timespec="seconds"), **extra}
     if rf.writer:
         _write_json(rf.path / "run.json", info)
@@ -566,12 +572,13 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
         save_splits(folds, split_file)
     seeds = chapter.seeds(P)
     structures = chapter.structures_for(P, ds)
+    channels = chapter.channels_for(P, ds)
     dry = {"dry_run": P["dry_run"]} if P.get("dry_run") else {}
     if dry and rf.writer:
         (rf.path / "DRY_RUN").write_text("a dry run: sizes of the profile, 2 iterations per network; "
                                          "its numbers mean nothing\n", encoding="utf-8")
     _run_json(rf, chapter, structures, chosen, folds, seeds, "running", data=params["data"],
-              data_label=label, **dry)
+              data_label=label, channels=channels, **dry)
     job_params = {**params, "progress": False}
     results: dict[tuple, dict] = {}
     t0 = time.perf_counter()
@@ -610,7 +617,7 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         _run_json(rf, chapter, structures, chosen, folds, seeds, "failed", data=params["data"],
-                  data_label=label, error=reason, **dry)
+                  data_label=label, error=reason, channels=channels, **dry)
         rf.mark_failed(reason)
         raise
     complete = len(results) == n_jobs
@@ -625,7 +632,7 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
         half.to_csv(rf.path / "metrics_half.csv", index=False)
         training.to_csv(rf.path / "training.csv", index=False)
     _run_json(rf, chapter, structures, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
-              data_label=label, **dry,
+              data_label=label, channels=channels, **dry,
               seconds=time.perf_counter() - t0)
     if complete:
         rf.mark_done()

@@ -1,8 +1,8 @@
 """The NPC digital phantom: the embedded default data every chapter runs on.
 
 A virtual patient is built in physical space (mm) from implicit shapes (anatomy, lesions), then
-rendered through every modality the five papers use: planning CT, T1, T2, contrast-enhanced T1 and
-DCE-MRI, on any grid. Main entry points:
+rendered through every modality the five papers use: planning CT (without and with iodinated
+contrast), T1, T2, contrast-enhanced T1 and DCE-MRI, on any grid. Main entry points:
 
 * :func:`make_case` ``(seed, **params) -> Case``: one patient;
 * :func:`generate` ``(out_dir, n_cases, seed, *, preset="cpu", ...) -> Dataset``: a cohort on disk;

@@ -19,6 +19,9 @@ CONTOURS = {
     "OpticNerve_R": ("lime", "-"), "Chiasm": ("lime", "-"),
 }
 CT_WINDOW = (-160.0, 240.0)  # soft-tissue window: level 40, width 400 HU
+#: Channels in HU shown with :data:`CT_WINDOW`: the same window for both CTs, so that what contrast
+#: adds shows as brightness (vessels, mucosa, tumour) and not as a rescaled grey scale.
+HU_CHANNELS = ("CT", "CECT")
 
 
 def tumour_slice(case: Case) -> int:
@@ -27,7 +30,7 @@ def tumour_slice(case: Case) -> int:
 
 
 def _window(case: Case, channel: str) -> tuple[float, float]:
-    if channel == "CT":
+    if channel in HU_CHANNELS:
         return CT_WINDOW
     img = case.images[channel]
     body = case.labels.get("Body")

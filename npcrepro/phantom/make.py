@@ -18,6 +18,8 @@ from npcrepro.phantom.tissues import CLASS_ID
 
 #: Version of the generator; bump when the same seed would give different arrays. A cohort also
 #: records :func:`generator_fingerprint`, which changes with any edit of the code that writes it.
+#: (Adding the CECT channel kept version 1: every earlier channel is bit-identical for the same seed;
+#: a cached cohort without CECT differs in fingerprint and ``modalities``, so it is made again.)
 GENERATOR_VERSION = 1
 
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -50,8 +52,9 @@ _TISSUE_LABELS = {"Fat": ("fat",), "Muscle": ("muscle",), "Bone": ("cortex", "ma
                   "Airway": ("air",), "Mucosa": ("mucosa", "adenoid"), "Brain": ("brain",),
                   "Vessels": ("vessel",)}
 # Independent random streams per concern, so that e.g. rendering fewer modalities leaves the
-# anatomy, the lesions and the other modalities' noise unchanged.
-_STREAMS = ("anatomy", "lesion", "rater", "contrast", "CT", "T1", "T2", "CET1", "DCE")
+# anatomy, the lesions and the other modalities' noise unchanged. A new stream is appended at the end
+# (stream i is seeded with spawn key i), so every earlier stream, and what it draws, stays the same.
+_STREAMS = ("anatomy", "lesion", "rater", "contrast", "CT", "T1", "T2", "CET1", "DCE", "CECT")
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -83,14 +86,14 @@ def make_case(seed: int, **params) -> Case:
     **params
         See :data:`npcrepro.phantom.profiles.DEFAULTS`: ``preset`` (``"smoke"``, ``"cpu"``,
         ``"gpu"``), ``shape``/``spacing``/``center`` (override the preset's grid, (z, y, x), mm),
-        ``modalities`` (subset of CT, T1, T2, CET1, DCE; default the four static ones), ``t_stage``
+        ``modalities`` (subset of CT, T1, T2, CET1, CECT, DCE; default the five static ones), ``t_stage``
         / ``n_stage`` (e.g. ``"T3"``/``3``; default drawn), margins, the second rater's jitter, and
         scanner settings (:class:`~npcrepro.phantom.scanners.ScannerSettings`).
 
     Returns
     -------
     Case
-        ``images``: float32 (z, y, x) per channel (``CT`` in HU; ``T1``, ``T2``, ``CET1`` and
+        ``images``: float32 (z, y, x) per channel (``CT`` and ``CECT`` in HU; ``T1``, ``T2``, ``CET1`` and
         ``DCE_000``... in arbitrary units); ``labels``: bool (z, y, x) per structure of
         :data:`STRUCTURES` present on the grid; spacing/origin in mm (identity direction);
         ``meta``: T and N stage, volumes (cm3), seed, parameters, scanner settings, lesion facts.
@@ -157,7 +160,8 @@ def make_case(seed: int, **params) -> Case:
         "volumes_cm3": volumes,
         "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()},
         "scanner": {**settings.to_dict(), "gains": contrast.gains,
-                    "dce_bolus_time_s": settings.dce_bolus_frame * settings.dce_interval_s},
+                    "dce_bolus_time_s": settings.dce_bolus_frame * settings.dce_interval_s,
+                    **contrast.facts},
         "anatomy": anat.facts,
         "lesions": les.facts,
         "rater2": rater_facts,
@@ -216,8 +220,8 @@ def generate(out_dir: str | os.PathLike, n_cases: int, seed: int, *, preset: str
     Returns
     -------
     Dataset
-        The opened dataset: channels CT, T1, T2, CET1 (and DCE_000... when ``"DCE"`` is in
-        ``modalities``), structures :data:`STRUCTURES`.
+        The opened dataset: channels CT, T1, T2, CET1, CECT (those in ``modalities``; and
+        DCE_000... when ``"DCE"`` is in it), structures :data:`STRUCTURES`.
     """
     if isinstance(n_cases, bool) or not isinstance(n_cases, (int, np.integer)) or n_cases < 1:
         raise ParameterError(f"n_cases must be a positive integer, got {n_cases!r}")

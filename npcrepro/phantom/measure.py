@@ -12,6 +12,9 @@ from scipy import ndimage
 from npcrepro.datasets.case import Case
 from npcrepro.errors import ParameterError
 
+#: Static channels measured by default, in display order (the two CTs side by side).
+CHANNELS = ("CT", "CECT", "T1", "T2", "CET1")
+
 #: Default CNR pairs: (column name, structure a, structure b).
 CNR_PAIRS = (
     ("tumour vs muscle", "GTVp", "Muscle"),
@@ -77,7 +80,7 @@ def measure_cnr(case: Case, pairs=CNR_PAIRS, channels=None, margin_mm: float = 4
         A phantom case (structure names of :data:`npcrepro.phantom.STRUCTURES`).
     pairs : sequence of (name, structure_a, structure_b)
     channels : sequence of str, optional
-        Default: CT, T1, T2, CET1 (those present), plus the DCE frame where the tumour peaks.
+        Default: CT, CECT, T1, T2, CET1 (those present), plus the DCE frame where the tumour peaks.
 
     Returns
     -------
@@ -87,7 +90,7 @@ def measure_cnr(case: Case, pairs=CNR_PAIRS, channels=None, margin_mm: float = 4
     if "GTVp" not in case.labels:
         raise ParameterError(f"case {case.name}: no GTVp; CNR is measured around the tumour")
     if channels is None:
-        channels = [c for c in ("CT", "T1", "T2", "CET1") if c in case.images]
+        channels = [c for c in CHANNELS if c in case.images]
         peak = _peak_channel(case)
         if peak:
             channels.append(peak)
@@ -167,7 +170,7 @@ def survey(dataset, *, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFra
     """
     wanted = [s for s in ("GTVp", "GTVp_rater2", "GTVnd", "Muscle", "Mucosa", "Fat")
               if s in dataset.structures]
-    channels = [c for c in ("CT", "T1", "T2", "CET1") if c in dataset.channels]
+    channels = [c for c in CHANNELS if c in dataset.channels]
     rows, cnr_rows = [], []
     names = dataset.cases
     if progress:

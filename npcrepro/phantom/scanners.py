@@ -1,10 +1,12 @@
-"""Scanners: render one patient's tissue map as CT, T1, T2, CET1 and DCE-MRI.
+"""Scanners: render one patient's tissue map as CT, T1, T2, CET1, contrast-enhanced CT and DCE-MRI.
 
 All modalities come from one painting pass over the patient's layers (see
 :mod:`npcrepro.phantom.render`): each voxel is a partial-volume mix of tissue classes and each
 modality maps the mix to its values (:mod:`npcrepro.phantom.tissues`). Then per modality:
 
 * **CT** (HU): additive Gaussian noise of sd ``ct_noise_hu`` per voxel; clipped to [-1024, 3071].
+* **CECT** (HU): the contrast-enhanced CT (venous phase, :mod:`npcrepro.phantom.tissues`): the same
+  noise model and clipping as CT, from its own random stream.
 * **T1, T2, CET1**: the patient's receiver gain, a smooth multiplicative bias field (about
   ``bias_field`` peak, wavelength of tens of cm: a coil's profile), Rician noise of sd ``mri_noise``
   (as a fraction of muscle's T1 signal). The three sequences are co-registered: same grid.
@@ -31,7 +33,11 @@ from npcrepro.phantom.render import Grid
 from npcrepro.phantom.sdf import Noise
 from npcrepro.phantom.tissues import CLASS_ID, TISSUES, TUMOUR_TEXTURE
 
-STATIC = ("CT", "T1", "T2", "CET1")
+#: Static channels in dataset order. CECT comes last so that the older channels keep their indices
+#: (``_0000`` CT ... ``_0003`` CET1) in a dataset.
+STATIC = ("CT", "T1", "T2", "CET1", "CECT")
+#: The CT-like channels (HU, Gaussian noise, clipped like CT).
+HU_CHANNELS = ("CT", "CECT")
 MODALITIES = STATIC + ("DCE",)
 
 # DCE acquisition (li2018): 65 frames in 6 min 47 s, bolus at about the 8th acquisition. Frames are
@@ -133,7 +139,9 @@ class Contrast:
 def draw_contrast(rng: np.random.Generator) -> Contrast:
     """Patient-to-patient variation of tissue properties (from the patient's "contrast" stream):
     CT values +-1 HU, MRI values +-2 %, a receiver gain per sequence (0.8-1.25), kinetic
-    parameters +-15 % (see below)."""
+    parameters +-15 % (see below); CECT = this patient's CT values plus each tissue's enhancement
+    (``cect - ct`` of :data:`~npcrepro.phantom.tissues.TISSUES`) times one bolus factor (1 +- 0.1).
+    The CECT draw comes last, so every other value is what it was before CECT existed."""
     n = len(TISSUES)
     ct_shift = np.clip(rng.standard_normal(n), -2.5, 2.5) * 1.0
     values = {"CT": np.array([t.ct for t in TISSUES.values()]) + ct_shift}
@@ -151,7 +159,15 @@ def draw_contrast(rng: np.random.Generator) -> Contrast:
     for i, (name, t) in enumerate(TISSUES.items()):
         kinetics[name] = (t.m0 * gains["DCE"], t.t10, t.ktrans * kin_rel[i, 0] * kin_rel[i, 1],
                           min(t.ve * kin_rel[i, 0], 0.9), t.vp)
-    return Contrast({k: v.astype(np.float32) for k, v in values.items()}, kinetics, gains)
+    # CECT, drawn last: the same tissue baselines (CT values with their jitter) plus the enhancement,
+    # scaled per patient (injection and circulation differ); outside and air stay -1000 HU.
+    bolus = float(1 + np.clip(rng.standard_normal(), -2.5, 2.5) * 0.1)
+    ct = np.array([t.ct for t in TISSUES.values()])
+    enhancement = np.array([t.cect for t in TISSUES.values()]) - ct
+    values["CECT"] = values["CT"] + enhancement * bolus
+    values["CECT"][CLASS_ID["outside"]] = values["CECT"][CLASS_ID["air"]] = -1000.0
+    return Contrast({k: v.astype(np.float32) for k, v in values.items()}, kinetics, gains,
+                    {"cect_bolus_factor": round(bolus, 4)})
 
 
 # ---------------------------------------------------------------------------------- painting
@@ -279,9 +295,9 @@ def acquire(painted: Painted, contrast: Contrast, grid: Grid, settings: ScannerS
     muscle = CLASS_ID["muscle"]
     for m in modalities:
         rng = streams[m]
-        if m == "CT":
-            img = gaussian(rng, painted.images["CT"], settings.ct_noise_hu)
-            out["CT"] = np.clip(img, -1024.0, 3071.0, out=img)
+        if m in HU_CHANNELS:
+            img = gaussian(rng, painted.images[m], settings.ct_noise_hu)
+            out[m] = np.clip(img, -1024.0, 3071.0, out=img)
         elif m in ("T1", "T2", "CET1"):
             img = painted.images[m]
             fz, fxy = bias_field(rng, grid, settings.bias_field)

@@ -61,5 +61,11 @@ HELP = {
 
 ALLOWED = {"schedule": ["cosine", "poly", "constant"]}
 
+CHOICES = {
+    "CT": "the CT methods (U-Net, xue2020's DeepLabv3+, luo2020's networks) all read the phantom's "
+          "non-contrast CT: one common input for the CT track, the harder of the phantom's two CTs; the "
+          "xue2020 chapter trains on the contrast-enhanced CT its paper used",
+}
+
 #: Types of the parameters that are None at every profile.
 TYPES = {"threads": "int"}

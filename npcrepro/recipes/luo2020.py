@@ -84,6 +84,8 @@ DEVIATIONS = {
 DEVIATIONS["iterations"] += "; gpu-lite: 3000 iterations, sized for a short GPU loan"
 
 CHOICES = {
+    "CT": "the phantom's non-contrast CT: the paper does not say its CT was contrast-enhanced, and it stresses "
+          "the CT's poor contrast between the target and the surrounding tissue (Sec. 1)",
     "structure mapping": "locref -> GTVp, CTV2 -> CTVp, the other twelve by name (phantom names)",
     "overlapping targets": "one sigmoid output per structure (multi-label); each thresholded at 0.5",
     "CT normalisation": "clip to -1000..1000 HU, scale to [0, 1]",

@@ -11,7 +11,7 @@ RP_MIDLINE_MM = 20.0
 #: Pixel size (mm) at which DeepLab's ASPP rates 6/12/18 are taken as given: the paper's CT.
 PAPER_PIXEL_MM = 0.98
 
-_COMMON = dict(scale_aspp=True, lr=0.005, lr_factor=0.8, lr_patience=5, dice_eps=1.0, output_stride=16,
+_COMMON = dict(channel="CECT", scale_aspp=True, lr=0.005, lr_factor=0.8, lr_patience=5, dice_eps=1.0, output_stride=16,
                deeplab_width=1.0, background_fraction=0.5, flip=True, rotate_deg=10.0, zoom=[0.9, 1.1],
                shift=0.1, target="gtvp_rpn", threshold=0.5, real_data="openkbp", image_size=None,
                seeds=1, workers=1, threads=None, schedule="plateau", warmup=0.0, grad_clip=0.0)
@@ -35,6 +35,8 @@ PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=40, n_val=5, n_test=10, epo
                             eval_every=250, real_cases=16, real_iterations=2000)
 
 HELP = {
+    "channel": "the CT the networks train on: CECT (contrast-enhanced, venous phase: the paper's simulation CT) "
+               "or CT (non-contrast)",
     "n_val": "validation patients (plateau rule and best-validation weights); scaled down with fewer cases",
     "n_test": "test patients of the seeded random split; scaled down with fewer cases",
     "target": "training target: gtvp_rpn (GTVp + retropharyngeal nodes, the paper's), gtvp, gtvp_gtvnd, ptv70",
@@ -66,11 +68,12 @@ HELP = {
     "real_image_size": "in-plane centre crop (y, x) of the real-data track; None: whole slices",
 }
 
-ALLOWED = {"target": ["gtvp_rpn", "gtvp", "gtvp_gtvnd", "ptv70"], "real_data": ["openkbp", "off"],
+ALLOWED = {"channel": ["CECT", "CT"], "target": ["gtvp_rpn", "gtvp", "gtvp_gtvnd", "ptv70"], "real_data": ["openkbp", "off"],
            "schedule": ["plateau", "cosine", "poly"],
            "output_stride": [8, 16, 32]}
 
 PAPER = {
+    "channel": ("image", "CECT"),   # Sec. 1.1: contrast-enhanced simulation CT
     "lr": ("lr", 0.005),
     "lr_factor": ("schedule", 0.8),
     "lr_patience": ("schedule", 5),
@@ -102,10 +105,14 @@ DEVIATIONS = {
 DEVIATIONS["epochs"] += "; gpu-lite: 5000 iterations on 40 patients, sized for a short GPU loan"
 
 CHOICES = {
+    "CT": "the phantom's contrast-enhanced CT (CECT, venous phase) as in the paper (Sec. 1.1: a contrast-"
+          "enhanced simulation CT); channel='CT' trains on the non-contrast CT instead. The OpenKBP track "
+          "uses the one CT its scans have",
     "target": "GTVp united with the retropharyngeal part of GTVnd (components within 20 mm of the "
               "midline); the phantom has no separate retropharyngeal label; target='gtvp', 'gtvp_gtvnd' "
               "and 'ptv70' (OpenKBP) are the alternatives",
-    "CT normalisation": "clip to [-200, 300] HU (soft-tissue window), scale to [0, 1]",
+    "CT normalisation": "clip to [-200, 300] HU (soft-tissue window), scale to [0, 1]; the same window for "
+                        "CECT and CT",
     "slices used": "all slices with tumour plus background_fraction (default 0.5) as many without, for "
                    "training and validation; every slice at test time",
     "augmentation ranges": "left-right flip p=0.5, rotation U(-10, 10) deg, zoom U(0.9, 1.1), translation "

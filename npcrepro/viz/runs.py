@@ -33,8 +33,11 @@ ID_COLUMNS = ("method", "fold", "seed", "structure")
 #: Metric columns shown by default, in this order (when present).
 METRIC_COLUMNS = ("dice", "hd95", "assd", "nsd", "jaccard", "precision", "recall", "volume_pred_cm3",
                   "volume_ref_cm3")
-#: Channels preferred as the default image, in order (after the run's own ``channel`` parameter).
-_CHANNEL_PREFERENCE = ("CET1", "T1", "T2", "CT")
+#: Channels preferred as the default image, in order (after the run's own ``channel`` parameter and
+#: the channels its run.json names, so a run trained on CECT opens on CECT). The phantom's CECT comes
+#: after CT: where a run names no channel, the non-contrast CT is still preferred to it. Both CTs get
+#: the same percentile display window as every channel (:meth:`CaseView.window`).
+_CHANNEL_PREFERENCE = ("CET1", "T1", "T2", "CT", "CECT")
 
 
 def _natural(s: str):

@@ -251,6 +251,9 @@ class Guo2021(Chapter):
     name = "guo2021"
     structures = (STRUCTURE,)
 
+    def channels_for(self, P, dataset=None):
+        return (str(P["channel"]),)
+
     def methods(self, P):
         names = selected(P)
         if "CSCN" in names and "BUNet" not in names:

@@ -18,6 +18,9 @@ class Template(Chapter):
     channels = ()
     structures = ("GTVp",)
 
+    def channels_for(self, P, dataset=None):
+        return (str(P["channel"]),)
+
     def methods(self, P):
         return [Method("unet2d", "2D U-Net", info={"widths": list(P["widths"])})]
 

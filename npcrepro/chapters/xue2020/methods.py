@@ -141,11 +141,14 @@ def _device_name(dev: torch.device) -> str:
 
 # ----------------------------------------------------------------------------------- the chapter
 class Xue2020(Chapter):
-    """DeepLabv3+ and U-Net on 2D axial CT slices, one hold-out split by patient."""
+    """DeepLabv3+ and U-Net on 2D axial CT slices (``P.channel``: CECT, the paper's contrast-enhanced
+    CT, or CT), one hold-out split by patient."""
 
     name = "xue2020"
-    channels = ("CT",)
     structures = (TARGET,)
+
+    def channels_for(self, P, dataset=None):
+        return (str(P["channel"]),)
 
     def methods(self, P):
         return [Method(m, label, info={"model": MODELS[label]}) for m, label in METHODS.items()]
@@ -167,10 +170,14 @@ class Xue2020(Chapter):
         return make_splits(list(cases), "holdout", seed=int(P["seed"]), n_test=n_test, n_val=n_val)
 
     def load(self, dataset, name, P):
-        return dataset.load(name, channels=["CT"], structures=source_structures(dataset, P["target"]))
+        channel = str(P["channel"])
+        if channel not in dataset.channels:
+            raise DataError(f"{dataset.root}: xue2020 trains on channel {channel!r} (parameter channel), which "
+                            f"the dataset lacks (channels {dataset.channels}); channel='CT' trains on its CT")
+        return dataset.load(name, channels=[channel], structures=source_structures(dataset, P["target"]))
 
     def prepare(self, case, P):
-        return xue_case(case, P["target"])
+        return xue_case(case, P["target"], str(P["channel"]))
 
     def build(self, method, P, pixel_mm: float | None = None):
         """The untrained network; ``fit`` passes the data's pixel size (ASPP rates)."""
@@ -218,7 +225,7 @@ class Xue2020(Chapter):
         from npcrepro.engine import predict_slices, prepare_case
 
         P = ctx.P
-        image, _ = prepare_case(case, ["CT"], (), normalise=normalise_ct)
+        image, _ = prepare_case(case, [str(P["channel"])], (), normalise=normalise_ct)
         size = P.get("image_size")
         kw = dict(batch_size=int(P["infer_batch"]), device=ctx.device, activation="sigmoid")
         if size:

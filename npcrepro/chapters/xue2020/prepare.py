@@ -2,12 +2,13 @@
 
 The road (Sec. 1 of the paper, with this project's choices where it is silent)::
 
-    Case (CT in HU; GTVp, GTVnd, SpinalCord)
+    Case (the CT channel P.channel in HU: CECT, the contrast-enhanced CT the paper used (Sec. 1.1), or
+          CT, non-contrast; GTVp, GTVnd, SpinalCord)
       -> target "GTVp" = the primary tumour plus the retropharyngeal nodes (the paper's GTVp "includes
          the retropharyngeal lymph nodes"): GTVp united with every connected component of GTVnd whose
          centroid lies within RP_MIDLINE_MM of the midline (the spinal cord's mean x);
          on OpenKBP, PTV70 stands in for the GTVp (a planning target volume, not a GTV)
-      -> CT clipped to the soft-tissue window CT_WINDOW (HU) and scaled to [0, 1]
+      -> that CT clipped to the soft-tissue window CT_WINDOW (HU) and scaled to [0, 1]
       -> axial 2D slices: every slice with tumour plus ``background_fraction`` as many without;
          augmentation: left-right flip, rotation, zoom and translation (one affine resampling)
 """
@@ -35,7 +36,7 @@ TARGET = "GTVp"
 
 # ----------------------------------------------------------------------------------- the target
 def normalise_ct(arr: np.ndarray) -> np.ndarray:
-    """CT in HU -> clipped to :data:`CT_WINDOW` and scaled to [0, 1] (float32)."""
+    """CT or CECT in HU -> clipped to :data:`CT_WINDOW` and scaled to [0, 1] (float32)."""
     return T.normalise(arr, "window", window=CT_WINDOW)
 
 
@@ -91,22 +92,23 @@ def derive_target(case, rule: str = "gtvp_rpn") -> tuple[np.ndarray, dict]:
     return m, facts
 
 
-def xue_case(case, rule: str = "gtvp_rpn"):
-    """A new Case with only ``CT`` and the target (as ``GTVp``), its facts in ``meta["xue2020"]``; the
-    source's own ``GTVp`` and ``GTVnd`` are kept as ``GTVp_primary`` and ``GTVnd`` for figures. The
-    source case is not changed."""
+def xue_case(case, rule: str = "gtvp_rpn", channel: str = "CECT"):
+    """A new Case with only the CT ``channel`` (``"CECT"``, the recipe's default, or ``"CT"``) and the
+    target (as ``GTVp``), its facts in ``meta["xue2020"]``; the source's own ``GTVp`` and ``GTVnd`` are
+    kept as ``GTVp_primary`` and ``GTVnd`` for figures. The source case is not changed."""
     from npcrepro.datasets import Case
 
-    if "CT" not in case.images:
-        raise DataError(f"case {case.name}: no CT channel (has {sorted(case.images)})")
+    if channel not in case.images:
+        raise DataError(f"case {case.name}: no {channel} channel (has {sorted(case.images)}); "
+                        f"xue2020's parameter channel picks CECT or CT")
     target, facts = derive_target(case, rule)
-    meta = dict(case.meta, xue2020=dict(facts, rule=rule))
+    meta = dict(case.meta, xue2020=dict(facts, rule=rule, channel=channel))
     labels = {TARGET: target}
     if rule != "ptv70":
         labels["GTVp_primary"] = case.labels["GTVp"]
         if "GTVnd" in case.labels:
             labels["GTVnd"] = case.labels["GTVnd"]
-    return Case(case.name, {"CT": case.images["CT"]}, labels, case.spacing, case.origin,
+    return Case(case.name, {channel: case.images[channel]}, labels, case.spacing, case.origin,
                 case.direction, meta)
 
 
@@ -177,7 +179,7 @@ def slice_datasets(train: Sequence, val: Sequence, P: Mapping):
     """(train, validation or None) :class:`~npcrepro.engine.SliceDataset` of prepared cases."""
     from npcrepro.engine import SliceDataset
 
-    common = dict(channels=["CT"], structures=[TARGET], slices="labelled",
+    common = dict(channels=[P["channel"]], structures=[TARGET], slices="labelled",
                   background_fraction=float(P["background_fraction"]), normalise=normalise_ct,
                   size=tuple(P["image_size"]) if P.get("image_size") else None)
     train_ds = SliceDataset(list(train), augment=make_augment(P), seed=int(P["seed"]), random_crop=False,
@@ -238,8 +240,9 @@ def openkbp_data(P: Mapping, *, progress: bool = False):
 
 
 def real_params(P):
-    """The parameters of the real-data run: PTV70 as the target, ``real_iterations`` (else the
-    profile's epochs) and the ``real_image_size`` crop; a fresh run folder (no ``resume``)."""
+    """The parameters of the real-data run: PTV70 as the target, the scans' one CT channel (``CT``),
+    ``real_iterations`` (else the profile's epochs) and the ``real_image_size`` crop; a fresh run
+    folder (no ``resume``)."""
     it = P.get("real_iterations")
-    return P.replace(target="ptv70", iterations=int(it) if it else None,
+    return P.replace(target="ptv70", channel="CT", iterations=int(it) if it else None,
                      epochs=None if it else P.get("epochs"), image_size=P.get("real_image_size"), resume="")

@@ -12,7 +12,8 @@ from npcrepro.chapters.xue2020.methods import METHODS, MODELS, build_model
 from npcrepro.chapters.xue2020.prepare import CT_WINDOW, TARGET, source_structures, xue_case
 
 __all__ = ["PAPER", "METRICS", "NOT_LEARNED_LOSS", "COLOURS", "labelled", "data_label", "reference_cases",
-           "recipe_table", "architecture_table", "parameter_table", "comparison", "p_value_table",
+           "run_channel", "channel_text", "CHANNEL_WORDS", "recipe_table", "architecture_table",
+           "parameter_table", "comparison", "p_value_table",
            "timing_table", "training_table", "case_table", "training_note", "headline", "fig_target",
            "fig_boxplots", "fig_contours", "fig_curves"]
 
@@ -49,6 +50,23 @@ def labelled(results) -> pd.DataFrame:
     return m.assign(method=m["method"].map(lambda n: results.label(n))) if len(m) else m
 
 
+def run_channel(params) -> str:
+    """The CT channel a run trained on (its ``channel`` parameter; runs made before the parameter
+    existed trained on ``CT``). ``params``: a run's parameters or :class:`Results`."""
+    params = getattr(params, "params", params)
+    return str(params.get("channel") or "CT")
+
+
+#: How the book names each CT channel.
+CHANNEL_WORDS = {"CECT": "contrast-enhanced CT (CECT, venous phase)", "CT": "non-contrast CT"}
+
+
+def channel_text(params) -> str:
+    """The run's CT in words, e.g. "contrast-enhanced CT (CECT, venous phase)"."""
+    ch = run_channel(params)
+    return CHANNEL_WORDS.get(ch, ch)
+
+
 def data_label(results) -> str:
     """What the run was trained on, for titles and tables."""
     if results.params.get("target") == "ptv70":
@@ -60,16 +78,17 @@ _CASES: dict[tuple, object] = {}
 
 
 def reference_cases(results, names=None) -> dict:
-    """name -> the chapter's case (CT and the derived target, as the run trained on it) of every case
-    of the run's split (or of ``names``); kept per process."""
+    """name -> the chapter's case (its CT channel and the derived target, as the run trained on it) of
+    every case of the run's split (or of ``names``); kept per process."""
     names = list(names) if names is not None else [n for f in results.splits() for n in (*f.train, *f.val, *f.test)]
-    ds, rule = None, results.params.get("target", "gtvp_rpn")
+    ds, rule, channel = None, results.params.get("target", "gtvp_rpn"), run_channel(results)
     out = {}
     for n in names:
         key = (str(results.path), n)
         if key not in _CASES:
             ds = ds or results.dataset()
-            _CASES[key] = xue_case(ds.load(n, channels=["CT"], structures=source_structures(ds, rule)), rule)
+            _CASES[key] = xue_case(ds.load(n, channels=[channel], structures=source_structures(ds, rule)), rule,
+                                   channel)
         out[n] = _CASES[key]
     return out
 
@@ -99,6 +118,7 @@ def recipe_table(P: Mapping) -> pd.DataFrame:
                         f"translation ±{100 * P['shift']:g}%",
         "input_size": "whole slices of the grid" if not P.get("image_size") else f"{P['image_size']}",
         "preprocessing": f"CT window {CT_WINDOW[0]:.0f}..{CT_WINDOW[1]:.0f} HU -> [0, 1]",
+        "image": f"{run_channel(P)}: {channel_text(P)}",
         "framework": f"PyTorch {torch.__version__}",
     }
     rows = []
@@ -373,7 +393,7 @@ def fig_target(results, margin_mm: float = 45.0):
     z = int((added.sum(axis=(1, 2)) * 1000 + gtvp.sum(axis=(1, 2))).argmax())
     ys, xs = _zoom_box(c.labels[TARGET][z] | left_out[z], c.spacing, margin_mm)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.imshow(_window(c.images["CT"][z][ys, xs]), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(_window(c.images[run_channel(results)][z][ys, xs]), cmap="gray", vmin=0, vmax=1)
     for m, col, ls in ((gtvp, "red", "solid"), (added, "orange", "solid"), (left_out, "cyan", "dashed")):
         if m[z][ys, xs].any():
             ax.contour(m[z][ys, xs], levels=[0.5], colors=col, linewidths=1.4, linestyles=ls)
@@ -427,7 +447,7 @@ def fig_contours(results, n: int = 3, margin_mm: float = 40.0):
         ref = case.labels[TARGET]
         z = int(ref.sum(axis=(1, 2)).argmax())
         ys, xs = _zoom_box(ref[z], case.spacing, margin_mm)
-        ax.imshow(_window(case.images["CT"][z][ys, xs]), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(_window(case.images[run_channel(results)][z][ys, xs]), cmap="gray", vmin=0, vmax=1)
         ax.contour(ref[z][ys, xs], levels=[0.5], colors=COLOURS["manual"], linewidths=1.5)
         dsc = []
         for method, m in METHODS.items():
