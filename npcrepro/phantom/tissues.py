@@ -43,14 +43,11 @@ project's choice, consistent with the qualitative statements but not taken from 
   skeletal muscle area and mean muscle attenuation" (abstract at research.vumc.nl: a difference of
   6.7 +- 3.2 HU between contrast and non-contrast scans at the same tube voltage). These are trunk
   muscles; the neck's muscles are taken to behave alike (assumed).
-* Tumour 50 -> 85 (+35), moderate; metastatic nodes (``nodemet``) 49 -> 84, like the tumour. The +35
-  HU is assumed. Qualitative support: Liu K, Zhang X, Guo C et al., "Radiological Differential Diagnosis
-  of Nasopharyngeal non Hodgkin's Lymphoma and Nasopharyngeal Carcinoma" (Nanfang Hospital; copy at
-  https://360docs.net/doc/4c3696132.html): on contrast-enhanced CT or MRI most NPCs (21 of 30)
-  enhanced mildly to moderately; "Nasopharyngeal Carcinoma" (a review text at
-  https://www.scribd.com/document/307590081/Nasopharyngeal-Carcinoma): after contrast "the tumour mass
-  and nodal metastases usually demonstrate heterogeneous enhancement" (hence the same enhancement for
-  both, and a larger texture spread in CECT than in CT, :data:`TUMOUR_TEXTURE`).
+* Tumour 50 -> 85 (+35), moderate; metastatic nodes (``nodemet``) 49 -> 84, like the tumour: assumed
+  (no peer-reviewed source read here gives NPC's attenuation in HU). Consistent with the
+  dual-energy CT study under "Adenoid" below, which found more iodine uptake in T1 NPC than in lymphoid
+  hyperplasia; the tumour's larger texture spread in CECT than in CT (:data:`TUMOUR_TEXTURE`) stands for
+  its heterogeneous enhancement.
 * Normal nodes 42 -> 75 (+33), moderate: assumed. Qualitative support: healthy neck lymph nodes take
   up iodine in the portal-venous phase (mean iodine concentration 2.09 mg/mL, dual-energy CT):
   "Iodine concentration of healthy lymph nodes of neck, axilla, and groin in dual-energy computed
@@ -60,9 +57,8 @@ project's choice, consistent with the qualitative statements but not taken from 
   CT in the differentiation of stage T1 nasopharyngeal carcinoma and lymphoid hyperplasia" (abstract
   at discovery.researcher.life) found a higher iodine concentration and higher 50-110 keV attenuation
   in T1 NPC than in lymphoid hyperplasia.
-* Mucosa 45 -> 100 (+55), strong: assumed. Qualitative support: a neck CT is timed so that "mucosa,
-  lymph nodes, and pathologic tissue" enhance while the vessels stay opacified ("Neck CT scan
-  Procedure and Protocol", http://radtechonduty.com/2016/11/neck-ct-scan-procedure-and-protocol.html).
+* Mucosa 45 -> 100 (+55), strong: assumed (a neck CT is timed so that mucosa, nodes and tumour enhance
+  while the vessels stay opacified).
 * Bone marrow (cancellous bone) 400 -> 420 (+20): assumed. Qualitative support: Boutin et al.,
   "Influence of IV contrast administration on CT measures of muscle and bone attenuation" (2016;
   abstract at ucdavis.pure.elsevier.com): the L4 vertebral body enhances significantly, most in the
