@@ -110,6 +110,23 @@ def test_normaliser_windows_ct_and_leaves_the_coarse_channel():
                                [0.0, 0.0, 0.5, 1.0, 1.0])
 
 
+def test_ct_methods_read_the_runs_ct_channel():
+    """``ct_channel`` swaps the CT methods' input (and only theirs) for the contrast-enhanced CT,
+    which is windowed like CT; a bad value is a one-line parameter error."""
+    from npcrepro.errors import ParameterError
+
+    P = resolve("leaderboard", "smoke", ct_channel="CECT")
+    assert M.channels_of(M.BY_KEY["deeplab_ct"], P) == ("CECT",)
+    assert M.channels_of(M.BY_KEY["mmfnet"], P) == ("T1", "T2", "CET1")
+    assert M.channels_of(M.BY_KEY["deeplab_ct"], P.replace(ct_channel="CT")) == ("CT",)
+    assert set(M.CHAPTER.channels_for(P)) == {"CECT", "T1", "T2", "CET1"}
+    assert set(L.method_table(P).query("key == 'unet_ct'")["input"]) == {"CECT"}
+    norm = prep.normaliser(["CECT"])
+    np.testing.assert_allclose(norm["CECT"](np.array([-1000.0, 50.0, 3000.0])), [0.0, 0.5, 1.0])
+    with pytest.raises(ParameterError, match="ct_channel"):
+        resolve("leaderboard", "smoke", ct_channel="MR")
+
+
 def test_holdout_is_seeded_disjoint_and_checked():
     names = [f"c{i}" for i in range(8)]
 

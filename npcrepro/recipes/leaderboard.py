@@ -13,7 +13,8 @@ ALL_METHODS = ["unet_ct", "deeplab_ct", "luo_ours_ct", "fcn8_ct", "unet_cet1", "
 GPU_ONLY = ["vnet"]
 
 _COMMON = dict(lr=2e-3, schedule="cosine", warmup=0.1, grad_clip=1.0, fg_prob=0.5, background_fraction=0.5,
-               threshold=0.5, nsd_mm=2.0, overlap=0.25, n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp", external=[], threads=None)
+               threshold=0.5, nsd_mm=2.0, overlap=0.25, n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp",
+               external=[], threads=None, ct_channel="CT")
 
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=5, n_test=2, iterations_2d=4, iterations_3d=3, batch_2d=4, batch_3d=2,
@@ -56,10 +57,12 @@ HELP = {
     "workers": "methods trained at once (processes, cores split between them)",
     "real_cases": "OpenKBP patients for the CT track (0: off)",
     "structure": "target structure on the phantom",
+    "ct_channel": "the CT the CT methods read: CECT (contrast-enhanced) or CT (non-contrast); the OpenKBP "
+                  "track reads its own CT",
     "external": "folders of NIfTI predictions of other models (the test patients), each one more row",
 }
 
-ALLOWED = {"schedule": ["cosine", "poly", "constant"]}
+ALLOWED = {"schedule": ["cosine", "poly", "constant"], "ct_channel": ["CECT", "CT"]}
 
 CHOICES = {
     "CT": "the CT methods (U-Net, xue2020's DeepLabv3+, luo2020's networks) all read the phantom's "

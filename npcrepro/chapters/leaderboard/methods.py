@@ -81,6 +81,13 @@ def select(selection, ct_only: bool = False) -> list[Entry]:
     return [m for m in METHODS if m.key in keys and (m.ct or not ct_only)]
 
 
+def channels_of(entry: Entry, P: Mapping[str, Any]) -> tuple[str, ...]:
+    """``entry``'s input channels in a run: its "CT" is the run's ``ct_channel`` (the phantom's
+    contrast-enhanced ``CECT`` or non-contrast ``CT``)."""
+    ct = str(P.get("ct_channel") or "CT")
+    return tuple(ct if c == "CT" else c for c in entry.channels)
+
+
 def network(entry: Entry, width: float, profile: str):
     """The untrained network of ``entry``, built by its paper's chapter (``network()`` of
     ``npcrepro.chapters.<paper>.methods``) at ``width`` and ``profile``; the baselines are this book's
@@ -127,7 +134,10 @@ def schedule(P: Mapping[str, Any], iterations: int) -> dict | None:
 
 class Leaderboard(Chapter):
     name = "leaderboard"
-    channels = ("CT", "T1", "T2", "CET1")
+    channels = ("CT", "CECT", "T1", "T2", "CET1")
+
+    def channels_for(self, P, dataset=None) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c for m in select(P["methods"]) for c in channels_of(m, P)))
 
     def structures_for(self, P, dataset=None) -> tuple[str, ...]:
         return (str(P["structure"]),)
@@ -135,7 +145,7 @@ class Leaderboard(Chapter):
     def methods(self, P) -> list[Method]:
         ct_only = str(P["structure"]) != "GTVp"
         return [Method(m.key, m.label, m.after, info={
-            "paper": m.paper, "dims": m.dims, "channels": list(m.channels), "baseline": m.baseline,
+            "paper": m.paper, "dims": m.dims, "channels": list(channels_of(m, P)), "baseline": m.baseline,
             "reported": list(m.reported) if m.reported else None, "ct": m.ct})
             for m in select(P["methods"], ct_only=ct_only)]
 
@@ -155,7 +165,7 @@ class Leaderboard(Chapter):
         return [Fold([n for n in names if n not in test], [], test)]
 
     def load(self, dataset, name, P):
-        need = sorted({c for m in select(P["methods"]) for c in m.channels} & set(dataset.channels))
+        need = sorted(set(self.channels_for(P)) & set(dataset.channels))
         return dataset.load(name, channels=need, structures=[str(P["structure"])])
 
     def build(self, method, P):
@@ -168,7 +178,7 @@ class Leaderboard(Chapter):
         from npcrepro.engine import Trainer
 
         P, m = ctx.P, BY_KEY[method.name]
-        channels = list(m.channels)
+        channels = list(channels_of(m, P))
         if m.after:
             coarse_net = ctx.model_of(m.after[0])
             coarse = BY_KEY[m.after[0]]
@@ -198,7 +208,7 @@ class Leaderboard(Chapter):
         """Tumour probability (z, y, x) of ``case``: 2D slice by slice, 3D by Gaussian sliding window."""
         from npcrepro.engine import predict_case
 
-        channels = list(channels or entry.channels)
+        channels = list(channels or channels_of(entry, P))
         kw = (dict(mode="2d", batch_size=16) if entry.dims == "2d" else
               dict(mode="3d", patch_size=P["patch_3d"], overlap=float(P["overlap"]), batch_size=2))
         prob = predict_case(model, case, channels, normalise=normaliser(channels), activation=entry.activation,
@@ -212,7 +222,7 @@ class Leaderboard(Chapter):
             return {structure: self._probability(model, m, case, P, ctx.device)}
         coarse = self._probability(ctx.model_of(m.after[0]), BY_KEY[m.after[0]], case, P, ctx.device)
         fine = self._probability(model, m, with_channel(case, "coarse", coarse), P, ctx.device,
-                                 [*m.channels, "coarse"])
+                                 [*channels_of(m, P), "coarse"])
         return {structure: (coarse + fine) / 2}
 
     def score(self, method, case, probs, masks, ctx) -> list[dict]:

@@ -16,14 +16,14 @@ CT_WINDOW = (-200.0, 300.0)
 
 
 def normaliser(channels: Sequence[str]) -> dict:
-    """Per-channel normalisation: CT windowed to :data:`CT_WINDOW` and scaled to [0, 1]; every other
+    """Per-channel normalisation: CT and CECT windowed to :data:`CT_WINDOW` and scaled to [0, 1]; every other
     channel z-scored per patient; ``coarse`` (a cascade's input) untouched."""
     lo, hi = CT_WINDOW
 
     def ct(a):
         return (np.clip(a, lo, hi) - lo) / (hi - lo)
 
-    return {c: (ct if c == "CT" else None if c == "coarse" else "zscore") for c in channels}
+    return {c: (ct if c in ("CT", "CECT") else None if c == "coarse" else "zscore") for c in channels}
 
 
 def samples(cases, channels: Sequence[str], P: Mapping[str, Any], dims: str, seed: int):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from npcrepro.chapters.leaderboard.external import entry, is_external
-from npcrepro.chapters.leaderboard.methods import BY_KEY, PROPOSED, network, select
+from npcrepro.chapters.leaderboard.methods import BY_KEY, PROPOSED, channels_of, network, select
 
 METRICS = ("dice", "hd95", "assd", "nsd")
 METRIC_LABELS = {"dice": "DSC", "hd95": "HD95 (mm)", "assd": "ASSD (mm)", "nsd": "NSD"}
@@ -54,7 +54,7 @@ def method_table(P: Mapping[str, Any]) -> pd.DataFrame:
 
     rows = []
     for m in select(P["methods"]):
-        rows.append({"key": m.key, "method": m.label, "chapter": m.paper, "input": "+".join(m.channels)
+        rows.append({"key": m.key, "method": m.label, "chapter": m.paper, "input": "+".join(channels_of(m, P))
                      + (" + coarse" if m.after else ""), "dims": m.dims.upper(),
                      "paper row": f"{m.reported[1]} ({m.reported[0]})" if m.reported else "—",
                      "baseline": BY_KEY[m.baseline].label if m.baseline != m.key else "(is the baseline)",
@@ -111,7 +111,8 @@ def leaderboard_table(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     for key in _present(res):
         m = entry(res, key)
         sm = s[s["method"] == key].set_index("metric")
-        row = {"method": m.label, "paper": m.paper, "input": "+".join(m.channels), "dims": m.dims.upper()}
+        row = {"method": m.label, "paper": m.paper, "input": "+".join(channels_of(m, res.params)),
+               "dims": m.dims.upper()}
         for k in METRICS:
             r = sm.loc[k]
             digits = 3 if k in ("dice", "nsd") else 1
@@ -322,7 +323,7 @@ def fig_cases(res, n: int = 3, keys: Sequence[str] | None = None):
     keys = list(keys or [k for k in book if BY_KEY[k].paper != "baseline"][:6] or book)  # or: baselines only
     per_case = res.metrics.groupby("case")["dice"].mean().sort_values()
     picks = list(dict.fromkeys([per_case.index[0], per_case.index[len(per_case) // 2], per_case.index[-1]]))[:n]
-    channel = BY_KEY[keys[0]].channels[-1]
+    channel = channels_of(BY_KEY[keys[0]], res.params)[-1]
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.4), squeeze=False)
     for ax, name in zip(axes[0], picks):

@@ -55,7 +55,7 @@ def openkbp_run(P: Mapping[str, Any], **kwargs):
     if not ct:
         return None, "no CT method selected"
     Q = P.replace(methods=ct, structure=REAL_STRUCTURE, n_test=max(1, min(len(names) // 3, int(P["n_test"]))),
-                  n_cases=None)
+                  n_cases=None, ct_channel="CT")
     res = run_experiment(MODULE, Q, name="openkbp", dataset=_Subset(ds, names),
                          data_label=f"OpenKBP CT ({len(names)} patients)", **kwargs)
     return res, f"{len(names)} OpenKBP patients"
