@@ -370,18 +370,23 @@ def test_windows_slide_along_z_and_augment_reproducibly(prepared):
         WindowDataset(prepared[:1], ("PET",), 8, (16, 16), 4)
 
 
-def test_surface_quads_enclose_the_voxels():
-    m = np.zeros((3, 4, 5), bool)
-    m[1, 1, 1] = True
-    q = R.surface_quads(m, (3.0, 2.0, 1.0))
-    assert q.shape == (6, 4, 3)
-    area = sum(np.linalg.norm(np.cross(f[1] - f[0], f[3] - f[0])) for f in q)
-    assert area == pytest.approx(2 * (3 * 2 + 3 * 1 + 2 * 1))                # a 1 x 2 x 3 mm box
-    assert q[..., 0].min() == 1.0 and q[..., 0].max() == 2.0                     # x in mm
-    assert q[..., 2].min() == 3.0 and q[..., 2].max() == 6.0                     # z in mm
-    m[1, 1, 2] = True                                                            # two voxels share a face
-    assert len(R.surface_quads(m, (1, 1, 1))) == 10
-    assert len(R.surface_quads(np.zeros((2, 2, 2), bool), (1, 1, 1))) == 0
+def test_marching_cubes_surface_encloses_the_mask_in_mm():
+    """A ball of radius 6 voxels on an anisotropic grid: the mesh's enclosed volume (divergence
+    theorem) and area are the ball's within a few per cent, its extent in mm is the ball's, and an
+    empty mask has no triangles."""
+    spacing = (3.0, 2.0, 1.0)  # z, y, x mm
+    z, y, x = np.mgrid[:8, :14, :26]
+    r_mm = 7.0
+    ball = ((z - 4) * 3.0) ** 2 + ((y - 7) * 2.0) ** 2 + ((x - 13) * 1.0) ** 2 <= r_mm ** 2
+    t = R.surface_triangles(ball, spacing)
+    assert t.ndim == 3 and t.shape[1:] == (3, 3)
+    volume = abs(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum()) / 6.0
+    assert volume == pytest.approx(ball.sum() * 6.0, rel=0.05)                    # mm^3, 6 mm^3 voxels
+    area = 0.5 * np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1).sum()
+    assert 4 * np.pi * r_mm ** 2 <= area <= 1.25 * 4 * np.pi * r_mm ** 2  # staircase on 3 mm slices adds area
+    assert t[..., 0].min() == pytest.approx(13 - 7, abs=1.0) and t[..., 0].max() == pytest.approx(13 + 7, abs=1.0)
+    assert t[..., 2].min() == pytest.approx(4 * 3.0 - 7, abs=3.0)                  # z in mm
+    assert len(R.surface_triangles(np.zeros((2, 2, 2), bool), (1, 1, 1))) == 0
 
 
 def test_dice_loss_follows_eq1():

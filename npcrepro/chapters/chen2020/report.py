@@ -317,32 +317,24 @@ def _wrap(text: str, width: int) -> list[str]:
 # 3D renderings (Figs. 8 and 10) and the phantom's per-sequence tumour contrast
 
 
-def surface_quads(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """The boundary of a (z, y, x) mask as quads: (n, 4, 3) corner coordinates (x, y, z) in mm, one
-    quad per voxel face between a mask voxel and a background voxel (the surface the voxels enclose)."""
-    m = np.pad(np.asarray(mask, bool), 1)
-    sz, sy, sx = (float(s) for s in spacing)
-    quads = []
-    # unit-square corners of a face normal to each axis, in (z, y, x) voxel offsets
-    square = {0: [(0, 0, 0), (0, 1, 0), (0, 1, 1), (0, 0, 1)], 1: [(0, 0, 0), (1, 0, 0), (1, 0, 1), (0, 0, 1)],
-              2: [(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0)]}
-    for axis in range(3):
-        for step in (1, -1):
-            exposed = m & ~np.roll(m, -step, axis=axis)
-            idx = np.argwhere(exposed).astype(float) - 1.0          # back to unpadded voxel indices
-            if not len(idx):
-                continue
-            if step == 1:
-                idx[:, axis] += 1.0
-            corners = idx[:, None, :] + np.asarray(square[axis], float)[None]
-            quads.append(corners[..., ::-1] * np.array([sx, sy, sz]))  # (x, y, z) mm
-    return np.concatenate(quads) if quads else np.zeros((0, 4, 3))
+def surface_triangles(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """The surface of a (z, y, x) mask by marching cubes at the 0.5 level (scikit-image): (n, 3, 3)
+    triangle corners (x, y, z) in mm on the case's grid, voxel centres at ``index * spacing``.
+    The mask is padded by one voxel so that a structure touching the grid's edge is closed."""
+    from skimage.measure import marching_cubes
+
+    m = np.pad(np.asarray(mask, bool), 1).astype(np.float32)
+    if not m.any():
+        return np.zeros((0, 3, 3))
+    verts, faces, _, _ = marching_cubes(m, level=0.5, spacing=tuple(float(s) for s in spacing))
+    verts -= np.asarray(spacing, float)  # undo the padding's one-voxel shift
+    return verts[faces][..., ::-1]       # (z, y, x) -> (x, y, z)
 
 
 def _draw_surface(ax, mask, spacing, color, limits, title):
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-    q = surface_quads(mask, spacing)
+    q = surface_triangles(mask, spacing)
     if len(q):
         normal = np.cross(q[:, 1] - q[:, 0], q[:, 2] - q[:, 0])
         normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12
@@ -385,7 +377,7 @@ def fig_3d_cases(results, row: str = "mmfnet_full", n: int = 3):
                                               (pred, (0.2, 0.35, 0.85), f"{row}, DSC {_slice_dice(pred, ref):.3f}"))):
             ax = fig.add_subplot(2, len(cases), i * len(cases) + j + 1, projection="3d")
             _draw_surface(ax, m, case.spacing, color, lim, f"{name}: {what}")
-    fig.suptitle(f"3D reference (top) and {results.label(row)} (bottom); mm axes, voxel surfaces", fontsize=10)
+    fig.suptitle(f"3D reference (top) and {results.label(row)} (bottom); mm axes, marching-cubes surfaces", fontsize=10)
     fig.tight_layout()
     return fig
 
