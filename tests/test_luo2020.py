@@ -473,7 +473,18 @@ def test_slice_level_split_through_the_runner(tmp_path):
                          device="cpu", image_size=[16, 16], iterations=2, batch_size=2, methods=["unet"],
                          k_folds=3, max_folds=2)
     pat = chapters.run(P, name="patient", progress=False)
-    sl = chapters.run(P.replace(split_unit="slice"), name="slice", progress=False)
+    SP = LM.split_audit_params(P, ["unet"], 2)
+    assert SP.split_unit == "slice" and SP.max_folds == 2 and SP.k_folds == 3
+    sl = chapters.run(SP, name="slice", progress=False)
+    # the audit's run sits under <out_dir>/audit/: readers of <out_dir>/<profile>/ see the chapter's run only
+    from npcrepro.engine.results import find_results
+    from npcrepro.viz.runs import list_runs
+
+    assert sl.path.is_relative_to(tmp_path / "runs" / LM.AUDIT_DIR)
+    assert [r.path for r in find_results(tmp_path / "runs", "smoke")] == [pat.path]
+    assert [v.path for v in list_runs(tmp_path / "runs", "smoke")] == [pat.path]
+    with pytest.raises(ParameterError):
+        LM.split_audit_params(P, [], 1)
     folds = sl.splits()
     assert len(folds) == 2
     for k, f in enumerate(folds):

@@ -25,7 +25,7 @@ from npcrepro.engine.experiment import Chapter, Method
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["METHODS", "Luo2020", "CHAPTER", "luo2020", "network", "build_method", "prior_init",
-           "make_loss", "schedule_spec", "method_label", "score_rows"]
+           "make_loss", "schedule_spec", "method_label", "score_rows", "AUDIT_DIR", "split_audit_params"]
 
 #: Method key -> (label, model name, fixed model arguments). The widths come from the profile.
 METHODS: dict[str, tuple[str, str, dict]] = {
@@ -142,6 +142,30 @@ def schedule_spec(P: Mapping[str, Any], iterations: int) -> dict:
     else:
         raise ParameterError(f"lr_schedule must be 'scaled' or 'literal', got {mode!r}")
     return {"kind": "exponential", "every": every, "gamma": gamma}
+
+
+# ----------------------------------------------------------------------------------- the split audit
+#: Sub-folder of ``out_dir`` that holds the split audit's runs: no reader of ``<out_dir>/<profile>/``
+#: (explorer, leaderboard, summary, ``npcrepro splits export``) takes them for the chapter's run.
+AUDIT_DIR = "audit"
+
+
+def split_audit_params(P, methods=None, folds: int | None = None):
+    """The parameters of the split audit's run: ``P`` (same data, network widths, iterations, batch
+    size, seeds) with ``split_unit="slice"``, ``methods`` (default ``P.split_audit_methods``), the first
+    ``folds`` folds (default ``P.split_audit_folds``), a new run folder under
+    ``<out_dir>/audit/``. Pass the chapter run's dataset to :func:`npcrepro.chapters.run` with them
+    (``dataset=``), so that the phantom is not generated again under the new ``out_dir``."""
+    from pathlib import Path
+
+    keys = list(P.get("split_audit_methods") or []) if methods is None else list(methods)
+    for k in keys:
+        method_label(k)
+    n = int(P.get("split_audit_folds") or 0) if folds is None else int(folds)
+    if not keys or n < 1:
+        raise ParameterError("the split audit needs a method and a fold (split_audit_methods, split_audit_folds)")
+    return P.replace(resume="", split_unit="slice", methods=keys, max_folds=min(n, int(P["k_folds"])),
+                     out_dir=str(Path(P["out_dir"]) / AUDIT_DIR))
 
 
 # ----------------------------------------------------------------------------------- scoring
