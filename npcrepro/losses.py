@@ -570,14 +570,15 @@ class BatchDiceFocalLoss(DiceFocalLoss):
     :class:`DiceFocalLoss` (``activation="sigmoid"``) whose Dice sums run, with ``batch_dice=True``
     (default), over every pixel of the batch per structure -- how a Keras Dice over the batch tensor
     reads "n = 1..N" -- instead of per slice: a structure absent from one slice then does not
-    contribute a term that can only push its probabilities to zero.
+    contribute a term that can only push its probabilities to zero. ``literal``: Eq. (1) as printed
+    (:class:`TwoSidedDiceLoss`).
 
     Shapes: ``input`` and ``target`` (N, K, H, W); returns a scalar.
     """
 
     def __init__(self, beta: float = 0.5, alpha: float = 0.25, gamma: float = 2.0, eps: float = 0.5,
-                 batch_dice: bool = True) -> None:
-        super().__init__(beta=beta, alpha=alpha, gamma=gamma, eps=eps, activation="sigmoid")
+                 batch_dice: bool = True, literal: bool = False) -> None:
+        super().__init__(beta=beta, alpha=alpha, gamma=gamma, eps=eps, activation="sigmoid", literal=literal)
         self.batch_dice = bool(batch_dice)
 
     def forward(self, input: torch.Tensor, target: Any, weight: Any = None) -> torch.Tensor:

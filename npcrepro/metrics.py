@@ -50,6 +50,8 @@ __all__ = [
     "auc",
     "average_precision",
     "soft_dice",
+    "soft_dice_sums",
+    "soft_dice_from_sums",
     "evaluate_case",
     "evaluate_labels",
 ]
@@ -667,33 +669,83 @@ def average_precision(prob: Any, ref: Any, *, empty_threshold: float = 0.5) -> f
     return float(np.dot(d_rec, prec))
 
 
-def soft_dice(prob: Any, ref: Any) -> float:
-    r"""luo2020's soft Dice (Eq. 4), the L2 form on probabilities.
+#: The two readings of luo2020's Eq. (4) numerator (see :func:`soft_dice`).
+SOFT_DICE_NUMERATORS = ("printed", "dot")
 
-    .. math:: DSC = \frac{2\sum_i p_i g_i}{\sum_i p_i^2 + \sum_i g_i^2}
 
-    For a 0/1 ``prob`` this is the hard Dice; for probabilities it is in general lower than the
-    Dice of the thresholded mask.
+def soft_dice_sums(prob: Any, ref: Any, axis: int | tuple[int, ...] | None = None) -> dict[str, Any]:
+    r"""The additive sums of luo2020's soft Dice (Eq. 4) over ``axis`` (None: every element).
+
+    Returns ``{"pg2": sum (p g)^2, "pg": sum p g, "p2": sum p^2, "g2": sum g^2}`` (floats, or arrays
+    over the axes not summed). Sums of disjoint parts add up, so a soft Dice pooled over many slices
+    or patients is :func:`soft_dice_from_sums` of the summed sums: what a run stores per patient
+    instead of its probabilities.
 
     Parameters
     ----------
-    prob : array_like of float in [0, 1], any shape
+    prob : array_like of float in [0, 1], any shape (e.g. (z, y, x) probabilities of one structure)
     ref : array_like of bool or {0, 1}, same shape
-
-    Returns
-    -------
-    float
-        In [0, 1]. Both empty (all prob 0 and ref empty) -> 1.0; exactly one -> 0.0.
+    axis : int or tuple of int, optional
+        Axes summed, e.g. ``(1, 2)`` on (z, y, x) for one value per axial slice.
     """
     r = _binary_ref(ref)
     p = _prob(prob, r.shape)
     if p.size and (p.min() < 0 or p.max() > 1):
         raise DataError("soft_dice needs probabilities in [0, 1]; apply a sigmoid/softmax first")
     g = r.astype(np.float64)
-    num = 2.0 * float(np.sum(p * g))
-    den = float(np.sum(p * p)) + float(np.sum(g))
-    both_empty = den == 0
-    return _ratio(num, den, both_empty)
+    pg = p * g
+    out = {"pg2": np.sum(pg * pg, axis=axis), "pg": np.sum(pg, axis=axis), "p2": np.sum(p * p, axis=axis),
+           "g2": np.sum(g, axis=axis)}  # g is 0/1: g^2 = g
+    return {k: float(v) if np.ndim(v) == 0 else v for k, v in out.items()}
+
+
+def soft_dice_from_sums(sums: Mapping[str, Any], numerator: str = "printed") -> Any:
+    r"""Soft Dice (Eq. 4) from :func:`soft_dice_sums` (summed over any set of voxels).
+
+    ``numerator="printed"``: :math:`2\sum (p g)^2 / (\sum p^2 + \sum g^2)`; ``"dot"``:
+    :math:`2\sum p g / (\sum p^2 + \sum g^2)`. A zero denominator (every p 0 and g empty) gives 1.
+    Scalars in, float out; arrays in, float64 array out (element-wise, same rule).
+    """
+    if numerator not in SOFT_DICE_NUMERATORS:
+        raise ParameterError(f"numerator must be one of {SOFT_DICE_NUMERATORS}, got {numerator!r}")
+    num = 2.0 * np.asarray(sums["pg2" if numerator == "printed" else "pg"], np.float64)
+    den = np.asarray(sums["p2"], np.float64) + np.asarray(sums["g2"], np.float64)
+    out = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+    return float(out) if out.ndim == 0 else out
+
+
+def soft_dice(prob: Any, ref: Any, *, numerator: str = "dot") -> float:
+    r"""luo2020's soft Dice (Eq. 4), the L2 form on probabilities, over every element of the arrays.
+
+    The paper prints :math:`DSC = 2\|PG\|_2^2 / (\|P\|_2^2 + \|G\|_2^2)`, "where :math:`\|PG\|` is
+    the element-wise product of the prediction (P) and the ground truth (G), and :math:`\|x\|_2` is
+    the L2-norm". Two readings of the numerator:
+
+    * ``numerator="printed"`` -- the squared L2 norm of the element-wise product, as printed:
+
+      .. math:: DSC = \frac{2\sum_i (p_i g_i)^2}{\sum_i p_i^2 + \sum_i g_i^2}
+
+    * ``numerator="dot"`` (default, the V-Net / "DSC for bit vectors" form the sentence paraphrases):
+
+      .. math:: DSC = \frac{2\sum_i p_i g_i}{\sum_i p_i^2 + \sum_i g_i^2}
+
+    Both equal the hard Dice for a 0/1 ``prob``; for probabilities both are in general lower than
+    the Dice of the thresholded mask, the printed one more so (:math:`p^2 \le p`). The unit over which
+    the sums run (a slice, a patient, a fold's test set) is the caller's: pool with
+    :func:`soft_dice_sums` and :func:`soft_dice_from_sums`.
+
+    Parameters
+    ----------
+    prob : array_like of float in [0, 1], any shape
+    ref : array_like of bool or {0, 1}, same shape
+    numerator : {"dot", "printed"}
+
+    Returns
+    -------
+    float
+        In [0, 1]. Both empty (all prob 0 and ref empty) -> 1.0; exactly one -> 0.0.
+    """
+    return float(soft_dice_from_sums(soft_dice_sums(prob, ref), numerator))
 
 
 # --------------------------------------------------------------------------------------------

@@ -322,3 +322,48 @@ def test_splits_json_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text('[{"val": []}]', encoding="utf-8")
     with pytest.raises(DataError, match="not a splits file"):
         load_splits(tmp_path / "bad.json")
+
+
+# ------------------------------------------------------------------------------ slice-level k-fold
+def test_slice_kfold_puts_one_patients_slices_on_both_sides():
+    """The leak a k-fold over pooled slices has and a patient-level k-fold never has."""
+    from npcrepro.datasets import slice_kfold
+    from npcrepro.datasets.splits import slice_part
+
+    slices = {n: list(range(3, 3 + 10 + i)) for i, n in enumerate(NAMES)}   # 10..21 slices each
+    folds = slice_kfold(slices, 5, seed=1)
+    assert len(folds) == 5
+    for f in folds:
+        assert f.shared_cases == NAMES                 # every patient trains and is tested in every fold
+        for n in NAMES:
+            assert not set(f.train[n]) & set(f.test[n])
+            assert sorted(f.train[n] + f.test[n]) == slices[n]
+        n_train, n_test = f.counts()
+        assert n_train + n_test == sum(map(len, slices.values()))
+    for n in NAMES:   # each slice tested exactly once, parts near-equal (numpy.array_split)
+        tested = sorted(i for f in folds for i in f.test[n])
+        assert tested == slices[n]
+        sizes = [len(f.test[n]) for f in folds]
+        assert max(sizes) - min(sizes) <= 1
+        assert folds[2].test[n] == slice_part(n, slices[n], 2, 5, seed=1)   # one case alone, same part
+    assert slice_kfold(slices, 5, seed=1) == folds
+    assert slice_kfold(slices, 5, seed=2) != folds
+    # one case's parts do not depend on the other cases
+    assert slice_kfold({NAMES[0]: slices[NAMES[0]]}, 5, seed=1)[0].test == {NAMES[0]: folds[0].test[NAMES[0]]}
+    # patient-level: never a patient on both sides
+    for f in kfold(NAMES, 5, seed=1):
+        assert not set(f.train) & set(f.test)
+
+
+def test_slice_kfold_errors_and_short_cases():
+    from npcrepro.datasets import SliceFold, slice_kfold
+
+    folds = slice_kfold({"a": [0, 1], "b": list(range(8))}, 4)
+    assert sum("a" in f.test for f in folds) == 2       # 2 slices: tested in 2 of 4 folds only
+    assert all("a" in f.train or "a" in f.test for f in folds)
+    with pytest.raises(DataError, match="at least 2"):
+        slice_kfold({"a": [0, 1]}, 1)
+    with pytest.raises(DataError, match="not unique"):
+        slice_kfold({"a": [0, 0, 1]}, 2)
+    with pytest.raises(DataError, match="both train and test"):
+        SliceFold({"a": [0, 1]}, {"a": [1]})

@@ -14,6 +14,7 @@ from npcrepro import papers, recipes
     ("li2018", "min_lesion_mm", 10.0, []),                        # the 1 cm exclusion followed
     ("li2018", "faithful_init_std", 1.0, ["smoke", "cpu", "gpu"]),  # Caffe's small filler, the hypothesis
     ("guo2021", "view_fusion", "decoder", ["smoke", "cpu", "gpu"]),  # probabilities averaged, not decoder fusion
+    ("luo2020", "dice_form", "eq1", []),                         # Eq. 1 as printed at every profile
 ])
 def test_named_departures(chapter, param, paper_value, profiles):
     mod = recipes.load(chapter)

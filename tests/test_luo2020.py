@@ -8,7 +8,7 @@ import torch
 import npcrepro.models.fcn  # noqa: F401  (registers fcn8s)
 import npcrepro.models.luo2020  # noqa: F401  (registers luo2020_two_stage)
 import npcrepro.models.unet  # noqa: F401
-from npcrepro.errors import ParameterError
+from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import build, count_parameters
 from npcrepro.models.fcn import FCN8s, bilinear_kernel
 from npcrepro.models.luo2020 import MultiScalePooling, TwoStageUNet
@@ -425,3 +425,106 @@ def test_notebook_smoke(run_notebook):
     glued = {o["metadata"]["scrapbook"]["name"] for c in nb.cells if c.cell_type == "code"
              for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})}
     assert {"luo_audit_bad", "luo_dsc_ours", "luo_stage_gain", "luo_msp_gain", "luo_total_minutes"} <= glued
+
+
+# ----------------------------------------------------------------------------------- Eq. 4, the split audit
+def test_pooled_dsc_adds_patients_sums_by_hand():
+    """Eq. 4 pooled over a fold's test slices = the sums of its patients added, not their mean DSC."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from npcrepro import metrics as M
+
+    rng = np.random.default_rng(0)
+    p1, p2 = rng.random((3, 4, 4)), rng.random((2, 4, 4))
+    g1, g2 = rng.random((3, 4, 4)) > 0.6, np.zeros((2, 4, 4), bool)   # patient 2 lacks the structure
+    rows = []
+    for name, p, g in (("a", p1, g1), ("b", p2, g2)):
+        s = M.soft_dice_sums(p, g)
+        pred = p >= 0.5
+        rows.append({"method": "unet", "fold": 0, "seed": 0, "case": name, "structure": "GTVp",
+                     "dice": M.dice(pred, g), "ref_empty": not g.any(), "tp": int((pred & g).sum()),
+                     "pred_voxels": int(pred.sum()), "ref_voxels": int(g.sum()),
+                     **{f"soft_{k}": v for k, v in s.items()}})
+    res = SimpleNamespace(metrics=pd.DataFrame(rows), label=lambda k: {"unet": "U-Net"}[k], path="toy")
+    out = LR.pooled_dsc(res)
+    assert len(out) == 1 and out["label"].iloc[0] == "U-Net"
+    p, g = np.concatenate([p1, p2]), np.concatenate([g1, g2])
+    assert out["soft_dsc"].iloc[0] == pytest.approx(2 * np.sum((p * g) ** 2) / (np.sum(p ** 2) + g.sum()))
+    assert out["soft_dsc_dot"].iloc[0] == pytest.approx(M.soft_dice(p, g, numerator="dot"))
+    assert out["hard_dsc"].iloc[0] == pytest.approx(M.dice(p >= 0.5, g))
+    # the false positives of patient b lower the pooled value below patient a's own
+    assert out["soft_dsc"].iloc[0] < M.soft_dice(p1, g1, numerator="printed")
+    with pytest.raises(DataError, match="soft_pg2"):
+        LR.pooled_dsc(SimpleNamespace(metrics=pd.DataFrame(rows).drop(columns=["soft_pg2"]), path="old"))
+
+
+def test_slice_level_split_through_the_runner(tmp_path):
+    """split_unit='slice': every patient trains and is tested in every fold, on disjoint slices;
+    the split audit table counts the leak and the patient-level run has none."""
+    from npcrepro import chapters, profiles
+    from npcrepro.datasets import write_dataset
+
+    structures = ["CTVp", "GTVp", "Parotid_L"]
+    cases = [_toy_case(f"c{i}", i) for i in range(3)]
+    write_dataset(tmp_path / "ds", cases, channels=["CT"], structures=structures)
+    P = profiles.resolve("luo2020", "smoke", data=str(tmp_path / "ds"), out_dir=str(tmp_path / "runs"),
+                         device="cpu", image_size=[16, 16], iterations=2, batch_size=2, methods=["unet"],
+                         k_folds=3, max_folds=2)
+    pat = chapters.run(P, name="patient", progress=False)
+    SP = LM.split_audit_params(P, ["unet"], 2)
+    assert SP.split_unit == "slice" and SP.max_folds == 2 and SP.k_folds == 3
+    sl = chapters.run(SP, name="slice", progress=False)
+    # the audit's run sits under <out_dir>/audit/: readers of <out_dir>/<profile>/ see the chapter's run only
+    from npcrepro.engine.results import find_results
+    from npcrepro.viz.runs import list_runs
+
+    assert sl.path.is_relative_to(tmp_path / "runs" / LM.AUDIT_DIR)
+    assert [r.path for r in find_results(tmp_path / "runs", "smoke")] == [pat.path]
+    assert [v.path for v in list_runs(tmp_path / "runs", "smoke")] == [pat.path]
+    with pytest.raises(ParameterError):
+        LM.split_audit_params(P, [], 1)
+    folds = sl.splits()
+    assert len(folds) == 2
+    for k, f in enumerate(folds):
+        assert [LP.parse_part(n) for n in f.test] == [LP.SlicePart(f"c{i}", k, 3, "test") for i in range(3)]
+        m = sl.metrics[sl.metrics["fold"] == k]
+        assert set(m["case"]) == {"c0", "c1", "c2"}            # every patient tested ...
+        n_test = int(m.groupby("case")["n_slices"].first().sum())
+        train = int(sl.training.loc[sl.training["fold"] == k, "train_slices"].iloc[0])
+        assert n_test + train == 3 * 4                          # ... on slices it was not trained on
+    # the two folds test disjoint slices of each patient: 4 labelled slices -> parts of 2, 1, 1
+    assert sorted(sl.metrics.groupby(["fold", "case"])["n_slices"].first().groupby("case").sum()) == [3, 3, 3]
+    audit = LR.split_audit_table(pat, sl, ["unet"])
+    per_fold = audit[audit["fold"] != "mean"]
+    assert (per_fold.loc[per_fold["split"] == "patient-level", "patients on both sides"] == 0).all()
+    assert (per_fold.loc[per_fold["split"] == "slice-level", "patients on both sides"] == 3).all()
+    assert set(audit.loc[audit["fold"] == "mean", "split"]) == {"patient-level", "slice-level"}
+    assert set(LR.split_leak(audit)) == {"U-Net"}
+    dt = LR.dsc_table(pat, papers.reported("luo2020", table="Table 1"))
+    assert dt.loc["U-Net", "DSC (reported)"] == pytest.approx(0.7528)
+    assert np.isnan(dt.loc["Mask R-CNN", "soft DSC, Eq. 4 as printed"])
+    for col in ("soft DSC, Eq. 4 as printed", "soft DSC, Eq. 4 dot reading", "hard DSC, same pooling"):
+        assert 0 <= dt.loc["U-Net", col] <= 1
+    assert dt.loc["U-Net", "soft DSC, Eq. 4 as printed"] <= dt.loc["U-Net", "soft DSC, Eq. 4 dot reading"] + 1e-12
+    cmp = LR.comparison(pat, papers.reported("luo2020", table="Table 1"), "toy")
+    assert f"{dt.loc['U-Net', 'soft DSC, Eq. 4 as printed']:.3f}" in cmp.frame.loc[("dsc", "U-Net"), "reproduced"]
+
+
+def test_loss_follows_eq1_as_printed_by_default():
+    from npcrepro.losses import TwoSidedDiceLoss
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    y = (torch.rand(2, 3, 8, 8) > 0.7).float()
+    printed = LM.make_loss(dict(LOSS))
+    assert printed.base.dice.literal and not LM.make_loss(dict(LOSS, dice_form="normalised")).base.dice.literal
+    # batch Dice: the printed two-sided term over the batch, per structure
+    d = TwoSidedDiceLoss(eps=0.5, activation="sigmoid", literal=True)(x.transpose(0, 1)[None], y.transpose(0, 1)[None])
+    p = torch.sigmoid(x)
+    fg = ((p * y).sum((0, 2, 3)) + 0.5) / (p.sum((0, 2, 3)) + y.sum((0, 2, 3)) + 0.5)
+    bg = (((1 - p) * (1 - y)).sum((0, 2, 3)) + 0.5) / ((1 - p).sum((0, 2, 3)) + (1 - y).sum((0, 2, 3)) + 0.5)
+    assert torch.isclose(d, (1 - fg - bg).mean())
+    with pytest.raises(ParameterError):
+        LM.make_loss(dict(LOSS, dice_form="squared"))

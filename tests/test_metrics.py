@@ -500,3 +500,52 @@ def test_identity_is_perfect(pair):
     assert res["soft_dice"] == 1.0
     if res["auc_defined"]:
         assert res["auc"] == 1.0 and res["ap"] == 1.0
+
+
+# ---------------------------------------------------------------------------- luo2020 Eq. 4, both readings
+def test_soft_dice_eq4_printed_and_dot_by_hand():
+    """2 sum (p g)^2 / (sum p^2 + sum g^2) (as printed) and 2 sum p g / (...) (the dot reading)."""
+    prob = np.array([0.5, 1.0, 0.0, 0.2])
+    ref = np.array([1, 1, 0, 0])
+    # sum p^2 = .25 + 1 + 0 + .04 = 1.29; sum g^2 = 2
+    assert M.soft_dice(prob, ref, numerator="printed") == pytest.approx(2 * (0.25 + 1.0) / 3.29)
+    assert M.soft_dice(prob, ref, numerator="dot") == pytest.approx(2 * 1.5 / 3.29)
+    assert M.soft_dice(prob, ref) == M.soft_dice(prob, ref, numerator="dot")
+    # p^2 <= p: the printed reading is never above the dot one
+    assert M.soft_dice(prob, ref, numerator="printed") < M.soft_dice(prob, ref, numerator="dot")
+    with pytest.raises(ParameterError):
+        M.soft_dice(prob, ref, numerator="l1")
+
+
+@pytest.mark.parametrize("numerator", ["printed", "dot"])
+def test_soft_dice_eq4_is_hard_dice_on_binary_inputs(numerator):
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        pred = rng.random((3, 5, 6)) > 0.6
+        ref = rng.random((3, 5, 6)) > 0.5
+        assert M.soft_dice(pred.astype(float), ref, numerator=numerator) == pytest.approx(M.dice(pred, ref))
+    z = np.zeros((2, 3))
+    assert M.soft_dice(z, z, numerator=numerator) == 1.0       # both empty
+    assert M.soft_dice(z + 0.3, z, numerator=numerator) == 0.0   # prediction only
+
+
+def test_soft_dice_sums_pool_over_slices_and_patients():
+    """Sums are additive: pooling two patients (or per-slice sums) gives the soft Dice of the union,
+    which is not the mean of the parts."""
+    rng = np.random.default_rng(0)
+    p1, p2 = rng.random((4, 3, 3)), rng.random((2, 3, 3))
+    g1, g2 = rng.random((4, 3, 3)) > 0.5, rng.random((2, 3, 3)) > 0.7
+    s1, s2 = M.soft_dice_sums(p1, g1), M.soft_dice_sums(p2, g2)
+    pooled = {k: s1[k] + s2[k] for k in s1}
+    for num in ("printed", "dot"):
+        whole = M.soft_dice(np.concatenate([p1, p2]), np.concatenate([g1, g2]), numerator=num)
+        assert M.soft_dice_from_sums(pooled, num) == pytest.approx(whole)
+    per_slice = M.soft_dice_sums(p1, g1, axis=(1, 2))
+    assert per_slice["p2"].shape == (4,)
+    assert per_slice["pg"].sum() == pytest.approx(s1["pg"])
+    by_slice = M.soft_dice_from_sums(per_slice, "printed")
+    assert by_slice.shape == (4,)
+    assert by_slice[1] == pytest.approx(M.soft_dice(p1[1], g1[1], numerator="printed"))
+    # a slice with nothing predicted and nothing to find scores 1, element-wise too
+    assert M.soft_dice_from_sums({"pg2": np.zeros(2), "pg": np.zeros(2), "p2": np.array([0.0, 1.0]),
+                                  "g2": np.zeros(2)}, "printed").tolist() == [1.0, 0.0]

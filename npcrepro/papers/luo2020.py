@@ -55,7 +55,9 @@ INFO = PaperInfo(
         "train_slices": 7112,
         "test_slices": 1777,
         "model_selection": "'the model that performs the best on test data set are saved' (Sec. 3.3)",
-        "split_unit": "not stated whether folds are split by patient or by slice",
+        "split_unit": ("not stated whether folds are split by patient or by slice; 1777 = floor(8889 / 5) and "
+                       "7112 = 8889 - 1777, the smallest fold of a 5-fold split of the slices themselves, "
+                       "point to slices"),
         "source": "Sec. 3.1, Sec. 3.3",
     },
     recipe={

@@ -2,7 +2,7 @@
 
 _COMMON = dict(k_folds=5, lr_gamma=0.9, lr_every=10, lr_schedule="scaled", lr_decays=10,
                beta=0.9, focal_alpha=0.75, focal_gamma=2.0, dice_eps=0.5, batch_dice=True,
-               prior=0.01, deep_supervision=True,
+               dice_form="eq1", prior=0.01, split_unit="patient", split_audit_methods=["unet"], deep_supervision=True,
                methods=["unet", "fcn8", "ours", "two_stage_no_msp", "one_stage_msp"],
                real_data="openkbp", real_methods=["unet", "ours"], seeds=1, workers=1)
 
@@ -10,21 +10,21 @@ PROFILES = {
     "smoke": dict(_COMMON, n_cases=3, max_folds=1, image_size=[64, 48], stage1_widths=[4, 8, 8, 16, 16],
                   stage2_widths=[4, 8, 8], fcn_widths=[4, 8, 8, 16, 16], fcn_channels=16, batch_size=4,
                   iterations=4, lr=3e-3, infer_batch=16, real_cases=0, real_iterations=0,
-                  real_image_size=[64, 64], threads=1),
+                  real_image_size=[64, 64], threads=1, split_audit_folds=1),
     "cpu": dict(_COMMON, n_cases=10, max_folds=2, image_size=[96, 80], stage1_widths=[8, 16, 32, 64, 64],
                 stage2_widths=[8, 16, 32], fcn_widths=[8, 16, 32, 64, 64], fcn_channels=64, batch_size=8,
                 iterations=200, lr=3e-3, infer_batch=32, real_cases=6, real_iterations=100,
-                real_image_size=[64, 64], threads=1),
-    "gpu": dict(_COMMON, n_cases=40, max_folds=5, image_size=None, stage1_widths=[32, 64, 128, 256, 512],
+                real_image_size=[64, 64], threads=1, split_audit_folds=1),
+    "gpu": dict(_COMMON, n_cases=124, max_folds=5, image_size=None, stage1_widths=[32, 64, 128, 256, 512],
                 stage2_widths=[32, 64, 128], fcn_widths=[64, 128, 256, 512, 512], fcn_channels=1024,
                 batch_size=16, iterations=20000, lr=1e-3, infer_batch=32, real_cases=64,
-                real_iterations=10000, real_image_size=None, threads=None),
+                real_iterations=10000, real_image_size=None, threads=None, split_audit_folds=5),
 }
 
 #: gpu-lite: every method at the paper's widths on whole slices, 2 of the 5 folds, fewer patients
 #: and iterations (sized by `npcrepro plan` for a short GPU loan).
 PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=20, max_folds=2, iterations=3000, real_cases=16,
-                            real_iterations=2000)
+                            real_iterations=2000, split_audit_folds=2)
 
 HELP = {
     "k_folds": "folds of the cross-validation by patient (at most the number of patients)",
@@ -46,6 +46,13 @@ HELP = {
     "focal_gamma": "focal loss focusing exponent",
     "dice_eps": "Dice smoothing epsilon",
     "batch_dice": "Dice sums over the whole batch per structure (False: per slice)",
+    "dice_form": "Dice term of the loss: eq1 (Eq. 1 as printed: no factor 2, epsilon added to each "
+                 "numerator, -1/2 on a structure absent and predicted absent) or normalised (the mean of "
+                 "the two smoothed Dice terms, 0 at every perfect prediction)",
+    "split_unit": "cross-validation unit: patient (the chapter's runs) or slice (each patient's labelled "
+                  "slices dealt into the folds, so one patient's slices sit on both sides; the split audit)",
+    "split_audit_methods": "methods the split audit re-runs with slice-level folds ([] turns it off)",
+    "split_audit_folds": "slice-level folds the split audit runs (the first ones)",
     "prior": "initial output probability of every structure (None: default initialisation)",
     "deep_supervision": "the two-stage networks are trained on both stages' outputs",
     "real_data": "'openkbp': also run the real-data track when the OpenKBP extract is present; 'off'",
@@ -56,7 +63,8 @@ HELP = {
     "workers": "training jobs at once (processes; 1 runs them one after the other in this process)",
 }
 
-ALLOWED = {"lr_schedule": ["scaled", "literal"], "real_data": ["openkbp", "off"]}
+ALLOWED = {"lr_schedule": ["scaled", "literal"], "real_data": ["openkbp", "off"],
+           "dice_form": ["eq1", "normalised"], "split_unit": ["patient", "slice"]}
 
 #: The paper's stated values (items of npcrepro.papers.luo2020.INFO.recipe).
 PAPER = {
@@ -66,6 +74,7 @@ PAPER = {
     "lr_schedule": ("schedule", "literal"),
     "lr_gamma": ("schedule", 0.9),
     "lr_every": ("schedule", 10),
+    "dice_form": ("loss", "eq1"),
 }
 
 DEVIATIONS = {
@@ -89,7 +98,12 @@ CHOICES = {
     "structure mapping": "locref -> GTVp, CTV2 -> CTVp, the other twelve by name (phantom names)",
     "overlapping targets": "one sigmoid output per structure (multi-label); each thresholded at 0.5",
     "CT normalisation": "clip to -1000..1000 HU, scale to [0, 1]",
-    "cross-validation unit": "patients (5 folds); slices of a patient never straddle train and test",
+    "cross-validation unit": "patients (5 folds); slices of a patient never straddle train and test. The "
+                             "paper does not say; its 7112/1777 of 8889 slices is exactly 80/20, what a "
+                             "k-fold over the pooled slices gives. The split audit re-runs split_audit_methods "
+                             "with slice-level folds (split_unit slice) on the same data and budget",
+    "Dice term (Eq. 1)": "as printed by default (dice_form eq1): each fraction without the factor 2, "
+                         "epsilon added to numerator and denominator; 'normalised' is one parameter away",
     "validation / model selection": "none: the last weights are tested (the paper kept 'the model that "
                                     "performs the best on test data', i.e. selected on the test set)",
     "optimiser, batch size": "Adam (Keras default betas), batch size from the profile",

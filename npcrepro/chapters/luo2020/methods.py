@@ -14,6 +14,7 @@ its labelled slices: DSC, AUC (rank formula), F1, JSC and the soft L2 DSC of Eq.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,7 +25,7 @@ from npcrepro.engine.experiment import Chapter, Method
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["METHODS", "Luo2020", "CHAPTER", "luo2020", "network", "build_method", "prior_init",
-           "make_loss", "schedule_spec", "method_label", "score_rows"]
+           "make_loss", "schedule_spec", "method_label", "score_rows", "AUDIT_DIR", "split_audit_params"]
 
 #: Method key -> (label, model name, fixed model arguments). The widths come from the profile.
 METHODS: dict[str, tuple[str, str, dict]] = {
@@ -116,11 +117,17 @@ def prior_init(model, prior: float = 0.01):
 
 # ----------------------------------------------------------------------------------- recipe
 def make_loss(P: Mapping[str, Any]):
-    """Eq. (3), beta * two-sided Dice + (1 - beta) * focal, on every stage's output (averaged)."""
+    """Eq. (3), beta * two-sided Dice + (1 - beta) * focal, on every stage's output (averaged). The Dice
+    term is Eq. (1) as printed with ``P.dice_form="eq1"`` (the default), else its normalised form
+    (:class:`~npcrepro.losses.TwoSidedDiceLoss`)."""
     from npcrepro.losses import BatchDiceFocalLoss, StagewiseLoss
 
+    form = P.get("dice_form", "eq1")
+    if form not in ("eq1", "normalised"):
+        raise ParameterError(f"dice_form must be 'eq1' or 'normalised', got {form!r}")
     return StagewiseLoss(BatchDiceFocalLoss(float(P["beta"]), float(P["focal_alpha"]), float(P["focal_gamma"]),
-                                            float(P["dice_eps"]), bool(P.get("batch_dice", True))))
+                                            float(P["dice_eps"]), bool(P.get("batch_dice", True)),
+                                            literal=form == "eq1"))
 
 
 def schedule_spec(P: Mapping[str, Any], iterations: int) -> dict:
@@ -137,26 +144,63 @@ def schedule_spec(P: Mapping[str, Any], iterations: int) -> dict:
     return {"kind": "exponential", "every": every, "gamma": gamma}
 
 
+# ----------------------------------------------------------------------------------- the split audit
+#: Sub-folder of ``out_dir`` that holds the split audit's runs: no reader of ``<out_dir>/<profile>/``
+#: (explorer, leaderboard, summary, ``npcrepro splits export``) takes them for the chapter's run.
+AUDIT_DIR = "audit"
+
+
+def split_audit_params(P, methods=None, folds: int | None = None):
+    """The parameters of the split audit's run: ``P`` (same data, network widths, iterations, batch
+    size, seeds) with ``split_unit="slice"``, ``methods`` (default ``P.split_audit_methods``), the first
+    ``folds`` folds (default ``P.split_audit_folds``), a new run folder under
+    ``<out_dir>/audit/``. Pass the chapter run's dataset to :func:`npcrepro.chapters.run` with them
+    (``dataset=``), so that the phantom is not generated again under the new ``out_dir``."""
+    from pathlib import Path
+
+    keys = list(P.get("split_audit_methods") or []) if methods is None else list(methods)
+    for k in keys:
+        method_label(k)
+    n = int(P.get("split_audit_folds") or 0) if folds is None else int(folds)
+    if not keys or n < 1:
+        raise ParameterError("the split audit needs a method and a fold (split_audit_methods, split_audit_folds)")
+    return P.replace(resume="", split_unit="slice", methods=keys, max_folds=min(n, int(P["k_folds"])),
+                     out_dir=str(Path(P["out_dir"]) / AUDIT_DIR))
+
+
 # ----------------------------------------------------------------------------------- scoring
 def score_rows(probs: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], prepared) -> list[dict]:
-    """Per-structure rows of one patient over its labelled slices: DSC, AUC by the rank formula, F1,
-    JSC, soft DSC (Eq. 4), precision, recall, voxel counts and whether reference/prediction are empty.
-    ``probs``/``masks`` are on the case's grid."""
+    """Per-structure rows of one patient over its test slices (``prepared.idx``: its labelled slices,
+    or its part of a slice-level fold): DSC, AUC by the rank formula, F1, JSC, the soft DSC of Eq. (4)
+    as printed, precision, recall, voxel counts (``tp`` too) and whether reference/prediction are
+    empty; and the additive sums of Eq. (4) (``soft_pg2``, ``soft_pg``, ``soft_p2``, ``soft_g2``,
+    :func:`npcrepro.metrics.soft_dice_sums`), from which the report pools the soft DSC over a fold's
+    test slices without keeping any probability. ``probs``/``masks`` are on the case's grid. A
+    patient with no test slice gives no rows."""
     case, idx = prepared.case, prepared.idx
+    if not len(idx):
+        return []
     rows = []
     for s in prepared.structures:
         ref = case.labels.get(s)
         ref = np.zeros((len(idx),) + case.shape[1:], bool) if ref is None else ref[idx]
         p, pred = probs[s][idx], masks[s][idx]
+        sums = M.soft_dice_sums(p, ref)
         rows.append({"case": case.name, "structure": s, "dice": M.dice(pred, ref), "auc": M.auc(p, ref),
-                     "f1": M.f1(pred, ref), "jaccard": M.jaccard(pred, ref), "soft_dice": M.soft_dice(p, ref),
+                     "f1": M.f1(pred, ref), "jaccard": M.jaccard(pred, ref),
+                     "soft_dice": M.soft_dice_from_sums(sums, "printed"),
                      "precision": M.precision(pred, ref), "recall": M.recall(pred, ref),
-                     "ref_voxels": int(ref.sum()), "pred_voxels": int(pred.sum()),
+                     "ref_voxels": int(ref.sum()), "pred_voxels": int(pred.sum()), "tp": int((pred & ref).sum()),
+                     **{f"soft_{k}": v for k, v in sums.items()},
                      "ref_empty": not ref.any(), "pred_empty": not pred.any(), "n_slices": int(len(idx))})
     return rows
 
 
 # ----------------------------------------------------------------------------------- the chapter
+#: Cases loaded in this process and still referenced (the two sides of a slice-level fold share one).
+_LOADED: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+
+
 class Luo2020(Chapter):
     name = "luo2020"
     channels = ("CT",)
@@ -178,21 +222,44 @@ class Luo2020(Chapter):
         return self.structures if dataset is None else tuple(prep.structures_for(dataset.structures))
 
     def folds(self, cases, P):
-        from npcrepro.datasets.splits import make_splits
+        """``k_folds``-fold by patient; with ``split_unit="slice"``, by slice: fold ``f`` trains on every
+        patient's labelled slices outside its part ``f`` and tests on the parts ``f``
+        (:func:`npcrepro.datasets.splits.slice_kfold`), each side of each patient named by
+        :func:`~npcrepro.chapters.luo2020.prepare.part_name` (so splits.json records it)."""
+        from npcrepro.datasets.splits import Fold, make_splits
 
-        k = min(int(P["k_folds"]), len(cases))
-        if k < 2:
-            raise DataError(f"luo2020: cross-validation needs at least 2 cases, got {len(cases)}")
-        folds = make_splits(list(cases), "kfold", seed=int(P["seed"]), k=k)
+        unit = P.get("split_unit", "patient")
+        if unit not in ("patient", "slice"):
+            raise ParameterError(f"split_unit must be 'patient' or 'slice', got {unit!r}")
+        if unit == "slice":
+            k = int(P["k_folds"])
+            if k < 2 or not cases:
+                raise DataError(f"luo2020: a slice-level split needs k_folds >= 2 and a case, got {k} and "
+                                f"{len(cases)} case(s)")
+            folds = [Fold([prep.part_name(c, f, k, "train") for c in cases], [],
+                          [prep.part_name(c, f, k, "test") for c in cases]) for f in range(k)]
+        else:
+            k = min(int(P["k_folds"]), len(cases))
+            if k < 2:
+                raise DataError(f"luo2020: cross-validation needs at least 2 cases, got {len(cases)}")
+            folds = make_splits(list(cases), "kfold", seed=int(P["seed"]), k=k)
         return folds[: int(P["max_folds"])] if P.get("max_folds") else folds
 
     def load(self, dataset, name, P):
         structures = prep.structures_for(dataset.structures)
-        return dataset.load(name, channels=["CT"], structures=structures), structures
+        part = prep.parse_part(name)
+        base = part.case if part else name
+        # both sides of a slice-level fold name the same patient: load it once while either is alive
+        key = (str(getattr(dataset, "root", id(dataset))), base, tuple(structures))
+        case = _LOADED.get(key)
+        if case is None:
+            case = dataset.load(base, channels=["CT"], structures=structures)
+            _LOADED[key] = case
+        return case, structures, part
 
     def prepare(self, loaded, P):
-        case, structures = loaded
-        return prep.prepare(case, structures, P.get("image_size"))
+        case, structures, part = loaded
+        return prep.prepare(case, structures, P.get("image_size"), part, seed=int(P.get("seed") or 0))
 
     def build(self, method, P, n_classes: int | None = None):
         return build_method(method.name, P, len(self.structures) if n_classes is None else n_classes)
@@ -206,7 +273,9 @@ class Luo2020(Chapter):
         seed = ctx.seed + 1000 * ctx.fold  # each fold starts from its own initialisation
         seed_everything(seed)
         model = self.build(method, P, len(structures))
-        data = prep.slice_dataset([p.case for p in train], structures, P.get("image_size"), seed=ctx.seed)
+        slices = {p.case.name: p.idx for p in train} if P.get("split_unit") == "slice" else None
+        data = prep.slice_dataset([p.case for p in train], structures, P.get("image_size"), seed=ctx.seed,
+                                  slices=slices)
         iterations = int(P["iterations"])
         trainer = Trainer(model, make_loss(P), data, batch_size=int(P["batch_size"]), iterations=iterations,
                           optimizer="adam", lr=float(P["lr"]), schedule=schedule_spec(P, iterations),

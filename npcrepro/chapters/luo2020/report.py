@@ -147,17 +147,125 @@ def training_table(results) -> pd.DataFrame:
     return t.groupby("method")[cols].mean().reindex(labels(results))
 
 
+#: Sums of Eq. (4) and voxel counts a run's metrics hold per (patient, structure); they add up over
+#: patients, so a fold's pooled DSC needs no probability kept.
+_SUMS = ["soft_pg2", "soft_pg", "soft_p2", "soft_g2", "tp", "pred_voxels", "ref_voxels"]
+
+
+def pooled_dsc(results) -> pd.DataFrame:
+    r"""DSC with the paper's unit (Eq. 4 "for bit vectors", one vector per structure over a fold's test
+    set): one row per (method key, fold, seed, structure), the sums of every test patient's test
+    slices added up -- also those of patients without the structure, whose slices are in the test
+    set too -- then ``soft_dsc`` (Eq. 4 as printed, :math:`2\sum (pg)^2 / (\sum p^2 + \sum g^2)`),
+    ``soft_dsc_dot`` (:math:`2\sum pg / (\ldots)`) and ``hard_dsc`` (2 TP / (|P| + |G|) of the
+    0.5-thresholded masks). Structures with no reference voxel in a fold's test slices are left out."""
+    from npcrepro import metrics as M
+
+    m = results.metrics
+    missing = [c for c in _SUMS if c not in m.columns]
+    if missing:
+        raise DataError(f"run {results.path} has no {missing} columns (made before Eq. 4 was pooled; run it again)")
+    g = m.groupby(["method", "fold", "seed", "structure"], sort=False)[_SUMS].sum().reset_index()
+    g = g[g["soft_g2"] > 0].copy()
+    sums = {k: g[f"soft_{k}"].to_numpy(float) for k in ("pg2", "pg", "p2", "g2")}
+    g["soft_dsc"] = M.soft_dice_from_sums(sums, "printed")
+    g["soft_dsc_dot"] = M.soft_dice_from_sums(sums, "dot")
+    g["hard_dsc"] = 2 * g["tp"] / (g["pred_voxels"] + g["ref_voxels"])
+    g.insert(1, "label", g["method"].map(results.label))
+    return g.drop(columns=_SUMS)
+
+
+def dsc_table(results, reported: pd.DataFrame) -> pd.DataFrame:
+    """Table 1's DSC column three ways, per method (its label): the reported DSC (Eq. 4), this run's
+    soft DSC of Eq. 4 computed the paper's way (:func:`pooled_dsc`: per fold and structure over the
+    fold's test slices, then the mean over structures and folds), the same with the dot-product
+    numerator, the hard DSC with the same pooling, and the hard DSC per patient (this chapter's
+    other tables). Methods the paper reports but this run lacks keep their reported value only."""
+    rep = reported[(reported["metric"] == "dsc")].set_index("method")["value"]
+    pooled = pooled_dsc(results).groupby("label")[["soft_dsc", "soft_dsc_dot", "hard_dsc"]].mean()
+    per_patient = scored(results).groupby("method")["dice"].mean()
+    order = labels(results) + [m for m in rep.index if m not in labels(results)]
+    out = pd.DataFrame({"DSC (reported)": rep.reindex(order),
+                        "soft DSC, Eq. 4 as printed": pooled["soft_dsc"].reindex(order),
+                        "soft DSC, Eq. 4 dot reading": pooled["soft_dsc_dot"].reindex(order),
+                        "hard DSC, same pooling": pooled["hard_dsc"].reindex(order),
+                        "hard DSC per patient": per_patient.reindex(order)}, index=order)
+    out.index.name = "method"
+    return out
+
+
 def comparison(results, reported: pd.DataFrame, data_source: str):
-    """Table 1, reported vs reproduced (DSC, AUC, F1, JSC; Mask R-CNN 'not reproduced')."""
+    """Table 1, reported vs reproduced: DSC as the paper computes it (the soft DSC of Eq. 4 over each
+    fold's test slices per structure, :func:`pooled_dsc`), AUC, F1, JSC per (test patient,
+    structure); Mask R-CNN 'not reproduced'."""
     from npcrepro.evaluation import compare_with_paper
 
-    table = compare_with_paper(reported, scored(results), paper="luo2020", data_source=data_source,
+    pooled = pooled_dsc(results)
+    rows = pd.concat([scored(results), pd.DataFrame({"method": pooled["label"], "soft_dsc_eq4": pooled["soft_dsc"]})],
+                     ignore_index=True)
+    table = compare_with_paper(reported, rows, paper="luo2020", data_source=data_source,
                                profile=results.profile, table="Table 1", digits=3,
-                               metric_map={"dsc": "dice", "auc": "auc", "f1": "f1", "jaccard": "jaccard"})
-    table.notes.append("Reproduced: mean ± sd over (test patient, structure) pairs of the folds run, "
-                       "structures absent from a patient's reference left out; DSC/F1/JSC of the "
-                       "0.5-thresholded masks, AUC by the rank formula on the probabilities.")
+                               metric_map={"dsc": "soft_dsc_eq4", "auc": "auc", "f1": "f1", "jaccard": "jaccard"})
+    table.notes.append("Reproduced DSC: the soft DSC of Eq. (4) as printed, on the probabilities, one value per "
+                       "(fold, structure) over the fold's test slices; mean ± sd over those values. AUC, F1, "
+                       "JSC: mean ± sd over (test patient, structure) pairs of the folds run, structures absent "
+                       "from a patient's reference left out; F1/JSC of the 0.5-thresholded masks, AUC by the "
+                       "rank formula on the probabilities.")
     return table
+
+
+def _patient(name: str) -> str:
+    """The patient a runner case name stands for (a slice-level part's, or the name itself)."""
+    from npcrepro.chapters.luo2020.prepare import parse_part
+
+    part = parse_part(name)
+    return part.case if part else name
+
+
+def split_audit_table(patient, sliced, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """The split audit: the same network(s), data and budget under a patient-level (``patient``) and a
+    slice-level (``sliced``, ``split_unit="slice"``) cross-validation. One row per split unit, method
+    and fold run, then one mean row per split unit and method: training and test slices, test
+    patients, patients with slices on both sides, mean hard DSC per (test patient, structure) and
+    the pooled soft DSC of Eq. 4 (mean over fold x structure)."""
+    keys = list(methods) if methods is not None else [k for k in sliced.methods if k in patient.methods]
+    rows = []
+    for unit, res in (("patient", patient), ("slice", sliced)):
+        sc, pooled, splits = scored(res), pooled_dsc(res), res.splits()
+        tr = res.training
+        for key in keys:
+            if key not in res.methods:
+                continue
+            for f in sorted(res.metrics.loc[res.metrics["method"] == key, "fold"].unique()):
+                m = res.metrics[(res.metrics["method"] == key) & (res.metrics["fold"] == f)]
+                train_patients = {_patient(n) for n in splits[int(f)].train}
+                test_patients = set(m["case"])
+                slices = tr.loc[(tr["method"] == key) & (tr["fold"] == f), "train_slices"]
+                rows.append({"split": f"{unit}-level", "method": res.label(key), "fold": str(int(f) + 1),
+                             "training slices": int(slices.iloc[0]) if len(slices) else np.nan,
+                             "test slices": int(m.groupby("case")["n_slices"].first().sum()),
+                             "test patients": len(test_patients),
+                             "patients on both sides": len(train_patients & test_patients),
+                             "hard DSC": sc.loc[(sc["key"] == key) & (sc["fold"] == f), "dice"].mean(),
+                             "soft DSC (Eq. 4)": pooled.loc[(pooled["method"] == key) & (pooled["fold"] == f),
+                                                            "soft_dsc"].mean()})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    means = (out.groupby(["split", "method"], sort=False)
+             .agg({"training slices": "mean", "test slices": "mean", "test patients": "mean",
+                   "patients on both sides": "mean", "hard DSC": "mean", "soft DSC (Eq. 4)": "mean"})
+             .reset_index())
+    means["fold"] = "mean"
+    return pd.concat([out, means[out.columns]], ignore_index=True)
+
+
+def split_leak(audit: pd.DataFrame, metric: str = "hard DSC") -> dict[str, float]:
+    """{method label: mean ``metric`` slice-level minus patient-level} from :func:`split_audit_table`."""
+    mean = audit[audit["fold"] == "mean"].pivot_table(index="method", columns="split", values=metric)
+    if not {"patient-level", "slice-level"} <= set(mean.columns):
+        return {}
+    return (mean["slice-level"] - mean["patient-level"]).to_dict()
 
 
 def ablation_table(results, metric: str = "dice") -> pd.DataFrame:
