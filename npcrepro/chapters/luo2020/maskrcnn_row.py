@@ -115,7 +115,8 @@ def run_maskrcnn_row(results, P: Mapping[str, Any] | None = None, *, folds=None,
 
     Returns a DataFrame with one row per (fold, test patient, structure) in the run's ``metrics.csv``
     format (method ``"maskrcnn"``, seed, DSC, AUC, F1, JSC, soft DSC, ...), with the training facts per
-    fold in ``.attrs["training"]`` (the run's ``training.csv`` format); or None, after logging
+    fold in ``.attrs["training"]`` (a list of dicts in the run's ``training.csv`` format) and the sizes
+    used in ``.attrs["sizes"]``; or None, after logging
     :func:`enable_message`, when torchvision does not import.
     """
     from npcrepro.models import maskrcnn as MR
@@ -194,7 +195,7 @@ def run_maskrcnn_row(results, P: Mapping[str, Any] | None = None, *, folds=None,
     finally:
         torch.set_num_threads(before)
     out = pd.DataFrame(rows)
-    out.attrs["training"] = pd.DataFrame(training)
+    out.attrs["training"] = training            # plain data (pandas compares attrs when concatenating)
     out.attrs["sizes"] = {**S, **fit_args}
     return out
 
@@ -213,10 +214,16 @@ def with_maskrcnn(results, rows):
     info = dict(results.info)
     info["methods"] = [m for m in info.get("methods", []) if m.get("name") != METHOD] + [
         {"name": METHOD, "label": LABEL, "info": {"model": "torchvision maskrcnn", **rows.attrs.get("sizes", {})}}]
-    metrics = pd.concat([results.metrics[results.metrics["method"] != METHOD], rows], ignore_index=True)
+    def plain(df):
+        df = df.copy()
+        df.attrs = {}
+        return df
+
+    metrics = pd.concat([plain(results.metrics[results.metrics["method"] != METHOD]), plain(rows)],
+                        ignore_index=True)
     training = results.training
-    extra = rows.attrs.get("training")
-    if extra is not None and len(extra):
-        training = pd.concat([training, extra[[c for c in extra.columns if c in training.columns]]],
-                             ignore_index=True)
+    extra = pd.DataFrame(rows.attrs.get("training") or [])
+    if len(extra):
+        training = pd.concat([plain(training[training["method"] != METHOD]),
+                              extra[[c for c in extra.columns if c in training.columns]]], ignore_index=True)
     return dataclasses.replace(results, info=info, metrics=metrics, training=training)
