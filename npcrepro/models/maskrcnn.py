@@ -18,9 +18,14 @@ the book's data (slices and one binary mask per structure) into that form and ba
 The network is torchvision's ``MaskRCNN`` with a ResNet-FPN backbone, **trained from scratch**
 (``weights=None, weights_backbone=None``): torchvision's COCO/ImageNet weights cannot be downloaded
 here. Without pretrained weights torchvision uses ordinary (trainable) BatchNorm in the backbone and
-trains every layer; this module does the same for every backbone. ``backbone="resnet50"`` is exactly
-``maskrcnn_resnet50_fpn``; the CPU default is ``"resnet18"`` (the same FPN, heads and losses on a
-ResNet-18 trunk, about a third of the parameters and compute). Other choices for small CT slices:
+trains every layer; this module does the same for every backbone. ``backbone="resnet50"`` with
+``channels=256, representation=1024`` is exactly ``maskrcnn_resnet50_fpn`` (the gpu profiles). On
+the CPU the cost is in the heads, not the trunk: the four 256-channel mask-head convolutions on
+every positive RoI and the 1024-wide box head on 512 sampled RoIs per image make one step of 4
+slices of 96 x 80 pixels take about 10 s on one thread of a busy 2-core machine, with ResNet-18 as
+with ResNet-50. The smoke and cpu profiles therefore use the same architecture narrower: a ResNet-18
+trunk, FPN and mask head at 64 channels, box head 256 wide, fewer RPN proposals and sampled RoIs
+(about 1 s per step there). Other choices for small CT slices:
 
 * the first convolution reads one channel (windowed CT), normalised by ``image_mean``/``image_std``;
 * images are not resized: the internal transform's ``min_size``/``max_size`` are set from the slice
