@@ -97,6 +97,8 @@ def slice_arrays(prepared) -> tuple[np.ndarray, np.ndarray]:
 
 def _stack(arrays, what: str) -> np.ndarray:
     shapes = {a.shape[2:] for a in arrays if len(a)}
+    if not shapes:
+        raise DataError(f"Mask R-CNN: the {what} patients have no labelled slice")
     if len(shapes) > 1:
         raise DataError(f"Mask R-CNN: the {what} slices differ in size {sorted(shapes)}; set image_size "
                         "(the chapter's in-plane crop) so that every slice has one size")
