@@ -42,9 +42,16 @@ def run_chapter(chapter: str, profile: str, out_dir: str, threads: int, **overri
     one job at a time (so the two runs differ only in the threads)."""
     from npcrepro import chapters, profiles
 
+    import os
+
+    import torch
+
     P = profiles.resolve(chapter, profile, out_dir=out_dir, device="cpu", **overrides)
-    return chapters.run(P.replace(threads=threads, **({"workers": 1} if "workers" in P else {})),
-                        name=f"threads{threads}", progress=False)
+    # chapters without a `threads` parameter take the process's (and their workers' inherited) threads
+    os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    torch.set_num_threads(threads)
+    extra = {k: v for k, v in (("threads", threads), ("workers", 1)) if k in P}
+    return chapters.run(P.replace(**extra), name=f"threads{threads}", progress=False)
 
 
 def newest_run(runs: str, chapter: str, profile: str):
