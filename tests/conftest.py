@@ -122,3 +122,24 @@ def disc_cases(n: int, shape: tuple[int, int, int], radius2: float) -> list:
         out.append(Case(f"c{seed}", {"T1": rng.normal(size=m.shape).astype(np.float32) + 2 * m},
                         {"GTVp": m}, (3.0, 1.0, 1.0)))
     return out
+
+
+def toy_ct_case(name: str, seed: int):
+    """A 6 x 24 x 20 CT case (3 x 2 x 2 mm) with three boxes: CTVp (bright), GTVp inside it and
+    Parotid_L (dark)."""
+    import numpy as np
+
+    from npcrepro.datasets import Case
+
+    rng = np.random.default_rng(seed)
+    z, y, x = 6, 24, 20
+    ct = rng.normal(0, 20, (z, y, x)).astype(np.float32)
+    a = np.zeros((z, y, x), bool)
+    a[1:5, 6:12, 5:11] = True
+    b = np.zeros((z, y, x), bool)
+    b[2:4, 8:10, 7:9] = True          # inside a (overlapping targets)
+    c = np.zeros((z, y, x), bool)
+    c[1:3, 14:20, 14:19] = True
+    ct[a] += 300
+    ct[c] -= 300
+    return Case(name, {"CT": ct}, {"CTVp": a, "GTVp": b, "Parotid_L": c}, (3.0, 2.0, 2.0))

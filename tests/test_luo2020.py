@@ -12,6 +12,7 @@ from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import build, count_parameters
 from npcrepro.models.fcn import FCN8s, bilinear_kernel
 from npcrepro.models.luo2020 import MultiScalePooling, TwoStageUNet
+from conftest import toy_ct_case
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -193,6 +194,7 @@ def test_all_chapter_models_output_one_map_per_structure(name):
 
 
 # ----------------------------------------------------------------------------------- chapter
+
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from chapter_contract import ChapterContract  # noqa: E402
@@ -317,25 +319,8 @@ def test_maskrcnn_note_is_an_optional_import():
     assert "Mask R-CNN" in note
 
 
-def _toy_case(name: str, seed: int):
-    from npcrepro.datasets import Case
-
-    rng = np.random.default_rng(seed)
-    z, y, x = 6, 24, 20
-    ct = rng.normal(0, 20, (z, y, x)).astype(np.float32)
-    a = np.zeros((z, y, x), bool)
-    a[1:5, 6:12, 5:11] = True
-    b = np.zeros((z, y, x), bool)
-    b[2:4, 8:10, 7:9] = True          # inside a (overlapping targets)
-    c = np.zeros((z, y, x), bool)
-    c[1:3, 14:20, 14:19] = True
-    ct[a] += 300
-    ct[c] -= 300
-    return Case(name, {"CT": ct}, {"CTVp": a, "GTVp": b, "Parotid_L": c}, (3.0, 2.0, 2.0))
-
-
 def test_score_case_with_crop_box():
-    case = _toy_case("t", 0)
+    case = toy_ct_case("t", 0)
     structures = ["CTVp", "GTVp", "Parotid_L", "Eye_L"]
     prepared = LP.prepare(case, structures, (16, 16))
     assert list(prepared.idx) == [1, 2, 3, 4]
@@ -361,7 +346,7 @@ def test_run_end_to_end_on_a_toy_dataset(tmp_path):
     from npcrepro.datasets import write_dataset
 
     structures = ["CTVp", "GTVp", "Parotid_L"]
-    cases = [_toy_case(f"c{i}", i) for i in range(3)]
+    cases = [toy_ct_case(f"c{i}", i) for i in range(3)]
     write_dataset(tmp_path / "ds", cases, channels=["CT"], structures=structures)
     P = profiles.resolve("luo2020", "smoke", data=str(tmp_path / "ds"), out_dir=str(tmp_path / "runs"),
                          device="cpu", image_size=[16, 16], iterations=2, batch_size=2, methods=["unet", "ours"],
@@ -467,7 +452,7 @@ def test_slice_level_split_through_the_runner(tmp_path):
     from npcrepro.datasets import write_dataset
 
     structures = ["CTVp", "GTVp", "Parotid_L"]
-    cases = [_toy_case(f"c{i}", i) for i in range(3)]
+    cases = [toy_ct_case(f"c{i}", i) for i in range(3)]
     write_dataset(tmp_path / "ds", cases, channels=["CT"], structures=structures)
     P = profiles.resolve("luo2020", "smoke", data=str(tmp_path / "ds"), out_dir=str(tmp_path / "runs"),
                          device="cpu", image_size=[16, 16], iterations=2, batch_size=2, methods=["unet"],

@@ -19,6 +19,7 @@ import pytest
 from npcrepro.chapters.luo2020 import maskrcnn_row as MRR
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import maskrcnn as MR
+from conftest import toy_ct_case
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -165,27 +166,13 @@ def test_resnet50_is_torchvisions_maskrcnn_resnet50_fpn():
         MR.build_maskrcnn(3, (64, 64), backbone="vgg16")
 
 
-def _toy_case(name: str, seed: int):
-    from npcrepro.datasets import Case
-
-    rng = np.random.default_rng(seed)
-    z, y, x = 6, 24, 20
-    ct = rng.normal(0, 20, (z, y, x)).astype(np.float32)
-    a = np.zeros((z, y, x), bool)
-    a[1:5, 6:12, 5:11] = True
-    b = np.zeros((z, y, x), bool)
-    b[2:4, 8:10, 7:9] = True
-    ct[a] += 300
-    return Case(name, {"CT": ct}, {"CTVp": a, "GTVp": b}, (3.0, 2.0, 2.0))
-
-
 def test_row_on_a_toy_run_has_the_chapters_metrics_format(tmp_path):
     pytest.importorskip("torchvision")
     from npcrepro.chapters.luo2020 import report
     from npcrepro.datasets.splits import Fold
     from npcrepro.engine.results import Results
 
-    cases = {f"t{i}": _toy_case(f"t{i}", i) for i in range(3)}
+    cases = {f"t{i}": toy_ct_case(f"t{i}", i) for i in range(3)}
     structures = ["GTVp", "CTVp", "Eye_L"]
     params = {"profile": "smoke", "image_size": [16, 16], "seed": 0, "device": "cpu", "threads": 1}
     fake = SimpleNamespace(params=params, structures=structures, seeds=[0],
