@@ -29,7 +29,7 @@ MODULES: dict[str, str] = {
 
 
 #: The phantom's two CTs, in HU: non-contrast and contrast-enhanced (venous phase).
-CT_CHANNELS = {"CT": "non-contrast CT", "CECT": "contrast-enhanced CT (venous phase)"}
+CT_CHANNELS = {"CT": "non-contrast CT", "CECT": "contrast-enhanced CT (CECT, venous phase)"}
 
 
 def ct_inputs(profile: str = "cpu"):

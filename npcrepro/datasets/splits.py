@@ -118,7 +118,6 @@ def make_splits(cases: Sequence[str], scheme: str, *, seed: int = 0, k: int = 5,
     raise DataError(f"unknown split scheme {scheme!r} (valid: loocv, kfold, holdout)")
 
 
-
 # ------------------------------------------------------------------------------ slice-level k-fold
 @dataclass
 class SliceFold:

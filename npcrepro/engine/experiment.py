@@ -294,7 +294,8 @@ def _save_half_budget(trainer, event, info) -> None:
     if event != "iteration" or trainer.run is None or not trainer.run.writer:
         return
     last = len(trainer.stages) - 1
-    if info["stage"] == last and trainer.state.stage_iteration == max(1, trainer.stage_budget(trainer.stages[last]) // 2):
+    middle = max(1, trainer.stage_budget(trainer.stages[last]) // 2)
+    if info["stage"] == last and trainer.state.stage_iteration == middle:
         import torch
 
         torch.save(trainer.raw_model.state_dict(), trainer.run.path / "model_half.pt")

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from npcrepro.datasets.case import Case
+from npcrepro.phantom.scanners import HU_CHANNELS
 
 #: Contour colours: targets warm, organs at risk cool.
 CONTOURS = {
@@ -19,9 +20,6 @@ CONTOURS = {
     "OpticNerve_R": ("lime", "-"), "Chiasm": ("lime", "-"),
 }
 CT_WINDOW = (-160.0, 240.0)  # soft-tissue window: level 40, width 400 HU
-#: Channels in HU shown with :data:`CT_WINDOW`: the same window for both CTs, so that what contrast
-#: adds shows as brightness (vessels, mucosa, tumour) and not as a rescaled grey scale.
-HU_CHANNELS = ("CT", "CECT")
 
 
 def tumour_slice(case: Case) -> int:
@@ -30,7 +28,7 @@ def tumour_slice(case: Case) -> int:
 
 
 def _window(case: Case, channel: str) -> tuple[float, float]:
-    if channel in HU_CHANNELS:
+    if channel in HU_CHANNELS:  # both CTs in one window: what contrast adds shows as brightness
         return CT_WINDOW
     img = case.images[channel]
     body = case.labels.get("Body")

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from npcrepro.losses import DiceCELoss as CommonLoss
+from npcrepro.phantom.scanners import HU_CHANNELS
 
 __all__ = ["CT_WINDOW", "normaliser", "samples", "foreground", "with_channel", "CommonLoss"]
 
@@ -16,14 +17,14 @@ CT_WINDOW = (-200.0, 300.0)
 
 
 def normaliser(channels: Sequence[str]) -> dict:
-    """Per-channel normalisation: CT and CECT windowed to :data:`CT_WINDOW` and scaled to [0, 1]; every other
+    """Per-channel normalisation: the CTs (CT, CECT) windowed to :data:`CT_WINDOW`, scaled to [0, 1]; every other
     channel z-scored per patient; ``coarse`` (a cascade's input) untouched."""
     lo, hi = CT_WINDOW
 
     def ct(a):
         return (np.clip(a, lo, hi) - lo) / (hi - lo)
 
-    return {c: (ct if c in ("CT", "CECT") else None if c == "coarse" else "zscore") for c in channels}
+    return {c: (ct if c in HU_CHANNELS else None if c == "coarse" else "zscore") for c in channels}
 
 
 def samples(cases, channels: Sequence[str], P: Mapping[str, Any], dims: str, seed: int):

@@ -216,6 +216,7 @@ def with_maskrcnn(results, rows):
     info = dict(results.info)
     info["methods"] = [m for m in info.get("methods", []) if m.get("name") != METHOD] + [
         {"name": METHOD, "label": LABEL, "info": {"model": "torchvision maskrcnn", **rows.attrs.get("sizes", {})}}]
+
     def plain(df):
         df = df.copy()
         df.attrs = {}

@@ -12,7 +12,7 @@ from npcrepro.chapters.xue2020.methods import METHODS, MODELS, build_model
 from npcrepro.chapters.xue2020.prepare import CT_WINDOW, TARGET, source_structures, xue_case
 
 __all__ = ["PAPER", "METRICS", "NOT_LEARNED_LOSS", "COLOURS", "labelled", "data_label", "reference_cases",
-           "run_channel", "channel_text", "CHANNEL_WORDS", "recipe_table", "architecture_table",
+           "run_channel", "channel_text", "recipe_table", "architecture_table",
            "parameter_table", "comparison", "p_value_table",
            "timing_table", "training_table", "case_table", "training_note", "headline", "fig_target",
            "fig_boxplots", "fig_contours", "fig_curves"]
@@ -57,14 +57,13 @@ def run_channel(params) -> str:
     return str(params.get("channel") or "CT")
 
 
-#: How the book names each CT channel.
-CHANNEL_WORDS = {"CECT": "contrast-enhanced CT (CECT, venous phase)", "CT": "non-contrast CT"}
-
-
 def channel_text(params) -> str:
-    """The run's CT in words, e.g. "contrast-enhanced CT (CECT, venous phase)"."""
+    """The run's CT in words (:data:`npcrepro.chapters.CT_CHANNELS`), e.g. "contrast-enhanced CT (CECT,
+    venous phase)"."""
+    from npcrepro.chapters import CT_CHANNELS
+
     ch = run_channel(params)
-    return CHANNEL_WORDS.get(ch, ch)
+    return CT_CHANNELS.get(ch, ch)
 
 
 def data_label(results) -> str:
