@@ -144,3 +144,25 @@ def test_half_budget_weights_are_the_middle_of_the_last_stage(tmp_path, budgets,
                       device="cpu", progress=False, seed=0, run=run, callbacks=[_save_half_budget, spy])
     trainer.fit()
     assert seen == [saved_at]
+
+
+def test_half_budget_weights_of_a_part_load_into_that_part(tmp_path):
+    """A job that trains one part of its network (guo2021's CSCN trains ACDNet on a BUNet trained by
+    another job) saves that part at half its budget: it is scored with the other parts as final.
+    Two parts of the same shapes are ambiguous, and then there is no half-budget model."""
+    from types import SimpleNamespace
+
+    from npcrepro.engine.experiment import _half_budget_model
+
+    net = torch.nn.ModuleDict({"coarse": torch.nn.Linear(2, 3), "fine": torch.nn.Linear(3, 1)})
+    half_fine = torch.nn.Linear(3, 1)
+    torch.save(half_fine.state_dict(), tmp_path / "model_half.pt")
+    ctx = SimpleNamespace(run=SimpleNamespace(path=tmp_path))
+    half = _half_budget_model(None, None, net, ctx)
+    assert torch.equal(half["fine"].weight, half_fine.weight)
+    assert torch.equal(half["coarse"].weight, net["coarse"].weight) and half is not net
+    assert not torch.equal(net["fine"].weight, half_fine.weight)  # the final network is untouched
+    twins = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 1), "b": torch.nn.Linear(3, 1)})
+    assert _half_budget_model(None, None, twins, ctx) is None
+    (tmp_path / "model_half.pt").unlink()
+    assert _half_budget_model(None, None, net, ctx) is None

@@ -286,7 +286,9 @@ class Chapter:
 
 def _save_half_budget(trainer, event, info) -> None:
     """Trainer callback: keep the weights at half the trainer's budget as ``model_half.pt`` in its
-    run folder (the runner scores them to show whether the network had converged).
+    run folder (the runner scores them to show whether the network had converged). They are the
+    weights the trainer would score (:meth:`Trainer.scored_state`): the moving average when it
+    averages (``ema``), as the final network is, so that half and full budget compare alike.
 
     With several stages (li2018's stepwise scheme, a warm-up stage), "half the budget" is the middle
     of the *last* stage: earlier stages train other outputs or a different objective, so the network
@@ -298,23 +300,34 @@ def _save_half_budget(trainer, event, info) -> None:
     if info["stage"] == last and trainer.state.stage_iteration == middle:
         import torch
 
-        torch.save(trainer.raw_model.state_dict(), trainer.run.path / "model_half.pt")
+        torch.save(trainer.scored_state(), trainer.run.path / "model_half.pt")
 
 
 def _half_budget_model(chapter: Chapter, method: Method, model, ctx: JobContext):
-    """The network as it was at half its budget (the newest ``model_half.pt`` of the job whose
-    parameters are the final network's), or None when training ended before half its budget."""
+    """The network as it was at half its budget (the newest ``model_half.pt`` of the job), or None
+    when training ended before half its budget.
+
+    The half-budget weights are those of the network the job's trainer trained: the whole final
+    network, or one named part of it when the job trains only that part (guo2021's CSCN trains its
+    ACDNet on a BUNet trained by another job); the other parts then keep their final weights."""
     import copy
 
     import torch
 
-    keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    def shapes(sd) -> dict:
+        return {k: tuple(v.shape) for k, v in sd.items()}
+
+    parts = {name: shapes(sub.state_dict()) for name, sub in model.named_modules()}
     for path in sorted(ctx.run.path.rglob("model_half.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if {k: tuple(v.shape) for k, v in state.items()} == keys:
-            net = copy.deepcopy(model)
-            net.load_state_dict(state)
-            return net.eval()
+        found = shapes(state)
+        matches = [name for name, keys in parts.items() if keys and keys == found]
+        if not matches or (matches[0] != "" and len(matches) > 1):  # none, or two alike parts
+            continue
+        part = matches[0]
+        net = copy.deepcopy(model)
+        net.get_submodule(part).load_state_dict(state)
+        return net.eval()
     return None
 
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from npcrepro.engine import distributed as D
+from npcrepro.engine.averaging import WeightAverage
 from npcrepro.engine.data import epoch_plan, item_rng
 from npcrepro.engine.device import (configure_determinism, conv_memory_format, resolve_device, rng_state,
                                     set_rng_state)
@@ -354,6 +355,11 @@ class Trainer:
         Run at most this many iterations per stage (the dry run: 2), whatever the stage's budget.
     val_item_cap : int, optional
         Validate on at most this many items (the first ones; the dry run: one batch).
+    ema : float
+        Decay of a moving average of the weights within each stage
+        (:class:`npcrepro.engine.averaging.WeightAverage`; 0: off). The averaged weights are the
+        trained network at the end (unless best-validation weights are restored) and what
+        :attr:`scored_state` returns during training (the runner's half-budget copy).
     probe : bool
         At the start of every stage (the dry run), measure one training step at the first batch
         (:meth:`_probe`): FLOPs of forward and backward (``torch.utils.flop_counter``), bytes of the
@@ -371,7 +377,7 @@ class Trainer:
                  callbacks: Iterable[Callable] = (), max_iterations_this_session: int | None = None,
                  restore_best: bool | str = "auto", find_unused_parameters: bool = False,
                  stage_iteration_cap: int | None = None, val_item_cap: int | None = None,
-                 probe: bool = False, **stage_kwargs):
+                 probe: bool = False, ema: float = 0.0, **stage_kwargs):
         unknown = set(stage_kwargs) - _STAGE_FIELDS
         if unknown:
             raise ParameterError(f"Trainer: unknown argument(s) {sorted(unknown)} (Stage takes: "
@@ -411,6 +417,10 @@ class Trainer:
         self.stage_iteration_cap = None if stage_iteration_cap is None else int(stage_iteration_cap)
         self.val_item_cap = int(val_item_cap) if val_item_cap else None
         self.probe = bool(probe)
+        if not 0.0 <= float(ema) < 1.0:
+            raise ParameterError(f"Trainer: ema must be in [0, 1) (0: off), got {ema}")
+        self.ema = float(ema)
+        self.average: WeightAverage | None = None
         self._iterations_per_epoch_given = bool(iterations_per_epoch)
         self.state = TrainState()
         self.rows: list[dict] = []
@@ -425,6 +435,11 @@ class Trainer:
     @property
     def raw_model(self) -> nn.Module:
         return self.model
+
+    def scored_state(self) -> dict:
+        """The weights that would be scored now: the moving average when ``ema`` is on, else the
+        model's own (a state dict; its tensors are live, so copy before changing the model)."""
+        return self.average.weights if self.average is not None else self.raw_model.state_dict()
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -542,6 +557,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.trainable, stage.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.average is not None:
+            self.average.update(self.model)
         return loss.detach(), int(x.shape[0])
 
     def _probe(self, batch, stage: Stage, si: int) -> dict:
@@ -648,12 +665,23 @@ class Trainer:
     @torch.no_grad()
     def evaluate_loss(self, dataset=None, stage: Stage | None = None) -> float | None:
         """Mean loss over ``dataset`` (default the validation set), items weighted equally, pooled
-        over ranks."""
+        over ranks; of the averaged weights when ``ema`` is on (the network that is kept)."""
         dataset = self.val_data if dataset is None else dataset
         if dataset is None:
             return None
         if not self._ready:
             self._setup()
+        if self.average is None:
+            return self._evaluate_loss(dataset, stage)
+        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.average.weights)
+        try:
+            return self._evaluate_loss(dataset, stage)
+        finally:
+            self.model.load_state_dict(own)
+
+    @torch.no_grad()
+    def _evaluate_loss(self, dataset, stage: Stage | None) -> float | None:
         stage = stage or self.stages[min(self.state.stage, len(self.stages) - 1)]
         loss_fn = self._loss_fn(stage)
         was_training = self.model.training
@@ -694,6 +722,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "average": self.average.state_dict() if self.average is not None else None,
             "rng": self._gather_rng(),
             "state": asdict(self.state),
             "history": to_jsonable(self.rows),  # plain types: the checkpoint loads weights_only
@@ -791,10 +820,13 @@ class Trainer:
                 si = self.state.stage
                 stage = self.stages[si]
                 self._enter_stage(si)
+                self.average = WeightAverage(self.model, self.ema) if self.ema else None
                 if ck is not None and ck["state"]["stage"] == si:
                     self.optimizer.load_state_dict(ck["optimizer"])
                     self.schedule.load_state_dict(ck["schedule"])
                     self.scaler.load_state_dict(ck["scaler"])
+                    if self.average is not None and ck.get("average"):
+                        self.average.load_state_dict(ck["average"])
                     rngs = ck["rng"]
                     set_rng_state(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
                     ck = None
@@ -836,12 +868,16 @@ class Trainer:
         last_stage = self.stages[-1]
         want_best = (self.restore_best is True or (self.restore_best == "auto"
                                                   and last_stage.early_stopping is not None))
+        best = None
         if want_best and self.val_data is not None:
             best = self._best_state
             if best is None and self.checkpoint_dir is not None and (self.checkpoint_dir / "checkpoint_best.pt").exists():
-                best = load_checkpoint(self.checkpoint_dir / "checkpoint_best.pt", self.device)["model"]
+                ck = load_checkpoint(self.checkpoint_dir / "checkpoint_best.pt", self.device)
+                best = (ck.get("average") or {}).get("weights") or ck["model"]  # averaged, if it was
             if best is not None:
                 self.model.load_state_dict(best)
+        if best is None and self.average is not None:
+            self.model.load_state_dict(self.average.weights)
         self.save_checkpoint("last")
         d = self.checkpoint_dir
         if d is not None:
@@ -914,7 +950,7 @@ class Trainer:
                         if val < st.best - stage.min_delta:
                             st.best, st.best_iteration, st.bad_evals = val, st.iteration, 0
                             self._best_state = {k: v.detach().clone().cpu()
-                                                for k, v in self.model.state_dict().items()}
+                                                for k, v in self.scored_state().items()}
                             self.save_checkpoint("best")
                         else:
                             st.bad_evals += 1

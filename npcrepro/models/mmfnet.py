@@ -153,8 +153,11 @@ def _pool(x: torch.Tensor, kind: str, dims: tuple[int, ...]) -> torch.Tensor:
     if kind == "max":
         return x.amax(dims, keepdim=True)
     # Eq. 10: root of the mean squared deviation; in float32 (under autocast half precision loses
-    # the small variances of deep features and the epsilon)
-    var = x.float().var(dims, unbiased=False, keepdim=True)
+    # the small variances of deep features and the epsilon). Two passes (the mean, then the mean
+    # squared deviation from it) equal torch.var(unbiased=False) to float rounding and run 4 to 8
+    # times faster on the CPU than its one-pass kernel, which was a quarter of MMFNet's inference.
+    x32 = x.float()
+    var = (x32 - x32.mean(dims, keepdim=True)).square().mean(dims, keepdim=True)
     return torch.sqrt(var + STD_EPS).to(x.dtype)
 
 

@@ -12,15 +12,15 @@ ALL_METHODS = ["unet_ct", "deeplab_ct", "luo_ours_ct", "fcn8_ct", "unet_cet1", "
 #: network per iteration and no paper's claim or proposed method.
 GPU_ONLY = ["vnet"]
 
-_COMMON = dict(lr=2e-3, schedule="cosine", warmup=0.1, grad_clip=1.0, fg_prob=0.5, background_fraction=0.5,
+_COMMON = dict(lr=2e-3, schedule="cosine", warmup=0.1, grad_clip=1.0, ema=0.0, fg_prob=0.5, background_fraction=0.5,
                threshold=0.5, nsd_mm=2.0, overlap=0.25, n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp",
                external=[], threads=None, ct_channel="CT")
 
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=5, n_test=2, iterations_2d=4, iterations_3d=3, batch_2d=4, batch_3d=2,
                   crop_2d=[64, 64], patch_3d=[8, 32, 32], width=0.25, workers=2, real_cases=0),
-    "cpu": dict(_COMMON, n_cases=20, n_test=8, iterations_2d=320, iterations_3d=240, batch_2d=8, batch_3d=2,
-                crop_2d=[96, 96], patch_3d=[16, 48, 48], width=0.5, workers=2, real_cases=0, seeds=2,
+    "cpu": dict(_COMMON, n_cases=20, n_test=8, iterations_2d=640, iterations_3d=240, batch_2d=8, batch_3d=2,
+                crop_2d=[64, 64], patch_3d=[16, 48, 48], width=0.5, workers=2, real_cases=0, seeds=2,
                 methods=[m for m in ALL_METHODS if m not in GPU_ONLY]),
     "gpu": dict(_COMMON, seeds=3, n_cases=100, n_test=25, iterations_2d=20000, iterations_3d=20000, batch_2d=16,
                 batch_3d=2, crop_2d=[256, 256], patch_3d=[32, 160, 160], width=1.0, workers=1,
@@ -48,6 +48,8 @@ HELP = {
     "schedule": "learning-rate schedule of every method over its budget (cosine, poly or constant)",
     "warmup": "share of the budget spent ramping the learning rate linearly up from 0",
     "grad_clip": "gradient-norm clipping of every method (0: off)",
+    "ema": "decay of the moving average of every method's weights that is scored (0: off; 0.99 "
+           "averages over about the last 100 iterations)",
     "fg_prob": "share of crops/patches centred on tumour",
     "background_fraction": "2D: slices without tumour per slice with tumour",
     "threshold": "probability threshold of the predicted masks",

@@ -190,7 +190,7 @@ class Leaderboard(Chapter):
         batch = int(P["batch_2d" if m.dims == "2d" else "batch_3d"])
         trainer = Trainer(net, CommonLoss(), samples(train, channels, P, m.dims, ctx.seed), batch_size=batch,
                           iterations=iters, optimizer="adam", lr=float(P["lr"]), schedule=schedule(P, iters),
-                          grad_clip=float(P["grad_clip"]) or None, amp=ctx.device != "cpu",
+                          grad_clip=float(P["grad_clip"]) or None, ema=float(P["ema"]), amp=ctx.device != "cpu",
                           restore_best=False, **ctx.trainer_args())
         try:
             history = ctx.fit(trainer)
