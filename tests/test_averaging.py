@@ -37,6 +37,12 @@ def test_bad_decay_is_refused():
     cases = [blob_case(i, (6, 32, 32)) for i in range(4)]
     with pytest.raises(ParameterError, match="ema"):
         _tiny_trainer(cases, ema=1.0)
+    from npcrepro import profiles
+
+    for bad in (1.0, -0.5):  # the leaderboard's parameter is refused before anything runs
+        with pytest.raises(ParameterError, match="'ema'"):
+            profiles.resolve("leaderboard", "cpu", ema=bad)
+    assert profiles.resolve("leaderboard", "cpu", ema=0.98)["ema"] == 0.98
 
 
 @pytest.fixture(scope="module")

@@ -359,7 +359,7 @@ class Trainer:
         Decay of a moving average of the weights within each stage
         (:class:`npcrepro.engine.averaging.WeightAverage`; 0: off). The averaged weights are the
         trained network at the end (unless best-validation weights are restored) and what
-        :attr:`scored_state` returns during training (the runner's half-budget copy).
+        :meth:`scored_state` returns during training (the runner's half-budget copy).
     probe : bool
         At the start of every stage (the dry run), measure one training step at the first batch
         (:meth:`_probe`): FLOPs of forward and backward (``torch.utils.flop_counter``), bytes of the
