@@ -15,7 +15,7 @@ import pandas as pd
 
 from npcrepro import transforms as T
 from npcrepro.chapters.luo2020.methods import METHODS, build_method, method_label
-from npcrepro.chapters.luo2020.prepare import CT_WINDOW, STRUCTURES, centre_box, labelled_slices
+from npcrepro.chapters.luo2020.prepare import STRUCTURES, centre_box, labelled_slices
 from npcrepro.errors import DataError, ParameterError
 
 #: The paper's two claims as pairs of methods (better, baseline) that differ in one component only.
@@ -313,12 +313,14 @@ def per_structure_table(results, metric: str = "dice") -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------- figures
+#: Grey levels (HU) of the overlay figures, wide enough to show bone and air beside soft tissue.
+_DISPLAY_WINDOW = (-500.0, 500.0)
 _COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
             "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#800000", "#aaffc3", "#808000"]
 
 
 def _overlay(ax, image, masks, structures, title):
-    ax.imshow(image, cmap="gray", vmin=CT_WINDOW[0] / 2, vmax=CT_WINDOW[1] / 2)
+    ax.imshow(image, cmap="gray", vmin=_DISPLAY_WINDOW[0], vmax=_DISPLAY_WINDOW[1])
     for k, _ in enumerate(structures):
         if masks[k].any():
             ax.contour(masks[k], levels=[0.5], colors=[_COLOURS[k % len(_COLOURS)]], linewidths=1.0)
@@ -373,7 +375,7 @@ def fig_qualitative(results, fold: int = 0):
         pred = [results.prediction(key, name, s) for s in structures]
         if all(p is not None for p in pred):
             panels.append((results.label(key), np.stack([cut(p[z]) for p in pred])))
-    image = cut(case.images["CT"][z], fill=CT_WINDOW[0])
+    image = cut(case.images["CT"][z], fill=-1000.0)  # air around a crop
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.0), squeeze=False)
     for ax, (title, masks) in zip(axes[0], panels):
         _overlay(ax, image, masks, structures, f"{title}\n{name} z={z}" if title == "reference" else title)
