@@ -13,7 +13,7 @@ PROFILES = {
                   real_image_size=[64, 64], threads=1, split_audit_folds=1),
     "cpu": dict(_COMMON, n_cases=20, max_folds=1, image_size=[96, 80], stage1_widths=[8, 16, 32, 64, 64],
                 stage2_widths=[8, 16, 32], fcn_widths=[8, 16, 32, 64, 64], fcn_channels=64, batch_size=8,
-                iterations=800, lr=3e-3, infer_batch=32, real_cases=6, real_iterations=100,
+                iterations=600, lr=3e-3, infer_batch=32, real_cases=6, real_iterations=100,
                 real_image_size=[64, 64], threads=1, split_audit_folds=1),
     "gpu": dict(_COMMON, n_cases=124, max_folds=5, image_size=None, stage1_widths=[32, 64, 128, 256, 512],
                 stage2_widths=[32, 64, 128], fcn_widths=[64, 128, 256, 512, 512], fcn_channels=1024,
