@@ -220,6 +220,29 @@ def test_profiles_follow_the_paper_recipe():
         profiles.resolve("xue2020", "cpu", target="everything")
 
 
+def test_output_prior_initialisation():
+    """cpu: both networks' output layer starts at probability 0.01 (bias logit(0.01)), in the chapter and
+    in the leaderboard's copy; gpu keeps the layers' default (bias near 0); a prior outside (0, 1) fails."""
+    import math
+
+    cpu, gpu = profiles.resolve("xue2020", "cpu"), profiles.resolve("xue2020", "gpu")
+    assert cpu.prior == 0.01 and gpu.prior is None
+    logit = math.log(0.01 / 0.99)
+    torch.manual_seed(0)
+    for label in ("DeepLabv3+", "U-Net"):
+        head = M.build_model(label, cpu.replace(unet_widths=[4, 8, 16, 32, 64]), pixel_mm=2.0).head
+        assert torch.allclose(head.bias.detach(), torch.full_like(head.bias, logit))
+        assert float(head.weight.detach().abs().max()) < 0.06  # N(0, 0.01): 6 sd
+    net = M.network("DeepLabv3+", width=0.25, in_channels=1, profile="cpu").eval()
+    with torch.no_grad():
+        p = torch.sigmoid(net(torch.randn(2, 1, 64, 64)))
+    assert 0.005 < float(p.mean()) < 0.02
+    default = M.build_model("DeepLabv3+", gpu.replace(deeplab_width=0.25), pixel_mm=0.98).head
+    assert abs(float(default.bias.detach().mean())) < 1.0
+    with pytest.raises(ParameterError, match="prior"):
+        M.build_model("U-Net", cpu.replace(prior=1.5, unet_widths=[4, 8, 16, 32, 64]))
+
+
 def test_split_sizes_scale_down():
     P = profiles.resolve("xue2020", "cpu")
     assert X.split_sizes(20, P) == (5, 3)

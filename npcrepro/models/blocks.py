@@ -7,6 +7,7 @@ parameters in run folders): ``norm`` in {"batch", "instance", "group", None}, ``
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -17,7 +18,7 @@ from npcrepro.errors import ParameterError
 
 __all__ = ["conv", "conv_transpose", "max_pool", "avg_pool", "norm_layer", "act_layer", "dropout_layer",
            "ConvNormAct", "DoubleConv", "ResidualBlock", "Down", "Up", "pad_to_multiple", "crop_to",
-           "init_weights"]
+           "init_weights", "init_output"]
 
 NORMS = ("batch", "instance", "group", None)
 ACTS = ("relu", "leaky", "prelu", "elu", "gelu", None)
@@ -219,3 +220,21 @@ def init_weights(module: nn.Module, scheme: str = "kaiming", std: float = 0.01) 
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     return module
+
+
+def init_output(layer: nn.Module, prior: float | None = 0.01, std: float = 0.01) -> nn.Module:
+    """Initialise an output convolution for a sigmoid: weights N(0, ``std``), bias ``logit(prior)``.
+
+    Starting every voxel at a small foreground probability (RetinaNet's prior) lets a Dice loss leave
+    its initial plateau sooner than a default-initialised layer that starts near 0.5, or a
+    He-initialised one whose logits of several units saturate the sigmoid (chen2020's networks, and
+    xue2020's at cpu). ``prior=None`` leaves the layer as it is.
+    """
+    if prior is None:
+        return layer
+    if not 0 < prior < 1:
+        raise ParameterError(f"output prior must be in (0, 1), got {prior}")
+    nn.init.normal_(layer.weight, 0.0, std)
+    if layer.bias is not None:
+        nn.init.constant_(layer.bias, math.log(prior / (1 - prior)))
+    return layer

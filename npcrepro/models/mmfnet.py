@@ -93,7 +93,7 @@ from torch import nn
 
 from npcrepro.errors import ParameterError
 from npcrepro.models import register
-from npcrepro.models.blocks import ConvNormAct, conv, init_weights
+from npcrepro.models.blocks import ConvNormAct, conv, init_output, init_weights
 
 __all__ = [
     "POOLS", "FUSIONS", "ChannelAttention3d", "SpatialAttention3d", "ResidualFusion", "FusionBlock",
@@ -118,24 +118,6 @@ def scaled(widths: Sequence[int], width: float) -> tuple[int, ...]:
     if not (width > 0 and math.isfinite(width)):
         raise ParameterError(f"width multiplier must be positive, got {width!r}")
     return tuple(max(1, int(round(w * width))) for w in widths)
-
-
-def init_output(layer: nn.Module, prior: float | None = 0.01, std: float = 0.01) -> nn.Module:
-    """Initialise an output convolution for a sigmoid: weights N(0, ``std``), bias ``logit(prior)``.
-
-    The paper does not state its initialisation. Starting every voxel at a small foreground
-    probability (RetinaNet's prior) lets the Dice loss leave its initial plateau sooner than a
-    default-initialised layer that starts near 0.5, or a He-initialised one whose logits of several
-    units saturate the sigmoid. ``prior=None`` leaves the layer as it is.
-    """
-    if prior is None:
-        return layer
-    if not 0 < prior < 1:
-        raise ParameterError(f"output prior must be in (0, 1), got {prior}")
-    nn.init.normal_(layer.weight, 0.0, std)
-    if layer.bias is not None:
-        nn.init.constant_(layer.bias, math.log(prior / (1 - prior)))
-    return layer
 
 
 def _check_pools(pools: Sequence[str], what: str) -> tuple[str, ...]:

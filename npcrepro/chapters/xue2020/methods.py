@@ -47,19 +47,24 @@ def aspp_rates_for(pixel_mm: float | None, scale: bool = True) -> tuple[int, ...
 
 def build_model(label: str, P: Mapping, in_channels: int = 1, pixel_mm: float | None = None) -> nn.Module:
     """``"DeepLabv3+"`` or ``"U-Net"`` at the sizes of ``P`` (one output: the target's logit).
-    ``pixel_mm`` (the data's in-plane pixel size) sets the ASPP rates when ``P.scale_aspp``."""
+    ``pixel_mm`` (the data's in-plane pixel size) sets the ASPP rates when ``P.scale_aspp``; ``P.prior``
+    (when set) the output layer's initial foreground probability (:func:`~npcrepro.models.blocks.init_output`)."""
     import npcrepro.models.deeplab  # noqa: F401  (registers xue2020_deeplabv3plus)
     import npcrepro.models.unet  # noqa: F401
     from npcrepro.models import build
+    from npcrepro.models.blocks import init_output
 
     if label not in MODELS:
         raise ParameterError(f"unknown xue2020 model {label!r} (valid: {', '.join(MODELS)})")
     if label == "DeepLabv3+":
         rates = aspp_rates_for(pixel_mm, bool(P.get("scale_aspp", True)))
         os_ = int(P["output_stride"])
-        return build(MODELS[label], in_channels=in_channels, n_classes=1, output_stride=os_,
-                     width=float(P["deeplab_width"]), aspp_rates=[r * 16 // os_ for r in rates])
-    return build(MODELS[label], in_channels=in_channels, n_classes=1, widths=list(P["unet_widths"]))
+        model = build(MODELS[label], in_channels=in_channels, n_classes=1, output_stride=os_,
+                      width=float(P["deeplab_width"]), aspp_rates=[r * 16 // os_ for r in rates])
+    else:
+        model = build(MODELS[label], in_channels=in_channels, n_classes=1, widths=list(P["unet_widths"]))
+    init_output(model.head, P.get("prior"))
+    return model
 
 
 def network(name: str, *, width: float, in_channels: int, profile: str = "cpu",
@@ -68,14 +73,14 @@ def network(name: str, *, width: float, in_channels: int, profile: str = "cpu",
     ``profile``, at width multiplier ``width``, for the leaderboard. DeepLabv3+ takes the recipe's
     output stride and ASPP scaling with MobileNetV2 width ``deeplab_width * width`` and the ASPP rates
     of ``pixel_mm`` pixels (the leaderboard's phantom: 2 mm); the U-Net the recipe's widths times
-    ``width`` (at least 4 channels)."""
+    ``width`` (at least 4 channels); both with the recipe's output initialisation (``prior``)."""
     from npcrepro.recipes import load
 
     sizes = load("xue2020").PROFILES.get(profile)
     if sizes is None:
         raise ParameterError(f"unknown profile {profile!r} for xue2020 (valid: smoke, cpu, gpu)")
     label = METHODS.get(name, name)
-    P = {"output_stride": sizes["output_stride"], "scale_aspp": sizes["scale_aspp"],
+    P = {"output_stride": sizes["output_stride"], "scale_aspp": sizes["scale_aspp"], "prior": sizes["prior"],
          "deeplab_width": float(sizes["deeplab_width"]) * float(width),
          "unet_widths": [max(4, int(round(c * width))) for c in sizes["unet_widths"]]}
     return build_model(label, P, in_channels, pixel_mm=pixel_mm)
