@@ -98,9 +98,9 @@ CHOICES = {
     "structure mapping": "locref -> GTVp, CTV2 -> CTVp, the other twelve by name (phantom names)",
     "overlapping targets": "one sigmoid output per structure (multi-label); each thresholded at 0.5",
     "CT normalisation": "clip to -200..300 HU (the book's soft-tissue window, as in xue2020 and the "
-                        "leaderboard), scale to [0, 1]. Over -1000..1000 HU the 5 HU between tumour and "
-                        "muscle are 0.25 % of the input's span: at cpu (U-Net and Ours, fold 0, 200 "
-                        "iterations) no network found the GTVp, and with the soft-tissue window Ours did",
+                        "leaderboard), scale to [0, 1]. Over -1000..1000 HU (this chapter's window "
+                        "until 2026-11) the 5 HU between tumour and muscle are 0.25 % of the input's "
+                        "span; the soft-tissue window makes them 1 %",
     "cross-validation unit": "patients (5 folds); slices of a patient never straddle train and test. The "
                              "paper does not say; its 7112/1777 of 8889 slices is exactly 80/20, what a "
                              "k-fold over the pooled slices gives. The split audit re-runs split_audit_methods "

@@ -71,9 +71,10 @@ def build_method(key: str, P: Mapping[str, Any], n_classes: int, in_channels: in
 
 
 def network(name: str, *, width: float = 1.0, in_channels: int = 1, profile: str = "cpu"):
-    """The leaderboard's network ``name`` ("ours" or "fcn8"): one output, the widths of this chapter's
-    recipe at ``profile``, default output initialisation (``prior`` None). ``width`` is accepted for the
-    leaderboard's one signature and, as before, not applied: the recipe's widths are used as they are."""
+    """The leaderboard's network ``name`` ("ours" or "fcn8"): one output, the widths and the output
+    initialisation (``prior``) of this chapter's recipe at ``profile``, as the chapter builds it.
+    ``width`` is accepted for the leaderboard's one signature and, as before, not applied: the recipe's
+    widths are used as they are."""
     from npcrepro import recipes
 
     if name not in ("ours", "fcn8"):
@@ -81,7 +82,7 @@ def network(name: str, *, width: float = 1.0, in_channels: int = 1, profile: str
     sizes = recipes.load("luo2020").PROFILES.get(profile)
     if sizes is None:
         raise ParameterError(f"unknown profile {profile!r} for luo2020")
-    return build_method(name, {**sizes, "prior": None}, 1, in_channels)
+    return build_method(name, sizes, 1, in_channels)
 
 
 def prior_init(model, prior: float = 0.01):

@@ -46,7 +46,7 @@ OPENKBP_STRUCTURES = ("Brainstem", "SpinalCord", "Parotid_L", "Parotid_R", "Mand
 
 #: CT intensity window (HU) mapped to [0, 1]; the paper states no normalisation. The book's
 #: soft-tissue window (xue2020's and the leaderboard's): over -1000..1000 HU the 5 HU between tumour
-#: and muscle are 0.25 % of the input's span, and at cpu the networks found no GTVp (see CHOICES).
+#: and muscle would be 0.25 % of the input's span (see the recipe's CHOICES).
 CT_WINDOW = (-200.0, 300.0)
 
 
