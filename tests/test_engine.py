@@ -3,6 +3,7 @@ run folders, cross-validation, dispatch, and profiles/parameters."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -70,6 +71,25 @@ def test_schedules_of_the_papers():
     assert make_schedule("cosine", total=10).factor_at(10, 0) == pytest.approx(0.0)
     assert make_schedule({"kind": "multistep", "milestones": [2, 4]}).factor_at(4, 0) == pytest.approx(0.01)
     assert make_schedule({"kind": "constant", "warmup": 4}).factor_at(1, 0) == 0.5
+
+
+def test_cosine_warm_restarts():
+    s = make_schedule({"kind": "cosine", "cycles": 2, "warmup": 2}, total=20)
+    # each cycle of 10: warm-up over 2, then the cosine decays to ~0 at its end
+    first = [s.factor_at(t, 0) for t in range(10)]
+    second = [s.factor_at(t, 0) for t in range(10, 20)]
+    assert first == pytest.approx(second)
+    assert first[0] == pytest.approx(0.5 * 0.5 * (1 + math.cos(0.0)))
+    assert first[5] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert first[9] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.9)))
+    assert s.factor_at(20, 0) == pytest.approx(0.0)  # past the end: the last cycle's end
+    assert make_schedule(s).describe()["cycles"] == 2
+    one = make_schedule({"kind": "cosine"}, total=20)
+    assert "cycles" not in one.describe() and one.factor_at(10, 0) == pytest.approx(0.5)
+    with pytest.raises(ParameterError, match="cycles"):
+        make_schedule({"kind": "exponential", "every": 5, "cycles": 2})
+    with pytest.raises(ParameterError, match="cycles"):
+        make_schedule({"kind": "cosine", "cycles": 0}, total=20)
 
 
 def test_plateau_schedule_xue2020():

@@ -146,6 +146,43 @@ def test_half_budget_weights_are_the_middle_of_the_last_stage(tmp_path, budgets,
     assert seen == [saved_at]
 
 
+def test_half_budget_weights_are_picked_as_the_final_ones(tmp_path):
+    """Where the trainer hands over its best-validation weights at the end, the half-budget copy is
+    the best-validation weights of the first half (not the weights caught at the middle)."""
+    import torch.nn.functional as F
+
+    from npcrepro.engine import RunFolder, SliceDataset, Stage, Trainer
+    from npcrepro.engine.experiment import _save_half_budget
+    from npcrepro.models import build
+    from conftest import disc_cases
+
+    snapshots = {}
+
+    def spy(trainer, event, info):
+        if event == "evaluation":
+            snapshots[info["iteration"]] = (info["val_loss"], {k: v.clone() for k, v in
+                                                               trainer.scored_state().items()})
+
+    torch.manual_seed(0)
+    data = SliceDataset(disc_cases(2, (4, 16, 16), 20), ["T1"], ["GTVp"], slices="all")
+    val = SliceDataset(disc_cases(3, (4, 16, 16), 20)[2:], ["T1"], ["GTVp"], slices="all")
+    run = RunFolder.create(tmp_path, "smoke", "half", "run")
+    trainer = Trainer(build("unet2d", in_channels=1, n_classes=1, widths=(4, 8)),
+                      lambda o, t: F.binary_cross_entropy_with_logits(o, t), data, val_data=val, batch_size=2,
+                      stages=[Stage("s", iterations=12, lr=5e-2, eval_every=2, early_stopping=100)],
+                      device="cpu", progress=False, seed=0, run=run, callbacks=[_save_half_budget, spy])
+    trainer.fit()
+    half = torch.load(run.path / "model_half.pt", weights_only=True)
+    first_half = {i: v for i, v in snapshots.items() if i <= 6}
+    best_iteration = min(first_half, key=lambda i: first_half[i][0])
+    assert best_iteration < 6  # else this case tests nothing: the best is the middle itself
+    for k, v in first_half[best_iteration][1].items():
+        assert torch.equal(half[k], v), k
+    overall = min(snapshots, key=lambda i: snapshots[i][0])  # the final network: the best of all
+    for k, v in snapshots[overall][1].items():
+        assert torch.equal(trainer.model.state_dict()[k], v), k
+
+
 def test_half_budget_weights_of_a_part_load_into_that_part(tmp_path):
     """A job that trains one part of its network (guo2021's CSCN trains ACDNet on a BUNet trained by
     another job) saves that part at half its budget: it is scored with the other parts as final.

@@ -2,6 +2,8 @@
 chapter contract."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -125,6 +127,21 @@ def test_ct_methods_read_the_runs_ct_channel():
     np.testing.assert_allclose(norm["CECT"](np.array([-1000.0, 50.0, 3000.0])), [0.0, 0.5, 1.0])
     with pytest.raises(ParameterError, match="ct_channel"):
         resolve("leaderboard", "smoke", ct_channel="MR")
+
+
+def test_common_schedule_warms_up_decays_and_restarts_on_request():
+    from npcrepro.chapters.leaderboard.methods import schedule
+    from npcrepro.engine.schedules import make_schedule
+
+    P = resolve("leaderboard", "cpu")
+    one = make_schedule(schedule(P, 640))
+    cosine = lambda t, n: 0.5 * (1 + math.cos(math.pi * t / n))  # noqa: E731
+    assert one.factor_at(0, 0) == pytest.approx(1 / 64) and one.factor_at(63, 0) == pytest.approx(cosine(63, 640))
+    assert one.factor_at(320, 0) == pytest.approx(0.5) and one.factor_at(640, 0) == pytest.approx(0.0)
+    two = make_schedule(schedule(P.replace(cycles=2), 640))  # warm restarts: each half a whole schedule
+    assert [two.factor_at(t, 0) for t in (0, 100, 319)] == pytest.approx([two.factor_at(t, 0) for t in (320, 420, 639)])
+    assert two.factor_at(319, 0) < 1e-3 and two.factor_at(320, 0) == pytest.approx(1 / 32)
+    assert schedule(P.replace(schedule="constant", warmup=0.0), 640) is None
 
 
 def test_holdout_is_seeded_disjoint_and_checked():

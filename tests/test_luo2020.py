@@ -250,8 +250,12 @@ def test_literal_schedule_underflows():
 def test_schedule_spec_modes():
     assert LM.schedule_spec({"lr_schedule": "literal"}, 300) == {"kind": "exponential", "every": 10, "gamma": 0.9}
     assert LM.schedule_spec({"lr_schedule": "scaled", "lr_decays": 10}, 300)["every"] == 30
+    cos = LM.schedule_spec({"lr_schedule": "cosine", "warmup": 0.1, "cycles": 2}, 300)
+    assert cos == {"kind": "cosine", "unit": "iteration", "total": 300, "warmup": 15, "cycles": 2}
+    assert "cosine decay to 0, 2 times" in LM.schedule_text({"lr_schedule": "cosine", "warmup": 0.1, "cycles": 2}, 300)
+    assert LM.schedule_text({"lr_schedule": "scaled", "lr_decays": 10}, 300) == "x0.9 every 30 iterations, 10 decays over the run"
     with pytest.raises(ParameterError):
-        LM.schedule_spec({"lr_schedule": "cosine"}, 300)
+        LM.schedule_spec({"lr_schedule": "plateau"}, 300)
 
 
 def test_loss_stagewise_and_batch_dice():
@@ -389,7 +393,7 @@ def test_profiles_resolve():
         P = profiles.resolve("luo2020", prof)
         assert P.k_folds == 5 and set(P.methods) <= set(LM.METHODS) and P.seeds == 1 and P.workers == 1
     with pytest.raises(ParameterError):
-        profiles.resolve("luo2020", "cpu", lr_schedule="cosine")
+        profiles.resolve("luo2020", "cpu", lr_schedule="plateau")
     with pytest.raises(ParameterError):
         LM.CHAPTER.methods(profiles.resolve("luo2020", "smoke", methods=["maskrcnn"]))
 

@@ -287,8 +287,9 @@ class Chapter:
 def _save_half_budget(trainer, event, info) -> None:
     """Trainer callback: keep the weights at half the trainer's budget as ``model_half.pt`` in its
     run folder (the runner scores them to show whether the network had converged). They are the
-    weights the trainer would score (:meth:`Trainer.scored_state`): the moving average when it
-    averages (``ema``), as the final network is, so that half and full budget compare alike.
+    weights the trainer would hand over if it stopped there (:meth:`Trainer.final_state`): the
+    best-validation weights so far where it restores those at the end, the moving average where it
+    averages (``ema``), so that half and full budget are picked by the same rule.
 
     With several stages (li2018's stepwise scheme, a warm-up stage), "half the budget" is the middle
     of the *last* stage: earlier stages train other outputs or a different objective, so the network
@@ -300,7 +301,7 @@ def _save_half_budget(trainer, event, info) -> None:
     if info["stage"] == last and trainer.state.stage_iteration == middle:
         import torch
 
-        torch.save(trainer.scored_state(), trainer.run.path / "model_half.pt")
+        torch.save(trainer.final_state(), trainer.run.path / "model_half.pt")
 
 
 def _half_budget_model(chapter: Chapter, method: Method, model, ctx: JobContext):

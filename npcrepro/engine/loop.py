@@ -359,7 +359,7 @@ class Trainer:
         Decay of a moving average of the weights within each stage
         (:class:`npcrepro.engine.averaging.WeightAverage`; 0: off). The averaged weights are the
         trained network at the end (unless best-validation weights are restored) and what
-        :meth:`scored_state` returns during training (the runner's half-budget copy).
+        :meth:`scored_state` returns during training.
     probe : bool
         At the start of every stage (the dry run), measure one training step at the first batch
         (:meth:`_probe`): FLOPs of forward and backward (``torch.utils.flop_counter``), bytes of the
@@ -864,18 +864,30 @@ class Trainer:
         vals = [(r["val_loss"], r["iteration"]) for r in self.rows if r.get("val_loss") is not None]
         return min(vals)[1] if vals else None
 
-    def _finish(self) -> None:
-        last_stage = self.stages[-1]
+    def _best_to_restore(self) -> dict | None:
+        """The best-validation weights so far (in memory, else ``checkpoint_best.pt``) when the
+        trainer restores them at the end (``restore_best``), else None."""
         want_best = (self.restore_best is True or (self.restore_best == "auto"
-                                                  and last_stage.early_stopping is not None))
-        best = None
-        if want_best and self.val_data is not None:
-            best = self._best_state
-            if best is None and self.checkpoint_dir is not None and (self.checkpoint_dir / "checkpoint_best.pt").exists():
-                ck = load_checkpoint(self.checkpoint_dir / "checkpoint_best.pt", self.device)
-                best = (ck.get("average") or {}).get("weights") or ck["model"]  # averaged, if it was
-            if best is not None:
-                self.model.load_state_dict(best)
+                                                  and self.stages[-1].early_stopping is not None))
+        if not want_best or self.val_data is None:
+            return None
+        best = self._best_state
+        if best is None and self.checkpoint_dir is not None and (self.checkpoint_dir / "checkpoint_best.pt").exists():
+            ck = load_checkpoint(self.checkpoint_dir / "checkpoint_best.pt", self.device)
+            best = (ck.get("average") or {}).get("weights") or ck["model"]  # averaged, if it was
+        return best
+
+    def final_state(self) -> dict:
+        """The weights training would hand over if it ended now: the best-validation weights where
+        the trainer restores them (``restore_best``), else :meth:`scored_state`. The runner's
+        half-budget copy is these, so that half and full budget are picked by the same rule."""
+        best = self._best_to_restore()
+        return best if best is not None else self.scored_state()
+
+    def _finish(self) -> None:
+        best = self._best_to_restore()
+        if best is not None:
+            self.model.load_state_dict(best)
         if best is None and self.average is not None:
             self.model.load_state_dict(self.average.weights)
         self.save_checkpoint("last")

@@ -19,6 +19,11 @@ plateau         x factor after ``patience`` evaluations without improvement  xue
 
 ``t`` counts iterations (``unit="iteration"``, default) or epochs (``unit="epoch"``) from the start of
 the training stage. ``warmup`` (in the same unit) ramps linearly from 0 to the rule's value.
+
+``cycles`` (poly and cosine only) restarts the rule, warm-up included, ``cycles`` times over ``total``
+(warm restarts, SGDR: Loshchilov & Hutter, ICLR 2017). With 2 cycles the network at half its budget
+has been annealed to the end of a whole schedule, so the runner's half-budget score is that of a
+finished shorter training, not of a network caught at half its learning rate.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import torch
 
 from npcrepro.errors import ParameterError
 
-__all__ = ["Schedule", "make_schedule", "make_optimizer", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["Schedule", "make_schedule", "make_optimizer", "cosine_cycles", "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "exponential", "multistep", "poly", "cosine", "plateau")
@@ -73,13 +78,15 @@ class Schedule:
     power : float
     factor, patience, threshold, cooldown, min_scale : plateau settings (``threshold`` relative).
     warmup : int
+    cycles : int
+        Warm restarts of poly/cosine: the rule and its warm-up run ``cycles`` times over ``total``.
     """
 
     def __init__(self, kind: str = "constant", *, unit: str = "iteration", step_size: int | None = None,
                  every: int | None = None, gamma: float = 0.1, staircase: bool = True,
                  milestones: Iterable[int] = (), total: int | None = None, power: float = 0.9,
                  factor: float = 0.1, patience: int = 10, threshold: float = 1e-4, cooldown: int = 0,
-                 min_scale: float = 0.0, warmup: int = 0):
+                 min_scale: float = 0.0, warmup: int = 0, cycles: int = 1):
         if kind not in SCHEDULES:
             raise ParameterError(f"unknown schedule {kind!r} (valid: {', '.join(SCHEDULES)})")
         if unit not in ("iteration", "epoch"):
@@ -93,6 +100,9 @@ class Schedule:
         self.total, self.power = total, float(power)
         self.factor, self.patience, self.threshold = float(factor), int(patience), float(threshold)
         self.cooldown, self.min_scale, self.warmup = int(cooldown), float(min_scale), int(warmup)
+        self.cycles = int(cycles)
+        if self.cycles < 1 or (self.cycles > 1 and kind not in ("poly", "cosine")):
+            raise ParameterError(f"schedule {kind!r}: cycles must be 1 (or more for poly and cosine), got {cycles}")
         # plateau state
         self.scale = 1.0
         self.best = math.inf
@@ -103,6 +113,13 @@ class Schedule:
     def factor_at(self, iteration: int, epoch: int) -> float:
         """Multiplier of the base lr at stage ``iteration``/``epoch`` (both counted from 0)."""
         t = iteration if self.unit == "iteration" else epoch
+        if self.cycles > 1 and self.total:  # warm restarts: the rule (and its warm-up) again each cycle
+            length = self.total / self.cycles
+            t = t - length * min(int(t // length), self.cycles - 1)
+            return self._factor(t, length)
+        return self._factor(t, self.total)
+
+    def _factor(self, t: float, total) -> float:
         k = self.kind
         if k == "constant" or k == "plateau":
             f = self.scale if k == "plateau" else 1.0
@@ -113,9 +130,9 @@ class Schedule:
         elif k == "multistep":
             f = self.gamma ** sum(1 for m in self.milestones if m <= t)
         elif k in ("poly", "cosine"):
-            if not self.total:
+            if not total:
                 raise ParameterError(f"schedule {k!r} needs total")
-            x = min(t / self.total, 1.0)
+            x = min(t / total, 1.0)
             f = (1 - x) ** self.power if k == "poly" else 0.5 * (1 + math.cos(math.pi * x))
         else:  # pragma: no cover
             raise AssertionError(k)
@@ -158,6 +175,8 @@ class Schedule:
             d.update(milestones=self.milestones, gamma=self.gamma)
         if self.kind in ("poly", "cosine"):
             d.update(total=self.total, power=self.power)
+            if self.cycles > 1:
+                d["cycles"] = self.cycles
         if self.kind == "plateau":
             d.update(factor=self.factor, patience=self.patience, threshold=self.threshold)
         if self.warmup:
@@ -192,8 +211,18 @@ def make_schedule(spec: None | str | Mapping | Schedule, *, total: int | None = 
     return sched
 
 
+def cosine_cycles(total: int, warmup: float = 0.0, cycles: int = 1, *, kind: str = "cosine",
+                  unit: str = "iteration") -> dict:
+    """The spec of a decay to 0 (``kind`` cosine or poly) over ``total`` (in ``unit``), run ``cycles``
+    times (warm restarts), each cycle after a linear warm-up over the share ``warmup`` of the cycle."""
+    cycles = int(cycles or 1)
+    spec = {"kind": kind, "unit": unit, "total": int(total),
+            "warmup": int(round(float(warmup) * int(total) / cycles))}
+    return {**spec, "cycles": cycles} if cycles > 1 else spec
+
+
 def _kwargs_of(s: Schedule) -> dict:
     return dict(unit=s.unit, every=s.period or None, gamma=s.gamma, staircase=s.staircase,
                 milestones=s.milestones, total=s.total, power=s.power, factor=s.factor,
                 patience=s.patience, threshold=s.threshold, cooldown=s.cooldown,
-                min_scale=s.min_scale, warmup=s.warmup)
+                min_scale=s.min_scale, warmup=s.warmup, cycles=s.cycles)

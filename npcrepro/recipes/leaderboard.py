@@ -12,7 +12,7 @@ ALL_METHODS = ["unet_ct", "deeplab_ct", "luo_ours_ct", "fcn8_ct", "unet_cet1", "
 #: network per iteration and no paper's claim or proposed method.
 GPU_ONLY = ["vnet"]
 
-_COMMON = dict(lr=2e-3, schedule="cosine", warmup=0.1, grad_clip=1.0, ema=0.0, fg_prob=0.5, background_fraction=0.5,
+_COMMON = dict(lr=2e-3, schedule="cosine", cycles=1, warmup=0.1, grad_clip=1.0, ema=0.0, fg_prob=0.5, background_fraction=0.5,
                threshold=0.5, nsd_mm=2.0, overlap=0.25, n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp",
                external=[], threads=None, ct_channel="CT")
 
@@ -46,7 +46,9 @@ HELP = {
     "width": "channel multiplier of every network (1: the papers' widths)",
     "lr": "Adam learning rate of every method (peak, after the warm-up)",
     "schedule": "learning-rate schedule of every method over its budget (cosine, poly or constant)",
-    "warmup": "share of the budget spent ramping the learning rate linearly up from 0",
+    "cycles": "warm restarts: the schedule (with its warm-up) runs this many times over the budget (2: the "
+              "network at half its budget has finished a whole schedule)",
+    "warmup": "share of the budget (of each cycle) spent ramping the learning rate linearly up from 0",
     "grad_clip": "gradient-norm clipping of every method (0: off)",
     "ema": "decay of the moving average of every method's weights that is scored (0: off; 0.99 "
            "averages over about the last 100 iterations)",

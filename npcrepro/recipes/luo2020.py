@@ -1,6 +1,6 @@
 """luo2020: the two-stage U-Net with MSP, its baselines and ablations on 14 CT structures (plain data)."""
 
-_COMMON = dict(k_folds=5, lr_gamma=0.9, lr_every=10, lr_schedule="scaled", lr_decays=10,
+_COMMON = dict(k_folds=5, lr_gamma=0.9, lr_every=10, lr_schedule="scaled", lr_decays=10, warmup=0.0, cycles=1,
                beta=0.9, focal_alpha=0.75, focal_gamma=2.0, dice_eps=0.5, batch_dice=True,
                dice_form="eq1", prior=0.01, split_unit="patient", split_audit_methods=["unet"], deep_supervision=True,
                methods=["unet", "fcn8", "ours", "two_stage_no_msp", "one_stage_msp"],
@@ -37,7 +37,10 @@ HELP = {
     "fcn_channels": "channels of FCN-8s's convolutionalised fc6/fc7 (kernel 7 from 1024 on, else 3)",
     "iterations": "training iterations per method and fold",
     "lr": "Adam's initial learning rate",
-    "lr_schedule": "'scaled': lr_decays decays of x lr_gamma over the run; 'literal': every lr_every iterations",
+    "lr_schedule": "'scaled': lr_decays decays of x lr_gamma over the run; 'literal': every lr_every iterations; "
+                   "'cosine': warm-up then cosine decay to 0, cycles times over the run",
+    "warmup": "cosine: share of each cycle spent ramping the learning rate linearly up from 0",
+    "cycles": "cosine: cycles over the run (warm restarts)",
     "lr_gamma": "learning-rate decay factor",
     "lr_every": "iterations between decays of the literal schedule",
     "lr_decays": "decays over the run in the scaled schedule",
@@ -63,7 +66,7 @@ HELP = {
     "workers": "training jobs at once (processes; 1 runs them one after the other in this process)",
 }
 
-ALLOWED = {"lr_schedule": ["scaled", "literal"], "real_data": ["openkbp", "off"],
+ALLOWED = {"lr_schedule": ["scaled", "literal", "cosine"], "real_data": ["openkbp", "off"],
            "dice_form": ["eq1", "normalised"], "split_unit": ["patient", "slice"]}
 
 #: The paper's stated values (items of npcrepro.papers.luo2020.INFO.recipe).
@@ -74,6 +77,8 @@ PAPER = {
     "lr_schedule": ("schedule", "literal"),
     "lr_gamma": ("schedule", 0.9),
     "lr_every": ("schedule", 10),
+    "warmup": ("schedule", 0.0),
+    "cycles": ("schedule", 1),
     "dice_form": ("loss", "eq1"),
 }
 

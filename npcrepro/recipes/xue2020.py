@@ -14,7 +14,7 @@ PAPER_PIXEL_MM = 0.98
 _COMMON = dict(channel="CECT", scale_aspp=True, lr=0.005, lr_factor=0.8, lr_patience=5, dice_eps=1.0, output_stride=16,
                deeplab_width=1.0, background_fraction=0.5, flip=True, rotate_deg=10.0, zoom=[0.9, 1.1],
                shift=0.1, target="gtvp_rpn", threshold=0.5, real_data="openkbp", image_size=None,
-               seeds=1, workers=1, threads=None, schedule="plateau", warmup=0.0, grad_clip=0.0,
+               seeds=1, workers=1, threads=None, schedule="plateau", cycles=1, warmup=0.0, grad_clip=0.0,
                prior=None)
 
 PROFILES = {
@@ -53,7 +53,8 @@ HELP = {
     "lr": "Adam learning rate (the peak, after any warm-up)",
     "schedule": "learning-rate schedule: plateau (the paper's rule, lr_factor and lr_patience) or cosine/poly "
                 "decay to zero at the end of the budget",
-    "warmup": "share of the budget spent ramping the learning rate linearly up from 0",
+    "warmup": "share of the budget (of each cycle) spent ramping the learning rate linearly up from 0",
+    "cycles": "cosine/poly: warm restarts, the schedule runs this many times over the budget",
     "grad_clip": "gradient-norm clipping (0: off)",
     "lr_factor": "learning-rate factor of the plateau rule",
     "lr_patience": "validations without improvement of the validation loss before a cut",
@@ -85,6 +86,7 @@ PAPER = {
     "image_size": ("input_size", [512, 512]),
     "schedule": ("schedule", "plateau"),
     "warmup": ("schedule", 0.0),
+    "cycles": ("schedule", 1),
     "grad_clip": ("optimizer", 0.0),
 }
 

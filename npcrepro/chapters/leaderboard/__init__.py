@@ -12,7 +12,8 @@ inputs only:
   guo2021 and the single-sequence chen2020 row; T1+T2+CET1 for MMFNet), CT windowed to [-200, 300] HU
   and MR z-scored per patient;
 * training: Adam at peak ``lr`` after a linear warm-up over ``warmup`` of the budget, then a
-  ``schedule`` (cosine) decay to 0 at its end, gradient norm clipped at ``grad_clip``;
+  ``schedule`` (cosine) decay to 0 at its end, the whole run ``cycles`` times over the budget (2: a
+  warm restart at its middle), gradient norm clipped at ``grad_clip``;
   ``iterations_2d`` / ``iterations_3d`` iterations, ``seeds`` seeds per method; loss = soft Dice +
   cross-entropy on the final output (averaged over deep-supervision outputs where a network has them:
   luo2020's two stages, li2018's three score maps, each against the target averaged to its grid),

@@ -125,11 +125,14 @@ class ScoreMaps(torch.nn.Module):
 
 def schedule(P: Mapping[str, Any], iterations: int) -> dict | None:
     """The common learning-rate schedule over a budget of ``iterations``: ``P.schedule`` ("cosine",
-    "poly" or "constant") after a linear warm-up over ``P.warmup`` of the budget."""
-    warm = int(round(float(P["warmup"]) * iterations))
-    if P["schedule"] == "constant" and not warm:
-        return None
-    return {"kind": str(P["schedule"]), "total": iterations, "warmup": warm}
+    "poly" or "constant") after a linear warm-up over ``P.warmup`` of the budget; cosine and poly run
+    ``P.cycles`` times over it (warm restarts, each cycle with its warm-up)."""
+    if P["schedule"] == "constant":
+        warm = int(round(float(P["warmup"]) * iterations))
+        return {"kind": "constant", "warmup": warm} if warm else None
+    from npcrepro.engine.schedules import cosine_cycles
+
+    return cosine_cycles(iterations, float(P["warmup"]), int(P.get("cycles") or 1), kind=str(P["schedule"]))
 
 
 class Leaderboard(Chapter):

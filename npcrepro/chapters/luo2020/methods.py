@@ -25,7 +25,8 @@ from npcrepro.engine.experiment import Chapter, Method
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["METHODS", "Luo2020", "CHAPTER", "luo2020", "network", "build_method", "prior_init",
-           "make_loss", "schedule_spec", "method_label", "score_rows", "AUDIT_DIR", "split_audit_params"]
+           "make_loss", "schedule_spec", "schedule_text", "method_label", "score_rows", "AUDIT_DIR",
+           "split_audit_params"]
 
 #: Method key -> (label, model name, fixed model arguments). The widths come from the profile.
 METHODS: dict[str, tuple[str, str, dict]] = {
@@ -133,16 +134,34 @@ def make_loss(P: Mapping[str, Any]):
 
 def schedule_spec(P: Mapping[str, Any], iterations: int) -> dict:
     """The Trainer's schedule: ``lr_schedule="literal"`` decays x``lr_gamma`` every ``lr_every``
-    iterations (as written); ``"scaled"`` spreads ``lr_decays`` decays evenly over the run."""
+    iterations (as written); ``"scaled"`` spreads ``lr_decays`` decays evenly over the run;
+    ``"cosine"`` a linear warm-up over ``warmup`` of each cycle then a cosine decay
+    to 0, ``cycles`` times over the run."""
     mode = P.get("lr_schedule", "scaled")
     gamma = float(P.get("lr_gamma", 0.9))
     if mode == "literal":
         every = int(P.get("lr_every", 10))
     elif mode == "scaled":
         every = max(1, int(iterations) // int(P.get("lr_decays", 10)))
+    elif mode == "cosine":
+        from npcrepro.engine.schedules import cosine_cycles
+
+        return cosine_cycles(int(iterations), float(P.get("warmup") or 0), int(P.get("cycles") or 1))
     else:
-        raise ParameterError(f"lr_schedule must be 'scaled' or 'literal', got {mode!r}")
+        raise ParameterError(f"lr_schedule must be 'scaled', 'literal' or 'cosine', got {mode!r}")
     return {"kind": "exponential", "every": every, "gamma": gamma}
+
+
+def schedule_text(P: Mapping[str, Any], iterations: int) -> str:
+    """The run's schedule in words, e.g. "x0.9 every 60 iterations, ten decays over the run"."""
+    spec = schedule_spec(P, iterations)
+    if spec["kind"] == "cosine":
+        cycles = int(spec.get("cycles", 1))
+        return (f"a linear warm-up over {100 * float(P.get('warmup') or 0):.0f} % of each cycle, then a cosine "
+                f"decay to 0, {cycles} time{'s' if cycles > 1 else ''} over the run"
+                + (" (a warm restart at its middle)" if cycles == 2 else ""))
+    n = int(iterations) // spec["every"]
+    return f"x{spec['gamma']:g} every {spec['every']} iterations, {n} decays over the run"
 
 
 # ----------------------------------------------------------------------------------- the split audit

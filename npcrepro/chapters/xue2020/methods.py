@@ -90,12 +90,15 @@ def schedule(P, budget: dict) -> dict:
     """The learning-rate schedule of ``P`` over ``budget`` ({"iterations": n} or {"epochs": n}, counted
     in that unit): the paper's plateau rule (x ``lr_factor`` after ``lr_patience`` evaluations without
     improvement) or ``P.schedule`` (cosine/poly) decaying to 0 at the end, after a linear warm-up over
-    ``P.warmup`` of the budget."""
+    ``P.warmup`` of the budget; with ``P.cycles`` > 1, cosine/poly restart that many times (each
+    cycle with its warm-up, ``P.warmup`` of the cycle)."""
     unit, n = ("iteration", budget["iterations"]) if "iterations" in budget else ("epoch", budget["epochs"])
-    warm = {"unit": unit, "warmup": int(round(float(P["warmup"]) * int(n)))}
     if P["schedule"] == "plateau":
+        warm = {"unit": unit, "warmup": int(round(float(P["warmup"]) * int(n)))}
         return {"kind": "plateau", "factor": float(P["lr_factor"]), "patience": int(P["lr_patience"]), **warm}
-    return {"kind": str(P["schedule"]), "total": int(n), **warm}
+    from npcrepro.engine.schedules import cosine_cycles
+
+    return cosine_cycles(int(n), float(P["warmup"]), int(P.get("cycles") or 1), kind=str(P["schedule"]), unit=unit)
 
 
 def make_loss(eps: float = 1.0) -> nn.Module:

@@ -36,10 +36,17 @@ def schedule_text(P) -> str:
     """The run's learning-rate schedule in words, e.g. "Adam at 0.002, warm-up over 10 % of the
     budget, cosine decay to 0, gradient norm clipped at 1"."""
     parts = [f"Adam at {P['lr']:g}"]
+    plateau = P.get("schedule", "plateau") == "plateau"
+    cycles = 1 if plateau else int(P.get("cycles") or 1)
+    rule = []
     if float(P.get("warmup") or 0) > 0:
-        parts.append(f"warm-up over {100 * float(P['warmup']):.0f} % of the budget")
-    parts.append(f"cuts x{P['lr_factor']:g} after {P['lr_patience']} evaluations without improvement"
-                 if P.get("schedule", "plateau") == "plateau" else f"{P['schedule']} decay to 0")
+        rule.append(f"warm-up over {100 * float(P['warmup']):.0f} % of the " + ("cycle" if cycles > 1 else "budget"))
+    rule.append(f"cuts x{P['lr_factor']:g} after {P['lr_patience']} evaluations without improvement"
+                if plateau else f"{P['schedule']} decay to 0")
+    if cycles > 1:
+        parts.append(f"{cycles} cycles over the budget (warm restarts), each a " + " and a ".join(rule))
+    else:
+        parts += rule
     if float(P.get("grad_clip") or 0) > 0:
         parts.append(f"gradient norm clipped at {P['grad_clip']:g}")
     return ", ".join(parts)
