@@ -296,6 +296,19 @@ def test_build_method_every_key_and_table():
         LM.method_label("maskrcnn")
 
 
+def test_cpu_profile_trains_the_ablation_and_leaves_fcn8_to_gpu():
+    from npcrepro import profiles
+
+    S = dict(stage1_widths=[4, 8, 8, 16, 16], stage2_widths=[4, 8, 8], fcn_widths=[4, 8, 8, 16, 16],
+             fcn_channels=8)
+    cpu, gpu = (profiles.parameters("luo2020", p)["methods"] for p in ("cpu", "gpu"))
+    assert set(gpu) == set(LM.METHODS) and "fcn8" not in cpu
+    # every corner of the 2 x 2 ablation (the paper's two claims) trains at cpu
+    assert {k for pairs in LR.CLAIMS.values() for pair in pairs for k in pair} <= set(cpu)
+    trained = LR.method_table(dict(S, methods=cpu), 5)["trained at this profile"]
+    assert not trained["FCN-8"] and trained["Ours"] and trained.sum() == len(cpu)
+
+
 def test_leaderboard_network_follows_the_profile():
     from npcrepro import recipes
 

@@ -17,7 +17,7 @@ PROFILES = {
                   batch_size=4, iterations=[3, 2, 2], faithful_folds=1, real_k=2, real_max_folds=1,
                   real_iterations=[2, 1, 1]),
     "cpu": dict(_COMMON, n_cases=12, slices_per_patient=3, cv="kfold", k=4, max_folds=None, width=0.25,
-                batch_size=8, iterations=[120, 40, 40], faithful_folds=1, real_k=5, real_max_folds=None,
+                batch_size=8, iterations=[80, 30, 30], faithful_folds=1, real_k=5, real_max_folds=None,
                 real_iterations=[80, 25, 25]),
     "gpu": dict(_COMMON, n_cases=29, slices_per_patient=3, cv="loocv", k=29, max_folds=None, width=1.0,
                 batch_size=16, iterations=[3000, 1000, 1000], faithful_folds=None, real_k=5,

@@ -6,6 +6,11 @@ _COMMON = dict(k_folds=5, lr_gamma=0.9, lr_every=10, lr_schedule="scaled", lr_de
                methods=["unet", "fcn8", "ours", "two_stage_no_msp", "one_stage_msp"],
                real_data="openkbp", real_methods=["unet", "ours"], seeds=1, workers=1)
 
+#: Methods the cpu profile leaves out (they train at gpu and gpu-lite): FCN-8 is a baseline of Table 1, not
+#: one of the paper's two claims (the 2 x 2 ablation of stages and MSP); the leaderboard still sets it
+#: beside the two-stage network at cpu, on the GTVp.
+GPU_ONLY = ["fcn8"]
+
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=3, max_folds=1, image_size=[64, 48], stage1_widths=[4, 8, 8, 16, 16],
                   stage2_widths=[4, 8, 8], fcn_widths=[4, 8, 8, 16, 16], fcn_channels=16, batch_size=4,
@@ -14,7 +19,8 @@ PROFILES = {
     "cpu": dict(_COMMON, n_cases=20, max_folds=1, image_size=[96, 80], stage1_widths=[8, 16, 32, 64, 64],
                 stage2_widths=[8, 16, 32], fcn_widths=[8, 16, 32, 64, 64], fcn_channels=64, batch_size=8,
                 iterations=600, lr=3e-3, infer_batch=32, real_cases=6, real_iterations=100,
-                real_image_size=[64, 64], threads=1, split_audit_folds=1),
+                real_image_size=[64, 64], threads=1, split_audit_folds=1,
+                methods=[m for m in _COMMON["methods"] if m not in GPU_ONLY]),
     "gpu": dict(_COMMON, n_cases=124, max_folds=5, image_size=None, stage1_widths=[32, 64, 128, 256, 512],
                 stage2_widths=[32, 64, 128], fcn_widths=[64, 128, 256, 512, 512], fcn_channels=1024,
                 batch_size=16, iterations=20000, lr=1e-3, infer_batch=32, real_cases=64,
@@ -133,7 +139,10 @@ CHOICES = {
                  "of each stage",
     "stage 2 input": "the image concatenated with stage 1's sigmoid probabilities; trained end to end "
                      "with stage 1 as one network (one job per method and fold)",
-    "FCN-8": "VGG16-style encoder with BatchNorm, trained from scratch (no ImageNet weights offline)",
+    "FCN-8": "VGG16-style encoder with BatchNorm, trained from scratch (no ImageNet weights offline); "
+             "trained at gpu and gpu-lite only: at cpu its 600 iterations were not converged (mean DSC "
+             "0.34 at half the budget, 0.42 at the end) and are better spent on the ablation that tests "
+             "the paper's claims; the leaderboard compares it with the two-stage network at cpu",
     "output initialisation": "every method's output starts at probability 0.01 per structure (bias "
                              "log(0.01/0.99), weights N(0, 0.01): the focal-loss paper's prior init)",
     "augmentation": "none (the paper names none)",

@@ -94,7 +94,7 @@ def maskrcnn_note() -> tuple[bool, str]:
 def method_table(P: Mapping[str, Any], n_classes: int, methods: Sequence[str] | None = None,
                  reference: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """One row per method: label, registered model, what it is, parameters at ``P``'s widths (and at
-    ``reference``'s, e.g. the gpu profile's paper-scale widths)."""
+    ``reference``'s, e.g. the gpu profile's paper-scale widths), and whether ``P`` trains it."""
     from npcrepro.models import count_parameters
 
     what = {"unet": "5-level U-Net = stage 1 alone, no MSP", "fcn8": "VGG16-style encoder, FCN-8s decoder",
@@ -105,7 +105,8 @@ def method_table(P: Mapping[str, Any], n_classes: int, methods: Sequence[str] | 
     for key in methods or list(METHODS):
         label, name, fixed = METHODS[key]
         row = {"method": label, "key": key, "model": name, "arguments": fixed or "", "what": what.get(key, ""),
-               "parameters": count_parameters(build_method(key, P, n_classes))}
+               "parameters": count_parameters(build_method(key, P, n_classes)),
+               "trained at this profile": key in (P.get("methods") or METHODS)}
         if reference is not None:
             row["parameters (gpu profile widths)"] = count_parameters(build_method(key, reference, n_classes))
         rows.append(row)
