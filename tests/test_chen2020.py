@@ -144,6 +144,32 @@ def test_std_pool_is_eq10():
     assert torch.allclose(got, want, atol=1e-4)
 
 
+@pytest.mark.parametrize("dims", [(1,), (2, 3, 4)])
+def test_pools_match_the_reference_statistics_and_their_gradients(dims):
+    """The pooling's own autograd (closed-form sd backward, max with indices) gives the values and
+    gradients of the textbook formulas, in NCDHW and channels-last alike."""
+    torch.manual_seed(0)
+    base = torch.randn(2, 6, 3, 4, 5) * 2 + 1
+    g = None
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        x = base.clone().contiguous(memory_format=layout).requires_grad_(True)
+        for kind, ref in (("std", lambda t: (t.var(dims, unbiased=False, keepdim=True) + M.STD_EPS).sqrt()),
+                          ("max", lambda t: t.amax(dims, keepdim=True)), ("avg", lambda t: t.mean(dims, keepdim=True))):
+            got, want = M._pool(x, kind, dims), ref(x)
+            assert got.shape == want.shape
+            assert torch.allclose(got, want, atol=1e-5), kind
+            g = torch.randn_like(want)
+            assert torch.allclose(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0], atol=1e-5), kind
+    x64 = torch.randn(1, 3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: M._pool(t, "std", dims), (x64,))
+
+
+def test_max_pool_of_a_tie_sends_the_whole_gradient_to_one_element():
+    x = torch.zeros(1, 2, 1, 2, 2, requires_grad=True)  # a dead (all-zero) channel
+    (grad,) = torch.autograd.grad(M._pool(x, "max", (2, 3, 4)).sum(), x)
+    assert grad.sum().item() == pytest.approx(2.0) and int((grad != 0).sum()) == 2
+
+
 def test_fusion_block_follows_eqs_4_to_13():
     torch.manual_seed(1)
     block = M.FusionBlock(4, 3, reduction=3).eval()

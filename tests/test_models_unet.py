@@ -90,6 +90,40 @@ def test_blocks_factories():
     assert res(torch.randn(1, 2, 4, 6, 6)).shape == (1, 4, 4, 6, 6)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv3d_equals_conv3d(layout, bias):
+    """The 1x1x1 3D conv runs as a matrix product on channels-last CPU tensors: same parameters,
+    state dict, output and gradients as nn.Conv3d, and the output stays channels-last."""
+    torch.manual_seed(0)
+    pw = blocks.conv(3, 6, 3, 1, bias=bias)
+    assert type(pw) is blocks.PointwiseConv3d
+    ref = torch.nn.Conv3d(6, 3, 1, bias=bias)
+    ref.load_state_dict(pw.state_dict())
+    assert list(ref.state_dict()) == list(pw.state_dict())
+    x = torch.randn(2, 6, 3, 5, 4)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    g = torch.randn(2, 3, 3, 5, 4)
+    y = pw(x)
+    got = torch.autograd.grad(y, [x, *pw.parameters()], g)
+    want_y = ref(x)
+    want = torch.autograd.grad(want_y, [x, *ref.parameters()], g)
+    assert y.shape == want_y.shape == (2, 3, 3, 5, 4)
+    assert torch.allclose(y, want_y, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(got, want))
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_only_plain_pointwise_3d_convs_take_the_matrix_product():
+    assert type(blocks.conv(3, 4, 4, (1, 1, 1))) is blocks.PointwiseConv3d
+    for other in (blocks.conv(3, 4, 4, 1, stride=2), blocks.conv(3, 4, 4, 1, padding=1),
+                  blocks.conv(3, 4, 4, 1, groups=2), blocks.conv(3, 4, 4, (1, 3, 3)), blocks.conv(2, 4, 4, 1)):
+        assert type(other) in (torch.nn.Conv3d, torch.nn.Conv2d)
+
+
 def test_init_weights_gaussian():
     net = blocks.init_weights(build("unet2d", widths=(4, 8), init=None), "gaussian", std=0.01)
     w = net.stem[0][0].weight

@@ -16,7 +16,7 @@ from torch import nn
 
 from npcrepro.errors import ParameterError
 
-__all__ = ["conv", "conv_transpose", "max_pool", "avg_pool", "norm_layer", "act_layer", "dropout_layer",
+__all__ = ["conv", "PointwiseConv3d", "conv_transpose", "max_pool", "avg_pool", "norm_layer", "act_layer", "dropout_layer",
            "ConvNormAct", "DoubleConv", "ResidualBlock", "Down", "Up", "pad_to_multiple", "crop_to",
            "init_weights", "init_output"]
 
@@ -38,8 +38,30 @@ def conv(dims: int, cin: int, cout: int, kernel_size=3, stride=1, padding=None, 
         dl = (dilation,) * dims if isinstance(dilation, int) else tuple(dilation)
         padding = tuple((k - 1) * d // 2 for k, d in zip(ks, dl))
     cls = nn.Conv2d if dims == 2 else nn.Conv3d
+    ks = (kernel_size,) * dims if isinstance(kernel_size, int) else tuple(kernel_size)
+    st = (stride,) * dims if isinstance(stride, int) else tuple(stride)
+    pd = (padding,) * dims if isinstance(padding, int) else tuple(padding)
+    if dims == 3 and groups == 1 and set(ks) == {1} and set(st) == {1} and set(pd) == {0}:
+        cls = PointwiseConv3d
     return cls(cin, cout, kernel_size, stride=stride, padding=padding, dilation=dilation,
                groups=groups, bias=bias)
+
+
+class PointwiseConv3d(nn.Conv3d):
+    """A 1x1x1 ``nn.Conv3d`` (same parameters, same state dict, same result) that runs as a matrix
+    product on channels-last CPU tensors: (N, C, D, H, W) stored as NDHWC is a (N*D*H*W, C) matrix.
+
+    PyTorch sends 1x1x1 3D convolutions on the CPU to its slow reference kernel, which also copies
+    a channels-last input to NCDHW and returns NCDHW (so the next layer copies it back): 2 to 3 times
+    the time of the product (``npcrepro bench engine`` times the networks that use it). Other devices
+    and layouts take the ordinary convolution.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 5 or not x.is_contiguous(memory_format=torch.channels_last_3d):
+            return super().forward(x)
+        y = F.linear(x.permute(0, 2, 3, 4, 1), self.weight.flatten(1), self.bias)
+        return y.permute(0, 4, 1, 2, 3)
 
 
 def conv_transpose(dims: int, cin: int, cout: int, kernel_size=2, stride=2, padding=0) -> nn.Module:
