@@ -16,9 +16,9 @@ from torch import nn
 
 from npcrepro.errors import ParameterError
 
-__all__ = ["conv", "PointwiseConv3d", "conv_transpose", "max_pool", "avg_pool", "norm_layer", "act_layer", "dropout_layer",
-           "ConvNormAct", "DoubleConv", "ResidualBlock", "Down", "Up", "pad_to_multiple", "crop_to",
-           "init_weights", "init_output"]
+__all__ = ["conv", "PointwiseConv3d", "conv_transpose", "max_pool", "avg_pool", "norm_layer", "act_layer",
+           "dropout_layer", "ConvNormAct", "DoubleConv", "ResidualBlock", "Down", "Up", "pad_to_multiple",
+           "crop_to", "init_weights", "init_output"]
 
 NORMS = ("batch", "instance", "group", None)
 ACTS = ("relu", "leaky", "prelu", "elu", "gelu", None)
@@ -31,17 +31,19 @@ def _check_dims(dims: int) -> None:
 
 def conv(dims: int, cin: int, cout: int, kernel_size=3, stride=1, padding=None, dilation=1,
          groups: int = 1, bias: bool = True) -> nn.Module:
-    """``nn.Conv2d``/``nn.Conv3d``; ``padding=None`` keeps the size ("same" for odd kernels, stride 1)."""
+    """``nn.Conv2d``/``nn.Conv3d``; ``padding=None`` keeps the size ("same" for odd kernels, stride 1).
+    A plain 1x1x1 3D convolution is a :class:`PointwiseConv3d` (the same layer, faster on the CPU)."""
     _check_dims(dims)
+
+    def per_axis(v):
+        return (v,) * dims if isinstance(v, int) else tuple(v)
+
     if padding is None:
-        ks = (kernel_size,) * dims if isinstance(kernel_size, int) else tuple(kernel_size)
-        dl = (dilation,) * dims if isinstance(dilation, int) else tuple(dilation)
-        padding = tuple((k - 1) * d // 2 for k, d in zip(ks, dl))
+        padding = tuple((k - 1) * d // 2 for k, d in zip(per_axis(kernel_size), per_axis(dilation)))
     cls = nn.Conv2d if dims == 2 else nn.Conv3d
-    ks = (kernel_size,) * dims if isinstance(kernel_size, int) else tuple(kernel_size)
-    st = (stride,) * dims if isinstance(stride, int) else tuple(stride)
-    pd = (padding,) * dims if isinstance(padding, int) else tuple(padding)
-    if dims == 3 and groups == 1 and set(ks) == {1} and set(st) == {1} and set(pd) == {0}:
+    if (dims == 3 and groups == 1 and not isinstance(padding, str)
+            and all(v == 1 for v in per_axis(kernel_size) + per_axis(stride))
+            and all(v == 0 for v in per_axis(padding))):
         cls = PointwiseConv3d
     return cls(cin, cout, kernel_size, stride=stride, padding=padding, dilation=dilation,
                groups=groups, bias=bias)
