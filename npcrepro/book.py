@@ -190,25 +190,31 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     log(f"[book] {prefix}{name:<15} {profile:<5} executing ...")
     t0 = time.perf_counter()
     src = root / "notebooks" / f"{name}.ipynb"
+    kernel_log = tmp.with_name(f"{tmp.stem}.kernel.log")
     try:
         with chapter_log(name, src, log) if log_output else contextlib.nullcontext((None, None)) as streams:
             pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=KERNEL,
                                 cwd=str(root), progress_bar=False, log_output=log_output,
                                 stdout_file=streams[0], stderr_file=streams[1],
-                                extra_arguments=_KERNEL_ARGS)
+                                extra_arguments=_KERNEL_ARGS,
+                                kernel_manager_class=kernel_manager_class(kernel_log))
     except pm.PapermillExecutionError as exc:
         failed = out.with_name(f"{out.stem}.failed.ipynb")
         if tmp.exists():
             os.replace(tmp, failed)
         err = ChapterFailed(f"chapter {name!r} ({profile}) failed in cell {exc.exec_count}: "
                             f"{exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''} "
-                            f"(partial notebook: {failed})")
+                            f"(partial notebook: {failed}{_kept(kernel_log, failed)})")
         if exc.ename in ("ParameterError", "DataError"):
             err.exit_code = 2  # the chapter refused its input
         raise err from None
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        kept = _kept(kernel_log, out.with_name(f"{out.stem}.failed.ipynb"))
+        if kept and not isinstance(exc, KeyboardInterrupt):  # a dead kernel: its own last words
+            log(f"[book] {prefix}{name:<15} {profile:<5} failed{kept}")
         raise
+    kernel_log.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     from npcrepro.engine.runs import environment
 
@@ -226,6 +232,40 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     os.replace(tmp, out)
     log(f"[book] {prefix}{name:<15} {profile:<5} done in {_mmss(seconds)}")
     return ChapterResult(name, profile, out, seconds, False)
+
+
+def kernel_manager_class(log_path: Path):
+    """A Jupyter kernel manager class whose kernels write their own stdout and stderr to ``log_path``.
+
+    ipykernel captures the cells' file descriptors 1 and 2 (the output of C code and of child
+    processes, such as the leaderboard's training workers), sends it to the notebook, and also copies
+    every byte to the kernel process's own stdout or stderr. On the terminal of ``npcrepro book`` that
+    copy printed each worker's progress line a second time, without the chapter's name; in the file it
+    is kept for a chapter that fails (:func:`execute` deletes it otherwise).
+    """
+    from jupyter_client import AsyncKernelManager
+
+    class KernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            with open(log_path, "ab") as f:  # the kernel holds its own descriptor of the file
+                kw.setdefault("stdout", f)
+                kw.setdefault("stderr", f)
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return KernelManager
+
+
+def _kept(kernel_log: Path, failed: Path) -> str:
+    """Keep a failed chapter's kernel output (``kernel_log``) beside its partial notebook ``failed``:
+    ``"; kernel output: <path>"``, or "" when the kernel wrote nothing."""
+    if not kernel_log.exists():
+        return ""
+    if kernel_log.stat().st_size == 0:
+        kernel_log.unlink()
+        return ""
+    dest = failed.with_name(f"{failed.stem}.kernel.log")
+    os.replace(kernel_log, dest)
+    return f"; kernel output: {dest}"
 
 
 def _resolved_device(requested: str) -> str:

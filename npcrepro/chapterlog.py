@@ -117,7 +117,8 @@ class StreamLines:
     def _line(self, line: str) -> None:
         line = line.rstrip("\r ")
         if line.strip() and (not self.progress_only or line.lstrip().startswith(PREFIX)):
-            self.log(f"[{self.name}] {line}")
+            tag = f"[{self.name}] "
+            self.log(line if line.startswith(tag) else tag + line)  # a chapter may name itself
 
     def flush(self) -> None:
         pass

@@ -174,3 +174,14 @@ def test_next_chapter_waits_for_an_idle_machine_before_a_wide_one():
     assert book.next_chapter(["li2018"], ["leaderboard"], ready) is None
     assert book.next_chapter(["li2018", "data"], ["guo2021"], ready) == "li2018"
     assert book.next_chapter(["explorer", "data"], [], lambda n: n != "explorer") == "data"
+
+
+def test_failed_chapter_keeps_its_kernel_log_beside_the_partial_notebook(tmp_path):
+    failed = tmp_path / "li2018.failed.ipynb"
+    log = tmp_path / ".li2018.123-abc.running.kernel.log"
+    log.write_text("Fatal Python error: Segmentation fault\n")
+    assert book._kept(log, failed) == f"; kernel output: {tmp_path / 'li2018.failed.kernel.log'}"
+    assert not log.exists() and "Segmentation" in (tmp_path / "li2018.failed.kernel.log").read_text()
+    log.write_text("")
+    assert book._kept(log, failed) == "" and not log.exists()
+    assert book._kept(log, failed) == ""  # no log at all

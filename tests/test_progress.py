@@ -89,17 +89,19 @@ def test_chapter_log_shows_stage_stdout_and_progress_but_not_other_stderr(tmp_pa
     out.write("ld\n")
     err.write(f"{PREFIX} toy | it 3/9\n")
     err.write("UserWarning: something noisy\n")
+    out.write("[li2018] 2/4 folds done\n")  # a chapter that names itself is not named twice
     out.write("no newline at the end")
     out.close()
     assert lines == ["[li2018] cell 3/4 | Training", "[li2018] hello", "[li2018] world",
-                     f"[li2018] {PREFIX} toy | it 3/9", "[li2018] no newline at the end"]
+                     f"[li2018] {PREFIX} toy | it 3/9", "[li2018] 2/4 folds done",
+                     "[li2018] no newline at the end"]
     # another thread's records belong to no watched chapter
     t = threading.Thread(target=record, args=("Executing Cell 3---",))
     t.start()
     t.join()
     handler.forget()
     record("Executing Cell 3---")
-    assert len(lines) == 5
+    assert len(lines) == 6
 
 
 def test_cli_logs_output_by_default(monkeypatch):
@@ -129,3 +131,33 @@ def test_papermill_run_prints_stage_and_lines(tmp_path, monkeypatch):
                      "[toy] hello", "[toy] cell 4/4 | Results"]
     nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert [o.get("text") for o in nb.cells[4].outputs] == ["hello\n"]  # after the injected cell
+
+
+@pytest.mark.slow
+def test_book_kernel_keeps_child_output_off_the_terminal(tmp_path, capfd, monkeypatch):
+    """A child process of a cell (the leaderboard's workers) writes to the kernel's captured
+    descriptors: the notebook gets its line once, the kernel's own copy goes to the kernel log, and
+    the terminal (this process's descriptors, which a kernel inherits by default) stays clean."""
+    import papermill as pm
+
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")  # ipykernel does not capture descriptors under pytest
+
+    from npcrepro import book
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import subprocess, sys, time\n"
+        "_ = subprocess.run([sys.executable, '-c', \"import sys; sys.stderr.write('child err\\\\n'); "
+        "print('child out')\"], check=True)\n"
+        "time.sleep(1)  # the kernel forwards captured descriptors from a thread")]
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    log = tmp_path / "kernel.log"
+    pm.execute_notebook(str(src), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                        cwd=str(tmp_path), kernel_manager_class=book.kernel_manager_class(log))
+    outputs = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].outputs
+    shown = {o.get("name"): o.get("text") for o in outputs}
+    assert "child err" in shown.get("stderr", "") and "child out" in shown.get("stdout", "")
+    terminal = capfd.readouterr()
+    assert "child" not in terminal.err and "child" not in terminal.out
+    assert "child err" in log.read_text() and "child out" in log.read_text()
