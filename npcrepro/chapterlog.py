@@ -6,7 +6,7 @@ of every displayed object. :class:`ChapterLog` turns that into short lines for t
 
     [li2018] cell 14/41 | Training
     [li2018] leave-one-patient-out (4 folds); stage budgets [10, 10, 10] iterations of batch 4
-    [li2018] [progress] working fold 0 | stage 1/3 stage1 | it 10/30 (33%) | 0:04 elapsed, ~0:08 left
+    [li2018] [progress] working fold 0 seed 0 | stage 1/3 stage1 | it 10/30 (33%) | 0:04 elapsed, ~0:08 left
 
 * the stage is the section heading (the last markdown heading above the cell) of the chapter
   (:class:`ChapterLog`, from papermill's ``Executing Cell`` records; everything else papermill logs,

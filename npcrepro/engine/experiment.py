@@ -145,7 +145,8 @@ class JobContext:
                     raise JobKilled(f"{self.spec.label}: killed after {limit} iterations (test hook)")
 
             callbacks.append(kill)
-        desc = self.spec.method + (f"/{part}" if part else "")
+        # the fold and seed tell apart the lines of jobs that train the same method side by side
+        desc = self.spec.method + (f"/{part}" if part else "") + f" fold {self.spec.fold} seed {self.spec.seed}"
         out = dict(seed=self.seed, device=self.device, run=run, progress=self.progress, desc=desc,
                    callbacks=callbacks)
         if self.P.get("dry_run"):  # every stage of every network: DRY_RUN_ITERATIONS, one val batch
