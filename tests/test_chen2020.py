@@ -150,16 +150,17 @@ def test_pools_match_the_reference_statistics_and_their_gradients(dims):
     gradients of the textbook formulas, in NCDHW and channels-last alike."""
     torch.manual_seed(0)
     base = torch.randn(2, 6, 3, 4, 5) * 2 + 1
-    g = None
+    refs = {"std": lambda t: (t.var(dims, unbiased=False, keepdim=True) + M.STD_EPS).sqrt(),
+            "max": lambda t: t.amax(dims, keepdim=True), "avg": lambda t: t.mean(dims, keepdim=True)}
     for layout in (torch.contiguous_format, torch.channels_last_3d):
         x = base.clone().contiguous(memory_format=layout).requires_grad_(True)
-        for kind, ref in (("std", lambda t: (t.var(dims, unbiased=False, keepdim=True) + M.STD_EPS).sqrt()),
-                          ("max", lambda t: t.amax(dims, keepdim=True)), ("avg", lambda t: t.mean(dims, keepdim=True))):
+        for kind, ref in refs.items():
             got, want = M._pool(x, kind, dims), ref(x)
             assert got.shape == want.shape
             assert torch.allclose(got, want, atol=1e-5), kind
             g = torch.randn_like(want)
-            assert torch.allclose(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0], atol=1e-5), kind
+            (grad_got,), (grad_want,) = torch.autograd.grad(got, x, g), torch.autograd.grad(want, x, g)
+            assert torch.allclose(grad_got, grad_want, atol=1e-5), kind
     x64 = torch.randn(1, 3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: M._pool(t, "std", dims), (x64,))
 
