@@ -210,9 +210,12 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
         raise err from None
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        kept = _kept(kernel_log, out.with_name(f"{out.stem}.failed.ipynb"))
-        if kept and not isinstance(exc, KeyboardInterrupt):  # a dead kernel: its own last words
-            log(f"[book] {prefix}{name:<15} {profile:<5} failed{kept}")
+        if isinstance(exc, KeyboardInterrupt):
+            kernel_log.unlink(missing_ok=True)
+        else:  # e.g. a dead kernel: keep its last words
+            kept = _kept(kernel_log, out.with_name(f"{out.stem}.failed.ipynb"))
+            if kept:
+                log(f"[book] {prefix}{name:<15} {profile:<5} failed{kept}")
         raise
     kernel_log.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0

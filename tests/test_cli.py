@@ -189,6 +189,30 @@ def test_two_runs_of_one_chapter_never_share_a_temporary_notebook(tmp_path, monk
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("failure", ["dead kernel", "interrupt"])
+def test_a_chapter_whose_kernel_dies_keeps_the_kernel_output(tmp_path, monkeypatch, failure):
+    """The kernel's own output (see book.kernel_manager_class) is kept beside the chapter's would-be
+    partial notebook when the kernel dies, and removed when the user interrupts; no temporary file stays."""
+    import papermill as pm
+
+    root = _mini_root(tmp_path)
+
+    def fake_execute(src, dst, **kw):
+        Path(dst).with_name(Path(dst).stem + ".kernel.log").write_text("Fatal Python error: Aborted\n")
+        raise KeyboardInterrupt if failure == "interrupt" else RuntimeError("Kernel died before replying")
+
+    monkeypatch.setattr(pm, "execute_notebook", fake_execute)
+    out, lines = tmp_path / "li2018.ipynb", []
+    with pytest.raises(KeyboardInterrupt if failure == "interrupt" else RuntimeError):
+        book.execute("li2018", "smoke", force=True, output=out, root=root, log=lines.append)
+    kept = tmp_path / "li2018.failed.kernel.log"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    if failure == "interrupt":
+        assert not kept.exists()
+    else:
+        assert "Aborted" in kept.read_text() and lines[-1].endswith(f"failed; kernel output: {kept}")
+
+
 def test_book_refuses_a_chapter_executed_with_other_parameters(tmp_path):
     from npcrepro.errors import DataError
 
