@@ -133,6 +133,67 @@ def test_epoch_plan_is_seeded_permutation():
     assert sorted(long.ravel()[:4]) == [0, 1, 2, 3]
 
 
+def test_covering_plan_puts_every_structure_in_every_batch():
+    from npcrepro.engine.data import covering_plan
+
+    # 40 items; structure 0 on most, structure 1 on two items only, structure 2 on one, structure 3 on none
+    cover = np.zeros((40, 4), bool)
+    cover[:30, 0] = True
+    cover[[5, 33], 1] = True
+    cover[37, 2] = True
+    plan = epoch_plan(40, 4, 200, seed=2, stage=0, epoch=0, cover=cover)
+    assert plan.shape == (200, 4) and plan.min() >= 0 and plan.max() < 40
+    shown = cover[plan].any(axis=1)  # (batches, structures)
+    assert shown[:, :3].all() and not shown[:, 3].any()
+    assert np.array_equal(plan, epoch_plan(40, 4, 200, seed=2, stage=0, epoch=0, cover=cover))
+    assert not np.array_equal(plan, epoch_plan(40, 4, 200, seed=2, stage=0, epoch=1, cover=cover))
+    # uniform epochs would leave structure 2 (one item of 40) out of 9 batches in 10
+    uniform = cover[epoch_plan(40, 4, 200, seed=2, stage=0, epoch=0)].any(axis=1)
+    assert uniform[:, 2].mean() < 0.2
+    # the rest of the batch is uniform: every item is drawn
+    assert set(plan.ravel()) == set(range(40))
+    # a batch smaller than the structures it should show holds as many as it can, each once
+    tight = covering_plan(np.eye(5, dtype=bool), 3, 50, np.random.default_rng(0))
+    assert all(len(set(b)) == 3 for b in tight.tolist())
+    with pytest.raises(DataError, match="rows for"):
+        epoch_plan(39, 4, 2, seed=0, stage=0, epoch=0, cover=cover)
+    with pytest.raises(DataError, match="structures"):
+        covering_plan(np.zeros(5, bool), 2, 2, np.random.default_rng(0))
+
+
+def test_slice_dataset_cover_is_what_each_training_crop_shows():
+    a = np.zeros((3, 16, 16), bool)
+    a[0, 1:3, 1:3] = True  # slice 0: only in the corner that the centred 8 x 8 crop leaves out
+    a[1, 6:9, 6:9] = True  # slice 1: in the crop
+    b = np.zeros((3, 16, 16), bool)
+    b[2, 7:9, 7:9] = True
+    case = Case("c", {"CT": np.zeros((3, 16, 16), np.float32)}, {"A": a, "B": b}, (1.0, 1.0, 1.0))
+    ds = SliceDataset([case], ["CT"], ["A", "B"], slices="all", size=(8, 8), sampling="cover")
+    assert ds.cover.tolist() == [[False, False], [True, False], [False, True]]
+    assert SliceDataset([case], ["CT"], ["A", "B"], slices="all").cover is None
+    with pytest.raises(ParameterError, match="sampling must be"):
+        SliceDataset([case], ["CT"], ["A", "B"], sampling="balanced")
+
+
+def test_trainer_draws_covering_batches_from_a_dataset_with_cover(tiny_cases):
+    seen = []
+
+    class Spy(SliceDataset):
+        def get(self, index, rng):
+            seen.append(int(index))
+            return super().get(index, rng)
+
+    train = Spy(tiny_cases[:2], ["T1"], ["GTVp"], slices="all", sampling="cover")
+    rare = int(np.flatnonzero(train.cover[:, 0])[0])
+    train.cover = np.zeros_like(train.cover)
+    train.cover[rare, 0] = True  # pretend only one slice shows the tumour: every batch must draw it
+    seed_everything(0)
+    model = build("unet2d", in_channels=1, n_classes=1, widths=(4, 8))
+    Trainer(model, bce, train, batch_size=2, iterations=5, lr=1e-3, progress=False, seed=1).fit()
+    batches = [seen[i:i + 2] for i in range(0, len(seen), 2)]
+    assert len(batches) == 5 and all(rare in b for b in batches)
+
+
 def test_slice_and_patch_datasets():
     cases = [blob_case(i) for i in range(2)]
     ds = SliceDataset(cases, ["T1"], ["GTVp"])

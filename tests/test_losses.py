@@ -1,6 +1,8 @@
 """Tests of npcrepro.losses: perfect predictions, gradients, reductions to BCE/CE, hand cases."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -213,6 +215,27 @@ def test_two_sided_dice_by_hand_and_literal_form():
     empty = torch.zeros(1, 1, 4, 4)
     assert TwoSidedDiceLoss(eps=e, literal=True)(torch.full((1, 1, 4, 4), -40.0), empty) < -0.4
     assert abs(TwoSidedDiceLoss(eps=e)(torch.full((1, 1, 4, 4), -40.0), empty)) < 1e-6
+
+
+@pytest.mark.parametrize("pixels", [20, 100, 170])
+def test_literal_dice_with_a_large_epsilon_pushes_a_small_structure_to_zero(pixels):
+    """luo2020's reason for a small epsilon. Take a structure with ``pixels`` of a cpu-profile batch
+    (8 slices of 96 x 80) whose output has sunk to 1e-4 everywhere. With epsilon 0.5 in Eq. (1)'s
+    numerator, the loss still falls as every probability of it falls (the gradient on a common logit
+    shift is positive: descent lowers it further), so the output collapses to zero; this holds up to
+    about sqrt(epsilon * N) = 175 of the batch's N pixels. With epsilon 1e-3 the same structure is
+    pulled back up. A structure of 300 pixels is pulled up with either."""
+    shape = (1, 1, 8, 96, 80)
+
+    def shift_gradient(eps: float, n_fg: int) -> float:
+        target = torch.zeros(shape)
+        target.view(-1)[:n_fg] = 1
+        shift = torch.tensor(math.log(1e-4 / (1 - 1e-4)), requires_grad=True)
+        TwoSidedDiceLoss(eps=eps, literal=True)(shift.expand(shape), target).backward()
+        return float(shift.grad)
+
+    assert shift_gradient(0.5, pixels) > 0 > shift_gradient(1e-3, pixels)
+    assert shift_gradient(0.5, 300) < 0 and shift_gradient(1e-3, 300) < 0
 
 
 def test_two_sided_softmax_two_classes_equals_sigmoid_form():

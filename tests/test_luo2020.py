@@ -296,6 +296,24 @@ def test_build_method_every_key_and_table():
         LM.method_label("maskrcnn")
 
 
+def test_cpu_batches_show_every_structure_and_gpu_keeps_epochs():
+    from npcrepro import profiles
+    from npcrepro.engine import epoch_plan
+    from npcrepro.phantom import make_case
+
+    cpu, gpu = (profiles.parameters("luo2020", p) for p in ("cpu", "gpu"))
+    assert cpu["sampling"] == "cover" and gpu["sampling"] == "uniform"
+    structures = list(LP.STRUCTURES.values())
+    cases = [make_case(i, preset="smoke") for i in range(2)]
+    data = LP.slice_dataset(cases, structures, (48, 48), sampling=cpu["sampling"])
+    assert data.cover.shape == (len(data), 14)
+    present = data.cover.any(axis=0)
+    assert present.sum() >= 12  # the smoke phantom's 48 x 48 crops show (nearly) all 14
+    plan = epoch_plan(len(data), int(cpu["batch_size"]), 50, seed=0, stage=0, epoch=0, cover=data.cover)
+    assert (data.cover[plan].any(axis=1) == present).all()
+    assert LP.slice_dataset(cases, structures, (48, 48), sampling=gpu["sampling"]).cover is None
+
+
 def test_cpu_profile_trains_the_ablation_and_leaves_fcn8_to_gpu():
     from npcrepro import profiles
 

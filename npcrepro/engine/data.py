@@ -17,7 +17,7 @@ import torch
 from npcrepro import transforms as T
 from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["prepare_case", "slice_stack", "SliceDataset", "PatchDataset", "epoch_plan", "item_rng"]
+__all__ = ["prepare_case", "slice_stack", "SliceDataset", "PatchDataset", "epoch_plan", "covering_plan", "item_rng"]
 
 def _normalise_channel(arr: np.ndarray, how, channel: str) -> np.ndarray:
     if isinstance(how, Mapping):
@@ -69,18 +69,51 @@ def item_rng(seed: int, *key: int) -> np.random.Generator:
 
 
 def epoch_plan(n_items: int, batch_size: int, iterations: int, seed: int, stage: int, epoch: int,
-               shuffle: bool = True) -> np.ndarray:
+               shuffle: bool = True, cover: np.ndarray | None = None) -> np.ndarray:
     """Item indices for one epoch, shape (iterations, batch_size): concatenated seeded permutations of
-    ``range(n_items)`` (as many as needed; the remainder of the last is dropped)."""
+    ``range(n_items)`` (as many as needed; the remainder of the last is dropped); with ``cover``,
+    batches that show every structure (:func:`covering_plan`)."""
     if n_items < 1:
         raise DataError("the training set is empty")
     need = iterations * batch_size
     rng = item_rng(seed, 7919, stage, epoch)
+    if cover is not None:
+        if len(cover) != n_items:
+            raise DataError(f"cover has {len(cover)} rows for {n_items} items")
+        return covering_plan(cover, batch_size, iterations, rng)
     parts, have = [], 0
     while have < need:
         parts.append(rng.permutation(n_items) if shuffle else np.arange(n_items))
         have += n_items
     return np.concatenate(parts)[:need].reshape(iterations, batch_size)
+
+
+def covering_plan(cover: np.ndarray, batch_size: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """Item indices, shape (iterations, batch_size), such that every batch holds an item showing each
+    structure that any item shows, as far as ``batch_size`` allows: the structures are visited in a
+    random order, each one no item of the batch shows yet gets a random item that shows it, and the
+    rest of the batch is drawn uniformly (foreground oversampling for batch-level Dice losses: a
+    structure absent from a batch gets no term that teaches it, only one that pushes it to zero).
+
+    ``cover``: (n_items, K) bool, which of K structures each item shows."""
+    cover = np.asarray(cover, bool)
+    if cover.ndim != 2 or not len(cover):
+        raise DataError(f"cover must be a non-empty (items, structures) array, got shape {cover.shape}")
+    showing = [np.flatnonzero(cover[:, k]) for k in range(cover.shape[1])]
+    out = np.empty((iterations, batch_size), np.int64)
+    for b in range(iterations):
+        chosen: list[int] = []
+        shown = np.zeros(cover.shape[1], bool)
+        for k in rng.permutation(cover.shape[1]):
+            if len(chosen) == batch_size:
+                break
+            if not shown[k] and len(showing[k]):
+                i = int(showing[k][rng.integers(len(showing[k]))])
+                chosen.append(i)
+                shown |= cover[i]
+        chosen += rng.integers(len(cover), size=batch_size - len(chosen)).tolist()
+        out[b] = rng.permutation(chosen)
+    return out
 
 
 class _Base(torch.utils.data.Dataset):
@@ -117,12 +150,19 @@ class SliceDataset(_Base):
     normalise : see :func:`prepare_case`
     augment : callable(image, target, rng) -> (image, target), optional
         Applied to training samples only (see :mod:`npcrepro.transforms`).
+    sampling : "uniform" | "cover"
+        How the Trainer draws batches: epochs of permutations, or batches that show every structure
+        (``cover``: (items, structures) bool, what each slice shows inside its centred crop;
+        :func:`covering_plan`).
     """
 
     def __init__(self, cases: Sequence, channels: Sequence[str], structures: Sequence[str], *,
                  slices="labelled", background_fraction: float = 0.0, size: Sequence[int] | None = None,
                  random_crop: bool = False, crop_fg_prob: float = 0.5, context: int = 0,
-                 normalise="zscore", augment: Callable | None = None, seed: int = 0):
+                 normalise="zscore", augment: Callable | None = None, seed: int = 0,
+                 sampling: str = "uniform"):
+        if sampling not in ("uniform", "cover"):
+            raise ParameterError(f"sampling must be 'uniform' or 'cover', got {sampling!r}")
         self.channels, self.structures = list(channels), list(structures)
         self.size = tuple(size) if size is not None else None
         self.random_crop, self.crop_fg_prob = random_crop, float(crop_fg_prob)
@@ -156,6 +196,20 @@ class SliceDataset(_Base):
                             f"(slices={slices!r}, structures={self.structures})")
         if self.size is None and len({im.shape[2:] for im in self.images}) > 1:
             raise DataError("cases have different in-plane sizes; pass size=(H, W) to crop/pad slices")
+        self.cover = self._cover() if sampling == "cover" else None
+
+    def _cover(self) -> np.ndarray:
+        """(items, structures) bool: the structures each item's slice shows (inside its centred crop)."""
+        out = np.zeros((len(self.items), len(self.structures)), bool)
+        for n, (ci, z) in enumerate(self.items):
+            target = self.targets[ci][:, z]
+            if self.size is not None and not self.random_crop:
+                target = T.crop(target, self._centre_box(target.shape[1:]))
+            out[n] = target.reshape(len(target), -1).any(axis=1)
+        return out
+
+    def _centre_box(self, shape):
+        return tuple(((n - s) // 2, (n - s) // 2 + s) for n, s in zip(shape, self.size))
 
     @property
     def in_channels(self) -> int:
@@ -173,7 +227,7 @@ class SliceDataset(_Base):
                 fg = target.any(axis=0) if rng.random() < self.crop_fg_prob else None
                 box = T.random_box(image.shape[1:], self.size, rng, center_in=fg)
             else:
-                box = tuple(((n - s) // 2, (n - s) // 2 + s) for n, s in zip(image.shape[1:], self.size))
+                box = self._centre_box(image.shape[1:])
             image, target = T.crop(image, box), T.crop(target, box)
         return self._finish(image, target, rng)
 

@@ -307,7 +307,9 @@ class Trainer:
     loss : callable(output, target) -> scalar tensor
     train_data : Dataset
         Items ``(image, target)`` tensors; datasets with ``get(index, rng)`` (see
-        :mod:`npcrepro.engine.data`) get per-sample generators, others get seeded global RNGs.
+        :mod:`npcrepro.engine.data`) get per-sample generators, others get seeded global RNGs. A
+        dataset whose ``cover`` is an (items, structures) bool array gets batches that show every
+        structure (:func:`npcrepro.engine.data.covering_plan`); otherwise epochs of permutations.
     val_data : Dataset, optional
         Validation items (``dataset[i]``, no augmentation); its mean loss drives early stopping,
         the plateau schedule and ``checkpoint_best.pt``.
@@ -909,8 +911,9 @@ class Trainer:
         world, rank = self.info.world_size, self.info.rank
         keyed = _Keyed(self.train_data, self.seed)
         n_items = len(self.train_data)
+        cover = getattr(self.train_data, "cover", None)
         if self.probe and st.stage_iteration == 0:
-            plan = epoch_plan(n_items, self.batch_size, ipe, self.seed, si, 0)
+            plan = epoch_plan(n_items, self.batch_size, ipe, self.seed, si, 0, cover=cover)
             first = [keyed[(si, 0, 0, j, int(plan[0, j]))] for j in range(rank, self.batch_size, world)]
             self._probe(torch.utils.data.default_collate(first), stage, si)
         t_row = time.perf_counter()
@@ -919,7 +922,7 @@ class Trainer:
         while st.stage_iteration < total and not st.stage_stopped:
             epoch = st.stage_iteration // ipe
             pos = st.stage_iteration % ipe
-            plan = epoch_plan(n_items, self.batch_size, ipe, self.seed, si, epoch)
+            plan = epoch_plan(n_items, self.batch_size, ipe, self.seed, si, epoch, cover=cover)
             stop = min(ipe, pos + total - st.stage_iteration)
             batches = [[(si, epoch, b, j, int(plan[b, j])) for j in range(rank, self.batch_size, world)]
                        for b in range(pos, stop)]

@@ -68,6 +68,8 @@ INFO = PaperInfo(
         "schedule": entry("exponential decay, rate 0.9 every 10 iterations", "Sec. 3.3"),
         "batch_size": entry(None, "", "not stated"),
         "epochs": entry(100, "Sec. 3.3"),
+        "sampling": entry("uniform", "Sec. 3.1, Sec. 3.3",
+                          "not named; implied: 100 epochs over the 7112 training slices"),
         "loss": entry(
             "beta * Dice + (1 - beta) * Focal; Dice with foreground and background terms and smoothing "
             "epsilon (Eq. 1), focal with alpha and gamma (Eq. 2)",

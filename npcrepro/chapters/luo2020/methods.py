@@ -295,7 +295,7 @@ class Luo2020(Chapter):
         model = self.build(method, P, len(structures))
         slices = {p.case.name: p.idx for p in train} if P.get("split_unit") == "slice" else None
         data = prep.slice_dataset([p.case for p in train], structures, P.get("image_size"), seed=ctx.seed,
-                                  slices=slices)
+                                  slices=slices, sampling=P.get("sampling") or "uniform")
         iterations = int(P["iterations"])
         trainer = Trainer(model, make_loss(P), data, batch_size=int(P["batch_size"]), iterations=iterations,
                           optimizer="adam", lr=float(P["lr"]), schedule=schedule_spec(P, iterations),

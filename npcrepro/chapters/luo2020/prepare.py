@@ -138,9 +138,10 @@ def parse_part(name: str) -> SlicePart | None:
 
 
 def slice_dataset(cases: Sequence, structures: Sequence[str], image_size, channel: str = "CT", seed: int = 0,
-                  slices: Mapping[str, Sequence[int]] | None = None):
+                  slices: Mapping[str, Sequence[int]] | None = None, sampling: str = "uniform"):
     """Labelled axial CT slices of ``cases`` (centre crop/pad to ``image_size`` when given); with
     ``slices`` ({case name: indices}), those slices instead (a slice-level split's training part).
+    ``sampling``: how the Trainer draws batches (:class:`~npcrepro.engine.SliceDataset`).
 
     Only the chosen slices are copied into the dataset (a sub-case per patient), not whole volumes:
     the same items in the same order as ``SliceDataset(cases, slices="labelled")``, in the memory
@@ -154,7 +155,8 @@ def slice_dataset(cases: Sequence, structures: Sequence[str], image_size, channe
         subs.append(Case(case.name, {channel: case.images[channel][idx]},
                          {s: case.labels[s][idx] for s in structures if s in case.labels}, case.spacing))
     return SliceDataset(subs, [channel], list(structures), slices="all",
-                        size=tuple(image_size) if image_size else None, normalise=normaliser(), seed=seed)
+                        size=tuple(image_size) if image_size else None, normalise=normaliser(), seed=seed,
+                        sampling=sampling)
 
 
 def slice_image(prepared: Prepared, channel: str = "CT") -> np.ndarray:
