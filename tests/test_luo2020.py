@@ -254,6 +254,15 @@ def test_schedule_spec_modes():
     assert cos == {"kind": "cosine", "unit": "iteration", "total": 300, "warmup": 15, "cycles": 2}
     assert "cosine decay to 0, 2 times" in LM.schedule_text({"lr_schedule": "cosine", "warmup": 0.1, "cycles": 2}, 300)
     assert LM.schedule_text({"lr_schedule": "scaled", "lr_decays": 10}, 300) == "x0.9 every 30 iterations, 10 decays over the run"
+    warm = LM.schedule_spec({"lr_schedule": "scaled", "lr_decays": 10, "warmup": 0.1}, 300)
+    assert warm == {"kind": "exponential", "every": 30, "gamma": 0.9, "warmup": 30}
+    from npcrepro.engine.schedules import make_schedule
+
+    rule = make_schedule(warm, total=300)
+    assert [round(rule.factor_at(t, 0), 4) for t in (0, 14, 29, 30, 59, 60)] == [
+        round(1 / 30, 4), 0.5, 1.0, 0.9, 0.9, 0.81]
+    assert LM.schedule_text({"lr_schedule": "scaled", "warmup": 0.1}, 300).startswith(
+        "a linear warm-up over the first 30 iterations, then x0.9 every 30")
     with pytest.raises(ParameterError):
         LM.schedule_spec({"lr_schedule": "plateau"}, 300)
 

@@ -17,7 +17,8 @@ import torch
 from npcrepro import transforms as T
 from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["prepare_case", "slice_stack", "SliceDataset", "PatchDataset", "epoch_plan", "covering_plan", "item_rng"]
+__all__ = ["prepare_case", "slice_stack", "SliceDataset", "PatchDataset", "epoch_plan", "covering_plan",
+           "item_rng"]
 
 def _normalise_channel(arr: np.ndarray, how, channel: str) -> np.ndarray:
     if isinstance(how, Mapping):

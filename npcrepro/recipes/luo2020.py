@@ -45,7 +45,8 @@ HELP = {
     "lr": "Adam's initial learning rate",
     "lr_schedule": "'scaled': lr_decays decays of x lr_gamma over the run; 'literal': every lr_every iterations; "
                    "'cosine': warm-up then cosine decay to 0, cycles times over the run",
-    "warmup": "cosine: share of each cycle spent ramping the learning rate linearly up from 0",
+    "warmup": "share of the run (with cosine: of each cycle) spent ramping the learning rate linearly up "
+              "from 0",
     "cycles": "cosine: cycles over the run (warm restarts)",
     "lr_gamma": "learning-rate decay factor",
     "lr_every": "iterations between decays of the literal schedule",
@@ -75,7 +76,8 @@ HELP = {
 }
 
 ALLOWED = {"lr_schedule": ["scaled", "literal", "cosine"], "real_data": ["openkbp", "off"],
-           "dice_form": ["eq1", "normalised"], "split_unit": ["patient", "slice"], "sampling": ["uniform", "cover"]}
+           "dice_form": ["eq1", "normalised"], "split_unit": ["patient", "slice"],
+           "sampling": ["uniform", "cover"]}
 
 #: The paper's stated values (items of npcrepro.papers.luo2020.INFO.recipe).
 PAPER = {

@@ -134,9 +134,9 @@ def make_loss(P: Mapping[str, Any]):
 
 def schedule_spec(P: Mapping[str, Any], iterations: int) -> dict:
     """The Trainer's schedule: ``lr_schedule="literal"`` decays x``lr_gamma`` every ``lr_every``
-    iterations (as written); ``"scaled"`` spreads ``lr_decays`` decays evenly over the run;
-    ``"cosine"`` a linear warm-up over ``warmup`` of each cycle then a cosine decay
-    to 0, ``cycles`` times over the run."""
+    iterations (as written); ``"scaled"`` spreads ``lr_decays`` decays evenly over the run (both after a
+    linear warm-up over the share ``warmup`` of the run, when given); ``"cosine"`` a linear warm-up over
+    ``warmup`` of each cycle then a cosine decay to 0, ``cycles`` times over the run."""
     mode = P.get("lr_schedule", "scaled")
     gamma = float(P.get("lr_gamma", 0.9))
     if mode == "literal":
@@ -149,7 +149,9 @@ def schedule_spec(P: Mapping[str, Any], iterations: int) -> dict:
         return cosine_cycles(int(iterations), float(P.get("warmup") or 0), int(P.get("cycles") or 1))
     else:
         raise ParameterError(f"lr_schedule must be 'scaled', 'literal' or 'cosine', got {mode!r}")
-    return {"kind": "exponential", "every": every, "gamma": gamma}
+    spec = {"kind": "exponential", "every": every, "gamma": gamma}
+    warmup = int(round(float(P.get("warmup") or 0) * int(iterations)))
+    return {**spec, "warmup": warmup} if warmup else spec
 
 
 def schedule_text(P: Mapping[str, Any], iterations: int) -> str:
@@ -161,7 +163,9 @@ def schedule_text(P: Mapping[str, Any], iterations: int) -> str:
                 f"decay to 0, {cycles} time{'s' if cycles > 1 else ''} over the run"
                 + (" (a warm restart at its middle)" if cycles == 2 else ""))
     n = int(iterations) // spec["every"]
-    return f"x{spec['gamma']:g} every {spec['every']} iterations, {n} decays over the run"
+    text = f"x{spec['gamma']:g} every {spec['every']} iterations, {n} decays over the run"
+    return (f"a linear warm-up over the first {spec['warmup']} iterations, then " + text if spec.get("warmup")
+            else text)
 
 
 # ----------------------------------------------------------------------------------- the split audit
