@@ -389,6 +389,32 @@ def test_score_case_with_crop_box():
         assert r["case"] == "t" and r["n_slices"] == 4
 
 
+def test_laterality_table_flags_a_network_that_marks_both_sides():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    def row(method, structure, pred, tp, ref=100):
+        return {"method": method, "case": "c", "structure": structure, "dice": 2 * tp / (pred + ref),
+                "precision": tp / pred if pred else 0.0, "ref_voxels": ref, "pred_voxels": pred,
+                "ref_empty": False}
+
+    metrics = pd.DataFrame([
+        row("a", "Eye_L", 200, 95), row("a", "Eye_R", 190, 90),      # both eyes marked for each eye
+        row("b", "Eye_L", 100, 90), row("b", "Eye_R", 110, 95),      # each eye on its own side
+        row("a", "GTVp", 100, 80), row("b", "Parotid_L", 100, 80)])  # no pair: not in the table
+    res = SimpleNamespace(metrics=metrics, structures=["GTVp", "Eye_L", "Eye_R", "Parotid_L"],
+                          methods=["a", "b"], label={"a": "A", "b": "B"}.get)
+    t = LR.laterality_table(res).set_index(["structure", "method"])
+    assert list(t.index) == [("Eye_L", "A"), ("Eye_L", "B"), ("Eye_R", "A"), ("Eye_R", "B")]
+    assert t.loc[("Eye_L", "A"), "predicted / reference volume"] == pytest.approx(2.0)
+    assert t.loc[("Eye_R", "A"), "precision"] == pytest.approx(90 / 190)
+    assert t.loc[("Eye_L", "B"), "DSC"] == pytest.approx(2 * 90 / 200)
+    assert t["both sides"].tolist() == [True, False, True, False]
+    assert LR.laterality_table(SimpleNamespace(metrics=metrics, structures=["GTVp"], methods=["a"],
+                                               label={"a": "A"}.get)).empty
+
+
 def test_run_end_to_end_on_a_toy_dataset(tmp_path):
     from npcrepro import chapters, profiles
     from npcrepro.datasets import write_dataset

@@ -313,6 +313,38 @@ def per_structure_table(results, metric: str = "dice") -> pd.DataFrame:
     return t
 
 
+#: A network "marks both sides" for one side of a left/right pair when it predicts at least this many
+#: times that side's reference volume ...
+BOTH_SIDES_VOLUME = 1.5
+#: ... at a precision of at most this.
+BOTH_SIDES_PRECISION = 0.6
+
+
+def laterality_table(results) -> pd.DataFrame:
+    """For each side of a left/right pair of structures (``X_L`` and ``X_R`` both in the run) and each
+    method: the predicted over the reference volume (summed over the test patients that have it), the
+    mean precision and the mean DSC; ``both sides`` flags a network that marks the left and the right
+    structure for that side (about twice the volume at about half the precision). One row per
+    (structure, method), in the run's order."""
+    m = scored(results)
+    sides = [s for s in results.structures
+             if (s.endswith("_L") and f"{s[:-2]}_R" in results.structures)
+             or (s.endswith("_R") and f"{s[:-2]}_L" in results.structures)]
+    rows = []
+    for structure in sides:
+        part = m[m["structure"] == structure]
+        for method in [x for x in labels(results) if x in set(part["method"])]:
+            g = part[part["method"] == method]
+            ref = float(g["ref_voxels"].sum())
+            ratio = float(g["pred_voxels"].sum()) / ref if ref else float("nan")
+            precision = float(g["precision"].mean())
+            rows.append({"structure": structure, "method": method, "predicted / reference volume": ratio,
+                         "precision": precision, "DSC": float(g["dice"].mean()),
+                         "both sides": bool(ratio >= BOTH_SIDES_VOLUME and precision <= BOTH_SIDES_PRECISION)})
+    return pd.DataFrame(rows, columns=["structure", "method", "predicted / reference volume", "precision", "DSC",
+                                       "both sides"])
+
+
 # ----------------------------------------------------------------------------------- figures
 #: Grey levels (HU) of the overlay figures, wide enough to show bone and air beside soft tissue.
 _DISPLAY_WINDOW = (-500.0, 500.0)
