@@ -34,9 +34,11 @@ def test_positional_index_is_left_out():
 
 def test_labelling_index_is_kept():
     df = pd.DataFrame({"dsc": [0.5, 0.7]}, index=pd.Index(["a", "b"], name="method"))
-    assert tables.table_html(df) is None                      # IPython falls back to pandas' repr
-    assert tables.table_html(df[["dsc"]].agg(["mean", "std"])) is None
-    assert tables.table_html(df.style) is None
+    for html in (tables.table_html(df), tables.table_html(df.style)):
+        head, row = _header_and_first_row(html)
+        assert "method" in head and row[0] == "a" and float(row[1]) == 0.5
+    head, row = _header_and_first_row(tables.table_html(df[["dsc"]].agg(["mean", "std"])))
+    assert row[0] == "mean" and float(row[1]) == pytest.approx(0.6)
     assert not tables.positional(pd.MultiIndex.from_tuples([(0, 1)]))
     assert tables.positional(pd.RangeIndex(3)) and tables.positional(pd.Index([3, 1]))
 
@@ -67,6 +69,10 @@ def test_install_registers_the_formatters():
         fmt = shell.display_formatter.format(pd.DataFrame({"x": [1, 2]}))[0]
         assert "row_heading" not in fmt["text/html"] and "<th>0</th>" not in fmt["text/html"]
         assert fmt["text/plain"].split() == ["x", "1", "2"]
+        # a table whose index labels its rows is still HTML (with that index), not plain text
+        labelled = pd.DataFrame({"x": [1, 2]}, index=pd.Index(["a", "b"], name="method"))
+        fmt = shell.display_formatter.format(labelled)[0]
+        assert "<th>a</th>" in fmt["text/html"] and "method" in fmt["text/html"]
     finally:
         InteractiveShell.clear_instance()
 

@@ -25,17 +25,18 @@ def positional(index: pd.Index) -> bool:
 
 
 def table_html(obj: Any) -> str | None:
-    """HTML of a DataFrame or Styler without its positional index (see :func:`positional`); None
-    where the object keeps its index (IPython then falls back to the object's own repr)."""
+    """HTML of a DataFrame or Styler: without its positional index (see :func:`positional`), else
+    pandas' own HTML with the index. (A formatter registered for a type replaces the type's
+    ``_repr_html_``: returning None would leave the table without HTML, as plain text in the book.)"""
     from pandas.io.formats.style import Styler
 
     if isinstance(obj, Styler):
         if not positional(obj.data.index):
-            return None
+            return obj._repr_html_()
         return obj.hide(axis="index")._repr_html_()
     if isinstance(obj, pd.DataFrame):
         if not positional(obj.index):
-            return None
+            return obj._repr_html_()
         html = obj.to_html(index=False, notebook=True, max_rows=pd.get_option("display.max_rows"),
                            max_cols=pd.get_option("display.max_columns"),
                            show_dimensions=pd.get_option("display.show_dimensions"))
