@@ -411,6 +411,9 @@ def test_laterality_table_flags_a_network_that_marks_both_sides():
     assert t.loc[("Eye_R", "A"), "precision"] == pytest.approx(90 / 190)
     assert t.loc[("Eye_L", "B"), "DSC"] == pytest.approx(2 * 90 / 200)
     assert t["both sides"].tolist() == [True, False, True, False]
+    grid = LR.laterality_grid(LR.laterality_table(res))
+    assert list(grid.index) == ["Eye_L", "Eye_R"] and list(grid.columns) == ["A", "B"]
+    assert grid.loc["Eye_L", "A"] == "2.00 (both sides)" and grid.loc["Eye_L", "B"] == "1.00"
     assert LR.laterality_table(SimpleNamespace(metrics=metrics, structures=["GTVp"], methods=["a"],
                                                label={"a": "A"}.get)).empty
 

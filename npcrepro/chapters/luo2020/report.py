@@ -345,6 +345,15 @@ def laterality_table(results) -> pd.DataFrame:
                                        "both sides"])
 
 
+
+def laterality_grid(lat: pd.DataFrame) -> pd.DataFrame:
+    """:func:`laterality_table` as the chapter shows it: sides (rows) x methods (columns), each cell the
+    predicted over the reference volume to two decimals, with " (both sides)" where flagged."""
+    order = dict(index=list(dict.fromkeys(lat["structure"])), columns=list(dict.fromkeys(lat["method"])))
+    volume = lat.pivot(index="structure", columns="method", values="predicted / reference volume").reindex(**order)
+    flag = lat.pivot(index="structure", columns="method", values="both sides").reindex(**order)
+    return volume.map(lambda v: f"{v:.2f}") + flag.map(lambda f: " (both sides)" if f is True else "")
+
 # ----------------------------------------------------------------------------------- figures
 #: Grey levels (HU) of the overlay figures, wide enough to show bone and air beside soft tissue.
 _DISPLAY_WINDOW = (-500.0, 500.0)
