@@ -134,7 +134,8 @@ def test_common_schedule_warms_up_decays_and_restarts_on_request():
     from npcrepro.engine.schedules import make_schedule
 
     P = resolve("leaderboard", "cpu")
-    one = make_schedule(schedule(P, 640))
+    assert P.cycles == 2  # the cpu profile restarts at the middle of the budget
+    one = make_schedule(schedule(P.replace(cycles=1), 640))
     cosine = lambda t, n: 0.5 * (1 + math.cos(math.pi * t / n))  # noqa: E731
     assert one.factor_at(0, 0) == pytest.approx(1 / 64) and one.factor_at(63, 0) == pytest.approx(cosine(63, 640))
     assert one.factor_at(320, 0) == pytest.approx(0.5) and one.factor_at(640, 0) == pytest.approx(0.0)
@@ -142,6 +143,18 @@ def test_common_schedule_warms_up_decays_and_restarts_on_request():
     assert [two.factor_at(t, 0) for t in (0, 100, 319)] == pytest.approx([two.factor_at(t, 0) for t in (320, 420, 639)])
     assert two.factor_at(319, 0) < 1e-3 and two.factor_at(320, 0) == pytest.approx(1 / 32)
     assert schedule(P.replace(schedule="constant", warmup=0.0), 640) is None
+
+
+def test_schedule_text_names_the_profiles_peak_warmup_and_cycles():
+    from npcrepro.chapters.leaderboard.methods import schedule_text
+
+    cpu, gpu = resolve("leaderboard", "cpu"), resolve("leaderboard", "gpu")
+    assert schedule_text(cpu).startswith("Adam at a peak learning rate of 0.005, a linear warm-up over the first "
+                                         "10% of each cycle and a cosine decay")
+    assert "2 cycles over the budget (warm restarts: the network scored at half its budget has finished" in \
+        schedule_text(cpu)
+    assert "cycle" not in schedule_text(gpu) and "0.002" in schedule_text(gpu)
+    assert schedule_text(gpu.replace(schedule="constant", warmup=0.0)) == "Adam at a peak learning rate of 0.002"
 
 
 def test_holdout_is_seeded_disjoint_and_checked():

@@ -199,7 +199,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from chapter_contract import ChapterContract  # noqa: E402
 
-from npcrepro import papers  # noqa: E402
+from npcrepro import papers, recipes  # noqa: E402
 from npcrepro.chapters.luo2020 import methods as LM  # noqa: E402
 from npcrepro.chapters.luo2020 import prepare as LP  # noqa: E402
 from npcrepro.chapters.luo2020 import report as LR  # noqa: E402
@@ -323,17 +323,33 @@ def test_cpu_batches_show_every_structure_and_gpu_keeps_epochs():
     assert LP.slice_dataset(cases, structures, (48, 48), sampling=gpu["sampling"]).cover is None
 
 
-def test_cpu_profile_trains_the_ablation_and_leaves_fcn8_to_gpu():
+def test_cpu_profile_trains_table1_networks_and_leaves_the_ablation_to_gpu():
     from npcrepro import profiles
 
     S = dict(stage1_widths=[4, 8, 8, 16, 16], stage2_widths=[4, 8, 8], fcn_widths=[4, 8, 8, 16, 16],
              fcn_channels=8)
     cpu, gpu = (profiles.parameters("luo2020", p)["methods"] for p in ("cpu", "gpu"))
-    assert set(gpu) == set(LM.METHODS) and "fcn8" not in cpu
-    # every corner of the 2 x 2 ablation (the paper's two claims) trains at cpu
-    assert {k for pairs in LR.CLAIMS.values() for pair in pairs for k in pair} <= set(cpu)
+    assert set(gpu) == set(LM.METHODS)
+    assert set(cpu) == {"unet", "ours"} and not set(cpu) & set(recipes.load("luo2020").GPU_ONLY)
+    # the gpu profiles train every corner of the 2 x 2 ablation (the paper's two claims)
+    assert {k for pairs in LR.CLAIMS.values() for pair in pairs for k in pair} <= set(gpu)
     trained = LR.method_table(dict(S, methods=cpu), 5)["trained at this profile"]
-    assert not trained["FCN-8"] and trained["Ours"] and trained.sum() == len(cpu)
+    assert not trained["FCN-8"] and not trained["Two-stage, no MSP"] and trained["Ours"]
+    assert trained.sum() == len(cpu)
+
+
+def test_claims_text_says_why_a_profile_tests_no_claim():
+    empty = pd.DataFrame(columns=["claim", "comparison", "difference A - B", "p (Wilcoxon)"])
+    text = LR.claims_text(empty, "0 of 2", "cpu")
+    assert "not tested at the cpu profile" in text["stage"] and "gpu-lite" in text["reading"]
+    claims = pd.DataFrame([
+        {"claim": "a second stage helps", "comparison": "Ours vs One-stage + MSP", "difference A - B": 0.05,
+         "p (Wilcoxon)": 0.01},
+        {"claim": "the MSP block helps", "comparison": "Ours vs Two-stage, no MSP", "difference A - B": -0.02,
+         "p (Wilcoxon)": 0.2}])
+    text = LR.claims_text(claims, "3 of 5", "gpu")
+    assert text["stage"] == "+0.050 (Ours vs One-stage + MSP, Wilcoxon p = 0.01)"
+    assert text["msp"].startswith("-0.020") and "1 of 2" in text["reading"] and "3 of 5" in text["summary"]
 
 
 def test_leaderboard_network_follows_the_profile():

@@ -210,12 +210,14 @@ def test_profiles_follow_the_paper_recipe():
     assert gpu.schedule == "plateau" and gpu.warmup == 0 and gpu.grad_clip == 0
     smoke, cpu = profiles.resolve("xue2020", "smoke"), profiles.resolve("xue2020", "cpu")
     assert smoke.iterations and smoke.lr == gpu.lr and smoke.schedule == "plateau"
-    # cpu: the converging recipe (warm-up, cosine, clipping, a lower peak lr), each a named deviation
-    assert cpu.iterations and (cpu.lr, cpu.schedule, cpu.warmup, cpu.grad_clip) == (0.002, "cosine", 0.1, 1.0)
+    # cpu: the converging recipe (warm-up, cosine twice over the budget, clipping, a lower peak lr), each a
+    # named deviation
+    assert cpu.iterations and (cpu.lr, cpu.schedule, cpu.warmup, cpu.cycles, cpu.grad_clip) == (
+        0.003, "cosine", 0.1, 2, 1.0)
     from npcrepro import recipes
 
     named = {d["parameter"] for d in recipes.deviations("xue2020", "cpu") if d["why"]}
-    assert {"lr", "schedule", "warmup", "grad_clip"} <= named
+    assert {"lr", "schedule", "warmup", "cycles", "grad_clip"} <= named
     with pytest.raises(ParameterError):
         profiles.resolve("xue2020", "cpu", target="everything")
 
@@ -391,11 +393,11 @@ def test_stage_table_sets_table1_beside_the_cohort(monkeypatch):
     assert len(t) == n_rows
 
 
-def test_schedule_is_the_papers_plateau_at_gpu_and_cosine_with_warmup_at_cpu():
+def test_schedule_is_the_papers_plateau_at_gpu_and_cosine_twice_with_warmup_at_cpu():
     from npcrepro.chapters.xue2020.methods import schedule
 
     cpu = schedule(profiles.resolve("xue2020", "cpu"), {"iterations": 240})
-    assert cpu == {"kind": "cosine", "total": 240, "unit": "iteration", "warmup": 24}
+    assert cpu == {"kind": "cosine", "total": 240, "unit": "iteration", "warmup": 12, "cycles": 2}
     gpu = schedule(profiles.resolve("xue2020", "gpu"), {"epochs": 200})
     assert gpu == {"kind": "plateau", "factor": 0.8, "patience": 5, "unit": "epoch", "warmup": 0}
 

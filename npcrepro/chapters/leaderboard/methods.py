@@ -135,6 +135,22 @@ def schedule(P: Mapping[str, Any], iterations: int) -> dict | None:
     return cosine_cycles(iterations, float(P["warmup"]), int(P.get("cycles") or 1), kind=str(P["schedule"]))
 
 
+def schedule_text(P: Mapping[str, Any]) -> str:
+    """The common training schedule of ``P`` in words (for the chapter's protocol table)."""
+    cycles, warm = int(P.get("cycles") or 1), float(P["warmup"])
+    peak = f"Adam at a peak learning rate of {float(P['lr']):g}"
+    if P["schedule"] == "constant":
+        return peak + (f" after a linear warm-up over the first {warm:.0%} of the budget" if warm else "")
+    each = "each cycle" if cycles > 1 else "the budget"
+    text = (f"{peak}, a linear warm-up over the first {warm:.0%} of {each} and a {P['schedule']} decay to "
+            f"zero at its end")
+    if cycles > 1:
+        text += (f", {cycles} cycles over the budget (warm restarts: the network scored at half its budget "
+                 "has finished a whole schedule)" if cycles == 2 else f", {cycles} cycles over the budget "
+                 "(warm restarts)")
+    return text
+
+
 class Leaderboard(Chapter):
     name = "leaderboard"
     channels = ("CT", "CECT", "T1", "T2", "CET1")

@@ -300,6 +300,38 @@ def claims_table(results, metric: str = "dice") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def claims_text(claims: pd.DataFrame, converged: str, profile: str) -> dict[str, str]:
+    """Sentences on the ablation for the chapter, from :func:`claims_table`: ``"reading"`` (how to read
+    the comparisons, or why there are none at ``profile``), ``"stage"`` and ``"msp"`` (each claim's
+    differences with their Wilcoxon p) and ``"summary"`` (one clause for the chapter's summary).
+    ``converged``: the run's convergence count in words (e.g. "0 of 2")."""
+    if not len(claims):
+        why = (f"The {profile} profile does not train the ablation networks (two stages without MSP, one "
+               "stage with MSP): at its budget every network of the 2 x 2 design was unconverged, so their "
+               "differences measured how fast each design learns (the recipe's CHOICES, *methods at cpu*). "
+               "The gpu and gpu-lite profiles train all four; `-p methods \"['unet', 'ours', "
+               "'two_stage_no_msp', 'one_stage_msp']\"` trains them at any profile.")
+        none = f"not tested at the {profile} profile"
+        return {"reading": why, "stage": none, "msp": none,
+                "summary": f"the paper's two claims (a second stage, the MSP block) were {none}"}
+
+    def diffs(claim: str) -> str:
+        c = claims[claims["claim"] == claim]
+        return ", ".join(f"{r['difference A - B']:+.3f} ({r['comparison']}, Wilcoxon p = {r['p (Wilcoxon)']:.2g})"
+                         for _, r in c.iterrows()) if len(c) else "(not run)"
+
+    sig = f"{int((claims['p (Wilcoxon)'] < 0.05).sum())} of {len(claims)}"
+    reading = (f"{sig} of these comparisons reach p < 0.05 (Wilcoxon). Read them with the profile in mind: "
+               f"{converged} networks of this run are flagged converged (see *Convergence*); where a network "
+               "is not, a difference measures how fast a design learns at this budget at least as much as "
+               "how good it is. The gpu profile (the paper's 124 patients, paper-scale widths, every fold, the "
+               "paper's learning rate) is the one that can test the claims.")
+    stage, msp = diffs("a second stage helps"), diffs("the MSP block helps")
+    summary = (f"adding a second stage changed DSC by {stage}; adding the MSP block by {msp} ({sig} "
+               f"comparisons at p < 0.05; {converged} networks converged at this budget)")
+    return {"reading": reading, "stage": stage, "msp": msp, "summary": summary}
+
+
 def per_structure_table(results, metric: str = "dice") -> pd.DataFrame:
     """Mean ``metric`` per structure (rows, the paper's names where known) and method (columns), over
     test patients that have the structure; the last row is the mean over structures."""
