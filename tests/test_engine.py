@@ -123,6 +123,34 @@ def test_schedule_and_optimiser_errors():
         Trainer(torch.nn.Conv2d(1, 1, 1), bce, [0], iterationz=3)
 
 
+def test_adam_is_fused_where_it_can_be_and_follows_the_loop_implementation():
+    """make_optimizer's Adam/AdamW run the fused kernel on CPU float tensors; the weights after 100 steps
+    equal those of PyTorch's per-parameter loop to float rounding, with and without weight decay."""
+    torch.manual_seed(0)
+    start = [torch.randn(16, 8, 3, 3), torch.randn(16)]
+    for name, wd in (("adam", 0.0), ("adam", 1e-2), ("adamw", 1e-2)):
+        fused = [p.clone().requires_grad_() for p in start]
+        loop = [p.clone().requires_grad_() for p in start]
+        opt = make_optimizer(fused, name, 1e-2, weight_decay=wd)
+        assert opt.defaults["fused"] is True
+        ref = (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(loop, 1e-2, weight_decay=wd)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(100):
+            for a, b in zip(fused, loop):
+                a.grad = torch.randn(a.shape, generator=g)
+                b.grad = a.grad.clone()
+            opt.step()
+            ref.step()
+        for a, b in zip(fused, loop):
+            assert torch.allclose(a, b, rtol=0, atol=1e-5)
+        assert not torch.equal(fused[0], start[0])
+    # param groups (dicts) are read too; a non-floating tensor would take the plain implementation
+    assert make_optimizer([{"params": [torch.zeros(2, requires_grad=True)]}], "adam").defaults["fused"] is True
+    from npcrepro.engine.schedules import _fusable
+
+    assert not _fusable([torch.zeros(2, dtype=torch.int64)]) and _fusable([torch.zeros(2)])
+
+
 # ----------------------------------------------------------------------------- sampling
 def test_epoch_plan_is_seeded_permutation():
     a = epoch_plan(10, 3, 3, seed=1, stage=0, epoch=0)
@@ -926,3 +954,16 @@ def test_engine_benchmark_quick_runs(monkeypatch, capsys):
         assert r["ms_per_iteration"] > 0 and r["gflop_per_iteration"] > 0
         assert r["ratio_to_matmul"] == pytest.approx(r["gflops"] / r["matmul_gflops"])
         assert 0 < r["conv_share"] <= 1
+
+
+def test_environment_reads_package_versions_without_importing_them():
+    """environment.json's versions come from the installed packages' metadata; a package is not
+    imported for its version (monai took seconds per run folder)."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    code = ("import sys; from npcrepro.engine.runs import environment; e = environment(); "
+            "print(e['monai'], e['scipy'], e['SimpleITK'], 'monai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [version("monai"), version("scipy"), version("SimpleITK"), "False"]

@@ -129,8 +129,14 @@ def environment(device: str | None = None) -> dict:
     import npcrepro
 
     def version(mod: str) -> str | None:
+        # the installed distribution's metadata: importing a package only to read its version took
+        # seconds per run folder (monai)
+        if mod in sys.modules:
+            return getattr(sys.modules[mod], "__version__", None)
         try:
-            return __import__(mod).__version__
+            from importlib.metadata import version as dist_version
+
+            return dist_version(mod)
         except Exception:  # noqa: BLE001 - optional packages
             return None
 

