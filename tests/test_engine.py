@@ -17,8 +17,8 @@ from npcrepro import profiles
 from npcrepro.datasets import Case, write_dataset
 from npcrepro.engine import (PatchDataset, RunFolder, Schedule, SliceDataset, Stage, Trainer, epoch_plan,
                              gaussian_weights, load_checkpoint, make_folds, make_optimizer,
-                             make_schedule, predict_case, predict_slices, predict_sliding_window,
-                             run_folds, seed_everything)
+                             make_schedule, predict_case, predict_slice_tiles, predict_slices,
+                             predict_sliding_window, run_folds, seed_everything)
 from npcrepro.engine.dispatch import Job, run_jobs
 from npcrepro.engine.inference import window_starts
 from npcrepro.errors import DataError, ParameterError
@@ -488,6 +488,32 @@ def test_predict_slices_matches_direct_calls():
     assert out.shape == (2, 5, 12, 12)
     with pytest.raises(DataError):
         predict_slices(model, image[0])
+
+
+class _ImageMean(torch.nn.Module):
+    """(N, C, y, x) -> (N, 1, y, x): each input's own mean everywhere, the way image pooling sees it."""
+
+    def forward(self, x):
+        return x.mean(dim=(1, 2, 3), keepdim=True).expand(-1, 1, *x.shape[2:])
+
+
+def test_slice_tiles_show_each_window_what_a_training_crop_showed():
+    image = np.zeros((1, 3, 8, 16), np.float32)
+    image[..., 8:] = 1.0
+    whole = predict_slices(_ImageMean(), image, activation=None, channels_last=False)
+    tiles = predict_slice_tiles(_ImageMean(), image, (8, 8), overlap=0.0, activation=None)
+    assert np.allclose(whole, 0.5)  # the whole slice's mean, a statistic no 8 x 8 crop ever had
+    assert np.allclose(tiles[..., :8], 0.0) and np.allclose(tiles[..., 8:], 1.0)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 2, 1)  # pointwise: tiling, overlap and blending change nothing
+    rand = np.random.default_rng(0).normal(size=(1, 3, 20, 28)).astype(np.float32)
+    np.testing.assert_allclose(predict_slice_tiles(conv, rand, (8, 12), overlap=0.5),
+                               predict_slices(conv, rand), atol=1e-6)
+    via_case = predict_case(_ImageMean(), Case("c", {"T1": image[0]}, {}, (1.0, 1.0, 1.0)), ["T1"],
+                            mode="2d", patch_size=(8, 8), overlap=0.0, activation=None, normalise=None)
+    np.testing.assert_allclose(via_case, tiles)
+    with pytest.raises(ParameterError, match="tile must be 2 positive ints"):
+        predict_slice_tiles(conv, rand, (8, 8, 8))
 
 
 def test_predict_case_maps_back_to_the_original_grid():

@@ -112,6 +112,27 @@ def test_normaliser_windows_ct_and_leaves_the_coarse_channel():
                                [0.0, 0.0, 0.5, 1.0, 1.0])
 
 
+def test_2d_networks_are_tested_on_windows_of_their_training_crop():
+    """A 2D network trained on ``crop_2d`` crops predicts each slice in windows of that size (a
+    network that sees its whole input, like image pooling, gets what it saw in training); a crop the
+    size of the slice is the whole slice."""
+    from npcrepro.datasets import Case
+
+    class ImageMean(torch.nn.Module):  # every pixel's logit is its input's mean
+        def forward(self, x):
+            return x.mean(dim=(1, 2, 3), keepdim=True).expand(-1, 1, *x.shape[2:])
+
+    ct = np.full((2, 8, 16), -1000.0, np.float32)
+    ct[..., 8:] = 300.0  # windowed to 0 and 1
+    case = Case("c", {"CT": ct}, {}, (3.0, 1.0, 1.0))
+    P = resolve("leaderboard", "smoke", crop_2d=[8, 8], overlap=0.0)
+    prob = M.CHAPTER._probability(ImageMean(), M.BY_KEY["unet_ct"], case, P, "cpu")
+    np.testing.assert_allclose(prob[..., :8], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(prob[..., 8:], 1 / (1 + np.exp(-1.0)), rtol=1e-6)
+    whole = M.CHAPTER._probability(ImageMean(), M.BY_KEY["unet_ct"], case, P.replace(crop_2d=[8, 16]), "cpu")
+    np.testing.assert_allclose(whole, 1 / (1 + np.exp(-0.5)), rtol=1e-6)
+
+
 def test_ct_methods_read_the_runs_ct_channel():
     """``ct_channel`` swaps the CT methods' input (and only theirs) for the contrast-enhanced CT,
     which is windowed like CT; a bad value is a one-line parameter error."""

@@ -11,7 +11,7 @@ from npcrepro.engine.crossval import make_folds, run_folds
 from npcrepro.engine.data import PatchDataset, SliceDataset, epoch_plan, prepare_case, slice_stack
 from npcrepro.engine.device import configure_determinism, resolve_device, seed_everything
 from npcrepro.engine.inference import (Preprocessed, binarise, gaussian_weights, invert, predict_case,
-                                       predict_slices, predict_sliding_window)
+                                       predict_slice_tiles, predict_slices, predict_sliding_window)
 from npcrepro.engine.loop import History, Stage, Trainer, load_checkpoint
 from npcrepro.engine.runs import RunFolder, environment, find_runs, latest_run
 from npcrepro.engine.schedules import Schedule, make_optimizer, make_schedule
@@ -20,7 +20,7 @@ __all__ = [
     "Trainer", "Stage", "History", "load_checkpoint",
     "Schedule", "make_schedule", "make_optimizer",
     "SliceDataset", "PatchDataset", "prepare_case", "slice_stack", "epoch_plan",
-    "predict_slices", "predict_sliding_window", "predict_case", "gaussian_weights", "binarise",
+    "predict_slices", "predict_slice_tiles", "predict_sliding_window", "predict_case", "gaussian_weights", "binarise",
     "Preprocessed", "invert",
     "RunFolder", "environment", "find_runs", "latest_run",
     "make_folds", "run_folds",

@@ -1,5 +1,5 @@
-"""Inference: 2D slice-wise over a volume, 3D sliding window with Gaussian blending, and mapping
-predictions back to the case's original grid.
+"""Inference: 2D slice-wise over a volume (whole slices, or tiles of a training crop), 3D sliding
+window with Gaussian blending, and mapping predictions back to the case's original grid.
 
 All functions take a (C, z, y, x) numpy array (already normalised like the training data, see
 :func:`npcrepro.engine.data.prepare_case`) and return probabilities (K, z, y, x) float32.
@@ -19,7 +19,7 @@ from npcrepro.engine.device import channels_last_model, resolve_device
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.transforms import Preprocessed, invert
 
-__all__ = ["activate", "predict_slices", "predict_sliding_window", "gaussian_weights", "window_starts",
+__all__ = ["activate", "predict_slices", "predict_slice_tiles", "predict_sliding_window", "gaussian_weights", "window_starts",
            "predict_case", "binarise", "Preprocessed", "invert"]
 
 
@@ -172,6 +172,32 @@ def predict_sliding_window(model: torch.nn.Module, image: np.ndarray, patch_size
     return np.ascontiguousarray(acc[(slice(None),) + crop])
 
 
+class _SliceModel(torch.nn.Module):
+    """A 2D model seen as a 3D one over single slices: (N, C, 1, y, x) -> (N, K, 1, y, x)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, **kwargs):
+        return _out(self.model(x[:, :, 0], **kwargs))[:, :, None]
+
+
+def predict_slice_tiles(model: torch.nn.Module, image: np.ndarray, tile: Sequence[int], *,
+                        overlap: float = 0.5, **kwargs) -> np.ndarray:
+    """A 2D model over every axial slice of ``image`` (C, z, y, x) in Gaussian-blended ``tile`` (y, x)
+    windows overlapping by ``overlap``: the inference of a network trained on random crops of that
+    size, which then sees at test time what it saw in training. A network whose features depend on
+    the input's extent (image pooling; atrous rates wider than a crop's feature map, whose outer taps
+    never saw anything but padding in training) predicts whole slices it was never trained on.
+    Other keyword arguments go to :func:`predict_sliding_window`. Returns (K, z, y, x) float32.
+    """
+    tile = tuple(int(t) for t in tile)
+    if len(tile) != 2 or min(tile) < 1:
+        raise ParameterError(f"tile must be 2 positive ints (y, x), got {tile}")
+    return predict_sliding_window(_SliceModel(model), image, (1, *tile), overlap=overlap, **kwargs)
+
+
 def binarise(prob: np.ndarray, threshold: float = 0.5, activation: str | None = "sigmoid") -> np.ndarray:
     """Masks from probabilities: ``prob >= threshold`` per channel (sigmoid), or one-hot argmax
     (softmax; channel 0 is background)."""
@@ -188,11 +214,14 @@ def predict_case(model: torch.nn.Module, case, channels: Sequence[str], *, mode:
 
     ``case`` is the case the model sees (after :func:`npcrepro.transforms.preprocess`, if any);
     ``preprocessed`` is the record that maps the result back (linear interpolation of probabilities).
-    ``mode`` "2d" uses :func:`predict_slices`, "3d" :func:`predict_sliding_window` (needs
-    ``patch_size``); other keyword arguments go to them.
+    ``mode`` "2d" uses :func:`predict_slices`, or :func:`predict_slice_tiles` when ``patch_size``
+    (y, x) is given; "3d" :func:`predict_sliding_window` (needs ``patch_size``); other keyword
+    arguments go to them.
     """
     image, _ = prepare_case(case, channels, (), normalise=normalise)
-    if mode == "2d":
+    if mode == "2d" and patch_size is not None:
+        prob = predict_slice_tiles(model, image, patch_size, **kwargs)
+    elif mode == "2d":
         prob = predict_slices(model, image, **kwargs)
     elif mode == "3d":
         if patch_size is None:

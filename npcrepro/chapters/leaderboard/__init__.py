@@ -19,8 +19,10 @@ inputs only:
   luo2020's two stages, li2018's three score maps, each against the target averaged to its grid),
   2D methods on random ``crop_2d`` crops of axial slices (tumour slices plus half as many others), 3D
   methods on random ``patch_3d`` patches (half centred on tumour);
-* inference: 2D slice by slice over the whole volume, 3D by Gaussian sliding window with the training
-  patch; threshold 0.5, no post-processing;
+* inference: Gaussian sliding window over the whole volume with the training crop (2D, slice by
+  slice) or patch (3D), overlap ``overlap``: a network trained on crops is tested on inputs of that
+  size (DeepLabv3+'s image pooling and atrous rates otherwise meet a feature map they never saw);
+  threshold 0.5, no post-processing;
 * evaluation: DSC, HD95, ASSD and NSD (tolerance ``nsd_mm``) on the native grid with
   :func:`npcrepro.evaluation.evaluate_cases`, 95% bootstrap CIs, paired t-test and Wilcoxon against
   the U-Net baseline that sees the same images.

@@ -224,12 +224,16 @@ class Leaderboard(Chapter):
         return net.eval()
 
     def _probability(self, model, entry: Entry, case, P, device, channels: Sequence[str] | None = None):
-        """Tumour probability (z, y, x) of ``case``: 2D slice by slice, 3D by Gaussian sliding window."""
+        """Tumour probability (z, y, x) of ``case``: Gaussian sliding windows of the training crop
+        (2D, slice by slice) or patch (3D), so that every network is tested on inputs the size it
+        was trained on; a 2D run without crops predicts whole slices."""
         from npcrepro.engine import predict_case
 
         channels = list(channels or channels_of(entry, P))
-        kw = (dict(mode="2d", batch_size=16) if entry.dims == "2d" else
-              dict(mode="3d", patch_size=P["patch_3d"], overlap=float(P["overlap"]), batch_size=2))
+        crop = P.get("crop_2d")
+        kw = (dict(mode="2d", batch_size=16) if entry.dims == "2d" and not crop else
+              dict(mode="2d", patch_size=crop, overlap=float(P["overlap"]), batch_size=16) if entry.dims == "2d"
+              else dict(mode="3d", patch_size=P["patch_3d"], overlap=float(P["overlap"]), batch_size=2))
         prob = predict_case(model, case, channels, normalise=normaliser(channels), activation=entry.activation,
                             device=device, amp=device != "cpu", **kw)
         return foreground(prob)
