@@ -453,7 +453,8 @@ def test_inference_runs_channels_last_and_leaves_the_model_as_it_was():
     assert conv_memory_format(torch.nn.Linear(2, 2)) is None
     image = np.random.default_rng(2).normal(size=(1, 8, 16, 16)).astype(np.float32)
     for net, run in ((net3d, lambda m, **k: predict_sliding_window(m, image, (8, 16, 16), **k)),
-                     (net2d, lambda m, **k: predict_slices(m, image, **k))):
+                     (net2d, lambda m, **k: predict_slices(m, image, **k)),
+                     (net2d, lambda m, **k: predict_slice_tiles(m, image, (8, 8), **k))):
         plain = run(net, channels_last=False)
         fast = run(net, channels_last=True)
         np.testing.assert_allclose(fast, plain, atol=1e-5)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from npcrepro.engine.data import prepare_case, slice_stack
-from npcrepro.engine.device import channels_last_model, resolve_device
+from npcrepro.engine.device import channels_last_model, conv_memory_format, resolve_device
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.transforms import Preprocessed, invert
 
@@ -173,14 +173,18 @@ def predict_sliding_window(model: torch.nn.Module, image: np.ndarray, patch_size
 
 
 class _SliceModel(torch.nn.Module):
-    """A 2D model seen as a 3D one over single slices: (N, C, 1, y, x) -> (N, K, 1, y, x)."""
+    """A 2D model seen as a 3D one over single slices: (N, C, 1, y, x) -> (N, K, 1, y, x); each slice
+    goes in ``memory_format`` (the 2D model's channels-last weights want channels-last input)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, memory_format: torch.memory_format | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.memory_format = model, memory_format
 
     def forward(self, x, **kwargs):
-        return _out(self.model(x[:, :, 0], **kwargs))[:, :, None]
+        x = x[:, :, 0]
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
+        return _out(self.model(x, **kwargs))[:, :, None]
 
 
 def predict_slice_tiles(model: torch.nn.Module, image: np.ndarray, tile: Sequence[int], *,
@@ -195,7 +199,8 @@ def predict_slice_tiles(model: torch.nn.Module, image: np.ndarray, tile: Sequenc
     tile = tuple(int(t) for t in tile)
     if len(tile) != 2 or min(tile) < 1:
         raise ParameterError(f"tile must be 2 positive ints (y, x), got {tile}")
-    return predict_sliding_window(_SliceModel(model), image, (1, *tile), overlap=overlap, **kwargs)
+    fmt = conv_memory_format(model) if kwargs.get("channels_last", True) else None
+    return predict_sliding_window(_SliceModel(model, fmt), image, (1, *tile), overlap=overlap, **kwargs)
 
 
 def binarise(prob: np.ndarray, threshold: float = 0.5, activation: str | None = "sigmoid") -> np.ndarray:

@@ -230,10 +230,10 @@ class Leaderboard(Chapter):
         from npcrepro.engine import predict_case
 
         channels = list(channels or channels_of(entry, P))
-        crop = P.get("crop_2d")
-        kw = (dict(mode="2d", batch_size=16) if entry.dims == "2d" and not crop else
-              dict(mode="2d", patch_size=crop, overlap=float(P["overlap"]), batch_size=16) if entry.dims == "2d"
-              else dict(mode="3d", patch_size=P["patch_3d"], overlap=float(P["overlap"]), batch_size=2))
+        window = P.get("crop_2d") if entry.dims == "2d" else P["patch_3d"]
+        kw = dict(mode=entry.dims, batch_size=16 if entry.dims == "2d" else 2)
+        if window:
+            kw.update(patch_size=window, overlap=float(P["overlap"]))
         prob = predict_case(model, case, channels, normalise=normaliser(channels), activation=entry.activation,
                             device=device, amp=device != "cpu", **kw)
         return foreground(prob)
