@@ -311,6 +311,35 @@ def test_same_seed_same_numbers(tiny_cases, reference_run):
     assert [r["train_loss"] for r in other.fit().rows] != [r["train_loss"] for r in h1.rows]
 
 
+def test_loader_worker_processes_give_the_same_numbers(tiny_cases, reference_run):
+    """Batches sampled and augmented in two DataLoader processes (what "auto" does on CUDA) train
+    the same weights as batches made in the main process: each item has its own seeded generator."""
+    _, h1, sd1 = reference_run
+    trainer, model = _tiny_trainer(tiny_cases, num_workers=2)
+    h2 = trainer.fit()
+    assert trainer.num_workers == 2
+    assert [r["train_loss"] for r in h1.rows] == [r["train_loss"] for r in h2.rows]
+    assert all(torch.equal(sd1[k], v) for k, v in model.state_dict().items())
+
+
+def test_loader_workers_auto_and_bad_values(tiny_cases, monkeypatch):
+    from npcrepro.engine.loop import loader_workers
+
+    monkeypatch.delenv("NPCREPRO_LOADER_WORKERS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert loader_workers(cuda=False) == 0 and loader_workers(cuda=True) == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert loader_workers(cuda=True) == 3
+    monkeypatch.setenv("NPCREPRO_LOADER_WORKERS", "5")
+    assert loader_workers(cuda=False) == 5
+    monkeypatch.setenv("NPCREPRO_LOADER_WORKERS", "many")
+    with pytest.raises(ParameterError, match="NPCREPRO_LOADER_WORKERS"):
+        loader_workers(cuda=True)
+    for bad in (-1, 1.5, "two", True):
+        with pytest.raises(ParameterError, match="num_workers"):
+            _tiny_trainer(tiny_cases, num_workers=bad)
+
+
 def test_resume_after_kill_gives_the_same_final_numbers(tiny_cases, reference_run, tmp_path):
     _, h_ref, sd_ref = reference_run
 

@@ -299,6 +299,49 @@ def test_generate_round_trip(tmp_path):
         assert f.read_bytes() == (again.root / f.relative_to(tmp_path / "ph")).read_bytes(), f
 
 
+def test_parallel_generation_writes_the_same_bytes(tmp_path):
+    """Two worker processes make and write the cases: every file equals the one-process cohort's."""
+    one = phantom.generate(tmp_path / "one", 3, 5, preset="smoke", progress=False, workers=1)
+    two = phantom.generate(tmp_path / "two", 3, 5, preset="smoke", progress=False, workers=2)
+    files = sorted(f.relative_to(one.root) for f in one.root.rglob("*") if f.is_file())
+    assert files == sorted(f.relative_to(two.root) for f in two.root.rglob("*") if f.is_file())
+    assert len(files) > 3 * 20
+    for f in files:
+        assert (one.root / f).read_bytes() == (two.root / f).read_bytes(), f
+
+
+def _bad_case():
+    raise ValueError("no such patient")
+
+
+def test_a_failing_case_in_a_worker_names_it_and_leaves_no_folder(tmp_path):
+    from npcrepro.datasets.format import write_dataset
+
+    good = phantom.case_factories(1, 0, preset="smoke")
+    with pytest.raises(ValueError, match="no such patient"):  # as in one process
+        write_dataset(tmp_path / "ds", [*good, _bad_case], channels=["CT"], structures=["GTVp"],
+                      workers=2)
+    assert not (tmp_path / "ds").exists()
+    assert not any(tmp_path.iterdir())       # nor its temporary sibling
+
+
+def test_default_workers(monkeypatch):
+    from npcrepro.phantom.make import PARALLEL_VOXELS, default_workers
+
+    monkeypatch.delenv("NPCREPRO_DATA_WORKERS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_workers(40, phantom.PRESETS["cpu"].shape) == 1          # spawning costs more
+    assert default_workers(40, phantom.PRESETS["gpu"].shape) == 16
+    assert default_workers(3, phantom.PRESETS["gpu"].shape) == 3           # no idle workers
+    assert np.prod(phantom.PRESETS["cpu"].shape) < PARALLEL_VOXELS <= np.prod(phantom.PRESETS["gpu"].shape)
+    monkeypatch.setenv("NPCREPRO_DATA_WORKERS", "4")
+    assert default_workers(40, phantom.PRESETS["cpu"].shape) == 4
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("NPCREPRO_DATA_WORKERS", bad)
+        with pytest.raises(ParameterError, match="NPCREPRO_DATA_WORKERS"):
+            default_workers(40, phantom.PRESETS["gpu"].shape)
+
+
 # ------------------------------------------------------------------------------ parameters
 def test_parameters_are_checked():
     with pytest.raises(ParameterError, match="valid: .*preset"):

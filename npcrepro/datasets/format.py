@@ -299,7 +299,7 @@ def write_dataset(out_dir: str | os.PathLike, cases: Iterable[Case], *, channels
                   structures: Sequence[str], name: str | None = None, description: str = "",
                   source: str = "unknown", spacing_known: bool = True,
                   test_cases: Iterable[Case] = (), overwrite: bool = False,
-                  extra: dict | None = None, progress: bool = False) -> Dataset:
+                  extra: dict | None = None, progress: bool = False, workers: int = 1) -> Dataset:
     """Write cases in the project format and return the opened dataset.
 
     Parameters
@@ -308,15 +308,19 @@ def write_dataset(out_dir: str | os.PathLike, cases: Iterable[Case], *, channels
         Target folder. It must not exist or be empty unless ``overwrite`` (then it is replaced).
         The dataset is written into a temporary sibling and renamed into place only when complete:
         a failure (a bad case, a full disk, a kill) leaves the previous folder as it was.
-    cases, test_cases : iterables of Case
+    cases, test_cases : iterables of Case, or of picklable zero-argument callables returning one
         Training and held-out cases. Each must carry every channel in ``channels``; structures are
-        optional per case (absent ones get no file).
+        optional per case (absent ones get no file). A callable ("case factory") is called where the
+        case is written, so with ``workers`` > 1 the cases are also made in parallel.
     channels : sequence of str
         Channel order (``_0000`` is ``channels[0]``).
     structures : sequence of str
         Every structure that may appear; also the label map's painting order (later wins).
     extra : dict, optional
         Stored under ``dataset.json["npcrepro"]["extra"]``.
+    workers : int
+        Processes that make and write cases at once (spawned; 1 writes here, in order). The files
+        do not depend on it.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -327,7 +331,7 @@ def write_dataset(out_dir: str | os.PathLike, cases: Iterable[Case], *, channels
     tmp = out.with_name(f".{out.name}.writing-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir()
-        _write_all(tmp, cases, test_cases, list(channels), list(structures), progress,
+        _write_all(tmp, cases, test_cases, list(channels), list(structures), progress, workers,
                    name=name or out.name, description=description, source=source,
                    spacing_known=spacing_known, extra=extra)
         open_dataset(tmp)
@@ -362,22 +366,25 @@ def replace_folder(new: Path, target: Path) -> None:
 
 
 def _write_all(out: Path, cases, test_cases, channels: list[str], structures: list[str],
-               progress: bool, **facts) -> None:
+               progress: bool, workers: int = 1, **facts) -> None:
+    items = ((out, sub, case, channels, structures)   # lazily: one case in memory at a time
+             for sub, it in (("Tr", cases), ("Ts", test_cases)) for case in it)
+    if workers > 1:
+        items = list(items)
     counts = {"Tr": 0, "Ts": 0}
-    iterables = [("Tr", cases), ("Ts", test_cases)]
+    bar = None
     if progress:
         from tqdm.auto import tqdm
-        iterables = [(sub, tqdm(it, desc=f"writing {'training' if sub == 'Tr' else 'test'} cases",
-                                unit="case")) for sub, it in iterables]
+        bar = tqdm(total=len(items) if isinstance(items, list) else None, desc="writing cases",
+                   unit="case")
     try:
-        for sub, it in iterables:
-            for case in it:
-                _write_case(out, sub, case, channels, structures)
-                counts[sub] += 1
+        for sub in _written(items, workers):
+            counts[sub] += 1
+            if bar is not None:
+                bar.update()
     finally:  # a bar left open is drawn again at exit, over the error message
-        if progress:
-            for _, bar in iterables:
-                bar.close()
+        if bar is not None:
+            bar.close()
     meta = {
         "name": facts["name"],
         "description": facts["description"],
@@ -390,6 +397,33 @@ def _write_all(out: Path, cases, test_cases, channels: list[str], structures: li
                      "numTest": counts["Ts"], "extra": facts["extra"] or {}},
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def _written(items, workers: int) -> Iterator[str]:
+    """Write every item (in ``workers`` spawned processes when > 1: pass case factories, not cases,
+    so that the cases are also made there); yields each one's split as it is done. A failure
+    cancels the items not started and is raised as it is, as in one process."""
+    if workers <= 1 or len(items) < 2:
+        yield from map(_write_item, items)
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(min(workers, len(items)), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_write_item, item) for item in items]
+        try:
+            for f in cf.as_completed(futures):
+                yield f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+
+def _write_item(item: tuple) -> str:
+    """Job of :func:`_write_all`: make the case if it is a factory, write it; its split ("Tr"/"Ts")."""
+    out, sub, case, channels, structures = item
+    _write_case(out, sub, case if isinstance(case, Case) else case(), channels, structures)
+    return sub
 
 
 def _write_case(out: Path, sub: str, case: Case, channels: list[str], structures: list[str]) -> None:
