@@ -347,7 +347,7 @@ class Trainer:
         DataLoader worker processes (0: load in the main process). "auto" (the default): 0 on the
         CPU, where the cores train; on CUDA :func:`loader_workers`, because sampling and augmenting
         a batch of 512 x 512 slices in the main process takes longer than the GPU's step (measured:
-        the gpu-lite template U-Net trained at 1.5 it/s with the GPU 8-55 % busy). Batches do not
+        the gpu-lite template U-Net trained at 1.5 it/s with the GPU 19 % busy). Batches do not
         depend on it: every item is drawn from its own seeded generator.
     run : RunFolder, optional
         Where curves and checkpoints go (rank 0 only). Without it nothing is written (and ``resume``
