@@ -22,6 +22,7 @@ Measures, for the template chapter's 2D U-Net on 128 x 128 slices (the phantom's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -50,22 +51,25 @@ def _model(dev: torch.device) -> torch.nn.Module:
     return build("unet2d", in_channels=1, n_classes=1, widths=WIDTHS).to(dev)
 
 
-def _bare_train(model, dev, batch, steps, warmup, channels_last: bool = True) -> float:
-    """Samples/s of a plain optimisation loop (no data loading), in the engine's memory format
-    (channels-last) unless ``channels_last=False``."""
+def _bare_train(model, dev, batch, steps, warmup, channels_last: bool = True, size: int = SIZE,
+                loss_fn=F.binary_cross_entropy_with_logits, amp_dtype: torch.dtype | None = None) -> float:
+    """Samples/s of a plain optimisation loop on one fixed ``size`` x ``size`` batch (no data
+    loading), in the engine's memory format (channels-last) unless ``channels_last=False``, under
+    autocast in ``amp_dtype`` when given."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 1, SIZE, SIZE, generator=g).to(dev)
+    x = torch.randn(batch, 1, size, size, generator=g).to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    y = (torch.rand(batch, 1, SIZE, SIZE, generator=g) > 0.9).float().to(dev)
+    y = (torch.rand(batch, 1, size, size, generator=g) > 0.9).float().to(dev)
     model.train()
     for i in range(warmup + steps):
         if i == warmup:
             _sync(dev)
             t0 = time.perf_counter()
-        loss = F.binary_cross_entropy_with_logits(model(x), y)
+        with torch.autocast(dev.type, amp_dtype) if amp_dtype else contextlib.nullcontext():
+            loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

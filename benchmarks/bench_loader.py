@@ -25,28 +25,18 @@ import time
 
 
 def _gpu_alone(P, steps: int = 20) -> float:
-    """it/s of the template U-Net on one fixed random batch at the profile's size, on CUDA."""
+    """it/s of the template U-Net on one fixed random batch at the profile's size, on CUDA (bf16
+    autocast): :func:`bench_engine._bare_train` with the template's loss."""
     import torch
+    from bench_engine import _bare_train
 
     from npcrepro.chapters.template.methods import dice_bce
     from npcrepro.models import build
 
-    cl = torch.channels_last
-    x = torch.randn(int(P["batch_size"]), 1, 512, 512, device="cuda").to(memory_format=cl)
-    y = (torch.rand_like(x) > 0.9).float()
-    model = build("unet2d", in_channels=1, n_classes=1, widths=list(P["widths"])).cuda().to(memory_format=cl)
-    opt = torch.optim.Adam(model.parameters(), 1e-3, fused=True)
-    for i in range(steps + 5):
-        if i == 5:
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-        with torch.autocast("cuda", torch.bfloat16):
-            loss = dice_bce(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.cuda.synchronize()
-    return steps / (time.perf_counter() - t)
+    model = build("unet2d", in_channels=1, n_classes=1, widths=list(P["widths"])).cuda()
+    batch = int(P["batch_size"])
+    return _bare_train(model, torch.device("cuda"), batch, steps, warmup=5, size=512, loss_fn=dice_bce,
+                       amp_dtype=torch.bfloat16) / batch
 
 
 def main(quick: bool = False, cases: int | None = None, iterations: int | None = None,

@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from npcrepro.errors import DataError
+from npcrepro.errors import DataError, ParameterError
 
 #: Environment variable naming the folder that holds the real extracts (openkbp-subset/, ...).
 DATA_ENV = "NPCREPRO_SHARED_DATA"
@@ -31,6 +31,17 @@ def shared_data(sub: str | None = None) -> Path | None:
             p = Path(c) / sub if sub else Path(c)
             return p if p.exists() else None
     return None
+
+
+def env_count(name: str, minimum: int = 0) -> int | None:
+    """The integer in environment variable ``name`` (a count of processes, say), or None when it is
+    unset or empty; anything but an integer >= ``minimum`` raises ParameterError in one line."""
+    value = os.environ.get(name, "")
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < minimum:
+        raise ParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], *,

@@ -19,8 +19,8 @@ from npcrepro.engine.device import channels_last_model, conv_memory_format, reso
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.transforms import Preprocessed, invert
 
-__all__ = ["activate", "predict_slices", "predict_slice_tiles", "predict_sliding_window", "gaussian_weights", "window_starts",
-           "predict_case", "binarise", "Preprocessed", "invert"]
+__all__ = ["activate", "predict_slices", "predict_slice_tiles", "predict_sliding_window", "gaussian_weights",
+           "window_starts", "predict_case", "binarise", "Preprocessed", "invert"]
 
 
 def activate(logits: torch.Tensor, activation: str | None) -> torch.Tensor:

@@ -47,6 +47,7 @@ from npcrepro.engine.progress import ProgressLog, interval_from_env
 from npcrepro.engine.runs import to_jsonable
 from npcrepro.engine.schedules import Schedule, make_optimizer, make_schedule
 from npcrepro.errors import DataError, ParameterError
+from npcrepro.paths import env_count
 
 __all__ = ["Stage", "Trainer", "History", "TrainState", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
@@ -256,11 +257,9 @@ class _Keyed(torch.utils.data.Dataset):
 def loader_workers(cuda: bool) -> int:
     """DataLoader processes for ``num_workers="auto"``: none on the CPU; on CUDA one per two cores,
     at most 8, or ``$NPCREPRO_LOADER_WORKERS``."""
-    env = os.environ.get("NPCREPRO_LOADER_WORKERS")
-    if env:
-        if not env.isdigit():
-            raise ParameterError(f"NPCREPRO_LOADER_WORKERS must be an integer >= 0, got {env!r}")
-        return int(env)
+    env = env_count("NPCREPRO_LOADER_WORKERS", minimum=0)
+    if env is not None:
+        return env
     return min(8, (os.cpu_count() or 1) // 2) if cuda else 0
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from npcrepro.datasets.case import Case
 from npcrepro.datasets.format import Dataset, write_dataset
 from npcrepro.errors import ParameterError
+from npcrepro.paths import env_count
 from npcrepro.phantom import anatomy, lesions, raters, render, scanners
 from npcrepro.phantom.profiles import resolve
 from npcrepro.phantom.tissues import CLASS_ID
@@ -215,11 +216,9 @@ PARALLEL_VOXELS = 4 * 2**20
 def default_workers(n_cases: int, shape) -> int:
     """Processes :func:`generate` uses when not told: ``$NPCREPRO_DATA_WORKERS``, else one per core
     (at most one per case) for cases of :data:`PARALLEL_VOXELS` or more, else 1."""
-    env = os.environ.get("NPCREPRO_DATA_WORKERS")
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ParameterError(f"NPCREPRO_DATA_WORKERS must be a positive integer, got {env!r}")
-        return min(int(env), n_cases)
+    env = env_count("NPCREPRO_DATA_WORKERS", minimum=1)
+    if env is not None:
+        return min(env, n_cases)
     if int(np.prod(shape)) < PARALLEL_VOXELS:
         return 1
     return max(1, min(os.cpu_count() or 1, n_cases))
