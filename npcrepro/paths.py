@@ -1,15 +1,18 @@
 """Where things are: the repository, the optional real-data extracts, run folders."""
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
 from npcrepro.errors import DataError, ParameterError
 
 #: Environment variable naming the folder that holds the real extracts (openkbp-subset/, ...).
 DATA_ENV = "NPCREPRO_SHARED_DATA"
+
+T = TypeVar("T")
 
 
 def repo_root() -> Path:
@@ -62,3 +65,39 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], *,
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an advisory lock on the file ``path`` (created if missing) for the ``with`` block, so
+    processes on this machine (DDP ranks, parallel notebooks, pytest workers) take turns. Not POSIX
+    (no ``fcntl``): no locking."""
+    with open(path, "a", encoding="utf-8") as fh:
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_once(folder: str | os.PathLike, load: Callable[[Path], T | None], make: Callable[[Path], T]) -> T:
+    """A cached folder, made at most once however many processes ask for it at the same time.
+
+    ``load(folder)`` returns the cached value, or None when the folder is missing or stale;
+    ``make(folder)`` writes the folder (atomically: it must rename a complete folder into place) and
+    returns the value. ``make`` runs under :func:`exclusive_lock` on the sibling file
+    ``.<name>.lock``; a process that waited on the lock finds the folder made and loads it.
+    """
+    folder = Path(folder)
+    value = load(folder)
+    if value is not None:
+        return value
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder.with_name(f".{folder.name}.lock")):
+        value = load(folder)
+        return value if value is not None else make(folder)

@@ -27,7 +27,6 @@ is cached as its own cohort.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence

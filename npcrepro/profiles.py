@@ -46,7 +46,8 @@ from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any, Iterator, Sequence
 
-from npcrepro.errors import DataError, ParameterError
+from npcrepro.errors import ParameterError
+from npcrepro.paths import build_once
 
 __all__ = ["PROFILES", "COMMON", "Params", "register_profile", "register_choices", "papers",
            "profiles", "parameters", "resolve", "notebook_params", "resolve_device", "load_data",
@@ -389,10 +390,11 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
     profile unless ``preset``/``P.phantom_preset``; ``n_cases`` from the argument or ``P.n_cases``),
     or reuse an earlier generation whose recorded :func:`~npcrepro.phantom.cohort_record` equals
     this one's (see :func:`phantom_cache_dir`); a cache whose record differs (other generator code,
-    other parameters) is made again. Anything else is a dataset folder opened with
+    other parameters) is made again. Processes that ask at once (DDP ranks, parallel chapters) make
+    it once (:func:`npcrepro.paths.build_once`). Anything else is a dataset folder opened with
     :func:`npcrepro.datasets.open_dataset` (a bad path raises DataError).
     """
-    from npcrepro.datasets import open_dataset
+    from npcrepro.datasets import open_cached, open_dataset
     from npcrepro.datasets.format import replace_folder
 
     data = P["data"]
@@ -406,35 +408,20 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
         PHANTOM_PRESETS.get(P["profile"], P["profile"]) if P["profile"] in PROFILES else "cpu")
     n = int(n_cases or P.get("n_cases") or 8)
     record = json.loads(json.dumps(phantom.cohort_record(n, P["seed"], preset, **phantom_params)))
-    folder = phantom_cache_dir(P, preset, n, **phantom_params)
-    cached = _cached_cohort(folder, record)
-    if cached is not None:
-        return cached
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        phantom.generate(tmp, n, P["seed"], preset=preset, progress=progress, **phantom_params)
-        cached = _cached_cohort(folder, record)  # another process may have finished first
-        if cached is not None:
-            return cached
-        replace_folder(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return open_dataset(folder)
 
+    def make(folder: Path):
+        tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
+        try:
+            phantom.generate(tmp, n, P["seed"], preset=preset, progress=progress, **phantom_params)
+            replace_folder(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return open_dataset(folder)
 
-def _cached_cohort(folder: Path, record: dict):
-    """The dataset at ``folder`` when it holds the cohort ``record`` describes, else None."""
-    from npcrepro.datasets import open_dataset
+    return build_once(phantom_cache_dir(P, preset, n, **phantom_params),
+                      lambda folder: open_cached(folder, record), make)
 
-    if not (folder / "dataset.json").exists():
-        return None
-    try:
-        ds = open_dataset(folder)
-    except DataError:
-        return None
-    return ds if ds.meta.get("npcrepro", {}).get("extra") == record else None
 
 
 

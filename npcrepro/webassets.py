@@ -42,7 +42,6 @@ the html-manager's CDN; the book uses only core widgets.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -52,7 +51,7 @@ import time
 from pathlib import Path
 
 from .errors import NpcreproError
-from .paths import repo_root
+from .paths import exclusive_lock, repo_root
 
 #: Where the npm project lives, relative to the repository root.
 VENDOR_DIR = Path("book") / "_static" / "vendor"
@@ -200,27 +199,11 @@ def ensure_web_assets(root: Path | None = None, log=print, *, keep_node_modules:
         _write_config_js(widgets)
         return widget_js_mapping()
 
-    with _exclusive(vendor / ".lock"):
+    with exclusive_lock(vendor / ".lock"):  # parallel builds/tests: one npm ci
         if not _up_to_date(vendor, lock_sha):  # else another process did it while we waited
             _install(vendor, lock, lock_sha, log, keep_node_modules)
     _write_config_js(widgets)
     return widget_js_mapping()
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path):
-    """An advisory lock file, so parallel builds/tests do not run npm ci into the same folder."""
-    with open(path, "w", encoding="utf-8") as fh:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no locking
-            yield
-            return
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _install(vendor: Path, lock: Path, lock_sha: str, log, keep_node_modules: bool) -> None:

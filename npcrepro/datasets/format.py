@@ -342,6 +342,19 @@ def write_dataset(out_dir: str | os.PathLike, cases: Iterable[Case], *, channels
     return open_dataset(out)
 
 
+def open_cached(folder: str | os.PathLike, extra) -> Dataset | None:
+    """The dataset at ``folder`` when :func:`write_dataset` wrote it with this ``extra`` record, else
+    None (missing, unreadable, or written from another record: a stale cache)."""
+    folder = Path(folder)
+    if not (folder / "dataset.json").exists():
+        return None
+    try:
+        ds = open_dataset(folder)
+    except DataError:
+        return None
+    return ds if ds.meta.get("npcrepro", {}).get("extra") == extra else None
+
+
 def replace_folder(new: Path, target: Path) -> None:
     """Move the complete folder ``new`` to ``target`` (a sibling), replacing what is there.
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from npcrepro import transforms as T
 from npcrepro.errors import DataError
+from npcrepro.paths import build_once
 
 #: The paper's matrix over its field of view: 144 x 144 over 22 x 22 cm; 20 slices over 6 cm.
 SIZE = 144
@@ -71,21 +72,21 @@ def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
     import hashlib
     import json
 
-    from npcrepro import phantom
-    from npcrepro.datasets import Case, open_dataset, write_dataset
+    from npcrepro.datasets import open_cached
     from npcrepro.phantom.make import cohort_record
 
     n, seed, min_mm = int(P["n_cases"]), int(P["seed"]), float(P.get("min_lesion_mm", 0) or 0)
     record = {"li2018_dce": cohort_record(n, seed, preset="cpu", **phantom_params()), "min_lesion_mm": min_mm}
     tag = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    folder = _cache_root(P) / f"li2018-dce-n{n}-s{seed}-{tag}"
-    if (folder / "dataset.json").exists():
-        try:
-            ds = open_dataset(folder)
-            if ds.meta.get("npcrepro", {}).get("extra") == record:
-                return ds
-        except DataError:
-            pass
+    return build_once(_cache_root(P) / f"li2018-dce-n{n}-s{seed}-{tag}",
+                      lambda folder: open_cached(folder, record),
+                      lambda folder: _write_phantom(folder, n, seed, min_mm, record, progress))
+
+
+def _write_phantom(folder: Path, n: int, seed: int, min_mm: float, record: dict, progress: bool):
+    from npcrepro import phantom
+    from npcrepro.datasets import Case, write_dataset
+
     cases, skipped, small, i = [], [], [], 0
     while len(cases) < n and i < 3 * n + 10:
         case = phantom.make_case(seed + i, **phantom_params())
@@ -99,7 +100,6 @@ def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
             continue
         cases.append(Case(f"npc_{len(cases):03d}", {DCE_CHANNEL: case.images[DCE_CHANNEL]}, {STRUCTURE: gtv},
                           case.spacing, case.origin, case.direction, {"phantom_seed": seed + i - 1}))
-    folder.parent.mkdir(parents=True, exist_ok=True)
     desc = (f"digital phantom, DCE frame {DCE_FRAME} of 65 ({DCE_CHANNEL}), {len(cases)} patients on the "
             f"paper's 144x144x20 grid" + (f"; phantom seeds {skipped} skipped (no GTVp in the 6 cm slab)"
                                           if skipped else "")
@@ -120,10 +120,13 @@ def real_t2_dataset(P: Mapping[str, Any]) -> str | None:
     src = shared_data("npc-t2wi-slices") if P["real_data"] == "auto" else Path(P["real_data"])
     if src is None or not Path(src).exists():
         return None
-    dst = _cache_root(P) / "npc-t2-slices"
-    if not (dst / "dataset.json").exists():
-        convert("npc-t2-slices", src, dst, overwrite=True, progress=False)
-    return str(dst)
+
+    def make(folder: Path) -> Path:
+        convert("npc-t2-slices", src, folder, overwrite=True, progress=False)
+        return folder
+
+    return str(build_once(_cache_root(P) / "npc-t2-slices",
+                          lambda folder: folder if (folder / "dataset.json").exists() else None, make))
 
 
 # ------------------------------------------------------------------------------------------ case -> slices

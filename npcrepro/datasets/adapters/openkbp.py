@@ -468,12 +468,14 @@ def cached_openkbp(out_dir: str | Path, n_cases: int, progress: bool = False):
     machine (or ``n_cases < 1``)."""
     from npcrepro.datasets import open_dataset
     from npcrepro.datasets.adapters import convert
-    from npcrepro.paths import shared_data
+    from npcrepro.paths import build_once, shared_data
 
     src = shared_data("openkbp-subset")
     if src is None or n_cases < 1:
         return None
-    dst = Path(out_dir) / "_cache" / f"openkbp-n{int(n_cases)}"
-    if not (dst / "dataset.json").exists():
-        convert("openkbp", src, dst, overwrite=True, progress=progress, limit=int(n_cases))
-    return open_dataset(dst)
+    def make(folder: Path):
+        convert("openkbp", src, folder, overwrite=True, progress=progress, limit=int(n_cases))
+        return open_dataset(folder)
+
+    return build_once(Path(out_dir) / "_cache" / f"openkbp-n{int(n_cases)}",
+                      lambda folder: open_dataset(folder) if (folder / "dataset.json").exists() else None, make)
