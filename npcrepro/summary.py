@@ -90,7 +90,7 @@ def chapter_facts(runs: str | Path, chapters: Mapping[str, str] | None = None) -
     from npcrepro.book import CHAPTERS
 
     chapters = chapters or CHAPTERS
-    rows = []
+    rows = []  # none (no chapter executed under ``runs``): an empty frame that still has the columns
     for name, title in chapters.items():
         path = Path(runs) / f"{name}.ipynb"
         if not path.exists():
@@ -110,7 +110,12 @@ def chapter_facts(runs: str | Path, chapters: Mapping[str, str] | None = None) -
             "python": env.get("python"), "torch": env.get("torch"), "numpy": env.get("numpy"),
             "npcrepro": env.get("npcrepro"),
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=FACT_COLUMNS)
+
+
+#: The columns of :func:`chapter_facts`.
+FACT_COLUMNS = ["chapter", "title", "profile", "data", "parameters", "seconds", "executed_at", "git", "device",
+                "cpu", "cpu_count", "gpu", "python", "torch", "numpy", "npcrepro"]
 
 
 def intro_table(runs: str | Path) -> pd.DataFrame:
@@ -149,7 +154,7 @@ def timing_table(runs: str | Path) -> pd.DataFrame:
     it spans earlier builds too when some chapters were up to date)."""
     f = chapter_facts(runs)
     if f.empty:
-        return f
+        return pd.DataFrame(columns=["chapter", "seconds", "executed_at", "minutes"])
     t = f[["chapter", "seconds", "executed_at"]].copy()
     t["seconds"] = t["seconds"].astype(float)
     end = pd.to_datetime(t["executed_at"], errors="coerce", utc=True)
@@ -169,6 +174,12 @@ def fig_timing(times: pd.DataFrame, profile: str):
     wall-clock span. Returns the figure."""
     import matplotlib.pyplot as plt
 
+    if times.empty:
+        fig, ax = plt.subplots(figsize=(7, 1))
+        ax.axis("off")
+        ax.text(0, 0.5, f"no chapter executed at the {profile} profile yet (make book, or npcrepro run)",
+                fontsize=10, va="center")
+        return fig
     t = times[~times["chapter"].isin(["sum", "wall clock"])]
     m = times.set_index("chapter")["minutes"]
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(t) + 1))
@@ -205,11 +216,17 @@ def run_folders(out_dir: str | Path, profile: str) -> pd.DataFrame:
     return df.groupby("chapter", sort=False).tail(1).reset_index(drop=True)
 
 
+#: The columns of :func:`convergence_table`.
+CONVERGENCE_COLUMNS = ["chapter", "run", "method", "dice at half budget", "dice at full budget", "difference",
+                       "converged", "difference low", "difference high", "reading"]
+
+
 def convergence_table(out_dir: str | Path, profile: str, tolerance: float = 0.03) -> pd.DataFrame:
     """Every trained network of the newest run of each chapter and run name (``<stamp>-<name>``)
     under ``<out_dir>/<profile>/``: chapter, run name, method, mean DSC at half and at the full
     budget, their difference and the flag ``converged`` (|difference| <= ``tolerance``, None where
-    no half-budget score exists), from :meth:`Results.convergence`. Empty frame when there are none."""
+    no half-budget score exists), the difference's 95 % bootstrap interval and its ``reading``, from
+    :meth:`Results.convergence`. Empty frame when there are none."""
     from npcrepro.engine.results import find_results
 
     newest = {}
@@ -221,7 +238,5 @@ def convergence_table(out_dir: str | Path, profile: str, tolerance: float = 0.03
         if len(c):
             c.insert(0, "run", name)
             c.insert(0, "chapter", chapter)
-            frames.append(c[["chapter", "run", "method", "dice at half budget", "dice at full budget",
-                             "difference", "converged"]])
-    cols = ["chapter", "run", "method", "dice at half budget", "dice at full budget", "difference", "converged"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+            frames.append(c[CONVERGENCE_COLUMNS])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CONVERGENCE_COLUMNS)

@@ -104,7 +104,38 @@ def test_convergence_gives_seed_spread_and_half_budget_flag():
     one_seed = Results(Path("."), {"methods": [{"name": "a"}]}, {}, metrics[metrics.seed == 0], pd.DataFrame(),
                        pd.DataFrame())
     c1 = one_seed.convergence()
-    assert "seed spread" not in c1 and c1["converged"].iloc[0] is None
+    assert "seed spread" not in c1 and c1["converged"].iloc[0] is None and c1["reading"].iloc[0] is None
+
+
+def test_convergence_reads_the_paired_interval_of_the_difference():
+    import pandas as pd
+    from scipy import stats
+
+    from npcrepro.engine.results import Results
+
+    cases = [f"p{i}" for i in range(8)]
+    gain = {"flat": [0.01, -0.01, 0.0, 0.005, -0.005, 0.0, 0.01, -0.01],
+            "learning": [0.10, 0.12, 0.08, 0.11, 0.09, 0.10, 0.13, 0.07],
+            "noisy": [0.30, -0.20, 0.25, -0.15, 0.20, -0.10, 0.15, -0.05],
+            "worse": [-0.10, -0.12, -0.08, -0.11, -0.09, -0.10, -0.13, -0.07]}
+    full = pd.DataFrame([(m, 0, 0, c, "GTVp", 0.6 + 0.01 * i) for m in gain for i, c in enumerate(cases)],
+                        columns=["method", "fold", "seed", "case", "structure", "dice"])
+    half = full.assign(dice=full["dice"] - [g for m in gain for g in gain[m]])
+    half = half.sample(frac=1.0, random_state=1)  # paired on the case, not on the row order
+    res = Results(Path("."), {"methods": [{"name": m} for m in gain]}, {}, full, pd.DataFrame(), half)
+    c = res.convergence().set_index("method")
+    assert c["reading"].to_dict() == {"flat": "converged", "learning": "still learning", "noisy": "undecided",
+                                      "worse": "worse at the end"}
+    noisy = full[full["method"] == "noisy"]["dice"].to_numpy()
+    diffs = noisy - (noisy - np.array(gain["noisy"]))  # as stored: gain up to rounding
+    ref = stats.bootstrap((diffs,), np.mean, confidence_level=0.95, n_resamples=2000,
+                          method="BCa", random_state=np.random.default_rng(0))
+    assert c.loc["noisy", "difference low"] == pytest.approx(ref.confidence_interval.low)
+    assert c.loc["noisy", "difference high"] == pytest.approx(ref.confidence_interval.high)
+    assert c.loc["noisy", "difference"] == pytest.approx(np.mean(gain["noisy"]))
+    # the flag is the rule on the mean; the reading refines it: a mean gain of 0.0625 over a noisy
+    # handful of cases is not converged, and not shown to be still learning either
+    assert not c.loc["noisy", "converged"] and c.loc["flat", "converged"]
 
 
 def test_a_network_that_finds_nothing_is_not_converged():
@@ -117,6 +148,7 @@ def test_a_network_that_finds_nothing_is_not_converged():
     c = Results(Path("."), {"methods": [{"name": "dead"}]}, {}, zeros, pd.DataFrame(), zeros).convergence()
     flag = c["converged"].iloc[0]
     assert c["difference"].iloc[0] == 0.0 and flag is not None and not flag
+    assert c["reading"].iloc[0] == "finds nothing"
 
 
 @pytest.mark.parametrize("budgets, saved_at", [((10,), 5), ((6, 10), 11), ((4, 2, 7), 9)])

@@ -81,6 +81,15 @@ def test_empty_runs_folder_gives_empty_tables(tmp_path):
     assert summary.read_headlines(tmp_path).empty
     assert summary.chapter_facts(tmp_path).empty
     assert (summary.intro_table(tmp_path)["this book: paper's recipe"] == "not run").all()
+    # the appendix selects columns of these: a book with no executed chapter yet must not KeyError
+    facts = summary.chapter_facts(tmp_path)
+    assert list(facts[["chapter", "profile", "git", "executed_at"]].columns) == ["chapter", "profile", "git",
+                                                                                   "executed_at"]
+    times = summary.timing_table(tmp_path)
+    assert times.empty and {"chapter", "minutes"} <= set(times.columns)
+    fig = summary.fig_timing(times, "cpu")
+    assert "no chapter executed" in fig.axes[0].texts[0].get_text()
+    assert list(summary.convergence_table(tmp_path, "cpu").columns) == summary.CONVERGENCE_COLUMNS
 
 
 def test_readers_run_after_what_they_read():
@@ -159,3 +168,4 @@ def test_convergence_table_takes_the_newest_run_of_each_track(tmp_path):
     assert t.loc[("phantom", "A"), "converged"] and not t.loc[("phantom", "B"), "converged"]
     assert t.loc[("openkbp", "A"), "difference"] == pytest.approx(-0.04) and not t.loc[("openkbp", "A"), "converged"]
     assert len(convergence_table(tmp_path, "gpu")) == 0
+    assert t.loc[("phantom", "B"), "reading"] == "undecided"  # one test case: no interval

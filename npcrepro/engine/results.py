@@ -192,7 +192,14 @@ class Results:
         full budget (it never found the structure) is not converged, however flat its curve. With
         several training stages, "half the budget" is the middle of the last stage (see
         :func:`npcrepro.engine.experiment._save_half_budget`). Means are over test cases (and folds and
-        seeds). ``labels``: the methods' labels instead of their names."""
+        seeds). ``labels``: the methods' labels instead of their names.
+
+        ``difference low`` / ``difference high``: the 95 % bootstrap interval (BCa, over the test cases
+        scored at both points, paired: same case, structure, fold and seed) of the mean difference, and
+        ``reading`` what it allows: "converged" (the interval lies within +-``tolerance``), "still
+        learning" (wholly above it), "worse at the end" (wholly below), "undecided" (it straddles a
+        bound, or there is one case: too few test cases to tell), "finds nothing" (mean 0 at the full
+        budget); None without a half-budget score."""
         import pandas as pd
 
         m = self.metrics
@@ -210,15 +217,46 @@ class Results:
                 row["seed spread"] = float(seeds.max() - seeds.min()) if len(seeds) > 1 else float("nan")
             h = float(half[name]) if name in half.index else float("nan")
             d = float(full[name]) - h
+            lo, hi = self._difference_interval(name, metric) if d == d else (float("nan"), float("nan"))
             row.update({f"{metric} at half budget": h, f"{metric} at full budget": float(full[name]),
                         "difference": d,
-                        "converged": None if d != d else bool(abs(d) <= tolerance + 1e-9 and full[name] > 0)})
+                        "converged": None if d != d else bool(abs(d) <= tolerance + 1e-9 and full[name] > 0),
+                        "difference low": lo, "difference high": hi,
+                        "reading": None if d != d else _reading(lo, hi, tolerance, float(full[name]))})
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def _difference_interval(self, method: str, metric: str) -> tuple[float, float]:
+        """95 % BCa bootstrap interval of the mean of ``metric`` at the full budget minus at half, over
+        the cases scored at both (paired on case, structure, fold and seed)."""
+        from npcrepro.evaluation import bootstrap_ci
+
+        full = self.metrics[self.metrics["method"] == method]
+        half = self.metrics_half[self.metrics_half["method"] == method]
+        keys = [k for k in ("case", "structure", "fold", "seed") if k in full and k in half]
+        both = full[keys + [metric]].merge(half[keys + [metric]], on=keys, suffixes=("", " half"))
+        if len(both) < 2:  # one case says nothing about the spread
+            return float("nan"), float("nan")
+        return bootstrap_ci(both[metric] - both[f"{metric} half"])
 
     def mean(self, metric: str = "dice", by: str = "method"):
         """Mean of ``metric`` per ``by`` (a Series)."""
         return self.metrics.groupby(by)[metric].mean()
+
+
+def _reading(lo: float, hi: float, tolerance: float, full: float) -> str:
+    """What the interval [lo, hi] of a half-to-full difference says (see :meth:`Results.convergence`)."""
+    if full <= 0:
+        return "finds nothing"
+    if not (lo == lo and hi == hi):
+        return "undecided"
+    if -tolerance - 1e-9 <= lo and hi <= tolerance + 1e-9:
+        return "converged"
+    if lo > tolerance:
+        return "still learning"
+    if hi < -tolerance:
+        return "worse at the end"
+    return "undecided"
 
 
 def find_results(out_dir: str | os.PathLike = "runs", profile: str | None = None,
