@@ -423,8 +423,6 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
                       lambda folder: open_cached(folder, record), make)
 
 
-
-
 # ---------------------------------------------------------------------------------- documentation
 #: One-line help of the common parameters.
 COMMON_HELP = {

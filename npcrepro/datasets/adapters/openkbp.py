@@ -473,6 +473,7 @@ def cached_openkbp(out_dir: str | Path, n_cases: int, progress: bool = False):
     src = shared_data("openkbp-subset")
     if src is None or n_cases < 1:
         return None
+
     def make(folder: Path):
         convert("openkbp", src, folder, overwrite=True, progress=progress, limit=int(n_cases))
         return open_dataset(folder)
