@@ -237,6 +237,28 @@ def test_claims_verdicts_and_leaderboard_order():
     assert "1 method(s) were better, 1 worse" in L.reading(track)
 
 
+def test_a_claim_says_which_of_its_networks_is_still_learning():
+    n = 8
+    good = list(np.linspace(0.7, 0.8, n))
+    jitter = [0.01 * (-1) ** i for i in range(n)]
+    track = _fake_track({"unet_ct": [g - 0.1 + j for g, j in zip(good, jitter)], "deeplab_ct": good,
+                         "luo_ours_ct": [g - 0.2 for g in good]})
+    assert set(L.claims_table(track)["trained out?"]) == {"not checked (no half-budget scores)"}
+    # at half its budget DeepLabv3+ scored 0.08-0.12 lower on every patient; the others 0-0.01
+    gain = {"deeplab_ct": [0.1 + 0.02 * (-1) ** i for i in range(n)],
+            "unet_ct": [0.01 * (i % 2) for i in range(n)], "luo_ours_ct": [0.005] * n}
+    half = track.metrics.copy()
+    for k, g in gain.items():
+        half.loc[half["method"] == k, "dice"] -= g
+    track.metrics_half = half
+    claims = L.claims_table(track).set_index("claim")
+    assert claims.loc["DeepLabv3+ (xue2020) > U-Net (CT)", "trained out?"] == "DeepLabv3+ (xue2020): still learning"
+    assert claims.loc["Two-stage U-Net + MSP (luo2020) > U-Net (CT)", "trained out?"] == "both converged"
+    assert claims.loc["DeepLabv3+ (xue2020) > U-Net (CT)", "verdict"] == "holds"  # the verdict itself is kept
+    assert "1 of these verdicts involves a network still learning at this budget (DeepLabv3+ (xue2020)" in \
+        L.reading(track)
+
+
 def test_claims_p_values_are_holm_adjusted_over_the_claims_tested():
     from npcrepro.evaluation import holm, paired_tests
 

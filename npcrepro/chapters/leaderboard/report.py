@@ -181,13 +181,14 @@ def claims_table(res) -> pd.DataFrame:
     p < 0.05 over the claims tested, "reversed" when significant the other way, else "not shown at
     this sample size"). A method that
     predicted no tumour on any test patient was not trained, so a claim involving it is "not tested"
-    whatever the p-value."""
-    from npcrepro.evaluation import paired_tests
-
-    from npcrepro.evaluation import holm
+    whatever the p-value. ``trained out?``: "both converged", or each side that is not with the
+    reading of its half-to-full interval (:meth:`~npcrepro.engine.results.Results.convergence`):
+    a verdict on a network still learning describes this budget, not the trained architecture."""
+    from npcrepro.evaluation import holm, paired_tests
 
     present = set(_present(res))
     silent = silent_methods(res)
+    readings = _readings(res)
     tested = [(paper, where, b, w, paired_tests(_table(res), b, w, ["dice"]).iloc[0])
               for paper, where, b, w in CLAIMS if b in present and w in present]
     adjusted = holm([float(t["p_wilcoxon"]) for *_, t in tested])
@@ -210,8 +211,23 @@ def claims_table(res) -> pd.DataFrame:
                      "common protocol DSC": f"{t['mean_a']:.3f} vs {t['mean_b']:.3f}",
                      "common Δ [95% CI]": _fmt_ci(diff, t["diff_ci_low"], t["diff_ci_high"], 3),
                      "p (Wilcoxon)": f"{p:.3g}", "p (Holm)": f"{p_holm:.3g}", "n": int(t["n"]),
-                     "verdict": verdict})
+                     "verdict": verdict, "trained out?": _trained_out(readings, better, worse)})
     return pd.DataFrame(rows)
+
+
+def _readings(res) -> dict[str, str | None]:
+    """Method key -> the reading of its half-to-full interval (None where no half-budget score)."""
+    conv = res.convergence()
+    return dict(zip(conv["method"], conv["reading"])) if len(conv) else {}
+
+
+def _trained_out(readings: Mapping[str, str | None], *keys: str) -> str:
+    if all(readings.get(k) is None for k in keys):
+        return "not checked (no half-budget scores)"
+    if all(readings.get(k) == "converged" for k in keys):
+        return "both converged"
+    return "; ".join(f"{BY_KEY[k].label}: {readings.get(k) or 'not checked'}" for k in keys
+                     if readings.get(k) != "converged")
 
 
 def headline_table(res) -> pd.DataFrame:
@@ -260,6 +276,17 @@ def reading(res) -> str:
         lines.append(f"Testable claims of the papers: {len(c)}; held: {held}, reversed: {rev}, "
                      f"not shown at this sample size: {len(c) - held - rev - untested}, "
                      f"not tested (a method predicted nothing): {untested}.")
+        readings = _readings(res)
+        learning = [BY_KEY[k].label for k in dict.fromkeys(k for *_, b, w in CLAIMS for k in (b, w))
+                    if readings.get(k) == "still learning"]
+        k = int(c["trained out?"].map(lambda cell: any(f"{lab}: still learning" in cell
+                                                       for lab in learning)).sum())
+        if k:
+            lines.append(f"{k} of these verdicts involve{'s' if k == 1 else ''} a network still learning at "
+                         f"this budget ({', '.join(learning)}: its DSC rose by more than 0.03 over the second "
+                         f"half of its budget, the whole 95 % interval above 0.03), so "
+                         f"{'it says' if k == 1 else 'they say'} how the networks compare after this budget, "
+                         "not fully trained.")
     return " ".join(lines)
 
 
