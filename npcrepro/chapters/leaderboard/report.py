@@ -283,8 +283,9 @@ def reading(res) -> str:
                                                        for lab in learning)).sum())
         if k:
             lines.append(f"{k} of these verdicts involve{'s' if k == 1 else ''} a network still learning at "
-                         f"this budget ({', '.join(learning)}: its DSC rose by more than 0.03 over the second "
-                         f"half of its budget, the whole 95 % interval above 0.03), so "
+                         f"this budget ({', '.join(learning)}: {'its' if len(learning) == 1 else 'their'} DSC "
+                         "rose by more than 0.03 over the second half of the budget, the whole 95 % interval "
+                         "above 0.03), so "
                          f"{'it says' if k == 1 else 'they say'} how the networks compare after this budget, "
                          "not fully trained.")
     return " ".join(lines)
