@@ -83,6 +83,11 @@ def read_headlines(runs: str | Path) -> pd.DataFrame:
     return df
 
 
+#: The columns of :func:`chapter_facts`.
+FACT_COLUMNS = ["chapter", "title", "profile", "data", "parameters", "seconds", "executed_at", "git", "device",
+                "cpu", "cpu_count", "gpu", "python", "torch", "numpy", "npcrepro"]
+
+
 def chapter_facts(runs: str | Path, chapters: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per executed chapter under ``runs``: title, profile, data, parameters that differ from
     the chapter's defaults, seconds, when, git revision, device, versions (from the metadata that
@@ -111,11 +116,6 @@ def chapter_facts(runs: str | Path, chapters: Mapping[str, str] | None = None) -
             "npcrepro": env.get("npcrepro"),
         })
     return pd.DataFrame(rows, columns=FACT_COLUMNS)
-
-
-#: The columns of :func:`chapter_facts`.
-FACT_COLUMNS = ["chapter", "title", "profile", "data", "parameters", "seconds", "executed_at", "git", "device",
-                "cpu", "cpu_count", "gpu", "python", "torch", "numpy", "npcrepro"]
 
 
 def intro_table(runs: str | Path) -> pd.DataFrame:

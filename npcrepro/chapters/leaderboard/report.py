@@ -276,11 +276,9 @@ def reading(res) -> str:
         lines.append(f"Testable claims of the papers: {len(c)}; held: {held}, reversed: {rev}, "
                      f"not shown at this sample size: {len(c) - held - rev - untested}, "
                      f"not tested (a method predicted nothing): {untested}.")
-        readings = _readings(res)
-        learning = [BY_KEY[k].label for k in dict.fromkeys(k for *_, b, w in CLAIMS for k in (b, w))
-                    if readings.get(k) == "still learning"]
-        k = int(c["trained out?"].map(lambda cell: any(f"{lab}: still learning" in cell
-                                                       for lab in learning)).sum())
+        sides = [part for cell in c["trained out?"] for part in cell.split("; ")]
+        learning = list(dict.fromkeys(p.rsplit(": ", 1)[0] for p in sides if p.endswith(": still learning")))
+        k = int(c["trained out?"].str.contains(": still learning", regex=False).sum())
         if k:
             lines.append(f"{k} of these verdicts involve{'s' if k == 1 else ''} a network still learning at "
                          f"this budget ({', '.join(learning)}: {'its' if len(learning) == 1 else 'their'} DSC "
