@@ -24,9 +24,13 @@ PROFILES = {
                   max_rounds=1, cross_fit=0, workers=1, samples_per_case=48, val_samples_per_case=6, batch_size=4,
                   iterations=4, eval_every=2, decay_every=1, width=0.25, acd_layers=[1, 1, 1],
                   overlap=0.25, infer_batch=16, figure_cases=2, real_organs=["Brainstem"], real_scans=1, threads=1),
+    # cpu: 900 iterations. In development runs (one seed, this chapter's cohort) the five networks' mean DSC
+    # rose with the budget: 0.68-0.75 at 300 iterations, 0.68-0.72 at 450, 0.72-0.77 at 600, 0.71-0.80 at
+    # 900, where BUNet and Deeplab were still learning (half to full +0.09 and +0.07); at 300 a second seed
+    # gave ACDNet 0.50 at half its budget and 0.64 at the end. 3 of 5 were flagged at 300, 600 and 900.
     "cpu": dict(_COMMON, n_cases=10, phantom_preset="cpu", spacing_mm=3.0, k_folds=2, n_val=1,
                 max_rounds=1, cross_fit=0, workers=2, samples_per_case=600, val_samples_per_case=24, batch_size=8,
-                iterations=300, eval_every=50, decay_every=15, width=0.5, acd_layers=[1, 1, 1],
+                iterations=900, eval_every=50, decay_every=45, width=0.5, acd_layers=[1, 1, 1],
                 overlap=0.25, infer_batch=16, figure_cases=3, real_organs=REAL_ORGANS[:3], real_scans=7, threads=1,
                 methods="CSCN,BUNet,CNN,ACDNet,Deeplab"),
     "gpu": dict(_COMMON, n_cases=120, phantom_preset="gpu", spacing_mm=1.0, k_folds=5, n_val=9,

@@ -9,7 +9,7 @@ _COMMON = dict(k_folds=5, lr_gamma=0.9, lr_every=10, lr_schedule="scaled", lr_de
 #: Methods the cpu profile leaves out (they train at gpu and gpu-lite). FCN-8 and the two ablation networks:
 #: at cpu's 600 iterations none of the four networks of the 2 x 2 ablation was converged (mean DSC of the 14
 #: structures 0.24-0.45 at half the budget, 0.47-0.62 at the end), so its differences measured how fast a
-#: design learns, not the paper's claims. The cpu minutes go to Table 1's U-Net and Ours, at 1000
+#: design learns, not the paper's claims. The cpu minutes go to Table 1's U-Net and Ours, at 2000
 #: iterations each (see CHOICES["methods at cpu"]); the leaderboard sets FCN-8 beside the two-stage
 #: network at cpu, on the GTVp.
 GPU_ONLY = ["fcn8", "two_stage_no_msp", "one_stage_msp"]
@@ -21,7 +21,7 @@ PROFILES = {
                   real_image_size=[64, 64], threads=1, split_audit_folds=1),
     "cpu": dict(_COMMON, n_cases=20, max_folds=1, image_size=[96, 80], stage1_widths=[8, 16, 32, 64, 64],
                 stage2_widths=[8, 16, 32], fcn_widths=[8, 16, 32, 64, 64], fcn_channels=64, batch_size=8,
-                iterations=1000, lr=1e-2, sampling="cover", infer_batch=32, real_cases=6, real_iterations=100,
+                iterations=2000, lr=1e-2, sampling="cover", infer_batch=32, real_cases=6, real_iterations=100,
                 real_image_size=[64, 64], threads=1, split_audit_folds=1,
                 methods=[m for m in _COMMON["methods"] if m not in GPU_ONLY]),
     "gpu": dict(_COMMON, n_cases=124, max_folds=5, image_size=None, stage1_widths=[32, 64, 128, 256, 512],
@@ -158,15 +158,22 @@ CHOICES = {
     "FCN-8": "VGG16-style encoder with BatchNorm, trained from scratch (no ImageNet weights offline); "
              "trained at gpu and gpu-lite only (see 'methods at cpu'); the leaderboard compares it with "
              "the two-stage network at cpu",
-    "methods at cpu": "Table 1's U-Net and Ours only, 1000 iterations each; FCN-8 and the two ablation "
+    "methods at cpu": "Table 1's U-Net and Ours only, 2000 iterations each; FCN-8 and the two ablation "
                       "networks (two stages without MSP, one stage with MSP) train at gpu and gpu-lite. At "
                       "600 iterations each, all four networks of the 2 x 2 ablation were unconverged (mean "
                       "DSC of the 14 structures at half / full budget: U-Net 0.45 / 0.59, Ours 0.24 / 0.47, "
                       "two stages without MSP 0.37 / 0.62, one stage with MSP 0.33 / 0.53), the eyes, "
                       "mandibles and parotids marked on both sides in 18 of 32 cells, so the ablation "
-                      "measured how fast each design learns. The same minutes give U-Net and Ours 1000 "
-                      "iterations: 0.75 and 0.67, with the sides told apart (development runs, this "
-                      "machine kind); still unconverged, as the chapter's convergence table shows",
+                      "measured how fast each design learns. The same minutes went to U-Net and Ours, first "
+                      "at 1000 iterations: U-Net 0.61 / 0.69, Ours 0.38 / 0.63 (the book of 2026-11-26), "
+                      "Ours below U-Net with its spinal cord still at 0 at half the budget. At 2000 "
+                      "iterations (development run, the chapter's cohort and seed, real-data track off): "
+                      "U-Net 0.727 / 0.785, Ours 0.647 / 0.795 (Ours above U-Net, as in Table 1, by 0.01 on one "
+                      "fold); both still learning, the "
+                      "chiasm and optic nerves most (Ours 0.00-0.01 at half the budget, 0.36-0.64 at the end), "
+                      "as the chapter's convergence table shows. At 1000 iterations a cosine schedule (5 % "
+                      "warm-up) gave U-Net 0.48 / 0.63 and Ours 0.35 / 0.62, lr 2e-2 with a 5 % warm-up "
+                      "U-Net 0.55 / 0.73 and Ours 0.24 / 0.46",
     "output initialisation": "every method's output starts at probability 0.01 per structure (bias "
                              "log(0.01/0.99), weights N(0, 0.01): the focal-loss paper's prior init)",
     "augmentation": "none (the paper names none)",
