@@ -15,6 +15,7 @@ from npcrepro import papers, recipes
     ("li2018", "faithful_init_std", 1.0, ["smoke", "cpu", "gpu"]),  # Caffe's small filler, the hypothesis
     ("guo2021", "view_fusion", "decoder", ["smoke", "cpu", "gpu"]),  # probabilities averaged, not decoder fusion
     ("luo2020", "dice_form", "eq1", []),                         # Eq. 1 as printed at every profile
+    ("luo2020", "coord_channel", False, ["smoke", "cpu"]),       # the column as an input channel at cpu
 ])
 def test_named_departures(chapter, param, paper_value, profiles):
     mod = recipes.load(chapter)

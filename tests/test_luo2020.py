@@ -305,6 +305,38 @@ def test_build_method_every_key_and_table():
         LM.method_label("maskrcnn")
 
 
+def test_column_channel_tells_left_from_right():
+    from npcrepro.models.blocks import WithColumnCoordinate
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return x[:, :1]
+
+    x = torch.zeros(2, 1, 3, 5)
+    WithColumnCoordinate(Probe())(x)
+    assert seen[0].shape == (2, 2, 3, 5)
+    assert torch.allclose(seen[0][1, 1, 2], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    # a mirrored image no longer gives the mirrored input: the column channel is not flipped with it
+    assert not torch.equal(seen[0][:, 1], seen[0][:, 1].flip(-1))
+    with pytest.raises(DataError):
+        WithColumnCoordinate(Probe())(torch.zeros(1, 3, 5))
+
+    S = dict(stage1_widths=[4, 8, 8, 16, 16], stage2_widths=[4, 8, 8], coord_channel=True)
+    for key in ("unet", "ours"):
+        net = LM.build_method(key, S, 5).eval()
+        assert isinstance(net, WithColumnCoordinate)
+        assert next(net.parameters()).shape[1] == 2  # the first convolution takes CT + column
+        with torch.no_grad():
+            assert net(torch.randn(1, 1, 32, 32)).shape == (1, 5, 32, 32)
+    # the cpu recipe sets it; the leaderboard's single-structure network leaves it out
+    assert recipes.load("luo2020").PROFILES["cpu"]["coord_channel"] is True
+    assert next(LM.network("ours", profile="cpu").parameters()).shape[1] == 1
+    assert recipes.load("luo2020").PROFILES["gpu"]["coord_channel"] is False
+
+
 def test_cpu_batches_show_every_structure_and_gpu_keeps_epochs():
     from npcrepro import profiles
     from npcrepro.engine import epoch_plan
@@ -359,8 +391,10 @@ def test_leaderboard_network_follows_the_profile():
     gpu = LM.network("ours", width=1.5, in_channels=2, profile="gpu")
     assert count_parameters(gpu) > count_parameters(cpu)
     sizes = recipes.load("luo2020").PROFILES["cpu"]
-    same = LM.build_method("ours", sizes, 1, 2)
+    same = LM.build_method("ours", {**sizes, "coord_channel": False}, 1, 2)
     assert count_parameters(same) == count_parameters(cpu)
+    # the chapter's own cpu network also takes the column channel: one more input channel's weights
+    assert count_parameters(LM.build_method("ours", sizes, 1, 2)) > count_parameters(cpu)
     assert cpu.stage1.stem[0][0].in_channels == 2
     fcn = LM.network("fcn8", width=0.5, in_channels=1, profile="smoke").eval()
     with torch.no_grad():

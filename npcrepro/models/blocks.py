@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from npcrepro.errors import ParameterError
+from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["conv", "PointwiseConv3d", "conv_transpose", "max_pool", "avg_pool", "norm_layer", "act_layer",
            "dropout_layer", "ConvNormAct", "DoubleConv", "ResidualBlock", "Down", "Up", "pad_to_multiple",
-           "crop_to", "init_weights", "init_output"]
+           "crop_to", "init_weights", "init_output", "WithColumnCoordinate"]
 
 NORMS = ("batch", "instance", "group", None)
 ACTS = ("relu", "leaky", "prelu", "elu", "gelu", None)
@@ -221,6 +221,27 @@ def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int], mode: str = 
     if any(pads):
         x = F.pad(x, pads, mode=mode) if mode == "constant" else F.pad(x, pads, mode=mode)
     return x, size
+
+
+class WithColumnCoordinate(nn.Module):
+    """Run ``inner`` on the input with one channel appended: each pixel's column, from -1 at the first
+    column to 1 at the last (a CoordConv-style position input). A fully convolutional network sees a
+    left and a right eye as the same pattern; the column tells them apart.
+
+    ``inner`` must take ``C + 1`` input channels. Shapes: (N, C, H, W) -> ``inner``'s output for
+    (N, C + 1, H, W) (a tensor or a tuple, e.g. deep supervision's).
+    """
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor):
+        if x.dim() != 4:
+            raise DataError(f"WithColumnCoordinate expects (N, C, H, W), got shape {tuple(x.shape)}")
+        n, _, h, w = x.shape
+        column = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device).expand(n, 1, h, w)
+        return self.inner(torch.cat([x, column], dim=1))
 
 
 def crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

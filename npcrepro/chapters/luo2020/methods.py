@@ -48,7 +48,8 @@ def method_label(key: str) -> str:
 # ----------------------------------------------------------------------------------- networks
 def build_method(key: str, P: Mapping[str, Any], n_classes: int, in_channels: int = 1):
     """The network of method ``key`` at the widths of ``P`` (a profile's parameters), output layers
-    initialised at probability ``P.prior`` when it is set."""
+    initialised at probability ``P.prior`` when it is set; with ``P.coord_channel`` it is also given each
+    pixel's column as an input channel (:class:`~npcrepro.models.blocks.WithColumnCoordinate`)."""
     import npcrepro.models.fcn  # noqa: F401  (registers fcn8s)
     import npcrepro.models.luo2020  # noqa: F401  (registers luo2020_two_stage)
     import npcrepro.models.unet  # noqa: F401
@@ -56,6 +57,8 @@ def build_method(key: str, P: Mapping[str, Any], n_classes: int, in_channels: in
 
     method_label(key)
     _, name, fixed = METHODS[key]
+    coord = bool(P.get("coord_channel"))
+    in_channels = in_channels + coord
     if name == "unet2d":
         model = build(name, in_channels=in_channels, n_classes=n_classes, widths=list(P["stage1_widths"]))
     elif name == "fcn8s":
@@ -68,6 +71,10 @@ def build_method(key: str, P: Mapping[str, Any], n_classes: int, in_channels: in
                       deep_supervision=bool(P.get("deep_supervision", True)), **fixed)
     if P.get("prior"):
         prior_init(model, float(P["prior"]))
+    if coord:
+        from npcrepro.models.blocks import WithColumnCoordinate
+
+        model = WithColumnCoordinate(model)
     return model
 
 
@@ -75,7 +82,8 @@ def network(name: str, *, width: float = 1.0, in_channels: int = 1, profile: str
     """The leaderboard's network ``name`` ("ours" or "fcn8"): one output, the widths and the output
     initialisation (``prior``) of this chapter's recipe at ``profile``, as the chapter builds it.
     ``width`` is accepted for the leaderboard's one signature and, as before, not applied: the recipe's
-    widths are used as they are."""
+    widths are used as they are. The leaderboard's one structure (GTVp) has no side, so the column
+    input of the chapter's 14 structures (``coord_channel``) is left out."""
     from npcrepro import recipes
 
     if name not in ("ours", "fcn8"):
@@ -83,7 +91,7 @@ def network(name: str, *, width: float = 1.0, in_channels: int = 1, profile: str
     sizes = recipes.load("luo2020").PROFILES.get(profile)
     if sizes is None:
         raise ParameterError(f"unknown profile {profile!r} for luo2020")
-    return build_method(name, sizes, 1, in_channels)
+    return build_method(name, {**sizes, "coord_channel": False}, 1, in_channels)
 
 
 def prior_init(model, prior: float = 0.01):
