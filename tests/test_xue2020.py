@@ -99,6 +99,30 @@ def test_inverted_residual_shortcut():
     assert not InvertedResidual(16, 16, 2, 6).use_residual
 
 
+def test_residual_blocks_start_as_their_shortcut():
+    from npcrepro.models.blocks import zero_init_residuals
+
+    net = build("xue2020_deeplabv3plus")
+    blocks = [m for m in net.modules() if isinstance(m, InvertedResidual)]
+    shortcut = [b for b in blocks if b.use_residual]
+    # MobileNetV2's 17 blocks: the stages' first blocks change width or stride, the other 10 add their input
+    assert len(blocks) == 17 and len(shortcut) == 10
+    for b in blocks:
+        gamma = b.body[-1][1].weight
+        assert torch.all(gamma == 0) if b.use_residual else torch.all(gamma == 1)
+    block, x = InvertedResidual(24, 24, 1, 6), torch.randn(2, 24, 8, 8)
+    assert zero_init_residuals(block) == 1
+    for mode in ("train", "eval"):
+        with torch.no_grad():
+            assert torch.equal(getattr(block, mode)()(x), x)
+    assert zero_init_residuals(InvertedResidual(16, 24, 1, 6)) == 0
+    # off: every projection BatchNorm keeps scale 1; the helper finds nothing in a network without shortcuts
+    plain = build("xue2020_deeplabv3plus", zero_init_residual=False)
+    assert all(torch.all(m.body[-1][1].weight == 1) for m in plain.modules() if isinstance(m, InvertedResidual))
+    assert zero_init_residuals(plain) == 10
+    assert zero_init_residuals(build("unet2d")) == 0
+
+
 def test_bad_parameters():
     with pytest.raises(ParameterError):
         MobileNetV2Encoder(output_stride=4)

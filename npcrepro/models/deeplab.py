@@ -51,6 +51,10 @@ decoder with MobileNetV2          yes (xue2020 describes it)   published TF/Kera
                                                                checkpoints: no decoder
 activations                       ReLU6 in the backbone,       MobileNetV2 paper: ReLU6; DeepLab heads
                                   ReLU in ASPP/decoder         use ReLU
+initialisation                    He (fan-out); the last BN    ImageNet weights (TF, Keras); torchvision
+                                  of every block with a        MobileNetV2: BN scale 1; torchvision
+                                  shortcut at scale 0          ResNet: zero_init_residual, off by default
+                                  (``zero_init_residual``)
 ================================  ===========================  =========================================
 
 Parameter count (``in_channels=1, n_classes=1``): backbone 1.81 M; with ``separable=True`` the whole
@@ -70,7 +74,7 @@ from torch import nn
 
 from npcrepro.errors import ParameterError
 from npcrepro.models import count_parameters, register
-from npcrepro.models.blocks import crop_to, init_weights, pad_to_multiple
+from npcrepro.models.blocks import crop_to, init_weights, pad_to_multiple, zero_init_residuals
 
 __all__ = ["InvertedResidual", "MobileNetV2Encoder", "SeparableConv2d", "ASPP", "DeepLabV3Plus",
            "deeplabv3plus", "xue2020_deeplabv3plus", "MOBILENETV2_STAGES", "make_divisible",
@@ -140,6 +144,11 @@ class InvertedResidual(nn.Module):
         self.body = nn.Sequential(*layers)
         self.use_residual = stride == 1 and cin == cout
         self.stride, self.dilation = stride, dilation
+
+    def residual_norm(self) -> nn.Module | None:
+        """The BatchNorm of the projection when the block adds its input back, else None (the block
+        has no shortcut to carry the signal)."""
+        return self.body[-1][1] if self.use_residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
@@ -296,6 +305,10 @@ class DeepLabV3Plus(nn.Module):
     pad_input : bool
         Pad the input to a multiple of the output stride and crop the output back.
     init : "kaiming" | "xavier" | "gaussian" | None
+    zero_init_residual : bool
+        Start every inverted residual block with an identity shortcut as its input alone (the scale of
+        its projection's BatchNorm at 0; :func:`~npcrepro.models.blocks.zero_init_residuals`). Trained
+        from scratch (no ImageNet weights here), the network learns faster at the start (True).
 
     Shapes: (N, in_channels, H, W) -> (N, n_classes, H, W).
     """
@@ -304,7 +317,7 @@ class DeepLabV3Plus(nn.Module):
                  width: float = 1.0, aspp_rates: Sequence[int] | None = None, aspp_channels: int = 256,
                  decoder_channels: int = 256, low_level_channels: int = 48, separable: bool = True,
                  decoder: bool = True, dropout: float = 0.1, pad_input: bool = True,
-                 init: str | None = "kaiming"):
+                 init: str | None = "kaiming", zero_init_residual: bool = True):
         super().__init__()
         self.in_channels, self.n_classes = in_channels, n_classes
         self.encoder = MobileNetV2Encoder(in_channels, width, output_stride)
@@ -329,6 +342,8 @@ class DeepLabV3Plus(nn.Module):
                            separable=separable, decoder=decoder, dropout=dropout)
         if init:
             init_weights(self, init)
+        if zero_init_residual:
+            zero_init_residuals(self)
 
     @property
     def size_multiple(self) -> int:
