@@ -18,7 +18,7 @@ from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["conv", "PointwiseConv3d", "conv_transpose", "max_pool", "avg_pool", "norm_layer", "act_layer",
            "dropout_layer", "ConvNormAct", "DoubleConv", "ResidualBlock", "Down", "Up", "pad_to_multiple",
-           "crop_to", "init_weights", "init_output", "WithColumnCoordinate"]
+           "crop_to", "init_weights", "init_output", "zero_init_residuals", "WithColumnCoordinate"]
 
 NORMS = ("batch", "instance", "group", None)
 ACTS = ("relu", "leaky", "prelu", "elu", "gelu", None)
