@@ -1,4 +1,5 @@
-"""The ``npcrepro`` command: phantom, convert, export, splits, score, run, plan, params, book, bench.
+"""The ``npcrepro`` command: phantom, convert, export, splits, score, run, plan, params, book, bench,
+quality.
 
 Every subcommand reports an error on one line (``npcrepro <command>: error: ...``) and exits with
 status 2 for bad input or parameters (a bad argument, path, dataset or parameter value, also when a
@@ -182,6 +183,25 @@ def cmd_book(args) -> int:
     return 0
 
 
+def cmd_quality(args) -> int:
+    """Print the quality bars of the newest runs (:mod:`npcrepro.quality`); 1 when a network that is not
+    a named exception misses its bar."""
+    import pandas as pd
+
+    from npcrepro import quality, summary
+
+    if not args.runs.is_dir():
+        raise ParameterError(f"no run folder {args.runs}")
+    table = quality.quality_table(args.runs, args.profile)
+    if table.empty:
+        raise ParameterError(f"no finished phantom run under {args.runs / args.profile}")
+    s = quality.quality_summary(table, summary.convergence_table(args.runs, args.profile))
+    with pd.option_context("display.max_colwidth", 60, "display.width", 250, "display.max_rows", 500):
+        print(table.drop(columns="exception").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("\n".join(quality.summary_lines(s)))
+    return 0 if s["passed"] else 1
+
+
 def cmd_bench(args) -> int:
     from npcrepro.paths import repo_root
 
@@ -326,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chapters executed at once (default: one per CPU core, at most 4)")
     _log_output_flag(s)
     s.set_defaults(func=cmd_book)
+
+    s = sub.add_parser("quality", help="check the newest runs against the book's bars (DSC, empty "
+                       "predictions, converged share); exit 1 when a network misses its bar")
+    s.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run folders")
+    s.add_argument("--profile", default="cpu")
+    s.set_defaults(func=cmd_quality)
 
     s = sub.add_parser("bench", help="run the benchmarks and print ratios")
     s.add_argument("names", nargs="*", help="benchmarks to run (default: all)")

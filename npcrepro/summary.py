@@ -221,19 +221,22 @@ CONVERGENCE_COLUMNS = ["chapter", "run", "method", "dice at half budget", "dice 
                        "converged", "difference low", "difference high", "reading"]
 
 
+def newest_results(out_dir: str | Path, profile: str) -> dict:
+    """The newest finished run of each chapter and run name (``<stamp>-<name>``) under
+    ``<out_dir>/<profile>/``: (chapter, name) -> :class:`~npcrepro.engine.results.Results`."""
+    from npcrepro.engine.results import find_results
+
+    return {(res.chapter, res.path.name.split("-", 2)[-1]): res for res in find_results(out_dir, profile)}
+
+
 def convergence_table(out_dir: str | Path, profile: str, tolerance: float = 0.03) -> pd.DataFrame:
     """Every trained network of the newest run of each chapter and run name (``<stamp>-<name>``)
     under ``<out_dir>/<profile>/``: chapter, run name, method, mean DSC at half and at the full
     budget, their difference and the flag ``converged`` (|difference| <= ``tolerance``, None where
     no half-budget score exists), the difference's 95 % bootstrap interval and its ``reading``, from
     :meth:`Results.convergence`. Empty frame when there are none."""
-    from npcrepro.engine.results import find_results
-
-    newest = {}
-    for res in find_results(out_dir, profile):
-        newest[(res.chapter, res.path.name.split("-", 2)[-1])] = res
     frames = []
-    for (chapter, name), res in newest.items():
+    for (chapter, name), res in newest_results(out_dir, profile).items():
         c = res.convergence(tolerance=tolerance, labels=True)
         if len(c):
             c.insert(0, "run", name)

@@ -18,6 +18,9 @@ Each ``npcrepro.recipes.<chapter>`` module holds only plain values (no torch, no
     some profile differs from ``PAPER`` must have an entry (tested); the chapter prints the table.
 ``CHOICES``
     ``{open point: what this chapter does}``: where the paper is silent.
+``EXCEPTIONS`` (optional)
+    ``{method: why}``: methods expected to miss the book's quality bars (:mod:`npcrepro.quality`), such
+    as a recipe kept as printed to show that it does not train.
 ``TYPES`` (optional)
     ``{parameter: "int" | "float" | "str" | "list" | ...}`` for a parameter that is None at every
     profile (its type cannot be read off its values).
@@ -50,7 +53,7 @@ CHAPTERS: tuple[str, ...] = ("metrics", "realdata", "template", "li2018", "xue20
                              "guo2021", "chen2020", "leaderboard", "explorer", "intro",
                              "reproducibility")
 
-_FIELDS = ("PROFILES", "HELP", "ALLOWED", "PAPER", "DEVIATIONS", "CHOICES")
+_FIELDS = ("PROFILES", "HELP", "ALLOWED", "PAPER", "DEVIATIONS", "CHOICES", "EXCEPTIONS")
 
 
 def load(chapter: str) -> ModuleType:

@@ -1,0 +1,123 @@
+"""The book's quality bars, read off its run folders: does every network find the tumour, reach the DSC
+bar of its input, and converge within its budget?
+
+The bars hold on the phantom's GTVp:
+
+* every network predicts some tumour on at least one test patient;
+* a network that reads MRI reaches a mean DSC of at least :data:`BARS` ``["MRI"]`` (0.65), one that
+  reads CT at least ``["CT"]`` (0.50);
+* at least :data:`CONVERGED_SHARE` of the trained networks are flagged converged at their budget
+  (:meth:`npcrepro.engine.results.Results.convergence`).
+
+A chapter may name methods that are expected to miss a bar, with the reason, in its recipe's
+``EXCEPTIONS`` (li2018's faithful and printed recipes, which do not learn). They are listed with
+their reason instead of failing; the converged share is given with and without them.
+
+``npcrepro quality --runs runs --profile cpu`` prints the table and the summary and exits with 1 when
+a network that is not an exception misses a bar.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+#: Mean DSC bars on the phantom GTVp, by the network's input.
+BARS = {"MRI": 0.65, "CT": 0.50}
+#: Share of the trained networks that should be flagged converged.
+CONVERGED_SHARE = 0.80
+#: Image channels that are CT; every other channel is MRI.
+CT_CHANNELS = frozenset({"CT", "CECT"})
+
+QUALITY_COLUMNS = ["chapter", "run", "method", "input", "test cases", "cases predicted empty", "dice",
+                   "bar", "meets bar", "exception"]
+
+
+def input_of(res, method: str) -> str:
+    """"CT" or "MRI": what ``method`` of the run ``res`` reads. Its own channels where the run records
+    them per method (the leaderboard), else the run's channels, else the paper's modality."""
+    channels = res.method_info(method).get("channels") or res.channels
+    if channels:
+        return "CT" if any(c in CT_CHANNELS for c in channels) else "MRI"
+    from npcrepro import papers
+
+    return "CT" if papers.info(res.chapter).modality.startswith("CT") else "MRI"
+
+
+def exceptions(chapter: str) -> dict[str, str]:
+    """The methods ``chapter`` names as expected to miss a bar: method -> reason ({} for none)."""
+    from npcrepro import recipes
+    from npcrepro.errors import ParameterError
+
+    try:
+        return dict(recipes.load(chapter).EXCEPTIONS)
+    except ParameterError:  # a run folder of a chapter this version does not know
+        return {}
+
+
+def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") -> pd.DataFrame:
+    """One row per network of the newest phantom run of each chapter and run name under
+    ``<out_dir>/<profile>/``, scored on ``structure``: chapter, run name, method label, input (MRI/CT),
+    test cases, cases predicted empty, mean DSC (per case first, over folds and seeds, then over cases),
+    the bar, whether it meets it (and predicts something) and the chapter's reason where it names the
+    method an exception. Runs on other data (the OpenKBP tracks) have no phantom bar and are left out."""
+    from npcrepro.summary import newest_results
+
+    rows = []
+    for (chapter, name), res in newest_results(out_dir, profile).items():
+        m = res.metrics
+        if res.data_label != "phantom" or not len(m) or structure not in set(m.get("structure", [])):
+            continue
+        m = m[m["structure"] == structure]
+        named = exceptions(chapter)
+        for method in [k for k in res.methods if k in set(m["method"])]:
+            mine = m[m["method"] == method]
+            per_case = mine.groupby("case")["dice"].mean()
+            empty = mine.groupby("case")["pred_empty"].all() if "pred_empty" in mine else per_case == 0
+            family = input_of(res, method)
+            dice = float(per_case.mean())
+            rows.append({"chapter": chapter, "run": name, "method": res.label(method), "input": family,
+                         "test cases": int(len(per_case)), "cases predicted empty": int(empty.sum()),
+                         "dice": dice, "bar": BARS[family],
+                         "meets bar": bool(dice >= BARS[family] and not empty.all()),
+                         "exception": named.get(method, "")})
+    return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+
+
+def quality_summary(table: pd.DataFrame, convergence: pd.DataFrame) -> dict:
+    """What ``table`` (:func:`quality_table`) and ``convergence``
+    (:func:`npcrepro.summary.convergence_table`, every run) say against the bars: ``misses`` (labels
+    of networks that are not exceptions and miss their bar or predict nothing), ``excused`` (those
+    that are exceptions), ``checked`` (rows of ``table``), ``converged`` / ``networks`` over every
+    trained network and the same without the named exceptions, and ``passed`` (no misses)."""
+    def tag(df):
+        return [f"{c} / {m}" for c, m in zip(df["chapter"], df["method"])]
+
+    missed = table[~table["meets bar"].astype(bool)]
+    named = set(tag(table[table["exception"] != ""]))
+    conv = convergence.assign(tag=tag(convergence)) if len(convergence) else convergence.assign(tag=[])
+    flagged = conv["converged"].fillna(False).astype(bool) if len(conv) else pd.Series(dtype=bool)
+    kept = ~conv["tag"].isin(named) if len(conv) else pd.Series(dtype=bool)
+    out = {"checked": int(len(table)), "misses": tag(missed[missed["exception"] == ""]), "excused": tag(missed[missed["exception"] != ""]),
+           "networks": int(len(conv)), "converged": int(flagged.sum()),
+           "networks without exceptions": int(kept.sum()), "converged without exceptions": int(flagged[kept].sum())}
+    out["passed"] = not out["misses"]
+    return out
+
+
+def summary_lines(s: dict) -> list[str]:
+    """:func:`quality_summary` as sentences."""
+    def share(k, n):
+        return f"{k} of {n} ({k / n:.0%})" if n else "0 of 0"
+
+    if not s["checked"]:
+        return ["bars: no finished phantom run to check"]
+    target = f"target {CONVERGED_SHARE:.0%}"
+    lines = ["bars: " + ("every network that is not a named exception meets its bar" if s["passed"]
+                         else "missed by " + "; ".join(s["misses"]))]
+    if s["excused"]:
+        lines.append("named exceptions below the bar: " + "; ".join(s["excused"]))
+    lines.append(f"converged at this budget: {share(s['converged'], s['networks'])} of the trained networks, "
+                 f"{share(s['converged without exceptions'], s['networks without exceptions'])} without "
+                 f"the named exceptions ({target})")
+    return lines

@@ -1,0 +1,122 @@
+"""The book's quality bars (npcrepro.quality) on run folders made here, and li2018's named exceptions."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from npcrepro import quality, summary
+from npcrepro.cli import main
+
+
+def _run(root, chapter, folder, methods, rows, half=None, channels=(), data_label="phantom"):
+    """A finished run folder: ``methods`` name -> method info; ``rows`` (method, seed, case, dice,
+    pred_empty) on GTVp; ``half`` the same rows at half the budget (default: the full ones)."""
+    p = root / "cpu" / chapter / folder
+    p.mkdir(parents=True)
+    info = {"chapter": chapter, "status": "done", "data_label": data_label, "channels": list(channels),
+            "methods": [{"name": m, "label": m.title(), "info": i} for m, i in methods.items()]}
+    (p / "run.json").write_text(json.dumps(info))
+    (p / "params.json").write_text("{}")
+    cols = ["method", "seed", "case", "dice", "pred_empty"]
+    for name, table in (("metrics.csv", rows), ("metrics_half.csv", half if half is not None else rows)):
+        pd.DataFrame(table, columns=cols).assign(structure="GTVp", fold=0).to_csv(p / name, index=False)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    # template reads T1 (MRI); the unet averages its two seeds on p1 first: (0.5 + 0.7) / 2 = 0.6, then
+    # with p2's 0.8 the mean is 0.7 (a mean over rows would give 0.667)
+    _run(tmp_path, "template", "20260101-000000-unet2d", {"unet": {}},
+         [("unet", 0, "p1", 0.5, False), ("unet", 1, "p1", 0.7, False), ("unet", 0, "p2", 0.8, False)],
+         channels=["T1"])
+    # the leaderboard records channels per method: a CT network at 0.55 meets the CT bar (0.50), an MRI
+    # one at 0.60 misses the MRI bar (0.65); at half the budget the CT one scored 0.40 (not converged)
+    _run(tmp_path, "leaderboard", "20260101-000000-phantom",
+         {"ct_net": {"channels": ["CT"]}, "mr_net": {"channels": ["CET1", "T2"]}},
+         [("ct_net", 0, "p1", 0.55, False), ("mr_net", 0, "p1", 0.60, False)],
+         half=[("ct_net", 0, "p1", 0.40, False), ("mr_net", 0, "p1", 0.60, False)],
+         channels=["CT", "CET1", "T2"])
+    # li2018 records no channels (its DCE cohort): the paper's modality says MRI. faithful finds nothing
+    # and is a named exception; working is fine
+    _run(tmp_path, "li2018", "20260101-000000-cv", {"working": {}, "faithful": {}},
+         [("working", 0, "p1", 0.9, False), ("faithful", 0, "p1", 0.0, True),
+          ("faithful", 0, "p2", 0.0, True)], channels=[])
+    # a real-data track has no phantom bar
+    _run(tmp_path, "xue2020", "20260101-000000-openkbp", {"unet": {}}, [("unet", 0, "k1", 0.1, False)],
+         channels=["CT"], data_label="OpenKBP CT (1 patient)")
+    return tmp_path
+
+
+def test_table_reads_inputs_means_and_empty_cases(runs):
+    t = quality.quality_table(runs, "cpu").set_index(["chapter", "method"])
+    assert len(t) == 5 and "xue2020" not in t.index.get_level_values(0)
+    assert t.loc[("template", "Unet"), "dice"] == pytest.approx(0.7)
+    assert t.loc[("template", "Unet"), "test cases"] == 2
+    assert t["input"].to_dict() == {("template", "Unet"): "MRI", ("leaderboard", "Ct_Net"): "CT",
+                                    ("leaderboard", "Mr_Net"): "MRI", ("li2018", "Working"): "MRI",
+                                    ("li2018", "Faithful"): "MRI"}
+    assert t.loc[("leaderboard", "Ct_Net"), "bar"] == 0.50 and t.loc[("leaderboard", "Ct_Net"), "meets bar"]
+    assert not t.loc[("leaderboard", "Mr_Net"), "meets bar"]
+    assert t.loc[("li2018", "Faithful"), "cases predicted empty"] == 2
+    assert t.loc[("li2018", "Faithful"), "exception"].startswith("the printed SGD")
+    assert t.loc[("li2018", "Working"), "exception"] == ""
+
+
+def test_summary_separates_misses_from_named_exceptions(runs):
+    t = quality.quality_table(runs, "cpu")
+    conv = summary.convergence_table(runs, "cpu")
+    s = quality.quality_summary(t, conv)
+    assert s["misses"] == ["leaderboard / Mr_Net"] and not s["passed"]
+    assert s["excused"] == ["li2018 / Faithful"]
+    # 6 networks (the real-data one included); converged: template, mr_net, working, openkbp unet
+    # (ct_net moved 0.15; faithful finds nothing)
+    assert (s["networks"], s["converged"]) == (6, 4)
+    assert (s["networks without exceptions"], s["converged without exceptions"]) == (5, 4)
+    lines = quality.summary_lines(s)
+    assert lines[0] == "bars: missed by leaderboard / Mr_Net"
+    assert "4 of 6 (67%)" in lines[-1] and "4 of 5 (80%) without the named exceptions" in lines[-1]
+
+
+def test_a_network_that_predicts_nothing_misses_even_above_the_bar(tmp_path):
+    # an all-empty prediction scores DSC 1 on a case without tumour; it still found no tumour
+    _run(tmp_path, "template", "20260101-000000-unet2d", {"unet": {}}, [("unet", 0, "p1", 1.0, True)],
+         channels=["T1"])
+    t = quality.quality_table(tmp_path, "cpu")
+    assert not t.loc[0, "meets bar"]
+
+
+def test_cli_exit_status_follows_the_bars(runs, tmp_path, capsys):
+    assert main(["quality", "--runs", str(runs)]) == 1
+    out = capsys.readouterr().out
+    assert "missed by leaderboard / Mr_Net" in out and "named exceptions below the bar: li2018 / Faithful" in out
+    ok = tmp_path / "ok"
+    _run(ok, "template", "20260101-000000-unet2d", {"unet": {}}, [("unet", 0, "p1", 0.9, False)], channels=["T1"])
+    assert main(["quality", "--runs", str(ok)]) == 0
+    empty = quality.quality_summary(quality.quality_table(tmp_path / "absent", "cpu"), pd.DataFrame())
+    assert quality.summary_lines(empty) == ["bars: no finished phantom run to check"]
+    assert main(["quality", "--runs", str(tmp_path / "absent")]) == 2
+    assert "no run folder" in capsys.readouterr().err
+    assert main(["quality", "--runs", str(ok), "--profile", "gpu"]) == 2
+    assert "no finished phantom run" in capsys.readouterr().err
+
+
+def test_li2018_names_its_printed_recipes_and_their_reasons_hold():
+    """The reasons of li2018's EXCEPTIONS: from the printed N(0, 1) weights the logits are huge (the
+    sigmoid saturates); from Caffe's small filler they are near 0 (probability 1/2 everywhere)."""
+    import torch
+
+    from npcrepro.chapters.li2018 import methods as M
+
+    named = quality.exceptions("li2018")
+    assert set(named) == {"faithful", "printed"}
+    assert set(named) <= set(M.MODES)
+    assert quality.exceptions("template") == {} and quality.exceptions("not-a-chapter") == {}
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 144, 144)
+    with torch.no_grad():
+        printed = M.build_model("printed", 0.25, init_std=0.01)(x)
+        faithful = M.build_model("faithful", 0.25, init_std=0.01)(x)
+    assert float(printed.abs().max()) > 1e4
+    assert float(faithful.abs().max()) < 0.1
