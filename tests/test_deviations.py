@@ -16,6 +16,7 @@ from npcrepro import papers, recipes
     ("guo2021", "view_fusion", "decoder", ["smoke", "cpu", "gpu"]),  # probabilities averaged, not decoder fusion
     ("luo2020", "dice_form", "eq1", []),                         # Eq. 1 as printed at every profile
     ("luo2020", "coord_channel", False, ["smoke", "cpu"]),       # the column as an input channel at cpu
+    ("luo2020", "skip_structures", [], ["smoke", "cpu"]),         # optic nerves and chiasm gpu-only
 ])
 def test_named_departures(chapter, param, paper_value, profiles):
     mod = recipes.load(chapter)

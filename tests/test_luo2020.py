@@ -216,6 +216,26 @@ def test_structure_mapping_covers_the_papers_14():
     assert LP.structures_for(["A", "B"]) == ["A", "B"]
 
 
+def test_cpu_leaves_out_the_optic_nerves_and_chiasm_and_gpu_keeps_all_14():
+    from npcrepro import profiles
+
+    small = {"OpticNerve_L", "OpticNerve_R", "Chiasm"}
+    every = list(LP.STRUCTURES.values())
+    for prof, expected in (("smoke", 11), ("cpu", 11), ("gpu", 14), ("gpu-lite", 14)):
+        P = profiles.resolve("luo2020", prof)
+        got = LM.CHAPTER.structures_for(P)
+        assert len(got) == expected and list(got) == [s for s in every if s in got]  # the paper's order
+        assert (small & set(got)) == (set() if expected == 11 else small)
+        net = LM.CHAPTER.build(LM.CHAPTER.method("unet", P), P).eval()
+        with torch.no_grad():
+            assert net(torch.zeros(1, 1, 32, 32)).shape[1] == expected  # one output per structure
+    # a dataset's own structures are filtered the same way; the OpenKBP names are untouched
+    assert LP.structures_for(every + ["Body"], sorted(small)) == [s for s in every if s not in small]
+    assert LP.structures_for(["PTV70", "Brainstem"], sorted(small)) == ["Brainstem", "PTV70"]
+    with pytest.raises(DataError, match="no structures besides Chiasm"):
+        LP.structures_for(["Chiasm"], ["Chiasm"])
+
+
 def test_phantom_has_every_mapped_structure():
     from npcrepro import phantom
 

@@ -78,6 +78,8 @@ INFO = PaperInfo(
         ),
         "augmentation": entry(None, "", "not stated"),
         "input_size": entry((512, 512), "Sec. 1, Sec. 3.1"),
+        "structures": entry("all 14 (dataset['structures']), one network with an output per structure",
+                            "Sec. 3.1, Sec. 3.4", "'14 different types of tissue in each image' (Sec. 3.4)"),
         "preprocessing": entry(
             "3D CT cut into 2D slices; slices without labels removed", "Sec. 3.1",
             "no intensity windowing/normalisation stated",

@@ -250,8 +250,9 @@ class Luo2020(Chapter):
         return [Method(k, v[0], info={"model": v[1], **v[2]}) for k, v in METHODS.items()]
 
     def structures_for(self, P, dataset=None):
-        # phantom: the paper's 14; OpenKBP: its organs and PTVs
-        return self.structures if dataset is None else tuple(prep.structures_for(dataset.structures))
+        # phantom: the paper's 14 (less P.skip_structures); OpenKBP: its organs and PTVs
+        have = self.structures if dataset is None else dataset.structures
+        return tuple(prep.structures_for(have, P.get("skip_structures") or ()))
 
     def folds(self, cases, P):
         """``k_folds``-fold by patient; with ``split_unit="slice"``, by slice: fold ``f`` trains on every
@@ -278,7 +279,7 @@ class Luo2020(Chapter):
         return folds[: int(P["max_folds"])] if P.get("max_folds") else folds
 
     def load(self, dataset, name, P):
-        structures = prep.structures_for(dataset.structures)
+        structures = list(self.structures_for(P, dataset))
         part = prep.parse_part(name)
         base = part.case if part else name
         # both sides of a slice-level fold name the same patient: load it once while either is alive
@@ -294,7 +295,7 @@ class Luo2020(Chapter):
         return prep.prepare(case, structures, P.get("image_size"), part, seed=int(P.get("seed") or 0))
 
     def build(self, method, P, n_classes: int | None = None):
-        return build_method(method.name, P, len(self.structures) if n_classes is None else n_classes)
+        return build_method(method.name, P, len(self.structures_for(P)) if n_classes is None else n_classes)
 
     def fit(self, method, train, val, ctx):
         from npcrepro.engine import Trainer, seed_everything

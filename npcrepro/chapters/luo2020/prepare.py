@@ -50,17 +50,17 @@ OPENKBP_STRUCTURES = ("Brainstem", "SpinalCord", "Parotid_L", "Parotid_R", "Mand
 CT_WINDOW = (-200.0, 300.0)
 
 
-def structures_for(dataset_structures: Sequence[str]) -> list[str]:
+def structures_for(dataset_structures: Sequence[str], skip: Sequence[str] = ()) -> list[str]:
     """The structures a dataset offers this chapter: those of the paper's 14 (phantom names) it has, in
     the paper's order, then OpenKBP's other organs and PTVs it has; every structure of the dataset when
-    it has none of them."""
-    have = list(dataset_structures)
+    it has none of them. ``skip``: names left out (the ``skip_structures`` parameter)."""
+    have = [s for s in dataset_structures if s not in set(skip)]
     out = [s for s in STRUCTURES.values() if s in have]
     out += [s for s in OPENKBP_STRUCTURES if s in have and s not in out]
     if out:
         return out
     if not have:
-        raise DataError("the dataset declares no structures")
+        raise DataError("the dataset declares no structures" + (f" besides {', '.join(skip)}" if skip else ""))
     return have
 
 
