@@ -98,9 +98,11 @@ def quality_summary(table: pd.DataFrame, convergence: pd.DataFrame) -> dict:
     conv = convergence.assign(tag=tag(convergence)) if len(convergence) else convergence.assign(tag=[])
     flagged = conv["converged"].fillna(False).astype(bool) if len(conv) else pd.Series(dtype=bool)
     kept = ~conv["tag"].isin(named) if len(conv) else pd.Series(dtype=bool)
-    out = {"checked": int(len(table)), "misses": tag(missed[missed["exception"] == ""]), "excused": tag(missed[missed["exception"] != ""]),
+    out = {"checked": int(len(table)), "misses": tag(missed[missed["exception"] == ""]),
+           "excused": tag(missed[missed["exception"] != ""]),
            "networks": int(len(conv)), "converged": int(flagged.sum()),
-           "networks without exceptions": int(kept.sum()), "converged without exceptions": int(flagged[kept].sum())}
+           "networks without exceptions": int(kept.sum()),
+           "converged without exceptions": int(flagged[kept].sum())}
     out["passed"] = not out["misses"]
     return out
 

@@ -92,8 +92,8 @@ DEVIATIONS = {
 EXCEPTIONS = {
     "faithful": "the printed SGD (lr 1e-7, momentum 0.9) from Caffe's small Gaussian filler: the network "
                 "starts at probability 1/2 everywhere and does not move off it within the cpu budget",
-    "printed": "the printed SGD from the printed N(0, 1) weights: the initial logits are of the order of "
-               "1e6, so the sigmoid is saturated and the loss overflows within a few iterations",
+    "printed": "the printed SGD from the printed N(0, 1) weights: the initial logits exceed a million, so "
+               "the sigmoid is saturated and the loss overflows within a few iterations",
 }
 
 CHOICES = {
