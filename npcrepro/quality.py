@@ -61,7 +61,7 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
     test cases, cases predicted empty, mean DSC (per case first, over folds and seeds, then over cases),
     the bar, whether it meets it (and predicts something) and the chapter's reason where it names the
     method an exception. Runs on other data (the OpenKBP tracks) have no phantom bar and are left out."""
-    from npcrepro.summary import newest_results
+    from npcrepro.summary import headline_of, newest_results
 
     rows = []
     for (chapter, name), res in newest_results(out_dir, profile).items():
@@ -72,12 +72,13 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
         named = exceptions(chapter)
         for method in [k for k in res.methods if k in set(m["method"])]:
             mine = m[m["method"] == method]
-            per_case = mine.groupby("case")["dice"].mean()
-            empty = mine.groupby("case")["pred_empty"].all() if "pred_empty" in mine else per_case == 0
+            h = headline_of(mine, method)  # per case first, then over cases
+            empty = (mine.groupby("case")["pred_empty"].all() if "pred_empty" in mine
+                     else mine.groupby("case")["dice"].mean() == 0)
             family = input_of(res, method)
-            dice = float(per_case.mean())
+            dice = h["mean"]
             rows.append({"chapter": chapter, "run": name, "method": res.label(method), "input": family,
-                         "test cases": int(len(per_case)), "cases predicted empty": int(empty.sum()),
+                         "test cases": h["n"], "cases predicted empty": int(empty.sum()),
                          "dice": dice, "bar": BARS[family],
                          "meets bar": bool(dice >= BARS[family] and not empty.all()),
                          "exception": named.get(method, "")})

@@ -54,7 +54,8 @@ def structures_for(dataset_structures: Sequence[str], skip: Sequence[str] = ()) 
     """The structures a dataset offers this chapter: those of the paper's 14 (phantom names) it has, in
     the paper's order, then OpenKBP's other organs and PTVs it has; every structure of the dataset when
     it has none of them. ``skip``: names left out (the ``skip_structures`` parameter)."""
-    have = [s for s in dataset_structures if s not in set(skip)]
+    left_out = set(skip)
+    have = [s for s in dataset_structures if s not in left_out]
     out = [s for s in STRUCTURES.values() if s in have]
     out += [s for s in OPENKBP_STRUCTURES if s in have and s not in out]
     if out:
