@@ -21,7 +21,8 @@ __all__ = [
     "bbox", "crop", "uncrop", "pad_crop", "center_box", "random_box", "extract_patch",
     "slices_with", "stack_channels",
     "random_flip", "random_rotate2d", "random_rotate", "intensity_jitter", "gaussian_noise",
-    "random_gamma", "Compose", "Augment",
+    "random_gamma", "Compose", "Augment", "draw_flip", "draw_rotate2d", "draw_jitter", "draw_noise",
+    "draw_gamma", "DRAWS",
     "Preprocessed", "preprocess", "invert",
 ]
 
@@ -161,12 +162,14 @@ def pad_crop(arr: np.ndarray, size: Sequence[int], center: Sequence[float] | Non
 
 
 def random_box(shape: Sequence[int], size: Sequence[int], rng: np.random.Generator,
-               center_in: np.ndarray | None = None) -> Box:
+               center_in: np.ndarray | None = None, *, center_flat: np.ndarray | None = None) -> Box:
     """A box of ``size``: uniformly placed inside the array (or centred on the array when the array is
-    smaller), or centred on a random True voxel of ``center_in`` when given and non-empty."""
+    smaller), or centred on a random True voxel of ``center_in`` when given and non-empty.
+    ``center_flat``: ``np.flatnonzero(center_in)`` when the caller keeps it (the same draws)."""
     shape, size = tuple(shape), tuple(int(s) for s in size)
-    if center_in is not None and np.any(center_in):
-        idx = np.flatnonzero(center_in)
+    idx = center_flat if center_flat is not None else (
+        np.flatnonzero(center_in) if center_in is not None else None)
+    if idx is not None and len(idx):
         c = np.unravel_index(idx[rng.integers(len(idx))], shape)
         starts = [int(ci) - s // 2 for ci, s in zip(c, size)]
         # keep the box inside the array where the array is big enough
@@ -200,27 +203,42 @@ def stack_channels(images: dict[str, np.ndarray], channels: Sequence[str]) -> np
 # ---------------------------------------------------------------------------------- augmentation
 # Augmentations take (image, label, rng) with image (C, *S) float and label (K, *S) (float/bool) and
 # return (image, label). Geometric ones transform both; intensity ones only the image.
+#
+# Each one draws its random values with a ``draw_*`` function first (the same calls on ``rng``, in the
+# same order, as it always made), then applies them. The engine's device batches
+# (:mod:`npcrepro.engine.batches`) call the same ``draw_*`` per sample and apply a whole batch at once
+# with tensor operations, so both paths see the same flips, angles and factors.
+
+def draw_flip(rng, n_channels: int = 1, axes: Sequence[int] = (-1,), p: float = 0.5) -> tuple[bool, ...]:
+    """Which of ``axes`` :func:`random_flip` flips (one draw per axis)."""
+    return tuple(bool(rng.random() < p) for _ in axes)
+
 
 def random_flip(image, label, rng, axes: Sequence[int] = (-1,), p: float = 0.5):
     """Flip each of ``axes`` (spatial, negative from the end) with probability ``p``."""
-    for ax in axes:
-        if rng.random() < p:
+    for ax, on in zip(axes, draw_flip(rng, axes=axes, p=p)):
+        if on:
             image = np.flip(image, axis=ax)
             label = np.flip(label, axis=ax) if label is not None else None
     return np.ascontiguousarray(image), (np.ascontiguousarray(label) if label is not None else None)
+
+
+def draw_rotate2d(rng, n_channels: int = 1, max_deg: float = 10.0, step: float | None = None,
+                  p: float = 1.0, order: int = 1) -> float:
+    """The angle (degrees) :func:`random_rotate2d` rotates by; 0 when it does not rotate."""
+    if rng.random() >= p or max_deg == 0:
+        return 0.0
+    if step:
+        choices = np.arange(-max_deg, max_deg + 1e-9, step)
+        return float(choices[rng.integers(len(choices))])
+    return float(rng.uniform(-max_deg, max_deg))
 
 
 def random_rotate2d(image, label, rng, max_deg: float = 10.0, step: float | None = None,
                     p: float = 1.0, order: int = 1):
     """In-plane rotation by an angle in [-max_deg, max_deg] (on a grid of ``step`` degrees if given) over
     the last two axes; bilinear for the image, nearest for the label."""
-    if rng.random() >= p or max_deg == 0:
-        return image, label
-    if step:
-        choices = np.arange(-max_deg, max_deg + 1e-9, step)
-        angle = float(choices[rng.integers(len(choices))])
-    else:
-        angle = float(rng.uniform(-max_deg, max_deg))
+    angle = draw_rotate2d(rng, max_deg=max_deg, step=step, p=p)
     return rotate(image, label, angle, axes=(-2, -1), order=order)
 
 
@@ -244,32 +262,58 @@ def random_rotate(image, label, rng, max_deg: float = 10.0, p: float = 1.0):
     return random_rotate2d(image, label, rng, max_deg, p=p)
 
 
+def draw_jitter(rng, n_channels: int = 1, scale: float = 0.1, shift: float = 0.1, p: float = 1.0):
+    """(factor, offset) per channel, each shape (n_channels,), of :func:`intensity_jitter`; None when
+    it does not jitter."""
+    if rng.random() >= p:
+        return None
+    return 1 + rng.uniform(-scale, scale, size=n_channels), rng.uniform(-shift, shift, size=n_channels)
+
+
 def intensity_jitter(image, label, rng, scale: float = 0.1, shift: float = 0.1, p: float = 1.0):
     """x * (1 + U(-scale, scale)) + U(-shift, shift), per channel."""
-    if rng.random() >= p:
+    drawn = draw_jitter(rng, image.shape[0], scale=scale, shift=shift, p=p)
+    if drawn is None:
         return image, label
-    c = image.shape[0]
-    a = 1 + rng.uniform(-scale, scale, size=(c,) + (1,) * (image.ndim - 1))
-    b = rng.uniform(-shift, shift, size=(c,) + (1,) * (image.ndim - 1))
+    shape = (image.shape[0],) + (1,) * (image.ndim - 1)
+    a, b = drawn[0].reshape(shape), drawn[1].reshape(shape)
     return (image * a + b).astype(image.dtype, copy=False), label
+
+
+def draw_noise(rng, n_channels: int = 1, sd: float = 0.05, p: float = 1.0) -> bool:
+    """Whether :func:`gaussian_noise` adds noise (the noise itself is drawn after this)."""
+    return bool(rng.random() < p)
 
 
 def gaussian_noise(image, label, rng, sd: float = 0.05, p: float = 1.0):
     """Add N(0, sd) noise (li2018 used noise power 1e-8, i.e. sd 1e-4)."""
-    if rng.random() >= p:
+    if not draw_noise(rng, sd=sd, p=p):
         return image, label
     return (image + rng.normal(0, sd, size=image.shape)).astype(image.dtype, copy=False), label
 
 
+def draw_gamma(rng, n_channels: int = 1, gamma_range=(0.7, 1.5), p: float = 0.5) -> float | None:
+    """The exponent of :func:`random_gamma`; None when it does not change the contrast."""
+    if rng.random() >= p:
+        return None
+    return float(rng.uniform(*gamma_range))
+
+
 def random_gamma(image, label, rng, gamma_range=(0.7, 1.5), p: float = 0.5):
     """Contrast change like MATLAB imadjust's gamma: min-max scale, power, scale back."""
-    if rng.random() >= p:
+    g = draw_gamma(rng, gamma_range=gamma_range, p=p)
+    if g is None:
         return image, label
-    g = float(rng.uniform(*gamma_range))
     lo = image.min(axis=tuple(range(1, image.ndim)), keepdims=True)
     hi = image.max(axis=tuple(range(1, image.ndim)), keepdims=True)
     span = np.maximum(hi - lo, 1e-8)
     return (((image - lo) / span) ** g * span + lo).astype(image.dtype, copy=False), label
+
+
+#: The draw of each augmentation step above: ``draw(rng, n_channels, **step kwargs)``.
+DRAWS: dict[Callable, Callable] = {random_flip: draw_flip, random_rotate2d: draw_rotate2d,
+                                   random_rotate: draw_rotate2d, intensity_jitter: draw_jitter,
+                                   gaussian_noise: draw_noise, random_gamma: draw_gamma}
 
 
 class Compose:
@@ -285,6 +329,18 @@ class Compose:
         for fn, kw in self.steps:
             image, label = fn(image, label, rng, **kw)
         return image, label
+
+    def drawable(self) -> bool:
+        """Whether every step has a draw in :data:`DRAWS` (so :meth:`draw` works)."""
+        return all(fn in DRAWS for fn, _ in self.steps)
+
+    def draw(self, rng, n_channels: int = 1) -> list:
+        """Each step's random values for one sample of ``n_channels`` channels, drawn as ``__call__``
+        draws them (a noise step's noise itself is not drawn here)."""
+        if not self.drawable():
+            raise ParameterError(f"{self!r}: no draw for step(s) "
+                                 f"{[fn.__name__ for fn, _ in self.steps if fn not in DRAWS]}")
+        return [DRAWS[fn](rng, n_channels, **kw) for fn, kw in self.steps]
 
     def __repr__(self) -> str:
         return "Compose(" + ", ".join(f"{f.__name__}{kw or ''}" for f, kw in self.steps) + ")"

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from npcrepro import transforms as T
+from npcrepro.engine.batches import BatchMaker, batched, fits, store_bytes
+from npcrepro.engine.device import item_rng
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["prepare_case", "slice_stack", "SliceDataset", "PatchDataset", "epoch_plan", "covering_plan",
@@ -62,11 +64,6 @@ def slice_stack(volume: np.ndarray, z: int, context: int = 0, axis: int = 1) -> 
     idx = np.clip(np.arange(z - context, z + context + 1), 0, n - 1)
     sl = np.take(volume, idx, axis=axis)  # (C, 2k+1, y, x)
     return sl.reshape((-1,) + sl.shape[2:])
-
-
-def item_rng(seed: int, *key: int) -> np.random.Generator:
-    """The generator for one sample: a pure function of the seed and the key."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, *[int(k) & 0xFFFFFFFF for k in key]])
 
 
 def epoch_plan(n_items: int, batch_size: int, iterations: int, seed: int, stage: int, epoch: int,
@@ -219,18 +216,46 @@ class SliceDataset(_Base):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _box(self, index: int, rng: np.random.Generator | None):
+        """The crop box of item ``index`` (None: the whole slice), drawn from ``rng`` (training) or
+        centred (``rng`` None): the one place both the item path and device batches take it from."""
+        if self.size is None:
+            return None
+        ci, z = self.items[index]
+        shape = self.images[ci].shape[2:]
+        if self.random_crop and rng is not None:
+            fg = self._fg_flat(index) if rng.random() < self.crop_fg_prob else None
+            return T.random_box(shape, self.size, rng, center_flat=fg)
+        return self._centre_box(shape)
+
+    def _fg_flat(self, index: int) -> np.ndarray:
+        """Flat indices of the pixels of item ``index`` inside any target structure (kept)."""
+        cache = self.__dict__.setdefault("_fg_cache", {})
+        if index not in cache:
+            ci, z = self.items[index]
+            cache[index] = np.flatnonzero(self.targets[ci][:, z].any(axis=0))
+        return cache[index]
+
     def get(self, index: int, rng: np.random.Generator | None):
         ci, z = self.items[index]
         image = slice_stack(self.images[ci], z, self.context)
         target = self.targets[ci][:, z]
-        if self.size is not None:
-            if self.random_crop and rng is not None:
-                fg = target.any(axis=0) if rng.random() < self.crop_fg_prob else None
-                box = T.random_box(image.shape[1:], self.size, rng, center_in=fg)
-            else:
-                box = self._centre_box(image.shape[1:])
+        box = self._box(index, rng)
+        if box is not None:
             image, target = T.crop(image, box), T.crop(target, box)
         return self._finish(image, target, rng)
+
+    def device_batches(self, device, seed: int = 0) -> BatchMaker | None:
+        """A :class:`~npcrepro.engine.batches.BatchMaker` of this dataset on ``device`` (each item's
+        slice stored once), or None when the augmentation has no batched form or the slices do not
+        fit in the device's memory."""
+        if batched(self.augment) is None:
+            return None
+        images = [slice_stack(self.images[ci], z, self.context) for ci, z in self.items]
+        targets = [self.targets[ci][:, z] for ci, z in self.items]
+        if not fits(store_bytes(images, targets), device):
+            return None
+        return BatchMaker(images, targets, lambda i, rng: (i, self._box(i, rng)), self.augment, device, seed)
 
 
 class PatchDataset(_Base):
@@ -266,13 +291,31 @@ class PatchDataset(_Base):
     def __len__(self) -> int:
         return len(self.images) * self.samples_per_case
 
-    def get(self, index: int, rng: np.random.Generator | None):
+    def _plan(self, index: int, rng: np.random.Generator | None):
+        """(case, box) of patch ``index``: drawn from ``rng`` (training) or from the item's own fixed
+        generator (validation); the one place both the item path and device batches take it from."""
         ci = index // self.samples_per_case
         draw = rng if rng is not None else item_rng(0, 104729, index)
-        fg = self.fg[ci] if draw.random() < self.fg_prob else None
-        box = T.random_box(self.images[ci].shape[1:], self.patch_size, draw, center_in=fg)
+        fg = self._fg_flat(ci) if draw.random() < self.fg_prob else None
+        return ci, T.random_box(self.images[ci].shape[1:], self.patch_size, draw, center_flat=fg)
+
+    def _fg_flat(self, ci: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_fg_cache", {})
+        if ci not in cache:
+            cache[ci] = np.flatnonzero(self.fg[ci])
+        return cache[ci]
+
+    def get(self, index: int, rng: np.random.Generator | None):
+        ci, box = self._plan(index, rng)
         image, target = T.crop(self.images[ci], box), T.crop(self.targets[ci], box)
         return self._finish(image, target, rng)
+
+    def device_batches(self, device, seed: int = 0) -> BatchMaker | None:
+        """A :class:`~npcrepro.engine.batches.BatchMaker` of this dataset on ``device`` (each case
+        stored once), or None when the augmentation has no batched form or the cases do not fit."""
+        if batched(self.augment) is None or not fits(store_bytes(self.images, self.targets), device):
+            return None
+        return BatchMaker(self.images, self.targets, self._plan, self.augment, device, seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import torch
 
 from npcrepro.errors import ParameterError
 
-__all__ = ["resolve_device", "seed_everything", "configure_determinism", "rng_state", "set_rng_state",
-           "conv_memory_format", "channels_last_model"]
+__all__ = ["resolve_device", "seed_everything", "item_rng", "configure_determinism", "rng_state",
+           "set_rng_state", "conv_memory_format", "channels_last_model"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -77,6 +77,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def item_rng(seed: int, *key: int) -> np.random.Generator:
+    """The generator for one sample: a pure function of the seed and the key."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, *[int(k) & 0xFFFFFFFF for k in key]])
 
 
 def configure_determinism(deterministic: bool = True) -> None:

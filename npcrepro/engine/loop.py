@@ -54,6 +54,10 @@ __all__ = ["Stage", "Trainer", "History", "TrainState", "load_checkpoint", "CHEC
 #: 2: RNG states as tensors and numbers (loads with ``weights_only=True``); 1: numpy arrays.
 CHECKPOINT_FORMAT = 2
 
+#: Where batches are made (see ``Trainer(batches=...)``), and the variable that overrides it.
+BATCH_MODES = ("auto", "device", "loader")
+BATCHES_ENV = "NPCREPRO_BATCHES"
+
 
 @dataclass
 class Stage:
@@ -348,6 +352,13 @@ class Trainer:
         a batch of 512 x 512 slices in the main process takes longer than the GPU's step (measured:
         the gpu-lite template U-Net trained at 1.5 it/s with the GPU 19 % busy). Batches do not
         depend on it: every item is drawn from its own seeded generator.
+    batches : "auto" | "device" | "loader"
+        Where training (and validation) batches are made. "device": on the training device, a whole
+        batch at a time (:mod:`npcrepro.engine.batches`; the dataset's arrays are moved there once),
+        when the dataset offers ``device_batches`` and its augmentation has a batched form, else the
+        loader. "loader": item by item (``get(index, rng)``) in the main process or DataLoader workers.
+        "auto" (the default): "device" on CUDA, "loader" elsewhere. ``$NPCREPRO_BATCHES`` overrides
+        it. Both draw each sample's random values from the same generator; see the batches module.
     run : RunFolder, optional
         Where curves and checkpoints go (rank 0 only). Without it nothing is written (and ``resume``
         needs an explicit checkpoint path).
@@ -388,7 +399,7 @@ class Trainer:
                  val_batch_size: int | None = None, iterations_per_epoch: int | None = None,
                  seed: int = 0, device: str | torch.device = "auto", amp: bool = True,
                  amp_dtype: str | None = None, channels_last: bool = True, compile: bool | str = False,
-                 deterministic: bool = True, num_workers: int | str = "auto", run=None,
+                 deterministic: bool = True, num_workers: int | str = "auto", batches: str = "auto", run=None,
                  progress: bool = True,
                  desc: str = "train", checkpoint_every: int | None = None,
                  callbacks: Iterable[Callable] = (), max_iterations_this_session: int | None = None,
@@ -425,6 +436,10 @@ class Trainer:
                                       or num_workers < 0):
             raise ParameterError(f"num_workers must be 'auto' or an integer >= 0, got {num_workers!r}")
         self.requested_workers = num_workers
+        if batches not in BATCH_MODES:
+            raise ParameterError(f"batches must be one of {', '.join(BATCH_MODES)}, got {batches!r}")
+        self.requested_batches = batches
+        self.batch_maker = self.val_maker = None
         self.run = run
         self.progress, self.desc = progress, desc
         self.checkpoint_every = checkpoint_every
@@ -494,6 +509,7 @@ class Trainer:
         else:
             self._amp_dtype = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self._amp_dtype == torch.float16)
+        self._make_batch_makers()
         self.model.to(dev)
         self._memory_format = None
         if self.channels_last:
@@ -501,6 +517,30 @@ class Trainer:
             if self._memory_format is not None:
                 self.model.to(memory_format=self._memory_format)
         self._ready = True
+
+    def batch_mode(self) -> str:
+        """"device" or "loader": what :attr:`requested_batches` (or ``$NPCREPRO_BATCHES``) asks for on
+        this trainer's device."""
+        mode = os.environ.get(BATCHES_ENV) or self.requested_batches
+        if mode not in BATCH_MODES:
+            raise ParameterError(f"${BATCHES_ENV} must be one of {', '.join(BATCH_MODES)}, got {mode!r}")
+        return ("device" if self.cuda else "loader") if mode == "auto" else mode
+
+    def _make_batch_makers(self) -> None:
+        """Device batch makers of the training and validation sets, when :meth:`batch_mode` says so
+        and the datasets offer them; a warning when "device" was asked for and cannot be had."""
+        self.batch_maker = self.val_maker = None
+        if self.batch_mode() != "device":
+            return
+        make = getattr(self.train_data, "device_batches", None)
+        self.batch_maker = make(self.device, self.seed) if callable(make) else None
+        if self.batch_maker is None:
+            if os.environ.get(BATCHES_ENV) == "device" or self.requested_batches == "device":
+                warnings.warn(f"{self.desc}: {type(self.train_data).__name__} cannot make batches on "
+                              f"{self.device} (no batched augmentation, or too big); using the loader")
+            return
+        make = getattr(self.val_data, "device_batches", None)
+        self.val_maker = make(self.device, self.seed) if callable(make) else None
 
     def _autocast(self):
         if self.use_amp:
@@ -710,10 +750,14 @@ class Trainer:
         self.model.eval()
         n_items = min(len(dataset), self.val_item_cap) if self.val_item_cap else len(dataset)
         idx = list(range(self.info.rank, n_items, self.info.world_size))
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx),
-                                             batch_size=self.val_batch_size, shuffle=False,
-                                             num_workers=self.num_workers,
-                                             worker_init_fn=_worker_init if self.num_workers else None)
+        if self.val_maker is not None and dataset is self.val_data:
+            loader = (self.val_maker.eval_batch(idx[i:i + self.val_batch_size])
+                      for i in range(0, len(idx), self.val_batch_size))
+        else:
+            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx),
+                                                 batch_size=self.val_batch_size, shuffle=False,
+                                                 num_workers=self.num_workers,
+                                                 worker_init_fn=_worker_init if self.num_workers else None)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
         for batch in loader:
@@ -949,11 +993,14 @@ class Trainer:
 
         if st.stage_iteration < total and not st.stage_stopped:
             # One loader for the rest of the stage: worker processes start once, not every epoch.
-            gen = torch.Generator().manual_seed(self.seed * 7 + si * 131 + st.stage_iteration // ipe)
-            loader = torch.utils.data.DataLoader(
-                keyed, batch_sampler=batches(st.stage_iteration), num_workers=self.num_workers,
-                generator=gen, pin_memory=self.cuda,
-                worker_init_fn=_worker_init if self.num_workers else None)
+            if self.batch_maker is not None:  # whole batches on the device, from the same keys
+                loader = (self.batch_maker.train_batch(keys) for keys in batches(st.stage_iteration))
+            else:
+                gen = torch.Generator().manual_seed(self.seed * 7 + si * 131 + st.stage_iteration // ipe)
+                loader = torch.utils.data.DataLoader(
+                    keyed, batch_sampler=batches(st.stage_iteration), num_workers=self.num_workers,
+                    generator=gen, pin_memory=self.cuda,
+                    worker_init_fn=_worker_init if self.num_workers else None)
             for batch in loader:
                 epoch = st.stage_iteration // ipe
                 lr = stage.lr * self.schedule.factor_at(st.stage_iteration, epoch)

@@ -28,9 +28,10 @@ PROFILES = {
 }
 
 #: gpu-lite: Table 1's network at width 1 on the paper's grid; 5-fold instead of LOOCV, shorter
-#: stages (sized by `npcrepro plan` for a short GPU loan).
+#: stages (sized by `npcrepro plan` for a short GPU loan). The network is small: three of its 15 jobs
+#: train side by side on the one GPU (workers=3).
 PROFILES["gpu-lite"] = dict(PROFILES["gpu"], cv="kfold", k=5, iterations=[1500, 500, 500],
-                            real_iterations=[1000, 300, 300])
+                            real_iterations=[1000, 300, 300], workers=3)
 
 HELP = {
     "n_cases": "patients used (phantom: rendered on the paper's DCE grid; dataset: its first n)",

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import torch
 
 from npcrepro import transforms as T
+from npcrepro.engine.batches import rotate_batch, zscore_batch
 from npcrepro.errors import DataError
 from npcrepro.paths import build_once
 
@@ -268,6 +270,49 @@ class _AugmentThenZscore:
         if self.augment is not None:
             img, msk = self.augment(img, msk, rng)
         return T.zscore(img)[None], np.asarray(msk, np.float32)[None]
+
+    def draw(self, rng: np.random.Generator, n_channels: int = 1):
+        """The variant ``(angle, contrast, noise)`` of one sample (None without augmentation)."""
+        return self.augment.draw(rng) if self.augment is not None else None
+
+    def apply_batch(self, image: torch.Tensor, target: torch.Tensor, draws, generator=None):
+        """``__call__`` on a batch (B, 1, H, W) of tensors, one variant per sample: rotation,
+        imadjust with each sample's percentiles and gamma, noise (from ``generator``), z-score."""
+        if self.augment is not None:
+            image, target = rotate_batch(image, target, [float(d[0]) for d in draws])
+            lo_pct, hi_pct, gamma = (torch.tensor([CONTRAST_VARIANTS[d[1]][i] for d in draws],
+                                                  device=image.device) for i in range(3))
+            image = imadjust_batch(image, lo_pct, hi_pct, gamma)
+            var = [NOISE_VARIANTS[d[2]] for d in draws]
+            if any(v > 0 for v in var):
+                noise = torch.randn(image.shape, generator=generator, device=image.device)
+                image = image + noise * torch.tensor(var, device=image.device).sqrt().view(-1, 1, 1, 1)
+        return zscore_batch(image), target
+
+
+def imadjust_batch(image: torch.Tensor, low_pct: torch.Tensor, high_pct: torch.Tensor,
+                   gamma: torch.Tensor) -> torch.Tensor:
+    """:func:`imadjust` of each sample of ``image`` (B, ...) with its own percentiles and gamma (B,):
+    the percentiles interpolated linearly between order statistics, as :func:`numpy.percentile`."""
+    flat = image.reshape(image.shape[0], -1).float()
+    ordered = flat.sort(dim=1).values
+    n = flat.shape[1]
+
+    def percentile(pct):
+        pos = (pct.float() / 100.0).clamp(0, 1) * (n - 1)
+        lo = pos.floor().long().clamp(0, n - 1)
+        hi = (lo + 1).clamp(max=n - 1)
+        a, b = ordered.gather(1, lo[:, None])[:, 0], ordered.gather(1, hi[:, None])[:, 0]
+        return a + (b - a) * (pos - lo.float())
+
+    lo, hi = percentile(low_pct), percentile(high_pct)
+    flat_range = ~(hi > lo)
+    lo = torch.where(flat_range, ordered[:, 0], lo)
+    hi = torch.where(flat_range, ordered[:, -1], hi)
+    span = hi - lo
+    out = ((flat - lo[:, None]) / span.clamp_min(1e-30)[:, None]).clamp(0.0, 1.0) ** gamma.float()[:, None]
+    out = torch.where((span > 0)[:, None], out, torch.zeros_like(out))
+    return out.view(image.shape)
 
 
 def training_slices(prepared, *, augment: bool = True, seed: int = 0):

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from npcrepro import transforms as T
+from npcrepro.engine.batches import resample2d
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.recipes.xue2020 import CT_WINDOW, RP_MIDLINE_MM
 
@@ -140,17 +142,27 @@ class XueAugment:
         if self.zoom[0] <= 0 or self.zoom[0] > self.zoom[1]:
             raise ParameterError(f"zoom must be (low, high) with 0 < low <= high, got {zoom}")
 
-    def matrix(self, rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Draw (matrix, offset, flipped) mapping output (y, x) to input (y, x)."""
-        flipped = self.flip and rng.random() < 0.5
+    def draw(self, rng: np.random.Generator, n_channels: int = 1) -> tuple[bool, float, float, np.ndarray]:
+        """(flipped, angle in radians, zoom, shift as fractions of (H, W)) for one sample."""
+        flipped = bool(self.flip and rng.random() < 0.5)
         a = math.radians(rng.uniform(-self.rotate_deg, self.rotate_deg)) if self.rotate_deg else 0.0
-        s = rng.uniform(*self.zoom)
-        t = rng.uniform(-self.shift, self.shift, 2) * np.asarray(shape, float)
+        s = float(rng.uniform(*self.zoom))
+        return flipped, a, s, rng.uniform(-self.shift, self.shift, 2)
+
+    @staticmethod
+    def affine(drawn, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(matrix, offset, flipped) of a draw on a (H, W) plane, mapping output (y, x) to input (y, x)."""
+        flipped, a, s, frac = drawn
+        t = frac * np.asarray(shape, float)
         rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
         m = rot / s  # output -> input: rotate back and shrink for zoom > 1
         c = (np.asarray(shape, float) - 1) / 2
         offset = c - m @ (c + t)
         return m, offset, flipped
+
+    def matrix(self, rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Draw (matrix, offset, flipped) mapping output (y, x) to input (y, x)."""
+        return self.affine(self.draw(rng), shape)
 
     def __call__(self, image, label, rng):
         shape = image.shape[-2:]
@@ -164,6 +176,19 @@ class XueAugment:
                                                      mode="constant", cval=0.0) > 0.5 for ch in label])
             lab = lab.astype(np.asarray(label).dtype, copy=False)
         return img.astype(np.float32, copy=False), lab
+
+    def apply_batch(self, image, label, draws, generator=None):
+        """``__call__`` on a batch (B, C, H, W) / (B, K, H, W) of tensors, one draw per sample, in one
+        resampling (:mod:`npcrepro.engine.batches`)."""
+        parts = [self.affine(d, image.shape[-2:]) for d in draws]
+        flip = torch.as_tensor([f for _, _, f in parts], device=image.device).view(-1, 1, 1, 1)
+        image = torch.where(flip, image.flip(-1), image)
+        label = torch.where(flip, label.flip(-1), label)
+        m = torch.from_numpy(np.stack([p[0] for p in parts]).astype(np.float32))
+        off = torch.from_numpy(np.stack([p[1] for p in parts]).astype(np.float32))
+        image = resample2d(image, m, off, mode="bilinear", padding="border")
+        label = (resample2d(label, m, off, mode="bilinear", padding="zeros") > 0.5).to(label.dtype)
+        return image, label
 
     def __repr__(self) -> str:
         return (f"XueAugment(flip={self.flip}, rotate_deg={self.rotate_deg}, zoom={self.zoom}, "
