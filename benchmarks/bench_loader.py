@@ -1,17 +1,24 @@
-"""Loader benchmark: does making training batches in worker processes keep a GPU busy?
+"""Loader benchmark: how training batches are made, and whether that keeps a GPU busy.
 
     npcrepro bench loader [--quick]     # gpu-lite template U-Net on 3 gpu-preset patients (--quick: 1)
     python benchmarks/bench_loader.py --cases 3 --iterations 60 [--device cuda] [--json f]
 
-Generates a small phantom cohort at the gpu preset (96 x 512 x 512; ``--cases``), builds the template
-chapter's training slices and its gpu-lite U-Net (widths 32-512, batches of 16 whole slices), and
-trains it for ``--iterations`` steps (default 60 on CUDA; 2 on a CPU, where a step takes tens of
-seconds and the benchmark only checks itself) twice: with batches made in the main process
-(``num_workers=0``) and with the Trainer's default (``"auto"``: DataLoader processes on CUDA). On
-CUDA it also times the GPU alone on one fixed batch (forward, backward, Adam; bf16 autocast).
-Prints it/s of each, their ratio, the final losses (equal: the batches do not depend on the
-workers) and, on CUDA, the peak GPU memory. Measured on an H200 (16 cores): 2.75 it/s in the main
-process, 16.1 with 8 workers, 25.4 for the GPU alone (README, "What a GPU showed").
+Generates a small phantom cohort at the gpu preset (96 x 512 x 512; ``--cases``) and builds the
+template chapter's training slices (whole 512 x 512 slices; flips, rotations, intensity jitter).
+
+1. **Batch production**, on one CPU thread: ms per batch of 16 made item by item (the item path:
+   ``get(index, rng)`` and collation) and by :mod:`npcrepro.engine.batches` on the CPU (the same
+   samples a whole batch at a time; on CUDA the same code runs on the GPU, which is what it is for),
+   their ratio, and the largest difference between the two batches (float16 storage, interpolation).
+2. **Training** the gpu-lite U-Net (widths 32-512, batches of 16, bf16 autocast on CUDA) for
+   ``--iterations`` steps (default 60 on CUDA; 2 on a CPU, where a step takes tens of seconds and the
+   benchmark only checks itself): batches made in the main process, by the Trainer's loader default
+   (DataLoader processes on CUDA), and on CUDA by device batches; it/s of each and the final losses
+   (equal for the first two: the batches do not depend on the workers). On CUDA it also times the GPU
+   alone on one fixed batch and reports the peak GPU memory.
+
+Measured on an H200 (16 cores), before device batches: 2.75 it/s in the main process, 16.1 with 8
+loader processes, 25.4 for the GPU alone (README, "GPU loans").
 
 ``main(quick=False, cases=None, iterations=None, device="auto", json_path=None) -> dict`` returns the
 numbers.
@@ -39,6 +46,42 @@ def _gpu_alone(P, steps: int = 20) -> float:
                        amp_dtype=torch.bfloat16) / batch
 
 
+def _batch_production(train, batch: int, repeats: int) -> dict:
+    """ms per batch of ``batch`` training samples on one CPU thread: item by item (``get`` + collate)
+    and by device batches on the CPU, from the same keys; their ratio and largest difference."""
+    import numpy as np
+    import torch
+
+    from npcrepro.engine.data import epoch_plan
+    from npcrepro.engine.loop import _Keyed
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t = time.perf_counter()
+        maker = train.device_batches("cpu", seed=0)
+        store_s = time.perf_counter() - t
+        keyed = _Keyed(train, 0)
+        plan = epoch_plan(len(train), batch, repeats, 0, 0, 0)
+        times = {"item": [], "device": []}
+        diff = 0.0
+        for b in range(repeats):
+            keys = [(0, 0, b, j, int(plan[b, j])) for j in range(batch)]
+            t = time.perf_counter()
+            items = torch.utils.data.default_collate([keyed[k] for k in keys])
+            times["item"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            made = maker.train_batch(keys)
+            times["device"].append(time.perf_counter() - t)
+            diff = max(diff, float((items[0] - made[0]).abs().max()))
+    finally:
+        torch.set_num_threads(threads)
+    item, dev = (1000 * float(np.median(times[k])) for k in ("item", "device"))
+    return {"item_path_ms": round(item, 1), "device_batches_on_cpu_ms": round(dev, 1),
+            "ratio_item_to_device": round(item / dev, 2), "max_image_difference": round(diff, 4),
+            "store_s": round(store_s, 2), "slices": len(train), "threads": 1}
+
+
 def main(quick: bool = False, cases: int | None = None, iterations: int | None = None,
          device: str = "auto", json_path: str | None = None) -> dict:
     import torch
@@ -59,20 +102,26 @@ def main(quick: bool = False, cases: int | None = None, iterations: int | None =
         res = {"device": P["device"], "generate_s": round(time.perf_counter() - t, 1)}
         data = [ds.load(n, channels=["T1"], structures=["GTVp"]) for n in ds.cases]
     train = training_slices(data, P)
-    for workers in (0, "auto"):
+    res["batch_production"] = _batch_production(train, int(P["batch_size"]), repeats=2 if quick else 6)
+    modes = [("workers=0", dict(num_workers=0, batches="loader")),
+             ("workers=auto", dict(num_workers="auto", batches="loader"))]
+    if cuda:
+        modes.append(("batches=device", dict(batches="device")))
+    for key, kw in modes:
         torch.manual_seed(0)
         model = build("unet2d", in_channels=1, n_classes=1, widths=list(P["widths"]))
         trainer = Trainer(model, dice_bce, train, batch_size=int(P["batch_size"]), iterations=iterations,
-                          eval_every=iterations, lr=1e-3, device=P["device"], progress=False,
-                          num_workers=workers, seed=0)
+                          eval_every=iterations, lr=1e-3, device=P["device"], progress=False, seed=0, **kw)
         t = time.perf_counter()
         history = trainer.fit()
         if cuda:
             torch.cuda.synchronize()
         s = time.perf_counter() - t
-        res[f"workers={workers}"] = {"processes": trainer.num_workers, "it_per_s": round(iterations / s, 2),
-                                     "final_loss": history.rows[-1]["train_loss"]}
+        res[key] = {"processes": trainer.num_workers, "it_per_s": round(iterations / s, 2),
+                    "final_loss": history.rows[-1]["train_loss"]}
     res["ratio"] = round(res["workers=auto"]["it_per_s"] / res["workers=0"]["it_per_s"], 2)
+    if cuda:
+        res["ratio_device_to_workers"] = round(res["batches=device"]["it_per_s"] / res["workers=auto"]["it_per_s"], 2)
     if cuda:
         res["gpu_alone_it_per_s"] = round(_gpu_alone(P), 2)
         res["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

@@ -56,6 +56,14 @@ DEPENDS: dict[str, tuple[str, ...] | str] = {
 #: with another chapter and the recorded time is what the chapter costs.
 WIDE: frozenset[str] = frozenset({"leaderboard"})
 PROFILES = ("smoke", "cpu", "gpu", "gpu-lite")
+#: Profiles whose chapters train on a GPU: their executed notebooks are committed (``book/runs/<profile>/``)
+#: and rendered as they are; a machine without a GPU executes only :data:`READERS` for them.
+GPU_PROFILES = ("gpu", "gpu-lite")
+#: Pages that only read other pages' outputs (seconds anywhere, whatever the profile).
+READERS: frozenset[str] = frozenset({"intro", "reproducibility"})
+#: Chapters (and pages) that show the committed run of this profile beside their own (:func:`fingerprint`
+#: re-executes them when it changes).
+BESIDE = "gpu-lite"
 #: The parameters a chapter of the book may have been executed with: its profile, and where its run
 #: folders went (which changes no number).
 BOOK_PARAMETERS = frozenset({"profile", "out_dir"})
@@ -139,6 +147,9 @@ def fingerprint(name: str, profile: str, params: dict, root: Path | None = None)
     h.update(_package_digest(root).encode())
     for dep in dependencies(name):
         h.update(f"{dep}={_recorded_fingerprint(runs_dir(profile, root) / f'{dep}.ipynb')}".encode())
+    if profile != BESIDE:  # the committed gpu-lite chapters it shows beside its own numbers
+        for nb in sorted(runs_dir(BESIDE, root).glob("*.ipynb")):
+            h.update(f"{BESIDE}/{nb.stem}={_recorded_fingerprint(nb)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -423,9 +434,25 @@ def toc_for(profile: str, root: Path | None = None) -> Path:
     if profile == "cpu":
         return base
     text = base.read_text(encoding="utf-8").replace("book/runs/cpu/", f"book/runs/{profile}/")
+    if profile in GPU_PROFILES:  # only the chapters executed (on a GPU) and committed
+        import yaml
+
+        toc = yaml.safe_load(text)
+        for part in toc.get("parts", []):
+            part["chapters"] = [c for c in part.get("chapters", []) if not str(c.get("file", "")).startswith(
+                f"book/runs/{profile}/") or (root / f"{c['file']}.ipynb").exists()]
+        toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
+        text = yaml.safe_dump(toc, sort_keys=False)
     out = root / f"_toc.{profile}.yml"
     out.write_text(text, encoding="utf-8")
     return out
+
+
+def has_gpu() -> bool:
+    """Whether this machine's torch sees a CUDA GPU (where a gpu profile's chapters can train)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def check_book_notebook(path: Path, profile: str) -> None:
@@ -451,11 +478,15 @@ def build_html(profile: str = "cpu", *, root: Path | None = None, quiet: bool = 
     """Run ``jupyter-book build`` (execution off) and return the path of ``index.html``."""
     root = root or repo_root()
     missing = [n for n in CHAPTERS if not (runs_dir(profile, root) / f"{n}.ipynb").exists()]
-    if missing:
-        raise DataError(f"no executed notebooks for {', '.join(missing)} in "
+    needed = [n for n in missing if profile not in GPU_PROFILES or n == "intro"]
+    if needed:
+        raise DataError(f"no executed notebooks for {', '.join(needed)} in "
                         f"{runs_dir(profile, root)} (run `npcrepro run all --profile {profile}`)")
+    if missing:
+        log(f"[book] {profile}: no executed {', '.join(missing)} (left out of this book)")
     for name in CHAPTERS:
-        check_book_notebook(runs_dir(profile, root) / f"{name}.ipynb", profile)
+        if name not in missing:
+            check_book_notebook(runs_dir(profile, root) / f"{name}.ipynb", profile)
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root),
            "--toc", str(toc_for(profile, root)), "--path-output", str(root)]
@@ -490,8 +521,10 @@ def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
          jobs: int | None = None, log_output: bool = False) -> Path:
     """Execute what is missing or stale for ``profile`` and build the HTML. Returns index.html.
 
-    For ``gpu``, committed executed notebooks are rendered as they are (a CPU machine does not re-run
-    paper-scale chapters); only missing ones are executed. ``jobs``: chapters executed at once
+    For ``gpu`` and ``gpu-lite`` (:data:`GPU_PROFILES`), committed executed notebooks are rendered as
+    they are; missing chapters are executed only where there is a GPU (:func:`has_gpu`), else left out
+    of the book (its table of contents lists what exists), and the pages that read the others
+    (:data:`READERS`) are executed again to follow what is committed. ``jobs``: chapters executed at once
     (default :func:`default_jobs`); ``log_output``: see :func:`execute`.
     """
     root = root or repo_root()
@@ -502,8 +535,15 @@ def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
     t0 = time.perf_counter()
     if run_missing:
         todo = list(names or CHAPTERS)
-        if profile in ("gpu", "gpu-lite"):
-            todo = [n for n in todo if not (runs_dir(profile, root) / f"{n}.ipynb").exists()]
+        if profile in GPU_PROFILES:
+            todo = [n for n in todo if not (runs_dir(profile, root) / f"{n}.ipynb").exists()
+                    or (n in READERS and not names)]  # the readers follow what is committed
+            if not has_gpu():
+                left = [n for n in todo if n not in READERS]
+                if left:
+                    log(f"[book] {profile}: no GPU here, so {', '.join(left)} {'is' if len(left) == 1 else 'are'} "
+                        f"not executed (run them on a GPU: `npcrepro run <chapter> --profile {profile}`)")
+                todo = [n for n in todo if n in READERS]
         execute_all(profile, todo, force=force, root=root, log=log,
                     jobs=default_jobs() if jobs is None else jobs, log_output=log_output)
     index = build_html(profile, root=root, log=log)

@@ -118,12 +118,15 @@ def chapter_facts(runs: str | Path, chapters: Mapping[str, str] | None = None) -
     return pd.DataFrame(rows, columns=FACT_COLUMNS)
 
 
-def intro_table(runs: str | Path) -> pd.DataFrame:
+def intro_table(runs: str | Path, beside: str | Path | None = None) -> pd.DataFrame:
     """The five papers: headline reported numbers (from :mod:`npcrepro.papers`) next to this book's
-    reproduction with the paper's recipe (its chapter) and under the common protocol (leaderboard)."""
+    reproduction with the paper's recipe (its chapter) and under the common protocol (leaderboard).
+    ``beside``: the executed chapters of another profile (``book/runs/gpu-lite``): one more column,
+    "<profile>: paper's recipe", from their headlines ("no run yet" where a chapter has none)."""
     from npcrepro import papers
 
     h = read_headlines(runs)
+    other = read_headlines(beside) if beside is not None and Path(beside).exists() else None
     rows = []
     for paper in PAPERS:
         info = papers.info(paper)
@@ -144,8 +147,28 @@ def intro_table(runs: str | Path) -> pd.DataFrame:
                 row[col] = "no finite value"
             else:
                 row[col] = "not run"
+        if beside is not None:
+            sel = other[(other["paper"] == paper) & (other["source"] == "chapter")] if other is not None and len(other) else []
+            row[f"{Path(beside).name}: paper's recipe"] = (
+                _cell(dict(sel.iloc[-1][["mean", "sd", "n"]])) if len(sel) else "no run yet")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def profile_note(profile: str = "gpu-lite") -> str:
+    """One line on the committed executed chapters of ``profile`` (``book/runs/<profile>/``): which
+    exist, on which GPU and in how many minutes, and which training chapters have none yet."""
+    from npcrepro.book import CHAPTERS
+    from npcrepro.chapters import MODULES
+
+    have = profile_chapters(profile)
+    facts = chapter_facts(Path("book", "runs", profile), {c: c for c in have}).set_index("chapter")
+    done = [f"{c} ({facts.loc[c, 'gpu'] or facts.loc[c, 'device']}, {float(facts.loc[c, 'seconds']) / 60:.1f} min)"
+            for c in have]
+    missing = [c for c in CHAPTERS if c in MODULES and c not in have]
+    return (f"Chapters executed at the {profile} profile and committed: "
+            + (", ".join(done) if done else "none yet") + "; "
+            + (f"none yet for {', '.join(missing)}." if missing else "every chapter has one."))
 
 
 def timing_table(runs: str | Path) -> pd.DataFrame:
@@ -243,3 +266,87 @@ def convergence_table(out_dir: str | Path, profile: str, tolerance: float = 0.03
             c.insert(0, "chapter", chapter)
             frames.append(c[CONVERGENCE_COLUMNS])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CONVERGENCE_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------- committed runs
+#: Run folders behind committed executed chapters (the gpu-lite chapters trained on a lent GPU), in the
+#: layout of ``runs/`` (``<profile>/<chapter>/<stamp>-<name>/``) and relative to the book root (the
+#: notebooks' working directory): their small files only (parameters, environment, splits, metrics,
+#: curves, training records; no weights or predictions), so that a machine that did not train them can
+#: read their numbers.
+COMMITTED_RUNS = Path("book", "runs", "folders")
+
+
+def run_root(out_dir: str | Path, profile: str) -> Path:
+    """Where the pages of ``profile`` read its runs: ``out_dir`` when it holds run folders of that
+    profile, else :data:`COMMITTED_RUNS` when it does (a gpu-lite book built on a machine that
+    trained none of its chapters), else ``out_dir``."""
+    for root in (Path(out_dir), COMMITTED_RUNS):
+        if any((root / profile).glob("*/*/run.json")):
+            return root
+    return Path(out_dir)
+
+
+def profile_chapters(profile: str, pages: str | Path | None = None) -> list[str]:
+    """The training chapters (:data:`npcrepro.chapters.MODULES`, in book order) with an executed
+    notebook of ``profile`` under ``pages`` (default ``book/runs/<profile>``)."""
+    from npcrepro.book import CHAPTERS
+    from npcrepro.chapters import MODULES
+
+    pages = Path(pages) if pages is not None else Path("book", "runs", profile)
+    return [c for c in CHAPTERS if c in MODULES and (pages / f"{c}.ipynb").exists()]
+
+
+def _mean_dice(metrics: pd.DataFrame, method: str) -> dict:
+    """Per-patient mean DSC of ``method`` over the structures its reference has (:func:`headline_of`)."""
+    m = metrics
+    if "ref_empty" in m:
+        m = m[~m["ref_empty"].astype(bool)]
+    return headline_of(m, method)
+
+
+def _cell(h: dict) -> str:
+    if not h["n"] or h["mean"] != h["mean"]:
+        return "—"
+    sd = "" if h["sd"] != h["sd"] else f" ± {h['sd']:.3f}"
+    return f"{h['mean']:.3f}{sd} (n={h['n']})"
+
+
+def beside(results, profile: str = "gpu-lite") -> pd.DataFrame:
+    """This run's networks beside the committed run of ``profile`` of the same chapter and run name
+    (:data:`COMMITTED_RUNS`; the executed chapter in ``book/runs/<profile>/`` names its GPU and wall
+    time): per method, the mean DSC per patient (over the structures each patient has) ± sd over
+    patients in each run, and the committed run's convergence reading. Displays a one-line caption
+    saying which GPU produced it, or that no ``profile`` run of the chapter is committed yet and which
+    chapters have one; returns the table (empty when there is none, or when ``results`` is itself of
+    ``profile``)."""
+    from IPython.display import Markdown, display
+
+    chapter, name = results.chapter, results.path.name.split("-", 2)[-1]
+    cols = ["method", f"this run ({results.profile})", profile, f"{profile}: reading"]
+    if results.profile == profile:
+        return pd.DataFrame(columns=cols)
+    other = newest_results(COMMITTED_RUNS, profile).get((chapter, name))
+    if other is None:
+        have = profile_chapters(profile)
+        display(Markdown(f"No {profile} run of this chapter is committed yet"
+                         + (f" (chapters with one: {', '.join(have)})." if have else ".")))
+        return pd.DataFrame(columns=cols)
+    facts = chapter_facts(Path("book", "runs", profile), {chapter: chapter})
+    gpu = facts["gpu"].iloc[0] if len(facts) and facts["gpu"].iloc[0] else "a GPU"
+    minutes = f", the chapter in {float(facts['seconds'].iloc[0]) / 60:.1f} min" if len(facts) else ""
+    reading = other.convergence(labels=False).set_index("method")["reading"] if len(other.metrics) else {}
+    rows = []
+    for method in results.methods:
+        if method not in set(results.metrics.get("method", [])):
+            continue
+        there = method in set(other.metrics.get("method", []))
+        rows.append({"method": results.label(method),
+                     cols[1]: _cell(_mean_dice(results.metrics, method)),
+                     cols[2]: _cell(_mean_dice(other.metrics, method)) if there else "not trained",
+                     cols[3]: (reading.get(method) or "—") if there else "—"})
+    display(Markdown(f"**{profile}, {gpu}**: the same chapter at the papers' resolution on the "
+                     f"{other.data_label} ({len(other.test_cases())} test patients{minutes}; run "
+                     f"`{other.path.name}`). Mean DSC per patient ± sd; the two runs differ in "
+                     "patients, image size and budget (see Deviations), so compare readings, not digits."))
+    return pd.DataFrame(rows, columns=cols)

@@ -12,7 +12,8 @@ would pass ``--max-mb``). ``<out>/loan.json`` holds each chapter's status and wa
 and CUDA, and the GPU's utilisation while each chapter ran.
 
 A GPU session unpacks the archives at the repository root (``tar xzf <chapter>.tar.gz``) and commits
-``book/runs/<profile>/<chapter>.ipynb`` and ``book/runs/<profile>/runs/...``.
+``book/runs/<profile>/<chapter>.ipynb``, its log and the run folders under
+``book/runs/folders/<profile>/<chapter>/`` (the layout of ``runs/``; predictions stay out of git).
 """
 from __future__ import annotations
 
@@ -96,8 +97,8 @@ def pack(chapter: str, profile: str, since: float, log: Path, out: Path, max_mb:
                         continue
                     if not with_predictions and "predictions" in f.relative_to(folder).parts:
                         continue
-                    rel = f.relative_to(ROOT / "runs" / profile)
-                    tar.add(f, arcname=f"book/runs/{profile}/runs/{rel}")
+                    rel = f.relative_to(ROOT / "runs")
+                    tar.add(f, arcname=f"book/runs/folders/{rel}")
         return path
 
     path = write(True)

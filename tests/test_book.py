@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
 from npcrepro import book
+from npcrepro.errors import DataError
 
 
 def _toc_files(root):
@@ -107,7 +110,7 @@ def test_toc_points_at_the_cpu_runs_and_existing_pages():
 
 
 def test_gpu_book_renders_committed_runs_and_executes_only_missing_ones(tmp_path, monkeypatch):
-    """`npcrepro book --profile gpu` on a CPU machine: chapters with a committed executed notebook in
+    """`npcrepro book --profile gpu` on a GPU machine: chapters with a committed executed notebook in
     book/runs/gpu/ are rendered as they are (never re-run, even when stale); only missing ones run,
     and the HTML is built from a table of contents that points at book/runs/gpu/."""
     import shutil
@@ -121,17 +124,69 @@ def test_gpu_book_renders_committed_runs_and_executes_only_missing_ones(tmp_path
     for name in committed:
         (root / "book" / "runs" / "gpu" / f"{name}.ipynb").write_text("{}", encoding="utf-8")
     calls = {}
+    monkeypatch.setattr(book, "has_gpu", lambda: True)
     monkeypatch.setattr(book, "execute_all", lambda profile, names, **kw: calls.update(
         profile=profile, names=list(names), force=kw.get("force")))
     monkeypatch.setattr(book, "build_html", lambda profile, **kw: calls.update(
         html=profile, toc=book.toc_for(profile, kw["root"])) or kw["root"] / "index.html")
     book.book("gpu", root=root, log=lambda *_: None)
-    assert calls["profile"] == "gpu" and calls["names"] == ["leaderboard", "intro"]
+    # the missing chapters, and the readers again (each is skipped when its fingerprint matches)
+    assert calls["profile"] == "gpu" and calls["names"] == ["leaderboard", "reproducibility", "intro"]
     toc = calls["toc"].read_text(encoding="utf-8")
     assert calls["html"] == "gpu" and "book/runs/gpu/li2018" in toc and "book/runs/cpu/" not in toc
     # the cpu book, by contrast, considers every chapter (each is skipped when its fingerprint matches)
     book.book("cpu", root=root, log=lambda *_: None)
     assert calls["names"] == list(book.CHAPTERS) and calls["toc"] == root / "_toc.yml"
+
+
+def test_gpu_lite_book_without_a_gpu_renders_what_is_committed(tmp_path, monkeypatch):
+    """On a machine without a GPU, `npcrepro book --profile gpu-lite` trains nothing: it executes the
+    pages that read the others, builds from a table of contents of the chapters that exist, and says
+    which are left out."""
+    from npcrepro.paths import repo_root
+
+    root = tmp_path / "repo"
+    pages = root / "book" / "runs" / "gpu-lite"
+    pages.mkdir(parents=True)
+    shutil.copy2(repo_root() / "_toc.yml", root / "_toc.yml")
+    for name in ("template", "intro", "reproducibility"):
+        (pages / f"{name}.ipynb").write_text("{}", encoding="utf-8")
+    calls, lines = {}, []
+    monkeypatch.setattr(book, "has_gpu", lambda: False)
+    monkeypatch.setattr(book, "execute_all", lambda profile, names, **kw: calls.update(names=list(names)))
+    monkeypatch.setattr(book, "check_book_notebook", lambda path, profile: None)
+    monkeypatch.setattr("npcrepro.webassets.ensure_web_assets", lambda *a, **k: None)
+    monkeypatch.setattr(book.subprocess, "run", lambda cmd, **kw: calls.update(toc=cmd[cmd.index("--toc") + 1])
+                        or type("P", (), {"returncode": 0, "stdout": "", "stderr": ""})())
+    monkeypatch.setattr("npcrepro.viz.static_viewer.publish", lambda *a, **k: (None, []))
+    book.book("gpu-lite", root=root, log=lines.append)
+    assert calls["names"] == ["reproducibility", "intro"]
+    assert any("no GPU here" in ln and "li2018" in ln for ln in lines)
+    assert any("left out of this book" in ln and "leaderboard" in ln for ln in lines)
+    toc = yaml.safe_load(Path(calls["toc"]).read_text(encoding="utf-8"))
+    files = [c["file"] for p in toc["parts"] for c in p["chapters"]]
+    assert toc["root"] == "book/runs/gpu-lite/intro"
+    assert "book/runs/gpu-lite/template" in files and "book/runs/gpu-lite/li2018" not in files
+    assert "book/protocol" in files and all(p["chapters"] for p in toc["parts"])
+    # the intro is the book's root page: without it there is no book
+    (pages / "intro.ipynb").unlink()
+    with pytest.raises(DataError, match="no executed notebooks for intro"):
+        book.build_html("gpu-lite", root=root, log=lines.append)
+
+
+def test_committed_gpu_lite_chapters_are_part_of_the_readers_fingerprint(tmp_path):
+    from npcrepro.paths import repo_root
+
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy2(repo_root() / "notebooks" / "template.ipynb", root / "notebooks" / "template.ipynb")
+    (root / "npcrepro").mkdir()
+    before = book.fingerprint("template", "cpu", {}, root)
+    assert book.fingerprint("template", "gpu-lite", {}, root) != before
+    (root / "book" / "runs" / "gpu-lite").mkdir(parents=True)
+    (root / "book" / "runs" / "gpu-lite" / "template.ipynb").write_text(
+        '{"metadata": {"npcrepro": {"fingerprint": "abc"}}}', encoding="utf-8")
+    assert book.fingerprint("template", "cpu", {}, root) != before
 
 
 def test_wide_chapters_run_alone_and_readers_after_what_they_read(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 
 from npcrepro import book, summary
 from npcrepro.errors import DataError
+from pathlib import Path
 
 
 def test_headline_averages_rows_of_one_patient_first():
@@ -169,3 +170,66 @@ def test_convergence_table_takes_the_newest_run_of_each_track(tmp_path):
     assert t.loc[("openkbp", "A"), "difference"] == pytest.approx(-0.04) and not t.loc[("openkbp", "A"), "converged"]
     assert len(convergence_table(tmp_path, "gpu")) == 0
     assert t.loc[("phantom", "B"), "reading"] == "undecided"  # one test case: no interval
+
+
+# ------------------------------------------------------------------------ committed runs of another profile
+def _run_folder(root, profile, chapter, name, dice, half=None, methods=(("unet2d", "2D U-Net"),)):
+    """A finished run folder of the runner's layout with one row per (method, case)."""
+    d = root / profile / chapter / f"20261126-120000-{name}"
+    d.mkdir(parents=True)
+    cases = [f"npc_{i:03d}" for i in range(len(dice))]
+    (d / "run.json").write_text(json.dumps({"chapter": chapter, "status": "done", "data_label": "phantom",
+                                            "methods": [{"name": m, "label": lb} for m, lb in methods]}))
+    (d / "params.json").write_text(json.dumps({"profile": profile, "data": "phantom"}))
+    (d / "splits.json").write_text(json.dumps([{"train": ["x"], "val": [], "test": cases}]))
+    rows = [{"method": m, "fold": 0, "seed": 0, "case": c, "structure": "GTVp", "dice": v}
+            for m, _ in methods for c, v in zip(cases, dice)]
+    pd.DataFrame(rows).to_csv(d / "metrics.csv", index=False)
+    pd.DataFrame([dict(r, dice=h) for r, h in zip(rows, half or dice)]).to_csv(d / "metrics_half.csv", index=False)
+    (d / "DONE").write_text("")
+    return d
+
+
+def test_beside_sets_the_committed_gpu_lite_run_next_to_this_one(tmp_path, monkeypatch):
+    from unittest import mock
+
+    from npcrepro.engine.results import Results
+
+    monkeypatch.chdir(tmp_path)
+    mine = Results.open(_run_folder(tmp_path / "runs", "cpu", "template", "unet2d", [0.5, 0.7, 0.6]))
+    with mock.patch("IPython.display.display") as shown:
+        t = summary.beside(mine, "gpu-lite")
+    assert t.empty and "No gpu-lite run of this chapter is committed yet" in shown.call_args.args[0].data
+    _run_folder(tmp_path / summary.COMMITTED_RUNS, "gpu-lite", "template", "unet2d", [0.8, 0.9, 0.85, 0.95],
+                half=[0.8, 0.9, 0.85, 0.95])
+    (tmp_path / "book" / "runs" / "gpu-lite").mkdir(parents=True)
+    _executed(tmp_path / "book" / "runs" / "gpu-lite", "template", seconds=420.0)
+    with mock.patch("IPython.display.display") as shown:
+        t = summary.beside(mine, "gpu-lite").set_index("method")
+    assert t.loc["2D U-Net", "this run (cpu)"] == "0.600 ± 0.100 (n=3)"
+    assert t.loc["2D U-Net", "gpu-lite"] == "0.875 ± 0.065 (n=4)"
+    assert t.loc["2D U-Net", "gpu-lite: reading"] == "converged"
+    caption = shown.call_args.args[0].data
+    assert caption.startswith("**gpu-lite, a GPU**") and "4 test patients" in caption and "7.0 min" in caption
+    # a page of the gpu-lite book itself sets nothing beside it
+    own = Results.open(next((tmp_path / summary.COMMITTED_RUNS / "gpu-lite" / "template").iterdir()))
+    assert summary.beside(own, "gpu-lite").empty
+    # where the pages of a profile read its runs: the committed folders when out_dir has none
+    assert summary.run_root("runs", "gpu-lite") == summary.COMMITTED_RUNS
+    assert summary.run_root("runs", "cpu") == Path("runs")
+    assert summary.profile_chapters("gpu-lite") == ["template"]
+    note = summary.profile_note("gpu-lite")
+    assert "template (auto, 7.0 min)" in note and "none yet for li2018" in note and "leaderboard" in note
+
+
+def test_intro_table_adds_the_gpu_lite_column(tmp_path):
+    cpu, lite = tmp_path / "cpu", tmp_path / "gpu-lite"
+    cpu.mkdir()
+    lite.mkdir()
+    rec = dict(paper="li2018", method="CNN", metric="dice", data="phantom", source="chapter")
+    _executed(cpu, "li2018", [dict(rec, mean=0.66, sd=0.1, n=12)])
+    _executed(lite, "li2018", [dict(rec, mean=0.795, sd=0.05, n=29)])
+    t = summary.intro_table(cpu, beside=lite).set_index("paper")
+    assert t.loc["li2018", "gpu-lite: paper's recipe"] == "0.795 ± 0.050 (n=29)"
+    assert t.loc["xue2020", "gpu-lite: paper's recipe"] == "no run yet"
+    assert "gpu-lite: paper's recipe" not in summary.intro_table(cpu).columns

@@ -36,7 +36,7 @@ from npcrepro import transforms as T
 from npcrepro.engine.device import item_rng
 from npcrepro.errors import DataError
 
-__all__ = ["BatchMaker", "batched", "batch_generator", "pack_masks", "unpack_masks", "crop_to_box",
+__all__ = ["BatchMaker", "batched", "batch_generator", "to_device", "pack_masks", "unpack_masks", "crop_to_box",
            "resample2d", "rotation2d", "rotate_batch", "zscore_batch", "STEPS", "store_dtype", "store_bytes",
            "fits"]
 
@@ -46,6 +46,18 @@ __all__ = ["BatchMaker", "batched", "batch_generator", "pack_masks", "unpack_mas
 FLOAT16_ROUNDING = 0.01
 #: Share of the device's free memory a dataset's store may take before the Trainer keeps the item path.
 MEMORY_SHARE = 0.5
+
+
+def to_device(values, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``values`` (array-like) as a tensor on ``device``. On CUDA the copy goes through pinned memory
+    and does not wait for the GPU: a copy from ordinary host memory first waits for every kernel
+    already queued, so each one would hold the next batch back until the step being trained ends,
+    and the CPU's share of making a batch would no longer overlap the GPU's work."""
+    t = torch.as_tensor(np.asarray(values), dtype=dtype)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def batch_generator(device, seed: int, *key: int) -> torch.Generator:
@@ -112,7 +124,8 @@ def resample2d(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor, *, m
     ii, jj = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float32),
                             torch.arange(w, device=x.device, dtype=torch.float32), indexing="ij")
     pts = torch.stack([ii, jj], -1).view(1, h * w, 2)
-    src = pts @ matrix.to(x.device, torch.float32).transpose(1, 2) + offset.to(x.device, torch.float32)[:, None]
+    src = (pts @ to_device(matrix, x.device, torch.float32).transpose(1, 2)
+           + to_device(offset, x.device, torch.float32)[:, None])
     gy = src[..., 0] * (2.0 / max(h - 1, 1)) - 1.0
     gx = src[..., 1] * (2.0 / max(w - 1, 1)) - 1.0
     grid = torch.stack([gx, gy], -1).view(b, h, w, 2)
@@ -137,7 +150,7 @@ def _planes(x: torch.Tensor) -> torch.Tensor:
 
 
 def _per_sample(values: Sequence, device, dims: int) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(values), device=device).view(-1, *([1] * (dims - 1)))
+    return to_device(values, device).view(-1, *([1] * (dims - 1)))
 
 
 # ------------------------------------------------------------------------------------ augmentation
@@ -162,7 +175,7 @@ def rotate_batch(x: torch.Tensor, y: torch.Tensor, angles: Sequence[float], orde
     if not idx:
         return x, y
     m, off = rotation2d([angles[i] for i in idx], x.shape[-2:])
-    sel = torch.as_tensor(idx, device=x.device)
+    sel = to_device(idx, x.device)
     mode = {0: "nearest", 1: "bilinear"}.get(int(order), "bicubic")
     x, y = x.clone(), y.clone()
     x[sel] = resample2d(_planes(x[sel]), m, off, mode=mode, padding="border").view_as(x[sel])
@@ -190,7 +203,7 @@ def _jitter(x, y, values, gen, scale: float = 0.1, shift: float = 0.1, p: float 
         if v is not None:
             a[i], t[i] = v
     view = (b, c) + (1,) * (x.dim() - 2)
-    return x * torch.from_numpy(a).to(x.device).view(view) + torch.from_numpy(t).to(x.device).view(view), y
+    return x * to_device(a, x.device).view(view) + to_device(t, x.device).view(view), y
 
 
 def _noise(x, y, values, gen, sd: float = 0.05, p: float = 1.0):
@@ -204,7 +217,7 @@ def _gamma(x, y, values, gen, gamma_range=(0.7, 1.5), p: float = 0.5):
     idx = [i for i, g in enumerate(values) if g is not None]
     if not idx:
         return x, y
-    sel = torch.as_tensor(idx, device=x.device)
+    sel = to_device(idx, x.device)
     part = x[sel]
     dims = tuple(range(2, part.dim()))
     lo, hi = part.amin(dim=dims, keepdim=True), part.amax(dim=dims, keepdim=True)
@@ -301,7 +314,7 @@ class BatchMaker:
     def _cut(self, plans) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [r for r, _ in plans]
         if self.uniform and all(box is None for _, box in plans):
-            sel = torch.as_tensor(rows, device=self.device)
+            sel = to_device(rows, self.device)
             x, y = self.images[sel], self.targets[sel]
         else:
             x = torch.stack([self.images[r] if box is None else crop_to_box(self.images[r], box)

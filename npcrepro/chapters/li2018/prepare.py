@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from npcrepro import transforms as T
-from npcrepro.engine.batches import rotate_batch, zscore_batch
+from npcrepro.engine.batches import rotate_batch, to_device, zscore_batch
 from npcrepro.errors import DataError
 from npcrepro.paths import build_once
 
@@ -280,13 +280,13 @@ class _AugmentThenZscore:
         imadjust with each sample's percentiles and gamma, noise (from ``generator``), z-score."""
         if self.augment is not None:
             image, target = rotate_batch(image, target, [float(d[0]) for d in draws])
-            lo_pct, hi_pct, gamma = (torch.tensor([CONTRAST_VARIANTS[d[1]][i] for d in draws],
-                                                  device=image.device) for i in range(3))
+            lo_pct, hi_pct, gamma = to_device([CONTRAST_VARIANTS[d[1]] for d in draws], image.device,
+                                              torch.float32).T
             image = imadjust_batch(image, lo_pct, hi_pct, gamma)
             var = [NOISE_VARIANTS[d[2]] for d in draws]
             if any(v > 0 for v in var):
                 noise = torch.randn(image.shape, generator=generator, device=image.device)
-                image = image + noise * torch.tensor(var, device=image.device).sqrt().view(-1, 1, 1, 1)
+                image = image + noise * to_device(var, image.device, torch.float32).sqrt().view(-1, 1, 1, 1)
         return zscore_batch(image), target
 
 

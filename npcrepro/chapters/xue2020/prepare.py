@@ -23,7 +23,7 @@ import torch
 from scipy import ndimage
 
 from npcrepro import transforms as T
-from npcrepro.engine.batches import resample2d
+from npcrepro.engine.batches import resample2d, to_device
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.recipes.xue2020 import CT_WINDOW, RP_MIDLINE_MM
 
@@ -181,7 +181,7 @@ class XueAugment:
         """``__call__`` on a batch (B, C, H, W) / (B, K, H, W) of tensors, one draw per sample, in one
         resampling (:mod:`npcrepro.engine.batches`)."""
         parts = [self.affine(d, image.shape[-2:]) for d in draws]
-        flip = torch.as_tensor([f for _, _, f in parts], device=image.device).view(-1, 1, 1, 1)
+        flip = to_device([f for _, _, f in parts], image.device).view(-1, 1, 1, 1)
         image = torch.where(flip, image.flip(-1), image)
         label = torch.where(flip, label.flip(-1), label)
         m = torch.from_numpy(np.stack([p[0] for p in parts]).astype(np.float32))
