@@ -6,7 +6,7 @@ structure, the training seeds and the dataset; ``metrics.csv``: every method's p
 ``params.json``: the bootstrap size and seed), so an outsider's model is scored on **the same test
 patients, with the same metrics and empty-mask rules** (:func:`npcrepro.evaluation.evaluate_cases`
 on the native grid), **the same bootstrap CIs** (:func:`npcrepro.evaluation.summarize`) and **paired
-tests** (t-test and Wilcoxon, :func:`npcrepro.evaluation.paired_tests`) against the leaderboard's
+tests** over patients (t-test and Wilcoxon, :func:`npcrepro.claims.compare`) against the leaderboard's
 baselines.
 
 Predictions: one file per test patient, either ``<folder>/<case>.nii.gz`` (nnU-Net's output naming)
@@ -108,7 +108,7 @@ def score_folder(folder: str | os.PathLike, dataset, test: Sequence[str], struct
     Dataset or a dataset folder), as the leaderboard scores its own: columns ``method`` (= ``name``),
     ``fold`` (0: the leaderboard is one hold-out fold), ``seed``, ``case``, ``structure``, then the
     metrics of :func:`npcrepro.evaluation.evaluate_cases`. One prediction serves every training seed
-    of the run, so the rows are repeated for each of ``seeds`` (pairs are (patient, seed))."""
+    of the run, so the rows are repeated for each of ``seeds`` (the comparisons average them per patient)."""
     from npcrepro.datasets import open_dataset
     from npcrepro.evaluation import evaluate_cases
 
@@ -211,22 +211,21 @@ def score(folder: str | os.PathLike, reference: Reference, dataset=None, *, name
     ``baselines``: method keys of ``reference.table`` to test against (those present are used);
     ``metrics``: the metric columns summarised and tested.
     """
-    from npcrepro.evaluation import paired_tests, summarize
+    from npcrepro.claims import compare
+    from npcrepro.evaluation import summarize
 
     if name in set(reference.table["method"]):
         raise ParameterError(f"name {name!r} is already a method of the leaderboard run {reference.run}; "
                              "choose another --name")
     rows = score_folder(folder, dataset if dataset is not None else reference.dataset, reference.test,
                         reference.structure, name=name, label=label, seeds=reference.seeds)
-    summary = summarize(rows, list(metrics), n_boot=reference.n_boot, seed=reference.seed)
+    # one row per patient: the rows repeated for the run's seeds are one prediction
+    summary = summarize(rows.drop_duplicates(["case", "structure"]), list(metrics), n_boot=reference.n_boot,
+                        seed=reference.seed)
     both = pd.concat([reference.table, rows], ignore_index=True)
-    parts = []
-    for b in baselines:
-        if b in set(reference.table["method"]):
-            t = paired_tests(both, name, b, list(metrics), on=("case", "structure", "seed"))
-            t.insert(0, "baseline", b)
-            parts.append(t)
-    paired = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+    tests = [{"baseline": b, **compare(both, name, b, m, n_boot=reference.n_boot, seed=reference.seed)}
+             for b in baselines if b in set(reference.table["method"]) for m in metrics]
+    paired = pd.DataFrame(tests) if tests else pd.DataFrame(
         columns=["baseline", "metric", "mean_a", "mean_b", "mean_diff", "diff_ci_low", "diff_ci_high", "p_t",
                  "p_wilcoxon"])
     return Score(name, Path(folder), reference, rows, summary, paired, list(metrics))

@@ -13,7 +13,7 @@ LAYERS = {
     "errors": 0, "paths": 0,
     "io": 1, "metrics": 1, "losses": 1, "transforms": 1, "models": 1, "datasets": 1, "phantom": 1,
     "papers": 1, "recipes": 1, "plots": 1, "dicom": 1,
-    "engine": 2, "evaluation": 2, "profiles": 2, "scoring": 2,
+    "engine": 2, "evaluation": 2, "claims": 2, "profiles": 2, "scoring": 2,
     "chapters": 3, "pipelines": 3,
     "book": 4, "cli": 4, "viz": 4, "summary": 4, "webassets": 4, "browsercheck": 4, "viewercheck": 4,
     "chapterlog": 4, "plan": 4, "quality": 4, "__main__": 4,

@@ -338,4 +338,23 @@ def test_a_claim_against_a_method_that_predicted_nothing_is_not_tested():
     assert claims.loc["Two-stage U-Net + MSP (luo2020) > U-Net (CT)", "verdict"] == "reversed"
     text = L.reading(track)
     assert "FCN-8s (luo2020) predicted no tumour on any test patient" in text
-    assert "held: 0, reversed: 1, not shown at this sample size: 0, not tested (a method predicted nothing): 1" in text
+    assert ("judged over 8 test patients; held: 0, reversed: 1, not shown: 0, not decidable at this sample "
+            "size: 0, not tested (a method predicted nothing): 1") in text
+
+
+def test_seeds_are_averaged_per_patient_and_five_patients_decide_nothing():
+    """Two seeds of 5 patients are 5 patients, not 10: every DeepLabv3+ patient beats the U-Net in
+    both seeds, yet a Wilcoxon p over 5 patients is never below 0.0625, so the claim cannot be decided
+    (counted as 10 pairs it would have 'held' at p = 0.002)."""
+    n = 5
+    good = list(np.linspace(0.7, 0.8, n))
+    track = _fake_track({"unet_ct": [g - 0.1 - 0.01 * i for i, g in enumerate(good)], "deeplab_ct": good})
+    second = track.metrics.assign(seed=1, dice=track.metrics["dice"] + 0.02)
+    track.metrics = pd.concat([track.metrics, second], ignore_index=True)
+    c = L.claims_table(track).iloc[0]
+    assert c["patients"] == 5 and c["patients favouring"] == "5 vs 0 of 5"
+    assert float(c["p (Wilcoxon)"]) == pytest.approx(0.0625)
+    assert c["verdict"] == "not decidable at this sample size"
+    board = L.leaderboard_table(track, n_boot=200).set_index("method")
+    assert board.loc["DeepLabv3+ (xue2020)", "DSC"].startswith(f"{np.mean(good) + 0.01:.3f} [")
+    assert "not decidable at this sample size: 1" in L.reading(track)

@@ -396,12 +396,13 @@ def test_claims_text_says_why_a_profile_tests_no_claim():
     assert "not tested at the cpu profile" in text["stage"] and "gpu-lite" in text["reading"]
     claims = pd.DataFrame([
         {"claim": "a second stage helps", "comparison": "Ours vs One-stage + MSP", "difference A - B": 0.05,
-         "p (Wilcoxon)": 0.01},
+         "p (Wilcoxon)": 0.01, "patients": 8, "verdict": "holds"},
         {"claim": "the MSP block helps", "comparison": "Ours vs Two-stage, no MSP", "difference A - B": -0.02,
-         "p (Wilcoxon)": 0.2}])
+         "p (Wilcoxon)": 0.2, "patients": 8, "verdict": "not shown"}])
     text = LR.claims_text(claims, "3 of 5", "gpu")
-    assert text["stage"] == "+0.050 (Ours vs One-stage + MSP, Wilcoxon p = 0.01)"
-    assert text["msp"].startswith("-0.020") and "1 of 2" in text["reading"] and "3 of 5" in text["summary"]
+    assert text["stage"] == "+0.050 (Ours vs One-stage + MSP, Wilcoxon p = 0.01: holds)"
+    assert text["msp"].startswith("-0.020") and text["msp"].endswith(": not shown)")
+    assert "Over 8 test patients, 1 of 2" in text["reading"] and "3 of 5" in text["summary"]
 
 
 def test_leaderboard_network_follows_the_profile():

@@ -463,3 +463,24 @@ def test_chapter_reads_the_chosen_ct_and_names_it(tmp_path):
     with pytest.raises(DataError, match="channel='CT'") as err:
         M.CHAPTER.load(ct_only, "c0", profiles.resolve("xue2020", "smoke"))
     assert "\n" not in str(err.value)
+
+
+def test_p_value_table_judges_the_claim_per_metric_over_patients():
+    """Eight patients, DeepLabv3+ better on every one: the claim holds on the overlaps and on the
+    distances (lower is better there); the Wilcoxon p is Holm-adjusted over the four metrics."""
+    import pandas as pd
+
+    from npcrepro.engine.results import Results
+
+    rows = []
+    for i in range(8):
+        for name, shift in (("xue2020_deeplabv3plus", 0.05 + 0.01 * i), ("unet2d", 0.0)):
+            d = 0.6 + 0.02 * i + shift
+            rows.append({"method": name, "fold": 0, "seed": 0, "case": f"c{i}", "structure": "GTVp", "dice": d,
+                         "jaccard": d / (2 - d), "assd": 3 - 10 * shift, "hd": 20 - 50 * shift})
+    info = {"methods": [{"name": "xue2020_deeplabv3plus", "label": "DeepLabv3+"}, {"name": "unet2d", "label": "U-Net"}]}
+    t = R.p_value_table(Results(None, info, {}, pd.DataFrame(rows))).set_index("metric")
+    assert (t["n"] == 8).all() and (t["patients DeepLabv3+ better"] == "8 of 8").all()
+    assert (t["verdict (DeepLabv3+ better)"] == "holds").all()
+    assert t.loc["DSC", "p, Wilcoxon, Holm over the 4 metrics"] == pytest.approx(4 * 2 / 256)
+    assert t.loc["HD (mm)", "mean difference (DeepLabv3+ - U-Net)"] < 0

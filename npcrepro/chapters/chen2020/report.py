@@ -110,10 +110,13 @@ def three_questions(results, metric: str = "dice") -> pd.DataFrame:
        ``multi_encoder_mm`` (Table II).
     3. self-transfer: ``mmfnet_full`` vs ``multi_mlp_std`` (Table II).
 
-    Columns: the two rows, reported and reproduced mean differences (A - B), paired t-test and
-    Wilcoxon p-values, n. Comparisons whose rows were not run say so.
+    Columns: the two rows, reported and reproduced mean differences (A - B) over the test patients
+    (each patient's rows averaged first), paired t-test and Wilcoxon p-values, the patients favouring
+    each side, the Wilcoxon p Holm-adjusted over the claims tested, the difference detectable with 80 %
+    power, n patients and the verdict of :func:`npcrepro.claims.judge` (each claim says A > B).
+    Comparisons whose rows were not run say so.
     """
-    from npcrepro.evaluation import paired_test
+    from npcrepro.claims import compare, judge
 
     m = results.metrics
     have = set(m["method"])
@@ -129,16 +132,20 @@ def three_questions(results, metric: str = "dice") -> pd.DataFrame:
            rep_ii["multi_mlp_std"] - rep_ii["baseline"], "Table II"),
           ("3. self-transfer", "mmfnet_full", "multi_mlp_std",
            rep_ii["mmfnet_full"] - rep_ii["multi_mlp_std"], "Table II")]
+    run = [i for i, (_, a, b, *_) in enumerate(qs) if a in have and b in have]
+    judged = dict(zip(run, judge([compare(m, qs[i][1], qs[i][2], metric) for i in run])))
     out = []
-    for q, a, b, rep_d, where in qs:
+    for i, (q, a, b, rep_d, where) in enumerate(qs):
         row = {"question": q, "A": ROWS[a].label if a else "—", "B": ROWS[b].label if b else "—",
                "reported A - B": round(rep_d, 4), "reported from": where}
-        if a in have and b in have:
-            t = paired_test(m[m["method"] == a], m[m["method"] == b], metric, on=("fold", "seed", "case"))
+        if i in judged:
+            t = judged[i]
             row.update({"reproduced A - B": t["mean_diff"], "sd of difference": t["sd_diff"],
-                        "p (paired t)": t["p_t"], "p (Wilcoxon)": t["p_wilcoxon"], "n": t["n"]})
+                        "p (paired t)": t["p_t"], "p (Wilcoxon)": t["p_wilcoxon"], "p (Holm)": t["p_holm"],
+                        "patients favouring A / B": f"{t['favour_a']} / {t['favour_b']}",
+                        "detectable difference": t["detectable"], "n": t["n"], "verdict": t["verdict"]})
         else:
-            row.update({"reproduced A - B": np.nan, "n": 0})
+            row.update({"reproduced A - B": np.nan, "n": 0, "verdict": "not run"})
         out.append(row)
     return pd.DataFrame(out).set_index("question")
 

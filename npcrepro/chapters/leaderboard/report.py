@@ -1,9 +1,9 @@
 """The leaderboard's tables, claims and figures, read from a run's :class:`Results`.
 
-Per-case rows of several seeds are kept as they are: means, CIs and paired tests run over
-(patient, seed) pairs. Confidence intervals are BCa bootstrap intervals
-(:func:`npcrepro.evaluation.bootstrap_ci`); p-values of a family of tests (every method against its
-baseline; the papers' claims) are also given Holm-adjusted (:func:`npcrepro.evaluation.holm`).
+The patient is the unit (:mod:`npcrepro.claims`): a method's rows of one patient (its seeds) are
+averaged first, and means, BCa bootstrap intervals and paired tests run over patients. p-values of a
+family of tests (every method against its baseline; the papers' claims) are Holm-adjusted over the
+family, and a claim that the test patients cannot decide says so.
 """
 from __future__ import annotations
 
@@ -34,12 +34,18 @@ CLAIM_REPORTED = {
 }
 
 
-def _table(res) -> pd.DataFrame:
-    """Per-case rows with a ``case`` that is unique per (patient, seed) for the paired tests."""
-    t = res.metrics.copy()
-    if "seed" in t and t["seed"].nunique() > 1:
-        t["case"] = t["case"].astype(str) + "/s" + t["seed"].astype(str)
-    return t
+def _patients(res) -> pd.DataFrame:
+    """One row per (method, patient): each metric averaged over the patient's rows (its seeds), and
+    the empty-mask flags of any of them (a patient failed when its prediction was empty in a seed)."""
+    t = res.metrics
+    keys = ["method", "case"]
+    cols = [m for m in METRICS if m in t]
+    out = t.groupby(keys, sort=False)[cols].mean()
+    flags = [f for f in ("pred_empty", "ref_empty") if f in t]
+    if flags:
+        out = out.join(t[keys + flags].assign(**{f: t[f].astype("boolean").fillna(False).astype(bool)
+                                                  for f in flags}).groupby(keys, sort=False)[flags].any())
+    return out.reset_index()
 
 
 def _present(res) -> list[str]:
@@ -72,17 +78,17 @@ def summary(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Long summary: one row per (method, metric) with mean, 95% bootstrap CI and counts."""
     from npcrepro.evaluation import summarize
 
-    return summarize(_table(res), list(METRICS), by="method", n_boot=n_boot, seed=seed)
+    return summarize(_patients(res), list(METRICS), by="method", n_boot=n_boot, seed=seed)
 
 
 def paired_vs_baseline(res, key: str, metric: str = "dice") -> dict | None:
-    """Paired test of ``key`` against its baseline (None for a baseline or a missing one)."""
-    from npcrepro.evaluation import paired_tests
+    """Paired test of ``key`` against its baseline over patients (None for a baseline or a missing one)."""
+    from npcrepro.claims import compare
 
     base = entry(res, key).baseline
     if key == base or base not in _present(res):
         return None
-    return paired_tests(_table(res), key, base, [metric]).iloc[0].to_dict()
+    return compare(res.metrics, key, base, metric)
 
 
 def _baseline_tests(res) -> dict[str, dict]:
@@ -131,22 +137,22 @@ def leaderboard_table(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
 
 
 def paired_table(res) -> pd.DataFrame:
-    """Every method against its U-Net baseline, every metric: mean difference, paired t and Wilcoxon."""
-    from npcrepro.evaluation import paired_tests
+    """Every method against its U-Net baseline, every metric, over patients: mean difference, paired t
+    and Wilcoxon."""
+    from npcrepro.claims import compare
 
-    parts = []
+    rows = []
     present = _present(res)
     for key in present:
         base = entry(res, key).baseline
         if key == base or base not in present:
             continue
-        t = paired_tests(_table(res), key, base, list(METRICS))
-        t.insert(0, "method", entry(res, key).label)
-        t.insert(1, "baseline", BY_KEY[base].label)
-        parts.append(t.drop(columns=["method_a", "method_b"]))
-    if not parts:
+        for metric in METRICS:
+            rows.append({"method": entry(res, key).label, "baseline": BY_KEY[base].label,
+                         **compare(res.metrics, key, base, metric)})
+    if not rows:
         return pd.DataFrame()
-    out = pd.concat(parts, ignore_index=True)
+    out = pd.DataFrame(rows)
     out["metric"] = out["metric"].map(METRIC_LABELS)
     return out[["method", "baseline", "metric", "n", "mean_a", "mean_b", "mean_diff", "p_t", "p_wilcoxon"]]
 
@@ -177,41 +183,39 @@ def silent_methods(res) -> set[str]:
 def claims_table(res) -> pd.DataFrame:
     """Each paper's comparison that the common protocol can test: the reported DSC of both methods
     and their difference (from :mod:`npcrepro.papers`), next to the common protocol's paired result
-    and a verdict ("holds" when the difference has the claimed sign with a Holm-adjusted Wilcoxon
-    p < 0.05 over the claims tested, "reversed" when significant the other way, else "not shown at
-    this sample size"). A method that
-    predicted no tumour on any test patient was not trained, so a claim involving it is "not tested"
-    whatever the p-value. ``trained out?``: "both converged", or each side that is not with the
-    reading of its half-to-full interval (:meth:`~npcrepro.engine.results.Results.convergence`):
-    a verdict on a network still learning describes this budget, not the trained architecture."""
-    from npcrepro.evaluation import holm, paired_tests
+    over the test patients (seeds averaged per patient) and a verdict from :func:`npcrepro.claims.judge`
+    over the claims tested: "holds" / "reversed" (Holm-adjusted Wilcoxon p < 0.05, the claimed sign or
+    the other), "not shown", or "not decidable at this sample size" (even the smallest p that many
+    patients allow, Holm-adjusted, is not below 0.05). A method that predicted no tumour on any test
+    patient was not trained, so a claim involving it is "not tested" whatever the p-value. ``detectable
+    Δ``: the difference a paired test on these patients would find with 80 % power. ``trained out?``:
+    "both converged", or each side that is not with the reading of its half-to-full interval
+    (:meth:`~npcrepro.engine.results.Results.convergence`): a verdict on a network still learning
+    describes this budget, not the trained architecture."""
+    from npcrepro.claims import compare, judge
 
     present = set(_present(res))
     silent = silent_methods(res)
     readings = _readings(res)
-    tested = [(paper, where, b, w, paired_tests(_table(res), b, w, ["dice"]).iloc[0])
-              for paper, where, b, w in CLAIMS if b in present and w in present]
-    adjusted = holm([float(t["p_wilcoxon"]) for *_, t in tested])
+    tested = [(paper, where, b, w) for paper, where, b, w in CLAIMS if b in present and w in present]
+    judged = judge([compare(res.metrics, b, w, "dice") for *_, b, w in tested])
     rows = []
-    for (paper, where, better, worse, t), p_holm in zip(tested, adjusted):
+    for (paper, where, better, worse), t in zip(tested, judged):
         b, w = BY_KEY[better], BY_KEY[worse]
         rep_b = _reported_dsc(paper, b.reported)
         rep_w = _reported_dsc(paper, CLAIM_REPORTED.get((paper, worse), w.reported))
-        diff, p = float(t["mean_diff"]), float(t["p_wilcoxon"])
         untrained = [BY_KEY[k].label for k in (better, worse) if k in silent]
-        if untrained:
-            verdict = f"not tested: {' and '.join(untrained)} predicted no tumour"
-        elif math.isfinite(p_holm) and p_holm < 0.05:
-            verdict = "holds" if diff > 0 else "reversed"
-        else:
-            verdict = "not shown at this sample size"
+        verdict = f"not tested: {' and '.join(untrained)} predicted no tumour" if untrained else t["verdict"]
         rows.append({"paper": paper, "claim": f"{b.label} > {w.label}", "where": where,
                      "reported DSC": f"{rep_b:.3f} vs {rep_w:.3f}" if math.isfinite(rep_w) else f"{rep_b:.3f}",
                      "reported Δ": f"{rep_b - rep_w:+.3f}" if math.isfinite(rep_b - rep_w) else "n/a",
                      "common protocol DSC": f"{t['mean_a']:.3f} vs {t['mean_b']:.3f}",
-                     "common Δ [95% CI]": _fmt_ci(diff, t["diff_ci_low"], t["diff_ci_high"], 3),
-                     "p (Wilcoxon)": f"{p:.3g}", "p (Holm)": f"{p_holm:.3g}", "n": int(t["n"]),
-                     "verdict": verdict, "trained out?": _trained_out(readings, better, worse)})
+                     "common Δ [95% CI]": _fmt_ci(t["mean_diff"], t["diff_ci_low"], t["diff_ci_high"], 3),
+                     "patients favouring": f"{t['favour_a']} vs {t['favour_b']} of {t['n']}",
+                     "p (Wilcoxon)": f"{t['p_wilcoxon']:.3g}", "p (Holm)": f"{t['p_holm']:.3g}",
+                     "detectable Δ": "n/a" if not math.isfinite(t["detectable"]) else f"{t['detectable']:.3f}",
+                     "patients": int(t["n"]), "verdict": verdict,
+                     "trained out?": _trained_out(readings, better, worse)})
     return pd.DataFrame(rows)
 
 
@@ -273,8 +277,11 @@ def reading(res) -> str:
     if len(c):
         held, rev = int((c["verdict"] == "holds").sum()), int((c["verdict"] == "reversed").sum())
         untested = int(c["verdict"].str.startswith("not tested").sum())
-        lines.append(f"Testable claims of the papers: {len(c)}; held: {held}, reversed: {rev}, "
-                     f"not shown at this sample size: {len(c) - held - rev - untested}, "
+        undecidable = int((c["verdict"] == "not decidable at this sample size").sum())
+        lines.append(f"Testable claims of the papers: {len(c)}, judged over {int(c['patients'].max())} test "
+                     f"patients; held: {held}, reversed: {rev}, "
+                     f"not shown: {len(c) - held - rev - untested - undecidable}, "
+                     f"not decidable at this sample size: {undecidable}, "
                      f"not tested (a method predicted nothing): {untested}.")
         sides = [part for cell in c["trained out?"] for part in cell.split("; ")]
         learning = list(dict.fromkeys(p.rsplit(": ", 1)[0] for p in sides if p.endswith(": still learning")))

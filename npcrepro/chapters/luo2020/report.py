@@ -282,22 +282,20 @@ def ablation_table(results, metric: str = "dice") -> pd.DataFrame:
 
 
 def claims_table(results, metric: str = "dice") -> pd.DataFrame:
-    """Paired comparisons (same test patients and structures) that test the paper's two claims: mean
-    difference, paired t-test and Wilcoxon p-values. Pairs whose methods were not both run are left out."""
-    from npcrepro.evaluation import paired_test
+    """The paper's two claims as paired comparisons over patients (structures averaged first;
+    :mod:`npcrepro.claims`), Holm over every comparison run, each with its verdict on "A is better";
+    pairs whose methods were not both run are left out."""
+    from npcrepro.claims import compare, judge
 
-    sc = scored(results)
-    rows = []
-    for claim, pairs in CLAIMS.items():
-        for a, b in pairs:
-            if a not in results.methods or b not in results.methods:
-                continue
-            r = paired_test(sc[sc["key"] == a], sc[sc["key"] == b], metric)
-            rows.append({"claim": claim, "comparison": f"{method_label(a)} vs {method_label(b)}",
-                         "n pairs": r["n"], f"mean {metric} A": r["mean_a"], f"mean {metric} B": r["mean_b"],
-                         "difference A - B": r["mean_diff"], "p (paired t)": r["p_t"],
-                         "p (Wilcoxon)": r["p_wilcoxon"]})
-    return pd.DataFrame(rows)
+    sc, have = scored(results), set(results.methods)
+    pairs = [(claim, a, b) for claim, ab in CLAIMS.items() for a, b in ab if a in have and b in have]
+    judged = judge([compare(sc, a, b, metric, method_col="key") for _, a, b in pairs])
+    return pd.DataFrame([{"claim": claim, "comparison": f"{method_label(a)} vs {method_label(b)}",
+                          "patients": r["n"], f"mean {metric} A": r["mean_a"], f"mean {metric} B": r["mean_b"],
+                          "difference A - B": r["mean_diff"], "p (paired t)": r["p_t"],
+                          "p (Wilcoxon)": r["p_wilcoxon"], "p (Holm)": r["p_holm"],
+                          "patients favouring A / B": f"{r['favour_a']} / {r['favour_b']}", "verdict": r["verdict"]}
+                         for (claim, a, b), r in zip(pairs, judged)])
 
 
 def claims_text(claims: pd.DataFrame, converged: str, profile: str) -> dict[str, str]:
@@ -317,18 +315,23 @@ def claims_text(claims: pd.DataFrame, converged: str, profile: str) -> dict[str,
 
     def diffs(claim: str) -> str:
         c = claims[claims["claim"] == claim]
-        return ", ".join(f"{r['difference A - B']:+.3f} ({r['comparison']}, Wilcoxon p = {r['p (Wilcoxon)']:.2g})"
-                         for _, r in c.iterrows()) if len(c) else "(not run)"
+        return ", ".join(f"{r['difference A - B']:+.3f} ({r['comparison']}, Wilcoxon p = {r['p (Wilcoxon)']:.2g}: "
+                         f"{r['verdict']})" for _, r in c.iterrows()) if len(c) else "(not run)"
 
-    sig = f"{int((claims['p (Wilcoxon)'] < 0.05).sum())} of {len(claims)}"
-    reading = (f"{sig} of these comparisons reach p < 0.05 (Wilcoxon). Read them with the profile in mind: "
+    held = int((claims["verdict"] == "holds").sum())
+    sig = f"{held} of {len(claims)}"
+    undecidable = int((claims["verdict"] == "not decidable at this sample size").sum())
+    reading = (f"Over {int(claims['patients'].max())} test patients, {sig} of these comparisons hold (Wilcoxon, "
+               f"Holm-adjusted over the {len(claims)}); "
+               + (f"{undecidable} cannot be decided with so few patients. " if undecidable else "")
+               + "Read them with the profile in mind: "
                f"{converged} networks of this run are flagged converged (see *Convergence*); where a network "
                "is not, a difference measures how fast a design learns at this budget at least as much as "
                "how good it is. The gpu profile (the paper's 124 patients, paper-scale widths, every fold, the "
                "paper's learning rate) is the one that can test the claims.")
     stage, msp = diffs("a second stage helps"), diffs("the MSP block helps")
     summary = (f"adding a second stage changed DSC by {stage}; adding the MSP block by {msp} ({sig} "
-               f"comparisons at p < 0.05; {converged} networks converged at this budget)")
+               f"comparisons hold; {converged} networks converged at this budget)")
     return {"reading": reading, "stage": stage, "msp": msp, "summary": summary}
 
 
