@@ -117,7 +117,8 @@ def main(quick: bool = False, cases: int | None = None, iterations: int | None =
         if cuda:
             torch.cuda.synchronize()
         s = time.perf_counter() - t
-        res[key] = {"processes": trainer.num_workers, "it_per_s": round(iterations / s, 2),
+        res[key] = {"processes": 0 if trainer.batch_maker is not None else trainer.num_workers,
+                    "it_per_s": round(iterations / s, 2),
                     "final_loss": history.rows[-1]["train_loss"]}
     res["ratio"] = round(res["workers=auto"]["it_per_s"] / res["workers=0"]["it_per_s"], 2)
     if cuda:

@@ -61,8 +61,8 @@ PROFILES = ("smoke", "cpu", "gpu", "gpu-lite")
 GPU_PROFILES = ("gpu", "gpu-lite")
 #: Pages that only read other pages' outputs (seconds anywhere, whatever the profile).
 READERS: frozenset[str] = frozenset({"intro", "reproducibility"})
-#: Chapters (and pages) that show the committed run of this profile beside their own (:func:`fingerprint`
-#: re-executes them when it changes).
+#: The profile whose committed run each chapter shows beside its own, and the introduction all of
+#: (:func:`fingerprint` re-executes a page when what it shows changes).
 BESIDE = "gpu-lite"
 #: The parameters a chapter of the book may have been executed with: its profile, and where its run
 #: folders went (which changes no number).
@@ -147,8 +147,8 @@ def fingerprint(name: str, profile: str, params: dict, root: Path | None = None)
     h.update(_package_digest(root).encode())
     for dep in dependencies(name):
         h.update(f"{dep}={_recorded_fingerprint(runs_dir(profile, root) / f'{dep}.ipynb')}".encode())
-    if profile != BESIDE:  # the committed gpu-lite chapters it shows beside its own numbers
-        for nb in sorted(runs_dir(BESIDE, root).glob("*.ipynb")):
+    if profile != BESIDE:  # the committed gpu-lite run it shows beside its own (the intro: all of them)
+        for nb in sorted(runs_dir(BESIDE, root).glob("*.ipynb" if name == "intro" else f"{name}.ipynb")):
             h.update(f"{BESIDE}/{nb.stem}={_recorded_fingerprint(nb)}".encode())
     return h.hexdigest()[:16]
 

@@ -317,9 +317,8 @@ def beside(results, profile: str = "gpu-lite") -> pd.DataFrame:
     (:data:`COMMITTED_RUNS`; the executed chapter in ``book/runs/<profile>/`` names its GPU and wall
     time): per method, the mean DSC per patient (over the structures each patient has) ± sd over
     patients in each run, and the committed run's convergence reading. Displays a one-line caption
-    saying which GPU produced it, or that no ``profile`` run of the chapter is committed yet and which
-    chapters have one; returns the table (empty when there is none, or when ``results`` is itself of
-    ``profile``)."""
+    saying which GPU produced it, or that no ``profile`` run of the chapter is committed yet; returns
+    the table (empty when there is none, or when ``results`` is itself of ``profile``)."""
     from IPython.display import Markdown, display
 
     chapter, name = results.chapter, results.path.name.split("-", 2)[-1]
@@ -328,9 +327,8 @@ def beside(results, profile: str = "gpu-lite") -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     other = newest_results(COMMITTED_RUNS, profile).get((chapter, name))
     if other is None:
-        have = profile_chapters(profile)
-        display(Markdown(f"No {profile} run of this chapter is committed yet"
-                         + (f" (chapters with one: {', '.join(have)})." if have else ".")))
+        display(Markdown(f"No {profile} run of this chapter is committed yet (the introduction lists the "
+                         f"chapters that have one)."))
         return pd.DataFrame(columns=cols)
     facts = chapter_facts(Path("book", "runs", profile), {chapter: chapter})
     gpu = facts["gpu"].iloc[0] if len(facts) and facts["gpu"].iloc[0] else "a GPU"

@@ -184,6 +184,9 @@ def test_committed_gpu_lite_chapters_are_part_of_the_readers_fingerprint(tmp_pat
     before = book.fingerprint("template", "cpu", {}, root)
     assert book.fingerprint("template", "gpu-lite", {}, root) != before
     (root / "book" / "runs" / "gpu-lite").mkdir(parents=True)
+    (root / "book" / "runs" / "gpu-lite" / "li2018.ipynb").write_text(
+        '{"metadata": {"npcrepro": {"fingerprint": "abc"}}}', encoding="utf-8")
+    assert book.fingerprint("template", "cpu", {}, root) == before  # another chapter's gpu-lite run
     (root / "book" / "runs" / "gpu-lite" / "template.ipynb").write_text(
         '{"metadata": {"npcrepro": {"fingerprint": "abc"}}}', encoding="utf-8")
     assert book.fingerprint("template", "cpu", {}, root) != before

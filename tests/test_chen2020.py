@@ -128,11 +128,15 @@ def test_bad_pools_are_rejected():
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 10_000), st.floats(0.01, 5.0), st.sampled_from([True, False]))
 def test_channel_attention_weights_in_open_unit_interval(seed, scale, shared):
+    # float64, and the modules' initial weights seeded too: in float32 a sigmoid rounds to exactly 1
+    # from a logit of about 17, which these inputs reach (up to 24 over 2,400 draws), so the property
+    # failed on the rounding, once in a while, not on the attention
+    torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 24, 3, 4, 4, generator=g) * scale
-    w = M.ChannelAttention3d(24, shared_mlp=shared).weights(x)
+    x = (torch.randn(2, 24, 3, 4, 4, generator=g) * scale).double()
+    w = M.ChannelAttention3d(24, shared_mlp=shared).double().weights(x)
     assert ((w > 0) & (w < 1)).all()
-    ws = M.SpatialAttention3d().weights(x)
+    ws = M.SpatialAttention3d().double().weights(x)
     assert ((ws > 0) & (ws < 1)).all()
 
 
