@@ -317,8 +317,9 @@ def beside(results, profile: str = "gpu-lite") -> pd.DataFrame:
     (:data:`COMMITTED_RUNS`; the executed chapter in ``book/runs/<profile>/`` names its GPU and wall
     time): per method, the mean DSC per patient (over the structures each patient has) ± sd over
     patients in each run, and the committed run's convergence reading. Displays a one-line caption
-    saying which GPU produced it, or that no ``profile`` run of the chapter is committed yet; returns
-    the table (empty when there is none, or when ``results`` is itself of ``profile``)."""
+    saying which GPU produced it and the table, or that no ``profile`` run of the chapter is committed
+    yet; returns the table (empty when there is none, or when ``results`` is itself of ``profile``).
+    A notebook ends the call with ``;`` (it displays what it has to say itself)."""
     from IPython.display import Markdown, display
 
     chapter, name = results.chapter, results.path.name.split("-", 2)[-1]
@@ -345,6 +346,8 @@ def beside(results, profile: str = "gpu-lite") -> pd.DataFrame:
                      cols[3]: (reading.get(method) or "—") if there else "—"})
     display(Markdown(f"**{profile}, {gpu}**: the same chapter at the papers' resolution on the "
                      f"{other.data_label} ({len(other.test_cases())} test patients{minutes}; run "
-                     f"`{other.path.name}`). Mean DSC per patient ± sd; the two runs differ in "
-                     "patients, image size and budget (see Deviations), so compare readings, not digits."))
-    return pd.DataFrame(rows, columns=cols)
+                     f"`{other.path.name}`). Mean DSC per patient ± sd; the two runs differ in patients, "
+                     "image size and budget (see Deviations), so compare readings, not digits."))
+    table = pd.DataFrame(rows, columns=cols)
+    display(table)
+    return table

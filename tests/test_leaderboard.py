@@ -358,3 +358,7 @@ def test_seeds_are_averaged_per_patient_and_five_patients_decide_nothing():
     board = L.leaderboard_table(track, n_boot=200).set_index("method")
     assert board.loc["DeepLabv3+ (xue2020)", "DSC"].startswith(f"{np.mean(good) + 0.01:.3f} [")
     assert "not decidable at this sample size: 1" in L.reading(track)
+    # one test over 5 patients: 0.0625 at best, so the baseline comparison cannot be decided either
+    assert ("With 5 test patients and 1 test no method could have been told from its baseline: the smallest "
+            "Wilcoxon p over 5 patients, Holm-adjusted for 1 test, is 0.062") in L.reading(track)
+    assert "6 patients would be needed" in L.reading(track)

@@ -209,7 +209,9 @@ def test_beside_sets_the_committed_gpu_lite_run_next_to_this_one(tmp_path, monke
     assert t.loc["2D U-Net", "this run (cpu)"] == "0.600 ± 0.100 (n=3)"
     assert t.loc["2D U-Net", "gpu-lite"] == "0.875 ± 0.065 (n=4)"
     assert t.loc["2D U-Net", "gpu-lite: reading"] == "converged"
-    caption = shown.call_args.args[0].data
+    caption, shown_table = (c.args[0] for c in shown.call_args_list)
+    caption = caption.data
+    assert shown_table.equals(t.reset_index())  # the chapter shows the table too (the cell ends with ";")
     assert caption.startswith("**gpu-lite, a GPU**") and "4 test patients" in caption and "7.0 min" in caption
     # a page of the gpu-lite book itself sets nothing beside it
     own = Results.open(next((tmp_path / summary.COMMITTED_RUNS / "gpu-lite" / "template").iterdir()))

@@ -15,6 +15,7 @@ import pandas as pd
 
 from npcrepro.chapters.leaderboard.external import entry, is_external
 from npcrepro.chapters.leaderboard.methods import BY_KEY, PROPOSED, channels_of, network, select
+from npcrepro.claims import patients_needed
 
 METRICS = ("dice", "hd95", "assd", "nsd")
 METRIC_LABELS = {"dice": "DSC", "hd95": "HD95 (mm)", "assd": "ASSD (mm)", "nsd": "NSD"}
@@ -259,7 +260,8 @@ def reading(res) -> str:
     lines = [f"On {len(res.test_cases())} test patients ({res.data_label}), {entry(res, best).label} had the "
              f"highest mean DSC ({d.iloc[0]:.3f}) and {entry(res, worst).label} the lowest ({d.iloc[-1]:.3f})."]
     better = worse = same = 0
-    for p in [p for k, p in _baseline_tests(res).items() if not is_external(k)]:
+    tests = [p for k, p in _baseline_tests(res).items() if not is_external(k)]
+    for p in tests:
         if math.isfinite(p["p_holm"]) and p["p_holm"] < 0.05:
             better += p["mean_diff"] > 0
             worse += p["mean_diff"] < 0
@@ -268,6 +270,13 @@ def reading(res) -> str:
     lines.append(f"Against the U-Net that sees the same images, {better} method(s) were better, {worse} worse "
                  f"and {same} not distinguishable (Wilcoxon p < 0.05 after Holm's correction over "
                  f"{better + worse + same} tests).")
+    if tests and len(tests) * min(p["min_p"] for p in tests) >= 0.05:
+        n, k = max(p["n"] for p in tests), len(tests)
+        word = "test" if k == 1 else "tests"
+        lines.append(f"With {n} test patients and {k} {word} no method could have been told from its "
+                     f"baseline: the smallest Wilcoxon p over {n} patients, Holm-adjusted for {k} {word}, "
+                     f"is {k * min(p['min_p'] for p in tests):.3f} (not decidable at this sample size; "
+                     f"{patients_needed(k)} patients would be needed).")
     empty = silent_methods(res)
     silent = [entry(res, k).label for k in _present(res) if k in empty]
     if silent:
