@@ -40,7 +40,7 @@ from npcrepro.engine.device import item_rng
 from npcrepro.errors import DataError
 
 __all__ = ["BatchMaker", "batched", "batch_generator", "to_device", "pack_masks", "unpack_masks", "crop_to_box",
-           "resample2d", "rotation2d", "rotate_batch", "zscore_batch", "STEPS", "store_dtype", "store_bytes",
+           "resample2d", "rotation2d", "flip_batch", "rotate_batch", "zscore_batch", "STEPS", "store_dtype", "store_bytes",
            "fits"]
 
 #: Images are stored in float16 when its rounding (a relative 2**-11 of the largest value) stays within
@@ -118,10 +118,10 @@ def crop_to_box(t: torch.Tensor, box, fill: float = 0) -> torch.Tensor:
     return out
 
 
-def resample2d(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor, *, mode: str = "bilinear",
+def resample2d(x: torch.Tensor, matrix, offset, *, mode: str = "bilinear",
                padding: str = "border") -> torch.Tensor:
     """Sample ``x`` (B, C, H, W) with output pixel (i, j) taken at input (y, x) = ``matrix`` (B, 2, 2)
-    @ (i, j) + ``offset`` (B, 2), in pixel indices: :func:`scipy.ndimage.affine_transform`'s
+    @ (i, j) + ``offset`` (B, 2) (arrays or tensors), in pixel indices: :func:`scipy.ndimage.affine_transform`'s
     convention (``padding`` "border" is its mode "nearest", "zeros" its constant 0)."""
     b, c, h, w = x.shape
     ii, jj = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float32),
@@ -157,15 +157,19 @@ def _per_sample(values: Sequence, device, dims: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ augmentation
+def flip_batch(x: torch.Tensor, y: torch.Tensor, on: Sequence[bool], axis: int = -1):
+    """Flip the samples ``i`` of ``x`` and ``y`` with ``on[i]`` along ``axis`` (a sample's spatial
+    axis: negative from the end, or counted from its channel axis)."""
+    if not any(on):
+        return x, y
+    d = axis if axis < 0 else axis + 1  # axis of a sample -> axis of the batch
+    mask = _per_sample(on, x.device, x.dim())
+    return torch.where(mask, x.flip(d), x), torch.where(mask, y.flip(d), y)
+
+
 def _flip(x, y, values, gen, axes: Sequence[int] = (-1,), p: float = 0.5):
     for a, ax in enumerate(axes):
-        on = [v[a] for v in values]
-        if not any(on):
-            continue
-        d = ax if ax < 0 else ax + 1  # spatial axis of a sample -> axis of the batch
-        mask = _per_sample(on, x.device, x.dim())
-        x = torch.where(mask, x.flip(d), x)
-        y = torch.where(mask, y.flip(d), y)
+        x, y = flip_batch(x, y, [v[a] for v in values], ax)
     return x, y
 
 
@@ -300,8 +304,6 @@ class BatchMaker:
         self.n_channels = int(images[0].shape[0])
         self.dtype = store_dtype(images)
         packed = [pack_masks(np.asarray(t, bool)) for t in targets]
-        self.nbytes = int(sum(a[0].size * a.shape[0] for a in images)) * (2 if self.dtype == torch.float16 else 4) \
-            + int(sum(p.nbytes for p in packed))
         self.uniform = len({a.shape for a in images}) == 1
         if self.uniform:
             self.images = torch.empty((len(images),) + tuple(images[0].shape), dtype=self.dtype, device=self.device)

@@ -295,20 +295,14 @@ def imadjust_batch(image: torch.Tensor, low_pct: torch.Tensor, high_pct: torch.T
     """:func:`imadjust` of each sample of ``image`` (B, ...) with its own percentiles and gamma (B,):
     the percentiles interpolated linearly between order statistics, as :func:`numpy.percentile`."""
     flat = image.reshape(image.shape[0], -1).float()
-    ordered = flat.sort(dim=1).values
-    n = flat.shape[1]
 
-    def percentile(pct):
-        pos = (pct.float() / 100.0).clamp(0, 1) * (n - 1)
-        lo = pos.floor().long().clamp(0, n - 1)
-        hi = (lo + 1).clamp(max=n - 1)
-        a, b = ordered.gather(1, lo[:, None])[:, 0], ordered.gather(1, hi[:, None])[:, 0]
-        return a + (b - a) * (pos - lo.float())
+    def percentile(pct):  # quantile q_i of every row; row i's is on the diagonal
+        return torch.quantile(flat, (pct.float() / 100.0).clamp(0, 1), dim=1).diagonal()
 
     lo, hi = percentile(low_pct), percentile(high_pct)
     flat_range = ~(hi > lo)
-    lo = torch.where(flat_range, ordered[:, 0], lo)
-    hi = torch.where(flat_range, ordered[:, -1], hi)
+    lo = torch.where(flat_range, flat.amin(dim=1), lo)
+    hi = torch.where(flat_range, flat.amax(dim=1), hi)
     span = hi - lo
     out = ((flat - lo[:, None]) / span.clamp_min(1e-30)[:, None]).clamp(0.0, 1.0) ** gamma.float()[:, None]
     out = torch.where((span > 0)[:, None], out, torch.zeros_like(out))

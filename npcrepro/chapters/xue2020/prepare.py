@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from npcrepro import transforms as T
-from npcrepro.engine.batches import resample2d, to_device
+from npcrepro.engine.batches import flip_batch, resample2d
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.recipes.xue2020 import CT_WINDOW, RP_MIDLINE_MM
 
@@ -181,11 +180,8 @@ class XueAugment:
         """``__call__`` on a batch (B, C, H, W) / (B, K, H, W) of tensors, one draw per sample, in one
         resampling (:mod:`npcrepro.engine.batches`)."""
         parts = [self.affine(d, image.shape[-2:]) for d in draws]
-        flip = to_device([f for _, _, f in parts], image.device).view(-1, 1, 1, 1)
-        image = torch.where(flip, image.flip(-1), image)
-        label = torch.where(flip, label.flip(-1), label)
-        m = torch.from_numpy(np.stack([p[0] for p in parts]).astype(np.float32))
-        off = torch.from_numpy(np.stack([p[1] for p in parts]).astype(np.float32))
+        image, label = flip_batch(image, label, [f for _, _, f in parts])
+        m, off = np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])
         image = resample2d(image, m, off, mode="bilinear", padding="border")
         label = (resample2d(label, m, off, mode="bilinear", padding="zeros") > 0.5).to(label.dtype)
         return image, label
