@@ -18,7 +18,7 @@ template chapter's training slices (whole 512 x 512 slices; flips, rotations, in
    alone on one fixed batch and reports the peak GPU memory.
 
 Measured on an H200 (16 cores), before device batches: 2.75 it/s in the main process, 16.1 with 8
-loader processes, 25.4 for the GPU alone (README, "GPU loans").
+loader processes, 25.4 for the GPU alone (book/using.md, "GPU loans").
 
 ``main(quick=False, cases=None, iterations=None, device="auto", json_path=None) -> dict`` returns the
 numbers.
