@@ -122,8 +122,10 @@ def check_parameters(name: str, params: dict, root: Path | None = None) -> None:
 
 
 def _package_digest(root: Path) -> str:
+    """Hash of the package's code and its data files (the recipes' development records)."""
     h = hashlib.sha256()
-    for p in sorted((root / "npcrepro").rglob("*.py")):
+    pkg = root / "npcrepro"
+    for p in sorted([*pkg.rglob("*.py"), *pkg.rglob("*.json")]):
         h.update(p.relative_to(root).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]

@@ -185,7 +185,7 @@ def cmd_book(args) -> int:
 
 def cmd_quality(args) -> int:
     """Print the quality bars of the newest runs (:mod:`npcrepro.quality`); 1 when a network that is not
-    a named exception misses its bar."""
+    a named exception misses its bar or one of its seeds collapses."""
     import pandas as pd
 
     from npcrepro import quality, summary
@@ -195,7 +195,8 @@ def cmd_quality(args) -> int:
     table = quality.quality_table(args.runs, args.profile)
     if table.empty:
         raise ParameterError(f"no finished phantom run under {args.runs / args.profile}")
-    s = quality.quality_summary(table, summary.convergence_table(args.runs, args.profile))
+    s = quality.quality_summary(table, summary.convergence_table(args.runs, args.profile),
+                                summary.flags_table(args.runs, args.profile))
     with pd.option_context("display.max_colwidth", 60, "display.width", 250, "display.max_rows", 500):
         print(table.drop(columns="exception").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("\n".join(quality.summary_lines(s)))

@@ -60,7 +60,12 @@ PHANTOM_PRESETS = {"gpu-lite": "gpu"}
 
 #: Common parameters and their defaults.
 COMMON: dict[str, Any] = {"profile": "cpu", "data": "phantom", "device": "auto", "seed": 0,
-                          "out_dir": "runs", "resume": ""}
+                          "cohort": "evaluation", "out_dir": "runs", "resume": ""}
+
+#: The phantom's cohorts -> the index of their first patient. Recipes are chosen on the development
+#: cohort (its patients ``npc_000``...); the book reports on the evaluation cohort (``npc_1000``...),
+#: patients of the same population that no development run has seen. Real datasets have no cohort.
+COHORTS = {"development": 0, "evaluation": 1000}
 
 _SIZES: dict[str, dict[str, dict[str, Any]]] = {}
 _CHOICES: dict[str, dict[str, tuple]] = {}
@@ -291,6 +296,8 @@ def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
         raise ParameterError(f"parameter 'data' must be 'phantom' or a dataset folder, got {values['data']!r}")
     if not isinstance(values["seed"], int) or isinstance(values["seed"], bool) or values["seed"] < 0:
         raise ParameterError(f"parameter 'seed' must be a non-negative int, got {values['seed']!r}")
+    if values["cohort"] not in COHORTS:
+        raise ParameterError(f"parameter 'cohort' must be one of {list(COHORTS)}, got {values['cohort']!r}")
     values["device"] = str(resolve_device(values["device"]))
     values["out_dir"] = str(values["out_dir"])
     values["resume"] = str(values["resume"] or "")
@@ -376,10 +383,23 @@ def phantom_cache_dir(P: Mapping, preset: str, n_cases: int, **phantom_params) -
     parameter that shapes the output)."""
     from npcrepro import phantom
 
-    record = phantom.cohort_record(n_cases, P["seed"], preset, **phantom_params)
+    record = phantom.cohort_record(n_cases, P["seed"], preset, first_patient(P), **phantom_params)
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:10]
     root = os.environ.get("NPCREPRO_CACHE") or str(Path(P["out_dir"]) / "_cache")
-    return Path(root) / f"phantom-{preset}-n{n_cases}-s{P['seed']}-{key}"
+    return Path(root) / f"phantom-{preset}-{cohort_of(P)}-n{n_cases}-s{P['seed']}-{key}"
+
+
+def cohort_of(P: Mapping) -> str:
+    """The phantom cohort ``P`` reads (:data:`COHORTS`; "evaluation" where ``P`` names none)."""
+    return str(P.get("cohort") or COMMON["cohort"])
+
+
+def first_patient(P: Mapping) -> int:
+    """The index of the first phantom patient of ``P``'s cohort (:data:`COHORTS`)."""
+    cohort = cohort_of(P)
+    if cohort not in COHORTS:
+        raise ParameterError(f"parameter 'cohort' must be one of {list(COHORTS)}, got {cohort!r}")
+    return COHORTS[cohort]
 
 
 def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = None,
@@ -407,12 +427,13 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
     preset = preset or P.get("phantom_preset") or (
         PHANTOM_PRESETS.get(P["profile"], P["profile"]) if P["profile"] in PROFILES else "cpu")
     n = int(n_cases or P.get("n_cases") or 8)
-    record = json.loads(json.dumps(phantom.cohort_record(n, P["seed"], preset, **phantom_params)))
+    first = first_patient(P)
+    record = json.loads(json.dumps(phantom.cohort_record(n, P["seed"], preset, first, **phantom_params)))
 
     def make(folder: Path):
         tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
         try:
-            phantom.generate(tmp, n, P["seed"], preset=preset, progress=progress, **phantom_params)
+            phantom.generate(tmp, n, P["seed"], preset=preset, progress=progress, first=first, **phantom_params)
             replace_folder(tmp, folder)
         finally:
             if tmp.exists():
@@ -431,6 +452,8 @@ COMMON_HELP = {
     "data": "'phantom' (generated and cached) or a dataset folder in the project format",
     "device": "auto (cuda if available, else cpu), cpu, cuda or cuda:N",
     "seed": "seeds data generation, splits, initialisation and sampling",
+    "cohort": "the phantom's patients: 'evaluation' (npc_1000..., what the book reports; no recipe was "
+              "chosen on them) or 'development' (npc_000..., where recipes are tuned)",
     "out_dir": "root of run folders (<out_dir>/<profile>/<chapter>/<stamp>-<name>/)",
     "resume": "a run folder to continue (its parameters must match)",
 }

@@ -241,7 +241,7 @@ def run_folders(out_dir: str | Path, profile: str) -> pd.DataFrame:
 
 #: The columns of :func:`convergence_table`.
 CONVERGENCE_COLUMNS = ["chapter", "run", "method", "dice at half budget", "dice at full budget", "difference",
-                       "converged", "difference low", "difference high", "reading"]
+                       "converged", "difference low", "difference high", "reading", "collapsed seeds"]
 
 
 def newest_results(out_dir: str | Path, profile: str) -> dict:
@@ -266,6 +266,22 @@ def convergence_table(out_dir: str | Path, profile: str, tolerance: float = 0.03
             c.insert(0, "chapter", chapter)
             frames.append(c[CONVERGENCE_COLUMNS])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CONVERGENCE_COLUMNS)
+
+
+#: The columns of :func:`flags_table`.
+FLAG_COLUMNS = ["chapter", "run", "method", "seed", "dice at half budget", "dice at full budget", "drop",
+                "volume off", "cases", "flag"]
+
+
+def flags_table(out_dir: str | Path, profile: str) -> pd.DataFrame:
+    """Every trained network (method and seed) of the newest run of each chapter and run name under
+    ``<out_dir>/<profile>/`` with its collapse flag (:meth:`Results.flags`); empty when there is none."""
+    frames = []
+    for (chapter, name), res in newest_results(out_dir, profile).items():
+        f = res.flags(labels=True)
+        if len(f):
+            frames.append(f.assign(chapter=chapter, run=name)[FLAG_COLUMNS])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FLAG_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------- committed runs

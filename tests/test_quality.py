@@ -102,6 +102,68 @@ def test_cli_exit_status_follows_the_bars(runs, tmp_path, capsys):
     assert "no finished phantom run" in capsys.readouterr().err
 
 
+def _collapsing_run(root, volumes=((1.0, 1.0), (1.0, 1.0))):
+    """A leaderboard run of one MRI network with two seeds on two cases: seed 0 converged (0.90 at
+    half, 0.92 at full budget), seed 1 collapsed (0.90 -> 0.40). Their mean, 0.66, clears the MRI bar
+    (0.65). ``volumes``: (predicted, reference) cm3 of seed 1 on p1 and p2."""
+    p = root / "cpu" / "leaderboard" / "20260101-000000-phantom"
+    p.mkdir(parents=True)
+    (p / "run.json").write_text(json.dumps({"chapter": "leaderboard", "status": "done", "data_label": "phantom",
+                                            "methods": [{"name": "net", "label": "Net",
+                                                         "info": {"channels": ["CET1"]}}]}))
+    (p / "params.json").write_text("{}")
+    rows = []
+    for seed, half, full in ((0, 0.90, 0.92), (1, 0.90, 0.40)):
+        for case, (vp, vr) in zip(("p1", "p2"), volumes if seed == 1 else ((1.0, 1.0), (1.0, 1.0))):
+            rows.append(dict(method="net", seed=seed, case=case, half=half, dice=full, pred_empty=False,
+                             volume_pred_cm3=vp, volume_ref_cm3=vr, structure="GTVp", fold=0))
+    df = pd.DataFrame(rows)
+    df.drop(columns="half").to_csv(p / "metrics.csv", index=False)
+    df.drop(columns="dice").rename(columns={"half": "dice"}).to_csv(p / "metrics_half.csv", index=False)
+    return p
+
+
+def test_a_collapsed_seed_is_flagged_although_the_mean_clears_the_bar(tmp_path, capsys):
+    from npcrepro.engine.results import Results
+
+    run = _collapsing_run(tmp_path, volumes=((5.0, 1.0), (1.0, 4.0)))
+    f = Results.open(run).flags().set_index("seed")
+    assert f.loc[0, "flag"] == "" and f.loc[0, "drop"] == pytest.approx(-0.02)
+    assert f.loc[1, "drop"] == pytest.approx(0.50)
+    # 5x over on p1 and 4x under on p2: off on 2 of 2 cases
+    assert (f.loc[1, "volume off"], f.loc[1, "cases"]) == (2, 2)
+    assert f.loc[1, "flag"] == ("DSC fell 0.500 from half to full budget (0.900 to 0.400); "
+                                "volume off more than 3x on 2 of 2 cases")
+    t = quality.quality_table(tmp_path, "cpu")
+    assert t.loc[0, "dice"] == pytest.approx(0.66) and t.loc[0, "meets bar"]
+    s = quality.quality_summary(t, summary.convergence_table(tmp_path, "cpu"), summary.flags_table(tmp_path, "cpu"))
+    assert not s["passed"] and not s["misses"]
+    assert s["collapses"] == ["leaderboard / Net, seed 1: " + f.loc[1, "flag"]]
+    assert main(["quality", "--runs", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "every network that is not a named exception meets its bar" in out
+    assert "collapses: leaderboard / Net, seed 1: DSC fell 0.500" in out
+
+
+def test_flags_thresholds_are_strict_and_need_most_cases(tmp_path):
+    from npcrepro.engine.results import Results
+
+    # the volume is off (3.5x) on one case of two: not most; a drop of exactly 0.03 is no collapse
+    run = _collapsing_run(tmp_path, volumes=((3.5, 1.0), (1.0, 1.0)))
+    m = pd.read_csv(run / "metrics.csv")
+    m.loc[m["seed"] == 1, "dice"] = 0.87
+    m.to_csv(run / "metrics.csv", index=False)
+    f = Results.open(run).flags().set_index("seed")
+    assert f.loc[1, "volume off"] == 1 and f.loc[1, "drop"] == pytest.approx(0.03)
+    assert f.loc[1, "flag"] == ""
+    # a case without reference volume is not counted
+    m.loc[(m["seed"] == 1) & (m["case"] == "p2"), "volume_ref_cm3"] = 0.0
+    m.to_csv(run / "metrics.csv", index=False)
+    f = Results.open(run).flags().set_index("seed")
+    assert (f.loc[1, "volume off"], f.loc[1, "cases"]) == (1, 1)
+    assert f.loc[1, "flag"] == "volume off more than 3x on 1 of 1 cases"
+
+
 def test_li2018_names_its_printed_recipes_and_their_reasons_hold():
     """The reasons of li2018's EXCEPTIONS: from the printed N(0, 1) weights the logits are huge (the
     sigmoid saturates); from Caffe's small filler they are near 0 (probability 1/2 everywhere)."""

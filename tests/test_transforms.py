@@ -84,6 +84,26 @@ def test_random_box_and_patch():
     assert p[1, 1, 1] == 0 and p[0, 0, 0] == 0 and p[2, 2, 2] == 13
 
 
+def test_random_box_anywhere_samples_the_borders_as_often_as_the_middle():
+    """A 48-voxel box in 128: placed inside, it starts at 0 for 1 draw in 81 (the corner window of a
+    sliding window at 1/81 per axis); centred anywhere, for every centre in [0, 24], 25 in 128."""
+    rng = np.random.default_rng(0)
+    n = 20000
+    inside = np.array([T.random_box((128,), (48,), rng)[0][0] for _ in range(n)])
+    anywhere = np.array([T.random_box((128,), (48,), rng, anywhere=True)[0][0] for _ in range(n)])
+    assert 0 <= inside.min() and inside.max() <= 80 and 0 <= anywhere.min() and anywhere.max() <= 80
+    assert abs((inside == 0).mean() - 1 / 81) < 0.004
+    assert abs((anywhere == 0).mean() - 25 / 128) < 0.01 and abs((anywhere == 80).mean() - 24 / 128) < 0.01
+    # every voxel is covered about as often: the corner voxel 0 by a box in 25 / 128 of the draws,
+    # not 1 / 81; the middle voxel still by most
+    assert (anywhere <= 0).mean() > 10 * (inside <= 0).mean()
+    # a target still decides the centre; a small array is still centred
+    fg = np.zeros((128,), bool)
+    fg[100] = True
+    assert T.random_box((128,), (48,), rng, center_in=fg, anywhere=True) == ((76, 124),)
+    assert T.random_box((2, 4, 4), (4, 8, 8), rng, anywhere=True) == ((-1, 3), (-2, 6), (-2, 6))
+
+
 def test_augmentations_are_seeded_and_consistent():
     img = np.random.default_rng(0).normal(size=(2, 16, 16)).astype(np.float32)
     lab = np.zeros((1, 16, 16), bool)

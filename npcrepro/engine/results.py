@@ -21,7 +21,12 @@ import numpy as np
 
 from npcrepro.errors import DataError
 
-__all__ = ["Results", "find_results"]
+__all__ = ["Results", "find_results", "COLLAPSE_DROP", "VOLUME_FACTOR"]
+
+#: A network whose full-budget DSC falls more than this below its half-budget DSC has collapsed.
+COLLAPSE_DROP = 0.03
+#: A predicted volume more than this many times the reference (or less than its inverse) is off.
+VOLUME_FACTOR = 3.0
 
 
 @dataclass
@@ -94,6 +99,20 @@ class Results:
     def data_label(self) -> str:
         """How tables name the data ("phantom", a dataset folder, "OpenKBP CT (12 patients)" ...)."""
         return self.info.get("data_label") or self.data
+
+    @property
+    def cohort(self) -> str | None:
+        """The phantom cohort the run read ("development" or "evaluation",
+        :data:`npcrepro.profiles.COHORTS`); runs from before cohorts read the development patients
+        (``npc_000``...). None for real data."""
+        if self.params.get("data") != "phantom":
+            return None
+        return str(self.params.get("cohort") or "development")
+
+    @property
+    def source(self) -> str:
+        """:attr:`data_label` and, on the phantom, its cohort: "phantom, evaluation cohort"."""
+        return self.data_label + (f", {self.cohort} cohort" if self.cohort else "")
 
     @property
     def methods(self) -> list[str]:
@@ -199,7 +218,8 @@ class Results:
         ``reading`` what it allows: "converged" (the interval lies within +-``tolerance``), "still
         learning" (wholly above it), "worse at the end" (wholly below), "undecided" (it straddles a
         bound, or there is one case: too few test cases to tell), "finds nothing" (mean 0 at the full
-        budget); None without a half-budget score."""
+        budget); None without a half-budget score. ``collapsed seeds``: the seeds that :meth:`flags`
+        flags, with the reason ("" when none), so that a collapse a mean hides is shown beside it."""
         import pandas as pd
 
         m = self.metrics
@@ -208,9 +228,12 @@ class Results:
                     if len(m) and "seed" in m else None)
         half = (self.metrics_half.groupby("method")[metric].mean()
                 if self.metrics_half is not None and len(self.metrics_half) else pd.Series(dtype=float))
+        flags = self.flags()
+        flags = flags[flags["flag"] != ""]
         rows = []
         for name in [k for k in self.methods if k in full.index]:
             row: dict = {"method": self.label(name) if labels else name}
+            mine = flags[flags["method"] == name]
             if per_seed is not None and per_seed.shape[1] > 1:
                 seeds = per_seed.loc[name].dropna()
                 row.update({f"{metric} seed {s}": float(v) for s, v in seeds.items()})
@@ -222,9 +245,41 @@ class Results:
                         "difference": d,
                         "converged": None if d != d else bool(abs(d) <= tolerance + 1e-9 and full[name] > 0),
                         "difference low": lo, "difference high": hi,
-                        "reading": None if d != d else _reading(lo, hi, tolerance, float(full[name]))})
+                        "reading": None if d != d else _reading(lo, hi, tolerance, float(full[name])),
+                        "collapsed seeds": "; ".join(f"seed {s}: {f}" for s, f in zip(mine["seed"], mine["flag"]))})
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def flags(self, drop: float = COLLAPSE_DROP, factor: float = VOLUME_FACTOR, labels: bool = False):
+        """One row per trained network (method and seed, over folds): is it a collapse that a mean over
+        seeds would hide? ``dice at half budget`` / ``dice at full budget`` (mean over its test cases),
+        ``drop`` (half minus full), ``volume off`` (cases, with a reference, whose predicted volume is
+        more than ``factor`` times or less than 1/``factor`` of it), ``cases`` and ``flag``: the
+        reasons in words ("" when none): the full-budget DSC falls more than ``drop`` below the
+        half-budget one, or the volume is off on most (more than half) of the cases."""
+        import pandas as pd
+
+        columns = ["method", "seed", "dice at half budget", "dice at full budget", "drop", "volume off",
+                   "cases", "flag"]
+        m = self.metrics
+        if m is None or not len(m) or "dice" not in m:
+            return pd.DataFrame(columns=columns)
+        half = self.metrics_half
+        rows = []
+        for (name, seed), mine in m.groupby(["method", "seed"] if "seed" in m else ["method", m.index * 0]):
+            h = (half[(half["method"] == name) & (half["seed"] == seed)]["dice"].mean()
+                 if half is not None and len(half) and "seed" in half else float("nan"))
+            full = float(mine["dice"].mean())
+            off, n = _volume_off(mine, factor)
+            why = []
+            if h == h and h - full > drop + 1e-9:
+                why.append(f"DSC fell {h - full:.3f} from half to full budget ({h:.3f} to {full:.3f})")
+            if n and off > n / 2:
+                why.append(f"volume off more than {factor:g}x on {off} of {n} cases")
+            rows.append({"method": self.label(name) if labels else name, "seed": int(seed),
+                         "dice at half budget": float(h), "dice at full budget": full, "drop": float(h - full),
+                         "volume off": off, "cases": n, "flag": "; ".join(why)})
+        return pd.DataFrame(rows, columns=columns)
 
     def _difference_interval(self, method: str, metric: str) -> tuple[float, float]:
         """95 % BCa bootstrap interval of the mean of ``metric`` at the full budget minus at half, over
@@ -242,6 +297,17 @@ class Results:
     def mean(self, metric: str = "dice", by: str = "method"):
         """Mean of ``metric`` per ``by`` (a Series)."""
         return self.metrics.groupby(by)[metric].mean()
+
+
+def _volume_off(rows, factor: float) -> tuple[int, int]:
+    """(cases whose predicted volume is off by more than ``factor`` either way, cases with a reference
+    volume) over the metric ``rows`` of one network (summed over structures per case)."""
+    if not {"volume_pred_cm3", "volume_ref_cm3", "case"} <= set(rows):
+        return 0, 0
+    per_case = rows.groupby("case")[["volume_pred_cm3", "volume_ref_cm3"]].sum()
+    per_case = per_case[per_case["volume_ref_cm3"] > 0]
+    ratio = per_case["volume_pred_cm3"] / per_case["volume_ref_cm3"]
+    return int(((ratio > factor) | (ratio < 1 / factor)).sum()), int(len(per_case))
 
 
 def _reading(lo: float, hi: float, tolerance: float, full: float) -> str:

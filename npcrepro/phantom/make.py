@@ -171,16 +171,18 @@ def make_case(seed: int, **params) -> Case:
     return Case(name, images, labels, grid.spacing, grid.origin, np.eye(3), meta)
 
 
-def iter_cases(n_cases: int, seed: int, **params) -> Iterator[Case]:
-    """Cases ``npc_000``... of a cohort (lazily, one at a time)."""
-    for make in case_factories(n_cases, seed, **params):
+def iter_cases(n_cases: int, seed: int, first: int = 0, **params) -> Iterator[Case]:
+    """Cases ``npc_000``... (from ``npc_<first>``) of a cohort (lazily, one at a time)."""
+    for make in case_factories(n_cases, seed, first, **params):
         yield make()
 
 
-def case_factories(n_cases: int, seed: int, **params) -> list[functools.partial]:
+def case_factories(n_cases: int, seed: int, first: int = 0, **params) -> list[functools.partial]:
     """One picklable zero-argument callable per case of a cohort, each making that case: what
-    :func:`generate` hands to worker processes."""
-    return [functools.partial(make_case, case_seed(seed, i), name=f"npc_{i:03d}", **params)
+    :func:`generate` hands to worker processes. Case ``i`` is patient ``first + i`` of the population
+    drawn with ``seed`` (named ``npc_<first + i>``, seeded :func:`case_seed` ``(seed, first + i)``):
+    cohorts with ranges of patients that do not overlap share no patient."""
+    return [functools.partial(make_case, case_seed(seed, first + i), name=f"npc_{first + i:03d}", **params)
             for i in range(n_cases)]
 
 
@@ -196,14 +198,15 @@ def generator_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def cohort_record(n_cases: int, seed: int, preset: str = "cpu", **params) -> dict:
+def cohort_record(n_cases: int, seed: int, preset: str = "cpu", first: int = 0, **params) -> dict:
     """What decides a cohort's bytes, as :func:`generate` stores it in ``dataset.json``
-    (``npcrepro.extra``): generator version and fingerprint, number of cases, seed, preset and every
-    resolved :func:`make_case` parameter. Two cohorts with equal records are the same bytes."""
+    (``npcrepro.extra``): generator version and fingerprint, number of cases, seed, first patient
+    (where not 0), preset and every resolved :func:`make_case` parameter. Two cohorts with equal
+    records are the same bytes."""
     p = resolve({"preset": preset, **params})
     return {"generator": "npcrepro.phantom", "generator_version": GENERATOR_VERSION,
             "generator_fingerprint": generator_fingerprint(), "n_cases": int(n_cases),
-            "seed": int(seed), "preset": preset,
+            "seed": int(seed), **({"first": int(first)} if first else {}), "preset": preset,
             "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}}
 
 
@@ -226,7 +229,7 @@ def default_workers(n_cases: int, shape) -> int:
 
 def generate(out_dir: str | os.PathLike, n_cases: int, seed: int, *, preset: str = "cpu",
              progress: bool = True, overwrite: bool = False, workers: int | None = None,
-             **params) -> Dataset:
+             first: int = 0, **params) -> Dataset:
     """Write a phantom cohort as a dataset (nnU-Net v2 raw layout + one mask per structure).
 
     Parameters
@@ -234,10 +237,14 @@ def generate(out_dir: str | os.PathLike, n_cases: int, seed: int, *, preset: str
     out_dir : path
         Target folder (must be empty or absent unless ``overwrite``).
     n_cases : int
-        Number of virtual patients (``npc_000``, ``npc_001``...; case ``i`` uses
-        :func:`case_seed` ``(seed, i)``).
+        Number of virtual patients (``npc_000``, ``npc_001``..., from ``npc_<first>``; case ``i``
+        uses :func:`case_seed` ``(seed, first + i)``).
     seed : int
         Cohort seed: same seed, same bytes.
+    first : int
+        Index of the first patient (``npc_<first>``...): cohorts of one seed whose patient ranges do
+        not overlap share no patient (the development and evaluation cohorts of
+        :data:`npcrepro.profiles.COHORTS`).
     preset : str
         ``"smoke"``, ``"cpu"`` or ``"gpu"`` (see :data:`~npcrepro.phantom.profiles.PRESETS`).
     workers : int, optional
@@ -258,11 +265,14 @@ def generate(out_dir: str | os.PathLike, n_cases: int, seed: int, *, preset: str
         raise ParameterError("name is set per case by generate (npc_000, ...); do not pass it")
     p = resolve({"preset": preset, **params})
     channels = channels_for(p["modalities"], p["dce_frames"])
-    extra = cohort_record(n_cases, seed, preset, **params)
+    if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or first < 0:
+        raise ParameterError(f"first must be a non-negative integer, got {first!r}")
+    extra = cohort_record(n_cases, seed, preset, first, **params)
     if workers is None:
         workers = default_workers(n_cases, p["shape"])
-    return write_dataset(out_dir, case_factories(n_cases, seed, preset=preset, **params),
+    which = f"patients {first}-{first + n_cases - 1} of seed {seed}" if first else f"seed {seed}"
+    return write_dataset(out_dir, case_factories(n_cases, seed, first, preset=preset, **params),
                          channels=channels, structures=STRUCTURES, name=f"npc-phantom-{preset}",
-                         description=f"NPC digital phantom, {n_cases} virtual patients, seed {seed}, "
+                         description=f"NPC digital phantom, {n_cases} virtual patients, {which}, "
                                      f"preset {preset}", source="phantom", extra=extra,
                          overwrite=overwrite, progress=progress, workers=workers)

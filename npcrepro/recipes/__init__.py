@@ -25,17 +25,36 @@ Each ``npcrepro.recipes.<chapter>`` module holds only plain values (no torch, no
     ``{parameter: "int" | "float" | "str" | "list" | ...}`` for a parameter that is None at every
     profile (its type cannot be read off its values).
 
+The texts of CHOICES, DEVIATIONS and EXCEPTIONS give reasons, not measured results: the book shows
+only numbers of the run on the page (``tests/test_prose_numbers.py``). The development measurements
+behind a reason live in the chapter's development record, ``development/<chapter>.json`` beside these
+modules (:func:`development`): each record names the recipe entry it supports, the commit that wrote it,
+the cohort and machine it was measured on, and the measurements as written.
+
 :func:`npcrepro.profiles.parameters` reads these modules; nothing imports a chapter to learn its
 parameters.
 """
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 from types import ModuleType
 
-from npcrepro.errors import ParameterError
+from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["CHAPTERS", "SHARED_HELP", "load", "deviations"]
+__all__ = ["CHAPTERS", "SHARED_HELP", "load", "deviations", "development", "DEVELOPMENT_DIR"]
+
+#: Folder of the chapters' development records (``<chapter>.json``; package data).
+DEVELOPMENT_DIR = Path(__file__).resolve().parent / "development"
+
+#: Fields of one development record: required, and optional ones that default to the file's own.
+_RECORD_FIELDS = ("field", "key", "commit", "date", "measurements")
+_RECORD_DEFAULTS = ("cohort", "machine")
+_RECORD_OPTIONAL = ("setup", "note")
+#: What a record's ``field`` names: a text of the recipe module, a parameter (a comment on its value),
+#: or a passage of the chapter's notebook.
+_ENTRY_FIELDS = ("CHOICES", "DEVIATIONS", "EXCEPTIONS", "PROFILES", "HELP", "notebook")
 
 #: Help of the parameters several chapters share (a chapter's own HELP line wins).
 SHARED_HELP = {
@@ -92,3 +111,48 @@ def _same(a, b) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return float(a) == float(b)
     return a == b
+
+
+def development(chapter: str) -> dict:
+    """The development record of ``chapter``: the measurements of development runs behind its recipe's
+    reasons, moved out of the recipe's prose (a chapter page shows only numbers of its own run).
+
+    Returns ``{"chapter", "about", "cohort", "machine", "records"}``; each record holds ``field`` and
+    ``key`` (the recipe entry it supports, e.g. ``DEVIATIONS`` / ``lr``), ``commit`` and ``date`` (the
+    commit that wrote the measurements into the recipe), ``cohort`` and ``machine`` (the file's, unless
+    the record names its own), optional ``setup`` and ``note``, and ``measurements`` (the sentences as
+    written). A chapter without a file has no records. DataError names the file and what is wrong."""
+    mod = load(chapter)
+    path = DEVELOPMENT_DIR / f"{chapter}.json"
+    empty = {"chapter": chapter, "about": "", "cohort": "", "machine": "", "records": []}
+    if not path.is_file():
+        return empty
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(data, dict) or data.get("chapter") != chapter or not isinstance(data.get("records"), list):
+        raise DataError(f"{path}: expected an object with chapter {chapter!r} and a list of records")
+    out = {**empty, **{k: data.get(k, "") for k in ("about", "cohort", "machine")}, "records": []}
+    for i, rec in enumerate(data["records"]):
+        where = f"{path}: record {i}"
+        if not isinstance(rec, dict):
+            raise DataError(f"{where} is not an object")
+        missing = [f for f in _RECORD_FIELDS if not rec.get(f)]
+        unknown = sorted(set(rec) - set(_RECORD_FIELDS + _RECORD_DEFAULTS + _RECORD_OPTIONAL))
+        if missing or unknown:
+            raise DataError(f"{where}: missing {missing or 'nothing'}, unknown {unknown or 'nothing'}")
+        if rec["field"] not in _ENTRY_FIELDS:
+            raise DataError(f"{where}: field {rec['field']!r} is none of {', '.join(_ENTRY_FIELDS)}")
+        if rec["field"] in ("CHOICES", "DEVIATIONS", "EXCEPTIONS", "HELP"):
+            if rec["key"] not in getattr(mod, rec["field"], {}):
+                raise DataError(f"{where}: {rec['field']}[{rec['key']!r}] is not in npcrepro.recipes.{chapter}")
+        elif rec["field"] == "PROFILES" and not any(rec["key"] in p for p in mod.PROFILES.values()):
+            raise DataError(f"{where}: {rec['key']!r} is no parameter of npcrepro.recipes.{chapter}")
+        if not isinstance(rec["measurements"], list) or not all(isinstance(m, str) for m in rec["measurements"]):
+            raise DataError(f"{where}: measurements must be a list of sentences")
+        full = {k: rec.get(k, "") for k in _RECORD_FIELDS + _RECORD_OPTIONAL}
+        full.update({k: rec.get(k) or out[k] for k in _RECORD_DEFAULTS})
+        full["measurements"] = list(rec["measurements"])
+        out["records"].append(full)
+    return out

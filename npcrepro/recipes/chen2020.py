@@ -63,8 +63,8 @@ HELP = {
             "rows bring their single_* pre-trainings)",
     "seeds": "training seeds per row (seed, seed+1, ...)",
     "threads": "torch threads per training job on the CPU (None: the runner's default)",
-    # Eq. 1 vs the smoothed form, measured once (cpu profile, fold 0, 4 test patients, shared 2-core
-    # CPU): single_cet1 DSC 0.810 vs 0.830, multi_encoder_mm 0.524 vs 0.467 -- Eq. 1 trains as well.
+    # Eq. 1 vs the smoothed form: measured once, Eq. 1 trains as well (measurements: the development
+    # record, npcrepro/recipes/development/chen2020.json).
     "dice_form": "Dice loss: eq1 (Eq. 1 as printed, eps inside the factor 2) or smoothed (2 sum pg + eps "
                  "on top, 0 for an empty window predicted empty)",
     "amp": "automatic mixed precision on CUDA (no effect on the CPU)",
@@ -105,27 +105,20 @@ DEVIATIONS = {
                             "still once per epoch)",
     "epochs": "fewer epochs to fit the cpu budget; networks still improving at the end are compared "
               "as they are (the training curves and the convergence table show which). cpu: 56 epochs "
-              "of 10 updates; at 20 the Dice loss spent the first 50-100 updates on its plateau and the "
-              "multi-encoder network scored 0.45 DSC, at 40 it scored 0.87 and single CET1 0.82 -> 0.91, "
-              "but only 1 of the 6 networks was flagged converged (DSC at half the budget within 0.03 of "
-              "the end); at 56, 5 of 6 were, the multi-encoder network still rising (0.76 -> 0.91) "
-              "(fold 0, one seed, this machine kind)",
+              "of 10 updates: at 20 the Dice loss spent much of the budget on its plateau, and at 40 most "
+              "networks were not yet flagged converged (the development record gives the measurements)",
     "patience": "smoke: scaled with its two epochs (the cpu profile keeps the paper's 10)",
     "warmup_epochs": "cpu: the decoder must leave the Dice plateau before the encoders are released, "
                      "which takes more of the (much shorter) epochs than the paper's 5 of 75 updates; "
                      "smoke: one epoch, a code-path check",
-    "lr": "cpu: 2e-3. At the paper's 1e-3, 4 of the 6 networks were flagged converged within the cpu "
-          "budget: the T1 network gained 0.04 over its second half (0.78 -> 0.82) and the multi-encoder "
-          "network 0.12 (0.79 -> 0.91); at 2e-3 all 6 were, each within 0.015 of its half-budget score, and "
-          "every final DSC was as high or higher (T1 0.83, multi-encoder 0.92, MMFNet 0.92; at 3e-3 single "
-          "CET1 gained 0.034 and was not flagged; at 2e-3 with 40 instead of 56 epochs, 3 of 6 were) "
-          "(development runs, fold 0, one seed, this machine kind). The gpu profile keeps 1e-3",
+    "lr": "cpu: 2e-3. At the paper's 1e-3 the T1 and the multi-encoder networks were still learning at "
+          "the end of the cpu budget; at 2e-3 they had settled, with final DSCs no lower, while 3e-3, or "
+          "2e-3 with fewer epochs, left networks still learning (the development record gives the "
+          "measurements). The gpu profile keeps 1e-3",
     "lr_finetune": "cpu: in the few updates after the warm-up 1e-4 barely moves the network (tried on "
-                   "the phantom: validation Dice loss 0.77 at 1e-4 against 0.43 at 1e-3), so at this "
-                   "budget 1e-4 would measure the budget, not self-transfer; at the cpu `lr` (2e-3) the rows "
-                   "with and without self-transfer train at the same rate and differ only in their start "
-                   "(MMFNet with self-transfer: 0.93 at half and full budget, against 0.92 with 1e-3 after "
-                   "the warm-up)",
+                   "the phantom; the development record gives the measurements), so at this budget 1e-4 "
+                   "would measure the budget, not self-transfer; at the cpu `lr` (2e-3) the rows with and "
+                   "without self-transfer train at the same rate and differ only in their start",
 }
 
 CHOICES = {
@@ -144,8 +137,8 @@ CHOICES = {
     "initialisation": "PyTorch's default (the paper's framework, PyTorch 0.4.1, initialised convolutions "
                       "the same way) except the output layer of every row, which starts small with a 1 % "
                       "foreground prior so that the Dice loss leaves its initial plateau sooner",
-    "patch-based CNN": "unpadded 5x5 convolutions whose receptive field is the patch (33 px = 16.5 mm at "
-                       "0.5 mm; 9 px at the smaller profiles), trained on class-balanced centre pixels "
+    "patch-based CNN": "unpadded 5x5 convolutions whose receptive field is the patch (33 px at 0.5 mm; "
+                       "9 px at the smaller profiles), trained on class-balanced centre pixels "
                        "with binary cross-entropy; one branch per sequence for the multi-modality version",
     "2D U-Net": "npcrepro unet2d with widths (32, 64, 128, 256, 512) x width, on every axial slice of "
                 "the crop, same augmentation and Dice loss",

@@ -24,10 +24,8 @@ PROFILES = {
                   max_rounds=1, cross_fit=0, workers=1, samples_per_case=48, val_samples_per_case=6, batch_size=4,
                   iterations=4, eval_every=2, decay_every=1, width=0.25, acd_layers=[1, 1, 1],
                   overlap=0.25, infer_batch=16, figure_cases=2, real_organs=["Brainstem"], real_scans=1, threads=1),
-    # cpu: 900 iterations. In development runs (one seed, this chapter's cohort) the five networks' mean DSC
-    # rose with the budget: 0.68-0.75 at 300 iterations, 0.68-0.72 at 450, 0.72-0.77 at 600, 0.71-0.80 at
-    # 900, where BUNet and Deeplab were still learning (half to full +0.09 and +0.07); at 300 a second seed
-    # gave ACDNet 0.50 at half its budget and 0.64 at the end. 3 of 5 were flagged at 300, 600 and 900.
+    # cpu: 900 iterations: in development runs the five networks' mean DSC rose with the budget up to 900,
+    # where two of them were still learning (measurements: npcrepro/recipes/development/guo2021.json).
     "cpu": dict(_COMMON, n_cases=10, phantom_preset="cpu", spacing_mm=3.0, k_folds=2, n_val=1,
                 max_rounds=1, cross_fit=0, workers=2, samples_per_case=600, val_samples_per_case=24, batch_size=8,
                 iterations=900, eval_every=50, decay_every=45, width=0.5, acd_layers=[1, 1, 1],
@@ -103,12 +101,12 @@ DEVIATIONS = {
     "decay_every": "the paper decays x0.9 every 500 of its 50000 iterations, 100 times, to 0.9^100 = 3e-5 "
                    "of the initial rate (its Fig. 6), so its networks get about 5000 iterations' worth of "
                    "the initial rate and spend the second half of the budget near zero. The cpu profile "
-                   "decays 20 times over its 900 iterations, to 0.12 (about 400 iterations' worth); with "
-                   "the paper's 100 decays it would get 90. Development runs (this machine kind, BUNet "
-                   "and Deeplab, DSC at half / full budget): 20 decays 0.70 / 0.80 and 0.71 / 0.79; 40 "
-                   "decays 0.72 / 0.77 and 0.71 / 0.75; 60 decays 0.71 / 0.75 and 0.68 / 0.69. More "
-                   "decay makes the two halves agree by stopping the learning, not by finishing it, so "
-                   "the cpu profile keeps 20",
+                   "decays 20 times over its 900 iterations, to 0.9^20, about an eighth of the initial "
+                   "rate (about 400 iterations' worth); with the paper's 100 decays it would get 90. In "
+                   "development runs with 40 and 60 decays, BUNet's and Deeplab's DSC at half and at full "
+                   "budget came closer together but ended lower: more decay makes the two halves agree by "
+                   "stopping the learning, not by finishing it, so the cpu profile keeps 20 (the "
+                   "development record gives the measurements)",
     "spacing_mm": "compute budget: the box is the paper's in mm, so coarser voxels mean fewer of them "
                   "(the 24 x 24 x 8 blocks then cover more anatomy)",
     "fg_prob": "the paper draws block centres at random; here a tenth of the blocks are centred on a "
@@ -153,9 +151,8 @@ CHOICES = {
                      "test time (cross-fitting costs cross_fit more BUNets per round, over the cpu "
                      "budget); with cross_fit = k (gpu: 3) each training patient's map comes from a "
                      "BUNet trained on the other parts, validation patients' from the round's BUNet. "
-                     "Measured once (cpu profile, CSCN and BUNet only, 10 phantom patients, 2 rounds, "
-                     "on a shared 2-core CPU): CSCN DSC 0.710 with its own predictions, 0.707 cross-fitted "
-                     "over 2 parts (ASSD 7.27 vs 7.41 mm), for about 47 CPU-s more per round",
+                     "Cross-fitting at the cpu profile, measured once, made no clear difference to CSCN "
+                     "for more CPU time per round (the development record gives the measurements)",
     "probability fusion": "mean of the coarse and fine tumour probabilities (weight 0.5)",
     "evaluation grid": "probabilities are mapped back to the original grid (linear interpolation) and "
                        "thresholded at 0.5; metrics in mm on that grid",

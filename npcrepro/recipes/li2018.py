@@ -12,9 +12,9 @@ _COMMON = dict(jitter_mm=15.0, finetune=False, lr=1e-3, lr_fusion=1e-2, methods=
                faithful_lr=1e-7, momentum=0.9, weight_decay=5e-4, lr_step=100000, lr_gamma=0.1,
                faithful_init_std=0.01, min_lesion_mm=10.0, seeds=1, workers=1)
 
-#: cpu stages 80/30/30: at 120/40/40 the working CNN had converged by half its budget (mean DSC 0.691 there,
-#: 0.692 at the end); at 80/30/30 it scored 0.673 and 0.672 (development run, this machine), and the
-#: minute this saves goes to chen2020's networks, which were still learning.
+#: cpu stages 80/30/30: at 120/40/40 the working CNN had converged by half its budget, and the minute this
+#: saves goes to chen2020's networks, which were still learning (measurements: the development record,
+#: npcrepro/recipes/development/li2018.json).
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=4, slices_per_patient=2, cv="kfold", k=2, max_folds=1, width=0.125,
                   batch_size=4, iterations=[3, 2, 2], faithful_folds=1, real_k=2, real_max_folds=1,

@@ -2,9 +2,8 @@
 
 _COMMON = dict(structure="GTVp", n_val=1, threshold=0.5, seeds=1, workers=1, threads=None)
 
-#: cpu: a half-width U-Net (8-64 channels) for 2400 iterations. At 1200 iterations (what the 16-128 one cost
-#: for 600) the book of 2026-11-26 scored 0.682 at half the budget and 0.719 at the end, not converged; 2400
-#: iterations gave 0.825 and 0.816 (development run, this cohort and seed), for about 37 s more training.
+#: cpu: a half-width U-Net (8-64 channels) for 2400 iterations: at 1200 (what the 16-128 one cost for 600) it
+#: was not converged (measurements: the development record, npcrepro/recipes/development/template.json).
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=4, n_test=1, channel="T1", widths=[8, 16, 32], batch_size=8,
                   iterations=40, eval_every=20, lr=1e-2, image_size=None),

@@ -24,7 +24,8 @@ def data_label(results) -> str:
     """What the run trained on, for captions."""
     n = results.params.get("n_cases")
     if results.params.get("data") == "phantom":
-        return f"the digital phantom ({results.params.get('phantom_preset')} preset, {n} cases)"
+        return (f"the digital phantom ({results.params.get('phantom_preset')} preset, {n} cases, "
+                f"{results.cohort} cohort)")
     return f"dataset {results.data} ({n} cases)"
 
 

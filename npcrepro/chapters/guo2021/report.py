@@ -22,7 +22,7 @@ def data_label(results) -> str:
     """What the run read: the phantom preset and channel, or the dataset folder."""
     P = results.params
     if P.get("data") == "phantom":
-        return f"digital phantom ({P['phantom_preset']} preset, {P['channel']})"
+        return f"digital phantom ({P['phantom_preset']} preset, {P['channel']}, {results.cohort} cohort)"
     return f"{results.data} ({P['channel']})"
 
 

@@ -221,9 +221,12 @@ def claims_table(res) -> pd.DataFrame:
 
 
 def _readings(res) -> dict[str, str | None]:
-    """Method key -> the reading of its half-to-full interval (None where no half-budget score)."""
+    """Method key -> the reading of its half-to-full interval (None where no half-budget score), or
+    its collapsed seeds where one is flagged."""
     conv = res.convergence()
-    return dict(zip(conv["method"], conv["reading"])) if len(conv) else {}
+    return ({m: f"collapsed ({c})" if c else r for m, r, c in zip(conv["method"], conv["reading"],
+                                                                   conv["collapsed seeds"])}
+            if len(conv) else {})
 
 
 def _trained_out(readings: Mapping[str, str | None], *keys: str) -> str:
@@ -257,7 +260,7 @@ def reading(res) -> str:
     s = summary(res)
     d = s[s["metric"] == "dice"].set_index("method")["mean"].sort_values(ascending=False)
     best, worst = d.index[0], d.index[-1]
-    lines = [f"On {len(res.test_cases())} test patients ({res.data_label}), {entry(res, best).label} had the "
+    lines = [f"On {len(res.test_cases())} test patients ({res.source}), {entry(res, best).label} had the "
              f"highest mean DSC ({d.iloc[0]:.3f}) and {entry(res, worst).label} the lowest ({d.iloc[-1]:.3f})."]
     better = worse = same = 0
     tests = [p for k, p in _baseline_tests(res).items() if not is_external(k)]
@@ -348,7 +351,7 @@ def fig_leaderboard(res, metrics: Sequence[str] = ("dice", "hd95")):
         ax.grid(axis="x", alpha=0.3)
         if metric == "dice":
             ax.set_xlim(-0.02, 1.0)
-    axes[0][0].set_title(f"{res.data_label}: {len(res.test_cases())} test patients, {res.structures[0]}",
+    axes[0][0].set_title(f"{res.source}: {len(res.test_cases())} test patients, {res.structures[0]}",
                          fontsize=9, loc="left")
     fig.tight_layout()
     return fig

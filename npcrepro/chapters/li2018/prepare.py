@@ -66,8 +66,9 @@ def _cache_root(P: Mapping[str, Any]) -> Path:
 
 def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
     """``P.n_cases`` phantom patients on the paper's DCE grid, frame 35 and GTVp only, written once
-    into the cache (``<out_dir>/_cache/li2018-dce-n<n>-s<seed>-<record hash>``). Patient ``i``
-    renders phantom seed ``seed + i``; seeds whose tumour misses the 6 cm slab are skipped (listed in
+    into the cache (``<out_dir>/_cache/li2018-dce-<cohort>-n<n>-s<seed>-<record hash>``). Patient ``i``
+    renders phantom seed ``seed + first + i`` (``first`` 0 for the development cohort, 1000 for the
+    evaluation one: :data:`npcrepro.profiles.COHORTS`); seeds whose tumour misses the 6 cm slab are skipped (listed in
     the description). The cache is keyed, and checked on reuse, on the generator's record
     (:func:`npcrepro.phantom.make.cohort_record`: version, source fingerprint, parameters), so a
     change of the generator makes it again."""
@@ -77,10 +78,13 @@ def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
     from npcrepro.datasets import open_cached
     from npcrepro.phantom.make import cohort_record
 
-    n, seed, min_mm = int(P["n_cases"]), int(P["seed"]), float(P.get("min_lesion_mm", 0) or 0)
+    from npcrepro.profiles import cohort_of, first_patient
+
+    n, min_mm = int(P["n_cases"]), float(P.get("min_lesion_mm", 0) or 0)
+    seed = int(P["seed"]) + first_patient(P)  # the evaluation cohort starts 1000 phantom seeds on
     record = {"li2018_dce": cohort_record(n, seed, preset="cpu", **phantom_params()), "min_lesion_mm": min_mm}
     tag = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return build_once(_cache_root(P) / f"li2018-dce-n{n}-s{seed}-{tag}",
+    return build_once(_cache_root(P) / f"li2018-dce-{cohort_of(P)}-n{n}-s{seed}-{tag}",
                       lambda folder: open_cached(folder, record),
                       lambda folder: _write_phantom(folder, n, seed, min_mm, record, progress))
 

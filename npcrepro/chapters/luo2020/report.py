@@ -473,7 +473,7 @@ def fig_dsc_per_fold(results, data_label: str = ""):
     ax.set_ylabel("mean DSC (test patients x structures)")
     ax.set_xticks(list(fm.index + 1))
     ax.legend(fontsize=8)
-    ax.set_title(f"DSC per fold ({data_label or results.data}, {results.profile} profile)", fontsize=10)
+    ax.set_title(f"DSC per fold ({data_label or results.source}, {results.profile} profile)", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -77,7 +77,7 @@ def data_label(results) -> str:
     """What the run was trained on, for titles and tables."""
     if results.params.get("target") == "ptv70":
         return "OpenKBP (PTV70 stand-in)"
-    return "phantom" if results.params.get("data") == "phantom" else str(results.params.get("data"))
+    return results.source if results.params.get("data") == "phantom" else str(results.params.get("data"))
 
 
 _CASES: dict[tuple, object] = {}
