@@ -163,28 +163,24 @@ def pad_crop(arr: np.ndarray, size: Sequence[int], center: Sequence[float] | Non
 
 def random_box(shape: Sequence[int], size: Sequence[int], rng: np.random.Generator,
                center_in: np.ndarray | None = None, *, center_flat: np.ndarray | None = None,
-               anywhere: bool = False) -> Box:
-    """A box of ``size``, centred on a random True voxel of ``center_in`` when given and non-empty,
-    else placed at random: uniformly inside the array, or with ``anywhere`` centred on a voxel drawn
-    uniformly from the whole array. A centred box is moved inside the array where the array is big
-    enough (centred on the array where it is smaller).
+               centred: bool = True) -> Box:
+    """A box of ``size`` around a random True voxel of ``center_in`` when given and non-empty, else
+    uniformly placed inside the array (or centred on the array when the array is smaller).
 
-    ``anywhere`` samples the borders and corners as often as the middle (as nnU-Net's padding does):
-    placed inside, a corner voxel is covered only by the boxes that start at 0, so windows of a
-    sliding-window inference that lie in a corner (air, in a head scan) are almost never seen in
-    training. ``center_flat``: ``np.flatnonzero(center_in)`` when the caller keeps it (the same draws)."""
+    ``centred``: the chosen voxel is the box's centre; with ``centred=False`` it lies at a position of
+    the box drawn uniformly per axis, so a network trained on such boxes cannot learn that the target
+    sits at the centre of its input. The box is moved inside the array where the array is big enough.
+    ``center_flat``: ``np.flatnonzero(center_in)`` when the caller keeps it (the same draws)."""
     shape, size = tuple(shape), tuple(int(s) for s in size)
     idx = center_flat if center_flat is not None else (
         np.flatnonzero(center_in) if center_in is not None else None)
     if idx is not None and len(idx):
         c = np.unravel_index(idx[rng.integers(len(idx))], shape)
-    elif anywhere:
-        c = [int(rng.integers(0, n)) for n in shape]
+        starts = [int(ci) - (s // 2 if centred else int(rng.integers(0, s))) for ci, s in zip(c, size)]
+        # keep the box inside the array where the array is big enough
+        starts = [min(max(a, 0), n - s) if n >= s else (n - s) // 2 for a, n, s in zip(starts, shape, size)]
     else:
         starts = [int(rng.integers(0, n - s + 1)) if n >= s else (n - s) // 2 for n, s in zip(shape, size)]
-        return tuple((a, a + s) for a, s in zip(starts, size))
-    starts = [int(ci) - s // 2 for ci, s in zip(c, size)]
-    starts = [min(max(a, 0), n - s) if n >= s else (n - s) // 2 for a, n, s in zip(starts, shape, size)]
     return tuple((a, a + s) for a, s in zip(starts, size))
 
 

@@ -84,24 +84,25 @@ def test_random_box_and_patch():
     assert p[1, 1, 1] == 0 and p[0, 0, 0] == 0 and p[2, 2, 2] == 13
 
 
-def test_random_box_anywhere_samples_the_borders_as_often_as_the_middle():
-    """A 48-voxel box in 128: placed inside, it starts at 0 for 1 draw in 81 (the corner window of a
-    sliding window at 1/81 per axis); centred anywhere, for every centre in [0, 24], 25 in 128."""
+def test_random_box_uncentred_puts_the_target_anywhere_in_the_box():
+    """With ``centred=False`` the target voxel's position in the box is uniform per axis (a network
+    cannot learn that the target sits at the centre); centred, it is always the box's centre."""
     rng = np.random.default_rng(0)
-    n = 20000
-    inside = np.array([T.random_box((128,), (48,), rng)[0][0] for _ in range(n)])
-    anywhere = np.array([T.random_box((128,), (48,), rng, anywhere=True)[0][0] for _ in range(n)])
-    assert 0 <= inside.min() and inside.max() <= 80 and 0 <= anywhere.min() and anywhere.max() <= 80
-    assert abs((inside == 0).mean() - 1 / 81) < 0.004
-    assert abs((anywhere == 0).mean() - 25 / 128) < 0.01 and abs((anywhere == 80).mean() - 24 / 128) < 0.01
-    # every voxel is covered about as often: the corner voxel 0 by a box in 25 / 128 of the draws,
-    # not 1 / 81; the middle voxel still by most
-    assert (anywhere <= 0).mean() > 10 * (inside <= 0).mean()
-    # a target still decides the centre; a small array is still centred
-    fg = np.zeros((128,), bool)
-    fg[100] = True
-    assert T.random_box((128,), (48,), rng, center_in=fg, anywhere=True) == ((76, 124),)
-    assert T.random_box((2, 4, 4), (4, 8, 8), rng, anywhere=True) == ((-1, 3), (-2, 6), (-2, 6))
+    fg = np.zeros((64, 64), bool)
+    fg[32, 30] = True
+    pos = np.array([[c - a for (a, _), c in zip(T.random_box((64, 64), (16, 16), rng, center_in=fg, centred=False),
+                                                (32, 30))] for _ in range(4000)])
+    assert pos.min() == 0 and pos.max() == 15  # every position of the 16-voxel box
+    counts = np.bincount(pos[:, 0], minlength=16)
+    assert counts.min() > 4000 / 16 * 0.75 and counts.max() < 4000 / 16 * 1.25
+    centred = {T.random_box((64, 64), (16, 16), rng, center_in=fg) for _ in range(20)}
+    assert centred == {((24, 40), (22, 38))}
+    # near the border the box is still moved inside the array; the target stays in it
+    fg[:] = False
+    fg[2, 61] = True
+    for _ in range(200):
+        (a, b), (c, d) = T.random_box((64, 64), (16, 16), rng, center_in=fg, centred=False)
+        assert 0 <= a <= 2 < b <= 64 and 0 <= c <= 61 < d <= 64
 
 
 def test_augmentations_are_seeded_and_consistent():

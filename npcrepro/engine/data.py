@@ -261,23 +261,24 @@ class SliceDataset(_Base):
 class PatchDataset(_Base):
     """Random 3D patches of cases (``samples_per_case`` per case per pass).
 
-    With probability ``fg_prob`` a patch is centred on a random voxel of the target (any structure),
-    else centred on a voxel drawn uniformly from the whole volume (``anywhere``, the default: the
-    borders and corners that a sliding-window inference visits are trained on as often as the middle)
-    or placed uniformly inside it (``anywhere=False``: corner windows almost never seen; see
-    :func:`npcrepro.transforms.random_box`). Without an rng (``dataset[i]``), patch ``i`` is drawn
-    with ``item_rng(i)`` so validation patches are fixed.
+    With probability ``fg_prob`` a patch holds a random voxel of the target (any structure), else it
+    is placed uniformly inside the volume. The target voxel lies anywhere in its patch
+    (``centred=False``, the default), or at its centre (``centred=True``): a network trained on
+    centred patches learns that tumour lies at the centre of its input, and where a sliding window
+    shows it nothing to go by (the air around the head) it may find tumour at the centre of every
+    window (see :func:`npcrepro.transforms.random_box`). Without an rng (``dataset[i]``), patch ``i``
+    is drawn with ``item_rng(i)`` so validation patches are fixed.
     """
 
     def __init__(self, cases: Sequence, channels: Sequence[str], structures: Sequence[str],
                  patch_size: Sequence[int], *, samples_per_case: int = 4, fg_prob: float = 0.5,
-                 normalise="zscore", augment: Callable | None = None, anywhere: bool = True):
+                 normalise="zscore", augment: Callable | None = None, centred: bool = False):
         self.channels, self.structures = list(channels), list(structures)
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) != 3:
             raise ParameterError(f"patch_size must have 3 entries (z, y, x), got {patch_size}")
         self.samples_per_case, self.fg_prob, self.augment = int(samples_per_case), float(fg_prob), augment
-        self.anywhere = bool(anywhere)
+        self.centred = bool(centred)
         self.names, self.images, self.targets, self.fg = [], [], [], []
         for case in cases:
             image, target = prepare_case(case, self.channels, self.structures, normalise=normalise)
@@ -302,7 +303,7 @@ class PatchDataset(_Base):
         draw = rng if rng is not None else item_rng(0, 104729, index)
         fg = self._fg_flat(ci) if draw.random() < self.fg_prob else None
         return ci, T.random_box(self.images[ci].shape[1:], self.patch_size, draw, center_flat=fg,
-                                anywhere=self.anywhere)
+                                centred=self.centred)
 
     def _fg_flat(self, ci: int) -> np.ndarray:
         cache = self.__dict__.setdefault("_fg_cache", {})

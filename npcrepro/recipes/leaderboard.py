@@ -82,16 +82,17 @@ CHOICES = {
         "moved them to either side of it from run to run, and DeepLabv3+ was still learning at every budget "
         "tried, so the budgets stayed at 800 and 480. The development record gives the measurements. The "
         "gpu profile keeps 2e-3 and one cycle: not measured there",
-    "3D patch placement": "the 3D networks train on patches of which fg_prob are centred on tumour and "
-        "the others centred on a voxel drawn from the whole volume (the patch then moved inside it), not "
-        "placed inside it at random. Placed inside, a patch almost never lies in a corner of the volume, "
-        "while a third of the sliding windows at inference do, in the air around the head: there "
-        "MMFNet, which learns that tumour lies at the centre of a patch, found tumour at the centre of "
-        "the corner windows in one seed (its DSC fell from half to full budget, the predicted volume "
-        "several times the tumour's on every test patient) and a little in others. Centred anywhere, "
-        "the corners are trained on as often as the middle (as nnU-Net's padding does), and no seed "
-        "predicted tumour outside the body. The batch-norm statistics and the window's size were ruled "
-        "out; the development record gives the measurements",
+    "3D patch placement": "the 3D networks train on patches of which fg_prob hold a tumour voxel at a "
+        "random position of the patch, not at its centre; the others are placed inside the volume at "
+        "random. Centred on tumour, every tumour patch taught the networks that tumour lies at the "
+        "centre of a patch. Where a sliding window showed MMFNet nothing else to go by, in the corner "
+        "windows (a third of all) that lie in the air around the head, one seed found tumour at the "
+        "centre of each such window: its DSC fell from half to full budget and its predicted volume was "
+        "several times the tumour's on every test patient. With the tumour anywhere in its patch no "
+        "seed predicted tumour outside the body. Centring the other patches anywhere in the volume, so "
+        "that the corners are trained on as often as the middle, stopped it too, but cost BUNet one "
+        "seed's DSC (fewer patches of the head to learn what is not tumour). The batch-norm statistics "
+        "and the window's size were ruled out; the development record gives the measurements",
     "CT": "the CT methods (U-Net, xue2020's DeepLabv3+, luo2020's networks) all read the phantom's "
           "non-contrast CT: one common input for the CT track, the harder of the phantom's two CTs; the "
           "xue2020 chapter trains on the contrast-enhanced CT its paper used",

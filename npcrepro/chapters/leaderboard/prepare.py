@@ -30,8 +30,8 @@ def normaliser(channels: Sequence[str]) -> dict:
 def samples(cases, channels: Sequence[str], P: Mapping[str, Any], dims: str, seed: int):
     """Training samples of the common protocol: 2D random ``crop_2d`` crops of tumour slices plus
     ``background_fraction`` as many others; 3D random ``patch_3d`` patches, ``fg_prob`` of them
-    centred on tumour, the others centred anywhere in the volume (its air-filled corners, which the
-    sliding window visits, as often as its middle: :class:`~npcrepro.engine.data.PatchDataset`)."""
+    holding a tumour voxel at a random position of the patch, not at its centre
+    (:class:`~npcrepro.engine.data.PatchDataset`)."""
     from npcrepro.engine import PatchDataset, SliceDataset
 
     structure = [str(P["structure"])]
