@@ -1,22 +1,31 @@
-"""Stability benchmark: do the chapters' numbers change with the machine's summation order?
+"""Stability benchmark: do the chapters' numbers change with what differs between two machines?
 
     npcrepro bench stability [--quick]          # the leaderboard at cpu (--quick: at smoke, 2 methods)
     python benchmarks/bench_stability.py --profile cpu --chapters leaderboard li2018 xue2020 ... [--json f]
     python benchmarks/bench_stability.py --against runs --chapters ...   # reuse the book's runs
+    python benchmarks/bench_stability.py --environments "1 thread" "default kernels"
 
-``--against RUNS``: the one-thread run of each chapter is the newest phantom run of that chapter under
-``RUNS`` (e.g. the book's own, which trains every job on one torch thread), so only the two-thread
-run is made: half the cost.
+Runs each chapter's experiment (:func:`npcrepro.chapters.run`) once per environment of
+:data:`ENVIRONMENTS`, on the same data, split and seeds, each in its own process (one job at a time):
 
-Runs each chapter's experiment (:func:`npcrepro.chapters.run`) twice on the same data, split and
-seeds, once with torch on 1 thread per job and once on 2 (``threads``): the same arithmetic summed
-in a different order, which is what changes between two machines. Prints, per chapter and method,
-the mean DSC of both runs and their difference; a network that converged gives the same mean DSC
-within :data:`TOLERANCE`, one on a knife edge does not. Each chapter costs twice its training time at
-the profile, one job at a time (the leaderboard at cpu: about 25 minutes on 2 cores; every chapter in
-:data:`CHAPTERS`: about an hour).
+* ``1 thread`` / ``2 threads``: torch on 1 or 2 threads per job, the same arithmetic summed in
+  another order;
+* ``default kernels``: 1 thread with ``ATEN_CPU_CAPABILITY=default``, torch's plain C++ kernels
+  instead of the AVX2/AVX-512 ones this CPU would pick (another machine's kernel choice);
+* ``jobs reversed``: 1 thread with the jobs started in the reverse order (``NPCREPRO_JOB_ORDER``).
 
-``main(quick=False, profile=None, chapters=None, out_dir=None) -> dict`` returns the rows.
+Prints per chapter and method: the mean DSC in each environment, the largest difference between two
+environments, the largest spread between the seeds of one environment, and the largest fall of one
+seed from half to full budget (:meth:`Results.flags`). A method is stable when the environments agree
+within :data:`TOLERANCE`, its seeds within :data:`SEED_SPREAD`, and no seed falls more than
+:data:`~npcrepro.engine.results.COLLAPSE_DROP`. Each environment costs the chapter's training time
+(the leaderboard at cpu: about 12 minutes on 2 cores, one job at a time).
+
+``--against RUNS``: the ``1 thread`` run of each chapter is the newest phantom run of that chapter
+under ``RUNS`` (e.g. the book's own, which trains every job on one torch thread).
+
+``main(quick=False, profile=None, chapters=None, out_dir=None, against=None, environments=None) ->
+dict`` returns the rows.
 """
 from __future__ import annotations
 
@@ -27,19 +36,48 @@ import tempfile
 import time
 
 TOLERANCE = 0.05
+#: Largest spread between the seeds of one environment that counts as stable.
+SEED_SPREAD = 0.10
 CHAPTERS = ("leaderboard", "li2018", "xue2020", "luo2020", "guo2021", "chen2020")
 
+#: Environment name -> (environment variables, torch threads per job).
+ENVIRONMENTS = {
+    "1 thread": ({}, 1),
+    "2 threads": ({}, 2),
+    "default kernels": ({"ATEN_CPU_CAPABILITY": "default"}, 1),
+    "jobs reversed": ({"NPCREPRO_JOB_ORDER": "reverse"}, 1),
+}
 
-def compare(a, b, metric: str = "dice") -> list[dict]:
-    """Per method of two Results: mean ``metric`` in each and their absolute difference."""
-    ma, mb = a.metrics.groupby("method")[metric].mean(), b.metrics.groupby("method")[metric].mean()
-    return [{"method": m, "one thread": float(ma[m]), "two threads": float(mb[m]),
-             "difference": abs(float(ma[m]) - float(mb[m]))} for m in ma.index if m in mb.index]
+
+def compare(runs: dict, metric: str = "dice") -> list[dict]:
+    """Per method of ``runs`` (environment -> Results): the mean ``metric`` in each environment, the
+    largest difference between two of them, the largest seed spread and the largest half-to-full fall
+    of one seed in any of them."""
+    from npcrepro.engine.results import COLLAPSE_DROP
+
+    means = {env: r.metrics.groupby("method")[metric].mean() for env, r in runs.items()}
+    methods = [m for m in next(iter(means.values())).index if all(m in v.index for v in means.values())]
+    rows = []
+    for m in methods:
+        per_env = {env: float(v[m]) for env, v in means.items()}
+        spread, drop = 0.0, float("-inf")
+        for r in runs.values():
+            seeds = r.metrics[r.metrics["method"] == m].groupby("seed")[metric].mean()
+            spread = max(spread, float(seeds.max() - seeds.min()) if len(seeds) > 1 else 0.0)
+            f = r.flags()
+            drops = f[f["method"] == m]["drop"].dropna()
+            drop = max(drop, float(drops.max()) if len(drops) else float("-inf"))
+        diff = max(per_env.values()) - min(per_env.values())
+        rows.append({"method": m, **per_env, "environments differ": diff, "seed spread": spread,
+                     "largest drop": drop if drop > float("-inf") else float("nan"),
+                     "stable": bool(diff <= TOLERANCE and spread <= SEED_SPREAD
+                                    and not drop > COLLAPSE_DROP + 1e-9)})
+    return rows
 
 
-def run_chapter(chapter: str, profile: str, out_dir: str, threads: int, **overrides):
+def run_chapter(chapter: str, profile: str, out_dir: str, threads: int, name: str = "", **overrides):
     """Results of ``chapter``'s experiment at ``profile`` with ``threads`` torch threads per job and
-    one job at a time (so the two runs differ only in the threads)."""
+    one job at a time, in this process (with its environment)."""
     from npcrepro import chapters, profiles
 
     import os
@@ -51,7 +89,26 @@ def run_chapter(chapter: str, profile: str, out_dir: str, threads: int, **overri
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     torch.set_num_threads(threads)
     extra = {k: v for k, v in (("threads", threads), ("workers", 1)) if k in P}
-    return chapters.run(P.replace(**extra), name=f"threads{threads}", progress=False)
+    return chapters.run(P.replace(**extra), name=name or f"threads{threads}", progress=False)
+
+
+def run_environment(env: str, chapter: str, profile: str, out_dir: str, **overrides):
+    """Results of ``chapter`` run in a new process with environment ``env`` of :data:`ENVIRONMENTS`
+    (its variables must be set before torch is imported)."""
+    import os
+    import subprocess
+
+    from npcrepro.engine.results import Results
+
+    variables, threads = ENVIRONMENTS[env]
+    name = env.replace(" ", "-")
+    cmd = [sys.executable, __file__, "--one", env, "--chapters", chapter, "--profile", profile,
+           "--out-dir", out_dir, "--overrides", json.dumps(overrides)]
+    done = subprocess.run(cmd, env={**os.environ, **variables, "OMP_NUM_THREADS": str(threads)},
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{chapter} in environment {env!r} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return Results.open(done.stdout.strip().splitlines()[-1]), name
 
 
 def newest_run(runs: str, chapter: str, profile: str):
@@ -60,41 +117,50 @@ def newest_run(runs: str, chapter: str, profile: str):
     from npcrepro.engine.results import find_results
 
     found = [r for r in find_results(runs, profile, chapter) if r.params.get("data", "phantom") == "phantom"
-             and not any(k in r.path.name for k in ("openkbp", "real", "dryrun", "threads2"))]
+             and not any(k in r.path.name for k in ("openkbp", "real", "dryrun", "thread", "kernels", "reversed"))]
     return found[-1] if found else None
 
 
 def main(quick: bool = False, profile: str | None = None, chapters=None, out_dir: str | None = None,
-         against: str | None = None) -> dict:
+         against: str | None = None, environments=None) -> dict:
     profile = profile or ("smoke" if quick else "cpu")
     chapters = list(chapters or ["leaderboard"])
+    environments = list(environments or ENVIRONMENTS)
+    unknown = [e for e in environments if e not in ENVIRONMENTS]
+    if unknown:
+        raise SystemExit(f"unknown environment(s) {unknown} (valid: {', '.join(ENVIRONMENTS)})")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for chapter in chapters:
             t0 = time.perf_counter()
             kw = {"methods": ["unet_cet1", "mmfnet"]} if quick and chapter == "leaderboard" else {}
-            one = newest_run(against, chapter, profile) if against else None
-            if against and one is None:
-                print(f"{chapter}: no finished {profile} run under {against}; running both", flush=True)
-            one = one or run_chapter(chapter, profile, out_dir or tmp, 1, **kw)
-            two = run_chapter(chapter, profile, out_dir or tmp, 2, **kw)
-            for r in compare(one, two):
-                rows.append({"chapter": chapter, **r, "stable": r["difference"] <= TOLERANCE})
-            print(f"{chapter}: {time.perf_counter() - t0:.0f} s", flush=True)
-    _print(rows, profile)
-    return {"profile": profile, "tolerance": TOLERANCE, "rows": rows,
-            "max_difference": max((r["difference"] for r in rows), default=0.0)}
+            runs = {}
+            for env in environments:
+                old = newest_run(against, chapter, profile) if against and env == "1 thread" else None
+                if against and env == "1 thread" and old is None:
+                    print(f"{chapter}: no finished {profile} run under {against}; running it", flush=True)
+                runs[env] = old or run_environment(env, chapter, profile, out_dir or tmp, **kw)[0]
+                print(f"{chapter}, {env}: {time.perf_counter() - t0:.0f} s", flush=True)
+            rows += [{"chapter": chapter, **r} for r in compare(runs)]
+    _print(rows, profile, environments)
+    return {"profile": profile, "tolerance": TOLERANCE, "seed_spread": SEED_SPREAD, "environments": environments,
+            "rows": rows, "max_difference": max((r["environments differ"] for r in rows), default=0.0)}
 
 
-def _print(rows: list[dict], profile: str) -> None:
-    print(f"mean DSC with 1 and 2 torch threads per job ({profile} profile; stable: |difference| <= {TOLERANCE})")
-    print(f"  {'chapter':<12}{'method':<16}{'1 thread':>9}{'2 threads':>10}{'|diff|':>8}  stable")
+def _print(rows: list[dict], profile: str, environments) -> None:
+    print(f"mean DSC per environment ({profile} profile); stable: environments within {TOLERANCE}, seeds "
+          f"within {SEED_SPREAD}, no seed falling from half to full budget")
+    width = max(len(e) for e in environments) + 2
+    print(f"  {'chapter':<12}{'method':<16}" + "".join(f"{e:>{width}}" for e in environments)
+          + f"{'env diff':>10}{'seeds':>8}{'drop':>8}  stable")
     for r in rows:
-        print(f"  {r['chapter']:<12}{r['method']:<16}{r['one thread']:9.3f}{r['two threads']:10.3f}"
-              f"{r['difference']:8.3f}  {'yes' if r['stable'] else 'NO'}")
+        print(f"  {r['chapter']:<12}{r['method']:<16}" + "".join(f"{r[e]:>{width}.3f}" for e in environments)
+              + f"{r['environments differ']:10.3f}{r['seed spread']:8.3f}{r['largest drop']:8.3f}  "
+              + ("yes" if r["stable"] else "NO"))
     if rows:
         n = sum(r["stable"] for r in rows)
-        print(f"  {n}/{len(rows)} methods stable; largest difference {max(r['difference'] for r in rows):.3f}")
+        print(f"  {n}/{len(rows)} methods stable; largest difference between environments "
+              f"{max(r['environments differ'] for r in rows):.3f}")
 
 
 if __name__ == "__main__":
@@ -102,12 +168,21 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--chapters", nargs="*", default=None)
-    ap.add_argument("--out-dir", default=None, help="keep the two runs here (default: a temporary folder)")
+    ap.add_argument("--environments", nargs="*", default=None, help=f"of {', '.join(ENVIRONMENTS)} (default: all)")
+    ap.add_argument("--out-dir", default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--against", default=None, help="runs folder whose newest run of each chapter is the "
                                                     "one-thread run (e.g. the book's)")
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one environment, print its folder
+    ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    res = main(quick=a.quick, profile=a.profile, chapters=a.chapters, out_dir=a.out_dir, against=a.against)
+    if a.one:
+        res = run_chapter(a.chapters[0], a.profile, a.out_dir, ENVIRONMENTS[a.one][1],
+                          name=a.one.replace(" ", "-"), **json.loads(a.overrides))
+        print(res.path)
+        sys.exit(0)
+    res = main(quick=a.quick, profile=a.profile, chapters=a.chapters, out_dir=a.out_dir, against=a.against,
+               environments=a.environments)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -612,6 +612,8 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
                             results[(m.name, k, s)] = old
                         else:
                             todo.append(spec)
+        if os.environ.get("NPCREPRO_JOB_ORDER") == "reverse":  # the stability bench: does the order matter?
+            todo = todo[::-1]
         if max_jobs is not None:
             todo = todo[: max(0, max_jobs)]
         if kill_after_iterations is not None and todo:

@@ -1,0 +1,53 @@
+"""The stability benchmark's comparison of one chapter run in several environments (made here)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from npcrepro.engine.results import Results
+
+
+def _bench():
+    path = Path(__file__).parent.parent / "benchmarks" / "bench_stability.py"
+    spec = importlib.util.spec_from_file_location("bench_stability", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(folder: Path, dice: dict, half: dict) -> Results:
+    """A finished run of two methods, seeds 0 and 1, one case; ``dice``/``half``: (method, seed) -> DSC."""
+    folder.mkdir(parents=True)
+    methods = sorted({m for m, _ in dice})
+    (folder / "run.json").write_text(json.dumps({"chapter": "leaderboard", "status": "done",
+                                                 "methods": [{"name": m, "label": m} for m in methods]}))
+    (folder / "params.json").write_text("{}")
+    for name, table in (("metrics.csv", dice), ("metrics_half.csv", half)):
+        pd.DataFrame([{"method": m, "seed": s, "case": "p1", "structure": "GTVp", "fold": 0, "dice": d}
+                      for (m, s), d in table.items()]).to_csv(folder / name, index=False)
+    return Results.open(folder)
+
+
+def test_compare_reads_environments_seeds_and_half_budget(tmp_path):
+    bench = _bench()
+    assert set(bench.ENVIRONMENTS) == {"1 thread", "2 threads", "default kernels", "jobs reversed"}
+    assert bench.ENVIRONMENTS["default kernels"][0] == {"ATEN_CPU_CAPABILITY": "default"}
+    steady = {("a", 0): 0.80, ("a", 1): 0.84, ("b", 0): 0.90, ("b", 1): 0.70}
+    one = _run(tmp_path / "one", steady, steady)
+    # in the second environment a's mean moves by 0.06 (0.82 -> 0.88); b's seed 1 fell from 0.85
+    two = _run(tmp_path / "two", {("a", 0): 0.86, ("a", 1): 0.90, ("b", 0): 0.90, ("b", 1): 0.70},
+               {("a", 0): 0.86, ("a", 1): 0.90, ("b", 0): 0.90, ("b", 1): 0.85})
+    rows = {r["method"]: r for r in bench.compare({"1 thread": one, "2 threads": two})}
+    a, b = rows["a"], rows["b"]
+    assert (a["1 thread"], a["2 threads"]) == pytest.approx((0.82, 0.88))
+    assert a["environments differ"] == pytest.approx(0.06) and a["seed spread"] == pytest.approx(0.04)
+    assert not a["stable"]  # the environments differ by more than 0.05
+    assert b["environments differ"] == pytest.approx(0.0)
+    assert b["seed spread"] == pytest.approx(0.20) and b["largest drop"] == pytest.approx(0.15)
+    assert not b["stable"]
+    rows = {r["method"]: r for r in bench.compare({"1 thread": one})}
+    assert rows["a"]["stable"] and rows["a"]["largest drop"] == pytest.approx(0.0)
