@@ -36,7 +36,7 @@ def test_bad_arguments_fail_in_one_line(args, needle):
 def test_unknown_parameter_lists_valid_ones(capsys):
     assert main(["run", "li2018", "--profile", "smoke", "-p", "epochz", "3"]) == 2
     err = capsys.readouterr().err
-    assert "valid: profile, data, device, seed, out_dir" in err
+    assert "valid: profile, data, device, seed, cohort, out_dir" in err
 
 
 def _mini_root(tmp_path, extra_cell: str | None = None, *, name: str = "li2018",
