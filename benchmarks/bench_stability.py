@@ -101,14 +101,13 @@ def run_environment(env: str, chapter: str, profile: str, out_dir: str, **overri
     from npcrepro.engine.results import Results
 
     variables, threads = ENVIRONMENTS[env]
-    name = env.replace(" ", "-")
     cmd = [sys.executable, __file__, "--one", env, "--chapters", chapter, "--profile", profile,
            "--out-dir", out_dir, "--overrides", json.dumps(overrides)]
     done = subprocess.run(cmd, env={**os.environ, **variables, "OMP_NUM_THREADS": str(threads)},
                           capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{chapter} in environment {env!r} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return Results.open(done.stdout.strip().splitlines()[-1]), name
+    return Results.open(done.stdout.strip().splitlines()[-1])
 
 
 def newest_run(runs: str, chapter: str, profile: str):
@@ -139,7 +138,7 @@ def main(quick: bool = False, profile: str | None = None, chapters=None, out_dir
                 old = newest_run(against, chapter, profile) if against and env == "1 thread" else None
                 if against and env == "1 thread" and old is None:
                     print(f"{chapter}: no finished {profile} run under {against}; running it", flush=True)
-                runs[env] = old or run_environment(env, chapter, profile, out_dir or tmp, **kw)[0]
+                runs[env] = old or run_environment(env, chapter, profile, out_dir or tmp, **kw)
                 print(f"{chapter}, {env}: {time.perf_counter() - t0:.0f} s", flush=True)
             rows += [{"chapter": chapter, **r} for r in compare(runs)]
     _print(rows, profile, environments)

@@ -296,8 +296,7 @@ def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
         raise ParameterError(f"parameter 'data' must be 'phantom' or a dataset folder, got {values['data']!r}")
     if not isinstance(values["seed"], int) or isinstance(values["seed"], bool) or values["seed"] < 0:
         raise ParameterError(f"parameter 'seed' must be a non-negative int, got {values['seed']!r}")
-    if values["cohort"] not in COHORTS:
-        raise ParameterError(f"parameter 'cohort' must be one of {list(COHORTS)}, got {values['cohort']!r}")
+    first_patient(values)  # ParameterError for a cohort that does not exist
     values["device"] = str(resolve_device(values["device"]))
     values["out_dir"] = str(values["out_dir"])
     values["resume"] = str(values["resume"] or "")

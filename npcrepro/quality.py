@@ -102,15 +102,15 @@ def quality_summary(table: pd.DataFrame, convergence: pd.DataFrame, flags: pd.Da
 
     missed = table[~table["meets bar"].astype(bool)]
     named = set(tag(table[table["exception"] != ""]))
-    flagged_seeds = (flags[(flags["flag"] != "") & ~pd.Series(tag(flags), index=flags.index).isin(named)]
-                     if flags is not None and len(flags) else pd.DataFrame(columns=["chapter", "method"]))
+    flags = flags if flags is not None and len(flags) else pd.DataFrame(columns=["chapter", "method", "seed", "flag"])
+    flagged_seeds = flags[(flags["flag"] != "") & ~pd.Series(tag(flags), index=flags.index, dtype=object).isin(named)]
     conv = convergence.assign(tag=tag(convergence)) if len(convergence) else convergence.assign(tag=[])
     flagged = conv["converged"].fillna(False).astype(bool) if len(conv) else pd.Series(dtype=bool)
     kept = ~conv["tag"].isin(named) if len(conv) else pd.Series(dtype=bool)
     out = {"checked": int(len(table)), "misses": tag(missed[missed["exception"] == ""]),
            "excused": tag(missed[missed["exception"] != ""]),
            "collapses": [f"{t}, seed {s}: {why}" for t, s, why in
-                         zip(tag(flagged_seeds), flagged_seeds.get("seed", []), flagged_seeds.get("flag", []))],
+                         zip(tag(flagged_seeds), flagged_seeds["seed"], flagged_seeds["flag"])],
            "networks": int(len(conv)), "converged": int(flagged.sum()),
            "networks without exceptions": int(kept.sum()),
            "converged without exceptions": int(flagged[kept].sum())}

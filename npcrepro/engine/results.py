@@ -264,11 +264,13 @@ class Results:
         m = self.metrics
         if m is None or not len(m) or "dice" not in m:
             return pd.DataFrame(columns=columns)
+        m = m if "seed" in m else m.assign(seed=0)
         half = self.metrics_half
+        half = (half.groupby(["method", "seed"])["dice"].mean()
+                if half is not None and len(half) and "seed" in half else {})
         rows = []
-        for (name, seed), mine in m.groupby(["method", "seed"] if "seed" in m else ["method", m.index * 0]):
-            h = (half[(half["method"] == name) & (half["seed"] == seed)]["dice"].mean()
-                 if half is not None and len(half) and "seed" in half else float("nan"))
+        for (name, seed), mine in m.groupby(["method", "seed"]):
+            h = float(half.get((name, seed), float("nan")))
             full = float(mine["dice"].mean())
             off, n = _volume_off(mine, factor)
             why = []
