@@ -214,7 +214,12 @@ def read(path: str | os.PathLike) -> Volume:
         raise DataError(f"{p}: unsupported image format {suffix!r} "
                         f"(supported: {', '.join(SUPPORTED_SUFFIXES)}, or a DICOM folder)")
     if suffix in (".nii", ".nii.gz"):
-        _check_nifti(p, suffix)
+        voxels = _check_nifti(p, suffix)
+        if voxels is not None:  # a float NIfTI already decoded for the check: do not decode it again
+            geometry = read_header(p)
+            if int(np.prod(geometry.shape)) == voxels.size:
+                return Volume(voxels.reshape(geometry.shape), geometry.spacing, geometry.origin,
+                              geometry.direction)
     elif suffix in (".jpg", ".jpeg", ".png"):
         _check_picture(p, suffix)
     try:
@@ -249,12 +254,16 @@ def read_header(path: str | os.PathLike) -> Geometry:
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy dtype
 
 
-def _check_nifti(path: Path, suffix: str) -> None:
+def _check_nifti(path: Path, suffix: str) -> np.ndarray | None:
     """Refuse NIfTI-1 files that ITK would read as a silent wrong answer.
 
     - truncated data: ITK pads the missing voxels with garbage instead of failing;
     - NaN/inf in float data: ITK's NIfTI reader turns them into 0.
     NRRD and MHA readers fail (or keep NaN) on their own.
+
+    Returns the voxels of a 2D or 3D scalar float file without intensity scaling, which the check
+    has decoded anyway (flat, native byte order, the order ITK's array has), so that :func:`read`
+    does not decode a compressed file twice; None for any other file.
     """
     try:
         if suffix == ".nii.gz":
@@ -271,14 +280,14 @@ def _check_nifti(path: Path, suffix: str) -> None:
         if struct.unpack(endian + "i", header[:4])[0] == 348:
             break
     else:
-        return  # NIfTI-2 or not NIfTI at all: leave it to the reader
+        return None  # NIfTI-2 or not NIfTI at all: leave it to the reader
     dims = struct.unpack(endian + "8h", header[40:56])
     datatype = struct.unpack(endian + "h", header[70:72])[0]
     bitpix = struct.unpack(endian + "h", header[72:74])[0]
     vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
     ndim = dims[0]
     if not 1 <= ndim <= 7 or bitpix <= 0:
-        return
+        return None
     expected = vox_offset + int(np.prod([max(d, 1) for d in dims[1:ndim + 1]])) * bitpix // 8
     if suffix == ".nii":
         actual = path.stat().st_size
@@ -294,6 +303,11 @@ def _check_nifti(path: Path, suffix: str) -> None:
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
             raise DataError(f"{path}: {bad} NaN/inf intensities")
+        slope, inter = struct.unpack(endian + "2f", header[112:120])
+        intent = struct.unpack(endian + "h", header[68:70])[0]
+        if ndim in (2, 3) and slope in (0.0, 1.0) and inter == 0.0 and intent == 0:
+            return data.astype(data.dtype.newbyteorder("="))
+    return None
 
 
 def _check_picture(path: Path, suffix: str) -> None:

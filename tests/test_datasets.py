@@ -205,13 +205,29 @@ def test_undeclared_label_value(tmp_path):
         ds.load("c0")
 
 
-def test_non_binary_structure_mask(tmp_path):
+@pytest.mark.parametrize("dtype,value", [(None, None), (np.int16, -1), (np.uint8, 2), (np.float32, 0.5),
+                                         (np.float32, 1.0 + 1e-6)])
+def test_non_binary_structure_mask(tmp_path, dtype, value):
     ds = _write(tmp_path)
     path = ds.root / "structuresTr" / "c0" / "GTV.nii.gz"
     m = io.read(path)
-    io.write(m.with_array(m.array * 2), path)
+    if dtype is None:
+        arr = m.array * 2
+    else:
+        arr = m.array.astype(dtype)
+        arr[0, 0, 0] = value
+    io.write(m.with_array(arr), path)
     with pytest.raises(DataError, match="not binary"):
         ds.load("c0")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_binary_structure_mask_of_any_type_loads(tmp_path, dtype):
+    ds = _write(tmp_path)
+    path = ds.root / "structuresTr" / "c0" / "GTV.nii.gz"
+    m = io.read(path)
+    io.write(m.with_array(m.array.astype(dtype)), path)
+    np.testing.assert_array_equal(ds.load("c0").labels["GTV"], m.array.astype(bool))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

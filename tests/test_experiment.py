@@ -235,3 +235,43 @@ def test_half_budget_weights_of_a_part_load_into_that_part(tmp_path):
     assert _half_budget_model(None, None, twins, ctx) is None
     (tmp_path / "model_half.pt").unlink()
     assert _half_budget_model(None, None, net, ctx) is None
+
+
+class _SlowChapter(Chapter):
+    """Loading sleeps (as file reading does, without the GIL) and preparing depends on the case only."""
+
+    name = "slow_prepare"
+    cache_prepared = 0
+
+    def load(self, dataset, name, P):
+        import threading
+        import time
+
+        time.sleep(0.05)
+        if name == "bad":
+            from npcrepro.errors import DataError
+
+            raise DataError("case bad: corrupt")
+        return name, threading.current_thread().name
+
+    def prepare(self, case, P):
+        name, thread = case
+        return np.full(3, int(name[1:])), thread
+
+
+def test_a_jobs_cases_are_prepared_in_threads_with_the_serial_result(monkeypatch):
+    from npcrepro.engine import experiment as E
+    from npcrepro.errors import DataError
+
+    names = [f"c{i}" for i in range(12)]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    serial = E._prepare_cases(_SlowChapter(), None, names + names[:2], {})
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    threaded = E._prepare_cases(_SlowChapter(), None, names, {})
+    assert list(serial) == list(threaded) == names           # duplicates once, in the job's order
+    for n in names:
+        np.testing.assert_array_equal(serial[n][0], threaded[n][0])
+    assert {t for _, t in serial.values()} == {"MainThread"}
+    assert len({t for _, t in threaded.values()}) == 4        # four threads shared the work
+    with pytest.raises(DataError, match="case bad: corrupt"):
+        E._prepare_cases(_SlowChapter(), None, ["c1", "bad", "c2"], {})

@@ -221,3 +221,42 @@ def test_non_finite_values_never_become_zero(tmp_path, suffix):
     else:
         with pytest.raises(DataError, match="2 NaN/inf"):
             io.read(path)
+
+
+def _sitk_volume(path) -> io.Volume:
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path))
+    nd = img.GetDimension()
+    return io.Volume(sitk.GetArrayFromImage(img), tuple(reversed(img.GetSpacing())),
+                     tuple(reversed(img.GetOrigin())),
+                     np.asarray(img.GetDirection()).reshape(nd, nd)[::-1, ::-1])
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("dtype,shape", [(np.float32, (4, 6, 5)), (np.float64, (4, 6, 5)),
+                                         (np.float32, (6, 5)), (np.float32, (1, 6, 5))])
+def test_float_nifti_decoded_once_equals_simpleitk(tmp_path, suffix, dtype, shape):
+    """A float NIfTI is decoded by the NaN check and not again by ITK: voxels, dtype and grid must be
+    those SimpleITK reads."""
+    vol = _volume(dtype, shape) if len(shape) == 3 else io.Volume(
+        np.random.default_rng(1).normal(size=shape).astype(dtype), (0.5, 0.7), (1.0, 2.0))
+    path = io.write(vol, tmp_path / f"f{suffix}")
+    got, ref = io.read(path), _sitk_volume(path)
+    assert got.array.dtype == ref.array.dtype and got.array.flags.writeable
+    np.testing.assert_array_equal(got.array, ref.array)
+    _assert_same_geometry(got, ref)
+
+
+@pytest.mark.parametrize("slope,inter", [(2.0, 0.0), (1.0, 5.0)])
+def test_scaled_float_nifti_read_as_simpleitk_does(tmp_path, slope, inter):
+    """Intensity scaling in the header: left to ITK, so the voxels are ITK's scaled values."""
+    import struct
+
+    path = io.write(_volume(), tmp_path / "s.nii")
+    raw = bytearray(path.read_bytes())
+    raw[112:120] = struct.pack("<2f", slope, inter)
+    path.write_bytes(bytes(raw))
+    got, ref = io.read(path), _sitk_volume(path)
+    np.testing.assert_allclose(got.array, ref.array)
+    np.testing.assert_allclose(got.array, _volume().array * slope + inter, rtol=1e-5, atol=1e-4)

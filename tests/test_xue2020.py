@@ -184,6 +184,25 @@ def test_target_rules():
         X.xue_case(case)
 
 
+def test_retropharyngeal_nodes_match_scipy_centre_of_mass():
+    """The kept components are those whose scipy centre of mass lies within the distance, on
+    random node masks with components on both sides of the threshold."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        case = _case()
+        nd = ndimage.binary_dilation(rng.random(case.shape) > 0.995, iterations=1)
+        case.labels["GTVnd"] = nd
+        lab, n = ndimage.label(nd)
+        com = ndimage.center_of_mass(nd, lab, range(1, n + 1))
+        mid = X.midline_x(case)
+        ref = np.isin(lab, [i + 1 for i, c in enumerate(com) if abs(c[2] - mid) * case.spacing[2] < 20.0])
+        rp, n_rp, n_other = X.retropharyngeal_nodes(case, 20.0)
+        assert n > 5 and 0 < n_rp < n and n_rp + n_other == n
+        np.testing.assert_array_equal(rp, ref)
+
+
 def test_midline_from_cord_then_body():
     case = _case()
     assert X.midline_x(case) == pytest.approx(32.0)

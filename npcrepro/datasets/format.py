@@ -220,7 +220,7 @@ class Dataset:
                 vol = _ensure_3d(io.read(path), path)
                 io.check_same_geometry(ref_geometry, vol, f"{path} vs image")
                 arr = vol.array
-                if arr.dtype != bool and not np.isin(arr, (0, 1)).all():
+                if not _is_binary(arr):
                     raise DataError(f"{path}: structure mask is not binary "
                                     f"(values {np.unique(arr)[:8].tolist()})")
                 labels[s] = arr.astype(bool)
@@ -231,6 +231,16 @@ class Dataset:
                 if mask.any():
                     labels[s] = mask
         return labels
+
+
+def _is_binary(arr: np.ndarray) -> bool:
+    """Whether every value is 0 or 1 (a min/max pass for integers: ``np.isin`` took 0.13 s per
+    96 x 512 x 512 mask)."""
+    if arr.dtype == bool:
+        return True
+    if arr.dtype.kind in "ui":
+        return arr.size == 0 or (int(arr.min()) >= 0 and int(arr.max()) <= 1)
+    return bool(((arr == 0) | (arr == 1)).all())
 
 
 def _shown(value) -> str:
