@@ -194,7 +194,7 @@ def cmd_quality(args) -> int:
         raise ParameterError(f"no run folder {args.runs}")
     table = quality.quality_table(args.runs, args.profile)
     if table.empty:
-        raise ParameterError(f"no finished phantom run under {args.runs / args.profile}")
+        raise ParameterError(f"no finished run under {args.runs / args.profile}")
     s = quality.quality_summary(table, summary.convergence_table(args.runs, args.profile),
                                 summary.flags_table(args.runs, args.profile))
     with pd.option_context("display.max_colwidth", 60, "display.width", 250, "display.max_rows", 500):

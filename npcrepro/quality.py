@@ -1,7 +1,8 @@
 """The book's quality bars, read off its run folders: does every network find the tumour, reach the DSC
 bar of its input, and converge within its budget?
 
-The bars hold on the phantom's GTVp:
+The bars hold on the phantom's GTVp, and on the real-data tracks (the T2 slices, OpenKBP's CT) over
+the structures each track scores: a network that does not learn on real scans is a defect like any other.
 
 * every network predicts some tumour on at least one test patient;
 * a network that reads MRI reaches a mean DSC of at least :data:`BARS` ``["MRI"]`` (0.65), one that
@@ -17,7 +18,8 @@ A chapter may name methods that are expected to miss a bar, with the reason, in 
 their reason instead of failing; the converged share is given with and without them.
 
 ``npcrepro quality --runs runs --profile cpu`` prints the table and the summary and exits with 1 when
-a network that is not an exception misses a bar or collapses.
+a network that is not an exception misses a bar or collapses. A row's ``data`` says whether its number
+comes from the phantom or from real scans (the dataset's name).
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ CONVERGED_SHARE = 0.80
 #: Image channels that are CT; every other channel is MRI.
 CT_CHANNELS = frozenset({"CT", "CECT"})
 
-QUALITY_COLUMNS = ["chapter", "run", "method", "input", "test cases", "cases predicted empty", "dice",
-                   "bar", "meets bar", "exception"]
+QUALITY_COLUMNS = ["chapter", "run", "data", "method", "input", "structures", "test cases",
+                   "cases predicted empty", "dice", "bar", "meets bar", "exception"]
 
 
 def input_of(res, method: str) -> str:
@@ -59,19 +61,26 @@ def exceptions(chapter: str) -> dict[str, str]:
 
 
 def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") -> pd.DataFrame:
-    """One row per network of the newest phantom run of each chapter and run name under
-    ``<out_dir>/<profile>/``, scored on ``structure``: chapter, run name, method label, input (MRI/CT),
-    test cases, cases predicted empty, mean DSC (per case first, over folds and seeds, then over cases),
-    the bar, whether it meets it (and predicts something) and the chapter's reason where it names the
-    method an exception. Runs on other data (the OpenKBP tracks) have no phantom bar and are left out."""
+    """One row per network of the newest run of each chapter and run name under
+    ``<out_dir>/<profile>/``: chapter, run name, data ("phantom" or the real dataset's name), method
+    label, input (MRI/CT), the structures scored (``structure`` on the phantom; every structure a
+    real-data track scores, e.g. OpenKBP's organs or its PTV70), test cases, cases predicted empty,
+    mean DSC (per case first, over structures, folds and seeds, then over cases), the bar, whether it
+    meets it (and predicts something) and the chapter's reason where it names the method an
+    exception."""
     from npcrepro.summary import headline_of, newest_results
 
     rows = []
     for (chapter, name), res in newest_results(out_dir, profile).items():
         m = res.metrics
-        if res.data_label != "phantom" or not len(m) or structure not in set(m.get("structure", [])):
+        if not len(m) or "structure" not in m:
             continue
-        m = m[m["structure"] == structure]
+        data = data_name(res.data_label)
+        if data == "phantom":
+            m = m[m["structure"] == structure]
+            if not len(m):
+                continue
+        scored = ", ".join(sorted(set(m["structure"])))
         named = exceptions(chapter)
         for method in [k for k in res.methods if k in set(m["method"])]:
             mine = m[m["method"] == method]
@@ -80,12 +89,20 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
                      else mine.groupby("case")["dice"].mean() == 0)
             family = input_of(res, method)
             dice = h["mean"]
-            rows.append({"chapter": chapter, "run": name, "method": res.label(method), "input": family,
-                         "test cases": h["n"], "cases predicted empty": int(empty.sum()),
+            rows.append({"chapter": chapter, "run": name, "data": data, "method": res.label(method),
+                         "input": family, "structures": scored, "test cases": h["n"], "cases predicted empty": int(empty.sum()),
                          "dice": dice, "bar": BARS[family],
                          "meets bar": bool(dice >= BARS[family] and not empty.all()),
                          "exception": named.get(method, "")})
-    return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    # the phantom's rows first, then the real-data tracks (each group in the runs' order)
+    return table.sort_values("data", key=lambda d: d != "phantom", kind="stable").reset_index(drop=True)
+
+
+def data_name(label: str) -> str:
+    """A run's data label as a row names it: "phantom", a dataset's own label, or a folder's name."""
+    label = str(label or "")
+    return Path(label).name if ("/" in label or "\\" in label) else (label or "unknown data")
 
 
 def quality_summary(table: pd.DataFrame, convergence: pd.DataFrame, flags: pd.DataFrame | None = None) -> dict:
@@ -100,6 +117,9 @@ def quality_summary(table: pd.DataFrame, convergence: pd.DataFrame, flags: pd.Da
     def tag(df):
         return [f"{c} / {m}" for c, m in zip(df["chapter"], df["method"])]
 
+    def where(df):  # a real-data row names its data: the same network may pass on the phantom
+        return [t if d == "phantom" else f"{t} on {d}" for t, d in zip(tag(df), df["data"])]
+
     missed = table[~table["meets bar"].astype(bool)]
     named = set(tag(table[table["exception"] != ""]))
     flags = flags if flags is not None and len(flags) else pd.DataFrame(columns=["chapter", "method", "seed", "flag"])
@@ -107,8 +127,8 @@ def quality_summary(table: pd.DataFrame, convergence: pd.DataFrame, flags: pd.Da
     conv = convergence.assign(tag=tag(convergence)) if len(convergence) else convergence.assign(tag=[])
     flagged = conv["converged"].fillna(False).astype(bool) if len(conv) else pd.Series(dtype=bool)
     kept = ~conv["tag"].isin(named) if len(conv) else pd.Series(dtype=bool)
-    out = {"checked": int(len(table)), "misses": tag(missed[missed["exception"] == ""]),
-           "excused": tag(missed[missed["exception"] != ""]),
+    out = {"checked": int(len(table)), "misses": where(missed[missed["exception"] == ""]),
+           "excused": where(missed[missed["exception"] != ""]),
            "collapses": [f"{t}, seed {s}: {why}" for t, s, why in
                          zip(tag(flagged_seeds), flagged_seeds["seed"], flagged_seeds["flag"])],
            "networks": int(len(conv)), "converged": int(flagged.sum()),
@@ -124,7 +144,7 @@ def summary_lines(s: dict) -> list[str]:
         return f"{k} of {n} ({k / n:.0%})" if n else "0 of 0"
 
     if not s["checked"]:
-        return ["bars: no finished phantom run to check"]
+        return ["bars: no finished run to check"]
     target = f"target {CONVERGED_SHARE:.0%}"
     lines = ["bars: " + ("every network that is not a named exception meets its bar" if not s["misses"]
                          else "missed by " + "; ".join(s["misses"]))]

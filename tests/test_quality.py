@@ -43,7 +43,7 @@ def runs(tmp_path):
     _run(tmp_path, "li2018", "20260101-000000-cv", {"working": {}, "faithful": {}},
          [("working", 0, "p1", 0.9, False), ("faithful", 0, "p1", 0.0, True),
           ("faithful", 0, "p2", 0.0, True)], channels=[])
-    # a real-data track has no phantom bar
+    # a real-data track is held to the bar of its input: a CT network at 0.1 on OpenKBP misses it
     _run(tmp_path, "xue2020", "20260101-000000-openkbp", {"unet": {}}, [("unet", 0, "k1", 0.1, False)],
          channels=["CT"], data_label="OpenKBP CT (1 patient)")
     return tmp_path
@@ -51,7 +51,13 @@ def runs(tmp_path):
 
 def test_table_reads_inputs_means_and_empty_cases(runs):
     t = quality.quality_table(runs, "cpu").set_index(["chapter", "method"])
-    assert len(t) == 5 and "xue2020" not in t.index.get_level_values(0)
+    assert len(t) == 6
+    real = t.loc[("xue2020", "Unet")]
+    assert (real["data"], real["input"], real["structures"], real["test cases"]) == (
+        "OpenKBP CT (1 patient)", "CT", "GTVp", 1)
+    assert real["dice"] == pytest.approx(0.1) and not real["meets bar"]
+    assert set(t.drop(index=("xue2020", "Unet"))["data"]) == {"phantom"}
+    t = t.drop(index=("xue2020", "Unet"))
     assert t.loc[("template", "Unet"), "dice"] == pytest.approx(0.7)
     assert t.loc[("template", "Unet"), "test cases"] == 2
     assert t["input"].to_dict() == {("template", "Unet"): "MRI", ("leaderboard", "Ct_Net"): "CT",
@@ -68,14 +74,15 @@ def test_summary_separates_misses_from_named_exceptions(runs):
     t = quality.quality_table(runs, "cpu")
     conv = summary.convergence_table(runs, "cpu")
     s = quality.quality_summary(t, conv)
-    assert s["misses"] == ["leaderboard / Mr_Net"] and not s["passed"]
+    assert s["misses"] == ["leaderboard / Mr_Net", "xue2020 / Unet on OpenKBP CT (1 patient)"]
+    assert not s["passed"]
     assert s["excused"] == ["li2018 / Faithful"]
     # 6 networks (the real-data one included); converged: template, mr_net, working, openkbp unet
     # (ct_net moved 0.15; faithful finds nothing)
     assert (s["networks"], s["converged"]) == (6, 4)
     assert (s["networks without exceptions"], s["converged without exceptions"]) == (5, 4)
     lines = quality.summary_lines(s)
-    assert lines[0] == "bars: missed by leaderboard / Mr_Net"
+    assert lines[0] == "bars: missed by leaderboard / Mr_Net; xue2020 / Unet on OpenKBP CT (1 patient)"
     assert "4 of 6 (67%)" in lines[-1] and "4 of 5 (80%) without the named exceptions" in lines[-1]
 
 
@@ -95,11 +102,11 @@ def test_cli_exit_status_follows_the_bars(runs, tmp_path, capsys):
     _run(ok, "template", "20260101-000000-unet2d", {"unet": {}}, [("unet", 0, "p1", 0.9, False)], channels=["T1"])
     assert main(["quality", "--runs", str(ok)]) == 0
     empty = quality.quality_summary(quality.quality_table(tmp_path / "absent", "cpu"), pd.DataFrame())
-    assert quality.summary_lines(empty) == ["bars: no finished phantom run to check"]
+    assert quality.summary_lines(empty) == ["bars: no finished run to check"]
     assert main(["quality", "--runs", str(tmp_path / "absent")]) == 2
     assert "no run folder" in capsys.readouterr().err
     assert main(["quality", "--runs", str(ok), "--profile", "gpu"]) == 2
-    assert "no finished phantom run" in capsys.readouterr().err
+    assert "no finished run" in capsys.readouterr().err
 
 
 def _collapsing_run(root, volumes=((1.0, 1.0), (1.0, 1.0))):
@@ -182,3 +189,24 @@ def test_li2018_names_its_printed_recipes_and_their_reasons_hold():
         faithful = M.build_model("faithful", 0.25, init_std=0.01)(x)
     assert float(printed.abs().max()) > 1e6
     assert float(faithful.abs().max()) < 0.1
+
+
+def test_a_real_track_scores_every_structure_it_has_and_names_its_folder(tmp_path):
+    """OpenKBP's organs: the DSC per patient is the mean over its structures, then over patients; a
+    data label that is a path is named by its folder."""
+    p = tmp_path / "cpu" / "luo2020" / "20260101-000000-openkbp"
+    p.mkdir(parents=True)
+    (p / "run.json").write_text(json.dumps({"chapter": "luo2020", "status": "done", "channels": ["CT"],
+                                            "data_label": "/data/cache/openkbp-subset",
+                                            "methods": [{"name": "unet", "label": "U-Net", "info": {}}]}))
+    (p / "params.json").write_text("{}")
+    rows = [("k1", "Brainstem", 0.8), ("k1", "SpinalCord", 0.6), ("k2", "Brainstem", 0.2)]
+    df = pd.DataFrame([dict(method="unet", seed=0, fold=0, case=c, structure=s, dice=d, pred_empty=False)
+                       for c, s, d in rows])
+    df.to_csv(p / "metrics.csv", index=False)
+    df.to_csv(p / "metrics_half.csv", index=False)
+    t = quality.quality_table(tmp_path, "cpu")
+    assert t.loc[0, "data"] == "openkbp-subset" and t.loc[0, "structures"] == "Brainstem, SpinalCord"
+    assert t.loc[0, "dice"] == pytest.approx((0.7 + 0.2) / 2) and t.loc[0, "bar"] == 0.50
+    assert quality.quality_summary(t, summary.convergence_table(tmp_path, "cpu"))["misses"] == [
+        "luo2020 / U-Net on openkbp-subset"]
