@@ -269,7 +269,7 @@ def test_dataset_items_are_zscored():
 def test_parameters_validation():
     from npcrepro import profiles
 
-    assert profiles.resolve("li2018", "cpu").n_cases == 12
+    assert profiles.resolve("li2018", "cpu").n_cases == 29
     assert profiles.resolve("li2018", "gpu").cv == "loocv" and profiles.resolve("li2018", "gpu").n_cases == 29
     assert profiles.resolve("li2018", "cpu", n_cases=6, k=3).k == 3
     assert profiles.resolve("li2018", "cpu", iterations=[5, 1, 1]).iterations == [5, 1, 1]
