@@ -90,7 +90,8 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
             family = input_of(res, method)
             dice = h["mean"]
             rows.append({"chapter": chapter, "run": name, "data": data, "method": res.label(method),
-                         "input": family, "structures": scored, "test cases": h["n"], "cases predicted empty": int(empty.sum()),
+                         "input": family, "structures": scored, "test cases": h["n"],
+                         "cases predicted empty": int(empty.sum()),
                          "dice": dice, "bar": BARS[family],
                          "meets bar": bool(dice >= BARS[family] and not empty.all()),
                          "exception": named.get(method, "")})
