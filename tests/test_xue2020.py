@@ -289,7 +289,8 @@ def test_output_prior_initialisation():
 
 
 def test_split_sizes_scale_down():
-    P = profiles.resolve("xue2020", "cpu")
+    P = profiles.resolve("xue2020", "cpu", n_cases=20, n_val=3, n_test=5)
+    assert X.split_sizes(40, P) == (5, 3)                     # enough cases: the profile's sizes
     assert X.split_sizes(20, P) == (5, 3)
     assert X.split_sizes(8, P) == (2, 1)
     assert X.split_sizes(3, P) == (1, 1)
@@ -395,7 +396,8 @@ def test_prepared_case_leaves_the_source_alone_and_methods_are_the_two_networks(
     assert [(m.name, m.label) for m in M.CHAPTER.methods(P)] == [("deeplabv3plus", "DeepLabv3+"),
                                                                   ("unet", "U-Net")]
     folds = M.CHAPTER.folds([f"c{i}" for i in range(8)], profiles.resolve("xue2020", "cpu"))
-    assert len(folds) == 1 and (len(folds[0].test), len(folds[0].val)) == (2, 1)
+    # 8 cases for the cpu profile's 40: test and validation in its proportions (20 / 40 and 5 / 40 of 8)
+    assert len(folds) == 1 and (len(folds[0].test), len(folds[0].val)) == (4, 1)
 
 
 def test_real_params_switch_to_the_openkbp_track():
