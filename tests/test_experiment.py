@@ -275,3 +275,14 @@ def test_a_jobs_cases_are_prepared_in_threads_with_the_serial_result(monkeypatch
     assert len({t for _, t in threaded.values()}) == 4        # four threads shared the work
     with pytest.raises(DataError, match="case bad: corrupt"):
         E._prepare_cases(_SlowChapter(), None, ["c1", "bad", "c2"], {})
+
+
+def test_a_real_dataset_handed_to_a_phantom_run_is_not_labelled_phantom(tmp_path):
+    """xue2020's OpenKBP track runs with P.data == "phantom" and its dataset passed in: the run must
+    name that dataset (the quality bars tell phantom from real data by it)."""
+    P = _params(tmp_path, n_val=0)
+    ds = profiles.load_data(P)
+    assert run_experiment("test_experiment", P, progress=False, dataset=ds).data_label == "phantom"
+    ds.source = "openkbp"
+    res = run_experiment("test_experiment", P, name="real", progress=False, dataset=ds)
+    assert res.data_label == str(ds.root) and res.data_label != "phantom"

@@ -605,7 +605,9 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     waves = _waves(chosen)
     params = dict(P)
     params["data"] = str(getattr(ds, "root", P["data"]))
-    label = data_label or ("phantom" if P["data"] == "phantom" else params["data"])
+    # a dataset handed in (a real-data track of a phantom chapter) names itself, not P.data
+    phantom = P["data"] == "phantom" and getattr(ds, "source", "phantom") == "phantom"
+    label = data_label or ("phantom" if phantom else params["data"])
     rf = RunFolder.from_params(P, name, paper=chapter.name)
     cases = chapter.cases(ds, P)
     split_file = rf.path / "splits.json"
