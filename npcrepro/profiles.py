@@ -88,7 +88,8 @@ _LABEL_OR_PATH = ("run",)
 #: chapter writes anything.
 RANGES: dict[str, tuple[float | None, float | None]] = {
     # fractions and probabilities
-    "background_fraction": (0, 1), "fg_prob": (0, 1), "val_fraction": (0, 1), "overlap": (0, 0.99),
+    "background_fraction": (0, 1), "fg_prob": (0, 1), "negative_prob": (0, 1), "val_fraction": (0, 1),
+    "overlap": (0, 0.99),
     "threshold": (0, 1), "fusion_weight": (0, 1), "focal_alpha": (0, 1), "beta": (0, 1),
     "prior": (0, 1), "lr_gamma": (0, 1), "lr_factor": (0, 1),
     # 0 means "none": no augmentation, no warm-up, no validation, skip the faithful mode

@@ -23,6 +23,7 @@ from npcrepro.engine.dispatch import Job, run_jobs
 from npcrepro.engine.inference import window_starts
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import build
+from npcrepro import transforms as T
 from npcrepro.transforms import Augment
 
 
@@ -1025,3 +1026,69 @@ def test_environment_reads_package_versions_without_importing_them():
             "print(e['monai'], e['scipy'], e['SimpleITK'], 'monai' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [version("monai"), version("scipy"), version("SimpleITK"), "False"]
+
+
+# ----------------------------------------------------------------------------- hard negatives
+def _case_with_node(seed: int = 0) -> Case:
+    """A 'tumour' blob and a 'node' blob far from it (the node: a hard negative, never a target)."""
+    case = blob_case(seed, shape=(8, 48, 48))
+    node = np.zeros(case.shape, bool)
+    node[2:6, 38:44, 38:44] = True
+    tumour = case.labels["GTVp"] & ~np.pad(np.ones((8, 12, 12), bool), ((0, 0), (36, 0), (36, 0)))
+    return Case(case.name, case.images, {"GTVp": tumour, "GTVnd": node}, case.spacing)
+
+
+def _holds(box, mask) -> bool:
+    return bool(T.crop(mask, box).any())
+
+
+@pytest.mark.parametrize("dims", ["2d", "3d"])
+def test_hard_negatives_place_the_other_samples_on_the_named_structure(dims):
+    """With fg_prob 0 and negative_prob 1 every training sample holds a node voxel (and never one
+    drawn from nowhere); with negative_prob 0 the draws are those of a dataset without negatives."""
+    case = _case_with_node()
+    node = case.labels["GTVnd"]
+    if dims == "3d":
+        ds = PatchDataset([case], ["T1"], ["GTVp"], (4, 8, 8), samples_per_case=50, fg_prob=0.0,
+                          negatives=["GTVnd"], negative_prob=1.0)
+        boxes = [ds._plan(i, np.random.default_rng(i))[1] for i in range(50)]
+        assert all(_holds(b, node) for b in boxes)
+        plain = PatchDataset([case], ["T1"], ["GTVp"], (4, 8, 8), samples_per_case=50, fg_prob=0.3)
+        same = PatchDataset([case], ["T1"], ["GTVp"], (4, 8, 8), samples_per_case=50, fg_prob=0.3,
+                            negatives=["GTVnd"], negative_prob=0.0)
+        assert [plain._plan(i, np.random.default_rng(i)) for i in range(50)] == \
+               [same._plan(i, np.random.default_rng(i)) for i in range(50)]
+    else:
+        ds = SliceDataset([case], ["T1"], ["GTVp"], slices="all", size=(16, 16), random_crop=True,
+                          crop_fg_prob=0.0, negatives=["GTVnd"], negative_prob=1.0)
+        for i, (_, z) in enumerate(ds.items):
+            box = ds._box(i, np.random.default_rng(i))
+            if node[z].any():
+                assert _holds(box, node[z])
+        plain = SliceDataset([case], ["T1"], ["GTVp"], slices="all", size=(16, 16), random_crop=True)
+        same = SliceDataset([case], ["T1"], ["GTVp"], slices="all", size=(16, 16), random_crop=True,
+                            negatives=["GTVnd"], negative_prob=0.0)
+        assert [plain._box(i, np.random.default_rng(i)) for i in range(len(plain))] == \
+               [same._box(i, np.random.default_rng(i)) for i in range(len(same))]
+
+
+def test_hard_negatives_share_and_refusals():
+    """negative_prob is the share of all samples placed on a negative (fg_prob of them on tumour);
+    a target named as a hard negative, or a share outside [0, 1], is refused in one line; a patient
+    without the structure gets uniform samples."""
+    case = _case_with_node(1)
+    ds = PatchDataset([case], ["T1"], ["GTVp"], (4, 8, 8), samples_per_case=1, fg_prob=0.25,
+                      negatives=["GTVnd"], negative_prob=0.5)
+    plain = PatchDataset([case], ["T1"], ["GTVp"], (4, 8, 8), samples_per_case=1, fg_prob=0.25)
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    share = np.mean([_holds(ds._plan(0, rng_a)[1], case.labels["GTVnd"]) for _ in range(2000)])
+    base = np.mean([_holds(plain._plan(0, rng_b)[1], case.labels["GTVnd"]) for _ in range(2000)])
+    assert base < 0.2 and abs(share - (0.5 + 0.25 * base)) < 0.05  # negatives, plus uniform boxes that hit
+    with pytest.raises(ParameterError, match="both a target and a hard negative"):
+        PatchDataset([case], ["T1"], ["GTVp"], (4, 8, 8), negatives=["GTVp"], negative_prob=0.5)
+    with pytest.raises(ParameterError, match="negative_prob"):
+        SliceDataset([case], ["T1"], ["GTVp"], negatives=["GTVnd"], negative_prob=1.5)
+    bare = Case("bare", case.images, {"GTVp": case.labels["GTVp"]}, case.spacing)
+    ds = PatchDataset([bare], ["T1"], ["GTVp"], (4, 8, 8), fg_prob=0.0, negatives=["GTVnd"], negative_prob=1.0)
+    assert ds.negatives == [None]
+    ds._plan(0, np.random.default_rng(0))  # uniform, no error

@@ -127,6 +127,32 @@ class _Base(torch.utils.data.Dataset):
                 torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)))
 
 
+def _check_negatives(negatives: Sequence[str], negative_prob: float, structures: Sequence[str]) -> float:
+    """``negative_prob`` as a float, after checking that the hard-negative structures are not targets."""
+    both = sorted(set(negatives) & set(structures))
+    if both:
+        raise ParameterError(f"structure(s) {both} cannot be both a target and a hard negative")
+    if not 0.0 <= float(negative_prob) <= 1.0:
+        raise ParameterError(f"negative_prob must lie in [0, 1], got {negative_prob}")
+    return float(negative_prob) if negatives else 0.0
+
+
+def _negative_mask(case, negatives: Sequence[str]) -> np.ndarray | None:
+    """(z, y, x) bool union of the case's ``negatives`` structures; None when it has none of them (or
+    none are asked for): a patient without nodes has no hard negatives to place a sample on."""
+    masks = [np.asarray(case.labels[s], bool) for s in negatives if s in case.labels]
+    masks = [m for m in masks if m.any()]
+    if not masks:
+        return None
+    return np.logical_or.reduce(masks) if len(masks) > 1 else masks[0]
+
+
+def _negative_draw(shape, size, rng: np.random.Generator, flat: np.ndarray) -> T.Box:
+    """A box of ``size`` holding a random voxel of ``flat`` (flat indices of a hard-negative mask)
+    at a random position of the box, or a uniformly placed box when ``flat`` is empty."""
+    return T.random_box(shape, size, rng, center_flat=flat if len(flat) else None, centred=False)
+
+
 class SliceDataset(_Base):
     """Axial 2D slices of cases.
 
@@ -143,6 +169,11 @@ class SliceDataset(_Base):
         Crop/pad every slice to this size (centred; with ``random_crop`` a random window during
         training, centred on a random target pixel with probability ``crop_fg_prob``). Needed when
         cases differ in size; smaller crops make training cheaper (inference still sees whole slices).
+    negatives, negative_prob : sequence of str, float
+        Hard negatives: with probability ``negative_prob`` a training crop that is not placed on the
+        target is placed on a random pixel of one of the ``negatives`` structures (e.g. the nodes,
+        GTVnd, for a primary-tumour target), where the slice shows one; the crop is then placed at
+        random around it (see :func:`_negative_draw`).
     context : int
         Neighbouring slices on each side stacked as extra channels (2.5D).
     normalise : see :func:`prepare_case`
@@ -158,10 +189,12 @@ class SliceDataset(_Base):
                  slices="labelled", background_fraction: float = 0.0, size: Sequence[int] | None = None,
                  random_crop: bool = False, crop_fg_prob: float = 0.5, context: int = 0,
                  normalise="zscore", augment: Callable | None = None, seed: int = 0,
-                 sampling: str = "uniform"):
+                 sampling: str = "uniform", negatives: Sequence[str] = (), negative_prob: float = 0.0):
         if sampling not in ("uniform", "cover"):
             raise ParameterError(f"sampling must be 'uniform' or 'cover', got {sampling!r}")
         self.channels, self.structures = list(channels), list(structures)
+        self.negative_prob = _check_negatives(negatives, negative_prob, self.structures)
+        self.negatives: list[np.ndarray | None] = []
         self.size = tuple(size) if size is not None else None
         self.random_crop, self.crop_fg_prob = random_crop, float(crop_fg_prob)
         self.context, self.augment = int(context), augment
@@ -175,6 +208,8 @@ class SliceDataset(_Base):
             self.names.append(case.name)
             self.images.append(image)
             self.targets.append(target)
+            neg = _negative_mask(case, negatives)
+            self.negatives.append(None if neg is None else np.flatnonzero(neg))
             nz = image.shape[1]
             if callable(slices):
                 idx = np.asarray(slices(case), int)
@@ -224,8 +259,15 @@ class SliceDataset(_Base):
         ci, z = self.items[index]
         shape = self.images[ci].shape[2:]
         if self.random_crop and rng is not None:
-            fg = self._fg_flat(index) if rng.random() < self.crop_fg_prob else None
-            return T.random_box(shape, self.size, rng, center_flat=fg)
+            u = rng.random()
+            if u < self.crop_fg_prob:
+                return T.random_box(shape, self.size, rng, center_flat=self._fg_flat(index))
+            neg = self.negatives[ci]
+            if neg is not None and u < self.crop_fg_prob + self.negative_prob:
+                plane = shape[0] * shape[1]
+                here = neg[(neg >= z * plane) & (neg < (z + 1) * plane)] - z * plane
+                return _negative_draw(shape, self.size, rng, here)
+            return T.random_box(shape, self.size, rng)
         return self._centre_box(shape)
 
     def _fg_flat(self, index: int) -> np.ndarray:
@@ -266,26 +308,33 @@ class PatchDataset(_Base):
     (``centred=False``, the default), or at its centre (``centred=True``): a network trained on
     centred patches learns that tumour lies at the centre of its input, and where a sliding window
     shows it nothing to go by (the air around the head) it may find tumour at the centre of every
-    window (see :func:`npcrepro.transforms.random_box`). Without an rng (``dataset[i]``), patch ``i``
-    is drawn with ``item_rng(i)`` so validation patches are fixed.
+    window (see :func:`npcrepro.transforms.random_box`). With probability ``negative_prob`` a patch
+    not placed on the target holds a random voxel of one of the ``negatives`` structures instead
+    (hard negatives, see :class:`SliceDataset`). Without an rng (``dataset[i]``), patch ``i`` is drawn
+    with ``item_rng(i)`` so validation patches are fixed.
     """
 
     def __init__(self, cases: Sequence, channels: Sequence[str], structures: Sequence[str],
                  patch_size: Sequence[int], *, samples_per_case: int = 4, fg_prob: float = 0.5,
-                 normalise="zscore", augment: Callable | None = None, centred: bool = False):
+                 normalise="zscore", augment: Callable | None = None, centred: bool = False,
+                 negatives: Sequence[str] = (), negative_prob: float = 0.0):
         self.channels, self.structures = list(channels), list(structures)
+        self.negative_prob = _check_negatives(negatives, negative_prob, self.structures)
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) != 3:
             raise ParameterError(f"patch_size must have 3 entries (z, y, x), got {patch_size}")
         self.samples_per_case, self.fg_prob, self.augment = int(samples_per_case), float(fg_prob), augment
         self.centred = bool(centred)
         self.names, self.images, self.targets, self.fg = [], [], [], []
+        self.negatives: list[np.ndarray | None] = []
         for case in cases:
             image, target = prepare_case(case, self.channels, self.structures, normalise=normalise)
             self.names.append(case.name)
             self.images.append(image)
             self.targets.append(target)
             self.fg.append(target.any(axis=0))
+            neg = _negative_mask(case, negatives)
+            self.negatives.append(None if neg is None else np.flatnonzero(neg))
         if not self.images:
             raise DataError("PatchDataset: no cases")
 
@@ -301,9 +350,11 @@ class PatchDataset(_Base):
         generator (validation); the one place both the item path and device batches take it from."""
         ci = index // self.samples_per_case
         draw = rng if rng is not None else item_rng(0, 104729, index)
-        fg = self._fg_flat(ci) if draw.random() < self.fg_prob else None
-        return ci, T.random_box(self.images[ci].shape[1:], self.patch_size, draw, center_flat=fg,
-                                centred=self.centred)
+        shape, u, neg = self.images[ci].shape[1:], draw.random(), self.negatives[ci]
+        if neg is not None and self.fg_prob <= u < self.fg_prob + self.negative_prob:
+            return ci, _negative_draw(shape, self.patch_size, draw, neg)
+        fg = self._fg_flat(ci) if u < self.fg_prob else None
+        return ci, T.random_box(shape, self.patch_size, draw, center_flat=fg, centred=self.centred)
 
     def _fg_flat(self, ci: int) -> np.ndarray:
         cache = self.__dict__.setdefault("_fg_cache", {})

@@ -20,9 +20,9 @@ PROFILES = {
         lr_finetune=1e-4, k_folds=3, max_folds=1, patch_size=9, patch_batch_size=16,
         patch_samples_per_case=32, methods=CORE_ROWS, threads=1, amp=False),
     "cpu": dict(
-        _COMMON, n_cases=16, phantom_preset="cpu", spacing_xy=2.6667, crop=[16, 48, 48], offset=[4, 6, 6],
+        _COMMON, n_cases=40, phantom_preset="cpu", spacing_xy=2.6667, crop=[16, 48, 48], offset=[4, 6, 6],
         width=0.5, batch_size=4, iterations_per_epoch=10, epochs=56, warmup_epochs=8, patience=10,
-        lr=2e-3, lr_finetune=2e-3, k_folds=4, max_folds=1, patch_size=9, patch_batch_size=64,
+        lr=2e-3, lr_finetune=2e-3, k_folds=2, max_folds=1, patch_size=9, patch_batch_size=64,
         patch_samples_per_case=256, methods=CORE_ROWS, threads=1, amp=False),
     "gpu": dict(
         _COMMON, n_cases=149, phantom_preset="gpu", spacing_xy=0.5, crop=[16, 256, 256], offset=[4, 32, 32],

@@ -24,7 +24,7 @@ PROFILES = {
                   iterations=4, lr=1e-2, sampling="cover", infer_batch=16, real_cases=0, real_iterations=0,
                   real_image_size=[64, 64], threads=1, split_audit_folds=1, coord_channel=True,
                   skip_structures=_SMALL),
-    "cpu": dict(_COMMON, n_cases=20, max_folds=1, image_size=[96, 80], stage1_widths=[8, 16, 32, 64, 64],
+    "cpu": dict(_COMMON, n_cases=40, k_folds=2, max_folds=1, image_size=[96, 80], stage1_widths=[8, 16, 32, 64, 64],
                 stage2_widths=[8, 16, 32], fcn_widths=[8, 16, 32, 64, 64], fcn_channels=64, batch_size=8,
                 iterations=2000, lr=1e-2, sampling="cover", infer_batch=32, real_cases=6, real_iterations=100,
                 real_image_size=[64, 64], threads=1, split_audit_folds=1, coord_channel=True,

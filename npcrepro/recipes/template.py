@@ -7,7 +7,7 @@ _COMMON = dict(structure="GTVp", n_val=1, threshold=0.5, seeds=1, workers=1, thr
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=4, n_test=1, channel="T1", widths=[8, 16, 32], batch_size=8,
                   iterations=40, eval_every=20, lr=1e-2, image_size=None),
-    "cpu": dict(_COMMON, n_cases=10, n_test=3, channel="T1", widths=[8, 16, 32, 64], batch_size=8,
+    "cpu": dict(_COMMON, n_cases=40, n_test=20, channel="T1", widths=[8, 16, 32, 64], batch_size=8,
                 iterations=2400, eval_every=100, lr=2e-3, image_size=[64, 64]),
     "gpu": dict(_COMMON, n_cases=40, n_test=8, channel="T1", widths=[32, 64, 128, 256, 512],
                 batch_size=16, iterations=5000, eval_every=250, lr=1e-3, image_size=None),

@@ -18,7 +18,9 @@ inputs only:
   cross-entropy on the final output (averaged over deep-supervision outputs where a network has them:
   luo2020's two stages, li2018's three score maps, each against the target averaged to its grid),
   2D methods on random ``crop_2d`` crops of axial slices (tumour slices plus half as many others), 3D
-  methods on random ``patch_3d`` patches (half centred on tumour);
+  methods on random ``patch_3d`` patches (``fg_prob`` holding a tumour voxel); of the others,
+  ``negative_prob`` of all samples are placed on a hard-negative structure (``negatives``: the nodes,
+  which enhance like the tumour), the rest at random;
 * inference: Gaussian sliding window over the whole volume with the training crop (2D, slice by
   slice) or patch (3D), overlap ``overlap``: a network trained on crops is tested on inputs of that
   size (DeepLabv3+'s image pooling and atrous rates otherwise meet a feature map they never saw);

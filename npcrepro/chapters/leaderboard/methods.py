@@ -185,7 +185,8 @@ class Leaderboard(Chapter):
 
     def load(self, dataset, name, P):
         need = sorted(set(self.channels_for(P)) & set(dataset.channels))
-        return dataset.load(name, channels=need, structures=[str(P["structure"])])
+        # the hard negatives are read to place training samples on, never scored
+        return dataset.load(name, channels=need, structures=[str(P["structure"]), *(P.get("negatives") or ())])
 
     def build(self, method, P):
         return network(BY_KEY[method.name], float(P["width"]), str(P["profile"]))

@@ -31,7 +31,8 @@ def samples(cases, channels: Sequence[str], P: Mapping[str, Any], dims: str, see
     """Training samples of the common protocol: 2D random ``crop_2d`` crops of tumour slices plus
     ``background_fraction`` as many others; 3D random ``patch_3d`` patches, ``fg_prob`` of them
     holding a tumour voxel at a random position of the patch, not at its centre
-    (:class:`~npcrepro.engine.data.PatchDataset`)."""
+    (:class:`~npcrepro.engine.data.PatchDataset`). In both, ``negative_prob`` of the samples hold a
+    voxel of a ``negatives`` structure (hard negatives, e.g. the nodes) where the patient has one."""
     from npcrepro.engine import PatchDataset, SliceDataset
 
     structure = [str(P["structure"])]
@@ -40,10 +41,13 @@ def samples(cases, channels: Sequence[str], P: Mapping[str, Any], dims: str, see
         return SliceDataset(cases, list(channels), structure, slices="labelled",
                             background_fraction=float(P["background_fraction"]),
                             size=tuple(P["crop_2d"]) if P.get("crop_2d") else None, random_crop=True,
-                            crop_fg_prob=float(P["fg_prob"]), normalise=norm, seed=seed)
+                            crop_fg_prob=float(P["fg_prob"]), normalise=norm, seed=seed,
+                            negatives=list(P.get("negatives") or ()),
+                            negative_prob=float(P.get("negative_prob") or 0.0))
     per_case = max(1, math.ceil(int(P["iterations_3d"]) * int(P["batch_3d"]) / max(1, len(cases))))
     return PatchDataset(cases, list(channels), structure, P["patch_3d"], samples_per_case=per_case,
-                        fg_prob=float(P["fg_prob"]), normalise=norm)
+                        fg_prob=float(P["fg_prob"]), normalise=norm, negatives=list(P.get("negatives") or ()),
+                        negative_prob=float(P.get("negative_prob") or 0.0))
 
 
 def foreground(prob: np.ndarray) -> np.ndarray:
