@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -40,14 +40,17 @@ def headline_of(table: pd.DataFrame, method: str, *, column: str = "method", met
 
 
 def record_headline(paper: str, method: str, table: pd.DataFrame, *, column: str = "method",
-                    metric: str = "dice", source: str = "chapter", data: str = "", label: str | None = None):
+                    metric: str = "dice", source: str = "chapter", data: str = "", label: str | None = None,
+                    scope: str = ""):
     """Display (and return) the headline record of ``paper``'s ``method`` from a per-case table.
 
-    ``source``: "chapter" (the paper's own recipe) or "leaderboard" (the common protocol)."""
+    ``source``: "chapter" (the paper's own recipe) or "leaderboard" (the common protocol); ``scope``
+    what the number is over (e.g. "GTVp", "11 structures"), shown where the metric or scope differ
+    from the paper's headline (:func:`intro_table`)."""
     from IPython.display import display
 
     rec = {"paper": paper, "method": label or method, "metric": metric, "source": source, "data": data,
-           **headline_of(table, method, column=column, metric=metric)}
+           "scope": scope, **headline_of(table, method, column=column, metric=metric)}
     # NaN is not JSON (the notebook would store it as the string "nan"): None instead
     rec = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
     mean = "n/a" if rec["mean"] is None else f"{rec['mean']:.3f}"
@@ -76,8 +79,10 @@ def read_headlines(runs: str | Path) -> pd.DataFrame:
                 rec = out.get("data", {}).get(HEADLINE_MIME)
                 if rec:
                     rows.append({**rec, "notebook": path.stem})
-    df = pd.DataFrame(rows, columns=["paper", "method", "metric", "source", "data", "mean", "sd", "n", "notebook"]
-                      if not rows else None)
+    df = pd.DataFrame(rows, columns=["paper", "method", "metric", "source", "data", "scope", "mean", "sd", "n",
+                                     "notebook"] if not rows else None)
+    if "scope" not in df:  # records written before scopes were recorded
+        df["scope"] = ""
     for col in ("mean", "sd", "n"):
         df[col] = pd.to_numeric(df[col], errors="coerce")  # None / "nan" (older outputs) -> NaN
     return df
@@ -118,9 +123,31 @@ def chapter_facts(runs: str | Path, chapters: Mapping[str, str] | None = None) -
     return pd.DataFrame(rows, columns=FACT_COLUMNS)
 
 
+#: Words for the metrics a headline may carry.
+METRIC_WORDS = {"dice": "hard DSC", "soft_dice": "soft DSC (Eq. 4)"}
+
+
+def metric_words(metric: str, scope: str = "") -> str:
+    """``"soft DSC (Eq. 4), 14 structures"``: a headline's metric and scope in words."""
+    words = METRIC_WORDS.get(str(metric), str(metric))
+    return f"{words}, {scope}" if scope else words
+
+
+def _unlike(rec: Mapping[str, Any], reported: tuple[str, str]) -> str:
+    """The note a reproduced cell carries when its metric or scope is not the reported headline's:
+    soft beside soft and hard beside hard, or the difference said in the cell."""
+    metric = str(rec.get("metric") or "dice")
+    scope = "" if pd.isna(rec.get("scope")) else str(rec.get("scope") or "")
+    if metric == reported[0] and (not reported[1] or scope == reported[1]):
+        return ""
+    return f" [{metric_words(metric, scope)}; reported: {metric_words(*reported)}]"
+
+
 def intro_table(runs: str | Path, beside: str | Path | None = None) -> pd.DataFrame:
     """The five papers: headline reported numbers (from :mod:`npcrepro.papers`) next to this book's
     reproduction with the paper's recipe (its chapter) and under the common protocol (leaderboard).
+    A reproduced number whose metric or scope is not the reported one's (luo2020 reports a soft DSC
+    over 14 structures) says so in its cell.
     ``beside``: the executed chapters of another profile (``book/runs/gpu-lite``): one more column,
     "<profile>: paper's recipe", from their headlines ("no run yet" where a chapter has none)."""
     from npcrepro import papers
@@ -134,15 +161,17 @@ def intro_table(runs: str | Path, beside: str | Path | None = None) -> pd.DataFr
         dsc = next(((m, v) for (m, k), v in rep.items() if k == "dsc"), (None, math.nan))
         where = papers.get(paper).HEADLINE[0]
         n = (getattr(info, "dataset", None) or {}).get("n_patients")
+        reported = papers.headline_metric(paper)
         row = {"paper": paper, "method (as the paper names it)": dsc[0],
-               "reported DSC": f"{dsc[1]:.3f}" if dsc[0] else "—",
+               "reported DSC": (f"{dsc[1]:.3f}" + (f" ({metric_words(*reported)})" if reported[0] != "dice"
+                                                  else "")) if dsc[0] else "—",
                "reported in": f"{where}, {n} patients" if n else where}
         for source, col in (("chapter", "this book: paper's recipe"), ("leaderboard", "this book: common protocol")):
             sel = h[(h["paper"] == paper) & (h["source"] == source)] if len(h) else h
             if len(sel) and pd.notna(sel.iloc[-1]["mean"]):
                 r = sel.iloc[-1]
                 sd = "" if pd.isna(r["sd"]) else f" ± {r['sd']:.3f}"
-                row[col] = f"{r['mean']:.3f}{sd} (n={int(r['n'])})"
+                row[col] = f"{r['mean']:.3f}{sd} (n={int(r['n'])})" + _unlike(r, reported)
             elif len(sel):
                 row[col] = "no finite value"
             else:
@@ -150,7 +179,8 @@ def intro_table(runs: str | Path, beside: str | Path | None = None) -> pd.DataFr
         if beside is not None:
             sel = other[(other["paper"] == paper) & (other["source"] == "chapter")] if other is not None and len(other) else []
             row[f"{Path(beside).name}: paper's recipe"] = (
-                _cell(dict(sel.iloc[-1][["mean", "sd", "n"]])) if len(sel) else "no run yet")
+                _cell(dict(sel.iloc[-1][["mean", "sd", "n"]])) + _unlike(sel.iloc[-1], reported)
+                if len(sel) else "no run yet")
         rows.append(row)
     return pd.DataFrame(rows)
 

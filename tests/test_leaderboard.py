@@ -362,3 +362,24 @@ def test_seeds_are_averaged_per_patient_and_five_patients_decide_nothing():
     assert ("With 5 test patients and 1 test no method could have been told from its baseline: the smallest "
             "Wilcoxon p over 5 patients, Holm-adjusted for 1 test, is 0.062") in L.reading(track)
     assert "6 patients would be needed" in L.reading(track)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_each_row_says_how_its_network_is_sized(profile):
+    """The method table's size column: the one policy (width times the paper's widths) for the
+    baselines, guo2021, chen2020 and xue2020, whose networks really are built at that width; the
+    rows built otherwise (li2018 at half width, luo2020 at its chapter's widths without its column
+    input) are named as exceptions, with the width they really have."""
+    from npcrepro.models import count_parameters
+
+    P = resolve("leaderboard", profile)
+    table = L.method_table(P).set_index("key")["size at this profile"]
+    exceptions = {k for k, text in table.items() if text.startswith("exception")}
+    assert exceptions == {"li2018_cnn", "luo_ours_ct", "fcn8_ct"}
+    assert f"width {float(P['width']) / 2:g}," in table["li2018_cnn"]
+    assert "column input" in table["luo_ours_ct"]
+    for key in ("guo_cnn", "bunet", "mmfnet", "unet3d_cet1"):
+        assert table[key].startswith(f"width {float(P['width']):g} ")
+    # guo2021's CNN is built at the width the row names: narrower width, fewer parameters
+    narrow = count_parameters(M.network(M.BY_KEY["guo_cnn"], float(P["width"]) / 2, profile))
+    assert narrow < count_parameters(M.network(M.BY_KEY["guo_cnn"], float(P["width"]), profile))

@@ -235,3 +235,25 @@ def test_intro_table_adds_the_gpu_lite_column(tmp_path):
     assert t.loc["li2018", "gpu-lite: paper's recipe"] == "0.795 ± 0.050 (n=29)"
     assert t.loc["xue2020", "gpu-lite: paper's recipe"] == "no run yet"
     assert "gpu-lite: paper's recipe" not in summary.intro_table(cpu).columns
+
+
+def test_intro_table_sets_soft_beside_soft_or_says_so(tmp_path):
+    """luo2020 reports a soft DSC over 14 structures: its reported cell names that metric, a chapter
+    headline of the same metric over the structures it scored says its scope, and the leaderboard's
+    hard DSC over GTVp says that it is not the reported metric. Hard DSCs beside a hard reported DSC
+    carry no note."""
+    rec = dict(paper="luo2020", method="Ours", data="phantom", n=20)
+    _executed(tmp_path, "luo2020", [dict(rec, source="chapter", metric="soft_dice", scope="11 structures",
+                                         mean=0.8, sd=0.1)])
+    _executed(tmp_path, "leaderboard", [dict(rec, source="leaderboard", metric="dice", scope="GTVp", mean=0.7,
+                                             sd=0.1),
+                                        dict(rec, paper="xue2020", method="DeepLabv3+", source="leaderboard",
+                                             metric="dice", scope="GTVp", mean=0.75, sd=0.1)])
+    t = summary.intro_table(tmp_path).set_index("paper")
+    assert t.loc["luo2020", "reported DSC"] == "0.825 (soft DSC (Eq. 4), 14 structures)"
+    assert t.loc["luo2020", "this book: paper's recipe"] == (
+        "0.800 ± 0.100 (n=20) [soft DSC (Eq. 4), 11 structures; reported: soft DSC (Eq. 4), 14 structures]")
+    assert t.loc["luo2020", "this book: common protocol"].endswith(
+        "[hard DSC, GTVp; reported: soft DSC (Eq. 4), 14 structures]")
+    assert t.loc["xue2020", "this book: common protocol"] == "0.750 ± 0.100 (n=20)"
+    assert t.loc["xue2020", "reported DSC"] == "0.760"

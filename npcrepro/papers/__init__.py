@@ -14,6 +14,9 @@ Each paper module defines
 * ``CLAIMS`` -- derived statements the text makes about its tables ("improves DSC by 6.39%"), as
   :class:`Claim` records that the tests check against the tables;
 * ``HEADLINE`` -- ``(table, method[, metrics])`` of the row :func:`headline` returns;
+* ``HEADLINE_METRIC`` (optional) -- ``(metric, scope)``: what the headline DSC measures when it is not
+  a hard DSC of the tumour (luo2020: the soft DSC of its Eq. 4 over 14 structures), so that the book
+  sets a reproduction beside it only with that said (:func:`headline_metric`);
 * ``METHOD_ALIASES`` -- short names accepted by the ``method`` filter of :func:`reported`.
 
 The text authority is the PDF extraction in ``<repo>/../shared/papers/*.txt``
@@ -284,6 +287,12 @@ def headline(key: str) -> dict[tuple[str, str], float]:
             if metrics is None or r.metric in metrics:
                 out[(r.method, r.metric)] = float(r.value)
     return out
+
+
+def headline_metric(key: str) -> tuple[str, str]:
+    """``(metric, scope)`` of the paper's headline DSC: the module's ``HEADLINE_METRIC``, else
+    ``("dice", "")`` (a hard DSC; :func:`npcrepro.summary.metric_words` names them)."""
+    return tuple(getattr(get(key), "HEADLINE_METRIC", ("dice", "")))
 
 
 def text_path(key: str) -> Path | None:

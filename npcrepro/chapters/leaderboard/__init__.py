@@ -2,8 +2,8 @@
 
 None of the five papers compared its method with the others on the same patients. This module trains
 each paper's network (and a plain U-Net baseline per input family) on **one cohort, one split, one
-budget, one loss and one evaluation**, so that differences come from the architectures and their
-inputs only:
+budget, one loss and one evaluation**, so that differences come from the architectures, their sizes
+(each at ``width`` times its paper's widths, or as :func:`.methods.built_as` says) and their inputs:
 
 * cohort and split: the phantom at the profile's preset, ``n_cases`` patients, a seeded hold-out of
   ``n_test`` test patients (the same for every method); on OpenKBP CT (when present) the CT methods

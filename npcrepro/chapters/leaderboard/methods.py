@@ -107,6 +107,28 @@ def network(entry: Entry, width: float, profile: str):
     return ScoreMaps(net, entry.score_maps) if entry.score_maps else net
 
 
+def built_as(entry: Entry, P: Mapping[str, Any]) -> str:
+    """How ``entry``'s network is sized at ``P``'s profile, against its own chapter at that profile:
+    the one policy is every network at ``width`` times its paper's channel widths; the rows that
+    depart from it say so here (shown in the chapter's method table)."""
+    from npcrepro import recipes
+
+    width, profile = float(P["width"]), str(P["profile"])
+    if entry.paper == "baseline":
+        return f"this book's U-Net at width {width:g}"
+    chapter = recipes.load(entry.paper).PROFILES.get(profile, {})
+    if entry.paper == "luo2020":
+        return ("exception: the luo2020 chapter's widths at this profile (width not applied), and "
+                "without the chapter's column input (it tells left from right structures; GTVp has no side)")
+    if entry.paper == "li2018":
+        return (f"exception: width {width / 2:g}, half the leaderboard's (the li2018 chapter at this "
+                f"profile: {float(chapter.get('width', width)):g})")
+    if entry.paper == "xue2020":
+        return (f"MobileNetV2 width {width * float(chapter.get('deeplab_width', 1.0)):g} (the xue2020 "
+                f"chapter at this profile: {float(chapter.get('deeplab_width', 1.0)):g})")
+    return f"width {width:g} (the {entry.paper} chapter at this profile: {float(chapter.get('width', width)):g})"
+
+
 class ScoreMaps(torch.nn.Module):
     """Deep supervision of a network whose ``forward(x, maps=True)`` returns named score maps
     (li2018's 144/72/36 maps): in training the maps ``keys`` (finest first; the loss compares each

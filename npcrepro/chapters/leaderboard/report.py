@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from npcrepro.chapters.leaderboard.external import entry, is_external
-from npcrepro.chapters.leaderboard.methods import BY_KEY, PROPOSED, channels_of, network, select
+from npcrepro.chapters.leaderboard.methods import BY_KEY, PROPOSED, built_as, channels_of, network, select
 from npcrepro.claims import patients_needed
 
 METRICS = ("dice", "hd95", "assd", "nsd")
@@ -56,7 +56,9 @@ def _present(res) -> list[str]:
 
 def method_table(P: Mapping[str, Any]) -> pd.DataFrame:
     """The selected methods: source chapter, input, 2D/3D, the paper's row it stands for, the baseline
-    it is tested against and its number of parameters at this profile's width."""
+    it is tested against, its number of parameters at this profile's width and how it is sized
+    against its own chapter (:func:`~.methods.built_as`: the rows that depart from the one policy
+    say so)."""
     from npcrepro.models import count_parameters
 
     rows = []
@@ -65,7 +67,8 @@ def method_table(P: Mapping[str, Any]) -> pd.DataFrame:
                      + (" + coarse" if m.after else ""), "dims": m.dims.upper(),
                      "paper row": f"{m.reported[1]} ({m.reported[0]})" if m.reported else "—",
                      "baseline": BY_KEY[m.baseline].label if m.baseline != m.key else "(is the baseline)",
-                     "parameters": f"{count_parameters(network(m, float(P['width']), str(P['profile']))):,}"})
+                     "parameters": f"{count_parameters(network(m, float(P['width']), str(P['profile']))):,}",
+                     "size at this profile": built_as(m, P)})
     return pd.DataFrame(rows)
 
 
