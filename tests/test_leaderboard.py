@@ -373,11 +373,11 @@ def test_each_row_says_how_its_network_is_sized(profile):
     from npcrepro.models import count_parameters
 
     P = resolve("leaderboard", profile)
-    table = L.method_table(P).set_index("key")["size at this profile"]
+    table = L.method_table(P).set_index("key")["built as (against its chapter)"]
     exceptions = {k for k, text in table.items() if text.startswith("exception")}
     assert exceptions == {"li2018_cnn", "luo_ours_ct", "fcn8_ct"}
     assert f"width {float(P['width']) / 2:g}," in table["li2018_cnn"]
-    assert "column input" in table["luo_ours_ct"]
+    assert "column input" in table["luo_ours_ct"] and "reads CECT, its chapter CT" in table["luo_ours_ct"]
     for key in ("guo_cnn", "bunet", "mmfnet", "unet3d_cet1"):
         assert table[key].startswith(f"width {float(P['width']):g} ")
     # guo2021's CNN is built at the width the row names: narrower width, fewer parameters

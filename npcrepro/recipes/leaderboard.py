@@ -15,7 +15,7 @@ GPU_ONLY = ["vnet"]
 _COMMON = dict(lr=2e-3, schedule="cosine", cycles=1, warmup=0.1, grad_clip=1.0, ema=0.0, fg_prob=0.5,
                negatives=["GTVnd"], negative_prob=0.25, background_fraction=0.5, threshold=0.5, nsd_mm=2.0,
                overlap=0.25, n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp", external=[],
-               threads=None, ct_channel="CT")
+               threads=None, ct_channel="CECT")
 
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=5, n_test=2, iterations_2d=4, iterations_3d=3, batch_2d=4, batch_3d=2,
@@ -106,8 +106,9 @@ CHOICES = {
         "the development cohort. The nodes are contoured in every NPC plan (GTVnd), so a real dataset "
         "has them; they are never a target here. The development record gives the measurements",
     "CT": "the CT methods (U-Net, xue2020's DeepLabv3+, luo2020's networks) all read the phantom's "
-          "non-contrast CT: one common input for the CT track, the harder of the phantom's two CTs; the "
-          "xue2020 chapter trains on the contrast-enhanced CT its paper used",
+          "contrast-enhanced CT, one common input for the CT track: the CT xue2020 used (a contrast-enhanced "
+          "simulation CT, Sec. 1.1), so its row stands for its paper. luo2020 does not say whether its CT was "
+          "enhanced; its chapter reads the non-contrast CT, and its rows here say so",
 }
 
 #: Types of the parameters that are None at every profile.

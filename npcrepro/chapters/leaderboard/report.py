@@ -68,7 +68,7 @@ def method_table(P: Mapping[str, Any]) -> pd.DataFrame:
                      "paper row": f"{m.reported[1]} ({m.reported[0]})" if m.reported else "—",
                      "baseline": BY_KEY[m.baseline].label if m.baseline != m.key else "(is the baseline)",
                      "parameters": f"{count_parameters(network(m, float(P['width']), str(P['profile']))):,}",
-                     "size at this profile": built_as(m, P)})
+                     "built as (against its chapter)": built_as(m, P)})
     return pd.DataFrame(rows)
 
 
