@@ -125,7 +125,7 @@ def test_2d_networks_are_tested_on_windows_of_their_training_crop():
     ct = np.full((2, 8, 16), -1000.0, np.float32)
     ct[..., 8:] = 300.0  # windowed to 0 and 1
     case = Case("c", {"CT": ct}, {}, (3.0, 1.0, 1.0))
-    P = resolve("leaderboard", "smoke", crop_2d=[8, 8], overlap=0.0)
+    P = resolve("leaderboard", "smoke", crop_2d=[8, 8], overlap=0.0, ct_channel="CT")
     prob = M.CHAPTER._probability(ImageMean(), M.BY_KEY["unet_ct"], case, P, "cpu")
     np.testing.assert_allclose(prob[..., :8], 0.5, rtol=1e-6)
     np.testing.assert_allclose(prob[..., 8:], 1 / (1 + np.exp(-1.0)), rtol=1e-6)

@@ -210,8 +210,10 @@ class Leaderboard(Chapter):
 
     def load(self, dataset, name, P):
         need = sorted(set(self.channels_for(P)) & set(dataset.channels))
-        # the hard negatives are read to place training samples on, never scored
-        return dataset.load(name, channels=need, structures=[str(P["structure"]), *(P.get("negatives") or ())])
+        # the hard negatives the dataset has are read to place training samples on, never scored
+        have = set(getattr(dataset, "structures", ()))
+        negatives = [s for s in (P.get("negatives") or ()) if s in have]
+        return dataset.load(name, channels=need, structures=[str(P["structure"]), *negatives])
 
     def build(self, method, P):
         return network(BY_KEY[method.name], float(P["width"]), str(P["profile"]))

@@ -25,6 +25,7 @@ class _Subset:
 
     def __init__(self, ds, names):
         self.root, self.cases, self.channels, self._ds = ds.root, list(names), ds.channels, ds
+        self.structures = list(getattr(ds, "structures", ()))
 
     def load(self, name, **kw):
         return self._ds.load(name, **kw)
