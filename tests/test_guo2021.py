@@ -192,6 +192,49 @@ def test_small_volumes_are_padded_for_every_view():
         assert x.shape == (1, 8, 24, 24)
 
 
+def test_blocks_on_hard_negatives():
+    """With fg_prob 0 and negative_prob 1 every block holds a node voxel (the node far from the
+    tumour); with the nodes given but negative_prob 0, or not given, the blocks are the same."""
+    shape = (30, 40, 36)
+    node = np.zeros(shape, bool)
+    node[2:5, 30:36, 28:34] = True
+    ds = _toy_blocks(shape, n=1, samples_per_case=30, fg_prob=0.0, negatives=[node], negative_prob=1.0)
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        _, _, box = ds.locate(i, rng)
+        assert node[tuple(slice(a, b) for a, b in box)].any()
+    plain = _toy_blocks(shape, n=1, samples_per_case=30, fg_prob=0.3)
+    unused = _toy_blocks(shape, n=1, samples_per_case=30, fg_prob=0.3, negatives=[node], negative_prob=0.0)
+    assert [plain.locate(i, np.random.default_rng(i)) for i in range(30)] == \
+           [unused.locate(i, np.random.default_rng(i)) for i in range(30)]
+    with pytest.raises(DataError, match="negatives"):
+        _toy_blocks(shape, n=1, negatives=[node[:-1]], negative_prob=0.5)
+    with pytest.raises(ParameterError, match="negative_prob"):
+        _toy_blocks(shape, n=1, negatives=[node], negative_prob=2.0)
+
+
+def test_prepared_case_carries_its_nodes_on_the_working_grid():
+    """prepare_case resamples and crops the hard negatives with the target; a patient without them,
+    or a run that asks for none, has None."""
+    from npcrepro.chapters.guo2021.prepare import prepare_case
+    from npcrepro.datasets import Case
+
+    img = np.random.default_rng(0).normal(100, 10, (20, 40, 40)).astype(np.float32)
+    img[4:16, 6:34, 6:34] += 300  # the "body"
+    t = np.zeros(img.shape, bool)
+    t[8:12, 15:22, 15:22] = True
+    n = np.zeros(img.shape, bool)
+    n[8:12, 26:30, 26:30] = True
+    case = Case("c", {"CET1": img}, {"GTVp": t, "GTVnd": n}, (2.0, 1.0, 1.0))
+    p = prepare_case(case, channel="CET1", spacing_mm=1.0, box_mm=(30, 36, 36), negatives=["GTVnd"])
+    assert p.negative is not None and p.negative.shape == p.target.shape
+    assert p.negative.sum() == pytest.approx(2 * n.sum(), rel=0.3)  # z resampled from 2 mm to 1 mm
+    assert not (p.negative & p.target).any()
+    assert prepare_case(case, channel="CET1", spacing_mm=1.0, box_mm=(30, 36, 36)).negative is None
+    bare = Case("b", {"CET1": img}, {"GTVp": t}, (2.0, 1.0, 1.0))
+    assert prepare_case(bare, channel="CET1", spacing_mm=1.0, box_mm=(30, 36, 36), negatives=["GTVnd"]).negative is None
+
+
 def test_block_sampler_rejects_mismatched_shapes():
     with pytest.raises(DataError):
         D.MultiViewBlocks([np.zeros((1, 30, 30, 30))], [np.zeros((30, 30, 29), bool)],

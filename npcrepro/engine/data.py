@@ -132,9 +132,13 @@ def _check_negatives(negatives: Sequence[str], negative_prob: float, structures:
     both = sorted(set(negatives) & set(structures))
     if both:
         raise ParameterError(f"structure(s) {both} cannot be both a target and a hard negative")
+    return _share(negative_prob) if negatives else 0.0
+
+
+def _share(negative_prob: float) -> float:
     if not 0.0 <= float(negative_prob) <= 1.0:
         raise ParameterError(f"negative_prob must lie in [0, 1], got {negative_prob}")
-    return float(negative_prob) if negatives else 0.0
+    return float(negative_prob)
 
 
 def _negative_mask(case, negatives: Sequence[str]) -> np.ndarray | None:
@@ -557,8 +561,10 @@ class MultiViewBlocks(torch.utils.data.Dataset):
     ``volumes`` (C, z, y, x) network inputs per patient (the image, or image + coarse map), ``targets``
     and ``weights`` (z, y, x) tumour masks and per-voxel loss weights on the same grids; ``patch`` the
     canonical block (thin, a, b); block ``i`` of a patient is cut in view ``views[i % 3]``, centred on a
-    random tumour voxel with probability ``fg_prob`` (else uniform), flipped left-right at random when
-    ``flip`` (training only).
+    random tumour voxel with probability ``fg_prob``, else on a random voxel of the patient's hard
+    negatives (``negatives``: (z, y, x) bool masks or None per patient, e.g. the nodes) with
+    probability ``negative_prob``, else uniform; flipped left-right at random when ``flip``
+    (training only).
 
     Items are ``(image, target)`` float32 tensors (C, thin, a, b) and (2, thin, a, b): channel 0 the
     tumour mask, channel 1 the weight (:class:`npcrepro.losses.GuoLoss` splits them). ``get(index, rng)``
@@ -569,7 +575,8 @@ class MultiViewBlocks(torch.utils.data.Dataset):
     def __init__(self, volumes: Sequence[np.ndarray], targets: Sequence[np.ndarray],
                  weights: Sequence[np.ndarray], patch: Sequence[int] = (8, 24, 24), *,
                  samples_per_case: int = 30, fg_prob: float = 0.5, flip: bool = True,
-                 views: Sequence[str] = VIEWS):
+                 views: Sequence[str] = VIEWS, negatives: Sequence[np.ndarray | None] | None = None,
+                 negative_prob: float = 0.0):
         if not volumes:
             raise DataError("MultiViewBlocks: no volumes")
         if not (len(volumes) == len(targets) == len(weights)):
@@ -581,18 +588,27 @@ class MultiViewBlocks(torch.utils.data.Dataset):
         for v in self.views:
             view_shape(self.patch, v)
         need = max(self.patch)
-        self.volumes, self.targets, self.weights, self.fg = [], [], [], []
-        for vol, tgt, w in zip(volumes, targets, weights):
+        negatives = list(negatives) if negatives is not None else [None] * len(volumes)
+        if len(negatives) != len(volumes):
+            raise DataError("MultiViewBlocks: volumes and negatives differ in number")
+        self.negative_prob = _share(negative_prob)
+        self.volumes, self.targets, self.weights, self.fg, self.negatives = [], [], [], [], []
+        for vol, tgt, w, neg in zip(volumes, targets, weights, negatives):
             vol = np.asarray(vol, np.float32)
             if vol.ndim != 4 or vol.shape[1:] != np.shape(tgt) or np.shape(w) != np.shape(tgt):
                 raise DataError(f"MultiViewBlocks: shapes differ: volume {vol.shape}, target "
                                 f"{np.shape(tgt)}, weight {np.shape(w)}")
             pads = [(0, 0)] + [(max(0, need - n) // 2, max(0, need - n) - max(0, need - n) // 2)
                                for n in vol.shape[1:]]
+            if neg is not None and np.shape(neg) != np.shape(tgt):
+                raise DataError(f"MultiViewBlocks: negatives {np.shape(neg)} differ from target {np.shape(tgt)}")
             if any(a or b for a, b in pads[1:]):
                 vol = np.pad(vol, pads, constant_values=float(vol.min()))
                 tgt = np.pad(np.asarray(tgt, bool), pads[1:])
                 w = np.pad(np.asarray(w, np.float32), pads[1:], constant_values=1.0)
+                neg = None if neg is None else np.pad(np.asarray(neg, bool), pads[1:])
+            flat = None if neg is None else np.flatnonzero(neg)
+            self.negatives.append(flat if flat is not None and flat.size else None)
             self.volumes.append(vol)
             self.targets.append(np.asarray(tgt, bool))
             self.weights.append(np.asarray(w, np.float32))
@@ -615,9 +631,12 @@ class MultiViewBlocks(torch.utils.data.Dataset):
         draw = rng if rng is not None else item_rng(0, 7717, index)
         shape = self.volumes[ci].shape[1:]
         size = view_shape(self.patch, view)
-        fg = self.fg[ci]
-        if fg.size and draw.random() < self.fg_prob:
+        fg, neg = self.fg[ci], self.negatives[ci]
+        u = draw.random() if fg.size or neg is not None else 1.0
+        if fg.size and u < self.fg_prob:
             centre = np.unravel_index(fg[draw.integers(fg.size)], shape)
+        elif neg is not None and self.fg_prob <= u < self.fg_prob + self.negative_prob:
+            centre = np.unravel_index(neg[draw.integers(neg.size)], shape)
         else:
             centre = [draw.integers(n) for n in shape]
         starts = [min(max(int(c) - s // 2, 0), n - s) for c, s, n in zip(centre, size, shape)]

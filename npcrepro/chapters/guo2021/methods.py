@@ -275,7 +275,8 @@ class Guo2021(Chapter):
             raise DataError(f"{dataset.root}: guo2021 needs channel {P['channel']!r} and structure "
                             f"{STRUCTURE!r}; the dataset has channels {dataset.channels} and structures "
                             f"{dataset.structures}")
-        want = [STRUCTURE] + ([RATER2] if RATER2 in dataset.structures else [])
+        want = [STRUCTURE] + ([RATER2] if RATER2 in dataset.structures else []) + [
+            s for s in (P.get("negatives") or ()) if s in dataset.structures and s not in (STRUCTURE, RATER2)]
         return dataset.load(name, channels=[P["channel"]], structures=want)
 
     def build(self, method, P):
@@ -284,7 +285,8 @@ class Guo2021(Chapter):
         return build_model(method.name, float(P["width"]), 1, P["acd_layers"])
 
     def prepare(self, case, P):
-        return prepare_case(case, channel=P["channel"], spacing_mm=P["spacing_mm"], box_mm=P["box_mm"])
+        return prepare_case(case, channel=P["channel"], spacing_mm=P["spacing_mm"], box_mm=P["box_mm"],
+                            negatives=list(P.get("negatives") or ()))
 
     def fit(self, method, train, val, ctx):
         P = ctx.P

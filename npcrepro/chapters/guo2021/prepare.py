@@ -8,8 +8,8 @@ The road every patient travels (Sec. 3-4 of the paper)::
          centred on the body (the Otsu foreground: "remove the black area"), z-score over the body,
          Eq. 7 weights (d(v, boundary) + 1 in mm inside the tumour, 1 outside) on the whole crop
       -> blocks(): 24 x 24 x 8 voxels cut along the axial, coronal and sagittal directions (one third
-         each, thin axis first), random centres (``fg_prob`` of them on tumour voxels), random
-         left-right flip (:class:`npcrepro.engine.data.MultiViewBlocks`)
+         each, thin axis first), random centres (``fg_prob`` of them on tumour voxels,
+         ``negative_prob`` on the hard negatives ``negatives``, e.g. the nodes), random left-right flip (:class:`npcrepro.engine.data.MultiViewBlocks`)
 """
 from __future__ import annotations
 
@@ -43,7 +43,9 @@ class Prepared:
 
     ``image`` (1, z, y, x) float32 on the working grid (isotropic, cropped, z-scored), ``target``
     (z, y, x) bool, ``weight`` (z, y, x) float32 Eq. 7 weights, ``record`` maps working-grid arrays
-    back to the original grid, ``case`` the original case (reference masks, grid, spacing).
+    back to the original grid, ``case`` the original case (reference masks, grid, spacing),
+    ``negative`` (z, y, x) bool the hard negatives on the working grid (None: none asked for or none
+    in this patient).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Prepared:
     record: T.Preprocessed
     case: Any
     work_spacing: tuple[float, float, float]
+    negative: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -76,9 +79,12 @@ class Prepared:
 
 
 def prepare_case(case, *, channel: str = "T1", spacing_mm: float | None = 1.0,
-                 box_mm: Sequence[float] = BOX_MM, structure: str = STRUCTURE) -> Prepared:
+                 box_mm: Sequence[float] = BOX_MM, structure: str = STRUCTURE,
+                 negatives: Sequence[str] = ()) -> Prepared:
     """Resample to ``spacing_mm`` isotropic (None: keep the grid), crop the head box, z-score over the
-    body, compute the Eq. 7 weights. DataError names the case when the channel or the mask is missing."""
+    body, compute the Eq. 7 weights; the ``negatives`` structures the case has (hard negatives, e.g.
+    the nodes) are resampled and cropped with the target into one mask. DataError names the case when
+    the channel or the mask is missing."""
     from npcrepro.losses import boundary_distance_weights
 
     if channel not in case.images:
@@ -86,7 +92,9 @@ def prepare_case(case, *, channel: str = "T1", spacing_mm: float | None = 1.0,
     if structure not in case.labels:
         raise DataError(f"case {case.name}: no {structure!r} mask (has {sorted(case.labels)})")
     reference = np.asarray(case.labels[structure], bool)
-    sub = type(case)(case.name, {channel: case.images[channel]}, {structure: reference}, case.spacing,
+    present = [s for s in negatives if s in case.labels and np.any(case.labels[s])]
+    labels = {structure: reference, **{s: np.asarray(case.labels[s], bool) for s in present}}
+    sub = type(case)(case.name, {channel: case.images[channel]}, labels, case.spacing,
                      case.origin, case.direction, dict(case.meta))
     spacing = None if spacing_mm is None else (float(spacing_mm),) * 3
     work, rec = T.preprocess(sub, spacing=spacing)
@@ -98,8 +106,10 @@ def prepare_case(case, *, channel: str = "T1", spacing_mm: float | None = 1.0,
     target = T.crop(work.labels[structure], box, fill=False).astype(bool)
     weight = boundary_distance_weights(target, work.spacing).astype(np.float32)
     record = T.Preprocessed(rec.original, rec.resampled, tuple(box))
+    negative = (np.logical_or.reduce([T.crop(work.labels[s], box, fill=False).astype(bool) for s in present])
+                if present else None)
     return Prepared(case.name, image[None].astype(np.float32), target, weight, record, case,
-                    tuple(work.spacing))
+                    tuple(work.spacing), negative)
 
 
 def with_coarse(prep: Prepared, coarse: np.ndarray) -> np.ndarray:
@@ -117,4 +127,6 @@ def blocks(prepared: Sequence[Prepared], P: Mapping[str, Any], *, coarse: Mappin
     vols = [p.image if coarse is None else with_coarse(p, coarse[p.name]) for p in prepared]
     return MultiViewBlocks(vols, [p.target for p in prepared], [p.weight for p in prepared], P["patch"],
                            samples_per_case=int(P["val_samples_per_case" if val else "samples_per_case"]),
-                           fg_prob=float(P["fg_prob"]), flip=bool(P["flip"]) and not val)
+                           fg_prob=float(P["fg_prob"]), flip=bool(P["flip"]) and not val,
+                           negatives=[p.negative for p in prepared],
+                           negative_prob=float(P.get("negative_prob") or 0.0))
