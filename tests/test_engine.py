@@ -1089,6 +1089,7 @@ def test_hard_negatives_share_and_refusals():
     with pytest.raises(ParameterError, match="negative_prob"):
         SliceDataset([case], ["T1"], ["GTVp"], negatives=["GTVnd"], negative_prob=1.5)
     bare = Case("bare", case.images, {"GTVp": case.labels["GTVp"]}, case.spacing)
-    ds = PatchDataset([bare], ["T1"], ["GTVp"], (4, 8, 8), fg_prob=0.0, negatives=["GTVnd"], negative_prob=1.0)
+    ds = PatchDataset([bare], ["T1"], ["GTVp"], (4, 8, 8), fg_prob=0.0, negatives=["GTVnd"],
+                      negative_prob=1.0)
     assert ds.negatives == [None]
     ds._plan(0, np.random.default_rng(0))  # uniform, no error

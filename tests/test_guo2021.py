@@ -232,7 +232,8 @@ def test_prepared_case_carries_its_nodes_on_the_working_grid():
     assert not (p.negative & p.target).any()
     assert prepare_case(case, channel="CET1", spacing_mm=1.0, box_mm=(30, 36, 36)).negative is None
     bare = Case("b", {"CET1": img}, {"GTVp": t}, (2.0, 1.0, 1.0))
-    assert prepare_case(bare, channel="CET1", spacing_mm=1.0, box_mm=(30, 36, 36), negatives=["GTVnd"]).negative is None
+    assert prepare_case(bare, channel="CET1", spacing_mm=1.0, box_mm=(30, 36, 36),
+                        negatives=["GTVnd"]).negative is None
 
 
 def test_block_sampler_rejects_mismatched_shapes():

@@ -15,8 +15,8 @@ BOX_MM = [103.0, 198.0, 160.0]
 REAL_ORGANS = ["Brainstem", "Parotid-Lt", "Parotid-Rt", "Submandibular-Lt", "Submandibular-Rt",
                "Spinal-Cord"]
 
-_COMMON = dict(channel="CET1", box_mm=BOX_MM, patch=[8, 24, 24], fg_prob=0.1, negatives=["GTVnd"], negative_prob=0.25,
-               flip=True, lr=1e-3,
+_COMMON = dict(channel="CET1", box_mm=BOX_MM, patch=[8, 24, 24], fg_prob=0.1, negatives=["GTVnd"],
+               negative_prob=0.25, flip=True, lr=1e-3,
                gamma=2.0, infer_window=[8, 24, 24], fusion="mean", fusion_weight=0.5, methods="all",
                view_fusion="probabilities", seeds=1)
 

@@ -9,7 +9,8 @@ The road every patient travels (Sec. 3-4 of the paper)::
          Eq. 7 weights (d(v, boundary) + 1 in mm inside the tumour, 1 outside) on the whole crop
       -> blocks(): 24 x 24 x 8 voxels cut along the axial, coronal and sagittal directions (one third
          each, thin axis first), random centres (``fg_prob`` of them on tumour voxels,
-         ``negative_prob`` on the hard negatives ``negatives``, e.g. the nodes), random left-right flip (:class:`npcrepro.engine.data.MultiViewBlocks`)
+         ``negative_prob`` on the hard negatives ``negatives``, e.g. the nodes), random left-right
+         flip (:class:`npcrepro.engine.data.MultiViewBlocks`)
 """
 from __future__ import annotations
 

@@ -120,9 +120,9 @@ def built_as(entry: Entry, P: Mapping[str, Any]) -> str:
     if entry.paper == "luo2020":
         chapter_ct = str(chapter.get("channel") or "CT")
         read = channels_of(entry, P)[0]
-        return ("exception: the luo2020 chapter's widths at this profile (width not applied), and "
-                "without the chapter's column input (it tells left from right structures; GTVp has no side)"
-                + (f"; reads {read}, its chapter {chapter_ct} (the paper does not say)" if read != chapter_ct else ""))
+        other_ct = f"; reads {read}, its chapter {chapter_ct} (the paper does not say)" if read != chapter_ct else ""
+        return ("exception: the luo2020 chapter's widths at this profile (width not applied), and without "
+                "the chapter's column input (it tells left from right structures; GTVp has no side)" + other_ct)
     if entry.paper == "li2018":
         return (f"exception: width {width / 2:g}, half the leaderboard's (the li2018 chapter at this "
                 f"profile: {float(chapter.get('width', width)):g})")
