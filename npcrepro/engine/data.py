@@ -266,13 +266,20 @@ class SliceDataset(_Base):
             u = rng.random()
             if u < self.crop_fg_prob:
                 return T.random_box(shape, self.size, rng, center_flat=self._fg_flat(index))
-            neg = self.negatives[ci]
-            if neg is not None and u < self.crop_fg_prob + self.negative_prob:
-                plane = shape[0] * shape[1]
-                here = neg[(neg >= z * plane) & (neg < (z + 1) * plane)] - z * plane
-                return _negative_draw(shape, self.size, rng, here)
+            if self.negatives[ci] is not None and u < self.crop_fg_prob + self.negative_prob:
+                return _negative_draw(shape, self.size, rng, self._negative_flat(index))
             return T.random_box(shape, self.size, rng)
         return self._centre_box(shape)
+
+    def _negative_flat(self, index: int) -> np.ndarray:
+        """Flat indices, within its slice, of item ``index``'s hard-negative pixels (kept: drawn from
+        on every training crop of the item, not recomputed from the case's indices each time)."""
+        cache = self.__dict__.setdefault("_negative_cache", {})
+        if index not in cache:
+            ci, z = self.items[index]
+            neg, plane = self.negatives[ci], int(np.prod(self.images[ci].shape[2:]))
+            cache[index] = neg[(neg >= z * plane) & (neg < (z + 1) * plane)] - z * plane
+        return cache[index]
 
     def _fg_flat(self, index: int) -> np.ndarray:
         """Flat indices of the pixels of item ``index`` inside any target structure (kept)."""
