@@ -2,6 +2,7 @@
 cross-validation and job dispatch. Every chapter trains through :class:`Trainer`.
 
 Modules: :mod:`~npcrepro.engine.loop` (Trainer, Stage), :mod:`~npcrepro.engine.schedules`,
+:mod:`~npcrepro.engine.batchnorm` (batch-norm statistics measured after training),
 :mod:`~npcrepro.engine.data` (SliceDataset, PatchDataset), :mod:`~npcrepro.engine.inference`,
 :mod:`~npcrepro.engine.runs` (RunFolder), :mod:`~npcrepro.engine.crossval`,
 :mod:`~npcrepro.engine.distributed` (torchrun/DDP), :mod:`~npcrepro.engine.dispatch` (papermill jobs),

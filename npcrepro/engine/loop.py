@@ -40,6 +40,7 @@ from torch import nn
 
 from npcrepro.engine import distributed as D
 from npcrepro.engine.averaging import WeightAverage
+from npcrepro.engine.batchnorm import batch_norms, population_statistics
 from npcrepro.engine.data import epoch_plan, item_rng
 from npcrepro.engine.device import (configure_determinism, conv_memory_format, resolve_device, rng_state,
                                     set_rng_state)
@@ -57,6 +58,9 @@ CHECKPOINT_FORMAT = 2
 #: Where batches are made (see ``Trainer(batches=...)``), and the variable that overrides it.
 BATCH_MODES = ("auto", "device", "loader")
 BATCHES_ENV = "NPCREPRO_BATCHES"
+
+#: Stage key of the batches that measure batch-norm statistics (``bn_batches``): no training stage has it.
+_BN_STAGE = 0xB47C
 
 
 @dataclass
@@ -387,6 +391,12 @@ class Trainer:
         (:class:`npcrepro.engine.averaging.WeightAverage`; 0: off). The averaged weights are the
         trained network at the end (unless best-validation weights are restored) and what
         :meth:`scored_state` returns during training.
+    bn_batches : int
+        Batch-norm statistics from this many training batches (0: off, the running averages): at the
+        end of training, and in the half-budget copy (:meth:`final_state`), every batch-norm layer's
+        running mean and variance are set to the population statistics of its inputs over
+        ``bn_batches`` batches drawn as training batches are, from keys of their own (the same
+        batches every time; :mod:`npcrepro.engine.batchnorm` says why).
     probe : bool
         At the start of every stage (the dry run), measure one training step at the first batch
         (:meth:`_probe`): FLOPs of forward and backward (``torch.utils.flop_counter``), bytes of the
@@ -405,7 +415,7 @@ class Trainer:
                  callbacks: Iterable[Callable] = (), max_iterations_this_session: int | None = None,
                  restore_best: bool | str = "auto", find_unused_parameters: bool = False,
                  stage_iteration_cap: int | None = None, val_item_cap: int | None = None,
-                 probe: bool = False, ema: float = 0.0, **stage_kwargs):
+                 probe: bool = False, ema: float = 0.0, bn_batches: int = 0, **stage_kwargs):
         unknown = set(stage_kwargs) - _STAGE_FIELDS
         if unknown:
             raise ParameterError(f"Trainer: unknown argument(s) {sorted(unknown)} (Stage takes: "
@@ -455,6 +465,9 @@ class Trainer:
         if not 0.0 <= float(ema) < 1.0:
             raise ParameterError(f"Trainer: ema must be in [0, 1) (0: off), got {ema}")
         self.ema = float(ema)
+        if isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 0:
+            raise ParameterError(f"Trainer: bn_batches must be an integer >= 0 (0: off), got {bn_batches!r}")
+        self.bn_batches = bn_batches
         self.average: WeightAverage | None = None
         self._iterations_per_epoch_given = bool(iterations_per_epoch)
         self.state = TrainState()
@@ -948,7 +961,33 @@ class Trainer:
         the trainer restores them (``restore_best``), else :meth:`scored_state`. The runner's
         half-budget copy is these, so that half and full budget are picked by the same rule."""
         best = self._best_to_restore()
-        return best if best is not None else self.scored_state()
+        state = best if best is not None else self.scored_state()
+        if not self.bn_batches or not self._ready or not batch_norms(self.raw_model):
+            return state
+        import copy
+
+        net = copy.deepcopy(self.raw_model)
+        net.load_state_dict(state)
+        self._measure_batch_norm(net)
+        return net.state_dict()
+
+    def _measure_batch_norm(self, model: nn.Module) -> None:
+        """Set ``model``'s batch-norm statistics to those of ``bn_batches`` training batches (whole
+        batches on every rank, so that no rank waits for another)."""
+        keyed = _Keyed(self.train_data, self.seed)
+        plan = epoch_plan(len(self.train_data), self.batch_size, self.bn_batches, self.seed, _BN_STAGE, 0,
+                          cover=getattr(self.train_data, "cover", None))
+        kwargs = self.stages[-1].forward_kwargs
+
+        def inputs():
+            for b, row in enumerate(plan):
+                keys = [(_BN_STAGE, 0, b, j, int(i)) for j, i in enumerate(row)]
+                batch = (self.batch_maker.train_batch(keys) if self.batch_maker is not None
+                         else torch.utils.data.default_collate([keyed[k] for k in keys]))
+                yield self._prepare(batch)[0]
+
+        with self._autocast():
+            population_statistics(model, inputs(), forward=lambda x: model(x, **kwargs), seed=self.seed)
 
     def _finish(self) -> None:
         best = self._best_to_restore()
@@ -956,6 +995,8 @@ class Trainer:
             self.model.load_state_dict(best)
         if best is None and self.average is not None:
             self.model.load_state_dict(self.average.weights)
+        if self.bn_batches:
+            self._measure_batch_norm(self.model)
         self.save_checkpoint("last")
         d = self.checkpoint_dir
         if d is not None:

@@ -20,7 +20,8 @@ budget, one loss and one evaluation**, so that differences come from the archite
   2D methods on random ``crop_2d`` crops of axial slices (tumour slices plus half as many others), 3D
   methods on random ``patch_3d`` patches (``fg_prob`` holding a tumour voxel); of the others,
   ``negative_prob`` of all samples are placed on a hard-negative structure (``negatives``: the nodes,
-  which enhance like the tumour), the rest at random;
+  which enhance like the tumour), the rest at random; every network is scored with batch-norm
+  statistics measured over ``bn_batches`` training batches (:mod:`npcrepro.engine.batchnorm`);
 * inference: Gaussian sliding window over the whole volume with the training crop (2D, slice by
   slice) or patch (3D), overlap ``overlap``: a network trained on crops is tested on inputs of that
   size (DeepLabv3+'s image pooling and atrous rates otherwise meet a feature map they never saw);

@@ -238,7 +238,7 @@ class Leaderboard(Chapter):
         trainer = Trainer(net, CommonLoss(), samples(train, channels, P, m.dims, ctx.seed), batch_size=batch,
                           iterations=iters, optimizer="adam", lr=float(P["lr"]), schedule=schedule(P, iters),
                           grad_clip=float(P["grad_clip"]) or None, ema=float(P["ema"]), amp=ctx.device != "cpu",
-                          restore_best=False, **ctx.trainer_args())
+                          restore_best=False, bn_batches=int(P.get("bn_batches") or 0), **ctx.trainer_args())
         try:
             history = ctx.fit(trainer)
             rows, status = history.rows, "trained"
