@@ -36,11 +36,13 @@ def population_statistics(model: nn.Module, batches: Iterable[torch.Tensor], *,
     """Set the running mean and variance of every batch-norm layer of ``model`` to the mean and
     unbiased variance of its inputs over every sample and voxel of ``batches`` (input tensors
     (N, C, ...) on the model's device), summed in float64. Nothing is exchanged between torchrun
-    ranks: each rank that calls it with the same batches gets the same statistics. The model is run in training mode and left in the mode it was in; its weights are not
-    changed. ``forward`` (default ``model``) runs one batch. Returns the number of batches seen (0:
-    the model has no batch norm, nothing is run). A dropout layer draws from generators seeded with
-    ``seed`` (the same statistics every time), and the caller's generators are left as they were;
-    so is each layer's count of batches (``num_batches_tracked``)."""
+    ranks: each rank that calls it with the same batches gets the same statistics.
+
+    The model is run in training mode and left in the mode it was in; its weights are not changed,
+    nor is each layer's count of batches (``num_batches_tracked``). A dropout layer draws from
+    generators seeded with ``seed`` (the same statistics every time); the caller's generators are
+    left as they were. ``forward`` (default ``model``) runs one batch. Returns the number of batches
+    seen (0: the model has no batch norm, nothing is run)."""
     layers = batch_norms(model)
     if not layers:
         return 0

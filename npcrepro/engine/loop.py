@@ -24,6 +24,7 @@ Design points
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import pickle
@@ -642,8 +643,6 @@ class Trainer:
         forward, loss and backward under :class:`~torch.utils.flop_counter.FlopCounterMode` and a
         saved-tensor hook. Falls back to the real step's accounting when an operation has no meta
         kernel. Appends one row to ``plan.json`` in the run folder and returns it."""
-        import copy
-
         from torch.utils.flop_counter import FlopCounterMode
 
         x, y = _split_batch(batch)
@@ -964,8 +963,6 @@ class Trainer:
         state = best if best is not None else self.scored_state()
         if not self.bn_batches or not self._ready or not batch_norms(self.raw_model):
             return state
-        import copy
-
         net = copy.deepcopy(self.raw_model)
         net.load_state_dict(state)
         self._measure_batch_norm(net)

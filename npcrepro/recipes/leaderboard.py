@@ -13,9 +13,9 @@ ALL_METHODS = ["unet_ct", "deeplab_ct", "luo_ours_ct", "fcn8_ct", "unet_cet1", "
 GPU_ONLY = ["vnet"]
 
 _COMMON = dict(lr=2e-3, schedule="cosine", cycles=1, warmup=0.1, grad_clip=1.0, ema=0.0, fg_prob=0.5,
-               negatives=["GTVnd"], negative_prob=0.25, bn_batches=64, background_fraction=0.5, threshold=0.5, nsd_mm=2.0,
-               overlap=0.25, n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp", external=[],
-               threads=None, ct_channel="CECT")
+               negatives=["GTVnd"], negative_prob=0.25, bn_batches=64, background_fraction=0.5, threshold=0.5,
+               nsd_mm=2.0, overlap=0.25, n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp",
+               external=[], threads=None, ct_channel="CECT")
 
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=5, n_test=2, iterations_2d=4, iterations_3d=3, batch_2d=4, batch_3d=2,
