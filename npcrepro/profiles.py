@@ -96,7 +96,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "rotate_deg": (0, 180), "jitter_mm": (0, None), "shift": (0, None), "warmup_epochs": (0, None),
     "grad_clip": (0, None), "warmup": (0, 0.5), "ema": (0, 0.9999),
     "n_val": (0, None), "faithful_folds": (0, None), "figure_cases": (0, None),
-    "min_lesion_mm": (0, None), "cross_fit": (0, None), "bn_batches": (0, None),
+    "min_lesion_mm": (0, None), "cross_fit": (0, None), "bn_batches": (0, None), "real_test": (0, None),
     # folds of a k-fold cross-validation
     "k": (2, None), "k_folds": (2, None), "real_k": (2, None),
 }

@@ -133,6 +133,14 @@ def test_convert_openkbp_splits_absent_structures_and_skips(openkbp_dir, tmp_pat
     assert summary.structure_counts["Larynx"] == 0
     with pytest.raises(DataError, match="pt_999"):
         convert("openkbp", src, tmp_path / "out2", progress=False, strict=True)
+    # limit and test_limit count training and held-out test patients apart
+    kept = convert("openkbp", src, tmp_path / "out3", progress=False, limit=1, test_limit=1)
+    assert kept.cases == ["pt_2"] and kept.test_cases == [TEST_PT]
+    train_only = convert("openkbp", src, tmp_path / "out4", progress=False, limit=1, test_limit=0)
+    assert train_only.cases == ["pt_2"] and train_only.test_cases == []
+    assert convert("openkbp", src, tmp_path / "out5", progress=False, limit=1).test_cases == []
+    with pytest.raises(ParameterError, match="test_limit"):
+        convert("openkbp", src, tmp_path / "out6", progress=False, test_limit=-1)
 
 
 def _synthetic_kbp_patient(folder: Path) -> Path:

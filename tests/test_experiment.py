@@ -286,3 +286,30 @@ def test_a_real_dataset_handed_to_a_phantom_run_is_not_labelled_phantom(tmp_path
     ds.source = "openkbp"
     res = run_experiment("test_experiment", P, name="real", progress=False, dataset=ds)
     assert res.data_label == str(ds.root) and res.data_label != "phantom"
+
+
+def test_held_out_cases_are_the_evaluation_cohorts_test_set_and_unseen_in_development(tmp_path):
+    """A real dataset's own test cases (imagesTs, OpenKBP's test-pats) are to a real-data track what
+    the evaluation cohort is to the phantom: the evaluation run trains on imagesTr and tests on every
+    held-out case; a development run never reads them."""
+    from npcrepro.datasets import open_dataset, write_dataset
+
+    P = _params(tmp_path, n_val=0)
+    ph = profiles.load_data(P)
+    names = list(ph.cases)
+    assert len(names) >= 4
+    cases = [ph.load(n, channels=["T1"], structures=["GTVp"]) for n in names]
+    ds = write_dataset(tmp_path / "real", cases[:-2], test_cases=cases[-2:], channels=["T1"],
+                       structures=["GTVp"], source="openkbp")
+    assert open_dataset(ds.root).test_cases == sorted(names[-2:])
+    res = run_experiment("test_experiment", P.replace(data=str(ds.root)), name="evaluation", progress=False)
+    splits = json.loads((res.path / "splits.json").read_text())
+    assert len(splits) == 1 and splits[0]["test"] == sorted(names[-2:])
+    assert sorted(splits[0]["train"] + splits[0]["val"]) == sorted(names[:-2])
+    assert sorted(res.metrics["case"].unique()) == sorted(names[-2:])
+    assert res.held_out == 2 and res.cohort == "evaluation" and "2 held-out test patients" in res.source
+    dev = run_experiment("test_experiment", P.replace(data=str(ds.root), cohort="development"), name="development",
+                         progress=False)
+    seen = {c for f in json.loads((dev.path / "splits.json").read_text()) for part in f.values() for c in part}
+    assert seen <= set(names[:-2]) and not set(dev.metrics["case"]) & set(names[-2:])
+    assert dev.held_out == 0 and dev.cohort is None

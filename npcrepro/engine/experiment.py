@@ -51,7 +51,7 @@ from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["Method", "Chapter", "JobContext", "JobSpec", "JobKilled", "run_experiment", "run_job",
            "job_dir", "load_chapter", "RUN_FORMAT", "dry_run_params", "DRY_RUN_ITERATIONS",
-           "DRY_RUN_CASES"]
+           "DRY_RUN_CASES", "uses_held_out"]
 
 #: Version of the run-folder layout written in run.json.
 RUN_FORMAT = 2
@@ -229,6 +229,28 @@ class Chapter:
         names = list(dataset.cases)
         n = P.get("n_cases")
         return names[: int(n)] if n else names
+
+    def held_out(self, dataset, P) -> list[str]:
+        """The dataset's own held-out test cases (``imagesTs``) this chapter can score (default: every
+        one; a chapter that needs a structure on every case filters them as :meth:`cases` does)."""
+        return list(getattr(dataset, "test_cases", []) or [])
+
+    def split(self, dataset, cases: Sequence[str], P):
+        """The run's folds over ``cases`` (:meth:`cases`).
+
+        A real dataset that holds its own test cases (``imagesTs``: OpenKBP's test patients) keeps
+        them apart as the phantom keeps its cohorts: with ``cohort="evaluation"`` the run trains on
+        ``cases`` (validation drawn as the chapter's first fold draws it) and tests on every held-out
+        case, in one fold; with ``cohort="development"`` (where recipes are chosen) it never reads
+        them and cross-validates over ``cases`` as on a dataset without ``imagesTs``."""
+        from npcrepro.datasets.splits import Fold
+
+        folds = self.folds(cases, P)
+        test = self.held_out(dataset, P) if uses_held_out(dataset, P) else []
+        if not test:
+            return folds
+        first = folds[0]
+        return [Fold(sorted(first.train + first.test), list(first.val), test)]
 
     def folds(self, cases: Sequence[str], P):
         from npcrepro.datasets.splits import make_splits
@@ -546,6 +568,15 @@ def dry_run_params(P: Mapping[str, Any], cases: int = DRY_RUN_CASES, mode: bool 
     return out
 
 
+def uses_held_out(dataset, P: Mapping[str, Any]) -> bool:
+    """Whether a run tests on ``dataset``'s own held-out cases (:meth:`Chapter.split`): a dataset
+    with ``imagesTs`` read for the evaluation cohort; never the phantom, never a dry run."""
+    from npcrepro.profiles import cohort_of
+
+    return (bool(getattr(dataset, "test_cases", None)) and getattr(dataset, "source", "") != "phantom"
+            and cohort_of(P) == "evaluation" and not P.get("dry_run"))
+
+
 def _dry_run_folds(cases: Sequence[str]):
     """One fold over the first three cases: train, validation, test (one patient each)."""
     from npcrepro.datasets.splits import Fold
@@ -610,9 +641,10 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     label = data_label or ("phantom" if phantom else params["data"])
     rf = RunFolder.from_params(P, name, paper=chapter.name)
     cases = chapter.cases(ds, P)
+    held_out = chapter.held_out(ds, P) if uses_held_out(ds, P) else []
     split_file = rf.path / "splits.json"
-    folds = (load_splits(split_file, cases) if split_file.exists()
-             else _dry_run_folds(cases) if P.get("dry_run") else chapter.folds(cases, P))
+    folds = (load_splits(split_file, cases + held_out) if split_file.exists()
+             else _dry_run_folds(cases) if P.get("dry_run") else chapter.split(ds, cases, P))
     if rf.writer and not split_file.exists():
         save_splits(folds, split_file)
     seeds = chapter.seeds(P)
@@ -622,8 +654,10 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     if dry and rf.writer:
         (rf.path / "DRY_RUN").write_text("a dry run: sizes of the profile, 2 iterations per network; "
                                          "its numbers mean nothing\n", encoding="utf-8")
+    # run.json: a dry run says so; a run scored on the dataset's held-out cases counts them
+    facts = {**dry, **({"held_out": len(held_out)} if held_out else {})}
     _run_json(rf, chapter, structures, chosen, folds, seeds, "running", data=params["data"],
-              data_label=label, channels=channels, **dry)
+              data_label=label, channels=channels, **facts)
     job_params = {**params, "progress": False}
     results: dict[tuple, dict] = {}
     t0 = time.perf_counter()
@@ -664,7 +698,7 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         _run_json(rf, chapter, structures, chosen, folds, seeds, "failed", data=params["data"],
-                  data_label=label, error=reason, channels=channels, **dry)
+                  data_label=label, error=reason, channels=channels, **facts)
         rf.mark_failed(reason)
         raise
     complete = len(results) == n_jobs
@@ -679,7 +713,7 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
         half.to_csv(rf.path / "metrics_half.csv", index=False)
         training.to_csv(rf.path / "training.csv", index=False)
     _run_json(rf, chapter, structures, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
-              data_label=label, channels=channels, **dry,
+              data_label=label, channels=channels, **facts,
               seconds=time.perf_counter() - t0)
     if complete:
         rf.mark_done()

@@ -104,14 +104,23 @@ class Results:
     def cohort(self) -> str | None:
         """The phantom cohort the run read ("development" or "evaluation",
         :data:`npcrepro.profiles.COHORTS`); runs from before cohorts read the development patients
-        (``npc_000``...). None for real data."""
+        (``npc_000``...). On real data "evaluation" where the run tested on the dataset's own
+        held-out cases (``imagesTs``, :meth:`npcrepro.engine.Chapter.split`), else None."""
         if self.params.get("data") != "phantom":
-            return None
+            return "evaluation" if self.held_out else None
         return str(self.params.get("cohort") or "development")
 
     @property
+    def held_out(self) -> int:
+        """How many of the dataset's own held-out cases (``imagesTs``) the run tested on (0: none)."""
+        return int(self.info.get("held_out") or 0)
+
+    @property
     def source(self) -> str:
-        """:attr:`data_label` and, on the phantom, its cohort: "phantom, evaluation cohort"."""
+        """:attr:`data_label` and its cohort: "phantom, evaluation cohort"; on real data the held-out
+        test cases where the run tested on them."""
+        if self.held_out:
+            return f"{self.data_label}, {self.held_out} held-out test patients"
         return self.data_label + (f", {self.cohort} cohort" if self.cohort else "")
 
     @property

@@ -169,6 +169,10 @@ class Xue2020(Chapter):
             raise DataError(f"xue2020: need at least 3 cases (train/validation/test), got {len(names)}")
         return names
 
+    def held_out(self, dataset, P):
+        names = super().held_out(dataset, P)
+        return [n for n in names if has_structure(dataset, n, "PTV70")] if P["target"] == "ptv70" else names
+
     def folds(self, cases, P):
         """One seeded random split by patient: ``n_test`` / ``n_val``, in the same proportions when
         the dataset holds fewer cases than ``n_cases``."""

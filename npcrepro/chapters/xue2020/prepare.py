@@ -235,33 +235,30 @@ def has_structure(ds, name: str, structure: str) -> bool:
 
 
 def openkbp_data(P: Mapping, *, progress: bool = False):
-    """The real-data source: ``P.real_cases`` OpenKBP patients converted into ``<out_dir>/_data``
-    (once). Returns (dataset or None, the names of the cases carrying a PTV70, a sentence saying
+    """The real-data source: ``P.real_cases`` OpenKBP training patients and ``P.real_test`` of its
+    held-out test patients, converted once (:func:`npcrepro.datasets.adapters.openkbp.cached_openkbp`).
+    The run trains on the first, and tests on the second (:meth:`npcrepro.engine.Chapter.split`).
+    Returns (dataset or None, the names of the training cases carrying a PTV70, a sentence saying
     what happened)."""
-    from npcrepro.datasets import open_dataset
-    from npcrepro.datasets.adapters import convert
-    from npcrepro.paths import shared_data
+    from npcrepro.datasets.adapters.openkbp import cached_openkbp
 
     n = int(P.get("real_cases") or 0)
     if P.get("real_data") == "off" or n < 3 or not (P.get("real_iterations") or P.get("epochs")):
         return None, [], (f"The real-data track is off in the {P['profile']} profile "
                           "(real_data='off', real_cases < 3 or no training budget).")
-    src = shared_data("openkbp-subset")
-    if src is None:
+    ds = cached_openkbp(P["out_dir"], n, progress=progress, n_test=int(P.get("real_test") or 0))
+    if ds is None:
         return None, [], ("The OpenKBP extract is not on this machine (set $NPCREPRO_SHARED_DATA or "
                           "place ../shared/data/openkbp-subset); the real-data track was skipped.")
-    dst = Path(P["out_dir"]) / "_data" / f"openkbp-xue2020-n{n}"
-    if (dst / "dataset.json").exists():
-        ds = open_dataset(dst)
-    else:
-        ds = convert("openkbp", src, dst, limit=n, progress=progress, overwrite=True).dataset
     if "PTV70" not in ds.structures:
-        return None, [], f"The converted OpenKBP cases at {dst} have no PTV70; the real-data track was skipped."
+        return None, [], f"The converted OpenKBP cases at {ds.root} have no PTV70; the real-data track was skipped."
     names = [c for c in ds.cases if has_structure(ds, c, "PTV70")]
     if len(names) < 3:
         return None, [], f"Only {len(names)} converted OpenKBP case(s) carry a PTV70; the track was skipped."
-    return ds, names, (f"{len(names)} OpenKBP patients converted from {src}; PTV70 (a planning target "
-                       "volume, mostly oropharynx cancer) stands in for the NPC GTVp.")
+    test = [c for c in ds.test_cases if has_structure(ds, c, "PTV70")]
+    return ds, names, (f"{len(names)} OpenKBP training patients and {len(test)} of its held-out test "
+                       "patients with a PTV70 (a planning target volume, mostly oropharynx cancer), which "
+                       "stands in for the NPC GTVp.")
 
 
 def real_params(P):

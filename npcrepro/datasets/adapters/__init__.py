@@ -215,7 +215,7 @@ def iter_cases(source: str, src: str | os.PathLike, *, limit: int | None = None,
 
 def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, *,
             overwrite: bool = False, progress: bool = True, limit: int | None = None,
-            strict: bool = False, **options) -> ConversionSummary:
+            test_limit: int | None = None, strict: bool = False, **options) -> ConversionSummary:
     """Convert a real data source into the project's dataset format.
 
     Parameters
@@ -235,6 +235,9 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
         Show a tqdm progress bar over cases.
     limit : int, optional
         Convert at most this many cases, in source order (training cases before test cases).
+    test_limit : int, optional
+        Count the held-out test cases (``imagesTs``: OpenKBP's ``test-pats``) apart: ``limit`` then
+        caps the training cases and ``test_limit`` the test cases (0: none), each in source order.
     strict : bool
         Raise at the first case that cannot be read instead of skipping it.
     **options
@@ -260,6 +263,8 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
     src = Path(src)
     if limit is not None and int(limit) < 1:
         raise ParameterError(f"limit must be a positive number of cases, got {limit!r}")
+    if test_limit is not None and int(test_limit) < 0:
+        raise ParameterError(f"test_limit must be a number of test cases (0 or more), got {test_limit!r}")
     validate_only = dst is None or (Path(dst).exists() and Path(dst).resolve() == src.resolve())
     if validate_only and name != "nnunet":
         raise ParameterError(f"source {name!r} needs a destination folder different from {src}")
@@ -268,7 +273,12 @@ def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike | None, 
         raise DataError(f"{out}: exists and is not empty (pass overwrite=True / --overwrite to "
                         "replace it)")
     p = plan(name, src, **options)
-    items = p.items[: int(limit)] if limit is not None else list(p.items)
+    if test_limit is None:
+        items = p.items[: int(limit)] if limit is not None else list(p.items)
+    else:
+        train = [i for i in p.items if i.split != "Ts"]
+        items = (train[: int(limit)] if limit is not None else train) + \
+            [i for i in p.items if i.split == "Ts"][: int(test_limit)]
     if not items:
         raise DataError(f"{p.src}: no {name} cases found")
 

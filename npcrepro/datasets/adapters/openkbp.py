@@ -462,10 +462,12 @@ def orientation_figure(case: Case, *, channel: str = "CT", window: tuple[float, 
 
 # ------------------------------------------------------------------------------------- cached subset
 # (moved here from the luo2020 pipeline: the luo2020 chapter and the leaderboard both use it)
-def cached_openkbp(out_dir: str | Path, n_cases: int, progress: bool = False):
-    """The first ``n_cases`` OpenKBP patients of the shared real-data folder, converted once under
-    ``<out_dir>/_cache/openkbp-n<n_cases>`` and opened; None when the real data are not on this
-    machine (or ``n_cases < 1``)."""
+def cached_openkbp(out_dir: str | Path, n_cases: int, progress: bool = False, n_test: int = 0):
+    """The first ``n_cases`` OpenKBP training patients (``train-pats``) of the shared real-data folder
+    and, with ``n_test``, its first ``n_test`` held-out test patients (``test-pats``, the dataset's
+    ``imagesTs``), converted once under ``<out_dir>/_cache/openkbp-n<n_cases>[-t<n_test>]`` and opened;
+    None when the real data are not on this machine (or ``n_cases < 1``). Without ``n_test`` the first
+    ``n_cases`` patients in source order (training patients first)."""
     from npcrepro.datasets import open_dataset
     from npcrepro.datasets.adapters import convert
     from npcrepro.paths import build_once, shared_data
@@ -473,10 +475,13 @@ def cached_openkbp(out_dir: str | Path, n_cases: int, progress: bool = False):
     src = shared_data("openkbp-subset")
     if src is None or n_cases < 1:
         return None
+    n_test = int(n_test or 0)
 
     def make(folder: Path):
-        convert("openkbp", src, folder, overwrite=True, progress=progress, limit=int(n_cases))
+        convert("openkbp", src, folder, overwrite=True, progress=progress, limit=int(n_cases),
+                test_limit=n_test or None)
         return open_dataset(folder)
 
-    return build_once(Path(out_dir) / "_cache" / f"openkbp-n{int(n_cases)}",
+    name = f"openkbp-n{int(n_cases)}" + (f"-t{n_test}" if n_test else "")
+    return build_once(Path(out_dir) / "_cache" / name,
                       lambda folder: open_dataset(folder) if (folder / "dataset.json").exists() else None, make)
