@@ -318,11 +318,16 @@ def test_openkbp_track_trains_the_ct_methods_on_ptv70(openkbp_dir, tmp_path, one
                 methods=["deeplab_ct", "guo_cnn"])
     res, why = tracks.openkbp_run(P, progress=False)
     assert res is not None, why
-    assert why == "3 OpenKBP patients" and res.structures == ["PTV70"]
+    assert why == "3 OpenKBP training patients" and res.structures == ["PTV70"]
     assert set(res.metrics["method"]) == {"unet_ct", "deeplab_ct"}  # CT methods only
     assert len(res.test_cases()) == 1 and len(res.metrics) == 2
     assert res.prediction_path("deeplab_ct", res.test_cases()[0], "PTV70").exists()
     assert np.all((res.metrics["dice"] >= 0) & (res.metrics["dice"] <= 1))
+    # with real_test, scored on OpenKBP's held-out test patients (test-pats), trained on all 3
+    held, why = tracks.openkbp_run(P.replace(real_test=2, methods=["deeplab_ct"]), progress=False)
+    assert why == "3 OpenKBP training patients, 2 held-out test patients", why
+    assert held.held_out == 2 and set(held.metrics["case"]) == set(held.test_cases())
+    assert not set(held.test_cases()) & {"pt_1", "pt_2", "pt_12"}
 
 
 def test_a_claim_against_a_method_that_predicted_nothing_is_not_tested():

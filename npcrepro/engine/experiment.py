@@ -641,10 +641,11 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     label = data_label or ("phantom" if phantom else params["data"])
     rf = RunFolder.from_params(P, name, paper=chapter.name)
     cases = chapter.cases(ds, P)
-    held_out = chapter.held_out(ds, P) if uses_held_out(ds, P) else []
+    ds_test = list(getattr(ds, "test_cases", None) or [])
     split_file = rf.path / "splits.json"
-    folds = (load_splits(split_file, cases + held_out) if split_file.exists()
+    folds = (load_splits(split_file, cases + ds_test) if split_file.exists()
              else _dry_run_folds(cases) if P.get("dry_run") else chapter.split(ds, cases, P))
+    held_out = sorted({c for f in folds for c in f.test} & set(ds_test))
     if rf.writer and not split_file.exists():
         save_splits(folds, split_file)
     seeds = chapter.seeds(P)

@@ -26,7 +26,7 @@ PROFILES = {
                 methods=[m for m in ALL_METHODS if m not in GPU_ONLY]),
     "gpu": dict(_COMMON, seeds=3, n_cases=100, n_test=25, iterations_2d=20000, iterations_3d=20000, batch_2d=16,
                 batch_3d=2, crop_2d=[256, 256], patch_3d=[32, 160, 160], width=1.0, workers=1,
-                real_cases=64),
+                real_cases=64, real_test=16),
 }
 
 #: gpu-lite: every network at width 1 on the gpu phantom, whole-resolution crops and patches; fewer
@@ -66,7 +66,9 @@ HELP = {
     "overlap": "sliding-window overlap (2D crops and 3D patches)",
     "n_boot": "bootstrap resamples of the confidence intervals",
     "workers": "methods trained at once (processes, cores split between them)",
-    "real_cases": "OpenKBP patients for the CT track (0: off)",
+    "real_cases": "OpenKBP training patients (train-pats) for the CT track (0: off)",
+    "real_test": "OpenKBP held-out test patients (test-pats) the CT track is scored on (0: a split of the "
+                 "training patients instead)",
     "structure": "target structure on the phantom",
     "ct_channel": "the CT the CT methods read: CECT (contrast-enhanced) or CT (non-contrast); the OpenKBP "
                   "track reads its own CT",

@@ -23,8 +23,9 @@ def phantom_run(P: Mapping[str, Any], **kwargs):
 class _Subset:
     """A dataset restricted to some case names (the same ``root``)."""
 
-    def __init__(self, ds, names):
+    def __init__(self, ds, names, test_names=()):
         self.root, self.cases, self.channels, self._ds = ds.root, list(names), ds.channels, ds
+        self.test_cases, self.source = list(test_names), getattr(ds, "source", "unknown")
         self.structures = list(getattr(ds, "structures", ()))
 
     def load(self, name, **kw):
@@ -44,12 +45,16 @@ def openkbp_run(P: Mapping[str, Any], **kwargs):
     try:
         from npcrepro.datasets.adapters.openkbp import cached_openkbp
 
-        ds = cached_openkbp(P["out_dir"], n, progress=False)
+        ds = cached_openkbp(P["out_dir"], n, progress=False, n_test=int(P.get("real_test") or 0))
     except DataError as exc:
         return None, f"OpenKBP not available: {exc}"
     if ds is None:
         return None, "OpenKBP extract not found (set $NPCREPRO_SHARED_DATA)"
-    names = [c for c in ds.cases if REAL_STRUCTURE in ds.load(c, channels=["CT"]).labels]
+
+    def carry(names):
+        return [c for c in names if REAL_STRUCTURE in ds.load(c, channels=["CT"]).labels]
+
+    names, test = carry(ds.cases), carry(ds.test_cases)
     if len(names) < 3:
         return None, f"only {len(names)} OpenKBP patients with {REAL_STRUCTURE}"
     ct = [m.key for m in select(P["methods"], ct_only=True)]
@@ -57,6 +62,7 @@ def openkbp_run(P: Mapping[str, Any], **kwargs):
         return None, "no CT method selected"
     Q = P.replace(methods=ct, structure=REAL_STRUCTURE, n_test=max(1, min(len(names) // 3, int(P["n_test"]))),
                   n_cases=None, ct_channel="CT")
-    res = run_experiment(MODULE, Q, name="openkbp", dataset=_Subset(ds, names),
-                         data_label=f"OpenKBP CT ({len(names)} patients)", **kwargs)
-    return res, f"{len(names)} OpenKBP patients"
+    res = run_experiment(MODULE, Q, name="openkbp", dataset=_Subset(ds, names, test),
+                         data_label=f"OpenKBP CT ({len(names)} patients" + (f", {len(test)} held-out)" if test else ")"),
+                         **kwargs)
+    return res, f"{len(names)} OpenKBP training patients" + (f", {len(test)} held-out test patients" if test else "")
