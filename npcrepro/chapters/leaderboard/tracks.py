@@ -62,7 +62,7 @@ def openkbp_run(P: Mapping[str, Any], **kwargs):
         return None, "no CT method selected"
     Q = P.replace(methods=ct, structure=REAL_STRUCTURE, n_test=max(1, min(len(names) // 3, int(P["n_test"]))),
                   n_cases=None, ct_channel="CT")
+    held = f", {len(test)} held-out" if test else ""
     res = run_experiment(MODULE, Q, name="openkbp", dataset=_Subset(ds, names, test),
-                         data_label=f"OpenKBP CT ({len(names)} patients" + (f", {len(test)} held-out)" if test else ")"),
-                         **kwargs)
+                         data_label=f"OpenKBP CT ({len(names)} patients{held})", **kwargs)
     return res, f"{len(names)} OpenKBP training patients" + (f", {len(test)} held-out test patients" if test else "")
