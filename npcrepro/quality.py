@@ -65,9 +65,9 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
     ``<out_dir>/<profile>/``: chapter, run name, data ("phantom" or the real dataset's name), method
     label, input (MRI/CT), the structures scored (``structure`` on the phantom; every structure a
     real-data track scores, e.g. OpenKBP's organs or its PTV70), test cases, cases predicted empty,
-    mean DSC (per case first, over structures, folds and seeds, then over cases), the bar, whether it
-    meets it (and predicts something) and the chapter's reason where it names the method an
-    exception."""
+    mean DSC (per case first, over the structures its reference has, folds and seeds, then over
+    cases), the bar, whether it meets it (and predicts something) and the chapter's reason where it
+    names the method an exception."""
     from npcrepro.summary import headline_of, newest_results
 
     rows = []
@@ -75,6 +75,8 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
         m = res.metrics
         if not len(m) or "structure" not in m:
             continue
+        if "ref_empty" in m:  # a structure absent from a patient's reference is not scored (the chapters' rule)
+            m = m[~m["ref_empty"].astype(bool)]
         data = data_name(res.data_label)
         if data == "phantom":
             m = m[m["structure"] == structure]

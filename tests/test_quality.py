@@ -200,9 +200,10 @@ def test_a_real_track_scores_every_structure_it_has_and_names_its_folder(tmp_pat
                                             "data_label": "/data/cache/openkbp-subset",
                                             "methods": [{"name": "unet", "label": "U-Net", "info": {}}]}))
     (p / "params.json").write_text("{}")
-    rows = [("k1", "Brainstem", 0.8), ("k1", "SpinalCord", 0.6), ("k2", "Brainstem", 0.2)]
-    df = pd.DataFrame([dict(method="unet", seed=0, fold=0, case=c, structure=s, dice=d, pred_empty=False)
-                       for c, s, d in rows])
+    rows = [("k1", "Brainstem", 0.8, False), ("k1", "SpinalCord", 0.6, False), ("k2", "Brainstem", 0.2, False),
+            ("k2", "SpinalCord", 1.0, True)]  # k2 has no spinal cord: left out, as in the chapters' tables
+    df = pd.DataFrame([dict(method="unet", seed=0, fold=0, case=c, structure=s, dice=d, pred_empty=e, ref_empty=e)
+                       for c, s, d, e in rows])
     df.to_csv(p / "metrics.csv", index=False)
     df.to_csv(p / "metrics_half.csv", index=False)
     t = quality.quality_table(tmp_path, "cpu")
