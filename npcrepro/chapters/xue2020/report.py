@@ -76,7 +76,8 @@ def channel_text(params) -> str:
 def data_label(results) -> str:
     """What the run was trained on, for titles and tables."""
     if results.params.get("target") == "ptv70":
-        return "OpenKBP (PTV70 stand-in)"
+        held = f", {results.held_out} held-out test patients" if results.held_out else ""
+        return f"OpenKBP (PTV70 stand-in{held})"
     return results.source if results.params.get("data") == "phantom" else str(results.params.get("data"))
 
 
