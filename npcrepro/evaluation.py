@@ -2,6 +2,8 @@
 
 * :func:`evaluate_cases` - predictions + reference cases -> one row per (case, structure), metrics from
   :func:`npcrepro.metrics.evaluate_case` (spacing-aware, empty-mask flags).
+* :func:`scored` - the rows of a per-case table that count in a mean: a structure absent from a
+  patient's reference is not scored (OpenKBP patients without a larynx or a PTV63).
 * :func:`summarize` - mean ± sd, median, percentile-bootstrap 95% CI of the mean, n, and how many rows
   were flagged empty (prediction or reference), per metric (and per group).
 * :func:`paired_test` / :func:`paired_tests` - paired t-test and Wilcoxon signed-rank test between two
@@ -23,7 +25,7 @@ import pandas as pd
 
 from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["evaluate_cases", "summarize", "bootstrap_ci", "holm", "paired_test", "paired_tests",
+__all__ = ["evaluate_cases", "scored", "summarize", "bootstrap_ci", "holm", "paired_test", "paired_tests",
            "compare_with_paper", "ComparisonTable", "format_mean_sd", "METRIC_ALIASES",
            "canonical_metric", "NON_METRIC_COLUMNS"]
 
@@ -107,6 +109,14 @@ def evaluate_cases(predictions: Mapping[str, Mapping[str, np.ndarray]], cases, *
 
 
 # ---------------------------------------------------------------------------------- summaries
+def scored(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a per-case ``table`` whose reference has the structure (``ref_empty`` false; every
+    row when the table has no such column): the rows every mean in the book is taken over."""
+    if "ref_empty" not in table:
+        return table
+    return table[~table["ref_empty"].astype(bool)]
+
+
 def bootstrap_ci(values: Sequence[float], *, ci: float = 0.95, n_boot: int = 2000, seed: int = 0,
                  statistic=np.mean, method: str = "BCa") -> tuple[float, float]:
     """Bootstrap confidence interval of ``statistic`` (default the mean) with

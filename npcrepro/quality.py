@@ -68,6 +68,7 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
     mean DSC (per case first, over the structures its reference has, folds and seeds, then over
     cases), the bar, whether it meets it (and predicts something) and the chapter's reason where it
     names the method an exception."""
+    from npcrepro.evaluation import scored
     from npcrepro.summary import headline_of, newest_results
 
     rows = []
@@ -75,14 +76,13 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
         m = res.metrics
         if not len(m) or "structure" not in m:
             continue
-        if "ref_empty" in m:  # a structure absent from a patient's reference is not scored (the chapters' rule)
-            m = m[~m["ref_empty"].astype(bool)]
+        m = scored(m)  # a structure absent from a patient's reference is not scored (the chapters' rule)
         data = data_name(res.data_label)
         if data == "phantom":
             m = m[m["structure"] == structure]
             if not len(m):
                 continue
-        scored = ", ".join(sorted(set(m["structure"])))
+        names = ", ".join(sorted(set(m["structure"])))
         named = exceptions(chapter)
         for method in [k for k in res.methods if k in set(m["method"])]:
             mine = m[m["method"] == method]
@@ -92,7 +92,7 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
             family = input_of(res, method)
             dice = h["mean"]
             rows.append({"chapter": chapter, "run": name, "data": data, "method": res.label(method),
-                         "input": family, "structures": scored, "test cases": h["n"],
+                         "input": family, "structures": names, "test cases": h["n"],
                          "cases predicted empty": int(empty.sum()),
                          "dice": dice, "bar": BARS[family],
                          "meets bar": bool(dice >= BARS[family] and not empty.all()),

@@ -345,10 +345,9 @@ def profile_chapters(profile: str, pages: str | Path | None = None) -> list[str]
 
 def _mean_dice(metrics: pd.DataFrame, method: str) -> dict:
     """Per-patient mean DSC of ``method`` over the structures its reference has (:func:`headline_of`)."""
-    m = metrics
-    if "ref_empty" in m:
-        m = m[~m["ref_empty"].astype(bool)]
-    return headline_of(m, method)
+    from npcrepro.evaluation import scored
+
+    return headline_of(scored(metrics), method)
 
 
 def _cell(h: dict) -> str:

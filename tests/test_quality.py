@@ -171,6 +171,29 @@ def test_flags_thresholds_are_strict_and_need_most_cases(tmp_path):
     assert f.loc[1, "flag"] == "volume off more than 3x on 1 of 1 cases"
 
 
+def test_flags_and_convergence_leave_out_a_structure_absent_from_the_reference(tmp_path):
+    """An OpenKBP patient without a larynx: the network that predicts none scores 1.0 there at half
+    budget and 0.0 at full (a stray voxel); neither row is scored, so nothing moves and no flag shows."""
+    from npcrepro.engine.results import Results
+
+    run = _collapsing_run(tmp_path)
+    extra = dict(method="net", seed=0, case="p1", structure="Larynx", fold=0, pred_empty=False, ref_empty=True,
+                 volume_pred_cm3=0.1, volume_ref_cm3=0.0)
+    for name, value in (("metrics.csv", 0.0), ("metrics_half.csv", 1.0)):
+        m = pd.read_csv(run / name).assign(ref_empty=False)
+        pd.concat([m, pd.DataFrame([dict(extra, dice=value)])]).to_csv(run / name, index=False)
+    res = Results.open(run)
+    f = res.flags().set_index("seed")
+    assert f.loc[0, "dice at half budget"] == pytest.approx(0.90)
+    assert f.loc[0, "dice at full budget"] == pytest.approx(0.92) and f.loc[0, "flag"] == ""
+    c = res.convergence().set_index("method")
+    assert c.loc["net", "dice at half budget"] == pytest.approx(0.90)
+    assert c.loc["net", "dice at full budget"] == pytest.approx(0.66)
+    # the old mean took the absent larynx in: seed 0 fell from 0.933 to 0.613 and was flagged
+    m = pd.read_csv(run / "metrics.csv")
+    assert m[m["seed"] == 0]["dice"].mean() == pytest.approx(0.92 * 2 / 3)
+
+
 def test_li2018_names_its_printed_recipes_and_their_reasons_hold():
     """The reasons of li2018's EXCEPTIONS: from the printed N(0, 1) weights the logits are huge (the
     sigmoid saturates); from Caffe's small filler they are near 0 (probability 1/2 everywhere)."""

@@ -220,7 +220,8 @@ class Results:
         full budget (it never found the structure) is not converged, however flat its curve. With
         several training stages, "half the budget" is the middle of the last stage (see
         :func:`npcrepro.engine.experiment._save_half_budget`). Means are over test cases (and folds and
-        seeds). ``labels``: the methods' labels instead of their names.
+        seeds), of the scored rows (:func:`npcrepro.evaluation.scored`). ``labels``: the methods' labels
+        instead of their names.
 
         ``difference low`` / ``difference high``: the 95 % bootstrap interval (BCa, over the test cases
         scored at both points, paired: same case, structure, fold and seed) of the mean difference, and
@@ -231,11 +232,13 @@ class Results:
         flags, with the reason ("" when none), so that a collapse a mean hides is shown beside it."""
         import pandas as pd
 
-        m = self.metrics
+        from npcrepro.evaluation import scored
+
+        m = scored(self.metrics)
         full = m.groupby("method")[metric].mean() if len(m) else pd.Series(dtype=float)
         per_seed = (m.groupby(["method", "seed"])[metric].mean().unstack("seed")
                     if len(m) and "seed" in m else None)
-        half = (self.metrics_half.groupby("method")[metric].mean()
+        half = (scored(self.metrics_half).groupby("method")[metric].mean()
                 if self.metrics_half is not None and len(self.metrics_half) else pd.Series(dtype=float))
         flags = self.flags()
         flags = flags[flags["flag"] != ""]
@@ -261,21 +264,24 @@ class Results:
 
     def flags(self, drop: float = COLLAPSE_DROP, factor: float = VOLUME_FACTOR, labels: bool = False):
         """One row per trained network (method and seed, over folds): is it a collapse that a mean over
-        seeds would hide? ``dice at half budget`` / ``dice at full budget`` (mean over its test cases),
+        seeds would hide? ``dice at half budget`` / ``dice at full budget`` (mean over its test cases'
+        scored rows, :func:`npcrepro.evaluation.scored`: a structure absent from a reference is left out),
         ``drop`` (half minus full), ``volume off`` (cases, with a reference, whose predicted volume is
         more than ``factor`` times or less than 1/``factor`` of it), ``cases`` and ``flag``: the
         reasons in words ("" when none): the full-budget DSC falls more than ``drop`` below the
         half-budget one, or the volume is off on most (more than half) of the cases."""
         import pandas as pd
 
+        from npcrepro.evaluation import scored
+
         columns = ["method", "seed", "dice at half budget", "dice at full budget", "drop", "volume off",
                    "cases", "flag"]
         m = self.metrics
         if m is None or not len(m) or "dice" not in m:
             return pd.DataFrame(columns=columns)
-        m = m if "seed" in m else m.assign(seed=0)
+        m = scored(m if "seed" in m else m.assign(seed=0))
         half = self.metrics_half
-        half = (half.groupby(["method", "seed"])["dice"].mean()
+        half = (scored(half).groupby(["method", "seed"])["dice"].mean()
                 if half is not None and len(half) and "seed" in half else {})
         rows = []
         for (name, seed), mine in m.groupby(["method", "seed"]):
@@ -295,10 +301,10 @@ class Results:
     def _difference_interval(self, method: str, metric: str) -> tuple[float, float]:
         """95 % BCa bootstrap interval of the mean of ``metric`` at the full budget minus at half, over
         the cases scored at both (paired on case, structure, fold and seed)."""
-        from npcrepro.evaluation import bootstrap_ci
+        from npcrepro.evaluation import bootstrap_ci, scored
 
-        full = self.metrics[self.metrics["method"] == method]
-        half = self.metrics_half[self.metrics_half["method"] == method]
+        full, half = scored(self.metrics), scored(self.metrics_half)
+        full, half = full[full["method"] == method], half[half["method"] == method]
         keys = [k for k in ("case", "structure", "fold", "seed") if k in full and k in half]
         both = full[keys + [metric]].merge(half[keys + [metric]], on=keys, suffixes=("", " half"))
         if len(both) < 2:  # one case says nothing about the spread
