@@ -12,6 +12,9 @@ Runs each chapter's experiment (:func:`npcrepro.chapters.run`) once per environm
   another order;
 * ``default kernels``: 1 thread with ``ATEN_CPU_CAPABILITY=default``, torch's plain C++ kernels
   instead of the AVX2/AVX-512 ones this CPU would pick (another machine's kernel choice);
+* ``AVX2 machine``: 1 thread with torch's own kernels (``ATEN_CPU_CAPABILITY``) and oneDNN's
+  convolutions (``ONEDNN_MAX_CPU_ISA``) both held to AVX2: what a machine without AVX-512 runs. On an
+  AVX2 machine it is the same as ``1 thread``;
 * ``jobs reversed``: 1 thread with the jobs started in the reverse order (``NPCREPRO_JOB_ORDER``).
 
 Prints per chapter and method: the mean DSC in each environment, the largest difference between two
@@ -45,6 +48,7 @@ ENVIRONMENTS = {
     "1 thread": ({}, 1),
     "2 threads": ({}, 2),
     "default kernels": ({"ATEN_CPU_CAPABILITY": "default"}, 1),
+    "AVX2 machine": ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, 1),
     "jobs reversed": ({"NPCREPRO_JOB_ORDER": "reverse"}, 1),
 }
 
