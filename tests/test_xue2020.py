@@ -327,6 +327,10 @@ def test_notebook_smoke(run_notebook):
     assert {"params.json", "environment.json", "run.json", "splits.json", "metrics.csv", "training.csv",
             "deeplabv3plus", "unet", "DONE"} <= {p.name for p in run.iterdir()}
     assert list((run / "unet" / "fold_0" / "seed_0" / "predictions").glob("*/GTVp.nii.gz"))
+    import pandas as pd
+
+    training = pd.read_csv(run / "training.csv")  # smoke trains with the paper's plateau rule: cuts counted
+    assert (training["lr_cuts"] >= 0).all() and training["lr_cuts"].notna().all()
 
 
 def test_notebook_is_clean_and_parameterised():
@@ -445,6 +449,17 @@ def test_schedule_is_the_papers_plateau_at_gpu_and_cosine_twice_with_warmup_at_c
     assert cpu == {"kind": "cosine", "total": 240, "unit": "iteration", "warmup": 12, "cycles": 2}
     gpu = schedule(profiles.resolve("xue2020", "gpu"), {"epochs": 200})
     assert gpu == {"kind": "plateau", "factor": 0.8, "patience": 5, "unit": "epoch", "warmup": 0}
+
+
+def test_lr_cuts_are_counted_for_the_plateau_rule_only(tmp_path):
+    """A cosine schedule lowers the rate at every evaluation; the training table's "lr cuts" are the
+    plateau rule's, so a cosine run has none to count (they were shown as 26 cuts in 600 iterations)."""
+    from npcrepro import chapters
+
+    P = profiles.resolve("xue2020", "smoke", out_dir=str(tmp_path), device="cpu", real_data="off")
+    cosine = chapters.run(P.replace(schedule="cosine"), name="cosine")
+    assert cosine.training["lr_cuts"].isna().all()
+    assert (cosine.training["final_lr"] < float(P["lr"])).all()
 
 
 # ----------------------------------------------------------------------------------- which CT

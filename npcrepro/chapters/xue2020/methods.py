@@ -223,7 +223,9 @@ class Xue2020(Chapter):
             label=method.label, train_slices=len(train_ds), iterations=h.iterations, fit_seconds=fit_seconds,
             best_val_loss=h.best_val_loss, best_iteration=h.best_iteration, final_train_loss=h.final_train_loss,
             final_lr=float(f["lr"].iloc[-1]) if len(f) and "lr" in f else None,
-            lr_cuts=int((f["lr"].diff() < 0).sum()) if len(f) and "lr" in f else 0,
+            # a cut is the plateau rule's; a cosine or poly schedule lowers the rate at every evaluation
+            lr_cuts=(int((f["lr"].diff() < 0).sum()) if len(f) and "lr" in f else 0)
+            if P["schedule"] == "plateau" else None,
             pixel_mm=pixel_mm, parameters=int(sum(p.numel() for p in model.parameters())),
             aspp_rates="/".join(map(str, model.aspp.rates)) if hasattr(model, "aspp") else "",
             ms_median=tm["ms_median"], ms_mean=tm["ms_mean"], timing_shape="×".join(map(str, tm["shape"])),
