@@ -123,9 +123,10 @@ CHOICES = {
     "real T2 track": "the working recipe with the paper's augmentation at the real_iterations budget. Three "
                      "changes named in advance (flips, scaling and shifts besides the paper's draws; a start "
                      "from the phantom-trained network; a first stage five times longer) were compared by "
-                     "cross-validation inside the 20 training slices of the first fold, whose 5 test slices "
-                     "no development run read: none did better, and with each most held-out slices came out "
-                     "empty while the longer stage fitted its training slices closely (development record). "
-                     "20 training slices a fold are too few for this network; the track shows the pipeline on "
-                     "real scans and decides nothing about the paper's claims",
+                     "cross-validation inside the training slices of the cpu profile's first fold, whose "
+                     "test slices no development run read: none did better, and with each most held-out "
+                     "slices came out empty while the longer stage fitted its training slices closely "
+                     "(development record). The 20 training slices of a cpu fold are too few for this "
+                     "network; the track shows the pipeline on real scans and decides nothing about the "
+                     "paper's claims",
 }
