@@ -34,7 +34,8 @@ def _run(folder: Path, dice: dict, half: dict) -> Results:
 
 def test_compare_reads_environments_seeds_and_half_budget(tmp_path):
     bench = _bench()
-    assert set(bench.ENVIRONMENTS) == {"1 thread", "2 threads", "default kernels", "AVX2 machine", "jobs reversed"}
+    assert set(bench.ENVIRONMENTS) == {"1 thread", "2 threads", "default kernels", "AVX2 machine",
+                                       "jobs reversed"}
     assert bench.ENVIRONMENTS["default kernels"][0] == {"ATEN_CPU_CAPABILITY": "default"}
     assert bench.ENVIRONMENTS["AVX2 machine"][0] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     steady = {("a", 0): 0.80, ("a", 1): 0.84, ("b", 0): 0.90, ("b", 1): 0.70}
