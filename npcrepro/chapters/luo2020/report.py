@@ -115,10 +115,11 @@ def method_table(P: Mapping[str, Any], n_classes: int, methods: Sequence[str] | 
 
 # ----------------------------------------------------------------------------------- tables of a run
 def scored(results) -> pd.DataFrame:
-    """The rows the means use (structures present in the patient's reference), with ``key`` (the
-    method's name) and ``method`` (its label, as the paper names it)."""
-    m = results.metrics
-    m = m[~m["ref_empty"].astype(bool)].copy()
+    """The rows the means use (:func:`npcrepro.evaluation.scored`: structures present in the patient's
+    reference), with ``key`` (the method's name) and ``method`` (its label, as the paper names it)."""
+    from npcrepro import evaluation
+
+    m = evaluation.scored(results.metrics).copy()
     m.insert(1, "key", m["method"])
     m["method"] = m["key"].map(results.label)
     return m
