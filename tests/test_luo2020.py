@@ -200,6 +200,7 @@ import pandas as pd  # noqa: E402
 from chapter_contract import ChapterContract  # noqa: E402
 
 from npcrepro import papers, recipes  # noqa: E402
+from npcrepro.chapters.luo2020 import figures as LF  # noqa: E402
 from npcrepro.chapters.luo2020 import methods as LM  # noqa: E402
 from npcrepro.chapters.luo2020 import prepare as LP  # noqa: E402
 from npcrepro.chapters.luo2020 import report as LR  # noqa: E402
@@ -521,8 +522,8 @@ def test_run_end_to_end_on_a_toy_dataset(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    for fig in (LR.fig_qualitative(res), LR.fig_dsc_per_fold(res), LR.fig_boxplots(res),
-                LR.fig_case(cases[0], structures)):
+    for fig in (LF.fig_qualitative(res), LF.fig_dsc_per_fold(res), LF.fig_boxplots(res),
+                LF.fig_case(cases[0], structures)):
         assert fig.axes
 
 

@@ -15,7 +15,6 @@ The road (Sec. 1 of the paper, with this project's choices where it is silent)::
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
