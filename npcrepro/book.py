@@ -23,44 +23,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from npcrepro import pages as _pages
 from npcrepro.chapterlog import chapter_log
 from npcrepro.errors import DataError, NpcreproError, ParameterError
 from npcrepro.paths import repo_root
 
-#: Chapters in book order: notebook name -> title. Each is notebooks/<name>.ipynb.
-CHAPTERS: dict[str, str] = {
-    "metrics": "Metrics on real contours: two raters",
-    "data": "The NPC digital phantom",
-    "realdata": "Real data",
-    "li2018": "li2018: CNN on contrast-enhanced MRI",
-    "xue2020": "xue2020: DeepLabv3+ vs U-Net on planning CT",
-    "luo2020": "luo2020: two-stage U-Net on nasopharyngeal CT",
-    "guo2021": "guo2021: cascaded 3D CNN on contrast-enhanced T1 MRI",
-    "chen2020": "chen2020: MMFNet multi-modality fusion",
-    "leaderboard": "Leaderboard: the five papers under one protocol",
-    "explorer": "Explorer: predictions over the images",
-    "template": "Anatomy of a chapter (template)",
-    "reproducibility": "Reproducibility: what produced each chapter",
-    "intro": "Introduction (with the headline table)",
-}
+#: Chapters in book order (:mod:`npcrepro.pages`): notebook name -> title. Each is notebooks/<name>.ipynb.
+CHAPTERS: dict[str, str] = {k: p.title for k, p in _pages.pages().items()}
 #: Chapters that read other chapters' outputs: they re-run when any of those changed, and run after them.
 #: ``"*"``: every other chapter.
-DEPENDS: dict[str, tuple[str, ...] | str] = {
-    # the explorer's static viewer shows the newest run of the leaderboard and of every paper
-    "explorer": ("leaderboard", "li2018", "xue2020", "luo2020", "guo2021", "chen2020"),
-    "reproducibility": "*",
-    "intro": "*",
-}
+DEPENDS: dict[str, tuple[str, ...] | str] = {k: p.depends for k, p in _pages.pages().items() if p.depends}
 #: Chapters that train on a process pool of their own (the leaderboard's ``workers``, one torch
 #: thread each): they run alone and first, so that the pool does not oversubscribe the cores shared
 #: with another chapter and the recorded time is what the chapter costs.
-WIDE: frozenset[str] = frozenset({"leaderboard"})
+WIDE: frozenset[str] = frozenset(k for k, p in _pages.pages().items() if p.wide)
 PROFILES = ("smoke", "cpu", "gpu", "gpu-lite")
 #: Profiles whose chapters train on a GPU: their executed notebooks are committed (``book/runs/<profile>/``)
 #: and rendered as they are; a machine without a GPU executes only :data:`READERS` for them.
 GPU_PROFILES = ("gpu", "gpu-lite")
 #: Pages that only read other pages' outputs (seconds anywhere, whatever the profile).
-READERS: frozenset[str] = frozenset({"intro", "reproducibility"})
+READERS: frozenset[str] = frozenset(_pages.keys("reader"))
 #: The profile whose committed run each chapter shows beside its own, and the introduction all of
 #: (:func:`fingerprint` re-executes a page when what it shows changes).
 BESIDE = "gpu-lite"
@@ -388,10 +370,9 @@ def next_chapter(waiting: Sequence[str], running: Sequence[str], ready) -> str |
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-#: Rough cpu-profile minutes per chapter on 2 cores (a fresh clone's book, two chapters at a time), to
-#: start the long ones first when no earlier run recorded its time.
-_EXPECTED_MINUTES = {"leaderboard": 9.5, "luo2020": 8, "chen2020": 13, "li2018": 3, "xue2020": 4,
-                     "guo2021": 3.5, "template": 1, "data": 0.5, "realdata": 0.1, "metrics": 0.1}
+#: Rough cpu-profile minutes per chapter on 2 cores (its ``page.toml``), to start the long ones first
+#: when no earlier run recorded its time.
+_EXPECTED_MINUTES = {k: p.minutes for k, p in _pages.pages().items()}
 
 
 def _recorded_seconds(path: Path) -> float:
@@ -428,15 +409,34 @@ def _mmss(seconds: float) -> str:
     return f"{m}:{s:02d}"
 
 
+#: Book pages that are not notebooks (``book/*.md``): part -> (before its notebooks, after them).
+_STATIC_PAGES = {"Foundations": (("book/protocol", "book/metrics"), ()), "Appendix": ((), ("book/using",))}
+
+
+def toc_text(profile: str = "cpu") -> str:
+    """The table of contents, generated from the pages (:mod:`npcrepro.pages`: each notebook in its
+    ``part``, in book order; the ``root`` page first) and :data:`_STATIC_PAGES`, pointing at
+    ``book/runs/<profile>/``."""
+    found = _pages.pages()
+    root_page = next(k for k, p in found.items() if p.part == "root")
+    lines = ["# Table of contents, generated from npcrepro/chapters/*/page.toml by npcrepro.book.toc_text",
+             "# (`make book` rewrites it when a page is added; a test keeps the committed copy in step).",
+             "format: jb-book", f"root: book/runs/{profile}/{root_page}", "parts:"]
+    for part in _pages.PARTS:
+        before, after = _STATIC_PAGES.get(part, ((), ()))
+        files = [*before, *(f"book/runs/{profile}/{k}" for k, p in found.items() if p.part == part), *after]
+        if part != "root" and files:
+            lines += [f"  - caption: {part}", "    chapters:", *(f"      - file: {f}" for f in files)]
+    return "\n".join(lines) + "\n"
+
+
 def toc_for(profile: str, root: Path | None = None) -> Path:
-    """The table of contents for ``profile``: ``_toc.yml`` itself for cpu, else a generated copy
-    pointing at ``book/runs/<profile>/``."""
+    """The table of contents for ``profile`` (:func:`toc_text`): ``_toc.yml`` for cpu (rewritten only
+    when the pages changed), else ``_toc.<profile>.yml``; for a GPU profile only the chapters executed
+    (on a GPU) and committed."""
     root = root or repo_root()
-    base = root / "_toc.yml"
-    if profile == "cpu":
-        return base
-    text = base.read_text(encoding="utf-8").replace("book/runs/cpu/", f"book/runs/{profile}/")
-    if profile in GPU_PROFILES:  # only the chapters executed (on a GPU) and committed
+    text = toc_text(profile)
+    if profile in GPU_PROFILES:
         import yaml
 
         toc = yaml.safe_load(text)
@@ -445,8 +445,9 @@ def toc_for(profile: str, root: Path | None = None) -> Path:
                 f"book/runs/{profile}/") or (root / f"{c['file']}.ipynb").exists()]
         toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
         text = yaml.safe_dump(toc, sort_keys=False)
-    out = root / f"_toc.{profile}.yml"
-    out.write_text(text, encoding="utf-8")
+    out = root / ("_toc.yml" if profile == "cpu" else f"_toc.{profile}.yml")
+    if not out.exists() or out.read_text(encoding="utf-8") != text:
+        out.write_text(text, encoding="utf-8")
     return out
 
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from npcrepro import pages
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["GPUS", "UTILISATION", "chapter_plan", "plan", "markdown", "TRAINING_CHAPTERS"]
@@ -44,8 +45,8 @@ GPUS: dict[str, float] = {"H100": 989e12, "A100": 312e12, "RTX 4090 (24 GB)": 16
 #: instance norms and data loading keep it well below the peak).
 UTILISATION = 0.35
 
-#: Chapters that train networks, in the book's order.
-TRAINING_CHAPTERS = ("template", "li2018", "xue2020", "luo2020", "guo2021", "chen2020", "leaderboard")
+#: Chapters that train networks, in the book's order (:mod:`npcrepro.pages`).
+TRAINING_CHAPTERS = pages.training()
 
 
 def _newest_dry_run(out_dir: Path, profile: str, chapter: str) -> Path | None:

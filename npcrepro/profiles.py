@@ -206,26 +206,15 @@ _papers_loaded = False
 
 def _load_papers() -> None:
     """Register every chapter's profiles from its recipe module (:mod:`npcrepro.recipes`): plain
-    data, so learning a chapter's parameters imports no chapter code.
-
-    Transitional: chapters whose recipe module does not exist yet still register by importing their
-    pipeline (``npcrepro.pipelines.<name>``)."""
+    data, so learning a chapter's parameters imports no chapter code."""
     global _papers_loaded
     if _papers_loaded:
         return
     _papers_loaded = True
-    import importlib
-
     from npcrepro import recipes
 
     for name in recipes.CHAPTERS:
-        try:
-            mod = recipes.load(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"npcrepro.recipes.{name}":
-                raise
-            importlib.import_module(f"npcrepro.pipelines.{name}")
-            continue
+        mod = recipes.load(name)
         for profile, sizes in mod.PROFILES.items():
             register_profile(name, profile, **sizes)
         if mod.ALLOWED:

@@ -16,10 +16,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from npcrepro import pages as _pages
 from npcrepro.errors import DataError
 
 HEADLINE_MIME = "application/vnd.npcrepro.headline+json"
-PAPERS = ("li2018", "xue2020", "luo2020", "guo2021", "chen2020")
+PAPERS = _pages.papers()
 
 
 def headline_of(table: pd.DataFrame, method: str, *, column: str = "method", metric: str = "dice",

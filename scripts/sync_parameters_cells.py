@@ -1,6 +1,6 @@
 """Rewrite the parameters cell of chapter notebooks from the registry (npcrepro.profiles.parameters_cell).
 
-Usage: python scripts/sync_parameters_cells.py [chapter ...]   (default: every chapter that trains)
+Usage: python scripts/sync_parameters_cells.py [chapter ...]   (default: every page whose cell is generated)
 The test tests/test_parameters.py fails when a committed cell differs from the generated one.
 """
 from __future__ import annotations
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import nbformat
 
-from npcrepro import profiles
+from npcrepro import pages, profiles
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTERS = ("template", "li2018", "xue2020", "luo2020", "guo2021", "chen2020", "leaderboard", "explorer")
+#: The pages whose parameters cell is generated (their page.toml's ``cell``).
+CHAPTERS = pages.generated_cells()
 
 
 def sync(name: str) -> bool:

@@ -63,7 +63,7 @@ def test_openkbp_axes_spacing_and_flat_index(kbp_cases):
 
 @pytest.mark.realdata
 def test_openkbp_orientation_matches_anatomy(kbp_cases):
-    from npcrepro.pipelines.realdata import orientation_checks
+    from npcrepro.chapters.realdata.report import orientation_checks
 
     for _, case in kbp_cases.values():
         cen = {s: np.argwhere(case.labels[s]).mean(0) for s in

@@ -24,7 +24,7 @@ from npcrepro.engine.experiment import JobContext, JobSpec, job_dir
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import build, count_parameters
 from npcrepro.models import mmfnet as M
-from npcrepro.papers import chen2020 as paper
+from npcrepro.chapters.chen2020 import paper
 
 MODULE = "npcrepro.chapters.chen2020.methods"
 

@@ -15,12 +15,12 @@ from npcrepro.errors import DataError
 from npcrepro.viz import development
 
 ROOT = Path(__file__).resolve().parent.parent
-WITH_RECORD = [c for c in recipes.CHAPTERS if (recipes.DEVELOPMENT_DIR / f"{c}.json").is_file()]
+WITH_RECORD = [c for c in recipes.CHAPTERS if recipes.development_path(c).is_file()]
 
 
-def test_every_record_file_belongs_to_a_chapter():
-    names = {p.stem for p in recipes.DEVELOPMENT_DIR.glob("*.json")}
-    assert names and names <= set(recipes.CHAPTERS), names - set(recipes.CHAPTERS)
+def test_every_record_file_belongs_to_a_chapter_with_a_recipe():
+    folders = {p.parent.name for p in (ROOT / "npcrepro" / "chapters").glob("*/development.json")}
+    assert folders and folders <= set(recipes.CHAPTERS), folders - set(recipes.CHAPTERS)
 
 
 @pytest.mark.parametrize("chapter", recipes.CHAPTERS)
@@ -74,7 +74,7 @@ def test_the_table_says_where_its_numbers_come_from():
 
 
 def test_a_malformed_record_names_the_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(recipes, "DEVELOPMENT_DIR", tmp_path)
+    monkeypatch.setattr(recipes, "development_path", lambda chapter: tmp_path / f"{chapter}.json")
     good = {"field": "CHOICES", "key": "loss", "commit": "abc1234", "date": "2026-01-01",
             "measurements": ["0.5 / 0.6"]}
     path = tmp_path / "template.json"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from npcrepro import io, metrics
-from npcrepro.pipelines import metrics as chapter
+from npcrepro.chapters.metrics import report as chapter
 
 
 def _write_layout(root, spacing=(2.5, 1.0, 1.0)):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,11 @@ PKG = Path(__file__).resolve().parent.parent / "npcrepro"
 
 #: Top-level module or package of npcrepro -> layer (higher may import lower, never the reverse).
 LAYERS = {
-    "errors": 0, "paths": 0,
+    "errors": 0, "paths": 0, "pages": 0,
     "io": 1, "metrics": 1, "losses": 1, "transforms": 1, "models": 1, "datasets": 1, "phantom": 1,
     "papers": 1, "recipes": 1, "plots": 1, "dicom": 1,
     "engine": 2, "evaluation": 2, "claims": 2, "profiles": 2, "scoring": 2,
-    "chapters": 3, "pipelines": 3,
+    "chapters": 3,
     "book": 4, "cli": 4, "viz": 4, "summary": 4, "webassets": 4, "browsercheck": 4, "viewercheck": 4,
     "chapterlog": 4, "plan": 4, "quality": 4, "__main__": 4,
 }
@@ -77,10 +78,73 @@ def test_nothing_below_the_chapter_layer_imports_a_chapter():
         if LAYERS.get(top, 4) >= 3:
             continue
         for line, mod in _imports(path):
-            assert _top(mod) not in ("chapters", "pipelines"), f"{path.relative_to(PKG)}:{line} imports {mod}"
+            assert _top(mod) != "chapters", f"{path.relative_to(PKG)}:{line} imports {mod}"
 
 
 def test_chapter_modules_are_small():
     big = {str(p.relative_to(PKG)): n for p in (PKG / "chapters").rglob("*.py")
            if (n := len(p.read_text(encoding="utf-8").splitlines())) >= 500}
     assert not big, f"chapter modules of 500 lines or more: {big}"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the npcrepro modules it imports anywhere in its file (inside functions too). ``from pkg
+    import sub`` of a submodule counts as importing ``pkg.sub`` only, not ``pkg``'s ``__init__``."""
+    names = {".".join(p.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in _modules()}
+    graph = {}
+    for name, path in names.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+                base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + [node.module or ""]
+                                ).strip(".") if node.level else node.module or ""
+                subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in names]
+                found = subs + ([base] if len(subs) < len(node.names) else [])
+            else:
+                continue
+            for mod in found:
+                while mod and mod not in names:
+                    mod = mod.rpartition(".")[0]
+                if mod and mod not in (name, "npcrepro"):
+                    deps.add(mod)
+        graph[name] = deps
+    return graph
+
+
+def test_no_import_circles():
+    """No two modules import each other, directly or around a loop (imports inside functions count)."""
+    graph, index, low, stack, on, circles = _module_graph(), {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while not comp or comp[-1] != v:
+                comp.append(stack.pop())
+                on.discard(comp[-1])
+            if len(comp) > 1:
+                circles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not circles, f"import circles: {circles}"
+
+
+def test_the_circle_check_finds_a_circle(monkeypatch):
+    loop = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    monkeypatch.setattr(sys.modules[__name__], "_module_graph", lambda: loop)
+    with pytest.raises(AssertionError, match=r"\['a', 'b', 'c'\]"):
+        test_no_import_circles()

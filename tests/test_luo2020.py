@@ -544,7 +544,7 @@ def test_profiles_resolve():
 
 
 def test_cached_openkbp_without_a_source_is_none():
-    from npcrepro.datasets.adapters.openkbp import cached_openkbp
+    from npcrepro.datasets.adapters.cached import cached_openkbp
 
     assert cached_openkbp("unused", 0) is None
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from npcrepro import profiles
+from npcrepro import pages, profiles
 
 REPO = Path(__file__).resolve().parent.parent
-CHAPTERS = ("template", "li2018", "xue2020", "luo2020", "guo2021", "chen2020", "leaderboard", "explorer")
+CHAPTERS = pages.generated_cells()
 
 
 def _cell(name: str) -> str:

@@ -13,7 +13,7 @@ markdown cells) may therefore hold a decimal number only when it is
 * a named constant of :data:`ALLOWED` below, each with where it comes from.
 
 Measured results of development runs belong in the chapter's development record
-(``npcrepro/recipes/development/<chapter>.json``, shown by ``npcrepro.viz.development``), not in prose.
+(``npcrepro/chapters/<chapter>/development.json``, shown by ``npcrepro.viz.development``), not in prose.
 Glue roles, inline code, math, links, section numbers ("Sec. 2.3") and licence versions ("CC BY 4.0")
 are not prose numbers and are stripped first.
 """

@@ -422,12 +422,12 @@ class Testxue2020Contract(ChapterContract):
 
 
 def test_stage_table_sets_table1_beside_the_cohort(monkeypatch):
-    """Table 1 as reported (every count and percent of papers.xue2020.DEMOGRAPHICS) beside the T and N
+    """Table 1 as reported (every count and percent of the paper's DEMOGRAPHICS) beside the T and N
     stage mix of the run's patients."""
     from types import SimpleNamespace
 
     from npcrepro.chapters.xue2020 import report as R
-    from npcrepro.papers import xue2020 as paper
+    from npcrepro.chapters.xue2020 import paper
 
     cases = {f"c{i}": SimpleNamespace(meta={"t_stage": t, "n_stage": n})
              for i, (t, n) in enumerate([("T3", "N2"), ("T3", "N0"), ("T4", "N2"), ("T1", "N1")])}

@@ -1,4 +1,5 @@
-"""The chapter layer: one package per chapter, each in three small parts.
+"""The chapter layer: one folder per book page, found by :mod:`npcrepro.pages` from its ``page.toml``
+(title, place, kind, dependencies, expected minutes). A page that trains has three small parts more:
 
 ``npcrepro.chapters.<name>``
     ``prepare``  case -> model inputs and samplers;
@@ -14,18 +15,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from npcrepro import pages
+
 __all__ = ["MODULES", "module", "run", "dry_run", "ct_inputs", "CT_CHANNELS"]
 
-#: Chapters ported to the runner: name -> the module holding ``CHAPTER``.
-MODULES: dict[str, str] = {
-    "template": "npcrepro.chapters.template.methods",
-    "leaderboard": "npcrepro.chapters.leaderboard.methods",
-    "luo2020": "npcrepro.chapters.luo2020.methods",
-    "li2018": "npcrepro.chapters.li2018.methods",
-    "xue2020": "npcrepro.chapters.xue2020.methods",
-    "chen2020": "npcrepro.chapters.chen2020.methods",
-    "guo2021": "npcrepro.chapters.guo2021.methods",
-}
+#: Chapters that train (their folder holds ``methods.py``; :mod:`npcrepro.pages`): name -> the module
+#: holding ``CHAPTER``.
+MODULES: dict[str, str] = {k: p.module for k, p in pages.pages().items() if p.trains}
 
 
 #: The phantom's two CTs, in HU: non-contrast and contrast-enhanced (venous phase).

@@ -9,6 +9,7 @@ structures (one binary channel each).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -404,10 +405,17 @@ def inplane_box(vol, size: Sequence[int], shift: Sequence[int] = (0, 0)):
     return T.center_box(vol.image.shape[2:], size, (vol.center[1] + shift[0], vol.center[2] + shift[1]))
 
 
+def window_starts(size: int, patch: int, step: int) -> list[int]:
+    """Start indices of windows of ``patch`` covering ``range(size)`` with at most ``step`` between
+    starts, the last window ending exactly at ``size`` (``size >= patch``)."""
+    if size <= patch:
+        return [0]
+    n = math.ceil((size - patch) / step) + 1
+    return sorted({int(round(s)) for s in np.linspace(0, size - patch, n)})
+
+
 def z_window_starts(nz: int, depth: int, step: int) -> list[int]:
     """Window starts along z every ``step`` slices; one centred (negative) start when ``nz < depth``."""
-    from npcrepro.engine.inference import window_starts
-
     if nz < depth:
         return [-((depth - nz) // 2)]
     return window_starts(nz, depth, step)
@@ -525,7 +533,7 @@ class CentrePixelDataset(torch.utils.data.Dataset):
                 torch.full((1, 1, 1), label, dtype=torch.float32))
 
 
-__all__ += ["crop_channels", "inplane_box", "z_window_starts", "channel_index", "WindowDataset",
+__all__ += ["crop_channels", "inplane_box", "window_starts", "z_window_starts", "channel_index", "WindowDataset",
             "CentrePixelDataset"]
 
 

@@ -47,6 +47,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from npcrepro.engine.runs import job_dir
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["Method", "Chapter", "JobContext", "JobSpec", "JobKilled", "run_experiment", "run_job",
@@ -109,11 +110,6 @@ class JobSpec:
     @property
     def label(self) -> str:
         return f"{self.method} fold {self.fold} seed {self.seed}"
-
-
-def job_dir(run: str | os.PathLike, method: str, fold: int, seed: int) -> Path:
-    """``<run>/<method>/fold_<fold>/seed_<seed>``."""
-    return Path(run) / method / f"fold_{fold}" / f"seed_{seed}"
 
 
 class JobContext:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from npcrepro.engine.data import prepare_case, slice_stack
+from npcrepro.engine.data import prepare_case, slice_stack, window_starts
 from npcrepro.engine.device import channels_last_model, conv_memory_format, resolve_device
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.transforms import Preprocessed, invert
@@ -101,15 +100,6 @@ def gaussian_weights(patch_size: Sequence[int], sigma_scale: float = 0.125,
         w = np.multiply.outer(w, g)
     w = w / w.max()
     return np.maximum(w, min_weight).astype(np.float32)
-
-
-def window_starts(size: int, patch: int, step: int) -> list[int]:
-    """Start indices of windows of ``patch`` covering ``range(size)`` with at most ``step`` between
-    starts, the last window ending exactly at ``size`` (``size >= patch``)."""
-    if size <= patch:
-        return [0]
-    n = math.ceil((size - patch) / step) + 1
-    return sorted({int(round(s)) for s in np.linspace(0, size - patch, n)})
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from npcrepro.engine.runs import job_dir
 from npcrepro.errors import DataError
 
 __all__ = ["Results", "find_results", "COLLAPSE_DROP", "VOLUME_FACTOR"]
@@ -175,8 +176,6 @@ class Results:
 
     # ------------------------------------------------------------------ files
     def job_dir(self, method: str, fold: int, seed: int | None = None) -> Path:
-        from npcrepro.engine.experiment import job_dir
-
         return job_dir(self.path, method, fold, self.seeds[0] if seed is None else seed)
 
     def prediction_path(self, method: str, case: str, structure: str | None = None,

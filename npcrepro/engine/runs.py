@@ -42,7 +42,7 @@ import numpy as np
 from npcrepro.errors import DataError
 from npcrepro.engine import distributed as D
 
-__all__ = ["RunFolder", "environment", "to_jsonable", "find_runs", "latest_run"]
+__all__ = ["RunFolder", "environment", "to_jsonable", "find_runs", "latest_run", "job_dir"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -164,6 +164,11 @@ def environment(device: str | None = None) -> dict:
         "world_size": D.world_size(),
     }
     return env
+
+
+def job_dir(run: str | os.PathLike, method: str, fold: int, seed: int) -> Path:
+    """One job's folder in a run folder: ``<run>/<method>/fold_<fold>/seed_<seed>``."""
+    return Path(run) / method / f"fold_{fold}" / f"seed_{seed}"
 
 
 class RunFolder:

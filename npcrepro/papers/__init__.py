@@ -1,7 +1,7 @@
 """The five papers' reported numbers and stated recipes: the book's single source of paper numbers.
 
-Every number a paper reports is transcribed once, in that paper's module
-(:mod:`npcrepro.papers.li2018`, ``luo2020``, ``guo2021``, ``chen2020``, ``xue2020``), as a
+Every number a paper reports is transcribed once, in that paper's module (``paper.py`` in its chapter
+folder, e.g. :mod:`npcrepro.chapters.li2018.paper`; read by :func:`get`), as a
 :class:`Reported` record with the table/figure/section it comes from. Chapters read them through
 :func:`reported`, :func:`headline`, :func:`info` and :func:`citation` and never hard-code them.
 
@@ -24,13 +24,13 @@ The text authority is the PDF extraction in ``<repo>/../shared/papers/*.txt``
 """
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from npcrepro import pages
 from npcrepro.errors import ParameterError
 
 __all__ = [
@@ -51,8 +51,8 @@ __all__ = [
     "text_path",
 ]
 
-#: Short keys of the five papers, in the book's order.
-PAPERS: tuple[str, ...] = ("li2018", "luo2020", "guo2021", "chen2020", "xue2020")
+#: Short keys of the papers (pages of kind "paper", :mod:`npcrepro.pages`), in the book's order.
+PAPERS: tuple[str, ...] = pages.papers()
 
 #: Canonical metric names of :attr:`Reported.metric`.
 METRICS: tuple[str, ...] = (
@@ -86,14 +86,8 @@ LOWER_IS_BETTER: frozenset[str] = frozenset(
     {"assd", "hd", "hd95", "dice_loss", "seconds_per_patient", "ms_per_slice", "train_hours", "p_value"}
 )
 
-#: File name of each paper's full text in ``<repo>/../shared/papers``.
-TEXT_FILES: dict[str, str] = {
-    "li2018": "li2018_cnn_cemri.txt",
-    "luo2020": "luo2020_two_stage_ct.txt",
-    "guo2021": "guo2021_cscn_mri.txt",
-    "chen2020": "chen2020_mmfnet.txt",
-    "xue2020": "xue2020_deeplabv3plus_ct.txt",
-}
+#: File name of each paper's full text in ``<repo>/../shared/papers`` (its ``page.toml``'s ``text``).
+TEXT_FILES: dict[str, str] = {k: pages.get(k).text for k in PAPERS}
 
 COLUMNS: tuple[str, ...] = (
     "paper", "table", "method", "metric", "value", "sd", "low", "high", "unit", "case", "note", "source",
@@ -197,7 +191,7 @@ def _check_key(key: str) -> str:
 
 def get(key: str) -> ModuleType:
     """The paper's module (``INFO``, ``REPORTED``, ``CITED``, ``CLAIMS``, ...)."""
-    return importlib.import_module(f"npcrepro.papers.{_check_key(key)}")
+    return pages.data_module(_check_key(key), "paper")
 
 
 def info(key: str) -> PaperInfo:

@@ -1,6 +1,7 @@
-"""Recipes as data: one plain-data module per chapter, imported by name, with no side effects.
+"""Recipes as data: one plain-data module per chapter, with no side effects.
 
-Each ``npcrepro.recipes.<chapter>`` module holds only plain values (no torch, no chapter imports):
+Each chapter's ``recipe.py`` (in its folder, ``npcrepro/chapters/<chapter>/``, read by
+:func:`npcrepro.pages.data_module`) holds only plain values (no torch, no chapter code):
 
 ``PROFILES``
     ``{"smoke" | "cpu" | "gpu": {parameter: value}}``: the sizes and recipe values each profile runs.
@@ -12,7 +13,7 @@ Each ``npcrepro.recipes.<chapter>`` module holds only plain values (no torch, no
     ``{parameter: [values]}``: parameters restricted to a set of values.
 ``PAPER``
     ``{parameter: (recipe item, value)}``: the paper's own value of a parameter, named by its item in
-    ``npcrepro.papers.<paper>.INFO.recipe`` (a test checks the value against that transcription).
+    the paper's ``INFO.recipe`` (its ``paper.py``; a test checks the value against that transcription).
 ``DEVIATIONS``
     ``{parameter: why}``: why a profile departs from the paper's value. Every parameter whose value at
     some profile differs from ``PAPER`` must have an entry (tested); the chapter prints the table.
@@ -27,8 +28,8 @@ Each ``npcrepro.recipes.<chapter>`` module holds only plain values (no torch, no
 
 The texts of CHOICES, DEVIATIONS and EXCEPTIONS give reasons, not measured results: the book shows
 only numbers of the run on the page (``tests/test_prose_numbers.py``). The development measurements
-behind a reason live in the chapter's development record, ``development/<chapter>.json`` beside these
-modules (:func:`development`): each record names the recipe entry it supports, the commit that wrote it,
+behind a reason live in the chapter's development record, ``development.json`` beside its recipe
+(:func:`development`): each record names the recipe entry it supports, the commit that wrote it,
 the cohort and machine it was measured on, and the measurements as written.
 
 :func:`npcrepro.profiles.parameters` reads these modules; nothing imports a chapter to learn its
@@ -36,17 +37,14 @@ parameters.
 """
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from types import ModuleType
 
+from npcrepro import pages
 from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["CHAPTERS", "SHARED_HELP", "load", "deviations", "development", "DEVELOPMENT_DIR"]
-
-#: Folder of the chapters' development records (``<chapter>.json``; package data).
-DEVELOPMENT_DIR = Path(__file__).resolve().parent / "development"
+__all__ = ["CHAPTERS", "SHARED_HELP", "load", "deviations", "development", "development_path"]
 
 #: Fields of one development record: required, and optional ones that default to the file's own.
 _RECORD_FIELDS = ("field", "key", "commit", "date", "measurements")
@@ -67,10 +65,8 @@ SHARED_HELP = {
     "workers": "training jobs at once (processes)",
 }
 
-#: Every chapter (and page) with a recipe module, in the book's order.
-CHAPTERS: tuple[str, ...] = ("metrics", "realdata", "template", "li2018", "xue2020", "luo2020",
-                             "guo2021", "chen2020", "leaderboard", "explorer", "intro",
-                             "reproducibility")
+#: Every chapter (and page) with a recipe module (``recipe.py`` in its folder), in the book's order.
+CHAPTERS: tuple[str, ...] = tuple(k for k, p in pages.pages().items() if (p.folder / "recipe.py").is_file())
 
 _FIELDS = ("PROFILES", "HELP", "ALLOWED", "PAPER", "DEVIATIONS", "CHOICES", "EXCEPTIONS")
 
@@ -80,7 +76,7 @@ def load(chapter: str) -> ModuleType:
     present (missing ones default to empty)."""
     if chapter not in CHAPTERS:
         raise ParameterError(f"unknown chapter {chapter!r} (valid: {', '.join(CHAPTERS)})")
-    mod = importlib.import_module(f"npcrepro.recipes.{chapter}")
+    mod = pages.data_module(chapter, "recipe")
     for f in _FIELDS:
         if not hasattr(mod, f):
             setattr(mod, f, {})
@@ -113,6 +109,11 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def development_path(chapter: str) -> Path:
+    """Where the development record of ``chapter`` lives: ``development.json`` in its folder (package data)."""
+    return pages.get(chapter).folder / "development.json"
+
+
 def development(chapter: str) -> dict:
     """The development record of ``chapter``: the measurements of development runs behind its recipe's
     reasons, moved out of the recipe's prose (a chapter page shows only numbers of its own run).
@@ -123,7 +124,7 @@ def development(chapter: str) -> dict:
     the record names its own), optional ``setup`` and ``note``, and ``measurements`` (the sentences as
     written). A chapter without a file has no records. DataError names the file and what is wrong."""
     mod = load(chapter)
-    path = DEVELOPMENT_DIR / f"{chapter}.json"
+    path = development_path(chapter)
     empty = {"chapter": chapter, "about": "", "cohort": "", "machine": "", "records": []}
     if not path.is_file():
         return empty

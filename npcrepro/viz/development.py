@@ -2,7 +2,7 @@
 
 The recipes' texts give the reasons for each choice; the measurements behind those reasons come from
 development runs and are kept apart, in the chapter's development record
-(:func:`npcrepro.recipes.development`). A chapter page shows only numbers of its own run, so it shows
+(:func:`npcrepro/chapters/development/recipe.py`). A chapter page shows only numbers of its own run, so it shows
 the record as what it is: :func:`table` gives it a caption saying that its numbers come from
 development runs (cohort, machine, commit), not from the run on the page. Every chapter notebook shows
 it with ``development.table("<chapter>")`` after its recipe's choices.
@@ -72,6 +72,6 @@ def table(chapter: str) -> DevelopmentTable:
     caption = (f"Development record of {chapter}: these numbers come from development runs (a few from "
                f"earlier runs of the book, where a row says so), not from the run on this page. They are the "
                f"measurements behind the recipe's reasons, kept as they were written "
-               f"(npcrepro/recipes/development/{chapter}.json). Cohort, unless a row names another: "
+               f"(npcrepro/chapters/{chapter}/development.json). Cohort, unless a row names another: "
                f"{record['cohort']} Machine: {record['machine']}. Commits that wrote them: {commits}.")
     return DevelopmentTable(chapter, frame, caption)

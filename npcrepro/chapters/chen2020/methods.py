@@ -1,7 +1,7 @@
 """chen2020 (MMFNet): the rows of Tables I and II as methods of the experiment runner.
 
-Every row is a method named by its key in :data:`npcrepro.papers.chen2020.TABLE_I_ROWS` /
-:data:`~npcrepro.papers.chen2020.TABLE_II_ROWS` (``baseline`` of Table II is Table I's
+Every row is a method named by its key in :data:`npcrepro.chapters.chen2020.paper.TABLE_I_ROWS` /
+:data:`~npcrepro.chapters.chen2020.paper.TABLE_II_ROWS` (``baseline`` of Table II is Table I's
 ``multi_encoder_mm``, trained once), plus the three modality-specific encoder-decoders self-transfer
 starts from (``single_t1``, ``single_t2``, ``single_cet1``; MMFNet's own encoder and decoder on one
 sequence, Sec. III-C): methods of their own, which the self-transfer rows run ``after`` and load with
@@ -27,7 +27,7 @@ from npcrepro.chapters.chen2020.prepare import MODALITIES, STRUCTURE, prepare_fo
 from npcrepro.engine.data import crop_channels, inplane_box, z_window_starts
 from npcrepro.engine.experiment import Chapter, Method
 from npcrepro.errors import DataError, ParameterError
-from npcrepro.papers import chen2020 as paper
+from npcrepro.chapters.chen2020 import paper
 
 __all__ = ["TABLE_I", "TABLE_II", "Row", "ROWS", "SAME_AS", "select_rows", "training_order", "build_row",
            "network", "make_loss", "stages_for", "predict_working", "dice_loss", "Chen2020", "CHAPTER"]

@@ -12,7 +12,7 @@ from npcrepro.chapters.chen2020.methods import (ROWS, SAME_AS, TABLE_I, TABLE_II
 from npcrepro.chapters.chen2020.prepare import CLIP_RANGES, MODALITIES, STRUCTURE
 from npcrepro.engine.data import inplane_box
 from npcrepro.errors import DataError
-from npcrepro.papers import chen2020 as paper
+from npcrepro.chapters.chen2020 import paper
 
 __all__ = ["data_label", "recipe_table", "model_table", "comparison", "summary_table", "three_questions",
            "fig_case", "fig_curves", "fig_slices", "fig_tp_fp_fn", "figure_case"]
@@ -30,7 +30,7 @@ def data_label(results) -> str:
 
 
 def recipe_table() -> pd.DataFrame:
-    """What the paper states (``npcrepro.papers.chen2020.INFO.recipe``) and where."""
+    """What the paper states (``npcrepro.chapters.chen2020.paper.INFO.recipe``) and where."""
     rows = [{"item": k, "paper": "not stated" if v["value"] is None else str(v["value"]),
              "source": v["source"], "note": v["note"]} for k, v in paper.INFO.recipe.items()]
     return pd.DataFrame(rows).set_index("item")

@@ -43,7 +43,7 @@ def openkbp_run(P: Mapping[str, Any], **kwargs):
         return None, (f"off in the {P.get('profile')} profile (real_cases = 0; "
                       "`-p real_cases N` runs the CT methods on N OpenKBP patients)")
     try:
-        from npcrepro.datasets.adapters.openkbp import cached_openkbp
+        from npcrepro.datasets.adapters.cached import cached_openkbp
 
         ds = cached_openkbp(P["out_dir"], n, progress=False, n_test=int(P.get("real_test") or 0))
     except DataError as exc:

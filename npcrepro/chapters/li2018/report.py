@@ -111,7 +111,7 @@ def table2(per_case, *, volumes: bool = True, digits: int = 2):
 
 
 def table2_reported():
-    """The paper's Table 2 in the same layout (from :mod:`npcrepro.papers.li2018`)."""
+    """The paper's Table 2 in the same layout (from :mod:`npcrepro.chapters.li2018.paper`)."""
     import pandas as pd
 
     from npcrepro.papers import reported

@@ -5,7 +5,7 @@ one network trained end to end with the loss on both stages' outputs), and two a
 paper's two claims with the same code: "Two-stage, no MSP" and "One-stage + MSP". Stage 1 *is* a
 five-level U-Net, so the U-Net row is also the "one stage, no MSP" corner of the 2 x 2 ablation.
 
-Recipe (:mod:`npcrepro.recipes.luo2020`): beta * two-sided Dice + (1 - beta) * focal on sigmoid
+Recipe (:mod:`npcrepro.chapters.luo2020.recipe`): beta * two-sided Dice + (1 - beta) * focal on sigmoid
 outputs (one per structure: CTV2 contains the primary GTV, so one softmax class per structure cannot
 describe a voxel in both), Adam, lr decayed x``lr_gamma`` ten times over the run (or literally every
 ``lr_every`` iterations), no augmentation, no model selection. Scores per patient and structure over

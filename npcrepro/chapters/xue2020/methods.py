@@ -23,7 +23,7 @@ from npcrepro.chapters.xue2020.prepare import (TARGET, normalise_ct, pixel_size,
                                                split_sizes, xue_case, has_structure)
 from npcrepro.engine.experiment import Chapter, Method
 from npcrepro.errors import DataError, ParameterError
-from npcrepro.recipes.xue2020 import PAPER_PIXEL_MM
+from npcrepro.chapters.xue2020.recipe import PAPER_PIXEL_MM
 
 __all__ = ["MODELS", "METHODS", "aspp_rates_for", "build_model", "network", "make_loss", "time_per_slice",
            "Xue2020", "CHAPTER"]

@@ -23,7 +23,7 @@ from scipy import ndimage
 from npcrepro import transforms as T
 from npcrepro.engine.batches import flip_batch, resample2d
 from npcrepro.errors import DataError, ParameterError
-from npcrepro.recipes.xue2020 import CT_WINDOW, RP_MIDLINE_MM
+from npcrepro.chapters.xue2020.recipe import CT_WINDOW, RP_MIDLINE_MM
 
 __all__ = ["TARGET", "CT_WINDOW", "RP_MIDLINE_MM", "normalise_ct", "midline_x", "retropharyngeal_nodes",
            "derive_target", "xue_case", "source_structures", "XueAugment", "make_augment",
@@ -235,11 +235,11 @@ def has_structure(ds, name: str, structure: str) -> bool:
 
 def openkbp_data(P: Mapping, *, progress: bool = False):
     """The real-data source: ``P.real_cases`` OpenKBP training patients and ``P.real_test`` of its
-    held-out test patients, converted once (:func:`npcrepro.datasets.adapters.openkbp.cached_openkbp`).
+    held-out test patients, converted once (:func:`npcrepro.datasets.adapters.cached.cached_openkbp`).
     The run trains on the first, and tests on the second (:meth:`npcrepro.engine.Chapter.split`).
     Returns (dataset or None, the names of the training cases carrying a PTV70, a sentence saying
     what happened)."""
-    from npcrepro.datasets.adapters.openkbp import cached_openkbp
+    from npcrepro.datasets.adapters.cached import cached_openkbp
 
     n = int(P.get("real_cases") or 0)
     if P.get("real_data") == "off" or n < 3 or not (P.get("real_iterations") or P.get("epochs")):

@@ -134,7 +134,7 @@ def recipe_table(P: Mapping) -> pd.DataFrame:
 
 def architecture_table() -> pd.DataFrame:
     """The DeepLabv3+ design choices: the paper, this project, the reference implementations."""
-    from npcrepro.recipes.xue2020 import REFERENCE_CHOICES
+    from npcrepro.chapters.xue2020.recipe import REFERENCE_CHOICES
 
     return pd.DataFrame(REFERENCE_CHOICES, columns=["item", "paper", "here", "reference implementations"])
 
@@ -260,9 +260,9 @@ def case_table(results) -> pd.DataFrame:
 
 def stage_table(results) -> pd.DataFrame:
     """The paper's Table 1 (reported: sex, age, T and N stage, treatment of its 150 patients, from
-    ``npcrepro.papers.xue2020.DEMOGRAPHICS``) beside this run's cohort: the T and N stage mix of the
+    ``npcrepro.chapters.xue2020.paper.DEMOGRAPHICS``) beside this run's cohort: the T and N stage mix of the
     patients the run used (count and percent; the phantom models neither sex, age nor treatment)."""
-    from npcrepro.papers import xue2020 as paper
+    from npcrepro.chapters.xue2020 import paper
 
     d = paper.DEMOGRAPHICS
     meta = [c.meta for c in reference_cases(results).values()]

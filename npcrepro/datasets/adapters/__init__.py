@@ -27,53 +27,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
+from npcrepro.datasets.adapters.base import Plan, SourceCase
 from npcrepro.datasets.case import Case
 from npcrepro.datasets.format import Dataset, open_dataset, write_dataset
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["SOURCES", "ConversionSummary", "Plan", "SourceCase", "convert", "iter_cases", "plan"]
-
-
-@dataclass(frozen=True)
-class SourceCase:
-    """One case as found in a source, before reading.
-
-    Attributes
-    ----------
-    name : str
-        Case name in the converted dataset (also the file stem).
-    split : str
-        ``"Tr"`` (training, ``imagesTr``) or ``"Ts"`` (held-out test, ``imagesTs``).
-    path : Path
-        The file or folder the case is read from (named in error messages).
-    """
-
-    name: str
-    split: str
-    path: Path
-
-
-@dataclass
-class Plan:
-    """What an adapter found in a source: the cases and how to read them.
-
-    ``read(item)`` returns a :class:`Case` or raises :class:`DataError` naming the offending path.
-    """
-
-    source: str
-    src: Path
-    items: list[SourceCase]
-    read: Callable[[SourceCase], Case]
-    channels: list[str]
-    structures: list[str]
-    spacing_known: bool = True
-    description: str = ""
-    extra: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -211,7 +211,7 @@ def _gtvp(labels: dict[str, np.ndarray], how: str) -> tuple[np.ndarray | None, s
 
 def plan(src: Path, *, gtvp_from: str = "CET1"):
     """List the patients under ``src`` for :func:`npcrepro.datasets.adapters.convert`."""
-    from npcrepro.datasets.adapters import Plan, SourceCase
+    from npcrepro.datasets.adapters.base import Plan, SourceCase
 
     if gtvp_from not in GTVP_CHOICES:
         raise ParameterError(f"gtvp_from must be one of {', '.join(GTVP_CHOICES)}, got {gtvp_from!r}")

@@ -320,7 +320,7 @@ def plan(src: Path, *, labels: Mapping | None = None, structure: str = "GTVp",
          channel: str = "image", channels: Sequence[str] | None = None,
          spacing_known: bool = True):
     """Scan ``src`` for :func:`npcrepro.datasets.adapters.convert` (options: module docstring)."""
-    from npcrepro.datasets.adapters import Plan, SourceCase
+    from npcrepro.datasets.adapters.base import Plan, SourceCase
 
     if channels is not None and (isinstance(channels, str) or not channels):
         raise ParameterError(f"channels must be a non-empty list of names, got {channels!r}")

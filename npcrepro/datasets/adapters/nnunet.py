@@ -24,7 +24,7 @@ DESCRIPTION = "an nnU-Net v2 raw dataset, validated (and copied into the project
 
 def plan(src: Path):
     """Open ``src`` and list its cases for :func:`npcrepro.datasets.adapters.convert`."""
-    from npcrepro.datasets.adapters import Plan, SourceCase
+    from npcrepro.datasets.adapters.base import Plan, SourceCase
 
     ds = open_dataset(src)
     items = ([SourceCase(n, "Tr", ds.root / "imagesTr") for n in ds.cases]

@@ -75,7 +75,7 @@ def read_slice(image_path: str | Path, mask_path: str | Path | None) -> Case:
 
 def plan(src: Path):
     """List the slices under ``src`` for :func:`npcrepro.datasets.adapters.convert`."""
-    from npcrepro.datasets.adapters import Plan, SourceCase
+    from npcrepro.datasets.adapters.base import Plan, SourceCase
 
     root = find_root(src)
     images = _pictures(root / "images")

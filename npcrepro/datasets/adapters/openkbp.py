@@ -324,7 +324,7 @@ def list_patients(src: str | Path) -> list[tuple[str, Path]]:
 
 def plan(src: Path, *, names: str = "project", hu_offset: float = HU_OFFSET):
     """List the patients under ``src`` for :func:`npcrepro.datasets.adapters.convert`."""
-    from npcrepro.datasets.adapters import Plan, SourceCase
+    from npcrepro.datasets.adapters.base import Plan, SourceCase
 
     mapping = structure_names(names)
     root = find_root(src)
@@ -458,30 +458,3 @@ def orientation_figure(case: Case, *, channel: str = "CT", window: tuple[float, 
                    anterior=pick("Mandible"), posterior=pick("SpinalCord"),
                    superior=pick("Brainstem"), left=pick("Parotid_L", "LeftParotid"),
                    right=pick("Parotid_R", "RightParotid"))
-
-
-# ------------------------------------------------------------------------------------- cached subset
-# (moved here from the luo2020 pipeline: the luo2020 chapter and the leaderboard both use it)
-def cached_openkbp(out_dir: str | Path, n_cases: int, progress: bool = False, n_test: int = 0):
-    """The first ``n_cases`` OpenKBP training patients (``train-pats``) of the shared real-data folder
-    and, with ``n_test``, its first ``n_test`` held-out test patients (``test-pats``, the dataset's
-    ``imagesTs``), converted once under ``<out_dir>/_cache/openkbp-n<n_cases>[-t<n_test>]`` and opened;
-    None when the real data are not on this machine (or ``n_cases < 1``). Without ``n_test`` the first
-    ``n_cases`` patients in source order (training patients first)."""
-    from npcrepro.datasets import open_dataset
-    from npcrepro.datasets.adapters import convert
-    from npcrepro.paths import build_once, shared_data
-
-    src = shared_data("openkbp-subset")
-    if src is None or n_cases < 1:
-        return None
-    n_test = int(n_test or 0)
-
-    def make(folder: Path):
-        convert("openkbp", src, folder, overwrite=True, progress=progress, limit=int(n_cases),
-                test_limit=n_test or None)
-        return open_dataset(folder)
-
-    name = f"openkbp-n{int(n_cases)}" + (f"-t{n_test}" if n_test else "")
-    return build_once(Path(out_dir) / "_cache" / name,
-                      lambda folder: open_dataset(folder) if (folder / "dataset.json").exists() else None, make)

@@ -180,7 +180,7 @@ def _mapping(names: list[str], table: Mapping[str, str], notes: list[str]) -> di
 def plan(src: Path, *, names: Mapping[str, str] | str | None = None, channel: str | None = None):
     """Index the DICOM files under ``src`` and list one case per RTSTRUCT / SEG file for
     :func:`npcrepro.datasets.adapters.convert`."""
-    from npcrepro.datasets.adapters import Plan, SourceCase
+    from npcrepro.datasets.adapters.base import Plan, SourceCase
     from npcrepro.dicom import find_dicom
 
     table = load_names(names)

@@ -30,7 +30,7 @@ PROFILES = {
     # the networks that passed the bars on the development cohort missed them on the evaluation cohort;
     # 40 give each network 19 training patients and 20 test patients (inference is cheap next to
     # training, and the budget is in iterations, not epochs). Measurements:
-    # npcrepro/recipes/development/guo2021.json.
+    # npcrepro/chapters/guo2021/development.json.
     "cpu": dict(_COMMON, n_cases=40, phantom_preset="cpu", spacing_mm=3.0, k_folds=2, n_val=1,
                 max_rounds=1, cross_fit=0, workers=2, samples_per_case=600, val_samples_per_case=24, batch_size=8,
                 iterations=900, eval_every=50, decay_every=45, width=0.5, acd_layers=[1, 1, 1],
@@ -89,7 +89,7 @@ HELP = {
 ALLOWED = {"channel": ["T1", "CET1", "T2", "CT"], "fusion": ["mean", "product", "max"],
            "view_fusion": ["probabilities"]}
 
-#: parameter -> (item of npcrepro.papers.guo2021.INFO.recipe, the paper's value). Blocks are written
+#: parameter -> (item of npcrepro.chapters.guo2021.paper.INFO.recipe, the paper's value). Blocks are written
 #: thin axis first: the paper's 24 x 24 x 8 is [8, 24, 24] here.
 PAPER = {
     "lr": ("lr", 1e-3),

@@ -1,7 +1,7 @@
 """Helpers of the real-data chapter (``notebooks/realdata.ipynb``): its profile sizes, where the
 real sources are, and the cohort-level summaries it shows.
 
-Its profile sizes are in :mod:`npcrepro.recipes.realdata`.
+Its profile sizes are in :mod:`npcrepro.chapters.realdata.recipe`.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from npcrepro import metrics
 from npcrepro.datasets.adapters import two_raters
-from npcrepro.recipes.metrics import NPC_ORGANS
+
 
 def inter_rater_table(src, *, scans: Sequence[str] | None = None,
                       organs: Sequence[str] | None = None, tolerance_mm: float = 2.0,

@@ -12,7 +12,7 @@ _SMALL = ["OpticNerve_L", "OpticNerve_R", "Chiasm"]
 
 #: Methods the cpu profile leaves out (they train at gpu and gpu-lite). FCN-8 and the two ablation networks:
 #: at cpu's 600 iterations none of the four networks of the 2 x 2 ablation was converged (the development
-#: record, npcrepro/recipes/development/luo2020.json), so its differences measured how fast a design learns,
+#: record, npcrepro/chapters/luo2020/development.json), so its differences measured how fast a design learns,
 #: not the paper's claims. The cpu minutes go to Table 1's U-Net and Ours, at 2000
 #: iterations each (see CHOICES["methods at cpu"]); the leaderboard sets FCN-8 beside the two-stage
 #: network at cpu, on the GTVp.
@@ -92,7 +92,7 @@ ALLOWED = {"lr_schedule": ["scaled", "literal", "cosine"], "real_data": ["openkb
            "dice_form": ["eq1", "normalised"], "split_unit": ["patient", "slice"],
            "sampling": ["uniform", "cover"]}
 
-#: The paper's stated values (items of npcrepro.papers.luo2020.INFO.recipe).
+#: The paper's stated values (items of npcrepro.chapters.luo2020.paper.INFO.recipe).
 PAPER = {
     "lr": ("lr", 1e-3),
     "iterations": ("epochs", 100),

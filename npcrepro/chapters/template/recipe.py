@@ -3,7 +3,7 @@
 _COMMON = dict(structure="GTVp", n_val=1, threshold=0.5, seeds=1, workers=1, threads=None)
 
 #: cpu: a half-width U-Net (8-64 channels) for 2400 iterations: at 1200 (what the 16-128 one cost for 600) it
-#: was not converged (measurements: the development record, npcrepro/recipes/development/template.json).
+#: was not converged (measurements: the development record, npcrepro/chapters/template/development.json).
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=4, n_test=1, channel="T1", widths=[8, 16, 32], batch_size=8,
                   iterations=40, eval_every=20, lr=1e-2, image_size=None),

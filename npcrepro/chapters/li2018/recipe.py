@@ -16,7 +16,7 @@ _COMMON = dict(jitter_mm=15.0, finetune=False, lr=1e-3, lr_fusion=1e-2, methods=
 #: far lower on the evaluation cohort than on the development cohort (few training patients per fold, a
 #: test set too small to say much); on the development cohort more patients raised its DSC as much as
 #: three times the first stage's budget did, at a fraction of the time, and both together more (the
-#: development record, npcrepro/recipes/development/li2018.json). Inference is cheap, and every one of
+#: development record, npcrepro/chapters/li2018/development.json). Inference is cheap, and every one of
 #: the 29 is a test patient once.
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=4, slices_per_patient=2, cv="kfold", k=2, max_folds=1, width=0.125,

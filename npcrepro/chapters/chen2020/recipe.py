@@ -64,7 +64,7 @@ HELP = {
     "seeds": "training seeds per row (seed, seed+1, ...)",
     "threads": "torch threads per training job on the CPU (None: the runner's default)",
     # Eq. 1 vs the smoothed form: measured once, Eq. 1 trains as well (measurements: the development
-    # record, npcrepro/recipes/development/chen2020.json).
+    # record, npcrepro/chapters/chen2020/development.json).
     "dice_form": "Dice loss: eq1 (Eq. 1 as printed, eps inside the factor 2) or smoothed (2 sum pg + eps "
                  "on top, 0 for an empty window predicted empty)",
     "amp": "automatic mixed precision on CUDA (no effect on the CPU)",
@@ -72,7 +72,7 @@ HELP = {
 
 ALLOWED = {"dice_form": ["eq1", "smoothed"]}
 
-#: {parameter: (item of npcrepro.papers.chen2020.INFO.recipe, the paper's value)}
+#: {parameter: (item of npcrepro.chapters.chen2020.paper.INFO.recipe, the paper's value)}
 PAPER = {
     "spacing_xy": ("preprocessing", 0.5),
     "crop": ("input_size", [16, 256, 256]),

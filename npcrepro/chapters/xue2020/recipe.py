@@ -23,7 +23,7 @@ PROFILES = {
                   real_test=0, real_iterations=0, real_image_size=None),
     # cpu: 20 test patients (was 5; inference is cheap next to training, and 5 patients decide nothing:
     # the smallest Wilcoxon p is 1/16), 15 training and 5 validation patients. Measurements:
-    # npcrepro/recipes/development/xue2020.json.
+    # npcrepro/chapters/xue2020/development.json.
     "cpu": dict(_COMMON, schedule="cosine", warmup=0.1, cycles=2, grad_clip=1.0, lr=0.003, prior=0.01,
                 n_cases=40, n_val=5, n_test=20, unet_widths=[16, 32, 64, 128, 256], batch_size=8,
                 iterations=480, epochs=None, eval_every=20, infer_batch=16, timing_slices=20, real_cases=32,

@@ -1,0 +1,1 @@
+"""The explorer page: every chapter's newest predictions over the images, in a static viewer."""

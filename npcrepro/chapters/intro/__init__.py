@@ -1,0 +1,1 @@
+"""The introduction: the headline table of every chapter's runs."""

@@ -1,0 +1,1 @@
+"""The metrics page: two raters' real organ contours scored with every metric of the book."""

@@ -1,0 +1,1 @@
+"""The real-data page: public real scans converted to the project format and shown."""

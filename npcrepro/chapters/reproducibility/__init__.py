@@ -1,0 +1,1 @@
+"""The reproducibility page: what produced each chapter (profile, data, parameters, revision, time)."""

@@ -1,0 +1,33 @@
+"""Converted subsets of the shared real data, made once and reused: the OpenKBP patients the luo2020 and
+xue2020 chapters and the leaderboard train on. Above the adapters (it calls :func:`convert`), so no adapter
+imports back into the package that registers it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["cached_openkbp"]
+
+
+def cached_openkbp(out_dir: str | Path, n_cases: int, progress: bool = False, n_test: int = 0):
+    """The first ``n_cases`` OpenKBP training patients (``train-pats``) of the shared real-data folder
+    and, with ``n_test``, its first ``n_test`` held-out test patients (``test-pats``, the dataset's
+    ``imagesTs``), converted once under ``<out_dir>/_cache/openkbp-n<n_cases>[-t<n_test>]`` and opened;
+    None when the real data are not on this machine (or ``n_cases < 1``). Without ``n_test`` the first
+    ``n_cases`` patients in source order (training patients first)."""
+    from npcrepro.datasets import open_dataset
+    from npcrepro.datasets.adapters import convert
+    from npcrepro.paths import build_once, shared_data
+
+    src = shared_data("openkbp-subset")
+    if src is None or n_cases < 1:
+        return None
+    n_test = int(n_test or 0)
+
+    def make(folder: Path):
+        convert("openkbp", src, folder, overwrite=True, progress=progress, limit=int(n_cases),
+                test_limit=n_test or None)
+        return open_dataset(folder)
+
+    name = f"openkbp-n{int(n_cases)}" + (f"-t{n_test}" if n_test else "")
+    return build_once(Path(out_dir) / "_cache" / name,
+                      lambda folder: open_dataset(folder) if (folder / "dataset.json").exists() else None, make)

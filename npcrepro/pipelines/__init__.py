@@ -1,1 +1,0 @@
-"""Paper-specific data pipelines and profile registrations."""
