@@ -104,10 +104,10 @@ def check_parameters(name: str, params: dict, root: Path | None = None) -> None:
 
 
 def _package_digest(root: Path) -> str:
-    """Hash of the package's code and its data files (the recipes' development records)."""
+    """Hash of the package's code and its data files (the pages' ``page.toml`` and development records)."""
     h = hashlib.sha256()
     pkg = root / "npcrepro"
-    for p in sorted([*pkg.rglob("*.py"), *pkg.rglob("*.json")]):
+    for p in sorted([*pkg.rglob("*.py"), *pkg.rglob("*.json"), *pkg.rglob("*.toml")]):
         h.update(p.relative_to(root).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]

@@ -36,6 +36,7 @@ __all__ = [
     "FocalLoss",
     "DiceFocalLoss",
     "DistanceWeightedFocalLoss",
+    "DiceCELoss",
     "boundary_distance_weights",
 ]
 
@@ -563,94 +564,3 @@ class DiceCELoss(nn.Module):
         dims = tuple(range(1, p.ndim))
         dice = 1 - (2 * (p * t).sum(dims) + 1) / (p.sum(dims) + t.sum(dims) + 1)
         return ce + dice.mean()
-# ------------------------------------------------------------------------------------ luo2020
-class BatchDiceFocalLoss(DiceFocalLoss):
-    """luo2020's Eq. (3) on sigmoid outputs, one per structure, with an optional batch Dice.
-
-    :class:`DiceFocalLoss` (``activation="sigmoid"``) whose Dice sums run, with ``batch_dice=True``
-    (default), over every pixel of the batch per structure -- how a Keras Dice over the batch tensor
-    reads "n = 1..N" -- instead of per slice: a structure absent from one slice then does not
-    contribute a term that can only push its probabilities to zero. ``literal``: Eq. (1) as printed
-    (:class:`TwoSidedDiceLoss`).
-
-    Shapes: ``input`` and ``target`` (N, K, H, W); returns a scalar.
-    """
-
-    def __init__(self, beta: float = 0.5, alpha: float = 0.25, gamma: float = 2.0, eps: float = 0.5,
-                 batch_dice: bool = True, literal: bool = False) -> None:
-        super().__init__(beta=beta, alpha=alpha, gamma=gamma, eps=eps, activation="sigmoid", literal=literal)
-        self.batch_dice = bool(batch_dice)
-
-    def forward(self, input: torch.Tensor, target: Any, weight: Any = None) -> torch.Tensor:
-        if input.dim() != 4:
-            raise DataError(f"BatchDiceFocalLoss expects (N, K, H, W) logits, got shape {tuple(input.shape)}")
-        if self.batch_dice:  # (N, K, H, W) -> (1, K, N, H, W): one Dice per structure over the batch
-            d = self.dice(input.transpose(0, 1).unsqueeze(0), target.transpose(0, 1).unsqueeze(0))
-        else:
-            d = self.dice(input, target)
-        return self.beta * d + (1.0 - self.beta) * self.focal(input, target, weight)
-
-
-class StagewiseLoss(nn.Module):
-    """Apply ``base`` to every stage's output and average (luo2020: "the loss function of each step").
-
-    ``forward(output, target)``: ``output`` is a logit tensor or a tuple/list of them (a cascade with
-    deep supervision returns ``(final, rough)`` in training mode); ``weights`` (default equal) are
-    normalised to sum to 1.
-    """
-
-    def __init__(self, base: nn.Module, weights: Sequence[float] | None = None):
-        super().__init__()
-        self.base = base
-        self.weights = None if weights is None else [float(w) for w in weights]
-
-    def forward(self, output, target) -> torch.Tensor:
-        outs = list(output) if isinstance(output, (list, tuple)) else [output]
-        w = self.weights[: len(outs)] if self.weights is not None else [1.0] * len(outs)
-        if len(w) != len(outs) or sum(w) <= 0:
-            raise ParameterError(f"StagewiseLoss: {len(outs)} outputs but weights {self.weights}")
-        total = sum(wi * self.base(o, target) for wi, o in zip(w, outs))
-        return total / sum(w)
-# ---------------------------------------------------------------------------------- li2018
-class BCEDiceLoss(nn.Module):
-    """Mean binary cross-entropy + soft Dice (sigmoid; targets may be soft): li2018's working loss."""
-
-    def __init__(self, eps: float = 1.0):
-        super().__init__()
-        self.dice = DiceLoss(eps=eps, activation="sigmoid")
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(input, target) + self.dice(input, target)
-
-
-class CaffeSigmoidLoss(nn.Module):
-    """Caffe's ``SigmoidCrossEntropyLoss``: cross-entropy summed over pixels, divided by the batch
-    (li2018's faithful loss; the paper names none)."""
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(input, target, reduction="sum") / input.shape[0]
-
-
-__all__ += ["BCEDiceLoss", "CaffeSigmoidLoss"]
-
-
-# ---------------------------------------------------------------------------------------------
-# guo2021: the distance-weighted focal loss with targets that carry their weights
-
-__all__ += ["GuoLoss"]
-
-
-class GuoLoss(nn.Module):
-    """guo2021's loss: :class:`DistanceWeightedFocalLoss` (Eq. 6-7) on 2-class softmax logits, with
-    targets that carry their weights: ``target`` (N, 2, ...) = (tumour mask, Eq. 7 weight), as
-    :class:`npcrepro.engine.data.MultiViewBlocks` makes them."""
-
-    def __init__(self, gamma: float = 2.0):
-        super().__init__()
-        self.focal = DistanceWeightedFocalLoss(gamma=gamma, activation="softmax")
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if target.ndim < 2 or target.shape[1] != 2:
-            raise DataError(f"GuoLoss expects targets (N, 2, ...) = (mask, weight), "
-                            f"got {tuple(target.shape)}")
-        return self.focal(logits, target[:, :1].round(), weight=target[:, 1])

@@ -94,7 +94,8 @@ def _read(path: Path) -> Page:
     if spec["part"] not in PARTS:
         raise DataError(f"{path}: part {spec['part']!r} is not one of {', '.join(PARTS)}")
     depends = spec.get("depends", ())
-    if isinstance(depends, str) and depends != "*":
+    if (isinstance(depends, str) and depends != "*") or (isinstance(depends, list)
+                                                         and not all(isinstance(d, str) for d in depends)):
         raise DataError(f"{path}: depends is a list of pages or \"*\", not {depends!r}")
     if spec.get("cell", "generated") not in ("generated", "hand-written"):
         raise DataError(f"{path}: cell is \"generated\" or \"hand-written\", not {spec['cell']!r}")
@@ -113,10 +114,11 @@ def _resolve(page: Page, found: list[Page]) -> Page:
     known = {p.key for p in found}
     out: list[str] = []
     for d in page.depends:
-        named = [p.key for p in found if p.kind == d[5:] and p.key != page.key] if d.startswith("kind:") else [d]
-        if d.startswith("kind:") and d[5:] not in KINDS or not d.startswith("kind:") and d not in known:
+        kind = d.removeprefix("kind:") if d.startswith("kind:") else None
+        if (kind is not None and kind not in KINDS) or (kind is None and d not in known):
             raise DataError(f"{page.folder / 'page.toml'}: depends on {d!r}, which is neither a page nor "
                             f"kind:<{'|'.join(KINDS)}>")
+        named = [p.key for p in found if p.kind == kind and p.key != page.key] if kind is not None else [d]
         out += [k for k in named if k not in out]
     return Page(**{**page.__dict__, "depends": tuple(out)})
 

@@ -19,7 +19,7 @@ from npcrepro.chapters.chen2020 import methods as C
 from npcrepro.chapters.chen2020 import prepare as PR
 from npcrepro.chapters.chen2020 import report as R
 from npcrepro.datasets import Case, write_dataset
-from npcrepro.engine.data import CentrePixelDataset, WindowDataset
+from npcrepro.chapters.chen2020.samplers import CentrePixelDataset, WindowDataset
 from npcrepro.engine.experiment import JobContext, JobSpec, job_dir
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import build, count_parameters

@@ -15,9 +15,9 @@ from npcrepro import transforms as T
 from npcrepro.chapters.guo2021 import methods as M
 from npcrepro.chapters.guo2021 import report
 from npcrepro.chapters.guo2021 import prepare as G
-from npcrepro.engine import data as D
+from npcrepro.chapters.guo2021 import samplers as D
+from npcrepro.chapters.guo2021.losses import GuoLoss
 from npcrepro.errors import DataError, ParameterError
-from npcrepro.losses import GuoLoss
 from npcrepro.models import available, build
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -431,7 +431,7 @@ def test_cross_fit_accuracy_curve_and_views(tmp_path):
     patients); every network writes its Fig. 4 accuracy curve; every patient gets the DSC of each
     single view and of the views' mean (what multi-view averaging adds)."""
     from npcrepro import chapters, profiles
-    from npcrepro.engine.data import VIEWS
+    from npcrepro.chapters.guo2021.samplers import VIEWS
 
     P = profiles.resolve("guo2021", "smoke", out_dir=str(tmp_path), device="cpu", methods="CSCN",
                          cross_fit=2, n_cases=6)

@@ -184,7 +184,7 @@ def test_stage_targets_are_downsampled():
 
 
 def test_faithful_mode_is_the_printed_recipe():
-    from npcrepro.losses import CaffeSigmoidLoss
+    from npcrepro.chapters.li2018.losses import CaffeSigmoidLoss
 
     for mode in ("faithful", "printed"):
         st = M.make_stages(mode, (1, 1, 1))[0]
@@ -202,7 +202,7 @@ def test_faithful_mode_is_the_printed_recipe():
 def test_caffe_summed_loss_scales_with_pixels():
     """The hypothesis behind the faithful mode: Caffe's loss is summed over pixels, so its gradient is
     the mean loss's times the pixel count (144 x 144: lr 1e-7 acts like about 2e-3 on a mean loss)."""
-    from npcrepro.losses import CaffeSigmoidLoss
+    from npcrepro.chapters.li2018.losses import CaffeSigmoidLoss
 
     x = torch.randn(2, 1, 144, 144, requires_grad=True)
     y = (torch.rand(2, 1, 144, 144) > 0.8).float()

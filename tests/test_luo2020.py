@@ -289,7 +289,7 @@ def test_schedule_spec_modes():
 
 
 def test_loss_stagewise_and_batch_dice():
-    from npcrepro.losses import BatchDiceFocalLoss
+    from npcrepro.chapters.luo2020.losses import BatchDiceFocalLoss
 
     torch.manual_seed(0)
     x = torch.randn(3, 4, 8, 8, requires_grad=True)

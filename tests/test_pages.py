@@ -44,6 +44,7 @@ def test_the_committed_table_of_contents_is_the_generated_one():
     (GOOD.replace('"Appendix"', '"Annex"'), "part 'Annex' is not one of"),
     (GOOD.replace('"page"', '"paper"'), "names its full text"),
     (GOOD + 'depends = "all"\n', 'depends is a list of pages or "*"'),
+    (GOOD + 'depends = ["intro", 3]\n', 'depends is a list of pages or "*"'),
     (GOOD + 'depends = ["nosuch"]\n', "depends on 'nosuch'"),
     (GOOD + 'depends = ["kind:poster"]\n', "depends on 'kind:poster'"),
     (GOOD + 'cell = "typed"\n', 'cell is "generated" or "hand-written"'),

@@ -24,7 +24,7 @@ from torch import nn
 
 from npcrepro import transforms as T
 from npcrepro.chapters.chen2020.prepare import MODALITIES, STRUCTURE, prepare_for, training_data
-from npcrepro.engine.data import crop_channels, inplane_box, z_window_starts
+from npcrepro.chapters.chen2020.samplers import crop_channels, inplane_box, z_window_starts
 from npcrepro.engine.experiment import Chapter, Method
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.chapters.chen2020 import paper

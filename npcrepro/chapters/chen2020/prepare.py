@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from npcrepro import transforms as T
-from npcrepro.engine.data import CentrePixelDataset, WindowDataset, channel_index, crop_channels
+from npcrepro.chapters.chen2020.samplers import CentrePixelDataset, WindowDataset, channel_index, crop_channels
 from npcrepro.errors import DataError
 
 __all__ = ["MODALITIES", "STRUCTURE", "CLIP_RANGES", "Prepared", "prepare", "prepare_for", "keep_size",

@@ -10,7 +10,7 @@ from npcrepro import transforms as T
 from npcrepro.chapters.chen2020.methods import (ROWS, SAME_AS, TABLE_I, TABLE_II, build_row,
                                                 training_order)
 from npcrepro.chapters.chen2020.prepare import CLIP_RANGES, MODALITIES, STRUCTURE
-from npcrepro.engine.data import inplane_box
+from npcrepro.chapters.chen2020.samplers import inplane_box
 from npcrepro.errors import DataError
 from npcrepro.chapters.chen2020 import paper
 

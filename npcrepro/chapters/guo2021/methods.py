@@ -9,7 +9,7 @@ Methods (the paper's Table 1 rows plus the cascade's coarse stage alone)::
     CNN, ACDNet, Deeplab, V-Net    the baselines, on the image alone
 
 Every network: Adam ``lr``, x0.9 every ``decay_every`` iterations, the distance-weighted focal loss
-(Eq. 6-7, 2-class softmax, :class:`npcrepro.losses.GuoLoss`), the weights of the best validation loss
+(Eq. 6-7, 2-class softmax, :class:`npcrepro.chapters.guo2021.losses.GuoLoss`), the weights of the best validation loss
 kept. Inference: Gaussian-blended sliding windows over the whole crop in each of the three views, the
 views' probabilities averaged ("multi-view fusion"), mapped back to the patient's original grid. A
 training loss that turns non-finite ends that network's training and is recorded (``status``
@@ -109,7 +109,7 @@ def predict_views(model, image: np.ndarray, window: Sequence[int], *, views: Seq
     blended sliding window (``window`` in canonical (thin, a, b) order) in each view, the views'
     probabilities averaged. Logits are read with a softmax (channel 1 = tumour) when the model has 2 or
     more output channels, else a sigmoid."""
-    from npcrepro.engine.data import VIEWS, from_view, to_view
+    from npcrepro.chapters.guo2021.samplers import VIEWS, from_view, to_view
     from npcrepro.engine.inference import predict_sliding_window
 
     image = np.asarray(image, np.float32)
@@ -203,7 +203,7 @@ def fit_network(model, train_ds, val_ds, P: Mapping[str, Any], trainer_args: Map
     (status "converged" or "diverged", iterations, losses, parameters, cpu seconds). ``fit(trainer)``
     runs it (default ``trainer.fit()``; the runner's ``ctx.fit`` resumes from a checkpoint)."""
     from npcrepro.engine import Trainer
-    from npcrepro.losses import GuoLoss
+    from npcrepro.chapters.guo2021.losses import GuoLoss
     from npcrepro.models import count_parameters
 
     trainer_args = dict(trainer_args)
@@ -346,7 +346,7 @@ class Guo2021(Chapter):
         """Probabilities on the case's grid. Also keeps, for :meth:`score`, the DSC on the working grid
         of each single view's map and of the views' mean (what fusing the views adds)."""
         from npcrepro import metrics
-        from npcrepro.engine.data import VIEWS
+        from npcrepro.chapters.guo2021.samplers import VIEWS
 
         if ctx.facts.get("status") != CONVERGED:
             return {}

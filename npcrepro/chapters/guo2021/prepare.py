@@ -123,7 +123,7 @@ def blocks(prepared: Sequence[Prepared], P: Mapping[str, Any], *, coarse: Mappin
     """Three-view blocks of ``prepared`` (with each patient's ``coarse`` map as a second channel when
     given): ``samples_per_case`` random blocks for training, ``val_samples_per_case`` fixed ones
     without flips for validation."""
-    from npcrepro.engine.data import MultiViewBlocks
+    from npcrepro.chapters.guo2021.samplers import MultiViewBlocks
 
     vols = [p.image if coarse is None else with_coarse(p, coarse[p.name]) for p in prepared]
     return MultiViewBlocks(vols, [p.target for p in prepared], [p.weight for p in prepared], P["patch"],

@@ -82,7 +82,7 @@ def make_stages(mode: str, iterations: Sequence[int], P: Mapping[str, Any] | Non
     (values from ``P``, default the recipe's cpu profile)."""
     from npcrepro import recipes
     from npcrepro.engine import Stage
-    from npcrepro.losses import BCEDiceLoss, CaffeSigmoidLoss
+    from npcrepro.chapters.li2018.losses import BCEDiceLoss, CaffeSigmoidLoss
     from npcrepro.models.li2018 import STAGE_LAYERS, STAGE_SIZE
 
     _check_mode(mode)

@@ -130,7 +130,7 @@ def make_loss(P: Mapping[str, Any]):
     """Eq. (3), beta * two-sided Dice + (1 - beta) * focal, on every stage's output (averaged). The Dice
     term is Eq. (1) as printed with ``P.dice_form="eq1"`` (the default), else its normalised form
     (:class:`~npcrepro.losses.TwoSidedDiceLoss`)."""
-    from npcrepro.losses import BatchDiceFocalLoss, StagewiseLoss
+    from npcrepro.chapters.luo2020.losses import BatchDiceFocalLoss, StagewiseLoss
 
     form = P.get("dice_form", "eq1")
     if form not in ("eq1", "normalised"):
