@@ -318,8 +318,11 @@ def test_a_failing_case_in_a_worker_names_it_and_leaves_no_folder(tmp_path):
     from npcrepro.datasets.format import write_dataset
 
     good = phantom.case_factories(1, 0, preset="smoke")
+    # every structure of the good case declared, so that only the bad case can fail, whichever worker
+    # finishes first (with structures=["GTVp"] the good case failed too, and its error won the race)
+    structures = list(good[0]().labels)
     with pytest.raises(ValueError, match="no such patient"):  # as in one process
-        write_dataset(tmp_path / "ds", [*good, _bad_case], channels=["CT"], structures=["GTVp"],
+        write_dataset(tmp_path / "ds", [*good, _bad_case], channels=["CT"], structures=structures,
                       workers=2)
     assert not (tmp_path / "ds").exists()
     assert not any(tmp_path.iterdir())       # nor its temporary sibling
