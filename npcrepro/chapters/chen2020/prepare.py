@@ -5,8 +5,8 @@
          [40] and clipping per sequence (T1 [-2, 1], T2 [-3, 2], CET1 [-2, 3.5]), Otsu 3D bounding box
          of T1 -> its centre; only the in-plane region the crop and its augmentation reach is kept
       -> training samples: depth x H x W windows centred in-plane on the box centre, sliding along z
-         (:class:`npcrepro.engine.data.WindowDataset`), or centre-pixel patches for the patch CNNs
-         (:class:`npcrepro.engine.data.CentrePixelDataset`).
+         (:class:`~npcrepro.chapters.chen2020.samplers.WindowDataset`), or centre-pixel patches for the patch CNNs
+         (:class:`~npcrepro.chapters.chen2020.samplers.CentrePixelDataset`).
 """
 from __future__ import annotations
 

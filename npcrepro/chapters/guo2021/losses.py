@@ -13,7 +13,7 @@ __all__ = ["GuoLoss"]
 class GuoLoss(nn.Module):
     """guo2021's loss: :class:`DistanceWeightedFocalLoss` (Eq. 6-7) on 2-class softmax logits, with
     targets that carry their weights: ``target`` (N, 2, ...) = (tumour mask, Eq. 7 weight), as
-    :class:`npcrepro.engine.data.MultiViewBlocks` makes them."""
+    :class:`~npcrepro.chapters.guo2021.samplers.MultiViewBlocks` makes them."""
 
     def __init__(self, gamma: float = 2.0):
         super().__init__()

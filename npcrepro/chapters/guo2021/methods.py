@@ -9,7 +9,7 @@ Methods (the paper's Table 1 rows plus the cascade's coarse stage alone)::
     CNN, ACDNet, Deeplab, V-Net    the baselines, on the image alone
 
 Every network: Adam ``lr``, x0.9 every ``decay_every`` iterations, the distance-weighted focal loss
-(Eq. 6-7, 2-class softmax, :class:`npcrepro.chapters.guo2021.losses.GuoLoss`), the weights of the best validation loss
+(Eq. 6-7, 2-class softmax, :class:`~.losses.GuoLoss`), the weights of the best validation loss
 kept. Inference: Gaussian-blended sliding windows over the whole crop in each of the three views, the
 views' probabilities averaged ("multi-view fusion"), mapped back to the patient's original grid. A
 training loss that turns non-finite ends that network's training and is recorded (``status``

@@ -10,7 +10,7 @@ The road every patient travels (Sec. 3-4 of the paper)::
       -> blocks(): 24 x 24 x 8 voxels cut along the axial, coronal and sagittal directions (one third
          each, thin axis first), random centres (``fg_prob`` of them on tumour voxels,
          ``negative_prob`` on the hard negatives ``negatives``, e.g. the nodes), random left-right
-         flip (:class:`npcrepro.engine.data.MultiViewBlocks`)
+         flip (:class:`~npcrepro.chapters.guo2021.samplers.MultiViewBlocks`)
 """
 from __future__ import annotations
 

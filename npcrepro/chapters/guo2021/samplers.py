@@ -53,7 +53,7 @@ class MultiViewBlocks(torch.utils.data.Dataset):
     (training only).
 
     Items are ``(image, target)`` float32 tensors (C, thin, a, b) and (2, thin, a, b): channel 0 the
-    tumour mask, channel 1 the weight (:class:`npcrepro.losses.GuoLoss` splits them). ``get(index, rng)``
+    tumour mask, channel 1 the weight (:class:`~.losses.GuoLoss` splits them). ``get(index, rng)``
     draws a training block; ``dataset[index]`` a fixed one (validation). Blocks always lie inside the
     volume (volumes smaller than the block along an axis are padded first). The inputs are not changed.
     """
