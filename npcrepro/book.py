@@ -413,11 +413,12 @@ def _mmss(seconds: float) -> str:
 _STATIC_PAGES = {"Foundations": (("book/protocol", "book/metrics"), ()), "Appendix": ((), ("book/using",))}
 
 
-def toc_text(profile: str = "cpu") -> str:
+def toc_text(profile: str = "cpu", keep=None) -> str:
     """The table of contents, generated from the pages (:mod:`npcrepro.pages`: each notebook in its
     ``part``, in book order; the ``root`` page first) and :data:`_STATIC_PAGES`, pointing at
-    ``book/runs/<profile>/``."""
-    found = _pages.pages()
+    ``book/runs/<profile>/``. ``keep(key)``: whether a notebook page goes in (default: every one); a part
+    left without pages is left out."""
+    found = {k: p for k, p in _pages.pages().items() if keep is None or p.part == "root" or keep(k)}
     root_page = next(k for k, p in found.items() if p.part == "root")
     lines = ["# Table of contents, generated from npcrepro/chapters/*/page.toml by npcrepro.book.toc_text",
              "# (`make book` rewrites it when a page is added; a test keeps the committed copy in step).",
@@ -435,16 +436,8 @@ def toc_for(profile: str, root: Path | None = None) -> Path:
     when the pages changed), else ``_toc.<profile>.yml``; for a GPU profile only the chapters executed
     (on a GPU) and committed."""
     root = root or repo_root()
-    text = toc_text(profile)
-    if profile in GPU_PROFILES:
-        import yaml
-
-        toc = yaml.safe_load(text)
-        for part in toc.get("parts", []):
-            part["chapters"] = [c for c in part.get("chapters", []) if not str(c.get("file", "")).startswith(
-                f"book/runs/{profile}/") or (root / f"{c['file']}.ipynb").exists()]
-        toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
-        text = yaml.safe_dump(toc, sort_keys=False)
+    executed = (lambda k: (runs_dir(profile, root) / f"{k}.ipynb").exists()) if profile in GPU_PROFILES else None
+    text = toc_text(profile, keep=executed)
     out = root / ("_toc.yml" if profile == "cpu" else f"_toc.{profile}.yml")
     if not out.exists() or out.read_text(encoding="utf-8") != text:
         out.write_text(text, encoding="utf-8")

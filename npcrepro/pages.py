@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -120,7 +120,7 @@ def _resolve(page: Page, found: list[Page]) -> Page:
                             f"kind:<{'|'.join(KINDS)}>")
         named = [p.key for p in found if p.kind == kind and p.key != page.key] if kind is not None else [d]
         out += [k for k in named if k not in out]
-    return Page(**{**page.__dict__, "depends": tuple(out)})
+    return replace(page, depends=tuple(out))
 
 
 @lru_cache(maxsize=4)

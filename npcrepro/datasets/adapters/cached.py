@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from npcrepro.datasets import open_dataset
+from npcrepro.datasets.adapters import convert
+from npcrepro.paths import build_once, shared_data
+
 __all__ = ["cached_openkbp"]
 
 
@@ -14,10 +18,6 @@ def cached_openkbp(out_dir: str | Path, n_cases: int, progress: bool = False, n_
     ``imagesTs``), converted once under ``<out_dir>/_cache/openkbp-n<n_cases>[-t<n_test>]`` and opened;
     None when the real data are not on this machine (or ``n_cases < 1``). Without ``n_test`` the first
     ``n_cases`` patients in source order (training patients first)."""
-    from npcrepro.datasets import open_dataset
-    from npcrepro.datasets.adapters import convert
-    from npcrepro.paths import build_once, shared_data
-
     src = shared_data("openkbp-subset")
     if src is None or n_cases < 1:
         return None
