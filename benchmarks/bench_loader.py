@@ -53,7 +53,7 @@ def _batch_production(train, batch: int, repeats: int) -> dict:
     import torch
 
     from npcrepro.engine.data import epoch_plan
-    from npcrepro.engine.loop import _Keyed
+    from npcrepro.engine.loaders import KeyedItems
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -61,7 +61,7 @@ def _batch_production(train, batch: int, repeats: int) -> dict:
         t = time.perf_counter()
         maker = train.device_batches("cpu", seed=0)
         store_s = time.perf_counter() - t
-        keyed = _Keyed(train, 0)
+        keyed = KeyedItems(train, 0)
         plan = epoch_plan(len(train), batch, repeats, 0, 0, 0)
         times = {"item": [], "device": []}
         diff = 0.0

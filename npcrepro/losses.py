@@ -464,10 +464,10 @@ def boundary_distance_weights(mask: np.ndarray, spacing: Sequence[float] | None 
     ndarray of float64, same shape as ``mask``
         1.0 outside the mask, d + 1 inside; all ones for an empty mask.
     """
-    from npcrepro.metrics import _as_mask, _spacing
+    from npcrepro.metrics.inputs import as_mask, as_spacing
 
-    m = _as_mask(mask, "mask")
-    sp = _spacing(spacing, m.ndim)
+    m = as_mask(mask, "mask")
+    sp = as_spacing(spacing, m.ndim)
     out = np.ones(m.shape, dtype=np.float64)
     if not m.any():
         return out

@@ -5,6 +5,7 @@ import torch
 from npcrepro.engine import RunFolder
 from npcrepro.engine.averaging import WeightAverage
 from npcrepro.engine.loop import load_checkpoint
+from npcrepro.engine.validation import validation_loss
 from npcrepro.errors import ParameterError
 from test_engine import _tiny_trainer, blob_case
 
@@ -115,7 +116,7 @@ def test_validation_and_best_weights_are_the_average(cases, tmp_path):
         if event == "evaluation":
             raw = {k: v.clone() for k, v in tr.model.state_dict().items()}
             tr.model.load_state_dict(tr.average.weights)
-            want = tr._evaluate_loss(tr.val_data, None)
+            want = validation_loss(tr, tr.val_data, None)
             tr.model.load_state_dict(raw)
             seen.append((info["val_loss"], want, tr.state.best_iteration == info["iteration"],
                          {k: v.clone() for k, v in tr.average.weights.items()}))

@@ -17,7 +17,7 @@ from npcrepro.engine import PatchDataset, SliceDataset, Trainer
 from npcrepro.engine.batches import (batched, crop_to_box, pack_masks, resample2d, rotation2d, store_dtype,
                                      unpack_masks)
 from npcrepro.engine.data import epoch_plan
-from npcrepro.engine.loop import _Keyed
+from npcrepro.engine.loaders import KeyedItems
 from npcrepro.errors import DataError, ParameterError
 
 
@@ -38,7 +38,7 @@ CASES = [_case(s) for s in range(3)]
 def _both(ds, batch: int = 6, n: int = 3, seed: int = 4):
     """Training batches of ``ds`` from the item path and from device batches (on the CPU), same keys."""
     maker = ds.device_batches("cpu", seed)
-    keyed = _Keyed(ds, seed)
+    keyed = KeyedItems(ds, seed)
     plan = epoch_plan(len(ds), batch, n, seed, 0, 0)
     for b in range(n):
         keys = [(0, 0, b, j, int(plan[b, j])) for j in range(batch)]

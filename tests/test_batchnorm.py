@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from npcrepro.engine.batchnorm import batch_norms, population_statistics
+from npcrepro.engine.batchnorm import batch_norms, measure_batch_norm, population_statistics
 from npcrepro.errors import ParameterError
 from test_engine import _tiny_trainer, blob_case
 
@@ -70,7 +70,7 @@ def test_the_trainer_scores_measured_statistics_and_refuses_bad_counts():
     assert not all(torch.allclose(a.running_mean, b.running_mean) for a, b in zip(layers0, layers1))
     # the final statistics are the population statistics of the trainer's own measuring batches
     again = {k: v.clone() for k, v in net1.state_dict().items()}
-    measured._measure_batch_norm(net1)
+    measure_batch_norm(measured, net1)
     assert all(torch.equal(again[k], v) for k, v in net1.state_dict().items())
     # the mid-training copy has measured statistics too, and training went on with its own
     first = half[0]

@@ -23,6 +23,7 @@ from npcrepro.chapters.chen2020.samplers import CentrePixelDataset, WindowDatase
 from npcrepro.engine.experiment import JobContext, JobSpec, job_dir
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import build, count_parameters
+from npcrepro.models import attention3d as A
 from npcrepro.models import mmfnet as M
 from npcrepro.chapters.chen2020 import paper
 
@@ -142,7 +143,7 @@ def test_channel_attention_weights_in_open_unit_interval(seed, scale, shared):
 
 def test_std_pool_is_eq10():
     x = torch.randn(2, 5, 3, 4, 4)
-    got = M._pool(x, "std", (2, 3, 4)).flatten()
+    got = A.pool_statistic(x, "std", (2, 3, 4)).flatten()
     mean = x.mean((2, 3, 4), keepdim=True)
     want = ((x - mean) ** 2).mean((2, 3, 4)).sqrt().flatten()
     assert torch.allclose(got, want, atol=1e-4)
@@ -154,24 +155,24 @@ def test_pools_match_the_reference_statistics_and_their_gradients(dims):
     gradients of the textbook formulas, in NCDHW and channels-last alike."""
     torch.manual_seed(0)
     base = torch.randn(2, 6, 3, 4, 5) * 2 + 1
-    refs = {"std": lambda t: (t.var(dims, unbiased=False, keepdim=True) + M.STD_EPS).sqrt(),
+    refs = {"std": lambda t: (t.var(dims, unbiased=False, keepdim=True) + A.STD_EPS).sqrt(),
             "max": lambda t: t.amax(dims, keepdim=True), "avg": lambda t: t.mean(dims, keepdim=True)}
     for layout in (torch.contiguous_format, torch.channels_last_3d):
         x = base.clone().contiguous(memory_format=layout).requires_grad_(True)
         for kind, ref in refs.items():
-            got, want = M._pool(x, kind, dims), ref(x)
+            got, want = A.pool_statistic(x, kind, dims), ref(x)
             assert got.shape == want.shape
             assert torch.allclose(got, want, atol=1e-5), kind
             g = torch.randn_like(want)
             (grad_got,), (grad_want,) = torch.autograd.grad(got, x, g), torch.autograd.grad(want, x, g)
             assert torch.allclose(grad_got, grad_want, atol=1e-5), kind
     x64 = torch.randn(1, 3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: M._pool(t, "std", dims), (x64,))
+    assert torch.autograd.gradcheck(lambda t: A.pool_statistic(t, "std", dims), (x64,))
 
 
 def test_max_pool_of_a_tie_sends_the_whole_gradient_to_one_element():
     x = torch.zeros(1, 2, 1, 2, 2, requires_grad=True)  # a dead (all-zero) channel
-    (grad,) = torch.autograd.grad(M._pool(x, "max", (2, 3, 4)).sum(), x)
+    (grad,) = torch.autograd.grad(A.pool_statistic(x, "max", (2, 3, 4)).sum(), x)
     assert grad.sum().item() == pytest.approx(2.0) and int((grad != 0).sum()) == 2
 
 
@@ -181,11 +182,11 @@ def test_fusion_block_follows_eqs_4_to_13():
     feats = [torch.randn(1, 4, 3, 5, 5) for _ in range(3)]
     f_ori = torch.cat(feats, 1)
     dims = (2, 3, 4)
-    stats = [f_ori.mean(dims), f_ori.amax(dims), (f_ori.var(dims, unbiased=False) + M.STD_EPS).sqrt()]
+    stats = [f_ori.mean(dims), f_ori.amax(dims), (f_ori.var(dims, unbiased=False) + A.STD_EPS).sqrt()]
     wc = torch.sigmoid(sum(m(s) for m, s in zip(block.channel.mlps, stats)))[..., None, None, None]  # Eq. 7
     f_c = wc * f_ori  # Eq. 4
     maps = torch.cat([f_c.mean(1, keepdim=True), f_c.amax(1, keepdim=True),
-                      (f_c.var(1, unbiased=False, keepdim=True) + M.STD_EPS).sqrt()], 1)
+                      (f_c.var(1, unbiased=False, keepdim=True) + A.STD_EPS).sqrt()], 1)
     f_s = torch.sigmoid(block.spatial.conv(maps)) * f_c  # Eqs. 11, 5
     f_r = block.fuse.reduce(f_s + f_ori)  # Eq. 12
     want = f_r + block.fuse.body(f_r)  # Eq. 13

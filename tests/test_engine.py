@@ -324,7 +324,7 @@ def test_loader_worker_processes_give_the_same_numbers(tiny_cases, reference_run
 
 
 def test_loader_workers_auto_and_bad_values(tiny_cases, monkeypatch):
-    from npcrepro.engine.loop import loader_workers
+    from npcrepro.engine.loaders import loader_workers
 
     monkeypatch.delenv("NPCREPRO_LOADER_WORKERS", raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 16)
@@ -848,9 +848,11 @@ def test_paths_are_absolute_in_params_json(tmp_path, monkeypatch):
         {"run": "leaderboard/2024-x", "resume": ""}  # a label, and a word, stay as they are
 
 
-def test_unknown_paper_and_registration():
+def test_unknown_paper_and_registration(monkeypatch):
     with pytest.raises(ParameterError, match="unknown paper 'nope'"):
         profiles.resolve("nope")
+    profiles.papers()  # the registry loaded, then a copy that the test may change
+    monkeypatch.setattr(profiles, "_SIZES", dict(profiles._SIZES))
     profiles.register_profile("_testpaper", "smoke", n_cases=2, epochs=1)
     profiles.register_profile("_testpaper", "cpu", n_cases=8, epochs=10, width=None)
     assert profiles.profiles("_testpaper") == ["smoke", "cpu"]

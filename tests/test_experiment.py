@@ -157,7 +157,7 @@ def test_half_budget_weights_are_the_middle_of_the_last_stage(tmp_path, budgets,
     import torch.nn.functional as F
 
     from npcrepro.engine import RunFolder, SliceDataset, Stage, Trainer
-    from npcrepro.engine.experiment import _save_half_budget
+    from npcrepro.engine.half_budget import save_half_budget
     from npcrepro.models import build
     from conftest import disc_cases
 
@@ -173,7 +173,7 @@ def test_half_budget_weights_are_the_middle_of_the_last_stage(tmp_path, budgets,
     stages = [Stage(f"s{i}", iterations=n, lr=1e-3) for i, n in enumerate(budgets)]
     trainer = Trainer(build("unet2d", in_channels=1, n_classes=1, widths=(4, 8)),
                       lambda o, t: F.binary_cross_entropy_with_logits(o, t), data, batch_size=2, stages=stages,
-                      device="cpu", progress=False, seed=0, run=run, callbacks=[_save_half_budget, spy])
+                      device="cpu", progress=False, seed=0, run=run, callbacks=[save_half_budget, spy])
     trainer.fit()
     assert seen == [saved_at]
 
@@ -184,7 +184,7 @@ def test_half_budget_weights_are_picked_as_the_final_ones(tmp_path):
     import torch.nn.functional as F
 
     from npcrepro.engine import RunFolder, SliceDataset, Stage, Trainer
-    from npcrepro.engine.experiment import _save_half_budget
+    from npcrepro.engine.half_budget import save_half_budget
     from npcrepro.models import build
     from conftest import disc_cases
 
@@ -202,7 +202,7 @@ def test_half_budget_weights_are_picked_as_the_final_ones(tmp_path):
     trainer = Trainer(build("unet2d", in_channels=1, n_classes=1, widths=(4, 8)),
                       lambda o, t: F.binary_cross_entropy_with_logits(o, t), data, val_data=val, batch_size=2,
                       stages=[Stage("s", iterations=12, lr=5e-2, eval_every=2, early_stopping=100)],
-                      device="cpu", progress=False, seed=0, run=run, callbacks=[_save_half_budget, spy])
+                      device="cpu", progress=False, seed=0, run=run, callbacks=[save_half_budget, spy])
     trainer.fit()
     half = torch.load(run.path / "model_half.pt", weights_only=True)
     first_half = {i: v for i, v in snapshots.items() if i <= 6}
@@ -221,20 +221,20 @@ def test_half_budget_weights_of_a_part_load_into_that_part(tmp_path):
     Two parts of the same shapes are ambiguous, and then there is no half-budget model."""
     from types import SimpleNamespace
 
-    from npcrepro.engine.experiment import _half_budget_model
+    from npcrepro.engine.half_budget import half_budget_model
 
     net = torch.nn.ModuleDict({"coarse": torch.nn.Linear(2, 3), "fine": torch.nn.Linear(3, 1)})
     half_fine = torch.nn.Linear(3, 1)
     torch.save(half_fine.state_dict(), tmp_path / "model_half.pt")
     ctx = SimpleNamespace(run=SimpleNamespace(path=tmp_path))
-    half = _half_budget_model(None, None, net, ctx)
+    half = half_budget_model(None, None, net, ctx)
     assert torch.equal(half["fine"].weight, half_fine.weight)
     assert torch.equal(half["coarse"].weight, net["coarse"].weight) and half is not net
     assert not torch.equal(net["fine"].weight, half_fine.weight)  # the final network is untouched
     twins = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 1), "b": torch.nn.Linear(3, 1)})
-    assert _half_budget_model(None, None, twins, ctx) is None
+    assert half_budget_model(None, None, twins, ctx) is None
     (tmp_path / "model_half.pt").unlink()
-    assert _half_budget_model(None, None, net, ctx) is None
+    assert half_budget_model(None, None, net, ctx) is None
 
 
 class _SlowChapter(Chapter):

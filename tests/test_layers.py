@@ -87,6 +87,14 @@ def test_chapter_modules_are_small():
     assert not big, f"chapter modules of 500 lines or more: {big}"
 
 
+def test_no_module_over_600_lines():
+    """Shared layers stay organised by kind: a module that outgrows 600 lines is split (one network
+    architecture, one loss family, one concern of the engine per module)."""
+    big = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py")
+           if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600}
+    assert not big, f"modules over 600 lines: {big}"
+
+
 def _module_graph() -> dict[str, set[str]]:
     """Module -> the npcrepro modules it imports anywhere in its file (inside functions too). ``from pkg
     import sub`` of a submodule counts as importing ``pkg.sub`` only, not ``pkg``'s ``__init__``."""

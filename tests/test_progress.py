@@ -161,3 +161,31 @@ def test_book_kernel_keeps_child_output_off_the_terminal(tmp_path, capfd, monkey
     terminal = capfd.readouterr()
     assert "child" not in terminal.err and "child" not in terminal.out
     assert "child err" in log.read_text() and "child out" in log.read_text()
+
+
+def test_progress_bar_is_a_handler_that_counts_every_iteration_and_closes_on_failure():
+    from npcrepro.engine.progress import ProgressBar
+
+    trainer = _trainer(progress=True)
+    bar = next(cb for cb in trainer.callbacks if isinstance(cb, ProgressBar))
+    seen = []
+    real_close = ProgressBar.close
+
+    def close():
+        seen.append(bar.bar.n if bar.bar is not None else None)
+        real_close(bar)
+
+    bar.close = close
+    trainer.fit()
+    assert seen == [12] and bar.bar is None  # 12 iterations counted, then closed
+
+    def fail(trainer, event, info):
+        if event == "iteration" and info["iteration"] == 5:
+            raise RuntimeError("killed")
+
+    trainer = _trainer(progress=True, callbacks=[fail])
+    bar = next(cb for cb in trainer.callbacks if isinstance(cb, ProgressBar))
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.fit()
+    assert bar.bar is None  # closed although fit raised
+    assert not any(isinstance(cb, ProgressBar) for cb in _trainer(progress=False).callbacks)

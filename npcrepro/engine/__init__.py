@@ -1,10 +1,14 @@
 """The shared engine: training loop, schedules, data sampling, inference, run folders,
 cross-validation and job dispatch. Every chapter trains through :class:`Trainer`.
 
-Modules: :mod:`~npcrepro.engine.loop` (Trainer, Stage), :mod:`~npcrepro.engine.schedules`,
+Modules: :mod:`~npcrepro.engine.loop` (Trainer), :mod:`~npcrepro.engine.stages` (Stage, History),
+:mod:`~npcrepro.engine.loaders`, :mod:`~npcrepro.engine.validation`, :mod:`~npcrepro.engine.checkpoints`;
+the Trainer's handlers :mod:`~npcrepro.engine.progress`, :mod:`~npcrepro.engine.probe`,
+:mod:`~npcrepro.engine.half_budget`; :mod:`~npcrepro.engine.schedules`,
 :mod:`~npcrepro.engine.batchnorm` (batch-norm statistics measured after training),
 :mod:`~npcrepro.engine.data` (SliceDataset, PatchDataset), :mod:`~npcrepro.engine.inference`,
-:mod:`~npcrepro.engine.runs` (RunFolder), :mod:`~npcrepro.engine.crossval`,
+:mod:`~npcrepro.engine.runs` (RunFolder), :mod:`~npcrepro.engine.chapter` (the chapter contract),
+:mod:`~npcrepro.engine.experiment` (the runner), :mod:`~npcrepro.engine.crossval`,
 :mod:`~npcrepro.engine.distributed` (torchrun/DDP), :mod:`~npcrepro.engine.dispatch` (papermill jobs),
 :mod:`~npcrepro.engine.device`.
 """

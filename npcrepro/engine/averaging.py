@@ -3,7 +3,7 @@
 The average of the last ~``1 / (1 - decay)`` updates is what the learning rate's noise would otherwise
 leave in the weights: scoring it shows where training *is*, not where the last few steps happened to
 throw the weights. The runner scores the averaged weights at half the budget and at its end, so the
-convergence flag compares like with like (:func:`npcrepro.engine.experiment._save_half_budget`).
+convergence flag compares like with like (:func:`npcrepro.engine.half_budget.save_half_budget`).
 
 The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (the rule of TensorFlow's
 ``ExponentialMovingAverage`` with ``num_updates``), so that a short budget is not dominated by the

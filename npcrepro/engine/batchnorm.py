@@ -21,7 +21,13 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["batch_norms", "population_statistics"]
+from npcrepro.engine.data import epoch_plan
+from npcrepro.engine.loaders import KeyedItems
+
+__all__ = ["batch_norms", "population_statistics", "measure_batch_norm"]
+
+#: Stage key of the batches that measure batch-norm statistics (``bn_batches``): no training stage has it.
+_BN_STAGE = 0xB47C
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -88,3 +94,22 @@ def population_statistics(model: nn.Module, batches: Iterable[torch.Tensor], *,
         layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
         layer.running_var.copy_(var.to(layer.running_var.dtype))
     return n
+
+
+def measure_batch_norm(trainer, model: nn.Module) -> None:
+    """Set ``model``'s batch-norm statistics to those of ``trainer.bn_batches`` training batches (whole
+    batches on every rank, so that no rank waits for another)."""
+    keyed = KeyedItems(trainer.train_data, trainer.seed)
+    plan = epoch_plan(len(trainer.train_data), trainer.batch_size, trainer.bn_batches, trainer.seed, _BN_STAGE, 0,
+                      cover=getattr(trainer.train_data, "cover", None))
+    kwargs = trainer.stages[-1].forward_kwargs
+
+    def inputs():
+        for b, row in enumerate(plan):
+            keys = [(_BN_STAGE, 0, b, j, int(i)) for j, i in enumerate(row)]
+            batch = (trainer.batch_maker.train_batch(keys) if trainer.batch_maker is not None
+                     else torch.utils.data.default_collate([keyed[k] for k in keys]))
+            yield trainer.prepare(batch)[0]
+
+    with trainer.autocast():
+        population_statistics(model, inputs(), forward=lambda x: model(x, **kwargs), seed=trainer.seed)

@@ -10,7 +10,7 @@ import torch
 
 from npcrepro.errors import ParameterError
 
-__all__ = ["resolve_device", "seed_everything", "item_rng", "configure_determinism", "rng_state",
+__all__ = ["autocast_dtype", "resolve_device", "seed_everything", "item_rng", "configure_determinism", "rng_state",
            "set_rng_state", "conv_memory_format", "channels_last_model"]
 
 
@@ -130,3 +130,15 @@ def set_rng_state(st: dict) -> None:
             torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
         except (RuntimeError, IndexError):  # different number of GPUs: keep the current states
             pass
+
+
+def autocast_dtype(amp: bool, amp_dtype: str | None, cuda: bool) -> torch.dtype | None:
+    """The autocast dtype of mixed precision, or None (off). CUDA: bf16 where supported, else fp16
+    (with a gradient scaler), or ``amp_dtype``. CPU: only when ``amp_dtype="bfloat16"`` is asked for
+    explicitly: the same autocast path in bf16, so the mixed-precision code is exercised (and tested)
+    without a GPU."""
+    cpu_bf16 = not cuda and str(amp_dtype or "").removeprefix("torch.") == "bfloat16"
+    if not (bool(amp) and (cuda or cpu_bf16)):
+        return None
+    want = amp_dtype or ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    return getattr(torch, str(want).removeprefix("torch."))

@@ -20,6 +20,9 @@ Design points
   with ``amp_dtype="bfloat16"`` (to test that path without a GPU); channels-last memory format.
   ``compile=True`` asks for ``torch.compile`` (falls back to eager with a warning when compilation
   fails). CPU runs are deterministic.
+* What is not the loop attaches to its events (``callbacks``): the progress bar or lines, the plan
+  probe, the half-budget copy (:mod:`~npcrepro.engine.progress`, :mod:`~npcrepro.engine.probe`,
+  :mod:`~npcrepro.engine.half_budget`).
 """
 from __future__ import annotations
 
@@ -27,13 +30,11 @@ import contextlib
 import copy
 import math
 import os
-import pickle
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -41,279 +42,21 @@ from torch import nn
 
 from npcrepro.engine import distributed as D
 from npcrepro.engine.averaging import WeightAverage
-from npcrepro.engine.batchnorm import batch_norms, population_statistics
-from npcrepro.engine.data import epoch_plan, item_rng
-from npcrepro.engine.device import (configure_determinism, conv_memory_format, resolve_device, rng_state,
-                                    set_rng_state)
-from npcrepro.engine.progress import ProgressLog, interval_from_env
-from npcrepro.engine.runs import to_jsonable
+from npcrepro.engine.batchnorm import batch_norms, measure_batch_norm
+from npcrepro.engine.checkpoints import (CHECKPOINT_FORMAT, load_checkpoint, restore_counters, restore_stage,
+                                         save_checkpoint)
+from npcrepro.engine.data import epoch_plan
+from npcrepro.engine.device import autocast_dtype, configure_determinism, conv_memory_format, resolve_device
+from npcrepro.engine.loaders import (BATCH_MODES, KeyedItems, batch_mode, device_batch_makers, loader_workers,
+                                     split_batch, to_float, worker_init)
+from npcrepro.engine.probe import PlanProbe
+from npcrepro.engine.progress import ProgressBar, ProgressLog, interval_from_env
 from npcrepro.engine.schedules import Schedule, make_optimizer, make_schedule
+from npcrepro.engine.stages import STAGE_FIELDS, History, Stage, TrainState
+from npcrepro.engine.validation import validation_loss
 from npcrepro.errors import DataError, ParameterError
-from npcrepro.paths import env_count
 
 __all__ = ["Stage", "Trainer", "History", "TrainState", "load_checkpoint", "CHECKPOINT_FORMAT"]
-
-#: 2: RNG states as tensors and numbers (loads with ``weights_only=True``); 1: numpy arrays.
-CHECKPOINT_FORMAT = 2
-
-#: Where batches are made (see ``Trainer(batches=...)``), and the variable that overrides it.
-BATCH_MODES = ("auto", "device", "loader")
-BATCHES_ENV = "NPCREPRO_BATCHES"
-
-#: Stage key of the batches that measure batch-norm statistics (``bn_batches``): no training stage has it.
-_BN_STAGE = 0xB47C
-
-
-@dataclass
-class Stage:
-    """One phase of training.
-
-    Parameters
-    ----------
-    name : str
-    epochs, iterations : int
-        The budget (exactly one). An epoch is ``iterations_per_epoch`` updates (the Trainer's; by
-        default one pass over the training set).
-    optimizer : "sgd" | "adam" | "adamw" | "rmsprop"
-    lr, momentum, weight_decay, nesterov, betas
-    schedule : None | str | dict | Schedule
-        See :mod:`npcrepro.engine.schedules`, e.g. ``{"kind": "step", "step_size": 100000,
-        "gamma": 0.1}`` or ``{"kind": "plateau", "factor": 0.8, "patience": 5}``.
-    trainable : sequence of str, optional
-        Parameter-name prefixes to train (None: all); ``frozen`` prefixes are then removed.
-    loss : callable(output, target) -> scalar tensor, optional
-        Overrides the Trainer's loss for this stage.
-    target_fn : callable(target) -> target, optional
-        Maps the batch's target to what this stage's output is compared with (e.g. downsampling).
-    forward_kwargs : dict
-        Extra keyword arguments for ``model(x, **forward_kwargs)`` (e.g. ``{"stage": 1}``).
-    eval_every : int, optional
-        Iterations between validations / curve rows (default: one epoch).
-    early_stopping : int, optional
-        Stop the stage after this many evaluations without a validation-loss improvement of more
-        than ``min_delta``.
-    grad_clip : float, optional
-        Clip the gradient norm.
-    """
-
-    name: str = "train"
-    epochs: int | None = None
-    iterations: int | None = None
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Any = None
-    trainable: Sequence[str] | None = None
-    frozen: Sequence[str] = ()
-    loss: Callable | None = None
-    target_fn: Callable | None = None
-    forward_kwargs: dict = field(default_factory=dict)
-    eval_every: int | None = None
-    early_stopping: int | None = None
-    min_delta: float = 0.0
-    grad_clip: float | None = None
-
-    def __post_init__(self) -> None:
-        if (self.epochs is None) == (self.iterations is None):
-            raise ParameterError(f"stage {self.name!r}: give exactly one of epochs / iterations "
-                                 f"(got epochs={self.epochs}, iterations={self.iterations})")
-        n = self.epochs if self.epochs is not None else self.iterations
-        if int(n) < 0:
-            raise ParameterError(f"stage {self.name!r}: budget must be >= 0, got {n}")
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise ParameterError(f"stage {self.name!r}: lr must be positive, got {self.lr}")
-        make_schedule(self.schedule, total=1, total_epochs=1)  # validate early
-
-    def budget(self, iterations_per_epoch: int) -> int:
-        return int(self.iterations) if self.iterations is not None else int(self.epochs) * iterations_per_epoch
-
-    def describe(self) -> dict:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__
-               if k not in ("loss", "target_fn", "schedule")}
-        out["forward_kwargs"] = dict(self.forward_kwargs)
-        out["schedule"] = make_schedule(self.schedule, total=1, total_epochs=1).describe()
-        out["loss"] = type(self.loss).__name__ if self.loss is not None else None
-        return out
-
-
-_STAGE_FIELDS = {f for f in Stage.__dataclass_fields__}
-
-
-@dataclass
-class TrainState:
-    """Counters saved in checkpoints."""
-
-    stage: int = 0
-    stage_iteration: int = 0
-    iteration: int = 0
-    best: float = math.inf
-    best_iteration: int = -1
-    bad_evals: int = 0
-    stage_stopped: bool = False
-    stopped_early: list = field(default_factory=list)
-    acc_loss: float = 0.0
-    acc_count: float = 0.0
-    acc_samples: int = 0
-    done: bool = False
-
-
-@dataclass
-class History:
-    """What :meth:`Trainer.fit` returns. ``rows`` are the curve rows (also in curves.csv)."""
-
-    rows: list[dict]
-    iterations: int
-    completed: bool
-    best_val_loss: float | None
-    best_iteration: int | None
-    stopped_early: list[str]
-    seconds: float
-
-    @property
-    def frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.rows)
-
-    @property
-    def final_train_loss(self) -> float | None:
-        vals = [r["train_loss"] for r in self.rows if r.get("train_loss") is not None]
-        return vals[-1] if vals else None
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint written by the Trainer, with ``torch.load(weights_only=True)``.
-
-    A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads without running
-    code. Anything else (a file from elsewhere whose pickle names Python callables, or a checkpoint
-    of an older format) is refused with one DataError; there is no fallback to unsafe loading.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: checkpoint not found")
-    try:
-        ck = torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise DataError(_refusal(p, exc)) from None
-    except Exception as exc:  # noqa: BLE001 - corrupt file of any kind
-        raise DataError(f"{p}: cannot read checkpoint ({exc.__class__.__name__}: "
-                        f"{_first_line(exc)})") from None
-    found = ck.get("format") if isinstance(ck, dict) else None
-    if found != CHECKPOINT_FORMAT:
-        raise DataError(f"{p}: not an npcrepro checkpoint of format {CHECKPOINT_FORMAT} (format "
-                        f"{found if found is not None else '?'}); retrain, or resume it with the "
-                        "npcrepro version that wrote it")
-    return ck
-
-
-def _refusal(p: Path, exc: BaseException) -> str:
-    """Why ``p`` does not load with ``weights_only=True``: not a checkpoint at all, an old checkpoint
-    (numpy RNG state), or a file whose pickle would call Python objects."""
-    try:
-        names = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(p)))
-    except Exception:  # noqa: BLE001 - not a torch zip file
-        names = None
-    if not names:
-        return (f"{p}: cannot read checkpoint (corrupt, or not a torch checkpoint: "
-                f"{_first_line(exc)[:120]})")
-    if names and all(n.startswith("numpy.") for n in names):
-        return (f"{p}: checkpoint of an older npcrepro (format 1: numpy arrays in its RNG state) is "
-                "not loaded, because loading it would need unsafe unpickling; retrain, or resume it "
-                "with the npcrepro version that wrote it")
-    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-    return (f"{p}: refused: the checkpoint holds Python objects other than tensors, numbers, "
-            f"strings, lists and dicts{f' ({shown})' if shown else ''}; loading it could run code, so "
-            "npcrepro loads checkpoints only with torch.load(weights_only=True)")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else ""
-
-
-class _Keyed(torch.utils.data.Dataset):
-    """Wraps a dataset so that item keys (stage, epoch, batch, slot, index) select both the item and
-    the generator used to draw/augment it."""
-
-    def __init__(self, base, seed: int):
-        self.base, self.seed = base, int(seed)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key):
-        stage, epoch, b, j, idx = key
-        rng = item_rng(self.seed, stage, epoch, b, j)
-        if hasattr(self.base, "get"):
-            return self.base.get(int(idx), rng)
-        # A plain dataset that uses the global RNGs: seed them for this item, then restore them.
-        s = int(rng.integers(2**31 - 1))
-        np_state, py_state = np.random.get_state(), random.getstate()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(s)
-                np.random.seed(s)
-                random.seed(s)
-                return self.base[int(idx)]
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
-
-
-def loader_workers(cuda: bool) -> int:
-    """DataLoader processes for ``num_workers="auto"``: none on the CPU; on CUDA one per two cores,
-    at most 8, or ``$NPCREPRO_LOADER_WORKERS``."""
-    env = env_count("NPCREPRO_LOADER_WORKERS", minimum=0)
-    if env is not None:
-        return env
-    return min(8, (os.cpu_count() or 1) // 2) if cuda else 0
-
-
-def _worker_init(worker_id: int) -> None:  # keep each worker single-threaded and seeded
-    torch.set_num_threads(1)
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
-def _split_batch(batch):
-    if isinstance(batch, Mapping):
-        return batch["image"], batch.get("label", batch.get("target"))
-    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise DataError("a training batch must be (image, target) or a dict with 'image' and 'label'")
-
-
-def _first(out):
-    return out[0] if isinstance(out, (list, tuple)) else out
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _tensors(out) -> list:
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _tensors(o)]
-    if isinstance(out, Mapping):
-        return [t for o in out.values() for t in _tensors(o)]
-    return [out] if torch.is_tensor(out) and out.is_floating_point() else []
-
-
-def _to_float(out):
-    if isinstance(out, (list, tuple)):
-        return type(out)(_to_float(o) for o in out)
-    return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
 
 
 class Trainer:
@@ -375,7 +118,10 @@ class Trainer:
         Also write ``checkpoint_last.pt`` every this many iterations (it is always written at each
         evaluation and at the end).
     callbacks : iterable of callable(trainer, event, info)
-        Events: "stage_start", "iteration", "evaluation", "end". A callback may raise to stop training
+        Handlers of what is not the loop (progress, the plan probe, the half-budget copy, test hooks);
+        one with a ``close()`` method has it called when ``fit`` returns or raises.
+        Events: "stage_start" (the stage set up; a resumed run's states restored), "iteration",
+        "evaluation", "end". A callback may raise to stop training
         (as a kill would); ``fit(resume=True)`` continues from the last checkpoint.
     max_iterations_this_session : int, optional
         Stop cleanly (after writing a checkpoint) after this many iterations in this call.
@@ -400,7 +146,7 @@ class Trainer:
         batches every time; :mod:`npcrepro.engine.batchnorm` says why).
     probe : bool
         At the start of every stage (the dry run), measure one training step at the first batch
-        (:meth:`_probe`): FLOPs of forward and backward (``torch.utils.flop_counter``), bytes of the
+        (:class:`~npcrepro.engine.probe.PlanProbe`, attached to ``callbacks``): FLOPs of forward and backward (``torch.utils.flop_counter``), bytes of the
         tensors saved for backward, of parameters, gradients and optimiser state, the batch shape and
         the stage's full budget; appended to ``plan.json`` in the run folder (``npcrepro plan``).
     """
@@ -417,10 +163,10 @@ class Trainer:
                  restore_best: bool | str = "auto", find_unused_parameters: bool = False,
                  stage_iteration_cap: int | None = None, val_item_cap: int | None = None,
                  probe: bool = False, ema: float = 0.0, bn_batches: int = 0, **stage_kwargs):
-        unknown = set(stage_kwargs) - _STAGE_FIELDS
+        unknown = set(stage_kwargs) - STAGE_FIELDS
         if unknown:
             raise ParameterError(f"Trainer: unknown argument(s) {sorted(unknown)} (Stage takes: "
-                                 f"{', '.join(sorted(_STAGE_FIELDS))})")
+                                 f"{', '.join(sorted(STAGE_FIELDS))})")
         if stages is None:
             stages = [Stage(**stage_kwargs)]
         elif stage_kwargs:
@@ -455,8 +201,12 @@ class Trainer:
         self.progress, self.desc = progress, desc
         self.checkpoint_every = checkpoint_every
         self.callbacks = list(callbacks)
-        if not progress and interval_from_env():  # an unattended run: plain progress lines on stderr
+        if progress:
+            self.callbacks.append(ProgressBar())
+        elif interval_from_env():  # an unattended run: plain progress lines on stderr
             self.callbacks.append(ProgressLog(interval_from_env()))
+        if probe:
+            self.callbacks.append(PlanProbe())
         self.max_iterations_this_session = max_iterations_this_session
         self.restore_best = restore_best
         self.find_unused_parameters = find_unused_parameters
@@ -512,18 +262,10 @@ class Trainer:
         self.num_workers = (loader_workers(self.cuda) if self.requested_workers == "auto"
                             else int(self.requested_workers))
         configure_determinism(self.deterministic)
-        # CUDA: autocast (bf16 where supported, else fp16 with a gradient scaler). CPU: only when
-        # amp_dtype="bfloat16" is asked for explicitly: the same autocast path in bf16, so the
-        # mixed-precision code is exercised (and tested) without a GPU.
-        cpu_bf16 = not self.cuda and str(self.amp_dtype or "").removeprefix("torch.") == "bfloat16"
-        self.use_amp = bool(self.amp) and (self.cuda or cpu_bf16)
-        if self.use_amp:
-            want = self.amp_dtype or ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
-            self._amp_dtype = getattr(torch, str(want).removeprefix("torch."))
-        else:
-            self._amp_dtype = None
+        self._amp_dtype = autocast_dtype(self.amp, self.amp_dtype, self.cuda)
+        self.use_amp = self._amp_dtype is not None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self._amp_dtype == torch.float16)
-        self._make_batch_makers()
+        self.batch_maker, self.val_maker = device_batch_makers(self)
         self.model.to(dev)
         self._memory_format = None
         if self.channels_last:
@@ -535,44 +277,16 @@ class Trainer:
     def batch_mode(self) -> str:
         """"device" or "loader": what :attr:`requested_batches` (or ``$NPCREPRO_BATCHES``) asks for on
         this trainer's device."""
-        mode = os.environ.get(BATCHES_ENV) or self.requested_batches
-        if mode not in BATCH_MODES:
-            raise ParameterError(f"${BATCHES_ENV} must be one of {', '.join(BATCH_MODES)}, got {mode!r}")
-        return ("device" if self.cuda else "loader") if mode == "auto" else mode
+        return batch_mode(self.requested_batches, self.cuda)
 
-    def _make_batch_makers(self) -> None:
-        """Device batch makers of the training and validation sets, when :meth:`batch_mode` says so
-        and the datasets offer them; a warning when "device" was asked for and cannot be had."""
-        self.batch_maker = self.val_maker = None
-        if self.batch_mode() != "device":
-            return
-        make = getattr(self.train_data, "device_batches", None)
-        self.batch_maker = make(self.device, self.seed) if callable(make) else None
-        if self.batch_maker is None:
-            if os.environ.get(BATCHES_ENV) == "device" or self.requested_batches == "device":
-                warnings.warn(f"{self.desc}: {type(self.train_data).__name__} cannot make batches on "
-                              f"{self.device} (no batched augmentation, or too big); using the loader")
-            return
-        make = getattr(self.val_data, "device_batches", None)
-        self.val_maker = make(self.device, self.seed) if callable(make) else None
-
-    def _autocast(self):
+    def autocast(self):
         if self.use_amp:
             return torch.autocast(device_type=self.device.type, dtype=self._amp_dtype)
         return contextlib.nullcontext()
 
     def _enter_stage(self, si: int) -> None:
         stage = self.stages[si]
-        names = [n for n, _ in self.model.named_parameters()]
-        for n, p in self.model.named_parameters():
-            on = stage.trainable is None or any(n.startswith(pfx) for pfx in stage.trainable)
-            if any(n.startswith(pfx) for pfx in stage.frozen):
-                on = False
-            p.requires_grad_(on)
-        for pfx in list(stage.trainable or []) + list(stage.frozen):
-            if not any(n.startswith(pfx) for n in names):
-                raise ParameterError(f"stage {stage.name!r}: no parameter name starts with {pfx!r}")
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable = stage.set_trainable(self.model)
         self.optimizer = make_optimizer(self.trainable, stage.optimizer, stage.lr, momentum=stage.momentum,
                                         weight_decay=stage.weight_decay, nesterov=stage.nesterov,
                                         betas=stage.betas)
@@ -596,27 +310,26 @@ class Trainer:
                 self._compiled = True
             except Exception as exc:  # noqa: BLE001
                 warnings.warn(f"torch.compile unavailable ({exc.__class__.__name__}: {exc}); running eager")
-        self._emit("stage_start", {"stage": si, "name": stage.name})
 
     # ------------------------------------------------------------------ steps
-    def _prepare(self, batch):
-        x, y = _split_batch(batch)
+    def prepare(self, batch):
+        x, y = split_batch(batch)
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True) if torch.is_tensor(y) else y
         if self._memory_format is not None and x.dim() == (4 if self._memory_format is torch.channels_last else 5):
             x = x.contiguous(memory_format=self._memory_format)
         return x, y
 
-    def _loss_fn(self, stage: Stage) -> Callable:
+    def loss_for(self, stage: Stage) -> Callable:
         return stage.loss if stage.loss is not None else self.loss
 
     def _train_step(self, batch, stage: Stage) -> tuple[torch.Tensor, int]:
         self.model.train()
-        x, y = self._prepare(batch)
+        x, y = self.prepare(batch)
         if stage.target_fn is not None:
             y = stage.target_fn(y)
-        loss_fn = self._loss_fn(stage)
-        with self._autocast():
+        loss_fn = self.loss_for(stage)
+        with self.autocast():
             try:
                 out = self.train_forward(x, **stage.forward_kwargs)
             except Exception as exc:  # noqa: BLE001
@@ -625,7 +338,7 @@ class Trainer:
                 warnings.warn(f"torch.compile failed ({exc.__class__.__name__}); falling back to eager")
                 self.train_forward, self.eval_forward, self._compiled = self.ddp_module, self.model, False
                 out = self.train_forward(x, **stage.forward_kwargs)
-        loss = loss_fn(_to_float(out), y)
+        loss = loss_fn(to_float(out), y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if stage.grad_clip:
@@ -637,105 +350,6 @@ class Trainer:
             self.average.update(self.model)
         return loss.detach(), int(x.shape[0])
 
-    def _probe(self, batch, stage: Stage, si: int) -> dict:
-        """Measure one training step of ``stage`` at this batch (see ``probe``) without computing
-        it: a copy of the model and the batch on the ``meta`` device (shapes only) go through
-        forward, loss and backward under :class:`~torch.utils.flop_counter.FlopCounterMode` and a
-        saved-tensor hook. Falls back to the real step's accounting when an operation has no meta
-        kernel. Appends one row to ``plan.json`` in the run folder and returns it."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        x, y = _split_batch(batch)
-        saved: dict[int, int] = {}
-
-        def measure(model, xx, yy) -> int:
-            params = {p.untyped_storage()._cdata for p in model.parameters()}
-            trainable = [p for n, p in model.named_parameters()
-                         if dict(self.model.named_parameters())[n].requires_grad]
-            for p in model.parameters():
-                p.requires_grad_(False)
-            for p in trainable:
-                p.requires_grad_(True)
-
-            def pack(t):
-                try:
-                    st = t.untyped_storage()
-                    if st._cdata not in params:
-                        saved[st._cdata] = max(saved.get(st._cdata, 0), st.nbytes())
-                except (RuntimeError, NotImplementedError, AttributeError):
-                    pass
-                return t
-
-            if stage.target_fn is not None:
-                yy = stage.target_fn(yy)
-            model.train()
-            with FlopCounterMode(display=False) as counter:
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    with self._autocast():
-                        out = model(xx, **stage.forward_kwargs)
-                    try:
-                        loss = self._loss_fn(stage)(_to_float(out), yy)
-                    except (RuntimeError, NotImplementedError):
-                        if xx.device.type != "meta":
-                            raise
-                        # a loss that reads values (a target check): on meta, the outputs' mean
-                        # stands in (the loss's own FLOPs and saved tensors are a small share)
-                        loss = sum(o.float().mean() for o in _tensors(out))
-                loss.backward()
-            return int(counter.get_total_flops())
-
-        def to_meta(t):
-            return t.to("meta") if torch.is_tensor(t) else t
-
-        device = "meta"
-        try:
-            meta_model = copy.deepcopy(self.model).to("meta")
-            xm = to_meta(x)
-            if self._memory_format is not None and xm.dim() == (4 if self._memory_format is torch.channels_last else 5):
-                xm = xm.contiguous(memory_format=self._memory_format)
-            flops = measure(meta_model, xm, to_meta(y))
-        except Exception:  # noqa: BLE001 - an op without a meta kernel (or a loss reading values)
-            saved.clear()
-            device = str(self.device)
-            self.optimizer.zero_grad(set_to_none=True)
-            xx, yy = self._prepare(batch)
-            flops = measure(self.model, xx, yy)
-            self.optimizer.zero_grad(set_to_none=True)
-
-        def nbytes(ts):
-            return int(sum(t.numel() * t.element_size() for t in ts if torch.is_tensor(t)))
-
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        per_param = {"adam": 2, "adamw": 2, "rmsprop": 1, "sgd": 1}.get(stage.optimizer, 2)
-        row = {"network": self.desc, "stage": stage.name, "stage_index": si, "measured_on": device,
-               "flops": flops, "batch": list(x.shape), "batch_size": self.batch_size,
-               "input_bytes": nbytes([x]),
-               "activation_bytes": int(sum(saved.values())),
-               "parameter_bytes": nbytes(self.model.parameters()), "gradient_bytes": nbytes(trainable),
-               "optimizer_bytes": nbytes(trainable) * per_param, "optimizer": stage.optimizer,
-               "amp": str(self._amp_dtype).removeprefix("torch.") if self.use_amp else None,
-               "epochs": stage.epochs, "iterations": stage.iterations,
-               "iterations_per_epoch": self.iterations_per_epoch,
-               "iterations_per_epoch_given": self._iterations_per_epoch_given,
-               "train_items": len(self.train_data), "early_stopping": stage.early_stopping}
-        need = sum(row[k] for k in ("activation_bytes", "parameter_bytes", "gradient_bytes",
-                                    "optimizer_bytes", "input_bytes"))
-        free = _available_memory()
-        if (self.device.type == "cpu" and free is not None and need > 0.8 * free
-                and (self.stage_iteration_cap is None or self.stage_iteration_cap > 0)):
-            raise ParameterError(f"{self.desc}: one training step at batch {list(x.shape)} needs about "
-                                 f"{need / 1e9:.1f} GB, and this machine has {free / 1e9:.1f} GB "
-                                 f"available: lower the batch size (e.g. -p batch_size 2) for a "
-                                 f"dry run on the CPU")
-        if self.run is not None and self._main():
-            import json
-
-            path = Path(self.run.path) / "plan.json"
-            rows = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
-            rows = [r for r in rows if r.get("stage_index") != si] + [row]
-            path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
-        return row
-
     @torch.no_grad()
     def evaluate_loss(self, dataset=None, stage: Stage | None = None) -> float | None:
         """Mean loss over ``dataset`` (default the validation set), items weighted equally, pooled
@@ -745,94 +359,12 @@ class Trainer:
             return None
         if not self._ready:
             self._setup()
-        if self.average is None:
-            return self._evaluate_loss(dataset, stage)
-        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.average.weights)
-        try:
-            return self._evaluate_loss(dataset, stage)
-        finally:
-            self.model.load_state_dict(own)
-
-    @torch.no_grad()
-    def _evaluate_loss(self, dataset, stage: Stage | None) -> float | None:
-        stage = stage or self.stages[min(self.state.stage, len(self.stages) - 1)]
-        loss_fn = self._loss_fn(stage)
-        was_training = self.model.training
-        self.model.eval()
-        n_items = min(len(dataset), self.val_item_cap) if self.val_item_cap else len(dataset)
-        idx = list(range(self.info.rank, n_items, self.info.world_size))
-        if self.val_maker is not None and dataset is self.val_data:
-            loader = (self.val_maker.eval_batch(idx[i:i + self.val_batch_size])
-                      for i in range(0, len(idx), self.val_batch_size))
-        else:
-            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx),
-                                                 batch_size=self.val_batch_size, shuffle=False,
-                                                 num_workers=self.num_workers,
-                                                 worker_init_fn=_worker_init if self.num_workers else None)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = 0
-        for batch in loader:
-            x, y = self._prepare(batch)
-            if stage.target_fn is not None:
-                y = stage.target_fn(y)
-            with self._autocast():
-                out = self.eval_forward(x, **stage.forward_kwargs)
-            total += loss_fn(_to_float(out), y).double() * x.shape[0]
-            count += int(x.shape[0])
-        s, n = D.all_reduce_sum([float(total), float(count)], self.device)
-        self.model.train(was_training)
-        return s / n if n else None
+        return validation_loss(self, dataset, stage, averaged=True)
 
     # ------------------------------------------------------------------ checkpoints
-    def _gather_rng(self) -> list:
-        st = rng_state()
-        if not self.info.distributed:
-            return [st]
-        out: list = [None] * self.info.world_size
-        torch.distributed.all_gather_object(out, st)
-        return out
-
-    def _checkpoint(self) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "average": self.average.state_dict() if self.average is not None else None,
-            "rng": self._gather_rng(),
-            "state": asdict(self.state),
-            "history": to_jsonable(self.rows),  # plain types: the checkpoint loads weights_only
-            "stages": to_jsonable([s.describe() for s in self.stages]),
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "iterations_per_epoch": self.iterations_per_epoch,
-            "world_size": self.info.world_size,
-        }
-
     def save_checkpoint(self, which: str = "last") -> Path | None:
         """Write ``checkpoint_<which>.pt`` into the run folder (rank 0; every rank must call it)."""
-        d = self.checkpoint_dir
-        if d is None:
-            return None
-        ck = self._checkpoint()  # collective under DDP (every rank gets here)
-        if not self._main():
-            return None
-        p = d / f"checkpoint_{which}.pt"
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        torch.save(ck, tmp)
-        os.replace(tmp, p)
-        return p
-
-    def _load(self, ck: dict) -> None:
-        if ck.get("seed") != self.seed or ck.get("batch_size") != self.batch_size:
-            raise ParameterError(f"checkpoint was written with seed={ck.get('seed')}, batch_size="
-                                 f"{ck.get('batch_size')}; this trainer has seed={self.seed}, "
-                                 f"batch_size={self.batch_size}")
-        self.model.load_state_dict(ck["model"])
-        self.state = TrainState(**ck["state"])
-        self.rows = list(ck["history"])
+        return save_checkpoint(self, which)
 
     # ------------------------------------------------------------------ logging
     def _emit(self, event: str, info: dict) -> None:
@@ -876,21 +408,13 @@ class Trainer:
             if path is None:
                 raise ParameterError("resume=True needs a run folder (or pass a checkpoint path)")
             ck = load_checkpoint(path, map_location=self.device)
-            self._load(ck)
+            restore_counters(self, ck)
         else:
             self.state, self.rows, self._best_state = TrainState(), [], None
             torch.manual_seed(self.seed + 1000003 * self.info.rank)
             np.random.seed((self.seed + self.info.rank) % 2**32)
             random.seed(self.seed + self.info.rank)
 
-        total_all = sum(self.stage_budget(s) for s in self.stages)
-        done_before = sum(self.stage_budget(s) for s in self.stages[:self.state.stage])
-        bar = None
-        if self.progress and self._main() and not self.state.done:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total_all, initial=min(total_all, done_before + self.state.stage_iteration),
-                       desc=self.desc, unit="it", mininterval=0.5, dynamic_ncols=True)
         session = 0
         interrupted = False
         try:
@@ -900,30 +424,20 @@ class Trainer:
                 self._enter_stage(si)
                 self.average = WeightAverage(self.model, self.ema) if self.ema else None
                 if ck is not None and ck["state"]["stage"] == si:
-                    self.optimizer.load_state_dict(ck["optimizer"])
-                    self.schedule.load_state_dict(ck["schedule"])
-                    self.scaler.load_state_dict(ck["scaler"])
-                    if self.average is not None and ck.get("average"):
-                        self.average.load_state_dict(ck["average"])
-                    rngs = ck["rng"]
-                    set_rng_state(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
+                    restore_stage(self, ck)
                     ck = None
-                session, interrupted = self._run_stage(si, stage, bar, session)
+                self._emit("stage_start", {"stage": si, "name": stage.name})
+                session, interrupted = self._run_stage(si, stage, session)
                 if interrupted:
                     break
-                # next stage
-                if self.state.stage_stopped:
-                    self.state.stopped_early.append(stage.name)
-                self.state.stage += 1
-                self.state.stage_iteration = 0
-                self.state.best, self.state.best_iteration, self.state.bad_evals = math.inf, -1, 0
-                self.state.stage_stopped = False
+                self.state.next_stage(stage.name)
                 if self.state.stage >= len(self.stages):
                     self.state.done = True
                     self._finish()
         finally:
-            if bar is not None:
-                bar.close()
+            for cb in self.callbacks:
+                if callable(getattr(cb, "close", None)):
+                    cb.close()
         history = History(
             rows=list(self.rows), iterations=self.state.iteration, completed=self.state.done,
             best_val_loss=min((r["val_loss"] for r in self.rows if r.get("val_loss") is not None),
@@ -965,26 +479,8 @@ class Trainer:
             return state
         net = copy.deepcopy(self.raw_model)
         net.load_state_dict(state)
-        self._measure_batch_norm(net)
+        measure_batch_norm(self, net)
         return net.state_dict()
-
-    def _measure_batch_norm(self, model: nn.Module) -> None:
-        """Set ``model``'s batch-norm statistics to those of ``bn_batches`` training batches (whole
-        batches on every rank, so that no rank waits for another)."""
-        keyed = _Keyed(self.train_data, self.seed)
-        plan = epoch_plan(len(self.train_data), self.batch_size, self.bn_batches, self.seed, _BN_STAGE, 0,
-                          cover=getattr(self.train_data, "cover", None))
-        kwargs = self.stages[-1].forward_kwargs
-
-        def inputs():
-            for b, row in enumerate(plan):
-                keys = [(_BN_STAGE, 0, b, j, int(i)) for j, i in enumerate(row)]
-                batch = (self.batch_maker.train_batch(keys) if self.batch_maker is not None
-                         else torch.utils.data.default_collate([keyed[k] for k in keys]))
-                yield self._prepare(batch)[0]
-
-        with self._autocast():
-            population_statistics(model, inputs(), forward=lambda x: model(x, **kwargs), seed=self.seed)
 
     def _finish(self) -> None:
         best = self._best_to_restore()
@@ -993,7 +489,7 @@ class Trainer:
         if best is None and self.average is not None:
             self.model.load_state_dict(self.average.weights)
         if self.bn_batches:
-            self._measure_batch_norm(self.model)
+            measure_batch_norm(self, self.model)
         self.save_checkpoint("last")
         d = self.checkpoint_dir
         if d is not None:
@@ -1005,21 +501,26 @@ class Trainer:
                 self.run.write_curves(self.rows)
         D.barrier()
 
-    def _run_stage(self, si: int, stage: Stage, bar, session: int) -> tuple[int, bool]:
+    def first_batch(self, si: int):
+        """This rank's share of stage ``si``'s first training batch, collated from the loader's items
+        (what the plan probe measures)."""
+        plan = epoch_plan(len(self.train_data), self.batch_size, self.iterations_per_epoch, self.seed, si, 0,
+                          cover=getattr(self.train_data, "cover", None))
+        keyed = KeyedItems(self.train_data, self.seed)
+        rank, world = self.info.rank, self.info.world_size
+        return torch.utils.data.default_collate(
+            [keyed[(si, 0, 0, j, int(plan[0, j]))] for j in range(rank, self.batch_size, world)])
+
+    def _run_stage(self, si: int, stage: Stage, session: int) -> tuple[int, bool]:
         st = self.state
         ipe = self.iterations_per_epoch
         total = self.stage_budget(stage)
         eval_every = stage.eval_every or ipe
         world, rank = self.info.world_size, self.info.rank
-        keyed = _Keyed(self.train_data, self.seed)
+        keyed = KeyedItems(self.train_data, self.seed)
         n_items = len(self.train_data)
         cover = getattr(self.train_data, "cover", None)
-        if self.probe and st.stage_iteration == 0:
-            plan = epoch_plan(n_items, self.batch_size, ipe, self.seed, si, 0, cover=cover)
-            first = [keyed[(si, 0, 0, j, int(plan[0, j]))] for j in range(rank, self.batch_size, world)]
-            self._probe(torch.utils.data.default_collate(first), stage, si)
         t_row = time.perf_counter()
-        last_post = 0.0
         lr = stage.lr
 
         def batches(start: int):
@@ -1038,7 +539,7 @@ class Trainer:
                 loader = torch.utils.data.DataLoader(
                     keyed, batch_sampler=batches(st.stage_iteration), num_workers=self.num_workers,
                     generator=gen, pin_memory=self.cuda,
-                    worker_init_fn=_worker_init if self.num_workers else None)
+                    worker_init_fn=worker_init if self.num_workers else None)
             for batch in loader:
                 epoch = st.stage_iteration // ipe
                 lr = stage.lr * self.schedule.factor_at(st.stage_iteration, epoch)
@@ -1055,15 +556,6 @@ class Trainer:
                     st.acc_loss += float(loss) * n
                 st.acc_count += n
                 st.acc_samples += self.batch_size
-                if bar is not None:
-                    bar.update(1)
-                    now = time.perf_counter()
-                    if now - last_post > 0.5:
-                        last_post = now
-                        el = now - t_row
-                        bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}",
-                                        sps=f"{st.acc_samples / el:.1f}" if el > 0 else "-",
-                                        refresh=False)
                 at_eval = st.stage_iteration % eval_every == 0 or st.stage_iteration == total
                 if at_eval:
                     self._flush_dev_acc()

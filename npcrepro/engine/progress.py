@@ -1,4 +1,5 @@
-"""Training progress as plain log lines, for runs nobody watches in a notebook.
+"""Training progress: plain log lines for runs nobody watches in a notebook (:class:`ProgressLog`),
+and a tqdm bar for those somebody does (:class:`ProgressBar`, ``Trainer(progress=True)``).
 
 Chapters train with ``progress=False`` (a tqdm bar would be a widget in the executed notebook). When
 the environment variable :data:`ENV` holds a number of seconds (``npcrepro run`` / ``npcrepro book``
@@ -88,3 +89,40 @@ class ProgressLog:
         elif event == "end":
             how = "interrupted" if info.get("interrupted") else "done"
             self._write(self._line(trainer) + f" | {how}")
+
+
+class ProgressBar:
+    """Trainer handler for ``progress=True``: a tqdm bar over every stage's iterations with loss, lr and
+    samples/s since the last curve row (rank 0 only; closed when ``fit`` returns or raises)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self._t_row = self._last_post = 0.0
+
+    def __call__(self, trainer, event: str, info: dict) -> None:
+        if not trainer._main():
+            return
+        now = time.perf_counter()
+        if event == "stage_start" and self.bar is None:
+            from tqdm.auto import tqdm
+
+            st = trainer.state
+            total = sum(trainer.stage_budget(s) for s in trainer.stages)
+            before = sum(trainer.stage_budget(s) for s in trainer.stages[:st.stage])
+            self.bar = tqdm(total=total, initial=min(total, before + st.stage_iteration), desc=trainer.desc,
+                            unit="it", mininterval=0.5, dynamic_ncols=True)
+        if event in ("stage_start", "evaluation"):
+            self._t_row = now
+        elif event == "iteration" and self.bar is not None:
+            self.bar.update(1)
+            if now - self._last_post > 0.5:
+                self._last_post = now
+                el = now - self._t_row
+                self.bar.set_postfix(loss=f"{float(info['loss']):.4f}", lr=f"{info['lr']:.2e}",
+                                     sps=f"{trainer.state.acc_samples / el:.1f}" if el > 0 else "-",
+                                     refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

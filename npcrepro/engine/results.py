@@ -218,7 +218,7 @@ class Results:
         scored, e.g. training stopped early before half its budget). A network whose mean is 0 at the
         full budget (it never found the structure) is not converged, however flat its curve. With
         several training stages, "half the budget" is the middle of the last stage (see
-        :func:`npcrepro.engine.experiment._save_half_budget`). Means are over test cases (and folds and
+        :func:`npcrepro.engine.half_budget.save_half_budget`). Means are over test cases (and folds and
         seeds), of the scored rows (:func:`npcrepro.evaluation.scored`). ``labels``: the methods' labels
         instead of their names.
 

@@ -18,7 +18,8 @@ from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["conv", "PointwiseConv3d", "conv_transpose", "max_pool", "avg_pool", "norm_layer", "act_layer",
            "dropout_layer", "ConvNormAct", "DoubleConv", "ResidualBlock", "Down", "Up", "pad_to_multiple",
-           "crop_to", "init_weights", "init_output", "zero_init_residuals", "WithColumnCoordinate"]
+           "crop_to", "padded_forward", "check_5d", "init_weights", "init_output", "zero_init_residuals",
+           "WithColumnCoordinate", "scaled"]
 
 NORMS = ("batch", "instance", "group", None)
 ACTS = ("relu", "leaky", "prelu", "elu", "gelu", None)
@@ -247,6 +248,26 @@ class WithColumnCoordinate(nn.Module):
 def crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Keep the first ``size`` voxels of each spatial axis."""
     return x[(..., *[slice(0, s) for s in size])]
+
+
+def padded_forward(x: torch.Tensor, multiple: int, fn) -> torch.Tensor:
+    """Run ``fn`` on ``x`` padded to a multiple of ``multiple`` and crop the output back."""
+    if multiple > 1:
+        x, size = pad_to_multiple(x, multiple)
+        return crop_to(fn(x), size)
+    return fn(x)
+
+
+def check_5d(x: torch.Tensor, name: str) -> None:
+    if x.dim() != 5:
+        raise ValueError(f"{name} expects a 5D tensor (N, C, D, H, W), got shape {tuple(x.shape)}")
+
+
+def scaled(widths: Sequence[int], width: float) -> tuple[int, ...]:
+    """Channel counts multiplied by ``width`` (rounded, at least 1): the profiles' width multiplier."""
+    if not (width > 0 and math.isfinite(width)):
+        raise ParameterError(f"width multiplier must be positive, got {width!r}")
+    return tuple(max(1, int(round(w * width))) for w in widths)
 
 
 def init_weights(module: nn.Module, scheme: str = "kaiming", std: float = 0.01) -> nn.Module:

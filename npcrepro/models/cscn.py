@@ -1,5 +1,7 @@
-"""guo2021: the multi-scale cascaded network CSCN (BUNet -> ACDNet -> probability fusion) and the
-paper's 3D baselines (plain CNN, a DeepLab-style 3D network, V-Net).
+"""guo2021: the multi-scale cascaded network CSCN (BUNet -> ACDNet -> probability fusion), and the
+registry names of the paper's 3D baselines (plain CNN, a DeepLab-style 3D network, V-Net), whose
+architectures live in :mod:`~npcrepro.models.plain3d`, :mod:`~npcrepro.models.deeplab3d` and
+:mod:`~npcrepro.models.vnet`.
 
 Guo et al. (Intelligent Automation & Soft Computing 31(3), 2022) segment the NPC primary tumour on
 3D T1 MRI with a coarse-to-fine cascade (their Fig. 1):
@@ -64,14 +66,17 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from npcrepro.errors import ParameterError
 from npcrepro.models import count_parameters, register
-from npcrepro.models.blocks import (ConvNormAct, act_layer, conv, conv_transpose, crop_to,
-                                    init_weights, max_pool, norm_layer, pad_to_multiple)
+from npcrepro.models.atrous import AtrousConv3d, atrous_cna
+from npcrepro.models.blocks import (ConvNormAct, check_5d, conv, conv_transpose, init_weights, max_pool,
+                                    padded_forward)
+from npcrepro.models.deeplab3d import ASPP3D, DeepLab3D
+from npcrepro.models.plain3d import PlainCNN3D
 from npcrepro.models.unet import UNet
+from npcrepro.models.vnet import VNet
 
 __all__ = ["AtrousConv3d", "BUNet", "ASPPDenseLayer", "DenseBlock", "ACDNet", "CSCN", "PlainCNN3D", "ASPP3D",
            "DeepLab3D", "VNet", "fuse_probabilities", "FUSIONS", "guo2021_bunet", "guo2021_acdnet",
@@ -84,82 +89,6 @@ FUSIONS = ("mean", "product", "max")
 #: Registry names of the chapter's networks, keyed by the paper's method names.
 MODEL_NAMES = {"BUNet": "guo2021_bunet", "ACDNet": "guo2021_acdnet", "CSCN": "guo2021_cscn",
                "CNN": "guo2021_cnn", "Deeplab": "guo2021_deeplab3d", "V-Net": "guo2021_vnet"}
-
-
-def _padded_forward(x: torch.Tensor, multiple: int, fn) -> torch.Tensor:
-    """Run ``fn`` on ``x`` padded to a multiple of ``multiple`` and crop the output back."""
-    if multiple > 1:
-        x, size = pad_to_multiple(x, multiple)
-        return crop_to(fn(x), size)
-    return fn(x)
-
-
-def _check_5d(x: torch.Tensor, name: str) -> None:
-    if x.dim() != 5:
-        raise ValueError(f"{name} expects a 5D tensor (N, C, D, H, W), got shape {tuple(x.shape)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# atrous convolution
-
-
-def _space_to_batch(x: torch.Tensor, r: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """(N, C, D, H, W) -> (N * r**3, C, D', H', W'): the r**3 interleaved sub-grids of ``x`` (zero-padded
-    at the end to multiples of ``r``) stacked along the batch axis."""
-    n, c, d, h, w = x.shape
-    pads = ((-d) % r, (-h) % r, (-w) % r)
-    if any(pads):
-        x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
-    d2, h2, w2 = (d + pads[0]) // r, (h + pads[1]) // r, (w + pads[2]) // r
-    x = x.reshape(n, c, d2, r, h2, r, w2, r).permute(0, 3, 5, 7, 1, 2, 4, 6)
-    return x.reshape(n * r ** 3, c, d2, h2, w2), (d, h, w)
-
-
-def _batch_to_space(y: torch.Tensor, r: int, size: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`_space_to_batch` (crops the padding)."""
-    nb, c, d2, h2, w2 = y.shape
-    n = nb // r ** 3
-    y = y.reshape(n, r, r, r, c, d2, h2, w2).permute(0, 4, 5, 1, 6, 2, 7, 3)
-    y = y.reshape(n, c, d2 * r, h2 * r, w2 * r)
-    return y[:, :, :size[0], :size[1], :size[2]]
-
-
-class AtrousConv3d(nn.Conv3d):
-    """A 3x3x3 (odd-kernel) convolution with dilation ``rate`` and "same" zero padding.
-
-    Same parameters and result as ``nn.Conv3d(cin, cout, k, padding=rate * (k // 2), dilation=rate)``.
-    On the CPU the dilated convolution is computed as an ordinary convolution on the ``rate**3``
-    interleaved sub-grids of the input (the "space-to-batch" form of atrous convolution, as in the
-    original DeepLab code): PyTorch's CPU backward pass of dilated 3D convolutions is 5-20x slower than
-    the undilated one (measured with torch 2.x, oneDNN), and this form gives identical outputs and
-    gradients. On CUDA the native dilated convolution is used.
-    """
-
-    def __init__(self, cin: int, cout: int, kernel_size: int = 3, rate: int = 1, bias: bool = True):
-        if kernel_size % 2 != 1:
-            raise ParameterError(f"AtrousConv3d needs an odd kernel, got {kernel_size}")
-        if rate < 1:
-            raise ParameterError(f"rate must be >= 1, got {rate}")
-        super().__init__(cin, cout, kernel_size, padding=kernel_size // 2, bias=bias)
-        self.rate = int(rate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.rate
-        if r == 1:
-            return super().forward(x)
-        if x.device.type != "cpu":
-            return F.conv3d(x, self.weight, self.bias, padding=r * (self.kernel_size[0] // 2), dilation=r)
-        xs, size = _space_to_batch(x, r)
-        return _batch_to_space(super().forward(xs), r, size)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", rate={self.rate}"
-
-
-def _atrous_cna(cin: int, cout: int, rate: int, norm: str | None, act: str | None) -> nn.Sequential:
-    """AtrousConv3d -> norm -> activation."""
-    return nn.Sequential(AtrousConv3d(cin, cout, 3, rate, bias=norm is None), norm_layer(3, norm, cout),
-                         act_layer(act))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +139,7 @@ class ASPPDenseLayer(nn.Module):
         if not dilations or min(dilations) < 1:
             raise ParameterError(f"dilations must be positive integers, got {dilations}")
         self.dilations = dilations
-        self.branches = nn.ModuleList(_atrous_cna(cin, growth, d, norm, act) for d in dilations)
+        self.branches = nn.ModuleList(atrous_cna(cin, growth, d, norm, act) for d in dilations)
         self.bottleneck = ConvNormAct(3, growth * len(dilations), growth, 1, norm=norm, act=act)
         self.drop = nn.Dropout3d(dropout) if dropout else nn.Identity()
 
@@ -334,8 +263,8 @@ class ACDNet(nn.Module):
         return self.head(stack)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_5d(x, "ACDNet")
-        return _padded_forward(x, self.size_multiple, self._forward)
+        check_5d(x, "ACDNet")
+        return padded_forward(x, self.size_multiple, self._forward)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,220 +344,11 @@ class CSCN(nn.Module):
         return torch.softmax(logits, dim=1)[:, 1:2]
 
     def forward(self, x: torch.Tensor, return_all: bool = False):
-        _check_5d(x, "CSCN")
+        check_5d(x, "CSCN")
         coarse = self.tumour_probability(self.bunet(x))
         fine = self.tumour_probability(self.acdnet(torch.cat([x, coarse], dim=1)))
         fused = fuse_probabilities(coarse, fine, self.fusion, self.fusion_weight)
         return (fused, coarse, fine) if return_all else fused
-
-
-# ---------------------------------------------------------------------------------------------
-# baselines
-
-
-class PlainCNN3D(nn.Module):
-    """The plain CNN baseline: ``depth`` 3x3x3 conv-BN-ReLU layers of ``width`` channels at full
-    resolution (no pooling, no skips), then a 1x1 conv to ``n_classes`` logits.
-
-    Shapes: (N, in_channels, D, H, W) -> (N, n_classes, D, H, W).
-    """
-
-    def __init__(self, in_channels: int = 1, n_classes: int = 2, *, width: int = 16, depth: int = 6,
-                 norm: str | None = "batch", act: str | None = "relu", init: str | None = "kaiming"):
-        super().__init__()
-        if depth < 1 or width < 1:
-            raise ParameterError(f"depth and width must be positive, got {depth}, {width}")
-        chans = [in_channels] + [width] * depth
-        self.body = nn.Sequential(*(ConvNormAct(3, a, b, 3, norm=norm, act=act)
-                                    for a, b in zip(chans[:-1], chans[1:])))
-        self.head = conv(3, width, n_classes, 1)
-        self.receptive_field = 2 * depth + 1
-        if init:
-            init_weights(self, init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_5d(x, "PlainCNN3D")
-        return self.head(self.body(x))
-
-
-class _ResBlock3D(nn.Module):
-    """Two 3x3x3 conv-BN(-ReLU) with a shortcut (1x1 projection when channels or stride change);
-    the first conv carries ``stride`` and both carry ``dilation``."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1, norm: str | None = "batch"):
-        super().__init__()
-        if stride != 1 and dilation != 1:
-            raise ParameterError("a residual block strides or dilates, not both")
-        self.a = (ConvNormAct(3, cin, cout, 3, stride, norm=norm) if dilation == 1
-                  else _atrous_cna(cin, cout, dilation, norm, "relu"))
-        self.b = _atrous_cna(cout, cout, dilation, norm, None)
-        self.skip = (nn.Identity() if cin == cout and stride == 1 else
-                     nn.Sequential(conv(3, cin, cout, 1, stride, padding=0, bias=norm is None),
-                                   norm_layer(3, norm, cout)))
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.b(self.a(x)) + self.skip(x))
-
-
-class ASPP3D(nn.Module):
-    """3D atrous spatial pyramid pooling (DeepLabv3): a 1x1 branch, one 3x3x3 branch per rate and an
-    image-pooling branch (global average, 1x1, broadcast back), concatenated and projected by a 1x1
-    conv-BN-ReLU (+ dropout).
-
-    (N, cin, D, H, W) -> (N, cout, D, H, W).
-    """
-
-    def __init__(self, cin: int, cout: int, rates: Sequence[int] = (1, 2, 3), *,
-                 image_pooling: bool = True, norm: str | None = "batch", dropout: float = 0.1):
-        super().__init__()
-        self.rates = tuple(int(r) for r in rates)
-        self.branches = nn.ModuleList([ConvNormAct(3, cin, cout, 1, norm=norm)] + [
-            _atrous_cna(cin, cout, r, norm, "relu") for r in self.rates])
-        # no normalisation on the pooled 1-voxel map (BatchNorm there fails for a batch of one)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool3d(1), conv(3, cin, cout, 1, padding=0, bias=True),
-                                  nn.ReLU(inplace=True)) if image_pooling else None
-        n = len(self.branches) + (1 if image_pooling else 0)
-        self.project = nn.Sequential(ConvNormAct(3, n * cout, cout, 1, norm=norm),
-                                     nn.Dropout3d(dropout) if dropout else nn.Identity())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = [b(x) for b in self.branches]
-        if self.pool is not None:
-            feats.append(self.pool(x).expand(-1, -1, *x.shape[2:]))
-        return self.project(torch.cat(feats, dim=1))
-
-
-class DeepLab3D(nn.Module):
-    """A DeepLab-style 3D network (the DeepLabv3+ pattern on volumes).
-
-    Encoder: stem residual block (``width`` channels, stride 1: the decoder's low-level features),
-    residual stages with stride 2 (``2 * width``) and stride 2 (``4 * width``), then an atrous stage
-    (``4 * width``, dilation 2, stride 1): output stride 4. ASPP on the encoder output
-    (``aspp_channels``, rates ``rates``, image pooling). Decoder: trilinear upsampling to the input
-    size, concat with the 1x1-reduced low-level features (``low_channels``), two 3x3x3 conv-BN-ReLU,
-    1x1 head.
-
-    Shapes: (N, in_channels, D, H, W) -> (N, n_classes, D, H, W) logits, any D, H, W.
-    """
-
-    def __init__(self, in_channels: int = 1, n_classes: int = 2, *, width: int = 16,
-                 aspp_channels: int = 32, low_channels: int = 8, rates: Sequence[int] = (1, 2, 3),
-                 image_pooling: bool = True, norm: str | None = "batch", dropout: float = 0.1,
-                 init: str | None = "kaiming"):
-        super().__init__()
-        w = int(width)
-        self.stem = nn.Sequential(ConvNormAct(3, in_channels, w, 3, norm=norm), _ResBlock3D(w, w, norm=norm))
-        self.enc = nn.Sequential(_ResBlock3D(w, 2 * w, stride=2, norm=norm),
-                                 _ResBlock3D(2 * w, 4 * w, stride=2, norm=norm),
-                                 _ResBlock3D(4 * w, 4 * w, dilation=2, norm=norm))
-        self.aspp = ASPP3D(4 * w, aspp_channels, rates, image_pooling=image_pooling, norm=norm,
-                           dropout=dropout)
-        self.low = ConvNormAct(3, w, low_channels, 1, norm=norm)
-        self.decoder = nn.Sequential(
-            ConvNormAct(3, aspp_channels + low_channels, aspp_channels, 3, norm=norm),
-            ConvNormAct(3, aspp_channels, aspp_channels, 3, norm=norm))
-        self.head = conv(3, aspp_channels, n_classes, 1)
-        self.output_stride = 4
-        if init:
-            init_weights(self, init)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        low = self.stem(x)
-        high = self.aspp(self.enc(low))
-        up = F.interpolate(high, size=low.shape[2:], mode="trilinear", align_corners=False)
-        return self.head(self.decoder(torch.cat([up, self.low(low)], dim=1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_5d(x, "DeepLab3D")
-        return _padded_forward(x, self.output_stride, self._forward)
-
-
-class _VStage(nn.Module):
-    """A V-Net stage: ``n_convs`` 5x5x5 conv(-norm)-PReLU; the stage input (channel-projected when
-    needed) is added to the output (residual learning)."""
-
-    def __init__(self, cin: int, cout: int, n_convs: int, kernel_size: int = 5, norm: str | None = None,
-                 act: str = "prelu"):
-        super().__init__()
-        convs = []
-        for i in range(n_convs):
-            convs.append(ConvNormAct(3, cin if i == 0 else cout, cout, kernel_size, norm=norm,
-                                     act=act if i < n_convs - 1 else None))
-        self.convs = nn.Sequential(*convs)
-        self.skip = nn.Identity() if cin == cout else conv(3, cin, cout, 1, padding=0)
-        self.act = act_layer(act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.convs(x) + self.skip(x))
-
-
-class VNet(nn.Module):
-    """V-Net (Milletari et al., 3DV 2016), with configurable depth.
-
-    Parameters
-    ----------
-    widths : sequence of int
-        Channels per level (paper: 16, 32, 64, 128, 256; default ``(16, 32, 64)`` for 8-voxel blocks).
-    n_convs : sequence of int
-        5x5x5 convolutions per down stage (paper: 1, 2, 3, 3, 3); the up stage of a level uses the same
-        count.
-    kernel_size : int
-        5 (paper).
-    norm : None (paper) | "batch" | ...
-    act : "prelu" (paper)
-
-    Down: 2x2x2 stride-2 convolution doubling the channels; up: 2x2x2 stride-2 transposed convolution,
-    concatenation with the skip, a residual stage; 1x1 head.
-
-    Shapes: (N, in_channels, D, H, W) -> (N, n_classes, D, H, W) logits, any D, H, W.
-    """
-
-    def __init__(self, in_channels: int = 1, n_classes: int = 2, *, widths: Sequence[int] = (16, 32, 64),
-                 n_convs: Sequence[int] = (1, 2, 3), kernel_size: int = 5, norm: str | None = None,
-                 act: str = "prelu", init: str | None = "kaiming"):
-        super().__init__()
-        widths, n_convs = [int(w) for w in widths], [int(n) for n in n_convs]
-        if len(widths) < 2 or len(n_convs) != len(widths):
-            raise ParameterError(f"V-Net needs >= 2 levels and one n_convs entry per width, got "
-                                 f"widths={widths}, n_convs={n_convs}")
-        self.widths = widths
-        self.inp = _VStage(in_channels, widths[0], n_convs[0], kernel_size, norm, act)
-        self.downs = nn.ModuleList()
-        self.stages = nn.ModuleList()
-        for i in range(1, len(widths)):
-            self.downs.append(nn.Sequential(conv(3, widths[i - 1], widths[i], 2, 2, padding=0,
-                                                 bias=norm is None),
-                                            norm_layer(3, norm, widths[i]), act_layer(act)))
-            self.stages.append(_VStage(widths[i], widths[i], n_convs[i], kernel_size, norm, act))
-        self.ups = nn.ModuleList()
-        self.up_stages = nn.ModuleList()
-        c = widths[-1]
-        for i in range(len(widths) - 1, 0, -1):
-            self.ups.append(nn.Sequential(conv_transpose(3, c, widths[i - 1], 2, 2),
-                                          norm_layer(3, norm, widths[i - 1]), act_layer(act)))
-            c = 2 * widths[i - 1]
-            self.up_stages.append(_VStage(c, c, n_convs[i - 1], kernel_size, norm, act))
-        self.head = conv(3, c, n_classes, 1)
-        if init:
-            init_weights(self, init)
-
-    @property
-    def size_multiple(self) -> int:
-        return 2 ** (len(self.widths) - 1)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = [self.inp(x)]
-        for down, stage in zip(self.downs, self.stages):
-            skips.append(stage(down(skips[-1])))
-        y = skips.pop()
-        for up, stage in zip(self.ups, self.up_stages):
-            y = stage(torch.cat([up(y), skips.pop()], dim=1))
-        return self.head(y)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_5d(x, "VNet")
-        return _padded_forward(x, self.size_multiple, self._forward)
 
 
 # ---------------------------------------------------------------------------------------------

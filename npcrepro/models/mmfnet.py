@@ -66,7 +66,8 @@ z pooling                 ``pool_sizes`` per level (default 2x2x2 four times, as
                           16-slice input); smaller profiles may pool (1, 2, 2) at deep levels
 ========================  ==========================================================================
 
-Comparison models of Table I that are specific to this paper live here too:
+Comparison models of Table I that are specific to this paper (the patch CNN in
+:mod:`npcrepro.models.patchcnn`; the attentions in :mod:`npcrepro.models.attention3d`):
 
 * :class:`SingleEncoderNet` -- the three sequences stacked as channels of one encoder whose widths are
   three times the MMFNet encoder's ("to keep the number of low-level features the same"), same decoder;
@@ -93,7 +94,9 @@ from torch import nn
 
 from npcrepro.errors import ParameterError
 from npcrepro.models import register
-from npcrepro.models.blocks import ConvNormAct, conv, init_output, init_weights
+from npcrepro.models.attention3d import POOLS, ChannelAttention3d, SpatialAttention3d
+from npcrepro.models.blocks import ConvNormAct, conv, init_output, init_weights, scaled
+from npcrepro.models.patchcnn import PatchCNN
 
 __all__ = [
     "POOLS", "FUSIONS", "ChannelAttention3d", "SpatialAttention3d", "ResidualFusion", "FusionBlock",
@@ -101,8 +104,6 @@ __all__ = [
     "encoder_prefixes", "init_output", "mmfnet", "chen2020_single_encoder", "chen2020_patch_cnn", "scaled",
 ]
 
-#: Global statistics the attention blocks can pool: average, maximum, standard deviation.
-POOLS = ("avg", "max", "std")
 #: How the skip features of several encoders reach the decoder.
 FUSIONS = ("block", "concat")
 
@@ -110,142 +111,10 @@ FUSIONS = ("block", "concat")
 ENCODER_WIDTHS = (8, 16, 32, 64)
 BOTTLENECK = 64
 DECODER_WIDTHS = (64, 32, 16, 8)
-STD_EPS = 1e-6
-
-
-def scaled(widths: Sequence[int], width: float) -> tuple[int, ...]:
-    """Channel counts multiplied by ``width`` (rounded, at least 1): the profiles' width multiplier."""
-    if not (width > 0 and math.isfinite(width)):
-        raise ParameterError(f"width multiplier must be positive, got {width!r}")
-    return tuple(max(1, int(round(w * width))) for w in widths)
-
-
-def _check_pools(pools: Sequence[str], what: str) -> tuple[str, ...]:
-    pools = tuple(pools)
-    bad = [p for p in pools if p not in POOLS]
-    if bad or not pools or len(set(pools)) != len(pools):
-        raise ParameterError(f"{what} must be distinct entries of {POOLS}, got {list(pools)}")
-    return pools
-
-
-class _PopulationStd(torch.autograd.Function):
-    """``sqrt(mean((x - mean(x))^2) + eps)`` over ``dims`` (kept as size-1 axes), in float32 at least.
-
-    Forward is two passes (the mean, then the mean squared deviation from it), as accurate as
-    ``torch.var(unbiased=False)`` and 4 to 8 times faster on the CPU than its one-pass kernel. The
-    backward is the closed form ``(x - mean) * g / (n * sd)`` in one fused multiply-add over ``x``;
-    autograd's chain through sub, square and two means took 3 to 5 times as long (forward and
-    backward over the cpu profile's finest fusion input, 4 x 12 x 16 x 48 x 48, on one core: 14-15 ms
-    against 3-6 ms).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # float64 stays float64
-        mean = x32.mean(dims, keepdim=True)
-        sd = torch.sqrt((x32 - mean).square_().mean(dims, keepdim=True) + eps)
-        ctx.save_for_backward(x, mean, sd)
-        ctx.n = x.numel() // max(1, mean.numel())
-        return sd.to(x.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, mean, sd = ctx.saved_tensors
-        scale = grad.to(sd.dtype) / (ctx.n * sd)
-        return torch.addcmul(-(mean * scale), x.to(sd.dtype), scale).to(x.dtype), None, None
-
-
-def _max(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Maximum over ``dims`` (kept), through ``max`` with indices: its backward scatters the gradient to
-    one element, where ``amax``'s compares every element with the maximum (3 times slower on the CPU).
-    At ties (a dead channel of zeros) the gradient goes to one of them; either is a valid subgradient."""
-    if len(dims) == 1:
-        return x.max(dims[0], keepdim=True).values
-    if dims == tuple(range(dims[0], x.ndim)):  # trailing axes: one flattened axis (a view in NCDHW
-        keep = x.shape[:dims[0]] + (1,) * len(dims)  # and in channels-last alike)
-        return x.flatten(dims[0]).max(-1).values.reshape(keep)
-    return x.amax(dims, keepdim=True)
-
-
-def _pool(x: torch.Tensor, kind: str, dims: tuple[int, ...]) -> torch.Tensor:
-    """Statistic ``kind`` of ``x`` over ``dims`` (kept as size-1 axes)."""
-    if kind == "avg":
-        return x.mean(dims, keepdim=True)
-    if kind == "max":
-        return _max(x, dims)
-    # Eq. 10: the population sd, in float32 (under autocast half precision loses the small variances
-    # of deep features and the epsilon)
-    return _PopulationStd.apply(x, tuple(dims), STD_EPS)
-
 
 # ---------------------------------------------------------------------------------------------
 # fusion block (Sec. III-B)
 
-
-class ChannelAttention3d(nn.Module):
-    """Channel attention of Eq. 7: ``sigmoid(sum_k MLP_k(Pool_k(F)))``, weights (N, C, 1, 1, 1).
-
-    Parameters
-    ----------
-    channels : int
-        C (3C in the paper's notation: the concatenated encoders' features).
-    reduction : int
-        r; the MLPs have one hidden layer of ``max(1, round(C / r))`` units (ReLU).
-    pools : subset of ("avg", "max", "std")
-        Global statistics over (D, H, W); "std" is the population sd (Eq. 10).
-    shared_mlp : bool
-        One MLP for every statistic (CBAM, "Base MMFNet") or one per statistic ("multi-MLP").
-
-    ``forward(x)`` returns ``x * weights(x)`` (Eq. 4); ``weights(x)`` the attention itself.
-    """
-
-    def __init__(self, channels: int, reduction: int = 12, pools: Sequence[str] = POOLS,
-                 shared_mlp: bool = False):
-        super().__init__()
-        if reduction < 1:
-            raise ParameterError(f"reduction ratio must be >= 1, got {reduction}")
-        self.pools = _check_pools(pools, "channel_pools")
-        self.shared_mlp = bool(shared_mlp)
-        self.hidden = max(1, int(round(channels / reduction)))
-
-        def mlp() -> nn.Module:
-            return nn.Sequential(nn.Linear(channels, self.hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(self.hidden, channels))
-
-        n = 1 if self.shared_mlp else len(self.pools)
-        self.mlps = nn.ModuleList(mlp() for _ in range(n))
-
-    def weights(self, x: torch.Tensor) -> torch.Tensor:
-        dims = tuple(range(2, x.ndim))
-        total = 0
-        for i, kind in enumerate(self.pools):
-            stat = _pool(x, kind, dims).flatten(1)  # (N, C)
-            total = total + self.mlps[0 if self.shared_mlp else i](stat)
-        return torch.sigmoid(total).reshape(x.shape[:2] + (1,) * len(dims))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weights(x)
-
-
-class SpatialAttention3d(nn.Module):
-    """Spatial attention of Eq. 11: ``sigmoid(conv_kxkxk([Pool_k over channels]))``, (N, 1, D, H, W).
-
-    ``pools`` are statistics along the channel axis (avg, max, std); ``kernel_size`` 3 as the paper.
-    ``forward(x)`` returns ``x * weights(x)`` (Eq. 5).
-    """
-
-    def __init__(self, pools: Sequence[str] = POOLS, kernel_size: int = 3):
-        super().__init__()
-        self.pools = _check_pools(pools, "spatial_pools")
-        self.conv = conv(3, len(self.pools), 1, kernel_size)
-
-    def weights(self, x: torch.Tensor) -> torch.Tensor:
-        maps = torch.cat([_pool(x, kind, (1,)) for kind in self.pools], dim=1)
-        return torch.sigmoid(self.conv(maps))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weights(x)
 
 
 class ResidualFusion(nn.Module):
@@ -601,78 +470,6 @@ class SingleEncoderNet(nn.Module):
         return _crop(y, size) if size is not None else y
 
 
-class PatchCNN(nn.Module):
-    """Patch-based CNN (Ma et al. [14, 15]; multi-modality: [13]): classifies the centre pixel of a
-    ``patch_size`` x ``patch_size`` 2D patch.
-
-    Each branch (one per input channel when ``branches="per_channel"``, the "Siamese-like"
-    multi-modality network; one for all channels otherwise) is a stack of unpadded ``kernel_size``
-    conv-BN-ReLU layers whose receptive field is exactly the patch; branch features are concatenated
-    and classified by two 1x1 convolutions (the fully connected layers). Because nothing is padded or
-    pooled, the network applied to a whole (padded) slice gives the centre-pixel logit of every patch
-    at once: input (N, C, H, W) -> output (N, n_classes, H - P + 1, W - P + 1); a patch (N, C, P, P)
-    gives (N, n_classes, 1, 1).
-
-    Parameters
-    ----------
-    in_channels : int
-    patch_size : int
-        P, odd; ``(P - 1)`` must be a multiple of ``kernel_size - 1``.
-    widths : sequence of int
-        Channels of the conv layers, cycled/truncated to the number of layers ``(P - 1) / (k - 1)``
-        (the last entry repeats).
-    fc : int
-        Hidden units of the classifier.
-    branches : "shared" | "per_channel"
-    """
-
-    def __init__(self, in_channels: int = 1, n_classes: int = 1, *, patch_size: int = 17,
-                 kernel_size: int = 5, widths: Sequence[int] = (16, 32, 64), fc: int = 64,
-                 branches: str = "shared", width: float = 1.0, norm: str | None = "batch",
-                 init: str | None = None, output_prior: float | None = 0.01):
-        super().__init__()
-        p, k = int(patch_size), int(kernel_size)
-        if p < 3 or p % 2 == 0 or k < 3 or k % 2 == 0 or (p - 1) % (k - 1):
-            raise ParameterError(f"patch_size must be odd with (patch_size - 1) divisible by "
-                                 f"kernel_size - 1; got patch_size={patch_size}, kernel_size={kernel_size}")
-        if branches not in ("shared", "per_channel"):
-            raise ParameterError(f"branches must be 'shared' or 'per_channel', got {branches!r}")
-        n_layers = (p - 1) // (k - 1)
-        ws = list(scaled(widths, width))
-        ws = [ws[min(i, len(ws) - 1)] for i in range(n_layers)]
-        (fc,) = scaled((fc,), width)
-        self.patch_size, self.in_channels, self.branch_mode = p, int(in_channels), branches
-        groups = [1] * in_channels if branches == "per_channel" else [in_channels]
-
-        def branch(cin: int) -> nn.Module:
-            layers = []
-            for w in ws:
-                layers.append(ConvNormAct(2, cin, w, k, padding=0, norm=norm))
-                cin = w
-            return nn.Sequential(*layers)
-
-        self.groups = groups
-        self.branches = nn.ModuleList(branch(g) for g in groups)
-        self.classifier = nn.Sequential(ConvNormAct(2, ws[-1] * len(groups), fc, 1, norm=None),
-                                        conv(2, fc, n_classes, 1))
-        if init:
-            init_weights(self, init)
-        init_output(self.classifier[-1], output_prior)
-
-    @property
-    def margin(self) -> int:
-        """Pixels lost on each side: pad a slice by this much to get a same-size output."""
-        return self.patch_size // 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"PatchCNN expects (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if min(x.shape[2:]) < self.patch_size:
-            raise ValueError(f"PatchCNN input {tuple(x.shape[2:])} is smaller than the patch "
-                             f"({self.patch_size})")
-        parts = torch.split(x, self.groups, dim=1)
-        feats = [b(p) for b, p in zip(self.branches, parts)]
-        return self.classifier(torch.cat(feats, dim=1))
 
 
 # ---------------------------------------------------------------------------------------------

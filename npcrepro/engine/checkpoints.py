@@ -1,0 +1,141 @@
+"""The Trainer's checkpoints: what they hold, writing them, and reading them safely: ``torch.load(weights_only=True)`` and one DataError for
+anything else."""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from npcrepro.engine.device import rng_state, set_rng_state
+from npcrepro.engine.runs import to_jsonable
+from npcrepro.engine.stages import TrainState
+from npcrepro.errors import DataError, ParameterError
+
+__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "checkpoint_of", "save_checkpoint",
+           "restore_counters", "restore_stage"]
+
+#: 2: RNG states as tensors and numbers (loads with ``weights_only=True``); 1: numpy arrays.
+CHECKPOINT_FORMAT = 2
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read a checkpoint written by the Trainer, with ``torch.load(weights_only=True)``.
+
+    A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads without running
+    code. Anything else (a file from elsewhere whose pickle names Python callables, or a checkpoint
+    of an older format) is refused with one DataError; there is no fallback to unsafe loading.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: checkpoint not found")
+    try:
+        ck = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(_refusal(p, exc)) from None
+    except Exception as exc:  # noqa: BLE001 - corrupt file of any kind
+        raise DataError(f"{p}: cannot read checkpoint ({exc.__class__.__name__}: "
+                        f"{_first_line(exc)})") from None
+    found = ck.get("format") if isinstance(ck, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        raise DataError(f"{p}: not an npcrepro checkpoint of format {CHECKPOINT_FORMAT} (format "
+                        f"{found if found is not None else '?'}); retrain, or resume it with the "
+                        "npcrepro version that wrote it")
+    return ck
+
+
+def _refusal(p: Path, exc: BaseException) -> str:
+    """Why ``p`` does not load with ``weights_only=True``: not a checkpoint at all, an old checkpoint
+    (numpy RNG state), or a file whose pickle would call Python objects."""
+    try:
+        names = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(p)))
+    except Exception:  # noqa: BLE001 - not a torch zip file
+        names = None
+    if not names:
+        return (f"{p}: cannot read checkpoint (corrupt, or not a torch checkpoint: "
+                f"{_first_line(exc)[:120]})")
+    if names and all(n.startswith("numpy.") for n in names):
+        return (f"{p}: checkpoint of an older npcrepro (format 1: numpy arrays in its RNG state) is "
+                "not loaded, because loading it would need unsafe unpickling; retrain, or resume it "
+                "with the npcrepro version that wrote it")
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return (f"{p}: refused: the checkpoint holds Python objects other than tensors, numbers, "
+            f"strings, lists and dicts{f' ({shown})' if shown else ''}; loading it could run code, so "
+            "npcrepro loads checkpoints only with torch.load(weights_only=True)")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+def _gathered_rng(trainer) -> list:
+    st = rng_state()
+    if not trainer.info.distributed:
+        return [st]
+    out: list = [None] * trainer.info.world_size
+    torch.distributed.all_gather_object(out, st)
+    return out
+
+
+def checkpoint_of(trainer) -> dict:
+    """Everything a resumed run needs: weights, optimiser, schedule, scaler, averaged weights, every
+    rank's RNG states, counters and curve rows (a collective under DDP: every rank calls it)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "schedule": trainer.schedule.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "average": trainer.average.state_dict() if trainer.average is not None else None,
+        "rng": _gathered_rng(trainer),
+        "state": asdict(trainer.state),
+        "history": to_jsonable(trainer.rows),  # plain types: the checkpoint loads weights_only
+        "stages": to_jsonable([s.describe() for s in trainer.stages]),
+        "seed": trainer.seed,
+        "batch_size": trainer.batch_size,
+        "iterations_per_epoch": trainer.iterations_per_epoch,
+        "world_size": trainer.info.world_size,
+    }
+
+
+def save_checkpoint(trainer, which: str = "last") -> Path | None:
+    """Write ``trainer``'s ``checkpoint_<which>.pt`` into its run folder (rank 0; every rank must call
+    it, atomically: a temporary file renamed)."""
+    d = trainer.checkpoint_dir
+    if d is None:
+        return None
+    ck = checkpoint_of(trainer)  # collective under DDP (every rank gets here)
+    if not trainer._main():
+        return None
+    p = d / f"checkpoint_{which}.pt"
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    torch.save(ck, tmp)
+    os.replace(tmp, p)
+    return p
+
+
+def restore_counters(trainer, ck: dict) -> None:
+    """Resume, first step: ``trainer``'s weights, counters and curve rows from checkpoint ``ck`` (one
+    written with the same seed and batch size, else a ParameterError)."""
+    if ck.get("seed") != trainer.seed or ck.get("batch_size") != trainer.batch_size:
+        raise ParameterError(f"checkpoint was written with seed={ck.get('seed')}, batch_size="
+                             f"{ck.get('batch_size')}; this trainer has seed={trainer.seed}, "
+                             f"batch_size={trainer.batch_size}")
+    trainer.model.load_state_dict(ck["model"])
+    trainer.state = TrainState(**ck["state"])
+    trainer.rows = list(ck["history"])
+
+
+def restore_stage(trainer, ck: dict) -> None:
+    """Resume, second step, once the checkpoint's stage is set up again: its optimiser, schedule,
+    scaler, averaged weights and this rank's RNG states."""
+    trainer.optimizer.load_state_dict(ck["optimizer"])
+    trainer.schedule.load_state_dict(ck["schedule"])
+    trainer.scaler.load_state_dict(ck["scaler"])
+    if trainer.average is not None and ck.get("average"):
+        trainer.average.load_state_dict(ck["average"])
+    rngs = ck["rng"]
+    set_rng_state(rngs[trainer.info.rank] if trainer.info.rank < len(rngs) else rngs[0])
