@@ -196,7 +196,7 @@ def test_fusion_block_follows_eqs_4_to_13():
 
 # ------------------------------------------------------------------------------------------ networks
 def test_mmfnet_paper_widths_and_shapes():
-    net = build("chen2020_mmfnet", modalities=("T1", "T2", "CET1"))
+    net = build("mmfnet", modalities=("T1", "T2", "CET1"))
     assert [e.widths for e in net.encoders.values()] == [(8, 16, 32, 64)] * 3
     assert net.encoders["T1"].out_channels == 64
     assert [c.out_channels for c in net.decoder.ups] == [64, 32, 16, 8]

@@ -37,7 +37,7 @@ def test_registered_names():
 
 @pytest.mark.parametrize("size", [(8, 24, 24), (24, 8, 24), (9, 13, 30)])
 def test_bunet_shapes(size):
-    net = build("guo2021_bunet", widths=(4, 8, 16))
+    net = build("bunet3d", widths=(4, 8, 16))
     out = net(torch.randn(2, 1, *size))
     assert out.shape == (2, 2, *size)
 
@@ -45,7 +45,7 @@ def test_bunet_shapes(size):
 @pytest.mark.parametrize("in_channels", [1, 2])
 @pytest.mark.parametrize("size", [(8, 24, 24), (7, 10, 26)])
 def test_acdnet_shapes(in_channels, size):
-    net = build("guo2021_acdnet", in_channels=in_channels, stem=4, growth=2, layers=(1, 2, 1),
+    net = build("acdnet3d", in_channels=in_channels, stem=4, growth=2, layers=(1, 2, 1),
                 dilations=(1, 2, 3))
     out = net(torch.randn(2, in_channels, *size))
     assert out.shape == (2, 2, *size)
@@ -61,10 +61,10 @@ def test_acdnet_dense_growth_and_gradients():
 
 
 @pytest.mark.parametrize("name,kw", [
-    ("guo2021_cnn", dict(width=4, depth=3)),
-    ("guo2021_deeplab3d", dict(width=4, aspp_channels=8, low_channels=4)),
-    ("guo2021_vnet", dict(widths=(4, 8, 16), n_convs=(1, 1, 2))),
-    ("guo2021_vnet", dict(widths=(4, 8), n_convs=(1, 2), norm="batch")),
+    ("plaincnn3d", dict(width=4, depth=3)),
+    ("deeplab3d", dict(width=4, aspp_channels=8, low_channels=4)),
+    ("vnet3d", dict(widths=(4, 8, 16), n_convs=(1, 1, 2))),
+    ("vnet3d", dict(widths=(4, 8), n_convs=(1, 2), norm="batch")),
 ])
 @pytest.mark.parametrize("size", [(8, 24, 24), (9, 11, 13)])
 def test_baseline_shapes(name, kw, size):
@@ -97,7 +97,7 @@ def test_atrous_conv_equals_dilated_conv(rate):
 
 
 def test_cscn_fused_output_is_probability():
-    net = build("guo2021_cscn", bunet=dict(widths=(4, 8, 16)), acdnet=dict(stem=4, growth=2, layers=(1, 1)))
+    net = build("cscn3d", bunet=dict(widths=(4, 8, 16)), acdnet=dict(stem=4, growth=2, layers=(1, 1)))
     net.eval()
     with torch.no_grad():
         fused, coarse, fine = net(torch.randn(2, 1, 8, 24, 24) * 5, return_all=True)
@@ -125,7 +125,7 @@ def test_fusion_rejects_unknown_rule():
 
 def test_parameter_table():
     table = cscn.parameter_table()
-    assert set(table["model"]) == set(cscn.MODEL_NAMES.values()) - {"guo2021_cscn"}
+    assert set(table["model"]) == set(cscn.MODEL_NAMES.values()) - {"cscn3d"}
     assert (table["parameters"] > 0).all()
 
 
@@ -280,7 +280,7 @@ def test_sliding_window_over_whole_volume_matches_direct():
 
 
 def test_sliding_window_with_trained_shapes_and_range():
-    net = build("guo2021_bunet", widths=(4, 8, 16)).eval()
+    net = build("bunet3d", widths=(4, 8, 16)).eval()
     image = np.random.default_rng(1).normal(size=(1, 26, 33, 29)).astype(np.float32)
     prob = M.predict_views(net, image, (8, 24, 24), overlap=0.25, device="cpu")
     assert prob.shape == (26, 33, 29)

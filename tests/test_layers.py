@@ -87,6 +87,37 @@ def test_chapter_modules_are_small():
     assert not big, f"chapter modules of 500 lines or more: {big}"
 
 
+def test_no_paper_key_below_the_chapter_layer():
+    """What is particular to one paper lives in its chapter folder: below ``chapters/`` no module is named
+    after a paper, and no code names one (module, function, class, argument or attribute names, and
+    word-like strings such as registry names). Prose may cite a paper (a docstring saying which paper
+    uses a block, a caption)."""
+    import re
+
+    from npcrepro import pages
+
+    keys = list(pages.papers())
+    assert len(keys) >= 5
+    pattern = re.compile("|".join(keys))
+    found = {}
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG)
+        if rel.parts[0] == "chapters":
+            continue
+        hits = [f"module name {rel}"] if pattern.search(path.stem) else []
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = {ast.Name: "id", ast.Attribute: "attr", ast.FunctionDef: "name", ast.ClassDef: "name",
+                     ast.alias: "name", ast.arg: "arg", ast.keyword: "arg"}
+            text = getattr(node, names[type(node)], None) if type(node) in names else None
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and not re.search(r"\s", node.value):
+                text = node.value
+            if text and pattern.search(text):
+                hits.append(f"line {node.lineno}: {text}")
+        if hits:
+            found[str(rel)] = hits
+    assert not found, f"paper keys below the chapter layer: {found}"
+
+
 def test_no_module_over_600_lines():
     """Shared layers stay organised by kind: a module that outgrows 600 lines is split (one network
     architecture, one loss family, one concern of the engine per module)."""

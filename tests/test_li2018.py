@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import npcrepro.models.li2018  # noqa: F401 - registers li2018_cnn
+import npcrepro.models.score_fusion_fcn  # noqa: F401 - registers score_fusion_fcn
 from chapter_contract import ChapterContract
 from npcrepro.errors import ParameterError
 from npcrepro.models import build
-from npcrepro.models.li2018 import STAGE_LAYERS, TABLE1, Li2018CNN
+from npcrepro.models.score_fusion_fcn import STAGE_LAYERS, TABLE1, ScoreFusionFCN
 from npcrepro.chapters.li2018 import methods as M
 from npcrepro.chapters.li2018 import prepare as D
 from npcrepro.chapters.li2018 import report as R
@@ -22,7 +22,7 @@ torch.set_num_threads(2)
 
 # ----------------------------------------------------------------------------------------- Table 1
 def test_every_layer_shape_matches_table1():
-    net = build("li2018_cnn")
+    net = build("score_fusion_fcn")
     trace = net.layer_shapes(144)
     assert [name for name, _ in trace] == [row[1] for row in TABLE1]
     for (name, shape), row in zip(trace, TABLE1):
@@ -30,7 +30,7 @@ def test_every_layer_shape_matches_table1():
 
 
 def test_table1_shapes_spelled_out():
-    shapes = dict(build("li2018_cnn").layer_shapes(144))
+    shapes = dict(build("score_fusion_fcn").layer_shapes(144))
     assert shapes["Conv1"] == (80, 144, 144)
     assert shapes["Pool1"] == (80, 72, 72)
     assert shapes["Conv2"] == (120, 72, 72)
@@ -48,7 +48,7 @@ def test_table1_shapes_spelled_out():
 
 
 def test_kernels_strides_paddings_match_table1():
-    net = Li2018CNN()
+    net = ScoreFusionFCN()
     layers = {"Conv1": net.conv1, "Conv2": net.conv2, "Conv3": net.conv3, "Conv4": net.conv4,
               "Conv5": net.conv5, "Conv6": net.conv6, "Deconv1": net.deconv1, "Conv7": net.conv7,
               "Deconv2": net.deconv2, "Conv8": net.conv8, "Pool1": net.pool1, "Pool2": net.pool2}
@@ -65,7 +65,7 @@ def test_kernels_strides_paddings_match_table1():
 
 
 def test_stage_outputs_and_intermediate_maps():
-    net = Li2018CNN(width=0.25)
+    net = ScoreFusionFCN(width=0.25)
     x = torch.randn(2, 1, 144, 144)
     assert net(x, stage=1).shape == (2, 1, 36, 36)
     assert net(x, stage=2).shape == (2, 1, 72, 72)
@@ -80,7 +80,7 @@ def test_stage_outputs_and_intermediate_maps():
 
 def test_forward_backward_2d_batch():
     torch.manual_seed(0)
-    net = build("li2018_cnn", width=0.25)
+    net = build("score_fusion_fcn", width=0.25)
     x = torch.randn(3, 1, 144, 144, requires_grad=True)
     y = net(x)
     assert y.shape == (3, 1, 144, 144)
@@ -91,21 +91,21 @@ def test_forward_backward_2d_batch():
 
 
 def test_other_sizes_and_bad_input():
-    net = Li2018CNN(width=0.125)
+    net = ScoreFusionFCN(width=0.125)
     assert net(torch.randn(1, 1, 64, 96)).shape == (1, 1, 64, 96)
     with pytest.raises(ParameterError):
         net(torch.randn(1, 1, 66, 64))
     with pytest.raises(ParameterError):
         net(torch.randn(1, 1, 64, 64), stage=4)
     with pytest.raises(ParameterError):
-        build("li2018_cnn", init="uniform")
+        build("score_fusion_fcn", init="uniform")
 
 
 def test_initialisations():
     torch.manual_seed(0)
-    g = Li2018CNN(width=0.25, init="gaussian")
+    g = ScoreFusionFCN(width=0.25, init="gaussian")
     assert abs(float(g.conv3.weight.detach().std()) - 1.0) < 0.05  # the paper's N(0, 1)
-    k = Li2018CNN(width=0.25, init="kaiming")
+    k = ScoreFusionFCN(width=0.25, init="kaiming")
     # fusion convs start as the identity on the upsampled score channel
     w7 = k.conv7.weight.detach()
     assert float(w7[0, 0]) == 1.0 and float(w7[0, 1:].abs().sum()) == 0.0
@@ -120,7 +120,7 @@ def _trainable(net):
 
 
 def test_set_stage_switches_trainable_layers():
-    net = Li2018CNN(width=0.125)
+    net = ScoreFusionFCN(width=0.125)
     net.set_stage(1)
     assert _trainable(net) == set(STAGE_LAYERS[1])
     net.set_stage(2)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import npcrepro.models.fcn  # noqa: F401  (registers fcn8s)
-import npcrepro.models.luo2020  # noqa: F401  (registers luo2020_two_stage)
+import npcrepro.models.two_stage_unet  # noqa: F401  (registers two_stage_unet)
 import npcrepro.models.unet  # noqa: F401
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import build, count_parameters
 from npcrepro.models.fcn import FCN8s, bilinear_kernel
-from npcrepro.models.luo2020 import MultiScalePooling, TwoStageUNet
+from npcrepro.models.two_stage_unet import MultiScalePooling, TwoStageUNet
 from conftest import toy_ct_case
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -66,7 +66,7 @@ def test_msp_rejects_bad_kernels(bad):
                                            (False, "stage1"), (False, "none")])
 @pytest.mark.parametrize("hw", [(32, 32), (45, 37)])
 def test_two_stage_shapes(two_stage, msp, hw):
-    net = build("luo2020_two_stage", in_channels=1, n_classes=14, two_stage=two_stage, msp=msp, **SMALL).eval()
+    net = build("two_stage_unet", in_channels=1, n_classes=14, two_stage=two_stage, msp=msp, **SMALL).eval()
     with torch.no_grad():
         y = net(torch.randn(2, 1, *hw))
     assert y.shape == (2, 14) + hw
@@ -103,7 +103,7 @@ def test_two_stage_rejects_bad_arguments():
     for kw in (dict(msp="middle"), dict(two_stage=False, msp="stage2"), dict(stage2_input="x"),
                dict(multilabel=False, n_classes=1)):
         with pytest.raises(ParameterError):
-            build("luo2020_two_stage", **{**SMALL, **kw})
+            build("two_stage_unet", **{**SMALL, **kw})
     net = TwoStageUNet(1, 2, **SMALL)
     with pytest.raises(ValueError, match="4D"):
         net(torch.randn(1, 1, 8, 8, 8))
@@ -184,10 +184,10 @@ def test_fcn8s_rejects_bad_arguments():
         FCN8s(1, 2, (4, 8, 8, 16, 16), fc_channels=8, pad_input=False)(torch.randn(1, 1, 40, 40))
 
 
-@pytest.mark.parametrize("name", ["unet2d", "fcn8s", "luo2020_two_stage"])
+@pytest.mark.parametrize("name", ["unet2d", "fcn8s", "two_stage_unet"])
 def test_all_chapter_models_output_one_map_per_structure(name):
     kw = {"unet2d": dict(widths=(4, 8, 16)), "fcn8s": dict(widths=(4, 8, 8, 16, 16), fc_channels=8, fc_kernel=3),
-          "luo2020_two_stage": SMALL}[name]
+          "two_stage_unet": SMALL}[name]
     net = build(name, in_channels=1, n_classes=14, **kw).eval()
     with torch.no_grad():
         assert net(torch.randn(1, 1, 40, 48)).shape == (1, 14, 40, 48)

@@ -283,3 +283,25 @@ def test_notebook_without_runs(tmp_path):
     assert "Nothing to explore yet" in text and "0 run(s)" in text
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not any(o.get("output_type") == "error" for o in outputs)
+
+
+def test_convergence_section_is_written_once_with_the_codes_tolerance(monkeypatch):
+    from npcrepro.engine import results as results_module
+    from npcrepro.viz import sections
+
+    text = sections.convergence_text()
+    assert f"at most {results_module.CONVERGENCE_TOLERANCE:g} over" in text and text.endswith("spread.")
+    assert sections.convergence_text(0.05, note=" Stepwise. ").endswith("spread. Stepwise.")
+    assert "at most 0.05 over" in sections.convergence_text(0.05)
+
+    shown, calls = [], []
+
+    class FakeResults:
+        def convergence(self, **kw):
+            calls.append(kw)
+            return "table"
+
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj.data))
+    assert sections.convergence(FakeResults(), note="Particular.") == "table"
+    assert calls == [{"tolerance": results_module.CONVERGENCE_TOLERANCE, "labels": True}]
+    assert shown == [sections.convergence_text(note="Particular.")]

@@ -15,12 +15,12 @@ torch.set_num_threads(2)
 
 # ----------------------------------------------------------------------------------------- models
 def test_registered():
-    assert {"xue2020_deeplabv3plus", "deeplabv3plus", "unet2d"} <= set(available())
+    assert {"deeplabv3plus", "deeplabv3plus", "unet2d"} <= set(available())
 
 
-@pytest.mark.parametrize("name,kw,n_classes", [("xue2020_deeplabv3plus", {}, 1),
-                                               ("xue2020_deeplabv3plus", {}, 3),
-                                               ("xue2020_deeplabv3plus", {"output_stride": 8}, 1),
+@pytest.mark.parametrize("name,kw,n_classes", [("deeplabv3plus", {}, 1),
+                                               ("deeplabv3plus", {}, 3),
+                                               ("deeplabv3plus", {"output_stride": 8}, 1),
                                                ("unet2d", {"widths": (8, 16, 32, 64)}, 1),
                                                ("unet2d", {"widths": (8, 16, 32, 64)}, 3)])
 def test_forward_backward_shapes(name, kw, n_classes):
@@ -37,7 +37,7 @@ def test_forward_backward_shapes(name, kw, n_classes):
 
 
 def test_odd_sizes_and_eval_mode():
-    net = build("xue2020_deeplabv3plus", in_channels=2, n_classes=1).eval()
+    net = build("deeplabv3plus", in_channels=2, n_classes=1).eval()
     with torch.no_grad():
         y = net(torch.randn(1, 2, 37, 53))
     assert y.shape == (1, 1, 37, 53)
@@ -45,13 +45,13 @@ def test_odd_sizes_and_eval_mode():
 
 def test_batch_of_one_in_training_mode():
     # the image-pooling branch holds a 1x1 map; a batch of one must still train
-    net = build("xue2020_deeplabv3plus").train()
+    net = build("deeplabv3plus").train()
     net(torch.randn(1, 1, 32, 32)).mean().backward()
 
 
 @pytest.mark.parametrize("os_", [8, 16, 32])
 def test_output_stride(os_):
-    net = build("xue2020_deeplabv3plus", output_stride=os_)
+    net = build("deeplabv3plus", output_stride=os_)
     with torch.no_grad():
         f = net.eval().features(torch.randn(1, 1, 64, 96))
     assert f["high"].shape[2:] == (64 // os_, 96 // os_)
@@ -63,10 +63,10 @@ def test_output_stride(os_):
 
 
 def test_documented_choices():
-    net = build("xue2020_deeplabv3plus")
+    net = build("deeplabv3plus")
     assert net.output_stride == 16
     assert net.aspp.rates == (6, 12, 18)
-    assert build("xue2020_deeplabv3plus", output_stride=8).aspp.rates == (12, 24, 36)
+    assert build("deeplabv3plus", output_stride=8).aspp.rates == (12, 24, 36)
     assert net.encoder.stage_channels == [16, 24, 32, 64, 96, 160, 320]
     assert net.encoder.stem[0].out_channels == 32
     assert net.low_project[0].out_channels == 48
@@ -75,19 +75,19 @@ def test_documented_choices():
 
 
 def test_parameter_counts_in_documented_range():
-    net = build("xue2020_deeplabv3plus")
+    net = build("deeplabv3plus")
     n = count_parameters(net)
     assert 2.6e6 < n < 2.8e6                         # documented: about 2.71 M
     assert 1.80e6 < count_parameters(net.encoder) < 1.82e6   # MobileNetV2 without its 1280 tail
-    plain = count_parameters(build("xue2020_deeplabv3plus", separable=False))
+    plain = count_parameters(build("deeplabv3plus", separable=False))
     assert 5.7e6 < plain < 5.9e6                     # documented: about 5.81 M
     assert 1.9e6 < count_parameters(build("unet2d")) < 2.0e6
 
 
 def test_width_multiplier_and_no_decoder():
-    small = build("xue2020_deeplabv3plus", width=0.5)
+    small = build("deeplabv3plus", width=0.5)
     assert small.encoder.stage_channels[-1] == make_divisible(160)
-    assert count_parameters(small) < count_parameters(build("xue2020_deeplabv3plus"))
+    assert count_parameters(small) < count_parameters(build("deeplabv3plus"))
     v3 = DeepLabV3Plus(1, 2, decoder=False).eval()
     with torch.no_grad():
         assert v3(torch.randn(1, 1, 32, 32)).shape == (1, 2, 32, 32)
@@ -102,7 +102,7 @@ def test_inverted_residual_shortcut():
 def test_residual_blocks_start_as_their_shortcut():
     from npcrepro.models.blocks import zero_init_residuals
 
-    net = build("xue2020_deeplabv3plus")
+    net = build("deeplabv3plus")
     blocks = [m for m in net.modules() if isinstance(m, InvertedResidual)]
     shortcut = [b for b in blocks if b.use_residual]
     # MobileNetV2's 17 blocks: the stages' first blocks change width or stride, the other 10 add their input
@@ -117,7 +117,7 @@ def test_residual_blocks_start_as_their_shortcut():
             assert torch.equal(getattr(block, mode)()(x), x)
     assert zero_init_residuals(InvertedResidual(16, 24, 1, 6)) == 0
     # off: every projection BatchNorm keeps scale 1; the helper finds nothing in a network without shortcuts
-    plain = build("xue2020_deeplabv3plus", zero_init_residual=False)
+    plain = build("deeplabv3plus", zero_init_residual=False)
     assert all(torch.all(m.body[-1][1].weight == 1) for m in plain.modules() if isinstance(m, InvertedResidual))
     assert zero_init_residuals(plain) == 10
     assert zero_init_residuals(build("unet2d")) == 0
@@ -127,9 +127,9 @@ def test_bad_parameters():
     with pytest.raises(ParameterError):
         MobileNetV2Encoder(output_stride=4)
     with pytest.raises(ParameterError):
-        build("xue2020_deeplabv3plus", nonsense=1)
+        build("deeplabv3plus", nonsense=1)
     with pytest.raises(ValueError):
-        build("xue2020_deeplabv3plus")(torch.randn(1, 1, 8, 8, 8))
+        build("deeplabv3plus")(torch.randn(1, 1, 8, 8, 8))
 
 
 # ----------------------------------------------------------------------------------------- chapter
@@ -510,11 +510,11 @@ def test_p_value_table_judges_the_claim_per_metric_over_patients():
 
     rows = []
     for i in range(8):
-        for name, shift in (("xue2020_deeplabv3plus", 0.05 + 0.01 * i), ("unet2d", 0.0)):
+        for name, shift in (("deeplabv3plus", 0.05 + 0.01 * i), ("unet2d", 0.0)):
             d = 0.6 + 0.02 * i + shift
             rows.append({"method": name, "fold": 0, "seed": 0, "case": f"c{i}", "structure": "GTVp", "dice": d,
                          "jaccard": d / (2 - d), "assd": 3 - 10 * shift, "hd": 20 - 50 * shift})
-    info = {"methods": [{"name": "xue2020_deeplabv3plus", "label": "DeepLabv3+"}, {"name": "unet2d", "label": "U-Net"}]}
+    info = {"methods": [{"name": "deeplabv3plus", "label": "DeepLabv3+"}, {"name": "unet2d", "label": "U-Net"}]}
     t = R.p_value_table(Results(None, info, {}, pd.DataFrame(rows))).set_index("metric")
     assert (t["n"] == 8).all() and (t["patients DeepLabv3+ better"] == "8 of 8").all()
     assert (t["verdict (DeepLabv3+ better)"] == "holds").all()

@@ -24,6 +24,8 @@ from npcrepro.errors import DataError
 
 __all__ = ["Results", "find_results", "COLLAPSE_DROP", "VOLUME_FACTOR"]
 
+#: A network whose mean DSC moves by at most this over the second half of its budget has converged.
+CONVERGENCE_TOLERANCE = 0.03
 #: A network whose full-budget DSC falls more than this below its half-budget DSC has collapsed.
 COLLAPSE_DROP = 0.03
 #: A predicted volume more than this many times the reference (or less than its inverse) is off.
@@ -211,7 +213,7 @@ class Results:
         return self.dataset().load(case, channels=channels or self.channels or None,
                                    structures=structures or self.structures or None)
 
-    def convergence(self, metric: str = "dice", tolerance: float = 0.03, labels: bool = False):
+    def convergence(self, metric: str = "dice", tolerance: float = CONVERGENCE_TOLERANCE, labels: bool = False):
         """Per method: mean ``metric`` of each seed and their spread (max - min; with several seeds),
         the mean with the weights at half the budget and at the full budget, their difference and
         ``converged`` (|difference| <= ``tolerance``; None when the half-budget weights were not

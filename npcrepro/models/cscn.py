@@ -79,16 +79,15 @@ from npcrepro.models.unet import UNet
 from npcrepro.models.vnet import VNet
 
 __all__ = ["AtrousConv3d", "BUNet", "ASPPDenseLayer", "DenseBlock", "ACDNet", "CSCN", "PlainCNN3D", "ASPP3D",
-           "DeepLab3D", "VNet", "fuse_probabilities", "FUSIONS", "guo2021_bunet", "guo2021_acdnet",
-           "guo2021_cscn", "guo2021_cnn", "guo2021_deeplab3d", "guo2021_vnet", "parameter_table",
+           "DeepLab3D", "VNet", "fuse_probabilities", "FUSIONS", "bunet3d", "acdnet3d", "cscn3d", "parameter_table",
            "MODEL_NAMES"]
 
 #: Probability fusion rules of :func:`fuse_probabilities`.
 FUSIONS = ("mean", "product", "max")
 
 #: Registry names of the chapter's networks, keyed by the paper's method names.
-MODEL_NAMES = {"BUNet": "guo2021_bunet", "ACDNet": "guo2021_acdnet", "CSCN": "guo2021_cscn",
-               "CNN": "guo2021_cnn", "Deeplab": "guo2021_deeplab3d", "V-Net": "guo2021_vnet"}
+MODEL_NAMES = {"BUNet": "bunet3d", "ACDNet": "acdnet3d", "CSCN": "cscn3d",
+               "CNN": "plaincnn3d", "Deeplab": "deeplab3d", "V-Net": "vnet3d"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,41 +354,23 @@ class CSCN(nn.Module):
 # registry
 
 
-@register("guo2021_bunet")
-def guo2021_bunet(in_channels: int = 1, n_classes: int = 2, widths: Sequence[int] = (16, 32, 64),
-                  **kwargs) -> BUNet:
+@register("bunet3d")
+def bunet3d(in_channels: int = 1, n_classes: int = 2, widths: Sequence[int] = (16, 32, 64),
+            **kwargs) -> BUNet:
     """guo2021's coarse stage (3D U-Net on blocks): (N, C, D, H, W) -> (N, K, D, H, W) logits."""
     return BUNet(in_channels, n_classes, widths, **kwargs)
 
 
-@register("guo2021_acdnet")
-def guo2021_acdnet(in_channels: int = 1, n_classes: int = 2, **kwargs) -> ACDNet:
+@register("acdnet3d")
+def acdnet3d(in_channels: int = 1, n_classes: int = 2, **kwargs) -> ACDNet:
     """guo2021's fine stage (DenseNet with ASPP dense layers); ``in_channels=2`` in the cascade."""
     return ACDNet(in_channels, n_classes, **kwargs)
 
 
-@register("guo2021_cscn")
-def guo2021_cscn(in_channels: int = 1, **kwargs) -> CSCN:
+@register("cscn3d")
+def cscn3d(in_channels: int = 1, **kwargs) -> CSCN:
     """The whole cascade on one block; returns fused probabilities (N, 1, D, H, W)."""
     return CSCN(in_channels, **kwargs)
-
-
-@register("guo2021_cnn")
-def guo2021_cnn(in_channels: int = 1, n_classes: int = 2, **kwargs) -> PlainCNN3D:
-    """The plain 3D CNN baseline of guo2021's Table 1."""
-    return PlainCNN3D(in_channels, n_classes, **kwargs)
-
-
-@register("guo2021_deeplab3d")
-def guo2021_deeplab3d(in_channels: int = 1, n_classes: int = 2, **kwargs) -> DeepLab3D:
-    """The DeepLab-style 3D baseline of guo2021's Table 1."""
-    return DeepLab3D(in_channels, n_classes, **kwargs)
-
-
-@register("guo2021_vnet")
-def guo2021_vnet(in_channels: int = 1, n_classes: int = 2, **kwargs) -> VNet:
-    """The V-Net baseline of guo2021's Table 1 (the paper's did not converge)."""
-    return VNet(in_channels, n_classes, **kwargs)
 
 
 def parameter_table(configs: dict[str, tuple[str, dict]] | None = None):
@@ -399,12 +380,12 @@ def parameter_table(configs: dict[str, tuple[str, dict]] | None = None):
     import pandas as pd
 
     configs = configs or {
-        "BUNet": ("guo2021_bunet", {}),
-        "ACDNet (cascade, image + coarse map)": ("guo2021_acdnet", {"in_channels": 2}),
-        "ACDNet (alone)": ("guo2021_acdnet", {}),
-        "CNN": ("guo2021_cnn", {}),
-        "Deeplab (3D)": ("guo2021_deeplab3d", {}),
-        "V-Net": ("guo2021_vnet", {}),
+        "BUNet": ("bunet3d", {}),
+        "ACDNet (cascade, image + coarse map)": ("acdnet3d", {"in_channels": 2}),
+        "ACDNet (alone)": ("acdnet3d", {}),
+        "CNN": ("plaincnn3d", {}),
+        "Deeplab (3D)": ("deeplab3d", {}),
+        "V-Net": ("vnet3d", {}),
     }
     from npcrepro.models import build
 

@@ -77,7 +77,7 @@ from npcrepro.models import count_parameters, register
 from npcrepro.models.blocks import crop_to, init_weights, pad_to_multiple, zero_init_residuals
 
 __all__ = ["InvertedResidual", "MobileNetV2Encoder", "SeparableConv2d", "ASPP", "DeepLabV3Plus",
-           "deeplabv3plus", "xue2020_deeplabv3plus", "MOBILENETV2_STAGES", "make_divisible",
+           "deeplabv3plus", "MOBILENETV2_STAGES", "make_divisible",
            "deeplab_parameter_table"]
 
 #: MobileNetV2 (Sandler et al. 2018, Table 2) stages without the classifier tail:
@@ -373,13 +373,8 @@ class DeepLabV3Plus(nn.Module):
 
 @register("deeplabv3plus")
 def deeplabv3plus(in_channels: int = 1, n_classes: int = 1, **kwargs) -> DeepLabV3Plus:
-    """DeepLabv3+ / MobileNetV2: (N, C, H, W) -> (N, K, H, W) logits. See :class:`DeepLabV3Plus`."""
-    return DeepLabV3Plus(in_channels, n_classes, **kwargs)
-
-
-@register("xue2020_deeplabv3plus")
-def xue2020_deeplabv3plus(in_channels: int = 1, n_classes: int = 1, **kwargs) -> DeepLabV3Plus:
-    """The xue2020 network: DeepLabv3+ with the MobileNetV2 (width 1.0) encoder, output stride 16,
+    """DeepLabv3+ / MobileNetV2: (N, C, H, W) -> (N, K, H, W) logits. See :class:`DeepLabV3Plus`. At its
+    defaults it is xue2020's network: DeepLabv3+ with the MobileNetV2 (width 1.0) encoder, output stride 16,
     ASPP rates 6/12/18, 256 channels, 48-channel low-level reduction, separable ASPP and decoder convs
     (about 2.71 M parameters for one input channel and one class)."""
     return DeepLabV3Plus(in_channels, n_classes, **kwargs)

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from npcrepro.errors import ParameterError
+from npcrepro.models import register
 from npcrepro.models.atrous import atrous_cna
 from npcrepro.models.blocks import ConvNormAct, check_5d, conv, init_weights, norm_layer, padded_forward
 
-__all__ = ["ASPP3D", "DeepLab3D"]
+__all__ = ["ASPP3D", "DeepLab3D", "deeplab3d"]
 
 
 class _ResBlock3D(nn.Module):
@@ -106,3 +107,9 @@ class DeepLab3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_5d(x, "DeepLab3D")
         return padded_forward(x, self.output_stride, self._forward)
+
+
+@register("deeplab3d")
+def deeplab3d(in_channels: int = 1, n_classes: int = 2, **kwargs) -> DeepLab3D:
+    """The DeepLab-style 3D baseline of guo2021's Table 1."""
+    return DeepLab3D(in_channels, n_classes, **kwargs)

@@ -101,7 +101,7 @@ from npcrepro.models.patchcnn import PatchCNN
 __all__ = [
     "POOLS", "FUSIONS", "ChannelAttention3d", "SpatialAttention3d", "ResidualFusion", "FusionBlock",
     "VGGEncoder3d", "Decoder3d", "MMFNet", "SingleEncoderNet", "PatchCNN", "transfer_encoders",
-    "encoder_prefixes", "init_output", "mmfnet", "chen2020_single_encoder", "chen2020_patch_cnn", "scaled",
+    "encoder_prefixes", "init_output", "mmfnet", "single_encoder3d", "scaled",
 ]
 
 #: How the skip features of several encoders reach the decoder.
@@ -476,20 +476,14 @@ class SingleEncoderNet(nn.Module):
 # registry
 
 
-@register("chen2020_mmfnet")
+@register("mmfnet")
 def mmfnet(modalities: Sequence[str] = ("T1", "T2", "CET1"), n_classes: int = 1, **kwargs) -> MMFNet:
     """MMFNet (and its Table II ablations / the multi-encoder baseline / single-modality networks):
     (N, M, D, H, W) -> (N, n_classes, D, H, W) logits. See :class:`MMFNet`."""
     return MMFNet(modalities, n_classes, **kwargs)
 
 
-@register("chen2020_single_encoder")
-def chen2020_single_encoder(in_channels: int = 3, n_classes: int = 1, **kwargs) -> SingleEncoderNet:
+@register("single_encoder3d")
+def single_encoder3d(in_channels: int = 3, n_classes: int = 1, **kwargs) -> SingleEncoderNet:
     """Single-encoder multi-modality network: (N, M, D, H, W) -> (N, n_classes, D, H, W) logits."""
     return SingleEncoderNet(in_channels, n_classes, **kwargs)
-
-
-@register("chen2020_patch_cnn")
-def chen2020_patch_cnn(in_channels: int = 1, n_classes: int = 1, **kwargs) -> PatchCNN:
-    """Patch-based CNN (single- or multi-modality): (N, C, H, W) -> (N, n_classes, H-P+1, W-P+1)."""
-    return PatchCNN(in_channels, n_classes, **kwargs)

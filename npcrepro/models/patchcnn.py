@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from npcrepro.errors import ParameterError
+from npcrepro.models import register
 from npcrepro.models.blocks import ConvNormAct, conv, init_output, init_weights, scaled
 
-__all__ = ["PatchCNN"]
+__all__ = ["PatchCNN", "patchcnn2d"]
 
 
 class PatchCNN(nn.Module):
@@ -85,3 +86,9 @@ class PatchCNN(nn.Module):
         parts = torch.split(x, self.groups, dim=1)
         feats = [b(p) for b, p in zip(self.branches, parts)]
         return self.classifier(torch.cat(feats, dim=1))
+
+
+@register("patchcnn2d")
+def patchcnn2d(in_channels: int = 1, n_classes: int = 1, **kwargs) -> PatchCNN:
+    """Patch-based CNN (single- or multi-modality): (N, C, H, W) -> (N, n_classes, H-P+1, W-P+1)."""
+    return PatchCNN(in_channels, n_classes, **kwargs)

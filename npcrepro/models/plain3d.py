@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from npcrepro.errors import ParameterError
+from npcrepro.models import register
 from npcrepro.models.blocks import ConvNormAct, check_5d, conv, init_weights
 
-__all__ = ["PlainCNN3D"]
+__all__ = ["PlainCNN3D", "plaincnn3d"]
 
 
 class PlainCNN3D(nn.Module):
@@ -33,3 +34,9 @@ class PlainCNN3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_5d(x, "PlainCNN3D")
         return self.head(self.body(x))
+
+
+@register("plaincnn3d")
+def plaincnn3d(in_channels: int = 1, n_classes: int = 2, **kwargs) -> PlainCNN3D:
+    """The plain 3D CNN baseline of guo2021's Table 1."""
+    return PlainCNN3D(in_channels, n_classes, **kwargs)

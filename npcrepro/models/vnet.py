@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from npcrepro.errors import ParameterError
+from npcrepro.models import register
 from npcrepro.models.blocks import (ConvNormAct, act_layer, check_5d, conv, conv_transpose, init_weights,
                                     norm_layer, padded_forward)
 
-__all__ = ["VNet"]
+__all__ = ["VNet", "vnet3d"]
 
 
 class _VStage(nn.Module):
@@ -99,3 +100,9 @@ class VNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_5d(x, "VNet")
         return padded_forward(x, self.size_multiple, self._forward)
+
+
+@register("vnet3d")
+def vnet3d(in_channels: int = 1, n_classes: int = 2, **kwargs) -> VNet:
+    """The V-Net baseline of guo2021's Table 1 (the paper's did not converge)."""
+    return VNet(in_channels, n_classes, **kwargs)

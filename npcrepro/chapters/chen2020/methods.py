@@ -134,7 +134,7 @@ def build_row(key: str, *, width: float = 1.0, pool_sizes=None, patch_size: int 
     c = row.config
     n = len(row.modalities)
     if row.family in ("patch_cnn", "mm_patch_cnn"):
-        return models.build("chen2020_patch_cnn", in_channels=n, patch_size=patch_size, width=width,
+        return models.build("patchcnn2d", in_channels=n, patch_size=patch_size, width=width,
                             branches="per_channel" if n > 1 else "shared")
     if row.family in ("unet", "unet3d"):
         name, widths = ("unet2d", UNET2D_WIDTHS) if row.family == "unet" else ("unet3d", UNET3D_WIDTHS)
@@ -142,13 +142,13 @@ def build_row(key: str, *, width: float = 1.0, pool_sizes=None, patch_size: int 
         M.init_output(net.head)  # the same output initialisation as every other row
         return net
     if row.family == "single_encoder":
-        return models.build("chen2020_single_encoder", in_channels=n, width=width, pool_sizes=pool_sizes)
+        return models.build("single_encoder3d", in_channels=n, width=width, pool_sizes=pool_sizes)
     if row.family in ("multi_encoder", "single"):
-        return models.build("chen2020_mmfnet", modalities=row.modalities, fusion="concat", width=width,
+        return models.build("mmfnet", modalities=row.modalities, fusion="concat", width=width,
                             pool_sizes=pool_sizes)
     if row.family == "mmfnet":
         return models.build(
-            "chen2020_mmfnet", modalities=row.modalities, fusion="block", shared_mlp=bool(c["shared_mlp"]),
+            "mmfnet", modalities=row.modalities, fusion="block", shared_mlp=bool(c["shared_mlp"]),
             channel_pools=("avg", "max") + (("std",) if c["std_channel"] else ()),
             spatial_pools=("avg", "max") + (("std",) if c["std_spatial"] else ()),
             width=width, pool_sizes=pool_sizes)

@@ -31,8 +31,8 @@ from npcrepro.errors import DataError, ParameterError
 METHODS = ("CSCN", "BUNet", "CNN", "ACDNet", "Deeplab", "V-Net")
 #: The rows of Table 1 (V-Net has no reported numbers).
 TABLE1_METHODS = ("CNN", "ACDNet", "Deeplab", "V-Net", "CSCN")
-NETWORK = {"BUNet": "guo2021_bunet", "ACDNet_cascade": "guo2021_acdnet", "CNN": "guo2021_cnn",
-           "ACDNet": "guo2021_acdnet", "Deeplab": "guo2021_deeplab3d", "V-Net": "guo2021_vnet"}
+NETWORK = {"BUNet": "bunet3d", "ACDNet_cascade": "acdnet3d", "CNN": "plaincnn3d",
+           "ACDNet": "acdnet3d", "Deeplab": "deeplab3d", "V-Net": "vnet3d"}
 _INFO = {"BUNet": "coarse stage (3D U-Net on blocks)", "CSCN": "BUNet -> ACDNet(image, coarse) -> fusion",
          "CNN": "six 3x3x3 conv layers, no pooling", "ACDNet": "3D DenseNet with ASPP dense layers",
          "Deeplab": "DeepLabv3+-style 3D network", "V-Net": "residual 5x5x5 V-Net"}
@@ -80,7 +80,7 @@ def build_cascade(P: Mapping[str, Any], in_channels: int = 1):
     bunet = model_kwargs("BUNet", width, in_channels, layers)
     acd = model_kwargs("ACDNet_cascade", width, in_channels, layers)
     bunet.pop("in_channels"), acd.pop("in_channels")
-    return build("guo2021_cscn", in_channels=in_channels, bunet=bunet, acdnet=acd, fusion=P["fusion"],
+    return build("cscn3d", in_channels=in_channels, bunet=bunet, acdnet=acd, fusion=P["fusion"],
                  fusion_weight=float(P["fusion_weight"]))
 
 

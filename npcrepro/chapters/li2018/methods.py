@@ -46,13 +46,13 @@ def _check_mode(mode: str) -> None:
 
 
 def build_model(mode: str, width: float = 1.0, in_channels: int = 1, init_std: float = 0.01):
-    """``build("li2018_cnn")`` with the mode's initialisation (faithful: N(0, ``init_std``);
+    """``build("score_fusion_fcn")`` with the mode's initialisation (faithful: N(0, ``init_std``);
     printed: N(0, 1); working: He)."""
     from npcrepro.models import build
 
     _check_mode(mode)
     std = 1.0 if mode == "printed" else float(init_std)
-    return build("li2018_cnn", in_channels=in_channels, width=width,
+    return build("score_fusion_fcn", in_channels=in_channels, width=width,
                  init="gaussian" if mode in SGD_MODES else "kaiming", init_std=std)
 
 
@@ -83,7 +83,7 @@ def make_stages(mode: str, iterations: Sequence[int], P: Mapping[str, Any] | Non
     from npcrepro import recipes
     from npcrepro.engine import Stage
     from npcrepro.chapters.li2018.losses import BCEDiceLoss, CaffeSigmoidLoss
-    from npcrepro.models.li2018 import STAGE_LAYERS, STAGE_SIZE
+    from npcrepro.models.score_fusion_fcn import STAGE_LAYERS, STAGE_SIZE
 
     _check_mode(mode)
     P = P if P is not None else recipes.load("li2018").PROFILES["cpu"]

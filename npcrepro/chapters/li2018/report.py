@@ -83,7 +83,7 @@ def table1(width: float):
     import pandas as pd
 
     from npcrepro.chapters.li2018.methods import build_model
-    from npcrepro.models.li2018 import TABLE1
+    from npcrepro.models.score_fusion_fcn import TABLE1
 
     full = dict(build_model("working", 1.0).layer_shapes(prep.SIZE))
     mine = dict(build_model("working", width).layer_shapes(prep.SIZE))

@@ -32,9 +32,9 @@ __all__ = ["METHODS", "Luo2020", "CHAPTER", "luo2020", "network", "build_method"
 METHODS: dict[str, tuple[str, str, dict]] = {
     "unet": ("U-Net", "unet2d", {}),
     "fcn8": ("FCN-8", "fcn8s", {}),
-    "ours": ("Ours", "luo2020_two_stage", {"two_stage": True, "msp": "both"}),
-    "two_stage_no_msp": ("Two-stage, no MSP", "luo2020_two_stage", {"two_stage": True, "msp": "none"}),
-    "one_stage_msp": ("One-stage + MSP", "luo2020_two_stage", {"two_stage": False, "msp": "stage1"}),
+    "ours": ("Ours", "two_stage_unet", {"two_stage": True, "msp": "both"}),
+    "two_stage_no_msp": ("Two-stage, no MSP", "two_stage_unet", {"two_stage": True, "msp": "none"}),
+    "one_stage_msp": ("One-stage + MSP", "two_stage_unet", {"two_stage": False, "msp": "stage1"}),
 }
 
 
@@ -51,7 +51,7 @@ def build_method(key: str, P: Mapping[str, Any], n_classes: int, in_channels: in
     initialised at probability ``P.prior`` when it is set; with ``P.coord_channel`` it is also given each
     pixel's column as an input channel (:class:`~npcrepro.models.blocks.WithColumnCoordinate`)."""
     import npcrepro.models.fcn  # noqa: F401  (registers fcn8s)
-    import npcrepro.models.luo2020  # noqa: F401  (registers luo2020_two_stage)
+    import npcrepro.models.two_stage_unet  # noqa: F401  (registers two_stage_unet)
     import npcrepro.models.unet  # noqa: F401
     from npcrepro.models import build
 

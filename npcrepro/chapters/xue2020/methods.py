@@ -1,6 +1,6 @@
 """xue2020: the two networks as methods of one chapter, trained alike with the paper's recipe.
 
-    DeepLabv3+ (``xue2020_deeplabv3plus``) and U-Net (``unet2d``), one output (the target's logit):
+    DeepLabv3+ (``deeplabv3plus``) and U-Net (``unet2d``), one output (the target's logit):
       loss 1 - DSC (soft Dice over the batch, sigmoid), Adam lr 0.005, lr x0.8 after 5 validations
       without improvement of the validation loss, best-validation weights tested
       -> every slice of each test patient predicted, stacked back into the volume (the case's own
@@ -29,7 +29,7 @@ __all__ = ["MODELS", "METHODS", "aspp_rates_for", "build_model", "network", "mak
            "Xue2020", "CHAPTER"]
 
 #: Display name -> registered model name. The order is the paper's (proposed model first).
-MODELS: dict[str, str] = {"DeepLabv3+": "xue2020_deeplabv3plus", "U-Net": "unet2d"}
+MODELS: dict[str, str] = {"DeepLabv3+": "deeplabv3plus", "U-Net": "unet2d"}
 
 #: Method (folder) name -> display name.
 METHODS: dict[str, str] = {"deeplabv3plus": "DeepLabv3+", "unet": "U-Net"}
@@ -49,7 +49,7 @@ def build_model(label: str, P: Mapping, in_channels: int = 1, pixel_mm: float | 
     """``"DeepLabv3+"`` or ``"U-Net"`` at the sizes of ``P`` (one output: the target's logit).
     ``pixel_mm`` (the data's in-plane pixel size) sets the ASPP rates when ``P.scale_aspp``; ``P.prior``
     (when set) the output layer's initial foreground probability (:func:`~npcrepro.models.blocks.init_output`)."""
-    import npcrepro.models.deeplab  # noqa: F401  (registers xue2020_deeplabv3plus)
+    import npcrepro.models.deeplab  # noqa: F401  (registers deeplabv3plus)
     import npcrepro.models.unet  # noqa: F401
     from npcrepro.models import build
     from npcrepro.models.blocks import init_output

@@ -49,7 +49,7 @@ from npcrepro.models import register
 from npcrepro.models.blocks import (ConvNormAct, DoubleConv, Down, Up, conv, crop_to, init_weights,
                                     pad_to_multiple)
 
-__all__ = ["MultiScalePooling", "EncoderDecoder", "TwoStageUNet", "luo2020_two_stage", "MSP_PLACES"]
+__all__ = ["MultiScalePooling", "EncoderDecoder", "TwoStageUNet", "two_stage_unet", "MSP_PLACES"]
 
 #: Valid values of ``msp``: where the MSP block sits.
 MSP_PLACES = ("none", "stage1", "stage2", "both")
@@ -275,8 +275,8 @@ class TwoStageUNet(nn.Module):
         return outs[-1]
 
 
-@register("luo2020_two_stage")
-def luo2020_two_stage(in_channels: int = 1, n_classes: int = 14,
+@register("two_stage_unet")
+def two_stage_unet(in_channels: int = 1, n_classes: int = 14,
                       stage1_widths: Sequence[int] = (32, 64, 128, 256, 512),
                       stage2_widths: Sequence[int] = (32, 64, 128), **kwargs) -> TwoStageUNet:
     """luo2020's two-stage U-Net with MSP blocks: (N, C, H, W) -> (N, n_classes, H, W) logits.

@@ -40,7 +40,7 @@ from npcrepro.errors import ParameterError
 from npcrepro.models import register
 from npcrepro.models.blocks import conv, conv_transpose, init_weights, max_pool
 
-__all__ = ["Li2018CNN", "TABLE1", "STAGE_LAYERS", "STAGE_SIZE", "li2018_cnn"]
+__all__ = ["ScoreFusionFCN", "TABLE1", "STAGE_LAYERS", "STAGE_SIZE", "score_fusion_fcn"]
 
 #: Table 1 rows: (block, layer, kernel, stride, pad, (C, H, W) for a 1x144x144 input at width 1).
 TABLE1: tuple[tuple[str, str, int | None, int | None, int | None, tuple[int, int, int]], ...] = (
@@ -91,7 +91,7 @@ def _bilinear_kernel(k: int) -> torch.Tensor:
     return w[:, None] * w[None, :]
 
 
-class Li2018CNN(nn.Module):
+class ScoreFusionFCN(nn.Module):
     """li2018's network (Table 1). Input (N, C, H, W) with H, W divisible by 4 (144 in the paper).
 
     Parameters
@@ -182,7 +182,7 @@ class Li2018CNN(nn.Module):
     def forward(self, x: torch.Tensor, stage: int = 3, maps: bool = False, trace: list | None = None):
         _check_stage(stage)
         if x.ndim != 4 or x.shape[-1] % 4 or x.shape[-2] % 4:
-            raise ParameterError(f"Li2018CNN expects (N, C, H, W) with H and W divisible by 4, got "
+            raise ParameterError(f"ScoreFusionFCN expects (N, C, H, W) with H and W divisible by 4, got "
                                  f"{tuple(x.shape)}")
 
         def rec(layer: str, t: torch.Tensor) -> torch.Tensor:
@@ -234,8 +234,8 @@ def _check_stage(stage: int) -> None:
         raise ParameterError(f"stage must be 1, 2 or 3, got {stage!r}")
 
 
-@register("li2018_cnn")
-def li2018_cnn(in_channels: int = 1, width: float = 1.0, init: str = "kaiming",
-               init_std: float = 1.0) -> Li2018CNN:
-    """:class:`Li2018CNN` (Table 1 at ``width=1``)."""
-    return Li2018CNN(in_channels=in_channels, width=width, init=init, init_std=init_std)
+@register("score_fusion_fcn")
+def score_fusion_fcn(in_channels: int = 1, width: float = 1.0, init: str = "kaiming",
+               init_std: float = 1.0) -> ScoreFusionFCN:
+    """:class:`ScoreFusionFCN` (Table 1 at ``width=1``)."""
+    return ScoreFusionFCN(in_channels=in_channels, width=width, init=init, init_std=init_std)
