@@ -1,5 +1,5 @@
-"""The Trainer's checkpoints: what they hold, writing them, and reading them safely: ``torch.load(weights_only=True)`` and one DataError for
-anything else."""
+"""The Trainer's checkpoints: what they hold, writing them, and reading them safely
+(``torch.load(weights_only=True)``, and one DataError for anything else)."""
 from __future__ import annotations
 
 import os

@@ -19,8 +19,8 @@ from npcrepro.paths import env_count
 BATCH_MODES = ("auto", "device", "loader")
 BATCHES_ENV = "NPCREPRO_BATCHES"
 
-__all__ = ["BATCH_MODES", "BATCHES_ENV", "batch_mode", "device_batch_makers", "KeyedItems", "loader_workers", "worker_init", "split_batch", "float_tensors", "to_float",
-           "available_memory"]
+__all__ = ["BATCH_MODES", "BATCHES_ENV", "batch_mode", "device_batch_makers", "KeyedItems", "loader_workers",
+           "worker_init", "split_batch", "float_tensors", "to_float", "available_memory"]
 
 
 class KeyedItems(torch.utils.data.Dataset):

@@ -20,9 +20,8 @@ Design points
   with ``amp_dtype="bfloat16"`` (to test that path without a GPU); channels-last memory format.
   ``compile=True`` asks for ``torch.compile`` (falls back to eager with a warning when compilation
   fails). CPU runs are deterministic.
-* What is not the loop attaches to its events (``callbacks``): the progress bar or lines, the plan
-  probe, the half-budget copy (:mod:`~npcrepro.engine.progress`, :mod:`~npcrepro.engine.probe`,
-  :mod:`~npcrepro.engine.half_budget`).
+* What is not the loop attaches to its events (``callbacks``): progress bar or lines, plan probe and
+  half-budget copy (:mod:`~npcrepro.engine.progress`, ``.probe``, ``.half_budget``).
 """
 from __future__ import annotations
 
@@ -145,10 +144,8 @@ class Trainer:
         ``bn_batches`` batches drawn as training batches are, from keys of their own (the same
         batches every time; :mod:`npcrepro.engine.batchnorm` says why).
     probe : bool
-        At the start of every stage (the dry run), measure one training step at the first batch
-        (:class:`~npcrepro.engine.probe.PlanProbe`, attached to ``callbacks``): FLOPs of forward and backward (``torch.utils.flop_counter``), bytes of the
-        tensors saved for backward, of parameters, gradients and optimiser state, the batch shape and
-        the stage's full budget; appended to ``plan.json`` in the run folder (``npcrepro plan``).
+        Attach :class:`~npcrepro.engine.probe.PlanProbe` (the dry run): one training step measured at the
+        first batch of every stage (FLOPs, memory, batch, budget) into ``plan.json`` (``npcrepro plan``).
     """
 
     def __init__(self, model: nn.Module, loss: Callable, train_data, *, val_data=None,
@@ -212,7 +209,6 @@ class Trainer:
         self.find_unused_parameters = find_unused_parameters
         self.stage_iteration_cap = None if stage_iteration_cap is None else int(stage_iteration_cap)
         self.val_item_cap = int(val_item_cap) if val_item_cap else None
-        self.probe = bool(probe)
         if not 0.0 <= float(ema) < 1.0:
             raise ParameterError(f"Trainer: ema must be in [0, 1) (0: off), got {ema}")
         self.ema = float(ema)
@@ -220,7 +216,7 @@ class Trainer:
             raise ParameterError(f"Trainer: bn_batches must be an integer >= 0 (0: off), got {bn_batches!r}")
         self.bn_batches = bn_batches
         self.average: WeightAverage | None = None
-        self._iterations_per_epoch_given = bool(iterations_per_epoch)
+        self.iterations_per_epoch_given = bool(iterations_per_epoch)
         self.state = TrainState()
         self.rows: list[dict] = []
         self._best_state: dict | None = None
@@ -316,9 +312,13 @@ class Trainer:
         x, y = split_batch(batch)
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True) if torch.is_tensor(y) else y
-        if self._memory_format is not None and x.dim() == (4 if self._memory_format is torch.channels_last else 5):
-            x = x.contiguous(memory_format=self._memory_format)
-        return x, y
+        return self.in_memory_format(x), y
+
+    def in_memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the model's memory format (channels-last) where it has the model's dimensions."""
+        fmt = self._memory_format
+        wanted = fmt is not None and x.dim() == (4 if fmt is torch.channels_last else 5)
+        return x.contiguous(memory_format=fmt) if wanted else x
 
     def loss_for(self, stage: Stage) -> Callable:
         return stage.loss if stage.loss is not None else self.loss

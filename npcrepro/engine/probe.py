@@ -87,10 +87,7 @@ def measure_step(trainer, batch, stage: Stage, si: int) -> dict:
     device = "meta"
     try:
         meta_model = copy.deepcopy(trainer.model).to("meta")
-        xm = to_meta(x)
-        if trainer._memory_format is not None and xm.dim() == (4 if trainer._memory_format is torch.channels_last else 5):
-            xm = xm.contiguous(memory_format=trainer._memory_format)
-        flops = measure(meta_model, xm, to_meta(y))
+        flops = measure(meta_model, trainer.in_memory_format(to_meta(x)), to_meta(y))
     except Exception:  # noqa: BLE001 - an op without a meta kernel (or a loss reading values)
         saved.clear()
         device = str(trainer.device)
@@ -113,7 +110,7 @@ def measure_step(trainer, batch, stage: Stage, si: int) -> dict:
            "amp": str(trainer._amp_dtype).removeprefix("torch.") if trainer.use_amp else None,
            "epochs": stage.epochs, "iterations": stage.iterations,
            "iterations_per_epoch": trainer.iterations_per_epoch,
-           "iterations_per_epoch_given": trainer._iterations_per_epoch_given,
+           "iterations_per_epoch_given": trainer.iterations_per_epoch_given,
            "train_items": len(trainer.train_data), "early_stopping": stage.early_stopping}
     need = sum(row[k] for k in ("activation_bytes", "parameter_bytes", "gradient_bytes",
                                 "optimizer_bytes", "input_bytes"))
