@@ -11,6 +11,8 @@
 * :func:`compare_with_paper` - reported numbers (from ``npcrepro.papers``: a DataFrame with columns
   paper, table, method, metric, value, sd (optional), ref) next to this run's numbers; every cell says
   whether it is reported or reproduced, and the caption names the data source and profile.
+* :func:`compare_run` - the same for a run: its paper's numbers beside its per-case table,
+  captioned with :func:`data_source` (what the run read) and its profile.
 * :func:`format_mean_sd` - "0.89 ± 0.05".
 """
 from __future__ import annotations
@@ -18,15 +20,17 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from npcrepro import papers
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["evaluate_cases", "scored", "summarize", "bootstrap_ci", "holm", "paired_test", "paired_tests",
-           "compare_with_paper", "ComparisonTable", "format_mean_sd", "METRIC_ALIASES",
+           "compare_with_paper", "compare_run", "data_source", "ComparisonTable", "format_mean_sd", "METRIC_ALIASES",
            "canonical_metric", "NON_METRIC_COLUMNS"]
 
 #: Columns of a per-case table that are identifiers or flags, not metrics.
@@ -390,3 +394,31 @@ def compare_with_paper(reported: pd.DataFrame, reproduced: pd.DataFrame, *, pape
                f"on {data_source} data, {profile} profile, n = {n_cases} case(s). Cells marked "
                f"'reported' are transcribed from the paper; cells marked 'reproduced' are computed here.")
     return ComparisonTable(frame, numbers, caption)
+
+
+def data_source(results, detail: str = "") -> str:
+    """What a run (:class:`~npcrepro.engine.results.Results`) read, for captions: "digital phantom
+    (cpu preset, 40 cases, evaluation cohort)" or "dataset openkbp-subset (4 held-out test
+    patients)" (the folder's name, not the path on the machine that ran it), with ``detail`` (a
+    channel, a frame ...) added in the brackets."""
+    P = results.params
+    if results.data_label == "phantom":
+        head = "digital phantom"
+        parts = [f"{P.get('phantom_preset')} preset", *([f"{P['n_cases']} cases"] if P.get("n_cases") else []),
+                 f"{results.cohort} cohort"]
+    else:
+        head = f"dataset {Path(str(results.data)).name or results.data}"
+        parts = [f"{results.held_out} held-out test patients"] if results.held_out else []
+    parts += [detail] if detail else []
+    return head + (f" ({', '.join(parts)})" if parts else "")
+
+
+def compare_run(results, rows: pd.DataFrame, *, table: str, reported: pd.DataFrame | None = None,
+                detail: str = "", **kwargs) -> ComparisonTable:
+    """:func:`compare_with_paper` for a run: the numbers its paper (``results.chapter``) reports in
+    ``table`` (or the rows ``reported`` of them) beside the run's per-case ``rows``, captioned with
+    :func:`data_source` (``detail``) and the run's profile. ``kwargs``: ``method_map``,
+    ``metric_map``, ``metrics``, ``digits`` ... of :func:`compare_with_paper`."""
+    rep = papers.reported(results.chapter, table=table) if reported is None else reported
+    return compare_with_paper(rep, rows, paper=results.chapter, data_source=data_source(results, detail),
+                              profile=results.profile, table=table, **kwargs)

@@ -12,11 +12,10 @@ adding its folder. A ``page.toml`` is data only (read here, never imported), so 
     depends = []                     # pages whose outputs it reads ("kind:paper": every paper), or "*": all
     text = "li2018_cnn_cemri.txt"    # a paper's full text in ../shared/papers (papers only)
     wide = false                     # trains on a process pool of its own: runs alone and first
-    cell = "generated"               # its notebook's parameters cell: "generated" from the registry
-                                     # (scripts/sync_parameters_cells.py; a test compares) or "hand-written"
 
 Beside it, the folder holds the page's data, each a plain module that only lower layers' types may import:
-``recipe.py`` (its parameters per profile, the paper's stated values, its choices: :mod:`npcrepro.recipes`),
+``recipe.py`` (its parameters per profile, from which its notebook's parameters cell is generated; the
+paper's stated values, its choices: :mod:`npcrepro.recipes`),
 ``paper.py`` for a paper (its reported numbers and claims as transcribed: :mod:`npcrepro.papers`) and
 ``development.json`` (the measurements behind its recipe's choices). The registry reads them from the folder
 (:func:`data_module`), as it reads ``page.toml``, without importing the chapter's code. A page trains networks
@@ -34,7 +33,7 @@ from types import ModuleType
 
 from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["Page", "KINDS", "PARTS", "pages", "keys", "papers", "training", "generated_cells", "get",
+__all__ = ["Page", "KINDS", "PARTS", "pages", "keys", "papers", "training", "get",
            "data_module"]
 
 #: What a page is: a paper's reproduction, another chapter that trains (the template, the leaderboard), a page
@@ -45,7 +44,7 @@ PARTS = ("Foundations", "The five papers", "Across the papers", "Appendix", "roo
 
 _ROOT = Path(__file__).resolve().parent / "chapters"
 _FIELDS = {"title": str, "order": int, "part": str, "kind": str, "minutes": (int, float), "depends": (list, str),
-           "text": str, "wide": bool, "cell": str}
+           "text": str, "wide": bool}
 _REQUIRED = ("title", "order", "part", "kind")
 
 
@@ -61,7 +60,6 @@ class Page:
     depends: tuple[str, ...] | str = ()
     text: str = ""
     wide: bool = False
-    cell: str = "generated"
     folder: Path = _ROOT
 
     @property
@@ -97,14 +95,12 @@ def _read(path: Path) -> Page:
     if (isinstance(depends, str) and depends != "*") or (isinstance(depends, list)
                                                          and not all(isinstance(d, str) for d in depends)):
         raise DataError(f"{path}: depends is a list of pages or \"*\", not {depends!r}")
-    if spec.get("cell", "generated") not in ("generated", "hand-written"):
-        raise DataError(f"{path}: cell is \"generated\" or \"hand-written\", not {spec['cell']!r}")
     if spec["kind"] == "paper" and not spec.get("text"):
         raise DataError(f"{path}: a paper page names its full text (text = \"<file>.txt\")")
     return Page(key=key, title=spec["title"], order=spec["order"], part=spec["part"], kind=spec["kind"],
                 minutes=float(spec.get("minutes", 1.0)),
                 depends=depends if isinstance(depends, str) else tuple(depends), text=spec.get("text", ""),
-                wide=bool(spec.get("wide", False)), cell=spec.get("cell", "generated"), folder=path.parent)
+                wide=bool(spec.get("wide", False)), folder=path.parent)
 
 
 def _resolve(page: Page, found: list[Page]) -> Page:
@@ -155,11 +151,6 @@ def papers() -> tuple[str, ...]:
 def training() -> tuple[str, ...]:
     """Keys of the pages that train networks, in book order."""
     return tuple(k for k, p in pages().items() if p.trains)
-
-
-def generated_cells() -> tuple[str, ...]:
-    """Keys of the pages whose parameters cell is generated from the registry, in book order."""
-    return tuple(k for k, p in pages().items() if p.cell == "generated")
 
 
 def data_module(key: str, name: str) -> ModuleType:

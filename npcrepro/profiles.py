@@ -69,6 +69,8 @@ COHORTS = {"development": 0, "evaluation": 1000}
 
 _SIZES: dict[str, dict[str, dict[str, Any]]] = {}
 _CHOICES: dict[str, dict[str, tuple]] = {}
+#: A page's own defaults of common parameters (its recipe's ``DEFAULTS``).
+_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 #: Parameters that name a file or folder -> the words they take instead of a path. :func:`resolve`
 #: makes such a path absolute (against the working directory), so ``params.json`` records where
@@ -189,7 +191,7 @@ def parameters(paper: str, profile: str = "cpu") -> dict[str, Any]:
     if profile not in sizes:
         raise ParameterError(f"unknown profile {profile!r} for {paper} (valid: {', '.join(profiles(paper))})")
     names = _size_names(paper)
-    out = dict(COMMON, profile=profile)
+    out = dict(COMMON, **_DEFAULTS.get(paper, {}), profile=profile)
     out.update({k: sizes[profile].get(k) for k in names})
     return out
 
@@ -219,6 +221,10 @@ def _load_papers() -> None:
             register_profile(name, profile, **sizes)
         if mod.ALLOWED:
             register_choices(name, **mod.ALLOWED)
+        unknown = sorted(set(mod.DEFAULTS) - set(COMMON))
+        if unknown:
+            raise ParameterError(f"{name}: DEFAULTS names {unknown}, which are not common parameters")
+        _DEFAULTS[name] = dict(mod.DEFAULTS)
 
 
 def _paper_sizes(paper: str) -> dict[str, dict[str, Any]]:
@@ -478,11 +484,14 @@ def describe(paper: str) -> "list[dict]":
     except ModuleNotFoundError:
         helps, types = {}, {}
     rows = []
+    own = _DEFAULTS.get(paper, {})
+    common = {**COMMON, **own}
     for name in parameters(paper, profiles(paper)[0]):
-        values = {p: (COMMON[name] if name in COMMON else sizes[p].get(name)) for p in profiles(paper)}
+        values = {p: (common[name] if name in COMMON else sizes[p].get(name)) for p in profiles(paper)}
+        common_help = None if name in own else COMMON_HELP.get(name)
         rows.append({"parameter": name, "type": types.get(name) or _type_name([COMMON.get(name), *values.values()]),
                      **values, "allowed": list(_CHOICES.get(paper, {}).get(name, ())) or "",
-                     "help": COMMON_HELP.get(name) or helps.get(name) or recipes.SHARED_HELP.get(name, "")})
+                     "help": common_help or helps.get(name) or recipes.SHARED_HELP.get(name, "")})
     return rows
 
 
@@ -494,7 +503,7 @@ def parameters_cell(paper: str) -> str:
     rows = describe(paper)
     for row in rows:
         name = row["parameter"]
-        value = repr(COMMON[name]).replace("'", '"') if name in COMMON else "None"
+        value = repr(row[profiles(paper)[0]]).replace("'", '"') if name in COMMON else "None"
         vals = [row[p] for p in profiles(paper) if p in row]
         values = ("" if name in COMMON else f" (every profile: {vals[0]!r})" if all(v == vals[0] for v in vals)
                   else " (" + " / ".join(f"{p}: {row[p]!r}" for p in profiles(paper) if p in row) + ")")

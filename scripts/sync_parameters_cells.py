@@ -1,6 +1,6 @@
 """Rewrite the parameters cell of chapter notebooks from the registry (npcrepro.profiles.parameters_cell).
 
-Usage: python scripts/sync_parameters_cells.py [chapter ...]   (default: every page whose cell is generated)
+Usage: python scripts/sync_parameters_cells.py [page ...]   (default: every page; each has a recipe)
 The test tests/test_parameters.py fails when a committed cell differs from the generated one.
 """
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import nbformat
 
-from npcrepro import pages, profiles
+from npcrepro import profiles, recipes
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The pages whose parameters cell is generated (their page.toml's ``cell``).
-CHAPTERS = pages.generated_cells()
+#: Every page (each folder holds a recipe.py, from which its cell is generated).
+CHAPTERS = recipes.CHAPTERS
 
 
 def sync(name: str) -> bool:

@@ -39,7 +39,7 @@ def test_bf16_autocast_runs_on_the_cpu():
     trainer = _trainer(iterations=3, amp_dtype="bfloat16")
     trainer.model.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     history = trainer.fit()
-    assert trainer.use_amp and trainer._amp_dtype is torch.bfloat16
+    assert trainer.use_amp and trainer.mixed_dtype is torch.bfloat16
     assert seen and set(seen) == {torch.bfloat16}  # the forward ran under autocast
     assert history.iterations == 3 and np.isfinite(history.final_train_loss)
     plain = _trainer(iterations=3)

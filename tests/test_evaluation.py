@@ -183,6 +183,21 @@ def test_compare_with_paper_options_and_errors():
         E.compare_with_paper(pd.DataFrame({"x": [1]}), repro, paper="p", data_source="d", profile="c")
 
 
+def test_a_run_is_compared_with_its_own_paper_and_named_without_the_machines_path():
+    from types import SimpleNamespace
+
+    phantom = SimpleNamespace(chapter="xue2020", profile="cpu", data_label="phantom", cohort="evaluation",
+                              held_out=0, data="/home/me/runs/_cache/phantom-cpu", params={"phantom_preset": "cpu"})
+    real = SimpleNamespace(chapter="xue2020", profile="cpu", data_label="/home/me/cache/openkbp-n12", held_out=4,
+                           cohort="evaluation", data="/home/me/cache/openkbp-n12", params={"n_cases": 12})
+    assert E.data_source(phantom) == "digital phantom (cpu preset, evaluation cohort)"
+    assert E.data_source(real, "PTV70") == "dataset openkbp-n12 (4 held-out test patients, PTV70)"
+    ct = E.compare_run(real, _table(DICE_A, "U-Net"), table="Sec. 2", metrics=["dsc"])
+    assert ct.frame.loc[("dsc", "U-Net"), "reported"].endswith("(reported)")      # xue2020's own Sec. 2
+    assert "on dataset openkbp-n12 (4 held-out test patients) data, cpu profile" in ct.caption
+    assert "/home/me" not in ct.caption
+
+
 def test_canonical_metric_names():
     assert E.canonical_metric("DSC") == "dice" and E.canonical_metric("JI") == "jaccard"
     assert E.canonical_metric("ASD") == "assd" and E.canonical_metric("weird") == "weird"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from npcrepro import profiles
-from npcrepro.engine.experiment import Chapter, Method, _waves, run_experiment
+from npcrepro.engine.experiment import Chapter, Method, Track, _waves, run_experiment, run_track
 from npcrepro.errors import ParameterError
 
 
@@ -44,6 +44,15 @@ class Toy(Chapter):
         return {"GTVp": ref if method.name == "exact" else 1 - ref}
 
 
+def _one_val_patient(P, data):
+    return P.replace(n_val=0, data=data)
+
+
+def _absent(P):
+    return None, "the extract is not on this machine"
+
+
+Toy.tracks = (Track("second", _one_val_patient), Track("absent", _one_val_patient, _absent))
 CHAPTER = Toy()
 
 
@@ -275,6 +284,31 @@ def test_a_jobs_cases_are_prepared_in_threads_with_the_serial_result(monkeypatch
     assert len({t for _, t in threaded.values()}) == 4        # four threads shared the work
     with pytest.raises(DataError, match="case bad: corrupt"):
         E._prepare_cases(_SlowChapter(), None, ["c1", "bad", "c2"], {})
+
+
+def test_a_declared_track_runs_in_a_folder_of_its_own_and_an_absent_one_is_skipped(tmp_path):
+    P = _params(tmp_path, n_val=2)  # the main run would fail ("broken"); the track runs one method
+    res, note = run_track("test_experiment", P, "second", progress=False)
+    assert res.done and res.methods == ["exact"] and res.path.name.endswith("-second") and note == ""
+    assert res.params["n_val"] == 0
+    assert run_track("test_experiment", P, "absent") == (None, "the extract is not on this machine")
+    assert [p.name for p in (tmp_path / "smoke" / "template").iterdir()] == [res.path.name]
+    with pytest.raises(ParameterError, match="unknown track 'third' \\(valid: second, absent\\)"):
+        run_track("test_experiment", P, "third")
+    with pytest.raises(ParameterError, match="plain folder name"):
+        Track("../up", _one_val_patient)
+
+
+def test_every_real_data_track_is_declared_by_its_chapter():
+    """The notebooks run their second runs by name (npcrepro.chapters.run_track); each is declared."""
+    from npcrepro.engine.chapter import load_chapter
+    from npcrepro.chapters import MODULES
+
+    tracks = {k: [t.name for t in load_chapter(m).tracks] for k, m in MODULES.items()}
+    assert tracks["li2018"] == ["real_t2"] and tracks["luo2020"] == tracks["xue2020"] == ["openkbp"]
+    for key in ("li2018", "luo2020", "xue2020"):
+        text = (Path(__file__).resolve().parents[1] / "notebooks" / f"{key}.ipynb").read_text(encoding="utf-8")
+        assert f'chapters.run_track(P, \\"{tracks[key][0]}\\")' in text and "k_folds=3" not in text
 
 
 def test_a_real_dataset_handed_to_a_phantom_run_is_not_labelled_phantom(tmp_path):

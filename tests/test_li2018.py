@@ -384,8 +384,13 @@ def test_tables_have_the_papers_layout():
     t3 = R.table3(per_case)
     assert t3.loc["This reproduction (CNN)", "Source"] == "reproduced"
     assert t3.loc["Zhou et al. [7]", "Percent match: Mean ± SD"] == "0.79±0.07"
-    cmp = R.comparison(per_case, data_source="test", profile="smoke")
-    assert "reproduced" in cmp.frame.loc[("dsc", "CNN"), "reproduced"]
+    class Run:  # what the comparison reads of a run on the phantom
+        chapter, profile, data_label, cohort, held_out = "li2018", "smoke", "phantom", "evaluation", 0
+        params = {"phantom_preset": "smoke", "n_cases": 3}
+
+    cmp = R.comparison(Run(), per_case)
+    assert cmp.frame.loc[("dsc", "CNN"), "reproduced"] == "0.80 ± 0.10 (reproduced)"
+    assert "digital phantom (smoke preset, 3 cases, evaluation cohort, DCE frame 35) data, smoke profile" in cmp.caption
 
 
 # ----------------------------------------------------------------------------------------- the chapter

@@ -513,7 +513,7 @@ def test_run_end_to_end_on_a_toy_dataset(tmp_path):
     abl = LR.ablation_table(res)
     assert np.isnan(abl.loc["one stage", "MSP"]) and np.isfinite(abl.loc["two stages", "MSP"])
     assert LR.claims_table(res).empty  # no pair of the 2 x 2 design was run completely
-    table = LR.comparison(res, papers.reported("luo2020", table="Table 1"), "toy")
+    table = LR.comparison(res)
     assert "(reproduced)" in table.frame.loc[("dsc", "Ours"), "reproduced"]
     assert "not reproduced" in table.frame.loc[("dsc", "Mask R-CNN"), "reproduced"]
     pst = LR.per_structure_table(res)
@@ -646,7 +646,7 @@ def test_slice_level_split_through_the_runner(tmp_path):
     for col in ("soft DSC, Eq. 4 as printed", "soft DSC, Eq. 4 dot reading", "hard DSC, same pooling"):
         assert 0 <= dt.loc["U-Net", col] <= 1
     assert dt.loc["U-Net", "soft DSC, Eq. 4 as printed"] <= dt.loc["U-Net", "soft DSC, Eq. 4 dot reading"] + 1e-12
-    cmp = LR.comparison(pat, papers.reported("luo2020", table="Table 1"), "toy")
+    cmp = LR.comparison(pat)
     assert f"{dt.loc['U-Net', 'soft DSC, Eq. 4 as printed']:.3f}" in cmp.frame.loc[("dsc", "U-Net"), "reproduced"]
 
 

@@ -23,7 +23,7 @@ def test_every_list_of_pages_derives_from_the_scan():
     assert set(found) == {p.name for p in (ROOT / "npcrepro" / "chapters").iterdir() if (p / "page.toml").is_file()}
     assert papers.PAPERS == summary.PAPERS == pages.papers() == ("li2018", "xue2020", "luo2020", "guo2021", "chen2020")
     assert set(plan.TRAINING_CHAPTERS) == set(chapters.MODULES) == set(papers.PAPERS) | {"template", "leaderboard"}
-    assert set(recipes.CHAPTERS) == set(found) - {"data"}  # the phantom page has no parameters of its own
+    assert set(recipes.CHAPTERS) == set(found)  # every page's parameters cell is generated from its recipe
     assert book.WIDE == {"leaderboard"} and book.READERS == {"intro", "reproducibility"}
     assert book.DEPENDS["explorer"] == ("leaderboard", *papers.PAPERS) and book.DEPENDS["intro"] == "*"
     assert all(papers.TEXT_FILES[k].endswith(".txt") for k in papers.PAPERS)
@@ -47,7 +47,7 @@ def test_the_committed_table_of_contents_is_the_generated_one():
     (GOOD + 'depends = ["intro", 3]\n', 'depends is a list of pages or "*"'),
     (GOOD + 'depends = ["nosuch"]\n', "depends on 'nosuch'"),
     (GOOD + 'depends = ["kind:poster"]\n', "depends on 'kind:poster'"),
-    (GOOD + 'cell = "typed"\n', 'cell is "generated" or "hand-written"'),
+    (GOOD + 'cell = "generated"\n', "unknown fields cell"),
     ("title = \n", "not a readable page.toml"),
 ])
 def test_a_bad_page_toml_is_one_error_naming_the_file(tmp_path, text, message):
@@ -73,8 +73,8 @@ def test_data_modules_are_the_imported_modules_and_unknown_ones_are_refused():
 
     assert pages.data_module("xue2020", "recipe") is imported is recipes.load("xue2020")
     assert papers.get("li2018").KEY == "li2018"
-    with pytest.raises(ParameterError, match="page 'data' has no recipe"):
-        pages.data_module("data", "recipe")
+    with pytest.raises(ParameterError, match="page 'data' has no paper"):
+        pages.data_module("data", "paper")
     with pytest.raises(ParameterError, match="unknown page 'nosuch'"):
         pages.get("nosuch")
 
@@ -126,3 +126,20 @@ def test_a_sixth_paper_is_one_folder(tmp_path):
     after = {p: p.read_bytes() for p in (tmp_path / "npcrepro").rglob("*")
              if p.is_file() and toy not in p.parents and "__pycache__" not in p.parts}
     assert after == before
+
+
+def test_contributing_counts_the_lines_of_xue2020_as_they_are():
+    """CONTRIBUTING's "Adding a sixth paper" table gives each file of one chapter with its line count;
+    the counts stay within 10 % of the files'."""
+    import re
+
+    text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([^`]+)`(?:, `([^`]+)`)? \| (\d+)(?:, (\d+))? \|", text, flags=re.M)
+    assert len(rows) >= 8, rows
+    for first, second, n1, n2 in rows:
+        for name, n in ((first, n1), (second, n2)):
+            if not name:
+                continue
+            path = next(p for p in (ROOT / name, ROOT / "npcrepro" / "chapters" / "xue2020" / name) if p.is_file())
+            actual = len(path.read_text(encoding="utf-8").splitlines())
+            assert abs(actual - int(n)) <= 0.1 * actual, f"CONTRIBUTING.md: {name} has {actual} lines, not {n}"

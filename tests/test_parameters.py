@@ -9,10 +9,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from npcrepro import pages, profiles
+from npcrepro import profiles, recipes
 
 REPO = Path(__file__).resolve().parent.parent
-CHAPTERS = pages.generated_cells()
+CHAPTERS = recipes.CHAPTERS
 
 
 def _cell(name: str) -> str:

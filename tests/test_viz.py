@@ -305,3 +305,17 @@ def test_convergence_section_is_written_once_with_the_codes_tolerance(monkeypatc
     assert sections.convergence(FakeResults(), note="Particular.") == "table"
     assert calls == [{"tolerance": results_module.CONVERGENCE_TOLERANCE, "labels": True}]
     assert shown == [sections.convergence_text(note="Particular.")]
+
+
+def test_panel_grid_gives_one_panel_per_item_and_blanks_the_rest():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from npcrepro.plots import panel_grid
+
+    fig, axes = panel_grid(4)
+    assert len(axes) == 4 and len(fig.axes) == 6                      # two rows of three
+    assert [a.axison for a in fig.axes] == [True] * 4 + [False] * 2
+    assert tuple(fig.get_size_inches()) == pytest.approx((12.6, 5.6))
+    fig, axes = panel_grid(2, cols=2, width=5.0, height=3.2)
+    assert len(axes) == 2 and tuple(fig.get_size_inches()) == pytest.approx((10.0, 3.2))

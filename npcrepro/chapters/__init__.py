@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from npcrepro import pages
 
-__all__ = ["MODULES", "module", "run", "dry_run", "ct_inputs", "CT_CHANNELS"]
+__all__ = ["MODULES", "module", "run", "run_track", "dry_run", "ct_inputs", "CT_CHANNELS"]
 
 #: Chapters that train (their folder holds ``methods.py``; :mod:`npcrepro.pages`): name -> the module
 #: holding ``CHAPTER``.
@@ -72,6 +72,15 @@ def run(P: Mapping[str, Any], *, name: str = "run", **kwargs):
     from npcrepro.engine.experiment import run_experiment
 
     return run_experiment(module(P["paper"]), P, name=name, **kwargs)
+
+
+def run_track(P: Mapping[str, Any], track: str, **kwargs):
+    """Run the track ``track`` that chapter ``P.paper`` declares (its data absent: skip it);
+    returns (its :class:`~npcrepro.engine.results.Results` or None, the sentence its source gave).
+    See :func:`npcrepro.engine.experiment.run_track`."""
+    from npcrepro.engine.experiment import run_track as run_declared
+
+    return run_declared(module(P["paper"]), P, track, **kwargs)
 
 
 def dry_run(chapter: str, profile: str = "gpu", *, progress: bool = False, amp_dtype: str | None = None,

@@ -19,7 +19,7 @@ from torch import nn
 
 from npcrepro.errors import ParameterError
 
-__all__ = ["WeightAverage"]
+__all__ = ["WeightAverage", "WeightAveraging"]
 
 
 class WeightAverage:
@@ -65,3 +65,21 @@ class WeightAverage:
         self.decay, self.updates = float(state["decay"]), int(state["updates"])
         for k, v in state["weights"].items():
             self.weights[k].copy_(v)
+
+
+class WeightAveraging:
+    """The Trainer's ``ema`` as a handler on its events: a fresh :class:`WeightAverage` of the
+    network at every "stage_start" (before a resumed stage restores it), folded in after every
+    optimiser "step". The Trainer scores, validates and checkpoints :attr:`average`."""
+
+    def __init__(self, decay: float):
+        if not 0.0 < float(decay) < 1.0:
+            raise ParameterError(f"Trainer: ema must be in [0, 1) (0: off), got {decay}")
+        self.decay = float(decay)
+        self.average: WeightAverage | None = None
+
+    def __call__(self, trainer, event: str, info: dict) -> None:
+        if event == "step":
+            self.average.update(trainer.model)
+        elif event == "stage_start":
+            self.average = WeightAverage(trainer.model, self.decay)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from npcrepro.engine.half_budget import save_half_budget
 from npcrepro.engine.runs import job_dir
 from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["Method", "Chapter", "JobContext", "JobSpec", "JobKilled", "load_chapter", "DRY_RUN_ITERATIONS",
+__all__ = ["Method", "Track", "Chapter", "JobContext", "JobSpec", "JobKilled", "load_chapter", "DRY_RUN_ITERATIONS",
            "DRY_RUN_VAL_ITEMS", "DRY_RUN_CASES", "DRY_RUN_OVERRIDES", "uses_held_out"]
 
 #: A dry run (:func:`run_experiment` with ``dry_run=True``): training iterations per stage of every
@@ -46,6 +46,26 @@ class Method:
             raise ParameterError(f"method name {self.name!r} must be a plain folder name")
         if not self.label:
             object.__setattr__(self, "label", self.name)
+
+
+@dataclass(frozen=True)
+class Track:
+    """A second run of a chapter beside its main one (a real-data track, an audit), declared as data
+    in the chapter's :class:`Chapter` and run by :func:`npcrepro.chapters.run_track` through the same
+    runner, in a run folder of its own (``<stamp>-<name>``).
+
+    ``source(P)`` returns (the dataset the track reads: an opened dataset or a dataset folder, or
+    None when the track cannot run here; a sentence saying what it read or why it was skipped);
+    None reads the main run's data. ``params(P, data)`` returns the track's parameters from the
+    chapter's ``P`` (``data``: what ``source`` returned)."""
+
+    name: str
+    params: Callable[[Any, Any], Any]
+    source: Callable[[Any], tuple[Any, str]] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or any(ch in self.name for ch in "/\\ ") or self.name.startswith("."):
+            raise ParameterError(f"track name {self.name!r} must be a plain folder name")
 
 
 class JobKilled(RuntimeError):
@@ -149,6 +169,8 @@ class Chapter:
     structures: tuple[str, ...] = ("GTVp",)
     #: Prepared cases kept per worker process (jobs of one chapter share them); 0 turns it off.
     cache_prepared: int = 64
+    #: Runs beside the main one (:class:`Track`), by name.
+    tracks: tuple[Track, ...] = ()
 
     # ------------------------------------------------------------------ what runs
     def methods(self, P) -> list[Method]:
@@ -172,6 +194,13 @@ class Chapter:
             if m.name == name:
                 return m
         raise ParameterError(f"{self.name}: unknown method {name!r}")
+
+    def track(self, name: str) -> Track:
+        for t in self.tracks:
+            if t.name == name:
+                return t
+        raise ParameterError(f"{self.name}: unknown track {name!r} (valid: "
+                             f"{', '.join(t.name for t in self.tracks) or 'none'})")
 
     def all_methods(self, P) -> list[Method]:
         """Every method the chapter knows (default: those that run)."""

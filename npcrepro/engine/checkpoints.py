@@ -1,5 +1,6 @@
-"""The Trainer's checkpoints: what they hold, writing them, and reading them safely
-(``torch.load(weights_only=True)``, and one DataError for anything else)."""
+"""The Trainer's checkpoints: what they hold, writing them, reading them safely
+(``torch.load(weights_only=True)``, and one DataError for anything else), and the handler that
+writes them and resumes from them on the Trainer's events (:class:`Checkpointer`)."""
 from __future__ import annotations
 
 import os
@@ -9,13 +10,14 @@ from pathlib import Path
 
 import torch
 
+from npcrepro.engine import distributed as D
 from npcrepro.engine.device import rng_state, set_rng_state
 from npcrepro.engine.runs import to_jsonable
 from npcrepro.engine.stages import TrainState
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "checkpoint_of", "save_checkpoint",
-           "restore_counters", "restore_stage"]
+           "restore_counters", "restore_stage", "Checkpointer"]
 
 #: 2: RNG states as tensors and numbers (loads with ``weights_only=True``); 1: numpy arrays.
 CHECKPOINT_FORMAT = 2
@@ -108,7 +110,7 @@ def save_checkpoint(trainer, which: str = "last") -> Path | None:
     if d is None:
         return None
     ck = checkpoint_of(trainer)  # collective under DDP (every rank gets here)
-    if not trainer._main():
+    if not trainer.is_main():
         return None
     p = d / f"checkpoint_{which}.pt"
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
@@ -139,3 +141,44 @@ def restore_stage(trainer, ck: dict) -> None:
         trainer.average.load_state_dict(ck["average"])
     rngs = ck["rng"]
     set_rng_state(rngs[trainer.info.rank] if trainer.info.rank < len(rngs) else rngs[0])
+
+
+class Checkpointer:
+    """The Trainer's checkpoint handler (one per Trainer, first among its handlers).
+
+    Writes ``checkpoint_last.pt`` at every evaluation, every ``every`` iterations (None: only at
+    evaluations), where a session stops before its budget ("pause") and at the end ("finish");
+    ``checkpoint_best.pt`` whenever the validation loss improves ("improved"), and at the end where
+    no validation chose one. :meth:`resume` restores a checkpoint's weights, counters and rows; the
+    optimiser, schedule, scaler, averaged weights and RNG states follow at the "stage_start" of the
+    checkpoint's stage, once that stage is set up again. Every rank calls it (the writes are
+    collectives under DDP; rank 0 writes)."""
+
+    def __init__(self, every: int | None = None):
+        self.every = int(every) if every else None
+        self.pending: dict | None = None
+
+    def resume(self, trainer, path: str | os.PathLike) -> None:
+        ck = load_checkpoint(path, map_location=trainer.device)
+        restore_counters(trainer, ck)
+        self.pending = ck
+
+    def __call__(self, trainer, event: str, info: dict) -> None:
+        if event == "stage_start":
+            if self.pending is not None and self.pending["state"]["stage"] == info["stage"]:
+                restore_stage(trainer, self.pending)
+                self.pending = None
+        elif event == "improved":
+            trainer.save_checkpoint("best")
+        elif event == "evaluation":
+            trainer.save_checkpoint("last")
+        elif event in ("iteration", "pause") and not info.get("evaluated"):
+            if event == "pause" or (self.every and info["iteration"] % self.every == 0):
+                trainer.flush_loss()
+                trainer.save_checkpoint("last")
+        elif event == "finish":
+            trainer.save_checkpoint("last")
+            d = trainer.checkpoint_dir
+            if d is not None and D.broadcast_object(
+                    trainer.is_main() and (trainer.val_data is None or not (d / "checkpoint_best.pt").exists())):
+                trainer.save_checkpoint("best")

@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from npcrepro.engine.chapter import (DRY_RUN_CASES, DRY_RUN_ITERATIONS, DRY_RUN_OVERRIDES, Chapter, JobContext,
-                                     JobKilled, JobSpec, Method, load_chapter, uses_held_out)
+                                     JobKilled, JobSpec, Method, Track, load_chapter, uses_held_out)
 from npcrepro.engine.half_budget import half_budget_model
 from npcrepro.engine.runs import job_dir
 from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["Method", "Chapter", "JobContext", "JobSpec", "JobKilled", "run_experiment", "run_job",
+__all__ = ["Method", "Track", "Chapter", "JobContext", "JobSpec", "JobKilled", "run_experiment", "run_track", "run_job",
            "job_dir", "load_chapter", "RUN_FORMAT", "dry_run_params", "DRY_RUN_ITERATIONS",
            "DRY_RUN_CASES", "uses_held_out"]
 
@@ -266,6 +266,23 @@ def _dry_run_folds(cases: Sequence[str]):
     if len(cases) < 3:
         raise DataError(f"a dry run needs 3 cases (train, validation, test), the data hold {len(cases)}")
     return [Fold([cases[0]], [cases[1]], [cases[2]])]
+
+
+def run_track(module: str, P: Mapping[str, Any], track: str, **kwargs):
+    """Run the :class:`~npcrepro.engine.chapter.Track` ``track`` that chapter ``module`` declares:
+    read its data (``source``), derive its parameters from ``P`` and run them with
+    :func:`run_experiment` (``kwargs``) in a run folder named for the track; a dataset folder is
+    passed as ``data``, an opened dataset as ``dataset=``.
+
+    Returns (its :class:`~npcrepro.engine.results.Results`, or None where its data are absent and
+    nothing ran; the sentence its source gave: what it read or why it was skipped)."""
+    t = load_chapter(module).track(track)
+    data, note = t.source(P) if t.source is not None else (P["data"], "")
+    if data is None:
+        return None, note
+    if isinstance(data, (str, os.PathLike)):
+        return run_experiment(module, t.params(P, str(data)), name=t.name, **kwargs), note
+    return run_experiment(module, t.params(P, data), name=t.name, dataset=data, **kwargs), note
 
 
 def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", dataset=None,

@@ -20,8 +20,11 @@ Design points
   with ``amp_dtype="bfloat16"`` (to test that path without a GPU); channels-last memory format.
   ``compile=True`` asks for ``torch.compile`` (falls back to eager with a warning when compilation
   fails). CPU runs are deterministic.
-* What is not the loop attaches to its events (``callbacks``): progress bar or lines, plan probe and
-  half-budget copy (:mod:`~npcrepro.engine.progress`, ``.probe``, ``.half_budget``).
+* What is not the loop attaches to its events (``callbacks``), as MONAI's handlers do: checkpoints and
+  resuming, the weights' moving average, progress bar or lines, plan probe and half-budget copy
+  (:mod:`~npcrepro.engine.checkpoints`, ``.averaging``, ``.progress``, ``.probe``, ``.half_budget``).
+  Events: "stage_start", "step" (after each optimiser step), "improved" (a better validation loss),
+  "evaluation", "iteration", "pause" (a session stops before its budget), "finish", "end".
 """
 from __future__ import annotations
 
@@ -40,10 +43,9 @@ import torch
 from torch import nn
 
 from npcrepro.engine import distributed as D
-from npcrepro.engine.averaging import WeightAverage
+from npcrepro.engine.averaging import WeightAverage, WeightAveraging
 from npcrepro.engine.batchnorm import batch_norms, measure_batch_norm
-from npcrepro.engine.checkpoints import (CHECKPOINT_FORMAT, load_checkpoint, restore_counters, restore_stage,
-                                         save_checkpoint)
+from npcrepro.engine.checkpoints import CHECKPOINT_FORMAT, Checkpointer, load_checkpoint, save_checkpoint
 from npcrepro.engine.data import epoch_plan
 from npcrepro.engine.device import autocast_dtype, configure_determinism, conv_memory_format, resolve_device
 from npcrepro.engine.loaders import (BATCH_MODES, KeyedItems, batch_mode, device_batch_makers, loader_workers,
@@ -196,8 +198,13 @@ class Trainer:
         self.batch_maker = self.val_maker = None
         self.run = run
         self.progress, self.desc = progress, desc
-        self.checkpoint_every = checkpoint_every
-        self.callbacks = list(callbacks)
+        if not 0.0 <= float(ema) < 1.0:
+            raise ParameterError(f"Trainer: ema must be in [0, 1) (0: off), got {ema}")
+        self.ema = float(ema)
+        self.averaging = WeightAveraging(self.ema) if self.ema else None
+        self.checkpointer = Checkpointer(checkpoint_every)
+        # the loop's own handlers first: a resumed stage is restored before anyone sees "stage_start"
+        self.callbacks = [h for h in (self.averaging, self.checkpointer) if h is not None] + list(callbacks)
         if progress:
             self.callbacks.append(ProgressBar())
         elif interval_from_env():  # an unattended run: plain progress lines on stderr
@@ -209,13 +216,9 @@ class Trainer:
         self.find_unused_parameters = find_unused_parameters
         self.stage_iteration_cap = None if stage_iteration_cap is None else int(stage_iteration_cap)
         self.val_item_cap = int(val_item_cap) if val_item_cap else None
-        if not 0.0 <= float(ema) < 1.0:
-            raise ParameterError(f"Trainer: ema must be in [0, 1) (0: off), got {ema}")
-        self.ema = float(ema)
         if isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 0:
             raise ParameterError(f"Trainer: bn_batches must be an integer >= 0 (0: off), got {bn_batches!r}")
         self.bn_batches = bn_batches
-        self.average: WeightAverage | None = None
         self.iterations_per_epoch_given = bool(iterations_per_epoch)
         self.state = TrainState()
         self.rows: list[dict] = []
@@ -231,6 +234,11 @@ class Trainer:
     def raw_model(self) -> nn.Module:
         return self.model
 
+    @property
+    def average(self) -> WeightAverage | None:
+        """The moving average of the weights in this stage (``ema``), else None."""
+        return self.averaging.average if self.averaging is not None else None
+
     def scored_state(self) -> dict:
         """The weights that would be scored now: the moving average when ``ema`` is on, else the
         model's own (a state dict; its tensors are live, so copy before changing the model)."""
@@ -240,7 +248,8 @@ class Trainer:
     def checkpoint_dir(self) -> Path | None:
         return Path(self.run.path) if self.run is not None else None
 
-    def _main(self) -> bool:
+    def is_main(self) -> bool:
+        """Whether this process writes (rank 0, or not distributed)."""
         return self.info.rank == 0
 
     # ------------------------------------------------------------------ setup
@@ -258,9 +267,10 @@ class Trainer:
         self.num_workers = (loader_workers(self.cuda) if self.requested_workers == "auto"
                             else int(self.requested_workers))
         configure_determinism(self.deterministic)
-        self._amp_dtype = autocast_dtype(self.amp, self.amp_dtype, self.cuda)
-        self.use_amp = self._amp_dtype is not None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self._amp_dtype == torch.float16)
+        #: the dtype autocast computes in (None: full precision)
+        self.mixed_dtype = autocast_dtype(self.amp, self.amp_dtype, self.cuda)
+        self.use_amp = self.mixed_dtype is not None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.mixed_dtype == torch.float16)
         self.batch_maker, self.val_maker = device_batch_makers(self)
         self.model.to(dev)
         self._memory_format = None
@@ -277,7 +287,7 @@ class Trainer:
 
     def autocast(self):
         if self.use_amp:
-            return torch.autocast(device_type=self.device.type, dtype=self._amp_dtype)
+            return torch.autocast(device_type=self.device.type, dtype=self.mixed_dtype)
         return contextlib.nullcontext()
 
     def _enter_stage(self, si: int) -> None:
@@ -346,8 +356,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.trainable, stage.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.average is not None:
-            self.average.update(self.model)
+        self._emit("step", {})
         return loss.detach(), int(x.shape[0])
 
     @torch.no_grad()
@@ -392,23 +401,22 @@ class Trainer:
         try:
             return self._fit(resume)
         except BaseException as exc:
-            if self.run is not None and self._main():
+            if self.run is not None and self.is_main():
                 self.run.mark_failed(f"training failed: {exc.__class__.__name__}: {exc}")
             raise
 
     def _fit(self, resume) -> History:
         t_start = time.perf_counter()
-        if self.run is not None and self._main():
+        if self.run is not None and self.is_main():
             self.run.forget_failure()
         self._setup()
-        ck = None
+        self.checkpointer.pending = None
         if resume:
             path = (self.checkpoint_dir / "checkpoint_last.pt" if resume is True and self.checkpoint_dir
                     else Path(resume) if resume is not True else None)
             if path is None:
                 raise ParameterError("resume=True needs a run folder (or pass a checkpoint path)")
-            ck = load_checkpoint(path, map_location=self.device)
-            restore_counters(self, ck)
+            self.checkpointer.resume(self, path)
         else:
             self.state, self.rows, self._best_state = TrainState(), [], None
             torch.manual_seed(self.seed + 1000003 * self.info.rank)
@@ -422,10 +430,6 @@ class Trainer:
                 si = self.state.stage
                 stage = self.stages[si]
                 self._enter_stage(si)
-                self.average = WeightAverage(self.model, self.ema) if self.ema else None
-                if ck is not None and ck["state"]["stage"] == si:
-                    restore_stage(self, ck)
-                    ck = None
                 self._emit("stage_start", {"stage": si, "name": stage.name})
                 session, interrupted = self._run_stage(si, stage, session)
                 if interrupted:
@@ -490,15 +494,9 @@ class Trainer:
             self.model.load_state_dict(self.average.weights)
         if self.bn_batches:
             measure_batch_norm(self, self.model)
-        self.save_checkpoint("last")
-        d = self.checkpoint_dir
-        if d is not None:
-            need_best = D.broadcast_object(
-                self._main() and (self.val_data is None or not (d / "checkpoint_best.pt").exists()))
-            if need_best:
-                self.save_checkpoint("best")
-            if self._main():
-                self.run.write_curves(self.rows)
+        self._emit("finish", {})
+        if self.run is not None and self.is_main():
+            self.run.write_curves(self.rows)
         D.barrier()
 
     def first_batch(self, si: int):
@@ -558,7 +556,7 @@ class Trainer:
                 st.acc_samples += self.batch_size
                 at_eval = st.stage_iteration % eval_every == 0 or st.stage_iteration == total
                 if at_eval:
-                    self._flush_dev_acc()
+                    self.flush_loss()
                     seconds = time.perf_counter() - t_row
                     val = self.evaluate_loss(stage=stage)
                     row = self._row(stage, lr, val, seconds)
@@ -568,31 +566,28 @@ class Trainer:
                             st.best, st.best_iteration, st.bad_evals = val, st.iteration, 0
                             self._best_state = {k: v.detach().clone().cpu()
                                                 for k, v in self.scored_state().items()}
-                            self.save_checkpoint("best")
+                            self._emit("improved", row)
                         else:
                             st.bad_evals += 1
                             if stage.early_stopping is not None and st.bad_evals >= stage.early_stopping:
                                 st.stage_stopped = True
                         self.schedule.on_evaluation(val)
-                    self.save_checkpoint("last")
-                    if self.run is not None and self._main():
+                    if self.run is not None and self.is_main():
                         self.run.write_curves(self.rows)
                     self._emit("evaluation", row)
                     t_row = time.perf_counter()
-                elif self.checkpoint_every and st.iteration % self.checkpoint_every == 0:
-                    self._flush_dev_acc()
-                    self.save_checkpoint("last")
-                self._emit("iteration", {"iteration": st.iteration, "stage": si, "loss": loss, "lr": lr})
+                self._emit("iteration", {"iteration": st.iteration, "stage": si, "loss": loss, "lr": lr,
+                                         "evaluated": at_eval})
                 if self.max_iterations_this_session and session >= self.max_iterations_this_session:
-                    if not at_eval:
-                        self._flush_dev_acc()
-                        self.save_checkpoint("last")
+                    self._emit("pause", {"iteration": st.iteration, "evaluated": at_eval})
                     return session, True
                 if st.stage_stopped or st.stage_iteration >= total:
                     break
         return session, False
 
-    def _flush_dev_acc(self) -> None:
+    def flush_loss(self) -> None:
+        """Add the training loss summed on the device since the last row into the state's sum (a
+        checkpoint written between rows holds it)."""
         acc = getattr(self, "_acc_dev", None)
         if acc is not None:
             self.state.acc_loss += float(acc)

@@ -107,7 +107,7 @@ def measure_step(trainer, batch, stage: Stage, si: int) -> dict:
            "activation_bytes": int(sum(saved.values())),
            "parameter_bytes": nbytes(trainer.model.parameters()), "gradient_bytes": nbytes(trainable),
            "optimizer_bytes": nbytes(trainable) * per_param, "optimizer": stage.optimizer,
-           "amp": str(trainer._amp_dtype).removeprefix("torch.") if trainer.use_amp else None,
+           "amp": str(trainer.mixed_dtype).removeprefix("torch.") if trainer.use_amp else None,
            "epochs": stage.epochs, "iterations": stage.iterations,
            "iterations_per_epoch": trainer.iterations_per_epoch,
            "iterations_per_epoch_given": trainer.iterations_per_epoch_given,
@@ -121,7 +121,7 @@ def measure_step(trainer, batch, stage: Stage, si: int) -> dict:
                              f"{need / 1e9:.1f} GB, and this machine has {free / 1e9:.1f} GB "
                              f"available: lower the batch size (e.g. -p batch_size 2) for a "
                              f"dry run on the CPU")
-    if trainer.run is not None and trainer._main():
+    if trainer.run is not None and trainer.is_main():
         path = Path(trainer.run.path) / "plan.json"
         rows = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
         rows = [r for r in rows if r.get("stage_index") != si] + [row]

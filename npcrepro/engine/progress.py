@@ -75,7 +75,7 @@ class ProgressLog:
         return " | ".join(parts)
 
     def __call__(self, trainer, event: str, info: dict) -> None:
-        if not trainer._main():
+        if not trainer.is_main():
             return
         now = time.perf_counter()
         if self._t0 is None:
@@ -100,7 +100,7 @@ class ProgressBar:
         self._t_row = self._last_post = 0.0
 
     def __call__(self, trainer, event: str, info: dict) -> None:
-        if not trainer._main():
+        if not trainer.is_main():
             return
         now = time.perf_counter()
         if event == "stage_start" and self.bar is None:

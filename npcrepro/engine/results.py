@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -135,6 +135,16 @@ class Results:
             if m["name"] == method:
                 return m.get("label") or method
         return method
+
+    def training_table(self, columns, *, labels: bool = False):
+        """The training facts ``columns`` ({training.csv column: heading}, or a list of columns kept
+        as they are) that the run recorded, one row per job, in that order; ``labels``: the methods
+        by their labels (the ``method`` column)."""
+        t = self.training
+        if labels and len(t):
+            t = t.assign(method=t["method"].map(self.label))
+        names = dict(columns) if isinstance(columns, Mapping) else {c: c for c in columns}
+        return t[[c for c in names if c in t]].rename(columns=names)
 
     def method_info(self, method: str) -> dict:
         for m in self.info.get("methods", []):

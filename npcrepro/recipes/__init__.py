@@ -22,6 +22,10 @@ Each chapter's ``recipe.py`` (in its folder, ``npcrepro/chapters/<chapter>/``, r
 ``EXCEPTIONS`` (optional)
     ``{method: why}``: methods expected to miss the book's quality bars (:mod:`npcrepro.quality`), such
     as a recipe kept as printed to show that it does not train.
+``DEFAULTS`` (optional)
+    ``{common parameter: value}``: the page's own default of a common parameter
+    (:data:`npcrepro.profiles.COMMON`), e.g. ``data="auto"`` for a page that reads the shared real
+    extracts; its ``HELP`` line replaces the common one.
 ``TYPES`` (optional)
     ``{parameter: "int" | "float" | "str" | "list" | ...}`` for a parameter that is None at every
     profile (its type cannot be read off its values).
@@ -68,7 +72,7 @@ SHARED_HELP = {
 #: Every chapter (and page) with a recipe module (``recipe.py`` in its folder), in the book's order.
 CHAPTERS: tuple[str, ...] = tuple(k for k, p in pages.pages().items() if (p.folder / "recipe.py").is_file())
 
-_FIELDS = ("PROFILES", "HELP", "ALLOWED", "PAPER", "DEVIATIONS", "CHOICES", "EXCEPTIONS")
+_FIELDS = ("PROFILES", "HELP", "ALLOWED", "PAPER", "DEVIATIONS", "CHOICES", "EXCEPTIONS", "DEFAULTS")
 
 
 def load(chapter: str) -> ModuleType:

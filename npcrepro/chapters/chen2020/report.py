@@ -14,19 +14,10 @@ from npcrepro.chapters.chen2020.samplers import inplane_box
 from npcrepro.errors import DataError
 from npcrepro.chapters.chen2020 import paper
 
-__all__ = ["data_label", "recipe_table", "model_table", "comparison", "summary_table", "three_questions",
+__all__ = ["recipe_table", "model_table", "comparison", "summary_table", "three_questions",
            "fig_case", "fig_curves", "fig_slices", "fig_tp_fp_fn", "figure_case"]
 
 PAPER = "chen2020"
-
-
-def data_label(results) -> str:
-    """What the run trained on, for captions."""
-    n = results.params.get("n_cases")
-    if results.params.get("data") == "phantom":
-        return (f"the digital phantom ({results.params.get('phantom_preset')} preset, {n} cases, "
-                f"{results.cohort} cohort)")
-    return f"dataset {results.data} ({n} cases)"
 
 
 def recipe_table() -> pd.DataFrame:
@@ -54,15 +45,11 @@ def comparison(results, table: str = TABLE_I):
     """Reported vs reproduced for one of the paper's tables, one line per method (the table's order),
     columns (metric, reported / reproduced); rows this run did not train say "not reproduced".
     Returns a :class:`~npcrepro.evaluation.ComparisonTable` (its caption names data and profile)."""
-    from npcrepro.evaluation import ComparisonTable, compare_with_paper
-    from npcrepro.papers import reported
+    from npcrepro.evaluation import ComparisonTable, compare_run
 
-    rep = reported(PAPER, table=table)
-    rep = rep[rep["case"].isna()]
     entries = paper.TABLE_I_ROWS if table == TABLE_I else paper.TABLE_II_ROWS
     method_map = {e["label"]: SAME_AS.get(e["key"], e["key"]) for e in entries}
-    long = compare_with_paper(rep, results.metrics, paper=PAPER, data_source=data_label(results),
-                              profile=results.profile, table=table, digits=3, method_map=method_map)
+    long = compare_run(results, results.metrics, table=table, digits=3, method_map=method_map)
     names = {"dsc": "DSC", "ap": "AP", "dice_loss": "Dice loss"}
     wide = long.frame.unstack(0).swaplevel(0, 1, axis=1)
     wide = wide[[(m, side) for m in ("dsc", "ap", "dice_loss") for side in ("reported", "reproduced")]]
@@ -192,15 +179,12 @@ def fig_case(prep, crop: Sequence[int]):
 
 def fig_curves(results, fold: int = 0):
     """Training and validation loss per row (one fold), with the self-transfer warm-up shaded."""
-    import matplotlib.pyplot as plt
+    from npcrepro.plots import panel_grid
 
     curves = {k: results.curves(k, fold) for k in training_order(results.methods)}
     keys = [k for k, c in curves.items() if not c.empty]
-    n = len(keys)
-    cols = min(3, max(n, 1))
-    nrows = (n + cols - 1) // cols or 1
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), squeeze=False)
-    for ax, k in zip(axes.flat, keys):
+    fig, axes = panel_grid(len(keys))
+    for ax, k in zip(axes, keys):
         c = curves[k]
         epochs = np.arange(1, len(c) + 1)  # one curve row per epoch (one validation each)
         ax.plot(epochs, c["train_loss"], label="train")
@@ -213,9 +197,7 @@ def fig_curves(results, fold: int = 0):
         ax.set_xlabel("epoch")
         ax.set_ylim(0, None if patch else 1.05)
         ax.set_ylabel("BCE" if patch else "Dice loss")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -19,11 +19,10 @@ _COLOURS = dict(zip(("CSCN", "CNN", "ACDNet", "Deeplab", "V-Net", "BUNet"),
 
 
 def data_label(results) -> str:
-    """What the run read: the phantom preset and channel, or the dataset folder."""
-    P = results.params
-    if P.get("data") == "phantom":
-        return f"digital phantom ({P['phantom_preset']} preset, {P['channel']}, {results.cohort} cohort)"
-    return f"{results.data} ({P['channel']})"
+    """What the run read, with its channel (:func:`npcrepro.evaluation.data_source`)."""
+    from npcrepro.evaluation import data_source
+
+    return data_source(results, str(results.params["channel"]))
 
 
 def converged(results) -> pd.DataFrame:
@@ -56,8 +55,7 @@ def network_table(P) -> pd.DataFrame:
 def training_table(results) -> pd.DataFrame:
     cols = ["fold", "method", "status", "iterations", "train_seconds", "final_train_loss", "best_val_loss",
             "parameters"]
-    tr = results.training
-    return tr[[c for c in cols if c in tr]].round(3)
+    return results.training_table(cols).round(3)
 
 
 def pooled_f1(table: pd.DataFrame) -> pd.Series:
@@ -69,12 +67,10 @@ def pooled_f1(table: pd.DataFrame) -> pd.Series:
 
 def comparison(results):
     """Reported vs reproduced Table 1 (CNN, ACDNet, Deeplab, CSCN; per-patient means)."""
-    from npcrepro.evaluation import compare_with_paper
-    from npcrepro.papers import reported
+    from npcrepro.evaluation import compare_run
 
-    return compare_with_paper(reported(PAPER, table="Table 1"), converged(results), paper=PAPER,
-                              data_source=data_label(results), profile=results.profile, table="Table 1",
-                              digits=3)
+    return compare_run(results, converged(results), table="Table 1", detail=str(results.params["channel"]),
+                       digits=3)
 
 
 def _mean_sd(g: pd.DataFrame, col: str, digits: int, unit: str = "") -> str:

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from npcrepro import transforms as T
-from npcrepro.chapters.li2018.prepare import SIZE, STRUCTURE, phantom_dataset, prepare_case, training_slices
-from npcrepro.engine.experiment import Chapter, Method
+from npcrepro.chapters.li2018.prepare import (SIZE, STRUCTURE, phantom_dataset, prepare_case, real_t2_params,
+                                              real_t2_source, training_slices)
+from npcrepro.engine.experiment import Chapter, Method, Track
 from npcrepro.errors import ParameterError
 
 MODES = ("working", "faithful", "printed")
@@ -133,6 +134,7 @@ class Li2018(Chapter):
     name = "li2018"
     channels = ()
     structures = (STRUCTURE,)
+    tracks = (Track("real_t2", real_t2_params, real_t2_source),)
 
     def methods(self, P):
         out = []

@@ -135,6 +135,27 @@ def real_t2_dataset(P: Mapping[str, Any]) -> str | None:
                           lambda folder: folder if (folder / "dataset.json").exists() else None, make))
 
 
+def real_t2_source(P: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The real T2 track's data (:class:`~npcrepro.engine.chapter.Track`): (the dataset folder of
+    :func:`real_t2_dataset` or None, what was read or why the track is skipped)."""
+    path = real_t2_dataset(P)
+    if path is None:
+        return None, ("the real-data track is off in this run (real_data='off')" if P["real_data"] == "off" else
+                      "the real T2 slices were not found (set $NPCREPRO_SHARED_DATA or pass real_data=PATH "
+                      "to the npc-t2wi-slices folder)")
+    return path, f"real NPC T2 slices ({Path(path).name})"
+
+
+def real_t2_params(P, data: str):
+    """The real T2 track's parameters: the working mode on every slice of ``data``, ``real_k``-fold
+    cross-validation over slices (the first ``real_max_folds``), ``real_iterations``, a fresh run."""
+    from npcrepro.datasets import open_dataset
+
+    return P.replace(data=data, resume="", methods="working", cv="kfold", k=P["real_k"],
+                     max_folds=P["real_max_folds"], iterations=P["real_iterations"],
+                     n_cases=len(open_dataset(data).cases))
+
+
 # ------------------------------------------------------------------------------------------ case -> slices
 def _choose_slices(zs: np.ndarray, n: int | None) -> np.ndarray:
     if n is None or len(zs) <= n:

@@ -178,16 +178,18 @@ def table3(per_case, *, label: str = "This reproduction (CNN)"):
     return pd.DataFrame(rows).set_index("Study")
 
 
-def comparison(per_case, *, data_source: str, profile: str):
-    """Summary row of Table 2, reported vs reproduced (:func:`npcrepro.evaluation.compare_with_paper`)."""
-    from npcrepro.evaluation import compare_with_paper
+def comparison(results, table=None):
+    """Summary row of Table 2, reported vs reproduced (:func:`npcrepro.evaluation.compare_run`): the
+    run's per-patient ``table`` (default :func:`per_case` of its :func:`main_method`)."""
+    from npcrepro.evaluation import compare_run
     from npcrepro.papers import reported
 
     rep = reported(PAPER, table="Table 2")
     rep = rep[rep["case"].isna() & (rep["method"] == "CNN")]
-    tab = compare_with_paper(rep, per_case.assign(method="CNN"), paper=PAPER, data_source=data_source,
-                             profile=profile, table="Table 2",
-                             metric_map={"precision": "precision", "dsc": "dice"})
+    table = per_case(results) if table is None else table
+    detail = f"DCE frame {prep.DCE_FRAME}" if results.data_label == "phantom" else "pixel units"
+    tab = compare_run(results, table.assign(method="CNN"), table="Table 2", reported=rep, detail=detail,
+                      metric_map={"precision": "precision", "dsc": "dice"})
     tab.notes.append("The paper's 'Recall' column is TP/(TP+FP) (its Eqs. 1-2 swap the names): it is "
                      "compared with this run's precision. Its percent match PM = TP/(TP+FN) is the usual "
                      "recall.")
@@ -379,15 +381,13 @@ def figure_fusion(shown: Mapping):
     return fig
 
 
-def figure_curves(results, fold: int = 0):
+def fig_curves(results, fold: int = 0):
     """Training loss per iteration of every method on ``fold`` (stages by colour); log y."""
-    import matplotlib.pyplot as plt
-
-    from npcrepro.plots import curve_axes
+    from npcrepro.plots import curve_axes, panel_grid
 
     curves = {f"{m}, fold {fold}": results.curves(m, fold) for m in results.methods}
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.0 * len(curves), 3.2), squeeze=False)
-    for ax, (label, df) in zip(axes[0], curves.items()):
+    fig, axes = panel_grid(len(curves), cols=len(curves), width=5.0, height=3.2)
+    for ax, (label, df) in zip(axes, curves.items()):
         ax.set_title(label, fontsize=9)
         if df.empty or df["train_loss"].isna().all():
             ax.text(0.5, 0.5, "no finite training loss recorded", ha="center", va="center",

@@ -21,12 +21,12 @@ import numpy as np
 
 from npcrepro import metrics as M
 from npcrepro.chapters.luo2020 import prepare as prep
-from npcrepro.engine.experiment import Chapter, Method
+from npcrepro.engine.experiment import Chapter, Method, Track
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["METHODS", "Luo2020", "CHAPTER", "luo2020", "network", "build_method", "prior_init",
            "make_loss", "schedule_spec", "schedule_text", "method_label", "score_rows", "AUDIT_DIR",
-           "split_audit_params"]
+           "split_audit_params", "OPENKBP_FOLDS", "openkbp_source", "openkbp_params"]
 
 #: Method key -> (label, model name, fixed model arguments). The widths come from the profile.
 METHODS: dict[str, tuple[str, str, dict]] = {
@@ -200,6 +200,36 @@ def split_audit_params(P, methods=None, folds: int | None = None):
                      out_dir=str(Path(P["out_dir"]) / AUDIT_DIR))
 
 
+#: The OpenKBP track's folds: it tests on OpenKBP's own held-out patients and trains on the others
+#: (:meth:`~npcrepro.engine.chapter.Chapter.split`), so only the first fold of a split by patient is
+#: used, and its count sets the share of training patients that validate (a third).
+OPENKBP_FOLDS = 3
+
+
+def openkbp_source(P):
+    """The OpenKBP track's data (:class:`~npcrepro.engine.chapter.Track`): the first ``real_cases``
+    training and ``real_test`` held-out patients of the ``openkbp-subset`` extract, converted once
+    (:func:`npcrepro.datasets.adapters.cached.cached_openkbp`). Returns (the dataset folder or None,
+    what was read or why the track is skipped)."""
+    from npcrepro.datasets.adapters.cached import cached_openkbp
+
+    if P.get("real_data") == "off" or int(P.get("real_cases") or 0) <= 0:
+        return None, (f"the real-data track is off in this run (real_data={P.get('real_data')!r}, "
+                      f"real_cases={P.get('real_cases')})")
+    kbp = cached_openkbp(P["out_dir"], int(P["real_cases"]), n_test=int(P.get("real_test") or 0))
+    if kbp is None:
+        return None, "OpenKBP was not found (set $NPCREPRO_SHARED_DATA to the folder holding openkbp-subset/)"
+    return str(kbp.root), (f"OpenKBP: {len(kbp.cases)} training and {len(kbp.test_cases)} held-out test "
+                           "patients")
+
+
+def openkbp_params(P, data: str):
+    """The OpenKBP track's parameters: ``P`` on ``data`` with the ``real_*`` image size, budget and
+    methods, :data:`OPENKBP_FOLDS` folds of which the first, a fresh run folder."""
+    return P.replace(data=data, resume="", image_size=P["real_image_size"], iterations=int(P["real_iterations"]),
+                     methods=list(P["real_methods"]), k_folds=OPENKBP_FOLDS, max_folds=1)
+
+
 # ----------------------------------------------------------------------------------- scoring
 def score_rows(probs: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], prepared) -> list[dict]:
     """Per-structure rows of one patient over its test slices (``prepared.idx``: its labelled slices,
@@ -239,6 +269,7 @@ class Luo2020(Chapter):
     #: The paper's 14 structures (phantom names); a run on another dataset uses those it has
     #: (:func:`~npcrepro.chapters.luo2020.prepare.structures_for`, :meth:`structures_for`).
     structures = tuple(prep.STRUCTURES.values())
+    tracks = (Track("openkbp", openkbp_params, openkbp_source),)
 
     def methods(self, P):
         keys = list(P["methods"])

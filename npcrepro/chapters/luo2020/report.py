@@ -141,10 +141,8 @@ def means(results, columns: Sequence[str] = ("dice", "soft_dice", "auc", "f1", "
 
 def training_table(results) -> pd.DataFrame:
     """Mean training facts per method (label): parameters, seconds, final loss, training slices."""
-    t = results.training.copy()
-    t["method"] = t["method"].map(results.label)
-    cols = ["parameters", "train_seconds", "final_train_loss", "train_slices"]
-    return t.groupby("method")[cols].mean().reindex(labels(results))
+    cols = ["method", "parameters", "train_seconds", "final_train_loss", "train_slices"]
+    return results.training_table(cols, labels=True).groupby("method").mean().reindex(labels(results))
 
 
 #: Sums of Eq. (4) and voxel counts a run's metrics hold per (patient, structure); they add up over
@@ -194,18 +192,17 @@ def dsc_table(results, reported: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def comparison(results, reported: pd.DataFrame, data_source: str):
+def comparison(results):
     """Table 1, reported vs reproduced: DSC as the paper computes it (the soft DSC of Eq. 4 over each
     fold's test slices per structure, :func:`pooled_dsc`), AUC, F1, JSC per (test patient,
     structure); Mask R-CNN 'not reproduced'."""
-    from npcrepro.evaluation import compare_with_paper
+    from npcrepro.evaluation import compare_run
 
     pooled = pooled_dsc(results)
     rows = pd.concat([scored(results), pd.DataFrame({"method": pooled["label"], "soft_dsc_eq4": pooled["soft_dsc"]})],
                      ignore_index=True)
-    table = compare_with_paper(reported, rows, paper="luo2020", data_source=data_source,
-                               profile=results.profile, table="Table 1", digits=3,
-                               metric_map={"dsc": "soft_dsc_eq4", "auc": "auc", "f1": "f1", "jaccard": "jaccard"})
+    table = compare_run(results, rows, table="Table 1", digits=3,
+                        metric_map={"dsc": "soft_dsc_eq4", "auc": "auc", "f1": "f1", "jaccard": "jaccard"})
     table.notes.append("Reproduced DSC: the soft DSC of Eq. (4) as printed, on the probabilities, one value per "
                        "(fold, structure) over the fold's test slices; mean ± sd over those values. AUC, F1, "
                        "JSC: mean ± sd over (test patient, structure) pairs of the folds run, structures absent "

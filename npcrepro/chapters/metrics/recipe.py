@@ -12,8 +12,12 @@ PROFILES = {
 }
 PROFILES["gpu-lite"] = dict(PROFILES["gpu"])
 
+#: The page reads a real extract, not the phantom.
+DEFAULTS = {"data": "auto"}
+
 HELP = {
+    "data": "the two-rater set (tcia-hn-oar-two-raters): 'auto' (the shared extracts' folder) or its path",
     "n_cases": "scans of the two-rater set scored",
-    "organs": "organs scored ([] = every organ)",
+    "organs": "organs scored ([]: every organ)",
     "tolerance_mm": "surface Dice (NSD) tolerance in mm",
 }

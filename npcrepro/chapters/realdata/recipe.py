@@ -7,7 +7,11 @@ PROFILES = {
 }
 PROFILES["gpu-lite"] = dict(PROFILES["gpu"])
 
+#: The page reads the real extracts, not the phantom.
+DEFAULTS = {"data": "auto"}
+
 HELP = {
+    "data": "the folder holding the real extracts: 'auto' ($NPCREPRO_SHARED_DATA or ../shared/data) or a path",
     "n_openkbp": "OpenKBP patients converted",
     "n_slices": "NPC T2 slices shown",
     "n_gallery": "cases in the CT gallery",

@@ -116,15 +116,15 @@ def fig_contours(results, n: int = 3, margin_mm: float = 40.0):
     return fig
 
 
-def fig_curves(results):
-    """Training and validation loss (1 - DSC) and the learning rate of both models (fold 0)."""
+def fig_curves(results, fold: int = 0):
+    """Training and validation loss (1 - DSC) and the learning rate of both models on ``fold``."""
     import matplotlib.pyplot as plt
 
     from npcrepro.plots import curve_axes
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.4))
     for method in results.methods:
-        m, f = results.label(method), results.curves(method)
+        m, f = results.label(method), results.curves(method, fold)
         if f.empty:
             continue
         ax0.plot(f["iteration"], f["train_loss"], color=COLOURS.get(m), ls="--", label=f"{m} train")

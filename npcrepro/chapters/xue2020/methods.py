@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from npcrepro.chapters.xue2020.prepare import (TARGET, normalise_ct, pixel_size, slice_datasets, source_structures,
-                                               split_sizes, xue_case, has_structure)
-from npcrepro.engine.experiment import Chapter, Method
+from npcrepro.chapters.xue2020.prepare import (TARGET, has_structure, normalise_ct, openkbp_source, pixel_size,
+                                               real_params, slice_datasets, source_structures, split_sizes,
+                                               xue_case)
+from npcrepro.engine.experiment import Chapter, Method, Track
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.chapters.xue2020.recipe import PAPER_PIXEL_MM
 
@@ -154,6 +155,7 @@ class Xue2020(Chapter):
 
     name = "xue2020"
     structures = (TARGET,)
+    tracks = (Track("openkbp", real_params, openkbp_source),)
 
     def channels_for(self, P, dataset=None):
         return (str(P["channel"]),)

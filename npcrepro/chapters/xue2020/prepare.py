@@ -27,7 +27,8 @@ from npcrepro.chapters.xue2020.recipe import CT_WINDOW, RP_MIDLINE_MM
 
 __all__ = ["TARGET", "CT_WINDOW", "RP_MIDLINE_MM", "normalise_ct", "midline_x", "retropharyngeal_nodes",
            "derive_target", "xue_case", "source_structures", "XueAugment", "make_augment",
-           "slice_datasets", "split_sizes", "pixel_size", "has_structure", "openkbp_data", "real_params"]
+           "slice_datasets", "split_sizes", "pixel_size", "has_structure", "openkbp_data", "real_params",
+           "openkbp_source"]
 
 #: Name of the training/evaluation target inside the chapter's cases (the paper's GTVp, which
 #: includes the retropharyngeal nodes; PTV70 on OpenKBP).
@@ -260,10 +261,17 @@ def openkbp_data(P: Mapping, *, progress: bool = False):
                        "stands in for the NPC GTVp.")
 
 
-def real_params(P):
+def openkbp_source(P: Mapping):
+    """The OpenKBP track's data (:class:`~npcrepro.engine.chapter.Track`): (:func:`openkbp_data`'s
+    dataset or None, its sentence)."""
+    ds, _, note = openkbp_data(P)
+    return ds, note
+
+
+def real_params(P, data=None):
     """The parameters of the real-data run: PTV70 as the target, the scans' one CT channel (``CT``),
     ``real_iterations`` (else the profile's epochs) and the ``real_image_size`` crop; a fresh run
-    folder (no ``resume``)."""
+    folder (no ``resume``). ``data`` (the track's dataset, handed to the runner as it is) is unused."""
     it = P.get("real_iterations")
     return P.replace(target="ptv70", channel="CT", iterations=int(it) if it else None,
                      epochs=None if it else P.get("epochs"), image_size=P.get("real_image_size"), resume="")

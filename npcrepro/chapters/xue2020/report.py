@@ -10,7 +10,7 @@ import pandas as pd
 from npcrepro.chapters.xue2020.methods import MODELS, build_model
 from npcrepro.chapters.xue2020.prepare import CT_WINDOW, source_structures, xue_case
 
-__all__ = ["PAPER", "METRICS", "NOT_LEARNED_LOSS", "labelled", "data_label", "reference_cases",
+__all__ = ["PAPER", "METRICS", "NOT_LEARNED_LOSS", "labelled", "data_label", "target_label", "reference_cases",
            "run_channel", "channel_text", "recipe_table", "architecture_table",
            "parameter_table", "comparison", "p_value_table",
            "timing_table", "training_table", "case_table", "training_note", "headline"]
@@ -69,12 +69,16 @@ def channel_text(params) -> str:
     return CT_CHANNELS.get(ch, ch)
 
 
+def target_label(results) -> str:
+    """The run's target where it is not the paper's GTVp + retropharyngeal nodes ("" where it is)."""
+    return "PTV70 stand-in" if results.params.get("target") == "ptv70" else ""
+
+
 def data_label(results) -> str:
-    """What the run was trained on, for titles and tables."""
-    if results.params.get("target") == "ptv70":
-        held = f", {results.held_out} held-out test patients" if results.held_out else ""
-        return f"OpenKBP (PTV70 stand-in{held})"
-    return results.source if results.params.get("data") == "phantom" else str(results.params.get("data"))
+    """What the run was trained on, for titles and tables (:func:`npcrepro.evaluation.data_source`)."""
+    from npcrepro.evaluation import data_source
+
+    return data_source(results, target_label(results))
 
 
 _CASES: dict[tuple, object] = {}
@@ -165,14 +169,11 @@ def parameter_table(P: Mapping, pixel_mm: float | None = None) -> pd.DataFrame:
 
 def comparison(results):
     """DSC, JI, ASD, HD of both models: reported (Sec. 2) vs reproduced (this run)."""
-    from npcrepro import papers
-    from npcrepro.evaluation import compare_with_paper
+    from npcrepro.evaluation import compare_run
 
     table = labelled(results)
-    rep = papers.reported(PAPER, table="Sec. 2")
-    rep = rep[rep["metric"].isin(["dsc", "jaccard", "assd", "hd"])]
-    out = compare_with_paper(rep, table, paper=PAPER, data_source=data_label(results), profile=results.profile,
-                             metrics=["dsc", "jaccard", "assd", "hd"], digits=2)
+    out = compare_run(results, table, table="Sec. 2", detail=target_label(results),
+                      metrics=["dsc", "jaccard", "assd", "hd"], digits=2)
     out.notes.append("Reproduced: mean ± sd over the test patients, each scored in 3D from its stacked "
                      "slice predictions (0.5 threshold); ASD is the symmetric average surface distance "
                      "(the paper's Eq. 3), HD the maximum Hausdorff distance, both in mm.")
@@ -236,11 +237,10 @@ def timing_table(results) -> pd.DataFrame:
 
 def training_table(results) -> pd.DataFrame:
     """Per model: iterations, wall seconds, best validation loss and where, final learning rate."""
-    t = _training(results)
-    cols = {"model": "model", "train_slices": "training slices", "iterations": "iterations",
-            "fit_seconds": "seconds", "best_val_loss": "best validation loss", "best_iteration": "at iteration",
-            "final_train_loss": "final train loss", "final_lr": "final lr", "lr_cuts": "lr cuts"}
-    return t[[c for c in cols if c in t]].rename(columns=cols) if len(t) else t
+    return results.training_table({"method": "model", "train_slices": "training slices", "iterations": "iterations",
+                                   "fit_seconds": "seconds", "best_val_loss": "best validation loss",
+                                   "best_iteration": "at iteration", "final_train_loss": "final train loss",
+                                   "final_lr": "final lr", "lr_cuts": "lr cuts"}, labels=True)
 
 
 def case_table(results) -> pd.DataFrame:
