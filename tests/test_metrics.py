@@ -549,3 +549,52 @@ def test_soft_dice_sums_pool_over_slices_and_patients():
     # a slice with nothing predicted and nothing to find scores 1, element-wise too
     assert M.soft_dice_from_sums({"pg2": np.zeros(2), "pg": np.zeros(2), "p2": np.array([0.0, 1.0]),
                                   "g2": np.zeros(2)}, "printed").tolist() == [1.0, 0.0]
+
+
+# ----------------------------------------------------------------------------------- several raters
+def _three_raters():
+    a = np.array([[1, 1, 0, 0], [1, 1, 0, 0]], bool)
+    b = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+    c = np.array([[0, 1, 1, 0], [0, 1, 0, 0]], bool)
+    return a, b, c
+
+
+def test_majority_vote_and_pairwise_dice_by_hand():
+    a, b, c = _three_raters()
+    assert M.majority_vote([a, b, c]).astype(int).tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
+    assert M.majority_vote([a, c]).astype(int).tolist() == [[0, 1, 0, 0], [0, 1, 0, 0]]  # a tie is out
+    mean, pairs = M.pairwise_dice([a, b, c])
+    # |a|=4 |b|=5 |c|=3; a&b=4, a&c=2, b&c=3
+    assert pairs == pytest.approx([8 / 9, 4 / 7, 6 / 8]) and mean == pytest.approx((8 / 9 + 4 / 7 + 6 / 8) / 3)
+    with pytest.raises(DataError, match="at least 2 raters"):
+        M.pairwise_dice([a])
+    with pytest.raises(DataError, match="differ in shape"):
+        M.majority_vote([a, a[:, :3]])
+
+
+def test_staple_matches_simpleitk_and_finds_the_worse_rater():
+    sitk = pytest.importorskip("SimpleITK")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :40]
+    masks = [((yy - 20 - k) ** 2 + (xx - 20) ** 2 < r * r) ^ (rng.random((40, 40)) < 0.02)
+             for k, r in enumerate((9, 10, 12))]
+    masks = [m[None] for m in masks]
+    s = M.staple(masks)
+    f = sitk.STAPLEImageFilter()
+    f.SetForegroundValue(1.0)
+    ref = sitk.GetArrayFromImage(f.Execute([sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks]))
+    np.testing.assert_allclose(s.probability, ref, atol=1e-6)
+    np.testing.assert_allclose(s.sensitivity, f.GetSensitivity(), atol=1e-6)
+    np.testing.assert_allclose(s.specificity, f.GetSpecificity(), atol=1e-6)
+    assert s.sensitivity.argmin() == 0 and s.specificity.argmin() == 2  # the tight and the wide rater
+    assert s.mask().shape == masks[0].shape and s.mask().dtype == bool
+
+
+def test_staple_of_agreeing_raters_is_their_mask_and_of_empty_ones_is_empty():
+    a, _, _ = _three_raters()
+    s = M.staple([a, a, a])
+    assert np.array_equal(s.mask(), a) and s.sensitivity == pytest.approx(1.0, abs=1e-6)
+    empty = M.staple([np.zeros((3, 3), bool)] * 2)
+    assert not empty.mask().any() and empty.iterations == 0
+    with pytest.raises(ParameterError, match="prior must be in"):
+        M.staple([a, a], prior=0.0)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from npcrepro.datasets.format import open_dataset
-from npcrepro.errors import ParameterError
-from npcrepro import phantom
+from npcrepro.errors import DataError, ParameterError
+from npcrepro import metrics, phantom
 from npcrepro.phantom import anatomy, lesions
 from npcrepro.phantom.make import _streams
 from npcrepro.phantom.measure import core
@@ -408,3 +409,51 @@ def test_data_chapter_table_names_each_chapters_ct(monkeypatch):
     monkeypatch.setitem(profiles._paper_sizes("xue2020")["cpu"], "channel", "CT")
     table = chapters.ct_inputs("cpu").set_index("chapter")
     assert table.loc["template", "channel"] == "CT" and table.loc["xue2020", "channel"] == "CT"
+
+
+# ----------------------------------------------------------------------------------- several raters
+def _half_faint_sphere():
+    """A sphere of radius 10 mm (1 mm voxels) whose left half borders bright tissue (a clear edge,
+    contrast-to-noise 10) and whose right half borders tissue of its own intensity (no edge)."""
+    rng = np.random.default_rng(1)
+    zz, yy, xx = np.mgrid[:32, :32, :32]
+    mask = (zz - 16) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2 < 100
+    image = np.where(mask, 1.0, np.where(xx < 16, 11.0, 1.0)) + rng.standard_normal(mask.shape)
+    return mask, image.astype(np.float32)
+
+
+def test_raters_disagree_where_the_edge_is_faint():
+    from npcrepro.phantom.raters import boundary_raters, edge_clarity
+
+    mask, image = _half_faint_sphere()
+    clarity = edge_clarity(image, mask, 1.0)
+    shell = ndimage.binary_dilation(mask, iterations=2) & ~ndimage.binary_erosion(mask, iterations=2)
+    left, right = shell & (np.mgrid[:32, :32, :32][2] < 14), shell & (np.mgrid[:32, :32, :32][2] > 18)
+    assert np.median(clarity[left]) > 5 > 1 > np.median(clarity[right])
+    raters, facts = boundary_raters(np.random.default_rng(0), mask, 1.0, clarity, n_raters=4, jitter_mm=3.0)
+    assert len(raters) == 4 and len(facts["bias_mm"]) == 4 and all(r.dtype == bool for r in raters)
+    spread = np.std(np.stack(raters).astype(float), axis=0)  # 0 where all raters agree
+
+    def disagreement(region):
+        return float(spread[region].mean())
+
+    assert disagreement(right) > 3 * disagreement(left)
+    mean_dsc, _ = metrics.pairwise_dice(raters)
+    assert 0.5 < mean_dsc < 0.98
+    again, _ = boundary_raters(np.random.default_rng(0), mask, 1.0, clarity, n_raters=4, jitter_mm=3.0)
+    assert all(np.array_equal(a, b) for a, b in zip(raters, again))                # a seed, the same raters
+
+
+def test_raters_agree_more_with_less_jitter_and_refuse_bad_input():
+    from npcrepro.phantom.raters import boundary_raters
+
+    mask, _ = _half_faint_sphere()
+    same, _ = boundary_raters(np.random.default_rng(0), mask, 1.0, jitter_mm=0.0)
+    assert all(np.array_equal(r, mask) for r in same)
+    agree = [metrics.pairwise_dice(boundary_raters(np.random.default_rng(0), mask, 1.0, jitter_mm=j)[0])[0]
+             for j in (0.5, 2.0, 4.0)]
+    assert agree[0] > agree[1] > agree[2]
+    with pytest.raises(ParameterError, match="n_raters"):
+        boundary_raters(np.random.default_rng(0), mask, 1.0, n_raters=0)
+    with pytest.raises(DataError, match="differ in shape"):
+        boundary_raters(np.random.default_rng(0), mask, 1.0, np.zeros((3, 3, 3)))

@@ -74,7 +74,7 @@ class WeightAveraging:
 
     def __init__(self, decay: float):
         if not 0.0 < float(decay) < 1.0:
-            raise ParameterError(f"Trainer: ema must be in [0, 1) (0: off), got {decay}")
+            raise ParameterError(f"WeightAveraging: decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
         self.average: WeightAverage | None = None
 

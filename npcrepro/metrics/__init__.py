@@ -1,4 +1,5 @@
-"""Segmentation metrics of the five papers: overlap, surface distances and probability measures.
+"""Segmentation metrics of the five papers: overlap, surface distances and probability measures, and
+several raters' agreement and consensus (pairwise Dice, majority vote, STAPLE).
 
 Conventions
 -----------
@@ -25,6 +26,7 @@ Euclidean distance transform per direction, computed on the joint bounding box o
 from __future__ import annotations
 
 from npcrepro.metrics.cases import evaluate_case, evaluate_labels
+from npcrepro.metrics.consensus import Staple, majority_vote, pairwise_dice, staple
 from npcrepro.metrics.overlap import (confusion, corresponding_ratio, dice, f1, jaccard, percent_match, precision,
                                       recall, volume)
 from npcrepro.metrics.probability import (SOFT_DICE_NUMERATORS, auc, average_precision, soft_dice,
@@ -52,5 +54,9 @@ __all__ = [
     "soft_dice_from_sums",
     "evaluate_case",
     "evaluate_labels",
+    "pairwise_dice",
+    "majority_vote",
+    "staple",
+    "Staple",
     "SOFT_DICE_NUMERATORS",
 ]
