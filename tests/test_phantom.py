@@ -457,3 +457,17 @@ def test_raters_agree_more_with_less_jitter_and_refuse_bad_input():
         boundary_raters(np.random.default_rng(0), mask, 1.0, n_raters=0)
     with pytest.raises(DataError, match="differ in shape"):
         boundary_raters(np.random.default_rng(0), mask, 1.0, np.zeros((3, 3, 3)))
+
+
+def test_ring_contrast_measures_separation_and_texture_against_the_surroundings():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    mask = (yy - 32) ** 2 + (xx - 32) ** 2 < 144
+    image = np.where(mask, 10 + rng.standard_normal(mask.shape), 2 * rng.standard_normal(mask.shape))
+    r = phantom.ring_contrast(image, mask, 1.0)                        # ring 1-4.5 mm (1-4 pixels) out
+    assert r["contrast"] == pytest.approx(5.0, rel=0.1) and r["texture"] == pytest.approx(0.5, rel=0.1)
+    r3 = phantom.ring_contrast(image[None].repeat(3, 0), mask[None].repeat(3, 0), (3.0, 1.0, 1.0))
+    assert r3["contrast"] == pytest.approx(r["contrast"], rel=0.05)    # in-plane rings, slice by slice
+    assert phantom.ring_contrast(image, np.zeros_like(mask), 1.0) is None
+    with pytest.raises(ParameterError, match="differ in shape"):
+        phantom.ring_contrast(image, mask[:10], 1.0)
