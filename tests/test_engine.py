@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from npcrepro import profiles
 from npcrepro.datasets import Case, write_dataset
 from npcrepro.engine import (PatchDataset, RunFolder, Schedule, SliceDataset, Stage, Trainer, epoch_plan,
-                             gaussian_weights, load_checkpoint, make_folds, make_optimizer,
+                             gaussian_weights, load_checkpoint, make_optimizer,
                              make_schedule, predict_case, predict_slice_tiles, predict_slices,
-                             predict_sliding_window, run_folds, seed_everything)
+                             predict_sliding_window, seed_everything)
 from npcrepro.engine.dispatch import Job, run_jobs
 from npcrepro.engine.inference import window_starts
 from npcrepro.errors import DataError, ParameterError
@@ -660,15 +660,8 @@ def test_failed_runs_are_marked_failed(tmp_path):
     assert run.status == "failed" and not (run.path / "RUNNING").exists()
     assert "FloatingPointError: training loss is nan" in (run.path / "FAILED").read_text(encoding="utf-8")
 
-    def boom(fold, index, sub):
-        raise RuntimeError(f"fold {index} broke")
-
-    cv = RunFolder.create(tmp_path, "smoke", "t", "cv")
-    with pytest.raises(RuntimeError):
-        run_folds(boom, make_folds([f"p{i}" for i in range(4)], "kfold", k=2), run=cv)
-    assert cv.status == "failed" and RunFolder(cv.path / "fold_0").status == "failed"
-    cv.mark_done()
-    assert cv.status == "done" and not (cv.path / "FAILED").exists()
+    run.mark_done()
+    assert run.status == "done" and not (run.path / "FAILED").exists()
 
 
 @pytest.mark.parametrize("how", ["exit", "kill"])
@@ -686,49 +679,6 @@ def test_a_process_that_ends_before_done_leaves_its_run_failed(tmp_path, how):
     run = RunFolder(proc.stdout.strip())
     assert run.path.is_dir() and run.status == "failed", proc.stderr
     assert (run.path / "FAILED").exists() == (how == "exit")
-
-
-# ----------------------------------------------------------------------------- cross-validation
-def fold_fn(fold, index, run, scale=1.0):
-    """Module-level so that spawned workers can import it."""
-    return [{"case": c, "structure": "GTVp", "dice": scale * (index + 1) / 10} for c in fold.test]
-
-
-def test_make_folds_schemes(tmp_path):
-    names = [f"p{i}" for i in range(6)]
-    assert len(make_folds(names, "loocv")) == 6
-    k = make_folds(names, "kfold", k=3, val_fraction=0.25)
-    assert len(k) == 3 and sorted(sum((f.test for f in k), [])) == names and all(f.val for f in k)
-    h = make_folds(names, "holdout", n_test=2, n_val=1)
-    assert len(h) == 1 and len(h[0].test) == 2
-    assert len(make_folds(names, "loocv", max_folds=2)) == 2
-    run = RunFolder.create(tmp_path, "smoke", "cv", "folds")
-    first = make_folds(names, "kfold", k=3, seed=1, run=run)
-    again = make_folds(names, "kfold", k=3, seed=99, run=run)  # a resumed run keeps its folds
-    assert [f.test for f in first] == [f.test for f in again]
-    with pytest.raises(ParameterError, match="valid"):
-        make_folds(names, "bootstrap")
-
-
-def test_run_folds_serial_parallel_and_resume(tmp_path):
-    names = [f"p{i}" for i in range(6)]
-    folds = make_folds(names, "kfold", k=3)
-    run = RunFolder.create(tmp_path, "smoke", "cv", "serial")
-    serial = run_folds(fold_fn, folds, run=run, scale=2.0)
-    assert len(serial) == 6 and sorted(serial["case"]) == names
-    assert set(serial["fold"]) == {0, 1, 2} and (run.path / "metrics.csv").exists()
-    assert all((run.path / f"fold_{i}" / "DONE").exists() for i in range(3))
-    parallel = run_folds(fold_fn, folds, parallel=2, scale=2.0)
-    pd.testing.assert_frame_equal(serial, parallel)
-    (run.path / "fold_1" / "DONE").unlink()
-    calls = []
-
-    def counting(fold, index, sub, scale=1.0):
-        calls.append(index)
-        return fold_fn(fold, index, sub, scale)
-
-    again = run_folds(counting, folds, run=run, scale=2.0)
-    assert calls == [1] and again["dice"].tolist() == serial["dice"].tolist()
 
 
 # ----------------------------------------------------------------------------- dispatch

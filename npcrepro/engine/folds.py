@@ -1,8 +1,8 @@
 """The folds a chapter's run used, read back from its run folder (to export them, for instance as
 nnU-Net's ``splits_final.json``: :mod:`npcrepro.datasets.nnunet_raw`).
 
-Every run records its split as ``splits.json`` in its run folder (the experiment runner, and
-:func:`npcrepro.engine.make_folds` for the chapters not yet on it). :func:`recorded_folds` reads it;
+Every run records its split as ``splits.json`` in its run folder (the experiment runner).
+:func:`recorded_folds` reads it;
 :func:`chapter_run` finds a chapter's newest finished run.
 """
 from __future__ import annotations

@@ -174,9 +174,10 @@ class Li2018(Chapter):
         return names[: int(P["n_cases"])] if P["n_cases"] else names
 
     def folds(self, cases, P):
-        from npcrepro.engine.crossval import make_folds
+        from npcrepro.datasets.splits import make_splits
 
-        return make_folds(list(cases), P["cv"], seed=int(P["seed"]), k=int(P["k"]), max_folds=P["max_folds"])
+        folds = make_splits(list(cases), P["cv"], seed=int(P["seed"]), k=int(P["k"]))
+        return folds[: int(P["max_folds"])] if P["max_folds"] is not None else folds
 
     def load(self, dataset, name, P):
         case = dataset.load(name, structures=[STRUCTURE])
