@@ -72,6 +72,30 @@ def ring_contrast(image: np.ndarray, mask: np.ndarray, spacing, *, inner_mm: flo
     return {"contrast": abs(float(t.mean()) - float(r.mean())) / sd, "texture": float(t.std()) / sd}
 
 
+#: The real NPC T2 slices carry no pixel size: their rings are measured as if a 230 mm field of view
+#: spanned the 512 pixels of the export (a usual nasopharyngeal T2 field of view; an assumption).
+ASSUMED_T2_PIXEL_MM = 230.0 / 512
+
+
+def contrast_table(cases, channels=None, structure: str = "GTVp", pixel_mm: float | None = None) -> pd.DataFrame:
+    """:func:`ring_contrast` of ``structure`` on each case's axial slice of largest cross-section, per
+    channel (default every channel of :data:`CHANNELS` the case has): one row per (case, channel)
+    with ``contrast`` and ``texture``. ``pixel_mm`` replaces the cases' in-plane spacing (real
+    slices exported without one). Cases without ``structure`` give no row."""
+    rows = []
+    for case in cases:
+        m = case.labels.get(structure)
+        if m is None or not m.any():
+            continue
+        z = int(np.argmax(m.sum(axis=(1, 2))))
+        px = float(pixel_mm) if pixel_mm else float(case.spacing[-1])
+        for ch in [c for c in (channels or CHANNELS) if c in case.images]:
+            r = ring_contrast(case.images[ch][z], m[z], px)
+            if r is not None:
+                rows.append({"case": case.name, "channel": ch, **r})
+    return pd.DataFrame(rows, columns=["case", "channel", "contrast", "texture"])
+
+
 def _near(case: Case, ref: str, margin_mm: float) -> np.ndarray:
     """Box around structure ``ref`` grown by ``margin_mm`` (bool, case shape)."""
     out = np.zeros(case.shape, bool)

@@ -118,21 +118,12 @@ def _write_phantom(folder: Path, n: int, seed: int, min_mm: float, record: dict,
 def real_t2_dataset(P: Mapping[str, Any]) -> str | None:
     """The 25 real NPC T2 slices (``npc-t2wi-slices``) converted with the project's adapter into the
     cache; the dataset folder, or None when ``P.real_data`` is "off" or the data are not here."""
-    from npcrepro.datasets.adapters import convert
-    from npcrepro.paths import shared_data
+    from npcrepro.datasets.adapters.cached import cached_npc_t2
 
     if P["real_data"] == "off":
         return None
-    src = shared_data("npc-t2wi-slices") if P["real_data"] == "auto" else Path(P["real_data"])
-    if src is None or not Path(src).exists():
-        return None
-
-    def make(folder: Path) -> Path:
-        convert("npc-t2-slices", src, folder, overwrite=True, progress=False)
-        return folder
-
-    return str(build_once(_cache_root(P) / "npc-t2-slices",
-                          lambda folder: folder if (folder / "dataset.json").exists() else None, make))
+    ds = cached_npc_t2(_cache_root(P), None if P["real_data"] == "auto" else P["real_data"])
+    return None if ds is None else str(ds.root)
 
 
 def real_t2_source(P: Mapping[str, Any]) -> tuple[str | None, str]:

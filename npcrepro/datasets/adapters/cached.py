@@ -1,5 +1,6 @@
 """Converted subsets of the shared real data, made once and reused: the OpenKBP patients the luo2020 and
-xue2020 chapters and the leaderboard train on. Above the adapters (it calls :func:`convert`), so no adapter
+xue2020 chapters and the leaderboard train on, and the NPC T2 slices of li2018's real-data track and
+the phantom page's comparison. Above the adapters (it calls :func:`convert`), so no adapter
 imports back into the package that registers it."""
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from npcrepro.datasets import open_dataset
 from npcrepro.datasets.adapters import convert
 from npcrepro.paths import build_once, shared_data
 
-__all__ = ["cached_openkbp"]
+__all__ = ["cached_openkbp", "cached_npc_t2"]
 
 
 def cached_openkbp(out_dir: str | Path, n_cases: int, progress: bool = False, n_test: int = 0):
@@ -30,4 +31,20 @@ def cached_openkbp(out_dir: str | Path, n_cases: int, progress: bool = False, n_
 
     name = f"openkbp-n{int(n_cases)}" + (f"-t{n_test}" if n_test else "")
     return build_once(Path(out_dir) / "_cache" / name,
+                      lambda folder: open_dataset(folder) if (folder / "dataset.json").exists() else None, make)
+
+
+def cached_npc_t2(cache: str | Path, src: str | Path | None = None):
+    """The 25 real NPC T2 slices (``npc-t2wi-slices``: ``src``, default the shared real-data folder's)
+    converted once with the ``npc-t2-slices`` adapter into ``<cache>/npc-t2-slices`` and opened;
+    None when they are not on this machine."""
+    src = shared_data("npc-t2wi-slices") if src is None else Path(src)
+    if src is None or not Path(src).exists():
+        return None
+
+    def make(folder: Path):
+        convert("npc-t2-slices", src, folder, overwrite=True, progress=False)
+        return open_dataset(folder)
+
+    return build_once(Path(cache) / "npc-t2-slices",
                       lambda folder: open_dataset(folder) if (folder / "dataset.json").exists() else None, make)
