@@ -86,3 +86,22 @@ def test_every_notebook_installs_the_table_display(notebook):
     # before any cell that can display a table (the parameters cell and the setup cell come first)
     shows = [i for i, s in enumerate(code) if "pd." in s or "display(" in s or "report" in s]
     assert not shows or first <= min(shows), notebook
+
+
+HOSTILE = '<img src=x onerror=alert(1)>'
+
+
+@pytest.mark.parametrize("styled", [False, True])
+def test_text_from_files_and_parameters_is_shown_as_text(styled):
+    """A run folder's name or a `-p data` path in a table (the explorer's run table is a Styler,
+    which pandas renders raw) or a message is escaped, never live HTML; numbers keep their format."""
+    from npcrepro.viz.tables import as_text, table_html
+
+    df = pd.DataFrame({"run": [HOSTILE, "20261127-cv"], "dice": [0.81234, 0.5]},
+                      index=pd.Index([HOSTILE, "b"], name=HOSTILE if styled else None))
+    df.columns = ["run", HOSTILE]
+    out = table_html(df.style.format(precision=2) if styled else df)
+    assert "<img" not in out and "&lt;img src=x onerror=alert(1)&gt;" in out
+    assert "0.81" in out and (not styled or "0.81234" not in out)
+    assert df["run"].iloc[0] == HOSTILE                      # the caller's table is left as it was
+    assert as_text(f"no runs under {HOSTILE}") == "no runs under &lt;img src=x onerror=alert(1)&gt;"

@@ -6,14 +6,18 @@ cell) registers IPython display formatters for :class:`pandas.DataFrame` and
 :class:`pandas.io.formats.style.Styler` that leave out such an index, so every table a notebook shows,
 as the cell's value or through ``display()``, has only its own columns. An index that labels the rows
 (named, like ``set_index("item")``, or of strings, like ``agg(["mean", "std"])``) is kept.
+
+Text that came from a file, a folder name or a parameter is shown as text: a DataFrame's HTML is
+escaped by pandas, and a Styler's (which pandas leaves raw) is escaped here, cells and labels.
 """
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["positional", "table_html", "table_text", "install"]
+__all__ = ["positional", "table_html", "table_text", "install", "escaped", "as_text"]
 
 
 def positional(index: pd.Index) -> bool:
@@ -31,6 +35,7 @@ def table_html(obj: Any) -> str | None:
     from pandas.io.formats.style import Styler
 
     if isinstance(obj, Styler):
+        obj = escaped(obj)
         if not positional(obj.data.index):
             return obj._repr_html_()
         return obj.hide(axis="index")._repr_html_()
@@ -42,6 +47,30 @@ def table_html(obj: Any) -> str | None:
                            show_dimensions=pd.get_option("display.show_dimensions"))
         return f"<div>{html}</div>"
     return None
+
+
+def as_text(value: Any) -> str:
+    """``value`` as text that Markdown or HTML shows as it is (a file's, folder's or parameter's
+    string: ``<``, ``>``, ``&`` and quotes escaped)."""
+    return html.escape(str(value))
+
+
+def escaped(styler):
+    """``styler`` with its text cells, index and column labels HTML-escaped (a Styler renders them raw;
+    its number formats are kept). The cells are escaped on a copy of its data."""
+    def esc(v):
+        return html.escape(v) if isinstance(v, str) else v
+
+    data = styler.data.copy()
+    for c in data.columns:
+        if pd.api.types.is_object_dtype(data[c]) or pd.api.types.is_string_dtype(data[c]):
+            data[c] = data[c].map(esc)
+    # the labels' names (the header over the index) are rendered from the data's and the Styler's own
+    styler.index = data.index = styler.index.set_names([esc(n) for n in styler.index.names])
+    styler.columns = data.columns = styler.columns.set_names([esc(n) for n in styler.columns.names])
+    styler.data = data
+    styler.format_index(escape="html", axis=0)
+    return styler.format_index(escape="html", axis=1)
 
 
 def table_text(obj: Any, p, cycle: bool) -> None:
