@@ -105,6 +105,10 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 
 _PLAIN = (str, int, float, bool, type(None), list, tuple, dict)
 
+#: The largest ``seed``: numpy's legacy seeding takes 32 bits, and the seeds derived from it (per rank,
+#: stage, epoch, patient) stay within what torch's and numpy's generators take.
+MAX_SEED = 2**32 - 1
+
 
 class Params(Mapping):
     """Resolved parameters: a read-only mapping with attribute access (``P.seed``, ``P["seed"]``)."""
@@ -287,11 +291,13 @@ def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
         if isinstance(defaults.get(k), float) and isinstance(v, int) and not isinstance(v, bool):
             values[k] = float(v)
     for k in sizes_names:
+        _check_items(paper, k, values[k], [prof.get(k) for prof in sizes.values()])
         _check_range(paper, k, values[k])
     if not isinstance(values["data"], str) or not values["data"]:
         raise ParameterError(f"parameter 'data' must be 'phantom' or a dataset folder, got {values['data']!r}")
-    if not isinstance(values["seed"], int) or isinstance(values["seed"], bool) or values["seed"] < 0:
-        raise ParameterError(f"parameter 'seed' must be a non-negative int, got {values['seed']!r}")
+    seed = values["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ParameterError(f"parameter 'seed' must be an int in [0, {MAX_SEED}], got {seed!r}")
     first_patient(values)  # ParameterError for a cohort that does not exist
     values["device"] = str(resolve_device(values["device"]))
     values["out_dir"] = str(values["out_dir"])
@@ -327,6 +333,30 @@ def size_range(paper: str, name: str) -> tuple[float | None, float | None]:
 def _numbers(value) -> list:
     items = value if isinstance(value, (list, tuple)) else [value]
     return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _kind(x) -> str | None:
+    return ("bool" if isinstance(x, bool) else "int" if isinstance(x, int) else "number" if isinstance(x, float)
+            else "str" if isinstance(x, str) else None)
+
+
+def _check_items(paper: str, name: str, value, registered: list) -> None:
+    """A list parameter holds what its profiles hold: items of their kind (ints, numbers, strings,
+    booleans), and some at all unless a profile registers it empty."""
+    lists = [r for r in registered if isinstance(r, (list, tuple))]
+    if not lists or not isinstance(value, (list, tuple)):
+        return
+    if not value and all(lists):
+        raise ParameterError(f"parameter {name!r} of {paper} must not be empty (e.g. {list(lists[0])!r})")
+    kinds = {_kind(x) for r in lists for x in r}
+    if not kinds or None in kinds:
+        return  # nested lists, dicts: checked where they are read
+    want = {"int", "number"} if kinds <= {"int", "number"} and "number" in kinds else kinds
+    bad = [x for x in value if _kind(x) not in want]
+    if bad:
+        what = "numbers" if "number" in want else " or ".join(sorted(f"{k}s" for k in want))
+        raise ParameterError(f"parameter {name!r} of {paper} must be a list of {what}, got {list(value)!r} "
+                             f"(item {bad[0]!r})")
 
 
 def _check_range(paper: str, name: str, value) -> None:

@@ -247,7 +247,7 @@ def test_failing_chapter_through_run_is_one_line(tmp_path, cell, code, needle):
 def test_bad_sizes_fail_before_a_run_folder_exists(tmp_path):
     root = _mini_root(tmp_path, _REPORT, copy=True)
     for args, needle in ((("-p", "n_cases", "-1"), "'n_cases' of li2018 must be >= 1, got -1"),
-                         (("-p", "seed", "-2"), "'seed' must be a non-negative int")):
+                         (("-p", "seed", "-2"), "'seed' must be an int in [0, 4294967295]")):
         notebooks = root / "notebooks" / "li2018.ipynb"
         text = notebooks.read_text(encoding="utf-8")
         if "n_cases" not in text:  # declare the size in the mini chapter's parameters cell
@@ -280,3 +280,19 @@ def test_argument_errors_are_one_line_exit_2(tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"npcrepro {command}: error:"), proc.stderr
+
+
+@pytest.mark.parametrize("name, value, needle", [
+    ("widths", "['a']", "must be a list of ints, got ['a'] (item 'a')"),
+    ("widths", "[]", "must not be empty (e.g. [8, 16, 32])"),
+    ("widths", "[8, 16.5]", "must be a list of ints"),
+    ("seed", "99999999999999999999", "must be an int in [0, 4294967295]"),
+])
+def test_bad_list_and_integer_parameters_fail_in_one_line_before_anything_is_written(tmp_path, capsys, name,
+                                                                                      value, needle):
+    out = tmp_path / "runs"
+    assert main(["run", "template", "--profile", "smoke", "-p", name, value, "-p", "out_dir", str(out),
+                 "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()

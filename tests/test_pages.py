@@ -69,7 +69,10 @@ def test_depends_on_a_kind_names_every_page_of_it(tmp_path):
 
 
 def test_data_modules_are_the_imported_modules_and_unknown_ones_are_refused():
-    import npcrepro.chapters.xue2020.recipe as imported
+    import importlib
+
+    imported = importlib.import_module("npcrepro.chapters.xue2020.recipe")  # (not `import a.b as`: a test
+    # before this one may have re-imported npcrepro.chapters without its sub-packages as attributes)
 
     assert pages.data_module("xue2020", "recipe") is imported is recipes.load("xue2020")
     assert papers.get("li2018").KEY == "li2018"
