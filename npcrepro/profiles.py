@@ -46,7 +46,7 @@ from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any, Iterator, Sequence
 
-from npcrepro.errors import ParameterError
+from npcrepro.errors import DataError, ParameterError
 from npcrepro.paths import build_once
 
 __all__ = ["PROFILES", "COMMON", "Params", "register_profile", "register_choices", "papers",
@@ -427,6 +427,16 @@ def first_patient(P: Mapping) -> int:
     return COHORTS[cohort]
 
 
+def enough_cases(dataset, n_cases: int | None):
+    """``dataset`` when it holds at least ``n_cases`` cases (None: any number), else a DataError
+    naming both numbers (a run does not quietly train on fewer patients than it was asked for)."""
+    have = len(dataset.cases)
+    if n_cases and int(n_cases) > have:
+        raise DataError(f"{getattr(dataset, 'root', dataset)}: n_cases={int(n_cases)}, but the dataset holds "
+                        f"{have} case{'s' if have != 1 else ''} (pass -p n_cases {have} or fewer)")
+    return dataset
+
+
 def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = None,
               progress: bool = False, **phantom_params):
     """The dataset a notebook works on.
@@ -444,7 +454,7 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
 
     data = P["data"]
     if data != "phantom":
-        return open_dataset(data)
+        return enough_cases(open_dataset(data), n_cases or P.get("n_cases"))
     from npcrepro import phantom
 
     if P.get("phantom_shape") and "shape" not in phantom_params:  # a dry run's shorter volumes

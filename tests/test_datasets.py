@@ -383,3 +383,35 @@ def test_slice_kfold_errors_and_short_cases():
         slice_kfold({"a": [0, 0, 1]}, 2)
     with pytest.raises(DataError, match="both train and test"):
         SliceFold({"a": [0, 1]}, {"a": [1]})
+
+
+def test_inputs_that_used_to_pass_silently_are_one_error_each(tmp_path):
+    """A mistyped spacing_known, a case file hidden by its name, more patients asked for than the
+    dataset holds: each names what is wrong instead of going on with something else."""
+    import shutil
+
+    from npcrepro.datasets import open_dataset
+    from npcrepro.profiles import load_data, resolve
+
+    ds = _write(tmp_path)
+    meta = json.loads((ds.root / "dataset.json").read_text(encoding="utf-8"))
+    meta["npcrepro"]["spacing_known"] = "no"
+    (ds.root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(DataError, match=r"field 'spacing_known' must be true or false, got str \"no\""):
+        open_dataset(ds.root)
+    meta["npcrepro"]["spacing_known"] = False
+    (ds.root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert open_dataset(ds.root).spacing_known is False
+
+    hidden = ds.root / "imagesTr" / ".._0000.nii.gz"
+    shutil.copy(ds.root / "imagesTr" / "c0_0000.nii.gz", hidden)
+    with pytest.raises(DataError, match=r"\.\._0000\.nii\.gz: a case file whose name starts with '\.' is hidden"):
+        open_dataset(ds.root)
+    hidden.unlink()
+    (ds.root / "imagesTr" / ".DS_Store").write_bytes(b"\0")           # not a case file: left alone
+    assert open_dataset(ds.root).cases == ["c0", "c1"]
+
+    P = resolve("template", "smoke", data=str(ds.root), n_cases=100000)
+    with pytest.raises(DataError, match=r"n_cases=100000, but the dataset holds 2 cases \(pass -p n_cases 2"):
+        load_data(P)
+    assert load_data(resolve("template", "smoke", data=str(ds.root), n_cases=2)).cases == ["c0", "c1"]

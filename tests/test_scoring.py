@@ -50,6 +50,8 @@ def test_predictions_in_either_layout_are_read_and_checked(tmp_path):
     with pytest.raises(DataError, match=r"c1.nii.gz: not a binary mask \(values \[0, 2\]\).*--label N"):
         scoring.read_predictions(folder, cases, "GTVp")
     np.testing.assert_array_equal(scoring.read_predictions(folder, cases, "GTVp", label=2)["c1"], good)
+    with pytest.raises(DataError, match=r"no voxel of any prediction has label 99 \(values found: \[0, 2\]\)"):
+        scoring.read_predictions(folder, cases, "GTVp", label=99)
     _write(folder, "c1.nii.gz", good.astype(np.uint8), ds, "c1", spacing=(2.0, 1.0, 1.2))
     with pytest.raises(DataError, match=r"c1.nii.gz: geometry differs from the reference case 'c1' \(spacing"):
         scoring.read_predictions(folder, cases, "GTVp")

@@ -75,7 +75,7 @@ class Dataset:
                             f"{_shown(structures)}")
         self.structures: list[str] = list(structures)
         self.has_structure_files: bool = "structures" in block
-        self.spacing_known: bool = bool(block.get("spacing_known", True))
+        self.spacing_known: bool = _field(where, block, "spacing_known", bool, True, "true or false")
         self.source: str = block.get("source", "nnunet")
         self._cases = {sub: self._scan(sub) for sub in _SPLITS}
 
@@ -91,9 +91,13 @@ class Dataset:
             if not folder.is_dir():
                 continue
             for p in folder.iterdir():
-                if p.name.startswith("."):
-                    continue
                 m = channel_file.match(p.name) if kind == "images" else None
+                if p.name.startswith("."):
+                    if m or (kind == "labels" and p.name.endswith(ending)):
+                        raise DataError(f"{p}: a case file whose name starts with '.' is hidden on most systems "
+                                        "and is not read as a case; rename it (or remove it, if it is a copy "
+                                        "tool's leftover such as macOS's '._' files)")
+                    continue
                 if m:
                     names.add(m.group(1))
                 elif kind == "labels" and p.name.endswith(ending):

@@ -153,7 +153,11 @@ class Li2018(Chapter):
     def dataset(self, P, *, progress: bool = False):
         from npcrepro.datasets import open_dataset
 
-        return phantom_dataset(P, progress=progress) if P["data"] == "phantom" else open_dataset(P["data"])
+        from npcrepro.profiles import enough_cases
+
+        if P["data"] == "phantom":
+            return phantom_dataset(P, progress=progress)
+        return enough_cases(open_dataset(P["data"]), P["n_cases"])
 
     def cases(self, dataset, P):
         """The first ``n_cases`` patients whose tumour is at least ``min_lesion_mm`` across (the

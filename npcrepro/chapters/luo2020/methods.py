@@ -224,10 +224,13 @@ def openkbp_source(P):
 
 
 def openkbp_params(P, data: str):
-    """The OpenKBP track's parameters: ``P`` on ``data`` with the ``real_*`` image size, budget and
-    methods, :data:`OPENKBP_FOLDS` folds of which the first, a fresh run folder."""
+    """The OpenKBP track's parameters: ``P`` on ``data`` (all its patients) with the ``real_*`` image
+    size, budget and methods, :data:`OPENKBP_FOLDS` folds of which the first, a fresh run folder."""
+    from npcrepro.datasets import open_dataset
+
     return P.replace(data=data, resume="", image_size=P["real_image_size"], iterations=int(P["real_iterations"]),
-                     methods=list(P["real_methods"]), k_folds=OPENKBP_FOLDS, max_folds=1)
+                     methods=list(P["real_methods"]), k_folds=OPENKBP_FOLDS, max_folds=1,
+                     n_cases=len(open_dataset(data).cases))
 
 
 # ----------------------------------------------------------------------------------- scoring
