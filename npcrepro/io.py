@@ -297,9 +297,12 @@ def _check_nifti(path: Path, suffix: str) -> np.ndarray | None:
         raise DataError(f"{path}: truncated NIfTI file ({actual} of {expected} bytes)")
     if datatype in _NIFTI_FLOATS:
         opener = gzip.open if suffix == ".nii.gz" else open
-        with opener(path, "rb") as fh:
-            fh.seek(vox_offset)
-            data = np.frombuffer(fh.read(expected - vox_offset), endian + _NIFTI_FLOATS[datatype])
+        try:
+            with opener(path, "rb") as fh:
+                fh.seek(vox_offset)
+                data = np.frombuffer(fh.read(expected - vox_offset), endian + _NIFTI_FLOATS[datatype])
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _damaged(path, exc) from None
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
             raise DataError(f"{path}: {bad} NaN/inf intensities")
@@ -341,11 +344,19 @@ def _gunzipped_size(path: Path, expected: int) -> int:
     total = 0
     try:
         with gzip.open(path, "rb") as fh:
-            while chunk := fh.read(1 << 22):
+            while chunk := fh.read(1 << 16):
                 total += len(chunk)
-    except (OSError, EOFError, zlib.error):
-        pass  # a truncated stream: report what could be read
+    except EOFError:
+        pass  # cut short: the caller reports how much could be read
+    except (OSError, zlib.error) as exc:  # a damaged stream (bad CRC, invalid deflate data), not a short one
+        raise _damaged(path, exc, f" after {total} of {expected} bytes") from None
     return total
+
+
+def _damaged(path: Path, exc: BaseException, where: str = "") -> DataError:
+    """The error for a compressed file whose data are corrupt (not merely cut short)."""
+    return DataError(f"{path}: corrupt gzip data{where} ({exc.__class__.__name__}: {exc}); the file is "
+                     "damaged, not only cut short")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -476,9 +487,9 @@ def geometry_mismatch(a: Geometry, b: Geometry, *, check_shape: bool = True) -> 
     if a.ndim != b.ndim:
         return f"dimension {a.ndim} vs {b.ndim}"
     if not np.allclose(a.spacing, b.spacing, rtol=SPACING_RTOL, atol=0):
-        return f"spacing {_fmt(a.spacing)} vs {_fmt(b.spacing)} mm"
+        return "spacing {} vs {} mm".format(*_fmt_pair(a.spacing, b.spacing))
     if not np.allclose(a.origin, b.origin, rtol=0, atol=ORIGIN_ATOL_MM):
-        return f"origin {_fmt(a.origin)} vs {_fmt(b.origin)} mm"
+        return "origin {} vs {} mm".format(*_fmt_pair(a.origin, b.origin))
     if not np.allclose(a.direction, b.direction, rtol=0, atol=DIRECTION_ATOL):
         return "direction cosines differ"
     return None
@@ -493,8 +504,17 @@ def check_same_geometry(a: Geometry | Volume, b: Geometry | Volume, what: str = 
         raise DataError(f"{what}: geometry mismatch ({why})")
 
 
-def _fmt(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+def _fmt(values: Sequence[float], digits: int = 4) -> str:
+    return "(" + ", ".join(f"{v:.{digits}g}" for v in values) + ")"
+
+
+def _fmt_pair(a: Sequence[float], b: Sequence[float]) -> tuple[str, str]:
+    """``a`` and ``b`` with as few significant digits (at least 4) as show that they differ."""
+    for digits in range(4, 17):
+        fa, fb = _fmt(a, digits), _fmt(b, digits)
+        if fa != fb:
+            return fa, fb
+    return fa, fb
 
 
 # ------------------------------------------------------------------------------------ resampling

@@ -1045,3 +1045,20 @@ def test_hard_negatives_share_and_refusals():
                       negative_prob=1.0)
     assert ds.negatives == [None]
     ds._plan(0, np.random.default_rng(0))  # uniform, no error
+
+
+def test_messages_say_what_is_wrong(tmp_path):
+    """Resuming another chapter's run says so (not which parameter differs first); a raw pickle is
+    named as such, in full words."""
+    import pickle
+
+    P = profiles.resolve("template", "smoke", out_dir=str(tmp_path))
+    run = RunFolder.from_params(P, "x", paper="template")
+    other = profiles.resolve("li2018", "smoke", out_dir=str(tmp_path), resume=str(run.path))
+    with pytest.raises(ParameterError, match=r"it is a run of template, not of li2018$"):
+        RunFolder.from_params(other, "x", paper="li2018")
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps({"model": [1.0, 2.0] * 200}))
+    with pytest.raises(DataError) as err:
+        load_checkpoint(raw)
+    assert str(err.value).endswith("a raw pickle or another format), so it is not loaded")

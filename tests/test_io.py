@@ -260,3 +260,25 @@ def test_scaled_float_nifti_read_as_simpleitk_does(tmp_path, slope, inter):
     got, ref = io.read(path), _sitk_volume(path)
     np.testing.assert_allclose(got.array, ref.array)
     np.testing.assert_allclose(got.array, _volume().array * slope + inter, rtol=1e-5, atol=1e-4)
+
+
+def test_a_damaged_gzip_is_called_damaged_and_a_short_one_short(tmp_path):
+    rng = np.random.default_rng(0)
+    vol = io.Volume(rng.normal(size=(8, 64, 64)).astype(np.float32), (3.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    p = io.write(vol, tmp_path / "d.nii.gz")
+    data = bytearray(p.read_bytes())
+    short = tmp_path / "s.nii.gz"
+    short.write_bytes(bytes(data[: len(data) * 3 // 4]))
+    with pytest.raises(DataError, match=r"s.nii.gz: truncated NIfTI file \([1-9]\d* of \d+ bytes\)"):
+        io.read(short)
+    for i in range(len(data) // 2, len(data) // 2 + 64):  # flip bytes inside the deflate stream
+        data[i] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"d.nii.gz: corrupt gzip data .*damaged, not only cut short"):
+        io.read(p)
+
+
+def test_a_spacing_mismatch_shows_the_digits_that_differ():
+    a = io.Geometry((2, 2, 2), (1.00001, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    b = io.Geometry((2, 2, 2), (1.00015, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    assert io.geometry_mismatch(a, b) == "spacing (1, 1, 1) vs (1.0002, 1, 1) mm"  # 4 digits: "(1, 1, 1)" twice

@@ -56,8 +56,15 @@ def _refusal(p: Path, exc: BaseException) -> str:
     except Exception:  # noqa: BLE001 - not a torch zip file
         names = None
     if not names:
-        return (f"{p}: cannot read checkpoint (corrupt, or not a torch checkpoint: "
-                f"{_first_line(exc)[:120]})")
+        try:
+            with open(p, "rb") as fh:
+                zipped = fh.read(4) == b"PK\x03\x04"
+        except OSError:
+            zipped = True
+        if not zipped:
+            return (f"{p}: cannot read checkpoint: not a torch checkpoint (torch.save writes a zip archive; "
+                    "this file is not one: a raw pickle or another format), so it is not loaded")
+        return f"{p}: cannot read checkpoint (corrupt, or not a torch checkpoint: {_shortened(_first_line(exc))})"
     if names and all(n.startswith("numpy.") for n in names):
         return (f"{p}: checkpoint of an older npcrepro (format 1: numpy arrays in its RNG state) is "
                 "not loaded, because loading it would need unsafe unpickling; retrain, or resume it "
@@ -66,6 +73,14 @@ def _refusal(p: Path, exc: BaseException) -> str:
     return (f"{p}: refused: the checkpoint holds Python objects other than tensors, numbers, "
             f"strings, lists and dicts{f' ({shown})' if shown else ''}; loading it could run code, so "
             "npcrepro loads checkpoints only with torch.load(weights_only=True)")
+
+
+def _shortened(text: str, limit: int = 120) -> str:
+    """``text`` cut at a word boundary to at most about ``limit`` characters (marked with "...")."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return (cut if cut else text[:limit]) + " ..."
 
 
 def _first_line(exc: BaseException) -> str:

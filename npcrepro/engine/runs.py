@@ -231,6 +231,8 @@ class RunFolder:
             raise DataError(f"{run.path}: not a run folder (no params.json)") from None
         free = {"resume", "out_dir", "device"}
         new = to_jsonable(dict(P))
+        if old.get("paper") and new.get("paper") and old["paper"] != new["paper"]:
+            raise ParameterError(f"cannot resume {run.path}: it is a run of {old['paper']}, not of {new['paper']}")
         diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
         if diff:
             k = diff[0]
