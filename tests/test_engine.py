@@ -1062,3 +1062,23 @@ def test_messages_say_what_is_wrong(tmp_path):
     with pytest.raises(DataError) as err:
         load_checkpoint(raw)
     assert str(err.value).endswith("a raw pickle or another format), so it is not loaded")
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_no_partial_file(tiny_cases, tmp_path, monkeypatch):
+    """A full disk (ENOSPC while torch.save writes) fails the run and leaves neither a temporary
+    checkpoint nor a RUNNING marker without FAILED."""
+    import errno
+
+    run = RunFolder.create(tmp_path, "smoke", "t", "full")
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **kw):
+        real_save(obj, f, *a, **kw)  # the bytes go down, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    trainer, _ = _tiny_trainer(tiny_cases, run=run)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.fit()
+    assert not list(run.path.glob(".*.tmp*")) and not list(run.path.glob("checkpoint_*.pt"))
+    assert run.status == "failed" and (run.path / "FAILED").exists() and not (run.path / "RUNNING").exists()

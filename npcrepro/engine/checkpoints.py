@@ -129,8 +129,12 @@ def save_checkpoint(trainer, which: str = "last") -> Path | None:
         return None
     p = d / f"checkpoint_{which}.pt"
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    torch.save(ck, tmp)
-    os.replace(tmp, p)
+    try:
+        torch.save(ck, tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill mid-write leaves no partial file behind
+        raise
     return p
 
 
