@@ -183,6 +183,25 @@ def cmd_book(args) -> int:
     return 0
 
 
+def cmd_leftovers(args) -> int:
+    """List what killed processes left under the run and book folders (:mod:`npcrepro.leftovers`), or
+    remove it with ``--remove``."""
+    from npcrepro import leftovers
+
+    found = leftovers.find([args.runs, args.book])
+    if not found:
+        print(f"no leftovers under {args.runs} or {args.book}")
+        return 0
+    for item in found:
+        print(f"{item.path}  ({item.kind}, {item.size / 1e6:.1f} MB)")
+    if args.remove:
+        print(f"removed {leftovers.remove(found)} leftover(s)")
+    else:
+        print(f"{len(found)} leftover(s), {sum(i.size for i in found) / 1e6:.1f} MB: remove them with "
+              f"`npcrepro leftovers --runs {args.runs} --book {args.book} --remove`")
+    return 0
+
+
 def cmd_quality(args) -> int:
     """Print the quality bars of the newest runs (:mod:`npcrepro.quality`); 1 when a network that is not
     a named exception misses its bar or one of its seeds collapses."""
@@ -353,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run folders")
     s.add_argument("--profile", default="cpu")
     s.set_defaults(func=cmd_quality)
+
+    s = sub.add_parser("leftovers", help="list (or --remove) what killed processes left behind: partial "
+                       "checkpoints, notebooks being executed, datasets being written")
+    s.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run folders")
+    s.add_argument("--book", type=Path, default=Path("book"), help="the book's folder (executed pages)")
+    s.add_argument("--remove", action="store_true", help="delete them")
+    s.set_defaults(func=cmd_leftovers)
 
     s = sub.add_parser("bench", help="run the benchmarks and print ratios")
     s.add_argument("names", nargs="*", help="benchmarks to run (default: all)")

@@ -296,3 +296,37 @@ def test_bad_list_and_integer_parameters_fail_in_one_line_before_anything_is_wri
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not out.exists()
+
+
+def test_leftovers_of_killed_processes_are_listed_and_removed(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    runs, book = tmp_path / "runs", tmp_path / "book"
+    job = runs / "cpu" / "li2018" / "20261127-000000-cv" / "working" / "fold_0" / "seed_0"
+    job.mkdir(parents=True)
+    (job / f".checkpoint_last.pt.tmp{dead}").write_bytes(b"x" * 1000)         # killed mid-write
+    (job / f".checkpoint_best.pt.tmp{os.getpid()}").write_bytes(b"x")           # still being written
+    (book / "runs" / "cpu").mkdir(parents=True)
+    (book / "runs" / "cpu" / f".li2018.{dead}-0123abcd.running.ipynb").write_text("{}")
+    (book / "runs" / "cpu" / f".li2018.{dead}-0123abcd.running.kernel.log").write_text("boom")
+    old = runs / "_cache" / ".openkbp-n12.writing-89abcdef"
+    (old / "imagesTr").mkdir(parents=True)
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    (runs / "_cache" / ".phantom-cpu-x.writing-00000000").mkdir()              # fresh: maybe at work
+    (runs / "_cache" / ".DS_Store").write_bytes(b"\0")
+    args = ["leftovers", "--runs", str(runs), "--book", str(book)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 5 and "3 leftover(s)" not in out and "4 leftover(s)" in out, out
+    assert f".checkpoint_last.pt.tmp{dead}  (checkpoint being written" in out and "writing-89abcdef" in out
+    assert f"`npcrepro leftovers --runs {runs} --book {book} --remove`" in out
+    assert main(args + ["--remove"]) == 0 and "removed 4 leftover(s)" in capsys.readouterr().out
+    assert not old.exists() and (job / f".checkpoint_best.pt.tmp{os.getpid()}").exists()
+    assert (runs / "_cache" / ".phantom-cpu-x.writing-00000000").exists()
+    assert main(args) == 0 and "no leftovers" in capsys.readouterr().out
