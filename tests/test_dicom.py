@@ -26,7 +26,7 @@ from npcrepro.dicom import find_dicom, read_series
 from npcrepro.dicom.raster import fill_polygons, mask_to_polygons
 from npcrepro.dicom.rtstruct import rasterise, read_rtstruct, write_rtstruct
 from npcrepro.dicom.seg import read_seg, write_seg
-from npcrepro.errors import DataError
+from npcrepro.errors import DataError, ParameterError
 
 SHAPE = (20, 56, 72)              # slices, rows, columns: nothing symmetric, to catch swapped axes
 SPACING = (2.0, 1.1, 0.9)         # mm
@@ -191,6 +191,26 @@ def test_fill_polygons_by_hand():
     # polygons reaching beyond the image are clipped, not wrapped
     big = np.array([[-5.0, -5.0], [-5.0, 20.0], [20.0, 20.0], [20.0, -5.0]])
     assert fill_polygons([big], (4, 6)).all()
+
+
+def test_the_rasterisation_rule_is_stated_and_selectable(scene):
+    """Pixel centres inside (the default) or every pixel the outline touches: on a square from 1.2
+    to 3.8 (pixel i covers i - 0.5 .. i + 0.5) the answers are known: rows/columns 2-3, or 1-4."""
+    from npcrepro.dicom.raster import RULES, outline_pixels
+
+    square = np.array([[1.2, 1.2], [1.2, 3.8], [3.8, 3.8], [3.8, 1.2]])
+    centre, touched = (fill_polygons([square], (6, 6), rule) for rule in RULES)
+    assert centre.sum() == 4 and centre[2:4, 2:4].all()
+    assert touched.sum() == 16 and touched[1:5, 1:5].all()
+    ring = outline_pixels([square], (6, 6))
+    assert ring.sum() == 12 and not ring[2:4, 2:4].any()                 # the outline alone: no interior
+    with pytest.raises(ParameterError, match="unknown rasterisation rule 'edges'"):
+        fill_polygons([square], (6, 6), "edges")
+    kind, s, path, *_ = scene
+    series = _series(s)
+    inside = rasterise(read_rtstruct(path), series)["GTV_primary"]
+    outline = rasterise(read_rtstruct(path), series, rule="touched")["GTV_primary"]
+    assert (inside <= outline).all() and outline.sum() > inside.sum()  # the outline adds a rim
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -9,6 +9,11 @@ its centre at (i, j) and covers [i - 0.5, i + 0.5] x [j - 0.5, j + 0.5].
   (DICOM RTSTRUCT's usual convention, and the explicit meaning of ``CLOSEDPLANAR_XOR``). Rows use a
   half-open rule (an edge covers rows ``min(y) <= row < max(y)``), so shared vertices are counted
   once.
+* Producers disagree on which pixels a contour covers: the pixels whose centre is inside (this
+  module's default, ``rule="centre"``: Pinnacle-style and what :func:`mask_to_polygons` inverts), or
+  also every pixel the outline passes through (``rule="touched"``, the convention of tools that draw
+  the contour's line into the mask). They differ most on small and thin structures; pass the rule
+  of the system that drew the contours.
 * :func:`mask_to_polygons` is its inverse for masks: the closed loops along the pixel edges between
   inside and outside pixels (outer boundaries and hole boundaries alike). Filling them back with
   :func:`fill_polygons` gives the mask exactly, since no pixel centre lies on a pixel edge.
@@ -19,11 +24,18 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["fill_polygons", "mask_to_polygons"]
+from npcrepro.errors import ParameterError
+
+__all__ = ["fill_polygons", "mask_to_polygons", "outline_pixels", "RULES"]
+
+#: Which pixels a closed contour covers: "centre" (centre inside) or "touched" (also every pixel the
+#: outline passes through).
+RULES = ("centre", "touched")
 
 
-def fill_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Even-odd fill of closed polygons sampled at pixel centres.
+def fill_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int], rule: str = "centre") -> np.ndarray:
+    """Even-odd fill of closed polygons sampled at pixel centres (``rule="centre"``), or that and
+    every pixel their outlines pass through (``rule="touched"``, :func:`outline_pixels`).
 
     Parameters
     ----------
@@ -37,6 +49,10 @@ def fill_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.
     np.ndarray
         bool (rows, columns).
     """
+    if rule not in RULES:
+        raise ParameterError(f"unknown rasterisation rule {rule!r} (valid: {', '.join(RULES)})")
+    if rule == "touched":
+        return fill_polygons(polygons, shape) | outline_pixels(polygons, shape)
     ny, nx = int(shape[0]), int(shape[1])
     starts, ends = [], []
     for poly in polygons:
@@ -66,6 +82,25 @@ def fill_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.
     toggles = np.zeros((ny, nx + 1), np.int64)
     np.add.at(toggles, (row, col), 1)
     return (np.cumsum(toggles, axis=1)[:, :nx] % 2).astype(bool)
+
+
+def outline_pixels(polygons: Sequence[np.ndarray], shape: tuple[int, int], step: float = 0.05) -> np.ndarray:
+    """The pixels that the closed polygons' edges pass through: each edge sampled every ``step``
+    pixels (vertices included), each sample in the pixel that covers it. bool (rows, columns)."""
+    ny, nx = int(shape[0]), int(shape[1])
+    mask = np.zeros((ny, nx), bool)
+    for poly in polygons:
+        p = np.asarray(poly, dtype=float).reshape(-1, 2)
+        if len(p) < 2:
+            continue
+        a, b = p, np.roll(p, -1, axis=0)
+        n = np.maximum(np.ceil(np.abs(b - a).max(axis=1) / step).astype(np.int64), 1)
+        t = np.concatenate([np.arange(k + 1) / k for k in n])
+        pts = np.repeat(a, n + 1, axis=0) + t[:, None] * np.repeat(b - a, n + 1, axis=0)
+        rc = np.floor(pts + 0.5).astype(np.int64)
+        ok = (rc[:, 0] >= 0) & (rc[:, 0] < ny) & (rc[:, 1] >= 0) & (rc[:, 1] < nx)
+        mask[rc[ok, 0], rc[ok, 1]] = True
+    return mask
 
 
 # Directed unit steps between pixel corners: 0 = +column, 1 = +row, 2 = -column, 3 = -row.

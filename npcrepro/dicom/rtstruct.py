@@ -142,8 +142,10 @@ def read_rtstruct(path: str | os.PathLike) -> StructureSet:
                         str(getattr(ds, "PatientID", "")), list(dict.fromkeys(images)))
 
 
-def rasterise(structure_set: StructureSet, series: Series) -> dict[str, np.ndarray]:
-    """Every ROI of ``structure_set`` as a bool mask (z, y, x) on the grid of ``series``.
+def rasterise(structure_set: StructureSet, series: Series, rule: str = "centre") -> dict[str, np.ndarray]:
+    """Every ROI of ``structure_set`` as a bool mask (z, y, x) on the grid of ``series``: the pixels
+    whose centre a slice's contours enclose (even-odd), or with ``rule="touched"`` also every pixel
+    their outlines pass through (:data:`npcrepro.dicom.raster.RULES`).
 
     ROIs without closed contours give an empty mask. Two ROIs with the same name are united.
 
@@ -176,7 +178,7 @@ def rasterise(structure_set: StructureSet, series: Series) -> dict[str, np.ndarr
             per_slice.setdefault(int(z), []).append(idx[:, 1:])
         mask = out.get(roi.name, np.zeros(g.shape, bool))
         for z, polys in per_slice.items():
-            mask[z] |= fill_polygons(polys, (ny, nx))
+            mask[z] |= fill_polygons(polys, (ny, nx), rule)
         out[roi.name] = mask
     return out
 
