@@ -427,11 +427,13 @@ def first_patient(P: Mapping) -> int:
     return COHORTS[cohort]
 
 
-def enough_cases(dataset, n_cases: int | None):
-    """``dataset`` when it holds at least ``n_cases`` cases (None: any number), else a DataError
-    naming both numbers (a run does not quietly train on fewer patients than it was asked for)."""
-    have = len(dataset.cases)
-    if n_cases and int(n_cases) > have:
+def enough_cases(dataset, P: Mapping):
+    """``dataset`` when it holds the ``P.n_cases`` cases a run asked for, else a DataError naming both
+    numbers (a run does not quietly train on fewer patients than it was asked for). The profile's own
+    ``n_cases`` (the phantom's cohort size) caps a smaller dataset without an error: all its cases."""
+    n_cases, have = P.get("n_cases"), len(dataset.cases)
+    default = parameters(P["paper"], P["profile"]).get("n_cases") if P.get("paper") and P.get("profile") else None
+    if n_cases and int(n_cases) > have and n_cases != default:
         raise DataError(f"{getattr(dataset, 'root', dataset)}: n_cases={int(n_cases)}, but the dataset holds "
                         f"{have} case{'s' if have != 1 else ''} (pass -p n_cases {have} or fewer)")
     return dataset
@@ -454,7 +456,7 @@ def load_data(P: Mapping, *, n_cases: int | None = None, preset: str | None = No
 
     data = P["data"]
     if data != "phantom":
-        return enough_cases(open_dataset(data), n_cases or P.get("n_cases"))
+        return enough_cases(open_dataset(data), {**P, "n_cases": n_cases or P.get("n_cases")})
     from npcrepro import phantom
 
     if P.get("phantom_shape") and "shape" not in phantom_params:  # a dry run's shorter volumes

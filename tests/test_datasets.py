@@ -415,3 +415,5 @@ def test_inputs_that_used_to_pass_silently_are_one_error_each(tmp_path):
     with pytest.raises(DataError, match=r"n_cases=100000, but the dataset holds 2 cases \(pass -p n_cases 2"):
         load_data(P)
     assert load_data(resolve("template", "smoke", data=str(ds.root), n_cases=2)).cases == ["c0", "c1"]
+    assert resolve("template", "smoke")["n_cases"] > 2          # the profile's own size caps: no error
+    assert load_data(resolve("template", "smoke", data=str(ds.root))).cases == ["c0", "c1"]

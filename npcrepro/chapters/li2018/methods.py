@@ -157,7 +157,7 @@ class Li2018(Chapter):
 
         if P["data"] == "phantom":
             return phantom_dataset(P, progress=progress)
-        return enough_cases(open_dataset(P["data"]), P["n_cases"])
+        return enough_cases(open_dataset(P["data"]), P)
 
     def cases(self, dataset, P):
         """The first ``n_cases`` patients whose tumour is at least ``min_lesion_mm`` across (the
