@@ -764,7 +764,7 @@ def test_resolve_profiles_and_overrides():
     ({"foo": 1}, "unknown parameter 'foo' for template \\(valid: profile, data, device, seed"),
     ({"profile": "huge"}, "unknown profile 'huge' for template \\(valid: smoke, cpu, gpu, gpu-lite\\)"),
     ({"iterations": "many"}, "'iterations' of template must be int"),
-    ({"seed": -1}, "'seed' must be a non-negative int"),
+    ({"seed": -1}, "'seed' must be an int in \\[0, 4294967295\\]"),
     ({"channel": "PET"}, "must be one of"),
     ({"device": "tpu"}, "device"),
     ({"n_cases": -1}, "'n_cases' of template must be >= 1, got -1"),
