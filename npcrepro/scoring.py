@@ -80,7 +80,7 @@ def read_predictions(folder: str | os.PathLike, cases: Sequence, structure: str,
     if missing:
         raise DataError(f"{folder}: no prediction for {len(missing)} of the {len(files)} test case(s): "
                         f"{', '.join(missing)} (expected <case>.nii.gz or <case>/{structure}.nii.gz)")
-    out, seen = {}, set()
+    out = {}
     for case in cases:
         path = files[case.name]
         vol = io.read(path)
@@ -92,7 +92,6 @@ def read_predictions(folder: str | os.PathLike, cases: Sequence, structure: str,
         arr = np.asarray(vol.array)
         if label is not None:
             out[case.name] = arr == label
-            seen.update(np.unique(arr)[:16].tolist())
             continue
         values = np.unique(arr)
         if not np.isin(values, (0, 1)).all():
@@ -101,8 +100,10 @@ def read_predictions(folder: str | os.PathLike, cases: Sequence, structure: str,
                             "write 0/1 masks, or pass label=N (--label N) to score one label of a label map")
         out[case.name] = arr.astype(bool)
     if label is not None and out and not any(m.any() for m in out.values()):
+        # the error path reads the files again: no np.unique over every volume of a run that scores
+        found = sorted(set().union(*(np.unique(np.asarray(io.read(p).array)).tolist() for p in files.values())))
         raise DataError(f"{folder}: no voxel of any prediction has label {label} (values found: "
-                        f"{sorted(seen)[:16]}); pick one of those with --label")
+                        f"{found[:16]}); pick one of those with --label")
     return out
 
 

@@ -469,5 +469,11 @@ def test_ring_contrast_measures_separation_and_texture_against_the_surroundings(
     r3 = phantom.ring_contrast(image[None].repeat(3, 0), mask[None].repeat(3, 0), (3.0, 1.0, 1.0))
     assert r3["contrast"] == pytest.approx(r["contrast"], rel=0.05)    # in-plane rings, slice by slice
     assert phantom.ring_contrast(image, np.zeros_like(mask), 1.0) is None
+    case = phantom.make_case(100, preset="cpu", t_stage=3, modalities=("T2",))  # smoke: 4 mm pixels, no ring
+    table = phantom.contrast_table([case], ["T2"]).assign(source="x")
+    summary = phantom.contrast_summary(table)
+    assert list(summary.columns) == ["source", "channel", "scans", "contrast", "texture"]
+    assert summary["scans"].tolist() == [1] and summary["contrast"].iloc[0].startswith(
+        f"{table['contrast'].iloc[0]:.2f} (")
     with pytest.raises(ParameterError, match="differ in shape"):
         phantom.ring_contrast(image, mask[:10], 1.0)

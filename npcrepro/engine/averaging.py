@@ -73,9 +73,7 @@ class WeightAveraging:
     optimiser "step". The Trainer scores, validates and checkpoints :attr:`average`."""
 
     def __init__(self, decay: float):
-        if not 0.0 < float(decay) < 1.0:
-            raise ParameterError(f"WeightAveraging: decay must be in (0, 1), got {decay}")
-        self.decay = float(decay)
+        self.decay = float(decay)  # checked by WeightAverage (and first by the Trainer's ``ema``)
         self.average: WeightAverage | None = None
 
     def __call__(self, trainer, event: str, info: dict) -> None:

@@ -26,6 +26,12 @@ DRY_RUN_CASES = 3
 DRY_RUN_OVERRIDES = {"timing_slices": 1}
 
 
+def _folder_name(what: str, name: str) -> None:
+    """A method's or track's name names a folder of the run: no separators, spaces or leading dot."""
+    if not name or any(ch in name for ch in "/\\ ") or name.startswith("."):
+        raise ParameterError(f"{what} name {name!r} must be a plain folder name")
+
+
 @dataclass(frozen=True)
 class Method:
     """One trainable entry of a chapter.
@@ -42,8 +48,7 @@ class Method:
     folds: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or any(ch in self.name for ch in "/\\ ") or self.name.startswith("."):
-            raise ParameterError(f"method name {self.name!r} must be a plain folder name")
+        _folder_name("method", self.name)
         if not self.label:
             object.__setattr__(self, "label", self.name)
 
@@ -64,8 +69,7 @@ class Track:
     source: Callable[[Any], tuple[Any, str]] | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or any(ch in self.name for ch in "/\\ ") or self.name.startswith("."):
-            raise ParameterError(f"track name {self.name!r} must be a plain folder name")
+        _folder_name("track", self.name)
 
 
 class JobKilled(RuntimeError):

@@ -46,8 +46,12 @@ def core(mask: np.ndarray, avoid: np.ndarray | None = None, min_voxels: int = 10
     return eroded if eroded.sum() >= min_voxels else mask
 
 
-def ring_contrast(image: np.ndarray, mask: np.ndarray, spacing, *, inner_mm: float = 1.0,
-                  outer_mm: float = 4.5) -> dict[str, float] | None:
+#: The ring :func:`ring_contrast` sets a tumour against: from 1 to 4.5 mm outside its edge (mm).
+RING_MM = (1.0, 4.5)
+
+
+def ring_contrast(image: np.ndarray, mask: np.ndarray, spacing, *, inner_mm: float = RING_MM[0],
+                  outer_mm: float = RING_MM[1]) -> dict[str, float] | None:
     """How a tumour stands out from what surrounds it, the same way on a real slice and on the
     phantom (the data chapter's validation): the ring from ``inner_mm`` to ``outer_mm`` outside
     ``mask`` (in-plane 8-neighbour dilations of about that many mm) and the mask's core (one voxel
@@ -94,6 +98,16 @@ def contrast_table(cases, channels=None, structure: str = "GTVp", pixel_mm: floa
             if r is not None:
                 rows.append({"case": case.name, "channel": ch, **r})
     return pd.DataFrame(rows, columns=["case", "channel", "contrast", "texture"])
+
+
+def contrast_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (``source``, channel) of :func:`contrast_table` rows (a ``source`` column added by the
+    caller): how many scans, and contrast and texture as "median (interquartile range)"."""
+    def iqr(s: pd.Series) -> str:
+        return f"{s.median():.2f} ({s.quantile(0.25):.2f}–{s.quantile(0.75):.2f})"
+
+    return (table.groupby(["source", "channel"], sort=False)
+            .agg(scans=("case", "size"), contrast=("contrast", iqr), texture=("texture", iqr)).reset_index())
 
 
 def _near(case: Case, ref: str, margin_mm: float) -> np.ndarray:

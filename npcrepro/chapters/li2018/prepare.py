@@ -115,26 +115,20 @@ def _write_phantom(folder: Path, n: int, seed: int, min_mm: float, record: dict,
                          description=desc, source="phantom", progress=progress, overwrite=True, extra=record)
 
 
-def real_t2_dataset(P: Mapping[str, Any]) -> str | None:
-    """The 25 real NPC T2 slices (``npc-t2wi-slices``) converted with the project's adapter into the
-    cache; the dataset folder, or None when ``P.real_data`` is "off" or the data are not here."""
+def real_t2_source(P: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The real T2 track's data (:class:`~npcrepro.engine.chapter.Track`): the 25 real NPC T2 slices
+    (``npc-t2wi-slices``, or the folder ``P.real_data``) converted once with the project's adapter into
+    the cache. Returns (the dataset folder, or None when ``P.real_data`` is "off" or the data are not
+    here; what was read or why the track is skipped)."""
     from npcrepro.datasets.adapters.cached import cached_npc_t2
 
     if P["real_data"] == "off":
-        return None
+        return None, "the real-data track is off in this run (real_data='off')"
     ds = cached_npc_t2(_cache_root(P), None if P["real_data"] == "auto" else P["real_data"])
-    return None if ds is None else str(ds.root)
-
-
-def real_t2_source(P: Mapping[str, Any]) -> tuple[str | None, str]:
-    """The real T2 track's data (:class:`~npcrepro.engine.chapter.Track`): (the dataset folder of
-    :func:`real_t2_dataset` or None, what was read or why the track is skipped)."""
-    path = real_t2_dataset(P)
-    if path is None:
-        return None, ("the real-data track is off in this run (real_data='off')" if P["real_data"] == "off" else
-                      "the real T2 slices were not found (set $NPCREPRO_SHARED_DATA or pass real_data=PATH "
+    if ds is None:
+        return None, ("the real T2 slices were not found (set $NPCREPRO_SHARED_DATA or pass real_data=PATH "
                       "to the npc-t2wi-slices folder)")
-    return path, f"real NPC T2 slices ({Path(path).name})"
+    return str(ds.root), f"real NPC T2 slices ({Path(ds.root).name})"
 
 
 def real_t2_params(P, data: str):
