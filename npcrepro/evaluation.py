@@ -31,7 +31,7 @@ from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["evaluate_cases", "scored", "summarize", "bootstrap_ci", "holm", "paired_test", "paired_tests",
            "compare_with_paper", "compare_run", "data_source", "ComparisonTable", "format_mean_sd", "METRIC_ALIASES",
-           "canonical_metric", "NON_METRIC_COLUMNS"]
+           "canonical_metric", "NON_METRIC_COLUMNS", "rater_agreement", "raters_of", "RATER_COLUMNS"]
 
 #: Columns of a per-case table that are identifiers or flags, not metrics.
 NON_METRIC_COLUMNS = {"case", "structure", "method", "fold", "seed", "paper", "profile", "data",
@@ -394,6 +394,42 @@ def compare_with_paper(reported: pd.DataFrame, reproduced: pd.DataFrame, *, pape
                f"on {data_source} data, {profile} profile, n = {n_cases} case(s). Cells marked "
                f"'reported' are transcribed from the paper; cells marked 'reproduced' are computed here.")
     return ComparisonTable(frame, numbers, caption)
+
+
+#: Columns of :func:`rater_agreement` (a run's ``raters.csv``).
+RATER_COLUMNS = ["case", "structure", "raters", "pairwise_dice", "rater_vs_reference"]
+
+
+def raters_of(structure: str, structures: Iterable[str]) -> list[str]:
+    """The raters' versions of ``structure`` a dataset holds (``GTVp_rater1``, ``GTVp_rater2``...)."""
+    prefix = f"{structure}_rater"
+    return sorted((s for s in structures if s.startswith(prefix) and s[len(prefix):].isdigit()),
+                  key=lambda s: int(s[len(prefix):]))
+
+
+def rater_agreement(dataset, cases: Iterable[str], structures: Iterable[str]) -> pd.DataFrame:
+    """The inter-rater ceiling beside a run's networks: for each case and each of ``structures`` that
+    the dataset also holds as two or more raters' contours (:func:`raters_of`), the raters' mean
+    pairwise DSC and their mean DSC against the reference (``structure`` itself, their consensus on
+    the phantom). Columns :data:`RATER_COLUMNS`; no row for a case or structure without raters."""
+    from npcrepro.metrics import dice
+    from npcrepro.metrics.consensus import pairwise_dice
+
+    rows = []
+    for structure in structures:
+        names = raters_of(structure, dataset.structures)
+        if len(names) < 2:
+            continue
+        for case in cases:
+            c = dataset.load(case, channels=dataset.channels[:1], structures=[structure, *names])
+            drawn = [c.labels[n] for n in names if n in c.labels]
+            if len(drawn) < 2 or structure not in c.labels:
+                continue
+            ref = c.labels[structure]
+            rows.append({"case": case, "structure": structure, "raters": len(drawn),
+                         "pairwise_dice": pairwise_dice(drawn)[0],
+                         "rater_vs_reference": float(np.mean([dice(d, ref) for d in drawn]))})
+    return pd.DataFrame(rows, columns=RATER_COLUMNS)
 
 
 def data_source(results, detail: str = "") -> str:

@@ -219,3 +219,26 @@ def test_evaluate_cases_builds_per_case_rows():
         E.evaluate_cases({"nobody": {"GTVp": pred}}, [case])
     with pytest.raises(DataError, match="shape"):
         E.evaluate_cases({"p0": {"GTVp": pred[:2]}}, {"p0": case})
+
+
+def test_rater_agreement_is_the_raters_pairwise_dice_and_their_dice_against_the_reference(tmp_path):
+    from npcrepro.datasets import write_dataset
+
+    def box(x0, x1):
+        m = np.zeros((2, 4, 10), bool)
+        m[:, :, x0:x1] = True
+        return m
+
+    # raters cover x 0-4, 0-6, 2-6 (8, 12, 8 voxels per row); the reference x 0-6
+    labels = {"GTVp": box(0, 6), "GTVp_rater1": box(0, 4), "GTVp_rater2": box(0, 6), "GTVp_rater3": box(2, 6),
+              "GTVnd": box(8, 10)}
+    case = Case("p1", {"T1": np.zeros((2, 4, 10), np.float32)}, labels, (1.0, 1.0, 1.0))
+    ds = write_dataset(tmp_path / "ds", [case], channels=["T1"], structures=list(labels), source="test")
+    assert E.raters_of("GTVp", ds.structures) == ["GTVp_rater1", "GTVp_rater2", "GTVp_rater3"]
+    t = E.rater_agreement(ds, ["p1"], ["GTVp", "GTVnd"])
+    assert list(t.columns) == E.RATER_COLUMNS and len(t) == 1  # GTVnd has no raters: no row
+    # pairs: (1,2) 2*4/(4+6) = 0.8, (1,3) 2*2/(4+4) = 0.5, (2,3) 2*4/(6+4) = 0.8
+    assert t.loc[0, "pairwise_dice"] == pytest.approx((0.8 + 0.5 + 0.8) / 3)
+    # against the reference (x 0-6): 0.8, 1.0, 0.8
+    assert t.loc[0, "rater_vs_reference"] == pytest.approx((0.8 + 1.0 + 0.8) / 3)
+    assert t.loc[0, "raters"] == 3

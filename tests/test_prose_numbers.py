@@ -67,6 +67,10 @@ ALLOWED: dict[str, list[tuple[float, str, object]]] = {
          lambda: claims.ALPHA),
     ],
     "reproducibility": [
+        (0.85, "the DSC bar of a network reading MRI as a share of the inter-rater ceiling "
+               "(npcrepro.quality.CEILING_SHARE)", lambda: _attr("npcrepro.quality", "CEILING_SHARE")["MRI"]),
+        (0.65, "the DSC bar of a network reading CT as a share of the inter-rater ceiling "
+               "(npcrepro.quality.CEILING_SHARE)", lambda: _attr("npcrepro.quality", "CEILING_SHARE")["CT"]),
         (0.65, "the DSC bar of a network reading MRI (npcrepro.quality.BARS)",
          lambda: _attr("npcrepro.quality", "BARS")["MRI"]),
         (0.50, "the DSC bar of a network reading CT (npcrepro.quality.BARS)",

@@ -231,3 +231,17 @@ def test_a_real_track_scores_every_structure_it_has_and_names_its_folder(tmp_pat
     assert t.loc[0, "dice"] == pytest.approx((0.7 + 0.2) / 2) and t.loc[0, "bar"] == 0.50
     assert quality.quality_summary(t, summary.convergence_table(tmp_path, "cpu"))["misses"] == [
         "luo2020 / U-Net on openkbp-subset"]
+
+
+def test_bars_are_shares_of_the_inter_rater_ceiling_where_the_run_has_raters(tmp_path):
+    # the same MRI network at 0.60: it misses the fixed bar (0.65) but meets 0.85 of a 0.70 ceiling (0.595)
+    _run(tmp_path, "template", "20260101-000000-unet2d", {"unet": {}},
+         [("unet", 0, "p1", 0.60, False), ("unet", 0, "p2", 0.60, False)], channels=["T1"])
+    assert not quality.quality_table(tmp_path, "cpu").loc[0, "meets bar"]
+    run = tmp_path / "cpu" / "template" / "20260101-000000-unet2d"
+    pd.DataFrame({"case": ["p1", "p2"], "structure": "GTVp", "raters": 3, "pairwise_dice": [0.65, 0.75],
+                  "rater_vs_reference": [0.8, 0.9]}).to_csv(run / "raters.csv", index=False)
+    row = quality.quality_table(tmp_path, "cpu").loc[0]
+    assert row["ceiling"] == pytest.approx(0.70) and row["bar"] == pytest.approx(0.85 * 0.70)
+    assert row["meets bar"]
+    assert quality.bar_for("CT", 0.70) == pytest.approx(0.65 * 0.70) and quality.bar_for("CT", None) == 0.50

@@ -19,6 +19,7 @@ Run folder layout (one for all chapters)::
         params.json  environment.json  run.json  splits.json
         metrics.csv                      method, fold, seed, case, structure, metrics...
         metrics_half.csv                 the same, with each network's weights at half its budget
+        raters.csv                       the raters' agreement on the test cases (where the data has raters)
         training.csv                     method, fold, seed, seconds, iterations, status, ...
         <method>/fold_<k>/seed_<s>/
             model.pt  model_half.pt  curves.csv  checkpoint_last.pt  metrics.csv  metrics_half.csv
@@ -188,6 +189,16 @@ def _run_job(spec: JobSpec) -> dict:
 
     D.barrier()
     return {"rows": rows, "training": training, "half": half_rows}
+
+
+def _write_raters(path: Path, ds, metrics) -> None:
+    """``raters.csv``: the raters' agreement on the run's test cases (:func:`npcrepro.evaluation.rater_agreement`),
+    where the dataset holds raters of a scored structure; nothing written where it holds none."""
+    from npcrepro.evaluation import rater_agreement
+
+    table = rater_agreement(ds, sorted(set(metrics["case"].astype(str))), sorted(set(metrics["structure"])))
+    if len(table):
+        table.to_csv(path / "raters.csv", index=False)
 
 
 def _read_job(spec: JobSpec) -> dict | None:
@@ -412,6 +423,8 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
         rf.write_metrics(metrics)
         half.to_csv(rf.path / "metrics_half.csv", index=False)
         training.to_csv(rf.path / "training.csv", index=False)
+        if complete and len(metrics) and "structure" in metrics:
+            _write_raters(rf.path, ds, metrics)
     _run_json(rf, chapter, structures, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
               data_label=label, channels=channels, **facts,
               seconds=time.perf_counter() - t0)

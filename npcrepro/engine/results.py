@@ -78,6 +78,27 @@ class Results:
 
     # ------------------------------------------------------------------ facts
     @property
+    def raters(self):
+        """``raters.csv``: the raters' agreement on this run's test cases
+        (:func:`npcrepro.evaluation.rater_agreement`); an empty frame where the data has no raters."""
+        import pandas as pd
+
+        from npcrepro.evaluation import RATER_COLUMNS
+
+        f = self.path / "raters.csv"
+        try:
+            return pd.read_csv(f, dtype={"case": str}) if f.exists() and f.stat().st_size else \
+                pd.DataFrame(columns=RATER_COLUMNS)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame(columns=RATER_COLUMNS)
+
+    def ceiling(self, structure: str = "GTVp") -> float | None:
+        """The raters' mean pairwise DSC of ``structure`` over this run's test cases (None without raters)."""
+        r = self.raters
+        r = r[r["structure"] == structure]
+        return float(r["pairwise_dice"].mean()) if len(r) else None
+
+    @property
     def chapter(self) -> str:
         return self.info.get("chapter", "")
 

@@ -13,7 +13,7 @@ See :mod:`npcrepro.phantom.anatomy` (coordinate frame, organs), :mod:`~npcrepro.
 (T/N stages, CTVs), :mod:`~npcrepro.phantom.scanners` (intensities, noise, DCE kinetics) and
 :mod:`~npcrepro.phantom.raters` (the second observer).
 """
-from npcrepro.phantom.make import (GENERATOR_VERSION, ORGANS, STRUCTURES, case_factories, case_seed,
+from npcrepro.phantom.make import (GENERATOR_VERSION, ORGANS, RATERS, STRUCTURES, case_factories, case_seed,
                                    channels_for, cohort_record, generate, generator_fingerprint,
                                    iter_cases, make_case)
 from npcrepro.phantom.measure import (ASSUMED_T2_PIXEL_MM, RING_MM, contrast_summary, contrast_table, dce_curves,
@@ -23,6 +23,6 @@ from npcrepro.phantom.scanners import MODALITIES
 
 __all__ = ["make_case", "generate", "iter_cases", "case_factories", "case_seed", "channels_for",
            "PRESETS", "Preset",
-           "DEFAULTS", "STRUCTURES", "ORGANS", "MODALITIES", "GENERATOR_VERSION", "cohort_record",
+           "DEFAULTS", "STRUCTURES", "RATERS", "ORGANS", "MODALITIES", "GENERATOR_VERSION", "cohort_record",
            "generator_fingerprint", "measure_cnr", "ring_contrast", "contrast_table", "contrast_summary",
            "ASSUMED_T2_PIXEL_MM", "RING_MM", "dce_curves", "dice", "survey"]

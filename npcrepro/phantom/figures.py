@@ -12,7 +12,8 @@ from npcrepro.phantom.scanners import HU_CHANNELS
 
 #: Contour colours: targets warm, organs at risk cool.
 CONTOURS = {
-    "GTVp": ("red", "-"), "GTVnd": ("magenta", "-"), "GTVp_rater2": ("orange", "--"),
+    "GTVp": ("red", "-"), "GTVnd": ("magenta", "-"),
+    "GTVp_rater1": ("orange", "--"), "GTVp_rater2": ("gold", "--"), "GTVp_rater3": ("salmon", "--"),
     "Parotid_L": ("yellow", "-"), "Parotid_R": ("yellow", "-"),
     "Mandible_L": ("white", "-"), "Mandible_R": ("white", "-"),
     "Brainstem": ("cyan", "-"), "SpinalCord": ("cyan", "-"),
@@ -45,7 +46,11 @@ def _crop(case: Case) -> tuple[slice, slice]:
     return slice(lo[0], hi[0]), slice(lo[1], hi[1])
 
 
-def show_slice(ax, case: Case, channel: str, z: int, structures: Sequence[str] = tuple(CONTOURS),
+#: What :func:`show_slice` draws unless told: every structure of :data:`CONTOURS` but the raters'.
+SHOWN = tuple(k for k in CONTOURS if "_rater" not in k)
+
+
+def show_slice(ax, case: Case, channel: str, z: int, structures: Sequence[str] = SHOWN,
                title: str | None = None) -> None:
     """One axial slice of ``channel`` with structure contours (radiological view: patient's left
     on the image's right, anterior up)."""

@@ -63,6 +63,20 @@ _WAYPOINTS = {
 }
 
 
+#: Wavelength (mm) of the tumour's internal texture: a field of unit root-mean-square that each
+#: modality scales by its :data:`~npcrepro.phantom.tissues.TUMOUR_TEXTURE` (a standard deviation).
+TEXTURE_WAVELENGTH_MM = 6.0
+
+
+def unit_rms(noise: Noise) -> Noise:
+    """``noise`` rescaled in place to a root-mean-square of 1 (a sum of sines of weights ``w`` has
+    ``sum(w^2) / 2`` as its mean square)."""
+    rms = float(np.sqrt(np.sum(noise.weights.astype(float) ** 2) / 2.0))
+    noise.weights *= np.float32(1.0 / rms)
+    noise.amplitude = float(np.abs(noise.weights).sum())
+    return noise
+
+
 @dataclass
 class Lesions:
     t_stage: int
@@ -290,6 +304,6 @@ def build(rng: np.random.Generator, anat: Anatomy, *, t_stage: int | None = None
     nodal = elective + ([Offset(gtvnd, ctvnd_margin_mm)] if gtvnd is not None else [])
     ctvnd = Subtract(Intersect([Union(nodal), S["Body"]]),
                      [S["Air"], S["Vertebrae"], Offset(S["SpinalCanal"], 1.0)])
-    texture = Noise(rng, 1.0, 8.0, 6)
+    texture = unit_rms(Noise(rng, 1.0, TEXTURE_WAVELENGTH_MM, 12))
     return Lesions(t, n, side, gtvp, gtvnd, ctvp, ctvnd, texture,
                    {"primary": facts, "nodes": node_facts})

@@ -15,13 +15,14 @@ from npcrepro.errors import ParameterError
 from npcrepro.paths import env_count
 from npcrepro.phantom import anatomy, lesions, raters, render, scanners
 from npcrepro.phantom.profiles import resolve
-from npcrepro.phantom.tissues import CLASS_ID
+from npcrepro.phantom.tissues import CLASS_ID, TISSUES
 
 #: Version of the generator; bump when the same seed would give different arrays. A cohort also
 #: records :func:`generator_fingerprint`, which changes with any edit of the code that writes it.
 #: (Adding the CECT channel kept version 1: every earlier channel is bit-identical for the same seed;
-#: a cached cohort without CECT differs in fingerprint and ``modalities``, so it is made again.)
-GENERATOR_VERSION = 1
+#: a cached cohort without CECT differs in fingerprint and ``modalities``, so it is made again.
+#: Version 2: the raters' consensus became GTVp, the tumour's texture and infiltrative edge changed.)
+GENERATOR_VERSION = 2
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 #: The code that decides a cohort's bytes: the whole phantom package, the case model, the dataset
@@ -36,19 +37,24 @@ GENERATOR_SOURCES: tuple[str, ...] = ("phantom/*.py", "datasets/case.py", "datas
 #: (the skin outline, everything inside it), ``Fat``, ``Muscle``, ``Bone`` (cortex and marrow),
 #: ``Airway`` (air inside the body: pharynx, nasal cavity, sinuses), ``Mucosa`` (mucosa and adenoid
 #: lymphoid tissue), ``Brain``, ``Vessels`` (carotid arteries, jugular veins).
-#: Targets: ``CTVnd``, ``CTVp``, ``GTVp_rater2`` (second observer), ``GTVnd`` (absent when N0),
-#: ``GTVp``. Organs at risk (luo2020's set): ``Parotid_L/R``, ``Mandible_L/R``, ``Brainstem``,
+#: Targets: ``CTVnd``, ``CTVp``, ``GTVp_truth`` (the tumour the images were rendered from, which no
+#: clinic has), ``GTVp_rater1``... (the observers of :mod:`npcrepro.phantom.raters`), ``GTVnd``
+#: (absent when N0), ``GTVp`` (the raters' majority vote: the reference every chapter scores). Organs at risk (luo2020's set): ``Parotid_L/R``, ``Mandible_L/R``, ``Brainstem``,
 #: ``SpinalCord``, ``Eye_L/R``, ``OpticNerve_L/R``, ``Chiasm``. L/R are the patient's sides
 #: (``_L`` at larger x).
 STRUCTURES: tuple[str, ...] = (
     "Body", "Fat", "Muscle", "Bone", "Airway", "Mucosa", "Brain", "Vessels",
-    "CTVnd", "CTVp", "GTVp_rater2",
+    "CTVnd", "CTVp", "GTVp_truth", *(f"GTVp_rater{i + 1}" for i in range(raters.N_RATERS)),
     "Parotid_L", "Parotid_R", "Mandible_L", "Mandible_R", "Brainstem", "SpinalCord",
     "Eye_L", "Eye_R", "OpticNerve_L", "OpticNerve_R", "Chiasm",
     "GTVnd", "GTVp",
 )
+#: The raters' GTVp structures, in order.
+RATERS: tuple[str, ...] = tuple(f"GTVp_rater{i + 1}" for i in range(raters.N_RATERS))
 ORGANS = ("Parotid_L", "Parotid_R", "Mandible_L", "Mandible_R", "Brainstem", "SpinalCord",
           "Eye_L", "Eye_R", "OpticNerve_L", "OpticNerve_R", "Chiasm")
+#: Organs no tumour enters (:mod:`npcrepro.phantom.lesions`), which no rater contours either.
+_NEVER_ENTERED = ("Brainstem", "SpinalCord", "Eye_L", "Eye_R", "OpticNerve_L", "OpticNerve_R", "Chiasm")
 _TISSUE_LABELS = {"Fat": ("fat",), "Muscle": ("muscle",), "Bone": ("cortex", "marrow"),
                   "Airway": ("air",), "Mucosa": ("mucosa", "adenoid"), "Brain": ("brain",),
                   "Vessels": ("vessel",)}
@@ -88,7 +94,8 @@ def make_case(seed: int, **params) -> Case:
         See :data:`npcrepro.phantom.profiles.DEFAULTS`: ``preset`` (``"smoke"``, ``"cpu"``,
         ``"gpu"``), ``shape``/``spacing``/``center`` (override the preset's grid, (z, y, x), mm),
         ``modalities`` (subset of CT, T1, T2, CET1, CECT, DCE; default the five static ones), ``t_stage``
-        / ``n_stage`` (e.g. ``"T3"``/``3``; default drawn), margins, the second rater's jitter, and
+        / ``n_stage`` (e.g. ``"T3"``/``3``; default drawn), margins, the raters' jitter, the tumour's
+        infiltrative edge, and
         scanner settings (:class:`~npcrepro.phantom.scanners.ScannerSettings`).
 
     Returns
@@ -121,7 +128,7 @@ def make_case(seed: int, **params) -> Case:
     contrast = scanners.draw_contrast(streams["contrast"])
     grid = render.Grid.centred(p["shape"], p["spacing"], p["center"])
     settings = scanners.ScannerSettings(**{k: p[k] for k in scanners.ScannerSettings().to_dict()})
-    painted = scanners.paint(anat, les, grid, contrast, p["modalities"])
+    painted = scanners.paint(anat, les, grid, contrast, p["modalities"], p["infiltration_mm"])
     images = scanners.acquire(painted, contrast, grid, settings, streams, p["modalities"])
 
     labels: dict[str, np.ndarray] = {}
@@ -138,18 +145,29 @@ def make_case(seed: int, **params) -> Case:
         m = render.mask(les.ctvnd if name == "CTVnd" else les.ctvp, grid, anat.pose)
         if m.any():
             labels[name] = m
-    rater2, rater_facts = raters.second_rater(streams["rater"], les.gtvp,
-                                              anat.shapes["Body"], grid, anat.pose,
-                                              p["rater2_jitter_mm"])
-    if rater2.any():
-        labels["GTVp_rater2"] = rater2
-    for name in ORGANS + ("GTVnd", "GTVp"):
+    for name in ORGANS + ("GTVnd",):
         if name in painted.labels:
             labels[name] = painted.labels[name]
-
+    truth = painted.labels.get("GTVp")
+    rater_facts: dict = {}
+    if truth is not None:
+        # raters contour neither air nor the organs the tumour never enters
+        allowed = (body if body is not None else np.ones(grid.shape, bool)) & ~labels.get("Airway", False)
+        for organ in _NEVER_ENTERED:
+            if organ in labels:
+                allowed &= ~labels[organ]
+        drawn, consensus, rater_facts = raters.observe(
+            streams["rater"], truth, painted.tissue, grid.spacing, allowed, jitter_mm=p["rater_jitter_mm"],
+            noise_sd=settings.mri_noise * TISSUES["muscle"].t1)
+        labels["GTVp_truth"] = truth
+        labels.update({k: m for k, m in zip(RATERS, drawn) if m.any()})
+        if consensus.any():
+            labels["GTVp"] = consensus
+            if "CTVp" in labels:  # a CTV holds its GTV
+                labels["CTVp"] = labels["CTVp"] | consensus
     vox_cm3 = grid.voxel_mm3 / 1000.0
     volumes = {k: round(float(np.count_nonzero(labels[k])) * vox_cm3, 3)
-               for k in ("GTVp", "GTVnd", "CTVp", "CTVnd", "GTVp_rater2") if k in labels}
+               for k in ("GTVp", "GTVp_truth", "GTVnd", "CTVp", "CTVnd", *RATERS) if k in labels}
     name = p["name"] or f"phantom_{seed}"
     meta = {
         "source": "phantom",
@@ -165,7 +183,7 @@ def make_case(seed: int, **params) -> Case:
                     **contrast.facts},
         "anatomy": anat.facts,
         "lesions": les.facts,
-        "rater2": rater_facts,
+        "raters": rater_facts,
         "spacing_known": True,
     }
     return Case(name, images, labels, grid.spacing, grid.origin, np.eye(3), meta)

@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from npcrepro.datasets.case import Case
 from npcrepro.errors import ParameterError
+from npcrepro.phantom.make import RATERS
 
 #: Static channels measured by default, in display order (the two CTs side by side).
 CHANNELS = ("CT", "CECT", "T1", "T2", "CET1")
@@ -137,6 +138,8 @@ def measure_cnr(case: Case, pairs=CNR_PAIRS, channels=None, margin_mm: float = 4
     structure within ``margin_mm`` of the GTVp's bounding box, so it counts what a segmenter must
     see through locally: noise, bias field, texture, and what partial volume is left. Thin
     structures (mucosa) need a grid finer than about 3 mm in-plane to have core voxels at all.
+    ``GTVp`` in a pair is the tumour the images show: ``GTVp_truth`` where the case has it (the
+    raters' consensus ``GTVp`` also holds voxels of its surroundings).
 
     Parameters
     ----------
@@ -162,6 +165,8 @@ def measure_cnr(case: Case, pairs=CNR_PAIRS, channels=None, margin_mm: float = 4
     if missing:
         raise ParameterError(f"case {case.name}: no channel(s) {missing} "
                              f"(channels: {sorted(case.images)})")
+    tumour = "GTVp_truth" if "GTVp_truth" in case.labels else "GTVp"
+    pairs = [(name, tumour if a == "GTVp" else a, tumour if b == "GTVp" else b) for name, a, b in pairs]
     near = _near(case, "GTVp", margin_mm)
     # Air and bone are the strongest partial-volume contaminants of thin soft tissues (mucosa).
     avoid = np.zeros(case.shape, bool)
@@ -228,11 +233,15 @@ def survey(dataset, *, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFra
     -------
     cohort : DataFrame
         One row per case: ``T``, ``N``, ``side``, volumes (``GTVp_cm3``, ``GTVnd_cm3``,
-        ``CTVp_cm3``, ``CTVnd_cm3``) and ``rater2_dice`` (Dice of GTVp_rater2 against GTVp).
+        ``CTVp_cm3``, ``CTVnd_cm3``), ``raters_dice`` (the raters' mean pairwise Dice),
+        ``rater_vs_reference`` (their mean Dice against the consensus GTVp) and ``reference_vs_truth``
+        (Dice of the consensus GTVp against the rendered tumour); NaN where the case has no raters.
     cnr : DataFrame
         Long form: ``case``, ``channel``, ``pair``, ``cnr`` (see :func:`measure_cnr`).
     """
-    wanted = [s for s in ("GTVp", "GTVp_rater2", "GTVnd", "Muscle", "Mucosa", "Fat")
+    from npcrepro.metrics.consensus import pairwise_dice
+
+    wanted = [s for s in ("GTVp", "GTVp_truth", *RATERS, "GTVnd", "Muscle", "Mucosa", "Fat")
               if s in dataset.structures]
     channels = [c for c in CHANNELS if c in dataset.channels]
     rows, cnr_rows = [], []
@@ -243,12 +252,16 @@ def survey(dataset, *, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFra
     for name in names:
         case = dataset.load(name, channels=channels, structures=wanted)
         vol = case.meta.get("volumes_cm3", {})
+        drawn = [case.labels[k] for k in RATERS if k in case.labels]
+        ref, truth = case.labels.get("GTVp"), case.labels.get("GTVp_truth")
         rows.append({
             "case": name, "T": case.meta.get("t_stage"), "N": case.meta.get("n_stage"),
             "side": case.meta.get("tumour_side"),
             **{f"{k}_cm3": vol.get(k, 0.0) for k in ("GTVp", "GTVnd", "CTVp", "CTVnd")},
-            "rater2_dice": dice(case.labels["GTVp"], case.labels["GTVp_rater2"])
-            if "GTVp_rater2" in case.labels else np.nan,
+            "raters_dice": pairwise_dice(drawn)[0] if len(drawn) > 1 else np.nan,
+            "rater_vs_reference": float(np.mean([dice(d, ref) for d in drawn])) if drawn and ref is not None
+            else np.nan,
+            "reference_vs_truth": dice(ref, truth) if ref is not None and truth is not None else np.nan,
         })
         table = measure_cnr(case, channels=channels)
         for ch, row in table.iterrows():

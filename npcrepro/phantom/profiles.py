@@ -45,7 +45,8 @@ DEFAULTS: dict[str, object] = {
     "n_stage": None,
     "ctv_margin_mm": 5.0,
     "ctvnd_margin_mm": 5.0,
-    "rater2_jitter_mm": 3.0,
+    "rater_jitter_mm": 4.0,
+    "infiltration_mm": 4.0,
     "name": None,
     **_SCANNER_DEFAULTS,
 }
@@ -106,7 +107,7 @@ def resolve(params: dict) -> dict:
     p["modalities"] = tuple(m for m in MODALITIES if m in mods)
     p["t_stage"] = _stage(p["t_stage"], "T", (1, 2, 3, 4))
     p["n_stage"] = _stage(p["n_stage"], "N", (0, 1, 2, 3))
-    for k in ("ctv_margin_mm", "ctvnd_margin_mm", "rater2_jitter_mm", "ct_noise_hu", "mri_noise",
+    for k in ("ctv_margin_mm", "ctvnd_margin_mm", "rater_jitter_mm", "infiltration_mm", "ct_noise_hu", "mri_noise",
               "bias_field", "dce_noise", "dce_interval_s"):
         try:
             p[k] = float(p[k])

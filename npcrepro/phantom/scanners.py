@@ -181,8 +181,13 @@ class Painted:
 
 
 def paint(anat: Anatomy, les: Lesions, grid: Grid, contrast: Contrast,
-          modalities: tuple[str, ...]) -> Painted:
-    """Composite every layer, in order, into the noise-free images and the tissue map."""
+          modalities: tuple[str, ...], infiltration_mm: float = 0.0) -> Painted:
+    """Composite every layer, in order, into the noise-free images and the tissue map.
+
+    The tumour's edge is infiltrative: its signal fades into the host tissue over ``infiltration_mm``
+    centred on its surface (a linear ramp of the tumour fraction; the partial-volume ramp of one
+    voxel where that is wider), so where the edge lies is a judgement, as in the clinic. Its
+    label is the surface (the distance's zero), as for every layer."""
     static = [m for m in modalities if m in STATIC]
     images = {m: np.full(grid.shape, contrast.values[m][0], np.float32) for m in static}
     dce = "DCE" in modalities
@@ -208,6 +213,9 @@ def paint(anat: Anatomy, les: Lesions, grid: Grid, contrast: Contrast,
         view, d = res
         sl = view.slices
         f = render.fraction(d, grid.spacing)
+        if layer.tissue == "tumour" and infiltration_mm > 0:
+            ramp = np.clip(np.float32(0.5) - d / np.float32(infiltration_mm), 0.0, 1.0)
+            f = np.where(d > 0, np.maximum(f, ramp), np.minimum(f, ramp))  # the wider of the two ramps
         inside = d <= 0
         cid = CLASS_ID[layer.tissue]
         tissue[sl][inside] = cid

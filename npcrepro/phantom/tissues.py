@@ -12,7 +12,10 @@ papers rely on or complain about:
   clipping as CT. See "CECT values and sources" below.
 * T1: tumour only slightly brighter than muscle (iso- to hyperintense), fat and fatty marrow bright,
   so skull-base invasion shows as lost marrow signal.
-* T2: tumour bright against muscle, but mucosa, adenoid (lymphoid tissue) and nodes are as bright.
+* T2: tumour intermediate, 1.5 x muscle and darker than mucosa, adenoid (lymphoid tissue) and nodes:
+  330 (earlier 570) so that its contrast against the ring around it matches the real NPC T2 slices
+  (measured on ``../shared/data``: |core - ring| / ring sd, median 0.22, IQR 0.15-0.36; the phantom's
+  cpu cohort 0.33, against 1.37 at 570).
 * CET1 (fat-suppressed, post-gadolinium): tumour enhances strongly against muscle; mucosa enhances
   as much.
 * DCE: spoiled-gradient-echo signal from ``M0`` and the pre-contrast ``T10`` with extended-Tofts
@@ -110,10 +113,21 @@ TISSUES: dict[str, Tissue] = {
     "vessel":  Tissue(45, 40, 40, 850, 0.85, 1.40, 0.0, 0.0, 1.0, 165),
     "node":    Tissue(42, 310, 500, 600, 0.80, 1.00, 0.15, 0.20, 0.04, 75),
     "nodemet": Tissue(49, 340, 565, 740, 0.80, 1.10, 0.20, 0.47, 0.01, 84),
-    "tumour":  Tissue(50, 345, 570, 760, 0.80, 1.10, 0.20, 0.47, 0.01, 85),
+    "tumour":  Tissue(50, 345, 330, 760, 0.80, 1.10, 0.20, 0.47, 0.01, 85),
 }
 
 CLASS_ID: dict[str, int] = {name: i for i, name in enumerate(TISSUES)}
 
-#: Per-modality spread of the tumour's internal texture (value units); CT in HU.
-TUMOUR_TEXTURE = {"CT": 3.0, "T1": 12.0, "T2": 30.0, "CET1": 45.0, "CECT": 6.0}
+#: Per-modality standard deviation of the tumour's internal texture (value units; CT in HU): a smooth
+#: field of unit root mean square (:data:`~npcrepro.phantom.lesions.TEXTURE_WAVELENGTH_MM`) times this.
+#: Measured, not assumed, for T2: on the real NPC T2 slices of ``../shared/data`` (the data chapter's
+#: "Against real scans", 25 slices), a tumour's core varies with 0.82 (median; IQR 0.66-0.94) of the standard
+#: deviation of the 1-4.5 mm ring around it (:func:`npcrepro.phantom.measure.ring_contrast`); a T2
+#: texture of 150 gives the phantom's cpu cohort 0.74 (the earlier 30: 0.08). T1 and CET1 take the
+#: same factor over their earlier values (assumed: no real T1 or CET1 extract to measure; CET1's
+#: large spread is the heterogeneous, partial enhancement of the clinic). CT and CECT are unchanged:
+#: their 12 HU noise already hides the tumour (no real CT with a GTV to measure).
+TUMOUR_TEXTURE = {"CT": 3.0, "T1": 60.0, "T2": 150.0, "CET1": 225.0, "CECT": 6.0}
+
+#: The sequences a rater reads side by side to contour the tumour (:mod:`npcrepro.phantom.raters`).
+MRI_READING = ("T1", "T2", "CET1")

@@ -23,7 +23,7 @@ from npcrepro import transforms as T
 from npcrepro.errors import DataError
 
 STRUCTURE = "GTVp"
-RATER2 = "GTVp_rater2"
+RATER1, RATER2 = "GTVp_rater1", "GTVp_rater2"
 #: The paper's final image size in (z, y, x) mm (see ``npcrepro.chapters.guo2021.recipe.BOX_MM``).
 BOX_MM = (103.0, 198.0, 160.0)
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from npcrepro import transforms as T
 from npcrepro.chapters.guo2021.methods import CONVERGED, METHODS, NETWORK, model_kwargs
-from npcrepro.chapters.guo2021.prepare import RATER2, STRUCTURE
+from npcrepro.chapters.guo2021.prepare import RATER1, RATER2, STRUCTURE
 
 PAPER = "guo2021"
 _BASELINES = ("CNN", "ACDNet", "Deeplab", "V-Net")
@@ -103,20 +103,21 @@ def summary_table(results) -> pd.DataFrame:
 
 
 def inter_observer_phantom(data: str, names: Sequence[str] | None = None, limit: int = 28) -> pd.DataFrame:
-    """The phantom's two raters: GTVp (rater 1, the ground truth) vs GTVp_rater2 (the "prediction"), per
-    patient on the original grid (DSC, ASSD, F1), like the paper's two physicians on 28 patients."""
+    """Two of the phantom's raters, GTVp_rater1 (as the reference) vs GTVp_rater2, per patient on the
+    original grid (DSC, ASSD, F1), like the paper's two physicians on 28 patients: two observers, neither
+    of them the consensus the networks are scored against."""
     from npcrepro import metrics
     from npcrepro.datasets import open_dataset
 
     ds = open_dataset(data)
-    if RATER2 not in ds.structures:
+    if RATER1 not in ds.structures or RATER2 not in ds.structures:
         return pd.DataFrame(columns=["case", "dice", "assd", "f1"])
     rows = []
     for n in list(names or ds.cases)[:limit]:
-        c = ds.load(n, channels=[ds.channels[0]], structures=[STRUCTURE, RATER2])
-        if STRUCTURE not in c.labels or RATER2 not in c.labels:
+        c = ds.load(n, channels=[ds.channels[0]], structures=[RATER1, RATER2])
+        if RATER1 not in c.labels or RATER2 not in c.labels:
             continue
-        r = metrics.evaluate_case(c.labels[RATER2], c.labels[STRUCTURE], c.spacing)
+        r = metrics.evaluate_case(c.labels[RATER2], c.labels[RATER1], c.spacing)
         rows.append({"case": n, "dice": r["dice"], "assd": r["assd"], "f1": r["f1"]})
     return pd.DataFrame(rows)
 
@@ -148,7 +149,7 @@ def inter_observer_real(src, organs: Sequence[str], max_scans: int | None = None
 
 def inter_observer_table(phantom: pd.DataFrame, real: pd.DataFrame | None = None, *,
                          data_label: str = "phantom", profile: str = "") -> pd.DataFrame:
-    """The paper's two physicians (reported) next to the phantom's second rater (reproduced) and the
+    """The paper's two physicians (reported) next to two of the phantom's raters (reproduced) and the
     real two-pass organ masks (real data), mean ± sd of DSC, ASSD and F1, every cell labelled."""
     from npcrepro.papers import reported
 
@@ -162,7 +163,7 @@ def inter_observer_table(phantom: pd.DataFrame, real: pd.DataFrame | None = None
                 "ASSD (mm)": f"{_mean_sd(df, 'assd', 2)} ({tag})", "F1": f"{_mean_sd(df, 'f1', 3)} ({tag})"}
 
     if phantom is not None and len(phantom):
-        label = f"GTVp vs GTVp_rater2, {data_label}" + (f", {profile} profile" if profile else "")
+        label = f"GTVp_rater1 vs GTVp_rater2, {data_label}" + (f", {profile} profile" if profile else "")
         rows.append({"source": label, **cells(phantom, "reproduced")})
     if real is not None and len(real):
         organs = ", ".join(sorted(real["organ"].unique()))
