@@ -31,7 +31,7 @@ from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["evaluate_cases", "scored", "summarize", "bootstrap_ci", "holm", "paired_test", "paired_tests",
            "compare_with_paper", "compare_run", "data_source", "ComparisonTable", "format_mean_sd", "METRIC_ALIASES",
-           "canonical_metric", "NON_METRIC_COLUMNS", "rater_agreement", "raters_of", "RATER_COLUMNS"]
+           "canonical_metric", "NON_METRIC_COLUMNS", "rater_agreement", "ceiling_sentence", "raters_of", "RATER_COLUMNS"]
 
 #: Columns of a per-case table that are identifiers or flags, not metrics.
 NON_METRIC_COLUMNS = {"case", "structure", "method", "fold", "seed", "paper", "profile", "data",
@@ -456,5 +456,22 @@ def compare_run(results, rows: pd.DataFrame, *, table: str, reported: pd.DataFra
     :func:`data_source` (``detail``) and the run's profile. ``kwargs``: ``method_map``,
     ``metric_map``, ``metrics``, ``digits`` ... of :func:`compare_with_paper`."""
     rep = papers.reported(results.chapter, table=table) if reported is None else reported
-    return compare_with_paper(rep, rows, paper=results.chapter, data_source=data_source(results, detail),
-                              profile=results.profile, table=table, **kwargs)
+    out = compare_with_paper(rep, rows, paper=results.chapter, data_source=data_source(results, detail),
+                             profile=results.profile, table=table, **kwargs)
+    ceiling = ceiling_sentence(results)
+    return ComparisonTable(out.frame, out.numbers, f"{out.caption} {ceiling}" if ceiling else out.caption,
+                           out.notes)
+
+
+def ceiling_sentence(results, structure: str = "GTVp") -> str:
+    """The inter-rater ceiling beside a run's networks, as a sentence from its ``raters.csv``
+    (:func:`rater_agreement`): how many test patients, how many raters, their mean pairwise DSC and
+    their mean DSC against the consensus the networks are scored against. "" where the run's data
+    has no raters of ``structure``."""
+    r = results.raters
+    r = r[r["structure"] == structure]
+    if not len(r):
+        return ""
+    return (f"Inter-rater ceiling on these {len(r)} test patients: the data's {int(r['raters'].max())} raters "
+            f"of {structure} agree at a mean pairwise DSC of {r['pairwise_dice'].mean():.2f}, and each "
+            f"with their consensus (the reference) at {r['rater_vs_reference'].mean():.2f}.")

@@ -220,6 +220,18 @@ def _fake_track(values: dict[str, list[float]]) -> Results:
     return res
 
 
+def test_the_raters_ceiling_is_a_row_of_the_leaderboard_sorted_among_the_networks(tmp_path):
+    track = _fake_track({"unet_ct": [0.6, 0.62, 0.64], "deeplab_ct": [0.8, 0.82, 0.84]})
+    assert L.CEILING_LABEL not in set(L.leaderboard_table(track, n_boot=100)["method"])  # no raters: no row
+    pd.DataFrame({"case": ["c0", "c1", "c2"], "structure": "GTVp", "raters": 3, "pairwise_dice": [0.7, 0.72, 0.74],
+                  "rater_vs_reference": 0.85}).to_csv(tmp_path / "raters.csv", index=False)
+    track.path = tmp_path
+    board = L.leaderboard_table(track, n_boot=100)
+    assert list(board["method"]) == ["DeepLabv3+ (xue2020)", L.CEILING_LABEL, "U-Net (CT)"]
+    row = board.set_index("method").loc[L.CEILING_LABEL]
+    assert row["DSC"].startswith("0.720 [") and row["failed patients"] == "—"
+
+
 def test_claims_verdicts_and_leaderboard_order():
     n = 8
     good = list(np.linspace(0.7, 0.8, n))
@@ -289,7 +301,10 @@ def test_smoke_run_writes_predictions_and_scores_every_test_patient(tmp_path, on
             assert res.prediction_path(k, case).exists()
     assert res.done and set(L.METRICS) <= set(res.metrics.columns)
     assert np.all((res.metrics["dice"] >= 0) & (res.metrics["dice"] <= 1))
-    assert len(L.leaderboard_table(res, n_boot=100)) == len(keys)
+    board = L.leaderboard_table(res, n_boot=100)
+    assert len(board) == len(keys) + 1 and L.CEILING_LABEL in set(board["method"])  # the phantom has raters
+    assert sorted(res.raters["case"]) == sorted(test) and res.ceiling() == pytest.approx(
+        res.raters["pairwise_dice"].mean())
 
 
 @pytest.mark.slow

@@ -513,3 +513,58 @@ def test_ring_contrast_measures_separation_and_texture_against_the_surroundings(
         f"{table['contrast'].iloc[0]:.2f} (")
     with pytest.raises(ParameterError, match="differ in shape"):
         phantom.ring_contrast(image, mask[:10], 1.0)
+
+
+def test_shape_table_measures_the_largest_cross_section():
+    from npcrepro.datasets import Case
+
+    m = np.zeros((3, 20, 20), bool)
+    m[1, 2:12, 2:12] = True            # a 10 x 10 square: convex, round-ish
+    m[2, 2:6, 2:6] = True
+    m[1, 15:17, 15:17] = True          # a small second part, not the largest
+    lobed = np.zeros((1, 20, 20), bool)
+    lobed[0, 2:12, 2:5] = lobed[0, 2:5, 2:12] = True  # an L: not convex
+    cases = [Case("sq", {"T2": np.zeros(m.shape, np.float32)}, {"GTVp": m}, (3.0, 2.0, 2.0)),
+             Case("L", {"T2": np.zeros(lobed.shape, np.float32)}, {"GTVp": lobed}, (1.0, 1.0, 1.0)),
+             Case("none", {"T2": np.zeros(m.shape, np.float32)}, {}, (1.0, 1.0, 1.0))]
+    t = phantom.shape_table(cases).set_index("case")
+    assert list(t.index) == ["sq", "L"]
+    assert t.loc["sq", "area_mm2"] == pytest.approx(100 * 4.0)
+    assert t.loc["sq", "diameter_mm"] == pytest.approx(2 * np.sqrt(400 / np.pi))
+    assert t.loc["sq", "solidity"] == pytest.approx(1.0) and t.loc["L", "solidity"] < 0.8
+    assert phantom.shape_table(cases[:1], pixel_mm=0.5).loc[0, "area_mm2"] == pytest.approx(25.0)
+
+
+def test_tissue_values_sample_each_tissue_of_each_case():
+    from npcrepro.datasets import Case
+
+    img = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    left, right = np.zeros(img.shape, bool), np.zeros(img.shape, bool)
+    left[0, 0, :5], right[9, 9, 5:] = True, True
+    case = Case("p", {"CT": img}, {"Parotid_L": left, "Parotid_R": right}, (1.0, 1.0, 1.0))
+    t = phantom.tissue_values([case])
+    assert set(t["tissue"]) == {"Parotid"}
+    assert sorted(t["value"]) == [0, 1, 2, 3, 4, 995, 996, 997, 998, 999]
+    assert len(phantom.tissue_values([case], per_case=4)) == 4
+
+
+def test_an_advanced_tumour_can_carry_a_non_enhancing_necrotic_core_inside_its_gtv(monkeypatch):
+    from npcrepro.phantom import render, scanners
+    from npcrepro.phantom.tissues import CLASS_ID
+
+    monkeypatch.setattr(lesions, "NECROSIS_P", {3: 1.0, 4: 1.0})
+    streams = _streams(phantom.case_seed(0, 3))
+    anat = anatomy.build(streams["anatomy"])
+    les = lesions.build(streams["lesion"], anat, t_stage=4)
+    assert les.necrosis is not None and les.facts["necrosis"]["present"]
+    grid = render.Grid.centred((40, 96, 96), (2.5, 2.0, 2.0), (0.0, 0.0, 0.0))
+    contrast = scanners.draw_contrast(streams["contrast"])
+    painted = scanners.paint(anat, les, grid, contrast, ("CT", "CET1", "T2"), infiltration_mm=4.0)
+    core = painted.tissue == CLASS_ID["necrosis"]
+    assert core.sum() > 10 and not (core & ~painted.labels["GTVp"]).any()  # inside the GTV
+    tumour = painted.tissue == CLASS_ID["tumour"]
+    cet1, t2 = painted.images["CET1"], painted.images["T2"]
+    assert np.median(cet1[core]) < 0.5 * np.median(cet1[tumour])   # it does not enhance
+    assert np.median(t2[core]) > np.median(t2[tumour])              # fluid: bright on T2
+    monkeypatch.setattr(lesions, "NECROSIS_P", {})
+    assert lesions.build(_streams(phantom.case_seed(0, 3))["lesion"], anat, t_stage=4).necrosis is None

@@ -119,6 +119,20 @@ def test_cli_convert_with_a_name_table(source, tmp_path, capsys):
     assert "PTV70" in open_dataset(tmp_path / "ds").structures
 
 
+def test_cli_convert_takes_the_rasterisation_rule(source, converted, tmp_path, capsys):
+    root, _ = source
+    assert main(["convert", "rtstruct", str(root), str(tmp_path / "touched"), "-o", "rule", "touched"]) == 0
+    touched, centre = open_dataset(tmp_path / "touched"), open_dataset(converted[1])
+    record = json.loads((tmp_path / "touched" / "dataset.json").read_text())["npcrepro"]["extra"]
+    assert record["rasterisation"] == "touched"
+    for name in centre.cases:
+        a = centre.load(name, structures=["GTVp"]).labels["GTVp"]
+        b = touched.load(name, structures=["GTVp"]).labels["GTVp"]
+        assert (a & ~b).sum() == 0 and b.sum() > a.sum()  # the outline's pixels added, none lost
+    assert main(["convert", "rtstruct", str(root), str(tmp_path / "bad"), "-o", "rule", "inside"]) == 2
+    assert "unknown rasterisation rule 'inside'" in _error_line(capsys)
+
+
 def _error_line(capsys) -> str:
     """The CLI's error: one line (progress bars aside) starting with "npcrepro <command>: error:"."""
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("npcrepro ")]

@@ -277,6 +277,37 @@ def test_notebook_stores_widget_state(fake, tmp_path):
     assert (Path(fake["out"]) / "smoke" / "_viewer" / digest / "manifest.json").is_file()
 
 
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def _live_html(nb) -> list[str]:
+    """Every HTML or Markdown output of an executed notebook that holds the hostile string unescaped."""
+    found = []
+    for c in nb.cells:
+        for o in c.get("outputs", []) if c.cell_type == "code" else []:
+            for kind in ("text/html", "text/markdown"):
+                text = "".join(o.get("data", {}).get(kind, ""))
+                if "<img src=x" in text:
+                    found.append(text[max(0, text.index("<img src=x") - 80):][:200])
+    return found
+
+
+def test_the_explorer_page_shows_hostile_run_names_and_paths_as_text(fake, tmp_path):
+    """A shared run folder named like HTML, under an out_dir whose path is HTML too, and the same path
+    with no runs (the "Nothing to explore yet" message): executed, the page holds no live HTML."""
+    import shutil
+
+    out = tmp_path / HOSTILE / "runs"
+    shutil.copytree(fake["out"], out)
+    run = next((out / "smoke" / "guo2021").iterdir())
+    run.rename(run.with_name(f"{run.name}-{HOSTILE}"))
+    nb = _execute(tmp_path, out, "hostile")
+    assert not _live_html(nb)
+    assert HOSTILE.replace("<", "&lt;").replace(">", "&gt;") in json.dumps([c.get("outputs") for c in nb.cells])
+    nb = _execute(tmp_path, tmp_path / HOSTILE / "nothing", "hostile-empty")
+    assert not _live_html(nb) and "Nothing to explore yet" in json.dumps([c.get("outputs") for c in nb.cells])
+
+
 def test_notebook_without_runs(tmp_path):
     nb = _execute(tmp_path, tmp_path / "nothing", "empty")
     text = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.outputs])

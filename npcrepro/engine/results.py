@@ -85,10 +85,10 @@ class Results:
 
         from npcrepro.evaluation import RATER_COLUMNS
 
-        f = self.path / "raters.csv"
+        f = Path(self.path) / "raters.csv" if self.path is not None else None
         try:
-            return pd.read_csv(f, dtype={"case": str}) if f.exists() and f.stat().st_size else \
-                pd.DataFrame(columns=RATER_COLUMNS)
+            return pd.read_csv(f, dtype={"case": str}) if f is not None and f.exists() and f.stat().st_size \
+                else pd.DataFrame(columns=RATER_COLUMNS)
         except pd.errors.EmptyDataError:
             return pd.DataFrame(columns=RATER_COLUMNS)
 

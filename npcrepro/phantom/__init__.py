@@ -16,8 +16,9 @@ See :mod:`npcrepro.phantom.anatomy` (coordinate frame, organs), :mod:`~npcrepro.
 from npcrepro.phantom.make import (GENERATOR_VERSION, ORGANS, RATERS, STRUCTURES, case_factories, case_seed,
                                    channels_for, cohort_record, generate, generator_fingerprint,
                                    iter_cases, make_case)
-from npcrepro.phantom.measure import (ASSUMED_T2_PIXEL_MM, RING_MM, contrast_summary, contrast_table, dce_curves,
-                                      dice, measure_cnr, ring_contrast, survey)
+from npcrepro.phantom.measure import (ASSUMED_T2_PIXEL_MM, CT_TISSUES, RING_MM, contrast_summary, contrast_table,
+                                      dce_curves, dice, measure_cnr, ring_contrast, shape_table, survey,
+                                      tissue_values)
 from npcrepro.phantom.profiles import DEFAULTS, PRESETS, Preset
 from npcrepro.phantom.scanners import MODALITIES
 
@@ -25,4 +26,5 @@ __all__ = ["make_case", "generate", "iter_cases", "case_factories", "case_seed",
            "PRESETS", "Preset",
            "DEFAULTS", "STRUCTURES", "RATERS", "ORGANS", "MODALITIES", "GENERATOR_VERSION", "cohort_record",
            "generator_fingerprint", "measure_cnr", "ring_contrast", "contrast_table", "contrast_summary",
-           "ASSUMED_T2_PIXEL_MM", "RING_MM", "dce_curves", "dice", "survey"]
+           "ASSUMED_T2_PIXEL_MM", "RING_MM", "dce_curves", "dice", "survey", "shape_table", "tissue_values",
+           "CT_TISSUES"]

@@ -27,6 +27,9 @@ Nodes (N stage, simplified): N1 unilateral level II and/or retropharyngeal nodes
 nodes; N3 a bulky ipsilateral conglomerate reaching level III (the real criterion is > 6 cm or below
 the cricoid). GTVnd is the union of the metastatic nodes.
 
+Necrosis: a T3 or T4 tumour may carry a non-enhancing, fluid-like core (:func:`_necrosis`); it is
+part of the GTVp, as a physician contours it.
+
 CTVs: ``CTVp`` is GTVp grown by ``ctv_margin_mm`` inside the body and outside air (the GTVp itself
 always included). ``CTVnd`` is an elective nodal CTV: both retropharyngeal regions and both level
 II regions, plus every metastatic node grown by ``ctvnd_margin_mm``, inside the body and outside
@@ -63,6 +66,12 @@ _WAYPOINTS = {
 }
 
 
+#: Chance of a necrotic core by T stage (assumed: necrosis is a feature of large, advanced primaries),
+#: its radius range (mm) and the enhancing rim it leaves inside the tumour's edge (mm).
+NECROSIS_P = {3: 0.25, 4: 0.4}
+NECROSIS_RADIUS_MM = (4.0, 9.0)
+NECROSIS_RIM_MM = 3.0
+
 #: Wavelength (mm) of the tumour's internal texture: a field of unit root-mean-square that each
 #: modality scales by its :data:`~npcrepro.phantom.tissues.TUMOUR_TEXTURE` (a standard deviation).
 TEXTURE_WAVELENGTH_MM = 6.0
@@ -88,6 +97,7 @@ class Lesions:
     ctvnd: sdf.Shape
     texture: Noise
     facts: dict = field(default_factory=dict)
+    necrosis: sdf.Shape | None = None
 
 
 def _calib_view(lo, hi) -> View:
@@ -305,5 +315,20 @@ def build(rng: np.random.Generator, anat: Anatomy, *, t_stage: int | None = None
     ctvnd = Subtract(Intersect([Union(nodal), S["Body"]]),
                      [S["Air"], S["Vertebrae"], Offset(S["SpinalCanal"], 1.0)])
     texture = unit_rms(Noise(rng, 1.0, TEXTURE_WAVELENGTH_MM, 12))
+    necrosis, necrosis_facts = _necrosis(rng, t, gtvp, facts)  # drawn last: every earlier draw stays
     return Lesions(t, n, side, gtvp, gtvnd, ctvp, ctvnd, texture,
-                   {"primary": facts, "nodes": node_facts})
+                   {"primary": facts, "nodes": node_facts, "necrosis": necrosis_facts}, necrosis)
+
+
+def _necrosis(rng: np.random.Generator, stage: int, gtvp: sdf.Shape, facts: dict):
+    """A necrotic core, drawn for an advanced tumour with probability :data:`NECROSIS_P` of its stage:
+    a noise-deformed sphere of radius :data:`NECROSIS_RADIUS_MM` around a point of the tumour's path,
+    kept at least :data:`NECROSIS_RIM_MM` inside the tumour (an enhancing rim). (shape or None, facts)."""
+    draw = rng.random()
+    centre = np.asarray(facts["path_mm"][int(rng.integers(len(facts["path_mm"])))], float)
+    radius = float(rng.uniform(*NECROSIS_RADIUS_MM))
+    noise = Noise(rng, 1.5, 6.0, 6)
+    if draw >= NECROSIS_P.get(stage, 0.0):
+        return None, {"present": False}
+    core = Intersect([Deform(Sphere(centre, radius), noise), Offset(gtvp, -NECROSIS_RIM_MM)])
+    return core, {"present": True, "centre_mm": np.round(centre, 1).tolist(), "radius_mm": round(radius, 1)}

@@ -268,3 +268,55 @@ def survey(dataset, *, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFra
             for pair, v in row.items():
                 cnr_rows.append({"case": name, "channel": ch, "pair": pair, "cnr": v})
     return pd.DataFrame(rows).set_index("case"), pd.DataFrame(cnr_rows)
+
+
+#: Organs whose CT values :func:`tissue_values` compares, each as the structure names that make it up
+#: (the phantom's sides and OpenKBP's whole mandible alike).
+CT_TISSUES = {"Brainstem": ("Brainstem",), "SpinalCord": ("SpinalCord",),
+              "Parotid": ("Parotid_L", "Parotid_R"), "Mandible": ("Mandible", "Mandible_L", "Mandible_R")}
+
+
+def tissue_values(cases, channel: str = "CT", tissues=None, per_case: int = 4000, seed: int = 0) -> pd.DataFrame:
+    """Values of ``channel`` inside each tissue of :data:`CT_TISSUES` (or ``tissues``: name -> structure
+    names), at most ``per_case`` voxels per case and tissue drawn at random (``seed``): long form
+    ``case``, ``tissue``, ``value``; for histograms of a real dataset beside the phantom. Cases without
+    the channel or a tissue give no rows for it."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for case in cases:
+        img = case.images.get(channel)
+        if img is None:
+            continue
+        for tissue, names in (tissues or CT_TISSUES).items():
+            m = np.zeros(img.shape, bool)
+            for n in names:
+                if n in case.labels:
+                    m |= case.labels[n]
+            v = img[m]
+            if v.size:
+                v = v if v.size <= per_case else rng.choice(v, per_case, replace=False)
+                frames.append(pd.DataFrame({"case": case.name, "tissue": tissue, "value": v.astype(float)}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["case", "tissue", "value"])
+
+
+def shape_table(cases, structure: str = "GTVp", pixel_mm: float | None = None) -> pd.DataFrame:
+    """The tumour's cross-section where it is largest, per case: ``area_mm2``, ``diameter_mm`` (of the
+    circle of that area), ``solidity`` (area over its convex hull's: 1 for a convex outline, lower for a
+    lobulated or infiltrative one) and ``eccentricity`` (of the ellipse with the same second moments),
+    of its largest connected part. ``pixel_mm`` replaces the cases' in-plane spacing (real slices
+    exported without one). Cases without ``structure`` give no row."""
+    from skimage.measure import label, regionprops
+
+    rows = []
+    for case in cases:
+        m = case.labels.get(structure)
+        if m is None or not m.any():
+            continue
+        z = int(np.argmax(m.sum(axis=(1, 2))))
+        px = (float(pixel_mm),) * 2 if pixel_mm else tuple(float(s) for s in case.spacing[-2:])
+        parts = regionprops(label(m[z]))
+        r = max(parts, key=lambda p: p.area)
+        area = float(r.area) * px[0] * px[1]
+        rows.append({"case": case.name, "area_mm2": area, "diameter_mm": 2 * np.sqrt(area / np.pi),
+                     "solidity": float(r.solidity), "eccentricity": float(r.eccentricity)})
+    return pd.DataFrame(rows, columns=["case", "area_mm2", "diameter_mm", "solidity", "eccentricity"])

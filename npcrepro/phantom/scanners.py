@@ -203,6 +203,8 @@ def paint(anat: Anatomy, les: Lesions, grid: Grid, contrast: Contrast,
     if les.gtvnd is not None:
         layers.append(Layer("GTVnd", les.gtvnd, "nodemet", "GTVnd"))
     layers.append(Layer("GTVp", les.gtvp, "tumour", "GTVp"))
+    if les.necrosis is not None:  # inside the GTVp: painted over the tumour, part of its label
+        layers.append(Layer("Necrosis", les.necrosis, "necrosis"))
     cache = render.Cache()
     root = render.View.whole(grid, anat.pose)
     half_voxel = max(grid.spacing) / 2.0

@@ -114,6 +114,9 @@ TISSUES: dict[str, Tissue] = {
     "node":    Tissue(42, 310, 500, 600, 0.80, 1.00, 0.15, 0.20, 0.04, 75),
     "nodemet": Tissue(49, 340, 565, 740, 0.80, 1.10, 0.20, 0.47, 0.01, 84),
     "tumour":  Tissue(50, 345, 330, 760, 0.80, 1.10, 0.20, 0.47, 0.01, 85),
+    # necrosis inside an advanced tumour: fluid-like (bright on T2, dark on T1), not enhancing on CET1
+    # or CECT, hardly perfused (assumed, rounded; qualitative: a non-enhancing core of necrotic NPC)
+    "necrosis": Tissue(28, 240, 720, 200, 0.90, 2.00, 0.005, 0.20, 0.0, 30),
 }
 
 CLASS_ID: dict[str, int] = {name: i for i, name in enumerate(TISSUES)}

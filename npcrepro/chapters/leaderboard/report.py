@@ -114,7 +114,8 @@ def leaderboard_table(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     beside the distances (one failed patient's image-diagonal distance cannot hide in a mean), the
     number of failed patients (empty prediction, tumour present), the paired DSC difference against
     the method's U-Net baseline with its CI, and the Wilcoxon p-value, raw and Holm-adjusted over
-    every method tested against a baseline."""
+    every method tested against a baseline. Where the data has raters, a row :data:`CEILING_LABEL` gives
+    their mean pairwise DSC on the same test patients, sorted among the networks."""
     s = summary(res, n_boot, seed)
     tests = _baseline_tests(res)
     rows = []
@@ -137,7 +138,27 @@ def leaderboard_table(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
         row["p (Holm)"] = "—" if p is None else f"{p['p_holm']:.3g}"
         row["_dsc"] = float(sm.loc["dice", "mean"])
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("_dsc", ascending=False).drop(columns="_dsc").reset_index(drop=True)
+    ceiling = _ceiling_row(res, n_boot, seed)
+    table = pd.DataFrame(rows + ([ceiling] if ceiling else []))
+    return table.sort_values("_dsc", ascending=False).drop(columns="_dsc").fillna("—").reset_index(drop=True)
+
+
+#: How the leaderboard names the inter-rater ceiling in its table and figure.
+CEILING_LABEL = "Raters (inter-rater ceiling)"
+
+
+def _ceiling_row(res, n_boot: int, seed: int) -> dict | None:
+    """The raters' mean pairwise DSC over the run's test patients as a row of :func:`leaderboard_table`
+    (mean [95% BCa CI]; every other cell "—"), or None where the data has no raters."""
+    from npcrepro.evaluation import bootstrap_ci
+
+    r = res.raters
+    v = r.loc[r["structure"] == res.structures[0], "pairwise_dice"].to_numpy(float)
+    if not v.size:
+        return None
+    lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
+    return {"method": CEILING_LABEL, "paper": "—", "input": "—", "dims": "—",
+            METRIC_LABELS["dice"]: _fmt_ci(float(v.mean()), lo, hi, 3), "_dsc": float(v.mean())}
 
 
 def paired_table(res) -> pd.DataFrame:
@@ -354,6 +375,11 @@ def fig_leaderboard(res, metrics: Sequence[str] = ("dice", "hd95")):
         ax.grid(axis="x", alpha=0.3)
         if metric == "dice":
             ax.set_xlim(-0.02, 1.0)
+            r = res.raters
+            ceiling = r.loc[r["structure"] == res.structures[0], "pairwise_dice"]
+            if len(ceiling):
+                ax.axvline(float(ceiling.mean()), color="k", ls=":", lw=1)
+                ax.text(float(ceiling.mean()), len(order) - 0.4, " raters", fontsize=7, va="bottom")
     axes[0][0].set_title(f"{res.source}: {len(res.test_cases())} test patients, {res.structures[0]}",
                          fontsize=9, loc="left")
     fig.tight_layout()

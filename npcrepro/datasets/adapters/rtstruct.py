@@ -15,7 +15,10 @@ Conversion
   (convert each modality into its own dataset).
 * Structures: RTSTRUCT contours are rasterised on the image grid with the even-odd rule at voxel
   centres (:func:`npcrepro.dicom.rtstruct.rasterise`: several contours on one slice are XOR-ed, so
-  inner contours are holes; slices without contours are empty); SEG segments are read frame by frame
+  inner contours are holes; slices without contours are empty). Producers differ on which pixels a
+  contour covers: ``rule="centre"`` (the default) takes the pixels whose centre lies inside,
+  ``rule="touched"`` adds every pixel the outline passes through (on the command line:
+  ``-o rule touched``; :data:`npcrepro.dicom.raster.RULES`); the dataset records the rule; SEG segments are read frame by frame
   through the images they reference (:func:`npcrepro.dicom.seg.read_seg`). An ROI without any closed
   contour stays absent (listed in ``meta["empty_rois"]``).
 * Names: every ROI name is looked up in the name table (:data:`NAMES`, below), ignoring case, spaces,
@@ -177,12 +180,16 @@ def _mapping(names: list[str], table: Mapping[str, str], notes: list[str]) -> di
     return out
 
 
-def plan(src: Path, *, names: Mapping[str, str] | str | None = None, channel: str | None = None):
+def plan(src: Path, *, names: Mapping[str, str] | str | None = None, channel: str | None = None,
+         rule: str = "centre"):
     """Index the DICOM files under ``src`` and list one case per RTSTRUCT / SEG file for
-    :func:`npcrepro.datasets.adapters.convert`."""
+    :func:`npcrepro.datasets.adapters.convert` (``rule``: how contours become pixels, see above)."""
     from npcrepro.datasets.adapters.base import Plan, SourceCase
     from npcrepro.dicom import find_dicom
+    from npcrepro.dicom.raster import RULES
 
+    if rule not in RULES:
+        raise ParameterError(f"unknown rasterisation rule {rule!r} (valid: {', '.join(RULES)})")
     table = load_names(names)
     index = find_dicom(src)
     if not index.structures:
@@ -225,22 +232,24 @@ def plan(src: Path, *, names: Mapping[str, str] | str | None = None, channel: st
     def read(item: SourceCase) -> Case:
         kind, parsed = readers[item.name]
         return read_case(item.path, index, name=item.name, kind=kind, parsed=parsed, table=table,
-                         channel=chan, modality=modality)
+                         channel=chan, modality=modality, rule=rule)
 
     return Plan(
         source="rtstruct", src=Path(src), items=items, read=read, channels=[chan], structures=ordered,
         spacing_known=True, description=DESCRIPTION,
         extra={"name_table": "off (ROI names kept)" if names == "keep" else
-               "npcrepro.datasets.adapters.rtstruct.NAMES" + (" + user entries" if names is not None else "")},
+               "npcrepro.datasets.adapters.rtstruct.NAMES" + (" + user entries" if names is not None else ""),
+               "rasterisation": rule},
         notes=[f"{len(index.structures)} structure file(s), {len(index.series)} image series; "
-               "contours rasterised even-odd at voxel centres (holes = inner contours)",
+               "contours rasterised even-odd, " + ("pixels whose centre is inside" if rule == "centre" else
+                                                   "every pixel the outline touches") + " (holes = inner contours)",
                f"ROI names: {names_note or 'none'}"],
     )
 
 
 def read_case(path: str | Path, index, *, name: str | None = None, kind: str | None = None, parsed=None,
               table: Mapping[str, str] | None = None, channel: str | None = None,
-              modality: str | None = None) -> Case:
+              modality: str | None = None, rule: str = "centre") -> Case:
     """Read one structure file (RTSTRUCT or SEG) and its referenced series as a :class:`Case`.
 
     Parameters
@@ -255,6 +264,8 @@ def read_case(path: str | Path, index, *, name: str | None = None, kind: str | N
         Channel name (default: the series' modality).
     modality : str, optional
         Required modality of the referenced series (DataError naming the file otherwise).
+    rule : str
+        RTSTRUCT rasterisation: ``"centre"`` or ``"touched"`` (:func:`npcrepro.dicom.rtstruct.rasterise`).
 
     Returns
     -------
@@ -280,7 +291,7 @@ def read_case(path: str | Path, index, *, name: str | None = None, kind: str | N
         raise DataError(f"{path}: its series {uid} is {index.modality[uid]}, the dataset's first case is "
                         f"{modality} (convert each modality into its own dataset)")
     series = read_series(index.series_files(uid, path), index.root)
-    raw = rasterise(ss, series) if kind == "RTSTRUCT" else read_seg(path, series)
+    raw = rasterise(ss, series, rule=rule) if kind == "RTSTRUCT" else read_seg(path, series)
     notes: list[str] = []
     empty = [roi for roi, mask in raw.items() if not mask.any()]
     mapping = _mapping([roi for roi in raw if roi not in empty], table, notes)
