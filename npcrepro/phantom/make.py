@@ -21,7 +21,8 @@ from npcrepro.phantom.tissues import CLASS_ID, TISSUES
 #: records :func:`generator_fingerprint`, which changes with any edit of the code that writes it.
 #: (Adding the CECT channel kept version 1: every earlier channel is bit-identical for the same seed;
 #: a cached cohort without CECT differs in fingerprint and ``modalities``, so it is made again.
-#: Version 2: the raters' consensus became GTVp, the tumour's texture and infiltrative edge changed.)
+#: Version 2: the raters' consensus became GTVp; the tumour's texture, T2 signal, infiltrative edge and
+#: necrotic core changed.)
 GENERATOR_VERSION = 2
 
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -39,9 +40,9 @@ GENERATOR_SOURCES: tuple[str, ...] = ("phantom/*.py", "datasets/case.py", "datas
 #: lymphoid tissue), ``Brain``, ``Vessels`` (carotid arteries, jugular veins).
 #: Targets: ``CTVnd``, ``CTVp``, ``GTVp_truth`` (the tumour the images were rendered from, which no
 #: clinic has), ``GTVp_rater1``... (the observers of :mod:`npcrepro.phantom.raters`), ``GTVnd``
-#: (absent when N0), ``GTVp`` (the raters' majority vote: the reference every chapter scores). Organs at risk (luo2020's set): ``Parotid_L/R``, ``Mandible_L/R``, ``Brainstem``,
-#: ``SpinalCord``, ``Eye_L/R``, ``OpticNerve_L/R``, ``Chiasm``. L/R are the patient's sides
-#: (``_L`` at larger x).
+#: (absent when N0), ``GTVp`` (the raters' majority vote: the reference every chapter scores).
+#: Organs at risk (luo2020's set): ``Parotid_L/R``, ``Mandible_L/R``, ``Brainstem``, ``SpinalCord``,
+#: ``Eye_L/R``, ``OpticNerve_L/R``, ``Chiasm``. L/R are the patient's sides (``_L`` at larger x).
 STRUCTURES: tuple[str, ...] = (
     "Body", "Fat", "Muscle", "Bone", "Airway", "Mucosa", "Brain", "Vessels",
     "CTVnd", "CTVp", "GTVp_truth", *(f"GTVp_rater{i + 1}" for i in range(raters.N_RATERS)),
