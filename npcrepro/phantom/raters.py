@@ -180,14 +180,19 @@ def observe(rng: np.random.Generator, truth: np.ndarray, tissue: np.ndarray, spa
     sub, facts = boundary_raters(rng, m[box], sp, clarity, n_raters=n_raters, jitter_mm=jitter_mm,
                                  clear_cnr=CLEAR_CNR if clear_cnr is None else clear_cnr,
                                  floor=FLOOR if floor is None else floor)
-    out, ends = [], []
+    # everything below happens in the box (no rater reaches its border, which lies 5 mm beyond the
+    # perturbation's reach), then goes onto the full grid
+    ends = []
     for r in sub:
-        full = np.zeros(m.shape, bool)
-        full[box] = r
-        ends.append(_ends(rng, full) if jitter_mm > 0 else {})
+        ends.append(_ends(rng, r) if jitter_mm > 0 else {})
         if allowed is not None:
-            full &= allowed
-        out.append(full)
-    mean, _ = pairwise_dice(out) if len(out) > 1 else (1.0, [])
+            r &= np.asarray(allowed, bool)[box]
+    mean, _ = pairwise_dice(sub) if len(sub) > 1 else (1.0, [])
     facts.update(ends=ends, pairwise_dice=round(mean, 4))
-    return out, majority_vote(out), facts
+
+    def full(a: np.ndarray) -> np.ndarray:
+        out = np.zeros(m.shape, bool)
+        out[box] = a
+        return out
+
+    return [full(r) for r in sub], full(majority_vote(sub)), facts
