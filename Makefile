@@ -8,7 +8,9 @@ PY := $(VENV)/bin/python
 env:
 	@bash scripts/bootstrap.sh
 
-book: env
+# the book's environment has no test tools (EXTRAS=book); `make test` adds them
+book:
+	@EXTRAS=book bash scripts/bootstrap.sh
 	@$(PY) -m npcrepro book --profile $(PROFILE)
 
 test: env
