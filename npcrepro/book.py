@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 from npcrepro import pages as _pages
 from npcrepro.chapterlog import chapter_log
-from npcrepro.errors import DataError, NpcreproError, ParameterError
+from npcrepro.errors import DataError, NpcreproError, ParameterError, did_you_mean
 from npcrepro.paths import repo_root
 
 #: Chapters in book order (:mod:`npcrepro.pages`): notebook name -> title. Each is notebooks/<name>.ipynb.
@@ -72,9 +72,11 @@ def user_notebook(name: str, profile: str, params: dict, root: Path | None = Non
 
 def _check(name: str, profile: str) -> None:
     if name not in CHAPTERS:
-        raise ParameterError(f"unknown chapter {name!r} (valid: {', '.join(CHAPTERS)}, all)")
+        raise ParameterError(f"unknown chapter {name!r} (valid: {', '.join(CHAPTERS)}, all)."
+                             + did_you_mean(name, [*CHAPTERS, "all"]))
     if profile not in PROFILES:
-        raise ParameterError(f"unknown profile {profile!r} (valid: {', '.join(PROFILES)})")
+        raise ParameterError(f"unknown profile {profile!r} (valid: {', '.join(PROFILES)})."
+                             + did_you_mean(profile, PROFILES))
 
 
 def declared_parameters(name: str, root: Path | None = None) -> dict:
@@ -85,22 +87,36 @@ def declared_parameters(name: str, root: Path | None = None) -> dict:
     return {k: v.get("default") for k, v in pm.inspect_notebook(str(path)).items()}
 
 
+def _check_dataset(name: str, P) -> None:
+    """A ``data`` folder that is not there, not a dataset, or holds fewer cases than ``n_cases`` asks
+    for: the DataError the notebook would raise, before its kernel starts (the phantom and "auto"
+    are made or chosen inside the notebook)."""
+    from npcrepro import profiles
+    from npcrepro.datasets import open_dataset
+
+    data = P.get("data")
+    if data is None or str(data) in ("phantom", "auto"):
+        return
+    profiles.enough_cases(open_dataset(data), {**dict(P), "paper": name})
+
+
 def check_parameters(name: str, params: dict, root: Path | None = None) -> None:
     """Raise ParameterError for names the chapter does not declare (papermill would only warn), and
-    for values the parameter registry refuses (types, choices, ranges): before a kernel starts or a
-    run folder exists. Chapters in the registry are checked against it alone, as the notebook
+    for values the parameter registry refuses (types, choices, ranges), and a ``data`` folder that is
+    missing, not a dataset or too small for ``n_cases``: before a kernel starts or a run folder exists. Chapters in the registry are checked against it alone, as the notebook
     itself checks them (its parameters cell is generated from the registry); other pages against
     their parameters cell."""
     from npcrepro import profiles
 
     if name in profiles.papers():
-        profiles.resolve(name, **params)
+        P = profiles.resolve(name, **params)
+        _check_dataset(name, P)
         return
     declared = declared_parameters(name, root)
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ParameterError(f"chapter {name!r}: unknown parameter(s) {', '.join(unknown)} "
-                             f"(valid: {', '.join(declared)})")
+                             f"(valid: {', '.join(declared)})." + did_you_mean(unknown[0], declared))
 
 
 def _package_digest(root: Path) -> str:
@@ -397,7 +413,8 @@ def execution_order(names: Iterable[str]) -> list[str]:
     names = list(names)
     for n in names:
         if n not in CHAPTERS:
-            raise ParameterError(f"unknown chapter {n!r} (valid: {', '.join(CHAPTERS)}, all)")
+            raise ParameterError(f"unknown chapter {n!r} (valid: {', '.join(CHAPTERS)}, all)."
+                                 + did_you_mean(n, [*CHAPTERS, "all"]))
     plain = [n for n in CHAPTERS if n in names and n not in DEPENDS]
     readers = [n for n in CHAPTERS if n in names and n in DEPENDS]
     readers.sort(key=lambda n: DEPENDS[n] == "*")  # those reading everything go last
@@ -525,7 +542,8 @@ def book(profile: str = "cpu", *, force: bool = False, run_missing: bool = True,
     """
     root = root or repo_root()
     if profile not in PROFILES:
-        raise ParameterError(f"unknown profile {profile!r} (valid: {', '.join(PROFILES)})")
+        raise ParameterError(f"unknown profile {profile!r} (valid: {', '.join(PROFILES)})."
+                             + did_you_mean(profile, PROFILES))
     if jobs is not None and jobs < 1:
         raise ParameterError(f"jobs must be at least 1, got {jobs}")
     t0 = time.perf_counter()

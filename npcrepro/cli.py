@@ -1,5 +1,6 @@
-"""The ``npcrepro`` command: phantom, convert, export, splits, score, run, plan, params, book, bench,
-quality.
+"""The npcrepro command: make data, run the chapters, score models and build the book.
+
+Subcommands: phantom, convert, export, splits, score, run, plan, params, book, quality, leftovers, bench.
 
 Every subcommand reports an error on one line (``npcrepro <command>: error: ...``) and exits with
 status 2 for bad input or parameters (a bad argument, path, dataset or parameter value, also when a
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from npcrepro.errors import NpcreproError, ParameterError
+from npcrepro.errors import NpcreproError, ParameterError, did_you_mean
 
 
 def _value(text: str):
@@ -107,7 +108,8 @@ def _chapters(name: str) -> list[str]:
     if name == "all":
         return list(CHAPTERS)
     if name not in CHAPTERS:
-        raise ParameterError(f"unknown chapter {name!r} (valid: {', '.join(CHAPTERS)}, all)")
+        raise ParameterError(f"unknown chapter {name!r} (valid: {', '.join(CHAPTERS)}, all)."
+                             + did_you_mean(name, [*CHAPTERS, "all"]))
     return [name]
 
 
@@ -161,16 +163,32 @@ def cmd_params(args) -> int:
     from npcrepro import profiles
 
     if args.chapter not in profiles.papers():
-        raise ParameterError(f"unknown chapter {args.chapter!r} (valid: {', '.join(profiles.papers())})")
+        raise ParameterError(f"unknown chapter {args.chapter!r} (valid: {', '.join(profiles.papers())})."
+                             + did_you_mean(args.chapter, profiles.papers()))
     rows = profiles.describe(args.chapter)
+    for r in rows:  # under each profile's column, `profile` is that profile (not the notebook's default)
+        if r["parameter"] == "profile":
+            r.update({k: k for k in r if k in profiles.PROFILES})
     if args.profile:
         if args.profile not in profiles.profiles(args.chapter):
             raise ParameterError(f"unknown profile {args.profile!r} for {args.chapter} "
-                                 f"(valid: {', '.join(profiles.profiles(args.chapter))})")
+                                 f"(valid: {', '.join(profiles.profiles(args.chapter))})."
+                                 + did_you_mean(args.profile, profiles.profiles(args.chapter)))
         rows = [{k: v for k, v in r.items() if k not in profiles.PROFILES or k == args.profile} for r in rows]
     table = pd.DataFrame(rows).fillna("").astype(str)
-    with pd.option_context("display.max_colwidth", 90, "display.width", 250, "display.max_rows", 500):
-        print(table.to_string(index=False))
+    # the values in one table the terminal's width, then each parameter's allowed values and help as
+    # wrapped lines (not 250-column rows)
+    import shutil
+    import textwrap
+
+    width = max(80, shutil.get_terminal_size((120, 24)).columns)
+    values = table.drop(columns=["allowed", "help"])
+    with pd.option_context("display.max_colwidth", 40, "display.width", width, "display.max_rows", 500):
+        print(values.to_string(index=False))
+    print()
+    for row in table.itertuples(index=False):
+        text = row.help + (f" Allowed: {row.allowed}." if row.allowed else "")
+        print(textwrap.fill(f"{row.parameter}: {text}", width=width, subsequent_indent="    "))
     return 0
 
 
@@ -222,18 +240,26 @@ def cmd_quality(args) -> int:
     return 0 if s["passed"] else 1
 
 
+def _benchmarks() -> list[str]:
+    """The benchmark names (``benchmarks/bench_<name>.py``; none outside a checkout)."""
+    from npcrepro.paths import repo_root
+
+    return sorted(p.stem.removeprefix("bench_") for p in (repo_root() / "benchmarks").glob("bench_*.py"))
+
+
 def cmd_bench(args) -> int:
     from npcrepro.paths import repo_root
 
     folder = repo_root() / "benchmarks"
-    names = args.names or sorted(p.stem.removeprefix("bench_") for p in folder.glob("bench_*.py"))
+    valid = _benchmarks()
+    names = args.names or valid
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ParameterError(f"unknown benchmark {unknown[0]!r} (valid: {', '.join(valid)})."
+                             + did_you_mean(unknown[0], valid))
     sys.path.insert(0, str(folder))
     for name in names:
-        try:
-            mod = importlib.import_module(f"bench_{name}")
-        except ModuleNotFoundError:
-            raise ParameterError(f"unknown benchmark {name!r} (valid: "
-                                 f"{', '.join(p.stem[6:] for p in folder.glob('bench_*.py'))})") from None
+        mod = importlib.import_module(f"bench_{name}")
         print(f"== benchmark {name} ==", flush=True)
         t0 = time.perf_counter()
         mod.main(quick=args.quick)
@@ -257,14 +283,17 @@ def _log_output_flag(s: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="npcrepro", description=__doc__.splitlines()[0])
+    from npcrepro.profiles import PROFILES
+
+    p = _Parser(prog="npcrepro", description=__doc__.splitlines()[0],
+                epilog="`npcrepro <command> --help` describes a command and its choices.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("phantom", help="generate a phantom dataset")
     s.add_argument("--out", required=True, type=Path, help="output dataset folder")
     s.add_argument("--cases", type=int, default=10, help="number of virtual patients")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--preset", default="cpu", help="size preset: smoke, cpu or gpu")
+    s.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"], help="size preset")
     s.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     s.set_defaults(func=cmd_phantom)
 
@@ -323,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(paper resolution, fewer patients and iterations). "
                                    "`npcrepro params <chapter>` lists a chapter's parameters.")
     s.add_argument("paper", help=f"chapter name or 'all' ({', '.join(CHAPTERS)})")
-    s.add_argument("--profile", default="cpu", help="smoke, cpu, gpu or gpu-lite")
+    s.add_argument("--profile", default="cpu", choices=PROFILES, help="smoke, cpu, gpu or gpu-lite")
     s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="notebook parameter (repeatable), e.g. -p data /path/to/dataset")
     s.add_argument("--force", action="store_true", help="re-run even if up to date")
@@ -347,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "chapter's dry run (made first when missing; shapes only, seconds). "
                                    "Every number is an estimate.")
     s.add_argument("chapters", nargs="*", help="training chapters (default: all)")
-    s.add_argument("--profile", default="gpu", help="smoke, cpu, gpu or gpu-lite")
+    s.add_argument("--profile", default="gpu", choices=PROFILES, help="smoke, cpu, gpu or gpu-lite")
     s.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run folders")
     s.add_argument("--no-run", action="store_true", help="only read existing dry runs")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -359,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_params)
 
     s = sub.add_parser("book", help="run what is missing and build the HTML book")
-    s.add_argument("--profile", default="cpu")
+    s.add_argument("--profile", default="cpu", choices=PROFILES)
     s.add_argument("--force", action="store_true", help="re-run every chapter")
     s.add_argument("--no-run", action="store_true", help="only build from existing runs")
     s.add_argument("--jobs", type=int, default=None,
@@ -368,9 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_book)
 
     s = sub.add_parser("quality", help="check the newest runs against the book's bars (DSC, empty "
-                       "predictions, converged share); exit 1 when a network misses its bar")
+                       "predictions, converged share); exit 1 when a network misses its bar",
+                       description="Check the newest run of every chapter under RUNS/PROFILE against the "
+                                   "book's bars: every network predicts tumour, reaches its DSC bar (a share "
+                                   "of the inter-rater ceiling where the data has raters, else a fixed bar "
+                                   "by input, MRI or CT), no seed collapses, and the share of converged "
+                                   "networks. Prints the table and a summary; exits 1 when a network that "
+                                   "is not a chapter's named exception misses its bar or collapses.")
     s.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run folders")
-    s.add_argument("--profile", default="cpu")
+    s.add_argument("--profile", default="cpu", choices=PROFILES)
     s.set_defaults(func=cmd_quality)
 
     s = sub.add_parser("leftovers", help="list (or --remove) what killed processes left behind: partial "
@@ -380,8 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--remove", action="store_true", help="delete them")
     s.set_defaults(func=cmd_leftovers)
 
-    s = sub.add_parser("bench", help="run the benchmarks and print ratios")
-    s.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    benches = _benchmarks()
+    s = sub.add_parser("bench", help="run the benchmarks and print ratios",
+                       description="Run benchmarks/bench_<name>.py and print what each measures as ratios "
+                                   "(speed and memory targets live here, not in the tests). Benchmarks: "
+                                   f"{', '.join(benches)}.")
+    s.add_argument("names", nargs="*", help=f"benchmarks to run (default: all; {', '.join(benches)})")
     s.add_argument("--quick", action="store_true", help="smaller sizes")
     s.set_defaults(func=cmd_bench)
     return p

@@ -24,3 +24,12 @@ class ParameterError(NpcreproError, ValueError):
     """An unknown parameter name or an invalid parameter value (notebooks, CLI, profiles)."""
 
     exit_code = 2
+
+
+def did_you_mean(name, valid) -> str:
+    """" Did you mean 'x'?" for the closest of ``valid`` to a misspelt ``name`` (difflib's ratio at
+    least 0.6), "" when none is close; appended to an "unknown ..." message."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -46,7 +46,7 @@ from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any, Iterator, Sequence
 
-from npcrepro.errors import DataError, ParameterError
+from npcrepro.errors import DataError, ParameterError, did_you_mean
 from npcrepro.paths import build_once
 
 __all__ = ["PROFILES", "COMMON", "Params", "register_profile", "register_choices", "papers",
@@ -268,7 +268,8 @@ def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
     sizes_names = [k for k in defaults if k not in COMMON]
     unknown = [k for k in overrides if k not in defaults]
     if unknown:
-        raise ParameterError(f"unknown parameter {unknown[0]!r} for {paper} (valid: {', '.join(defaults)})")
+        raise ParameterError(f"unknown parameter {unknown[0]!r} for {paper} (valid: {', '.join(defaults)})."
+                             + did_you_mean(unknown[0], defaults))
     values = dict(defaults)
     for k, v in overrides.items():
         if v is None:
@@ -394,7 +395,8 @@ def notebook_params(paper: str, namespace: Mapping[str, Any], before: set | None
            and isinstance(namespace[k], _PLAIN) and not isinstance(namespace[k], (ModuleType, FunctionType, type))]
     unknown = [k for k in new if k not in valid]
     if unknown:
-        raise ParameterError(f"unknown parameter {unknown[0]!r} (valid: {', '.join(valid)})")
+        raise ParameterError(f"unknown parameter {unknown[0]!r} (valid: {', '.join(valid)})."
+                             + did_you_mean(unknown[0], valid))
     given = {k: namespace[k] for k in valid if k in namespace}
     profile = given.pop("profile", COMMON["profile"])
     return resolve(paper, profile=profile, **given)

@@ -21,9 +21,16 @@ def _cli(*args):
 
 @pytest.mark.parametrize("args, needle", [
     (["run", "nosuchpaper"], "unknown chapter 'nosuchpaper'"),
-    (["run", "li2018", "--profile", "huge"], "unknown profile 'huge'"),
+    (["run", "li2018", "--profile", "huge"], "invalid choice: 'huge' (choose from 'smoke', 'cpu', 'gpu', 'gpu-lite')"),
     (["run", "li2018", "--profile", "smoke", "-p", "epochz", "3"], "unknown parameter 'epochz' for li2018"),
-    (["book", "--profile", "huge"], "unknown profile 'huge'"),
+    (["book", "--profile", "huge"], "invalid choice: 'huge'"),
+    (["run", "li2019"], "unknown chapter 'li2019' (valid: metrics,"),
+    (["run", "li2019"], "all). Did you mean 'li2018'?"),
+    (["run", "li2018", "--profile", "smoke", "-p", "dta", "x"], "Did you mean 'data'?"),
+    (["params", "templat"], "Did you mean 'template'?"),
+    (["bench", "phantm"], "unknown benchmark 'phantm' (valid: engine, loader, metrics, phantom, stability). "
+                          "Did you mean 'phantom'?"),
+    (["quality", "--profile", "gpu-lit"], "invalid choice: 'gpu-lit'"),
 ])
 def test_bad_arguments_fail_in_one_line(args, needle):
     proc = _cli(*args)
@@ -31,6 +38,31 @@ def test_bad_arguments_fail_in_one_line(args, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert lines[0].startswith(f"npcrepro {args[0]}: error:")
+
+
+def test_a_data_folder_is_checked_before_a_kernel_starts(tmp_path):
+    """A missing dataset, or too few cases for -p n_cases, is the one-line error at once (the
+    notebook would raise it 15-30 s later, after its kernel started), with no notebook written."""
+    from npcrepro import phantom
+
+    proc = _cli("run", "template", "--profile", "smoke", "-p", "data", str(tmp_path / "nothing"),
+                "-p", "out_dir", str(tmp_path / "runs"))
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"npcrepro run: error: {tmp_path / 'nothing'}: dataset folder not found")
+    phantom.generate(tmp_path / "ds", 2, 0, preset="smoke", progress=False, modalities=("T1",))
+    proc = _cli("run", "template", "--profile", "smoke", "-p", "data", str(tmp_path / "ds"), "-p", "n_cases", "5",
+                "-p", "out_dir", str(tmp_path / "runs"))
+    assert proc.returncode == 2 and "n_cases=5, but the dataset holds 2 cases" in proc.stderr
+    assert "failed in cell" not in proc.stderr and not (tmp_path / "runs").exists()
+
+
+def test_params_prints_rows_a_terminal_holds_and_each_profile_under_its_own_name(capsys):
+    assert main(["params", "template"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in out) <= 120
+    row = next(line.split() for line in out if line.split()[:1] == ["profile"])
+    assert row == ["profile", "str", "smoke", "cpu", "gpu", "gpu-lite"]
+    assert any(line.startswith("n_val: ") for line in out)
 
 
 def test_unknown_parameter_lists_valid_ones(capsys):
