@@ -1,6 +1,7 @@
 """The npcrepro command: make data, run the chapters, score models and build the book.
 
-Subcommands: phantom, convert, export, splits, score, run, plan, params, book, quality, leftovers, bench.
+Subcommands: phantom, convert, export, predict, splits, score, run, plan, params, book, quality, leftovers,
+bench.
 
 Every subcommand reports an error on one line (``npcrepro <command>: error: ...``) and exits with
 status 2 for bad input or parameters (a bad argument, path, dataset or parameter value, also when a
@@ -62,6 +63,23 @@ def cmd_export(args) -> int:
     print(export(args.masks, args.dicom, args.out, kind=args.format, series_uid=args.series,
                  overwrite=args.overwrite))
     return 0
+
+
+def cmd_predict(args) -> int:
+    from npcrepro.predict import predict
+
+    fold = args.fold if args.fold == "ensemble" else _int(args.fold, "--fold")
+    print(predict(args.run, args.input, args.out, method=args.method, fold=fold, seed=args.seed,
+                  device=args.device, export=args.export, any_spacing=args.any_spacing,
+                  overwrite=args.overwrite, progress=True))
+    return 0
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ParameterError(f"{what} must be a number or 'ensemble', got {text!r}") from None
 
 
 def cmd_splits(args) -> int:
@@ -316,6 +334,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "series with the masks' grid)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("predict", help="apply a finished run's network to new patients",
+                       description="Apply a finished run's network (one method; every fold and seed averaged, or "
+                                   "one) to a dataset folder, an image file or a DICOM series folder: 0/1 masks "
+                                   "OUT/<case>/<structure>.nii.gz on each case's own grid, and with --export an "
+                                   "RTSTRUCT or DICOM-SEG referencing the DICOM series. The input must have the "
+                                   "channels the network reads and (unless --any-spacing) the training voxel size.")
+    s.add_argument("run", type=Path, help="a finished run folder (runs/<profile>/<chapter>/<stamp>-<name>)")
+    s.add_argument("input", type=Path, help="dataset folder, image file (.nii.gz, .nrrd, .mha) or DICOM folder")
+    s.add_argument("out", type=Path, help="folder for the masks")
+    s.add_argument("--method", default=None, help="the run's method (default: its only one)")
+    s.add_argument("--fold", default="ensemble", help="a fold number, or 'ensemble' (default: all folds averaged)")
+    s.add_argument("--seed", type=int, default=None, help="one seed (default: every seed, averaged)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--export", default=None, choices=["rtstruct", "dicomseg"],
+                   help="also write this DICOM object (DICOM series input)")
+    s.add_argument("--any-spacing", action="store_true", help="predict on voxels of another size")
+    s.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+    s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("splits", help="export a chapter's folds for other tools")
     s.add_argument("action", choices=["export"])

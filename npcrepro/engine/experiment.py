@@ -191,6 +191,18 @@ def _run_job(spec: JobSpec) -> dict:
     return {"rows": rows, "training": training, "half": half_rows}
 
 
+def _spacing(ds, folds) -> dict:
+    """``{"spacing_mm": [z, y, x]}`` of the first training case (read from its first channel), or {}."""
+    first = next((c for f in folds for c in f.train), None)
+    if first is None or not getattr(ds, "channels", None):
+        return {}
+    try:
+        case = ds.load(first, channels=ds.channels[:1], structures=[])
+    except (DataError, OSError, TypeError):
+        return {}
+    return {"spacing_mm": [round(float(s), 6) for s in case.spacing]}
+
+
 def _write_raters(path: Path, ds, metrics) -> None:
     """``raters.csv``: the raters' agreement on the run's test cases (:func:`npcrepro.evaluation.rater_agreement`),
     where the dataset holds raters of a scored structure; nothing written where it holds none."""
@@ -365,8 +377,9 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     if dry and rf.writer:
         (rf.path / "DRY_RUN").write_text("a dry run: sizes of the profile, 2 iterations per network; "
                                          "its numbers mean nothing\n", encoding="utf-8")
-    # run.json: a dry run says so; a run scored on the dataset's held-out cases counts them
-    facts = {**dry, **({"held_out": len(held_out)} if held_out else {})}
+    # run.json: a dry run says so; a run scored on the dataset's held-out cases counts them; the voxel
+    # size of the first training case, which `npcrepro predict` holds new patients to
+    facts = {**dry, **({"held_out": len(held_out)} if held_out else {}), **_spacing(ds, folds)}
     _run_json(rf, chapter, structures, chosen, folds, seeds, "running", data=params["data"],
               data_label=label, channels=channels, **facts)
     job_params = {**params, "progress": False}
