@@ -82,20 +82,26 @@ def ring_contrast(image: np.ndarray, mask: np.ndarray, spacing, *, inner_mm: flo
 ASSUMED_T2_PIXEL_MM = 230.0 / 512
 
 
+def _largest_slices(cases, structure: str):
+    """(case, z, the 2D mask of ``structure`` on axial slice z) where its cross-section is largest, for
+    each case that has ``structure``."""
+    for case in cases:
+        m = case.labels.get(structure)
+        if m is not None and m.any():
+            z = int(np.argmax(m.sum(axis=(1, 2))))
+            yield case, z, m[z]
+
+
 def contrast_table(cases, channels=None, structure: str = "GTVp", pixel_mm: float | None = None) -> pd.DataFrame:
     """:func:`ring_contrast` of ``structure`` on each case's axial slice of largest cross-section, per
     channel (default every channel of :data:`CHANNELS` the case has): one row per (case, channel)
     with ``contrast`` and ``texture``. ``pixel_mm`` replaces the cases' in-plane spacing (real
     slices exported without one). Cases without ``structure`` give no row."""
     rows = []
-    for case in cases:
-        m = case.labels.get(structure)
-        if m is None or not m.any():
-            continue
-        z = int(np.argmax(m.sum(axis=(1, 2))))
+    for case, z, m in _largest_slices(cases, structure):
         px = float(pixel_mm) if pixel_mm else float(case.spacing[-1])
         for ch in [c for c in (channels or CHANNELS) if c in case.images]:
-            r = ring_contrast(case.images[ch][z], m[z], px)
+            r = ring_contrast(case.images[ch][z], m, px)
             if r is not None:
                 rows.append({"case": case.name, "channel": ch, **r})
     return pd.DataFrame(rows, columns=["case", "channel", "contrast", "texture"])
@@ -308,13 +314,9 @@ def shape_table(cases, structure: str = "GTVp", pixel_mm: float | None = None) -
     from skimage.measure import label, regionprops
 
     rows = []
-    for case in cases:
-        m = case.labels.get(structure)
-        if m is None or not m.any():
-            continue
-        z = int(np.argmax(m.sum(axis=(1, 2))))
+    for case, _, m in _largest_slices(cases, structure):
         px = (float(pixel_mm),) * 2 if pixel_mm else tuple(float(s) for s in case.spacing[-2:])
-        parts = regionprops(label(m[z]))
+        parts = regionprops(label(m))
         r = max(parts, key=lambda p: p.area)
         area = float(r.area) * px[0] * px[1]
         rows.append({"case": case.name, "area_mm2": area, "diameter_mm": 2 * np.sqrt(area / np.pi),
