@@ -101,3 +101,29 @@ def build_once(folder: str | os.PathLike, load: Callable[[Path], T | None], make
     with exclusive_lock(folder.with_name(f".{folder.name}.lock")):
         value = load(folder)
         return value if value is not None else make(folder)
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as a page or a message shows it: relative to the repository root when it lies inside it,
+    else relative to the working directory when inside that, else as given (a page then names
+    ``runs/cpu/...``, not the folder of the machine that built it)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    for base in (repo_root(), Path.cwd()):
+        try:
+            return str(p.resolve().relative_to(base.resolve()))
+        except (ValueError, OSError):
+            continue
+    return str(p)
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm bar (the notebook widget in a live kernel, text in a terminal); none at all where
+    ``NPCREPRO_PROGRESS_BARS=0``, which the book sets for the chapters it executes: in a static page
+    the widget would be a dead control (their ``[progress]`` lines still say how far a run is)."""
+    from tqdm.auto import tqdm
+
+    if os.environ.get("NPCREPRO_PROGRESS_BARS") == "0":
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)

@@ -227,7 +227,7 @@ def predict(run: str | os.PathLike, source: str | os.PathLike, out: str | os.Pat
     report = PredictReport(out, method, folds, seeds)
     loaders = _cases(Path(source), channels)
     if progress:
-        from tqdm.auto import tqdm
+        from npcrepro.paths import progress_bar as tqdm
 
         loaders = tqdm(loaders, desc="predicting", unit="case")
     for load in loaders:

@@ -140,7 +140,13 @@ class Params(Mapping):
         return (Params, (self._d,))
 
     def __repr__(self) -> str:
-        return "Params(" + ", ".join(f"{k}={v!r}" for k, v in self._d.items()) + ")"
+        from npcrepro.paths import shown
+
+        def value(k, v):  # a path parameter as the page shows it (runs/..., not the build machine's folder)
+            return repr(shown(v)) if k in PATH_PARAMETERS and isinstance(v, str) and v not in PATH_PARAMETERS[k] \
+                else repr(v)
+
+        return "Params(" + ", ".join(f"{k}={value(k, v)}" for k, v in self._d.items()) + ")"
 
     def to_dict(self) -> dict:
         return dict(self._d)

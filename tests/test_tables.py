@@ -73,8 +73,13 @@ def test_install_registers_the_formatters():
         labelled = pd.DataFrame({"x": [1, 2]}, index=pd.Index(["a", "b"], name="method"))
         fmt = shell.display_formatter.format(labelled)[0]
         assert "<th>a</th>" in fmt["text/html"] and "method" in fmt["text/html"]
+        # floats to three decimals: 0.753, not 0.753182
+        fmt = shell.display_formatter.format(pd.DataFrame({"dice": [0.753182, 0.5]}))[0]
+        assert "0.753" in fmt["text/html"] and "0.7531" not in fmt["text/html"]
+        assert fmt["text/plain"].split() == ["dice", "0.753", "0.500"]
     finally:
         InteractiveShell.clear_instance()
+        pd.reset_option("display.precision")
 
 
 @pytest.mark.parametrize("notebook", sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb")))

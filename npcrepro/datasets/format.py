@@ -134,7 +134,9 @@ class Dataset:
             yield self.load(name)
 
     def __repr__(self) -> str:
-        return (f"Dataset({str(self.root)!r}, {len(self)} cases, channels={self.channels}, "
+        from npcrepro.paths import shown
+
+        return (f"Dataset({shown(self.root)!r}, {len(self)} cases, channels={self.channels}, "
                 f"structures={self.structures})")
 
     def _sub_of(self, name: str) -> str:
@@ -401,7 +403,7 @@ def _write_all(out: Path, cases, test_cases, channels: list[str], structures: li
     counts = {"Tr": 0, "Ts": 0}
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from npcrepro.paths import progress_bar as tqdm
         bar = tqdm(total=len(items) if isinstance(items, list) else None, desc="writing cases",
                    unit="case")
     try:

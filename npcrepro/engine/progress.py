@@ -104,7 +104,7 @@ class ProgressBar:
             return
         now = time.perf_counter()
         if event == "stage_start" and self.bar is None:
-            from tqdm.auto import tqdm
+            from npcrepro.paths import progress_bar as tqdm
 
             st = trainer.state
             total = sum(trainer.stage_budget(s) for s in trainer.stages)

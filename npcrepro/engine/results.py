@@ -78,6 +78,14 @@ class Results:
 
     # ------------------------------------------------------------------ facts
     @property
+    def where(self) -> str:
+        """The run folder as a page shows it (``runs/cpu/<chapter>/<stamp>-<name>``, not the building
+        machine's path: :func:`npcrepro.paths.shown`)."""
+        from npcrepro.paths import shown
+
+        return shown(self.path)
+
+    @property
     def raters(self):
         """``raters.csv``: the raters' agreement on this run's test cases
         (:func:`npcrepro.evaluation.rater_agreement`); an empty frame where the data has no raters."""

@@ -253,7 +253,7 @@ def survey(dataset, *, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFra
     rows, cnr_rows = [], []
     names = dataset.cases
     if progress:
-        from tqdm.auto import tqdm
+        from npcrepro.paths import progress_bar as tqdm
         names = tqdm(names, desc="measuring", unit="case")
     for name in names:
         case = dataset.load(name, channels=channels, structures=wanted)

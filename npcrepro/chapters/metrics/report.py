@@ -20,7 +20,7 @@ def inter_rater_table(src, *, scans: Sequence[str] | None = None,
     in mm, volumes in cm3, ``pred_empty``/``ref_empty`` flags). Organs missing for either rater in a
     scan are skipped (not scored as empty).
     """
-    from tqdm.auto import tqdm
+    from npcrepro.paths import progress_bar as tqdm
 
     scans = list(scans or two_raters.scans(src))
     jobs = [(s, o) for s in scans for o in two_raters.organs(src, s)

@@ -319,6 +319,6 @@ class _NoBar:
 def _bar(total: int, desc: str, progress: bool):
     if not progress:
         return _NoBar()
-    from tqdm.auto import tqdm
+    from npcrepro.paths import progress_bar as tqdm
 
     return tqdm(total=total, desc=desc, unit="case")
