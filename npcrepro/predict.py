@@ -20,8 +20,10 @@ Output: ``OUT/<case>/<structure>.nii.gz``, 0/1 masks on each case's own grid (as
 a DICOM series, ``export="rtstruct"`` or ``"dicomseg"`` also writes ``OUT/<case>/<format>.dcm``
 referencing that series (:func:`npcrepro.dicom.export.export`, read back and checked).
 
-Not every chapter can predict on new patients: one whose preparation needs a contour (guo2021's
-training boxes, luo2020's slices of each organ) says so in one line.
+Not every chapter can predict on new patients: the template's and the leaderboard's networks (every
+paper's network under the common protocol, cascades included) can; a chapter whose preparation
+reads a contour (xue2020, chen2020 and guo2021 crop around the tumour, luo2020 prepares its own
+loader's items, li2018 reads one DCE frame its run does not record as a channel) says so in one line.
 """
 from __future__ import annotations
 
@@ -144,6 +146,11 @@ def _cases(source: Path, channels: Sequence[str]) -> list[Callable[[], tuple[Any
     raise DataError(f"{source}: not a dataset folder, an image file ({', '.join(_IMAGE_SUFFIXES)}) or a DICOM folder")
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"failed: {text}" if isinstance(exc, DataError) else f"failed ({type(exc).__name__}: {text})"
+
+
 def _check_spacing(case, trained: Sequence[float] | None, any_spacing: bool) -> None:
     if trained is None or any_spacing:
         return
@@ -236,9 +243,11 @@ def predict(run: str | os.PathLike, source: str | os.PathLike, out: str | os.Pat
         try:
             prepared = chapter.prepare(case, P)
             probs = [chapter.predict(m, net, prepared, ctx) for net, ctx in zip(nets, contexts)]
-        except KeyError as exc:
-            raise DataError(f"{res.chapter}: preparing or predicting a case needs {exc.args[0]!r}, which a new "
-                            f"patient does not have (this chapter cannot predict on new patients)") from None
+        except (KeyError, TypeError, DataError) as exc:  # its preparation reads a contour, or its own loader's items
+            why = f"needs {exc.args[0]!r}" if isinstance(exc, KeyError) else _one_line(exc)
+            raise DataError(f"{res.chapter} cannot predict on a new patient: preparing {case.name} {why} "
+                            f"(its cases are prepared from their contours; template and the leaderboard's "
+                            f"networks can)") from None
         written = {}
         for structure in probs[0]:
             prob = np.mean([p[structure] for p in probs], axis=0)
