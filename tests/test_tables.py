@@ -77,9 +77,12 @@ def test_install_registers_the_formatters():
         fmt = shell.display_formatter.format(pd.DataFrame({"dice": [0.753182, 0.5]}))[0]
         assert "0.753" in fmt["text/html"] and "0.7531" not in fmt["text/html"]
         assert fmt["text/plain"].split() == ["dice", "0.753", "0.500"]
+        why = "a reason of a deviation long enough to be cut at pandas' default of fifty characters, whole"
+        assert why in shell.display_formatter.format(pd.DataFrame({"why": [why]}))[0]["text/html"]
     finally:
         InteractiveShell.clear_instance()
         pd.reset_option("display.precision")
+        pd.reset_option("display.max_colwidth")
 
 
 @pytest.mark.parametrize("notebook", sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb")))

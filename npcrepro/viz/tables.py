@@ -87,8 +87,8 @@ DECIMALS = 3
 
 
 def install() -> bool:
-    """Register the formatters in the running IPython kernel and round floats to :data:`DECIMALS`
-    places in every table; False outside IPython (nothing done)."""
+    """Register the formatters in the running IPython kernel, round floats to :data:`DECIMALS`
+    places in every table and show text cells whole; False outside IPython (nothing done)."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - IPython is a dependency of the book
@@ -99,6 +99,7 @@ def install() -> bool:
     from pandas.io.formats.style import Styler
 
     pd.set_option("display.precision", DECIMALS)
+    pd.set_option("display.max_colwidth", None)  # a page shows a reason or a source whole, never cut with "..."
     formatters = ip.display_formatter.formatters
     formatters["text/html"].for_type(pd.DataFrame, table_html)
     formatters["text/html"].for_type(Styler, table_html)
