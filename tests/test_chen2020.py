@@ -478,12 +478,14 @@ def test_run_report_and_figures(toy_dir, tmp_path):
     case = R.figure_case(res)
     assert res.prediction("mmfnet_full", case).shape == toy_case(0).shape
     t1 = R.comparison(res, C.TABLE_I)
-    assert list(t1.frame.index) == [r["label"] for r in paper.TABLE_I_ROWS]
-    assert "(reproduced)" in t1.frame.loc[paper.FULL, "DSC reproduced"]
-    assert "not reproduced" in t1.frame.loc["U-net (T1)", "AP reproduced"]
-    assert "0.719 (reported)" == t1.frame.loc[paper.FULL, "DSC reported"]
-    t2 = R.comparison(res, C.TABLE_II)
-    assert "(reproduced)" in t2.frame.loc["Multi-encoder multi-modality network (baseline)", "DSC reproduced"]
+    assert list(t1.frame["method"]) == [r["label"] for r in paper.TABLE_I_ROWS]  # a column, not an index row
+    t1f = t1.frame.set_index("method")
+    # the column names say reported or reproduced; the cells hold the number alone
+    assert " ± " in t1f.loc[paper.FULL, "DSC reproduced"] and "(" not in t1f.loc[paper.FULL, "DSC reproduced"]
+    assert "not reproduced" in t1f.loc["U-net (T1)", "AP reproduced"]
+    assert "0.719" == t1f.loc[paper.FULL, "DSC reported"]
+    t2 = R.comparison(res, C.TABLE_II).frame.set_index("method")
+    assert " ± " in t2.loc["Multi-encoder multi-modality network (baseline)", "DSC reproduced"]
     q = R.three_questions(res)
     n = len(res.test_cases())
     assert q["n"].tolist() == [n, 0, 0]  # multi_mlp_std was not run: questions 2 and 3 say so

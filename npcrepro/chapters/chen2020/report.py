@@ -55,7 +55,9 @@ def comparison(results, table: str = TABLE_I):
     wide = wide[[(m, side) for m in ("dsc", "ap", "dice_loss") for side in ("reported", "reproduced")]]
     wide.columns = [f"{names[m]} {side}" for m, side in wide.columns]
     wide = wide.loc[[e["label"] for e in entries]]
-    wide.index.name = "method"
+    # each column says whether it is reported or reproduced: the cells keep the number alone
+    wide = wide.apply(lambda col: col.str.replace(r" \((reported|reproduced)\)$", "", regex=True))
+    wide = wide.rename_axis("method").reset_index()
     return ComparisonTable(wide, long.numbers, long.caption, long.notes)
 
 
