@@ -290,16 +290,17 @@ class ComparisonTable:
     notes: list[str] = field(default_factory=list)
 
     def _repr_html_(self) -> str:
-        body = self.frame.to_html(escape=True)
+        body = self.frame.to_html(escape=True, index=not isinstance(self.frame.index, pd.RangeIndex))
         return (f"<div><p style='font-style:italic'>{html.escape(self.caption)}</p>{body}"
                 + "".join(f"<p><small>{html.escape(n)}</small></p>" for n in self.notes) + "</div>")
 
     def to_markdown(self) -> str:
-        idx_names = list(self.frame.index.names)
+        positional = isinstance(self.frame.index, pd.RangeIndex)
+        idx_names = [] if positional else list(self.frame.index.names)
         head = idx_names + list(self.frame.columns)
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for key, row in self.frame.iterrows():
-            key = key if isinstance(key, tuple) else (key,)
+            key = () if positional else key if isinstance(key, tuple) else (key,)
             lines.append("| " + " | ".join([str(k) for k in key] + [str(v) for v in row]) + " |")
         return f"*{self.caption}*\n\n" + "\n".join(lines) + "".join(f"\n\n{n}" for n in self.notes)
 
