@@ -469,9 +469,8 @@ def ceiling_sentence(results, structure: str = "GTVp") -> str:
     (:func:`rater_agreement`): how many test patients, how many raters, their mean pairwise DSC and
     their mean DSC against the consensus the networks are scored against. "" where the run's data
     has no raters of ``structure``."""
-    r = results.raters
-    r = r[r["structure"] == structure]
-    if not len(r):
+    r = getattr(results, "raters", None)
+    if r is None or not len(r) or not len(r := r[r["structure"] == structure]):
         return ""
     return (f"Inter-rater ceiling on these {len(r)} test patients: the data's {int(r['raters'].max())} raters "
             f"of {structure} agree at a mean pairwise DSC of {r['pairwise_dice'].mean():.2f}, and each "
