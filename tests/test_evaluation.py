@@ -195,7 +195,12 @@ def test_a_run_is_compared_with_its_own_paper_and_named_without_the_machines_pat
     ct = E.compare_run(real, _table(DICE_A, "U-Net"), table="Sec. 2", metrics=["dsc"])
     assert ct.frame.loc[("dsc", "U-Net"), "reported"].endswith("(reported)")      # xue2020's own Sec. 2
     assert "on dataset openkbp-n12 (4 held-out test patients) data, cpu profile" in ct.caption
-    assert "/home/me" not in ct.caption
+    assert "/home/me" not in ct.caption and "Inter-rater" not in ct.caption  # no raters: no ceiling
+    phantom.raters = pd.DataFrame({"case": ["a", "b"], "structure": "GTVp", "raters": 3,
+                                   "pairwise_dice": [0.70, 0.76], "rater_vs_reference": [0.86, 0.9]})
+    ct = E.compare_run(phantom, _table(DICE_A, "U-Net"), table="Sec. 2", metrics=["dsc"])
+    assert ct.caption.endswith("Inter-rater ceiling on these 2 test patients: the data's 3 raters of GTVp agree "
+                               "at a mean pairwise DSC of 0.73, and each with their consensus (the reference) at 0.88.")
 
 
 def test_canonical_metric_names():
