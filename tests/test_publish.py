@@ -155,6 +155,14 @@ def test_repository_base_url_and_launch_buttons_are_set():
     assert cfg["sphinx"]["local_extensions"] == {"launch_sources": "book/_ext"}
 
 
+def test_one_citation_style_in_the_text_and_the_reference_list():
+    """The reference list labels entries in sphinxcontrib-bibtex's default style (alpha: [Li18]); the
+    text cites with the same labels, not author-year beside alpha labels."""
+    config = _config()["sphinx"]["config"]
+    assert config["bibtex_reference_style"] == "label"
+    assert config.get("bibtex_default_style", "alpha") == "alpha"
+
+
 def test_launch_links_point_at_the_source_notebooks():
     colab = "https://colab.research.google.com/github/o/r/blob/main/book/runs/cpu/li2018.ipynb"
     assert launch_sources.source_url(colab).endswith("/blob/main/notebooks/li2018.ipynb")
