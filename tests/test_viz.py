@@ -115,6 +115,16 @@ def test_discovery_labels(fake):
 
     views = list_runs(fake["out"], "smoke")
     assert [v.paper for v in views] == ["leaderboard", "guo2021", "luo2020", "xue2020"]
+    # an aborted run is not offered: a copy of the leaderboard's run, marked FAILED
+    import shutil
+
+    aborted = fake["out"] / "smoke" / "leaderboard" / "20260101-000009-aborted"
+    shutil.copytree(views[0].path, aborted)
+    (aborted / "FAILED").write_text("KeyboardInterrupt\n")
+    try:
+        assert [v.name for v in list_runs(fake["out"], "smoke")] == [v.name for v in views]
+    finally:
+        shutil.rmtree(aborted)
     lb = views[0]
     assert lb.label.startswith("leaderboard/") and lb.cases == names and lb.labels == ["unet", "cscn"]
     cv = lb.case(names[0])

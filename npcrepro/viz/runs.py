@@ -347,7 +347,8 @@ def pd_unique(values) -> list:
 
 def list_runs(out_dir: str | os.PathLike = "runs", profile: str | None = "cpu",
               paper: str | None = None) -> list[RunView]:
-    """Every run folder under ``out_dir`` (optionally one profile/paper), oldest first.
+    """Every run folder under ``out_dir`` (optionally one profile/paper), oldest first, but a failed
+    one (FAILED, or RUNNING with its process gone: :attr:`npcrepro.engine.runs.RunFolder.status`).
 
     DataError (one line) when the folder is missing or holds no run."""
     base = Path(out_dir)
@@ -359,8 +360,12 @@ def list_runs(out_dir: str | os.PathLike = "runs", profile: str | None = "cpu",
     if not paths:
         raise DataError(f"no runs under {where} (run a chapter first, e.g. "
                         f"`python -m npcrepro run leaderboard --profile {profile or 'cpu'}`)")
+    from npcrepro.engine.runs import RunFolder
+
     views = []
     for p in sorted(paths, key=lambda p: (p.name, p.parent.name)):
+        if RunFolder(p).status == "failed":  # stopped by an error or killed: nothing to explore
+            continue
         try:
             views.append(RunView(p))
         except DataError:
