@@ -140,13 +140,15 @@ class Params(Mapping):
         return (Params, (self._d,))
 
     def __repr__(self) -> str:
+        return "Params(" + ", ".join(f"{k}={v!r}" for k, v in self.shown().items()) + ")"
+
+    def shown(self) -> dict:
+        """The values as a page shows them: a path parameter relative to the repository
+        (:func:`npcrepro.paths.shown`: ``runs``, not the folder of the machine that built the book)."""
         from npcrepro.paths import shown
 
-        def value(k, v):  # a path parameter as the page shows it (runs/..., not the build machine's folder)
-            return repr(shown(v)) if k in PATH_PARAMETERS and isinstance(v, str) and v not in PATH_PARAMETERS[k] \
-                else repr(v)
-
-        return "Params(" + ", ".join(f"{k}={value(k, v)}" for k, v in self._d.items()) + ")"
+        return {k: shown(v) if k in PATH_PARAMETERS and isinstance(v, str) and v not in PATH_PARAMETERS[k] else v
+                for k, v in self._d.items()}
 
     def to_dict(self) -> dict:
         return dict(self._d)

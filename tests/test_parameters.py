@@ -68,3 +68,13 @@ def test_npcrepro_params_lists_every_parameter_and_refuses_unknown_chapters():
     bad = subprocess.run([sys.executable, "-m", "npcrepro", "params", "nope"], capture_output=True, text=True,
                          cwd=REPO)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_page_shows_path_parameters_relative_to_the_repository(tmp_path):
+    from npcrepro.paths import repo_root, shown
+
+    P = profiles.resolve("template", "smoke", out_dir=str(repo_root() / "runs"))
+    assert P["out_dir"] == str(repo_root() / "runs")          # the run itself keeps the absolute path
+    assert P.shown()["out_dir"] == "runs" and "out_dir='runs'" in repr(P)
+    assert shown(repo_root() / "runs" / "cpu" / "x") == "runs/cpu/x"
+    assert shown("relative/x") == "relative/x"
