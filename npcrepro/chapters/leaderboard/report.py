@@ -115,7 +115,8 @@ def leaderboard_table(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     number of failed patients (empty prediction, tumour present), the paired DSC difference against
     the method's U-Net baseline with its CI, and the Wilcoxon p-value, raw and Holm-adjusted over
     every method tested against a baseline. Where the data has raters, a row :data:`CEILING_LABEL` gives
-    their mean pairwise DSC on the same test patients, sorted among the networks."""
+    their mean pairwise DSC on the same test patients, sorted among the networks. Columns: the method,
+    its test against its U-Net and its DSC first, then the other metrics, the paper and the input."""
     s = summary(res, n_boot, seed)
     tests = _baseline_tests(res)
     rows = []
@@ -140,7 +141,11 @@ def leaderboard_table(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
         rows.append(row)
     ceiling = _ceiling_row(res, n_boot, seed)
     table = pd.DataFrame(rows + ([ceiling] if ceiling else []))
-    return table.sort_values("_dsc", ascending=False).drop(columns="_dsc").fillna("—").reset_index(drop=True)
+    table = table.sort_values("_dsc", ascending=False).drop(columns="_dsc").fillna("—").reset_index(drop=True)
+    # what a reader compares first (the method, its test against its U-Net, its DSC) on the left, so
+    # that it stays on screen; the other metrics and the inputs follow
+    first = ["method", "Δ DSC vs U-Net [95% CI]", "p (Holm)", METRIC_LABELS["dice"], "failed patients"]
+    return table[[c for c in first if c in table] + [c for c in table if c not in first]]
 
 
 #: How the leaderboard names the inter-rater ceiling in its table and figure.
