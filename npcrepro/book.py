@@ -118,7 +118,8 @@ def _no_progress_bars():
 def check_parameters(name: str, params: dict, root: Path | None = None) -> None:
     """Raise ParameterError for names the chapter does not declare (papermill would only warn), and
     for values the parameter registry refuses (types, choices, ranges), and a ``data`` folder that is
-    missing, not a dataset or too small for ``n_cases``: before a kernel starts or a run folder exists. Chapters in the registry are checked against it alone, as the notebook
+    missing, not a dataset or too small for ``n_cases``: before a kernel starts or a run folder exists.
+    Chapters in the registry are checked against it alone, as the notebook
     itself checks them (its parameters cell is generated from the registry); other pages against
     their parameters cell."""
     from npcrepro import profiles

@@ -31,7 +31,8 @@ from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["evaluate_cases", "scored", "summarize", "bootstrap_ci", "holm", "paired_test", "paired_tests",
            "compare_with_paper", "compare_run", "data_source", "ComparisonTable", "format_mean_sd", "METRIC_ALIASES",
-           "canonical_metric", "NON_METRIC_COLUMNS", "rater_agreement", "ceiling_sentence", "raters_of", "RATER_COLUMNS"]
+           "canonical_metric", "NON_METRIC_COLUMNS", "rater_agreement", "ceiling_sentence", "raters_of",
+           "RATER_COLUMNS"]
 
 #: Columns of a per-case table that are identifiers or flags, not metrics.
 NON_METRIC_COLUMNS = {"case", "structure", "method", "fold", "seed", "paper", "profile", "data",

@@ -80,7 +80,8 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
     label, input (MRI/CT), the structures scored (``structure`` on the phantom; every structure a
     real-data track scores, e.g. OpenKBP's organs or its PTV70), test cases, cases predicted empty,
     mean DSC (per case first, over the structures its reference has, folds and seeds, then over
-    cases), the inter-rater ceiling (None without raters), the bar (:func:`bar_for`), whether it meets it (and predicts something) and the chapter's reason where it
+    cases), the inter-rater ceiling (None without raters), the bar (:func:`bar_for`), whether it meets
+    it (and predicts something) and the chapter's reason where it
     names the method an exception."""
     from npcrepro.evaluation import scored
     from npcrepro.summary import headline_of, newest_results

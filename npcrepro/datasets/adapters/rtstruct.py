@@ -18,7 +18,8 @@ Conversion
   inner contours are holes; slices without contours are empty). Producers differ on which pixels a
   contour covers: ``rule="centre"`` (the default) takes the pixels whose centre lies inside,
   ``rule="touched"`` adds every pixel the outline passes through (on the command line:
-  ``-o rule touched``; :data:`npcrepro.dicom.raster.RULES`); the dataset records the rule; SEG segments are read frame by frame
+  ``-o rule touched``; :data:`npcrepro.dicom.raster.RULES`); the dataset records the rule
+  (``extra.rasterisation``); SEG segments are read frame by frame
   through the images they reference (:func:`npcrepro.dicom.seg.read_seg`). An ROI without any closed
   contour stays absent (listed in ``meta["empty_rois"]``).
 * Names: every ROI name is looked up in the name table (:data:`NAMES`, below), ignoring case, spaces,
