@@ -88,15 +88,16 @@ def declared_parameters(name: str, root: Path | None = None) -> dict:
 
 
 def _check_dataset(name: str, P) -> None:
-    """A ``data`` folder that is not there, not a dataset, or holds fewer cases than ``n_cases`` asks
-    for: the DataError the notebook would raise, before its kernel starts (the phantom and "auto"
-    are made or chosen inside the notebook)."""
+    """A training chapter's ``data`` folder that is not there, not a dataset, or holds fewer cases than
+    ``n_cases`` asks for: the DataError the notebook would raise, before its kernel starts (the phantom
+    and "auto" are made or chosen inside the notebook)."""
     from npcrepro import profiles
+    from npcrepro.chapters import MODULES
     from npcrepro.datasets import open_dataset
 
     data = P.get("data")
-    if data is None or str(data) in ("phantom", "auto"):
-        return
+    if name not in MODULES or data is None or str(data) in ("phantom", "auto"):
+        return  # a reading page (realdata, metrics) says on the page what data it did not find
     profiles.enough_cases(open_dataset(data), {**dict(P), "paper": name})
 
 
