@@ -78,6 +78,19 @@ def book_copy(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def run_folder(book_copy):
+    """The run folder a notebook printed ("run folder: runs/smoke/..."): pages show it relative to the
+    book's root (:attr:`npcrepro.engine.results.Results.where`), which for these tests is the book copy."""
+    from pathlib import Path
+
+    def resolve(printed: str) -> Path:
+        p = Path(printed)
+        return p if p.is_absolute() else book_copy / p
+
+    return resolve
+
+
+@pytest.fixture(scope="session")
 def run_notebook(book_copy):
     """Execute ``notebooks/<name>.ipynb`` with papermill and return the executed notebook.
 

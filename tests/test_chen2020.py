@@ -528,7 +528,7 @@ class Testchen2020Contract(ChapterContract):
 
 # ------------------------------------------------------------------------------------------ notebook
 @pytest.mark.slow
-def test_notebook_smoke(run_notebook):
+def test_notebook_smoke(run_notebook, run_folder):
     nb = run_notebook("chen2020")
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
@@ -536,7 +536,7 @@ def test_notebook_smoke(run_notebook):
     assert "Traceback" not in text
     match = re.search(r"run folder: (\S+)", text)
     assert match, text[-2000:]
-    run = Path(match.group(1))
+    run = run_folder(match.group(1))
     assert run.parts[-4:-1] == ("runs", "smoke", "chen2020")
     info = json.loads((run / "run.json").read_text(encoding="utf-8"))
     assert info["status"] == "done" and "mmfnet_full" in [m["name"] for m in info["methods"]]

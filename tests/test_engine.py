@@ -910,14 +910,14 @@ def test_generator_fingerprint_changes_with_any_edit_of_its_sources(tmp_path, mo
 
 # ----------------------------------------------------------------------------- the template notebook
 @pytest.mark.slow
-def test_template_notebook_runs_at_smoke_profile(run_notebook):
+def test_template_notebook_runs_at_smoke_profile(run_notebook, run_folder):
     nb = run_notebook("template")
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     match = re.search(r"run folder: (\S+)", text)
     assert match, text[-2000:]
-    run = Path(match.group(1))
+    run = run_folder(match.group(1))
     assert run.parts[-4:-1] == ("runs", "smoke", "template")
     names = {p.name for p in run.iterdir()}
     assert {"params.json", "environment.json", "run.json", "splits.json", "metrics.csv", "training.csv",

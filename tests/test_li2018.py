@@ -395,7 +395,7 @@ def test_tables_have_the_papers_layout():
 
 # ----------------------------------------------------------------------------------------- the chapter
 @pytest.mark.slow
-def test_notebook_runs_with_smoke_profile(run_notebook):
+def test_notebook_runs_with_smoke_profile(run_notebook, run_folder):
     nb = run_notebook("li2018")
     text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
@@ -403,7 +403,7 @@ def test_notebook_runs_with_smoke_profile(run_notebook):
     assert "Traceback" not in text
     match = re.search(r"run folder: (\S+)", text)
     assert match, text[-2000:]
-    run = Path(match.group(1))
+    run = run_folder(match.group(1))
     assert run.parts[-4:-1] == ("runs", "smoke", "li2018")
     names = {p.name for p in run.iterdir()}
     assert {"params.json", "environment.json", "run.json", "splits.json", "metrics.csv", "training.csv",

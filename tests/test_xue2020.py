@@ -303,7 +303,7 @@ def test_time_per_slice():
 
 
 @pytest.mark.slow
-def test_notebook_smoke(run_notebook):
+def test_notebook_smoke(run_notebook, run_folder):
     nb = run_notebook("xue2020")
     glued = set()
     for cell in nb.cells:
@@ -322,7 +322,7 @@ def test_notebook_smoke(run_notebook):
     assert match, text[-2000:]
     from pathlib import Path
 
-    run = Path(match.group(1))
+    run = run_folder(match.group(1))
     assert run.parts[-4:-1] == ("runs", "smoke", "xue2020")
     assert {"params.json", "environment.json", "run.json", "splits.json", "metrics.csv", "training.csv",
             "deeplabv3plus", "unet", "DONE"} <= {p.name for p in run.iterdir()}
