@@ -320,8 +320,6 @@ def test_notebook_smoke(run_notebook, run_folder):
                    if o.output_type == "stream")
     match = re.search(r"run folder: (\S+)", text)
     assert match, text[-2000:]
-    from pathlib import Path
-
     run = run_folder(match.group(1))
     assert run.parts[-4:-1] == ("runs", "smoke", "xue2020")
     assert {"params.json", "environment.json", "run.json", "splits.json", "metrics.csv", "training.csv",
