@@ -101,21 +101,6 @@ def _check_dataset(name: str, P) -> None:
     profiles.enough_cases(open_dataset(data), {**dict(P), "paper": name})
 
 
-@contextlib.contextmanager
-def _no_progress_bars():
-    """The kernels started inside inherit ``NPCREPRO_PROGRESS_BARS=0``: an executed page keeps no tqdm
-    widget, a dead control once the kernel is gone (:func:`npcrepro.paths.progress_bar`)."""
-    before = os.environ.get("NPCREPRO_PROGRESS_BARS")
-    os.environ["NPCREPRO_PROGRESS_BARS"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("NPCREPRO_PROGRESS_BARS", None)
-        else:
-            os.environ["NPCREPRO_PROGRESS_BARS"] = before
-
-
 def check_parameters(name: str, params: dict, root: Path | None = None) -> None:
     """Raise ParameterError for names the chapter does not declare (papermill would only warn), and
     for values the parameter registry refuses (types, choices, ranges), and a ``data`` folder that is
@@ -221,8 +206,7 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
     kernel_log = tmp.with_name(f"{tmp.stem}.kernel.log")
     failed = out.with_name(f"{out.stem}.failed.ipynb")
     try:
-        with chapter_log(name, src, log) if log_output else contextlib.nullcontext((None, None)) as streams, \
-                _no_progress_bars():
+        with chapter_log(name, src, log) if log_output else contextlib.nullcontext((None, None)) as streams:
             pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=KERNEL,
                                 cwd=str(root), progress_bar=False, log_output=log_output,
                                 stdout_file=streams[0], stderr_file=streams[1],
@@ -267,7 +251,8 @@ def execute(name: str, profile: str = "cpu", params: dict | None = None, *, forc
 
 
 def kernel_manager_class(log_path: Path):
-    """A Jupyter kernel manager class whose kernels write their own stdout and stderr to ``log_path``.
+    """A Jupyter kernel manager class whose kernels write their own stdout and stderr to ``log_path``
+    and draw no progress bars (``NPCREPRO_PROGRESS_BARS=0`` in their environment).
 
     ipykernel captures the cells' file descriptors 1 and 2 (the output of C code and of child
     processes, such as the leaderboard's training workers), sends it to the notebook, and also copies
@@ -279,6 +264,9 @@ def kernel_manager_class(log_path: Path):
 
     class KernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd, **kw):
+            # no tqdm widget in an executed page, a dead control once the kernel is gone
+            # (npcrepro.paths.progress_bar); set for this kernel only, not in this process's environment
+            kw["env"] = {**(kw.get("env") or os.environ), "NPCREPRO_PROGRESS_BARS": "0"}
             with open(log_path, "ab") as f:  # the kernel holds its own descriptor of the file
                 kw.setdefault("stdout", f)
                 kw.setdefault("stderr", f)

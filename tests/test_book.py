@@ -243,3 +243,22 @@ def test_failed_chapter_keeps_its_kernel_log_beside_the_partial_notebook(tmp_pat
     log.write_text("")
     assert book._kept(log, failed) == "" and not log.exists()
     assert book._kept(log, failed) == ""  # no log at all
+
+
+def test_the_books_kernels_draw_no_progress_bars_and_leave_this_process_alone(tmp_path):
+    """A chapter's kernel gets NPCREPRO_PROGRESS_BARS=0 (no tqdm widget left dead on the page); the
+    process that runs the book, where chapters run side by side in threads, keeps its environment."""
+    import os
+
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import os; print('bars', os.environ.get('NPCREPRO_PROGRESS_BARS'))")]
+    nbformat.write(nb, tmp_path / "env.ipynb")
+    before = os.environ.get("NPCREPRO_PROGRESS_BARS")
+    pm.execute_notebook(str(tmp_path / "env.ipynb"), str(tmp_path / "out.ipynb"), kernel_name=book.KERNEL,
+                        progress_bar=False, kernel_manager_class=book.kernel_manager_class(tmp_path / "k.log"))
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert out.cells[0].outputs[0]["text"].strip() == "bars 0"
+    assert os.environ.get("NPCREPRO_PROGRESS_BARS") == before
