@@ -414,8 +414,7 @@ def rater_agreement(dataset, cases: Iterable[str], structures: Iterable[str]) ->
     the dataset also holds as two or more raters' contours (:func:`raters_of`), the raters' mean
     pairwise DSC and their mean DSC against the reference (``structure`` itself, their consensus on
     the phantom). Columns :data:`RATER_COLUMNS`; no row for a case or structure without raters."""
-    from npcrepro.metrics import dice
-    from npcrepro.metrics.consensus import pairwise_dice
+    from npcrepro.metrics.consensus import agreement
 
     rows = []
     for structure in structures:
@@ -427,10 +426,8 @@ def rater_agreement(dataset, cases: Iterable[str], structures: Iterable[str]) ->
             drawn = [c.labels[n] for n in names if n in c.labels]
             if len(drawn) < 2 or structure not in c.labels:
                 continue
-            ref = c.labels[structure]
             rows.append({"case": case, "structure": structure, "raters": len(drawn),
-                         "pairwise_dice": pairwise_dice(drawn)[0],
-                         "rater_vs_reference": float(np.mean([dice(d, ref) for d in drawn]))})
+                         **agreement(drawn, c.labels[structure])})
     return pd.DataFrame(rows, columns=RATER_COLUMNS)
 
 

@@ -42,7 +42,6 @@ __all__ = ["predict", "PredictReport", "SPACING_TOLERANCE"]
 
 #: The largest relative difference, per axis, between an input's voxel size and the training data's.
 SPACING_TOLERANCE = 0.10
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 @dataclass
@@ -106,6 +105,7 @@ def _cases(source: Path, channels: Sequence[str]) -> list[Callable[[], tuple[Any
     series or None); the input is checked here, before any case is read."""
     from npcrepro import io
     from npcrepro.datasets import Case, open_dataset
+    from npcrepro.dicom.export import MASK_SUFFIXES, file_stem
 
     def case_of(name: str, vol, series=None):
         g = vol.geometry
@@ -123,11 +123,8 @@ def _cases(source: Path, channels: Sequence[str]) -> list[Callable[[], tuple[Any
     if len(channels) != 1:
         raise DataError(f"{source}: one image stands for one channel, and the network reads {len(channels)} "
                         f"({', '.join(channels)}): give a dataset folder with those channels")
-    if source.is_file() and source.name.lower().endswith(_IMAGE_SUFFIXES):
-        name = source.name
-        for suffix in _IMAGE_SUFFIXES:
-            name = name.removesuffix(suffix)
-        return [lambda: case_of(name, io.read(source))]
+    if source.is_file() and file_stem(source) is not None:
+        return [lambda: case_of(file_stem(source), io.read(source))]
     if source.is_dir():
         from npcrepro.dicom.series import find_dicom, read_series
 
@@ -143,7 +140,7 @@ def _cases(source: Path, channels: Sequence[str]) -> list[Callable[[], tuple[Any
             return case_of(name, series.volume, series)
 
         return [dicom]
-    raise DataError(f"{source}: not a dataset folder, an image file ({', '.join(_IMAGE_SUFFIXES)}) or a DICOM folder")
+    raise DataError(f"{source}: not a dataset folder, an image file ({', '.join(MASK_SUFFIXES)}) or a DICOM folder")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -23,10 +23,11 @@ from npcrepro import io
 from npcrepro.dicom.series import Series, find_dicom, read_series
 from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["FORMATS", "ExportReport", "read_masks", "export"]
+__all__ = ["FORMATS", "MASK_SUFFIXES", "ExportReport", "read_masks", "export", "file_stem"]
 
 FORMATS = ("dicomseg", "rtstruct")
-_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+#: The image files a mask (or a one-channel scan, for ``npcrepro predict``) is read from.
+MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 @dataclass
@@ -49,20 +50,22 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def _stem(path: Path) -> str | None:
+def file_stem(path: Path) -> str | None:
+    """The file's name without its :data:`MASK_SUFFIXES` suffix (``GTVp.nii.gz`` -> ``GTVp``); None
+    for another kind of file."""
     low = path.name.lower()
-    return next((path.name[: -len(s)] for s in _SUFFIXES if low.endswith(s)), None)
+    return next((path.name[: -len(s)] for s in MASK_SUFFIXES if low.endswith(s)), None)
 
 
 def read_masks(path: str | os.PathLike) -> dict[str, io.Volume]:
     """Structure name -> mask Volume (bool) from a mask file or a folder of them (see module doc)."""
     path = Path(path)
-    files = ([path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and _stem(p))
+    files = ([path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and file_stem(p))
              if path.is_dir() else [])
     if not path.exists():
         raise DataError(f"{path}: mask file or folder not found")
     if not files:
-        raise DataError(f"{path}: no mask files ({', '.join(_SUFFIXES)})")
+        raise DataError(f"{path}: no mask files ({', '.join(MASK_SUFFIXES)})")
     out = {}
     for f in files:
         vol = io.read(f)
@@ -71,7 +74,7 @@ def read_masks(path: str | os.PathLike) -> dict[str, io.Volume]:
         values = np.unique(vol.array)
         if not np.isin(values, (0, 1)).all():
             raise DataError(f"{f}: not a binary mask (values {values[:8].tolist()})")
-        out[_stem(f) or f.stem] = vol.with_array(vol.array.astype(bool))
+        out[file_stem(f) or f.stem] = vol.with_array(vol.array.astype(bool))
     return out
 
 

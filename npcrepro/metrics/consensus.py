@@ -21,7 +21,7 @@ from npcrepro.errors import DataError, ParameterError
 from npcrepro.metrics.inputs import as_mask
 from npcrepro.metrics.overlap import dice
 
-__all__ = ["pairwise_dice", "majority_vote", "staple", "Staple"]
+__all__ = ["pairwise_dice", "agreement", "majority_vote", "staple", "Staple"]
 
 
 def _raters(masks: Sequence, least: int) -> np.ndarray:
@@ -42,6 +42,14 @@ def pairwise_dice(masks: Sequence) -> tuple[float, list[float]]:
     d = _raters(masks, 2)
     pairs = [dice(d[a], d[b]) for a, b in combinations(range(len(d)), 2)]
     return float(np.mean(pairs)), pairs
+
+
+def agreement(masks: Sequence, reference) -> dict[str, float]:
+    """How two or more raters' masks agree: ``pairwise_dice``, their mean pairwise Dice, and
+    ``rater_vs_reference``, their mean Dice against ``reference`` (e.g. their consensus)."""
+    d = _raters(masks, 2)
+    ref = as_mask(reference, "reference")
+    return {"pairwise_dice": pairwise_dice(d)[0], "rater_vs_reference": float(np.mean([dice(m, ref) for m in d]))}
 
 
 def majority_vote(masks: Sequence) -> np.ndarray:

@@ -127,3 +127,23 @@ def plot_volumes(table: pd.DataFrame, ax=None, column: str = "GTVp_cm3") -> plt.
     ax.set_ylabel("patients")
     ax.legend(title="T stage", fontsize=8)
     return ax
+
+
+def plot_tissue_histograms(values, tissues: Sequence[str],
+                           sources=(("phantom", "tab:blue"), ("OpenKBP CT", "tab:orange"))) -> plt.Figure:
+    """One panel per tissue: the normalised histogram of each source's values (long form ``tissue``,
+    ``source``, ``value``, as :func:`npcrepro.phantom.measure.tissue_values` plus a ``source`` column),
+    in HU; bone (the mandible) on a wider axis than soft tissue. Returns the figure."""
+    fig, axes = plt.subplots(1, len(tissues), figsize=(3 * len(tissues), 2.8), squeeze=False)
+    for ax, tissue in zip(axes[0], tissues):
+        for source, colour in sources:
+            v = values.loc[(values["tissue"] == tissue) & (values["source"] == source), "value"]
+            if len(v):
+                ax.hist(v, bins=60, range=(-200, 1500) if tissue == "Mandible" else (-150, 200), density=True,
+                        histtype="step", color=colour, label=source)
+        ax.set_title(tissue, fontsize=9)
+        ax.set_xlabel("HU", fontsize=8)
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -107,14 +107,20 @@ def contrast_table(cases, channels=None, structure: str = "GTVp", pixel_mm: floa
     return pd.DataFrame(rows, columns=["case", "channel", "contrast", "texture"])
 
 
-def contrast_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (``source``, channel) of :func:`contrast_table` rows (a ``source`` column added by the
-    caller): how many scans, and contrast and texture as "median (interquartile range)"."""
+def median_iqr(table: pd.DataFrame, by, columns, count: str = "scans") -> pd.DataFrame:
+    """Per group ``by`` of ``table`` (one row per case): how many (column ``count``) and each of
+    ``columns`` as "median (interquartile range)", two decimals; groups in the table's order."""
     def iqr(s: pd.Series) -> str:
         return f"{s.median():.2f} ({s.quantile(0.25):.2f}–{s.quantile(0.75):.2f})"
 
-    return (table.groupby(["source", "channel"], sort=False)
-            .agg(scans=("case", "size"), contrast=("contrast", iqr), texture=("texture", iqr)).reset_index())
+    return (table.groupby(by, sort=False)
+            .agg(**{count: ("case", "size")}, **{c: (c, iqr) for c in columns}).reset_index())
+
+
+def contrast_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (``source``, channel) of :func:`contrast_table` rows (a ``source`` column added by the
+    caller): how many scans, and contrast and texture as "median (interquartile range)"."""
+    return median_iqr(table, ["source", "channel"], ["contrast", "texture"])
 
 
 def _near(case: Case, ref: str, margin_mm: float) -> np.ndarray:
@@ -245,7 +251,7 @@ def survey(dataset, *, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFra
     cnr : DataFrame
         Long form: ``case``, ``channel``, ``pair``, ``cnr`` (see :func:`measure_cnr`).
     """
-    from npcrepro.metrics.consensus import pairwise_dice
+    from npcrepro.metrics.consensus import agreement
 
     wanted = [s for s in ("GTVp", "GTVp_truth", *RATERS, "GTVnd", "Muscle", "Mucosa", "Fat")
               if s in dataset.structures]
@@ -264,9 +270,9 @@ def survey(dataset, *, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFra
             "case": name, "T": case.meta.get("t_stage"), "N": case.meta.get("n_stage"),
             "side": case.meta.get("tumour_side"),
             **{f"{k}_cm3": vol.get(k, 0.0) for k in ("GTVp", "GTVnd", "CTVp", "CTVnd")},
-            "raters_dice": pairwise_dice(drawn)[0] if len(drawn) > 1 else np.nan,
-            "rater_vs_reference": float(np.mean([dice(d, ref) for d in drawn])) if drawn and ref is not None
-            else np.nan,
+            **({"raters_dice": a["pairwise_dice"], "rater_vs_reference": a["rater_vs_reference"]}
+               if len(drawn) > 1 and ref is not None and (a := agreement(drawn, ref))
+               else {"raters_dice": np.nan, "rater_vs_reference": np.nan}),
             "reference_vs_truth": dice(ref, truth) if ref is not None and truth is not None else np.nan,
         })
         table = measure_cnr(case, channels=channels)

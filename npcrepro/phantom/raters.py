@@ -187,7 +187,7 @@ def observe(rng: np.random.Generator, truth: np.ndarray, tissue: np.ndarray, spa
         ends.append(_ends(rng, r) if jitter_mm > 0 else {})
         if allowed is not None:
             r &= np.asarray(allowed, bool)[box]
-    mean, _ = pairwise_dice(sub) if len(sub) > 1 else (1.0, [])
+    mean = pairwise_dice(sub)[0] if len(sub) > 1 else 1.0
     facts.update(ends=ends, pairwise_dice=round(mean, 4))
 
     def full(a: np.ndarray) -> np.ndarray:

@@ -380,11 +380,10 @@ def fig_leaderboard(res, metrics: Sequence[str] = ("dice", "hd95")):
         ax.grid(axis="x", alpha=0.3)
         if metric == "dice":
             ax.set_xlim(-0.02, 1.0)
-            r = res.raters
-            ceiling = r.loc[r["structure"] == res.structures[0], "pairwise_dice"]
-            if len(ceiling):
-                ax.axvline(float(ceiling.mean()), color="k", ls=":", lw=1)
-                ax.text(float(ceiling.mean()), len(order) - 0.4, " raters", fontsize=7, va="bottom")
+            ceiling = res.ceiling(res.structures[0])
+            if ceiling is not None:
+                ax.axvline(ceiling, color="k", ls=":", lw=1)
+                ax.text(ceiling, len(order) - 0.4, " raters", fontsize=7, va="bottom")
     axes[0][0].set_title(f"{res.source}: {len(res.test_cases())} test patients, {res.structures[0]}",
                          fontsize=9, loc="left")
     fig.tight_layout()
