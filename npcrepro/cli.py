@@ -170,7 +170,7 @@ def cmd_plan(args) -> int:
     from npcrepro import plan
 
     print(plan.main(args.profile, args.chapters or None, out_dir=args.runs, run_missing=not args.no_run,
-                    as_json=args.json))
+                    as_json=args.json, calibrations=args.calibrations))
     return 0
 
 
@@ -410,13 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Estimate what a profile costs on a GPU: per chapter and for the "
                                    "book, training FLOPs x iterations as hours on named GPUs, peak GPU "
                                    "memory and the phantom's disk, measured on the CPU by each "
-                                   "chapter's dry run (made first when missing; shapes only, seconds). "
-                                   "Every number is an estimate.")
+                                   "chapter's dry run (made first when missing; shapes only, seconds): "
+                                   "estimates. Where a calibration of the profile exists (`npcrepro "
+                                   "bench gpu` on a device; committed ones in npcrepro/calibrations), a "
+                                   "column per device with the time measured there, data and "
+                                   "inference included.")
     s.add_argument("chapters", nargs="*", help="training chapters (default: all)")
     s.add_argument("--profile", default="gpu", choices=PROFILES, help="smoke, cpu, gpu or gpu-lite")
     s.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run folders")
     s.add_argument("--no-run", action="store_true", help="only read existing dry runs")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
+    s.add_argument("--calibrations", type=Path, default=None,
+                   help="a folder of calibrations (<profile>/<device>.json, from benchmarks/bench_gpu.py "
+                        "--out) read beside the committed ones")
     s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("params", help="list a chapter's parameters with their profile values and help")

@@ -28,7 +28,7 @@ def _cli(*args):
     (["run", "li2019"], "all). Did you mean 'li2018'?"),
     (["run", "li2018", "--profile", "smoke", "-p", "dta", "x"], "Did you mean 'data'?"),
     (["params", "templat"], "Did you mean 'template'?"),
-    (["bench", "phantm"], "unknown benchmark 'phantm' (valid: engine, loader, metrics, phantom, stability). "
+    (["bench", "phantm"], "unknown benchmark 'phantm' (valid: engine, gpu, loader, metrics, phantom, stability). "
                           "Did you mean 'phantom'?"),
     (["quality", "--profile", "gpu-lit"], "invalid choice: 'gpu-lit'"),
 ])

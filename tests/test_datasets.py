@@ -54,6 +54,31 @@ def test_write_and_load_round_trip(tmp_path):
     assert got.meta["t_stage"] == "T2" and got.meta["source"] == "unit"
 
 
+def test_whole_number_images_are_stored_as_int16_and_read_back_exactly():
+    from npcrepro.datasets.format import stored
+
+    whole = np.array([[-1024.0, 0.0, 3071.0]], np.float32)
+    assert stored(whole).dtype == np.int16 and np.array_equal(stored(whole), whole)
+    assert stored(whole.astype(np.float64)).dtype == np.int16
+    assert stored(np.array([0.5, 1.0], np.float32)).dtype == np.float32      # not whole
+    assert stored(np.array([40000.0, 1.0])).dtype == np.float32              # beyond int16
+    assert stored(np.array([-32769.0])).dtype == np.float32
+    assert stored(np.array([0.0, 0.5])).dtype == np.float32                  # float64 -> float32
+    assert stored(np.array([3, 4], np.uint16)).dtype == np.uint16            # integers as they are
+    assert stored(np.zeros((0, 2), np.float32)).dtype == np.float32
+
+
+def test_a_whole_number_channel_round_trips_through_int16(tmp_path):
+    src = _case("c0", 0)
+    src.images["CT"] = np.rint(src.images["CT"])
+    ds = _write(tmp_path, [src])
+    assert io.read(ds.root / "imagesTr" / "c0_0000.nii.gz").array.dtype == np.int16
+    assert io.read(ds.root / "imagesTr" / "c0_0001.nii.gz").array.dtype == np.float32
+    got = ds.load("c0")
+    assert got.images["CT"].dtype == np.float32
+    np.testing.assert_array_equal(got.images["CT"], src.images["CT"])
+
+
 def test_label_map_paints_later_structures_on_top(tmp_path):
     ds = _write(tmp_path)
     lm = io.read(ds.root / "labelsTr" / "c0.nii.gz").array

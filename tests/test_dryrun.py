@@ -68,6 +68,22 @@ def test_stage_cap_and_probe(tmp_path):
     assert row["optimizer_bytes"] == 2 * row["gradient_bytes"] == 2 * row["parameter_bytes"]
 
 
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_timed_stage_reports_its_ms_per_iteration_after_the_warm_up(tmp_path):
+    from npcrepro.engine import RunFolder
+    from npcrepro.engine.probe import WARMUP_ITERATIONS
+
+    run = RunFolder.create(tmp_path, "smoke", "probe", "run")
+    _trainer(iterations=50, stage_iteration_cap=10, probe=True, run=run).fit()
+    row = json.loads((run.path / "plan.json").read_text())[0]
+    # of 10 intervals, those after the warm-up that did not also evaluate (every second one here)
+    assert WARMUP_ITERATIONS <= row["timed_iterations"] < 10 - WARMUP_ITERATIONS and not row["with_evaluation"]
+    assert 0 < row["ms_per_iteration"] < 10_000
+    short = RunFolder.create(tmp_path, "smoke", "probe", "short")
+    _trainer(iterations=50, stage_iteration_cap=2, probe=True, run=short).fit()
+    assert "ms_per_iteration" not in json.loads((short.path / "plan.json").read_text())[0]  # too few
+
+
 # ----------------------------------------------------------------------------- the plan
 @pytest.fixture(scope="module")
 def plan_runs(tmp_path_factory):
@@ -88,7 +104,7 @@ def test_plan_rows_are_positive_and_grow_with_the_sizes(plan_runs):
     assert big["pflop"] > small["pflop"] and big["peak_gib"] > small["peak_gib"]
     assert big["disk_gb"] > small["disk_gb"] > 0
     table = plan.markdown(plan.plan("smoke", ["template"], out_dir=plan_runs))
-    assert "`template`" in table and "**total**" in table and "H100 (est.)" in table
+    assert "`template`" in table and "**total**" in table and "H100 (est., training)" in table
 
 
 def test_plan_command(plan_runs, capsys):
@@ -100,6 +116,70 @@ def test_plan_command(plan_runs, capsys):
     assert "`template`" in out and "estimate" in out.lower()
     assert cli.main(["plan", "li2018", "--profile", "smoke", "--runs", str(plan_runs / "none"), "--no-run"]) == 2
     assert cli.main(["plan", "nope", "--profile", "smoke", "--runs", str(plan_runs)]) == 2
+
+
+def _bench_gpu():
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_calibration_measures_the_plan(plan_runs, tmp_path, capsys):
+    """`npcrepro bench gpu` (here on the CPU, at smoke) times a dry run and the phantom; the plan counts
+    each stage's measured ms x its budget x its jobs, and the data and predictions of every case."""
+    from npcrepro import calibration, cli
+    from npcrepro.errors import DataError
+
+    cal = _bench_gpu().main(quick=True, out=str(tmp_path / "cal"), runs=str(plan_runs))
+    name = cal["device"]["device"]
+    path = tmp_path / "cal" / "smoke" / f"{calibration.slug(name)}.json"
+    assert calibration.load(path) == json.loads(path.read_text()) and cal["device"]["kind"] == "cpu"
+    assert cal["device"]["torch"] == torch.__version__.split("+")[0] and cal["phantom_s_per_case"] > 0
+    rec = cal["chapters"]["template"]
+    (row,) = rec["methods"]["unet2d"]
+    assert row["ms_per_iteration"] > 0 and rec["prepare_s_per_case"] > 0 and rec["infer_s_per_case"] > 0
+
+    P = profiles.resolve("template", "smoke")
+    m = plan.measured("template", cal, P)
+    n_test = sum(plan._jobs("template", P)[2].values())
+    assert m["train"] == pytest.approx(row["ms_per_iteration"] / 1000 * P["iterations"] * 1)
+    assert m["infer"] == pytest.approx(rec["infer_s_per_case"] * n_test * 2)   # the half-budget check
+    assert m["prepare"] == pytest.approx(rec["prepare_s_per_case"] * P["n_cases"])
+    assert m["generate"] == pytest.approx(cal["phantom_s_per_case"] * P["n_cases"])  # one process at smoke
+    assert m["total"] == pytest.approx(m["generate"] + m["prepare"] + m["train"] + m["infer"])
+    assert plan.measured("li2018", cal, profiles.resolve("li2018", "smoke")) is None  # not calibrated
+    untimed = next((plan_runs / "dryrun" / "smoke" / "template").glob("*plan*"))
+    with pytest.raises(DataError, match="not a timed dry run"):
+        calibration.from_run(untimed)
+
+    assert cli.main(["plan", "template", "--profile", "smoke", "--runs", str(plan_runs),
+                     "--calibrations", str(tmp_path / "cal")]) == 0
+    out = capsys.readouterr().out
+    assert f"measured on {name} (all)" in out and "generate" in out and "not measured" not in out
+    assert cli.main(["plan", "template", "li2018", "--profile", "smoke", "--runs", str(plan_runs),
+                     "--calibrations", str(tmp_path / "cal")]) == 0
+    assert "not measured" in capsys.readouterr().out   # li2018's row, and so the total
+
+
+def test_a_calibration_file_is_checked(tmp_path):
+    from npcrepro import calibration
+    from npcrepro.errors import DataError
+
+    bad = tmp_path / "a.json"
+    for text, match in (("{", "not a readable calibration"), ("[]", "missing an object"),
+                        ('{"format": 1, "profile": "cpu"}', "missing device, chapters"),
+                        ('{"format": 9, "profile": "cpu", "device": {}, "chapters": {}}', "format 9")):
+        bad.write_text(text)
+        with pytest.raises(DataError, match=match) as err:
+            calibration.load(bad)
+        assert "\n" not in str(err.value)
+    assert calibration.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert calibration.load_all("cpu", tmp_path / "none") == []
 
 
 def test_gpu_lite_is_a_profile_of_every_chapter():

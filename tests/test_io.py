@@ -36,6 +36,19 @@ def test_round_trip_files(tmp_path, suffix, dtype):
     assert back.array.dtype == vol.array.dtype
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+def test_nii_gz_is_a_plain_gzip_of_the_nii_with_the_same_bytes_each_time(tmp_path, dtype):
+    """Integer volumes are gzipped here, floats by ITK: either way the .nii.gz is the .nii file gzipped
+    (what every NIfTI reader expects) and two writes give the same bytes."""
+    vol = _volume(dtype)
+    a = io.write(vol, tmp_path / "a.nii.gz")
+    b = io.write(vol, tmp_path / "b.nii.gz")
+    assert a.read_bytes() == b.read_bytes()
+    plain = io.write(vol, tmp_path / "c.nii")
+    assert gzip.decompress(a.read_bytes()) == plain.read_bytes()
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
 def test_bool_mask_written_as_uint8(tmp_path):
     vol = _volume()
     mask = vol.with_array(vol.array > 0)

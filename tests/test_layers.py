@@ -17,7 +17,7 @@ LAYERS = {
     "engine": 2, "evaluation": 2, "claims": 2, "profiles": 2, "scoring": 2,
     "chapters": 3,
     "book": 4, "cli": 4, "viz": 4, "summary": 4, "webassets": 4, "browsercheck": 4, "viewercheck": 4,
-    "chapterlog": 4, "plan": 4, "quality": 4, "leftovers": 4, "predict": 4, "__main__": 4,
+    "chapterlog": 4, "plan": 4, "calibration": 4, "quality": 4, "leftovers": 4, "predict": 4, "__main__": 4,
 }
 
 

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from npcrepro.datasets.format import open_dataset
 from npcrepro.errors import DataError, ParameterError
-from npcrepro import metrics, phantom
+from npcrepro import io, metrics, phantom
 from npcrepro.phantom import anatomy, lesions
 from npcrepro.phantom.make import _streams
 from npcrepro.phantom.measure import core
@@ -380,6 +380,34 @@ def test_default_workers(monkeypatch):
         monkeypatch.setenv("NPCREPRO_DATA_WORKERS", bad)
         with pytest.raises(ParameterError, match="NPCREPRO_DATA_WORKERS"):
             default_workers(40, phantom.PRESETS["gpu"].shape)
+
+
+def test_integer_images_are_the_same_patient_rounded_and_written_as_int16(tmp_path):
+    """The gpu preset's images are whole numbers (``integer_images``), stored as int16 and read back
+    exactly; the smoke and cpu presets keep float32 (the book's cohorts stay the bytes they were)."""
+    from npcrepro.phantom.profiles import resolve
+
+    assert [resolve({"preset": k})["integer_images"] for k in ("smoke", "cpu", "gpu")] == [False, False, True]
+    as_float = phantom.make_case(4, preset="smoke")
+    whole = phantom.make_case(4, preset="smoke", integer_images=True)
+    for k, img in as_float.images.items():
+        assert whole.images[k].dtype == np.float32
+        np.testing.assert_array_equal(whole.images[k], np.rint(img))   # rounding is the only change
+        assert not np.array_equal(img, np.rint(img))
+    for k, m in as_float.labels.items():
+        np.testing.assert_array_equal(whole.labels[k], m)
+    ds = phantom.generate(tmp_path / "ph", 1, 4, preset="smoke", integer_images=True, progress=False)
+    assert ds.meta["npcrepro"]["extra"]["params"]["integer_images"] is True
+    made = phantom.make_case(phantom.case_seed(4, 0), preset="smoke", integer_images=True, name="npc_000")
+    loaded = ds.load("npc_000")
+    for i, k in enumerate(ds.channels):
+        assert io.read(ds.root / "imagesTr" / f"npc_000_{i:04d}.nii.gz").array.dtype == np.int16
+        assert loaded.images[k].dtype == np.float32
+        np.testing.assert_array_equal(loaded.images[k], made.images[k])
+    floats = phantom.generate(tmp_path / "f", 1, 4, preset="smoke", progress=False)
+    assert io.read(floats.root / "imagesTr" / "npc_000_0001.nii.gz").array.dtype == np.float32
+    with pytest.raises(ParameterError, match="integer_images"):
+        phantom.make_case(0, preset="smoke", integer_images="yes")
 
 
 # ------------------------------------------------------------------------------ parameters

@@ -455,6 +455,20 @@ def _write_item(item: tuple) -> str:
     return sub
 
 
+def stored(image: np.ndarray) -> np.ndarray:
+    """How an image channel is written: a float image whose values are all whole numbers within int16
+    (CT in HU, MR magnitudes as scanners store them) as int16, which holds them exactly, compresses
+    to a quarter of float32 noise's bytes in a quarter of its time; any other float image as
+    float32; integer images as they are. Reading gives float32 either way (:meth:`Dataset.load`)."""
+    if image.dtype.kind != "f":
+        return image
+    if image.size and -32768 <= float(image.min()) and float(image.max()) <= 32767:
+        whole = image.astype(np.int16)
+        if np.array_equal(whole, image):
+            return whole
+    return image.astype(np.float32, copy=False)
+
+
 def _write_case(out: Path, sub: str, case: Case, channels: list[str], structures: list[str]) -> None:
     missing = [c for c in channels if c not in case.images]
     if missing:
@@ -470,9 +484,7 @@ def _write_case(out: Path, sub: str, case: Case, channels: list[str], structures
         arr = np.asarray(case.images[c])
         if not np.isfinite(arr).all():
             raise DataError(f"case {case.name}: channel {c!r} has NaN/inf values")
-        io.write(io.Volume.on_grid(arr.astype(np.float32, copy=False) if arr.dtype.kind == "f"
-                                   else arr, g),
-                 out / f"images{sub}" / f"{case.name}_{i:04d}{FILE_ENDING}")
+        io.write(io.Volume.on_grid(stored(arr), g), out / f"images{sub}" / f"{case.name}_{i:04d}{FILE_ENDING}")
     io.write(io.Volume.on_grid(case.label_map(structures), g),
              out / f"labels{sub}" / f"{case.name}{FILE_ENDING}")
     for s, mask in case.labels.items():

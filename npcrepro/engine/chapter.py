@@ -15,13 +15,16 @@ from npcrepro.engine.runs import job_dir
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["Method", "Track", "Chapter", "JobContext", "JobSpec", "JobKilled", "load_chapter", "DRY_RUN_ITERATIONS",
-           "DRY_RUN_VAL_ITEMS", "DRY_RUN_CASES", "DRY_RUN_OVERRIDES", "uses_held_out"]
+           "DRY_RUN_VAL_ITEMS", "DRY_RUN_CASES", "TIMED_ITERATIONS", "DRY_RUN_OVERRIDES", "uses_held_out"]
 
 #: A dry run (:func:`run_experiment` with ``dry_run=True``): training iterations per stage of every
 #: network, validation items per evaluation, and patients (train, validation, test: one each).
 DRY_RUN_ITERATIONS = 2
 DRY_RUN_VAL_ITEMS = 2
 DRY_RUN_CASES = 3
+#: A timed dry run (``dry_run="time"``, ``npcrepro bench gpu``): iterations per stage, of which the
+#: probe times those after its warm-up (:data:`npcrepro.engine.probe.WARMUP_ITERATIONS`).
+TIMED_ITERATIONS = 12
 #: Chapter extras a dry run keeps to their minimum where a chapter has them (inference timing).
 DRY_RUN_OVERRIDES = {"timing_slices": 1}
 
@@ -131,7 +134,7 @@ class JobContext:
         out = dict(seed=self.seed, device=self.device, run=run, progress=self.progress, desc=desc,
                    callbacks=callbacks)
         if self.P.get("dry_run"):  # every stage of every network: DRY_RUN_ITERATIONS, one val batch
-            cap = 0 if self.P["dry_run"] == "plan" else DRY_RUN_ITERATIONS
+            cap = {"plan": 0, "time": TIMED_ITERATIONS}.get(self.P["dry_run"], DRY_RUN_ITERATIONS)
             out.update(stage_iteration_cap=cap, val_item_cap=DRY_RUN_VAL_ITEMS, probe=True)
         if self.P.get("amp_dtype"):  # e.g. "bfloat16": the mixed-precision path on the CPU too
             out["amp_dtype"] = str(self.P["amp_dtype"])

@@ -143,6 +143,7 @@ def _run_job(spec: JobSpec) -> dict:
     ds = open_dataset(P["data"])
     t0 = time.perf_counter()
     prep = _prepare_cases(chapter, ds, [*spec.train, *spec.val, *spec.test], P)
+    prepare_seconds = time.perf_counter() - t0
     seed_everything(ctx.seed)
     model = chapter.fit(method, [prep[n] for n in spec.train], [prep[n] for n in spec.val], ctx)
     train_seconds = time.perf_counter() - t0
@@ -151,10 +152,13 @@ def _run_job(spec: JobSpec) -> dict:
     model.eval()
     thr = chapter.threshold(P)
     rows = []
-    for name in (spec.test if P.get("dry_run") != "plan" else []):
+    predicted = list(spec.test) if P.get("dry_run") != "plan" else []
+    infer_seconds = 0.0
+    for name in predicted:
         t1 = time.perf_counter()
         probs = chapter.predict(method, model, prep[name], ctx)
         seconds = time.perf_counter() - t1
+        infer_seconds += seconds
         case = chapter.case_of(prep[name])
         masks = {}
         for structure, prob in probs.items():
@@ -179,7 +183,8 @@ def _run_job(spec: JobSpec) -> dict:
                 half_rows.append({"method": method.name, "fold": spec.fold, "seed": spec.seed, **r})
     training = {"method": method.name, "fold": spec.fold, "seed": spec.seed,
                 "train_seconds": train_seconds, "job_seconds": time.perf_counter() - t0,
-                **ctx.facts}
+                "prepare_seconds": prepare_seconds, "prepared_cases": len(prep),
+                "infer_seconds": infer_seconds, "inferred_cases": len(predicted), **ctx.facts}
     if ctx.run.writer:
         pd.DataFrame(rows).to_csv(ctx.run.path / "metrics.csv", index=False)
         pd.DataFrame(half_rows).to_csv(ctx.run.path / "metrics_half.csv", index=False)
@@ -270,9 +275,10 @@ def dry_run_params(P: Mapping[str, Any], cases: int = DRY_RUN_CASES, mode: bool 
     networks, batch sizes), ``cases`` patients, one seed, one job at a time, no half-budget check,
     run folders under ``<out_dir>/dryrun/`` (where no chapter, leaderboard or book reader looks).
     ``mode="plan"``: only measure (each stage's first step on the meta device), train and predict
-    nothing."""
-    if mode not in (True, "plan"):
-        raise ParameterError(f"dry run mode must be True or 'plan', got {mode!r}")
+    nothing; ``mode="time"``: train every stage :data:`~npcrepro.engine.chapter.TIMED_ITERATIONS`
+    iterations and time them (a calibration of the plan)."""
+    if mode not in (True, "plan", "time"):
+        raise ParameterError(f"dry run mode must be True, 'plan' or 'time', got {mode!r}")
     out = dict(P)
     out.update(dry_run=mode, seeds=1, workers=1, half_budget_check=False, resume="",
                out_dir=str(Path(P["out_dir"]) / "dryrun"))
@@ -329,7 +335,8 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
     method, scored and written like any run, in ``<out_dir>/dryrun/<profile>/<chapter>/`` with
     ``"dry_run": true`` in run.json and a ``DRY_RUN`` file. Its numbers mean nothing. Every
     network's first step of every stage is measured (``plan.json``, read by :mod:`npcrepro.plan`);
-    ``dry_run="plan"`` only measures (no training step, no prediction).
+    ``dry_run="plan"`` only measures (no training step, no prediction); ``dry_run="time"`` also
+    times the iterations of every stage (:class:`~npcrepro.engine.probe.PlanProbe`).
 
     Returns :class:`npcrepro.engine.results.Results`.
     """
@@ -337,7 +344,7 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
 
     if dry_run:
         P = Params(dry_run_params(P, mode=dry_run))
-        tag = "plan" if dry_run == "plan" else "dryrun"
+        tag = {"plan": "plan", "time": "timed"}.get(dry_run, "dryrun")
         name = f"{name}-{tag}" if name != "run" else tag
     import pandas as pd
 

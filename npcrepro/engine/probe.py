@@ -1,4 +1,5 @@
-"""The plan probe: a Trainer handler that measures one training step of every stage (the dry run).
+"""The plan probe: a Trainer handler that measures one training step of every stage (the dry run),
+and times the stage's iterations where it runs enough of them (the timed dry run).
 
 At the start of a stage that begins at its first iteration, :class:`PlanProbe` takes the stage's first
 batch and measures, without computing it, one step's FLOPs (forward and backward,
@@ -10,28 +11,68 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from npcrepro.engine.loaders import available_memory, float_tensors, split_batch, to_float
 from npcrepro.engine.stages import Stage
 from npcrepro.errors import ParameterError
 
-__all__ = ["PlanProbe", "measure_step"]
+__all__ = ["PlanProbe", "measure_step", "save_row", "WARMUP_ITERATIONS"]
+
+
+#: Iterations of a stage a timed dry run does not count: the first ones pay for allocation, cuDNN's
+#: algorithm search and the first batches' caches.
+WARMUP_ITERATIONS = 3
 
 
 class PlanProbe:
     """Trainer handler (``callbacks``): measure one step at the first batch of every stage that starts
-    from its first iteration (:func:`measure_step`); the rows are kept in :attr:`rows`."""
+    from its first iteration (:func:`measure_step`); the rows are kept in :attr:`rows`.
+
+    It also times the stage's iterations (the wall time from one ``iteration`` event to the next:
+    making the batch and the step, on CUDA up to a synchronisation), and where the stage ran more
+    than :data:`WARMUP_ITERATIONS` of them (a timed dry run, ``dry_run="time"``) adds to its row
+    ``ms_per_iteration`` (the median over the rest, without the iterations that also evaluated
+    where at least :data:`WARMUP_ITERATIONS` others remain; a dry run with one training patient has
+    one-iteration epochs and evaluates at each, then ``with_evaluation`` is true: a dry run evaluates
+    on two items, so little is added) and ``timed_iterations``: what ``npcrepro bench gpu``
+    calibrates the plan with."""
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
+        self._times: list[tuple[float, bool]] = []
 
     def __call__(self, trainer, event: str, info: dict) -> None:
         if event == "stage_start" and trainer.state.stage_iteration == 0:
+            self._finish_timing(trainer)
             si = info["stage"]
             self.rows.append(measure_step(trainer, trainer.first_batch(si), trainer.stages[si], si))
+            if trainer.cuda:
+                torch.cuda.synchronize()
+            self._times = [(time.perf_counter(), False)]
+        elif event == "iteration" and self._times:
+            if trainer.cuda:
+                torch.cuda.synchronize()
+            self._times.append((time.perf_counter(), bool(info.get("evaluated"))))
+        elif event == "end":
+            self._finish_timing(trainer)
+
+    def _finish_timing(self, trainer) -> None:
+        times, self._times = self._times, []
+        if not self.rows or len(times) < 2:
+            return
+        steps = [(b - a, evaluated) for (a, _), (b, evaluated) in zip(times, times[1:])][WARMUP_ITERATIONS:]
+        plain = [d for d, evaluated in steps if not evaluated]
+        chosen = plain if len(plain) >= WARMUP_ITERATIONS else [d for d, _ in steps]
+        if chosen:
+            row = self.rows[-1]
+            row.update(ms_per_iteration=1000.0 * float(np.median(chosen)), timed_iterations=len(chosen),
+                       with_evaluation=chosen is not plain)
+            save_row(trainer, row)
 
 
 def measure_step(trainer, batch, stage: Stage, si: int) -> dict:
@@ -121,9 +162,14 @@ def measure_step(trainer, batch, stage: Stage, si: int) -> dict:
                              f"{need / 1e9:.1f} GB, and this machine has {free / 1e9:.1f} GB "
                              f"available: lower the batch size (e.g. -p batch_size 2) for a "
                              f"dry run on the CPU")
+    save_row(trainer, row)
+    return row
+
+
+def save_row(trainer, row: dict) -> None:
+    """Write ``row`` into ``plan.json`` of the trainer's run folder (replacing its stage's row)."""
     if trainer.run is not None and trainer.is_main():
         path = Path(trainer.run.path) / "plan.json"
         rows = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
-        rows = [r for r in rows if r.get("stage_index") != si] + [row]
+        rows = [r for r in rows if r.get("stage_index") != row["stage_index"]] + [row]
         path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    return row
