@@ -168,6 +168,11 @@ def _drive(page, report: dict, reasons: list[str], out_dir: Path | None, timeout
         step("prediction on", lambda: preds.first.check())
     else:
         reasons.append("the viewer lists no prediction to toggle")
+    width = viewer.locator("input.npc-width")
+    if width.count():  # a narrow window raises the contrast: the picture changes
+        step("window", lambda: width.evaluate("e => { e.value = 40; e.dispatchEvent(new Event('input')); }"))
+    else:
+        reasons.append("the viewer has no window control")
     step("plane", lambda: viewer.locator("label:has-text('Plane') select").select_option("coronal"))
     channels = viewer.locator("label:has-text('Image') select option")
     report["channels"] = channels.count()

@@ -421,7 +421,7 @@ def test_notebook_is_committed_clean():
     nb = nbformat.read(str(Path(__file__).parent.parent / "notebooks" / "li2018.ipynb"), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code" and c.get("id") != "npcrepro-setup"]  # Binder/Colab
     assert all(not c.outputs and c.execution_count is None for c in code)
-    assert code[1].metadata.get("tags") == ["parameters"]
+    assert "parameters" in code[1].metadata.get("tags")
     src = "".join(c.source for c in code)
     for plumbing in ("RunFolder", "mark_done", "write_summary", "pipelines"):
         assert plumbing not in src

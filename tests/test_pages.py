@@ -1,6 +1,7 @@
 """Book pages are discovered from npcrepro/chapters/*/page.toml: every list of pages derives from that one scan."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -146,3 +147,17 @@ def test_contributing_counts_the_lines_of_xue2020_as_they_are():
             path = next(p for p in (ROOT / name, ROOT / "npcrepro" / "chapters" / "xue2020" / name) if p.is_file())
             actual = len(path.read_text(encoding="utf-8").splitlines())
             assert abs(actual - int(n)) <= 0.1 * actual, f"CONTRIBUTING.md: {name} has {actual} lines, not {n}"
+
+
+def test_a_training_chapter_opens_on_its_text_with_its_set_up_collapsed():
+    """Issue 51: the imports and the parameters cell show as "Show code" toggles and the parameter
+    table as a collapsed cell, so that a page opens on its title and introduction."""
+    for name in pages.training():
+        nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8"))
+        cells = [c for c in nb["cells"] if "remove-cell" not in c["metadata"].get("tags", [])]
+        assert cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith("# "), name
+        tags = [c["metadata"].get("tags", []) for c in cells]
+        i = next(k for k, t in enumerate(tags) if "parameters" in t)
+        assert "hide-input" in tags[i - 1] and "import" in "".join(cells[i - 1]["source"]), name
+        assert "hide-input" in tags[i] and "hide-cell" in tags[i + 1], name
+        assert "notebook_params(" in "".join(cells[i + 1]["source"]), name

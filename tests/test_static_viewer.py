@@ -189,7 +189,7 @@ def test_viewer_changes_with_slice_prediction_plane_and_channel_offline(tmp_path
     report = drive_viewer(_site(tmp_path, _run(), niivue), out_dir=tmp_path / "shots")
     assert report["ok"], report["reasons"]
     steps = report["steps"]
-    assert set(steps) == {"slice", "prediction off", "prediction on", "plane", "channel"}
+    assert set(steps) == {"slice", "prediction off", "prediction on", "window", "plane", "channel"}
     assert all(v > 0.001 for v in steps.values()), steps
     assert report["slice_start"] == "axial 10/20" and report["slice_after"] == "axial 7/20"
     assert report["predictions"] == 2 and report["channels"] == 2

@@ -124,7 +124,8 @@ class Explorer:
         self.case = W.Dropdown(options=[], description="Case", layout=lay(width="230px"))
         self.plane = W.ToggleButtons(options=list(R.PLANES), value=plane, description="Plane",
                                      style={"button_width": "84px"})
-        self.slice = W.IntSlider(value=0, min=0, max=0, description="Slice", continuous_update=False,
+        # numbered from 1, as the static viewer and image viewers number slices
+        self.slice = W.IntSlider(value=1, min=1, max=1, description="Slice", continuous_update=False,
                                  layout=lay(width="280px"))
         self.modality = W.Dropdown(options=[], description="Image", layout=lay(width="200px"))
         self.structure = W.Dropdown(options=[], description="GT", layout=lay(width="230px"))
@@ -249,8 +250,8 @@ class Explorer:
                                               self.predictions.value or None)
         else:
             best = R.best_slice(gt, self.plane.value) if gt is not None else n // 2
-        self.slice.max = max(0, n - 1)
-        self.slice.value = int(min(max(best, 0), n - 1))
+        self.slice.max = max(1, n)
+        self.slice.value = int(min(max(best, 0), n - 1)) + 1
         self.slice.disabled = n <= 1
 
     def _guard(fn):  # noqa: N805 - a decorator for the callbacks below
@@ -302,7 +303,7 @@ class Explorer:
     def current_slices(self) -> tuple[np.ndarray, np.ndarray | None, dict, list[str]]:
         """(image slice, GT slice or None, {label: prediction slice or None}, notes) of the view."""
         cv = self._cv
-        plane, idx = self.plane.value, int(self.slice.value)
+        plane, idx = self.plane.value, int(self.slice.value) - 1  # the slider counts from 1
         up = cv.superior_up
         img = R.slice_of(cv.image(self.modality.value), plane, idx, superior_up=up)
         gt = self._gt()
@@ -339,7 +340,7 @@ class Explorer:
                 d = self.view.score_for(cv.name, lab)
                 legend[lab] = f"{lab} (DSC {d:.2f})" if d is not None else lab
             n = R.n_slices(cv.shape, self.plane.value)
-            where = "2D" if cv.is_2d else f"{self.plane.value} {self.slice.value} (0–{n - 1})"
+            where = "2D" if cv.is_2d else f"{self.plane.value} {self.slice.value} / {n}"
             title = f"{self.view.label} · {cv.name} · {self.modality.value} · {where}"
             self.image.value = R.render_png(
                 img, gt2, preds, style=self.style.value, opacity=float(self.opacity.value),

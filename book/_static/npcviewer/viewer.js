@@ -3,7 +3,7 @@
  * Every <div class="npc-viewer" data-manifest="..."> on the page gets a viewer. The manifest (written
  * by npcrepro.viz.static_viewer.export) lists runs -> cases -> NIfTI layers, relative to itself; the
  * volumes are drawn by NiiVue (vendored ES module, WebGL2). Controls: run, case, image channel, plane
- * (axial / coronal / sagittal), slice, ground-truth structure, one checkbox per prediction, opacity
+ * (axial / coronal / sagittal), slice, window and level, ground-truth structure, one checkbox per prediction, opacity
  * and filled / outline. The mouse wheel over the picture also moves through the slices.
  *
  * For tests and curious readers, each container carries data-state ("loading", "ready", "error"),
@@ -52,7 +52,7 @@ class Viewer {
     this.root = root;
     this.base = new URL(root.dataset.manifest, document.baseURI);
     this.state = { run: 0, case: 0, channel: null, plane: "axial", structure: null,
-                   hidden: new Set(), opacity: 0.6, outline: false };
+                   hidden: new Set(), opacity: 0.6, outline: false, level: 127.5, width: 255 };
     this.draws = 0;
     this.loadToken = 0;
   }
@@ -98,6 +98,13 @@ class Viewer {
     this.gtSel = el("select", { class: "npc-gt" });
     this.opacity = el("input", { type: "range", min: 0, max: 1, step: 0.05, value: this.state.opacity,
                                  class: "npc-opacity", "aria-label": "opacity" });
+    // window and level on the exported 8-bit scale (0-255 spans the channel's export window); the text
+    // beside them gives the image's own units
+    this.level = el("input", { type: "range", min: 0, max: 255, step: 1, value: this.state.level,
+                               class: "npc-level", "aria-label": "level" });
+    this.width = el("input", { type: "range", min: 2, max: 255, step: 1, value: this.state.width,
+                               class: "npc-width", "aria-label": "window width" });
+    this.wlText = el("span", { class: "npc-wl-text" });
     this.outline = el("input", { type: "checkbox", class: "npc-outline" });
     this.preds = el("div", { class: "npc-preds" });
     this.note = el("div", { class: "npc-note" });
@@ -108,6 +115,7 @@ class Viewer {
       row(labelled("Run", this.runSel), labelled("Case", this.caseSel)),
       row(labelled("Image", this.chanSel), labelled("Plane", this.planeSel),
           labelled("Slice", this.slider), this.sliceText),
+      row(labelled("Level", this.level), labelled("Window", this.width), this.wlText),
       row(labelled("Ground truth", this.gtSel), labelled("Opacity", this.opacity),
           labelled("Outline", this.outline)),
       this.preds,
@@ -122,6 +130,38 @@ class Viewer {
     this.gtSel.addEventListener("change", () => { this.state.structure = this.gtSel.value || null; this.paint(); });
     this.opacity.addEventListener("input", () => { this.state.opacity = +this.opacity.value; this.paint(); });
     this.outline.addEventListener("change", () => { this.state.outline = this.outline.checked; this.paint(); });
+    this.level.addEventListener("input", () => { this.state.level = +this.level.value; this.applyWindow(); });
+    this.width.addEventListener("input", () => { this.state.width = +this.width.value; this.applyWindow(); });
+  }
+
+  channel() {
+    return this.case.channels.find((x) => x.name === this.state.channel) || this.case.channels[0];
+  }
+
+  windowRange() {
+    const { level, width } = this.state;
+    return [level - width / 2, level + width / 2];
+  }
+
+  showWindow() {
+    // in the channel's units: 0-255 maps linearly onto its export window [lo, hi]
+    const w = this.channel().window;
+    const [a, b] = this.windowRange();
+    if (!w) { this.wlText.textContent = ""; return; }
+    const real = (v) => w[0] + (v / 255) * (w[1] - w[0]);
+    const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
+    this.wlText.textContent = `${fmt(real(a))} to ${fmt(real(b))} (level ${fmt(real(this.state.level))}, ` +
+      `width ${fmt(real(b) - real(a))})`;
+  }
+
+  applyWindow() {
+    this.showWindow();
+    if (!this.nv || !this.nv.volumes.length) return;
+    const [a, b] = this.windowRange();
+    this.nv.volumes[0].cal_min = a;
+    this.nv.volumes[0].cal_max = b;
+    this.nv.updateGLVolume();
+    this.redraw();
   }
 
   get run() { return this.manifest.runs[this.state.run]; }
@@ -201,10 +241,11 @@ class Viewer {
     const c = this.case;
     const token = ++this.loadToken;
     this.status("loading", "loading ...");
-    const ch = c.channels.find((x) => x.name === this.state.channel) || c.channels[0];
+    const ch = this.channel();
     const url = (u) => new URL(u, this.base).href;
     this.layers = [{ kind: "image" }];
-    const vols = [{ url: url(ch.url), name: `${ch.name}.nii.gz`, colormap: "gray", cal_min: 0, cal_max: 255 }];
+    const [lo, hi] = this.windowRange();
+    const vols = [{ url: url(ch.url), name: `${ch.name}.nii.gz`, colormap: "gray", cal_min: lo, cal_max: hi }];
     c.structures.forEach((s) => {
       this.layers.push({ kind: "gt", name: s.name });
       vols.push({ url: url(s.url), name: `gt-${s.name}.nii.gz`, colormap: this.colormap(GT_COLOUR),
@@ -225,6 +266,7 @@ class Viewer {
     this.nv.setSliceType(PLANES[this.state.plane][0]);
     if (this.focus) this.nv.scene.crosshairPos = this.nv.mm2frac(this.focus);
     this.syncSlider();
+    this.showWindow();
     this.paint();
     this.status("ready", "");
   }
@@ -291,6 +333,7 @@ const CSS = `
 .npc-viewer .npc-field > span { font-weight: 600; }
 .npc-viewer select { max-width: 22rem; }
 .npc-viewer .npc-slice { width: 14rem; }
+.npc-viewer .npc-level, .npc-viewer .npc-width { width: 9rem; }
 .npc-viewer .npc-preds { display: flex; flex-wrap: wrap; gap: 0.2rem 0.9rem; margin: 0.3rem 0; }
 .npc-viewer .npc-preds-title { font-weight: 600; }
 .npc-viewer .npc-all { font-size: 0.75rem; padding: 0 0.4rem; }

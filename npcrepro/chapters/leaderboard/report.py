@@ -75,7 +75,7 @@ def method_table(P: Mapping[str, Any]) -> pd.DataFrame:
 def _fmt_ci(mean: float, lo: float, hi: float, digits: int) -> str:
     if not math.isfinite(mean):
         return "n/a"
-    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return f"{mean:.{digits}f} [{lo:.{digits}f},\u00a0{hi:.{digits}f}]"  # no break inside the interval
 
 
 def summary(res, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
