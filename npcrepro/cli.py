@@ -1,7 +1,7 @@
 """The npcrepro command: make data, run the chapters, score models and build the book.
 
-Subcommands: phantom, convert, export, predict, splits, score, run, plan, params, book, quality, leftovers,
-bench.
+Subcommands: phantom, convert, export, predict, splits, score, nnunet, run, plan, params, book, quality,
+leftovers, bench.
 
 Every subcommand reports an error on one line (``npcrepro <command>: error: ...``) and exits with
 status 2 for bad input or parameters (a bad argument, path, dataset or parameter value, also when a
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import json
 import os
 import sys
 import time
@@ -117,6 +118,27 @@ def cmd_score(args) -> int:
     print(result)
     if args.out:
         print(f"per-case table: {scoring.write_table(result.table, args.out, overwrite=args.overwrite)}")
+    return 0
+
+
+def cmd_nnunet(args) -> int:
+    from npcrepro import scoring
+    from npcrepro.chapters.leaderboard import nnunet
+    from npcrepro.chapters.leaderboard.methods import METHODS
+    from npcrepro.chapters.leaderboard.report import METRICS
+    from npcrepro.engine.results import Results
+
+    run = args.run or scoring.find_reference(args.runs, args.profile)
+    res = Results.open(run)
+    if res.chapter != "leaderboard":
+        raise ParameterError(f"{run}: a {res.chapter or 'unknown'} run; nnU-Net trains on a leaderboard run's split")
+    folders = nnunet.train(res, args.inputs, configuration=args.configuration, epochs=args.epochs,
+                           iterations=args.iterations, device=args.device, threads=args.threads)
+    ref = scoring.read_reference(run)
+    for folder in folders:
+        print(scoring.score(folder, ref, None, name=folder.name,
+                            baselines=[m.key for m in METHODS if m.paper == "baseline"], metrics=list(METRICS)))
+    print("as leaderboard rows: npcrepro run leaderboard -p external '" + json.dumps([str(f) for f in folders]) + "'")
     return 0
 
 
@@ -379,6 +401,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="write the per-case table (CSV) here")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("nnunet", help="train nnU-Net v2 (its own pipeline) on a leaderboard run's split and "
+                                      "score it", description="Train nnU-Net v2 with its own planning, "
+                       "preprocessing, trainer and validation on a finished leaderboard run's fold-0 training "
+                       "patients, predict its test patients and score them under the leaderboard's protocol "
+                       "(paired against the U-Net baselines). Needs the nnU-Net environment "
+                       "(bash scripts/setup_nnunet_env.sh). Input sets: cet1, mri (T1+T2+CET1), ct (the run's "
+                       "CT channel).")
+    s.add_argument("run", type=Path, nargs="?", default=None, help="leaderboard run folder (default: the newest)")
+    s.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run folders")
+    s.add_argument("--profile", default="cpu", choices=PROFILES, help="smoke, cpu, gpu or gpu-lite")
+    s.add_argument("--inputs", nargs="+", default=["cet1"], choices=["cet1", "mri", "ct"],
+                   help="one nnU-Net model per input set (default: cet1)")
+    s.add_argument("--configuration", default="2d", choices=["2d", "3d_fullres"], help="nnU-Net configuration")
+    s.add_argument("--epochs", type=int, default=1000, help="epochs (nnU-Net's default 1000)")
+    s.add_argument("--iterations", type=int, default=250, help="iterations per epoch (nnU-Net's default 250)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    s.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: every core)")
+    s.set_defaults(func=cmd_nnunet)
 
     from npcrepro.book import CHAPTERS
 
