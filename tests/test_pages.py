@@ -161,3 +161,15 @@ def test_a_training_chapter_opens_on_its_text_with_its_set_up_collapsed():
         assert "hide-input" in tags[i - 1] and "import" in "".join(cells[i - 1]["source"]), name
         assert "hide-input" in tags[i] and "hide-cell" in tags[i + 1], name
         assert "notebook_params(" in "".join(cells[i + 1]["source"]), name
+
+
+def test_no_page_shows_its_parameters_cell_open():
+    """Every page's parameters cell (and the imports cell before it) is collapsed or removed."""
+    shut = {"hide-input", "hide-cell", "remove-cell", "remove-input"}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        i = next(k for k, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
+        assert shut & set(cells[i]["metadata"]["tags"]), path.name
+        before = cells[i - 1]
+        if before["cell_type"] == "code" and "import " in "".join(before["source"]):
+            assert shut & set(before["metadata"].get("tags", [])), path.name
