@@ -20,21 +20,9 @@ VENV=${VENV:-.venv-maskrcnn}
 BOOK=${BOOK:-1}
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
-if [ -z "${PYTHON:-}" ]; then
-    if command -v python3.11 >/dev/null 2>&1; then PYTHON=python3.11; else PYTHON=python3; fi
-fi
-stamp="$VENV/.npcrepro-maskrcnn-stamp"
-say() { echo "[setup_maskrcnn_env] $*"; }
-
-if [ ! -x "$VENV/bin/python" ]; then
-    say "creating virtual environment $VENV ($PYTHON)"
-    "$PYTHON" -m venv "$VENV"
-fi
-want=$( (cat pyproject.toml scripts/setup_maskrcnn_env.sh; echo "BOOK=$BOOK") | sha256sum | cut -c1-16)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    say "already set up: $VENV (nothing to do)"
-    exit 0
-fi
+NAME=maskrcnn
+WANT=$( (cat pyproject.toml scripts/setup_maskrcnn_env.sh; echo "BOOK=$BOOK") | sha256sum | cut -c1-16)
+source scripts/separate_venv.sh
 
 pip=("$VENV/bin/python" -m pip)
 have=$("$VENV/bin/python" -c "import torch, torchvision; print(torch.__version__.split('+')[0], torchvision.__version__.split('+')[0])" 2>/dev/null || true)
@@ -60,5 +48,5 @@ if not maskrcnn.available():
     raise SystemExit("[setup_maskrcnn_env] torchvision does not import in the new environment")
 print(f"[setup_maskrcnn_env] ready: torch {torch.__version__}, torchvision {torchvision.__version__}")
 PY
-echo "$want" > "$stamp"
+echo "$WANT" > "$STAMP"
 say "run the chapter with it: $VENV/bin/npcrepro run luo2020 --profile cpu   (or pick this venv's kernel in Jupyter)"

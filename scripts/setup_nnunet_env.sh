@@ -20,21 +20,9 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-nnunet}
 TORCH_VERSION=2.13.0
 NNUNET_VERSION=2.8.1   # npcrepro.chapters.leaderboard.nnunet.NNUNET_VERSION
-if [ -z "${PYTHON:-}" ]; then
-    if command -v python3.11 >/dev/null 2>&1; then PYTHON=python3.11; else PYTHON=python3; fi
-fi
-stamp="$VENV/.npcrepro-nnunet-stamp"
-say() { echo "[setup_nnunet_env] $*"; }
-
-if [ ! -x "$VENV/bin/python" ]; then
-    say "creating virtual environment $VENV ($PYTHON)"
-    "$PYTHON" -m venv "$VENV"
-fi
-want=$(sha256sum scripts/setup_nnunet_env.sh | cut -c1-16)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    say "already set up: $VENV (nothing to do)"
-    exit 0
-fi
+NAME=nnunet
+WANT=$(cat scripts/setup_nnunet_env.sh scripts/separate_venv.sh | sha256sum | cut -c1-16)
+source scripts/separate_venv.sh
 pip=("$VENV/bin/python" -m pip)
 constraints="$VENV/nnunet-constraints.txt"
 printf 'torch==%s\nnnunetv2==%s\n' "$TORCH_VERSION" "$NNUNET_VERSION" > "$constraints"
@@ -51,5 +39,5 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: F401  (what the driver imports)
 print(f"[setup_nnunet_env] ready: torch {torch.__version__}, nnunetv2 {m.version('nnunetv2')}")
 PY
-echo "$want" > "$stamp"
+echo "$WANT" > "$STAMP"
 say "use it: npcrepro nnunet [RUN] --inputs cet1 mri ct   (or set NPCREPRO_NNUNET_PYTHON=$VENV/bin/python)"

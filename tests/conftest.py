@@ -156,3 +156,19 @@ def toy_ct_case(name: str, seed: int):
     ct[a] += 300
     ct[c] -= 300
     return Case(name, {"CT": ct}, {"CTVp": a, "GTVp": b, "Parotid_L": c}, (3.0, 2.0, 2.0))
+
+
+def load_file(path, name: str | None = None):
+    """The module in the file ``path`` (a benchmark or script, not a package module), imported anew."""
+    import importlib.util
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def load_benchmark(name: str):
+    """``benchmarks/bench_<name>.py`` as a module."""
+    return load_file(Path(__file__).resolve().parent.parent / "benchmarks" / f"bench_{name}.py")

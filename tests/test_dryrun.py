@@ -16,7 +16,7 @@ from npcrepro import chapters, plan, profiles
 from npcrepro.datasets import Case
 from npcrepro.engine import SliceDataset, Trainer
 from npcrepro.models import build
-from conftest import disc_cases
+from conftest import disc_cases, load_benchmark
 
 
 
@@ -118,16 +118,6 @@ def test_plan_command(plan_runs, capsys):
     assert cli.main(["plan", "nope", "--profile", "smoke", "--runs", str(plan_runs)]) == 2
 
 
-def _bench_gpu():
-    import importlib.util
-
-    path = Path(__file__).parent.parent / "benchmarks" / "bench_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_gpu", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_calibration_measures_the_plan(plan_runs, tmp_path, capsys):
     """`npcrepro bench gpu` (here on the CPU, at smoke) times a dry run and the phantom; the plan counts
@@ -135,7 +125,7 @@ def test_a_calibration_measures_the_plan(plan_runs, tmp_path, capsys):
     from npcrepro import calibration, cli
     from npcrepro.errors import DataError
 
-    cal = _bench_gpu().main(quick=True, out=str(tmp_path / "cal"), runs=str(plan_runs))
+    cal = load_benchmark("gpu").main(quick=True, out=str(tmp_path / "cal"), runs=str(plan_runs))
     name = cal["device"]["device"]
     path = tmp_path / "cal" / "smoke" / f"{calibration.slug(name)}.json"
     assert calibration.load(path) == json.loads(path.read_text()) and cal["device"]["kind"] == "cpu"

@@ -946,12 +946,9 @@ def test_template_notebook_is_committed_clean():
 
 
 def test_engine_benchmark_quick_runs(monkeypatch, capsys):
-    import importlib.util
+    from conftest import load_benchmark
 
-    path = Path(__file__).parent.parent / "benchmarks" / "bench_engine.py"
-    spec = importlib.util.spec_from_file_location("bench_engine", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("engine")
     monkeypatch.setattr(bench, "SIZE", 32)
     monkeypatch.setattr(bench, "DEPTH", 4)
     out = bench.main(quick=True, compile=False)

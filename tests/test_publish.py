@@ -13,21 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import load_file
 from npcrepro.paths import repo_root
 
 REPO = repo_root()
 WORKFLOW = REPO / ".github" / "workflows" / "book.yml"
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-setup_cell = _load(REPO / "scripts" / "setup_cell.py", "setup_cell")
-launch_sources = _load(REPO / "book" / "_ext" / "launch_sources.py", "launch_sources")
+setup_cell = load_file(REPO / "scripts" / "setup_cell.py")
+launch_sources = load_file(REPO / "book" / "_ext" / "launch_sources.py")
 
 
 def _config() -> dict:
@@ -98,7 +92,7 @@ def test_the_linters_catch_a_broken_workflow(tmp_path):
 
 
 def test_run_workflow_evaluates_the_expressions_it_meets(tmp_path):
-    rw = _load(REPO / "scripts" / "run_workflow.py", "run_workflow")
+    rw = load_file(REPO / "scripts" / "run_workflow.py")
     (tmp_path / "a.txt").write_text("x", encoding="utf-8")
     ctx = rw.Context(tmp_path, {"PROFILE": "smoke"}, "abc123", "main")
     assert ctx.expand("runs-${{ env.PROFILE }}-${{ github.sha }}") == "runs-smoke-abc123"

@@ -1,22 +1,18 @@
 """The stability benchmark's comparison of one chapter run in several environments (made here)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import load_benchmark
 from npcrepro.engine.results import Results
 
 
 def _bench():
-    path = Path(__file__).parent.parent / "benchmarks" / "bench_stability.py"
-    spec = importlib.util.spec_from_file_location("bench_stability", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("stability")
 
 
 def _run(folder: Path, dice: dict, half: dict) -> Results:
