@@ -34,6 +34,7 @@ device's calibration covers the chapter.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -125,8 +126,6 @@ def measured(chapter: str, cal: Mapping[str, Any], P: Mapping[str, Any]) -> dict
 
     generate = 0.0
     if P.get("data", "phantom") == "phantom" and n_cases:
-        import math
-
         shape = phantom.PRESETS[PHANTOM_PRESETS.get(P["profile"], P["profile"])].shape
         makers = min(int(cal["device"].get("cores") or 1), n_cases) if math.prod(shape) >= PARALLEL_VOXELS else 1
         generate = float(cal.get("phantom_s_per_case") or 0.0) * n_cases / makers

@@ -28,10 +28,9 @@ torch, as here), as luo2020's Mask R-CNN row does, so that its dependencies neve
 :func:`environment` finds it (``$NPCREPRO_NNUNET_PYTHON``, else ``.venv-nnunet``) and says how to
 make it where it is absent.
 
-What it costs: on one core of the developers' 2-core AMD EPYC, nnU-Net's 2d configuration of the cpu
-phantom (batches of 10 slices of 128 x 128, 32-512 features) takes about 3 s per training iteration,
-so its default budget (250,000 iterations) is a GPU's work, and at the cpu profile nnU-Net's rows
-are short runs that must be read as such (their convergence is shown, as for every network).
+What it costs: on the cpu leaderboard's patients nnU-Net plans its 2d configuration with batches of 64
+slices of 128 x 128 (32-512 features), and one training iteration takes 24 s on one core of the
+developers' 2-core AMD EPYC: its default budget (250,000 iterations) is a GPU's work.
 """
 from __future__ import annotations
 
