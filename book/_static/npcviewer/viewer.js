@@ -3,8 +3,8 @@
  * Every <div class="npc-viewer" data-manifest="..."> on the page gets a viewer. The manifest (written
  * by npcrepro.viz.static_viewer.export) lists runs -> cases -> NIfTI layers, relative to itself; the
  * volumes are drawn by NiiVue (vendored ES module, WebGL2). Controls: run, case, image channel, plane
- * (axial / coronal / sagittal), slice, window and level, ground-truth structure, one checkbox per prediction, opacity
- * and filled / outline. The mouse wheel over the picture also moves through the slices.
+ * (axial / coronal / sagittal), slice, window and level, ground-truth structure, one checkbox per
+ * prediction, opacity and filled / outline. The mouse wheel over the picture also moves through the slices.
  *
  * For tests and curious readers, each container carries data-state ("loading", "ready", "error"),
  * data-draws (incremented on every redraw) and data-slice ("<plane> <index>/<count>").
