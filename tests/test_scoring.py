@@ -148,9 +148,10 @@ def test_the_unets_predictions_scored_as_an_outsiders_equal_the_in_book_unet(une
     board = L.leaderboard_table(more, n_boot=200).set_index("method")
     cols = ["DSC", "HD95 (mm)", "ASSD (mm)", "NSD", "failed patients"]
     assert list(board.loc["my-model", cols]) == list(board.loc["U-Net (CET1)", cols])
-    assert re.fullmatch(r"[0-9.]+ \[[0-9.]+, [0-9.]+\]", board.loc["my-model", "DSC"])
+    # the interval does not break across lines (a non-breaking space after its comma)
+    assert re.fullmatch(r"[0-9.]+ \[[0-9.]+,\u00a0[0-9.]+\]", board.loc["my-model", "DSC"])
     assert board.loc["my-model", "paper"] == "external" and board.loc["my-model", "p (Wilcoxon)"] == "1"
-    assert board.loc["my-model", "Δ DSC vs U-Net [95% CI]"] == "0.000 [0.000, 0.000]"
+    assert board.loc["my-model", "Δ DSC vs U-Net [95% CI]"] == "0.000 [0.000,\u00a00.000]"
     assert L.paired_table(more).set_index("method").loc["my-model", "baseline"].iloc[0] == "U-Net (CET1)"
     assert "my-model" not in set(res.metrics["method"])  # the run's own Results are left as they were
     ext = pd.read_csv(res.path / "external.csv")
@@ -209,4 +210,4 @@ def test_leaderboard_notebook_with_an_external_folder(run_notebook, unet_run):
     cols = ["DSC", "HD95 (mm)", "ASSD (mm)", "NSD"]
     library = L.leaderboard_table(res, n_boot=2000, seed=0).set_index("method")
     assert [mine[c] for c in cols] == [unet[c] for c in cols] == list(library.loc["U-Net (CET1)", cols])
-    assert mine["p (Wilcoxon)"] == "1" and mine["Δ DSC vs U-Net [95% CI]"] == "0.000 [0.000, 0.000]"
+    assert mine["p (Wilcoxon)"] == "1" and mine["Δ DSC vs U-Net [95% CI]"] == "0.000 [0.000,\u00a00.000]"
