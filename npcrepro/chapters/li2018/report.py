@@ -315,16 +315,21 @@ def figure_augmentation(results):
     p = prepared_case(results, sorted(results.metrics["case"].unique())[0])
     img, ref = p.images[p.zs[0]], p.masks[p.zs[0]]
     aug = prep.Li2018Augment()
-    fig, axes = plt.subplots(2, 11, figsize=(16.5, 3.4))
-    for ax, angle in zip(axes[0], prep.ROTATION_ANGLES):
+    # two rows of six panels each for the rotations and for the contrasts: the page's width holds it
+    # without shrinking its labels (a row of 11 was shown at 0.42 of its size)
+    fig, grid = plt.subplots(4, 6, figsize=(9.0, 6.6))
+    for ax in grid.ravel():
+        ax.set_axis_off()
+    rotations, contrasts = grid[:2].ravel()[:11], grid[2:].ravel()[:11]
+    for ax, angle in zip(rotations, prep.ROTATION_ANGLES):
         out, m = aug.apply(img, ref, angle, contrast=1, noise=0)
         _show(ax, out, f"{angle:+d}°")
         _contour(ax, m, "white", lw=0.6)
-    for ax, ci in zip(axes[1], np.linspace(0, len(prep.CONTRAST_VARIANTS) - 1, 11).astype(int)):
+    for ax, ci in zip(contrasts, np.linspace(0, len(prep.CONTRAST_VARIANTS) - 1, 11).astype(int)):
         out, _ = aug.apply(img, ref, 0, contrast=int(ci), noise=1, rng=np.random.default_rng(0))
         lo, _, g = prep.CONTRAST_VARIANTS[ci]
         ax.imshow(out, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"sat {lo:g}%, γ {g:g}", fontsize=7)
+        ax.set_title(f"sat {lo:g}%, γ {g:g}", fontsize=8)
         ax.set_axis_off()
     fig.tight_layout()
     return fig
