@@ -360,7 +360,7 @@ def fig_leaderboard(res, metrics: Sequence[str] = ("dice", "hd95")):
     s = summary(res)
     order = s[s["metric"] == "dice"].sort_values("mean")["method"].tolist()
     t = res.metrics
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.42 * len(order) + 1.4),
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 0.42 * len(order) + 1.4),
                              sharey=True, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for i, key in enumerate(order):
@@ -403,7 +403,7 @@ def fig_cases(res, n: int = 3, keys: Sequence[str] | None = None):
     picks = list(dict.fromkeys([per_case.index[0], per_case.index[len(per_case) // 2], per_case.index[-1]]))[:n]
     channel = channels_of(BY_KEY[keys[0]], res.params)[-1]
     cmap = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.3 * len(picks), 3.7), squeeze=False)
     for ax, name in zip(axes[0], picks):
         case = res.load_case(name, channels=[channel], structures=[structure])
         ref = case.labels.get(structure, np.zeros(case.shape, bool))
