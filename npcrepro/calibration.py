@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import time
 from pathlib import Path
@@ -35,22 +34,14 @@ CALIBRATIONS = Path(__file__).resolve().parent / "calibrations"
 FORMAT = 1
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "CPU"
-
-
 def device_info(device: str = "cpu") -> dict:
     """Name, kind, torch and CUDA versions and core count of ``device`` ("cpu" or "cuda[:i]")."""
     import torch
 
+    from npcrepro.engine.runs import cpu_model
+
     cuda = str(device).startswith("cuda")
-    name = torch.cuda.get_device_name(torch.device(device)) if cuda else _cpu_name()
+    name = torch.cuda.get_device_name(torch.device(device)) if cuda else cpu_model() or "CPU"
     return {"device": name, "kind": "cuda" if cuda else "cpu", "torch": torch.__version__.split("+")[0],
             "cuda": torch.version.cuda if cuda else None, "cores": os.cpu_count() or 1,
             "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}

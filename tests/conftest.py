@@ -170,5 +170,11 @@ def load_file(path, name: str | None = None):
 
 
 def load_benchmark(name: str):
-    """``benchmarks/bench_<name>.py`` as a module."""
-    return load_file(Path(__file__).resolve().parent.parent / "benchmarks" / f"bench_{name}.py")
+    """``benchmarks/bench_<name>.py`` as a module, with ``benchmarks/`` on ``sys.path`` as ``npcrepro bench``
+    puts it (benchmarks import their siblings)."""
+    import sys
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return load_file(folder / f"bench_{name}.py")

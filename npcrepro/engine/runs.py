@@ -42,7 +42,7 @@ import numpy as np
 from npcrepro.errors import DataError
 from npcrepro.engine import distributed as D
 
-__all__ = ["RunFolder", "environment", "to_jsonable", "find_runs", "latest_run", "job_dir"]
+__all__ = ["RunFolder", "environment", "cpu_model", "to_jsonable", "find_runs", "latest_run", "job_dir"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -112,7 +112,8 @@ def _git_revision() -> dict:
     return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.lower().startswith("model name"):
@@ -154,7 +155,7 @@ def environment(device: str | None = None) -> dict:
         "monai": version("monai"),
         "git": _git_revision(),
         "device": device,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda,

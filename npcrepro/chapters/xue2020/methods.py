@@ -140,10 +140,10 @@ def time_per_slice(model: nn.Module, shape: Sequence[int], device="cpu", n: int 
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    from npcrepro.engine.runs import _cpu_model
+    from npcrepro.engine.runs import cpu_model
 
     try:
-        return f"CPU ({_cpu_model()}, {torch.get_num_threads()} threads)"
+        return f"CPU ({cpu_model()}, {torch.get_num_threads()} threads)"
     except Exception:  # noqa: BLE001 - the name is decoration
         return f"CPU ({torch.get_num_threads()} threads)"
 
