@@ -9,7 +9,7 @@ On CUDA when there is one, else on this CPU. For each chapter, a **timed dry run
 patients, every stage of every network trained for 12 iterations, the iterations after the first 3
 timed, one full-size prediction per method, no scoring; on a CPU each job gets its share of the cores,
 as when the profile's ``workers`` jobs run at once); then the phantom of the profile's preset,
-two cases made and written by one process after a warm-up case (``bench_phantom.time_generate``).
+two cases made and written by one process.
 Prints per network its ms per iteration and the chapter's seconds per case to prepare and to predict.
 On a GPU it writes the calibration
 (:mod:`npcrepro.calibration`: device name, torch, CUDA) to
@@ -23,8 +23,23 @@ returns the calibration.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
+
+
+def _phantom_seconds(profile: str, cases: int = 2) -> float:
+    """Seconds per case to make and write the phantom of ``profile``'s preset, one process. (Not
+    bench_phantom's timer: importing it sets OMP_NUM_THREADS=1 in this process, which every process
+    it starts later, notebook kernels included, would inherit.)"""
+    from npcrepro import phantom
+    from npcrepro.profiles import PHANTOM_PRESETS
+
+    preset = PHANTOM_PRESETS.get(profile, profile)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        phantom.generate(os.path.join(tmp, "ds"), cases, 0, preset=preset, progress=False, workers=1)
+        return (time.perf_counter() - t0) / cases
 
 
 def main(quick: bool = False, profile: str | None = None, chapters=None, device: str = "auto",
@@ -65,11 +80,8 @@ def main(quick: bool = False, profile: str | None = None, chapters=None, device:
                     print(f"  {method:<16} {r['network']:<40} stage {r['stage_index']} batch {r['batch']}: "
                           + (f"{ms:.1f} ms/iteration" if ms is not None else "not timed (too few iterations)"),
                           flush=True)
-    from bench_phantom import time_generate  # a sibling benchmark (benchmarks/ is on the path)
-    from npcrepro.profiles import PHANTOM_PRESETS
-
     t0 = time.perf_counter()
-    phantom_s = time_generate(2, preset=PHANTOM_PRESETS.get(profile, profile))["wall_s"]
+    phantom_s = _phantom_seconds(profile)
     print(f"phantom ({profile}): {phantom_s:.2f} s per case, one process ({time.perf_counter() - t0:.0f} s)")
     cal = {"profile": profile, "device": info, "phantom_s_per_case": phantom_s, "chapters": records}
     if out is None and info["kind"] != "cuda":
