@@ -143,7 +143,7 @@ def test_a_calibration_measures_the_plan(plan_runs, tmp_path, capsys):
     assert m["generate"] == pytest.approx(cal["phantom_s_per_case"] * P["n_cases"])  # one process at smoke
     assert m["total"] == pytest.approx(m["generate"] + m["prepare"] + m["train"] + m["infer"])
     assert plan.measured("li2018", cal, profiles.resolve("li2018", "smoke")) is None  # not calibrated
-    untimed = next((plan_runs / "dryrun" / "smoke" / "template").glob("*plan*"))
+    untimed = chapters.dry_run("template", "smoke", mode="plan", out_dir=str(plan_runs)).path
     with pytest.raises(DataError, match="not a timed dry run"):
         calibration.from_run(untimed)
 
