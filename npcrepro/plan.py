@@ -262,6 +262,18 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def nnunet_note(profile: str) -> str:
+    """What the plan leaves out of the leaderboard at ``profile``: its nnU-Net rows ("" where none)."""
+    from npcrepro.profiles import parameters, profiles
+
+    lb = parameters("leaderboard", profile) if profile in profiles("leaderboard") else {}
+    if not lb.get("nnunet"):
+        return ""
+    return (f"Not counted: the leaderboard's nnU-Net rows ({len(lb['nnunet'])} input sets x "
+            f"{len(lb['nnunet_configurations'])} configuration(s), {lb['nnunet_epochs']} epochs x "
+            f"{lb['nnunet_iterations']} iterations each, with nnU-Net's own preprocessing and validation).")
+
+
 def main(profile: str = "gpu", chapters: Sequence[str] | None = None, *, out_dir: str | Path = "runs",
          run_missing: bool = True, as_json: bool = False, calibrations: str | Path | None = None) -> str:
     from npcrepro import calibration
@@ -291,5 +303,7 @@ def main(profile: str = "gpu", chapters: Sequence[str] | None = None, *, out_dir
     else:
         note += (f"\n\nNo calibration for {profile!r}: run `npcrepro bench gpu` (profile gpu-lite) or "
                  f"`python benchmarks/bench_gpu.py --profile {profile}` on the device to measure it.")
+    if "leaderboard" in (chapters or ["leaderboard"]) and nnunet_note(profile):
+        note += "\n\n" + nnunet_note(profile)
     return markdown(rows) + "\n\n" + note + "\n" + "\n".join(
         f"- {r['chapter']}: largest network {r['peak_network']}" for r in rows if r.get("peak_network"))

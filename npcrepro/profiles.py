@@ -181,7 +181,7 @@ def register_profile(paper: str, profile: str, **sizes) -> None:
 
 def register_choices(paper: str, **choices: Sequence) -> None:
     """Restrict parameters of ``paper`` to given values, e.g. ``register_choices("template",
-    channel=["CT", "T1"])``."""
+    channel=["CT", "T1"])`` (a list parameter: each of its items)."""
     _CHOICES.setdefault(paper, {}).update({k: tuple(v) for k, v in choices.items()})
 
 
@@ -291,9 +291,12 @@ def resolve(paper: str, profile: str = "cpu", **overrides) -> Params:
             raise ParameterError(f"parameter {k!r} of {paper} must be {type(ref).__name__}, got "
                                  f"{type(v).__name__} {v!r}")
         values[k] = v
-    for k, options in _CHOICES.get(paper, {}).items():
-        if k in values and values[k] is not None and values[k] not in options:
-            raise ParameterError(f"parameter {k!r} of {paper} must be one of {list(options)}, got {values[k]!r}")
+    for k, options in _CHOICES.get(paper, {}).items():  # a list parameter: each of its items
+        v = values.get(k)
+        bad = [x for x in (v if isinstance(v, (list, tuple)) else [v]) if x is not None and x not in options]
+        if bad:
+            each = " (each item)" if isinstance(v, (list, tuple)) else ""
+            raise ParameterError(f"parameter {k!r} of {paper} must be one of {list(options)}{each}, got {v!r}")
     for k, v in list(values.items()):
         if isinstance(v, tuple):
             values[k] = list(v)

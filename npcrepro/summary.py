@@ -42,16 +42,17 @@ def headline_of(table: pd.DataFrame, method: str, *, column: str = "method", met
 
 def record_headline(paper: str, method: str, table: pd.DataFrame, *, column: str = "method",
                     metric: str = "dice", source: str = "chapter", data: str = "", label: str | None = None,
-                    scope: str = ""):
+                    scope: str = "", nnunet: str = ""):
     """Display (and return) the headline record of ``paper``'s ``method`` from a per-case table.
 
     ``source``: "chapter" (the paper's own recipe) or "leaderboard" (the common protocol); ``scope``
     what the number is over (e.g. "GTVp", "11 structures"), shown where the metric or scope differ
-    from the paper's headline (:func:`intro_table`)."""
+    from the paper's headline (:func:`intro_table`); ``nnunet``: the leaderboard's verdict against
+    nnU-Net with its difference (:func:`npcrepro.chapters.leaderboard.report.beats_nnunet`)."""
     from IPython.display import display
 
     rec = {"paper": paper, "method": label or method, "metric": metric, "source": source, "data": data,
-           "scope": scope, **headline_of(table, method, column=column, metric=metric)}
+           "scope": scope, "nnunet": nnunet, **headline_of(table, method, column=column, metric=metric)}
     # NaN is not JSON (the notebook would store it as the string "nan"): None instead
     rec = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
     mean = "n/a" if rec["mean"] is None else f"{rec['mean']:.3f}"
@@ -80,10 +81,12 @@ def read_headlines(runs: str | Path) -> pd.DataFrame:
                 rec = out.get("data", {}).get(HEADLINE_MIME)
                 if rec:
                     rows.append({**rec, "notebook": path.stem})
-    df = pd.DataFrame(rows, columns=["paper", "method", "metric", "source", "data", "scope", "mean", "sd", "n",
-                                     "notebook"] if not rows else None)
-    if "scope" not in df:  # records written before scopes were recorded
-        df["scope"] = ""
+    df = pd.DataFrame(rows, columns=["paper", "method", "metric", "source", "data", "scope", "nnunet", "mean", "sd",
+                                     "n", "notebook"] if not rows else None)
+    for col in ("scope", "nnunet"):  # records written before these were recorded
+        if col not in df:
+            df[col] = ""
+    df["nnunet"] = df["nnunet"].fillna("")
     for col in ("mean", "sd", "n"):
         df[col] = pd.to_numeric(df[col], errors="coerce")  # None / "nan" (older outputs) -> NaN
     return df
@@ -150,7 +153,9 @@ def intro_table(runs: str | Path, beside: str | Path | None = None) -> pd.DataFr
     A reproduced number whose metric or scope is not the reported one's (luo2020 reports a soft DSC
     over 14 structures) says so in its cell.
     ``beside``: the executed chapters of another profile (``book/runs/gpu-lite``): one more column,
-    "<profile>: paper's recipe", from their headlines ("no run yet" where a chapter has none)."""
+    "<profile>: paper's recipe", from their headlines ("no run yet" where a chapter has none).
+    "beats nnU-Net? (common protocol)": the leaderboard's verdict against nnU-Net on the same
+    patients, from this book's run or else the ``beside`` profile's (:func:`_versus_nnunet`)."""
     from npcrepro import papers
 
     h = read_headlines(runs)
@@ -182,8 +187,22 @@ def intro_table(runs: str | Path, beside: str | Path | None = None) -> pd.DataFr
             row[f"{Path(beside).name}: paper's recipe"] = (
                 _cell(dict(sel.iloc[-1][["mean", "sd", "n"]])) + _unlike(sel.iloc[-1], reported)
                 if len(sel) else "no run yet")
+        row["beats nnU-Net? (common protocol)"] = _versus_nnunet(h, other, paper, beside)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _versus_nnunet(h: pd.DataFrame, other: pd.DataFrame | None, paper: str, beside) -> str:
+    """The intro's nnU-Net cell of ``paper``: the leaderboard's verdict in this book's run, else in
+    the ``beside`` profile's committed run (named so), else why there is none."""
+    for table, where in ((h, ""), (other, f"{Path(beside).name}: " if beside is not None else "")):
+        if table is None or not len(table):
+            continue
+        sel = table[(table["paper"] == paper) & (table["source"] == "leaderboard")]
+        cell = str(sel.iloc[-1]["nnunet"]) if len(sel) else ""
+        if cell and cell != "no nnU-Net row in this run":
+            return where + cell
+    return "not run here (the leaderboard trains nnU-Net at gpu-lite and gpu)"
 
 
 def profile_note(profile: str = "gpu-lite") -> str:

@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: Files of a run folder never brought back (weights and optimiser state).
 HEAVY = (".pt",)
+#: nnU-Net's own folders in a leaderboard run (its datasets, preprocessed arrays, checkpoints): left there.
+NNUNET_WORK = ("raw", "preprocessed", "results")
 
 
 def gpu_facts() -> dict:
@@ -93,9 +95,11 @@ def pack(chapter: str, profile: str, since: float, log: Path, out: Path, max_mb:
             tar.add(log, arcname=f"book/runs/{profile}/logs/{chapter}.log")
             for folder in folders:
                 for f in sorted(folder.rglob("*")):
-                    if not f.is_file() or f.suffix in HEAVY:
+                    parts = f.relative_to(folder).parts
+                    nnunet = parts[0] == "nnunet"
+                    if not f.is_file() or f.suffix in HEAVY or (nnunet and parts[1] in NNUNET_WORK):
                         continue
-                    if not with_predictions and "predictions" in f.relative_to(folder).parts:
+                    if not with_predictions and ("predictions" in parts or nnunet and f.name.endswith(".nii.gz")):
                         continue
                     rel = f.relative_to(ROOT / "runs")
                     tar.add(f, arcname=f"book/runs/folders/{rel}")

@@ -118,6 +118,14 @@ def test_plan_command(plan_runs, capsys):
     assert cli.main(["plan", "nope", "--profile", "smoke", "--runs", str(plan_runs)]) == 2
 
 
+def test_the_plan_says_it_leaves_out_nnunets_rows():
+    assert plan.nnunet_note("cpu") == "" and plan.nnunet_note("smoke") == ""
+    assert plan.nnunet_note("gpu") == ("Not counted: the leaderboard's nnU-Net rows (3 input sets x 2 "
+                                       "configuration(s), 1000 epochs x 250 iterations each, with nnU-Net's own "
+                                       "preprocessing and validation).")
+    assert "3 input sets x 1 configuration(s), 40 epochs x 100 iterations" in plan.nnunet_note("gpu-lite")
+
+
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_calibration_measures_the_plan(plan_runs, tmp_path, capsys):
     """`npcrepro bench gpu` (here on the CPU, at smoke) times a dry run and the phantom; the plan counts

@@ -403,3 +403,72 @@ def test_each_row_says_how_its_network_is_sized(profile):
     # guo2021's CNN is built at the width the row names: narrower width, fewer parameters
     narrow = count_parameters(M.network(M.BY_KEY["guo_cnn"], float(P["width"]) / 2, profile))
     assert narrow < count_parameters(M.network(M.BY_KEY["guo_cnn"], float(P["width"]), profile))
+
+
+def _with_nnunet(track, rows: dict[str, tuple[str, str, list[float]]]):
+    """``track`` with nnU-Net rows as :func:`npcrepro.chapters.leaderboard.nnunet.add_to_run` adds
+    them: {key: (inputs, dims, per-case DSC)}."""
+    extra = [{"method": k, "fold": 0, "seed": 0, "case": f"c{i}", "structure": "GTVp", "dice": v, "hd95": 1.0,
+              "assd": 1.0, "nsd": v, "pred_empty": False, "ref_empty": False}
+             for k, (_, _, vs) in rows.items() for i, v in enumerate(vs)]
+    track.metrics = pd.concat([track.metrics, pd.DataFrame(extra)], ignore_index=True)
+    track.info["methods"] += [{"name": k, "label": k, "info": {
+        "paper": "nnU-Net", "inputs": inputs, "dims": dims, "baseline": "unet_ct" if inputs == "ct" else "unet_cet1",
+        "channels": ["CECT"] if inputs == "ct" else ["CET1"]}} for k, (inputs, dims, _) in rows.items()]
+    return track
+
+
+def test_every_method_is_set_beside_the_nnunet_reading_its_images():
+    n = 8
+    good = list(np.linspace(0.7, 0.8, n))
+    jitter = [0.01 * (-1) ** i for i in range(n)]
+    track = _fake_track({"unet_ct": [g - 0.1 + j for g, j in zip(good, jitter)], "deeplab_ct": good,
+                         "unet_cet1": good, "guo_cnn": [g + j for g, j in zip(good, jitter)]})
+    track.params = {"profile": "gpu-lite", "ct_channel": "CECT"}
+    assert L.nnunet_table(track).empty  # no nnU-Net row: no table, and the cells say so
+    assert L.beats_nnunet(track, "deeplab_ct") == "no nnU-Net row in this run"
+    assert set(L.headline_table(track)["beats nnU-Net? Δ DSC [95% CI]"]) == {"no nnU-Net row in this run"}
+    track = _with_nnunet(track, {"nnunet-2d-ct": ("ct", "2d", [g - 0.05 + j for g, j in zip(good, jitter)]),
+                                 "nnunet-2d-cet1": ("cet1", "2d", [g + 0.1 for g in good]),
+                                 "nnunet-3dfullres-cet1": ("cet1", "3d", [g + j / 2 for g, j in zip(good, jitter)])})
+    t = L.nnunet_table(track).set_index("method")
+    # the nnU-Net of the same images and dims: 2D CT beside 2D CT; the 3D CNN beside the 3D nnU-Net
+    assert t.loc["DeepLabv3+ (xue2020)", "nnU-Net row"] == "nnunet-2d-ct"
+    assert t.loc["3D CNN (guo2021)", "nnU-Net row"] == "nnunet-3dfullres-cet1"
+    assert t.loc["U-Net (CET1)", "nnU-Net row"] == "nnunet-2d-cet1"
+    assert t.loc["DeepLabv3+ (xue2020)", "beats nnU-Net?"] == "beats nnU-Net"  # +0.05 on 8 of 8 patients
+    assert t.loc["U-Net (CET1)", "beats nnU-Net?"] == "below nnU-Net"  # -0.1 on every patient
+    assert t.loc["3D CNN (guo2021)", "beats nnU-Net?"] == "no difference shown"
+    assert t.loc["DeepLabv3+ (xue2020)", "Δ DSC vs nnU-Net [95% CI]"].startswith("0.050 [")
+    assert t.loc["DeepLabv3+ (xue2020)", "patients favouring"] == "8 vs 0 of 8"
+    from npcrepro.claims import compare
+    from npcrepro.evaluation import holm
+
+    raw = [compare(track.metrics, k, nn, "dice")["p_wilcoxon"] for k, nn in
+           (("unet_ct", "nnunet-2d-ct"), ("deeplab_ct", "nnunet-2d-ct"), ("unet_cet1", "nnunet-2d-cet1"),
+            ("guo_cnn", "nnunet-3dfullres-cet1"))]
+    assert [float(x) for x in t["p (Holm)"]] == pytest.approx(list(holm(raw)), rel=1e-2)  # one family
+    assert L.beats_nnunet(track, "deeplab_ct").startswith("beats nnU-Net: 0.050 [")
+    head = L.headline_table(track).set_index("paper")
+    assert head.loc["xue2020", "beats nnU-Net? Δ DSC [95% CI]"].startswith("beats nnU-Net: 0.050 [")
+    assert ("(4 methods set beside it, Holm-adjusted together), of the papers' 1 proposed method(s): 1 beats "
+            "nnU-Net.") in L.reading(track)
+    # nnU-Net's own rows: paired against the U-Net reading its images, apart from the book's family
+    board = L.leaderboard_table(track, n_boot=100).set_index("method")
+    assert board.loc["nnunet-2d-ct", "paper"] == "nnU-Net" and board.loc["nnunet-2d-ct", "dims"] == "2D"
+    assert board.loc["nnunet-2d-ct", "Δ DSC vs U-Net [95% CI]"].startswith("0.050 [")
+
+
+def test_nnunet_input_sets_and_choices_are_one_registry():
+    from npcrepro.chapters.leaderboard import nnunet
+    from npcrepro.chapters.leaderboard.recipe import NNUNET_INPUTS
+
+    assert tuple(nnunet.INPUTS) == NNUNET_INPUTS
+    assert [nnunet.inputs_of(M.channels_of(M.BY_KEY[k], {"ct_channel": "CECT"})) for k in
+            ("unet_ct", "li2018_cnn", "mmfnet")] == ["ct", "cet1", "mri"]
+    assert resolve("leaderboard", "gpu").nnunet == ["cet1", "mri", "ct"] and resolve("leaderboard", "cpu").nnunet == []
+    with pytest.raises(ParameterError, match=r"'nnunet' of leaderboard must be one of \['cet1', 'mri', 'ct'\] \(each "
+                                             r"item\), got \['cet1', 't2'\]"):
+        resolve("leaderboard", "cpu", nnunet=["cet1", "t2"])
+    with pytest.raises(ParameterError, match="nnunet_configurations"):
+        resolve("leaderboard", "cpu", nnunet_configurations=["3d_lowres"])

@@ -95,16 +95,20 @@ def _nnunet_python():
 
 @pytest.mark.slow
 def test_nnunet_trains_on_the_split_and_predicts_the_test_patients(run, tmp_path):
-    """End to end with nnU-Net's own pipeline at a tiny budget (2 iterations): masks of the run's test
-    patients on their grids, which the leaderboard's scoring reads."""
+    """End to end with nnU-Net's own pipeline at a tiny budget (2 epochs of 1 iteration): masks of the
+    run's test patients on their grids, which the leaderboard's scoring reads, and the masks of the
+    weights at half the epochs beside them."""
     _nnunet_python()
     from npcrepro.scoring import read_predictions
 
-    folders = nnunet.train(run, ["cet1"], epochs=1, iterations=2, out=tmp_path, threads=1, progress=lambda *_: None)
+    folders = nnunet.train(run, ["cet1"], epochs=2, iterations=1, out=tmp_path, threads=1, progress=lambda *_: None)
     (folder,) = folders
     assert folder.name == "nnunet-2d-cet1"
     cases = [run.dataset().load(n) for n in run.splits()[0].test]
-    masks = read_predictions(folder, cases, "GTVp")
-    assert set(masks) == {"npc_003", "npc_004"} and all(m.shape == c.shape for m, c in zip(masks.values(), cases))
+    for where in (folder, folder / nnunet.HALF):
+        masks = read_predictions(where, cases, "GTVp")
+        assert set(masks) == {"npc_003", "npc_004"} and all(m.shape == c.shape for m, c in zip(masks.values(), cases))
     facts = json.loads((folder / "nnunet.json").read_text())
-    assert facts["nnunetv2"] == nnunet.NNUNET_VERSION and facts["epochs"] == 1 and facts["iterations_per_epoch"] == 2
+    assert facts["nnunetv2"] == nnunet.NNUNET_VERSION and facts["epochs"] == 2 and facts["iterations_per_epoch"] == 1
+    assert facts["half_epochs"] == 1 and len(facts["ema_pseudo_dice"]) == len(facts["train_loss"]) == 2
+    assert not list(tmp_path.rglob("checkpoint_half_npcrepro.pth"))  # the half-budget weights are not kept

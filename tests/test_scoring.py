@@ -161,6 +161,57 @@ def test_the_unets_predictions_scored_as_an_outsiders_equal_the_in_book_unet(une
 
 
 @pytest.mark.slow
+def test_nnunets_rows_join_the_run_with_their_half_budget_and_are_not_retrained(unet_run, tmp_path, monkeypatch):
+    """nnunet.add_to_run on a run whose nnU-Net predictions (here the U-Net's, copied; at half the
+    epochs empty masks) are already there for the asked budget: rows added without training, scored
+    as the book's, paired against the CET1 U-Net, with their convergence; off and missing-environment
+    accounts in one line."""
+    import shutil
+
+    from npcrepro.chapters.leaderboard import nnunet
+    from npcrepro.chapters.leaderboard import report as L
+    from npcrepro.engine.results import Results
+    from npcrepro.profiles import resolve
+
+    res, outsider, _ = unet_run
+    res = Results.open(shutil.copytree(res.path, tmp_path / res.path.name))  # the shared run stays as it was
+    P = resolve("leaderboard", "smoke", out_dir=str(tmp_path), methods=["unet_cet1"], workers=1)
+    same, said = nnunet.add_to_run(P, res)
+    assert same is res and said.startswith("off in the smoke profile (nnunet = [])")
+    P = P.replace(nnunet=["cet1"], nnunet_epochs=2, nnunet_iterations=3)
+    monkeypatch.setenv("NPCREPRO_NNUNET_PYTHON", str(tmp_path / "nowhere" / "python"))
+    same, said = nnunet.add_to_run(P, res)
+    assert same is res and said.startswith("not run: no nnU-Net environment at") and "setup_nnunet_env.sh" in said
+    monkeypatch.setattr(nnunet, "environment", lambda: (tmp_path / "python", "2.8.1"))
+    monkeypatch.setattr(nnunet, "train", lambda *a, **k: pytest.fail("trained again"))
+    folder = res.path / "nnunet" / "nnunet-2d-cet1"
+    shutil.copytree(outsider, folder)
+    for case in res.test_cases():
+        v = io.read(folder / f"{case}.nii.gz")
+        io.write(io.Volume.on_grid(np.zeros(v.array.shape, np.uint8), v), folder / "half_budget" / f"{case}.nii.gz")
+    (folder / "nnunet.json").write_text(json.dumps({"nnunetv2": "2.8.1", "configuration": "2d", "inputs": "cet1",
+                                                     "epochs": 2, "iterations_per_epoch": 3, "channels": ["CET1"]}))
+    more, said = nnunet.add_to_run(P, res)
+    assert said == "1 nnU-Net row(s) (nnunetv2 2.8.1, 2d; 2 epochs x 3 iterations on cpu)"
+    board = L.leaderboard_table(more, n_boot=200).set_index("method")
+    row, unet = board.loc["nnU-Net 2D (CET1)"], board.loc["U-Net (CET1)"]
+    assert (row["paper"], row["input"], row["dims"]) == ("nnU-Net", "CET1", "2D")
+    assert row["DSC"] == unet["DSC"] and row["Δ DSC vs U-Net [95% CI]"] == "0.000 [0.000,\u00a00.000]"
+    conv = more.convergence(labels=True).set_index("method").loc["nnU-Net 2D (CET1)"]
+    dice = res.metrics.loc[res.metrics["method"] == "unet_cet1", "dice"].mean()
+    assert conv["dice at half budget"] == 0 and conv["dice at full budget"] == pytest.approx(dice)
+    versus = L.nnunet_table(more).set_index("method").loc["U-Net (CET1)"]
+    assert versus["Δ DSC vs nnU-Net [95% CI]"] == "0.000 [0.000,\u00a00.000]"
+    assert versus["beats nnU-Net?"] == "not decidable at this sample size"  # 2 test patients
+    written = pd.read_csv(res.path / "nnunet" / "metrics.csv")
+    assert list(written["method"].unique()) == ["nnunet-2d-cet1"] and len(written) == len(res.test_cases())
+    assert (pd.read_csv(res.path / "nnunet" / "metrics_half.csv")["dice"] == 0).all()
+    # another budget is another nnU-Net: trained (here: the stand-in refuses)
+    with pytest.raises(pytest.fail.Exception, match="trained again"):
+        nnunet.add_to_run(P.replace(nnunet_epochs=4), res)
+
+
+@pytest.mark.slow
 def test_cli_score_and_splits_export_use_the_runs_protocol(unet_run, tmp_path, capsys):
     res, outsider, tmp = unet_run
     assert main(["score", "phantom", str(outsider), "--name", "my-model", "--runs", str(tmp / "runs"),
@@ -211,3 +262,5 @@ def test_leaderboard_notebook_with_an_external_folder(run_notebook, unet_run):
     library = L.leaderboard_table(res, n_boot=2000, seed=0).set_index("method")
     assert [mine[c] for c in cols] == [unet[c] for c in cols] == list(library.loc["U-Net (CET1)", cols])
     assert mine["p (Wilcoxon)"] == "1" and mine["Δ DSC vs U-Net [95% CI]"] == "0.000 [0.000,\u00a00.000]"
+    said = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert any(t.startswith("nnU-Net rows: off in the smoke profile (nnunet = [])") for t in said)

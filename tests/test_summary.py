@@ -257,3 +257,25 @@ def test_intro_table_sets_soft_beside_soft_or_says_so(tmp_path):
         "[hard DSC, GTVp; reported: soft DSC (Eq. 4), 14 structures]")
     assert t.loc["xue2020", "this book: common protocol"] == "0.750 ± 0.100 (n=20)"
     assert t.loc["xue2020", "reported DSC"] == "0.760"
+
+
+def test_intro_table_says_whether_each_paper_beats_nnunet(tmp_path):
+    """The leaderboard's verdict against nnU-Net, from this book's run, else from the committed
+    gpu-lite run (named so), else why there is none; records written before it count as none."""
+    cpu, lite = tmp_path / "cpu", tmp_path / "gpu-lite"
+    cpu.mkdir()
+    lite.mkdir()
+    rec = dict(paper="xue2020", method="DeepLabv3+", metric="dice", data="phantom", source="leaderboard", mean=0.7,
+               sd=0.1, n=20)
+    _executed(cpu, "leaderboard", [dict(rec, nnunet="no nnU-Net row in this run"),
+                                   dict(rec, paper="li2018", method="CNN")])  # an older record: no key
+    col = "beats nnU-Net? (common protocol)"
+    t = summary.intro_table(cpu).set_index("paper")
+    assert set(t[col]) == {"not run here (the leaderboard trains nnU-Net at gpu-lite and gpu)"}
+    _executed(lite, "leaderboard", [dict(rec, nnunet="below nnU-Net: -0.041 [-0.060, -0.020]")])
+    t = summary.intro_table(cpu, beside=lite).set_index("paper")
+    assert t.loc["xue2020", col] == "gpu-lite: below nnU-Net: -0.041 [-0.060, -0.020]"
+    assert t.loc["li2018", col].startswith("not run here")
+    _executed(cpu, "leaderboard", [dict(rec, nnunet="no difference shown: 0.004 [-0.010, 0.020]")])
+    t = summary.intro_table(cpu, beside=lite).set_index("paper")
+    assert t.loc["xue2020", col] == "no difference shown: 0.004 [-0.010, 0.020]"  # this book's own run first

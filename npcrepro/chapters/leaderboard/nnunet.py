@@ -17,7 +17,8 @@ run's CT channel beside the CT networks), :func:`train`:
 4. trains fold 0 with nnU-Net's default trainer at a budget of ``epochs`` x ``iterations``
    (:mod:`.nnunet_driver`; the default is nnU-Net's own 1000 x 250) and runs nnU-Net's own
    validation, which predicts the test patients (with its mirroring);
-5. copies those predictions to ``<run>/nnunet/nnunet-<configuration>-<input>/<case>.nii.gz``: a
+5. copies those predictions to ``<run>/nnunet/nnunet-<configuration>-<input>/<case>.nii.gz`` (and,
+   with at least 2 epochs, those of the weights at half the epochs to its ``half_budget/``): a
    folder of masks that :func:`npcrepro.scoring.score` (``npcrepro score``) and the leaderboard's
    ``external`` rows score against the run's test patients, with the paired tests against the U-Net
    baselines.
@@ -47,7 +48,8 @@ import numpy as np
 from npcrepro import io
 from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["INPUTS", "NNUNET_VERSION", "ENV_DIR", "environment", "export", "train", "row_name"]
+__all__ = ["INPUTS", "NNUNET_VERSION", "ENV_DIR", "environment", "export", "train", "row_name", "add_to_run",
+           "baseline_of", "inputs_of"]
 
 #: The nnunetv2 release the environment pins (scripts/setup_nnunet_env.sh).
 NNUNET_VERSION = "2.8.1"
@@ -58,6 +60,8 @@ INPUTS = {"cet1": ("CET1",), "mri": ("T1", "T2", "CET1"), "ct": ("ct",)}
 #: First nnU-Net dataset id; input set i of :data:`INPUTS` is ``FIRST_ID + i``.
 FIRST_ID = 501
 CONFIGURATIONS = ("2d", "3d_fullres")
+#: Sub-folder of a prediction folder with the predictions of the weights at half the epochs.
+HALF = "half_budget"
 _DRIVER = Path(__file__).with_name("nnunet_driver.py")
 
 
@@ -185,6 +189,10 @@ def train(res, inputs: Sequence[str] = ("cet1",), *, configuration: str = "2d", 
         folder.mkdir()
         for f in sorted(pred.glob("*.nii.gz")):
             shutil.copy2(f, folder / f.name)
+        if facts.get("half_folder"):  # the half-budget weights' predictions (epochs >= 2)
+            (folder / HALF).mkdir()
+            for f in sorted(Path(facts["half_folder"]).glob("*.nii.gz")):
+                shutil.copy2(f, folder / HALF / f.name)
         (folder / "nnunet.json").write_text(json.dumps(
             {"nnunetv2": version, "configuration": configuration, "inputs": k, "channels": _channels(res, k),
              "epochs": int(epochs), "iterations_per_epoch": int(iterations), "device": device, **facts},
@@ -193,6 +201,79 @@ def train(res, inputs: Sequence[str] = ("cet1",), *, configuration: str = "2d", 
                  f"{facts['validation_seconds']:.0f} s predicting; masks in {folder}")
         folders.append(folder)
     return folders
+
+
+def inputs_of(channels: Sequence[str]) -> str | None:
+    """The input set of :data:`INPUTS` that reads ``channels`` (a network's input images), or None."""
+    names = tuple("ct" if c in ("CT", "CECT") else c for c in channels)
+    return next((k for k, v in INPUTS.items() if v == names), None)
+
+
+def baseline_of(inputs: str) -> str:
+    """The U-Net an nnU-Net row is paired against in the leaderboard: the one that reads CT for CT,
+    else the one that reads CET1 (no U-Net of the leaderboard reads T1 + T2 + CET1)."""
+    return "unet_ct" if inputs == "ct" else "unet_cet1"
+
+
+def _label(configuration: str, inputs: str, channels: Sequence[str]) -> str:
+    return f"nnU-Net {configuration.replace('_fullres', '').upper()} ({'+'.join(channels)})"
+
+
+def _trained(folder: Path, want: dict) -> bool:
+    """Whether ``folder`` holds the predictions of an nnU-Net trained as ``want`` says (a resumed run)."""
+    try:
+        facts = json.loads((folder / "nnunet.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return all(facts.get(k) == v for k, v in want.items())
+
+
+def add_to_run(P, res, progress=print):
+    """The leaderboard's nnU-Net rows: ``res`` with one row per input set of ``P.nnunet`` and
+    configuration of ``P.nnunet_configurations``, each trained by :func:`train` (``P.nnunet_epochs`` x
+    ``P.nnunet_iterations``) unless the run already holds its predictions at that budget, and scored
+    against the U-Net of :func:`baseline_of` (half-budget predictions too). Returns (Results, a
+    one-line account: off at this profile, no environment, or what ran and what failed)."""
+    from npcrepro.chapters.leaderboard.external import add_rows
+    from npcrepro.profiles import resolve_device
+
+    inputs, configurations = list(P.get("nnunet") or []), list(P.get("nnunet_configurations") or ["2d"])
+    if not inputs:
+        return res, (f"off in the {P.get('profile')} profile (nnunet = []); `-p nnunet '[\"cet1\", \"mri\", "
+                     "\"ct\"]'` trains nnU-Net beside the networks (a GPU's work: see the text above)")
+    for k in inputs:
+        _channels(res, k)
+    for c in configurations:
+        if c not in CONFIGURATIONS:
+            raise ParameterError(f"unknown nnU-Net configuration {c!r} (valid: {', '.join(CONFIGURATIONS)})")
+    try:
+        _, version = environment()
+    except DataError as exc:
+        return res, f"not run: {exc}"
+    epochs, iterations = int(P["nnunet_epochs"]), int(P["nnunet_iterations"])
+    device = resolve_device(str(P.get("device") or "auto"))
+    rows, failed = [], []
+    for configuration in configurations:
+        for k in inputs:
+            folder = res.path / "nnunet" / row_name(configuration, k)
+            want = {"nnunetv2": version, "configuration": configuration, "inputs": k, "epochs": epochs,
+                    "iterations_per_epoch": iterations, "channels": _channels(res, k)}
+            if not _trained(folder, want):
+                try:
+                    train(res, [k], configuration=configuration, epochs=epochs, iterations=iterations, device=device,
+                          threads=P.get("threads"), progress=progress)
+                except DataError as exc:
+                    failed.append(f"{row_name(configuration, k)}: {exc}")
+                    continue
+            rows.append((str(folder), {"paper": "nnU-Net", "baseline": baseline_of(k),
+                                       "dims": "3d" if configuration.startswith("3d") else "2d",
+                                       "channels": _channels(res, k), "configuration": configuration,
+                                       "inputs": k}))
+    labels = {r[0]: _label(r[1]["configuration"], r[1]["inputs"], r[1]["channels"]) for r in rows}
+    res = add_rows(res, rows, "nnunet/metrics.csv", label=labels.get, one_model=True)
+    said = (f"{len(rows)} nnU-Net row(s) (nnunetv2 {version}, {', '.join(configurations)}; {epochs} epochs x "
+            f"{iterations} iterations on {device})")
+    return res, said + "".join(f"; failed: {f}" for f in failed)
 
 
 if __name__ == "__main__":  # pragma: no cover - `npcrepro nnunet` is the entry point

@@ -12,10 +12,14 @@ ALL_METHODS = ["unet_ct", "deeplab_ct", "luo_ours_ct", "fcn8_ct", "unet_cet1", "
 #: network per iteration and no paper's claim or proposed method.
 GPU_ONLY = ["vnet"]
 
+#: nnU-Net's input sets (npcrepro.chapters.leaderboard.nnunet.INPUTS): CET1, T1 + T2 + CET1, CT.
+NNUNET_INPUTS = ("cet1", "mri", "ct")
+
 _COMMON = dict(lr=2e-3, schedule="cosine", cycles=1, warmup=0.1, grad_clip=1.0, ema=0.0, fg_prob=0.5,
                negatives=["GTVnd"], negative_prob=0.25, bn_batches=64, background_fraction=0.5, threshold=0.5,
                nsd_mm=2.0, overlap=0.25, n_boot=2000, methods=list(ALL_METHODS), seeds=1, structure="GTVp",
-               external=[], threads=None, ct_channel="CECT")
+               external=[], threads=None, ct_channel="CECT", nnunet=[], nnunet_configurations=["2d"],
+               nnunet_epochs=1000, nnunet_iterations=250)
 
 PROFILES = {
     "smoke": dict(_COMMON, n_cases=5, n_test=2, iterations_2d=4, iterations_3d=3, batch_2d=4, batch_3d=2,
@@ -26,14 +30,16 @@ PROFILES = {
                 methods=[m for m in ALL_METHODS if m not in GPU_ONLY]),
     "gpu": dict(_COMMON, seeds=3, n_cases=100, n_test=25, iterations_2d=20000, iterations_3d=20000, batch_2d=16,
                 batch_3d=2, crop_2d=[256, 256], patch_3d=[32, 160, 160], width=1.0, workers=1,
-                real_cases=64, real_test=16),
+                real_cases=64, real_test=16, nnunet=list(NNUNET_INPUTS), nnunet_configurations=["2d", "3d_fullres"]),
 }
 
 #: gpu-lite: every network at width 1 on the gpu phantom, whole-resolution crops and patches; fewer
 #: patients and iterations (sized by `npcrepro plan` for a short GPU loan); 2 seeds as at cpu (3 would take
-#: the leaderboard alone to about 14 of the loan's 40 minutes); no real-CT track.
+#: the leaderboard alone to about 14 of the loan's 40 minutes); no real-CT track. nnU-Net: its 2d
+#: configuration for 40 epochs of 100 iterations (not yet measured on a GPU; its default is 1000 x 250).
 PROFILES["gpu-lite"] = dict(PROFILES["gpu"], n_cases=40, n_test=12, iterations_2d=8000, iterations_3d=8000,
-                            real_cases=0, seeds=2)
+                            real_cases=0, seeds=2, nnunet_configurations=["2d"], nnunet_epochs=40,
+                            nnunet_iterations=100)
 
 HELP = {
     "methods": "method keys to train (baselines and cascade stages are added); see the method table",
@@ -73,9 +79,15 @@ HELP = {
     "ct_channel": "the CT the CT methods read: CECT (contrast-enhanced) or CT (non-contrast); the OpenKBP "
                   "track reads its own CT",
     "external": "folders of NIfTI predictions of other models (the test patients), each one more row",
+    "nnunet": "input sets nnU-Net v2 trains on by its own pipeline, one row each (cet1, mri: T1+T2+CET1, ct); "
+              "needs the environment of scripts/setup_nnunet_env.sh",
+    "nnunet_configurations": "nnU-Net configurations trained per input set (2d, 3d_fullres)",
+    "nnunet_epochs": "nnU-Net's epochs (its default: 1000)",
+    "nnunet_iterations": "nnU-Net's training iterations per epoch (its default: 250)",
 }
 
-ALLOWED = {"schedule": ["cosine", "poly", "constant"], "ct_channel": ["CECT", "CT"]}
+ALLOWED = {"schedule": ["cosine", "poly", "constant"], "ct_channel": ["CECT", "CT"], "nnunet": list(NNUNET_INPUTS),
+           "nnunet_configurations": ["2d", "3d_fullres"]}
 
 CHOICES = {
     "learning rate, cycles and budgets at cpu": "peak learning rate 5e-3, the schedule run twice over the "

@@ -267,10 +267,68 @@ def _trained_out(readings: Mapping[str, str | None], *keys: str) -> str:
                      if readings.get(k) != "converged")
 
 
+# ------------------------------------------------------------------------------- nnU-Net beside each paper
+#: Verdicts of :func:`nnunet_table`, in the words of :data:`npcrepro.claims.VERDICTS`' order.
+NNUNET_VERDICTS = {"holds": "beats nnU-Net", "reversed": "below nnU-Net", "not shown": "no difference shown"}
+
+
+def nnunet_rows(res) -> list[str]:
+    """Keys of the run's nnU-Net rows (:func:`.nnunet.add_to_run`)."""
+    return [k for k in _present(res) if is_external(k) and entry(res, k).paper == "nnU-Net"]
+
+
+def _nnunet_for(res, key: str, rows: Sequence[str]) -> str | None:
+    """The nnU-Net row a book method is set beside: the one reading the same images, of the same
+    dims where there is one (2D beside 2D, 3D beside 3D), else the 2D one; None when none reads them."""
+    from npcrepro.chapters.leaderboard.nnunet import inputs_of
+
+    want = inputs_of(channels_of(BY_KEY[key], res.params))
+    same = [r for r in rows if res.method_info(r).get("inputs") == want]
+    return next((r for r in same if entry(res, r).dims == BY_KEY[key].dims), same[0] if same else None)
+
+
+def nnunet_table(res) -> pd.DataFrame:
+    """Every book method beside the nnU-Net row that reads its images (:func:`_nnunet_for`): both mean
+    DSCs over the test patients (seeds averaged per patient), the paired difference with its 95 % BCa
+    interval, the patients favouring each, the Wilcoxon p Holm-adjusted over this family (every method
+    against nnU-Net), the difference detectable at this sample size and the verdict: "beats nnU-Net" /
+    "below nnU-Net" (Holm p < 0.05, either sign), "no difference shown", or "not decidable at this
+    sample size". Empty when the run has no nnU-Net row."""
+    from npcrepro.claims import compare, judge
+
+    rows = nnunet_rows(res)
+    pairs = [(k, n) for k in _present(res) if not is_external(k) and (n := _nnunet_for(res, k, rows))]
+    if not pairs:
+        return pd.DataFrame()
+    judged = judge([compare(res.metrics, k, n, "dice") for k, n in pairs])
+    out = []
+    for (k, n), t in zip(pairs, judged):
+        out.append({"method": BY_KEY[k].label, "paper": BY_KEY[k].paper, "nnU-Net row": entry(res, n).label,
+                    "DSC (method vs nnU-Net)": f"{t['mean_a']:.3f} vs {t['mean_b']:.3f}",
+                    "Δ DSC vs nnU-Net [95% CI]": _fmt_ci(t["mean_diff"], t["diff_ci_low"], t["diff_ci_high"], 3),
+                    "patients favouring": f"{t['favour_a']} vs {t['favour_b']} of {t['n']}",
+                    "p (Holm)": f"{t['p_holm']:.3g}",
+                    "detectable Δ": "n/a" if not math.isfinite(t["detectable"]) else f"{t['detectable']:.3f}",
+                    "beats nnU-Net?": NNUNET_VERDICTS.get(t["verdict"], t["verdict"])})
+    return pd.DataFrame(out)
+
+
+def beats_nnunet(res, key: str, table: pd.DataFrame | None = None) -> str:
+    """One cell for ``key``: "beats nnU-Net: +0.012 [−0.004, 0.030]" or why there is no answer."""
+    t = nnunet_table(res) if table is None else table
+    if not len(t):
+        return "no nnU-Net row in this run"
+    row = t[t["method"] == BY_KEY[key].label]
+    if not len(row):
+        return "no nnU-Net row reads its images"
+    return f"{row.iloc[0]['beats nnU-Net?']}: {row.iloc[0]['Δ DSC vs nnU-Net [95% CI]']}"
+
+
 def headline_table(res) -> pd.DataFrame:
     """Each paper's proposed method: reported DSC (its own data) and the common protocol's mean DSC
-    with 95% CI, side by side."""
+    with 95% CI, side by side, and whether it beats nnU-Net on the same patients (:func:`beats_nnunet`)."""
     s = summary(res).set_index(["method", "metric"])
+    versus = nnunet_table(res)
     rows = []
     for paper, key in PROPOSED.items():
         m = BY_KEY[key]
@@ -279,7 +337,8 @@ def headline_table(res) -> pd.DataFrame:
         r = s.loc[(key, "dice")]
         rows.append({"paper": paper, "method": m.label, "reported DSC": _reported_dsc(paper, m.reported),
                      "reported where": m.reported[0] if m.reported else "",
-                     "common protocol DSC [95% CI]": _fmt_ci(r["mean"], r["ci_low"], r["ci_high"], 3)})
+                     "common protocol DSC [95% CI]": _fmt_ci(r["mean"], r["ci_low"], r["ci_high"], 3),
+                     "beats nnU-Net? Δ DSC [95% CI]": beats_nnunet(res, key, versus)})
     return pd.DataFrame(rows)
 
 
@@ -309,6 +368,13 @@ def reading(res) -> str:
                      f"baseline: the smallest Wilcoxon p over {n} patients, Holm-adjusted for {k} {word}, "
                      f"is {k * min(p['min_p'] for p in tests):.3f} (not decidable at this sample size; "
                      f"{patients_needed(k)} patients would be needed).")
+    versus = nnunet_table(res)
+    if len(versus):
+        mine = versus[versus["method"].isin([BY_KEY[k].label for k in PROPOSED.values()])]["beats nnU-Net?"]
+        counts = ", ".join(f"{int((mine == v).sum())} {v}" for v in dict.fromkeys(mine))
+        lines.append(f"Beside nnU-Net trained by its own pipeline on the same patients and images ({len(versus)} "
+                     f"methods set beside it, Holm-adjusted together), of the papers' {len(mine)} proposed "
+                     f"method(s): {counts}.")
     empty = silent_methods(res)
     silent = [entry(res, k).label for k in _present(res) if k in empty]
     if silent:
