@@ -94,11 +94,13 @@ def _nnunet_python():
 
 
 @pytest.mark.slow
-def test_nnunet_trains_on_the_split_and_predicts_the_test_patients(run, tmp_path):
+def test_nnunet_trains_on_the_split_and_predicts_the_test_patients(run, tmp_path, monkeypatch):
     """End to end with nnU-Net's own pipeline at a tiny budget (2 epochs of 1 iteration): masks of the
     run's test patients on their grids, which the leaderboard's scoring reads, and the masks of the
-    weights at half the epochs beside them."""
+    weights at half the epochs beside them. From a notebook kernel too, whose matplotlib backend
+    nnU-Net's environment cannot load."""
     _nnunet_python()
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     from npcrepro.scoring import read_predictions
 
     folders = nnunet.train(run, ["cet1"], epochs=2, iterations=1, out=tmp_path, threads=1, progress=lambda *_: None)

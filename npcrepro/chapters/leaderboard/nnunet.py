@@ -157,8 +157,9 @@ def train(res, inputs: Sequence[str] = ("cet1",), *, configuration: str = "2d", 
     roots = {k: out / k for k in ("raw", "preprocessed", "results")}
     for p in roots.values():
         p.mkdir(parents=True, exist_ok=True)
+    # MPLBACKEND: a notebook kernel's inline backend, which nnU-Net's matplotlib cannot load
     env = {**os.environ, "nnUNet_raw": str(roots["raw"]), "nnUNet_preprocessed": str(roots["preprocessed"]),
-           "nnUNet_results": str(roots["results"])}
+           "nnUNet_results": str(roots["results"]), "MPLBACKEND": "Agg"}
     # on a CPU, augmentation in the training process (nnU-Net's worker processes would compete with it
     # for the cores); planning needs a positive count, so only training gets it
     train_env = {**env, "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0" if device == "cpu" else "")}
