@@ -314,7 +314,8 @@ def nnunet_table(res) -> pd.DataFrame:
 
 
 def beats_nnunet(res, key: str, table: pd.DataFrame | None = None) -> str:
-    """One cell for ``key``: "beats nnU-Net: +0.012 [−0.004, 0.030]" or why there is no answer."""
+    """One cell for ``key``: "beats nnU-Net: 0.012 [0.004, 0.030]" (the verdict and the paired DSC
+    difference with its interval), or why there is no answer."""
     t = nnunet_table(res) if table is None else table
     if not len(t):
         return "no nnU-Net row in this run"
