@@ -303,7 +303,8 @@ def main(profile: str = "gpu", chapters: Sequence[str] | None = None, *, out_dir
     else:
         note += (f"\n\nNo calibration for {profile!r}: run `npcrepro bench gpu` (profile gpu-lite) or "
                  f"`python benchmarks/bench_gpu.py --profile {profile}` on the device to measure it.")
-    if "leaderboard" in (chapters or ["leaderboard"]) and nnunet_note(profile):
-        note += "\n\n" + nnunet_note(profile)
+    left_out = nnunet_note(profile) if "leaderboard" in (chapters or ["leaderboard"]) else ""
+    if left_out:
+        note += "\n\n" + left_out
     return markdown(rows) + "\n\n" + note + "\n" + "\n".join(
         f"- {r['chapter']}: largest network {r['peak_network']}" for r in rows if r.get("peak_network"))

@@ -195,12 +195,14 @@ def intro_table(runs: str | Path, beside: str | Path | None = None) -> pd.DataFr
 def _versus_nnunet(h: pd.DataFrame, other: pd.DataFrame | None, paper: str, beside) -> str:
     """The intro's nnU-Net cell of ``paper``: the leaderboard's verdict in this book's run, else in
     the ``beside`` profile's committed run (named so), else why there is none."""
+    from npcrepro.chapters.leaderboard.report import NO_NNUNET_ROW
+
     for table, where in ((h, ""), (other, f"{Path(beside).name}: " if beside is not None else "")):
         if table is None or not len(table):
             continue
         sel = table[(table["paper"] == paper) & (table["source"] == "leaderboard")]
         cell = str(sel.iloc[-1]["nnunet"]) if len(sel) else ""
-        if cell and cell != "no nnU-Net row in this run":
+        if cell and cell != NO_NNUNET_ROW:
             return where + cell
     return "not run here (the leaderboard trains nnU-Net at gpu-lite and gpu)"
 

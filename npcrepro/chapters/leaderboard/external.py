@@ -21,7 +21,10 @@ import pandas as pd
 from npcrepro.chapters.leaderboard.methods import BY_KEY, Entry
 from npcrepro.errors import ParameterError
 
-__all__ = ["entry", "is_external", "add_external", "add_rows"]
+__all__ = ["HALF", "entry", "is_external", "add_external", "add_rows"]
+
+#: Sub-folder of a prediction folder with the predictions of the weights at half the budget.
+HALF = "half_budget"
 
 
 def is_external(key: str) -> bool:
@@ -79,8 +82,8 @@ def add_rows(res, rows: Sequence[tuple[str, dict]], record: str, label=None, one
                                 seeds=(res.seeds or [0])[:1] if one_model else (res.seeds or [0]))
 
         full.append(scored(folder))
-        if (Path(folder) / "half_budget").is_dir():
-            half.append(scored(Path(folder) / "half_budget"))
+        if (Path(folder) / HALF).is_dir():
+            half.append(scored(Path(folder) / HALF))
         infos.append({"name": key, "label": label(folder) if label else key,
                       "info": {**facts, "folder": str(Path(folder).resolve())}})
     if not full:

@@ -46,6 +46,7 @@ from typing import Sequence
 import numpy as np
 
 from npcrepro import io
+from npcrepro.chapters.leaderboard.external import HALF
 from npcrepro.errors import DataError, ParameterError
 
 __all__ = ["INPUTS", "NNUNET_VERSION", "ENV_DIR", "environment", "export", "train", "row_name", "add_to_run",
@@ -60,8 +61,6 @@ INPUTS = {"cet1": ("CET1",), "mri": ("T1", "T2", "CET1"), "ct": ("ct",)}
 #: First nnU-Net dataset id; input set i of :data:`INPUTS` is ``FIRST_ID + i``.
 FIRST_ID = 501
 CONFIGURATIONS = ("2d", "3d_fullres")
-#: Sub-folder of a prediction folder with the predictions of the weights at half the epochs.
-HALF = "half_budget"
 _DRIVER = Path(__file__).with_name("nnunet_driver.py")
 
 

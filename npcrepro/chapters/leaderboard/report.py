@@ -270,6 +270,8 @@ def _trained_out(readings: Mapping[str, str | None], *keys: str) -> str:
 # ------------------------------------------------------------------------------- nnU-Net beside each paper
 #: Verdicts of :func:`nnunet_table`, in the words of :data:`npcrepro.claims.VERDICTS`' order.
 NNUNET_VERDICTS = {"holds": "beats nnU-Net", "reversed": "below nnU-Net", "not shown": "no difference shown"}
+#: :func:`beats_nnunet`'s cell in a run without nnU-Net rows (the intro reads it as "no verdict").
+NO_NNUNET_ROW = "no nnU-Net row in this run"
 
 
 def nnunet_rows(res) -> list[str]:
@@ -318,7 +320,7 @@ def beats_nnunet(res, key: str, table: pd.DataFrame | None = None) -> str:
     difference with its interval), or why there is no answer."""
     t = nnunet_table(res) if table is None else table
     if not len(t):
-        return "no nnU-Net row in this run"
+        return NO_NNUNET_ROW
     row = t[t["method"] == BY_KEY[key].label]
     if not len(row):
         return "no nnU-Net row reads its images"
