@@ -196,7 +196,11 @@ def predict(run: str | os.PathLike, source: str | os.PathLike, out: str | os.Pat
         raise DataError(f"{res.path}: the run has not finished (status {res.info.get('status')!r})")
     if res.chapter not in MODULES:
         raise DataError(f"{res.path}: a run of {res.chapter!r}, which trains no network this version knows")
-    methods = list(res.methods)
+    methods = [m for m in res.methods if m not in res.added_rows]  # rows scored from others' predictions
+    if method in res.added_rows:
+        raise ParameterError(f"{method!r} of {res.path} is a row scored from prediction files "
+                             f"({res.added_rows[method]}), not a network this run trained (valid: "
+                             f"{', '.join(methods)})")
     if method is None:
         if len(methods) != 1:
             raise ParameterError(f"{res.path} holds {len(methods)} methods ({', '.join(methods)}): name one with "

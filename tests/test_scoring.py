@@ -133,11 +133,15 @@ def unet_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_unets_predictions_scored_as_an_outsiders_equal_the_in_book_unet(unet_run):
+def test_the_unets_predictions_scored_as_an_outsiders_equal_the_in_book_unet(unet_run, tmp_path):
+    import shutil
+
     from npcrepro.chapters.leaderboard import report as L
     from npcrepro.chapters.leaderboard.external import add_external
+    from npcrepro.engine.results import Results
 
     res, outsider, _ = unet_run
+    res = Results.open(shutil.copytree(res.path, tmp_path / res.path.name))  # the shared run stays as it was
     rows = scoring.score_folder(outsider, res.dataset(), res.test_cases(), res.structures[0], name="my-model")
     book = res.metrics[res.metrics["method"] == "unet_cet1"].reset_index(drop=True)
     metrics = [c for c in rows.columns if c not in ("method", "fold", "seed", "case", "structure")]
@@ -158,6 +162,16 @@ def test_the_unets_predictions_scored_as_an_outsiders_equal_the_in_book_unet(une
     assert list(ext["method"].unique()) == ["my-model"] and len(ext) == len(res.test_cases())
     with pytest.raises(ParameterError, match="already a leaderboard row"):
         add_external(res, [str(outsider), str(outsider)])
+    # a later reader of the run sees the row; adding it again (a re-executed page) replaces it; none: dropped
+    again = Results.open(res.path)
+    assert again.label("my-model") == "my-model" and again.added_rows == {"my-model": "external.csv"}
+    pd.testing.assert_frame_equal(again.metrics[again.metrics["method"] == "my-model"].reset_index(drop=True),
+                                  more.metrics[more.metrics["method"] == "my-model"].reset_index(drop=True))
+    twice = add_external(again, [str(outsider)])
+    assert twice.methods.count("my-model") == 1 and (twice.metrics["method"] == "my-model").sum() == len(ext)
+    assert Results.open(res.path).methods == twice.methods
+    assert "my-model" not in add_external(again, []).methods and "my-model" not in Results.open(res.path).methods
+    assert (res.path / "external.csv").exists()  # the scores stay; the run no longer lists the row
 
 
 @pytest.mark.slow
@@ -173,8 +187,11 @@ def test_nnunets_rows_join_the_run_with_their_half_budget_and_are_not_retrained(
     from npcrepro.engine.results import Results
     from npcrepro.profiles import resolve
 
+    from npcrepro.predict import predict
+    from npcrepro.quality import quality_table
+
     res, outsider, _ = unet_run
-    res = Results.open(shutil.copytree(res.path, tmp_path / res.path.name))  # the shared run stays as it was
+    res = Results.open(shutil.copytree(res.path, tmp_path / "smoke" / "leaderboard" / res.path.name))
     P = resolve("leaderboard", "smoke", out_dir=str(tmp_path), methods=["unet_cet1"], workers=1)
     same, said = nnunet.add_to_run(P, res)
     assert same is res and said.startswith("off in the smoke profile (nnunet = [])")
@@ -206,6 +223,18 @@ def test_nnunets_rows_join_the_run_with_their_half_budget_and_are_not_retrained(
     written = pd.read_csv(res.path / "nnunet" / "metrics.csv")
     assert list(written["method"].unique()) == ["nnunet-2d-cet1"] and len(written) == len(res.test_cases())
     assert (pd.read_csv(res.path / "nnunet" / "metrics_half.csv")["dice"] == 0).all()
+    # every later reader of the run sees the row: the quality bars, its convergence; it is not a network to apply
+    again = Results.open(res.path)
+    assert again.label("nnunet-2d-cet1") == "nnU-Net 2D (CET1)" and again.method_info("nnunet-2d-cet1")["inputs"] == "cet1"
+    assert again.convergence(labels=True).set_index("method").loc["nnU-Net 2D (CET1)", "dice at half budget"] == 0
+    bars = quality_table(tmp_path, "smoke").set_index("method")
+    assert bars.loc["nnU-Net 2D (CET1)", "dice"] == pytest.approx(dice) and bars.loc["nnU-Net 2D (CET1)", "input"] == "MRI"
+    with pytest.raises(ParameterError, match="row scored from prediction files"):
+        predict(res.path, tmp_path / "nowhere", tmp_path / "out", method="nnunet-2d-cet1")
+    # a re-executed page adds the row once; with nnU-Net off the run no longer lists it
+    assert nnunet.add_to_run(P, again)[0].methods.count("nnunet-2d-cet1") == 1
+    assert "nnunet-2d-cet1" not in nnunet.add_to_run(P.replace(nnunet=[]), again)[0].methods
+    assert "nnunet-2d-cet1" not in Results.open(res.path).methods
     # another budget is another nnU-Net: trained (here: the stand-in refuses)
     with pytest.raises(pytest.fail.Exception, match="trained again"):
         nnunet.add_to_run(P.replace(nnunet_epochs=4), res)

@@ -21,6 +21,8 @@ Run folder layout (one for all chapters)::
         metrics_half.csv                 the same, with each network's weights at half its budget
         raters.csv                       the raters' agreement on the test cases (where the data has raters)
         training.csv                     method, fold, seed, seconds, iterations, status, ...
+        added_rows.json                  rows scored from prediction folders after the run (the leaderboard's
+                                         nnU-Net and external rows; npcrepro.engine.results.ADDED_ROWS)
         <method>/fold_<k>/seed_<s>/
             model.pt  model_half.pt  curves.csv  checkpoint_last.pt  metrics.csv  metrics_half.csv
             training.json  DONE

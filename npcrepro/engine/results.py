@@ -22,7 +22,8 @@ import numpy as np
 from npcrepro.engine.runs import job_dir
 from npcrepro.errors import DataError
 
-__all__ = ["Results", "find_results", "COLLAPSE_DROP", "VOLUME_FACTOR"]
+__all__ = ["Results", "find_results", "COLLAPSE_DROP", "VOLUME_FACTOR", "ADDED_ROWS", "half_record",
+           "record_added_rows"]
 
 #: A network whose mean DSC moves by at most this over the second half of its budget has converged.
 CONVERGENCE_TOLERANCE = 0.03
@@ -30,6 +31,48 @@ CONVERGENCE_TOLERANCE = 0.03
 COLLAPSE_DROP = 0.03
 #: A predicted volume more than this many times the reference (or less than its inverse) is off.
 VOLUME_FACTOR = 3.0
+#: Rows scored from prediction folders after the runner finished (the leaderboard's nnU-Net and external
+#: rows: :func:`npcrepro.chapters.leaderboard.external.add_rows`): ``{record: [method entries]}``, each
+#: record a csv of per-case rows in the run folder (its half-budget rows in :func:`half_record`), each
+#: entry as run.json lists a method (name, label, info) with its ``record``. :meth:`Results.open` adds
+#: them, so every reader of the run (the quality bars, the convergence and collapse flags, the pages that
+#: read the leaderboard) sees the rows its page showed; the runner's own files stay as it wrote them.
+ADDED_ROWS = "added_rows.json"
+
+
+def half_record(record: str) -> str:
+    """Where the half-budget rows of ``record`` go: ``<stem>_half.csv`` beside it."""
+    r = Path(record)
+    return str(r.with_name(f"{r.stem}_half.csv"))
+
+
+def _read_added_rows(path: Path) -> dict:
+    f = Path(path) / ADDED_ROWS
+    if not f.exists():
+        return {}
+    try:
+        added = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{f}: unreadable ({exc})") from None
+    if not isinstance(added, dict) or not all(isinstance(v, list) for v in added.values()):
+        raise DataError(f"{f}: not a record of added rows ({{record csv: [methods]}})")
+    return added
+
+
+def record_added_rows(path: str | os.PathLike, record: str, entries: list[dict]) -> None:
+    """Set the methods of ``record`` in the run folder's :data:`ADDED_ROWS` to ``entries`` (none: the
+    record is dropped, its csv kept). Nothing is written when nothing changes."""
+    from npcrepro.paths import write_atomically
+
+    added = _read_added_rows(Path(path))
+    before = dict(added)
+    if entries:
+        added[record] = list(entries)
+    else:
+        added.pop(record, None)
+    if added != before:
+        write_atomically(Path(path) / ADDED_ROWS, lambda tmp: tmp.write_text(json.dumps(added, indent=1),
+                                                                           encoding="utf-8"), overwrite=True)
 
 
 @dataclass
@@ -74,7 +117,39 @@ class Results:
             except pd.errors.EmptyDataError:
                 return pd.DataFrame()
 
-        return cls(p, info, params, table("metrics.csv"), table("training.csv"), table("metrics_half.csv"))
+        res = cls(p, info, params, table("metrics.csv"), table("training.csv"), table("metrics_half.csv"))
+        return res._with_added_rows(table)
+
+    def _with_added_rows(self, table) -> "Results":
+        """This run with the rows of :data:`ADDED_ROWS` whose csv is there (a name the run already has is
+        not added twice)."""
+        import pandas as pd
+
+        added = _read_added_rows(self.path)
+        if not added:
+            return self
+        methods = list(self.info.get("methods", []))
+        have = {m.get("name") for m in methods}
+        full, half = [self.metrics], [self.metrics_half]
+        for record, entries in added.items():
+            new = [dict(e, record=record) for e in entries if isinstance(e, dict) and e.get("name") not in have]
+            names = {e["name"] for e in new}
+            rows, rows_half = table(record), table(half_record(record))
+            if not names or not len(rows) or "method" not in rows:
+                continue
+            full.append(rows[rows["method"].isin(names)])
+            if len(rows_half) and "method" in rows_half:
+                half.append(rows_half[rows_half["method"].isin(names)])
+            methods += new
+            have |= names
+
+        def joined(frames):
+            frames = [f for f in frames if f is not None and len(f)]
+            return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+        self.info = {**self.info, "methods": methods}
+        self.metrics, self.metrics_half = joined(full), joined(half)
+        return self
 
     # ------------------------------------------------------------------ facts
     @property
@@ -158,6 +233,12 @@ class Results:
     @property
     def methods(self) -> list[str]:
         return [m["name"] for m in self.info.get("methods", [])]
+
+    @property
+    def added_rows(self) -> dict[str, str]:
+        """The methods scored from prediction folders, not trained by this run: name -> its record
+        (:data:`ADDED_ROWS`)."""
+        return {m["name"]: m["record"] for m in self.info.get("methods", []) if m.get("record")}
 
     def label(self, method: str) -> str:
         for m in self.info.get("methods", []):

@@ -61,6 +61,8 @@ INPUTS = {"cet1": ("CET1",), "mri": ("T1", "T2", "CET1"), "ct": ("ct",)}
 #: First nnU-Net dataset id; input set i of :data:`INPUTS` is ``FIRST_ID + i``.
 FIRST_ID = 501
 CONFIGURATIONS = ("2d", "3d_fullres")
+#: Where the rows' scores go in the run folder (their half-budget scores beside it).
+RECORD = "nnunet/metrics.csv"
 _DRIVER = Path(__file__).with_name("nnunet_driver.py")
 
 
@@ -239,7 +241,7 @@ def add_to_run(P, res, progress=print):
 
     inputs, configurations = list(P.get("nnunet") or []), list(P.get("nnunet_configurations") or ["2d"])
     if not inputs:
-        return res, (f"off in the {P.get('profile')} profile (nnunet = []); `-p nnunet '[\"cet1\", \"mri\", "
+        return add_rows(res, [], RECORD), (f"off in the {P.get('profile')} profile (nnunet = []); `-p nnunet '[\"cet1\", \"mri\", "
                      "\"ct\"]'` trains nnU-Net beside the networks (a GPU's work: see the text above)")
     for k in inputs:
         _channels(res, k)
@@ -249,7 +251,7 @@ def add_to_run(P, res, progress=print):
     try:
         _, version = environment()
     except DataError as exc:
-        return res, f"not run: {exc}"
+        return add_rows(res, [], RECORD), f"not run: {exc}"
     epochs, iterations = int(P["nnunet_epochs"]), int(P["nnunet_iterations"])
     device = resolve_device(str(P.get("device") or "auto"))
     rows, failed = [], []
@@ -270,7 +272,7 @@ def add_to_run(P, res, progress=print):
                                        "channels": _channels(res, k), "configuration": configuration,
                                        "inputs": k}))
     labels = {r[0]: _label(r[1]["configuration"], r[1]["inputs"], r[1]["channels"]) for r in rows}
-    res = add_rows(res, rows, "nnunet/metrics.csv", label=labels.get, one_model=True)
+    res = add_rows(res, rows, RECORD, label=labels.get, one_model=True)
     said = (f"{len(rows)} nnU-Net row(s) (nnunetv2 {version}, {', '.join(configurations)}; {epochs} epochs x "
             f"{iterations} iterations on {device})")
     return res, said + "".join(f"; failed: {f}" for f in failed)
