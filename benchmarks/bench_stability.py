@@ -27,6 +27,11 @@ within :data:`TOLERANCE`, its seeds within :data:`SEED_SPREAD`, and no seed fall
 ``--against RUNS``: the ``1 thread`` run of each chapter is the newest phantom run of that chapter
 under ``RUNS`` (e.g. the book's own, which trains every job on one torch thread).
 
+``--out-dir DIR`` keeps each environment's run there, and an environment whose finished run is already
+there (:func:`finished_run`: the same chapter, profile, parameters and commit, the tree unmodified) is
+read back instead of trained again: a benchmark stopped midway (a full disk, a killed session)
+continues with the environments it had not finished.
+
 ``main(quick=False, profile=None, chapters=None, out_dir=None, against=None, environments=None) ->
 dict`` returns the rows.
 """
@@ -117,6 +122,29 @@ def run_environment(env: str, chapter: str, profile: str, out_dir: str, **overri
     return Results.open(done.stdout.strip().splitlines()[-1])
 
 
+def finished_run(out_dir: str, chapter: str, profile: str, env: str, **overrides):
+    """The newest finished run of ``chapter`` in environment ``env`` under ``out_dir`` that this checkout
+    would make again: the same profile and ``overrides``, written at this commit from an unmodified
+    tree (and this checkout unmodified); None otherwise."""
+    from npcrepro.engine.results import find_results
+    from npcrepro.engine.runs import git_revision
+
+    here = git_revision()
+    if not here.get("revision") or here.get("dirty"):
+        return None
+    for r in reversed(find_results(out_dir, profile, chapter)):
+        if not (r.done and r.path.name.endswith("-" + env.replace(" ", "-"))):
+            continue
+        try:
+            git = json.loads((r.path / "environment.json").read_text(encoding="utf-8")).get("git") or {}
+        except (OSError, json.JSONDecodeError):
+            continue
+        if git.get("revision") == here["revision"] and git.get("dirty") is False and all(
+                r.params.get(k) == v for k, v in overrides.items()):
+            return r
+    return None
+
+
 def newest_run(runs: str, chapter: str, profile: str):
     """The newest finished phantom run of ``chapter`` at ``profile`` under ``runs`` (not a dry run or a
     real-data track), or None."""
@@ -145,6 +173,10 @@ def main(quick: bool = False, profile: str | None = None, chapters=None, out_dir
                 old = newest_run(against, chapter, profile) if against and env == "1 thread" else None
                 if against and env == "1 thread" and old is None:
                     print(f"{chapter}: no finished {profile} run under {against}; running it", flush=True)
+                if old is None and out_dir:
+                    old = finished_run(out_dir, chapter, profile, env, **kw)
+                    if old is not None:
+                        print(f"{chapter}, {env}: reusing {old.path} (finished at this commit)", flush=True)
                 runs[env] = old or run_environment(env, chapter, profile, out_dir or tmp, **kw)
                 print(f"{chapter}, {env}: {time.perf_counter() - t0:.0f} s", flush=True)
             rows += [{"chapter": chapter, **r} for r in compare(runs)]
@@ -175,7 +207,8 @@ if __name__ == "__main__":
     ap.add_argument("--profile", default=None)
     ap.add_argument("--chapters", nargs="*", default=None)
     ap.add_argument("--environments", nargs="*", default=None, help=f"of {', '.join(ENVIRONMENTS)} (default: all)")
-    ap.add_argument("--out-dir", default=None, help="keep the runs here (default: a temporary folder)")
+    ap.add_argument("--out-dir", default=None, help="keep the runs here, and reuse those finished at this "
+                                                    "commit (default: a temporary folder)")
     ap.add_argument("--against", default=None, help="runs folder whose newest run of each chapter is the "
                                                     "one-thread run (e.g. the book's)")
     ap.add_argument("--json", help="write the rows to this file")

@@ -49,3 +49,35 @@ def test_compare_reads_environments_seeds_and_half_budget(tmp_path):
     assert not b["stable"]
     rows = {r["method"]: r for r in bench.compare({"1 thread": one})}
     assert rows["a"]["stable"] and rows["a"]["largest drop"] == pytest.approx(0.0)
+
+
+def test_finished_run_reuses_an_environment_only_at_this_commit_and_parameters(tmp_path, monkeypatch):
+    import npcrepro.engine.runs as runs
+
+    bench = _bench()
+    folder = tmp_path / "cpu" / "leaderboard" / "20261128-101500-AVX2-machine"
+    _run(folder, {("a", 0): 0.8}, {("a", 0): 0.8})
+    (folder / "params.json").write_text(json.dumps({"methods": ["a"], "profile": "cpu"}))
+
+    def env(revision, dirty=False):
+        (folder / "environment.json").write_text(json.dumps({"git": {"revision": revision, "dirty": dirty}}))
+
+    monkeypatch.setattr(runs, "git_revision", lambda: {"revision": "abc123", "dirty": False})
+    env("abc123")
+    found = bench.finished_run(str(tmp_path), "leaderboard", "cpu", "AVX2 machine", methods=["a"])
+    assert found is not None and found.path == folder
+    assert bench.finished_run(str(tmp_path), "leaderboard", "cpu", "AVX2 machine") is not None
+    assert bench.finished_run(str(tmp_path), "leaderboard", "cpu", "1 thread", methods=["a"]) is None
+    assert bench.finished_run(str(tmp_path), "leaderboard", "cpu", "AVX2 machine", methods=["b"]) is None
+    assert bench.finished_run(str(tmp_path), "leaderboard", "smoke", "AVX2 machine") is None
+    env("abc123", dirty=True)  # written from a modified tree
+    assert bench.finished_run(str(tmp_path), "leaderboard", "cpu", "AVX2 machine") is None
+    env("def456")  # another commit
+    assert bench.finished_run(str(tmp_path), "leaderboard", "cpu", "AVX2 machine") is None
+    env("abc123")
+    monkeypatch.setattr(runs, "git_revision", lambda: {"revision": "abc123", "dirty": True})
+    assert bench.finished_run(str(tmp_path), "leaderboard", "cpu", "AVX2 machine") is None  # this checkout modified
+    monkeypatch.setattr(runs, "git_revision", lambda: {"revision": "abc123", "dirty": False})
+    run_json = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**run_json, "status": "running"}))
+    assert bench.finished_run(str(tmp_path), "leaderboard", "cpu", "AVX2 machine") is None

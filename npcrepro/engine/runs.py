@@ -94,7 +94,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _git_revision() -> dict:
+def git_revision() -> dict:
+    """``{"revision": HEAD's hash, "dirty": tracked files modified}`` of the checkout (None each where
+    git cannot tell), as environment.json records it."""
     from npcrepro.paths import repo_root
 
     out: dict[str, Any] = {"revision": None, "dirty": None}
@@ -153,7 +155,7 @@ def environment(device: str | None = None) -> dict:
         "pandas": version("pandas"),
         "SimpleITK": version("SimpleITK"),
         "monai": version("monai"),
-        "git": _git_revision(),
+        "git": git_revision(),
         "device": device,
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
