@@ -225,16 +225,23 @@ def test_nnunets_rows_join_the_run_with_their_half_budget_and_are_not_retrained(
     assert (pd.read_csv(res.path / "nnunet" / "metrics_half.csv")["dice"] == 0).all()
     # every later reader of the run sees the row: the quality bars, its convergence; it is not a network to apply
     again = Results.open(res.path)
-    assert again.label("nnunet-2d-cet1") == "nnU-Net 2D (CET1)" and again.method_info("nnunet-2d-cet1")["inputs"] == "cet1"
+    assert again.label("nnunet-2d-cet1") == "nnU-Net 2D (CET1)"
+    assert again.method_info("nnunet-2d-cet1")["inputs"] == "cet1"
     assert again.convergence(labels=True).set_index("method").loc["nnU-Net 2D (CET1)", "dice at half budget"] == 0
     bars = quality_table(tmp_path, "smoke").set_index("method")
-    assert bars.loc["nnU-Net 2D (CET1)", "dice"] == pytest.approx(dice) and bars.loc["nnU-Net 2D (CET1)", "input"] == "MRI"
+    assert bars.loc["nnU-Net 2D (CET1)", "dice"] == pytest.approx(dice)
+    assert bars.loc["nnU-Net 2D (CET1)", "input"] == "MRI"
     with pytest.raises(ParameterError, match="row scored from prediction files"):
         predict(res.path, tmp_path / "nowhere", tmp_path / "out", method="nnunet-2d-cet1")
     # a re-executed page adds the row once; with nnU-Net off the run no longer lists it
     assert nnunet.add_to_run(P, again)[0].methods.count("nnunet-2d-cet1") == 1
     assert "nnunet-2d-cet1" not in nnunet.add_to_run(P.replace(nnunet=[]), again)[0].methods
     assert "nnunet-2d-cet1" not in Results.open(res.path).methods
+    nnunet.add_to_run(P, again)
+    (res.path / "added_rows.json").write_text("{not json")  # a damaged record hides the rows, not the run
+    with pytest.warns(UserWarning, match="read without its added rows"):
+        damaged = Results.open(res.path)
+    assert damaged.methods == res.methods and "nnunet-2d-cet1" not in set(damaged.metrics["method"])
     # another budget is another nnU-Net: trained (here: the stand-in refuses)
     with pytest.raises(pytest.fail.Exception, match="trained again"):
         nnunet.add_to_run(P.replace(nnunet_epochs=4), res)

@@ -123,9 +123,15 @@ class Results:
     def _with_added_rows(self, table) -> "Results":
         """This run with the rows of :data:`ADDED_ROWS` whose csv is there (a name the run already has is
         not added twice)."""
+        import warnings
+
         import pandas as pd
 
-        added = _read_added_rows(self.path)
+        try:
+            added = _read_added_rows(self.path)
+        except DataError as exc:  # the run's own results stay readable
+            warnings.warn(f"{exc}: the run is read without its added rows", stacklevel=3)
+            return self
         if not added:
             return self
         methods = list(self.info.get("methods", []))

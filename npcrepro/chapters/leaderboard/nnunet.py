@@ -241,8 +241,9 @@ def add_to_run(P, res, progress=print):
 
     inputs, configurations = list(P.get("nnunet") or []), list(P.get("nnunet_configurations") or ["2d"])
     if not inputs:
-        return add_rows(res, [], RECORD), (f"off in the {P.get('profile')} profile (nnunet = []); `-p nnunet '[\"cet1\", \"mri\", "
-                     "\"ct\"]'` trains nnU-Net beside the networks (a GPU's work: see the text above)")
+        return add_rows(res, [], RECORD), (f"off in the {P.get('profile')} profile (nnunet = []); `-p nnunet "
+                                           "'[\"cet1\", \"mri\", \"ct\"]'` trains nnU-Net beside the networks (a "
+                                           "GPU's work: see the text above)")
     for k in inputs:
         _channels(res, k)
     for c in configurations:
