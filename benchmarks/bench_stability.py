@@ -6,7 +6,8 @@
     python benchmarks/bench_stability.py --environments "1 thread" "default kernels"
 
 Runs each chapter's experiment (:func:`npcrepro.chapters.run`) once per environment of
-:data:`ENVIRONMENTS`, on the same data, split and seeds, each in its own process (one job at a time):
+:data:`ENVIRONMENTS`, on the same data, split and seeds, each in its own process (as many jobs at once
+as the chapter's ``workers`` and the cores allow: :func:`job_workers`):
 
 * ``1 thread`` / ``2 threads``: torch on 1 or 2 threads per job, the same arithmetic summed in
   another order;
@@ -22,7 +23,7 @@ environments, the largest spread between the seeds of one environment, and the l
 seed from half to full budget (:meth:`Results.flags`). A method is stable when the environments agree
 within :data:`TOLERANCE`, its seeds within :data:`SEED_SPREAD`, and no seed falls more than
 :data:`~npcrepro.engine.results.COLLAPSE_DROP`. Each environment costs the chapter's training time
-(the leaderboard at cpu: about 12 minutes on 2 cores, one job at a time).
+(the leaderboard at cpu: about 30 minutes on 2 cores, two jobs at a time).
 
 ``--against RUNS``: the ``1 thread`` run of each chapter is the newest phantom run of that chapter
 under ``RUNS`` (e.g. the book's own, which trains every job on one torch thread).
@@ -87,9 +88,16 @@ def compare(runs: dict, metric: str = "dice") -> list[dict]:
     return rows
 
 
+def job_workers(workers: int, threads: int, cores: int) -> int:
+    """Jobs at once in an environment of ``threads`` torch threads per job: the chapter's own ``workers``
+    (the book's setting), as many as fit the ``cores`` (at least one). A job's numbers do not depend on
+    what runs beside it or before it (the "jobs reversed" environment checks the order)."""
+    return max(1, min(int(workers), cores // max(1, threads)))
+
+
 def run_chapter(chapter: str, profile: str, out_dir: str, threads: int, name: str = "", **overrides):
     """Results of ``chapter``'s experiment at ``profile`` with ``threads`` torch threads per job and
-    one job at a time, in this process (with its environment)."""
+    :func:`job_workers` jobs at once, in this process (with its environment)."""
     from npcrepro import chapters, profiles
 
     import os
@@ -100,7 +108,8 @@ def run_chapter(chapter: str, profile: str, out_dir: str, threads: int, name: st
     # chapters without a `threads` parameter take the process's (and their workers' inherited) threads
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     torch.set_num_threads(threads)
-    extra = {k: v for k, v in (("threads", threads), ("workers", 1)) if k in P}
+    workers = job_workers(P.get("workers") or 1, threads, os.cpu_count() or 1)
+    extra = {k: v for k, v in (("threads", threads), ("workers", workers)) if k in P}
     return chapters.run(P.replace(**extra), name=name or f"threads{threads}", progress=False)
 
 

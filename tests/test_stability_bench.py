@@ -81,3 +81,11 @@ def test_finished_run_reuses_an_environment_only_at_this_commit_and_parameters(t
     run_json = json.loads((folder / "run.json").read_text())
     (folder / "run.json").write_text(json.dumps({**run_json, "status": "running"}))
     assert bench.finished_run(str(tmp_path), "leaderboard", "cpu", "AVX2 machine") is None
+
+
+def test_an_environment_runs_the_chapters_workers_within_the_cores():
+    job_workers = _bench().job_workers
+    assert job_workers(2, 1, 2) == 2  # the leaderboard at cpu: two one-thread jobs, as the book runs them
+    assert job_workers(2, 2, 2) == 1  # "2 threads": one job at a time on two cores
+    assert job_workers(1, 1, 16) == 1  # a chapter that trains one job at a time keeps it
+    assert job_workers(4, 2, 1) == 1  # never fewer than one
