@@ -144,10 +144,7 @@ def finished_run(out_dir: str, chapter: str, profile: str, env: str, **overrides
     for r in reversed(find_results(out_dir, profile, chapter)):
         if not (r.done and r.path.name.endswith("-" + env.replace(" ", "-"))):
             continue
-        try:
-            git = json.loads((r.path / "environment.json").read_text(encoding="utf-8")).get("git") or {}
-        except (OSError, json.JSONDecodeError):
-            continue
+        git = r.environment.get("git") or {}
         if git.get("revision") == here["revision"] and git.get("dirty") is False and all(
                 r.params.get(k) == v for k, v in overrides.items()):
             return r

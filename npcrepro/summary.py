@@ -277,10 +277,7 @@ def run_folders(out_dir: str | Path, profile: str) -> pd.DataFrame:
     cols = ["chapter", "run", "status", "jobs", "git", "device", "torch"]
     rows = []
     for res in find_results(out_dir, profile, done=False):
-        try:
-            env = json.loads((res.path / "environment.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            env = {}
+        env = res.environment
         git = env.get("git") if isinstance(env.get("git"), dict) else {}
         rev = (git.get("revision") or "")[:10]
         rows.append({"chapter": res.chapter, "run": res.path.name, "status": res.status,

@@ -167,6 +167,16 @@ class Results:
         return shown(self.path)
 
     @property
+    def environment(self) -> dict:
+        """``environment.json``: what the run ran on (versions, device, ``git``: revision and whether the
+        tree was modified); {} where it is missing or unreadable."""
+        try:
+            env = json.loads((Path(self.path) / "environment.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return env if isinstance(env, dict) else {}
+
+    @property
     def raters(self):
         """``raters.csv``: the raters' agreement on this run's test cases
         (:func:`npcrepro.evaluation.rater_agreement`); an empty frame where the data has no raters."""
