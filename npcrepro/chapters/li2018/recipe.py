@@ -125,8 +125,10 @@ CHOICES = {
                      "from the phantom-trained network; a first stage five times longer) were compared by "
                      "cross-validation inside the training slices of the cpu profile's first fold, whose "
                      "test slices no development run read: none did better, and with each most held-out "
-                     "slices came out empty while the longer stage fitted its training slices closely "
-                     "(development record). The 20 training slices of a cpu fold are too few for this "
+                     "slices came out empty while the longer stage fitted its training slices closely; a "
+                     "second round (the slice's central half, a longer first stage, every layer trained in "
+                     "stages 2-3, and Table 1's full width, which costs too much for a cpu book) did no better "
+                     "either (development record). The 20 training slices of a cpu fold are too few for this "
                      "network; the track shows the pipeline on real scans and decides nothing about the "
                      "paper's claims",
 }
