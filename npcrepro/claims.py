@@ -83,8 +83,9 @@ def compare(table: pd.DataFrame, a: str, b: str, metric: str = "dice", *, method
 
     Returns :func:`~npcrepro.evaluation.paired_test`'s keys (n patients, mean_a, mean_b, mean_diff =
     a - b, diff_ci_low/high, sd_diff, p_t, p_wilcoxon) and ``favour_a`` / ``favour_b`` (patients on
-    which each is higher), ``min_p`` (:func:`min_wilcoxon_p` of n) and ``detectable``
-    (:func:`detectable_difference`)."""
+    which each is higher), ``min_p`` (:func:`min_wilcoxon_p` of n), ``detectable``
+    (:func:`detectable_difference`) and ``seeds``: the fewest trainings behind a patient's mean of
+    either method (:func:`_trainings`)."""
     pp = per_patient(table, metric, method_col=method_col, patient=patient)
     for name in (a, b):
         if not (pp[method_col] == name).any():
@@ -93,9 +94,20 @@ def compare(table: pd.DataFrame, a: str, b: str, metric: str = "dice", *, method
     both = pp[pp[method_col] == a].merge(pp[pp[method_col] == b], on=patient, suffixes=("_a", "_b"))
     x, y = both[f"{metric}_a"].to_numpy(float), both[f"{metric}_b"].to_numpy(float)
     out = paired_test(x, y, metric, n_boot=n_boot, seed=seed)
+    seeds = min(_trainings(table[table[method_col] == k]) for k in (a, b))
     out.update(method_a=a, method_b=b, favour_a=int((x > y).sum()), favour_b=int((x < y).sum()),
-               min_p=min_wilcoxon_p(len(x)), detectable=detectable_difference(out["sd_diff"], len(x)))
+               min_p=min_wilcoxon_p(len(x)), detectable=detectable_difference(out["sd_diff"], len(x)),
+               seeds=seeds)
     return out
+
+
+def _trainings(rows: pd.DataFrame) -> int:
+    """How many trainings (seeds) stand behind each patient of ``rows``: the fewest ``seeds`` of a
+    table whose seeds were averaged (:func:`npcrepro.evaluation.average_seeds`), else the distinct
+    ``seed`` values (1 without either column)."""
+    if "seeds" in rows.columns and len(rows):
+        return int(rows["seeds"].min())
+    return max(1, int(rows["seed"].nunique())) if "seed" in rows.columns else 1
 
 
 def judge(tests: Sequence[Mapping], claimed: Sequence[int] | int = 1, *, alpha: float = ALPHA,

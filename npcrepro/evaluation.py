@@ -29,10 +29,10 @@ import pandas as pd
 from npcrepro import papers
 from npcrepro.errors import DataError, ParameterError
 
-__all__ = ["evaluate_cases", "scored", "summarize", "bootstrap_ci", "holm", "paired_test", "paired_tests",
-           "compare_with_paper", "compare_run", "data_source", "ComparisonTable", "format_mean_sd", "METRIC_ALIASES",
-           "canonical_metric", "NON_METRIC_COLUMNS", "rater_agreement", "ceiling_sentence", "raters_of",
-           "RATER_COLUMNS"]
+__all__ = ["evaluate_cases", "scored", "average_seeds", "PATIENT_KEYS", "FLAG_COLUMNS", "summarize", "bootstrap_ci",
+           "holm", "paired_test", "paired_tests", "compare_with_paper", "compare_run", "data_source", "ComparisonTable",
+           "format_mean_sd", "METRIC_ALIASES", "canonical_metric", "NON_METRIC_COLUMNS", "rater_agreement",
+           "ceiling_sentence", "raters_of", "RATER_COLUMNS"]
 
 #: Columns of a per-case table that are identifiers or flags, not metrics.
 NON_METRIC_COLUMNS = {"case", "structure", "method", "fold", "seed", "paper", "profile", "data",
@@ -120,6 +120,30 @@ def scored(table: pd.DataFrame) -> pd.DataFrame:
     if "ref_empty" not in table:
         return table
     return table[~table["ref_empty"].astype(bool)]
+
+
+#: The columns that name one score of one patient apart from its seed (those a table has).
+PATIENT_KEYS = ("method", "fold", "case", "structure")
+#: Per-case flags: a patient's flag holds when it held for any of its seeds.
+FLAG_COLUMNS = ("pred_empty", "ref_empty")
+
+
+def average_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """A per-case ``table`` with one row per method, fold, patient (``case``) and structure: the rows
+    of the seeds averaged (numbers: the mean; flags such as ``pred_empty``: true when true for any seed;
+    other columns and ``seed``: the first seed's) and ``seeds``, how many were averaged. Seeds are
+    repeated trainings on the same patients, not more patients, so a mean ± sd or a count of patients
+    is taken over these rows. A table with one seed (or none) comes back as it is."""
+    if "seed" not in table or table["seed"].nunique() <= 1:
+        return table.reset_index(drop=True)
+    keys = [c for c in PATIENT_KEYS if c in table]
+    flags = [c for c in table.columns if c not in keys and (c in FLAG_COLUMNS or pd.api.types.is_bool_dtype(table[c]))]
+    t = table.assign(**{c: table[c].astype("boolean").fillna(False).astype(bool) for c in flags})
+    how = {c: ("any" if c in flags else "mean" if pd.api.types.is_numeric_dtype(t[c]) and c != "seed" else "first")
+           for c in t.columns if c not in keys}
+    g = t.sort_values("seed", kind="stable").groupby(keys, sort=False, dropna=False)
+    out = g.agg(how).join(g["seed"].nunique().rename("seeds")).reset_index()
+    return out[[*table.columns, "seeds"]]
 
 
 def bootstrap_ci(values: Sequence[float], *, ci: float = 0.95, n_boot: int = 2000, seed: int = 0,
@@ -452,10 +476,11 @@ def compare_run(results, rows: pd.DataFrame, *, table: str, reported: pd.DataFra
                 detail: str = "", **kwargs) -> ComparisonTable:
     """:func:`compare_with_paper` for a run: the numbers its paper (``results.chapter``) reports in
     ``table`` (or the rows ``reported`` of them) beside the run's per-case ``rows``, captioned with
-    :func:`data_source` (``detail``) and the run's profile. ``kwargs``: ``method_map``,
+    :func:`data_source` (``detail``) and the run's profile; seeds averaged per patient first
+    (:func:`average_seeds`). ``kwargs``: ``method_map``,
     ``metric_map``, ``metrics``, ``digits`` ... of :func:`compare_with_paper`."""
     rep = papers.reported(results.chapter, table=table) if reported is None else reported
-    out = compare_with_paper(rep, rows, paper=results.chapter, data_source=data_source(results, detail),
+    out = compare_with_paper(rep, average_seeds(rows), paper=results.chapter, data_source=data_source(results, detail),
                              profile=results.profile, table=table, **kwargs)
     ceiling = ceiling_sentence(results)
     return ComparisonTable(out.frame, out.numbers, f"{out.caption} {ceiling}" if ceiling else out.caption,

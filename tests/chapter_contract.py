@@ -13,7 +13,8 @@ It checks, for that chapter:
 * a run killed inside its first job's training and resumed gives the same metrics as an uninterrupted run;
 * :class:`~npcrepro.engine.results.Results` round-trips (what the runner returned = what it reads);
 * every recipe value that differs from the paper at some profile has a reason in DEVIATIONS, and
-  every paper value in PAPER equals the transcription in :mod:`npcrepro.papers`.
+  every paper value in PAPER equals the transcription in :mod:`npcrepro.papers`;
+* a chapter that judges claims trains at least :attr:`ChapterContract.min_seeds` seeds per network.
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ class ChapterContract:
     overrides: dict = {}
     #: The first job is killed at this training iteration (after a checkpoint, ideally).
     kill_at: int = 2
+    #: The fewest trainings (seeds) per network at the profiles where the chapter judges claims
+    #: (issue 44: 2 at cpu, 3 at gpu); empty for a chapter that judges none (the template).
+    min_seeds: dict = {"cpu": 2, "gpu": 3}
 
     # ------------------------------------------------------------------ fixtures
     @pytest.fixture(scope="class")
@@ -70,6 +74,13 @@ class ChapterContract:
         assert sorted(cell) == sorted(registry), (
             f"only in the notebook: {sorted(set(cell) - set(registry))}; "
             f"only in the registry: {sorted(set(registry) - set(cell))}")
+
+    def test_claims_rest_on_several_trainings(self):
+        from npcrepro import profiles
+
+        for profile, n in self.min_seeds.items():
+            P = profiles.resolve(self.chapter, profile)
+            assert int(P["seeds"]) >= n, f"{self.chapter} at {profile}: {P['seeds']} seed(s), claims need {n}"
 
     def test_smoke_run_writes_the_layout(self, full):
         from npcrepro.engine.experiment import job_dir

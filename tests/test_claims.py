@@ -65,6 +65,21 @@ def test_compare_counts_patients_not_seeds():
         claims.compare(_table(diffs), "A", "C")
 
 
+def test_compare_says_how_many_trainings_stand_behind_each_patient():
+    from npcrepro.evaluation import average_seeds
+
+    t = _table([0.05, 0.02, 0.04], seeds=3)
+    assert claims.compare(t, "A", "B")["seeds"] == 3
+    assert claims.compare(average_seeds(t), "A", "B")["seeds"] == 3  # an averaged table keeps the count
+    assert claims.compare(t[t["seed"] == 0], "A", "B")["seeds"] == 1
+    assert claims.compare(t.drop(columns="seed"), "A", "B")["seeds"] == 1
+    # one patient of B trained once: the fewest trainings behind a patient's mean
+    short = t[~((t["method"] == "B") & (t["case"] == "p1") & (t["seed"] > 0))]
+    assert claims.compare(average_seeds(short), "A", "B")["seeds"] == 1
+    r, same = claims.compare(t, "A", "B"), claims.compare(average_seeds(t), "A", "B")
+    assert {k: v for k, v in r.items()} == pytest.approx({k: v for k, v in same.items()}, nan_ok=True)
+
+
 def test_compare_uses_only_patients_both_were_scored_on():
     t = _table([0.1, 0.2, 0.3])
     t = t[~((t["method"] == "B") & (t["case"] == "p2"))]

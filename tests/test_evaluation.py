@@ -32,6 +32,22 @@ def test_format_mean_sd():
     assert E.format_mean_sd(None) == "—" and E.format_mean_sd(float("nan")) == "—"
 
 
+def test_average_seeds_by_hand():
+    t = pd.DataFrame({"method": ["a"] * 4 + ["b"] * 2, "fold": 0, "case": ["p", "p", "q", "q", "p", "q"],
+                      "structure": "GTVp", "seed": [1, 0, 0, 1, 0, 0], "dice": [0.8, 0.6, 0.5, np.nan, 0.4, 0.3],
+                      "pred_empty": [False, True, False, pd.NA, False, False],
+                      "status": ["s1", "s0", "x", "x", "y", "y"]})
+    a = E.average_seeds(t).set_index(["method", "case"])
+    assert list(E.average_seeds(t).columns) == [*t.columns, "seeds"]
+    assert a.loc[("a", "p"), "dice"] == pytest.approx(0.7) and a.loc[("a", "p"), "seeds"] == 2
+    assert a.loc[("a", "q"), "dice"] == 0.5          # a NaN seed is left out of the mean
+    assert bool(a.loc[("a", "p"), "pred_empty"]) and not bool(a.loc[("a", "q"), "pred_empty"])  # any seed
+    assert a.loc[("a", "p"), "seed"] == 0 and a.loc[("a", "p"), "status"] == "s0"  # the first seed's
+    assert a.loc[("b", "p"), "seeds"] == 1 and len(a) == 4
+    one = t[t["seed"] == 0]
+    pd.testing.assert_frame_equal(E.average_seeds(one), one.reset_index(drop=True))  # one seed: as it is
+
+
 def test_summarize_matches_numpy():
     s = E.summarize(_table(DICE_A, empty=(3,)), seed=1).set_index("metric")
     assert set(s.index) == {"dice", "hd"}  # flags and identifiers are not metrics

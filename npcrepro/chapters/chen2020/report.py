@@ -62,10 +62,11 @@ def comparison(results, table: str = TABLE_I):
 
 
 def summary_table(results) -> pd.DataFrame:
-    """Reproduced mean ± sd per row (all rows run, including the pre-trainings), with training time."""
-    from npcrepro.evaluation import format_mean_sd
+    """Reproduced mean ± sd per row over the test patients (all rows run, including the pre-trainings;
+    seeds averaged per patient first), with training time."""
+    from npcrepro.evaluation import average_seeds, format_mean_sd
 
-    m, tr = results.metrics, results.training
+    m, tr = average_seeds(results.metrics), results.training
     out = []
     for k in [k for k in results.methods if k in set(m["method"])]:
         g = m[m["method"] == k]
@@ -103,7 +104,8 @@ def three_questions(results, metric: str = "dice") -> pd.DataFrame:
     Columns: the two rows, reported and reproduced mean differences (A - B) over the test patients
     (each patient's rows averaged first), paired t-test and Wilcoxon p-values, the patients favouring
     each side, the Wilcoxon p Holm-adjusted over the claims tested, the difference detectable with 80 %
-    power, n patients and the verdict of :func:`npcrepro.claims.judge` (each claim says A > B).
+    power, n patients, the seeds averaged per patient and the verdict of :func:`npcrepro.claims.judge`
+    (each claim says A > B).
     Comparisons whose rows were not run say so.
     """
     from npcrepro.claims import compare, judge
@@ -133,7 +135,8 @@ def three_questions(results, metric: str = "dice") -> pd.DataFrame:
             row.update({"reproduced A - B": t["mean_diff"], "sd of difference": t["sd_diff"],
                         "p (paired t)": t["p_t"], "p (Wilcoxon)": t["p_wilcoxon"], "p (Holm)": t["p_holm"],
                         "patients favouring A / B": f"{t['favour_a']} / {t['favour_b']}",
-                        "detectable difference": t["detectable"], "n": t["n"], "verdict": t["verdict"]})
+                        "detectable difference": t["detectable"], "n": t["n"], "seeds": t["seeds"],
+                        "verdict": t["verdict"]})
         else:
             row.update({"reproduced A - B": np.nan, "n": 0, "verdict": "not run"})
         out.append(row)

@@ -26,9 +26,12 @@ def data_label(results) -> str:
 
 
 def converged(results) -> pd.DataFrame:
-    """The per-patient rows of networks that trained to the end with a finite loss, scored."""
+    """The per-patient rows of networks that trained to the end with a finite loss, scored; seeds
+    averaged per patient (:func:`npcrepro.evaluation.average_seeds`)."""
+    from npcrepro.evaluation import average_seeds
+
     m = results.metrics
-    return m[m["status"] == CONVERGED].dropna(subset=["dice"])
+    return average_seeds(m[m["status"] == CONVERGED].dropna(subset=["dice"]))
 
 
 def run_cases(results) -> list[str]:
@@ -83,14 +86,18 @@ def _mean_sd(g: pd.DataFrame, col: str, digits: int, unit: str = "") -> str:
 
 def summary_table(results) -> pd.DataFrame:
     """Reproduced mean ± sd per method over all pooled patients, the pooled-voxel F1, how many
-    patients got an empty prediction, training status and time (CSCN: both stages)."""
+    patients got an empty prediction, training status and time (CSCN: both stages). Seeds are
+    averaged per patient first; the pooled F1 sums every seed's voxels."""
+    from npcrepro.evaluation import average_seeds
+
     m = results.metrics
     f1p = pooled_f1(m) if "tp" in m else pd.Series(dtype=float)
     tr = results.training
     out = []
     for method in ordered_methods(results):
         g = m[m["method"] == method]
-        ok = g.dropna(subset=["dice"]) if "dice" in g else g.iloc[:0]
+        ok = average_seeds(g.dropna(subset=["dice"])) if "dice" in g else g.iloc[:0]
+        g = average_seeds(g)
         t = tr[tr["method"].isin(["CSCN", "BUNet"] if method == "CSCN" else [method])]
         out.append({"method": method, "patients": len(g), "scored": len(ok),
                     "DSC": _mean_sd(ok, "dice", 3), "ASSD (mm)": _mean_sd(ok, "assd", 2),
@@ -199,6 +206,10 @@ def _seg_bias(prec: float, rec: float) -> str:
     return "over- and under-segmentation are about balanced"
 
 
+def _trainings(seeds: int) -> str:
+    return "one training" if seeds == 1 else f"the mean of {seeds} trainings (seeds)"
+
+
 def headline(results) -> dict[str, Any]:
     """Numbers the chapter's prose quotes (for myst-nb ``glue``): per method mean DSC, ASSD as text, the
     CSCN - best baseline DSC difference with a paired test over patients and its verdict on "CSCN is
@@ -224,7 +235,8 @@ def headline(results) -> dict[str, Any]:
                    cscn_rank=rank, n_methods=len(means))
         out["verdict"] = (f"CSCN ranks {rank} of {len(means)} by mean DSC (the paper: first); the claim that it "
                           f"beats the best baseline, {best}: {t['verdict']} ({t['favour_a']} of {t['n']} "
-                          f"patients favour CSCN, Wilcoxon p = {out['cscn_vs_best_p']}, paired by patient)")
+                          f"patients favour CSCN, Wilcoxon p = {out['cscn_vs_best_p']}, paired by patient, "
+                          f"{_trainings(t['seeds'])} per patient)")
     if "BUNet" in means and "CSCN" in means:
         out["cascade_gain"] = f"{means['CSCN'] - means['BUNet']:+.3f}"
     v = m[m["method"] == "V-Net"]

@@ -38,15 +38,10 @@ CLAIM_REPORTED = {
 def _patients(res) -> pd.DataFrame:
     """One row per (method, patient): each metric averaged over the patient's rows (its seeds), and
     the empty-mask flags of any of them (a patient failed when its prediction was empty in a seed)."""
-    t = res.metrics
-    keys = ["method", "case"]
-    cols = [m for m in METRICS if m in t]
-    out = t.groupby(keys, sort=False)[cols].mean()
-    flags = [f for f in ("pred_empty", "ref_empty") if f in t]
-    if flags:
-        out = out.join(t[keys + flags].assign(**{f: t[f].astype("boolean").fillna(False).astype(bool)
-                                                  for f in flags}).groupby(keys, sort=False)[flags].any())
-    return out.reset_index()
+    from npcrepro.evaluation import FLAG_COLUMNS, average_seeds
+
+    t = average_seeds(res.metrics)
+    return t[["method", "case"] + [c for c in (*METRICS, *FLAG_COLUMNS) if c in t]]
 
 
 def _present(res) -> list[str]:
@@ -244,7 +239,7 @@ def claims_table(res) -> pd.DataFrame:
                      "patients favouring": f"{t['favour_a']} vs {t['favour_b']} of {t['n']}",
                      "p (Wilcoxon)": f"{t['p_wilcoxon']:.3g}", "p (Holm)": f"{t['p_holm']:.3g}",
                      "detectable Δ": "n/a" if not math.isfinite(t["detectable"]) else f"{t['detectable']:.3f}",
-                     "patients": int(t["n"]), "verdict": verdict,
+                     "patients": int(t["n"]), "seeds": int(t["seeds"]), "verdict": verdict,
                      "trained out?": _trained_out(readings, better, worse)})
     return pd.DataFrame(rows)
 

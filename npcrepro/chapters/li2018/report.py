@@ -31,10 +31,13 @@ def main_method(results) -> str:
 
 
 def per_case(results, method: str | None = None):
-    """One row per patient of ``method`` (first seed): the chapter's per-patient table."""
+    """One row per patient of ``method``: the chapter's per-patient table, seeds averaged per patient
+    (:func:`npcrepro.evaluation.average_seeds`; ``seed`` is the first seed, whose network the figures
+    show)."""
+    from npcrepro.evaluation import average_seeds
+
     m = results.metrics
-    seed = results.seeds[0] if results.seeds else 0
-    return m[(m["method"] == (method or main_method(results))) & (m["seed"] == seed)].reset_index(drop=True)
+    return average_seeds(m[m["method"] == (method or main_method(results))])
 
 
 def scheme(results) -> str:
@@ -225,7 +228,7 @@ def modes_table(results):
 
 
 def faithful_table(results):
-    """The faithful-recipe test, one row per SGD mode (faithful, printed) and fold: patients,
+    """The faithful-recipe test, one row per SGD mode (faithful, printed), fold and seed: patients,
     iterations run, whether the loss stayed finite, first and last logged losses (summed over pixels),
     the stage-1 loss change (%), the fold's DSC (mean over its patients) and the working mode's DSC on
     the same patients. Empty when no SGD mode ran."""
@@ -234,15 +237,18 @@ def faithful_table(results):
     from npcrepro.chapters.li2018.methods import SGD_MODES
 
     m, tr = results.metrics, results.training
+    m = m if "seed" in m else m.assign(seed=0)
+    tr = tr if "seed" in tr else tr.assign(seed=0)
     rows = []
     for mode in [x for x in SGD_MODES if x in results.methods]:
-        for _, t in tr[tr["method"] == mode].sort_values("fold").iterrows():
-            fold = int(t["fold"])
-            mine = m[(m["method"] == mode) & (m["fold"] == fold)]
-            work = m[(m["method"] == "working") & (m["fold"] == fold)]
+        for _, t in tr[tr["method"] == mode].sort_values(["fold", "seed"]).iterrows():
+            fold, seed = int(t["fold"]), int(t["seed"])
+            mine = m[(m["method"] == mode) & (m["fold"] == fold) & (m["seed"] == seed)]
+            work = m[(m["method"] == "working") & (m["fold"] == fold) & (m["seed"] == seed)]
             first, last1 = float(t["loss_first"]), float(t["loss_stage1"])
             change = 100.0 * (last1 - first) / abs(first) if np.isfinite(first) and np.isfinite(last1) and first else np.nan
-            rows.append({"mode": mode, "fold": fold, "patients": len(mine), "iterations": int(t["iterations"]),
+            rows.append({"mode": mode, "fold": fold, "seed": seed, "patients": len(mine),
+                         "iterations": int(t["iterations"]),
                          "loss finite": not str(t["diverged"] if isinstance(t["diverged"], str) else ""),
                          "first loss": first, "last loss stage 1": last1,
                          "last loss stage 3": float(t["loss_stage3"]),
@@ -265,7 +271,8 @@ def faithful_verdict(ft, mode: str = "faithful") -> str:
     work = t["working DSC (same patients)"]
     trained = int((t["loss finite"] & (t["DSC"] >= 0.1) & (t["DSC"] >= 0.5 * work.fillna(np.inf))).sum())
     change = t["stage-1 loss change (%)"].dropna()
-    parts = [f"kept a finite loss on {finite} of {len(t)} fold(s)"]
+    unit = "fold(s)" if "seed" not in t or t["seed"].nunique() <= 1 else "training(s) (folds x seeds)"
+    parts = [f"kept a finite loss on {finite} of {len(t)} {unit}"]
     if len(change):
         parts.append(f"its stage-1 loss changed by {change.mean():+.1f} % over the stage")
     parts.append(f"it reached DSC {t['DSC'].mean():.2f}" + (f" (working mode on the same patients: "

@@ -115,10 +115,11 @@ def method_table(P: Mapping[str, Any], n_classes: int, methods: Sequence[str] | 
 # ----------------------------------------------------------------------------------- tables of a run
 def scored(results) -> pd.DataFrame:
     """The rows the means use (:func:`npcrepro.evaluation.scored`: structures present in the patient's
-    reference), with ``key`` (the method's name) and ``method`` (its label, as the paper names it)."""
+    reference), seeds averaged per patient (:func:`npcrepro.evaluation.average_seeds`), with ``key``
+    (the method's name) and ``method`` (its label, as the paper names it)."""
     from npcrepro import evaluation
 
-    m = evaluation.scored(results.metrics).copy()
+    m = evaluation.average_seeds(evaluation.scored(results.metrics)).copy()
     m.insert(1, "key", m["method"])
     m["method"] = m["key"].map(results.label)
     return m
@@ -288,7 +289,8 @@ def claims_table(results, metric: str = "dice") -> pd.DataFrame:
     pairs = [(claim, a, b) for claim, ab in CLAIMS.items() for a, b in ab if a in have and b in have]
     judged = judge([compare(sc, a, b, metric, method_col="key") for _, a, b in pairs])
     return pd.DataFrame([{"claim": claim, "comparison": f"{method_label(a)} vs {method_label(b)}",
-                          "patients": r["n"], f"mean {metric} A": r["mean_a"], f"mean {metric} B": r["mean_b"],
+                          "patients": r["n"], "seeds": r["seeds"],
+                          f"mean {metric} A": r["mean_a"], f"mean {metric} B": r["mean_b"],
                           "difference A - B": r["mean_diff"], "p (paired t)": r["p_t"],
                           "p (Wilcoxon)": r["p_wilcoxon"], "p (Holm)": r["p_holm"],
                           "patients favouring A / B": f"{r['favour_a']} / {r['favour_b']}", "verdict": r["verdict"]}

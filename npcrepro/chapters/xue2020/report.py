@@ -48,8 +48,11 @@ def schedule_text(P) -> str:
     return ", ".join(parts)
 
 def labelled(results) -> pd.DataFrame:
-    """The run's per-patient metrics with ``method`` holding the paper's model names."""
-    m = results.metrics
+    """The run's per-patient metrics (seeds averaged per patient:
+    :func:`npcrepro.evaluation.average_seeds`) with ``method`` holding the paper's model names."""
+    from npcrepro.evaluation import average_seeds
+
+    m = average_seeds(results.metrics)
     return m.assign(method=m["method"].map(lambda n: results.label(n))) if len(m) else m
 
 
@@ -198,7 +201,8 @@ def p_value_table(results) -> pd.DataFrame:
     rows = []
     for metric, r in zip(METRICS, tests):
         rec = get(PAPER).P_VALUES[_REPORTED_METRIC[metric]]
-        rows.append({"metric": METRICS[metric], "n": int(r["n"]), "mean difference (DeepLabv3+ - U-Net)": r["mean_diff"],
+        rows.append({"metric": METRICS[metric], "n": int(r["n"]), "seeds": r["seeds"],
+                     "mean difference (DeepLabv3+ - U-Net)": r["mean_diff"],
                      "p, paired t-test (reported)": f"< {rec.high:g}" if rec.high is not None else f"{rec.value:g}",
                      "p, paired t-test (reproduced)": r["p_t"], "p, Wilcoxon (reproduced)": r["p_wilcoxon"],
                      "p, Wilcoxon, Holm over the 4 metrics": r["p_holm"],
@@ -218,6 +222,7 @@ def timing_table(results) -> pd.DataFrame:
     setting = (f"{recipe['hardware']['value']}; {'x'.join(map(str, recipe['input_size']['value']))} slices; "
                f"{recipe['epochs']['value']} epochs")
     tr = _training(results).set_index("model") if len(results.training) else pd.DataFrame()
+    tr = tr[~tr.index.duplicated()]  # the first seed's timings
     rows = []
     for m in MODELS:
         ms = rep[(rep["method"] == m) & (rep["metric"] == "ms_per_slice")]["value"]
@@ -295,7 +300,8 @@ def stage_table(results) -> pd.DataFrame:
 
 def training_note(best: Mapping[str, float | None]) -> str:
     """One sentence on whether each model learned, from its best validation loss (1 - soft DSC):
-    ``best`` = {model: best validation loss or None}. A model that did not learn makes the comparison
+    ``best`` = {model: best validation loss (its worse seed's, with several) or None}. A model that did
+    not learn makes the comparison
     one of a failed training with a working one, which the chapter says next to the numbers."""
     best = {m: float(v) for m, v in best.items() if v is not None and np.isfinite(v)}
     if not best:
@@ -328,12 +334,14 @@ def headline(results) -> dict[str, str]:
     cases = reference_cases(results)
     c0 = next(iter(cases.values()))
     tr = _training(results).set_index("model")
+    note = training_note(tr.groupby(level=0)["best_val_loss"].max().to_dict()) if len(tr) else training_note({})
+    tr = tr[~tr.index.duplicated()]  # the first seed's timings
     out = {"n_cases": str(len(cases)), "n_train": str(len(fold.train)), "n_val": str(len(fold.val)),
            "n_test": str(len(fold.test)), "profile": results.profile, "data": data_label(results),
            "grid": " × ".join(map(str, c0.shape)),
            "spacing": " × ".join(f"{s:.2f}".rstrip("0").rstrip(".") for s in c0.spacing) + " mm",
            "n_rp": str(sum(1 for c in cases.values() if c.meta.get("xue2020", {}).get("rp_nodes"))),
-           "training_note": training_note({m: tr.loc[m, "best_val_loss"] for m in tr.index}),
+           "training_note": note,
            "schedule": schedule_text(results.params)}
     if len(tr):
         out.update(train_slices=str(int(tr["train_slices"].iloc[0])), threads=str(int(tr["threads"].iloc[0])),
