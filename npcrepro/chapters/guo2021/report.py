@@ -206,7 +206,7 @@ def _seg_bias(prec: float, rec: float) -> str:
     return "over- and under-segmentation are about balanced"
 
 
-def _trainings(seeds: int) -> str:
+def _trainings_text(seeds: int) -> str:
     return "one training" if seeds == 1 else f"the mean of {seeds} trainings (seeds)"
 
 
@@ -236,7 +236,7 @@ def headline(results) -> dict[str, Any]:
         out["verdict"] = (f"CSCN ranks {rank} of {len(means)} by mean DSC (the paper: first); the claim that it "
                           f"beats the best baseline, {best}: {t['verdict']} ({t['favour_a']} of {t['n']} "
                           f"patients favour CSCN, Wilcoxon p = {out['cscn_vs_best_p']}, paired by patient, "
-                          f"{_trainings(t['seeds'])} per patient)")
+                          f"{_trainings_text(t['seeds'])} per patient)")
     if "BUNet" in means and "CSCN" in means:
         out["cascade_gain"] = f"{means['CSCN'] - means['BUNet']:+.3f}"
     v = m[m["method"] == "V-Net"]

@@ -104,8 +104,13 @@ def reference_cases(results, names=None) -> dict:
 
 
 def _training(results) -> pd.DataFrame:
+    """The run's training rows indexed by model (the paper's names), one per model: its first seed's."""
     t = results.training
-    return t.assign(model=t["method"].map(lambda n: results.label(n))) if len(t) else t
+    if not len(t):
+        return pd.DataFrame()
+    t = (t.sort_values("seed", kind="stable") if "seed" in t else t).assign(model=t["method"].map(results.label))
+    t = t.set_index("model")
+    return t[~t.index.duplicated()]
 
 
 # ----------------------------------------------------------------------------------- tables
@@ -221,8 +226,7 @@ def timing_table(results) -> pd.DataFrame:
     recipe = papers.info(PAPER).recipe
     setting = (f"{recipe['hardware']['value']}; {'x'.join(map(str, recipe['input_size']['value']))} slices; "
                f"{recipe['epochs']['value']} epochs")
-    tr = _training(results).set_index("model") if len(results.training) else pd.DataFrame()
-    tr = tr[~tr.index.duplicated()]  # the first seed's timings
+    tr = _training(results)
     rows = []
     for m in MODELS:
         ms = rep[(rep["method"] == m) & (rep["metric"] == "ms_per_slice")]["value"]
@@ -333,9 +337,9 @@ def headline(results) -> dict[str, str]:
     fold = results.splits()[0]
     cases = reference_cases(results)
     c0 = next(iter(cases.values()))
-    tr = _training(results).set_index("model")
-    note = training_note(tr.groupby(level=0)["best_val_loss"].max().to_dict()) if len(tr) else training_note({})
-    tr = tr[~tr.index.duplicated()]  # the first seed's timings
+    tr, t = _training(results), results.training
+    note = training_note({results.label(k): v for k, v in t.groupby("method")["best_val_loss"].max().items()}
+                         if len(t) else {})
     out = {"n_cases": str(len(cases)), "n_train": str(len(fold.train)), "n_val": str(len(fold.val)),
            "n_test": str(len(fold.test)), "profile": results.profile, "data": data_label(results),
            "grid": " × ".join(map(str, c0.shape)),
