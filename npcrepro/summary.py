@@ -333,6 +333,66 @@ def flags_table(out_dir: str | Path, profile: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FLAG_COLUMNS)
 
 
+#: The columns of :func:`time_budget` (minutes summed over a run's jobs).
+BUDGET_COLUMNS = ["chapter", "run", "device", "threads", "jobs", "preparing", "training", "predicting", "rest",
+                  "all jobs", "training share"]
+
+
+def time_budget(out_dir: str | Path, profile: str) -> pd.DataFrame:
+    """Where the jobs' time went in the newest run of each chapter and run name under
+    ``<out_dir>/<profile>/``, in minutes summed over the run's jobs (from each job's training record,
+    :func:`npcrepro.engine.experiment.run_job`): ``preparing`` the cases, ``training`` (the optimiser's
+    iterations, validation included), ``predicting`` the test cases at the full budget, and the ``rest``
+    (the half-budget check's predictions, scoring both, writing masks); ``training share`` is training
+    over ``all jobs``. Jobs that ran side by side overlap in wall-clock time, so a run's minutes here
+    exceed its wall clock by about the jobs at once. ``device`` and ``threads`` (torch threads per job)
+    are the run's recorded environment. A last row ``all`` sums the runs; empty frame (with the columns)
+    when no run recorded its jobs' seconds."""
+    needed = ["train_seconds", "job_seconds", "prepare_seconds", "infer_seconds"]
+    rows = []
+    for (chapter, name), res in newest_results(out_dir, profile).items():
+        t = res.training
+        if t is None or not len(t) or any(c not in t for c in needed):
+            continue
+        s = {c: float(pd.to_numeric(t[c], errors="coerce").sum()) / 60 for c in needed}
+        env = res.environment
+        rows.append({"chapter": chapter, "run": name, "device": env.get("device"),
+                     "threads": env.get("torch_threads"), "jobs": len(t), "preparing": s["prepare_seconds"],
+                     "training": s["train_seconds"] - s["prepare_seconds"], "predicting": s["infer_seconds"],
+                     "rest": s["job_seconds"] - s["train_seconds"] - s["infer_seconds"],
+                     "all jobs": s["job_seconds"]})
+    if not rows:
+        return pd.DataFrame(columns=BUDGET_COLUMNS)
+    df = pd.DataFrame(rows)
+    total = {"chapter": "all", "run": "", "device": "", "threads": "",
+             **df.drop(columns=["chapter", "run", "device", "threads"]).sum().to_dict()}
+    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+    df["jobs"] = df["jobs"].astype(int)
+    df["training share"] = df["training"] / df["all jobs"]
+    return df[BUDGET_COLUMNS]
+
+
+def time_floor(budget: pd.DataFrame, cores: int | None) -> str:
+    """A sentence: the least wall-clock time in which a machine with ``cores`` CPU cores could train
+    the runs of ``budget`` (:func:`time_budget`), each job on the threads it had and every core busy
+    from start to end: the training minutes times the threads, over the cores. What a build of these
+    runs cannot go below on that machine without shorter or fewer trainings. Runs trained on another
+    device than the CPU are left out (said in the sentence)."""
+    runs = budget[budget["chapter"] != "all"]
+    cpu = runs[runs["device"].astype(str).eq("cpu")]
+    if cpu.empty or not cores:
+        return "no run trained on the CPU recorded its jobs' training time"
+    train = float(cpu["training"].sum())
+    core_minutes = float((cpu["training"] * pd.to_numeric(cpu["threads"], errors="coerce").fillna(1)).sum())
+    other = float(cpu["all jobs"].sum()) - train
+    n = len(runs) - len(cpu)
+    left = f" ({n} run{'s' if n > 1 else ''} on another device left out)" if n else ""
+    return (f"the CPU runs' trainings sum to {train:.0f} min of job time ({core_minutes:.0f} core-minutes at "
+            f"their threads per job); on {int(cores)} cores kept busy throughout they cannot take less than "
+            f"{core_minutes / int(cores):.0f} min of wall clock, and preparing, predicting and scoring add "
+            f"{other:.0f} min of job time{left}")
+
+
 # ---------------------------------------------------------------------------------- committed runs
 #: Run folders behind committed executed chapters (the gpu-lite chapters trained on a lent GPU), in the
 #: layout of ``runs/`` (``<profile>/<chapter>/<stamp>-<name>/``) and relative to the book root (the

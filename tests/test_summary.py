@@ -171,6 +171,42 @@ def test_convergence_table_takes_the_newest_run_of_each_track(tmp_path):
     assert t.loc[("phantom", "B"), "reading"] == "undecided"  # one test case: no interval
 
 
+def _with_jobs(root, chapter: str, folder: str, jobs: list[tuple], device="cpu", threads=1) -> None:
+    """Add a training record to a :func:`_fake_run` folder: ``jobs`` of (prepare, train, infer, job)
+    seconds, ``train`` counted from the job's start as the runner records it (preparation included)."""
+    import json
+
+    p = root / "cpu" / chapter / folder
+    pd.DataFrame([{"method": "a", "fold": 0, "seed": i, "prepare_seconds": pr, "train_seconds": tr,
+                   "infer_seconds": inf, "job_seconds": job} for i, (pr, tr, inf, job) in enumerate(jobs)]).to_csv(
+        p / "training.csv", index=False)
+    (p / "environment.json").write_text(json.dumps({"device": device, "torch_threads": threads}))
+
+
+def test_time_budget_splits_each_runs_job_minutes_and_the_floor_counts_cpu_training_over_the_cores(tmp_path):
+    assert list(summary.time_budget(tmp_path, "cpu").columns) == summary.BUDGET_COLUMNS  # no run: empty
+    _fake_run(tmp_path, "xue2020", "20260102-000000-phantom", {"a": 0.8}, {"a": 0.8})
+    _with_jobs(tmp_path, "xue2020", "20260102-000000-phantom", [(6, 606, 60, 720), (6, 366, 60, 480)])
+    _fake_run(tmp_path, "li2018", "20260102-000000-cv", {"a": 0.7}, {"a": 0.7})
+    _with_jobs(tmp_path, "li2018", "20260102-000000-cv", [(0, 240, 30, 300)], threads=2)
+    _fake_run(tmp_path, "chen2020", "20260102-000000-cv", {"a": 0.7}, {"a": 0.7})  # no training record: left out
+    t = summary.time_budget(tmp_path, "cpu").set_index("chapter")
+    assert list(t.index) == ["li2018", "xue2020", "all"]
+    x = t.loc["xue2020"]
+    assert (x["jobs"], x["preparing"], x["training"], x["predicting"]) == (2, 0.2, 16.0, 2.0)
+    assert x["rest"] == pytest.approx((720 + 480 - 606 - 366 - 120) / 60)  # the half-budget check, scoring
+    assert x["all jobs"] == 20.0 and x["training share"] == pytest.approx(0.8)
+    assert t.loc["all", "training"] == 20.0 and t.loc["all", "all jobs"] == 25.0 and t.loc["all", "jobs"] == 3
+    # 16 min on one thread and 4 min on two: 24 core-minutes, 12 min on 2 cores
+    line = summary.time_floor(summary.time_budget(tmp_path, "cpu"), 2)
+    assert "sum to 20 min of job time (24 core-minutes" in line and "less than 12 min of wall clock" in line
+    assert "add 5 min of job time" in line and "left out" not in line
+    _with_jobs(tmp_path, "li2018", "20260102-000000-cv", [(0, 240, 30, 300)], device="cuda")
+    line = summary.time_floor(summary.time_budget(tmp_path, "cpu"), 2)
+    assert "sum to 16 min" in line and "less than 8 min" in line and "(1 run on another device left out)" in line
+    assert summary.time_floor(summary.time_budget(tmp_path, "cpu"), None).startswith("no run trained on the CPU")
+
+
 # ------------------------------------------------------------------------ committed runs of another profile
 def _run_folder(root, profile, chapter, name, dice, half=None, methods=(("unet2d", "2D U-Net"),)):
     """A finished run folder of the runner's layout with one row per (method, case)."""
