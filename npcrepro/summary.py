@@ -345,8 +345,9 @@ def time_budget(out_dir: str | Path, profile: str) -> pd.DataFrame:
     iterations, validation included), ``predicting`` the test cases at the full budget, and the ``rest``
     (the half-budget check's predictions, scoring both, writing masks); ``training share`` is training
     over ``all jobs``. Jobs that ran side by side overlap in wall-clock time, so a run's minutes here
-    exceed its wall clock by about the jobs at once. ``device`` and ``threads`` (torch threads per job)
-    are the run's recorded environment. A last row ``all`` sums the runs; empty frame (with the columns)
+    exceed its wall clock by about the jobs at once. ``device`` and ``threads`` are the device and torch
+    threads of the run's environment record (the threads its jobs trained on when each ran on the
+    process's threads). A last row ``all`` sums the runs; empty frame (with the columns)
     when no run recorded its jobs' seconds."""
     needed = ["train_seconds", "job_seconds", "prepare_seconds", "infer_seconds"]
     rows = []
@@ -387,10 +388,13 @@ def time_floor(budget: pd.DataFrame, cores: int | None) -> str:
     other = float(cpu["all jobs"].sum()) - train
     n = len(runs) - len(cpu)
     left = f" ({n} run{'s' if n > 1 else ''} on another device left out)" if n else ""
-    return (f"the CPU runs' trainings sum to {train:.0f} min of job time ({core_minutes:.0f} core-minutes at "
+    def mins(x: float) -> str:
+        return f"{x:.1f}" if x < 10 else f"{x:.0f}"
+
+    return (f"the CPU runs' trainings sum to {mins(train)} min of job time ({mins(core_minutes)} core-minutes at "
             f"their threads per job); on {int(cores)} cores kept busy throughout they cannot take less than "
-            f"{core_minutes / int(cores):.0f} min of wall clock, and preparing, predicting and scoring add "
-            f"{other:.0f} min of job time{left}")
+            f"{mins(core_minutes / int(cores))} min of wall clock, and preparing, predicting and scoring add "
+            f"{mins(other)} min of job time{left}")
 
 
 # ---------------------------------------------------------------------------------- committed runs

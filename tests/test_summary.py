@@ -200,10 +200,10 @@ def test_time_budget_splits_each_runs_job_minutes_and_the_floor_counts_cpu_train
     # 16 min on one thread and 4 min on two: 24 core-minutes, 12 min on 2 cores
     line = summary.time_floor(summary.time_budget(tmp_path, "cpu"), 2)
     assert "sum to 20 min of job time (24 core-minutes" in line and "less than 12 min of wall clock" in line
-    assert "add 5 min of job time" in line and "left out" not in line
+    assert "add 5.0 min of job time" in line and "left out" not in line  # one decimal under 10 min
     _with_jobs(tmp_path, "li2018", "20260102-000000-cv", [(0, 240, 30, 300)], device="cuda")
     line = summary.time_floor(summary.time_budget(tmp_path, "cpu"), 2)
-    assert "sum to 16 min" in line and "less than 8 min" in line and "(1 run on another device left out)" in line
+    assert "sum to 16 min" in line and "less than 8.0 min" in line and "(1 run on another device left out)" in line
     assert summary.time_floor(summary.time_budget(tmp_path, "cpu"), None).startswith("no run trained on the CPU")
 
 
