@@ -334,8 +334,8 @@ def flags_table(out_dir: str | Path, profile: str) -> pd.DataFrame:
 
 
 #: The columns of :func:`time_budget` (minutes summed over a run's jobs).
-BUDGET_COLUMNS = ["chapter", "run", "device", "threads", "jobs", "preparing", "training", "predicting", "rest",
-                  "all jobs", "training share"]
+BUDGET_COLUMNS = ["chapter", "run", "device", "threads", "cores", "jobs", "preparing", "training", "predicting",
+                  "rest", "all jobs", "training share"]
 
 
 def time_budget(out_dir: str | Path, profile: str) -> pd.DataFrame:
@@ -345,9 +345,9 @@ def time_budget(out_dir: str | Path, profile: str) -> pd.DataFrame:
     iterations, validation included), ``predicting`` the test cases at the full budget, and the ``rest``
     (the half-budget check's predictions, scoring both, writing masks); ``training share`` is training
     over ``all jobs``. Jobs that ran side by side overlap in wall-clock time, so a run's minutes here
-    exceed its wall clock by about the jobs at once. ``device`` and ``threads`` are the device and torch
-    threads of the run's environment record (the threads its jobs trained on when each ran on the
-    process's threads). A last row ``all`` sums the runs; empty frame (with the columns)
+    exceed its wall clock by about the jobs at once. ``device``, ``threads`` and ``cores`` are the device,
+    torch threads and CPU cores of the run's environment record (the threads its jobs trained on when
+    each ran on the process's threads). A last row ``all`` sums the runs; empty frame (with the columns)
     when no run recorded its jobs' seconds."""
     needed = ["train_seconds", "job_seconds", "prepare_seconds", "infer_seconds"]
     rows = []
@@ -358,29 +358,33 @@ def time_budget(out_dir: str | Path, profile: str) -> pd.DataFrame:
         s = {c: float(pd.to_numeric(t[c], errors="coerce").sum()) / 60 for c in needed}
         env = res.environment
         rows.append({"chapter": chapter, "run": name, "device": env.get("device"),
-                     "threads": env.get("torch_threads"), "jobs": len(t), "preparing": s["prepare_seconds"],
+                     "threads": env.get("torch_threads"), "cores": env.get("cpu_count"), "jobs": len(t), "preparing": s["prepare_seconds"],
                      "training": s["train_seconds"] - s["prepare_seconds"], "predicting": s["infer_seconds"],
                      "rest": s["job_seconds"] - s["train_seconds"] - s["infer_seconds"],
                      "all jobs": s["job_seconds"]})
     if not rows:
         return pd.DataFrame(columns=BUDGET_COLUMNS)
     df = pd.DataFrame(rows)
-    total = {"chapter": "all", "run": "", "device": "", "threads": "",
-             **df.drop(columns=["chapter", "run", "device", "threads"]).sum().to_dict()}
+    total = {"chapter": "all", "run": "", "device": "", "threads": "", "cores": "",
+             **df.drop(columns=["chapter", "run", "device", "threads", "cores"]).sum().to_dict()}
     df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
     df["jobs"] = df["jobs"].astype(int)
     df["training share"] = df["training"] / df["all jobs"]
     return df[BUDGET_COLUMNS]
 
 
-def time_floor(budget: pd.DataFrame, cores: int | None) -> str:
-    """A sentence: the least wall-clock time in which a machine with ``cores`` CPU cores could train
+def time_floor(budget: pd.DataFrame, cores: int | None = None) -> str:
+    """A sentence: the least wall-clock time in which a machine with ``cores`` CPU cores (default: the
+    most the CPU runs recorded, the machine that trained them) could train
     the runs of ``budget`` (:func:`time_budget`), each job on the threads it had and every core busy
     from start to end: the training minutes times the threads, over the cores. What a build of these
     runs cannot go below on that machine without shorter or fewer trainings. Runs trained on another
     device than the CPU are left out (said in the sentence)."""
     runs = budget[budget["chapter"] != "all"]
     cpu = runs[runs["device"].astype(str).eq("cpu")]
+    if cores is None and not cpu.empty:
+        found = pd.to_numeric(cpu["cores"], errors="coerce").max()
+        cores = None if pd.isna(found) else int(found)
     if cpu.empty or not cores:
         return "no run trained on the CPU recorded its jobs' training time"
     train = float(cpu["training"].sum())

@@ -171,7 +171,7 @@ def test_convergence_table_takes_the_newest_run_of_each_track(tmp_path):
     assert t.loc[("phantom", "B"), "reading"] == "undecided"  # one test case: no interval
 
 
-def _with_jobs(root, chapter: str, folder: str, jobs: list[tuple], device="cpu", threads=1) -> None:
+def _with_jobs(root, chapter: str, folder: str, jobs: list[tuple], device="cpu", threads=1, cores=None) -> None:
     """Add a training record to a :func:`_fake_run` folder: ``jobs`` of (prepare, train, infer, job)
     seconds, ``train`` counted from the job's start as the runner records it (preparation included)."""
     import json
@@ -180,7 +180,8 @@ def _with_jobs(root, chapter: str, folder: str, jobs: list[tuple], device="cpu",
     pd.DataFrame([{"method": "a", "fold": 0, "seed": i, "prepare_seconds": pr, "train_seconds": tr,
                    "infer_seconds": inf, "job_seconds": job} for i, (pr, tr, inf, job) in enumerate(jobs)]).to_csv(
         p / "training.csv", index=False)
-    (p / "environment.json").write_text(json.dumps({"device": device, "torch_threads": threads}))
+    env = {"device": device, "torch_threads": threads, **({"cpu_count": cores} if cores else {})}
+    (p / "environment.json").write_text(json.dumps(env))
 
 
 def test_time_budget_splits_each_runs_job_minutes_and_the_floor_counts_cpu_training_over_the_cores(tmp_path):
@@ -205,6 +206,8 @@ def test_time_budget_splits_each_runs_job_minutes_and_the_floor_counts_cpu_train
     line = summary.time_floor(summary.time_budget(tmp_path, "cpu"), 2)
     assert "sum to 16 min" in line and "less than 8.0 min" in line and "(1 run on another device left out)" in line
     assert summary.time_floor(summary.time_budget(tmp_path, "cpu"), None).startswith("no run trained on the CPU")
+    _with_jobs(tmp_path, "xue2020", "20260102-000000-phantom", [(6, 606, 60, 720), (6, 366, 60, 480)], cores=4)
+    assert "on 4 cores" in summary.time_floor(summary.time_budget(tmp_path, "cpu"))  # the cores the runs recorded
 
 
 # ------------------------------------------------------------------------ committed runs of another profile
