@@ -17,7 +17,7 @@ def _name(requirement: str) -> str:
 def test_the_wheelhouse_holds_every_requirement_of_the_book_install_but_torch():
     root = repo_root()
     out = subprocess.run(["bash", str(root / "scripts" / "wheelhouse.sh"), "--list"], capture_output=True,
-                         text=True, check=True).stdout.split()
+                         text=True, check=True).stdout.splitlines()
     meta = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     wanted = (meta["project"]["dependencies"] + meta["project"]["optional-dependencies"]["book"]
               + meta["build-system"]["requires"])

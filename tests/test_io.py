@@ -36,17 +36,44 @@ def test_round_trip_files(tmp_path, suffix, dtype):
     assert back.array.dtype == vol.array.dtype
 
 
-@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
-def test_nii_gz_is_a_plain_gzip_of_the_nii_with_the_same_bytes_each_time(tmp_path, dtype):
-    """Integer volumes are gzipped here, floats by ITK: either way the .nii.gz is the .nii file gzipped
-    (what every NIfTI reader expects) and two writes give the same bytes."""
-    vol = _volume(dtype)
+@pytest.mark.parametrize("compressor", ["isal", "zlib"])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32, np.int32, np.float64, bool])
+@pytest.mark.parametrize("shape", [(4, 6, 5), (1, 1, 1), (1, 7, 3)])
+def test_nii_gz_is_a_plain_gzip_of_the_nii_with_the_same_bytes_each_time(tmp_path, monkeypatch, compressor,
+                                                                          dtype, shape):
+    """Gzipped by ISA-L where it is installed, else by zlib (floats then by ITK): either way the .nii.gz is
+    the .nii file ITK writes, gzipped (what every NIfTI reader expects), and two writes give the same
+    bytes."""
+    if compressor == "zlib":
+        monkeypatch.setattr(io, "_isal", None)
+    elif io._isal is None:
+        pytest.skip("isal is not installed")
+    vol = _volume(dtype, shape)
     a = io.write(vol, tmp_path / "a.nii.gz")
     b = io.write(vol, tmp_path / "b.nii.gz")
     assert a.read_bytes() == b.read_bytes()
     plain = io.write(vol, tmp_path / "c.nii")
     assert gzip.decompress(a.read_bytes()) == plain.read_bytes()
+    np.testing.assert_array_equal(io.read(a).array, vol.array.astype(np.uint8) if dtype is bool else vol.array)
     assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_a_2d_nii_gz_is_the_2d_nii_itk_writes_gzipped(tmp_path, dtype):
+    arr = (np.random.default_rng(1).normal(size=(7, 5)) * 100).astype(dtype)
+    vol = io.Volume(arr, (0.5, 0.7), (1.0, -2.0), np.array([[0.0, 1.0], [1.0, 0.0]]))
+    a = io.write(vol, tmp_path / "a.nii.gz")
+    assert gzip.decompress(a.read_bytes()) == io.write(vol, tmp_path / "c.nii").read_bytes()
+    np.testing.assert_array_equal(io.read(a).array, arr)
+
+
+def test_nii_gz_gzips_what_itk_writes_where_its_header_is_not_the_expected_one(tmp_path, monkeypatch):
+    """Where the one-voxel header is not a plain NIfTI-1 header, ITK's whole file is gzipped instead."""
+    monkeypatch.setattr(io, "_nifti_header", lambda *a: None)
+    vol = _volume(np.int16)
+    a = io.write(vol, tmp_path / "a.nii.gz")
+    assert gzip.decompress(a.read_bytes()) == io.write(vol, tmp_path / "c.nii").read_bytes()
+    assert not list(tmp_path.glob(".*"))
 
 
 def test_bool_mask_written_as_uint8(tmp_path):
