@@ -6,7 +6,7 @@ Timed, per virtual patient (anatomy, lesions, every label, the images with their
 * ``cpu`` preset with DCE-MRI as well (65 frames).
 * paper-scale CT alone (``gpu`` preset: 96 x 512 x 512 at 0.98 x 0.98 x 3 mm). Target: a few s.
 * writing a ``cpu`` case to disk (``generate``: 4 channels + 24 masks, gzip NIfTI: ISA-L's where the
-  ``isal`` package is installed, else zlib's, as :func:`npcrepro.io.write` does).
+  ``isal`` package is installed, else zlib's, as :mod:`npcrepro.gz` does).
 * making and writing a ``gpu`` case (five channels, every mask), its images stored as whole numbers
   (int16, the preset's ``integer_images``) and as float32.
 
@@ -29,7 +29,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from npcrepro import io, phantom  # noqa: E402
+from npcrepro import gz, phantom  # noqa: E402
 
 TARGET_CPU_CASE_S = 1.0
 TARGET_PAPER_CT_S = 5.0
@@ -98,7 +98,7 @@ def main(quick: bool = False) -> dict:
           f"{results['cpu_generate_per_case']['wall_s']:.2f} s/case wall, "
           f"{results['cpu_generate_per_case']['cpu_s']:.2f} s CPU")
     g, f = results["gpu_generate_per_case"], results["gpu_generate_float_per_case"]
-    results["gzip"] = "zlib" if io._isal is None else "ISA-L"  # what npcrepro.io.write gzips NIfTI files with
+    results["gzip"] = gz.compressor()  # what npcrepro.io.write gzips NIfTI files with
     print(f"  generate, gpu preset {tuple(big.get('shape', phantom.PRESETS['gpu'].shape))}, five channels: "
           f"{g['wall_s']:.2f} s/case wall, {g['cpu_s']:.2f} s CPU; stored as float32 {f['cpu_s']:.2f} s CPU "
           f"({f['cpu_s'] / g['cpu_s']:.1f}x); gzipped by {results['gzip']}")

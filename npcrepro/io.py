@@ -10,11 +10,9 @@ Every failure caused by the input raises :class:`npcrepro.DataError` naming the 
 """
 from __future__ import annotations
 
-import gzip
 import os
 import struct
 import time
-import zlib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +21,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from npcrepro import gz
 from npcrepro.errors import DataError
-
-try:  # ISA-L's deflate (the same gzip format): about 4x zlib's speed on noisy images, 10x on masks
-    from isal import igzip as _igzip, isal_zlib as _isal
-except ImportError:  # a platform without its wheel: zlib
-    _igzip = _isal = None
-_gunzip_open = gzip.open if _igzip is None else _igzip.open  # reading: 3x zlib's speed on float noise
-_GZIP_ERRORS = (OSError, EOFError, zlib.error) + (() if _isal is None else (_isal.error,))
 
 __all__ = [
     "Geometry",
@@ -274,12 +266,12 @@ def _check_nifti(path: Path, suffix: str) -> np.ndarray | None:
     """
     try:
         if suffix == ".nii.gz":
-            with _gunzip_open(path, "rb") as fh:
+            with gz.open_read(path) as fh:
                 header = fh.read(352)
         else:
             with open(path, "rb") as fh:
                 header = fh.read(352)
-    except _GZIP_ERRORS as exc:
+    except gz.ERRORS as exc:
         raise DataError(f"{path}: cannot read image (corrupt or truncated file?): {exc}") from None
     if len(header) < 348:
         raise DataError(f"{path}: truncated NIfTI header ({len(header)} of 348 bytes)")
@@ -299,18 +291,17 @@ def _check_nifti(path: Path, suffix: str) -> np.ndarray | None:
     if suffix == ".nii":
         actual = path.stat().st_size
     else:
-        actual = _gunzipped_size(path, expected)
+        actual = gz.uncompressed_size(path, expected)
     if actual < expected:
         raise DataError(f"{path}: truncated NIfTI file ({actual} of {expected} bytes)")
     if datatype in _NIFTI_FLOATS:
-        opener = _gunzip_open if suffix == ".nii.gz" else open
         try:
-            with opener(path, "rb") as fh:
+            with (gz.open_read(path) if suffix == ".nii.gz" else open(path, "rb")) as fh:
                 fh.seek(vox_offset)
                 data = np.frombuffer(fh.read(expected - vox_offset), endian + _NIFTI_FLOATS[datatype])
                 fh.read()  # to the end, where gzip checks the CRC: damage that still decodes is caught
-        except _GZIP_ERRORS as exc:
-            raise _damaged(path, exc) from None
+        except gz.ERRORS as exc:
+            raise gz.damaged(path, exc) from None
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
             raise DataError(f"{path}: {bad} NaN/inf intensities")
@@ -341,30 +332,6 @@ def _check_picture(path: Path, suffix: str) -> None:
     if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         raise DataError(f"{path}: truncated JPEG file (no end-of-image marker after the image data, "
                         f"{len(data)} bytes)")
-
-
-def _gunzipped_size(path: Path, expected: int) -> int:
-    # Fast path: the gzip trailer stores the uncompressed size (mod 2**32).
-    with open(path, "rb") as fh:
-        fh.seek(-4, os.SEEK_END)
-        if struct.unpack("<I", fh.read(4))[0] == expected % 2**32:
-            return expected
-    total = 0
-    try:
-        with gzip.open(path, "rb") as fh:
-            while chunk := fh.read(1 << 16):
-                total += len(chunk)
-    except EOFError:
-        pass  # cut short: the caller reports how much could be read
-    except (OSError, zlib.error) as exc:  # a damaged stream (bad CRC, invalid deflate data), not a short one
-        raise _damaged(path, exc, f" after {total} of {expected} bytes") from None
-    return total
-
-
-def _damaged(path: Path, exc: BaseException, where: str = "") -> DataError:
-    """The error for a compressed file whose data are corrupt (not merely cut short)."""
-    return DataError(f"{path}: corrupt gzip data{where} ({exc.__class__.__name__}: {exc}); the file is "
-                     "damaged, not only cut short")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -428,9 +395,9 @@ def write(volume: Volume, path: str | os.PathLike, *, compress: bool = True,
             header = _nifti_header(volume, arr, raw)
             if header is None:  # not a plain NIfTI-1 file: gzip what ITK writes
                 sitk.WriteImage(_to_sitk(volume), str(raw), useCompression=False)
-                _gzip([raw.read_bytes()], tmp)
+                gz.write([raw.read_bytes()], tmp)
             else:
-                _gzip([header, np.ascontiguousarray(arr, np.uint8 if arr.dtype == bool else None)], tmp)
+                gz.write([header, np.ascontiguousarray(arr, np.uint8 if arr.dtype == bool else None)], tmp)
         else:
             sitk.WriteImage(_to_sitk(volume), str(tmp), useCompression=compress and suffix != ".nii")
         os.replace(tmp, p)  # atomic: a reader never sees a half-written file
@@ -444,7 +411,7 @@ def write(volume: Volume, path: str | os.PathLike, *, compress: bool = True,
 def _gzipped_here(arr: np.ndarray) -> bool:
     """Whether :func:`write` gzips ``arr``'s NIfTI file itself: integers, and floats too where ISA-L
     is installed (zlib is slower than ITK's gzip on float noise)."""
-    return arr.dtype.kind in "iub" or (_isal is not None and arr.dtype.kind == "f")
+    return arr.dtype.kind in "iub" or (gz.compressor() == "ISA-L" and arr.dtype.kind == "f")
 
 
 def _nifti_header(volume: Volume, arr: np.ndarray, scratch: Path) -> bytes | None:
@@ -466,23 +433,6 @@ def _nifti_header(volume: Volume, arr: np.ndarray, scratch: Path) -> bytes | Non
     header = bytearray(written[:offset])
     struct.pack_into("<3h", header, 42, *reversed(arr.shape))  # dim[1..3] = x, y, z
     return bytes(header)
-
-
-def _gzip(parts: Sequence, dst: Path, chunk: int = 1 << 24) -> None:
-    """The bytes of ``parts`` (bytes or C-contiguous arrays, in order) gzipped into ``dst`` at level 1:
-    ISA-L's where it is installed, else zlib's with run-length matching only (``Z_RLE``, for images
-    with noise and for masks a third quicker than the default matching at about the same size). No
-    name or time in the header, so equal inputs give equal bytes."""
-    if _isal is not None:
-        z = _isal.compressobj(1, _isal.DEFLATED, 16 + _isal.MAX_WBITS)
-    else:
-        z = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9, zlib.Z_RLE)
-    with open(dst, "wb") as out:
-        for part in parts:
-            view = memoryview(part).cast("B")
-            for a in range(0, len(view), chunk):
-                out.write(z.compress(view[a:a + chunk]))
-        out.write(z.flush())
 
 
 def write_dicom_series(volume: Volume, folder: str | os.PathLike, *, modality: str = "MR",

@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parent.parent / "npcrepro"
 
 #: Top-level module or package of npcrepro -> layer (higher may import lower, never the reverse).
 LAYERS = {
-    "errors": 0, "paths": 0, "pages": 0,
+    "errors": 0, "paths": 0, "pages": 0, "gz": 0,
     "io": 1, "metrics": 1, "losses": 1, "transforms": 1, "models": 1, "datasets": 1, "phantom": 1,
     "papers": 1, "recipes": 1, "plots": 1, "dicom": 1,
     "engine": 2, "evaluation": 2, "claims": 2, "profiles": 2, "scoring": 2,
