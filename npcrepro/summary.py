@@ -358,15 +358,16 @@ def time_budget(out_dir: str | Path, profile: str) -> pd.DataFrame:
         s = {c: float(pd.to_numeric(t[c], errors="coerce").sum()) / 60 for c in needed}
         env = res.environment
         rows.append({"chapter": chapter, "run": name, "device": env.get("device"),
-                     "threads": env.get("torch_threads"), "cores": env.get("cpu_count"), "jobs": len(t), "preparing": s["prepare_seconds"],
+                     "threads": env.get("torch_threads"), "cores": env.get("cpu_count"), "jobs": len(t),
+                     "preparing": s["prepare_seconds"],
                      "training": s["train_seconds"] - s["prepare_seconds"], "predicting": s["infer_seconds"],
                      "rest": s["job_seconds"] - s["train_seconds"] - s["infer_seconds"],
                      "all jobs": s["job_seconds"]})
     if not rows:
         return pd.DataFrame(columns=BUDGET_COLUMNS)
     df = pd.DataFrame(rows)
-    total = {"chapter": "all", "run": "", "device": "", "threads": "", "cores": "",
-             **df.drop(columns=["chapter", "run", "device", "threads", "cores"]).sum().to_dict()}
+    labels = ["chapter", "run", "device", "threads", "cores"]  # not summed in the row "all"
+    total = {**dict.fromkeys(labels, ""), "chapter": "all", **df.drop(columns=labels).sum().to_dict()}
     df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
     df["jobs"] = df["jobs"].astype(int)
     df["training share"] = df["training"] / df["all jobs"]
