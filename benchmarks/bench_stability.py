@@ -4,6 +4,7 @@
     python benchmarks/bench_stability.py --profile cpu --chapters leaderboard li2018 xue2020 ... [--json f]
     python benchmarks/bench_stability.py --against runs --chapters ...   # reuse the book's runs
     python benchmarks/bench_stability.py --environments "1 thread" "default kernels"
+    python benchmarks/bench_stability.py --methods unet3d_cet1 mmfnet     # some leaderboard methods
 
 Runs each chapter's experiment (:func:`npcrepro.chapters.run`) once per environment of
 :data:`ENVIRONMENTS`, on the same data, split and seeds, each in its own process (as many jobs at once
@@ -33,8 +34,11 @@ there (:func:`finished_run`: the same chapter, profile, parameters and commit, t
 read back instead of trained again: a benchmark stopped midway (a full disk, a killed session)
 continues with the environments it had not finished.
 
-``main(quick=False, profile=None, chapters=None, out_dir=None, against=None, environments=None) ->
-dict`` returns the rows.
+``--methods``: the leaderboard's methods to run (their baselines and cascade stages are added; the
+other chapters run whole).
+
+``main(quick=False, profile=None, chapters=None, out_dir=None, against=None, environments=None,
+methods=None) -> dict`` returns the rows.
 """
 from __future__ import annotations
 
@@ -162,7 +166,7 @@ def newest_run(runs: str, chapter: str, profile: str):
 
 
 def main(quick: bool = False, profile: str | None = None, chapters=None, out_dir: str | None = None,
-         against: str | None = None, environments=None) -> dict:
+         against: str | None = None, environments=None, methods=None) -> dict:
     profile = profile or ("smoke" if quick else "cpu")
     chapters = list(chapters or ["leaderboard"])
     environments = list(environments or ENVIRONMENTS)
@@ -173,7 +177,8 @@ def main(quick: bool = False, profile: str | None = None, chapters=None, out_dir
     with tempfile.TemporaryDirectory() as tmp:
         for chapter in chapters:
             t0 = time.perf_counter()
-            kw = {"methods": ["unet_cet1", "mmfnet"]} if quick and chapter == "leaderboard" else {}
+            some = list(methods or (["unet_cet1", "mmfnet"] if quick else []))
+            kw = {"methods": some} if some and chapter == "leaderboard" else {}
             runs = {}
             for env in environments:
                 old = newest_run(against, chapter, profile) if against and env == "1 thread" else None
@@ -217,6 +222,7 @@ if __name__ == "__main__":
                                                     "commit (default: a temporary folder)")
     ap.add_argument("--against", default=None, help="runs folder whose newest run of each chapter is the "
                                                     "one-thread run (e.g. the book's)")
+    ap.add_argument("--methods", nargs="*", default=None, help="the leaderboard's methods to run (default: all)")
     ap.add_argument("--json", help="write the rows to this file")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one environment, print its folder
     ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
@@ -227,7 +233,7 @@ if __name__ == "__main__":
         print(res.path)
         sys.exit(0)
     res = main(quick=a.quick, profile=a.profile, chapters=a.chapters, out_dir=a.out_dir, against=a.against,
-               environments=a.environments)
+               environments=a.environments, methods=a.methods)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)

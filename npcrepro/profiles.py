@@ -96,7 +96,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "prior": (0, 1), "lr_gamma": (0, 1), "lr_factor": (0, 1),
     # 0 means "none": no augmentation, no warm-up, no validation, skip the faithful mode
     "rotate_deg": (0, 180), "jitter_mm": (0, None), "shift": (0, None), "warmup_epochs": (0, None),
-    "grad_clip": (0, None), "warmup": (0, 0.5), "ema": (0, 0.9999),
+    "grad_clip": (0, None), "warmup": (0, 0.5), "ema": (0, 0.9999), "bn_fixed_3d": (0, 0.9),
     "n_val": (0, None), "faithful_folds": (0, None), "figure_cases": (0, None),
     "min_lesion_mm": (0, None), "cross_fit": (0, None), "bn_batches": (0, None), "real_test": (0, None),
     # folds of a k-fold cross-validation

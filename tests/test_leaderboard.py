@@ -307,6 +307,26 @@ def test_smoke_run_writes_predictions_and_scores_every_test_patient(tmp_path, on
         res.raters["pairwise_dice"].mean())
 
 
+def test_the_3d_networks_train_the_end_of_each_cycle_with_fixed_statistics(tmp_path, monkeypatch,
+                                                                        one_torch_thread):
+    import npcrepro.engine as engine
+
+    given = {}
+
+    class Recording(engine.Trainer):
+        def __init__(self, *args, **kwargs):
+            given[kwargs["desc"].split()[0]] = kwargs.get("bn_fixed")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "Trainer", Recording)
+    P = resolve("leaderboard", "smoke", out_dir=str(tmp_path), methods=["guo_cnn"], workers=1)
+    tracks.phantom_run(P, progress=False)
+    assert given == {"unet_cet1": 0.0, "guo_cnn": P.bn_fixed_3d} and P.bn_fixed_3d > 0
+    with pytest.raises(ParameterError, match="ema and bn_fixed_3d"):
+        M.CHAPTER.methods(P.replace(ema=0.99))
+    assert M.CHAPTER.methods(P.replace(ema=0.99, bn_fixed_3d=0.0))
+
+
 @pytest.mark.slow
 def test_a_job_gives_the_same_numbers_whatever_ran_before_it(tmp_path, one_torch_thread):
     """Pool workers run several jobs: initial weights must not depend on the jobs before."""

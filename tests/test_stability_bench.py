@@ -89,3 +89,18 @@ def test_an_environment_runs_the_chapters_workers_within_the_cores():
     assert job_workers(2, 2, 2) == 1  # "2 threads": one job at a time on two cores
     assert job_workers(1, 1, 16) == 1  # a chapter that trains one job at a time keeps it
     assert job_workers(4, 2, 1) == 1  # never fewer than one
+
+
+def test_methods_narrow_the_leaderboard_and_leave_other_chapters_whole(tmp_path, monkeypatch):
+    bench = _bench()
+    done = _run(tmp_path / "one", {("a", 0): 0.8, ("a", 1): 0.8}, {("a", 0): 0.8, ("a", 1): 0.8})
+    asked = []
+    monkeypatch.setattr(bench, "run_environment", lambda env, chapter, profile, out, **kw: asked.append(
+        (env, chapter, kw)) or done)
+    out = bench.main(profile="cpu", chapters=["leaderboard", "li2018"], environments=["1 thread"],
+                     methods=["unet3d_cet1"])
+    assert asked == [("1 thread", "leaderboard", {"methods": ["unet3d_cet1"]}), ("1 thread", "li2018", {})]
+    assert [r["method"] for r in out["rows"]] == ["a", "a"]
+    asked.clear()
+    bench.main(quick=True, chapters=["leaderboard"], environments=["1 thread"])
+    assert asked == [("1 thread", "leaderboard", {"methods": ["unet_cet1", "mmfnet"]})]

@@ -13,9 +13,19 @@ mean and (unbiased) variance of its inputs over all voxels of ``batches`` ("prec
 Rethinking "Batch" in BatchNorm, 2021), the network in training mode so that each layer sees the
 inputs it saw in training. The trainer does this at the end of training and for the half-budget copy
 when ``bn_batches`` is set (:class:`npcrepro.engine.loop.Trainer`).
+
+Measured statistics still differ from what training normalised with: each batch's own statistics.
+With batches of two 3D patches the network learns to depend on them, and a window the statistics of
+which are far from the population's (one filled by a large tumour) is then normalised otherwise in
+evaluation than any batch was in training: the leaderboard's 3D U-Net (batches of two patches) found
+large tumours with batch statistics and lost them with measured ones, and which way a training fell
+depended on the floating-point path. :class:`FixedStatistics` (Trainer ``bn_fixed``) trains the end of
+each learning-rate cycle with the measured statistics held fixed, as evaluation normalises, so that
+the network scored is the network trained (the "freeze BN" fine-tuning of detection networks).
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Iterable
 
 import torch
@@ -23,8 +33,9 @@ from torch import nn
 
 from npcrepro.engine.data import epoch_plan
 from npcrepro.engine.loaders import KeyedItems
+from npcrepro.errors import ParameterError
 
-__all__ = ["batch_norms", "population_statistics", "measure_batch_norm"]
+__all__ = ["batch_norms", "population_statistics", "measure_batch_norm", "FixedStatistics", "scored_with"]
 
 #: Stage key of the batches that measure batch-norm statistics (``bn_batches``): no training stage has it.
 _BN_STAGE = 0xB47C
@@ -113,3 +124,67 @@ def measure_batch_norm(trainer, model: nn.Module) -> None:
 
     with trainer.autocast():
         population_statistics(model, inputs(), forward=lambda x: model(x, **kwargs), seed=trainer.seed)
+
+
+class FixedStatistics:
+    """Trainer ``bn_fixed``: the last ``share`` of each learning-rate cycle of a stage trained with fixed
+    batch-norm statistics. Where the share starts (:meth:`before_step`) the statistics are measured over
+    the trainer's ``bn_batches`` batches (:func:`measure_batch_norm`); until the cycle ends every
+    batch-norm layer normalises with them in training as in evaluation (:meth:`train_mode`; weight and
+    bias still train, the statistics do not move), and the network scored meanwhile keeps them
+    (:func:`scored_with`). A run resumed inside a share keeps the statistics its checkpoint holds."""
+
+    def __init__(self, share: float, bn_batches: int, ema: float = 0.0):
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
+            raise ParameterError(f"Trainer: bn_fixed must be a share in [0, 1) (0: off), got {share!r}")
+        if share and not bn_batches:
+            raise ParameterError("Trainer: bn_fixed needs bn_batches (the batches its statistics are measured on)")
+        if share and ema:
+            raise ParameterError("Trainer: bn_fixed and ema cannot be combined (the averaged weights were not "
+                                 "trained with the fixed statistics)")
+        self.share = float(share)
+        #: whether the statistics are fixed now (the step about to run is inside a share)
+        self.now = False
+
+    def spans(self, total: int, cycles: int = 1) -> list[tuple[int, int]]:
+        """(first, end) stage iterations of each cycle's fixed share, for a stage of ``total`` iterations
+        whose schedule runs ``cycles`` times (a share rounding to no iteration is left out)."""
+        if not self.share or total < 1:
+            return []
+        length = total / max(1, int(cycles))
+        spans = []
+        for k in range(max(1, int(cycles))):
+            end = int(round(length * (k + 1)))
+            first = end - int(round(self.share * length))
+            if first < end:
+                spans.append((first, end))
+        return spans
+
+    def before_step(self, trainer, total: int) -> None:
+        """Fix the statistics (measuring them) where a share starts, release them where it ends; call
+        before each training step of a stage of ``total`` iterations."""
+        it = trainer.state.stage_iteration
+        cycles = int(getattr(trainer.schedule, "cycles", 1) or 1)
+        span = next(((a, b) for a, b in self.spans(total, cycles) if a <= it < b), None)
+        if span is not None and not self.now and it == span[0]:
+            measure_batch_norm(trainer, trainer.model)
+        self.now = span is not None
+
+    def train_mode(self, model: nn.Module) -> None:
+        """``model.train()``, with its batch-norm layers in evaluation mode while the statistics are fixed."""
+        model.train()
+        if self.now:
+            for layer in batch_norms(model):
+                layer.eval()
+
+
+def scored_with(trainer, state: dict, measure: bool = True) -> dict:
+    """``state`` (the weights of ``trainer``'s network) with the batch-norm statistics it is scored with:
+    measured over the trainer's ``bn_batches`` batches, or those ``state`` holds where it has no batch
+    norm, measuring is off (``bn_batches`` 0) or ``measure`` is False (statistics held fixed)."""
+    if not measure or not trainer.bn_batches or not batch_norms(trainer.raw_model):
+        return state
+    net = copy.deepcopy(trainer.raw_model)
+    net.load_state_dict(state)
+    measure_batch_norm(trainer, net)
+    return net.state_dict()

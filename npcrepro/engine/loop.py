@@ -29,7 +29,6 @@ Design points
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import random
@@ -44,7 +43,7 @@ from torch import nn
 
 from npcrepro.engine import distributed as D
 from npcrepro.engine.averaging import WeightAverage, WeightAveraging
-from npcrepro.engine.batchnorm import batch_norms, measure_batch_norm
+from npcrepro.engine.batchnorm import FixedStatistics, measure_batch_norm, scored_with
 from npcrepro.engine.checkpoints import CHECKPOINT_FORMAT, Checkpointer, load_checkpoint, save_checkpoint
 from npcrepro.engine.data import epoch_plan
 from npcrepro.engine.device import autocast_dtype, configure_determinism, conv_memory_format, resolve_device
@@ -145,6 +144,10 @@ class Trainer:
         running mean and variance are set to the population statistics of its inputs over
         ``bn_batches`` batches drawn as training batches are, from keys of their own (the same
         batches every time; :mod:`npcrepro.engine.batchnorm` says why).
+    bn_fixed : float
+        Share of each learning-rate cycle, at its end, trained with the measured batch-norm statistics
+        held fixed, as evaluation normalises (0: off; needs ``bn_batches``; not with ``ema``): the
+        network scored is the network trained (:class:`~npcrepro.engine.batchnorm.FixedStatistics`).
     probe : bool
         Attach :class:`~npcrepro.engine.probe.PlanProbe` (the dry run): one training step measured at the
         first batch of every stage (FLOPs, memory, batch, budget) into ``plan.json`` (``npcrepro plan``).
@@ -161,7 +164,8 @@ class Trainer:
                  callbacks: Iterable[Callable] = (), max_iterations_this_session: int | None = None,
                  restore_best: bool | str = "auto", find_unused_parameters: bool = False,
                  stage_iteration_cap: int | None = None, val_item_cap: int | None = None,
-                 probe: bool = False, ema: float = 0.0, bn_batches: int = 0, **stage_kwargs):
+                 probe: bool = False, ema: float = 0.0, bn_batches: int = 0, bn_fixed: float = 0.0,
+                 **stage_kwargs):
         unknown = set(stage_kwargs) - STAGE_FIELDS
         if unknown:
             raise ParameterError(f"Trainer: unknown argument(s) {sorted(unknown)} (Stage takes: "
@@ -219,6 +223,7 @@ class Trainer:
         if isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 0:
             raise ParameterError(f"Trainer: bn_batches must be an integer >= 0 (0: off), got {bn_batches!r}")
         self.bn_batches = bn_batches
+        self.bn_fixing = FixedStatistics(bn_fixed, bn_batches, self.ema)
         self.iterations_per_epoch_given = bool(iterations_per_epoch)
         self.state = TrainState()
         self.rows: list[dict] = []
@@ -334,7 +339,7 @@ class Trainer:
         return stage.loss if stage.loss is not None else self.loss
 
     def _train_step(self, batch, stage: Stage) -> tuple[torch.Tensor, int]:
-        self.model.train()
+        self.bn_fixing.train_mode(self.model)
         x, y = self.prepare(batch)
         if stage.target_fn is not None:
             y = stage.target_fn(y)
@@ -479,12 +484,7 @@ class Trainer:
         half-budget copy is these, so that half and full budget are picked by the same rule."""
         best = self._best_to_restore()
         state = best if best is not None else self.scored_state()
-        if not self.bn_batches or not self._ready or not batch_norms(self.raw_model):
-            return state
-        net = copy.deepcopy(self.raw_model)
-        net.load_state_dict(state)
-        measure_batch_norm(self, net)
-        return net.state_dict()
+        return scored_with(self, state, self._ready and not (best is None and self.bn_fixing.now))
 
     def _finish(self) -> None:
         best = self._best_to_restore()
@@ -492,7 +492,7 @@ class Trainer:
             self.model.load_state_dict(best)
         if best is None and self.average is not None:
             self.model.load_state_dict(self.average.weights)
-        if self.bn_batches:
+        if self.bn_batches and not (best is None and self.bn_fixing.now):  # fixed: scored as trained
             measure_batch_norm(self, self.model)
         self._emit("finish", {})
         if self.run is not None and self.is_main():
@@ -539,6 +539,7 @@ class Trainer:
                     generator=gen, pin_memory=self.cuda,
                     worker_init_fn=worker_init if self.num_workers else None)
             for batch in loader:
+                self.bn_fixing.before_step(self, total)
                 epoch = st.stage_iteration // ipe
                 lr = stage.lr * self.schedule.factor_at(st.stage_iteration, epoch)
                 for g in self.optimizer.param_groups:

@@ -21,7 +21,8 @@ budget, one loss and one evaluation**, so that differences come from the archite
   methods on random ``patch_3d`` patches (``fg_prob`` holding a tumour voxel); of the others,
   ``negative_prob`` of all samples are placed on a hard-negative structure (``negatives``: the nodes,
   which enhance like the tumour), the rest at random; every network is scored with batch-norm
-  statistics measured over ``bn_batches`` training batches (:mod:`npcrepro.engine.batchnorm`);
+  statistics measured over ``bn_batches`` training batches (:mod:`npcrepro.engine.batchnorm`), and
+  the 3D networks train the last ``bn_fixed_3d`` of each cycle with those statistics held fixed;
 * inference: Gaussian sliding window over the whole volume with the training crop (2D, slice by
   slice) or patch (3D), overlap ``overlap``: a network trained on crops is tested on inputs of that
   size (DeepLabv3+'s image pooling and atrous rates otherwise meet a feature map they never saw);

@@ -188,6 +188,9 @@ class Leaderboard(Chapter):
 
     def methods(self, P) -> list[Method]:
         ct_only = str(P["structure"]) != "GTVp"
+        if float(P.get("ema") or 0) and float(P.get("bn_fixed_3d") or 0):
+            raise ParameterError("leaderboard: ema and bn_fixed_3d cannot both be on (the averaged weights were "
+                                 "not trained with the fixed batch-norm statistics); set one of them to 0")
         return [Method(m.key, m.label, m.after, info={
             "paper": m.paper, "dims": m.dims, "channels": list(channels_of(m, P)), "baseline": m.baseline,
             "reported": list(m.reported) if m.reported else None, "ct": m.ct})
@@ -238,7 +241,9 @@ class Leaderboard(Chapter):
         trainer = Trainer(net, CommonLoss(), samples(train, channels, P, m.dims, ctx.seed), batch_size=batch,
                           iterations=iters, optimizer="adam", lr=float(P["lr"]), schedule=schedule(P, iters),
                           grad_clip=float(P["grad_clip"]) or None, ema=float(P["ema"]), amp=ctx.device != "cpu",
-                          restore_best=False, bn_batches=int(P.get("bn_batches") or 0), **ctx.trainer_args())
+                          restore_best=False, bn_batches=int(P.get("bn_batches") or 0),
+                          bn_fixed=float(P.get("bn_fixed_3d") or 0.0) if m.dims == "3d" else 0.0,
+                          **ctx.trainer_args())
         try:
             history = ctx.fit(trainer)
             rows, status = history.rows, "trained"
