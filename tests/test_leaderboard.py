@@ -325,6 +325,8 @@ def test_the_3d_networks_train_the_end_of_each_cycle_with_fixed_statistics(tmp_p
     with pytest.raises(ParameterError, match="ema and bn_fixed_3d"):
         M.CHAPTER.methods(P.replace(ema=0.99))
     assert M.CHAPTER.methods(P.replace(ema=0.99, bn_fixed_3d=0.0))
+    with pytest.raises(ParameterError, match="bn_fixed_3d needs bn_batches"):  # before any job starts
+        M.CHAPTER.methods(P.replace(bn_batches=0))
 
 
 @pytest.mark.slow

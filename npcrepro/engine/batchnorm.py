@@ -134,14 +134,16 @@ class FixedStatistics:
     bias still train, the statistics do not move), and the network scored meanwhile keeps them
     (:func:`scored_with`). A run resumed inside a share keeps the statistics its checkpoint holds."""
 
-    def __init__(self, share: float, bn_batches: int, ema: float = 0.0):
+    def __init__(self, share: float, bn_batches: int, ema: float = 0.0, *, where: str = "Trainer",
+                 name: str = "bn_fixed"):
+        """Checks the settings (``where``/``name``: whose parameter the errors name, e.g. a chapter's)."""
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
-            raise ParameterError(f"Trainer: bn_fixed must be a share in [0, 1) (0: off), got {share!r}")
+            raise ParameterError(f"{where}: {name} must be a share in [0, 1) (0: off), got {share!r}")
         if share and not bn_batches:
-            raise ParameterError("Trainer: bn_fixed needs bn_batches (the batches its statistics are measured on)")
+            raise ParameterError(f"{where}: {name} needs bn_batches (the batches its statistics are measured on)")
         if share and ema:
-            raise ParameterError("Trainer: bn_fixed and ema cannot be combined (the averaged weights were not "
-                                 "trained with the fixed statistics)")
+            raise ParameterError(f"{where}: ema and {name} cannot both be on (the averaged weights were not "
+                                 f"trained with the fixed statistics); set one of them to 0")
         self.share = float(share)
         #: whether the statistics are fixed now (the step about to run is inside a share)
         self.now = False
@@ -169,6 +171,11 @@ class FixedStatistics:
         if span is not None and not self.now and it == span[0]:
             measure_batch_norm(trainer, trainer.model)
         self.now = span is not None
+
+    def keeps(self, best) -> bool:
+        """Whether the network scored now keeps the statistics it trains with: they are fixed and the
+        scored weights are the model's own (``best`` None: no best-validation weights restored)."""
+        return best is None and self.now
 
     def train_mode(self, model: nn.Module) -> None:
         """``model.train()``, with its batch-norm layers in evaluation mode while the statistics are fixed."""

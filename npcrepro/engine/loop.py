@@ -484,7 +484,7 @@ class Trainer:
         half-budget copy is these, so that half and full budget are picked by the same rule."""
         best = self._best_to_restore()
         state = best if best is not None else self.scored_state()
-        return scored_with(self, state, self._ready and not (best is None and self.bn_fixing.now))
+        return scored_with(self, state, self._ready and not self.bn_fixing.keeps(best))
 
     def _finish(self) -> None:
         best = self._best_to_restore()
@@ -492,7 +492,7 @@ class Trainer:
             self.model.load_state_dict(best)
         if best is None and self.average is not None:
             self.model.load_state_dict(self.average.weights)
-        if self.bn_batches and not (best is None and self.bn_fixing.now):  # fixed: scored as trained
+        if self.bn_batches and not self.bn_fixing.keeps(best):
             measure_batch_norm(self, self.model)
         self._emit("finish", {})
         if self.run is not None and self.is_main():

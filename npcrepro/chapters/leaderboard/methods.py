@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from npcrepro.chapters.leaderboard.prepare import CommonLoss, foreground, normaliser, samples, with_channel
+from npcrepro.engine.batchnorm import FixedStatistics
 from npcrepro.engine.experiment import Chapter, Method
 from npcrepro.errors import ParameterError
 
@@ -188,9 +189,9 @@ class Leaderboard(Chapter):
 
     def methods(self, P) -> list[Method]:
         ct_only = str(P["structure"]) != "GTVp"
-        if float(P.get("ema") or 0) and float(P.get("bn_fixed_3d") or 0):
-            raise ParameterError("leaderboard: ema and bn_fixed_3d cannot both be on (the averaged weights were "
-                                 "not trained with the fixed batch-norm statistics); set one of them to 0")
+        # the 3D networks' Trainer settings, checked before any job starts
+        FixedStatistics(float(P.get("bn_fixed_3d") or 0), int(P.get("bn_batches") or 0), float(P.get("ema") or 0),
+                        where="leaderboard", name="bn_fixed_3d")
         return [Method(m.key, m.label, m.after, info={
             "paper": m.paper, "dims": m.dims, "channels": list(channels_of(m, P)), "baseline": m.baseline,
             "reported": list(m.reported) if m.reported else None, "ct": m.ct})
