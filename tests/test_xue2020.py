@@ -2,6 +2,8 @@
 its recipe, the contract and the notebook."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -408,6 +410,7 @@ def test_real_params_switch_to_the_openkbp_track():
     assert (Q.target, Q.iterations, Q.image_size, Q.resume) == ("ptv70", P.real_iterations, P.real_image_size, "")
     assert P.channel == "CECT" and Q.channel == "CT"          # OpenKBP scans have one CT
     assert Q.n_cases == P.n_cases and Q.epochs is None
+    assert (P.weights, Q.weights) == ("best", P.real_weights) == ("best", "last")
     assert X.openkbp_data(profiles.resolve("xue2020", "smoke"))[0] is None     # real_cases 0: off
 
 
@@ -417,6 +420,30 @@ class Testxue2020Contract(ChapterContract):
     overrides = {"iterations": 4, "eval_every": 2, "batch_size": 2, "deeplab_width": 0.5, "timing_slices": 1,
                  "unet_widths": [4, 8, 16]}
     kill_at = 3  # after the checkpoint of iteration 2
+
+
+def test_weights_set_what_the_trainer_hands_over(monkeypatch):
+    import npcrepro.engine
+
+    class Built(Exception):
+        pass
+
+    restored = []
+
+    def trainer(*args, **kwargs):
+        restored.append(kwargs["restore_best"])
+        raise Built
+
+    monkeypatch.setattr(npcrepro.engine, "Trainer", trainer)
+    monkeypatch.setattr(M, "slice_datasets", lambda train, val, P: (list(train), list(val) or None))
+    monkeypatch.setattr(M, "pixel_size", lambda cases: 2.0)
+    for weights, val in [("best", ["v"]), ("last", ["v"]), ("best", [])]:
+        P = profiles.resolve("xue2020", "smoke", weights=weights)
+        with pytest.raises(Built):
+            M.CHAPTER.fit(M.CHAPTER.methods(P)[1], ["t"], val, SimpleNamespace(P=P, trainer_args=dict))
+    assert restored == [True, False, False]     # no validation patients: nothing to pick the best by
+    with pytest.raises(ParameterError, match="weights"):
+        profiles.resolve("xue2020", "cpu", real_weights="middle")
 
 
 def test_stage_table_sets_table1_beside_the_cohort(monkeypatch):

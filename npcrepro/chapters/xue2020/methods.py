@@ -2,7 +2,7 @@
 
     DeepLabv3+ (``deeplabv3plus``) and U-Net (``unet2d``), one output (the target's logit):
       loss 1 - DSC (soft Dice over the batch, sigmoid), Adam lr 0.005, lr x0.8 after 5 validations
-      without improvement of the validation loss, best-validation weights tested
+      without improvement of the validation loss, best-validation weights tested (``weights``)
       -> every slice of each test patient predicted, stacked back into the volume (the case's own
          grid), thresholded at 0.5 and scored in 3D by the runner (DSC, JI, ASD, HD in mm)
       -> inference time per slice recorded with the training facts.
@@ -213,7 +213,7 @@ class Xue2020(Chapter):
         trainer = Trainer(model, make_loss(float(P["dice_eps"])), train_ds, val_data=val_ds,
                           batch_size=int(P["batch_size"]), optimizer="adam", lr=float(P["lr"]),
                           schedule=schedule(P, budget), grad_clip=float(P["grad_clip"]) or None,
-                          eval_every=eval_every, restore_best=val_ds is not None, **budget,
+                          eval_every=eval_every, restore_best=val_ds is not None and P["weights"] == "best", **budget,
                           **ctx.trainer_args())
         t0 = time.perf_counter()
         h = ctx.fit(trainer)

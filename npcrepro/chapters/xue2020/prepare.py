@@ -270,8 +270,10 @@ def openkbp_source(P: Mapping):
 
 def real_params(P, data=None):
     """The parameters of the real-data run: PTV70 as the target, the scans' one CT channel (``CT``),
-    ``real_iterations`` (else the profile's epochs) and the ``real_image_size`` crop; a fresh run
-    folder (no ``resume``). ``data`` (the track's dataset, handed to the runner as it is) is unused."""
+    ``real_iterations`` (else the profile's epochs), the ``real_image_size`` crop and the
+    ``real_weights`` tested; a fresh run folder (no ``resume``). ``data`` (the track's dataset, handed
+    to the runner as it is) is unused."""
     it = P.get("real_iterations")
     return P.replace(target="ptv70", channel="CT", iterations=int(it) if it else None,
-                     epochs=None if it else P.get("epochs"), image_size=P.get("real_image_size"), resume="")
+                     epochs=None if it else P.get("epochs"), image_size=P.get("real_image_size"),
+                     weights=P["real_weights"], resume="")
