@@ -188,9 +188,9 @@ CHOICES = {
                        "(real_image_size) on the cpu profile; its own run folder. OpenKBP's own split: trained "
                        "on real_cases of its training patients, scored on real_test of its held-out test "
                        "patients, which no development run read. The cpu budget, the training patients (all 48 "
-                       "of the extract's) and the weights tested were chosen on a split of the training "
-                       "patients (the development record): a longer budget, more training patients and the "
-                       "last weights each helped, and together most",
+                       "of the extract's) and the weights tested were chosen on splits of the training "
+                       "patients (the development record): together they helped DeepLabv3+ and left U-Net "
+                       "where it was, and the track stays below the CT bar on those splits too",
     "distances": "3D, in mm on the CT grid; HD is the maximum (100th percentile), ASD the mean of the two "
                  "directed average surface distances (the paper's Eq. 3)",
 }
