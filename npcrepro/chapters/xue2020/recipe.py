@@ -172,7 +172,7 @@ CHOICES = {
                        "and gpu-lite profiles the OpenKBP track tests the weights at the end of training "
                        "(real_weights='last'): it validates on 5 patients, whose best-validation weights were "
                        "no better a pick than the last ones, and the cosine schedule already ends at a learning "
-                       "rate of zero; chosen on a split of OpenKBP's training patients (the development "
+                       "rate of zero; chosen on splits of OpenKBP's training patients (the development "
                        "record). The gpu profile, whose plateau rule does not end at zero, keeps the "
                        "best-validation weights there too",
     "post-processing": "none: the 0.5-thresholded slice predictions are stacked into the volume",
