@@ -15,7 +15,7 @@ _COMMON = dict(channel="CECT", scale_aspp=True, lr=0.005, lr_factor=0.8, lr_pati
                deeplab_width=1.0, background_fraction=0.5, flip=True, rotate_deg=10.0, zoom=[0.9, 1.1],
                shift=0.1, target="gtvp_rpn", threshold=0.5, real_data="openkbp", image_size=None,
                seeds=1, workers=1, threads=None, schedule="plateau", cycles=1, warmup=0.0, grad_clip=0.0,
-               prior=None, weights="best", real_weights="last")
+               prior=None, weights="best", real_weights="best")
 
 PROFILES = {
     "smoke": dict(_COMMON, prior=0.01, n_cases=5, n_val=1, n_test=2, unet_widths=[8, 16, 32, 64], batch_size=4,
@@ -27,11 +27,11 @@ PROFILES = {
     "cpu": dict(_COMMON, schedule="cosine", warmup=0.1, cycles=2, grad_clip=1.0, lr=0.003, prior=0.01,
                 n_cases=40, n_val=5, n_test=20, unet_widths=[16, 32, 64, 128, 256], batch_size=8,
                 iterations=480, epochs=None, eval_every=20, infer_batch=16, timing_slices=20, real_cases=48,
-                real_test=16, real_iterations=1200, real_image_size=[80, 80], seeds=2),
+                real_test=16, real_iterations=1200, real_image_size=[80, 80], seeds=2,
+                real_weights="last"),
     "gpu": dict(_COMMON, n_cases=150, n_val=15, n_test=15, unet_widths=[64, 128, 256, 512, 1024],
                 batch_size=8, iterations=None, epochs=200, eval_every=None, infer_batch=32, timing_slices=100,
-                real_cases=64, real_test=16, real_iterations=None, real_image_size=None, seeds=3,
-                real_weights="best"),
+                real_cases=64, real_test=16, real_iterations=None, real_image_size=None, seeds=3),
 }
 
 #: gpu-lite: both networks at the paper's widths on whole 512 x 512 slices, fewer patients and a
