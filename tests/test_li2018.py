@@ -464,30 +464,9 @@ def test_faithful_table_and_verdict_from_a_run(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real T2: the no-image reference
-def test_location_prior_is_the_thresholded_mean_of_the_training_masks():
-    from npcrepro.errors import DataError
-
-    a = np.zeros((1, 4, 4), bool)
-    a[0, :2, :2] = True  # 4 pixels
-    b = np.zeros((2, 4, 4), bool)
-    b[0, :2, :3] = True  # 6 pixels: the (0, 2) and (1, 2) pixels in 1 of 3 slices
-    b[1, 0, 0] = True
-    # pooled over the 3 slices: (0,0) in 3, (0,1)/(1,0)/(1,1) in 2, (0,2)/(1,2) in 1 -> >= 0.5: 4 pixels
-    ref = np.zeros((1, 4, 4), bool)
-    ref[0, 1, :] = True  # 4 pixels, 2 of them in the prior
-    two = np.stack([ref[0], np.zeros((4, 4), bool)])  # the prior is predicted on every slice: 8 pixels
-    scores = R.prior_scores([a, b], {"t": ref, "two": two, "none": np.zeros((1, 4, 4), bool)}, 0.5)
-    assert scores["t"] == pytest.approx(2 * 2 / (4 + 4)) and scores["two"] == pytest.approx(2 * 2 / (8 + 4))
-    assert scores["none"] == 0.0  # the prior predicts tumour where the reference has none
-    assert R.prior_scores([a, b], {"t": ref}, 0.3)["t"] == pytest.approx(2 * 3 / (6 + 4))  # 6 pixels >= 1/3
-    with pytest.raises(DataError, match="at least one training mask"):
-        R.prior_scores([], {"t": ref}, 0.5)
-    with pytest.raises(DataError, match="one size"):
-        R.prior_scores([a], {"t": np.zeros((1, 5, 5), bool)}, 0.5)
-
-
 def test_location_prior_of_a_real_t2_run_scores_each_held_out_slice(npc_t2_dir, tmp_path):
     from npcrepro import chapters
+    from npcrepro.metrics.prior import prior_scores
     from npcrepro.profiles import resolve
 
     P = resolve("li2018", profile="smoke", out_dir=str(tmp_path), real_data=str(npc_t2_dir), seeds=1)
@@ -500,6 +479,7 @@ def test_location_prior_of_a_real_t2_run_scores_each_held_out_slice(npc_t2_dir, 
         p = R.prepared_case(res, n)
         masks[n] = p.masks[p.zs]
         assert masks[n].shape[1:] == (D.SIZE, D.SIZE)
-    want = R.prior_scores([masks[n] for n in fold.train], {n: masks[n] for n in fold.test}, P.real_prior_threshold)
+    want = prior_scores([masks[n] for n in fold.train], {n: masks[n] for n in fold.test}, P.real_prior_threshold,
+                        pool_slices=True)
     assert prior.set_index("case")["dice"].to_dict() == pytest.approx(want)
     assert prior["dice"].between(0, 1).all()

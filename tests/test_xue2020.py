@@ -411,8 +411,40 @@ def test_real_params_switch_to_the_openkbp_track():
     assert P.channel == "CECT" and Q.channel == "CT"          # OpenKBP scans have one CT
     assert Q.n_cases == P.n_cases and Q.epochs is None
     assert (P.weights, Q.weights) == ("best", P.real_weights) == ("best", "last")
+    assert (P.context, Q.context) == (0, P.real_context) == (0, 1)          # the phantom reads one slice
     assert X.openkbp_data(profiles.resolve("xue2020", "smoke"))[0] is None     # real_cases 0: off
 
+
+
+def test_context_gives_the_networks_neighbouring_slices():
+    """context=1: three input channels (slices z-1, z, z+1, the ends repeated) in training, in
+    prediction and in the timed network; the OpenKBP track takes real_context."""
+    case = X.xue_case(_case())
+    P = profiles.resolve("xue2020", "smoke", context=1, image_size=[32, 48])
+    train, _ = X.slice_datasets([case], [], P)
+    assert train.in_channels == 3
+    image, _ = train.get(0, None)
+    z = train.items[0][1]
+    ct = X.normalise_ct(case.images["CECT"])
+    assert np.allclose(image, [ct[z + d, 16:48, 8:56] for d in (-1, 0, 1)])
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros(len(x), 1, *x.shape[2:])
+
+    out = M.CHAPTER.predict(M.CHAPTER.method("unet", P), Spy(), case, SimpleNamespace(P=P, device="cpu"))
+    assert out[X.TARGET].shape == case.shape
+    x = torch.cat(seen).numpy()
+    n = case.shape[0]
+    assert x.shape == (n, 3, 32, 48)
+    assert np.allclose(x[:, 0], ct[[0] + list(range(n - 1)), 16:48, 8:56])
+    assert np.allclose(x[:, 2], ct[list(range(1, n)) + [n - 1], 16:48, 8:56])
+    assert M.CHAPTER.build(M.CHAPTER.method("deeplabv3plus", P), P)(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+    assert X.real_params(profiles.resolve("xue2020", "cpu", context=2, real_context=1)).context == 1
+    with pytest.raises(ParameterError, match="context"):
+        profiles.resolve("xue2020", "cpu", real_context=-1)
 
 class Testxue2020Contract(ChapterContract):
     chapter = "xue2020"
@@ -545,3 +577,49 @@ def test_p_value_table_judges_the_claim_per_metric_over_patients():
     assert (t["verdict (DeepLabv3+ better)"] == "holds").all()
     assert t.loc["DSC", "p, Wilcoxon, Holm over the 4 metrics"] == pytest.approx(4 * 2 / 256)
     assert t.loc["HD (mm)", "mean difference (DeepLabv3+ - U-Net)"] < 0
+
+
+def test_location_prior_stands_beside_the_networks_on_the_same_test_patients(monkeypatch):
+    """The prior of a fold is the mean of its training and validation masks (not its test masks); each
+    network is judged against it over the test patients, Holm over the two networks."""
+    import pandas as pd
+
+    from npcrepro.datasets.splits import Fold
+
+    shape = (2, 3, 3)
+    a, b, c = (np.zeros(shape, bool) for _ in range(3))
+    a[0, 0, :] = True
+    b[0, 0, :2] = True
+    c[0, 0, 0] = c[1, 2, 2] = True
+    # voxel frequencies over a, b, c (training and validation): (0,0,0) 3/3, (0,0,1) 2/3, the others 1/3
+    tests = {}
+    for i in range(7):
+        m = np.zeros(shape, bool)
+        m[0, 0, 0] = True
+        m[1, i // 3, i % 3] = True                      # one voxel the prior does not hold
+        tests[f"t{i}"] = m                              # prior at 0.5: 2 voxels, 1 shared -> DSC 0.5
+    tests["t0"] = np.zeros(shape, bool)                 # no target: the prior scores 0
+    masks = {"a": a, "b": b, "c": c, **tests}
+    monkeypatch.setattr(R, "reference_cases",
+                        lambda results, names: {n: SimpleNamespace(labels={X.TARGET: masks[n]}) for n in names})
+    run = SimpleNamespace(splits=lambda: [Fold(["a", "b"], ["c"], list(tests))])
+    prior = R.location_prior(run, 0.5)
+    assert list(prior["case"]) == list(tests) and set(prior["fold"]) == {0} and set(prior["method"]) == {R.PRIOR}
+    assert prior["dice"].tolist() == pytest.approx([0.0] + [0.5] * 6)
+    assert R.location_prior(run, 0.9)["dice"].tolist() == pytest.approx([0.0] + [2 / 3] * 6)   # (0,0,0) only
+
+    nets = pd.DataFrame([{"method": label, "case": n, "dice": d + sign * (shift + 0.01 * i), "seeds": 2}
+                         for label, sign, shift in (("DeepLabv3+", 1, 0.1), ("U-Net", -1, 0.05))
+                         for i, (n, d) in enumerate(zip(prior["case"], prior["dice"]))])
+    monkeypatch.setattr(R, "labelled", lambda results: nets)
+    table = R.prior_table(run, 0.5).set_index("network")
+    assert table.loc["DeepLabv3+", "difference"] == pytest.approx(0.13)     # 0.1 + 0.01 x the mean of 0..6
+    assert table.loc["U-Net", "difference"] == pytest.approx(-0.08)
+    assert list(table["patients network higher"]) == ["7 of 7", "0 of 7"]
+    assert list(table["seeds"]) == [2, 2]
+    # 7 patients, all one way: exact Wilcoxon p 2/128, Holm over the 2 networks 4/128
+    assert table["p, Wilcoxon, Holm over the 2 networks"].tolist() == pytest.approx([4 / 128] * 2)
+    assert list(table["verdict (network higher)"]) == ["holds", "reversed"]
+    text = R.prior_sentence(table.reset_index(), 0.5)
+    assert "scores DSC 0.429 on the same 7 held-out patients" in text
+    assert "DeepLabv3+ +0.130 (higher on 7 of 7 patients, Holm p 0.031: holds)" in text

@@ -67,30 +67,15 @@ def load_model(results, method: str, fold: int, seed: int | None = None):
     return net.eval()
 
 
-def prior_scores(train: Sequence[np.ndarray], tests: Mapping[str, np.ndarray], threshold: float) -> dict:
-    """A location prior, no image: the mean of the ``train`` masks ((z, H, W) each, their slices
-    pooled) thresholded at ``threshold`` is every test slice's prediction; returns test name -> its
-    DSC over the slices of its (z, H, W) mask in ``tests`` (:func:`npcrepro.metrics.dice`, 1 when both
-    are empty)."""
-    from npcrepro import metrics
-    from npcrepro.errors import DataError
-
-    if not len(train):
-        raise DataError("a location prior needs at least one training mask")
-    shapes = {np.shape(m)[1:] for m in (*train, *tests.values())}
-    if len(shapes) > 1:
-        raise DataError(f"a location prior needs slices of one size, got {sorted(shapes)}")
-    prior = np.concatenate([np.asarray(m, bool) for m in train]).mean(axis=0) >= threshold
-    return {name: metrics.dice(np.broadcast_to(prior, ref.shape), np.asarray(ref, bool))
-            for name, ref in tests.items()}
-
-
 def location_prior(results, threshold: float):
     """The no-image reference of a run: per fold, the location prior of its training cases' evaluated
-    slices on the network's 144 x 144 grid (:func:`prior_scores`), scored on its test cases' evaluated
+    slices on the network's 144 x 144 grid (:func:`npcrepro.metrics.prior.prior_scores`, the slices
+    pooled), scored on its test cases' evaluated
     slices as the network is (:meth:`Li2018.score`'s ``dice``). A network below it has not learnt even
     where the tumour usually lies. One row per test case: fold, case, dice."""
     import pandas as pd
+
+    from npcrepro.metrics.prior import prior_scores
 
     folds = results.splits()
     names = sorted({n for f in folds for n in (*f.train, *f.test)})
@@ -100,7 +85,8 @@ def location_prior(results, threshold: float):
         masks[n] = p.masks[p.zs]
     rows = []
     for i, f in enumerate(folds):
-        scores = prior_scores([masks[n] for n in f.train], {n: masks[n] for n in f.test}, threshold)
+        scores = prior_scores([masks[n] for n in f.train], {n: masks[n] for n in f.test}, threshold,
+                              pool_slices=True)
         rows += [{"fold": i, "case": n, "dice": d} for n, d in scores.items()]
     return pd.DataFrame(rows, columns=["fold", "case", "dice"])
 

@@ -195,7 +195,7 @@ class Xue2020(Chapter):
 
     def build(self, method, P, pixel_mm: float | None = None):
         """The untrained network; ``fit`` passes the data's pixel size (ASPP rates)."""
-        return build_model(method.label, P, pixel_mm=pixel_mm)
+        return build_model(method.label, P, in_channels=2 * int(P["context"]) + 1, pixel_mm=pixel_mm)
 
     def fit(self, method, train, val, ctx):
         from npcrepro.engine import Trainer
@@ -220,7 +220,7 @@ class Xue2020(Chapter):
         fit_seconds = time.perf_counter() - t0
         f = h.frame
         shape = tuple(P["image_size"]) if P.get("image_size") else tuple(train[0].shape[1:])
-        tm = time_per_slice(model, shape, ctx.device, n=int(P["timing_slices"]))
+        tm = time_per_slice(model, shape, ctx.device, n=int(P["timing_slices"]), in_channels=train_ds.in_channels)
         ctx.facts.update(
             label=method.label, train_slices=len(train_ds), iterations=h.iterations, fit_seconds=fit_seconds,
             best_val_loss=h.best_val_loss, best_iteration=h.best_iteration, final_train_loss=h.final_train_loss,
@@ -243,7 +243,8 @@ class Xue2020(Chapter):
         P = ctx.P
         image, _ = prepare_case(case, [str(P["channel"])], (), normalise=normalise_ct)
         size = P.get("image_size")
-        kw = dict(batch_size=int(P["infer_batch"]), device=ctx.device, activation="sigmoid")
+        kw = dict(batch_size=int(P["infer_batch"]), device=ctx.device, activation="sigmoid",
+                  context=int(P["context"]))
         if size:
             box = tuple(((n - int(s)) // 2, (n - int(s)) // 2 + int(s)) for n, s in zip(image.shape[2:], size))
             full = ((0, image.shape[0]), (0, image.shape[1])) + box

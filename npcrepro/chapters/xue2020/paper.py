@@ -76,6 +76,8 @@ INFO = PaperInfo(
         "loss": entry("1 - DSC", "Sec. 1.3"),
         "augmentation": entry("flips, random rotation, zoom (scaling), translation", "Sec. 1.3"),
         "input_size": entry((512, 512), "English abstract", "'resized to 512x512 for training'"),
+        "input": entry("one CT image (2D)", "English abstract",
+                       "'the average time required to segment a CT image'; the networks read one slice"),
         "image": entry("CECT", "Sec. 1.1",
                        "contrast-enhanced simulation (planning) CT, 'CT 增强定位扫描', Siemens Somatom "
                        "Definition AS 40; contrast T1 MRI was registered for contouring only"),

@@ -206,7 +206,7 @@ def slice_datasets(train: Sequence, val: Sequence, P: Mapping):
 
     common = dict(channels=[P["channel"]], structures=[TARGET], slices="labelled",
                   background_fraction=float(P["background_fraction"]), normalise=normalise_ct,
-                  size=tuple(P["image_size"]) if P.get("image_size") else None)
+                  size=tuple(P["image_size"]) if P.get("image_size") else None, context=int(P["context"]))
     train_ds = SliceDataset(list(train), augment=make_augment(P), seed=int(P["seed"]), random_crop=False,
                             **common)
     val_ds = SliceDataset(list(val), seed=int(P["seed"]) + 1, **common) if val else None
@@ -270,10 +270,10 @@ def openkbp_source(P: Mapping):
 
 def real_params(P, data=None):
     """The parameters of the real-data run: PTV70 as the target, the scans' one CT channel (``CT``),
-    ``real_iterations`` (else the profile's epochs), the ``real_image_size`` crop and the
-    ``real_weights`` tested; a fresh run folder (no ``resume``). ``data`` (the track's dataset, handed
-    to the runner as it is) is unused."""
+    ``real_iterations`` (else the profile's epochs), the ``real_image_size`` crop, the
+    ``real_weights`` tested and the ``real_context`` neighbouring slices; a fresh run folder (no
+    ``resume``). ``data`` (the track's dataset, handed to the runner as it is) is unused."""
     it = P.get("real_iterations")
     return P.replace(target="ptv70", channel="CT", iterations=int(it) if it else None,
                      epochs=None if it else P.get("epochs"), image_size=P.get("real_image_size"),
-                     weights=P["real_weights"], resume="")
+                     weights=P["real_weights"], context=int(P["real_context"]), resume="")

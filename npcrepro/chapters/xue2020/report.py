@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 
 from npcrepro.chapters.xue2020.methods import MODELS, build_model
-from npcrepro.chapters.xue2020.prepare import CT_WINDOW, source_structures, xue_case
+from npcrepro.chapters.xue2020.prepare import CT_WINDOW, TARGET, source_structures, xue_case
 
 __all__ = ["PAPER", "METRICS", "NOT_LEARNED_LOSS", "labelled", "data_label", "target_label", "reference_cases",
            "run_channel", "channel_text", "recipe_table", "architecture_table",
-           "parameter_table", "comparison", "p_value_table",
+           "parameter_table", "comparison", "p_value_table", "location_prior", "prior_table", "prior_sentence",
            "timing_table", "training_table", "case_table", "training_note", "headline"]
 
 PAPER = "xue2020"
@@ -215,6 +215,60 @@ def p_value_table(results) -> pd.DataFrame:
                                                    f"of {int(r['n'])}",
                      "verdict (DeepLabv3+ better)": r["verdict"]})
     return pd.DataFrame(rows)
+
+
+#: The row name of the reference that reads no image (:func:`location_prior`).
+PRIOR = "location prior"
+
+
+def location_prior(results, threshold: float) -> pd.DataFrame:
+    """The reference that reads no image: per fold, the voxel-wise mean of the target masks of its
+    training and validation patients (the patients the networks were given) thresholded at ``threshold``
+    (:func:`npcrepro.metrics.prior.prior_scores`), scored on its test patients on the case grid as the
+    networks are. It needs cases of one grid (OpenKBP's 128 x 128 x 128). One row per test patient:
+    method (:data:`PRIOR`), fold, case, dice."""
+    from npcrepro.metrics.prior import prior_scores
+
+    rows = []
+    for i, f in enumerate(results.splits()):
+        cases = reference_cases(results, [*f.train, *f.val, *f.test])
+        masks = {n: c.labels[TARGET] for n, c in cases.items()}
+        scores = prior_scores([masks[n] for n in (*f.train, *f.val)], {n: masks[n] for n in f.test}, threshold)
+        rows += [{"method": PRIOR, "fold": i, "case": n, "dice": d} for n, d in scores.items()]
+    return pd.DataFrame(rows, columns=["method", "fold", "case", "dice"])
+
+
+def prior_table(results, threshold: float) -> pd.DataFrame:
+    """Each network against the :func:`location_prior` on the same test patients (:mod:`npcrepro.claims`:
+    seeds averaged per patient, the Wilcoxon p Holm-adjusted over the networks) and the verdict on "the
+    network scores higher than a reference that reads no image"."""
+    from npcrepro.claims import compare, judge
+
+    nets = labelled(results)
+    # the prior needs no training: it stands beside every seed, so the networks' seeds are the count shown
+    prior = location_prior(results, threshold).assign(seeds=int(nets["seeds"].max()) if "seeds" in nets else 1)
+    table = pd.concat([nets, prior], ignore_index=True)
+    tests = judge([compare(table, label, PRIOR) for label in MODELS], 1)
+    return pd.DataFrame([{"network": r["method_a"], "n": int(r["n"]), "seeds": r["seeds"],
+                          "network DSC": r["mean_a"], f"{PRIOR} DSC": r["mean_b"],
+                          "difference": r["mean_diff"], "95 % CI": f"{r['diff_ci_low']:.3f} to {r['diff_ci_high']:.3f}",
+                          "patients network higher": f"{r['favour_a']} of {int(r['n'])}",
+                          f"p, Wilcoxon, Holm over the {len(tests)} networks": r["p_holm"],
+                          "verdict (network higher)": r["verdict"]} for r in tests])
+
+
+def prior_sentence(table: pd.DataFrame, threshold: float) -> str:
+    """:func:`prior_table` in words: the prior's DSC and, per network, the difference, the patients on
+    which it is higher, the Holm-adjusted p and the verdict."""
+    if not len(table):
+        return ""
+    p_col = next(c for c in table.columns if c.startswith("p, Wilcoxon"))
+    first = table.iloc[0]
+    parts = [f"{r['network']} {r['difference']:+.3f} (higher on {r['patients network higher']} patients, "
+             f"Holm p {_fmt_p(r[p_col])}: {r['verdict (network higher)']})" for _, r in table.iterrows()]
+    return (f"A location prior that reads no image (the voxel-wise mean of the training and validation patients' masks, "
+            f"thresholded at {threshold:g}) scores DSC {first[f'{PRIOR} DSC']:.3f} on the same {int(first['n'])} "
+            f"held-out patients. Against it: " + "; ".join(parts) + ".")
 
 
 def timing_table(results) -> pd.DataFrame:

@@ -1,0 +1,51 @@
+"""A location prior: the reference that reads no image.
+
+The mean of the training masks, thresholded, is the prediction for every test case. A network that
+scores no higher than it on the same test cases has learnt where the target usually lies, and nothing
+from the image. Used beside the networks of the real-data tracks (li2018's T2 slices, xue2020's
+OpenKBP PTV70).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from npcrepro.errors import DataError
+from npcrepro.metrics.overlap import dice
+
+__all__ = ["location_prior", "prior_scores"]
+
+
+def location_prior(train: Sequence[np.ndarray], threshold: float, *, pool_slices: bool = False) -> np.ndarray:
+    """The boolean mask where the mean of the ``train`` masks is at least ``threshold``.
+
+    ``pool_slices=False``: the masks are volumes of one shape (z, y, x), averaged voxel by voxel; the
+    prior has that shape. ``pool_slices=True``: every slice of every (z, y, x) mask counts once (the
+    masks may differ in z); the prior is one (y, x) slice. Raises :class:`DataError` without training
+    masks or when their shapes differ."""
+    if not len(train):
+        raise DataError("a location prior needs at least one training mask")
+    shapes = {np.shape(m)[1:] if pool_slices else np.shape(m) for m in train}
+    if len(shapes) > 1:
+        raise DataError(f"a location prior needs masks of one size, got {sorted(shapes)}")
+    masks = [np.asarray(m, bool) for m in train]
+    mean = np.concatenate(masks).mean(axis=0) if pool_slices else np.mean(masks, axis=0)
+    return mean >= float(threshold)
+
+
+def prior_scores(train: Sequence[np.ndarray], tests: Mapping[str, np.ndarray], threshold: float, *,
+                 pool_slices: bool = False) -> dict[str, float]:
+    """Test name -> the DSC of :func:`location_prior` of ``train`` against its mask in ``tests``
+    (:func:`npcrepro.metrics.dice`: 1 when both are empty). With ``pool_slices`` the (y, x) prior is
+    predicted on every slice of a test mask, which may have any number of slices; otherwise every
+    test mask has the training masks' shape."""
+    prior = location_prior(train, threshold, pool_slices=pool_slices)
+    out = {}
+    for name, ref in tests.items():
+        ref = np.asarray(ref, bool)
+        if ref.shape[-prior.ndim:] != prior.shape or (not pool_slices and ref.shape != prior.shape):
+            raise DataError(f"a location prior needs masks of one size: {name} is {ref.shape}, the training "
+                            f"masks {prior.shape}")
+        out[name] = dice(np.broadcast_to(prior, ref.shape), ref)
+    return out
