@@ -11,6 +11,10 @@ the structures each track scores: a network that does not learn on real scans is
   :meth:`npcrepro.engine.results.Results.ceiling`), so the bars move with the data's difficulty. Where a
   run's data has no raters (a real-data track, a dataset of one contour per patient) the fixed
   :data:`BARS` hold (MRI 0.65, CT 0.50);
+* on a real-data track whose chapter defines a reference that reads no image (a location prior:
+  :meth:`npcrepro.engine.chapter.Chapter.reference`; li2018's T2 slices, xue2020's PTV70), a network
+  also scores higher than that reference on the same test cases: one that does not has learnt where
+  the target usually lies and nothing from the image;
 * at least :data:`CONVERGED_SHARE` of the trained networks are flagged converged at their budget
   (:meth:`npcrepro.engine.results.Results.convergence`);
 * no seed of a network collapses (:meth:`npcrepro.engine.results.Results.flags`): its full-budget DSC
@@ -43,7 +47,8 @@ CONVERGED_SHARE = 0.80
 CT_CHANNELS = frozenset({"CT", "CECT"})
 
 QUALITY_COLUMNS = ["chapter", "run", "data", "method", "input", "structures", "test cases",
-                   "cases predicted empty", "dice", "ceiling", "bar", "meets bar", "exception"]
+                   "cases predicted empty", "dice", "ceiling", "no-image reference", "bar", "meets bar",
+                   "exception"]
 
 
 def bar_for(family: str, ceiling: float | None) -> float:
@@ -80,9 +85,10 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
     label, input (MRI/CT), the structures scored (``structure`` on the phantom; every structure a
     real-data track scores, e.g. OpenKBP's organs or its PTV70), test cases, cases predicted empty,
     mean DSC (per case first, over the structures its reference has, folds and seeds, then over
-    cases), the inter-rater ceiling (None without raters), the bar (:func:`bar_for`), whether it meets
-    it (and predicts something) and the chapter's reason where it
-    names the method an exception."""
+    cases), the inter-rater ceiling (None without raters), the mean DSC of the chapter's reference that
+    reads no image on a real-data track (:func:`no_image_reference`; None elsewhere), the bar
+    (:func:`bar_for`), whether it meets it (predicts something, and scores higher than the reference
+    where there is one) and the chapter's reason where it names the method an exception."""
     from npcrepro.evaluation import scored
     from npcrepro.summary import headline_of, newest_results
 
@@ -100,6 +106,7 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
         names = ", ".join(sorted(set(m["structure"])))
         named = exceptions(chapter)
         ceiling = res.ceiling(structure) if data == "phantom" else None
+        floor = None if data == "phantom" else no_image_reference(chapter, res)
         for method in [k for k in res.methods if k in set(m["method"])]:
             mine = m[m["method"] == method]
             h = headline_of(mine, method)  # per case first, then over cases
@@ -110,12 +117,29 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
             rows.append({"chapter": chapter, "run": name, "data": data, "method": res.label(method),
                          "input": family, "structures": names, "test cases": h["n"],
                          "cases predicted empty": int(empty.sum()),
-                         "dice": dice, "ceiling": ceiling, "bar": bar_for(family, ceiling),
-                         "meets bar": bool(dice >= bar_for(family, ceiling) and not empty.all()),
+                         "dice": dice, "ceiling": ceiling, "no-image reference": floor,
+                         "bar": bar_for(family, ceiling),
+                         "meets bar": bool(dice >= bar_for(family, ceiling) and not empty.all()
+                                           and (floor is None or dice > floor)),
                          "exception": named.get(method, "")})
     table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     # the phantom's rows first, then the real-data tracks (each group in the runs' order)
     return table.sort_values("data", key=lambda d: d != "phantom", kind="stable").reset_index(drop=True)
+
+
+def no_image_reference(chapter: str, res) -> float | None:
+    """The mean DSC of ``chapter``'s reference that reads no image on the run ``res``
+    (:meth:`npcrepro.engine.chapter.Chapter.reference`) over its test cases; None where the chapter
+    defines none, this version does not know the chapter, or the run's dataset is no longer readable."""
+    from npcrepro import chapters
+    from npcrepro.engine.chapter import load_chapter
+    from npcrepro.errors import DataError, ParameterError
+
+    try:
+        table = load_chapter(chapters.module(chapter)).reference(res)
+    except (ParameterError, DataError):  # a chapter this version does not know; data moved or gone
+        return None
+    return float(table["dice"].mean()) if table is not None and len(table) else None
 
 
 def data_name(label: str) -> str:

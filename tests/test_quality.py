@@ -245,3 +245,34 @@ def test_bars_are_shares_of_the_inter_rater_ceiling_where_the_run_has_raters(tmp
     assert row["ceiling"] == pytest.approx(0.70) and row["bar"] == pytest.approx(0.85 * 0.70)
     assert row["meets bar"]
     assert quality.bar_for("CT", 0.70) == pytest.approx(0.65 * 0.70) and quality.bar_for("CT", None) == 0.50
+
+
+def test_a_real_track_is_held_to_its_chapters_reference_that_reads_no_image(tmp_path, monkeypatch):
+    """A CT network at 0.60 on OpenKBP meets the fixed bar (0.50); it misses when the chapter's location
+    prior scores 0.65 on the same patients, and meets it again when the prior scores 0.55. The phantom's
+    rows never ask for a reference."""
+    from npcrepro.chapters.xue2020.methods import CHAPTER
+
+    _run(tmp_path, "xue2020", "20260101-000000-openkbp", {"unet": {}},
+         [("unet", 0, "k1", 0.5, False), ("unet", 0, "k2", 0.7, False)], channels=["CT"],
+         data_label="OpenKBP CT (2 patients)")
+    _run(tmp_path, "xue2020", "20260101-000000-run", {"unet": {}}, [("unet", 0, "p1", 0.9, False)],
+         channels=["CECT"])
+    asked = []
+
+    def reference(res, prior):
+        asked.append(res.data_label)
+        return pd.DataFrame({"case": ["k1", "k2"], "dice": [prior - 0.05, prior + 0.05]})
+
+    for prior, meets in ((0.65, False), (0.55, True)):
+        monkeypatch.setattr(CHAPTER, "reference", lambda res, prior=prior: reference(res, prior))
+        t = quality.quality_table(tmp_path, "cpu").set_index("data")
+        real = t.loc["OpenKBP CT (2 patients)"]
+        assert real["dice"] == pytest.approx(0.60) and real["bar"] == 0.50
+        assert real["no-image reference"] == pytest.approx(prior) and bool(real["meets bar"]) is meets
+        assert pd.isna(t.loc["phantom", "no-image reference"]) and t.loc["phantom", "meets bar"]
+    assert asked == ["OpenKBP CT (2 patients)"] * 2
+    monkeypatch.undo()
+    # the run's own parameters name no PTV70 target: xue2020 defines no reference for it
+    assert pd.isna(quality.quality_table(tmp_path, "cpu").set_index("data").loc["OpenKBP CT (2 patients)",
+                                                                                "no-image reference"])

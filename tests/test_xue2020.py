@@ -600,7 +600,7 @@ def test_location_prior_stands_beside_the_networks_on_the_same_test_patients(mon
         tests[f"t{i}"] = m                              # prior at 0.5: 2 voxels, 1 shared -> DSC 0.5
     tests["t0"] = np.zeros(shape, bool)                 # no target: the prior scores 0
     masks = {"a": a, "b": b, "c": c, **tests}
-    monkeypatch.setattr(R, "reference_cases",
+    monkeypatch.setattr(X, "reference_cases",
                         lambda results, names: {n: SimpleNamespace(labels={X.TARGET: masks[n]}) for n in names})
     run = SimpleNamespace(splits=lambda: [Fold(["a", "b"], ["c"], list(tests))])
     prior = R.location_prior(run, 0.5)

@@ -299,6 +299,13 @@ class Chapter:
     def threshold(self, P) -> float:
         return float(P.get("threshold") or 0.5)
 
+    def reference(self, results):
+        """A reference that reads no image for the finished run ``results`` (a location prior), scored
+        on the run's test cases as its networks are: a table with one row per test case (``case``,
+        ``dice``), or None where the chapter defines none (the default). :mod:`npcrepro.quality` holds
+        the networks of a real-data track to it."""
+        return None
+
 
 def uses_held_out(dataset, P: Mapping[str, Any]) -> bool:
     """Whether a run tests on ``dataset``'s own held-out cases (:meth:`Chapter.split`): a dataset

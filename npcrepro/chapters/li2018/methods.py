@@ -150,6 +150,16 @@ class Li2018(Chapter):
     def all_methods(self, P):
         return [Method(m, LABELS[m]) for m in MODES]
 
+    def reference(self, results):
+        """A run on a dataset (the real T2 track): its location prior
+        (:func:`npcrepro.chapters.li2018.prepare.location_prior`) at ``real_prior_threshold``; None on the phantom."""
+        from npcrepro.chapters.li2018.prepare import location_prior
+
+        P = results.params
+        if P.get("data") in (None, "phantom") or P.get("real_prior_threshold") is None:
+            return None
+        return location_prior(results, float(P["real_prior_threshold"]))
+
     def dataset(self, P, *, progress: bool = False):
         from npcrepro.datasets import open_dataset
 

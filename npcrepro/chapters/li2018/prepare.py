@@ -328,3 +328,35 @@ def training_slices(prepared, *, augment: bool = True, seed: int = 0):
     return SliceDataset([p.work for p in prepared], [prepared[0].channel], [STRUCTURE],
                         slices=_EvaluatedSlices({p.case.name: p.zs for p in prepared}), normalise=None,
                         augment=_AugmentThenZscore(Li2018Augment() if augment else None), seed=seed)
+
+
+# ------------------------------------------------------------------------------------------ a finished run's cases
+def prepared_case(results, name: str) -> "Prepared":
+    """Case ``name`` of the run on the network's grid (as its jobs saw it)."""
+    ds = results.dataset()
+    case = results.load_case(name, structures=[STRUCTURE])
+    return prepare_case(case, results.params, spacing_known=bool(getattr(ds, "spacing_known", True)))
+
+
+def location_prior(results, threshold: float):
+    """The no-image reference of a run: per fold, the location prior of its training cases' evaluated
+    slices on the network's 144 x 144 grid (:func:`npcrepro.metrics.prior.prior_scores`, the slices
+    pooled), scored on its test cases' evaluated
+    slices as the network is (:meth:`Li2018.score`'s ``dice``). A network below it has not learnt even
+    where the tumour usually lies. One row per test case: fold, case, dice."""
+    import pandas as pd
+
+    from npcrepro.metrics.prior import prior_scores
+
+    folds = results.splits()
+    names = sorted({n for f in folds for n in (*f.train, *f.test)})
+    masks = {}
+    for n in names:
+        p = prepared_case(results, n)
+        masks[n] = p.masks[p.zs]
+    rows = []
+    for i, f in enumerate(folds):
+        scores = prior_scores([masks[n] for n in f.train], {n: masks[n] for n in f.test}, threshold,
+                              pool_slices=True)
+        rows += [{"fold": i, "case": n, "dice": d} for n, d in scores.items()]
+    return pd.DataFrame(rows, columns=["fold", "case", "dice"])

@@ -6,6 +6,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from npcrepro.chapters.li2018 import prepare as prep
+from npcrepro.chapters.li2018.prepare import location_prior, prepared_case  # noqa: F401 - the notebook reads them here
 
 PAPER = "li2018"
 #: Table 2 columns: (header, per-case column). The paper's "Recall" column is TP/(TP+FP).
@@ -48,13 +49,6 @@ def scheme(results) -> str:
     return f"{P['k']}-fold by patient" + (f", first {P['max_folds']} fold(s)" if P["max_folds"] else "")
 
 
-def prepared_case(results, name: str) -> "prep.Prepared":
-    """Case ``name`` of the run on the network's grid (as its jobs saw it)."""
-    ds = results.dataset()
-    case = results.load_case(name, structures=[prep.STRUCTURE])
-    return prep.prepare_case(case, results.params, spacing_known=bool(getattr(ds, "spacing_known", True)))
-
-
 def load_model(results, method: str, fold: int, seed: int | None = None):
     """The trained network of one job (its ``model.pt``)."""
     import torch
@@ -65,30 +59,6 @@ def load_model(results, method: str, fold: int, seed: int | None = None):
     path = results.job_dir(method, fold, seed) / "model.pt"
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval()
-
-
-def location_prior(results, threshold: float):
-    """The no-image reference of a run: per fold, the location prior of its training cases' evaluated
-    slices on the network's 144 x 144 grid (:func:`npcrepro.metrics.prior.prior_scores`, the slices
-    pooled), scored on its test cases' evaluated
-    slices as the network is (:meth:`Li2018.score`'s ``dice``). A network below it has not learnt even
-    where the tumour usually lies. One row per test case: fold, case, dice."""
-    import pandas as pd
-
-    from npcrepro.metrics.prior import prior_scores
-
-    folds = results.splits()
-    names = sorted({n for f in folds for n in (*f.train, *f.test)})
-    masks = {}
-    for n in names:
-        p = prepared_case(results, n)
-        masks[n] = p.masks[p.zs]
-    rows = []
-    for i, f in enumerate(folds):
-        scores = prior_scores([masks[n] for n in f.train], {n: masks[n] for n in f.test}, threshold,
-                              pool_slices=True)
-        rows += [{"fold": i, "case": n, "dice": d} for n, d in scores.items()]
-    return pd.DataFrame(rows, columns=["fold", "case", "dice"])
 
 
 # ------------------------------------------------------------------------------------------ tables

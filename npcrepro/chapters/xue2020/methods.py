@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from npcrepro.chapters.xue2020.prepare import (TARGET, has_structure, normalise_ct, openkbp_source, pixel_size,
-                                               real_params, slice_datasets, source_structures, split_sizes,
-                                               xue_case)
+from npcrepro.chapters.xue2020.prepare import (TARGET, has_structure, location_prior, normalise_ct, openkbp_source,
+                                               pixel_size, real_params, slice_datasets, source_structures,
+                                               split_sizes, xue_case)
 from npcrepro.engine.experiment import Chapter, Method, Track
 from npcrepro.errors import DataError, ParameterError
 from npcrepro.chapters.xue2020.recipe import PAPER_PIXEL_MM
@@ -233,6 +233,14 @@ class Xue2020(Chapter):
             ms_median=tm["ms_median"], ms_mean=tm["ms_mean"], timing_shape="×".join(map(str, tm["shape"])),
             timing_device=tm["device"], threads=tm["threads"])
         return model
+
+    def reference(self, results):
+        """The OpenKBP track's location prior (:func:`npcrepro.chapters.xue2020.prepare.location_prior`) at the
+        run's ``real_prior_threshold``; None for a run on another target."""
+        P = results.params
+        if P.get("target") != "ptv70" or P.get("real_prior_threshold") is None:
+            return None
+        return location_prior(results, float(P["real_prior_threshold"]))
 
     def predict(self, method, model, case, ctx):
         """Every axial slice (centre crop/pad to ``image_size`` when set, mapped back), stacked into

@@ -28,7 +28,7 @@ from npcrepro.chapters.xue2020.recipe import CT_WINDOW, RP_MIDLINE_MM
 __all__ = ["TARGET", "CT_WINDOW", "RP_MIDLINE_MM", "normalise_ct", "midline_x", "retropharyngeal_nodes",
            "derive_target", "xue_case", "source_structures", "XueAugment", "make_augment",
            "slice_datasets", "split_sizes", "pixel_size", "has_structure", "openkbp_data", "real_params",
-           "openkbp_source"]
+           "openkbp_source", "run_channel", "reference_cases", "PRIOR", "location_prior"]
 
 #: Name of the training/evaluation target inside the chapter's cases (the paper's GTVp, which
 #: includes the retropharyngeal nodes; PTV70 on OpenKBP).
@@ -277,3 +277,53 @@ def real_params(P, data=None):
     return P.replace(target="ptv70", channel="CT", iterations=int(it) if it else None,
                      epochs=None if it else P.get("epochs"), image_size=P.get("real_image_size"),
                      weights=P["real_weights"], context=int(P["real_context"]), resume="")
+
+
+# ----------------------------------------------------------------------------------- a finished run's cases
+def run_channel(params) -> str:
+    """The CT channel a run trained on (its ``channel`` parameter; runs made before the parameter
+    existed trained on ``CT``). ``params``: a run's parameters or :class:`Results`."""
+    params = getattr(params, "params", params)
+    return str(params.get("channel") or "CT")
+
+
+_CASES: dict[tuple, object] = {}
+
+
+def reference_cases(results, names=None) -> dict:
+    """name -> the chapter's case (its CT channel and the derived target, as the run trained on it) of
+    every case of the run's split (or of ``names``); kept per process."""
+    names = list(names) if names is not None else [n for f in results.splits() for n in (*f.train, *f.val, *f.test)]
+    ds, rule, channel = None, results.params.get("target", "gtvp_rpn"), run_channel(results)
+    out = {}
+    for n in names:
+        key = (str(results.path), n)
+        if key not in _CASES:
+            ds = ds or results.dataset()
+            _CASES[key] = xue_case(ds.load(n, channels=[channel], structures=source_structures(ds, rule)), rule,
+                                   channel)
+        out[n] = _CASES[key]
+    return out
+
+
+#: The row name of the reference that reads no image (:func:`location_prior`).
+PRIOR = "location prior"
+
+
+def location_prior(results, threshold: float):
+    """The reference that reads no image: per fold, the voxel-wise mean of the target masks of its
+    training and validation patients (the patients the networks were given) thresholded at ``threshold``
+    (:func:`npcrepro.metrics.prior.prior_scores`), scored on its test patients on the case grid as the
+    networks are. It needs cases of one grid (OpenKBP's 128 x 128 x 128). One row per test patient:
+    method (:data:`PRIOR`), fold, case, dice (a DataFrame)."""
+    import pandas as pd
+
+    from npcrepro.metrics.prior import prior_scores
+
+    rows = []
+    for i, f in enumerate(results.splits()):
+        cases = reference_cases(results, [*f.train, *f.val, *f.test])
+        masks = {n: c.labels[TARGET] for n, c in cases.items()}
+        scores = prior_scores([masks[n] for n in (*f.train, *f.val)], {n: masks[n] for n in f.test}, threshold)
+        rows += [{"method": PRIOR, "fold": i, "case": n, "dice": d} for n, d in scores.items()]
+    return pd.DataFrame(rows, columns=["method", "fold", "case", "dice"])

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from npcrepro.chapters.xue2020.methods import MODELS, build_model
-from npcrepro.chapters.xue2020.prepare import CT_WINDOW, TARGET, source_structures, xue_case
+from npcrepro.chapters.xue2020.prepare import (CT_WINDOW, PRIOR, location_prior, reference_cases,
+                                               run_channel)
 
 __all__ = ["PAPER", "METRICS", "NOT_LEARNED_LOSS", "labelled", "data_label", "target_label", "reference_cases",
            "run_channel", "channel_text", "recipe_table", "architecture_table",
@@ -56,13 +57,6 @@ def labelled(results) -> pd.DataFrame:
     return m.assign(method=m["method"].map(lambda n: results.label(n))) if len(m) else m
 
 
-def run_channel(params) -> str:
-    """The CT channel a run trained on (its ``channel`` parameter; runs made before the parameter
-    existed trained on ``CT``). ``params``: a run's parameters or :class:`Results`."""
-    params = getattr(params, "params", params)
-    return str(params.get("channel") or "CT")
-
-
 def channel_text(params) -> str:
     """The run's CT in words (:data:`npcrepro.chapters.CT_CHANNELS`), e.g. "contrast-enhanced CT (CECT,
     venous phase)"."""
@@ -82,25 +76,6 @@ def data_label(results) -> str:
     from npcrepro.evaluation import data_source
 
     return data_source(results, target_label(results))
-
-
-_CASES: dict[tuple, object] = {}
-
-
-def reference_cases(results, names=None) -> dict:
-    """name -> the chapter's case (its CT channel and the derived target, as the run trained on it) of
-    every case of the run's split (or of ``names``); kept per process."""
-    names = list(names) if names is not None else [n for f in results.splits() for n in (*f.train, *f.val, *f.test)]
-    ds, rule, channel = None, results.params.get("target", "gtvp_rpn"), run_channel(results)
-    out = {}
-    for n in names:
-        key = (str(results.path), n)
-        if key not in _CASES:
-            ds = ds or results.dataset()
-            _CASES[key] = xue_case(ds.load(n, channels=[channel], structures=source_structures(ds, rule)), rule,
-                                   channel)
-        out[n] = _CASES[key]
-    return out
 
 
 def _training(results) -> pd.DataFrame:
@@ -217,27 +192,6 @@ def p_value_table(results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-#: The row name of the reference that reads no image (:func:`location_prior`).
-PRIOR = "location prior"
-
-
-def location_prior(results, threshold: float) -> pd.DataFrame:
-    """The reference that reads no image: per fold, the voxel-wise mean of the target masks of its
-    training and validation patients (the patients the networks were given) thresholded at ``threshold``
-    (:func:`npcrepro.metrics.prior.prior_scores`), scored on its test patients on the case grid as the
-    networks are. It needs cases of one grid (OpenKBP's 128 x 128 x 128). One row per test patient:
-    method (:data:`PRIOR`), fold, case, dice."""
-    from npcrepro.metrics.prior import prior_scores
-
-    rows = []
-    for i, f in enumerate(results.splits()):
-        cases = reference_cases(results, [*f.train, *f.val, *f.test])
-        masks = {n: c.labels[TARGET] for n, c in cases.items()}
-        scores = prior_scores([masks[n] for n in (*f.train, *f.val)], {n: masks[n] for n in f.test}, threshold)
-        rows += [{"method": PRIOR, "fold": i, "case": n, "dice": d} for n, d in scores.items()]
-    return pd.DataFrame(rows, columns=["method", "fold", "case", "dice"])
-
-
 def prior_table(results, threshold: float) -> pd.DataFrame:
     """Each network against the :func:`location_prior` on the same test patients (:mod:`npcrepro.claims`:
     seeds averaged per patient, the Wilcoxon p Holm-adjusted over the networks) and the verdict on "the
@@ -266,8 +220,8 @@ def prior_sentence(table: pd.DataFrame, threshold: float) -> str:
     first = table.iloc[0]
     parts = [f"{r['network']} {r['difference']:+.3f} (higher on {r['patients network higher']} patients, "
              f"Holm p {_fmt_p(r[p_col])}: {r['verdict (network higher)']})" for _, r in table.iterrows()]
-    return (f"A location prior that reads no image (the voxel-wise mean of the training and validation patients' masks, "
-            f"thresholded at {threshold:g}) scores DSC {first[f'{PRIOR} DSC']:.3f} on the same {int(first['n'])} "
+    return (f"A location prior that reads no image (the voxel-wise mean of the training and validation "
+            f"patients' masks, thresholded at {threshold:g}) scores DSC {first[f'{PRIOR} DSC']:.3f} on the same {int(first['n'])} "
             f"held-out patients. Against it: " + "; ".join(parts) + ".")
 
 
