@@ -168,7 +168,8 @@ class Chapter:
     Required: :meth:`methods`, :meth:`build`, :meth:`prepare`, :meth:`fit`, :meth:`predict`.
     Defaults: channels/structures from class attributes, cases = the first ``n_cases``, folds from
     ``cv`` / ``k_folds`` / ``n_test`` / ``val_fraction`` / ``max_folds``, seeds from ``seeds``,
-    scoring with :func:`npcrepro.evaluation.evaluate_cases` at threshold ``threshold``.
+    scoring with :func:`npcrepro.evaluation.evaluate_cases` at threshold ``threshold``, no reference
+    that reads no image (:meth:`reference`).
     """
 
     name: str = ""
