@@ -341,9 +341,9 @@ def prepared_case(results, name: str) -> "Prepared":
 def location_prior(results, threshold: float):
     """The no-image reference of a run: per fold, the location prior of its training cases' evaluated
     slices on the network's 144 x 144 grid (:func:`npcrepro.metrics.prior.prior_scores`, the slices
-    pooled), scored on its test cases' evaluated
-    slices as the network is (:meth:`Li2018.score`'s ``dice``). A network below it has not learnt even
-    where the tumour usually lies. One row per test case: fold, case, dice."""
+    pooled), scored on its test cases' evaluated slices as the network is (``Li2018.score``'s ``dice``).
+    A network below it has not learnt even where the tumour usually lies. One row per test case: fold,
+    case, dice (a DataFrame)."""
     import pandas as pd
 
     from npcrepro.metrics.prior import prior_scores

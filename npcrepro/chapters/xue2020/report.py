@@ -218,10 +218,11 @@ def prior_sentence(table: pd.DataFrame, threshold: float) -> str:
         return ""
     p_col = next(c for c in table.columns if c.startswith("p, Wilcoxon"))
     first = table.iloc[0]
+    prior, n = first[f"{PRIOR} DSC"], int(first["n"])
     parts = [f"{r['network']} {r['difference']:+.3f} (higher on {r['patients network higher']} patients, "
              f"Holm p {_fmt_p(r[p_col])}: {r['verdict (network higher)']})" for _, r in table.iterrows()]
     return (f"A location prior that reads no image (the voxel-wise mean of the training and validation "
-            f"patients' masks, thresholded at {threshold:g}) scores DSC {first[f'{PRIOR} DSC']:.3f} on the same {int(first['n'])} "
+            f"patients' masks, thresholded at {threshold:g}) scores DSC {prior:.3f} on the same {n} "
             f"held-out patients. Against it: " + "; ".join(parts) + ".")
 
 
