@@ -415,7 +415,6 @@ def test_real_params_switch_to_the_openkbp_track():
     assert X.openkbp_data(profiles.resolve("xue2020", "smoke"))[0] is None     # real_cases 0: off
 
 
-
 def test_context_gives_the_networks_neighbouring_slices():
     """context=1: three input channels (slices z-1, z, z+1, the ends repeated) in training, in
     prediction and in the timed network; the OpenKBP track takes real_context."""
@@ -445,6 +444,7 @@ def test_context_gives_the_networks_neighbouring_slices():
     assert X.real_params(profiles.resolve("xue2020", "cpu", context=2, real_context=1)).context == 1
     with pytest.raises(ParameterError, match="context"):
         profiles.resolve("xue2020", "cpu", real_context=-1)
+
 
 class Testxue2020Contract(ChapterContract):
     chapter = "xue2020"
