@@ -29,9 +29,13 @@ def location_prior(train: Sequence[np.ndarray], threshold: float, *, pool_slices
     shapes = {np.shape(m)[1:] if pool_slices else np.shape(m) for m in train}
     if len(shapes) > 1:
         raise DataError(f"a location prior needs masks of one size, got {sorted(shapes)}")
-    masks = [np.asarray(m, bool) for m in train]
-    mean = np.concatenate(masks).mean(axis=0) if pool_slices else np.mean(masks, axis=0)
-    return mean >= float(threshold)
+    # a running count, not a stack of every mask: 64 OpenKBP volumes are 134 MB as one boolean array
+    count, n = np.zeros(shapes.pop(), np.int64), 0
+    for m in train:
+        m = np.asarray(m, bool)
+        count += m.sum(axis=0) if pool_slices else m
+        n += len(m) if pool_slices else 1
+    return count / n >= float(threshold)
 
 
 def prior_scores(train: Sequence[np.ndarray], tests: Mapping[str, np.ndarray], threshold: float, *,
@@ -44,7 +48,7 @@ def prior_scores(train: Sequence[np.ndarray], tests: Mapping[str, np.ndarray], t
     out = {}
     for name, ref in tests.items():
         ref = np.asarray(ref, bool)
-        if ref.shape[-prior.ndim:] != prior.shape or (not pool_slices and ref.shape != prior.shape):
+        if (ref.shape[1:] if pool_slices else ref.shape) != prior.shape:
             raise DataError(f"a location prior needs masks of one size: {name} is {ref.shape}, the training "
                             f"masks {prior.shape}")
         out[name] = dice(np.broadcast_to(prior, ref.shape), ref)
