@@ -30,7 +30,7 @@ from npcrepro.errors import DataError
 from npcrepro.evaluation import holm, paired_test
 
 __all__ = ["ALPHA", "POWER", "VERDICTS", "per_patient", "min_wilcoxon_p", "detectable_difference",
-           "compare", "judge", "patients_needed"]
+           "compare", "judge", "patients_needed", "against_reference", "reference_sentence", "format_p"]
 
 ALPHA = 0.05
 POWER = 0.8
@@ -136,3 +136,39 @@ def judge(tests: Sequence[Mapping], claimed: Sequence[int] | int = 1, *, alpha: 
         else:
             t["verdict"] = VERDICTS[2]
     return tests
+
+
+def against_reference(table: pd.DataFrame, networks: Sequence[str], reference: str,
+                      metric: str = "dice") -> pd.DataFrame:
+    """Each of ``networks`` against ``reference`` (a method of the long per-case ``table`` that reads no
+    image, e.g. a location prior, :mod:`npcrepro.metrics.prior`) over the patients both were scored on:
+    :func:`compare` for each, :func:`judge` over the networks as one family on the claim "the network
+    scores higher". One row per network: network, n, seeds, the two means, the difference with its
+    95 % interval, the patients on which the network is higher, the Holm-adjusted Wilcoxon p and the
+    verdict."""
+    tests = judge([compare(table, name, reference, metric) for name in networks], 1)
+    return pd.DataFrame([{"network": r["method_a"], "n": int(r["n"]), "seeds": r["seeds"],
+                          "network DSC": r["mean_a"], f"{reference} DSC": r["mean_b"],
+                          "difference": r["mean_diff"], "95 % CI": f"{r['diff_ci_low']:.3f} to {r['diff_ci_high']:.3f}",
+                          "patients network higher": f"{r['favour_a']} of {int(r['n'])}",
+                          f"p, Wilcoxon, Holm over the {len(tests)} networks": r["p_holm"],
+                          "verdict (network higher)": r["verdict"]} for r in tests])
+
+
+def reference_sentence(table: pd.DataFrame, reference: str, described: str, patients: str = "patients") -> str:
+    """:func:`against_reference`'s ``table`` in words: "``described`` scores DSC x on the same n
+    ``patients``. Against it: " and, per network, the difference, the patients on which it is higher,
+    the Holm-adjusted p and the verdict ("" for an empty table)."""
+    if not len(table):
+        return ""
+    p_col = next(c for c in table.columns if c.startswith("p, Wilcoxon"))
+    first = table.iloc[0]
+    parts = [f"{r['network']} {r['difference']:+.3f} (higher on {r['patients network higher']} patients, "
+             f"Holm p {format_p(r[p_col])}: {r['verdict (network higher)']})" for _, r in table.iterrows()]
+    return (f"{described} scores DSC {first[f'{reference} DSC']:.3f} on the same {int(first['n'])} {patients}. "
+            "Against it: " + "; ".join(parts) + ".")
+
+
+def format_p(p: float | None) -> str:
+    """A p-value for prose: three decimals, "< 0.001" below that, "n/a" when missing."""
+    return "n/a" if p is None or not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"

@@ -12,9 +12,9 @@ the structures each track scores: a network that does not learn on real scans is
   run's data has no raters (a real-data track, a dataset of one contour per patient) the fixed
   :data:`BARS` hold (MRI 0.65, CT 0.50);
 * on a real-data track whose chapter defines a reference that reads no image (a location prior:
-  :meth:`npcrepro.engine.chapter.Chapter.reference`; li2018's T2 slices, xue2020's PTV70), a network
-  also scores higher than that reference on the same test cases: one that does not has learnt where
-  the target usually lies and nothing from the image;
+  :meth:`npcrepro.engine.chapter.Chapter.reference`; li2018's T2 slices, xue2020's PTV70, luo2020's
+  organs), a network also scores higher than that reference on the same test cases: one that does not
+  has learnt where the target usually lies and nothing from the image;
 * at least :data:`CONVERGED_SHARE` of the trained networks are flagged converged at their budget
   (:meth:`npcrepro.engine.results.Results.convergence`);
 * no seed of a network collapses (:meth:`npcrepro.engine.results.Results.flags`): its full-budget DSC
@@ -103,7 +103,8 @@ def quality_table(out_dir: str | Path, profile: str, structure: str = "GTVp") ->
             m = m[m["structure"] == structure]
             if not len(m):
                 continue
-        names = ", ".join(sorted(set(m["structure"])))
+        known = chapter_of(chapter)
+        names = ", ".join(sorted({known.structure_label(res, s) if known else s for s in set(m["structure"])}))
         named = exceptions(chapter)
         ceiling = res.ceiling(structure) if data == "phantom" else None
         floor = None if data == "phantom" else no_image_reference(chapter, res)
@@ -131,15 +132,29 @@ def no_image_reference(chapter: str, res) -> float | None:
     """The mean DSC of ``chapter``'s reference that reads no image on the run ``res``
     (:meth:`npcrepro.engine.chapter.Chapter.reference`) over its test cases; None where the chapter
     defines none, this version does not know the chapter, or the run's dataset is no longer readable."""
-    from npcrepro import chapters
-    from npcrepro.engine.chapter import load_chapter
     from npcrepro.errors import DataError, ParameterError
 
+    known = chapter_of(chapter)
     try:
-        table = load_chapter(chapters.module(chapter)).reference(res)
-    except (ParameterError, DataError):  # a chapter this version does not know; data moved or gone
+        table = known.reference(res) if known else None
+    except (ParameterError, DataError):  # the run's data moved or gone, or parameters this version reads otherwise
         return None
-    return float(table["dice"].mean()) if table is not None and len(table) else None
+    if table is None or not len(table):
+        return None
+    return float(table.groupby("case")["dice"].mean().mean())  # per case first (its structures), as the networks
+
+
+def chapter_of(chapter: str):
+    """The :class:`~npcrepro.engine.chapter.Chapter` named ``chapter``; None where this version does not
+    know it (a run folder left by another version)."""
+    from npcrepro import chapters
+    from npcrepro.engine.chapter import load_chapter
+    from npcrepro.errors import ParameterError
+
+    try:
+        return load_chapter(chapters.module(chapter))
+    except ParameterError:
+        return None
 
 
 def data_name(label: str) -> str:

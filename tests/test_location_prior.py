@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from npcrepro.errors import DataError
-from npcrepro.metrics.prior import location_prior, prior_scores
+from npcrepro.metrics.prior import location_prior, location_priors, prior_scores
 
 
 def test_slices_pooled_the_prior_is_the_thresholded_mean_of_every_training_slice():
@@ -52,3 +52,28 @@ def test_bad_masks_raise_one_line_errors():
     with pytest.raises(DataError, match="one size"):
         prior_scores([a], {"t": np.zeros((2, 4, 4), bool)}, 0.5)   # a test volume of another shape
     assert prior_scores([a], {"t": np.zeros((2, 4, 4), bool)}, 0.5, pool_slices=True)["t"] == 1.0  # both empty
+
+
+def test_per_structure_priors_come_from_the_patients_that_have_the_structure():
+    a, b, c = (np.zeros((2, 3, 3), bool) for _ in range(3))
+    a[0, 0, :] = True
+    b[0, 0, :2] = True
+    c[1, 2, 2] = True
+    seen = []
+
+    none = np.zeros_like(a)
+
+    def patients():  # one patient at a time, read once
+        for i, masks in enumerate(({"Brainstem": a, "Larynx": c}, {"Brainstem": b}, {"Brainstem": c, "Larynx": none})):
+            seen.append(i)
+            yield masks
+
+    priors = location_priors(patients(), 0.5)
+    assert seen == [0, 1, 2] and set(priors) == {"Brainstem", "Larynx"}
+    np.testing.assert_array_equal(priors["Brainstem"], location_prior([a, b, c], 0.5))
+    # the larynx of one patient (an empty mask is a patient without it): its own mask, not 1 of 3
+    np.testing.assert_array_equal(priors["Larynx"], c)
+    with pytest.raises(DataError, match="at least one training mask"):
+        location_priors([{"Brainstem": none}], 0.5)
+    with pytest.raises(DataError, match="one size: Brainstem"):
+        location_priors([{"Brainstem": a}, {"Brainstem": np.ones((1, 3, 3), bool)}], 0.5)

@@ -599,6 +599,93 @@ def test_pooled_dsc_adds_patients_sums_by_hand():
         LR.pooled_dsc(SimpleNamespace(metrics=pd.DataFrame(rows).drop(columns=["soft_pg2"]), path="old"))
 
 
+def test_location_prior_per_structure_is_scored_as_the_networks_are(monkeypatch):
+    """The OpenKBP track's reference that reads no image: per structure, the mean of the training and
+    validation masks of the patients that have it (never a test mask), scored on each test patient's
+    labelled slices for the structures its reference has; each network is judged against it per
+    patient (its structures averaged first)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from npcrepro.datasets.splits import Fold
+
+    shape = (3, 2, 2)
+
+    def mask(*voxels):
+        m = np.zeros(shape, bool)
+        for v in voxels:
+            m[v] = True
+        return m
+
+    labels = {"a": {"Brainstem": mask((0, 0, 0), (0, 0, 1)), "PTV63": mask((1, 0, 0))},
+              "b": {"Brainstem": mask((0, 0, 0))},                         # no PTV63
+              "c": {"Brainstem": mask((0, 0, 0), (2, 1, 1)), "PTV63": mask()},  # an empty PTV63 counts as none
+              # labelled slice 0 only: the prior's voxel on slice 2 is not scored
+              "t0": {"Brainstem": mask((0, 0, 0), (0, 1, 0)), "PTV63": mask()},
+              # a Larynx no training patient has: the prior predicts none of it
+              "t1": {"Brainstem": mask((0, 0, 0)), "PTV63": mask((1, 0, 0), (1, 1, 1)), "Larynx": mask((1, 1, 0))}}
+    structures = ["Brainstem", "PTV63", "Larynx"]
+    read = []
+
+    def load(name, channels, structures):
+        read.append(name)
+        return SimpleNamespace(name=name, shape=shape,
+                               labels={s: m for s, m in labels[name].items() if s in structures})
+
+    ds = SimpleNamespace(structures=structures, load=load)
+    run = SimpleNamespace(dataset=lambda: ds, structures=structures,
+                          splits=lambda: [Fold(["a", "b"], ["c"], ["t0", "t1"])], methods=["unet"],
+                          label={"unet": "U-Net"}.get,
+                          params={"data": "/data/openkbp", "real_prior_threshold": 0.5})
+    # at 0.5 the Brainstem prior is (0,0,0) alone (3 of 3); PTV63's is a's mask (1 of 1 patient that has it)
+    prior = LP.location_prior(run, 0.5)
+    assert set(read) == {"a", "b", "c", "t0", "t1"} and set(prior["method"]) == {LR.PRIOR}
+    assert list(zip(prior["case"], prior["structure"])) == [("t0", "Brainstem"), ("t1", "Brainstem"),
+                                                            ("t1", "PTV63"), ("t1", "Larynx")]
+    assert prior["dice"].tolist() == pytest.approx([2 / 3, 1.0, 2 / 3, 0.0])
+    # at 0.3 the Brainstem prior adds (0,0,1) and (2,1,1) (1 of 3 each); t0 is scored on slice 0 only
+    assert LP.location_prior(run, 0.3)["dice"].iloc[0] == pytest.approx(0.5)
+    assert LM.CHAPTER.reference(run)["dice"].tolist() == pytest.approx(prior["dice"].tolist())
+    for other in ({"data": "phantom"}, {"split_unit": "slice"}, {"real_prior_threshold": None}):
+        assert LM.CHAPTER.reference(SimpleNamespace(params={**run.params, **other})) is None
+
+    nets = pd.DataFrame([{"method": "U-Net", "case": c, "structure": s, "dice": 0.9, "seeds": 2}
+                         for c, s in zip(prior["case"], prior["structure"])])
+    monkeypatch.setattr(LR, "scored", lambda results: nets)
+    table = LR.prior_table(run, 0.5).set_index("network")
+    # per patient: t0 2/3, t1 (1 + 2/3 + 0) / 3 = 5/9
+    assert table.loc["U-Net", f"{LR.PRIOR} DSC"] == pytest.approx((2 / 3 + 5 / 9) / 2)
+    assert table.loc["U-Net", "difference"] == pytest.approx(0.9 - (2 / 3 + 5 / 9) / 2)
+    assert table.loc["U-Net", "seeds"] == 2 and table.loc["U-Net", "patients network higher"] == "2 of 2"
+    assert table.loc["U-Net", "verdict (network higher)"] == "not decidable at this sample size"
+    text = LR.prior_sentence(table.reset_index(), 0.5)
+    assert text.startswith("A location prior that reads no image (per structure") and "on the same 2 held-out" in text
+    # per structure, the prior's column beside the network's: Brainstem (2/3 + 1) / 2, PTV63 2/3, Larynx 0
+    by_structure = LR.per_structure_table(run, reference=prior)
+    assert list(by_structure.columns) == ["U-Net", LR.PRIOR]
+    assert by_structure[LR.PRIOR].tolist() == pytest.approx([5 / 6, 2 / 3, 0.0, 0.5])
+
+
+def test_location_prior_refuses_a_split_by_slice_and_mixed_grids():
+    from types import SimpleNamespace
+
+    from npcrepro.datasets.splits import Fold
+
+    big, small = np.ones((2, 2, 2), bool), np.ones((1, 2, 2), bool)
+    sizes = {"a": big, "b": small, "t": big}
+    ds = SimpleNamespace(structures=["Brainstem"], load=lambda name, channels, structures: SimpleNamespace(
+        shape=sizes[name].shape, labels={"Brainstem": sizes[name]}))
+    run = SimpleNamespace(dataset=lambda: ds, structures=["Brainstem"], splits=lambda: [Fold(["a", "b"], [], ["t"])])
+    with pytest.raises(DataError, match="masks of one size"):
+        LP.location_prior(run, 0.5)
+    parts = [LP.part_name("a", 0, 2, side) for side in ("train", "test")]
+    sliced = SimpleNamespace(dataset=lambda: ds, structures=["Brainstem"],
+                             splits=lambda: [Fold(parts[:1], [], parts[1:])])
+    with pytest.raises(DataError, match="split by patient"):
+        LP.location_prior(sliced, 0.5)
+
+
 def test_slice_level_split_through_the_runner(tmp_path):
     """split_unit='slice': every patient trains and is tested in every fold, on disjoint slices;
     the split audit table counts the leak and the patient-level run has none."""

@@ -276,3 +276,23 @@ def test_a_real_track_is_held_to_its_chapters_reference_that_reads_no_image(tmp_
     # the run's own parameters name no PTV70 target: xue2020 defines no reference for it
     assert pd.isna(quality.quality_table(tmp_path, "cpu").set_index("data").loc["OpenKBP CT (2 patients)",
                                                                                 "no-image reference"])
+
+
+def test_a_reference_over_several_structures_is_averaged_per_case_first(tmp_path, monkeypatch):
+    """luo2020's prior has a row per (case, structure): k1 has one structure (0.2), k2 two (0.4 and 0.8);
+    per case first, as the networks' DSC, gives (0.2 + 0.6) / 2 = 0.4, not the rows' mean 0.467."""
+    from npcrepro.chapters.xue2020.methods import CHAPTER
+
+    _run(tmp_path, "xue2020", "20260101-000000-openkbp", {"unet": {}},
+         [("unet", 0, "k1", 0.5, False), ("unet", 0, "k2", 0.7, False)], channels=["CT"],
+         data_label="OpenKBP CT (2 patients)")
+    monkeypatch.setattr(CHAPTER, "reference", lambda res: pd.DataFrame(
+        {"case": ["k1", "k2", "k2"], "structure": ["Brainstem", "Brainstem", "PTV70"], "dice": [0.2, 0.4, 0.8]}))
+    assert quality.no_image_reference("xue2020", None) == pytest.approx(0.4)
+    row = quality.quality_table(tmp_path, "cpu").iloc[0]
+    assert row["no-image reference"] == pytest.approx(0.4) and row["meets bar"]
+    assert row["structures"] == "GTVp"
+    # a run on xue2020's PTV70 stand-in scores it under the chapter's target name; the table says PTV70
+    for run in (tmp_path / "cpu" / "xue2020").iterdir():
+        (run / "params.json").write_text(json.dumps({"target": "ptv70"}))
+    assert quality.quality_table(tmp_path, "cpu").iloc[0]["structures"] == "PTV70"

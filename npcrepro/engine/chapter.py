@@ -168,8 +168,8 @@ class Chapter:
     Required: :meth:`methods`, :meth:`build`, :meth:`prepare`, :meth:`fit`, :meth:`predict`.
     Defaults: channels/structures from class attributes, cases = the first ``n_cases``, folds from
     ``cv`` / ``k_folds`` / ``n_test`` / ``val_fraction`` / ``max_folds``, seeds from ``seeds``,
-    scoring with :func:`npcrepro.evaluation.evaluate_cases` at threshold ``threshold``, no reference
-    that reads no image (:meth:`reference`).
+    scoring with :func:`npcrepro.evaluation.evaluate_cases` at threshold ``threshold``, structures
+    named as scored (:meth:`structure_label`), no reference that reads no image (:meth:`reference`).
     """
 
     name: str = ""
@@ -299,6 +299,12 @@ class Chapter:
 
     def threshold(self, P) -> float:
         return float(P.get("threshold") or 0.5)
+
+    def structure_label(self, results, structure: str) -> str:
+        """How tables outside the chapter name ``structure`` of the finished run ``results`` (default:
+        the name it was scored under; a chapter that scores a stand-in under its own target's name
+        says what it is)."""
+        return structure
 
     def reference(self, results):
         """A reference that reads no image for the finished run ``results`` (a location prior), scored

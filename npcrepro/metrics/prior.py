@@ -3,18 +3,21 @@
 The mean of the training masks, thresholded, is the prediction for every test case. A network that
 scores no higher than it on the same test cases has learnt where the target usually lies, and nothing
 from the image. Used beside the networks of the real-data tracks (li2018's T2 slices, xue2020's
-OpenKBP PTV70).
+OpenKBP PTV70, luo2020's OpenKBP organs).
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from npcrepro.errors import DataError
 from npcrepro.metrics.overlap import dice
 
-__all__ = ["location_prior", "prior_scores"]
+__all__ = ["PRIOR", "location_prior", "location_priors", "prior_scores"]
+
+#: The name a location prior's rows carry beside the networks' (their ``method``).
+PRIOR = "location prior"
 
 
 def location_prior(train: Sequence[np.ndarray], threshold: float, *, pool_slices: bool = False) -> np.ndarray:
@@ -36,6 +39,30 @@ def location_prior(train: Sequence[np.ndarray], threshold: float, *, pool_slices
         count += m.sum(axis=0) if pool_slices else m
         n += len(m) if pool_slices else 1
     return count / n >= float(threshold)
+
+
+def location_priors(train: Iterable[Mapping[str, np.ndarray]], threshold: float) -> dict[str, np.ndarray]:
+    """Structure -> its :func:`location_prior` (voxel by voxel) from the training patients that have
+    it: ``train`` yields one {structure: (z, y, x) mask} per patient (read once, so a generator that
+    loads one patient at a time keeps one in memory); an empty or missing mask is a patient without
+    the structure, and a structure no patient has gets no prior. Raises :class:`DataError` without any
+    training mask or when one structure's masks differ in shape."""
+    counts: dict[str, np.ndarray] = {}
+    n: dict[str, int] = {}
+    for masks in train:
+        for s, m in masks.items():
+            m = np.asarray(m, bool)
+            if not m.any():
+                continue
+            if s in counts and counts[s].shape != m.shape:
+                raise DataError(f"a location prior needs masks of one size: {s} is {m.shape} and "
+                                f"{counts[s].shape}")
+            counts.setdefault(s, np.zeros(m.shape, np.int64))
+            counts[s] += m
+            n[s] = n.get(s, 0) + 1
+    if not counts:
+        raise DataError("a location prior needs at least one training mask")
+    return {s: c / n[s] >= float(threshold) for s, c in counts.items()}
 
 
 def prior_scores(train: Sequence[np.ndarray], tests: Mapping[str, np.ndarray], threshold: float, *,

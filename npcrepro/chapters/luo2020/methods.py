@@ -368,6 +368,16 @@ class Luo2020(Chapter):
     def score(self, method, prepared, probs, masks, ctx):
         return score_rows(probs, masks, prepared)
 
+    def reference(self, results):
+        """The location prior (:func:`npcrepro.chapters.luo2020.prepare.location_prior`) at the run's
+        ``real_prior_threshold`` for a run on a dataset split by patient; None on the phantom (the
+        reference is for the real-data track), for a split by slice and for runs made before the
+        parameter existed."""
+        P = results.params
+        if P.get("data") == "phantom" or P.get("real_prior_threshold") is None or P.get("split_unit") == "slice":
+            return None
+        return prep.location_prior(results, float(P["real_prior_threshold"]))
+
 
 CHAPTER = Luo2020()
 luo2020 = CHAPTER

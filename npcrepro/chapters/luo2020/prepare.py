@@ -18,7 +18,7 @@ from npcrepro.errors import DataError
 
 __all__ = ["STRUCTURES", "OPENKBP_STRUCTURES", "CT_WINDOW", "Prepared", "structures_for",
            "labelled_slices", "centre_box", "prepare", "slice_dataset", "slice_image", "to_grid",
-           "SlicePart", "part_name", "parse_part"]
+           "SlicePart", "part_name", "parse_part", "location_prior"]
 
 #: The paper's 14 structures (Sec. 3.1) -> the phantom's structure names. "locref" is read as the
 #: primary-tumour localisation reference (GTVp) and "CTV2" as the primary clinical target (CTVp).
@@ -189,3 +189,45 @@ def to_grid(prob: np.ndarray, prepared: Prepared) -> dict[str, np.ndarray]:
             full[prepared.idx, sy0:sy1, sx0:sx1] = prob[k][:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
         out[s] = full
     return out
+
+
+# ----------------------------------------------------------------------------------- a finished run's reference
+def location_prior(results, threshold: float):
+    """The reference that reads no image for a finished run on cases of one grid (OpenKBP's 128 x 128 x
+    128): per fold and structure, the voxel-wise mean of the masks of its training and validation
+    patients that have the structure (:func:`npcrepro.metrics.prior.location_priors`), thresholded at
+    ``threshold``, scored as the networks are (:func:`~npcrepro.chapters.luo2020.methods.score_rows`):
+    on each test patient's labelled slices, for the structures its reference has. One row per (test
+    patient, structure): method (:data:`npcrepro.metrics.prior.PRIOR`), fold, case, structure, dice (a
+    DataFrame). Raises :class:`DataError` for a run split by slice (no patient is held out) or on cases
+    of different grids."""
+    import pandas as pd
+
+    from npcrepro.metrics import dice
+    from npcrepro.metrics.prior import PRIOR, location_priors
+
+    ds, structures = results.dataset(), list(results.structures)
+    have = [s for s in structures if s in ds.structures]
+
+    def load(name):
+        return ds.load(name, channels=["CT"], structures=have)
+
+    rows = []
+    for i, f in enumerate(results.splits()):
+        if any(parse_part(n) for n in (*f.train, *f.test)):
+            raise DataError("a location prior needs a split by patient; this run split its folds by slice")
+        priors = location_priors((load(n).labels for n in (*f.train, *f.val)), threshold)
+        for name in f.test:
+            case = load(name)
+            idx = labelled_slices(case, structures)
+            for s in structures:
+                ref = case.labels.get(s)
+                if ref is None or not ref.any():
+                    continue  # not scored: a structure absent from the patient's reference
+                prior = priors.get(s, np.zeros(ref.shape, bool))
+                if prior.shape != ref.shape:
+                    raise DataError(f"a location prior needs cases of one grid: {name} is {ref.shape}, the "
+                                    f"training masks {prior.shape}")
+                rows.append({"method": PRIOR, "fold": i, "case": name, "structure": s,
+                             "dice": dice(prior[idx], ref[idx])})
+    return pd.DataFrame(rows, columns=["method", "fold", "case", "structure", "dice"])

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from npcrepro.chapters.luo2020.methods import METHODS, build_method, method_label
-from npcrepro.chapters.luo2020.prepare import STRUCTURES
+from npcrepro.chapters.luo2020.prepare import STRUCTURES, location_prior
 from npcrepro.errors import DataError, ParameterError
+from npcrepro.metrics.prior import PRIOR
 
 #: The paper's two claims as pairs of methods (better, baseline) that differ in one component only.
 CLAIMS: dict[str, list[tuple[str, str]]] = {
@@ -334,17 +335,45 @@ def claims_text(claims: pd.DataFrame, converged: str, profile: str) -> dict[str,
     return {"reading": reading, "stage": stage, "msp": msp, "summary": summary}
 
 
-def per_structure_table(results, metric: str = "dice") -> pd.DataFrame:
+def per_structure_table(results, metric: str = "dice", reference: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean ``metric`` per structure (rows, the paper's names where known) and method (columns), over
-    test patients that have the structure; the last row is the mean over structures."""
-    t = scored(results).pivot_table(index="structure", columns="method", values=metric, aggfunc="mean")
-    t = t.reindex(index=[s for s in results.structures if s in t.index],
-                  columns=[m for m in labels(results) if m in t.columns])
+    test patients that have the structure; with ``reference`` (:func:`location_prior`'s rows), its
+    column beside the networks'. The last row is the mean over structures."""
+    rows = scored(results)
+    if reference is not None and len(reference):
+        rows = pd.concat([rows, reference], ignore_index=True)
+    t = rows.pivot_table(index="structure", columns="method", values=metric, aggfunc="mean")
+    order = labels(results) + ([PRIOR] if reference is not None else [])
+    t = t.reindex(index=[s for s in results.structures if s in t.index], columns=[m for m in order if m in t.columns])
     paper_name = {v: k for k, v in STRUCTURES.items()}
     t.index = [f"{paper_name[s]} ({s})" if s in paper_name else s for s in t.index]
     t.loc["mean over structures"] = t.mean(axis=0)
     t.index.name = "structure"
     return t
+
+
+def prior_table(results, threshold: float, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each network against the :func:`location_prior` (or its rows, ``reference``) on the same test
+    patients: per patient the mean over the structures its reference has, seeds averaged, the Wilcoxon
+    p Holm-adjusted over the networks (:func:`npcrepro.claims.against_reference`), and the verdict on
+    "the network scores higher than a reference that reads no image"."""
+    from npcrepro.claims import against_reference
+
+    nets = scored(results)
+    prior = location_prior(results, threshold) if reference is None else reference
+    # the prior needs no training: it stands beside every seed, so the networks' seeds are the count shown
+    prior = prior.assign(seeds=int(nets["seeds"].max()) if "seeds" in nets else 1)
+    return against_reference(pd.concat([nets, prior], ignore_index=True), labels(results), PRIOR)
+
+
+def prior_sentence(table: pd.DataFrame, threshold: float) -> str:
+    """:func:`prior_table` in words: the prior's DSC and, per network, the difference, the patients on
+    which it is higher, the Holm-adjusted p and the verdict."""
+    from npcrepro.claims import reference_sentence
+
+    return reference_sentence(table, PRIOR, "A location prior that reads no image (per structure, the voxel-wise "
+                              "mean of the masks of the training and validation patients that have it, thresholded "
+                              f"at {threshold:g})", "held-out patients")
 
 
 #: A network "marks both sides" for one side of a left/right pair when it predicts at least this many

@@ -234,6 +234,10 @@ class Xue2020(Chapter):
             timing_device=tm["device"], threads=tm["threads"])
         return model
 
+    def structure_label(self, results, structure):
+        """The PTV70 of a run on that target (scored under the chapter's target name, GTVp)."""
+        return "PTV70" if structure == TARGET and results.params.get("target") == "ptv70" else structure
+
     def reference(self, results):
         """The OpenKBP track's location prior (:func:`npcrepro.chapters.xue2020.prepare.location_prior`) at the
         run's ``real_prior_threshold``; None for a run on another target."""

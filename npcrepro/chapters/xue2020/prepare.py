@@ -23,6 +23,7 @@ from scipy import ndimage
 from npcrepro import transforms as T
 from npcrepro.engine.batches import flip_batch, resample2d
 from npcrepro.errors import DataError, ParameterError
+from npcrepro.metrics.prior import PRIOR
 from npcrepro.chapters.xue2020.recipe import CT_WINDOW, RP_MIDLINE_MM
 
 __all__ = ["TARGET", "CT_WINDOW", "RP_MIDLINE_MM", "normalise_ct", "midline_x", "retropharyngeal_nodes",
@@ -304,10 +305,6 @@ def reference_cases(results, names=None) -> dict:
                                    channel)
         out[n] = _CASES[key]
     return out
-
-
-#: The row name of the reference that reads no image (:func:`location_prior`).
-PRIOR = "location prior"
 
 
 def location_prior(results, threshold: float):

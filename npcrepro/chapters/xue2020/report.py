@@ -10,6 +10,7 @@ import pandas as pd
 from npcrepro.chapters.xue2020.methods import MODELS, build_model
 from npcrepro.chapters.xue2020.prepare import (CT_WINDOW, PRIOR, location_prior, reference_cases,
                                                run_channel)
+from npcrepro.claims import format_p
 
 __all__ = ["PAPER", "METRICS", "NOT_LEARNED_LOSS", "labelled", "data_label", "target_label", "reference_cases",
            "run_channel", "channel_text", "recipe_table", "architecture_table",
@@ -193,37 +194,25 @@ def p_value_table(results) -> pd.DataFrame:
 
 
 def prior_table(results, threshold: float) -> pd.DataFrame:
-    """Each network against the :func:`location_prior` on the same test patients (:mod:`npcrepro.claims`:
-    seeds averaged per patient, the Wilcoxon p Holm-adjusted over the networks) and the verdict on "the
-    network scores higher than a reference that reads no image"."""
-    from npcrepro.claims import compare, judge
+    """Each network against the :func:`location_prior` on the same test patients
+    (:func:`npcrepro.claims.against_reference`: seeds averaged per patient, the Wilcoxon p Holm-adjusted
+    over the networks) and the verdict on "the network scores higher than a reference that reads no image"."""
+    from npcrepro.claims import against_reference
 
     nets = labelled(results)
     # the prior needs no training: it stands beside every seed, so the networks' seeds are the count shown
     prior = location_prior(results, threshold).assign(seeds=int(nets["seeds"].max()) if "seeds" in nets else 1)
-    table = pd.concat([nets, prior], ignore_index=True)
-    tests = judge([compare(table, label, PRIOR) for label in MODELS], 1)
-    return pd.DataFrame([{"network": r["method_a"], "n": int(r["n"]), "seeds": r["seeds"],
-                          "network DSC": r["mean_a"], f"{PRIOR} DSC": r["mean_b"],
-                          "difference": r["mean_diff"], "95 % CI": f"{r['diff_ci_low']:.3f} to {r['diff_ci_high']:.3f}",
-                          "patients network higher": f"{r['favour_a']} of {int(r['n'])}",
-                          f"p, Wilcoxon, Holm over the {len(tests)} networks": r["p_holm"],
-                          "verdict (network higher)": r["verdict"]} for r in tests])
+    return against_reference(pd.concat([nets, prior], ignore_index=True), MODELS, PRIOR)
 
 
 def prior_sentence(table: pd.DataFrame, threshold: float) -> str:
     """:func:`prior_table` in words: the prior's DSC and, per network, the difference, the patients on
     which it is higher, the Holm-adjusted p and the verdict."""
-    if not len(table):
-        return ""
-    p_col = next(c for c in table.columns if c.startswith("p, Wilcoxon"))
-    first = table.iloc[0]
-    prior, n = first[f"{PRIOR} DSC"], int(first["n"])
-    parts = [f"{r['network']} {r['difference']:+.3f} (higher on {r['patients network higher']} patients, "
-             f"Holm p {_fmt_p(r[p_col])}: {r['verdict (network higher)']})" for _, r in table.iterrows()]
-    return (f"A location prior that reads no image (the voxel-wise mean of the training and validation "
-            f"patients' masks, thresholded at {threshold:g}) scores DSC {prior:.3f} on the same {n} "
-            f"held-out patients. Against it: " + "; ".join(parts) + ".")
+    from npcrepro.claims import reference_sentence
+
+    return reference_sentence(table, PRIOR, "A location prior that reads no image (the voxel-wise mean of the "
+                              f"training and validation patients' masks, thresholded at {threshold:g})",
+                              "held-out patients")
 
 
 def timing_table(results) -> pd.DataFrame:
@@ -330,10 +319,6 @@ def training_note(best: Mapping[str, float | None]) -> str:
             "with a different floating-point summation order, can decide whether a network trains at all.")
 
 
-def _fmt_p(p: float) -> str:
-    return "n/a" if p is None or not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
 def headline(results) -> dict[str, str]:
     """Formatted numbers of a finished run for the chapter's prose (glued as ``xue2020_<key>``):
     split sizes, grid, per-model mean ± sd of each metric, paired-test p-values, timings, and the
@@ -385,7 +370,7 @@ def headline(results) -> dict[str, str]:
     if set(short) <= set(table["method"]):
         pt = p_value_table(results).set_index("metric")
         for col, k in key.items():
-            out[f"p_{k}"] = _fmt_p(pt.loc[METRICS[col], "p, paired t-test (reproduced)"])
+            out[f"p_{k}"] = format_p(pt.loc[METRICS[col], "p, paired t-test (reproduced)"])
             out[f"rep_p_{k}"] = str(pt.loc[METRICS[col], "p, paired t-test (reported)"])
             out[f"verdict_{k}"] = str(pt.loc[METRICS[col], "verdict (DeepLabv3+ better)"])
         out["better_dsc"] = max(short, key=lambda m: means.get((m, "dice"), -1))
