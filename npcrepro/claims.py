@@ -138,14 +138,17 @@ def judge(tests: Sequence[Mapping], claimed: Sequence[int] | int = 1, *, alpha: 
     return tests
 
 
-def against_reference(table: pd.DataFrame, networks: Sequence[str], reference: str,
+def against_reference(nets: pd.DataFrame, rows: pd.DataFrame, networks: Sequence[str], reference: str,
                       metric: str = "dice") -> pd.DataFrame:
-    """Each of ``networks`` against ``reference`` (a method of the long per-case ``table`` that reads no
-    image, e.g. a location prior, :mod:`npcrepro.metrics.prior`) over the patients both were scored on:
-    :func:`compare` for each, :func:`judge` over the networks as one family on the claim "the network
-    scores higher". One row per network: network, n, seeds, the two means, the difference with its
-    95 % interval, the patients on which the network is higher, the Holm-adjusted Wilcoxon p and the
-    verdict."""
+    """Each of ``networks`` (methods of the long per-case table ``nets``) against the reference that
+    reads no image whose rows are ``rows`` (method ``reference``, e.g. a location prior,
+    :mod:`npcrepro.metrics.prior`) over the patients both were scored on: :func:`compare` for each,
+    :func:`judge` over the networks as one family on the claim "the network scores higher". The
+    reference needs no training, so it stands beside every seed: its rows take the networks' seed count.
+    One row per network: network, n, seeds, the two means, the difference with its 95 % interval, the
+    patients on which the network is higher, the Holm-adjusted Wilcoxon p and the verdict."""
+    rows = rows.assign(seeds=int(nets["seeds"].max()) if "seeds" in nets and len(nets) else 1)
+    table = pd.concat([nets, rows], ignore_index=True)
     tests = judge([compare(table, name, reference, metric) for name in networks], 1)
     return pd.DataFrame([{"network": r["method_a"], "n": int(r["n"]), "seeds": r["seeds"],
                           "network DSC": r["mean_a"], f"{reference} DSC": r["mean_b"],

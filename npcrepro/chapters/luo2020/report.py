@@ -359,11 +359,8 @@ def prior_table(results, threshold: float, reference: pd.DataFrame | None = None
     "the network scores higher than a reference that reads no image"."""
     from npcrepro.claims import against_reference
 
-    nets = scored(results)
     prior = location_prior(results, threshold) if reference is None else reference
-    # the prior needs no training: it stands beside every seed, so the networks' seeds are the count shown
-    prior = prior.assign(seeds=int(nets["seeds"].max()) if "seeds" in nets else 1)
-    return against_reference(pd.concat([nets, prior], ignore_index=True), labels(results), PRIOR)
+    return against_reference(scored(results), prior, labels(results), PRIOR)
 
 
 def prior_sentence(table: pd.DataFrame, threshold: float) -> str:

@@ -199,10 +199,7 @@ def prior_table(results, threshold: float) -> pd.DataFrame:
     over the networks) and the verdict on "the network scores higher than a reference that reads no image"."""
     from npcrepro.claims import against_reference
 
-    nets = labelled(results)
-    # the prior needs no training: it stands beside every seed, so the networks' seeds are the count shown
-    prior = location_prior(results, threshold).assign(seeds=int(nets["seeds"].max()) if "seeds" in nets else 1)
-    return against_reference(pd.concat([nets, prior], ignore_index=True), MODELS, PRIOR)
+    return against_reference(labelled(results), location_prior(results, threshold), MODELS, PRIOR)
 
 
 def prior_sentence(table: pd.DataFrame, threshold: float) -> str:
