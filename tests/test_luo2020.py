@@ -665,6 +665,12 @@ def test_location_prior_per_structure_is_scored_as_the_networks_are(monkeypatch)
     by_structure = LR.per_structure_table(run, reference=prior)
     assert list(by_structure.columns) == ["U-Net", LR.PRIOR]
     assert by_structure[LR.PRIOR].tolist() == pytest.approx([5 / 6, 2 / 3, 0.0, 0.5])
+    # the track's headline mean has the prior table's unit: patients, not (patient, structure) pairs
+    uneven = nets.assign(dice=[0.3, 0.9, 0.6, 0.0])
+    monkeypatch.setattr(LR, "scored", lambda results: uneven)
+    assert LR.means(run, ["dice"]).loc["U-Net", "dice"] == pytest.approx(0.45)
+    assert LR.means(run, ["dice"], per_patient=True).loc["U-Net", "dice"] == pytest.approx((0.3 + 0.5) / 2)
+    assert LR.prior_table(run, 0.5).set_index("network").loc["U-Net", "network DSC"] == pytest.approx(0.4)
 
 
 def test_location_prior_refuses_a_split_by_slice_and_mixed_grids():

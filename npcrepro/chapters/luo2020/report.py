@@ -135,10 +135,15 @@ def fold_means(results, metric: str = "dice") -> pd.DataFrame:
     return scored(results).groupby(["fold", "method"])[metric].mean().unstack("method")
 
 
-def means(results, columns: Sequence[str] = ("dice", "soft_dice", "auc", "f1", "jaccard")) -> pd.DataFrame:
-    """Mean of ``columns`` per method (label) over test patients x structures present."""
-    return scored(results).groupby("method")[list(columns)].mean().reindex(
-        [m for m in labels(results)])
+def means(results, columns: Sequence[str] = ("dice", "soft_dice", "auc", "f1", "jaccard"),
+          per_patient: bool = False) -> pd.DataFrame:
+    """Mean of ``columns`` per method (label) over test patients x structures present (the paper's
+    unit), or with ``per_patient`` over test patients, each patient's structures and seeds averaged
+    first (the unit :func:`prior_table` judges on)."""
+    rows = scored(results)
+    if per_patient:
+        rows = rows.groupby(["method", "case"])[list(columns)].mean().reset_index()
+    return rows.groupby("method")[list(columns)].mean().reindex([m for m in labels(results)])
 
 
 def training_table(results) -> pd.DataFrame:
