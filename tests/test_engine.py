@@ -42,11 +42,11 @@ def blob_case(seed: int, shape=(8, 32, 32), name=None) -> Case:
     return Case(name or f"c{seed:02d}", {"T1": img, "CT": 40 * img}, {"GTVp": m}, (3.0, 1.0, 1.0))
 
 
-def phantom_cases(n: int) -> list[Case]:
+def phantom_cases(n: int, **params) -> list[Case]:
     """Phantom patients at the smoke preset (32 x 64 x 64 at 3.5 x 4 x 4 mm)."""
     from npcrepro.phantom import make_case
 
-    return [make_case(i, preset="smoke") for i in range(n)]
+    return [make_case(i, preset="smoke", **params) for i in range(n)]
 
 
 def dice(a, b) -> float:
@@ -283,7 +283,9 @@ def reference_run(tiny_cases, tmp_path_factory):
 def test_smoke_training_on_the_phantom_learns():
     from npcrepro.losses import DiceLoss
 
-    cases = phantom_cases(4)
+    # the engine learns an edge the image shows: the raters' shared misreading, which no image shows and
+    # which moves a smoke tumour of a few 4 mm voxels far, is left out of this test's reference
+    cases = phantom_cases(4, rater_shared_mm=0.0)
     soft_dice = DiceLoss(eps=1.0)
     seed_everything(0)
     model = build("unet2d", in_channels=1, n_classes=1, widths=(8, 16, 32))

@@ -523,6 +523,34 @@ def test_raters_agree_more_with_less_jitter_and_refuse_bad_input():
         boundary_raters(np.random.default_rng(0), mask, 1.0, np.zeros((3, 3, 3)))
 
 
+def test_a_shared_misreading_moves_the_consensus_where_the_edge_is_faint_not_the_raters_agreement():
+    from npcrepro.metrics.consensus import majority_vote
+    from npcrepro.phantom.raters import boundary_raters, edge_clarity
+
+    mask, image = _half_faint_sphere()
+    clarity = edge_clarity(image, mask, 1.0)
+    shell = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_erosion(mask, iterations=3)
+    xx = np.mgrid[:32, :32, :32][2]
+    clear, faint = shell & (xx < 14), shell & (xx > 18)
+
+    def draw(shared_mm, rng_seed=0):
+        return boundary_raters(np.random.default_rng(0), mask, 1.0, clarity, n_raters=5, jitter_mm=2.0,
+                               shared_mm=shared_mm, shared_rng=np.random.default_rng(rng_seed))[0]
+
+    alone, shared = draw(0.0), draw(4.0)
+    # the shared draw comes from its own stream: with shared_mm 0 the raters are those drawn without it
+    base, _ = boundary_raters(np.random.default_rng(0), mask, 1.0, clarity, n_raters=5, jitter_mm=2.0)
+    assert all(np.array_equal(a, b) for a, b in zip(alone, base))
+    moved = majority_vote(alone) ^ majority_vote(shared)
+    assert moved[faint].sum() > 5 * max(int(moved[clear].sum()), 1)          # where the edge is faint
+    assert metrics.dice(majority_vote(shared), mask) < metrics.dice(majority_vote(alone), mask) - 0.02
+    # every rater carries the same misreading, so it barely changes how they agree with each other
+    assert abs(metrics.pairwise_dice(shared)[0] - metrics.pairwise_dice(alone)[0]) < 0.03
+    assert not np.array_equal(majority_vote(draw(4.0, 1)), majority_vote(shared))  # another patient's
+    with pytest.raises(ParameterError, match="shared_mm"):
+        draw(-1.0)
+
+
 def test_ring_contrast_measures_separation_and_texture_against_the_surroundings():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]

@@ -22,8 +22,9 @@ from npcrepro.phantom.tissues import CLASS_ID, TISSUES
 #: (Adding the CECT channel kept version 1: every earlier channel is bit-identical for the same seed;
 #: a cached cohort without CECT differs in fingerprint and ``modalities``, so it is made again.
 #: Version 2: the raters' consensus became GTVp; the tumour's texture, T2 signal, infiltrative edge and
-#: necrotic core changed.)
-GENERATOR_VERSION = 2
+#: necrotic core changed. Version 3: the raters share part of their misreading of a faint edge
+#: (``rater_shared_mm``), so the consensus GTVp and every rater moved; the images are those of version 2.)
+GENERATOR_VERSION = 3
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 #: The code that decides a cohort's bytes: the whole phantom package, the case model, the dataset
@@ -62,7 +63,7 @@ _TISSUE_LABELS = {"Fat": ("fat",), "Muscle": ("muscle",), "Bone": ("cortex", "ma
 # Independent random streams per concern, so that e.g. rendering fewer modalities leaves the
 # anatomy, the lesions and the other modalities' noise unchanged. A new stream is appended at the end
 # (stream i is seeded with spawn key i), so every earlier stream, and what it draws, stays the same.
-_STREAMS = ("anatomy", "lesion", "rater", "contrast", "CT", "T1", "T2", "CET1", "DCE", "CECT")
+_STREAMS = ("anatomy", "lesion", "rater", "contrast", "CT", "T1", "T2", "CET1", "DCE", "CECT", "reading")
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -163,7 +164,8 @@ def make_case(seed: int, **params) -> Case:
                 allowed &= ~labels[organ]
         drawn, consensus, rater_facts = raters.observe(
             streams["rater"], truth, painted.tissue, grid.spacing, allowed, jitter_mm=p["rater_jitter_mm"],
-            noise_sd=settings.mri_noise * TISSUES["muscle"].t1)
+            noise_sd=settings.mri_noise * TISSUES["muscle"].t1, shared_mm=p["rater_shared_mm"],
+            shared_rng=streams["reading"])
         labels["GTVp_truth"] = truth
         labels.update({k: m for k, m in zip(RATERS, drawn) if m.any()})
         if consensus.any():

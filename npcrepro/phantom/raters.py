@@ -14,6 +14,14 @@ phantom keeps the tumour it rendered (``GTVp_truth``, which no clinic has) and d
 * each rater moves the edge by a habit of their own and a smooth displacement, both scaled by how
   faint the edge is there (:func:`boundary_raters`, a boundary-dependent perturbation model) and
   by at least ``floor`` of it on the clearest edge;
+* a misreading the raters share (``rater_shared_mm``, 4 mm where the edge is invisible): one more smooth
+  displacement, the same for every rater and scaled by the same faintness. Raters who read one image
+  by one protocol err alike where it shows nothing, so their consensus keeps that part of their error,
+  and no network can recover it from the image either. Without it the consensus was the rendered
+  tumour in all but name (DSC 0.94 between them), a function of the image that no clinical contour is,
+  and networks scored against it 0.08-0.10 above the raters' own agreement; with it, the best
+  leaderboard network of a development run lands 0.02 above that agreement (the leaderboard's
+  development record);
 * slice-by-slice drawing at the ends: with probability 0.4 each, a rater leaves out the most
   superior slice, and adds one more slice below the inferior end (that end's contour, shrunk);
 * the reference ``GTVp`` is their majority vote (:func:`npcrepro.metrics.consensus.majority_vote`),
@@ -75,7 +83,8 @@ def _smooth_noise(rng: np.random.Generator, shape, spacing, wavelength_mm: float
 
 def boundary_raters(rng: np.random.Generator, mask: np.ndarray, spacing, clarity: np.ndarray | None = None, *,
                     n_raters: int = 3, jitter_mm: float = 3.0, clear_cnr: float = 3.0,
-                    wavelength_mm: float = 15.0, floor: float = 0.0) -> tuple[list[np.ndarray], dict]:
+                    wavelength_mm: float = 15.0, floor: float = 0.0, shared_mm: float = 0.0,
+                    shared_rng: np.random.Generator | None = None) -> tuple[list[np.ndarray], dict]:
     """``n_raters`` observers' contours of ``mask`` who disagree most where its edge is faint.
 
     Each rater moves the edge along its normal by a habit of their own (``bias`` mm wider or
@@ -86,7 +95,10 @@ def boundary_raters(rng: np.random.Generator, mask: np.ndarray, spacing, clarity
     the clearest edge. This is the
     boundary-dependent perturbation model of inter-observer variability: raters agree on edges
     they can see and spread where the tumour fades into muscle. ``clarity`` None: every edge
-    equally faint. The signed distance of ``mask`` (mm, on its grid) is displaced and thresholded.
+    equally faint. ``shared_mm``: the root mean square of one more smooth displacement, the same for
+    every rater (drawn from ``shared_rng``, default ``rng``) and scaled by the same faintness: the
+    misreading of a faint edge that the raters share, which their consensus keeps and no image shows.
+    The signed distance of ``mask`` (mm, on its grid) is displaced and thresholded.
 
     Returns (the raters' bool masks, facts: each rater's bias in mm and the mean amplitude on the
     edge)."""
@@ -113,6 +125,10 @@ def boundary_raters(rng: np.random.Generator, mask: np.ndarray, spacing, clarity
     faint = np.float32(floor) + np.float32(1.0 - floor) * faint
     amp = float(jitter_mm) * faint
     edge = np.abs(sdf) <= max(sp)
+    if shared_mm < 0:
+        raise ParameterError(f"boundary_raters: shared_mm must be at least 0, got {shared_mm}")
+    if shared_mm > 0:  # drawn before the raters, from its own stream: their draws do not move
+        sdf = sdf - float(shared_mm) * faint * _smooth_noise(shared_rng or rng, sub.shape, sp, wavelength_mm)
     out, biases = [], []
     for _ in range(int(n_raters)):
         bias = float(np.clip(rng.standard_normal(), -2.5, 2.5) * 0.4 * jitter_mm)
@@ -154,7 +170,8 @@ def _ends(rng: np.random.Generator, mask: np.ndarray) -> dict:
 def observe(rng: np.random.Generator, truth: np.ndarray, tissue: np.ndarray, spacing,
             allowed: np.ndarray | None = None,
             *, n_raters: int = N_RATERS, jitter_mm: float = 3.0, clear_cnr: float | None = None,
-            floor: float | None = None, noise_sd: float = 13.5) -> tuple[list[np.ndarray], np.ndarray, dict]:
+            floor: float | None = None, noise_sd: float = 13.5, shared_mm: float = 0.0,
+            shared_rng: np.random.Generator | None = None) -> tuple[list[np.ndarray], np.ndarray, dict]:
     """The raters of one patient's tumour (see the module docstring).
 
     ``truth``: the rendered tumour, bool (z, y, x); ``tissue``: the class id at each voxel centre
@@ -179,7 +196,8 @@ def observe(rng: np.random.Generator, truth: np.ndarray, tissue: np.ndarray, spa
     clarity = edge_clarity(reading, m[box], sp, noise_sd=1.0)
     sub, facts = boundary_raters(rng, m[box], sp, clarity, n_raters=n_raters, jitter_mm=jitter_mm,
                                  clear_cnr=CLEAR_CNR if clear_cnr is None else clear_cnr,
-                                 floor=FLOOR if floor is None else floor)
+                                 floor=FLOOR if floor is None else floor, shared_mm=shared_mm,
+                                 shared_rng=shared_rng)
     # everything below happens in the box (no rater reaches its border, which lies 5 mm beyond the
     # perturbation's reach), then goes onto the full grid
     ends = []

@@ -16,3 +16,13 @@ HELP = {
     "n_cases": "patients of the cohort measured on this page (the first n; the chapters' cache where it exists)",
     "n_show": "patients shown in the galleries",
 }
+
+CHOICES = {
+    "raters' shared misreading": "the phantom's raters share part of their misreading of a faint edge "
+                                 "(npcrepro.phantom.raters, rater_shared_mm, as large as each rater's own "
+                                 "jitter): without it their consensus was the rendered tumour in all but name, "
+                                 "a function of the image, and networks scored against it far above the raters' "
+                                 "own agreement; with it the strongest leaderboard networks of a development "
+                                 "run land just above that agreement, as the project's target asks (development "
+                                 "record)",
+}
