@@ -549,6 +549,11 @@ def test_a_shared_misreading_moves_the_consensus_where_the_edge_is_faint_not_the
     assert not np.array_equal(majority_vote(draw(4.0, 1)), majority_vote(shared))  # another patient's
     with pytest.raises(ParameterError, match="shared_mm"):
         draw(-1.0)
+    # in a patient, the shared misreading moves the raters and their consensus, never the images
+    plain, shared_case = phantom.make_case(5, preset="smoke", rater_shared_mm=0.0), phantom.make_case(5, preset="smoke")
+    assert all(np.array_equal(plain.images[k], shared_case.images[k]) for k in plain.images)
+    assert np.array_equal(plain.labels["GTVp_truth"], shared_case.labels["GTVp_truth"])
+    assert not np.array_equal(plain.labels["GTVp"], shared_case.labels["GTVp"])
 
 
 def test_ring_contrast_measures_separation_and_texture_against_the_surroundings():
