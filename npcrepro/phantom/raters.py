@@ -20,7 +20,7 @@ phantom keeps the tumour it rendered (``GTVp_truth``, which no clinic has) and d
   and no network can recover it from the image either. Without it the consensus was the rendered
   tumour in all but name (DSC 0.94 between them), a function of the image that no clinical contour is,
   and networks scored against it 0.08-0.10 above the raters' own agreement; with it, the best
-  leaderboard network of a development run lands 0.02 above that agreement (the leaderboard's
+  leaderboard network of a development run lands 0.02 above that agreement (the data page's
   development record);
 * slice-by-slice drawing at the ends: with probability 0.4 each, a rater leaves out the most
   superior slice, and adds one more slice below the inferior end (that end's contour, shrunk);
@@ -114,7 +114,7 @@ def boundary_raters(rng: np.random.Generator, mask: np.ndarray, spacing, clarity
         return [m.copy() for _ in range(int(n_raters))], {"bias_mm": [0.0] * int(n_raters),
                                                           "edge_amplitude_mm": 0.0}
     # the mask's neighbourhood, as far as any rater can reach
-    reach = 4 * jitter_mm + 5
+    reach = 4 * (jitter_mm + max(float(shared_mm), 0.0)) + 5
     zs = np.nonzero(m)
     box = tuple(slice(max(0, int(a.min() - reach / s) - 1), min(n, int(a.max() + reach / s) + 2))
                 for a, s, n in zip(zs, sp, m.shape))
@@ -188,7 +188,7 @@ def observe(rng: np.random.Generator, truth: np.ndarray, tissue: np.ndarray, spa
     if not m.any():
         return [m.copy() for _ in range(n_raters)], m.copy(), {}
     sp = tuple(float(s) for s in spacing)
-    reach = 4 * jitter_mm + 10  # the perturbation's reach plus the clarity window
+    reach = 4 * (jitter_mm + shared_mm) + 10  # the perturbations' reach plus the clarity window
     idx = np.nonzero(m)
     box = tuple(slice(max(0, int(a.min() - reach / s) - 1), min(n, int(a.max() + reach / s) + 2))
                 for a, s, n in zip(idx, sp, m.shape))
