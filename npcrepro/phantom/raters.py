@@ -108,13 +108,15 @@ def boundary_raters(rng: np.random.Generator, mask: np.ndarray, spacing, clarity
         raise ParameterError(f"boundary_raters: floor must be in [0, 1], got {floor}")
     if int(n_raters) < 1:
         raise ParameterError(f"boundary_raters: n_raters must be at least 1, got {n_raters}")
+    if shared_mm < 0:
+        raise ParameterError(f"boundary_raters: shared_mm must be at least 0, got {shared_mm}")
     if clarity is not None and np.shape(clarity) != m.shape:
         raise DataError(f"boundary_raters: clarity {np.shape(clarity)} and mask {m.shape} differ in shape")
     if not m.any() or jitter_mm <= 0:
         return [m.copy() for _ in range(int(n_raters))], {"bias_mm": [0.0] * int(n_raters),
                                                           "edge_amplitude_mm": 0.0}
     # the mask's neighbourhood, as far as any rater can reach
-    reach = 4 * (jitter_mm + max(float(shared_mm), 0.0)) + 5
+    reach = 4 * (jitter_mm + shared_mm) + 5
     zs = np.nonzero(m)
     box = tuple(slice(max(0, int(a.min() - reach / s) - 1), min(n, int(a.max() + reach / s) + 2))
                 for a, s, n in zip(zs, sp, m.shape))
@@ -125,8 +127,6 @@ def boundary_raters(rng: np.random.Generator, mask: np.ndarray, spacing, clarity
     faint = np.float32(floor) + np.float32(1.0 - floor) * faint
     amp = float(jitter_mm) * faint
     edge = np.abs(sdf) <= max(sp)
-    if shared_mm < 0:
-        raise ParameterError(f"boundary_raters: shared_mm must be at least 0, got {shared_mm}")
     if shared_mm > 0:  # drawn before the raters, from its own stream: their draws do not move
         sdf = sdf - float(shared_mm) * faint * _smooth_noise(shared_rng or rng, sub.shape, sp, wavelength_mm)
     out, biases = [], []
