@@ -21,7 +21,7 @@ import html
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -433,11 +433,14 @@ def raters_of(structure: str, structures: Iterable[str]) -> list[str]:
                   key=lambda s: int(s[len(prefix):]))
 
 
-def rater_agreement(dataset, cases: Iterable[str], structures: Iterable[str]) -> pd.DataFrame:
+def rater_agreement(dataset, cases: Iterable[str], structures: Iterable[str],
+                    part: Callable[[Any], Any] | None = None) -> pd.DataFrame:
     """The inter-rater ceiling beside a run's networks: for each case and each of ``structures`` that
     the dataset also holds as two or more raters' contours (:func:`raters_of`), the raters' mean
     pairwise DSC and their mean DSC against the reference (``structure`` itself, their consensus on
-    the phantom). Columns :data:`RATER_COLUMNS`; no row for a case or structure without raters."""
+    the phantom), over ``part(case)`` (the part of the loaded case the networks are scored on: some
+    slices, say; default the whole case). Columns :data:`RATER_COLUMNS`; no row for a case or
+    structure without raters."""
     from npcrepro.metrics.consensus import agreement
 
     rows = []
@@ -447,6 +450,7 @@ def rater_agreement(dataset, cases: Iterable[str], structures: Iterable[str]) ->
             continue
         for case in cases:
             c = dataset.load(case, channels=dataset.channels[:1], structures=[structure, *names])
+            c = part(c) if part is not None else c
             drawn = [c.labels[n] for n in names if n in c.labels]
             if len(drawn) < 2 or structure not in c.labels:
                 continue

@@ -263,3 +263,16 @@ def test_rater_agreement_is_the_raters_pairwise_dice_and_their_dice_against_the_
     # against the reference (x 0-6): 0.8, 1.0, 0.8
     assert t.loc[0, "rater_vs_reference"] == pytest.approx((0.8 + 1.0 + 0.8) / 3)
     assert t.loc[0, "raters"] == 3
+    # part: the raters scored where the networks are (here the first slice, where rater 3 now agrees)
+    labels["GTVp_rater3"] = box(0, 6)
+    labels["GTVp_rater3"][1] = False
+    ds2 = write_dataset(tmp_path / "ds2", [Case("p1", case.images, labels, case.spacing)], channels=["T1"],
+                        structures=list(labels), source="test")
+    whole = E.rater_agreement(ds2, ["p1"], ["GTVp"])
+    first = E.rater_agreement(ds2, ["p1"], ["GTVp"], part=lambda c: Case(
+        c.name, {k: v[:1] for k, v in c.images.items()}, {k: v[:1] for k, v in c.labels.items()}, c.spacing))
+    # first slice: rater 3 = rater 2 = the reference -> pairs 0.8, 0.8, 1.0; against the reference 0.8, 1, 1
+    assert first.loc[0, "pairwise_dice"] == pytest.approx(2.6 / 3)
+    assert first.loc[0, "rater_vs_reference"] == pytest.approx(2.8 / 3)
+    # both slices: rater 3 is empty on the second, so (1,3) = 2*4/(8+6) and (2,3) = 2*6/(12+6)
+    assert whole.loc[0, "pairwise_dice"] == pytest.approx((0.8 + 8 / 14 + 12 / 18) / 3)

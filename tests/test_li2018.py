@@ -355,6 +355,27 @@ def test_slices_from_a_case_are_144_with_tumour_and_invert():
         D.prepare_case(Case("p2", {"T2": gtv.astype(np.float32)}, {}, (1.0, 1.0, 1.0)), _params())
 
 
+def test_raters_are_scored_on_the_slices_the_network_is(tmp_path):
+    from npcrepro.datasets import Case, write_dataset
+    from npcrepro.evaluation import rater_agreement
+
+    z, y, x = np.mgrid[:20, :144, :144]
+    gtv = (np.abs(z - 10) <= 4) & ((y - 72) ** 2 + (x - 72) ** 2 < 20 ** 2)  # slices 6-14
+    r1, r2 = gtv.copy(), gtv.copy()
+    r2[6:8] = False  # rater 2 leaves out the tumour's first two slices, outside the three evaluated
+    labels = {"GTVp_rater1": r1, "GTVp_rater2": r2, "GTVp": gtv}
+    case = Case("p1", {D.DCE_CHANNEL: gtv.astype(np.float32)}, labels, D.SPACING)
+    ds = write_dataset(tmp_path / "ds", [case], channels=[D.DCE_CHANNEL], structures=list(labels), source="test")
+    P = _params(slices_per_patient=3)
+    part = D.scored_part(ds.load("p1"), P)
+    zs = D.prepare_case(case, P).zs
+    assert part.shape[0] == len(zs) == 3 and np.array_equal(part.labels["GTVp_rater2"], r2[zs])
+    t = M.CHAPTER.rater_agreement(ds, ["p1"], ["GTVp"], P)
+    assert t.loc[0, "pairwise_dice"] == pytest.approx(1.0)  # the raters agree on every evaluated slice
+    whole = rater_agreement(ds, ["p1"], ["GTVp"])
+    assert whole.loc[0, "pairwise_dice"] == pytest.approx(2 * 7 / (9 + 7))  # the whole slab: 7 of 9 slices
+
+
 def test_pixel_unit_slices_are_resized_to_144():
     from npcrepro.datasets import Case
 
@@ -407,7 +428,7 @@ def test_notebook_runs_with_smoke_profile(run_notebook, run_folder):
     assert run.parts[-4:-1] == ("runs", "smoke", "li2018")
     names = {p.name for p in run.iterdir()}
     assert {"params.json", "environment.json", "run.json", "splits.json", "metrics.csv", "training.csv",
-            "working", "faithful", "printed", "DONE"} <= names
+            "working", "faithful", "printed", "DONE", "raters.csv"} <= names  # the DCE phantom keeps its raters
     job = run / "working" / "fold_0" / "seed_0"
     assert {"curves.csv", "checkpoint_last.pt", "model.pt", "predictions"} <= {p.name for p in job.iterdir()}
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

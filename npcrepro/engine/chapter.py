@@ -306,6 +306,15 @@ class Chapter:
         says what it is)."""
         return structure
 
+    def rater_agreement(self, dataset, cases: Sequence[str], structures: Sequence[str], P):
+        """The raters' agreement on a finished run's test ``cases`` (its ``raters.csv``, the inter-rater
+        ceiling): default :func:`npcrepro.evaluation.rater_agreement` over each case's whole grid. A
+        chapter that scores its networks on part of a case (some slices) scores the raters on the same
+        part (the function's ``part``), so that the ceiling and the networks are measured alike."""
+        from npcrepro.evaluation import rater_agreement
+
+        return rater_agreement(dataset, cases, structures)
+
     def reference(self, results):
         """A reference that reads no image for the finished run ``results`` (a location prior), scored
         on the run's test cases as its networks are: a table with one row per test case (``case``,

@@ -210,12 +210,10 @@ def _spacing(ds, folds) -> dict:
     return {"spacing_mm": [round(float(s), 6) for s in case.spacing]}
 
 
-def _write_raters(path: Path, ds, metrics) -> None:
-    """``raters.csv``: the raters' agreement on the run's test cases (:func:`npcrepro.evaluation.rater_agreement`),
+def _write_raters(path: Path, chapter, ds, metrics, P) -> None:
+    """``raters.csv``: the raters' agreement on the run's test cases (:meth:`Chapter.rater_agreement`),
     where the dataset holds raters of a scored structure; nothing written where it holds none."""
-    from npcrepro.evaluation import rater_agreement
-
-    table = rater_agreement(ds, sorted(set(metrics["case"].astype(str))), sorted(set(metrics["structure"])))
+    table = chapter.rater_agreement(ds, sorted(set(metrics["case"].astype(str))), sorted(set(metrics["structure"])), P)
     if len(table):
         table.to_csv(path / "raters.csv", index=False)
 
@@ -446,7 +444,7 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
         half.to_csv(rf.path / "metrics_half.csv", index=False)
         training.to_csv(rf.path / "training.csv", index=False)
         if complete and len(metrics) and "structure" in metrics:
-            _write_raters(rf.path, ds, metrics)
+            _write_raters(rf.path, chapter, ds, metrics, P)
     _run_json(rf, chapter, structures, chosen, folds, seeds, "done" if complete else "running", data=params["data"],
               data_label=label, channels=channels, **facts,
               seconds=time.perf_counter() - t0)

@@ -150,6 +150,15 @@ class Li2018(Chapter):
     def all_methods(self, P):
         return [Method(m, LABELS[m]) for m in MODES]
 
+    def rater_agreement(self, dataset, cases, structures, P):
+        """The raters on the slices the networks are scored on (:func:`~npcrepro.chapters.li2018.prepare.scored_part`:
+        each patient's evaluated slices, pooled), not on the whole 20-slice slab."""
+        from npcrepro.chapters.li2018.prepare import scored_part
+        from npcrepro.evaluation import rater_agreement
+
+        known = bool(getattr(dataset, "spacing_known", True))
+        return rater_agreement(dataset, cases, structures, part=lambda c: scored_part(c, P, spacing_known=known))
+
     def reference(self, results):
         """A run on a dataset (the real T2 track): its location prior
         (:func:`npcrepro.chapters.li2018.prepare.location_prior`) at ``real_prior_threshold``; None on the phantom."""

@@ -65,7 +65,8 @@ def _cache_root(P: Mapping[str, Any]) -> Path:
 
 
 def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
-    """``P.n_cases`` phantom patients on the paper's DCE grid, frame 35 and GTVp only, written once
+    """``P.n_cases`` phantom patients on the paper's DCE grid, frame 35, GTVp and its raters' contours
+    (``GTVp_rater1``..., for the run's inter-rater ceiling; never a target), written once
     into the cache (``<out_dir>/_cache/li2018-dce-<cohort>-n<n>-s<seed>-<record hash>``). Patient ``i``
     renders phantom seed ``seed + first + i`` (``first`` 0 for the development cohort, 1000 for the
     evaluation one: :data:`npcrepro.profiles.COHORTS`); seeds whose tumour misses the 6 cm slab are skipped (listed in
@@ -76,13 +77,14 @@ def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
     import json
 
     from npcrepro.datasets import open_cached
-    from npcrepro.phantom.make import cohort_record
+    from npcrepro.phantom.make import RATERS, cohort_record
 
     from npcrepro.profiles import cohort_of, first_patient
 
     n, min_mm = int(P["n_cases"]), float(P.get("min_lesion_mm", 0) or 0)
     seed = int(P["seed"]) + first_patient(P)  # the evaluation cohort starts 1000 phantom seeds on
-    record = {"li2018_dce": cohort_record(n, seed, preset="cpu", **phantom_params()), "min_lesion_mm": min_mm}
+    record = {"li2018_dce": cohort_record(n, seed, preset="cpu", **phantom_params()), "min_lesion_mm": min_mm,
+              "structures": [*RATERS, STRUCTURE]}
     tag = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return build_once(_cache_root(P) / f"li2018-dce-{cohort_of(P)}-n{n}-s{seed}-{tag}",
                       lambda folder: open_cached(folder, record),
@@ -92,6 +94,7 @@ def phantom_dataset(P: Mapping[str, Any], *, progress: bool = False):
 def _write_phantom(folder: Path, n: int, seed: int, min_mm: float, record: dict, progress: bool):
     from npcrepro import phantom
     from npcrepro.datasets import Case, write_dataset
+    from npcrepro.phantom.make import RATERS
 
     cases, skipped, small, i = [], [], [], 0
     while len(cases) < n and i < 3 * n + 10:
@@ -104,14 +107,16 @@ def _write_phantom(folder: Path, n: int, seed: int, min_mm: float, record: dict,
         if lesion_extent_mm(gtv, case.spacing) < min_mm:
             small.append(seed + i - 1)
             continue
-        cases.append(Case(f"npc_{len(cases):03d}", {DCE_CHANNEL: case.images[DCE_CHANNEL]}, {STRUCTURE: gtv},
+        labels = {STRUCTURE: gtv, **{r: case.labels[r] for r in RATERS if r in case.labels}}
+        cases.append(Case(f"npc_{len(cases):03d}", {DCE_CHANNEL: case.images[DCE_CHANNEL]}, labels,
                           case.spacing, case.origin, case.direction, {"phantom_seed": seed + i - 1}))
     desc = (f"digital phantom, DCE frame {DCE_FRAME} of 65 ({DCE_CHANNEL}), {len(cases)} patients on the "
             f"paper's 144x144x20 grid" + (f"; phantom seeds {skipped} skipped (no GTVp in the 6 cm slab)"
                                           if skipped else "")
             + (f"; phantom seeds {small} excluded (tumour under {min_mm:g} mm, the paper's 1 cm rule)"
                if small else ""))
-    return write_dataset(folder, cases, channels=[DCE_CHANNEL], structures=[STRUCTURE], name="li2018-dce-phantom",
+    return write_dataset(folder, cases, channels=[DCE_CHANNEL], structures=[*RATERS, STRUCTURE],
+                         name="li2018-dce-phantom",
                          description=desc, source="phantom", progress=progress, overwrite=True, extra=record)
 
 
@@ -149,6 +154,31 @@ def _choose_slices(zs: np.ndarray, n: int | None) -> np.ndarray:
     return zs[idx]
 
 
+def _resampled(case, P: Mapping[str, Any], spacing_known: bool):
+    """``case`` resampled to :data:`SPACING` (pixel units: resized in-plane to 144 x 144), with its
+    resampling record and the evaluated slices (``slices_per_patient`` of those with GTVp)."""
+    if STRUCTURE not in case.labels or not np.any(case.labels[STRUCTURE]):
+        raise DataError(f"case {case.name}: no {STRUCTURE} voxels to select slices from")
+    if spacing_known:
+        spacing = SPACING
+    else:  # pixel units: resize the slice to 144 x 144
+        spacing = (case.spacing[0], case.spacing[1] * case.shape[1] / SIZE, case.spacing[2] * case.shape[2] / SIZE)
+    res, rec = T.preprocess(case, spacing=spacing)
+    zs = _choose_slices(T.slices_with(np.asarray(res.labels[STRUCTURE], bool), axis=0), P["slices_per_patient"])
+    if len(zs) == 0:
+        raise DataError(f"case {case.name}: {STRUCTURE} vanished after resampling to {spacing}")
+    return res, rec, zs
+
+
+def scored_part(case, P: Mapping[str, Any], *, spacing_known: bool = True):
+    """The part of ``case`` a network is scored on (:meth:`Li2018.score`): every image and mask
+    resampled as :func:`prepare_case` resamples, on the evaluated slices only (z = len(zs))."""
+    res, _, zs = _resampled(case, P, spacing_known)
+    return type(case)(case.name, {k: v[zs] for k, v in res.images.items()},
+                      {k: np.asarray(v, bool)[zs] for k, v in res.labels.items()},
+                      res.spacing, res.origin, res.direction, dict(case.meta))
+
+
 @dataclass(frozen=True)
 class Prepared:
     """One case on the network's grid: ``work`` (z, 144, 144) image and GTVp, ``zs`` the evaluated
@@ -174,19 +204,10 @@ def prepare_case(case, P: Mapping[str, Any], *, spacing_known: bool = True) -> P
     window (phantom on the paper's grid: the whole slice; dataset: around the tumour), choose the
     evaluated slices."""
     channel = DCE_CHANNEL if DCE_CHANNEL in case.images else next(iter(case.images))
-    if STRUCTURE not in case.labels or not np.any(case.labels[STRUCTURE]):
-        raise DataError(f"case {case.name}: no {STRUCTURE} voxels to select slices from")
-    sub = type(case)(case.name, {channel: case.images[channel]}, {STRUCTURE: case.labels[STRUCTURE]},
+    sub = type(case)(case.name, {channel: case.images[channel]}, {STRUCTURE: case.labels.get(STRUCTURE)},
                      case.spacing, case.origin, case.direction, dict(case.meta))
-    if spacing_known:
-        spacing = SPACING
-    else:  # pixel units: resize the slice to 144 x 144
-        spacing = (case.spacing[0], case.spacing[1] * case.shape[1] / SIZE, case.spacing[2] * case.shape[2] / SIZE)
-    res, rec = T.preprocess(sub, spacing=spacing)
+    res, rec, zs = _resampled(sub, P, spacing_known)
     mask = np.asarray(res.labels[STRUCTURE], bool)
-    zs = _choose_slices(T.slices_with(mask, axis=0), P["slices_per_patient"])
-    if len(zs) == 0:
-        raise DataError(f"case {case.name}: {STRUCTURE} vanished after resampling to {spacing}")
     if P.get("data_label", P["data"]) == "phantom" or not spacing_known:
         box2 = T.center_box(res.shape[1:], (SIZE, SIZE))
     else:
