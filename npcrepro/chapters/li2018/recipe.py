@@ -110,9 +110,9 @@ CHOICES = {
             "the batch); working = mean binary cross-entropy + soft Dice",
     "batch size and iterations": "not stated: the profile's batch_size and per-stage iterations",
     "stepwise training": "each stage trains only the layers it adds (the literal reading of Sec. 2.3; "
-                         "finetune=True trains the earlier ones too, and at the cpu budget it predicted every "
-                         "development patient empty: development record); stage targets are the 144x144 "
-                         "mask average-pooled by 4 and 2",
+                         "finetune=True trains the earlier ones too, at lr_fusion; at 1e-3 and 1e-2 it predicted every "
+                         "development patient empty, at 1e-4 it learnt but scored lower: development record); "
+                         "stage targets are the 144x144 mask average-pooled by 4 and 2",
     "pooling": "max pooling (Table 1 says 'Pool')",
     "score maps": "Conv6/Conv7/Conv8 outputs before Relu6/Relu7 are the logits; the concatenations "
                   "take the ReLU'd Conv1/Conv2 maps",
