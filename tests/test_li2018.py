@@ -10,7 +10,7 @@ import torch
 
 import npcrepro.models.score_fusion_fcn  # noqa: F401 - registers score_fusion_fcn
 from chapter_contract import ChapterContract
-from npcrepro.errors import ParameterError
+from npcrepro.errors import DataError, ParameterError
 from npcrepro.models import build
 from npcrepro.models.score_fusion_fcn import STAGE_LAYERS, TABLE1, ScoreFusionFCN
 from npcrepro.chapters.li2018 import methods as M
@@ -352,6 +352,8 @@ def test_slices_from_a_case_are_144_with_tumour_and_invert():
     from npcrepro import metrics
     assert metrics.dice(back, gtv) > 0.9
     with pytest.raises(Exception):
+        D.prepare_case(Case("p2", {"T2": gtv.astype(np.float32)}, {}, (1.0, 1.0, 1.0)), _params())
+    with pytest.raises(DataError, match="no GTVp voxels"):  # one clear error, from the case's name
         D.prepare_case(Case("p2", {"T2": gtv.astype(np.float32)}, {}, (1.0, 1.0, 1.0)), _params())
 
 

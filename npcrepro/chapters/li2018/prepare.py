@@ -204,7 +204,8 @@ def prepare_case(case, P: Mapping[str, Any], *, spacing_known: bool = True) -> P
     window (phantom on the paper's grid: the whole slice; dataset: around the tumour), choose the
     evaluated slices."""
     channel = DCE_CHANNEL if DCE_CHANNEL in case.images else next(iter(case.images))
-    sub = type(case)(case.name, {channel: case.images[channel]}, {STRUCTURE: case.labels.get(STRUCTURE)},
+    sub = type(case)(case.name, {channel: case.images[channel]},
+                     {k: v for k, v in case.labels.items() if k == STRUCTURE},
                      case.spacing, case.origin, case.direction, dict(case.meta))
     res, rec, zs = _resampled(sub, P, spacing_known)
     mask = np.asarray(res.labels[STRUCTURE], bool)
