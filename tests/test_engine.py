@@ -409,6 +409,40 @@ def test_stages_freeze_and_switch_learning_rates(tiny_cases, reference_run):
         Trainer(model, bce, train, iterations=1, frozen=["encoder"], progress=False).fit()
 
 
+def test_stage_lr_scale_sets_per_layer_rates():
+    """Plain SGD takes steps proportional to the rate, so a layer at lr_scale 0.25 moves exactly a
+    quarter as far as it does at 1, from the same start on the same batch; the other layer moves alike."""
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(4, 1, 8, 8, generator=g)
+    data = torch.utils.data.TensorDataset(xs, (xs > 0).float())
+
+    def steps(**stage):
+        seed_everything(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Conv2d(2, 1, 1))
+        start = [p.detach().clone() for p in model.parameters()]
+        trainer = Trainer(model, bce, data, batch_size=4, iterations=1, optimizer="sgd", momentum=0.0, lr=0.1,
+                          progress=False, **stage)
+        trainer.fit()
+        return [p.detach() - s for p, s in zip(model.parameters(), start)], trainer.optimizer.param_groups
+
+    plain, _ = steps()
+    scaled, groups = steps(lr_scale={"0.": 0.25})
+    assert sorted(gr["lr"] for gr in groups) == pytest.approx([0.025, 0.1])
+    for k, (a, b) in enumerate(zip(plain, scaled)):
+        assert torch.count_nonzero(a) > 0
+        torch.testing.assert_close(b, a * (0.25 if k < 2 else 1.0), rtol=1e-4, atol=1e-7)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Conv2d(2, 1, 1))
+    with pytest.raises(ParameterError, match="lr_scale names '2.'"):
+        Stage("s", iterations=1, lr_scale={"2.": 0.5}).param_groups(model)
+    with pytest.raises(ParameterError, match="lr_scale names '0.'"):  # frozen: not trainable
+        stage = Stage("s", iterations=1, frozen=["0."], lr_scale={"0.": 0.5})
+        stage.set_trainable(model)
+        stage.param_groups(model)
+    for bad in (0.0, -1.0, float("nan"), "x"):
+        with pytest.raises(ParameterError, match="lr_scale of '0.' must be a positive number"):
+            Stage("s", iterations=1, lr_scale={"0.": bad})
+
+
 def test_early_stopping_and_best_checkpoint(tiny_cases, tmp_path):
     run = RunFolder.create(tmp_path, "smoke", "test", "early")
     seed_everything(0)

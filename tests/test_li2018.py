@@ -173,6 +173,36 @@ def test_trainer_stages_train_only_their_layers():
     assert changed == set().union(*STAGE_LAYERS.values())
 
 
+def test_finetune_trains_earlier_layers_at_their_own_rate():
+    """finetune=True: stages 2-3 train the earlier stages' layers too, the working method's at
+    lr_finetune and the new layers at lr_fusion; the SGD modes keep one rate (the printed solver)."""
+    from npcrepro import recipes
+
+    P = {**recipes.load("li2018").PROFILES["cpu"], "finetune": True, "lr_fusion": 1e-2, "lr_finetune": 1e-5}
+    net = M.build_model("working", 0.125)
+    stages = M.make_stages("working", (1, 1, 1), P)
+    rates = []
+    for st in stages:
+        st.set_trainable(net)
+        rates.append({float(f"{st.lr * g['lr_scale']:.6g}"): {n.split(".")[0] for n, p in net.named_parameters()
+                                             if any(p is q for q in g["params"])}
+                      for g in st.param_groups(net)})
+    assert rates[0] == {1e-3: set(STAGE_LAYERS[1])}
+    assert rates[1] == {1e-2: {"deconv1", "conv7"}, 1e-5: set(STAGE_LAYERS[1])}
+    assert rates[2] == {1e-2: {"deconv2", "conv8"}, 1e-5: set(STAGE_LAYERS[1]) | {"deconv1", "conv7"}}
+    assert all(st.lr_scale == {} for st in M.make_stages("faithful", (1, 1, 1), P))
+
+
+def test_stage_rates_and_finetune_reading_follow_the_parameters():
+    P = {"lr": 1e-3, "lr_fusion": 1e-2, "lr_finetune": 1e-4, "finetune": True}
+    assert R.stage_rates(P) == ("lr 0.001 in stage 1; in stages 2-3 0.01 for the layers they add and 0.0001 for "
+                                "the layers trained before")
+    assert "finetune=True" in R.finetune_reading(P) and "0.0001" in R.finetune_reading(P)
+    P["finetune"] = False
+    assert R.stage_rates(P) == "lr 0.001 in stage 1, 0.01 for the few weights stages 2-3 add"
+    assert "finetune=False" in R.finetune_reading(P) and "0.0001" not in R.finetune_reading(P)
+
+
 def test_stage_targets_are_downsampled():
     stages = M.make_stages("working", (1, 1, 1))
     y = torch.zeros(1, 1, 144, 144)

@@ -298,7 +298,8 @@ class Trainer:
     def _enter_stage(self, si: int) -> None:
         stage = self.stages[si]
         self.trainable = stage.set_trainable(self.model)
-        self.optimizer = make_optimizer(self.trainable, stage.optimizer, stage.lr, momentum=stage.momentum,
+        self.optimizer = make_optimizer(stage.param_groups(self.model), stage.optimizer, stage.lr,
+                                        momentum=stage.momentum,
                                         weight_decay=stage.weight_decay, nesterov=stage.nesterov,
                                         betas=stage.betas)
         total = stage.budget(self.iterations_per_epoch)
@@ -543,7 +544,7 @@ class Trainer:
                 epoch = st.stage_iteration // ipe
                 lr = stage.lr * self.schedule.factor_at(st.stage_iteration, epoch)
                 for g in self.optimizer.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
                 loss, n = self._train_step(batch, stage)
                 st.stage_iteration += 1
                 st.iteration += 1

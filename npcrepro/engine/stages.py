@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from npcrepro.engine.schedules import make_schedule
 from npcrepro.errors import ParameterError
@@ -29,6 +29,11 @@ class Stage:
         "gamma": 0.1}`` or ``{"kind": "plateau", "factor": 0.8, "patience": 5}``.
     trainable : sequence of str, optional
         Parameter-name prefixes to train (None: all); ``frozen`` prefixes are then removed.
+    lr_scale : mapping of str to float, optional
+        Learning-rate multipliers by parameter-name prefix (the longest matching prefix wins; the
+        other trainable parameters take 1), e.g. ``{"encoder": 0.01}`` to fine-tune layers an earlier
+        stage trained at a hundredth of the rate of the layers this stage adds. The schedule scales
+        every group alike.
     loss : callable(output, target) -> scalar tensor, optional
         Overrides the Trainer's loss for this stage.
     target_fn : callable(target) -> target, optional
@@ -56,6 +61,7 @@ class Stage:
     schedule: Any = None
     trainable: Sequence[str] | None = None
     frozen: Sequence[str] = ()
+    lr_scale: Mapping[str, float] = field(default_factory=dict)
     loss: Callable | None = None
     target_fn: Callable | None = None
     forward_kwargs: dict = field(default_factory=dict)
@@ -73,6 +79,9 @@ class Stage:
             raise ParameterError(f"stage {self.name!r}: budget must be >= 0, got {n}")
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ParameterError(f"stage {self.name!r}: lr must be positive, got {self.lr}")
+        for pfx, k in dict(self.lr_scale).items():
+            if not (isinstance(k, (int, float)) and k > 0 and math.isfinite(k)):
+                raise ParameterError(f"stage {self.name!r}: lr_scale of {pfx!r} must be a positive number, got {k!r}")
         make_schedule(self.schedule, total=1, total_epochs=1)  # validate early
 
     def budget(self, iterations_per_epoch: int) -> int:
@@ -93,10 +102,28 @@ class Stage:
                 raise ParameterError(f"stage {self.name!r}: no parameter name starts with {pfx!r}")
         return [p for p in model.parameters() if p.requires_grad]
 
+    def param_groups(self, model) -> list[dict]:
+        """The optimiser's parameter groups for this stage: the trainable parameters of ``model``
+        (after :meth:`set_trainable`) grouped by their :attr:`lr_scale` multiplier, each group a dict
+        with ``params`` and ``lr_scale``. A prefix of ``lr_scale`` that names no trainable parameter
+        is a ParameterError."""
+        scales = dict(self.lr_scale)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        for pfx in scales:
+            if not any(n.startswith(pfx) for n, _ in named):
+                raise ParameterError(f"stage {self.name!r}: lr_scale names {pfx!r}, which no trainable "
+                                     "parameter's name starts with")
+        groups: dict[float, list] = {}
+        for n, p in named:
+            match = max((pfx for pfx in scales if n.startswith(pfx)), key=len, default=None)
+            groups.setdefault(1.0 if match is None else float(scales[match]), []).append(p)
+        return [{"params": ps, "lr_scale": k} for k, ps in groups.items()]
+
     def describe(self) -> dict:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__
                if k not in ("loss", "target_fn", "schedule")}
         out["forward_kwargs"] = dict(self.forward_kwargs)
+        out["lr_scale"] = dict(self.lr_scale)
         out["schedule"] = make_schedule(self.schedule, total=1, total_epochs=1).describe()
         out["loss"] = type(self.loss).__name__ if self.loss is not None else None
         return out

@@ -1,9 +1,10 @@
 """li2018: the Table 1 CNN trained stepwise, as two methods (today's optimiser modes).
 
 Training (Sec. 2.3): three Trainer stages inside one job, each training only the layers it adds
-(``finetune=True`` trains the earlier ones too): stage 1 the feature part against the 36 x 36 score
-map, stage 2 Deconv1 + Conv7 against 72 x 72, stage 3 Deconv2 + Conv8 against 144 x 144. Targets of
-stages 1-2 are the 144 x 144 mask average-pooled by 4 and 2 (soft targets).
+(``finetune=True`` trains the earlier ones too, the working method at ``lr_finetune``): stage 1 the
+feature part against the 36 x 36 score map, stage 2 Deconv1 + Conv7 against 72 x 72, stage 3
+Deconv2 + Conv8 against 144 x 144. Targets of stages 1-2 are the 144 x 144 mask average-pooled by
+4 and 2 (soft targets).
 
 * ``faithful`` -- the printed solver: SGD, lr 1e-7, momentum 0.9, weight decay 5e-4, step decay x0.1
   every 1e5 iterations, read with two Caffe conventions: Gaussian initial weights of std
@@ -102,9 +103,13 @@ def make_stages(mode: str, iterations: Sequence[int], P: Mapping[str, Any] | Non
     for s, n in zip((1, 2, 3), iterations):
         if mode == "working" and s > 1:
             opt["lr"] = float(P["lr_fusion"])
-        layers = [name for t in STAGE_LAYERS if t == s or (P["finetune"] and t < s) for name in STAGE_LAYERS[t]]
+        earlier = [name for t in STAGE_LAYERS if P["finetune"] and t < s for name in STAGE_LAYERS[t]]
+        # finetuning: the layers earlier stages trained move at lr_finetune, the new ones at lr_fusion
+        scale = ({f"{name}.": float(P["lr_finetune"]) / opt["lr"] for name in earlier}
+                 if mode == "working" else {})
         stages.append(Stage(name=f"stage{s}_{STAGE_SIZE[s]}x{STAGE_SIZE[s]}", iterations=int(n),
-                            trainable=layers, loss=loss, target_fn=_Pool(SIZE // STAGE_SIZE[s]),
+                            trainable=[*earlier, *STAGE_LAYERS[s]], lr_scale=scale, loss=loss,
+                            target_fn=_Pool(SIZE // STAGE_SIZE[s]),
                             forward_kwargs={"stage": s},
                             eval_every=max(1, int(n) // (10 if mode in SGD_MODES else 3)), **opt))
     return stages

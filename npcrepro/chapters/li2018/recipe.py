@@ -8,8 +8,8 @@ gpu and on the first ``faithful_folds`` at cpu. The working method departs from 
 (see DEVIATIONS).
 """
 
-_COMMON = dict(jitter_mm=15.0, finetune=False, lr=1e-3, lr_fusion=1e-2, methods="both", real_data="auto",
-               faithful_lr=1e-7, momentum=0.9, weight_decay=5e-4, lr_step=100000, lr_gamma=0.1,
+_COMMON = dict(jitter_mm=15.0, finetune=True, lr=1e-3, lr_fusion=1e-2, lr_finetune=1e-4, methods="both",
+               real_data="auto", faithful_lr=1e-7, momentum=0.9, weight_decay=5e-4, lr_step=100000, lr_gamma=0.1,
                faithful_init_std=0.01, min_lesion_mm=10.0, seeds=1, workers=1, real_prior_threshold=0.2)
 
 #: cpu: the paper's 29 patients rather than 12, and a longer first stage. With 12 the working CNN scored
@@ -23,7 +23,7 @@ PROFILES = {
                   batch_size=4, iterations=[3, 2, 2], faithful_folds=1, real_k=2, real_max_folds=1,
                   real_iterations=[2, 1, 1]),
     "cpu": dict(_COMMON, n_cases=29, slices_per_patient=3, cv="kfold", k=4, max_folds=None, width=0.25,
-                batch_size=8, iterations=[160, 30, 30], faithful_folds=1, real_k=5, real_max_folds=None,
+                batch_size=8, iterations=[160, 60, 60], faithful_folds=1, real_k=5, real_max_folds=None,
                 real_iterations=[80, 25, 25], seeds=2),
     "gpu": dict(_COMMON, n_cases=29, slices_per_patient=3, cv="loocv", k=29, max_folds=None, width=1.0,
                 batch_size=16, iterations=[3000, 1000, 1000], faithful_folds=None, real_k=5,
@@ -56,9 +56,12 @@ HELP = {
     "real_prior_threshold": "real T2 track: the no-image reference (the mean of each fold's training masks) "
                             "predicts tumour where at least this share of them had it",
     "jitter_mm": "dataset on disk: random shift (mm, per axis) of the 144x144 window around the tumour",
-    "finetune": "stages 2-3 also train the earlier layers (default: only the layers they add)",
+    "finetune": "stages 2-3 also fine-tune the layers the earlier stages trained (False: only the layers they "
+                "add, the literal reading); the real T2 track keeps False, its development record's reading",
     "lr": "working method: Adam learning rate of stage 1",
     "lr_fusion": "working method: Adam learning rate of stages 2-3 (the few fusion weights)",
+    "lr_finetune": "working method with finetune=True: Adam learning rate of the earlier stages' layers in "
+                   "stages 2-3",
     "methods": "methods to train: both (working, faithful and printed), working, or faithful (faithful "
                "and printed)",
     "real_data": "real T2 track: auto (../shared/data when present), off, or the npc-t2wi-slices folder",

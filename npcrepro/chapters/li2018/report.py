@@ -49,6 +49,22 @@ def scheme(results) -> str:
     return f"{P['k']}-fold by patient" + (f", first {P['max_folds']} fold(s)" if P["max_folds"] else "")
 
 
+def stage_rates(P: Mapping) -> str:
+    """The working method's Adam learning rates, stage by stage, in words (from the run's parameters)."""
+    if P["finetune"]:
+        return (f"lr {P['lr']:g} in stage 1; in stages 2-3 {P['lr_fusion']:g} for the layers they add and "
+                f"{P['lr_finetune']:g} for the layers trained before")
+    return f"lr {P['lr']:g} in stage 1, {P['lr_fusion']:g} for the few weights stages 2-3 add"
+
+
+def finetune_reading(P: Mapping) -> str:
+    """How this run read the stepwise scheme (``finetune``), in words."""
+    if P["finetune"]:
+        return ("this run also fine-tunes them in stages 2-3 (`finetune=True`), as FCN's stepwise training "
+                f"does, the working method at lr {P['lr_finetune']:g}, below the new layers' {P['lr_fusion']:g}")
+    return "this run keeps them fixed (`finetune=False`, the literal reading)"
+
+
 def load_model(results, method: str, fold: int, seed: int | None = None):
     """The trained network of one job (its ``model.pt``)."""
     import torch
