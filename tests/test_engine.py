@@ -438,7 +438,7 @@ def test_stage_lr_scale_sets_per_layer_rates():
         stage = Stage("s", iterations=1, frozen=["0."], lr_scale={"0.": 0.5})
         stage.set_trainable(model)
         stage.param_groups(model)
-    for bad in (0.0, -1.0, float("nan"), "x"):
+    for bad in (0.0, -1.0, float("nan"), "x", True):
         with pytest.raises(ParameterError, match="lr_scale of '0.' must be a positive number"):
             Stage("s", iterations=1, lr_scale={"0.": bad})
 

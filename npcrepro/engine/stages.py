@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -80,8 +81,9 @@ class Stage:
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ParameterError(f"stage {self.name!r}: lr must be positive, got {self.lr}")
         for pfx, k in dict(self.lr_scale).items():
-            if not (isinstance(k, (int, float)) and k > 0 and math.isfinite(k)):
-                raise ParameterError(f"stage {self.name!r}: lr_scale of {pfx!r} must be a positive number, got {k!r}")
+            if isinstance(k, bool) or not (isinstance(k, numbers.Real) and k > 0 and math.isfinite(k)):
+                raise ParameterError(f"stage {self.name!r}: lr_scale of {pfx!r} must be a positive number, "
+                                     f"got {k!r}")
         make_schedule(self.schedule, total=1, total_epochs=1)  # validate early
 
     def budget(self, iterations_per_epoch: int) -> int:

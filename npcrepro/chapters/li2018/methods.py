@@ -1,10 +1,10 @@
 """li2018: the Table 1 CNN trained stepwise, as two methods (today's optimiser modes).
 
-Training (Sec. 2.3): three Trainer stages inside one job, each training only the layers it adds
-(``finetune=True`` trains the earlier ones too, the working method at ``lr_finetune``): stage 1 the
-feature part against the 36 x 36 score map, stage 2 Deconv1 + Conv7 against 72 x 72, stage 3
-Deconv2 + Conv8 against 144 x 144. Targets of stages 1-2 are the 144 x 144 mask average-pooled by
-4 and 2 (soft targets).
+Training (Sec. 2.3): three Trainer stages inside one job, each adding layers: stage 1 the feature
+part against the 36 x 36 score map, stage 2 Deconv1 + Conv7 against 72 x 72, stage 3 Deconv2 + Conv8
+against 144 x 144. With ``finetune`` (the recipe's default) stages 2-3 also train the earlier layers,
+the working method at ``lr_finetune`` (the new ones at ``lr_fusion``); without it they train only the
+layers they add. Targets of stages 1-2 are the 144 x 144 mask average-pooled by 4 and 2 (soft targets).
 
 * ``faithful`` -- the printed solver: SGD, lr 1e-7, momentum 0.9, weight decay 5e-4, step decay x0.1
   every 1e5 iterations, read with two Caffe conventions: Gaussian initial weights of std
