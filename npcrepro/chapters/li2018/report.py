@@ -60,9 +60,9 @@ def stage_rates(P: Mapping) -> str:
 def finetune_reading(P: Mapping) -> str:
     """How this run read the stepwise scheme (``finetune``), in words."""
     if P["finetune"]:
-        return ("this run also fine-tunes them in stages 2-3 (`finetune=True`), as FCN's stepwise training "
+        return ("this run also fine-tunes them in stages 2-3 (finetune=True), as FCN's stepwise training "
                 f"does, the working method at lr {P['lr_finetune']:g}, below the new layers' {P['lr_fusion']:g}")
-    return "this run keeps them fixed (`finetune=False`, the literal reading)"
+    return "this run keeps them fixed (finetune=False, the literal reading)"
 
 
 def load_model(results, method: str, fold: int, seed: int | None = None):
