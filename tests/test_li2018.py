@@ -151,7 +151,7 @@ def _params(**kw):
     return profiles.resolve("li2018", "smoke", device="cpu", **kw)
 
 
-def test_trainer_stages_train_only_their_layers():
+def test_trainer_stages_train_only_their_layers_when_not_finetuning():
     from npcrepro.engine import Trainer
 
     P = _params()
@@ -164,7 +164,10 @@ def test_trainer_stages_train_only_their_layers():
         if event == "stage_start":
             seen[info["stage"]] = _trainable(trainer.model)
 
-    stages = M.make_stages("working", (2, 2, 2))
+    from npcrepro import recipes
+
+    literal = {**recipes.load("li2018").PROFILES["cpu"], "finetune": False}
+    stages = M.make_stages("working", (2, 2, 2), literal)
     Trainer(net, stages[0].loss, D.training_slices(prepared), stages=stages, batch_size=2,
             progress=False, device="cpu", callbacks=[spy]).fit()
     assert seen == {0: set(STAGE_LAYERS[1]), 1: {"deconv1", "conv7"}, 2: {"deconv2", "conv8"}}
