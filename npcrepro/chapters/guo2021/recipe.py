@@ -27,10 +27,10 @@ PROFILES = {
                   overlap=0.25, infer_batch=16, figure_cases=2, real_organs=["Brainstem"], real_scans=1, threads=1),
     # cpu: 1500 iterations (20 decays, one every 75): at 900 three of the five networks gained 0.04-0.07
     # over the second half of their budget on the development cohort at phantom version 3; at 1500 every
-    # one stayed within 0.03 of its half-budget DSC. 40 patients: with 10, a round trained on 4 and tested 5, and
-    # the networks that passed the bars on the development cohort missed them on the evaluation cohort;
-    # 40 give each network 19 training patients and 20 test patients (inference is cheap next to
-    # training, and the budget is in iterations, not epochs). Measurements:
+    # one stayed within 0.03 of its half-budget DSC. 40 patients: with 10, a round trained on 4 and
+    # tested 5, and the networks that passed the bars on the development cohort missed them on the
+    # evaluation cohort; 40 give each network 19 training patients and 20 test patients (inference is
+    # cheap next to training, and the budget is in iterations, not epochs). Measurements:
     # npcrepro/chapters/guo2021/development.json.
     "cpu": dict(_COMMON, n_cases=40, phantom_preset="cpu", spacing_mm=3.0, k_folds=2, n_val=1,
                 max_rounds=1, cross_fit=0, workers=2, samples_per_case=600, val_samples_per_case=24, batch_size=8,
