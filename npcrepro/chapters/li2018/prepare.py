@@ -138,12 +138,11 @@ def real_t2_source(P: Mapping[str, Any]) -> tuple[str | None, str]:
 
 def real_t2_params(P, data: str):
     """The real T2 track's parameters: the working mode on every slice of ``data``, ``real_k``-fold
-    cross-validation over slices (the first ``real_max_folds``), ``real_iterations``, stages 2-3
-    training only the layers they add (the reading the track's development record chose), a fresh run."""
+    cross-validation over slices (the first ``real_max_folds``), ``real_iterations``, a fresh run."""
     from npcrepro.datasets import open_dataset
 
     return P.replace(data=data, resume="", methods="working", cv="kfold", k=P["real_k"],
-                     max_folds=P["real_max_folds"], iterations=P["real_iterations"], finetune=False,
+                     max_folds=P["real_max_folds"], iterations=P["real_iterations"],
                      n_cases=len(open_dataset(data).cases))
 
 

@@ -58,7 +58,7 @@ HELP = {
                             "predicts tumour where at least this share of them had it",
     "jitter_mm": "dataset on disk: random shift (mm, per axis) of the 144x144 window around the tumour",
     "finetune": "stages 2-3 also fine-tune the layers the earlier stages trained (False: only the layers they "
-                "add, the literal reading); the real T2 track keeps False, its development record's reading",
+                "add, the literal reading); the real T2 track too",
     "lr": "working method: Adam learning rate of stage 1",
     "lr_fusion": "working method: Adam learning rate of stages 2-3 (the few fusion weights)",
     "lr_finetune": "working method, when finetune is on: Adam learning rate of the earlier stages' layers in "
@@ -141,11 +141,16 @@ CHOICES = {
                      "test slices no development run read: none did better, and with each most held-out "
                      "slices came out empty while the longer stage fitted its training slices closely; a "
                      "second round (the slice's central half, a longer first stage, every layer trained in "
-                     "stages 2-3, and Table 1's full width, which costs too much for a cpu book) did no better "
+                     "stages 2-3 at one rate, and Table 1's full width, which costs too much for a cpu book) did no better "
                      "either, and a third (two coordinate input channels, alone and with a longer first stage) "
-                     "gained a little but stayed below a reference that reads no image at all (development "
-                     "record). The 20 training slices of a cpu fold are too few for this network; the track "
-                     "shows the pipeline on real scans and decides nothing about the paper's claims",
+                     "gained a little but stayed below a reference that reads no image at all. A fourth "
+                     "round trained stages 2-3 as the phantom track does, the earlier layers at lr_finetune "
+                     "and the new ones at lr_fusion (finetune, two rates): fewer held-out slices came out "
+                     "empty and the predicted tumours were about the reference's size, so the track trains "
+                     "so too; longer stages 2-3 added nothing, and it also stayed below that reference "
+                     "(development record). The 20 training slices of a cpu fold are too few for this "
+                     "network; the track shows the pipeline on real scans and decides nothing about the "
+                     "paper's claims",
     "real T2 reference": "not in the paper: beside the network, a location prior that reads no image, the mean of "
                          "each fold's training masks on the 144 x 144 grid thresholded at real_prior_threshold "
                          "(chosen in the same inner cross-validation as the candidates), scored on the same "
