@@ -8,7 +8,7 @@ adding its folder. A ``page.toml`` is data only (read here, never imported), so 
     order = 40                       # place in the book (execution order and table of contents)
     part = "The five papers"         # the table of contents' part (one of PARTS)
     kind = "paper"                   # paper | chapter | page | reader (see KINDS)
-    minutes = 3                      # rough cpu-profile minutes on 2 cores, to start long pages first
+    minutes = 3                      # cpu-profile minutes on 2 cores (a full book's page time): long pages start first
     depends = []                     # pages whose outputs it reads ("kind:paper": every paper), or "*": all
     text = "li2018_cnn_cemri.txt"    # a paper's full text in ../shared/papers (papers only)
     wide = false                     # trains on a process pool of its own: runs alone and first
