@@ -609,6 +609,67 @@ def test_tissue_values_sample_each_tissue_of_each_case():
     assert len(phantom.tissue_values([case], per_case=4)) == 4
 
 
+def test_the_infiltrative_edge_is_wider_in_fat_and_marrow_and_irregular_where_stranding_is_given():
+    from npcrepro.phantom.scanners import (INFILTRATION_SCALE, STRANDING_CLIP, STRANDING_LOG_SD,
+                                          infiltration_width, max_infiltration_mm)
+    from npcrepro.phantom.tissues import CLASS_ID
+
+    host = np.full((4, 8, 40), CLASS_ID["muscle"], np.uint8)
+    host[..., 20:] = CLASS_ID["marrow"]
+    width = infiltration_width(host, (1.0, 1.0, 1.0), 4.0)
+    assert width.dtype == np.float32 and width.shape == host.shape
+    assert width[..., 2] == pytest.approx(np.full((4, 8), 4.0))                       # muscle: as given
+    assert width[..., 38] == pytest.approx(np.full((4, 8), 4.0 * INFILTRATION_SCALE["marrow"]))
+    assert 4.0 < width[0, 0, 20] < 4.0 * INFILTRATION_SCALE["marrow"]               # blended at the border
+    assert np.all(np.diff(width[0, 0]) >= -1e-5)                                    # without a jump
+    host[:] = CLASS_ID["mucosa"]
+    field = np.linspace(-1, 1, host.size, dtype=np.float32).reshape(host.shape)
+    strands = infiltration_width(host, (1.0, 1.0, 1.0), 4.0, field)
+    assert strands == pytest.approx(4.0 * np.exp(STRANDING_LOG_SD * field), rel=1e-5)
+    wild = infiltration_width(host, (1.0, 1.0, 1.0), 4.0, field * 100)              # clipped: bounded
+    assert wild.max() == pytest.approx(4.0 * np.exp(STRANDING_LOG_SD * STRANDING_CLIP), rel=1e-5)
+    assert max_infiltration_mm(4.0) == pytest.approx(2.0 * INFILTRATION_SCALE["marrow"]
+                                                     * np.exp(STRANDING_LOG_SD * STRANDING_CLIP))
+
+
+def test_a_tumour_fades_farther_into_the_fascial_planes_and_marrow_and_raters_read_the_fade():
+    from npcrepro.phantom import render, scanners
+    from npcrepro.phantom.raters import distinguishability, reading_image
+    from npcrepro.phantom.tissues import CLASS_ID
+
+    streams = _streams(phantom.case_seed(0, 3))
+    anat = anatomy.build(streams["anatomy"])
+    les = lesions.build(streams["lesion"], anat, t_stage=3)
+    grid = render.Grid.centred((40, 96, 96), (2.5, 2.0, 2.0), (0.0, 0.0, 0.0))
+    painted = scanners.paint(anat, les, grid, scanners.draw_contrast(streams["contrast"]), ("CET1",),
+                             infiltration_mm=4.0)
+    view, frac, host = painted.tumour_edge
+    for ax, s in enumerate(view):  # the view holds the whole fade: nothing painted on its faces
+        for end in (s.start, s.stop - 1):
+            if 0 < end < grid.shape[ax] - 1:
+                assert np.take(frac, end - s.start, axis=ax).max() == 0
+    outside = ~painted.labels["GTVp"][view]
+    ring = outside & (ndimage.distance_transform_edt(outside, sampling=grid.spacing) <= 3.0)
+
+    def fade(*names):  # the tumour's mean fraction within 3 mm outside its label, by the tissue beneath
+        sel = ring & np.isin(host, [CLASS_ID[n] for n in names])
+        assert sel.sum() > 50
+        return float(frac[sel].mean())
+
+    assert fade("marrow") > fade("muscle") + 0.05 and fade("fat", "soft") > fade("muscle") + 0.04
+    # the rater reads the fade: where the tumour is half painted over muscle, the image is half as far from it
+    dist = distinguishability(13.5)
+    box = tuple(slice(0, n) for n in grid.shape)
+    sharp, read = reading_image(painted.tissue, box, 13.5), reading_image(painted.tissue, box, 13.5,
+                                                                          painted.tumour_edge)
+    half = ring & (host == CLASS_ID["muscle"]) & (np.abs(frac - 0.5) < 0.05)
+    assert dist[CLASS_ID["tumour"]] == 0 and half.any()
+    assert read[view][half] == pytest.approx((1 - frac[half]) * dist[CLASS_ID["muscle"]])
+    assert np.array_equal(read[view][frac <= 0], sharp[view][frac <= 0])                 # beyond the fade
+    necrotic = painted.tissue == CLASS_ID["necrosis"]
+    assert np.array_equal(read[necrotic], sharp[necrotic])
+
+
 def test_an_advanced_tumour_can_carry_a_non_enhancing_necrotic_core_inside_its_gtv(monkeypatch):
     from npcrepro.phantom import render, scanners
     from npcrepro.phantom.tissues import CLASS_ID

@@ -15,6 +15,7 @@ from npcrepro.errors import ParameterError
 from npcrepro.paths import env_count
 from npcrepro.phantom import anatomy, lesions, raters, render, scanners
 from npcrepro.phantom.profiles import resolve
+from npcrepro.phantom.sdf import Noise
 from npcrepro.phantom.tissues import CLASS_ID, TISSUES
 
 #: Version of the generator; bump when the same seed would give different arrays. A cohort also
@@ -23,8 +24,10 @@ from npcrepro.phantom.tissues import CLASS_ID, TISSUES
 #: a cached cohort without CECT differs in fingerprint and ``modalities``, so it is made again.
 #: Version 2: the raters' consensus became GTVp; the tumour's texture, T2 signal, infiltrative edge and
 #: necrotic core changed. Version 3: the raters share part of their misreading of a faint edge
-#: (``rater_shared_mm``), so the consensus GTVp and every rater moved; the images are those of version 2.)
-GENERATOR_VERSION = 3
+#: (``rater_shared_mm``), so the consensus GTVp and every rater moved; the images are those of version 2.
+#: Version 4: the infiltrative edge is wider in the fascial planes and the skull base's marrow and
+#: irregular (:func:`~npcrepro.phantom.scanners.infiltration_width`), so every image and rater moved.)
+GENERATOR_VERSION = 4
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 #: The code that decides a cohort's bytes: the whole phantom package, the case model, the dataset
@@ -63,7 +66,8 @@ _TISSUE_LABELS = {"Fat": ("fat",), "Muscle": ("muscle",), "Bone": ("cortex", "ma
 # Independent random streams per concern, so that e.g. rendering fewer modalities leaves the
 # anatomy, the lesions and the other modalities' noise unchanged. A new stream is appended at the end
 # (stream i is seeded with spawn key i), so every earlier stream, and what it draws, stays the same.
-_STREAMS = ("anatomy", "lesion", "rater", "contrast", "CT", "T1", "T2", "CET1", "DCE", "CECT", "reading")
+_STREAMS = ("anatomy", "lesion", "rater", "contrast", "CT", "T1", "T2", "CET1", "DCE", "CECT", "reading",
+            "stranding")
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -131,7 +135,8 @@ def make_case(seed: int, **params) -> Case:
     contrast = scanners.draw_contrast(streams["contrast"])
     grid = render.Grid.centred(p["shape"], p["spacing"], p["center"])
     settings = scanners.ScannerSettings(**{k: p[k] for k in scanners.ScannerSettings().to_dict()})
-    painted = scanners.paint(anat, les, grid, contrast, p["modalities"], p["infiltration_mm"])
+    stranding = lesions.unit_rms(Noise(streams["stranding"], 1.0, scanners.STRANDING_WAVELENGTH_MM, 12))
+    painted = scanners.paint(anat, les, grid, contrast, p["modalities"], p["infiltration_mm"], stranding)
     images = scanners.acquire(painted, contrast, grid, settings, streams, p["modalities"])
     if p["integer_images"]:  # whole HU and magnitudes, as a scanner stores them (int16 on disk)
         for img in images.values():
@@ -165,7 +170,7 @@ def make_case(seed: int, **params) -> Case:
         drawn, consensus, rater_facts = raters.observe(
             streams["rater"], truth, painted.tissue, grid.spacing, allowed, jitter_mm=p["rater_jitter_mm"],
             noise_sd=settings.mri_noise * TISSUES["muscle"].t1, shared_mm=p["rater_shared_mm"],
-            shared_rng=streams["reading"])
+            shared_rng=streams["reading"], tumour_edge=painted.tumour_edge)
         labels["GTVp_truth"] = truth
         labels.update({k: m for k, m in zip(RATERS, drawn) if m.any()})
         if consensus.any():

@@ -29,7 +29,7 @@ class Preset:
 #: its images whole numbers as scanners store them (``integer_images``): written as int16, a
 #: case's five channels take a quarter of the disk and of the writing time of float32 ones, whose
 #: noise no compressor shrinks. The smoke and cpu presets keep float32, so that the book's cohorts
-#: stay the bytes they were (generator version 2; version 3 moved only the raters).
+#: stay float32 (versions 2 and 4 moved the images, version 3 only the raters).
 PRESETS: dict[str, Preset] = {
     "smoke": Preset((32, 64, 64), (3.5, 4.0, 4.0), (0.0, 0.0, 0.0), 3,
                     "tiny: 32 x 64 x 64 at 3.5 x 4 x 4 mm (112 x 256 x 256 mm field of view)"),

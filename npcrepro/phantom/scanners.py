@@ -178,15 +178,65 @@ class Painted:
     texture: np.ndarray | None          # tumour fraction x texture, for DCE
     tissue: np.ndarray                  # (z, y, x) uint8 class id at each voxel centre
     labels: dict[str, np.ndarray]       # organ masks from the layers
+    #: The tumour's edge as painted: (the grid slices of its view, its fraction there (float32), the
+    #: tissue class ids beneath it (uint8)); None without a tumour on the grid. The raters read it.
+    tumour_edge: tuple[tuple[slice, ...], np.ndarray, np.ndarray] | None = None
+
+
+#: How many times wider than ``infiltration_mm`` the tumour's infiltrative edge is where it meets each
+#: host tissue (1 for any other). NPC spreads along the parapharyngeal space's fascial planes (fat and
+#: fatty connective tissue) and replaces the skull base's marrow, and there its margin on MRI is
+#: ill-defined, while against muscle and mucosa it pushes a sharper front (the factors are assumed:
+#: chen2020 names T1 the sequence for "skull base involvement and fat planes", no paper gives a width).
+INFILTRATION_SCALE = {"fat": 2.5, "soft": 2.0, "marrow": 2.5}
+#: The stranding field: wavelength (mm) of the smooth field that makes the infiltrative edge reach
+#: farther in some places than in others, the standard deviation of its natural logarithm, and where
+#: the field (of unit root mean square) is clipped, which bounds the width.
+STRANDING_WAVELENGTH_MM = 8.0
+STRANDING_LOG_SD = 0.4
+STRANDING_CLIP = 2.5
+#: Standard deviation (mm) of the Gaussian that blends the width between neighbouring host tissues.
+_WIDTH_BLEND_MM = 1.5
+
+
+def infiltration_width(host: np.ndarray, spacing, infiltration_mm: float,
+                       stranding: np.ndarray | None = None) -> np.ndarray:
+    """The tumour's infiltrative width (mm, float32 of ``host``'s shape) at each voxel: ``infiltration_mm``
+    times :data:`INFILTRATION_SCALE` of ``host`` (the tissue class id painted there before the tumour),
+    blended over :data:`_WIDTH_BLEND_MM` so that it does not jump between tissues, times
+    ``exp(STRANDING_LOG_SD * stranding)`` where a ``stranding`` field of unit root mean square is given
+    (clipped at :data:`STRANDING_CLIP`)."""
+    from scipy import ndimage
+
+    scale = np.ones(len(TISSUES), np.float32)
+    for name, factor in INFILTRATION_SCALE.items():
+        scale[CLASS_ID[name]] = factor
+    width = scale[host]
+    sigma = [_WIDTH_BLEND_MM / float(s) for s in spacing]
+    width = ndimage.gaussian_filter(width, sigma, mode="nearest") * np.float32(infiltration_mm)
+    if stranding is not None:
+        field = np.clip(stranding, -STRANDING_CLIP, STRANDING_CLIP)
+        width *= np.exp(np.float32(STRANDING_LOG_SD) * field).astype(np.float32)
+    return width.astype(np.float32, copy=False)
+
+
+def max_infiltration_mm(infiltration_mm: float) -> float:
+    """How far (mm) beyond its surface the tumour's infiltrative edge can reach: half the widest
+    :func:`infiltration_width`."""
+    widest = max([1.0, *INFILTRATION_SCALE.values()]) * np.exp(STRANDING_LOG_SD * STRANDING_CLIP)
+    return float(infiltration_mm * widest / 2.0)
 
 
 def paint(anat: Anatomy, les: Lesions, grid: Grid, contrast: Contrast,
-          modalities: tuple[str, ...], infiltration_mm: float = 0.0) -> Painted:
+          modalities: tuple[str, ...], infiltration_mm: float = 0.0,
+          stranding: Noise | None = None) -> Painted:
     """Composite every layer, in order, into the noise-free images and the tissue map.
 
-    The tumour's edge is infiltrative: its signal fades into the host tissue over ``infiltration_mm``
-    centred on its surface (a linear ramp of the tumour fraction; the partial-volume ramp of one
-    voxel where that is wider), so where the edge lies is a judgement, as in the clinic. Its
+    The tumour's edge is infiltrative: its signal fades into the host tissue over a width centred on
+    its surface (a linear ramp of the tumour fraction; the partial-volume ramp of one voxel where that
+    is wider), so where the edge lies is a judgement, as in the clinic. The width is
+    :func:`infiltration_width`: ``infiltration_mm`` against muscle and mucosa, wider in the fascial
+    planes and the skull base's marrow, and irregular where ``stranding`` (a unit field) is given. Its
     label is the surface (the distance's zero), as for every layer."""
     static = [m for m in modalities if m in STATIC]
     images = {m: np.full(grid.shape, contrast.values[m][0], np.float32) for m in static}
@@ -208,16 +258,24 @@ def paint(anat: Anatomy, les: Lesions, grid: Grid, contrast: Contrast,
     cache = render.Cache()
     root = render.View.whole(grid, anat.pose)
     half_voxel = max(grid.spacing) / 2.0
+    tumour_edge = None
     for layer in layers:
-        res = render.on_grid(layer.shape, grid, anat.pose, cache=cache, root=root)
+        pad = None  # the tumour's view reaches as far as its infiltrative edge can
+        if layer.tissue == "tumour" and infiltration_mm > 0:
+            pad = render.pad_for(grid) + max_infiltration_mm(infiltration_mm)
+        res = render.on_grid(layer.shape, grid, anat.pose, pad=pad, cache=cache, root=root)
         if res is None:
             continue
         view, d = res
         sl = view.slices
         f = render.fraction(d, grid.spacing)
         if layer.tissue == "tumour" and infiltration_mm > 0:
-            ramp = np.clip(np.float32(0.5) - d / np.float32(infiltration_mm), 0.0, 1.0)
+            width = infiltration_width(tissue[sl], grid.spacing, infiltration_mm,
+                                       None if stranding is None else stranding(view.points))
+            ramp = np.clip(np.float32(0.5) - d / width, 0.0, 1.0)
             f = np.where(d > 0, np.maximum(f, ramp), np.minimum(f, ramp))  # the wider of the two ramps
+        if layer.tissue == "tumour":
+            tumour_edge = (sl, f.astype(np.float32, copy=False), tissue[sl].copy())
         inside = d <= 0
         cid = CLASS_ID[layer.tissue]
         tissue[sl][inside] = cid
@@ -245,7 +303,7 @@ def paint(anat: Anatomy, les: Lesions, grid: Grid, contrast: Contrast,
                 if full is None:
                     full = labels[layer.label] = np.zeros(grid.shape, bool)
                 full[sl] |= inside
-    return Painted(images, weights, texture, tissue, labels)
+    return Painted(images, weights, texture, tissue, labels, tumour_edge)
 
 
 # ---------------------------------------------------------------------------------- acquisition
