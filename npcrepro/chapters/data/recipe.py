@@ -25,4 +25,13 @@ CHOICES = {
                                  "own agreement; with it the strongest leaderboard networks of a development "
                                  "run land just above that agreement, as the project's target asks (development "
                                  "record)",
+    "infiltration along the fascial planes and the skull base": "the tumour's signal fades into its "
+        "surroundings over a wider edge where it meets the fat of the parapharyngeal space and the skull "
+        "base's marrow than where it meets muscle or mucosa, by a width that varies smoothly along the "
+        "edge (npcrepro.phantom.scanners: INFILTRATION_SCALE, the stranding field; generator version 4), "
+        "and the raters read that fade as it is painted: before, the raters saw a sharp tissue boundary "
+        "wherever the tumour met a tissue unlike it, so they disagreed only where its neighbour looked "
+        "alike, and a tumour invading fat or bone had the clearest edge of all, which no clinical contour "
+        "has. The widths are assumed (no paper gives one); their effect on the raters' agreement is in the "
+        "development record",
 }
