@@ -283,21 +283,22 @@ def reference_run(tiny_cases, tmp_path_factory):
 def test_smoke_training_on_the_phantom_learns():
     from npcrepro.losses import DiceLoss
 
-    # the engine learns an edge the image shows: the raters' shared misreading, which no image shows and
-    # which moves a smoke tumour of a few 4 mm voxels far, is left out of this test's reference
-    cases = phantom_cases(4, rater_shared_mm=0.0)
+    # the engine learns an edge the image shows: the tumour the images were rendered from (GTVp_truth), not
+    # the raters' consensus, whose misreadings of a faint or infiltrative edge (several of a smoke tumour's
+    # 4 mm voxels) no image shows
+    cases = phantom_cases(4)
     soft_dice = DiceLoss(eps=1.0)
     seed_everything(0)
     model = build("unet2d", in_channels=1, n_classes=1, widths=(8, 16, 32))
-    train = SliceDataset(cases, ["CET1"], ["GTVp"], background_fraction=0.2)
+    train = SliceDataset(cases, ["CET1"], ["GTVp_truth"], background_fraction=0.2)
 
     def score():
-        return np.mean([dice(predict_case(model, c, ["CET1"])[0] >= 0.5, c.labels["GTVp"]) for c in cases])
+        return np.mean([dice(predict_case(model, c, ["CET1"])[0] >= 0.5, c.labels["GTVp_truth"]) for c in cases])
 
     before = score()
     history = Trainer(model, lambda o, t: soft_dice(o, t) + bce(o, t), train, batch_size=8,
-                      iterations=100, eval_every=50, lr=1e-2, progress=False, seed=0).fit()
-    assert history.completed and history.iterations == 100
+                      iterations=200, eval_every=100, lr=1e-2, progress=False, seed=0).fit()
+    assert history.completed and history.iterations == 200
     assert history.rows[-1]["train_loss"] < history.rows[0]["train_loss"]
     after = score()
     assert after > 0.6 and after > before + 0.3, (before, after)
