@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from npcrepro.phantom import render
 from npcrepro.phantom.anatomy import Anatomy, Layer
@@ -206,8 +207,6 @@ def infiltration_width(host: np.ndarray, spacing, infiltration_mm: float,
     blended over :data:`_WIDTH_BLEND_MM` so that it does not jump between tissues, times
     ``exp(STRANDING_LOG_SD * stranding)`` where a ``stranding`` field of unit root mean square is given
     (clipped at :data:`STRANDING_CLIP`)."""
-    from scipy import ndimage
-
     scale = np.ones(len(TISSUES), np.float32)
     for name, factor in INFILTRATION_SCALE.items():
         scale[CLASS_ID[name]] = factor
@@ -260,16 +259,16 @@ def paint(anat: Anatomy, les: Lesions, grid: Grid, contrast: Contrast,
     half_voxel = max(grid.spacing) / 2.0
     tumour_edge = None
     for layer in layers:
-        pad = None  # the tumour's view reaches as far as its infiltrative edge can
-        if layer.tissue == "tumour" and infiltration_mm > 0:
-            pad = render.pad_for(grid) + max_infiltration_mm(infiltration_mm)
+        infiltrates = layer.tissue == "tumour" and infiltration_mm > 0
+        # the tumour's view reaches as far as its infiltrative edge can
+        pad = render.pad_for(grid) + max_infiltration_mm(infiltration_mm) if infiltrates else None
         res = render.on_grid(layer.shape, grid, anat.pose, pad=pad, cache=cache, root=root)
         if res is None:
             continue
         view, d = res
         sl = view.slices
         f = render.fraction(d, grid.spacing)
-        if layer.tissue == "tumour" and infiltration_mm > 0:
+        if infiltrates:
             width = infiltration_width(tissue[sl], grid.spacing, infiltration_mm,
                                        None if stranding is None else stranding(view.points))
             ramp = np.clip(np.float32(0.5) - d / width, 0.0, 1.0)
