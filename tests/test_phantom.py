@@ -576,6 +576,33 @@ def test_ring_contrast_measures_separation_and_texture_against_the_surroundings(
         phantom.ring_contrast(image, mask[:10], 1.0)
 
 
+def test_edge_widths_measure_the_blur_of_a_tumour_edge_per_sector():
+    from scipy import ndimage
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:160, :160]
+    mask = (yy - 80) ** 2 + (xx - 80) ** 2 < 40 ** 2                   # 20 mm radius at 0.5 mm pixels
+    straight = xx < 80
+    for blur_mm in (1.0, 2.0):                                          # a Gaussian of sigma blur_mm across the edge
+        edge = ndimage.gaussian_filter(np.where(straight, 100.0, 20.0), blur_mm / 0.5) + rng.normal(0, 2, mask.shape)
+        assert phantom.edge_widths(edge, straight, 0.5, sectors=4) == pytest.approx([blur_mm] * 2, rel=0.05)
+        image = ndimage.gaussian_filter(np.where(mask, 100.0, 20.0), blur_mm / 0.5) + rng.normal(0, 2, mask.shape)
+        sigmas = phantom.edge_widths(image, mask, 0.5)                  # the disk's curvature: about 8 % sharper
+        assert sigmas.size == 12 and np.median(sigmas) == pytest.approx(0.92 * blur_mm, rel=0.05)
+    sharp = phantom.edge_widths(np.where(mask, 100.0, 20.0), mask, 0.5)
+    assert sharp.size == 12 and sharp.max() < 0.3                       # only the pixel's own width is left
+    # the tumour looks like its neighbour on the left half: those sectors have no edge to measure
+    half = np.where(mask | (xx < 80), 100.0, 20.0) + rng.normal(0, 2, mask.shape)
+    assert 4 <= phantom.edge_widths(half, mask, 0.5).size <= 8
+    assert phantom.edge_widths(image, np.zeros_like(mask), 0.5).size == 0
+    with pytest.raises(ParameterError, match="2D image and mask of one shape"):
+        phantom.edge_widths(image, mask[:10], 0.5)
+    case = phantom.make_case(100, preset="cpu", shape=(8, 96, 96), spacing=(3.5, 1.0, 1.0), t_stage=3,
+                             modalities=("T2",))
+    table = phantom.edge_table([case], ["T2", "CT"])                   # a channel the case lacks gives no rows
+    assert list(table.columns) == ["case", "channel", "sigma_mm"] and set(table["channel"]) == {"T2"}
+    assert len(table) >= 1 and (table["sigma_mm"] > 0).all()
+
+
 def test_shape_table_measures_the_largest_cross_section():
     from npcrepro.datasets import Case
 

@@ -17,7 +17,7 @@ from npcrepro.phantom.make import (GENERATOR_VERSION, ORGANS, RATERS, STRUCTURES
                                    channels_for, cohort_record, generate, generator_fingerprint,
                                    iter_cases, make_case)
 from npcrepro.phantom.measure import (ASSUMED_T2_PIXEL_MM, CT_TISSUES, RING_MM, contrast_summary, contrast_table,
-                                      median_iqr,
+                                      edge_table, edge_widths, median_iqr,
                                       dce_curves, dice, measure_cnr, ring_contrast, shape_table, survey,
                                       tissue_values)
 from npcrepro.phantom.profiles import DEFAULTS, PRESETS, Preset
@@ -27,5 +27,6 @@ __all__ = ["make_case", "generate", "iter_cases", "case_factories", "case_seed",
            "PRESETS", "Preset",
            "DEFAULTS", "STRUCTURES", "RATERS", "ORGANS", "MODALITIES", "GENERATOR_VERSION", "cohort_record",
            "generator_fingerprint", "measure_cnr", "ring_contrast", "contrast_table", "contrast_summary", "median_iqr",
+           "edge_widths", "edge_table",
            "ASSUMED_T2_PIXEL_MM", "RING_MM", "dce_curves", "dice", "survey", "shape_table", "tissue_values",
            "CT_TISSUES"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
+from scipy import ndimage, optimize, special
 
 from npcrepro.datasets.case import Case
 from npcrepro.errors import ParameterError
@@ -75,6 +75,79 @@ def ring_contrast(image: np.ndarray, mask: np.ndarray, spacing, *, inner_mm: flo
     t, r = img[kernel], img[ring]
     sd = max(float(r.std()), 1e-12)
     return {"contrast": abs(float(t.mean()) - float(r.mean())) / sd, "texture": float(t.std()) / sd}
+
+
+#: The signed distances (mm, negative inside) :func:`edge_widths` profiles a boundary over, and its bins.
+EDGE_WINDOW_MM = (-5.0, 8.0)
+EDGE_BIN_MM = 0.5
+#: The widest edge :func:`edge_widths` fits (mm); a fit that reaches it found no edge in the window.
+EDGE_MAX_SIGMA_MM = 6.0
+
+
+def _erf_edge(d, outside, step, shift, sigma):
+    """A straight edge blurred by a Gaussian of ``sigma`` mm: ``outside + step`` deep inside, ``outside``
+    far out, half-way at signed distance ``shift``."""
+    return outside + step * 0.5 * special.erfc((d - shift) / (np.sqrt(2.0) * sigma))
+
+
+def edge_widths(image: np.ndarray, mask: np.ndarray, pixel_mm: float, *, sectors: int = 12,
+                min_step: float = 3.0) -> np.ndarray:
+    """How sharp a tumour's edge is, the same way on a real slice and on the phantom: the boundary of
+    the 2D ``mask`` (y, x) is cut into ``sectors`` equal angles about its centroid; in each, the mean
+    intensity of ``image`` per :data:`EDGE_BIN_MM` bin of signed distance to the boundary (within
+    :data:`EDGE_WINDOW_MM`) is fitted by a Gaussian-blurred step (:func:`_erf_edge`), and its sigma
+    (mm) kept where the step is at least ``min_step`` times the fit's residual sd (a sector whose
+    neighbour looks like the tumour has no edge to measure). The 10-90 % rise is 2.56 sigma. It
+    counts everything that widens an edge: infiltration, scanner blur, pixel size, and where the
+    contour sits. Exact on a straight blurred edge; a convex outline reads a little sharper (about
+    8 % on a disk of 20 mm radius), on real and phantom tumours alike. ``pixel_mm``: the in-plane
+    pixel size. Returns sigmas (mm), one per measured sector."""
+    img, m = np.asarray(image, float), np.asarray(mask, bool)
+    if img.ndim != 2 or img.shape != m.shape:
+        raise ParameterError(f"edge_widths: needs a 2D image and mask of one shape, got {img.shape} and {m.shape}")
+    if not m.any() or m.all():
+        return np.zeros(0)
+    px = float(pixel_mm)
+    d = np.where(m, px / 2 - ndimage.distance_transform_edt(m) * px,
+                 ndimage.distance_transform_edt(~m) * px - px / 2)
+    cy, cx = ndimage.center_of_mass(m)
+    yy, xx = np.indices(m.shape)
+    sector = np.minimum(((np.arctan2(yy - cy, xx - cx) + np.pi) / (2 * np.pi) * sectors).astype(int), sectors - 1)
+    edges = np.arange(EDGE_WINDOW_MM[0], EDGE_WINDOW_MM[1] + EDGE_BIN_MM / 2, EDGE_BIN_MM)
+    centres = (edges[:-1] + edges[1:]) / 2
+    which = np.digitize(d, edges) - 1
+    inside_window = (which >= 0) & (which < centres.size)
+    out = []
+    for s in range(sectors):
+        sel = inside_window & (sector == s)
+        counts = np.bincount(which[sel], minlength=centres.size)
+        sums = np.bincount(which[sel], weights=img[sel], minlength=centres.size)
+        ok = counts >= 3
+        if ok.sum() < centres.size // 2 or not (ok & (centres < -2)).any() or not (ok & (centres > 4)).any():
+            continue
+        x, y = centres[ok], sums[ok] / counts[ok]
+        start = [y[x > 4].mean(), y[x < -2].mean() - y[x > 4].mean(), 0.0, 1.0]
+        bounds = ([-np.inf, -np.inf, -4.0, 0.05], [np.inf, np.inf, 4.0, EDGE_MAX_SIGMA_MM])
+        try:
+            fit, _ = optimize.curve_fit(_erf_edge, x, y, p0=start, maxfev=4000, bounds=bounds)
+        except (RuntimeError, ValueError):
+            continue
+        noise = max(float(np.std(y - _erf_edge(x, *fit))), 1e-12)
+        if abs(fit[1]) >= min_step * noise and fit[3] < EDGE_MAX_SIGMA_MM:   # at the bound: no edge in the window
+            out.append(float(fit[3]))
+    return np.asarray(out)
+
+
+def edge_table(cases, channels, structure: str = "GTVp", pixel_mm: float | None = None) -> pd.DataFrame:
+    """:func:`edge_widths` of ``structure`` on each case's axial slice of largest cross-section, per
+    channel of ``channels`` the case has: one row per measured sector with ``sigma_mm``. ``pixel_mm``
+    replaces the cases' in-plane spacing (real slices exported without one)."""
+    rows = []
+    for case, z, m in _largest_slices(cases, structure):
+        px = float(pixel_mm) if pixel_mm else float(case.spacing[-1])
+        for ch in [c for c in channels if c in case.images]:
+            rows += [{"case": case.name, "channel": ch, "sigma_mm": s} for s in edge_widths(case.images[ch][z], m, px)]
+    return pd.DataFrame(rows, columns=["case", "channel", "sigma_mm"])
 
 
 #: The real NPC T2 slices carry no pixel size: their rings are measured as if a 230 mm field of view
