@@ -100,8 +100,9 @@ def edge_widths(image: np.ndarray, mask: np.ndarray, pixel_mm: float, *, sectors
     neighbour looks like the tumour has no edge to measure). The 10-90 % rise is 2.56 sigma. It
     counts everything that widens an edge: infiltration, scanner blur, pixel size, and where the
     contour sits. Exact on a straight blurred edge; a convex outline reads a little sharper (about
-    8 % on a disk of 20 mm radius), on real and phantom tumours alike. ``pixel_mm``: the in-plane
-    pixel size. Returns sigmas (mm), one per measured sector."""
+    8 % on a disk of 20 mm radius), on real and phantom tumours alike. It needs pixels of about 1 mm or
+    finer: on 2 mm pixels a sector has too few pixels per bin and gives no value. ``pixel_mm``: the
+    in-plane pixel size. Returns sigmas (mm), one per measured sector."""
     img, m = np.asarray(image, float), np.asarray(mask, bool)
     if img.ndim != 2 or img.shape != m.shape:
         raise ParameterError(f"edge_widths: needs a 2D image and mask of one shape, got {img.shape} and {m.shape}")
