@@ -410,6 +410,48 @@ def test_integer_images_are_the_same_patient_rounded_and_written_as_int16(tmp_pa
         phantom.make_case(0, preset="smoke", integer_images="yes")
 
 
+def test_table_noise_is_normal_noise_of_the_same_sd_read_from_16_random_bits():
+    """``table_noise`` (the gpu preset's): the normal values of :data:`scanners.NORMAL_TABLE` chosen by
+    16 bits of the stream's bit generator, four per 64-bit draw, little-endian; the same distribution
+    as numpy's normal draws for Gaussian and Rician noise, other values; smoke and cpu keep numpy's."""
+    from scipy import stats
+
+    from npcrepro.phantom import scanners
+    from npcrepro.phantom.profiles import resolve
+
+    t = scanners.NORMAL_TABLE.astype(np.float64)
+    assert scanners.NORMAL_TABLE.dtype == np.float32 and t.size == 1 << 16
+    assert abs(t.mean()) < 1e-6 and abs(t.std() - 1.0) < 1e-6
+    np.testing.assert_allclose(t, -t[::-1], atol=1e-5)
+    assert 4.2 < t.max() < 4.5 and np.all(np.diff(t) > 0)
+    raw = int(np.random.default_rng(5).bit_generator.random_raw(2)[1])
+    x = np.zeros(7, np.float32)   # the 5th to 7th values come from the second 64-bit draw
+    scanners.gaussian(np.random.default_rng(5), x, 2.0, table=True)
+    assert x[4:].tolist() == [float(scanners.NORMAL_TABLE[(raw >> 16 * k) & 0xFFFF] * np.float32(2.0))
+                              for k in range(3)]
+    n = scanners._CHUNK * 2 + 5   # not a whole number of chunks, nor of four values
+    img = np.zeros(n, np.float32)
+    scanners.gaussian(np.random.default_rng(1), img, 12.0, table=True)
+    assert stats.kstest(img / 12.0, "norm").statistic < 0.002
+    assert abs(float(img.std()) / 12.0 - 1.0) < 0.003
+    again = scanners.gaussian(np.random.default_rng(1), np.zeros(n, np.float32), 12.0, table=True)
+    np.testing.assert_array_equal(again, img)
+    drawn = scanners.gaussian(np.random.default_rng(1), np.zeros(n, np.float32), 12.0)
+    assert not np.array_equal(drawn, img)
+    for signal in (0.0, 2.0, 10.0):   # Rayleigh at 0, Rician above
+        by = {table: scanners.rician(np.random.default_rng(2), np.full(1 << 20, signal, np.float32), 1.0, table)
+              for table in (False, True)}
+        assert abs(float(by[True].mean() - by[False].mean())) < 0.01
+        assert abs(float(by[True].std() - by[False].std())) < 0.01
+    assert [resolve({"preset": k})["table_noise"] for k in ("smoke", "cpu", "gpu")] == [False, False, True]
+    plain, tabled = phantom.make_case(4, preset="smoke"), phantom.make_case(4, preset="smoke", table_noise=True)
+    for k, m in plain.labels.items():
+        np.testing.assert_array_equal(tabled.labels[k], m)
+    assert not np.array_equal(tabled.images["T2"], plain.images["T2"])
+    with pytest.raises(ParameterError, match="table_noise"):
+        phantom.make_case(0, preset="smoke", table_noise=1)
+
+
 # ------------------------------------------------------------------------------ parameters
 def test_parameters_are_checked():
     with pytest.raises(ParameterError, match="valid: .*preset"):

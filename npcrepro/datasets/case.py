@@ -72,5 +72,5 @@ class Case:
         out = np.zeros(self.shape, np.uint8)
         for value, name in enumerate(order, start=1):
             if name in self.labels:
-                out[self.labels[name]] = value
+                np.copyto(out, np.uint8(value), where=np.asarray(self.labels[name], bool))
         return out

@@ -488,7 +488,8 @@ def _write_case(out: Path, sub: str, case: Case, channels: list[str], structures
     io.write(io.Volume.on_grid(case.label_map(structures), g),
              out / f"labels{sub}" / f"{case.name}{FILE_ENDING}")
     for s, mask in case.labels.items():
-        io.write(io.Volume.on_grid(np.asarray(mask).astype(np.uint8), g),
+        mask = np.asarray(mask)
+        io.write(io.Volume.on_grid(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8), g),
                  out / f"structures{sub}" / case.name / f"{s}{FILE_ENDING}")
     meta_dir = out / f"meta{sub}"
     meta_dir.mkdir(exist_ok=True)

@@ -26,8 +26,10 @@ from npcrepro.phantom.tissues import CLASS_ID, TISSUES
 #: necrotic core changed. Version 3: the raters share part of their misreading of a faint edge
 #: (``rater_shared_mm``), so the consensus GTVp and every rater moved; the images are those of version 2.
 #: Version 4: the infiltrative edge is wider in the fascial planes and the skull base's marrow and
-#: irregular (:func:`~npcrepro.phantom.scanners.infiltration_width`), so every image and rater moved.)
-GENERATOR_VERSION = 4
+#: irregular (:func:`~npcrepro.phantom.scanners.infiltration_width`), so every image and rater moved.
+#: Version 5: the gpu preset draws its noise from a table (``table_noise``), so its images moved; the
+#: smoke and cpu presets' arrays are those of version 4.)
+GENERATOR_VERSION = 5
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 #: The code that decides a cohort's bytes: the whole phantom package, the case model, the dataset
@@ -102,7 +104,9 @@ def make_case(seed: int, **params) -> Case:
         ``modalities`` (subset of CT, T1, T2, CET1, CECT, DCE; default the five static ones), ``t_stage``
         / ``n_stage`` (e.g. ``"T3"``/``3``; default drawn), margins, the raters' jitter, the tumour's
         infiltrative edge, ``integer_images`` (round every image to whole numbers, as scanners store
-        them; default the preset's: the ``gpu`` preset's are, so that they are written as int16), and
+        them; default the preset's: the ``gpu`` preset's are, so that they are written as int16),
+        ``table_noise`` (draw the noise from :data:`~npcrepro.phantom.scanners.NORMAL_TABLE`, a third of
+        the time; default the preset's: the ``gpu`` preset's is), and
         scanner settings (:class:`~npcrepro.phantom.scanners.ScannerSettings`).
 
     Returns
@@ -120,8 +124,8 @@ def make_case(seed: int, **params) -> Case:
 
     Notes
     -----
-    Cost, one CPU thread: about 0.3 s at the ``cpu`` preset (four modalities), 2 s for CT alone
-    at the ``gpu`` preset (see ``benchmarks/bench_phantom.py``). DCE keeps every frame in memory
+    Cost, one CPU thread: about 0.3 s at the ``cpu`` preset (four modalities), 3.5 s for the five static
+    channels at the ``gpu`` preset (see ``benchmarks/bench_phantom.py``). DCE keeps every frame in memory
     plus one tissue-fraction volume per tissue class (~20 volumes): fine for li2018's
     144 x 144 x 20 grid or the ``cpu`` preset, several GB at the ``gpu`` preset.
     """
@@ -137,7 +141,7 @@ def make_case(seed: int, **params) -> Case:
     settings = scanners.ScannerSettings(**{k: p[k] for k in scanners.ScannerSettings().to_dict()})
     stranding = lesions.unit_rms(Noise(streams["stranding"], 1.0, scanners.STRANDING_WAVELENGTH_MM, 12))
     painted = scanners.paint(anat, les, grid, contrast, p["modalities"], p["infiltration_mm"], stranding)
-    images = scanners.acquire(painted, contrast, grid, settings, streams, p["modalities"])
+    images = scanners.acquire(painted, contrast, grid, settings, streams, p["modalities"], p["table_noise"])
     if p["integer_images"]:  # whole HU and magnitudes, as a scanner stores them (int16 on disk)
         for img in images.values():
             np.rint(img, out=img)

@@ -13,8 +13,8 @@ from npcrepro.phantom.scanners import MODALITIES, STATIC, ScannerSettings
 @dataclass(frozen=True)
 class Preset:
     """A grid size and a suggested cohort size. ``center`` is the grid centre in scanner mm
-    (z, y, x); the nasopharynx of an average patient sits at the origin. ``integer_images``: the
-    default of :func:`~npcrepro.phantom.make_case`'s ``integer_images``."""
+    (z, y, x); the nasopharynx of an average patient sits at the origin. ``integer_images`` and
+    ``table_noise``: the defaults of :func:`~npcrepro.phantom.make_case`'s parameters of those names."""
 
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
@@ -22,21 +22,24 @@ class Preset:
     cases: int
     description: str
     integer_images: bool = False
+    table_noise: bool = False
 
 
 #: Named sizes. ``smoke``: seconds for the whole test suite; ``cpu``: the published book on two
 #: CPU cores; ``gpu``: paper scale (xue2020/luo2020 planning CT: 512 x 512 at 0.98 mm, 3 mm slices),
 #: its images whole numbers as scanners store them (``integer_images``): written as int16, a
 #: case's five channels take a quarter of the disk and of the writing time of float32 ones, whose
-#: noise no compressor shrinks. The smoke and cpu presets keep float32, so that the book's cohorts
-#: stay float32 (versions 2 and 4 moved the images, version 3 only the raters).
+#: noise no compressor shrinks. Its noise is drawn from a table (``table_noise``,
+#: :data:`~npcrepro.phantom.scanners.NORMAL_TABLE`): a case's noise in a third of the time. The smoke and
+#: cpu presets keep float32 and numpy's normal draws, so that the book's cohorts keep their bytes
+#: (versions 2 and 4 moved the images, version 3 only the raters, version 5 only the gpu preset's noise).
 PRESETS: dict[str, Preset] = {
     "smoke": Preset((32, 64, 64), (3.5, 4.0, 4.0), (0.0, 0.0, 0.0), 3,
                     "tiny: 32 x 64 x 64 at 3.5 x 4 x 4 mm (112 x 256 x 256 mm field of view)"),
     "cpu": Preset((32, 128, 128), (3.5, 2.0, 2.0), (0.0, 0.0, 0.0), 20,
                   "reduced: 32 x 128 x 128 at 3.5 x 2 x 2 mm (112 x 256 x 256 mm)"),
     "gpu": Preset((96, 512, 512), (3.0, 0.98, 0.98), (-10.0, 0.0, 0.0), 120,
-                  "paper scale: 96 x 512 x 512 at 3 x 0.98 x 0.98 mm (288 x 502 x 502 mm)", True),
+                  "paper scale: 96 x 512 x 512 at 3 x 0.98 x 0.98 mm (288 x 502 x 502 mm)", True, True),
 }
 
 _SCANNER_DEFAULTS = ScannerSettings().to_dict()
@@ -57,6 +60,7 @@ DEFAULTS: dict[str, object] = {
     "rater_shared_mm": 4.0,
     "infiltration_mm": 4.0,
     "integer_images": None,
+    "table_noise": None,
     "name": None,
     **_SCANNER_DEFAULTS,
 }
@@ -115,12 +119,12 @@ def resolve(params: dict) -> dict:
         raise ParameterError(f"unknown modality {', '.join(map(repr, bad)) or '(none given)'} "
                              f"(valid: {', '.join(MODALITIES)})")
     p["modalities"] = tuple(m for m in MODALITIES if m in mods)
-    if p["integer_images"] is None:
-        p["integer_images"] = preset.integer_images
-    elif not isinstance(p["integer_images"], (bool, np.bool_)):
-        raise ParameterError(f"integer_images must be True, False or None (the preset's), "
-                             f"got {p['integer_images']!r}")
-    p["integer_images"] = bool(p["integer_images"])
+    for k in ("integer_images", "table_noise"):
+        if p[k] is None:
+            p[k] = getattr(preset, k)
+        elif not isinstance(p[k], (bool, np.bool_)):
+            raise ParameterError(f"{k} must be True, False or None (the preset's), got {p[k]!r}")
+        p[k] = bool(p[k])
     p["t_stage"] = _stage(p["t_stage"], "T", (1, 2, 3, 4))
     p["n_stage"] = _stage(p["n_stage"], "N", (0, 1, 2, 3))
     for k in ("ctv_margin_mm", "ctvnd_margin_mm", "rater_jitter_mm", "rater_shared_mm", "infiltration_mm",

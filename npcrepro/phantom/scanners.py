@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from npcrepro.phantom import render
 from npcrepro.phantom.anatomy import Anatomy, Layer
@@ -332,20 +332,55 @@ def _chunks(img: np.ndarray):
         yield flat[a:a + _CHUNK]
 
 
-def gaussian(rng: np.random.Generator, img: np.ndarray, sd: float) -> np.ndarray:
-    """Add Gaussian noise of sd ``sd`` to ``img`` (C-contiguous float32) in place."""
+def _normal_table() -> np.ndarray:
+    q = special.ndtri((np.arange(1 << 16) + 0.5) / (1 << 16))
+    return (q / q.std()).astype(np.float32)
+
+
+#: Standard normal values at the centres of 2**16 equal-probability bins, scaled to unit variance: the
+#: ``table`` noise looks one up by 16 random bits, a quarter of the cost of numpy's ``standard_normal``
+#: (one core: 54 against 194 ms per 25 M values). Its tails stop at 4.3 sd, where a normal
+#: variate's chance is 1.5e-5; the images are rounded to whole numbers after it (the gpu preset).
+NORMAL_TABLE = _normal_table()
+
+
+def _table_draw(rng: np.random.Generator, table: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out`` (float32, 1-D) filled with entries of ``table`` chosen by 16 random bits each: four
+    per 64-bit draw of ``rng``'s bit generator, read little-endian so that every machine draws the
+    same values."""
+    bits = rng.bit_generator.random_raw(-(-out.size // 4)).astype("<u8", copy=False).view("<u2")
+    return np.take(table, bits[:out.size], out=out)
+
+
+def gaussian(rng: np.random.Generator, img: np.ndarray, sd: float, table: bool = False) -> np.ndarray:
+    """Add Gaussian noise of sd ``sd`` to ``img`` (C-contiguous float32) in place; ``table``: drawn
+    from :data:`NORMAL_TABLE` (other values than numpy's normal draws for the same seed)."""
     sd = np.float32(sd)
+    scaled = NORMAL_TABLE * sd
     for part in _chunks(img):
+        if table:
+            part += _table_draw(rng, scaled, np.empty(part.size, np.float32))
+            continue
         buf = rng.standard_normal(part.size, dtype=np.float32)
         buf *= sd
         part += buf
     return img
 
 
-def rician(rng: np.random.Generator, img: np.ndarray, sd: float) -> np.ndarray:
-    """Magnitude of ``img`` plus complex Gaussian noise of sd ``sd`` per channel, in place."""
+def rician(rng: np.random.Generator, img: np.ndarray, sd: float, table: bool = False) -> np.ndarray:
+    """Magnitude of ``img`` plus complex Gaussian noise of sd ``sd`` per channel, in place; ``table``
+    as for :func:`gaussian`."""
     sd = np.float32(sd)
+    scaled = NORMAL_TABLE * sd
+    squared = scaled * scaled
     for part in _chunks(img):
+        if table:
+            buf = _table_draw(rng, scaled, np.empty(part.size, np.float32))
+            part += buf
+            np.square(part, out=part)
+            part += _table_draw(rng, squared, buf)
+            np.sqrt(part, out=part)
+            continue
         buf = rng.standard_normal(part.size, dtype=np.float32)
         buf *= sd
         part += buf
@@ -359,14 +394,16 @@ def rician(rng: np.random.Generator, img: np.ndarray, sd: float) -> np.ndarray:
 
 
 def acquire(painted: Painted, contrast: Contrast, grid: Grid, settings: ScannerSettings,
-            streams: dict[str, np.random.Generator], modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Apply each scanner's bias and noise; returns channel name -> float32 (z, y, x)."""
+            streams: dict[str, np.random.Generator], modalities: tuple[str, ...],
+            table_noise: bool = False) -> dict[str, np.ndarray]:
+    """Apply each scanner's bias and noise; returns channel name -> float32 (z, y, x). ``table_noise``:
+    the noise is drawn from :data:`NORMAL_TABLE` (see :func:`gaussian`)."""
     out: dict[str, np.ndarray] = {}
     muscle = CLASS_ID["muscle"]
     for m in modalities:
         rng = streams[m]
         if m in HU_CHANNELS:
-            img = gaussian(rng, painted.images[m], settings.ct_noise_hu)
+            img = gaussian(rng, painted.images[m], settings.ct_noise_hu, table_noise)
             out[m] = np.clip(img, -1024.0, 3071.0, out=img)
         elif m in ("T1", "T2", "CET1"):
             img = painted.images[m]
@@ -374,7 +411,7 @@ def acquire(painted: Painted, contrast: Contrast, grid: Grid, settings: ScannerS
             img *= fz
             img *= fxy
             sd = settings.mri_noise * float(contrast.values["T1"][muscle])
-            out[m] = rician(rng, img, sd)
+            out[m] = rician(rng, img, sd, table_noise)
     if "DCE" in modalities:
         rng = streams["DCE"]
         curves = class_curves(settings, contrast.kinetics).astype(np.float32)  # (T, C)
@@ -385,7 +422,7 @@ def acquire(painted: Painted, contrast: Contrast, grid: Grid, settings: ScannerS
         fz, fxy = bias_field(rng, grid, settings.bias_field)
         frames *= fz[None]
         frames *= fxy[None]
-        rician(rng, frames, settings.dce_noise * float(curves[0, muscle]))
+        rician(rng, frames, settings.dce_noise * float(curves[0, muscle]), table_noise)
         for i in range(settings.dce_frames):
             out[f"DCE_{i:03d}"] = frames[i]
     return out

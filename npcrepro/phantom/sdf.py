@@ -238,8 +238,18 @@ def _smin(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
     if k <= 0:
         return np.minimum(a, b)
     kk = np.float32(k)
-    h = np.maximum(kk - np.abs(a - b), np.float32(0.0)) / kk
-    return np.minimum(a, b) - h * h * kk * np.float32(0.25)
+    # min(a, b) - h^2 k / 4 with h = max(k - |a - b|, 0) / k, in place (the same operations in order)
+    h = np.subtract(a, b)
+    np.abs(h, out=h)
+    np.subtract(kk, h, out=h)
+    np.maximum(h, np.float32(0.0), out=h)
+    h /= kk
+    np.multiply(h, h, out=h)
+    h *= kk
+    h *= np.float32(0.25)
+    out = np.minimum(a, b)
+    out -= h
+    return out
 
 
 def _big_like(p: Points) -> np.ndarray:
@@ -331,11 +341,21 @@ class Noise:
         self.amplitude = float(amplitude)
 
     def __call__(self, p: Points) -> np.ndarray:
-        out = None
-        for k, ph, w in zip(self.k, self.phase, self.weights):
-            arg = p[0] * k[0] + p[1] * k[1] + p[2] * k[2] + ph
-            term = w * np.sin(arg)
-            out = term if out is None else out + term
+        # sum over waves of w sin(p . k + phase), in place: the same operations in the same order
+        # as the plain expression, without a new array for each
+        shape = np.broadcast_shapes(*(np.shape(c) for c in p))
+        dtype = np.result_type(*p, self.k)
+        out, arg, term = (np.empty(shape, dtype) for _ in range(3))
+        for i, (k, ph, w) in enumerate(zip(self.k, self.phase, self.weights)):
+            np.multiply(p[0], k[0], out=arg)
+            for j in (1, 2):
+                np.multiply(p[j], k[j], out=term)
+                arg += term
+            arg += ph
+            np.sin(arg, out=arg)
+            np.multiply(w, arg, out=out if i == 0 else arg)
+            if i:
+                out += arg
         return out
 
 
