@@ -153,13 +153,16 @@ def intro_table(runs: str | Path, beside: str | Path | None = None) -> pd.DataFr
     A reproduced number whose metric or scope is not the reported one's (luo2020 reports a soft DSC
     over 14 structures) says so in its cell.
     ``beside``: the executed chapters of another profile (``book/runs/gpu-lite``): one more column,
-    "<profile>: paper's recipe", from their headlines ("no run yet" where a chapter has none).
+    "<profile>: paper's recipe", from their headlines ("no run yet" where a chapter has none), marked
+    where its run read another phantom version than this code's (:func:`committed_marks`).
     "beats nnU-Net? (common protocol)": the leaderboard's verdict against nnU-Net on the same
     patients, from this book's run or else the ``beside`` profile's (:func:`_versus_nnunet`)."""
     from npcrepro import papers
 
     h = read_headlines(runs)
     other = read_headlines(beside) if beside is not None and Path(beside).exists() else None
+    # the run folders beside the executed chapters: book/runs/folders beside book/runs/<profile>
+    marks = committed_marks(Path(beside).name, Path(beside).parent / COMMITTED_RUNS.name) if other is not None else {}
     rows = []
     for paper in PAPERS:
         info = papers.info(paper)
@@ -186,7 +189,7 @@ def intro_table(runs: str | Path, beside: str | Path | None = None) -> pd.DataFr
             sel = other[(other["paper"] == paper) & (other["source"] == "chapter")] if other is not None and len(other) else []
             row[f"{Path(beside).name}: paper's recipe"] = (
                 _cell(dict(sel.iloc[-1][["mean", "sd", "n"]])) + _unlike(sel.iloc[-1], reported)
-                if len(sel) else "no run yet")
+                + (f" [{marks[paper]}]" if marks.get(paper) else "") if len(sel) else "no run yet")
         row["beats nnU-Net? (common protocol)"] = _versus_nnunet(h, other, paper, beside)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -207,20 +210,38 @@ def _versus_nnunet(h: pd.DataFrame, other: pd.DataFrame | None, paper: str, besi
     return "not run here (the leaderboard trains nnU-Net at gpu-lite and gpu)"
 
 
+def committed_marks(profile: str = "gpu-lite", folders: str | Path | None = None) -> dict[str, str]:
+    """chapter -> :func:`other_phantom`'s mark of its committed ``profile`` runs (under ``folders``,
+    default :data:`COMMITTED_RUNS`) that read another phantom version than this code's; chapters whose
+    runs read this one are left out."""
+    marks: dict[str, str] = {}
+    for (chapter, _), run in sorted(newest_results(folders or COMMITTED_RUNS, profile).items()):
+        mark = other_phantom(run)
+        if mark and chapter not in marks:
+            marks[chapter] = mark
+    return marks
+
+
 def profile_note(profile: str = "gpu-lite") -> str:
     """One line on the committed executed chapters of ``profile`` (``book/runs/<profile>/``): which
-    exist, on which GPU and in how many minutes, and which training chapters have none yet."""
+    exist, on which GPU, in how many minutes and on which phantom where not this code's
+    (:func:`committed_marks`), and which training chapters have none yet."""
     from npcrepro.book import CHAPTERS
     from npcrepro.chapters import MODULES
 
     have = profile_chapters(profile)
     facts = chapter_facts(Path("book", "runs", profile), {c: c for c in have}).set_index("chapter")
-    done = [f"{c} ({facts.loc[c, 'gpu'] or facts.loc[c, 'device']}, {float(facts.loc[c, 'seconds']) / 60:.1f} min)"
-            for c in have]
+    marks = committed_marks(profile)
+    done = [f"{c} ({facts.loc[c, 'gpu'] or facts.loc[c, 'device']}, {float(facts.loc[c, 'seconds']) / 60:.1f} min"
+            + (f"; {marks[c]}" if marks.get(c) else "") + ")" for c in have]
     missing = [c for c in CHAPTERS if c in MODULES and c not in have]
+    from npcrepro.phantom import GENERATOR_VERSION
+
+    again = (f" Those made on another phantom than this code's (version {GENERATOR_VERSION}) show other "
+             "patients' images and reference contours, and wait to be trained again." if marks else "")
     return (f"Chapters executed at the {profile} profile and committed: "
             + (", ".join(done) if done else "none yet") + "; "
-            + (f"none yet for {', '.join(missing)}." if missing else "every chapter has one."))
+            + (f"none yet for {', '.join(missing)}." if missing else "every chapter has one.") + again)
 
 
 def timing_table(runs: str | Path) -> pd.DataFrame:
@@ -299,6 +320,22 @@ def newest_results(out_dir: str | Path, profile: str) -> dict:
     from npcrepro.engine.results import find_results
 
     return {(res.chapter, res.path.name.split("-", 2)[-1]): res for res in find_results(out_dir, profile)}
+
+
+def other_phantom(run, version: int | None = None) -> str:
+    """'' where ``run`` (:class:`~npcrepro.engine.results.Results`) read the phantom of ``version``
+    (default this code's :data:`~npcrepro.phantom.GENERATOR_VERSION`) or real data; else a short mark
+    saying which phantom it read: "phantom version 1" or "phantom version not recorded". Numbers of
+    two versions are of other patients' images and reference contours."""
+    from npcrepro.phantom import GENERATOR_VERSION
+
+    if run.params.get("data") not in (None, "", "phantom"):
+        return ""
+    version = GENERATOR_VERSION if version is None else version
+    had = run.phantom_version
+    if had == version:
+        return ""
+    return f"phantom version {had}" if had is not None else "phantom version not recorded"
 
 
 def convergence_table(out_dir: str | Path, profile: str, tolerance: float = 0.03) -> pd.DataFrame:
@@ -449,7 +486,9 @@ def beside(results, profile: str = "gpu-lite") -> pd.DataFrame:
     """This run's networks beside the committed run of ``profile`` of the same chapter and run name
     (:data:`COMMITTED_RUNS`; the executed chapter in ``book/runs/<profile>/`` names its GPU and wall
     time): per method, the mean DSC per patient (over the structures each patient has) ± sd over
-    patients in each run, and the committed run's convergence reading. Displays a one-line caption
+    patients in each run, and the committed run's convergence reading. Where the committed run read
+    another phantom version than this run (:func:`other_phantom`), its column header and the caption
+    say so. Displays a one-line caption
     saying which GPU produced it and the table, or that no ``profile`` run of the chapter is committed
     yet; returns the table (empty when there is none, or when ``results`` is itself of ``profile``).
     A notebook ends the call with ``;`` (it displays what it has to say itself)."""
@@ -468,6 +507,10 @@ def beside(results, profile: str = "gpu-lite") -> pd.DataFrame:
     gpu = facts["gpu"].iloc[0] if len(facts) and facts["gpu"].iloc[0] else "a GPU"
     minutes = f", the chapter in {float(facts['seconds'].iloc[0]) / 60:.1f} min" if len(facts) else ""
     reading = other.convergence(labels=False).set_index("method")["reading"] if len(other.metrics) else {}
+    mine = results.phantom_version
+    older = other_phantom(other, mine)
+    if older:  # the header carries the mark too, wherever the table is read
+        cols[2] = f"{profile} ({older})"
     rows = []
     for method in results.methods:
         if method not in set(results.metrics.get("method", [])):
@@ -477,10 +520,14 @@ def beside(results, profile: str = "gpu-lite") -> pd.DataFrame:
                      cols[1]: _cell(_mean_dice(results.metrics, method)),
                      cols[2]: _cell(_mean_dice(other.metrics, method)) if there else "not trained",
                      cols[3]: (reading.get(method) or "—") if there else "—"})
+    if older:
+        older = (f" **Made on another phantom ({older}" + (f"; this run's: version {mine}" if mine else "")
+                 + "):** its patients' images and reference contours are not this run's phantom's, so its "
+                 "numbers are not this chapter's at another size; it waits to be trained again.")
     display(Markdown(f"**{profile}, {gpu}**: the same chapter at the papers' resolution on the "
                      f"{other.data_label} ({len(other.test_cases())} test patients{minutes}; run "
                      f"`{other.path.name}`). Mean DSC per patient ± sd; the two runs differ in patients, "
-                     "image size and budget (see Deviations), so compare readings, not digits."))
+                     "image size and budget (see Deviations), so compare readings, not digits." + older))
     table = pd.DataFrame(rows, columns=cols)
     display(table)
     return table

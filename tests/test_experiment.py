@@ -72,6 +72,11 @@ def test_waves_order_dependencies_and_refuse_cycles():
 def test_methods_run_in_dependency_order_and_score_on_the_case_grid(tmp_path):
     res = run_experiment("test_experiment", _params(tmp_path, n_val=1), progress=False)
     assert res.done and res.methods == ["exact", "inverse"]
+    from npcrepro import phantom
+
+    assert res.info["phantom"] == {"generator_version": phantom.GENERATOR_VERSION, "preset": "smoke",
+                                   "generator_fingerprint": phantom.generator_fingerprint()}
+    assert res.phantom_version == phantom.GENERATOR_VERSION
     dice = res.metrics.groupby("method")["dice"].mean()
     assert dice["exact"] == pytest.approx(1.0) and dice["inverse"] == pytest.approx(0.0)
     case = res.test_cases()[0]

@@ -211,13 +211,18 @@ def test_time_budget_splits_each_runs_job_minutes_and_the_floor_counts_cpu_train
 
 
 # ------------------------------------------------------------------------ committed runs of another profile
-def _run_folder(root, profile, chapter, name, dice, half=None, methods=(("unet2d", "2D U-Net"),)):
-    """A finished run folder of the runner's layout with one row per (method, case)."""
+def _run_folder(root, profile, chapter, name, dice, half=None, methods=(("unet2d", "2D U-Net"),), phantom=-1):
+    """A finished run folder of the runner's layout with one row per (method, case), made on the
+    phantom of version ``phantom`` (default this code's; None: a run that does not record it)."""
+    from npcrepro.phantom import GENERATOR_VERSION
+
     d = root / profile / chapter / f"20261126-120000-{name}"
     d.mkdir(parents=True)
     cases = [f"npc_{i:03d}" for i in range(len(dice))]
+    version = GENERATOR_VERSION if phantom == -1 else phantom
     (d / "run.json").write_text(json.dumps({"chapter": chapter, "status": "done", "data_label": "phantom",
-                                            "methods": [{"name": m, "label": lb} for m, lb in methods]}))
+                                            "methods": [{"name": m, "label": lb} for m, lb in methods],
+                                            **({"phantom": {"generator_version": version}} if version else {})}))
     (d / "params.json").write_text(json.dumps({"profile": profile, "data": "phantom"}))
     (d / "splits.json").write_text(json.dumps([{"train": ["x"], "val": [], "test": cases}]))
     rows = [{"method": m, "fold": 0, "seed": 0, "case": c, "structure": "GTVp", "dice": v}
@@ -260,6 +265,75 @@ def test_beside_sets_the_committed_gpu_lite_run_next_to_this_one(tmp_path, monke
     assert summary.profile_chapters("gpu-lite") == ["template"]
     note = summary.profile_note("gpu-lite")
     assert "template (auto, 7.0 min)" in note and "none yet for li2018" in note and "leaderboard" in note
+
+
+def test_a_committed_run_of_another_phantom_version_is_marked_wherever_it_is_shown(tmp_path, monkeypatch):
+    """A committed gpu-lite run made on an older phantom (other patients' images and reference contours)
+    is not set beside this run unmarked: beside's header and caption, the intro's column and the
+    profile note name its version; a run that does not record one says so."""
+    from unittest import mock
+
+    from npcrepro.engine.results import Results
+    from npcrepro.phantom import GENERATOR_VERSION
+
+    monkeypatch.chdir(tmp_path)
+    mine = Results.open(_run_folder(tmp_path / "runs", "cpu", "li2018", "cv", [0.5, 0.7, 0.6]))
+    assert mine.phantom_version == GENERATOR_VERSION
+    _run_folder(tmp_path / summary.COMMITTED_RUNS, "gpu-lite", "li2018", "cv", [0.8, 0.9], phantom=1)
+    _run_folder(tmp_path / summary.COMMITTED_RUNS, "gpu-lite", "template", "unet2d", [0.8, 0.9], phantom=None)
+    lite = tmp_path / "book" / "runs" / "gpu-lite"
+    lite.mkdir(parents=True)
+    rec = dict(paper="li2018", method="CNN", metric="dice", data="phantom", source="chapter")
+    _executed(lite, "li2018", [dict(rec, mean=0.795, sd=0.05, n=2)], seconds=420.0)
+    _executed(lite, "template", seconds=60.0)
+    with mock.patch("IPython.display.display") as shown:
+        t = summary.beside(mine, "gpu-lite").set_index("method")
+    assert list(t.columns) == ["this run (cpu)", "gpu-lite (phantom version 1)", "gpu-lite: reading"]
+    assert t.loc["2D U-Net", "gpu-lite (phantom version 1)"] == "0.850 ± 0.071 (n=2)"
+    caption = shown.call_args_list[0].args[0].data
+    assert f"Made on another phantom (phantom version 1; this run's: version {GENERATOR_VERSION})" in caption
+    assert summary.committed_marks("gpu-lite") == {"li2018": "phantom version 1",
+                                                    "template": "phantom version not recorded"}
+    note = summary.profile_note("gpu-lite")
+    assert "li2018 (auto, 7.0 min; phantom version 1)" in note and "wait to be trained again" in note
+    cpu = tmp_path / "cpu"
+    cpu.mkdir()
+    _executed(cpu, "li2018", [dict(rec, mean=0.66, sd=0.1, n=12)])
+    t = summary.intro_table(cpu, beside=lite).set_index("paper")
+    assert t.loc["li2018", "gpu-lite: paper's recipe"] == "0.795 ± 0.050 (n=2) [phantom version 1]"
+    # a run on this code's phantom, or on real data, carries no mark
+    assert summary.other_phantom(mine) == ""
+    real = _run_folder(tmp_path / "runs", "cpu", "xue2020", "openkbp", [0.5], phantom=None)
+    (real / "params.json").write_text(json.dumps({"profile": "cpu", "data": "/data/openkbp"}))
+    assert Results.open(real).phantom_version is None and summary.other_phantom(Results.open(real)) == ""
+
+
+def test_a_run_that_does_not_record_its_phantom_reads_it_from_the_commit_it_names(tmp_path, monkeypatch):
+    """Runs made before run.json recorded the phantom: the version is read from the source of the git
+    revision that environment.json names (read, not run); None where git cannot show it."""
+    import shutil
+    import subprocess
+
+    from npcrepro import paths
+    from npcrepro.engine.results import Results
+
+    if shutil.which("git") is None:
+        pytest.skip("no git on this machine")
+    repo = tmp_path / "repo"
+    (repo / "npcrepro" / "phantom").mkdir(parents=True)
+    (repo / "npcrepro" / "phantom" / "make.py").write_text("X = 1\nGENERATOR_VERSION = 3\n")
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "version 3")
+    monkeypatch.setattr(paths, "repo_root", lambda: repo)
+    d = _run_folder(tmp_path / "runs", "gpu-lite", "li2018", "cv", [0.8], phantom=None)
+    for revision, version in ((git("rev-parse", "HEAD").strip(), 3), ("0" * 40, None), ("HEAD", None), ("", None)):
+        (d / "environment.json").write_text(json.dumps({"git": {"revision": revision, "dirty": False}}))
+        assert Results.open(d).phantom_version == version, revision
 
 
 def test_intro_table_adds_the_gpu_lite_column(tmp_path):

@@ -210,6 +210,17 @@ def _spacing(ds, folds) -> dict:
     return {"spacing_mm": [round(float(s), 6) for s in case.spacing]}
 
 
+def _phantom_record(ds) -> dict:
+    """``{"phantom": {generator_version, generator_fingerprint, preset}}`` where ``ds`` is a phantom
+    cohort (its ``dataset.json`` record, :func:`npcrepro.phantom.cohort_record`), else {}: which
+    phantom a run's numbers are of, so that runs made on other versions are not set side by side
+    unmarked (:attr:`npcrepro.engine.results.Results.phantom_version`)."""
+    extra = ((getattr(ds, "meta", None) or {}).get("npcrepro") or {}).get("extra") or {}
+    if not isinstance(extra, dict) or extra.get("generator") != "npcrepro.phantom":
+        return {}
+    return {"phantom": {k: extra.get(k) for k in ("generator_version", "generator_fingerprint", "preset")}}
+
+
 def _write_raters(path: Path, chapter, ds, metrics, P) -> None:
     """``raters.csv``: the raters' agreement on the run's test cases (:meth:`Chapter.rater_agreement`),
     where the dataset holds raters of a scored structure; nothing written where it holds none."""
@@ -385,8 +396,8 @@ def run_experiment(module: str, P: Mapping[str, Any], *, name: str = "run", data
         (rf.path / "DRY_RUN").write_text("a dry run: sizes of the profile, 2 iterations per network; "
                                          "its numbers mean nothing\n", encoding="utf-8")
     # run.json: a dry run says so; a run scored on the dataset's held-out cases counts them; the voxel
-    # size of the first training case, which `npcrepro predict` holds new patients to
-    facts = {**dry, **({"held_out": len(held_out)} if held_out else {}), **_spacing(ds, folds)}
+    # size of the first training case, which `npcrepro predict` holds new patients to; the phantom's version
+    facts = {**dry, **({"held_out": len(held_out)} if held_out else {}), **_spacing(ds, folds), **_phantom_record(ds)}
     _run_json(rf, chapter, structures, chosen, folds, seeds, "running", data=params["data"],
               data_label=label, channels=channels, **facts)
     job_params = {**params, "progress": False}

@@ -177,6 +177,21 @@ class Results:
         return env if isinstance(env, dict) else {}
 
     @property
+    def phantom_version(self) -> int | None:
+        """The phantom generator version (:data:`npcrepro.phantom.GENERATOR_VERSION`) of the cohort the
+        run read: as run.json records it, else (runs made before it was recorded) as the source of
+        the commit its environment.json names sets it, where git can show that commit; None on real
+        data or where neither tells."""
+        if self.params.get("data") not in (None, "", "phantom"):
+            return None
+        recorded = (self.info.get("phantom") or {}).get("generator_version")
+        if recorded is not None:
+            return int(recorded)
+        from npcrepro.engine.runs import generator_version_at
+
+        return generator_version_at((self.environment.get("git") or {}).get("revision") or "")
+
+    @property
     def raters(self):
         """``raters.csv``: the raters' agreement on this run's test cases
         (:func:`npcrepro.evaluation.rater_agreement`); an empty frame where the data has no raters."""

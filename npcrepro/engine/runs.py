@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -42,7 +43,8 @@ import numpy as np
 from npcrepro.errors import DataError
 from npcrepro.engine import distributed as D
 
-__all__ = ["RunFolder", "environment", "cpu_model", "to_jsonable", "find_runs", "latest_run", "job_dir"]
+__all__ = ["RunFolder", "environment", "cpu_model", "generator_version_at", "to_jsonable", "find_runs", "latest_run",
+           "job_dir"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -112,6 +114,22 @@ def git_revision() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
+
+
+def generator_version_at(revision: str) -> int | None:
+    """The phantom's ``GENERATOR_VERSION`` in the source of git ``revision`` of this checkout (read, not
+    run), or None where git cannot show it (no git, no such revision, a shallow clone)."""
+    from npcrepro.paths import repo_root
+
+    if not revision or not re.fullmatch(r"[0-9a-f]{7,40}", str(revision)):
+        return None
+    try:
+        shown = subprocess.run(["git", "-C", str(repo_root()), "show", f"{revision}:npcrepro/phantom/make.py"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"^GENERATOR_VERSION = (\d+)$", shown.stdout, re.M) if shown.returncode == 0 else None
+    return int(found.group(1)) if found else None
 
 
 def cpu_model() -> str:
