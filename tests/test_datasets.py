@@ -295,6 +295,24 @@ def test_unknown_case_and_undeclared_structure(tmp_path):
         write_dataset(tmp_path / "x", [c], channels=["CT", "T1"], structures=["GTV"])
 
 
+def test_writer_refuses_a_nan_or_infinite_intensity_and_leaves_nothing(tmp_path):
+    """One NaN or infinity anywhere in a channel (float32 or float64) is refused in one line, and no
+    dataset folder is left; a whole-number image stays int16 on disk."""
+    for i, bad in enumerate((np.nan, np.inf, -np.inf)):
+        for dtype in (np.float32, np.float64):
+            c = _case()
+            c.images["T1"] = c.images["T1"].astype(dtype)
+            c.images["T1"][2, 3, 4] = bad
+            out = tmp_path / f"x{i}{np.dtype(dtype).name}"
+            with pytest.raises(DataError, match="channel 'T1' has NaN/inf values"):
+                write_dataset(out, [c], channels=["CT", "T1"], structures=["Organ", "CTV", "GTV"])
+            assert not out.exists()
+    c = _case()
+    c.images["CT"] = np.rint(c.images["CT"])
+    ds = write_dataset(tmp_path / "ok", [c], channels=["CT", "T1"], structures=["Organ", "CTV", "GTV"])
+    assert io.read(ds.root / "imagesTr" / "c0_0000.nii.gz").array.dtype == np.int16
+
+
 def test_writer_requires_every_channel(tmp_path):
     c = _case()
     del c.images["T1"]

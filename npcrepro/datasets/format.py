@@ -21,6 +21,7 @@ mask taken from the label map.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -455,14 +456,24 @@ def _write_item(item: tuple) -> str:
     return sub
 
 
-def stored(image: np.ndarray) -> np.ndarray:
+def _bounds(image: np.ndarray) -> tuple[float, float] | None:
+    """(min, max) of a non-empty float image, else None. Both are finite exactly when every value is:
+    min and max propagate NaN, and an infinity is one of them."""
+    if image.dtype.kind != "f" or not image.size:
+        return None
+    return float(image.min()), float(image.max())
+
+
+def stored(image: np.ndarray, bounds: tuple[float, float] | None = None) -> np.ndarray:
     """How an image channel is written: a float image whose values are all whole numbers within int16
     (CT in HU, MR magnitudes as scanners store them) as int16, which holds them exactly, compresses
     to a quarter of float32 noise's bytes in a quarter of its time; any other float image as
-    float32; integer images as they are. Reading gives float32 either way (:meth:`Dataset.load`)."""
+    float32; integer images as they are. Reading gives float32 either way (:meth:`Dataset.load`).
+    ``bounds``: the image's :func:`_bounds`, where the caller has them."""
     if image.dtype.kind != "f":
         return image
-    if image.size and -32768 <= float(image.min()) and float(image.max()) <= 32767:
+    bounds = bounds or _bounds(image)
+    if bounds and -32768 <= bounds[0] and bounds[1] <= 32767:
         whole = image.astype(np.int16)
         if np.array_equal(whole, image):
             return whole
@@ -482,9 +493,10 @@ def _write_case(out: Path, sub: str, case: Case, channels: list[str], structures
     g = case.geometry
     for i, c in enumerate(channels):
         arr = np.asarray(case.images[c])
-        if not np.isfinite(arr).all():
+        bounds = _bounds(arr)
+        if bounds and not (math.isfinite(bounds[0]) and math.isfinite(bounds[1])):
             raise DataError(f"case {case.name}: channel {c!r} has NaN/inf values")
-        io.write(io.Volume.on_grid(stored(arr), g), out / f"images{sub}" / f"{case.name}_{i:04d}{FILE_ENDING}")
+        io.write(io.Volume.on_grid(stored(arr, bounds), g), out / f"images{sub}" / f"{case.name}_{i:04d}{FILE_ENDING}")
     io.write(io.Volume.on_grid(case.label_map(structures), g),
              out / f"labels{sub}" / f"{case.name}{FILE_ENDING}")
     for s, mask in case.labels.items():

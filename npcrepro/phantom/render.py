@@ -248,10 +248,29 @@ def fraction(d: np.ndarray, spacing) -> np.ndarray:
     w = np.zeros(d.shape, np.float32)
     for ax in range(3):
         if d.shape[ax] > 1:
-            w += np.abs(np.gradient(d, axis=ax))
+            _add_abs_gradient(w, d, ax)
     np.clip(w, np.float32(1e-3), np.float32(sum(spacing)), out=w)
     f = np.float32(0.5) - d / w
     return np.clip(f, 0.0, 1.0, out=f)
+
+
+def _add_abs_gradient(w: np.ndarray, d: np.ndarray, ax: int) -> None:
+    """``w += |np.gradient(d, axis=ax)|`` (unit spacing, first-order edges; ``d.shape[ax] >= 2``), the
+    same values without the gradient's full-size temporaries."""
+    def part(a, b):
+        idx = [slice(None)] * d.ndim
+        idx[ax] = slice(a, b)
+        return tuple(idx)
+
+    n = d.shape[ax]
+    if n > 2:
+        t = np.subtract(d[part(2, None)], d[part(None, -2)])
+        np.abs(t, out=t)
+        t *= np.float32(0.5)  # exact, as numpy's division by 2
+        w[part(1, -1)] += t
+    edge = np.abs(d[part(1, 2)] - d[part(0, 1)])
+    w[part(0, 1)] += edge
+    w[part(n - 1, n)] += edge if n == 2 else np.abs(d[part(n - 1, n)] - d[part(n - 2, n - 1)])
 
 
 def mask(shape: sdf.Shape, grid: Grid, pose: Pose, *, keep_tiny: bool = True) -> np.ndarray:

@@ -280,14 +280,16 @@ def paint(anat: Anatomy, les: Lesions, grid: Grid, contrast: Contrast,
             tumour_edge = (sl, f.astype(np.float32, copy=False), tissue[sl].copy())
         inside = d <= 0
         cid = CLASS_ID[layer.tissue]
-        tissue[sl][inside] = cid
+        np.copyto(tissue[sl], np.uint8(cid), where=inside)
         tex = les.texture(view.points) if layer.tissue == "tumour" else None
         for m in static:
             img = images[m][sl]
             v = contrast.values[m][cid]
             if tex is not None:
                 v = v + np.float32(TUMOUR_TEXTURE[m] * (contrast.gains.get(m, 1.0))) * tex
-            img += f * (v - img)
+            step = np.subtract(v, img)  # img += f (v - img), in place
+            step *= f
+            img += step
         if dce:
             w = weights[(slice(None),) + sl]
             w *= (1 - f)[None]
