@@ -90,6 +90,10 @@ class ChapterContract:
                      "training.csv", "DONE"):
             assert (p / name).exists(), name
         assert full.done and full.chapter == self.chapter
+        if full.params.get("data") == "phantom":  # which phantom its numbers are of, however the chapter made it
+            from npcrepro.phantom import GENERATOR_VERSION
+
+            assert full.info["phantom"]["generator_version"] == GENERATOR_VERSION
         assert list(full.metrics.columns[:5]) == KEYS
         assert len(full.metrics) > 0
         for k, fold in enumerate(full.splits()):

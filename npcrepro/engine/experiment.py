@@ -216,9 +216,14 @@ def _phantom_record(ds) -> dict:
     phantom a run's numbers are of, so that runs made on other versions are not set side by side
     unmarked (:attr:`npcrepro.engine.results.Results.phantom_version`)."""
     extra = ((getattr(ds, "meta", None) or {}).get("npcrepro") or {}).get("extra") or {}
-    if not isinstance(extra, dict) or extra.get("generator") != "npcrepro.phantom":
+    if not isinstance(extra, dict):
         return {}
-    return {"phantom": {k: extra.get(k) for k in ("generator_version", "generator_fingerprint", "preset")}}
+    # the record itself, or one level down where a chapter's own cohort keeps it under a name of its
+    # own (li2018's DCE slices: {"li2018_dce": record, ...})
+    for record in (extra, *(v for v in extra.values() if isinstance(v, dict))):
+        if record.get("generator") == "npcrepro.phantom":
+            return {"phantom": {k: record.get(k) for k in ("generator_version", "generator_fingerprint", "preset")}}
+    return {}
 
 
 def _write_raters(path: Path, chapter, ds, metrics, P) -> None:
