@@ -228,6 +228,7 @@ def profile_note(profile: str = "gpu-lite") -> str:
     (:func:`committed_marks`), and which training chapters have none yet."""
     from npcrepro.book import CHAPTERS
     from npcrepro.chapters import MODULES
+    from npcrepro.phantom import GENERATOR_VERSION
 
     have = profile_chapters(profile)
     facts = chapter_facts(Path("book", "runs", profile), {c: c for c in have}).set_index("chapter")
@@ -235,8 +236,6 @@ def profile_note(profile: str = "gpu-lite") -> str:
     done = [f"{c} ({facts.loc[c, 'gpu'] or facts.loc[c, 'device']}, {float(facts.loc[c, 'seconds']) / 60:.1f} min"
             + (f"; {marks[c]}" if marks.get(c) else "") + ")" for c in have]
     missing = [c for c in CHAPTERS if c in MODULES and c not in have]
-    from npcrepro.phantom import GENERATOR_VERSION
-
     again = (f" Those made on another phantom than this code's (version {GENERATOR_VERSION}) show other "
              "patients' images and reference contours, and wait to be trained again." if marks else "")
     return (f"Chapters executed at the {profile} profile and committed: "
@@ -329,7 +328,7 @@ def other_phantom(run, version: int | None = None) -> str:
     two versions are of other patients' images and reference contours."""
     from npcrepro.phantom import GENERATOR_VERSION
 
-    if run.params.get("data") not in (None, "", "phantom"):
+    if not run.on_phantom:
         return ""
     version = GENERATOR_VERSION if version is None else version
     had = run.phantom_version

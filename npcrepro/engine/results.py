@@ -177,12 +177,17 @@ class Results:
         return env if isinstance(env, dict) else {}
 
     @property
+    def on_phantom(self) -> bool:
+        """Whether the run read the digital phantom (its ``data`` parameter), not a dataset folder."""
+        return self.params.get("data") == "phantom"
+
+    @property
     def phantom_version(self) -> int | None:
         """The phantom generator version (:data:`npcrepro.phantom.GENERATOR_VERSION`) of the cohort the
         run read: as run.json records it, else (runs made before it was recorded) as the source of
         the commit its environment.json names sets it, where git can show that commit; None on real
         data or where neither tells."""
-        if self.params.get("data") not in (None, "", "phantom"):
+        if not self.on_phantom:
             return None
         recorded = (self.info.get("phantom") or {}).get("generator_version")
         if recorded is not None:
@@ -244,7 +249,7 @@ class Results:
         :data:`npcrepro.profiles.COHORTS`); runs from before cohorts read the development patients
         (``npc_000``...). On real data "evaluation" where the run tested on the dataset's own
         held-out cases (``imagesTs``, :meth:`npcrepro.engine.Chapter.split`), else None."""
-        if self.params.get("data") != "phantom":
+        if not self.on_phantom:
             return "evaluation" if self.held_out else None
         return str(self.params.get("cohort") or "development")
 

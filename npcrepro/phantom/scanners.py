@@ -358,11 +358,12 @@ def gaussian(rng: np.random.Generator, img: np.ndarray, sd: float, table: bool =
     """Add Gaussian noise of sd ``sd`` to ``img`` (C-contiguous float32) in place; ``table``: drawn
     from :data:`NORMAL_TABLE` (other values than numpy's normal draws for the same seed)."""
     sd = np.float32(sd)
-    scaled = NORMAL_TABLE * sd
-    for part in _chunks(img):
-        if table:
+    if table:
+        scaled = NORMAL_TABLE * sd
+        for part in _chunks(img):
             part += _table_draw(rng, scaled, np.empty(part.size, np.float32))
-            continue
+        return img
+    for part in _chunks(img):
         buf = rng.standard_normal(part.size, dtype=np.float32)
         buf *= sd
         part += buf
@@ -373,16 +374,17 @@ def rician(rng: np.random.Generator, img: np.ndarray, sd: float, table: bool = F
     """Magnitude of ``img`` plus complex Gaussian noise of sd ``sd`` per channel, in place; ``table``
     as for :func:`gaussian`."""
     sd = np.float32(sd)
-    scaled = NORMAL_TABLE * sd
-    squared = scaled * scaled
-    for part in _chunks(img):
-        if table:
+    if table:
+        scaled = NORMAL_TABLE * sd
+        squared = scaled * scaled
+        for part in _chunks(img):
             buf = _table_draw(rng, scaled, np.empty(part.size, np.float32))
             part += buf
             np.square(part, out=part)
             part += _table_draw(rng, squared, buf)
             np.sqrt(part, out=part)
-            continue
+        return img
+    for part in _chunks(img):
         buf = rng.standard_normal(part.size, dtype=np.float32)
         buf *= sd
         part += buf

@@ -72,16 +72,15 @@ def _local(p: Points, center: np.ndarray, rot: np.ndarray | None) -> Points:
         return q
     r = rot.astype(np.float32)
     # q_local = R^T q
-    if not all(np.shape(c) == np.shape(q[0]) for c in q[1:]):  # broadcast coordinates
-        return (r[0, 0] * q[0] + r[1, 0] * q[1] + r[2, 0] * q[2],
-                r[0, 1] * q[0] + r[1, 1] * q[1] + r[2, 1] * q[2],
-                r[0, 2] * q[0] + r[1, 2] * q[1] + r[2, 2] * q[2])
-    out, term = [], None
-    for j in range(3):  # the same sums in the same order, in place
-        o = np.multiply(r[0, j], q[0])
+    # r[0, j] q0 + r[1, j] q1 + r[2, j] q2 for each j, summed in that order in place (q may broadcast)
+    shape = np.broadcast_shapes(*(np.shape(c) for c in q))
+    dtype = np.result_type(r, *q)
+    term = np.empty(shape, dtype)
+    out = []
+    for j in range(3):
+        o = np.multiply(r[0, j], q[0], out=np.empty(shape, dtype))
         for i in (1, 2):
-            term = np.multiply(r[i, j], q[i], out=term)
-            o += term
+            o += np.multiply(r[i, j], q[i], out=term)
         out.append(o)
     return tuple(out)
 
