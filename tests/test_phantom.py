@@ -62,6 +62,97 @@ def test_rendering_fewer_modalities_keeps_the_patient(cases):
         np.testing.assert_array_equal(ct.labels[k], full.labels[k])
 
 
+def test_slab_and_piece_sizes_do_not_change_a_single_value(monkeypatch):
+    """Distances, partial volume, the layer blend, the table noise and the DCE sum work a cache-sized
+    slab at a time: a case made a plane (and 7 noise values) at a time is the same bytes."""
+    from npcrepro.phantom import render, scanners
+
+    params = dict(preset="smoke", modalities=ALL, table_noise=True, integer_images=True, dce_frames=6)
+    whole = phantom.make_case(8, **params)
+    monkeypatch.setattr(render, "SLAB_VOXELS", 1)
+    monkeypatch.setattr(scanners, "_PIECE", 7)
+    assert render.slabs((3, 4, 5)) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    planes = phantom.make_case(8, **params)
+    for k in whole.images:
+        np.testing.assert_array_equal(planes.images[k], whole.images[k], err_msg=k)
+    for k in whole.labels:
+        np.testing.assert_array_equal(planes.labels[k], whole.labels[k], err_msg=k)
+
+
+def test_layers_read_the_same_distances_from_a_root_that_covers_only_them():
+    """The painting's shared coordinates cover the block its layers need, not the whole grid: each
+    layer's block and distances are those it gets on its own."""
+    from npcrepro.phantom import render
+    from npcrepro.phantom.sdf import Sphere
+
+    anat = anatomy.build(_streams(3)["anatomy"])
+    grid = render.Grid.centred((24, 160, 160), (3.5, 2.0, 2.0))
+    layers = anat.layers[:3] + anat.layers[-3:]
+    pad = render.pad_for(grid)
+    root = render.View.covering(grid, anat.pose, [(layer.shape, pad) for layer in layers])
+    assert np.prod(root.shape) < 0.6 * np.prod(grid.shape)  # the head, not the field of view
+    for layer in layers:
+        alone = render.on_grid(layer.shape, grid, anat.pose)
+        shared = render.on_grid(layer.shape, grid, anat.pose, cache=render.Cache(), root=root)
+        assert shared[0].slices == alone[0].slices, layer.name
+        np.testing.assert_array_equal(shared[1], alone[1], err_msg=layer.name)
+    far = Sphere((0.0, 0.0, 5000.0), 10.0)  # off the grid
+    assert render.View.covering(grid, anat.pose, [(far, pad)]) is None
+    assert render.View.covering(grid, anat.pose, []) is None
+
+
+@pytest.mark.parametrize("n_planes", [1, 2, 3, 7])
+def test_partial_volume_from_the_distance_and_its_gradient(monkeypatch, n_planes):
+    """``f = clip(1/2 - d / w, 0, 1)`` with ``w`` the summed |central differences| (one-sided at the
+    edges), clamped to [1e-3, sum of the sides], the same whether computed whole or a plane at a time."""
+    from npcrepro.phantom import render
+
+    d = np.random.default_rng(n_planes).normal(0, 3, (n_planes, 4, 5)).astype(np.float32)
+    spacing = (3.0, 1.0, 1.0)
+    w = sum(np.abs(np.gradient(d, axis=ax)) for ax in range(3) if d.shape[ax] > 1)
+    expected = np.clip(0.5 - d / np.clip(w, 1e-3, 5.0), 0, 1)
+    np.testing.assert_allclose(render.fraction(d, spacing), expected, rtol=1e-6, atol=1e-7)
+    whole = render.fraction(d, spacing)
+    monkeypatch.setattr(render, "SLAB_VOXELS", 1)
+    np.testing.assert_array_equal(render.fraction(d, spacing), whole)
+    plane = np.zeros((1, 1, 3), np.float32)  # a lone voxel row: only the x differences count
+    plane[0, 0] = [-1.0, 0.0, 1.0]
+    np.testing.assert_allclose(render.fraction(plane, spacing)[0, 0], [1.0, 0.5, 0.0])
+
+
+def test_the_raters_box_is_the_extent_of_the_tumour():
+    from npcrepro.phantom.raters import _extent
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m = np.zeros((9, 11, 13), bool)
+        m[tuple(rng.integers(0, n, 4) for n in m.shape)] = True
+        assert _extent(m) == [(int(a.min()), int(a.max())) for a in np.nonzero(m)]
+    m = np.zeros((3, 3, 3), bool)
+    m[2, 0, 1] = True
+    assert _extent(m) == [(2, 2), (0, 0), (1, 1)]
+
+
+def test_dce_frames_are_the_same_bytes_with_any_number_of_threads():
+    """The DCE frames mix the tissues' curves by their fractions in a fixed order: a BLAS product's last
+    bits followed its thread count (frames 60-63 of a smoke case differed between 1 and 2 threads)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from npcrepro.phantom.scanners import mix
+
+    curves = np.array([[1.0, 2.0, 0.5], [3.0, 4.0, 0.25]], np.float32)
+    weights = np.array([[1.0, 0.0], [0.5, 1.0], [0.0, 0.0]], np.float32)
+    np.testing.assert_array_equal(mix(curves, weights), [[2.0, 2.0], [5.0, 4.0]])
+    rng = np.random.default_rng(1)
+    curves, weights = rng.random((9, 20), np.float32), rng.random((20, 70_001), np.float32)
+    np.testing.assert_allclose(mix(curves, weights), curves.astype(float) @ weights, rtol=1e-5)
+    made = {}
+    for n in (1, 4):
+        with threadpoolctl.threadpool_limits(n):
+            made[n] = phantom.make_case(5, preset="smoke", modalities=("DCE",))
+    for k, frame in made[1].images.items():
+        np.testing.assert_array_equal(made[4].images[k], frame, err_msg=k)
+
+
 def test_case_seeds_are_distinct_and_stable():
     seeds = [phantom.case_seed(0, i) for i in range(50)]
     assert len(set(seeds)) == 50

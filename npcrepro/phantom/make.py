@@ -28,8 +28,11 @@ from npcrepro.phantom.tissues import CLASS_ID, TISSUES
 #: Version 4: the infiltrative edge is wider in the fascial planes and the skull base's marrow and
 #: irregular (:func:`~npcrepro.phantom.scanners.infiltration_width`), so every image and rater moved.
 #: Version 5: the gpu preset draws its noise from a table (``table_noise``), so its images moved; the
-#: smoke and cpu presets' arrays are those of version 4.)
-GENERATOR_VERSION = 5
+#: smoke and cpu presets' arrays are those of version 4. Version 6: the DCE frames are summed over the
+#: tissue classes in a fixed order (:func:`~npcrepro.phantom.scanners.mix`), not by a BLAS product whose
+#: last bits followed the number of threads: 2.5 % of a smoke case's DCE voxels moved, by at most a relative
+#: 1e-6 (three float32 rounding steps); every other array is that of version 5.)
+GENERATOR_VERSION = 6
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 #: The code that decides a cohort's bytes: the whole phantom package, the case model, the dataset
@@ -124,8 +127,8 @@ def make_case(seed: int, **params) -> Case:
 
     Notes
     -----
-    Cost, one CPU thread: about 0.3 s at the ``cpu`` preset (four modalities), 3.5 s for the five static
-    channels at the ``gpu`` preset (see ``benchmarks/bench_phantom.py``). DCE keeps every frame in memory
+    Cost, one CPU thread: about 0.6 s at the ``cpu`` preset (five static channels), 3-4 s at the ``gpu``
+    preset (see ``benchmarks/bench_phantom.py``). DCE keeps every frame in memory
     plus one tissue-fraction volume per tissue class (~20 volumes): fine for li2018's
     144 x 144 x 20 grid or the ``cpu`` preset, several GB at the ``gpu`` preset.
     """
@@ -246,7 +249,7 @@ def cohort_record(n_cases: int, seed: int, preset: str = "cpu", first: int = 0, 
 
 #: Cases of at least this many voxels are made in parallel by default: spawning a worker costs about
 #: 2 s (it imports torch), more than a whole cpu-preset case (0.5 M voxels) takes to make and write,
-#: while a gpu-preset case (25 M voxels) takes about 8 s on one core.
+#: while a gpu-preset case (25 M voxels) takes about 4 s on one core.
 PARALLEL_VOXELS = 4 * 2**20
 
 

@@ -32,7 +32,8 @@ class Preset:
 #: noise no compressor shrinks. Its noise is drawn from a table (``table_noise``,
 #: :data:`~npcrepro.phantom.scanners.NORMAL_TABLE`): a case's noise in a third of the time. The smoke and
 #: cpu presets keep float32 and numpy's normal draws, so that the book's cohorts keep their bytes
-#: (versions 2 and 4 moved the images, version 3 only the raters, version 5 only the gpu preset's noise).
+#: (versions 2 and 4 moved the images, version 3 only the raters, version 5 only the gpu preset's noise,
+#: version 6 only the DCE frames, by a few rounding steps).
 PRESETS: dict[str, Preset] = {
     "smoke": Preset((32, 64, 64), (3.5, 4.0, 4.0), (0.0, 0.0, 0.0), 3,
                     "tiny: 32 x 64 x 64 at 3.5 x 4 x 4 mm (112 x 256 x 256 mm field of view)"),

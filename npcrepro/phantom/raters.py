@@ -193,6 +193,16 @@ def _ends(rng: np.random.Generator, mask: np.ndarray) -> dict:
     return {"dropped_top_slice": drop_top, "added_bottom_slice": add_bottom}
 
 
+def _extent(m: np.ndarray) -> list[tuple[int, int]]:
+    """The first and last index of ``m``'s True voxels along each axis (a 3-D bool array with one):
+    from its projections, a hundredth of the time of listing every voxel on a paper-size grid."""
+    zs = np.flatnonzero(m.any(axis=(1, 2)))
+    planes = m[zs[0]:zs[-1] + 1]
+    ys = np.flatnonzero(planes.any(axis=(0, 2)))
+    xs = np.flatnonzero(planes[:, ys[0]:ys[-1] + 1].any(axis=(0, 1)))
+    return [(int(a[0]), int(a[-1])) for a in (zs, ys, xs)]
+
+
 def observe(rng: np.random.Generator, truth: np.ndarray, tissue: np.ndarray, spacing,
             allowed: np.ndarray | None = None,
             *, n_raters: int = N_RATERS, jitter_mm: float = 3.0, clear_cnr: float | None = None,
@@ -218,9 +228,8 @@ def observe(rng: np.random.Generator, truth: np.ndarray, tissue: np.ndarray, spa
         return [m.copy() for _ in range(n_raters)], m.copy(), {}
     sp = tuple(float(s) for s in spacing)
     reach = 4 * (jitter_mm + shared_mm) + 10  # the perturbations' reach plus the clarity window
-    idx = np.nonzero(m)
-    box = tuple(slice(max(0, int(a.min() - reach / s) - 1), min(n, int(a.max() + reach / s) + 2))
-                for a, s, n in zip(idx, sp, m.shape))
+    box = tuple(slice(max(0, int(lo - reach / s) - 1), min(n, int(hi + reach / s) + 2))
+                for (lo, hi), s, n in zip(_extent(m), sp, m.shape))
     reading = reading_image(tissue, box, noise_sd, tumour_edge)
     clarity = edge_clarity(reading, m[box], sp, noise_sd=1.0)
     sub, facts = boundary_raters(rng, m[box], sp, clarity, n_raters=n_raters, jitter_mm=jitter_mm,

@@ -89,6 +89,19 @@ class View:
     def whole(cls, grid: Grid, pose: Pose) -> "View":
         return cls(grid, pose, (0, 0, 0), grid.shape)
 
+    @classmethod
+    def covering(cls, grid: Grid, pose: Pose, parts) -> "View | None":
+        """The smallest block of ``grid`` that holds the block of every ``(shape, pad)`` of ``parts``
+        (pad in world mm, as :func:`on_grid` takes it), or None where none meets the grid: a root whose
+        coordinates those shapes share, computed for that block rather than the whole grid (a head
+        fills a fifth of a 512 x 512 grid)."""
+        whole = cls.whole(grid, pose)
+        views = [v for v in (whole.sub(shape.lo, shape.hi, pad / pose.s) for shape, pad in parts)
+                 if v is not None]
+        if not views:
+            return None
+        return cls(grid, pose, np.min([v.start for v in views], 0), np.max([v.stop for v in views], 0))
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(b - a for a, b in zip(self.start, self.stop))
@@ -180,6 +193,38 @@ def evaluate(shape: sdf.Shape, view: View, pad: float, cache: Cache | None = Non
     return _evaluate(shape, view, pad, cache)
 
 
+#: Voxels per slab of the elementwise work on a large block: the few float32 temporaries of one slab
+#: stay in a core's cache, which makes a chain of numpy operations about twice as fast as on the whole
+#: block. Every voxel gets the same operations in the same order, so the values do not depend on it.
+SLAB_VOXELS = 1 << 16
+
+
+def slabs(shape) -> list[slice]:
+    """Runs of whole planes along axis 0 of a block of ``shape``, about :data:`SLAB_VOXELS` each
+    (one slab, the whole block, where it is that small)."""
+    n = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
+    return [slice(a, a + n) for a in range(0, shape[0], n)]
+
+
+def rows(p: sdf.Points, s: slice) -> sdf.Points:
+    """The coordinates of ``p`` (each broadcastable to a block) on the planes ``s`` of that block."""
+    return tuple(c if np.ndim(c) < 3 or np.shape(c)[0] == 1 else c[s] for c in p)
+
+
+def _by_slab(fn, shape) -> np.ndarray:
+    """``fn(s)`` for each of :func:`slabs` ``(shape)``, assembled into one array of ``shape``."""
+    parts = slabs(shape)
+    if len(parts) == 1:
+        return fn(parts[0])
+    out = None
+    for s in parts:
+        v = fn(s)
+        if out is None:
+            out = np.empty(shape, np.asarray(v).dtype)
+        out[s] = v
+    return out
+
+
 def _evaluate(shape: sdf.Shape, view: View, pad: float, cache: Cache | None) -> np.ndarray:
     if isinstance(shape, sdf.Union):
         out = np.full(view.shape, sdf.BIG, np.float32)
@@ -187,9 +232,10 @@ def _evaluate(shape: sdf.Shape, view: View, pad: float, cache: Cache | None) -> 
             v = view.sub(c.lo, c.hi, pad + shape.k)
             if v is None:
                 continue
-            rel = v.relative_to(view)
+            part = out[v.relative_to(view)]
             d = evaluate(c, v, pad + shape.k, cache)
-            out[rel] = sdf._smin(out[rel], d, shape.k)
+            for s in slabs(v.shape):
+                part[s] = sdf._smin(part[s], d[s], shape.k)
         return out
     if isinstance(shape, sdf.Subtract):
         out = evaluate(shape.base, view, pad, cache)
@@ -211,10 +257,13 @@ def _evaluate(shape: sdf.Shape, view: View, pad: float, cache: Cache | None) -> 
     if isinstance(shape, sdf.Offset):
         return evaluate(shape.child, view, pad + max(shape.delta, 0.0), cache) - np.float32(shape.delta)
     if isinstance(shape, sdf.Deform):
-        return evaluate(shape.child, view, pad + shape.noise.amplitude, cache) + shape.noise(view.points)
+        d = evaluate(shape.child, view, pad + shape.noise.amplitude, cache)
+        p = view.points
+        return _by_slab(lambda s: d[s] + shape.noise(rows(p, s)), view.shape)
     if isinstance(shape, sdf.Tight):
         return evaluate(shape.child, view, pad, cache)
-    return shape(view.points, view.box)
+    p, box = view.points, view.box
+    return _by_slab(lambda s: shape(rows(p, s), box), view.shape)
 
 
 def pad_for(grid: Grid) -> float:
@@ -244,14 +293,37 @@ def fraction(d: np.ndarray, spacing) -> np.ndarray:
 
     ``w`` is clamped to the voxel's largest possible width (the sum of its sides): distances are
     only accurate near surfaces, and seams where a skipped child left ``BIG`` must not ramp.
+    Computed a slab of planes at a time (:func:`slabs`), each voxel as on the whole block.
     """
-    w = np.zeros(d.shape, np.float32)
-    for ax in range(3):
-        if d.shape[ax] > 1:
-            _add_abs_gradient(w, d, ax)
-    np.clip(w, np.float32(1e-3), np.float32(sum(spacing)), out=w)
-    f = np.float32(0.5) - d / w
-    return np.clip(f, 0.0, 1.0, out=f)
+    f = np.empty(d.shape, np.float32)
+    for s in slabs(d.shape):
+        a, b, _ = s.indices(d.shape[0])
+        w = np.zeros((b - a,) + d.shape[1:], np.float32)
+        if d.shape[0] > 1:
+            _add_plane_gradient(w, d, a, b)
+        for ax in (1, 2):
+            if d.shape[ax] > 1:
+                _add_abs_gradient(w, d[a:b], ax)
+        np.clip(w, np.float32(1e-3), np.float32(sum(spacing)), out=w)
+        part = np.subtract(np.float32(0.5), np.divide(d[a:b], w, out=w), out=f[a:b])
+        np.clip(part, 0.0, 1.0, out=part)
+    return f
+
+
+def _add_plane_gradient(w: np.ndarray, d: np.ndarray, a: int, b: int) -> None:
+    """``w += |np.gradient(d, axis=0)[a:b]|`` (unit spacing, first-order edges; ``d.shape[0] >= 2``),
+    reading only the planes ``a - 1`` to ``b`` of ``d``."""
+    n = d.shape[0]
+    lo, hi = max(a, 1), min(b, n - 1)
+    if hi > lo:
+        t = np.subtract(d[lo + 1:hi + 1], d[lo - 1:hi - 1])
+        np.abs(t, out=t)
+        t *= np.float32(0.5)  # exact, as numpy's division by 2
+        w[lo - a:hi - a] += t
+    if a == 0:
+        w[0] += np.abs(d[1] - d[0])
+    if b == n:
+        w[n - 1 - a] += np.abs(d[n - 1] - d[n - 2])
 
 
 def _add_abs_gradient(w: np.ndarray, d: np.ndarray, ax: int) -> None:

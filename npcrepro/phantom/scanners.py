@@ -257,14 +257,15 @@ def paint(anat: Anatomy, les: Lesions, grid: Grid, contrast: Contrast,
     layers.append(Layer("GTVp", les.gtvp, "tumour", "GTVp"))
     if les.necrosis is not None:  # inside the GTVp: painted over the tumour, part of its label
         layers.append(Layer("Necrosis", les.necrosis, "necrosis"))
+    # the tumour's view reaches as far as its infiltrative edge can
+    pads = [render.pad_for(grid) + (max_infiltration_mm(infiltration_mm) if layer.tissue == "tumour" else 0.0)
+            for layer in layers]
     cache = render.Cache()
-    root = render.View.whole(grid, anat.pose)
+    root = render.View.covering(grid, anat.pose, [(layer.shape, pad) for layer, pad in zip(layers, pads)])
     half_voxel = max(grid.spacing) / 2.0
     tumour_edge = None
-    for layer in layers:
+    for layer, pad in zip(layers, pads):
         infiltrates = layer.tissue == "tumour" and infiltration_mm > 0
-        # the tumour's view reaches as far as its infiltrative edge can
-        pad = render.pad_for(grid) + max_infiltration_mm(infiltration_mm) if infiltrates else None
         res = render.on_grid(layer.shape, grid, anat.pose, pad=pad, cache=cache, root=root)
         if res is None:
             continue
@@ -282,14 +283,15 @@ def paint(anat: Anatomy, les: Lesions, grid: Grid, contrast: Contrast,
         cid = CLASS_ID[layer.tissue]
         np.copyto(tissue[sl], np.uint8(cid), where=inside)
         tex = les.texture(view.points) if layer.tissue == "tumour" else None
-        for m in static:
-            img = images[m][sl]
-            v = contrast.values[m][cid]
-            if tex is not None:
-                v = v + np.float32(TUMOUR_TEXTURE[m] * (contrast.gains.get(m, 1.0))) * tex
-            step = np.subtract(v, img)  # img += f (v - img), in place
-            step *= f
-            img += step
+        values = [contrast.values[m][cid] if tex is None else
+                  contrast.values[m][cid] + np.float32(TUMOUR_TEXTURE[m] * (contrast.gains.get(m, 1.0))) * tex
+                  for m in static]
+        for s in render.slabs(f.shape):  # img += f (v - img), in place, a cache-sized slab at a time
+            for m, v in zip(static, values):
+                img = images[m][sl][s]
+                step = np.subtract(v if np.ndim(v) == 0 else v[s], img)
+                step *= f[s]
+                img += step
         if dce:
             w = weights[(slice(None),) + sl]
             w *= (1 - f)[None]
@@ -346,12 +348,23 @@ def _normal_table() -> np.ndarray:
 NORMAL_TABLE = _normal_table()
 
 
-def _table_draw(rng: np.random.Generator, table: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out`` (float32, 1-D) filled with entries of ``table`` chosen by 16 random bits each: four
-    per 64-bit draw of ``rng``'s bit generator, read little-endian so that every machine draws the
-    same values."""
-    bits = rng.bit_generator.random_raw(-(-out.size // 4)).astype("<u8", copy=False).view("<u2")
-    return np.take(table, bits[:out.size], out=out)
+def _table_bits(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` random 16-bit table indices: four per 64-bit draw of ``rng``'s bit generator, read
+    little-endian so that every machine draws the same values."""
+    return rng.bit_generator.random_raw(-(-n // 4)).astype("<u8", copy=False).view("<u2")[:n]
+
+
+#: Values looked up and added at once: the buffer stays in a core's cache (the draws do not depend on it).
+_PIECE = 1 << 16
+
+
+def _pieces(part: np.ndarray, bits: np.ndarray, table: np.ndarray, buf: np.ndarray):
+    """``(piece of part, table entries chosen by the matching piece of bits)``, :data:`_PIECE` at a time,
+    into ``buf``. "wrap" takes the same entries as plain indexing (every 16-bit index is in range)
+    without its bounds checks, in two thirds of the time."""
+    for a in range(0, part.size, _PIECE):
+        idx = bits[a:a + _PIECE]
+        yield part[a:a + _PIECE], np.take(table, idx, out=buf[:idx.size], mode="wrap")
 
 
 def gaussian(rng: np.random.Generator, img: np.ndarray, sd: float, table: bool = False) -> np.ndarray:
@@ -360,8 +373,10 @@ def gaussian(rng: np.random.Generator, img: np.ndarray, sd: float, table: bool =
     sd = np.float32(sd)
     if table:
         scaled = NORMAL_TABLE * sd
+        buf = np.empty(_PIECE, np.float32)
         for part in _chunks(img):
-            part += _table_draw(rng, scaled, np.empty(part.size, np.float32))
+            for piece, noise in _pieces(part, _table_bits(rng, part.size), scaled, buf):
+                piece += noise
         return img
     for part in _chunks(img):
         buf = rng.standard_normal(part.size, dtype=np.float32)
@@ -377,12 +392,16 @@ def rician(rng: np.random.Generator, img: np.ndarray, sd: float, table: bool = F
     if table:
         scaled = NORMAL_TABLE * sd
         squared = scaled * scaled
+        buf, buf2 = np.empty(_PIECE, np.float32), np.empty(_PIECE, np.float32)
         for part in _chunks(img):
-            buf = _table_draw(rng, scaled, np.empty(part.size, np.float32))
-            part += buf
-            np.square(part, out=part)
-            part += _table_draw(rng, squared, buf)
-            np.sqrt(part, out=part)
+            real = _table_bits(rng, part.size)  # the real parts' bits, then the imaginary parts'
+            imaginary = _table_bits(rng, part.size)
+            for (piece, noise), (_, square) in zip(_pieces(part, real, scaled, buf),
+                                                   _pieces(part, imaginary, squared, buf2)):
+                piece += noise
+                np.square(piece, out=piece)
+                piece += square
+                np.sqrt(piece, out=piece)
         return img
     for part in _chunks(img):
         buf = rng.standard_normal(part.size, dtype=np.float32)
@@ -395,6 +414,26 @@ def rician(rng: np.random.Generator, img: np.ndarray, sd: float, table: bool = F
         part += buf
         np.sqrt(part, out=part)
     return img
+
+
+def mix(curves: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``curves @ weights`` ((frames, classes) by (classes, voxels), float32) summed class by class in
+    order with numpy's elementwise operations, a slab of voxels at a time: the same bits at every thread
+    count, which a BLAS product does not promise (its split of the work, and so its order of summation,
+    follows the number of threads). Weights and curves are not negative, so a class absent from a slab
+    adds +0 and is skipped."""
+    n_frames = curves.shape[0]
+    out = np.empty((n_frames, weights.shape[1]), np.float32)
+    term = np.empty(min(weights.shape[1], render.SLAB_VOXELS), np.float32)
+    for a in range(0, weights.shape[1], render.SLAB_VOXELS):
+        w = weights[:, a:a + render.SLAB_VOXELS]
+        t = term[:w.shape[1]]
+        present = [c for c in np.flatnonzero(w.any(axis=1)) if c > 0]
+        for i in range(n_frames):
+            o = np.multiply(w[0], curves[i, 0], out=out[i, a:a + w.shape[1]])
+            for c in present:
+                o += np.multiply(w[c], curves[i, c], out=t)
+    return out
 
 
 def acquire(painted: Painted, contrast: Contrast, grid: Grid, settings: ScannerSettings,
@@ -419,8 +458,8 @@ def acquire(painted: Painted, contrast: Contrast, grid: Grid, settings: ScannerS
     if "DCE" in modalities:
         rng = streams["DCE"]
         curves = class_curves(settings, contrast.kinetics).astype(np.float32)  # (T, C)
-        w = painted.weights.reshape(len(TISSUES), -1)
-        frames = (curves @ w).reshape((settings.dce_frames,) + grid.shape)
+        frames = mix(curves, painted.weights.reshape(len(TISSUES), -1))
+        frames = frames.reshape((settings.dce_frames,) + grid.shape)
         tumour = curves[:, CLASS_ID["tumour"]]
         frames += (np.float32(0.05) * tumour)[:, None, None, None] * painted.texture[None]
         fz, fxy = bias_field(rng, grid, settings.bias_field)
