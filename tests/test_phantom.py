@@ -64,14 +64,15 @@ def test_rendering_fewer_modalities_keeps_the_patient(cases):
 
 def test_slab_and_piece_sizes_do_not_change_a_single_value(monkeypatch):
     """Distances, partial volume, the layer blend, the table noise and the DCE sum work a cache-sized
-    slab at a time: a case made a plane (and 7 noise values) at a time is the same bytes."""
+    slab at a time: a case made three planes (and 1,001 noise values) at a time is the same bytes."""
     from npcrepro.phantom import render, scanners
 
     params = dict(preset="smoke", modalities=ALL, table_noise=True, integer_images=True, dce_frames=6)
     whole = phantom.make_case(8, **params)
-    monkeypatch.setattr(render, "SLAB_VOXELS", 1)
-    monkeypatch.setattr(scanners, "_PIECE", 7)
-    assert render.slabs((3, 4, 5)) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    monkeypatch.setattr(render, "SLAB_VOXELS", 3 * 64 * 64)  # the smoke grid's planes are 64 x 64
+    monkeypatch.setattr(scanners, "_PIECE", 1001)
+    assert render.slabs((32, 64, 64)) == [slice(a, a + 3) for a in range(0, 32, 3)]  # the last holds two
+    assert render.slabs((2, 3, 4)) == [slice(0, 1024)]
     planes = phantom.make_case(8, **params)
     for k in whole.images:
         np.testing.assert_array_equal(planes.images[k], whole.images[k], err_msg=k)
