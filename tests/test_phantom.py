@@ -250,7 +250,6 @@ def test_resolution_is_a_parameter():
                              spacing=(2.8, 2.667, 2.667))
     assert fine.shape == (40, 96, 96) and fine.spacing == (2.8, 2.667, 2.667)
     for s in ("GTVp", "Parotid_L", "Brainstem"):
-        a, b = coarse.meta["volumes_cm3"].get(s), fine.meta["volumes_cm3"].get(s)
         va = coarse.labels[s].sum() * np.prod(coarse.spacing)
         vb = fine.labels[s].sum() * np.prod(fine.spacing)
         assert abs(va - vb) / vb < 0.2, (s, va, vb)
