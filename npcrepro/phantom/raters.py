@@ -195,7 +195,9 @@ def _ends(rng: np.random.Generator, mask: np.ndarray) -> dict:
 
 def _extent(m: np.ndarray) -> list[tuple[int, int]]:
     """The first and last index of ``m``'s True voxels along each axis (a 3-D bool array with one):
-    from its projections, a hundredth of the time of listing every voxel on a paper-size grid."""
+    from its projections, a hundredth of the time of listing every voxel on a paper-size grid. (Like
+    :func:`npcrepro.transforms.bbox`, which the phantom does not import: a cohort's bytes depend only on
+    :data:`~npcrepro.phantom.make.GENERATOR_SOURCES`, and its fingerprint only on them.)"""
     zs = np.flatnonzero(m.any(axis=(1, 2)))
     planes = m[zs[0]:zs[-1] + 1]
     ys = np.flatnonzero(planes.any(axis=(0, 2)))
