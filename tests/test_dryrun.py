@@ -180,6 +180,17 @@ def test_a_calibration_file_is_checked(tmp_path):
     assert calibration.load_all("cpu", tmp_path / "none") == []
 
 
+def test_a_dry_run_measures_batch_norm_over_two_batches_where_the_profile_measures_any():
+    from npcrepro.engine.experiment import dry_run_params
+
+    gpu = profiles.resolve("leaderboard", "gpu")
+    assert gpu["bn_batches"] > 2  # what a real run measures over
+    dry = dry_run_params(gpu)
+    assert dry["bn_batches"] == 2
+    assert dry_run_params(dict(gpu, bn_batches=0))["bn_batches"] == 0  # off stays off
+    assert "bn_batches" not in dry_run_params(profiles.resolve("li2018", "gpu"))  # no chapter gains it
+
+
 def test_gpu_lite_is_a_profile_of_every_chapter():
     for chapter in profiles.papers():
         assert "gpu-lite" in profiles.profiles(chapter)
