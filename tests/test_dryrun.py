@@ -235,9 +235,10 @@ def dry_root(tmp_path_factory):
         yield root
 
 
-#: Chapters dry-run in every `make test` (template 91 s, li2018 16 s on 2 busy cores); the others
-#: take minutes each there and run with NPCREPRO_DRY_RUN=all (measured on 2 cores shared with other
-#: work: xue2020 126 s, luo2020 273 s, guo2021 566 s, chen2020 94 s, leaderboard 189 s).
+#: Chapters dry-run in every `make test`; the others take a minute or more each and run with
+#: NPCREPRO_DRY_RUN=all (CI). Measured in one such run on 2 cores of an AMD EPYC, in this order:
+#: li2018 9 s, xue2020 28 s, luo2020 26 s, guo2021 71 s, chen2020 69 s, leaderboard 269 s (most of it
+#: inference over whole 512 x 512 volumes), template 6 s; 8.2 min in all.
 QUICK = ("template", "li2018")
 
 
