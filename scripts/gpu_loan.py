@@ -81,6 +81,25 @@ def run_folders(profile: str, chapter: str, since: float) -> list[Path]:
     return sorted(p for p in base.glob("*") if p.is_dir() and p.stat().st_mtime >= since - 5) if base.exists() else []
 
 
+def first_iterations(folders: list[Path]) -> dict:
+    """Seconds from each job's start to its first training step (its ``training.json``), over the
+    jobs of ``folders``: the most and the median (issue 48: within 60 s on a GPU)."""
+    seconds = []
+    for folder in folders:
+        for f in folder.glob("*/fold_*/seed_*/training.json"):
+            try:
+                value = json.loads(f.read_text()).get("first_iteration_seconds")
+            except (OSError, ValueError):
+                continue
+            if isinstance(value, (int, float)):
+                seconds.append(float(value))
+    if not seconds:
+        return {}
+    seconds.sort()
+    return {"first_iteration_s_max": round(seconds[-1], 1),
+            "first_iteration_s_median": round(seconds[len(seconds) // 2], 1), "jobs_timed": len(seconds)}
+
+
 def pack(chapter: str, profile: str, since: float, log: Path, out: Path, max_mb: float) -> dict:
     """``<out>/<chapter>.tar.gz``: the executed notebook, the log, the run folders' small files."""
     nb = ROOT / "book" / "runs" / profile / f"{chapter}.ipynb"
@@ -158,6 +177,7 @@ def main() -> int:
             seconds = time.perf_counter() - start
             status = "stopped at the deadline" if late else ("done" if rc == 0 else f"failed (exit {rc})")
             row = {"status": status, "seconds": round(seconds, 1), **sampler.between(start - t0, now - t0)}
+            row.update(first_iterations(run_folders(a.profile, ch, wall0)))
             row.update(pack(ch, a.profile, wall0, log, out, a.max_mb))
             summary["chapters"][ch] = row
             print(f"[loan] {ch}: {status} in {seconds:.0f} s; {json.dumps(row)}", flush=True)

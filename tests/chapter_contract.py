@@ -109,6 +109,10 @@ class ChapterContract:
                             mask = full.prediction(method, case, structure, seed)
                             assert mask.dtype == bool
                             assert mask.shape == shape, (f, mask.shape, shape)
+        # every job's first training step, timed from the job's start (reading its cases included)
+        first = full.training["first_iteration_seconds"].astype(float)
+        assert first.notna().all(), full.training[["method", "first_iteration_seconds"]]
+        assert ((first > full.training["prepare_seconds"]) & (first <= full.training["train_seconds"])).all()
 
     def test_kill_and_resume_gives_identical_metrics(self, params, full):
         from npcrepro import chapters

@@ -5,6 +5,7 @@ The runner that carries them out is :mod:`npcrepro.engine.experiment`."""
 from __future__ import annotations
 
 import importlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -109,6 +110,8 @@ class JobContext:
         from npcrepro.engine.runs import RunFolder
 
         self.chapter, self.spec, self.P = chapter, spec, P
+        #: when the job started (``time.perf_counter``), before its cases were read and prepared
+        self.started = time.perf_counter()
         self.run = RunFolder(job_dir(spec.run, spec.method, spec.fold, spec.seed))
         self.run.path.mkdir(parents=True, exist_ok=True)
         self.seed = int(spec.seed)
@@ -142,11 +145,17 @@ class JobContext:
             out["amp_dtype"] = str(self.P["amp_dtype"])
         return out
 
-    @staticmethod
-    def fit(trainer):
-        """``trainer.fit()``, resuming from its run folder's ``checkpoint_last.pt`` when one exists."""
+    def fit(self, trainer):
+        """``trainer.fit()``, resuming from its run folder's ``checkpoint_last.pt`` when one exists.
+        The job's first network to take a training step records, in its training record's
+        ``first_iteration_seconds``, the seconds from the job's start to that step: reading and
+        preparing the cases, building the datasets, and the network's first batch."""
         run = trainer.run
-        return trainer.fit(resume=bool(run is not None and run.checkpoint_last.exists()))
+        try:
+            return trainer.fit(resume=bool(run is not None and run.checkpoint_last.exists()))
+        finally:
+            if trainer.first_step_at is not None:
+                self.facts.setdefault("first_iteration_seconds", trainer.first_step_at - self.started)
 
     def model_of(self, method: str):
         """The trained network of ``method`` (same fold and seed; one of this method's ``after``),

@@ -20,7 +20,8 @@ Run folder layout (one for all chapters)::
         metrics.csv                      method, fold, seed, case, structure, metrics...
         metrics_half.csv                 the same, with each network's weights at half its budget
         raters.csv                       the raters' agreement on the test cases (where the data has raters)
-        training.csv                     method, fold, seed, seconds, iterations, status, ...
+        training.csv                     method, fold, seed, seconds from the job's start (preparing the cases,
+                                         to the first training step, training, predicting), iterations, ...
         added_rows.json                  rows scored from prediction folders after the run (the leaderboard's
                                          nnU-Net and external rows; npcrepro.engine.results.ADDED_ROWS)
         <method>/fold_<k>/seed_<s>/
@@ -143,7 +144,7 @@ def _run_job(spec: JobSpec) -> dict:
     ctx = JobContext(chapter, spec, P)
     method = chapter.method(spec.method, P)
     ds = open_dataset(P["data"])
-    t0 = time.perf_counter()
+    t0 = ctx.started  # every record of the job's seconds counts from here
     prep = _prepare_cases(chapter, ds, [*spec.train, *spec.val, *spec.test], P)
     prepare_seconds = time.perf_counter() - t0
     seed_everything(ctx.seed)

@@ -227,6 +227,8 @@ class Trainer:
         self.iterations_per_epoch_given = bool(iterations_per_epoch)
         self.state = TrainState()
         self.rows: list[dict] = []
+        #: ``time.perf_counter()`` when the first training batch was in hand (None: no step yet)
+        self.first_step_at: float | None = None
         self._best_state: dict | None = None
         self._acc_dev: torch.Tensor | None = None
         self.info = D.env_info()
@@ -540,6 +542,8 @@ class Trainer:
                     generator=gen, pin_memory=self.cuda,
                     worker_init_fn=worker_init if self.num_workers else None)
             for batch in loader:
+                if self.first_step_at is None:
+                    self.first_step_at = time.perf_counter()
                 self.bn_fixing.before_step(self, total)
                 epoch = st.stage_iteration // ipe
                 lr = stage.lr * self.schedule.factor_at(st.stage_iteration, epoch)
