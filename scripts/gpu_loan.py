@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -95,9 +96,8 @@ def first_iterations(folders: list[Path]) -> dict:
                 seconds.append(float(value))
     if not seconds:
         return {}
-    seconds.sort()
-    return {"first_iteration_s_max": round(seconds[-1], 1),
-            "first_iteration_s_median": round(seconds[len(seconds) // 2], 1), "jobs_timed": len(seconds)}
+    return {"first_iteration_s_max": round(max(seconds), 1),
+            "first_iteration_s_median": round(statistics.median(seconds), 1), "jobs_timed": len(seconds)}
 
 
 def pack(chapter: str, profile: str, since: float, log: Path, out: Path, max_mb: float) -> dict:
